@@ -1,0 +1,112 @@
+// Typed errors with stable numeric codes. Codes are part of the user contract (exit codes,
+// problem documents and logs quote them), so a code is never renumbered or reused.
+// Ranges: 1000-1999 core, 2000-2999 device, 3000-3999 backupdb, 4000-4999 station,
+// 5000-5999 recovery, 6000-6999 kps.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace keyline::core {
+
+enum class ErrorCode : int {
+  // 1000-1099: encodings and identities
+  BadHex = 1001,
+  BadBase64 = 1002,
+  BadImei = 1010,
+  BadChipId = 1011,
+  // 1100-1199: wire formats (untrusted bytes)
+  BadDgi = 1100,
+  BadApdu = 1110,
+  BadFrame = 1120,
+  FrameTooLarge = 1121,
+  BadCplc = 1130,
+  BadDataPackage = 1140,
+  BadBackupPackage = 1150,
+  BackupDoesNotOpen = 1151,
+  BadFlashImage = 1160,
+  BadRecord = 1170,
+  // 1200-1299: crypto, certificates, HSM
+  Crypto = 1200,
+  BadCertificate = 1210,
+  CertificateLint = 1211,
+  ChainInvalid = 1212,
+  Pkcs11 = 1250,
+  Pkcs11NoToken = 1251,
+  Pkcs11LoginFailed = 1252,
+  Pkcs11KeyNotFound = 1253,
+  // 1300-1399: database
+  Db = 1300,
+  DbConnection = 1301,
+  DbUniqueViolation = 1302,
+  DbSerialization = 1303,
+  // 1400-1499: network, I/O, configuration
+  Io = 1400,
+  Network = 1401,
+  Timeout = 1402,
+  Http = 1410,
+  Config = 1450,
+  Usage = 1451,
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), m_code(code) {}
+  ErrorCode code() const noexcept { return m_code; }
+  int numeric() const noexcept { return static_cast<int>(m_code); }
+
+ private:
+  ErrorCode m_code;
+};
+
+// Untrusted input that does not parse (bytes, frames, packages, requests, config values).
+class FormatError : public Error {
+ public:
+  using Error::Error;
+};
+class CryptoError : public Error {
+ public:
+  using Error::Error;
+};
+class Pkcs11Error : public Error {
+ public:
+  Pkcs11Error(ErrorCode code, const std::string& message, unsigned long rv = 0)
+      : Error(code, message), m_rv(rv) {}
+  unsigned long rv() const noexcept { return m_rv; }
+
+ private:
+  unsigned long m_rv;
+};
+class DbError : public Error {
+ public:
+  DbError(ErrorCode code, const std::string& message, std::string sqlstate = {})
+      : Error(code, message), m_sqlstate(std::move(sqlstate)) {}
+  const std::string& sqlstate() const noexcept { return m_sqlstate; }
+
+ private:
+  std::string m_sqlstate;
+};
+class IoError : public Error {
+ public:
+  using Error::Error;
+};
+class ConfigError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Process exit codes shared by every program (documented in each --help and docs/operations.md).
+namespace exit_code {
+constexpr int ok = 0;
+constexpr int failure = 1;      // anything not classified below
+constexpr int usage = 2;        // bad flags or config
+constexpr int bad_input = 3;    // input that does not parse or verify
+constexpr int unavailable = 4;  // a server, database or device cannot be reached
+constexpr int refused = 5;      // the peer answered but refused (HTTP 4xx, status word, conflict)
+constexpr int hsm = 6;          // PKCS#11 token problems
+}  // namespace exit_code
+
+// Maps an error code to the process exit code above.
+int exit_code_for(ErrorCode code) noexcept;
+
+}  // namespace keyline::core

@@ -1,0 +1,37 @@
+// A public backup DB record (DESIGN section 7) and the checks that the public DB (on publish) and
+// recovery (before writing) must agree on.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <botan/x509cert.h>
+
+#include "keyline/core/bytes.h"
+#include "keyline/core/cplc.h"
+#include "keyline/core/imei.h"
+
+namespace keyline::core {
+
+struct Record {
+  ChipId chip_id;
+  Imei imei = Imei::parse("490154203237518");
+  Bytes backup;                    // the backup package
+  std::vector<Bytes> certificates; // DER: identity certificate first, then the Device CA (not the root)
+
+  // SHA-256 over a canonical encoding ("KLRC" || version 1 || chip ID || IMEI ASCII || u32 len backup ||
+  // backup || u16 count || {u32 len || DER}*), upper-case hex. Equal content <=> equal hash.
+  std::string hash() const;
+
+  // JSON form used on the wire: {"chip_id","imei","backup" (base64),"certificates" ([PEM]),
+  // "record_hash"} (+ "published_at" when read from the DB). Throws FormatError(BadRecord).
+  std::string to_json(const std::string& published_at = {}) const;
+  static Record from_json(const std::string& json);
+};
+
+// Full validation: identity chain to one of the anchors, the certificate's HardwareModuleName equals
+// chip_id, its serialNumber equals imei (Luhn-valid), the backup header names chip_id.
+// Throws an Error naming the first failed check (ChainInvalid, BadRecord, BadBackupPackage, ...).
+void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors);
+
+}  // namespace keyline::core

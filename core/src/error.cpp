@@ -1,0 +1,16 @@
+#include "keyline/core/error.h"
+
+namespace keyline::core {
+
+int exit_code_for(ErrorCode code) noexcept {
+  const int n = static_cast<int>(code);
+  if (code == ErrorCode::Usage || code == ErrorCode::Config) return exit_code::usage;
+  if (code == ErrorCode::DbConnection || code == ErrorCode::Network || code == ErrorCode::Timeout)
+    return exit_code::unavailable;
+  if (code == ErrorCode::DbUniqueViolation || code == ErrorCode::Http) return exit_code::refused;
+  if (n >= 1250 && n < 1300) return exit_code::hsm;
+  if (n >= 1000 && n < 1250) return exit_code::bad_input;
+  return exit_code::failure;
+}
+
+}  // namespace keyline::core

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the Debian packages keyline needs (only what is missing), then configures and builds build/.
+# Idempotent: a second run installs nothing and only rebuilds what changed.
+set -euo pipefail
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$top"
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  libbotan-2-dev libpoco-dev libpq-dev libcli11-dev doctest-dev
+  postgresql-15 softhsm2 libp11-kit-dev opensc
+  openssl curl python3
+  pcscd vsmartcard-vpcd pcsc-tools
+)
+# wrk and nginx only serve the benchmarks; install them there (scripts/bench.sh).
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  # policy-rc.d keeps Debian from starting the system-wide PostgreSQL and pcscd we do not use.
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: all ${#packages[@]} packages present, nothing installed"
+fi
+
+build_type=${KEYLINE_BUILD_TYPE:-Release}
+build_dir=${KEYLINE_BUILD_DIR:-build}
+if [ ! -f "$build_dir/build.ninja" ]; then
+  echo "setup: configuring $build_dir ($build_type)"
+  cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE="$build_type" ${KEYLINE_CMAKE_ARGS:-} >/dev/null
+fi
+echo "setup: building $build_dir"
+start=$(date +%s)
+cmake --build "$build_dir" -j"$(nproc)"
+echo "setup: build done in $(( $(date +%s) - start )) s"
