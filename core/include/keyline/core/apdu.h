@@ -4,9 +4,11 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "keyline/core/bytes.h"
+#include "keyline/core/error.h"
 
 namespace keyline::core {
 
@@ -50,11 +52,13 @@ SecureBytes encode_command(const CommandApdu& c);
 // Strict decode: Lc must match the bytes present, Le must be well-formed. Throws FormatError(BadApdu).
 CommandApdu decode_command(const std::uint8_t* data, std::size_t len);
 inline CommandApdu decode_command(const SecureBytes& b) { return decode_command(b.data(), b.size()); }
+inline CommandApdu decode_command(const Bytes& b) { return decode_command(b.data(), b.size()); }
 
 SecureBytes encode_response(const ResponseApdu& r);
 // Needs at least SW1 SW2. Throws FormatError(BadApdu).
 ResponseApdu decode_response(const std::uint8_t* data, std::size_t len);
 inline ResponseApdu decode_response(const SecureBytes& b) { return decode_response(b.data(), b.size()); }
+inline ResponseApdu decode_response(const Bytes& b) { return decode_response(b.data(), b.size()); }
 
 // Splits long data into command-chained APDUs (CLA bit 0x10 on all but the last), each <= max_chunk.
 std::vector<CommandApdu> chain_command(const CommandApdu& c, std::size_t max_chunk = 255);
@@ -77,17 +81,33 @@ class ResponseChainer {
   std::size_t m_chunk = 256;
 };
 
-// Client side: given a transmit function, sends a command (chaining data when needed) and collects
-// 61XX responses with GET RESPONSE until the final status word.
+// A device that keeps answering 61XX (or 6CXX) must not hold the client in a loop forever:
+// 4096 GET RESPONSE rounds carry 1 MiB, far more than any response keyline exchanges.
+constexpr std::size_t kMaxGetResponseRounds = 4096;
+
+// Client side: given a transmit function (takes SecureBytes, returns SecureBytes or Bytes), sends a command
+// (chaining data when needed) and collects 61XX responses with GET RESPONSE until the final status
+// word. A 6CXX answer (ISO 7816-4 section 5.6: wrong Le, XX available) re-sends the last command
+// once with Le = XX. Throws FormatError(BadApdu) on a malformed response or an endless 61XX chain.
 template <class Transmit>
 ResponseApdu transceive(Transmit&& transmit, const CommandApdu& c, std::size_t max_chunk = 255) {
   ResponseApdu r;
-  for (const auto& part : chain_command(c, max_chunk)) {
+  const std::vector<CommandApdu> parts = chain_command(c, max_chunk);
+  for (const auto& part : parts) {
     r = decode_response(transmit(encode_command(part)));
     if (part.chained() && r.sw != sw::ok) return r;
   }
+  if ((r.sw & 0xFF00) == 0x6C00) {
+    CommandApdu again = parts.back();
+    const std::uint8_t xx = static_cast<std::uint8_t>(r.sw & 0xFF);
+    again.le = xx == 0 ? 256u : xx;
+    r = decode_response(transmit(encode_command(again)));
+  }
   SecureBytes all = r.data;
+  std::size_t rounds = 0;
   while ((r.sw & 0xFF00) == sw::bytes_remaining_base) {
+    if (++rounds > kMaxGetResponseRounds)
+      throw FormatError(ErrorCode::BadApdu, "device answers 61XX without end");
     CommandApdu gr;
     gr.cla = 0x00;
     gr.ins = 0xC0;

@@ -13,12 +13,15 @@ using Bytes = std::vector<std::uint8_t>;
 // Secrets (chip keys, private keys, PINs) live only in SecureBytes: zeroed on free.
 using SecureBytes = Botan::secure_vector<std::uint8_t>;
 
-// Upper-case hex. Throws FormatError(BadHex) on odd length or a non-hex digit.
+// Upper-case hex out.
 std::string to_hex(const std::uint8_t* data, std::size_t len);
 inline std::string to_hex(const Bytes& b) { return to_hex(b.data(), b.size()); }
-Bytes from_hex(std::string_view hex);  // accepts upper and lower case, no separators
+// Accepts upper and lower case, no separators. Throws FormatError(BadHex) on odd length or a
+// non-hex digit.
+Bytes from_hex(std::string_view hex);
 
-// RFC 4648 section 4 base64 with padding. Throws FormatError(BadBase64) on bad input.
+// RFC 4648 section 4 base64 with padding. Decoding is strict: padding required, no whitespace or
+// other characters outside the alphabet, pad bits zero (section 3.5). Throws FormatError(BadBase64).
 std::string to_base64(const std::uint8_t* data, std::size_t len);
 inline std::string to_base64(const Bytes& b) { return to_base64(b.data(), b.size()); }
 Bytes from_base64(std::string_view text);
