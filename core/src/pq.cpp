@@ -1,0 +1,254 @@
+#include "keyline/core/pq.h"
+
+#include <libpq-fe.h>
+
+#include <cstdlib>
+#include <thread>
+
+namespace keyline::core::pq {
+namespace {
+
+// PostgreSQL error codes, Appendix A of the PostgreSQL 15 manual.
+ErrorCode classify(const std::string& sqlstate) {
+  if (sqlstate == "23505") return ErrorCode::DbUniqueViolation;
+  if (sqlstate == "40001" || sqlstate == "40P01") return ErrorCode::DbSerialization;
+  // Class 08 (connection exception) and 57P01-57P03 (admin shutdown, crash shutdown, cannot connect now).
+  if (sqlstate.rfind("08", 0) == 0 || sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03")
+    return ErrorCode::DbConnection;
+  return ErrorCode::Db;
+}
+
+std::string first_line(const char* msg) {
+  std::string s = msg ? msg : "";
+  const auto nl = s.find('\n');
+  if (nl != std::string::npos) s.resize(nl);
+  return s;
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+Result& Result::operator=(Result&& o) noexcept {
+  if (this != &o) {
+    if (m_res) PQclear(m_res);
+    m_res = o.m_res;
+    o.m_res = nullptr;
+  }
+  return *this;
+}
+
+Result::~Result() {
+  if (m_res) PQclear(m_res);
+}
+
+int Result::rows() const { return m_res ? PQntuples(m_res) : 0; }
+int Result::columns() const { return m_res ? PQnfields(m_res) : 0; }
+bool Result::is_null(int row, int col) const { return PQgetisnull(m_res, row, col) == 1; }
+
+std::string Result::text(int row, int col) const {
+  if (row >= rows() || col >= columns()) throw DbError(ErrorCode::Db, "result has no such cell");
+  return std::string(PQgetvalue(m_res, row, col), static_cast<std::size_t>(PQgetlength(m_res, row, col)));
+}
+
+std::int64_t Result::int64(int row, int col) const {
+  const std::string s = text(row, col);
+  char* end = nullptr;
+  const long long v = std::strtoll(s.c_str(), &end, 10);
+  if (s.empty() || *end != '\0') throw DbError(ErrorCode::Db, "column is not an integer");
+  return v;
+}
+
+Bytes Result::bytea(int row, int col) const {
+  const std::string s = text(row, col);
+  // bytea_output = hex (the default since PostgreSQL 9.0): "\x" followed by two hex digits per byte.
+  if (s.size() < 2 || s[0] != '\\' || s[1] != 'x' || s.size() % 2 != 0)
+    throw DbError(ErrorCode::Db, "bytea column is not in hex output form");
+  Bytes out;
+  out.reserve((s.size() - 2) / 2);
+  for (std::size_t i = 2; i < s.size(); i += 2) {
+    const int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
+    if (hi < 0 || lo < 0) throw DbError(ErrorCode::Db, "bad hex in bytea column");
+    out.push_back(static_cast<std::uint8_t>(hi * 16 + lo));
+  }
+  return out;
+}
+
+long Result::affected() const {
+  if (!m_res) return 0;
+  const char* t = PQcmdTuples(m_res);
+  return (t && *t) ? std::strtol(t, nullptr, 10) : 0;
+}
+
+Connection::Connection(std::string conninfo) : m_conninfo(std::move(conninfo)) {
+  m_conn = PQconnectdb(m_conninfo.c_str());
+  if (PQstatus(m_conn) != CONNECTION_OK) {
+    // libpq's message names host and port but never the password.
+    const std::string msg = first_line(PQerrorMessage(m_conn));
+    PQfinish(m_conn);
+    m_conn = nullptr;
+    throw DbError(ErrorCode::DbConnection, "cannot connect to PostgreSQL: " + msg);
+  }
+}
+
+Connection::Connection(Connection&& o) noexcept : m_conninfo(std::move(o.m_conninfo)), m_conn(o.m_conn) {
+  o.m_conn = nullptr;
+}
+
+Connection& Connection::operator=(Connection&& o) noexcept {
+  if (this != &o) {
+    if (m_conn) PQfinish(m_conn);
+    m_conninfo = std::move(o.m_conninfo);
+    m_conn = o.m_conn;
+    o.m_conn = nullptr;
+  }
+  return *this;
+}
+
+Connection::~Connection() {
+  if (m_conn) PQfinish(m_conn);
+}
+
+bool Connection::ok() const { return m_conn && PQstatus(m_conn) == CONNECTION_OK; }
+
+int Connection::backend_pid() const { return m_conn ? PQbackendPID(m_conn) : 0; }
+
+void Connection::reconnect() {
+  if (!m_conn) {
+    *this = Connection(m_conninfo);
+    return;
+  }
+  PQreset(m_conn);
+  if (PQstatus(m_conn) != CONNECTION_OK)
+    throw DbError(ErrorCode::DbConnection, "cannot reconnect to PostgreSQL: " + first_line(PQerrorMessage(m_conn)));
+}
+
+Result Connection::exec(const std::string& sql, const Params& params) {
+  if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
+  std::vector<const char*> values(params.size());
+  std::vector<int> lengths(params.size()), formats(params.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (params[i].is_null()) {
+      values[i] = nullptr;
+      continue;
+    }
+    values[i] = params[i].value().data();
+    lengths[i] = static_cast<int>(params[i].value().size());
+    formats[i] = params[i].binary() ? 1 : 0;
+  }
+  Result res(PQexecParams(m_conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
+                          lengths.data(), formats.data(), 0));
+  PGresult* r = res.raw();
+  const ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return res;
+  const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
+  std::string sqlstate = state ? state : "";
+  ErrorCode code = classify(sqlstate);
+  if (PQstatus(m_conn) != CONNECTION_OK) code = ErrorCode::DbConnection;
+  const std::string msg = first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(m_conn));
+  throw DbError(code, "SQL failed (" + (sqlstate.empty() ? std::string("no SQLSTATE") : sqlstate) + "): " + msg,
+                sqlstate);
+}
+
+Transaction::Transaction(Connection& conn, Isolation iso) : m_conn(conn) {
+  switch (iso) {
+    case Isolation::ReadCommitted: m_conn.exec("BEGIN ISOLATION LEVEL READ COMMITTED"); break;
+    case Isolation::RepeatableRead: m_conn.exec("BEGIN ISOLATION LEVEL REPEATABLE READ"); break;
+    case Isolation::Serializable: m_conn.exec("BEGIN ISOLATION LEVEL SERIALIZABLE"); break;
+  }
+}
+
+Transaction::~Transaction() {
+  if (!m_open) return;
+  try {
+    if (m_conn.ok()) m_conn.exec("ROLLBACK");
+  } catch (...) {
+    // A destructor must not throw; the server aborts the transaction when the session ends anyway.
+  }
+}
+
+void Transaction::commit() {
+  m_open = false;
+  m_conn.exec("COMMIT");
+}
+
+void Transaction::rollback() {
+  m_open = false;
+  m_conn.exec("ROLLBACK");
+}
+
+void run_transaction(Connection& conn, Isolation iso, const std::function<void(Transaction&)>& work,
+                     RetryPolicy policy) {
+  auto delay = policy.backoff;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      if (!conn.ok()) conn.reconnect();
+      Transaction tx(conn, iso);
+      work(tx);
+      tx.commit();
+      return;
+    } catch (const DbError& e) {
+      const bool retryable = e.code() == ErrorCode::DbSerialization || e.code() == ErrorCode::DbConnection;
+      if (!retryable || attempt >= policy.attempts) throw;
+      std::this_thread::sleep_for(delay);
+      delay *= 2;
+      if (e.code() == ErrorCode::DbConnection || !conn.ok()) {
+        try {
+          conn.reconnect();
+        } catch (const DbError&) {
+          // The next attempt reports it if the server is still away.
+        }
+      }
+    }
+  }
+}
+
+Pool::Lease::~Lease() {
+  if (m_pool && m_conn) m_pool->give_back(std::move(m_conn));
+}
+
+Pool::Pool(std::string conninfo, std::size_t size) : m_conninfo(std::move(conninfo)), m_size(size ? size : 1) {}
+
+Pool::Lease Pool::acquire() {
+  std::unique_lock<std::mutex> lock(m_mutex);
+  m_cv.wait(lock, [&] { return !m_idle.empty() || m_opened < m_size; });
+  if (!m_idle.empty()) {
+    auto c = std::move(m_idle.back());
+    m_idle.pop_back();
+    lock.unlock();
+    if (!c->ok()) {
+      try {
+        c->reconnect();
+      } catch (...) {
+        give_back(std::move(c));
+        throw;
+      }
+    }
+    return Lease(*this, std::move(c));
+  }
+  ++m_opened;
+  lock.unlock();
+  try {
+    return Lease(*this, std::make_unique<Connection>(m_conninfo));
+  } catch (...) {
+    std::lock_guard<std::mutex> g(m_mutex);
+    --m_opened;
+    m_cv.notify_one();
+    throw;
+  }
+}
+
+void Pool::give_back(std::unique_ptr<Connection> c) {
+  {
+    std::lock_guard<std::mutex> g(m_mutex);
+    m_idle.push_back(std::move(c));
+  }
+  m_cv.notify_one();
+}
+
+}  // namespace keyline::core::pq

@@ -1,0 +1,165 @@
+// libpq wrapper against the real PostgreSQL fixture cluster.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <thread>
+
+#include "keyline/core/pq.h"
+#include "testenv.h"
+
+using namespace keyline::core;
+using keyline::test::pg_env;
+
+namespace {
+pq::Connection fresh_db(const char* prefix) { return pq::Connection(pg_env().create_database(prefix)); }
+}  // namespace
+
+TEST_CASE("parameterized insert and select round trip, bytea and injection text stored verbatim") {
+  auto c = fresh_db("pq_rt");
+  c.exec("CREATE TABLE t (id bigint PRIMARY KEY, name text, data bytea)");
+  Bytes big(64 * 1024);
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<std::uint8_t>(i * 7 + 3);
+  big[10] = 0;  // embedded NUL must survive the binary parameter
+  const std::string evil = "x'); DROP TABLE t; --\\ \"";
+  CHECK(c.exec("INSERT INTO t VALUES ($1, $2, $3)", {std::int64_t{1}, evil, big}).affected() == 1);
+  c.exec("INSERT INTO t VALUES ($1, $2, $3)", {2, pq::Param::null(), Bytes{}});
+  auto r = c.exec("SELECT id, name, data FROM t WHERE id = $1", {1});
+  REQUIRE(r.rows() == 1);
+  CHECK(r.int64(0, 0) == 1);
+  CHECK(r.text(0, 1) == evil);
+  CHECK(r.bytea(0, 2) == big);
+  auto r2 = c.exec("SELECT name, data FROM t WHERE id = $1", {2});
+  CHECK(r2.is_null(0, 0));
+  CHECK(r2.bytea(0, 1).empty());
+  CHECK(c.exec("SELECT count(*) FROM t").int64(0, 0) == 2);
+}
+
+TEST_CASE("unique violation is DbUniqueViolation with SQLSTATE 23505") {
+  auto c = fresh_db("pq_uv");
+  c.exec("CREATE TABLE u (k text UNIQUE)");
+  c.exec("INSERT INTO u VALUES ($1)", {"a"});
+  try {
+    c.exec("INSERT INTO u VALUES ($1)", {"a"});
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbUniqueViolation);
+    CHECK(e.sqlstate() == "23505");
+  }
+  try {
+    c.exec("SELECT * FROM no_such_table");
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::Db);
+    CHECK(e.sqlstate() == "42P01");
+  }
+}
+
+TEST_CASE("transaction rollback in destructor, commit persists") {
+  auto c = fresh_db("pq_tx");
+  c.exec("CREATE TABLE t (v int)");
+  {
+    pq::Transaction tx(c);
+    tx.exec("INSERT INTO t VALUES (1)");
+  }
+  CHECK(c.exec("SELECT count(*) FROM t").int64(0, 0) == 0);
+  {
+    pq::Transaction tx(c, pq::Isolation::Serializable);
+    tx.exec("INSERT INTO t VALUES (1)");
+    tx.commit();
+  }
+  CHECK(c.exec("SELECT count(*) FROM t").int64(0, 0) == 1);
+}
+
+TEST_CASE("serialization failure is retried until it commits") {
+  const std::string db = pg_env().create_database("pq_ser");
+  pq::Connection setup(db);
+  setup.exec("CREATE TABLE acc (id int PRIMARY KEY, n int)");
+  setup.exec("INSERT INTO acc VALUES (1, 0)");
+  // Two serializable writers of the same row: one of them must get 40001 and retry.
+  std::atomic<int> attempts{0};
+  auto worker = [&] {
+    pq::Connection c(db);
+    for (int i = 0; i < 20; ++i) {
+      pq::run_transaction(c, pq::Isolation::Serializable, [&](pq::Transaction& tx) {
+        ++attempts;
+        const auto n = tx.exec("SELECT n FROM acc WHERE id = 1").int64(0, 0);
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        tx.exec("UPDATE acc SET n = $1 WHERE id = 1", {n + 1});
+      }, pq::RetryPolicy{50, std::chrono::milliseconds(1)});
+    }
+  };
+  std::thread a(worker), b(worker);
+  a.join();
+  b.join();
+  CHECK(setup.exec("SELECT n FROM acc WHERE id = 1").int64(0, 0) == 40);
+  CHECK(attempts.load() > 40);  // at least one retry happened
+}
+
+TEST_CASE("serialization failure surfaces as DbSerialization without retry") {
+  const std::string db = pg_env().create_database("pq_ser1");
+  pq::Connection a(db), b(db);
+  a.exec("CREATE TABLE acc (id int PRIMARY KEY, n int)");
+  a.exec("INSERT INTO acc VALUES (1, 0)");
+  pq::Transaction ta(a, pq::Isolation::RepeatableRead);
+  pq::Transaction tb(b, pq::Isolation::RepeatableRead);
+  ta.exec("SELECT n FROM acc");
+  tb.exec("SELECT n FROM acc");
+  ta.exec("UPDATE acc SET n = 1 WHERE id = 1");
+  ta.commit();
+  try {
+    tb.exec("UPDATE acc SET n = 2 WHERE id = 1");
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbSerialization);
+    CHECK(e.sqlstate() == "40001");
+  }
+}
+
+TEST_CASE("reconnect after pg_terminate_backend") {
+  const std::string db = pg_env().create_database("pq_term");
+  pq::Connection c(db), admin(db);
+  c.exec("CREATE TABLE t (v int)");
+  const int pid = c.backend_pid();
+  admin.exec("SELECT pg_terminate_backend($1)", {pid});
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  try {
+    c.exec("SELECT 1");
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbConnection);
+  }
+  // run_transaction reconnects and re-runs the work.
+  admin.exec("SELECT pg_terminate_backend($1)", {c.ok() ? c.backend_pid() : pid});
+  int runs = 0;
+  pq::run_transaction(c, pq::Isolation::ReadCommitted, [&](pq::Transaction& tx) {
+    ++runs;
+    tx.exec("INSERT INTO t VALUES (1)");
+  });
+  CHECK(c.ok());
+  CHECK(c.backend_pid() != pid);
+  CHECK(c.exec("SELECT count(*) FROM t").int64(0, 0) == 1);
+
+  // The pool replaces a connection whose backend was killed.
+  pq::Pool pool(db, 2);
+  int first_pid = 0;
+  {
+    auto l = pool.acquire();
+    first_pid = l->backend_pid();
+  }
+  admin.exec("SELECT pg_terminate_backend($1)", {first_pid});
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  {
+    auto l = pool.acquire();
+    pq::run_transaction(*l, pq::Isolation::ReadCommitted, [](pq::Transaction& tx) { tx.exec("SELECT 1"); });
+    CHECK(l->backend_pid() != first_pid);
+  }
+}
+
+TEST_CASE("unreachable server is DbConnection") {
+  try {
+    pq::Connection c("host=127.0.0.1 port=1 dbname=x connect_timeout=2");
+    FAIL("connected");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbConnection);
+  }
+}
