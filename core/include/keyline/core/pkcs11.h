@@ -1,0 +1,186 @@
+// PKCS#11 adapter (OASIS PKCS #11 v2.40 base specification) over p11-kit's <p11-kit/pkcs11.h>.
+// Debian's Botan 2 ships without its PKCS#11 module, so keyline talks to the token itself and
+// offers a token key to Botan as a Botan::Private_Key (Pkcs11EcdsaPrivateKey), so that
+// Botan::X509_CA and Botan::PK_Signer sign with a key that never leaves the HSM.
+//
+// Object model:
+//   Pkcs11Module   the loaded library (dlopen + C_GetFunctionList + C_Initialize(CKF_OS_LOCKING_OK)).
+//                  One per process and module path; copies share it. C_Finalize when the last goes.
+//   Pkcs11Token    one token found by label, logged in as user, with a bounded session pool:
+//                  concurrent callers wait for a free session instead of exceeding the token's
+//                  session limit. All key operations live here.
+//   Pkcs11Session  one open session (RAII): leased from the pool, returned on destruction.
+//
+// Handles and attribute types are PKCS#11 CK_ULONGs, spelled `unsigned long` here so that users of
+// this header do not need the p11-kit include path.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <botan/ecdsa.h>
+#include <botan/pk_keys.h>
+
+#include "keyline/core/bytes.h"
+
+namespace keyline::core {
+
+using Pkcs11Handle = unsigned long;  // CK_OBJECT_HANDLE, CK_SLOT_ID, CK_SESSION_HANDLE
+using Pkcs11Ulong = unsigned long;   // CK_ATTRIBUTE_TYPE, CK_MECHANISM_TYPE, CK_RV
+
+// "CKR_PIN_INCORRECT" for 0xA0; "CKR_0x..." when unknown.
+std::string pkcs11_rv_name(Pkcs11Ulong rv);
+
+class Pkcs11Module {
+ public:
+  // Loads the module at `path` (or shares the already loaded one). Throws Pkcs11Error(Pkcs11).
+  explicit Pkcs11Module(const std::string& path);
+  ~Pkcs11Module();
+
+  const std::string& path() const noexcept;
+  // Slot holding the token with this label (CK_TOKEN_INFO.label, blank padded). Throws Pkcs11NoToken.
+  Pkcs11Handle find_slot(const std::string& token_label) const;
+  std::vector<Pkcs11Ulong> mechanisms(Pkcs11Handle slot) const;
+
+  struct Library;  // implementation detail (pkcs11.cpp)
+  const std::shared_ptr<Library>& library() const noexcept { return m_lib; }
+
+ private:
+  std::shared_ptr<Library> m_lib;
+};
+
+class Pkcs11Token;
+
+// One open, logged-in session. Not thread-safe: one thread at a time (the pool guarantees it).
+class Pkcs11Session {
+ public:
+  Pkcs11Session(std::shared_ptr<Pkcs11Module::Library> lib, Pkcs11Handle slot, const SecureBytes& user_pin);
+  ~Pkcs11Session();
+  Pkcs11Session(const Pkcs11Session&) = delete;
+  Pkcs11Session& operator=(const Pkcs11Session&) = delete;
+
+  Pkcs11Handle handle() const noexcept { return m_session; }
+  // Objects of class `object_class` (CKO_*) with this CKA_LABEL.
+  std::vector<Pkcs11Handle> find_objects(Pkcs11Ulong object_class, const std::string& label) const;
+  // Raw attribute value. Throws Pkcs11Error(Pkcs11, rv) with the CK_RV name, for example
+  // CKR_ATTRIBUTE_SENSITIVE when asked for CKA_VALUE of a sensitive key.
+  Bytes attribute(Pkcs11Handle object, Pkcs11Ulong type) const;
+  bool bool_attribute(Pkcs11Handle object, Pkcs11Ulong type) const;
+
+ private:
+  std::shared_ptr<Pkcs11Module::Library> m_lib;
+  Pkcs11Handle m_session = 0;
+};
+
+// Token-side public part of a generated EC key pair.
+struct Pkcs11KeyPair {
+  Pkcs11Handle public_key = 0;
+  Pkcs11Handle private_key = 0;
+};
+
+class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
+ public:
+  // Finds the token and logs in (C_Login CKU_USER; CKR_USER_ALREADY_LOGGED_IN is fine).
+  // max_sessions bounds the pool. Throws Pkcs11NoToken, Pkcs11LoginFailed (wrong or locked PIN).
+  static std::shared_ptr<Pkcs11Token> open(const std::string& module_path, const std::string& token_label,
+                                           const SecureBytes& user_pin, std::size_t max_sessions = 8);
+  ~Pkcs11Token();
+  Pkcs11Token(const Pkcs11Token&) = delete;
+  Pkcs11Token& operator=(const Pkcs11Token&) = delete;
+
+  // A session leased from the pool; waits while all max_sessions are in use.
+  class Lease {
+   public:
+    Lease(Pkcs11Token& token, std::unique_ptr<Pkcs11Session> s) : m_token(&token), m_session(std::move(s)) {}
+    Lease(Lease&&) = default;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease();
+    Pkcs11Session& operator*() const { return *m_session; }
+    Pkcs11Session* operator->() const { return m_session.get(); }
+
+   private:
+    Pkcs11Token* m_token;
+    std::unique_ptr<Pkcs11Session> m_session;
+  };
+  Lease session();
+
+  const Pkcs11Module& module() const noexcept { return m_module; }
+  Pkcs11Handle slot() const noexcept { return m_slot; }
+  std::vector<Pkcs11Ulong> mechanisms() const { return m_module.mechanisms(m_slot); }
+
+  // --- EC P-256 signing keys ---------------------------------------------------------------
+  // On-token key pair: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN true; CKA_EXTRACTABLE false.
+  // Throws Pkcs11Error(Pkcs11) when a private key with this label already exists.
+  Pkcs11KeyPair generate_ec_p256(const std::string& label, const Bytes& id);
+  bool has_private_key(const std::string& label);
+  Pkcs11Handle find_private_key(const std::string& label);  // Throws Pkcs11KeyNotFound
+  // The public half (CKA_EC_POINT of the CKO_PUBLIC_KEY with this label). Throws Pkcs11KeyNotFound.
+  std::unique_ptr<Botan::ECDSA_PublicKey> ec_public_key(const std::string& label);
+  // ECDSA over SHA-256(message): SoftHSM 2.6 has CKM_ECDSA but not CKM_ECDSA_SHA256, so the hash
+  // is computed here and the token signs the digest. Raw form is r||s (PKCS #11 v2.40 section
+  // 2.3.1: "r and s ... each of length nLen"); DER form is the X9.62 Ecdsa-Sig-Value SEQUENCE.
+  Bytes sign_ecdsa_sha256_raw(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len);
+  Bytes sign_digest_raw(Pkcs11Handle private_key, const std::uint8_t* digest, std::size_t len);
+  Bytes sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len);
+
+  // --- secret keys that stay on the token --------------------------------------------------
+  // CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN (for CKM_SHA256_HMAC), sensitive, never extractable.
+  Pkcs11Handle generate_hmac_key(const std::string& label);
+  // HMAC-SHA-256 computed inside the token with the key labelled `key_label`.
+  SecureBytes derive_hmac_sha256(const std::string& key_label, const Bytes& data);
+  // CKK_AES 256-bit, CKA_ENCRYPT/CKA_DECRYPT, sensitive, never extractable.
+  Pkcs11Handle generate_aes_key(const std::string& label);
+  // AES-256-GCM on the token: output nonce(12) || ciphertext || tag(16). The key labelled
+  // `key_label` never leaves the token; unwrap_data throws CryptoError(Crypto) on a bad tag.
+  Bytes wrap_data(const std::string& key_label, const SecureBytes& plain);
+  SecureBytes unwrap_data(const std::string& key_label, const Bytes& wrapped);
+
+  Pkcs11Handle find_secret_key(const std::string& label);  // Throws Pkcs11KeyNotFound
+  void destroy_object(Pkcs11Handle object);
+
+ private:
+  Pkcs11Token(Pkcs11Module module, Pkcs11Handle slot, SecureBytes pin, std::size_t max_sessions);
+  void give_back(std::unique_ptr<Pkcs11Session> s);
+
+  Pkcs11Module m_module;
+  Pkcs11Handle m_slot;
+  SecureBytes m_pin;
+  std::size_t m_max_sessions;
+  std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::vector<std::unique_ptr<Pkcs11Session>> m_idle;
+  std::size_t m_open = 0;
+};
+
+// A P-256 key on the token, usable wherever Botan wants a Private_Key for signing
+// (Botan::PK_Signer with "EMSA1(SHA-256)", Botan::X509_CA, X509_CA::make_cert via choose_sig_format).
+// The private scalar is unreadable: private_key_bits() throws, check_key() checks the public point.
+class Pkcs11EcdsaPrivateKey final : public Botan::ECDSA_PublicKey, public Botan::Private_Key {
+ public:
+  // Throws Pkcs11KeyNotFound unless both halves with this label exist.
+  Pkcs11EcdsaPrivateKey(std::shared_ptr<Pkcs11Token> token, const std::string& label);
+
+  const std::string& label() const noexcept { return m_label; }
+  Pkcs11Handle handle() const noexcept { return m_handle; }
+
+  Botan::secure_vector<std::uint8_t> private_key_bits() const override;
+  bool check_key(Botan::RandomNumberGenerator& rng, bool strong) const override;
+  std::unique_ptr<Botan::PK_Ops::Signature> create_signature_op(Botan::RandomNumberGenerator& rng,
+                                                                const std::string& params,
+                                                                const std::string& provider) const override;
+
+ private:
+  Pkcs11EcdsaPrivateKey(std::shared_ptr<Pkcs11Token> token, const std::string& label,
+                        std::unique_ptr<Botan::ECDSA_PublicKey> pub);
+
+  std::shared_ptr<Pkcs11Token> m_token;
+  std::string m_label;
+  Pkcs11Handle m_handle = 0;
+};
+
+}  // namespace keyline::core

@@ -1,0 +1,656 @@
+#include "keyline/core/pkcs11.h"
+
+#include <dlfcn.h>
+#include <p11-kit/pkcs11.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <utility>
+
+#include <botan/ber_dec.h>
+#include <botan/bigint.h>
+#include <botan/der_enc.h>
+#include <botan/ec_group.h>
+#include <botan/hash.h>
+#include <botan/pk_ops.h>
+
+#include "keyline/core/error.h"
+
+namespace keyline::core {
+
+namespace {
+
+struct RvName {
+  CK_RV rv;
+  const char* name;
+};
+#define X(n) {n, #n},
+const RvName kRvNames[] = {
+    {CKR_OK, "CKR_OK"},
+      X(CKR_ACTION_PROHIBITED)
+      X(CKR_ARGUMENTS_BAD)
+      X(CKR_ATTRIBUTE_READ_ONLY)
+      X(CKR_ATTRIBUTE_SENSITIVE)
+      X(CKR_ATTRIBUTE_TYPE_INVALID)
+      X(CKR_ATTRIBUTE_VALUE_INVALID)
+      X(CKR_BUFFER_TOO_SMALL)
+      X(CKR_CANCEL)
+      X(CKR_CANT_LOCK)
+      X(CKR_CRYPTOKI_ALREADY_INITIALIZED)
+      X(CKR_CRYPTOKI_NOT_INITIALIZED)
+      X(CKR_CURVE_NOT_SUPPORTED)
+      X(CKR_DATA_INVALID)
+      X(CKR_DATA_LEN_RANGE)
+      X(CKR_DEVICE_ERROR)
+      X(CKR_DEVICE_MEMORY)
+      X(CKR_DEVICE_REMOVED)
+      X(CKR_DOMAIN_PARAMS_INVALID)
+      X(CKR_ENCRYPTED_DATA_INVALID)
+      X(CKR_ENCRYPTED_DATA_LEN_RANGE)
+      X(CKR_EXCEEDED_MAX_ITERATIONS)
+      X(CKR_FIPS_SELF_TEST_FAILED)
+      X(CKR_FUNCTION_CANCELED)
+      X(CKR_FUNCTION_FAILED)
+      X(CKR_FUNCTION_NOT_PARALLEL)
+      X(CKR_FUNCTION_NOT_SUPPORTED)
+      X(CKR_FUNCTION_REJECTED)
+      X(CKR_GENERAL_ERROR)
+      X(CKR_HOST_MEMORY)
+      X(CKR_INFORMATION_SENSITIVE)
+      X(CKR_KEY_CHANGED)
+      X(CKR_KEY_FUNCTION_NOT_PERMITTED)
+      X(CKR_KEY_HANDLE_INVALID)
+      X(CKR_KEY_INDIGESTIBLE)
+      X(CKR_KEY_NEEDED)
+      X(CKR_KEY_NOT_NEEDED)
+      X(CKR_KEY_NOT_WRAPPABLE)
+      X(CKR_KEY_SIZE_RANGE)
+      X(CKR_KEY_TYPE_INCONSISTENT)
+      X(CKR_KEY_UNEXTRACTABLE)
+      X(CKR_LIBRARY_LOAD_FAILED)
+      X(CKR_MECHANISM_INVALID)
+      X(CKR_MECHANISM_PARAM_INVALID)
+      X(CKR_MUTEX_BAD)
+      X(CKR_MUTEX_NOT_LOCKED)
+      X(CKR_NEED_TO_CREATE_THREADS)
+      X(CKR_NEW_PIN_MODE)
+      X(CKR_NEXT_OTP)
+      X(CKR_NO_EVENT)
+      X(CKR_OBJECT_HANDLE_INVALID)
+      X(CKR_OPERATION_ACTIVE)
+      X(CKR_OPERATION_NOT_INITIALIZED)
+      X(CKR_PIN_EXPIRED)
+      X(CKR_PIN_INCORRECT)
+      X(CKR_PIN_INVALID)
+      X(CKR_PIN_LEN_RANGE)
+      X(CKR_PIN_LOCKED)
+      X(CKR_PIN_TOO_WEAK)
+      X(CKR_PUBLIC_KEY_INVALID)
+      X(CKR_RANDOM_NO_RNG)
+      X(CKR_RANDOM_SEED_NOT_SUPPORTED)
+      X(CKR_SAVED_STATE_INVALID)
+      X(CKR_SESSION_CLOSED)
+      X(CKR_SESSION_COUNT)
+      X(CKR_SESSION_EXISTS)
+      X(CKR_SESSION_HANDLE_INVALID)
+      X(CKR_SESSION_PARALLEL_NOT_SUPPORTED)
+      X(CKR_SESSION_READ_ONLY)
+      X(CKR_SESSION_READ_ONLY_EXISTS)
+      X(CKR_SESSION_READ_WRITE_SO_EXISTS)
+      X(CKR_SIGNATURE_INVALID)
+      X(CKR_SIGNATURE_LEN_RANGE)
+      X(CKR_SLOT_ID_INVALID)
+      X(CKR_STATE_UNSAVEABLE)
+      X(CKR_TEMPLATE_INCOMPLETE)
+      X(CKR_TEMPLATE_INCONSISTENT)
+      X(CKR_TOKEN_NOT_PRESENT)
+      X(CKR_TOKEN_NOT_RECOGNIZED)
+      X(CKR_TOKEN_WRITE_PROTECTED)
+      X(CKR_UNWRAPPING_KEY_SIZE_RANGE)
+      X(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT)
+      X(CKR_USER_ALREADY_LOGGED_IN)
+      X(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)
+      X(CKR_USER_NOT_LOGGED_IN)
+      X(CKR_USER_PIN_NOT_INITIALIZED)
+      X(CKR_USER_TOO_MANY_TYPES)
+      X(CKR_USER_TYPE_INVALID)
+      X(CKR_WRAPPED_KEY_INVALID)
+      X(CKR_WRAPPED_KEY_LEN_RANGE)
+      X(CKR_WRAPPING_KEY_HANDLE_INVALID)
+      X(CKR_WRAPPING_KEY_SIZE_RANGE)
+      X(CKR_WRAPPING_KEY_TYPE_INCONSISTENT)
+};
+#undef X
+
+[[noreturn]] void fail(ErrorCode code, const std::string& what, CK_RV rv) {
+  throw Pkcs11Error(code, what + ": " + pkcs11_rv_name(rv), rv);
+}
+
+void check(CK_RV rv, const char* what) {
+  if (rv != CKR_OK) fail(ErrorCode::Pkcs11, what, rv);
+}
+
+// CKA_EC_PARAMS for P-256: the namedCurve OID 1.2.840.10045.3.1.7 (RFC 5480 section 2.1.1.1), DER.
+const CK_BYTE kP256Params[] = {0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07};
+
+// AES-GCM as used by wrap_data: 96-bit nonce and 128-bit tag (NIST SP 800-38D sections 5.2.1.1
+// and 5.2.1.2); the fixed AAD binds the blob to its purpose.
+constexpr std::size_t kGcmNonce = 12;
+constexpr std::size_t kGcmTag = 16;
+const char kWrapAad[] = "keyline wrap v1";
+
+std::string trim_label(const unsigned char* p, std::size_t n) {
+  std::string s(reinterpret_cast<const char*>(p), n);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\0')) s.pop_back();
+  return s;
+}
+
+}  // namespace
+
+std::string pkcs11_rv_name(Pkcs11Ulong rv) {
+  for (const auto& n : kRvNames)
+    if (n.rv == rv) return n.name;
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "CKR_0x%08lX", rv);
+  return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Module
+
+struct Pkcs11Module::Library {
+  std::string path;
+  void* dl = nullptr;
+  CK_FUNCTION_LIST_PTR fn = nullptr;
+  bool finalize = false;
+
+  ~Library() {
+    if (fn && finalize) fn->C_Finalize(nullptr);
+    if (dl) ::dlclose(dl);
+  }
+};
+
+namespace {
+// A module is initialized once per process (PKCS #11 v2.40 section 5.4: a second C_Initialize
+// returns CKR_CRYPTOKI_ALREADY_INITIALIZED, and C_Finalize would pull the rug from every other
+// user), so loaded modules are shared by path.
+std::mutex g_modules_mutex;
+std::map<std::string, std::weak_ptr<Pkcs11Module::Library>> g_modules;
+}  // namespace
+
+Pkcs11Module::Pkcs11Module(const std::string& path) {
+  std::lock_guard<std::mutex> lock(g_modules_mutex);
+  if (auto existing = g_modules[path].lock()) {
+    m_lib = std::move(existing);
+    return;
+  }
+  auto lib = std::make_shared<Library>();
+  lib->path = path;
+  lib->dl = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!lib->dl) {
+    const char* why = ::dlerror();
+    throw Pkcs11Error(ErrorCode::Pkcs11, "cannot load PKCS#11 module " + path + ": " + (why ? why : "?"));
+  }
+  auto get_list = reinterpret_cast<CK_C_GetFunctionList>(::dlsym(lib->dl, "C_GetFunctionList"));
+  if (!get_list) throw Pkcs11Error(ErrorCode::Pkcs11, "not a PKCS#11 module (no C_GetFunctionList): " + path);
+  check(get_list(&lib->fn), "C_GetFunctionList");
+  // CKF_OS_LOCKING_OK: the library may use OS threading primitives, so sessions can be used from
+  // several threads at once (one thread per session) - PKCS #11 v2.40 section 5.4, C_Initialize.
+  CK_C_INITIALIZE_ARGS args{};
+  args.flags = CKF_OS_LOCKING_OK;
+  const CK_RV rv = lib->fn->C_Initialize(&args);
+  if (rv == CKR_OK)
+    lib->finalize = true;
+  else if (rv != CKR_CRYPTOKI_ALREADY_INITIALIZED)
+    fail(ErrorCode::Pkcs11, "C_Initialize " + path, rv);
+  g_modules[path] = lib;
+  m_lib = std::move(lib);
+}
+
+Pkcs11Module::~Pkcs11Module() = default;
+
+const std::string& Pkcs11Module::path() const noexcept { return m_lib->path; }
+
+Pkcs11Handle Pkcs11Module::find_slot(const std::string& token_label) const {
+  CK_ULONG n = 0;
+  check(m_lib->fn->C_GetSlotList(CK_TRUE, nullptr, &n), "C_GetSlotList");
+  std::vector<CK_SLOT_ID> slots(n);
+  if (n) check(m_lib->fn->C_GetSlotList(CK_TRUE, slots.data(), &n), "C_GetSlotList");
+  slots.resize(n);
+  for (CK_SLOT_ID s : slots) {
+    CK_TOKEN_INFO info{};
+    if (m_lib->fn->C_GetTokenInfo(s, &info) != CKR_OK) continue;
+    if (!(info.flags & CKF_TOKEN_INITIALIZED)) continue;
+    if (trim_label(info.label, sizeof info.label) == token_label) return s;
+  }
+  throw Pkcs11Error(ErrorCode::Pkcs11NoToken, "no initialized token labelled '" + token_label + "' in " + m_lib->path);
+}
+
+std::vector<Pkcs11Ulong> Pkcs11Module::mechanisms(Pkcs11Handle slot) const {
+  CK_ULONG n = 0;
+  check(m_lib->fn->C_GetMechanismList(slot, nullptr, &n), "C_GetMechanismList");
+  std::vector<CK_MECHANISM_TYPE> m(n);
+  if (n) check(m_lib->fn->C_GetMechanismList(slot, m.data(), &n), "C_GetMechanismList");
+  m.resize(n);
+  return {m.begin(), m.end()};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session
+
+Pkcs11Session::Pkcs11Session(std::shared_ptr<Pkcs11Module::Library> lib, Pkcs11Handle slot,
+                             const SecureBytes& user_pin)
+    : m_lib(std::move(lib)) {
+  CK_SESSION_HANDLE h = 0;
+  check(m_lib->fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h), "C_OpenSession");
+  m_session = h;
+  // Login state is per application and token, not per session (PKCS #11 v2.40 section 5.6):
+  // every session after the first sees CKR_USER_ALREADY_LOGGED_IN, which is success here.
+  const CK_RV rv = m_lib->fn->C_Login(h, CKU_USER, const_cast<CK_UTF8CHAR_PTR>(user_pin.data()), user_pin.size());
+  if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) return;
+  m_lib->fn->C_CloseSession(h);
+  m_session = 0;
+  if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_LOCKED ||
+      rv == CKR_PIN_EXPIRED || rv == CKR_USER_PIN_NOT_INITIALIZED)
+    fail(ErrorCode::Pkcs11LoginFailed, "token login refused", rv);
+  fail(ErrorCode::Pkcs11, "C_Login", rv);
+}
+
+Pkcs11Session::~Pkcs11Session() {
+  if (m_session) m_lib->fn->C_CloseSession(m_session);
+}
+
+std::vector<Pkcs11Handle> Pkcs11Session::find_objects(Pkcs11Ulong object_class, const std::string& label) const {
+  CK_OBJECT_CLASS cls = object_class;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof cls},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+  };
+  auto* fn = m_lib->fn;
+  check(fn->C_FindObjectsInit(m_session, tmpl, 2), "C_FindObjectsInit");
+  std::vector<Pkcs11Handle> out;
+  CK_OBJECT_HANDLE buf[16];
+  CK_ULONG n = 0;
+  CK_RV rv;
+  while ((rv = fn->C_FindObjects(m_session, buf, 16, &n)) == CKR_OK && n > 0) out.insert(out.end(), buf, buf + n);
+  fn->C_FindObjectsFinal(m_session);
+  check(rv, "C_FindObjects");
+  return out;
+}
+
+Bytes Pkcs11Session::attribute(Pkcs11Handle object, Pkcs11Ulong type) const {
+  CK_ATTRIBUTE a{type, nullptr, 0};
+  check(m_lib->fn->C_GetAttributeValue(m_session, object, &a, 1), "C_GetAttributeValue");
+  if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION)
+    fail(ErrorCode::Pkcs11, "C_GetAttributeValue", CKR_ATTRIBUTE_TYPE_INVALID);
+  Bytes v(a.ulValueLen);
+  a.pValue = v.data();
+  check(m_lib->fn->C_GetAttributeValue(m_session, object, &a, 1), "C_GetAttributeValue");
+  v.resize(a.ulValueLen);
+  return v;
+}
+
+bool Pkcs11Session::bool_attribute(Pkcs11Handle object, Pkcs11Ulong type) const {
+  const Bytes v = attribute(object, type);
+  if (v.size() != sizeof(CK_BBOOL)) throw Pkcs11Error(ErrorCode::Pkcs11, "attribute is not a CK_BBOOL");
+  return v[0] != CK_FALSE;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token and pool
+
+Pkcs11Token::Pkcs11Token(Pkcs11Module module, Pkcs11Handle slot, SecureBytes pin, std::size_t max_sessions)
+    : m_module(std::move(module)), m_slot(slot), m_pin(std::move(pin)), m_max_sessions(std::max<std::size_t>(1, max_sessions)) {}
+
+std::shared_ptr<Pkcs11Token> Pkcs11Token::open(const std::string& module_path, const std::string& token_label,
+                                               const SecureBytes& user_pin, std::size_t max_sessions) {
+  Pkcs11Module module(module_path);
+  const Pkcs11Handle slot = module.find_slot(token_label);
+  std::shared_ptr<Pkcs11Token> t(new Pkcs11Token(std::move(module), slot, user_pin, max_sessions));
+  // The first session logs in now, so a wrong PIN surfaces here, and it stays open for the
+  // token's lifetime: closing the last session would log the application out.
+  auto first = std::make_unique<Pkcs11Session>(t->m_module.library(), slot, t->m_pin);
+  t->m_open = 1;
+  t->m_idle.push_back(std::move(first));
+  return t;
+}
+
+Pkcs11Token::~Pkcs11Token() = default;
+
+Pkcs11Token::Lease::~Lease() {
+  if (m_session) m_token->give_back(std::move(m_session));
+}
+
+Pkcs11Token::Lease Pkcs11Token::session() {
+  std::unique_lock<std::mutex> lock(m_mutex);
+  m_cv.wait(lock, [&] { return !m_idle.empty() || m_open < m_max_sessions; });
+  if (!m_idle.empty()) {
+    auto s = std::move(m_idle.back());
+    m_idle.pop_back();
+    return Lease(*this, std::move(s));
+  }
+  ++m_open;
+  lock.unlock();
+  try {
+    return Lease(*this, std::make_unique<Pkcs11Session>(m_module.library(), m_slot, m_pin));
+  } catch (...) {
+    lock.lock();
+    --m_open;
+    m_cv.notify_one();
+    throw;
+  }
+}
+
+void Pkcs11Token::give_back(std::unique_ptr<Pkcs11Session> s) {
+  {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    m_idle.push_back(std::move(s));
+  }
+  m_cv.notify_one();
+}
+
+namespace {
+CK_FUNCTION_LIST_PTR fns(const Pkcs11Module& m) { return m.library()->fn; }
+}  // namespace
+
+bool Pkcs11Token::has_private_key(const std::string& label) {
+  auto s = session();
+  return !s->find_objects(CKO_PRIVATE_KEY, label).empty();
+}
+
+Pkcs11Handle Pkcs11Token::find_private_key(const std::string& label) {
+  auto s = session();
+  const auto found = s->find_objects(CKO_PRIVATE_KEY, label);
+  if (found.empty()) throw Pkcs11Error(ErrorCode::Pkcs11KeyNotFound, "no private key labelled '" + label + "' on the token");
+  if (found.size() > 1) throw Pkcs11Error(ErrorCode::Pkcs11, "several private keys labelled '" + label + "'");
+  return found.front();
+}
+
+Pkcs11Handle Pkcs11Token::find_secret_key(const std::string& label) {
+  auto s = session();
+  const auto found = s->find_objects(CKO_SECRET_KEY, label);
+  if (found.empty()) throw Pkcs11Error(ErrorCode::Pkcs11KeyNotFound, "no secret key labelled '" + label + "' on the token");
+  if (found.size() > 1) throw Pkcs11Error(ErrorCode::Pkcs11, "several secret keys labelled '" + label + "'");
+  return found.front();
+}
+
+void Pkcs11Token::destroy_object(Pkcs11Handle object) {
+  auto s = session();
+  check(fns(m_module)->C_DestroyObject(s->handle(), object), "C_DestroyObject");
+}
+
+Pkcs11KeyPair Pkcs11Token::generate_ec_p256(const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_PRIVATE_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a private key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  auto* lbl = const_cast<char*>(label.data());
+  auto* idp = const_cast<std::uint8_t*>(id.data());
+  CK_ATTRIBUTE pub[] = {
+      {CKA_TOKEN, &yes, sizeof yes},
+      {CKA_PRIVATE, &no, sizeof no},
+      {CKA_VERIFY, &yes, sizeof yes},
+      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256Params), sizeof kP256Params},
+      {CKA_LABEL, lbl, label.size()},
+      {CKA_ID, idp, id.size()},
+  };
+  CK_ATTRIBUTE priv[] = {
+      {CKA_TOKEN, &yes, sizeof yes},
+      {CKA_PRIVATE, &yes, sizeof yes},
+      {CKA_SENSITIVE, &yes, sizeof yes},
+      {CKA_EXTRACTABLE, &no, sizeof no},
+      {CKA_SIGN, &yes, sizeof yes},
+      {CKA_DERIVE, &no, sizeof no},
+      {CKA_LABEL, lbl, label.size()},
+      {CKA_ID, idp, id.size()},
+  };
+  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
+  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
+        "C_GenerateKeyPair(P-256)");
+  return {hpub, hpriv};
+}
+
+std::unique_ptr<Botan::ECDSA_PublicKey> Pkcs11Token::ec_public_key(const std::string& label) {
+  auto s = session();
+  const auto found = s->find_objects(CKO_PUBLIC_KEY, label);
+  if (found.empty()) throw Pkcs11Error(ErrorCode::Pkcs11KeyNotFound, "no public key labelled '" + label + "' on the token");
+  const Bytes params = s->attribute(found.front(), CKA_EC_PARAMS);
+  if (params != Bytes(std::begin(kP256Params), std::end(kP256Params)))
+    throw Pkcs11Error(ErrorCode::Pkcs11, "key '" + label + "' is not a P-256 key");
+  const Bytes ec_point = s->attribute(found.front(), CKA_EC_POINT);
+  // PKCS #11 v2.40 section 2.3.3: CKA_EC_POINT is "DER-encoding of ANSI X9.62 ECPoint value Q",
+  // an OCTET STRING around the uncompressed point; some tokens hand out the bare point.
+  std::vector<std::uint8_t> point;
+  try {
+    if (ec_point.size() == 65 && ec_point[0] == 0x04)
+      point = ec_point;
+    else
+      Botan::BER_Decoder(ec_point).decode(point, Botan::OCTET_STRING).verify_end();
+    const Botan::EC_Group group("secp256r1");
+    return std::make_unique<Botan::ECDSA_PublicKey>(group, group.OS2ECP(point));
+  } catch (const Botan::Exception&) {
+    throw Pkcs11Error(ErrorCode::Pkcs11, "CKA_EC_POINT of '" + label + "' does not decode");
+  }
+}
+
+Bytes Pkcs11Token::sign_digest_raw(Pkcs11Handle private_key, const std::uint8_t* digest, std::size_t len) {
+  auto s = session();
+  auto* fn = fns(m_module);
+  CK_MECHANISM mech{CKM_ECDSA, nullptr, 0};
+  check(fn->C_SignInit(s->handle(), &mech, private_key), "C_SignInit(CKM_ECDSA)");
+  Bytes sig(132);  // r||s for curves up to P-521
+  CK_ULONG n = sig.size();
+  check(fn->C_Sign(s->handle(), const_cast<std::uint8_t*>(digest), len, sig.data(), &n), "C_Sign(CKM_ECDSA)");
+  sig.resize(n);
+  return sig;
+}
+
+Bytes Pkcs11Token::sign_ecdsa_sha256_raw(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len) {
+  auto h = Botan::HashFunction::create_or_throw("SHA-256");
+  h->update(msg, len);
+  const auto digest = h->final();
+  return sign_digest_raw(private_key, digest.data(), digest.size());
+}
+
+Bytes Pkcs11Token::sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len) {
+  const Bytes raw = sign_ecdsa_sha256_raw(private_key, msg, len);
+  const std::size_t half = raw.size() / 2;
+  const Botan::BigInt r(raw.data(), half), s(raw.data() + half, half);
+  Bytes der;
+  Botan::DER_Encoder(der).start_cons(Botan::SEQUENCE).encode(r).encode(s).end_cons();
+  return der;
+}
+
+Pkcs11Handle Pkcs11Token::generate_hmac_key(const std::string& label) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+  CK_ULONG len = 32;  // RFC 2104 section 3: a key of L (=32 for SHA-256) bytes is the recommended minimum
+  // SoftHSM 2.6 (C_GetMechanismList) offers CKM_SHA256_HMAC over CKK_GENERIC_SECRET but no
+  // SP 800-108 KDF mechanism, so the per-device derivation is HMAC-SHA-256 as a PRF, made by C_Sign.
+  CK_MECHANISM mech{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof cls},
+      {CKA_KEY_TYPE, &kt, sizeof kt},
+      {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &yes, sizeof yes},
+      {CKA_PRIVATE, &yes, sizeof yes},
+      {CKA_SENSITIVE, &yes, sizeof yes},
+      {CKA_EXTRACTABLE, &no, sizeof no},
+      {CKA_SIGN, &yes, sizeof yes},
+      {CKA_VERIFY, &yes, sizeof yes},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+  };
+  CK_OBJECT_HANDLE h = 0;
+  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl, std::size(tmpl), &h), "C_GenerateKey(generic secret)");
+  return h;
+}
+
+SecureBytes Pkcs11Token::derive_hmac_sha256(const std::string& key_label, const Bytes& data) {
+  const Pkcs11Handle key = find_secret_key(key_label);
+  auto s = session();
+  auto* fn = fns(m_module);
+  CK_MECHANISM mech{CKM_SHA256_HMAC, nullptr, 0};
+  check(fn->C_SignInit(s->handle(), &mech, key), "C_SignInit(CKM_SHA256_HMAC)");
+  SecureBytes out(32);
+  CK_ULONG n = out.size();
+  check(fn->C_Sign(s->handle(), const_cast<std::uint8_t*>(data.data()), data.size(), out.data(), &n),
+        "C_Sign(CKM_SHA256_HMAC)");
+  out.resize(n);
+  return out;
+}
+
+Pkcs11Handle Pkcs11Token::generate_aes_key(const std::string& label) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_ULONG len = 32;
+  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof cls},
+      {CKA_KEY_TYPE, &kt, sizeof kt},
+      {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &yes, sizeof yes},
+      {CKA_PRIVATE, &yes, sizeof yes},
+      {CKA_SENSITIVE, &yes, sizeof yes},
+      {CKA_EXTRACTABLE, &no, sizeof no},
+      {CKA_ENCRYPT, &yes, sizeof yes},
+      {CKA_DECRYPT, &yes, sizeof yes},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+  };
+  CK_OBJECT_HANDLE h = 0;
+  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl, std::size(tmpl), &h), "C_GenerateKey(AES-256)");
+  return h;
+}
+
+// The pool's private keys are data to the token (PKCS#8 blobs made in process), so wrapping is
+// C_Encrypt with CKM_AES_GCM rather than C_WrapKey: CKM_AES_KEY_WRAP_PAD (offered by SoftHSM 2.6)
+// only wraps key objects. GCM also authenticates, so a flipped bit in the pool does not unwrap.
+Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& plain) {
+  const Pkcs11Handle key = find_secret_key(key_label);
+  auto s = session();
+  auto* fn = fns(m_module);
+  Bytes out(kGcmNonce + plain.size() + kGcmTag);
+  check(fn->C_GenerateRandom(s->handle(), out.data(), kGcmNonce), "C_GenerateRandom");
+  CK_GCM_PARAMS gcm{};
+  gcm.pIv = out.data();
+  gcm.ulIvLen = kGcmNonce;
+  gcm.ulIvBits = kGcmNonce * 8;
+  gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
+  gcm.ulAADLen = sizeof kWrapAad - 1;
+  gcm.ulTagBits = kGcmTag * 8;
+  CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
+  check(fn->C_EncryptInit(s->handle(), &mech, key), "C_EncryptInit(CKM_AES_GCM)");
+  CK_ULONG n = out.size() - kGcmNonce;
+  check(fn->C_Encrypt(s->handle(), const_cast<std::uint8_t*>(plain.data()), plain.size(), out.data() + kGcmNonce, &n),
+        "C_Encrypt(CKM_AES_GCM)");
+  out.resize(kGcmNonce + n);
+  return out;
+}
+
+SecureBytes Pkcs11Token::unwrap_data(const std::string& key_label, const Bytes& wrapped) {
+  if (wrapped.size() < kGcmNonce + kGcmTag) throw CryptoError(ErrorCode::Crypto, "wrapped data too short");
+  const Pkcs11Handle key = find_secret_key(key_label);
+  auto s = session();
+  auto* fn = fns(m_module);
+  Bytes nonce(wrapped.begin(), wrapped.begin() + kGcmNonce);
+  CK_GCM_PARAMS gcm{};
+  gcm.pIv = nonce.data();
+  gcm.ulIvLen = kGcmNonce;
+  gcm.ulIvBits = kGcmNonce * 8;
+  gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
+  gcm.ulAADLen = sizeof kWrapAad - 1;
+  gcm.ulTagBits = kGcmTag * 8;
+  CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
+  check(fn->C_DecryptInit(s->handle(), &mech, key), "C_DecryptInit(CKM_AES_GCM)");
+  SecureBytes out(wrapped.size() - kGcmNonce);
+  CK_ULONG n = out.size();
+  const CK_RV rv = fn->C_Decrypt(s->handle(), const_cast<std::uint8_t*>(wrapped.data()) + kGcmNonce,
+                                 wrapped.size() - kGcmNonce, out.data(), &n);
+  if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR ||
+      rv == CKR_FUNCTION_FAILED)
+    throw CryptoError(ErrorCode::Crypto, "wrapped data does not open (" + pkcs11_rv_name(rv) + ")");
+  check(rv, "C_Decrypt(CKM_AES_GCM)");
+  out.resize(n);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Botan adapter
+
+namespace {
+
+// PK_Ops::Signature for Botan's PK_Signer. PK_Signer hands the whole message to update() and takes
+// r||s (IEEE 1363 form) from sign(); with Signature_Format DER_SEQUENCE (Botan's default for
+// ECDSA in X.509) it then DER-encodes the two halves itself (Botan 2.19 pubkey.cpp, PK_Signer::signature).
+class TokenEcdsaSignature final : public Botan::PK_Ops::Signature {
+ public:
+  TokenEcdsaSignature(std::shared_ptr<Pkcs11Token> token, Pkcs11Handle key, std::size_t order_bytes,
+                      std::unique_ptr<Botan::HashFunction> hash)
+      : m_token(std::move(token)), m_key(key), m_order_bytes(order_bytes), m_hash(std::move(hash)) {}
+
+  void update(const std::uint8_t msg[], std::size_t len) override { m_hash->update(msg, len); }
+
+  Botan::secure_vector<std::uint8_t> sign(Botan::RandomNumberGenerator&) override {
+    auto digest = m_hash->final();
+    // EMSA1 (IEEE 1363 EMSA1, as X9.62 uses it): keep the leftmost bits of a hash longer than
+    // the group order; P-256's order is byte aligned, so that is a byte truncation.
+    if (digest.size() > m_order_bytes) digest.resize(m_order_bytes);
+    const Bytes sig = m_token->sign_digest_raw(m_key, digest.data(), digest.size());
+    if (sig.size() != 2 * m_order_bytes) throw CryptoError(ErrorCode::Crypto, "token returned a malformed ECDSA signature");
+    return Botan::secure_vector<std::uint8_t>(sig.begin(), sig.end());
+  }
+
+  std::size_t signature_length() const override { return 2 * m_order_bytes; }
+
+ private:
+  std::shared_ptr<Pkcs11Token> m_token;
+  Pkcs11Handle m_key;
+  std::size_t m_order_bytes;
+  std::unique_ptr<Botan::HashFunction> m_hash;
+};
+
+}  // namespace
+
+Pkcs11EcdsaPrivateKey::Pkcs11EcdsaPrivateKey(std::shared_ptr<Pkcs11Token> token, const std::string& label)
+    : Pkcs11EcdsaPrivateKey(token, label, token->ec_public_key(label)) {}
+
+Pkcs11EcdsaPrivateKey::Pkcs11EcdsaPrivateKey(std::shared_ptr<Pkcs11Token> token, const std::string& label,
+                                             std::unique_ptr<Botan::ECDSA_PublicKey> pub)
+    : Botan::EC_PublicKey(pub->domain(), pub->public_point()),
+      Botan::ECDSA_PublicKey(pub->domain(), pub->public_point()),
+      m_token(std::move(token)),
+      m_label(label) {
+  m_handle = m_token->find_private_key(label);
+}
+
+Botan::secure_vector<std::uint8_t> Pkcs11EcdsaPrivateKey::private_key_bits() const {
+  throw Pkcs11Error(ErrorCode::Pkcs11, "token key '" + m_label + "' is not extractable");
+}
+
+bool Pkcs11EcdsaPrivateKey::check_key(Botan::RandomNumberGenerator& rng, bool strong) const {
+  return Botan::EC_PublicKey::check_key(rng, strong);
+}
+
+std::unique_ptr<Botan::PK_Ops::Signature> Pkcs11EcdsaPrivateKey::create_signature_op(
+    Botan::RandomNumberGenerator&, const std::string& params, const std::string& provider) const {
+  if (!provider.empty() && provider != "base" && provider != "pkcs11")
+    throw Botan::Provider_Not_Found(algo_name(), provider);
+  // Botan's padding string for ECDSA is "EMSA1(<hash>)" (Botan 2.19 x509_ca.cpp, choose_sig_padding).
+  const std::string prefix = "EMSA1(";
+  if (params.size() <= prefix.size() + 1 || params.compare(0, prefix.size(), prefix) != 0 || params.back() != ')')
+    throw Botan::Invalid_Argument("token ECDSA key supports EMSA1(<hash>) only, not " + params);
+  const std::string hash = params.substr(prefix.size(), params.size() - prefix.size() - 1);
+  return std::make_unique<TokenEcdsaSignature>(m_token, m_handle, domain().get_order().bytes(),
+                                               Botan::HashFunction::create_or_throw(hash));
+}
+
+}  // namespace keyline::core
