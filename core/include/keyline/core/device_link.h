@@ -1,0 +1,70 @@
+// Station-side client of the device link (DESIGN section 6): a TCP connection that carries vpcd
+// frames (2-byte big-endian length || payload; 1-byte payloads are control messages). Used by the
+// station, recovery and the device tests. docs/protocol.md describes the dialect on top.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "keyline/core/apdu.h"
+#include "keyline/core/bytes.h"
+
+namespace keyline::core {
+
+struct DeviceLinkOptions {
+  std::chrono::milliseconds connect_timeout{5000};
+  // Longest wait for one response frame; a device that stores and writes flash needs ~400 ms.
+  std::chrono::milliseconds io_timeout{30000};
+  std::size_t max_chunk = 255;  // command chaining chunk for long command data (short APDUs)
+  bool power_on = true;         // send vpcd power-on and read the ATR right after connecting
+};
+
+// Sees every byte that crosses the link, in order: outbound = station to device.
+using LinkCapture = std::function<void(bool outbound, const std::uint8_t* data, std::size_t len)>;
+
+class DeviceLink {
+ public:
+  DeviceLink(std::string host, int port, DeviceLinkOptions options = {});
+  ~DeviceLink();
+  DeviceLink(const DeviceLink&) = delete;
+  DeviceLink& operator=(const DeviceLink&) = delete;
+
+  // "127.0.0.1:7001" -> {"127.0.0.1", 7001}. Throws ConfigError(Config).
+  static std::pair<std::string, int> parse_endpoint(std::string_view host_port);
+
+  // Throws IoError(Network) when the device cannot be reached, IoError(Timeout) on a timeout.
+  void connect();
+  void close() noexcept;
+  void reconnect();
+  bool connected() const noexcept { return m_fd >= 0; }
+
+  void set_capture(LinkCapture capture) { m_capture = std::move(capture); }
+  const Bytes& atr() const noexcept { return m_atr; }
+
+  // vpcd control messages: power off / on / reset send no answer; get ATR does.
+  void control(std::uint8_t code);
+  Bytes get_atr();
+
+  // One frame out, one frame in (no chaining, no GET RESPONSE).
+  SecureBytes transmit_raw(const SecureBytes& command_apdu);
+  // Full exchange via core::transceive: command chaining for long data, 61XX collected with GET RESPONSE.
+  ResponseApdu transmit(const CommandApdu& command);
+
+ private:
+  void send_frame(const std::uint8_t* payload, std::size_t len);
+  SecureBytes receive_frame();
+  void read_exact(std::uint8_t* out, std::size_t len);
+
+  std::string m_host;
+  int m_port;
+  DeviceLinkOptions m_options;
+  int m_fd = -1;
+  Bytes m_atr;
+  LinkCapture m_capture;
+};
+
+}  // namespace keyline::core

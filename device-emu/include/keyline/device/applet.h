@@ -1,0 +1,110 @@
+// The personalization applet: the APDU dialect of DESIGN section 6 and docs/protocol.md.
+// A Device is one chip with its flash, shared by every connection to it (commands run one at a time);
+// a Session is the per-connection state (selection, STORE DATA gathering, chaining, GET RESPONSE).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <random>
+
+#include "keyline/core/apdu.h"
+#include "keyline/device/chip.h"
+
+namespace keyline::device {
+
+// Personalization applet AID (DESIGN section 6).
+constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
+// ATR sent on vpcd "get ATR": T=0 and T=1 offered, no historical bytes (ISO 7816-3 section 8.2).
+constexpr std::uint8_t kAtr[] = {0x3B, 0x80, 0x80, 0x01, 0x01};
+
+namespace ins {
+constexpr std::uint8_t select = 0xA4;
+constexpr std::uint8_t get_response = 0xC0;
+constexpr std::uint8_t get_data = 0xCA;
+constexpr std::uint8_t store_data = 0xE2;
+constexpr std::uint8_t update_binary = 0xD6;
+constexpr std::uint8_t boot_staged = 0xC2;
+constexpr std::uint8_t status = 0xC4;
+constexpr std::uint8_t restore_drill = 0xC6;
+constexpr std::uint8_t reset_blank = 0xC8;
+}  // namespace ins
+
+// ISO 7816-4 section 5.6: "wrong parameters P1-P2: offset outside the EF".
+constexpr std::uint16_t kSwOffsetOutside = 0x6B00;
+// Data gathered by STORE DATA or UPDATE BINARY before it is refused.
+constexpr std::size_t kMaxGathered = core::kFlashMaxSize;
+// UPDATE BINARY offsets are 15 bits (P1 bit 8 = 0, ISO 7816-4 section 7.2.2): the staging area ends here.
+constexpr std::size_t kMaxStaging = 0x7FFF + 0xFFFF;
+
+struct Faults {
+  unsigned delay_id_ms = 0;     // GET DATA CPLC
+  unsigned delay_store_ms = 0;  // each STORE DATA block
+  unsigned delay_flash_ms = 0;  // each flash write
+  std::size_t drop_after_bytes = 0;          // 0 = never; per connection, bytes received
+  std::optional<std::size_t> power_cut_at_byte;  // during the next flash write
+  double fail_rate = 0.0;       // share of APDUs answered 6F00 before they run
+};
+
+struct DeviceOptions {
+  bool allow_reset = false;  // 80 C8 resets to BLANK only when the device was started with --allow-reset
+  Faults faults;
+};
+
+class Device {
+ public:
+  Device(Chip chip, DeviceOptions options) : m_chip(std::move(chip)), m_options(options) {}
+
+  const Chip& chip() const noexcept { return m_chip; }
+  const DeviceOptions& options() const noexcept { return m_options; }
+  // Set when an injected power cut hit: the server drops every connection, like a power loss.
+  bool powered_off() const noexcept { return m_power_cut.load(); }
+  void power_restored();
+
+ private:
+  friend class Session;
+  std::mutex m_mutex;  // one command at a time, as on a real chip
+  Chip m_chip;
+  DeviceOptions m_options;
+  std::atomic<bool> m_power_cut{false};
+  std::mt19937_64 m_rng{std::random_device{}()};
+};
+
+class Session {
+ public:
+  explicit Session(Device& device) : m_device(device) {}
+
+  // Raw APDU in, raw response out. Never throws: bad bytes get a status word, any internal failure
+  // 6F00 with a log line. Throws only core::Error(PowerCut) so the server can drop the link.
+  core::SecureBytes process(const std::uint8_t* apdu, std::size_t len);
+  core::ResponseApdu process(const core::CommandApdu& command);
+  // Power on / off / reset: forget selection and anything half-gathered.
+  void reset() noexcept;
+
+ private:
+  core::ResponseApdu dispatch(const core::CommandApdu& c);
+  core::ResponseApdu select(const core::CommandApdu& c);
+  core::ResponseApdu get_data(const core::CommandApdu& c);
+  core::ResponseApdu store_data(const core::CommandApdu& c);
+  core::ResponseApdu update_binary(const core::CommandApdu& c);
+  core::ResponseApdu boot_staged(const core::CommandApdu& c);
+  core::ResponseApdu status(const core::CommandApdu& c);
+  core::ResponseApdu restore_drill(const core::CommandApdu& c);
+  core::ResponseApdu reset_blank(const core::CommandApdu& c);
+  core::ResponseApdu finish(core::ResponseApdu r, const core::CommandApdu& c);
+  void write_flash(const core::Bytes& image);
+
+  Device& m_device;
+  bool m_selected = false;
+  core::ResponseChainer m_chainer;
+  // ISO 7816-4 5.4.1 command chaining: data of the chained parts so far, and their header.
+  core::SecureBytes m_chain;
+  std::optional<std::uint8_t> m_chain_ins;
+  // STORE DATA gathering (GlobalPlatform Card Specification 11.11).
+  core::SecureBytes m_store;
+  int m_next_block = 0;
+  bool m_storing = false;
+};
+
+}  // namespace keyline::device

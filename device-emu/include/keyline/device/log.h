@@ -1,0 +1,12 @@
+// One log line per event on stderr, prefixed with the chip ID. Callers pass messages that never
+// hold key bytes (core errors are written that way too).
+#pragma once
+
+#include <string>
+
+namespace keyline::device {
+
+void log_line(const std::string& chip_id, const std::string& message);
+void set_quiet(bool quiet) noexcept;
+
+}  // namespace keyline::device

@@ -1,0 +1,64 @@
+// keyline-device: the emulated device (docs/protocol.md). Options only; the work is in keyline_device.
+#include <CLI/CLI.hpp>
+
+#include "keyline/core/guard.h"
+#include "keyline/device/commands.h"
+#include "keyline/device/log.h"
+
+int main(int argc, char** argv) {
+  using namespace keyline::device;
+  CLI::App app{"keyline-device: emulated device for the keyline line (chip, flash, APDU server)"};
+  app.require_subcommand(1);
+  app.footer("Exit codes: 0 ok, 1 failure, 2 usage, 3 bad input, 4 unavailable, 5 refused.");
+
+  std::string dir, rom_ca, fleet_dir;
+  std::size_t count = 0;
+  auto* make = app.add_subcommand("make", "chip fab: make one device (--dir) or a fleet (--dir with --count)");
+  make->add_option("--dir", dir, "device directory, or fleet directory with --count")->required();
+  make->add_option("--count", count, "make a fleet of N devices as DIR/dev-0000 ...");
+  make->add_option("--rom-ca", rom_ca, "manufacturer root certificate (PEM) burnt into ROM")->required()->check(CLI::ExistingFile);
+
+  ServeConfig serve_config;
+  std::string serve_cut;
+  auto* serve = app.add_subcommand("serve", "serve APDUs over TCP (vpcd framing) or to pcscd's vpcd driver");
+  serve->add_option("--dir", serve_config.dir, "one device directory");
+  serve->add_option("--fleet", serve_config.fleet, "fleet directory: one port per device from the --listen port");
+  serve->add_option("--listen", serve_config.listen, "HOST:PORT to listen on (port 0: any)")->envname("KEYLINE_DEVICE_LISTEN");
+  serve->add_option("--vpcd", serve_config.vpcd, "connect to pcscd's vpcd driver at HOST:PORT instead (e.g. 127.0.0.1:35963)");
+  serve->add_option("--idle-timeout-ms", serve_config.idle_timeout_ms, "close idle connections after this long");
+  serve->add_flag("--allow-reset", serve_config.device.allow_reset, "let 80 C8 reset a personalized device to BLANK");
+  serve->add_option("--delays", serve_config.delays, "hardware delay preset: none | realistic (10/50/300 ms)");
+  serve->add_option("--delay-id-ms", serve_config.device.faults.delay_id_ms, "delay of GET DATA CPLC");
+  serve->add_option("--delay-store-ms", serve_config.device.faults.delay_store_ms, "delay of each STORE DATA block");
+  serve->add_option("--delay-flash-ms", serve_config.device.faults.delay_flash_ms, "delay of each flash write");
+  serve->add_option("--drop-after-bytes", serve_config.device.faults.drop_after_bytes, "drop each connection after N bytes in");
+  serve->add_option("--power-cut-at-byte", serve_cut, "cut the power after N bytes of the next flash write");
+  serve->add_option("--fail-rate", serve_config.device.faults.fail_rate, "answer this share of APDUs with 6F00");
+  serve->add_flag("--quiet", [](std::int64_t) { set_quiet(true); }, "no log lines");
+
+  auto* boot = app.add_subcommand("boot", "boot from flash offline and print the identity");
+  boot->add_option("--dir", dir, "device directory")->required();
+  auto* status = app.add_subcommand("status", "lifecycle, chip ID, IMEI and flash state");
+  status->add_option("--dir", dir, "device directory")->required();
+  auto* wipe = app.add_subcommand("wipe-flash", "erase the flash (simulated flash loss)");
+  wipe->add_option("--dir", dir, "device directory")->required();
+  auto* corrupt = app.add_subcommand("corrupt-flash", "flip one bit of the sealed backup in flash");
+  corrupt->add_option("--dir", dir, "device directory")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
+  }
+  return keyline::core::run_guarded("keyline-device", [&]() -> int {
+    if (*make) return cmd_make(dir, count, rom_ca, make->get_option("--count")->count() > 0);
+    if (*serve) {
+      if (!serve_cut.empty()) serve_config.device.faults.power_cut_at_byte = std::stoull(serve_cut);
+      return cmd_serve(serve_config);
+    }
+    if (*boot) return cmd_boot(dir);
+    if (*status) return cmd_status(dir);
+    if (*wipe) return cmd_wipe_flash(dir);
+    return cmd_corrupt_flash(dir);
+  });
+}

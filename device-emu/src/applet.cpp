@@ -1,0 +1,362 @@
+#include "keyline/device/applet.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "keyline/core/backup_package.h"
+#include "keyline/core/data_package.h"
+#include "keyline/core/flash_image.h"
+#include "keyline/device/log.h"
+
+namespace keyline::device {
+
+namespace {
+
+core::ResponseApdu sw_only(std::uint16_t sw) {
+  core::ResponseApdu r;
+  r.sw = sw;
+  return r;
+}
+
+core::ResponseApdu with_data(const std::uint8_t* data, std::size_t len) {
+  core::ResponseApdu r;
+  r.data.assign(data, data + len);
+  return r;
+}
+
+void sleep_ms(unsigned ms) {
+  if (ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
+
+bool is_cla(std::uint8_t cla, std::uint8_t want) { return (cla & ~0x10) == want; }
+
+}  // namespace
+
+void Device::power_restored() {
+  std::lock_guard<std::mutex> lock(m_mutex);
+  m_power_cut = false;
+  // Whatever the cut left behind in the temporary file is garbage; the old image still stands.
+  std::error_code ec;
+  fs::remove(m_chip.paths().image().string() + ".tmp", ec);
+}
+
+void Session::reset() noexcept {
+  m_selected = false;
+  m_chainer.reset();
+  m_chain.clear();
+  m_chain_ins.reset();
+  m_store.clear();
+  m_next_block = 0;
+  m_storing = false;
+}
+
+core::SecureBytes Session::process(const std::uint8_t* apdu, std::size_t len) {
+  core::ResponseApdu r;
+  core::CommandApdu c;
+  bool decoded = false;
+  try {
+    c = core::decode_command(apdu, len);
+    decoded = true;
+  } catch (const core::Error&) {
+    // ISO 7816-4 section 5.1: an APDU whose length fields disagree with its bytes is a wrong length.
+    r = sw_only(core::sw::wrong_length);
+  } catch (const std::exception&) {
+    r = sw_only(core::sw::wrong_length);
+  }
+  if (decoded) r = process(c);
+  return core::encode_response(r);
+}
+
+core::ResponseApdu Session::process(const core::CommandApdu& command) {
+  std::lock_guard<std::mutex> lock(m_device.m_mutex);
+  const double rate = m_device.m_options.faults.fail_rate;
+  if (rate > 0 && std::uniform_real_distribution<double>(0, 1)(m_device.m_rng) < rate)
+    return sw_only(core::sw::unknown_error);
+  try {
+    return dispatch(command);
+  } catch (const core::Error& e) {
+    if (e.code() == error::PowerCut) throw;
+    log_line(m_device.m_chip.chip_id().str(), "command failed, error " + std::to_string(e.numeric()) + ": " + e.what());
+  } catch (const std::exception& e) {
+    log_line(m_device.m_chip.chip_id().str(), std::string("command failed: ") + e.what());
+  }
+  reset();
+  return sw_only(core::sw::unknown_error);
+}
+
+core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
+  if (c.ins == ins::get_response && is_cla(c.cla, 0x00)) {
+    if (!m_chainer.pending()) return sw_only(core::sw::conditions_not_satisfied);
+    return m_chainer.next(c.le.value_or(256));
+  }
+  m_chainer.reset();
+  const std::uint8_t base = c.cla & static_cast<std::uint8_t>(~0x10);
+  if (base != 0x00 && base != 0x80) return sw_only(core::sw::cla_not_supported);
+
+  if (c.chained()) {
+    if (m_chain_ins && *m_chain_ins != c.ins) m_chain.clear();
+    if (m_chain.size() + c.data.size() > kMaxGathered) {
+      m_chain.clear();
+      m_chain_ins.reset();
+      return sw_only(core::sw::wrong_length);
+    }
+    m_chain.insert(m_chain.end(), c.data.begin(), c.data.end());
+    m_chain_ins = c.ins;
+    return sw_only(core::sw::ok);
+  }
+  core::CommandApdu whole;
+  const core::CommandApdu* cmd = &c;
+  if (m_chain_ins) {
+    const bool same = *m_chain_ins == c.ins;
+    if (same) {
+      whole = c;
+      whole.data = std::move(m_chain);
+      whole.data.insert(whole.data.end(), c.data.begin(), c.data.end());
+      cmd = &whole;
+    }
+    m_chain.clear();
+    m_chain_ins.reset();
+    if (!same) return sw_only(core::sw::conditions_not_satisfied);
+  }
+
+  switch (cmd->ins) {
+    case ins::select:
+      return base == 0x00 ? finish(select(*cmd), *cmd) : sw_only(core::sw::cla_not_supported);
+    case ins::get_data:
+      return finish(get_data(*cmd), *cmd);
+    case ins::store_data:
+      return base == 0x80 ? store_data(*cmd) : sw_only(core::sw::cla_not_supported);
+    case ins::update_binary:
+      return base == 0x00 ? update_binary(*cmd) : sw_only(core::sw::cla_not_supported);
+    case ins::boot_staged:
+    case ins::status:
+    case ins::restore_drill:
+    case ins::reset_blank: {
+      if (base != 0x80) return sw_only(core::sw::cla_not_supported);
+      if (cmd->p1 != 0 || cmd->p2 != 0) return sw_only(core::sw::incorrect_p1p2);
+      if (cmd->ins == ins::status) return finish(status(*cmd), *cmd);
+      if (cmd->ins == ins::reset_blank) return reset_blank(*cmd);
+      if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
+      return finish(cmd->ins == ins::boot_staged ? boot_staged(*cmd) : restore_drill(*cmd), *cmd);
+    }
+    default:
+      return sw_only(core::sw::ins_not_supported);
+  }
+}
+
+core::ResponseApdu Session::finish(core::ResponseApdu r, const core::CommandApdu& c) {
+  const std::size_t limit = c.le ? *c.le : 256;
+  if (r.data.size() <= limit) return r;
+  return m_chainer.start(std::move(r), std::min<std::size_t>(limit == 0 ? 256 : limit, 256));
+}
+
+core::ResponseApdu Session::select(const core::CommandApdu& c) {
+  m_store.clear();
+  m_storing = false;
+  m_next_block = 0;
+  if (c.p1 != 0x04) {
+    m_selected = false;
+    return sw_only(core::sw::file_not_found);
+  }
+  if ((c.p2 & ~0x0C) != 0) return sw_only(core::sw::incorrect_p1p2);
+  if (c.data.size() != sizeof kAid || std::memcmp(c.data.data(), kAid, sizeof kAid) != 0) {
+    m_selected = false;
+    return sw_only(core::sw::file_not_found);
+  }
+  m_selected = true;
+  return sw_only(core::sw::ok);
+}
+
+core::ResponseApdu Session::get_data(const core::CommandApdu& c) {
+  const std::uint16_t tag = static_cast<std::uint16_t>((c.p1 << 8) | c.p2);
+  if (tag == 0x9F7F) {
+    sleep_ms(m_device.m_options.faults.delay_id_ms);
+    const auto body = m_device.m_chip.cplc().encode_tagged();
+    return with_data(body.data(), body.size());
+  }
+  if (tag == 0xDF20) {
+    if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
+    const auto image = read_bytes(m_device.m_chip.paths().image());
+    if (!image) return sw_only(core::sw::referenced_data_not_found);
+    try {
+      const auto flash = core::FlashImage::decode(*image);
+      return with_data(flash.backup.data(), flash.backup.size());
+    } catch (const core::FormatError& e) {
+      log_line(m_device.m_chip.chip_id().str(), std::string("flash image unreadable: ") + e.what());
+      return sw_only(core::sw::referenced_data_not_found);
+    }
+  }
+  return sw_only(core::sw::referenced_data_not_found);
+}
+
+core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
+  if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
+  Chip& chip = m_device.m_chip;
+  if (chip.lifecycle() == Lifecycle::Personalized) return sw_only(core::sw::conditions_not_satisfied);
+  // GlobalPlatform Card Specification 11.11.2.1: P1 b8 = last block, b4 = DGI format; b7-b6 would
+  // announce encrypted data and b5 BER-TLV, neither of which this applet takes.
+  if ((c.p1 & 0x7F) != 0x08) {
+    m_store.clear();
+    m_storing = false;
+    m_next_block = 0;
+    return sw_only(core::sw::incorrect_p1p2);
+  }
+  if (c.p2 != m_next_block) {
+    m_store.clear();
+    m_storing = false;
+    m_next_block = 0;
+    return sw_only(core::sw::incorrect_p1p2);
+  }
+  if (c.data.empty() || m_store.size() + c.data.size() > kMaxGathered) {
+    m_store.clear();
+    m_storing = false;
+    m_next_block = 0;
+    return sw_only(core::sw::wrong_length);
+  }
+  sleep_ms(m_device.m_options.faults.delay_store_ms);
+  m_store.insert(m_store.end(), c.data.begin(), c.data.end());
+  m_storing = true;
+  m_next_block = (m_next_block + 1) & 0xFF;
+  if ((c.p1 & 0x80) == 0) return sw_only(core::sw::ok);
+
+  core::SecureBytes gathered = std::move(m_store);
+  m_store.clear();
+  m_storing = false;
+  m_next_block = 0;
+  std::optional<core::DataPackage> pkg;
+  try {
+    pkg = core::DataPackage::decode(gathered);
+    chip.check_identity(pkg->identity_cert, pkg->ca_chain, pkg->imei);
+  } catch (const core::Error& e) {
+    log_line(chip.chip_id().str(), std::string("STORE DATA refused: ") + e.what());
+    return sw_only(core::sw::wrong_data);
+  }
+  core::FlashImage image;
+  image.backup = chip.seal(gathered);
+  image.certificates.push_back(pkg->identity_cert);
+  for (const auto& ca : pkg->ca_chain) image.certificates.push_back(ca);
+  write_flash(image.encode());
+  chip.set_personalized(pkg->imei);
+  log_line(chip.chip_id().str(), "personalized, IMEI " + pkg->imei.str());
+  return sw_only(core::sw::ok);
+}
+
+void Session::write_flash(const core::Bytes& image) {
+  auto& faults = m_device.m_options.faults;
+  sleep_ms(faults.delay_flash_ms);
+  const auto cut = faults.power_cut_at_byte;
+  if (cut) {
+    // One power cut per injection: after it the device comes back with the fault cleared.
+    faults.power_cut_at_byte.reset();
+    m_device.m_power_cut = true;
+    log_line(m_device.m_chip.chip_id().str(), "injected power cut at flash byte " + std::to_string(*cut));
+  }
+  write_atomic(m_device.m_chip.paths().image(), image.data(), image.size(), cut);
+}
+
+core::ResponseApdu Session::update_binary(const core::CommandApdu& c) {
+  if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
+  // P1 b8 = 1 would name a short EF identifier (ISO 7816-4 7.2.2); there is only the staging area.
+  if (c.p1 & 0x80) return sw_only(core::sw::incorrect_p1p2);
+  if (c.data.empty()) return sw_only(core::sw::wrong_length);
+  const std::size_t offset = (static_cast<std::size_t>(c.p1) << 8) | c.p2;
+  const auto& path = m_device.m_chip.paths().staging();
+  core::Bytes staging;
+  if (offset != 0) {
+    // Offset 0 starts a new image; any other offset continues the one being written.
+    if (auto existing = read_bytes(path, kMaxStaging)) staging = std::move(*existing);
+  }
+  if (offset > staging.size() || offset + c.data.size() > kMaxStaging) return sw_only(kSwOffsetOutside);
+  if (staging.size() < offset + c.data.size()) staging.resize(offset + c.data.size());
+  std::copy(c.data.begin(), c.data.end(), staging.begin() + static_cast<std::ptrdiff_t>(offset));
+  write_atomic(path, staging.data(), staging.size());
+  return sw_only(core::sw::ok);
+}
+
+core::ResponseApdu Session::boot_staged(const core::CommandApdu&) {
+  Chip& chip = m_device.m_chip;
+  if (chip.lifecycle() != Lifecycle::Personalized) return sw_only(core::sw::conditions_not_satisfied);
+  const auto staging = read_bytes(chip.paths().staging(), kMaxStaging);
+  if (!staging) return sw_only(core::sw::referenced_data_not_found);
+  BootIdentity id;
+  try {
+    id = chip.verify_image(*staging);
+  } catch (const core::Error& e) {
+    if (e.code() != error::ImageRejected) throw;
+    log_line(chip.chip_id().str(), e.what());
+    return sw_only(core::sw::wrong_data);
+  }
+  write_flash(*staging);
+  std::error_code ec;
+  fs::remove(chip.paths().staging(), ec);
+  log_line(chip.chip_id().str(), "restored from staged image, IMEI " + id.imei.str());
+  core::ResponseApdu r;
+  r.data.assign(id.imei.str().begin(), id.imei.str().end());
+  const auto idf = core::from_hex(id.identity_fingerprint);
+  r.data.insert(r.data.end(), idf.begin(), idf.end());
+  if (!id.transport_fingerprint.empty()) {
+    const auto tf = core::from_hex(id.transport_fingerprint);
+    r.data.insert(r.data.end(), tf.begin(), tf.end());
+  }
+  return r;
+}
+
+core::ResponseApdu Session::status(const core::CommandApdu&) {
+  const Chip& chip = m_device.m_chip;
+  core::ResponseApdu r;
+  r.data.push_back(static_cast<std::uint8_t>(chip.lifecycle()));
+  r.data.insert(r.data.end(), chip.chip_id().bytes().begin(), chip.chip_id().bytes().end());
+  std::uint8_t flash = 0x00;
+  if (const auto image = read_bytes(chip.paths().image())) {
+    flash = 0x02;
+    try {
+      chip.verify_image(*image);
+      flash = 0x01;
+    } catch (const core::Error&) {
+    }
+  }
+  r.data.push_back(flash);
+  if (chip.imei()) r.data.insert(r.data.end(), chip.imei()->str().begin(), chip.imei()->str().end());
+  return r;
+}
+
+core::ResponseApdu Session::restore_drill(const core::CommandApdu& c) {
+  const Chip& chip = m_device.m_chip;
+  core::Bytes backup;
+  if (!c.data.empty()) {
+    backup.assign(c.data.begin(), c.data.end());
+  } else {
+    const auto image = read_bytes(chip.paths().image());
+    if (!image) return sw_only(core::sw::referenced_data_not_found);
+    try {
+      backup = core::FlashImage::decode(*image).backup;
+    } catch (const core::FormatError&) {
+      return sw_only(core::sw::wrong_data);
+    }
+  }
+  try {
+    const core::SecureBytes plain = chip.open(backup);
+    core::DataPackage::decode(plain);
+    const auto digest = core::package_digest(plain);
+    return with_data(digest.data(), digest.size());
+  } catch (const core::Error& e) {
+    log_line(chip.chip_id().str(), std::string("restore drill failed: ") + e.what());
+    return sw_only(core::sw::wrong_data);
+  }
+}
+
+core::ResponseApdu Session::reset_blank(const core::CommandApdu&) {
+  if (!m_device.m_options.allow_reset) return sw_only(core::sw::security_not_satisfied);
+  Chip& chip = m_device.m_chip;
+  std::error_code ec;
+  fs::remove(chip.paths().image(), ec);
+  fs::remove(chip.paths().staging(), ec);
+  chip.set_blank();
+  reset();
+  log_line(chip.chip_id().str(), "reset to BLANK on request");
+  return sw_only(core::sw::ok);
+}
+
+}  // namespace keyline::device

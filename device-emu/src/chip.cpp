@@ -1,0 +1,351 @@
+#include "keyline/device/chip.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <botan/data_src.h>
+#include <botan/curve25519.h>
+#include <botan/hash.h>
+#include <botan/hex.h>
+#include <botan/pkcs8.h>
+#include <botan/system_rng.h>
+
+#include "keyline/core/backup_package.h"
+#include "keyline/core/cert_profile.h"
+
+namespace keyline::device {
+
+namespace {
+
+constexpr char kOtpMagic[4] = {'K', 'L', 'O', 'T'};
+constexpr std::size_t kChipKeySize = 32;
+
+core::Error no_device(const fs::path& dir, const std::string& what) {
+  return core::Error(error::NoDevice, "not a device directory " + dir.string() + ": " + what);
+}
+
+core::Error rejected(const std::string& what) { return core::Error(error::ImageRejected, "image rejected: " + what); }
+
+std::string sha256_hex(const std::vector<std::uint8_t>& data) {
+  auto h = Botan::HashFunction::create_or_throw("SHA-256");
+  const auto d = h->process(data);
+  return core::to_hex(d.data(), d.size());
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+const char* lifecycle_name(Lifecycle l) noexcept {
+  return l == Lifecycle::Personalized ? "PERSONALIZED" : "BLANK";
+}
+
+std::optional<core::Bytes> read_bytes(const fs::path& path, std::size_t max) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw core::IoError(core::ErrorCode::Io, "cannot read " + path.string());
+  core::Bytes b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (b.size() > max) throw core::IoError(core::ErrorCode::Io, path.string() + " is larger than allowed");
+  return b;
+}
+
+void write_atomic(const fs::path& path, const std::uint8_t* data, std::size_t len,
+                  std::optional<std::size_t> power_cut_at, mode_t mode) {
+  const fs::path tmp = path.string() + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) throw core::IoError(core::ErrorCode::Io, "cannot write " + tmp.string() + ": " + std::strerror(errno));
+  const std::size_t limit = power_cut_at ? std::min(*power_cut_at, len) : len;
+  std::size_t off = 0;
+  while (off < limit) {
+    const ssize_t n = ::write(fd, data + off, limit - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      throw core::IoError(core::ErrorCode::Io, "write failed on " + tmp.string());
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  if (power_cut_at) {
+    // The power goes before the rename: the temporary file stays partial, the old image stays valid.
+    ::close(fd);
+    throw core::Error(error::PowerCut, "power cut during the flash write");
+  }
+  if (::fsync(fd) != 0) {
+    ::close(fd);
+    throw core::IoError(core::ErrorCode::Io, "fsync failed on " + tmp.string());
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    throw core::IoError(core::ErrorCode::Io, "rename failed for " + path.string());
+  // POSIX makes the rename durable only once the directory entry is synced.
+  fsync_dir(path.parent_path());
+}
+
+core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::set<std::string>& taken) {
+  const auto roots = core::load_certificates_pem(rom_ca_pem.string());
+  if (roots.empty()) throw core::ConfigError(core::ErrorCode::Config, "no certificate in " + rom_ca_pem.string());
+  const DevicePaths p{dir};
+  if (fs::exists(p.cplc()) || fs::exists(p.chip_key()))
+    throw core::ConfigError(core::ErrorCode::Config, dir.string() + " already holds a device");
+  fs::create_directories(dir / "rom");
+  fs::create_directories(dir / "secure");
+  fs::create_directories(dir / "flash");
+  fs::permissions(dir / "secure", fs::perms::owner_all, fs::perm_options::replace);
+
+  Botan::System_RNG rng;
+  core::Cplc cplc;
+  for (;;) {
+    std::uint8_t r[6];
+    rng.randomize(r, sizeof r);
+    const std::uint32_t serial = (std::uint32_t(r[0]) << 24) | (std::uint32_t(r[1]) << 16) | (std::uint32_t(r[2]) << 8) | r[3];
+    const std::uint16_t batch = static_cast<std::uint16_t>((r[4] << 8) | r[5]);
+    // Fabricator 4B4C ("KL") and type 0001: keyline's emulated secure element.
+    cplc = core::Cplc::make(0x4B4C, 0x0001, serial, batch);
+    if (taken.insert(cplc.chip_id().str()).second) break;
+  }
+  write_atomic(p.cplc(), cplc.raw.data(), cplc.raw.size(), std::nullopt, 0444);
+
+  std::string pem;
+  for (const auto& c : roots) pem += core::to_pem(c);
+  write_atomic(p.root(), reinterpret_cast<const std::uint8_t*>(pem.data()), pem.size(), std::nullopt, 0444);
+
+  core::SecureBytes key(kChipKeySize);
+  rng.randomize(key.data(), key.size());
+  write_atomic(p.chip_key(), key.data(), key.size(), std::nullopt, 0600);
+
+  const std::uint8_t otp[5] = {'K', 'L', 'O', 'T', static_cast<std::uint8_t>(Lifecycle::Blank)};
+  write_atomic(p.otp(), otp, sizeof otp, std::nullopt, 0600);
+  return cplc.chip_id();
+}
+
+std::vector<core::ChipId> make_fleet(const fs::path& dir, std::size_t count, const fs::path& rom_ca_pem) {
+  std::set<std::string> taken;
+  for (const auto& d : list_fleet(dir)) taken.insert(Chip::load(d).chip_id().str());
+  std::vector<core::ChipId> ids;
+  std::size_t index = 0;
+  while (ids.size() < count) {
+    char name[32];
+    std::snprintf(name, sizeof name, "dev-%04zu", index++);
+    if (fs::exists(dir / name)) continue;
+    ids.push_back(make_device(dir / name, rom_ca_pem, taken));
+  }
+  return ids;
+}
+
+std::vector<fs::path> list_fleet(const fs::path& dir) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (e.is_directory() && name.rfind("dev-", 0) == 0 && fs::exists(DevicePaths{e.path()}.cplc()))
+      out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+Chip Chip::load(const fs::path& dir) {
+  Chip c;
+  c.m_paths.dir = dir;
+  const auto& p = c.m_paths;
+  const auto cplc = read_bytes(p.cplc(), 64);
+  if (!cplc) throw no_device(dir, "rom/cplc.bin missing");
+  try {
+    c.m_cplc = core::Cplc::parse(cplc->data(), cplc->size());
+    c.m_chip_id = c.m_cplc.chip_id();
+  } catch (const core::Error& e) {
+    throw no_device(dir, std::string("rom/cplc.bin: ") + e.what());
+  }
+  if (!fs::exists(p.root())) throw no_device(dir, "rom/root.pem missing");
+  c.m_roots = core::load_certificates_pem(p.root().string());
+  if (c.m_roots.empty()) throw no_device(dir, "rom/root.pem holds no certificate");
+
+  // Read straight into SecureBytes: the chip key never passes through a std::string.
+  const int fd = ::open(p.chip_key().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw no_device(dir, "secure/chip.key missing");
+  c.m_chip_key.resize(kChipKeySize + 1);
+  std::size_t got = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, c.m_chip_key.data() + got, c.m_chip_key.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+    if (got == c.m_chip_key.size()) break;
+  }
+  ::close(fd);
+  if (got != kChipKeySize) throw no_device(dir, "secure/chip.key is not 32 bytes");
+  c.m_chip_key.resize(kChipKeySize);
+
+  const auto otp = read_bytes(p.otp(), 64);
+  if (otp && otp->size() >= 5 && std::memcmp(otp->data(), kOtpMagic, 4) == 0) {
+    if ((*otp)[4] == static_cast<std::uint8_t>(Lifecycle::Personalized)) {
+      c.m_lifecycle = Lifecycle::Personalized;
+      if (otp->size() == 5 + 15) c.m_imei = core::Imei::parse(std::string(otp->begin() + 5, otp->end()));
+    }
+  } else if (otp) {
+    throw no_device(dir, "secure/otp.bin is malformed");
+  }
+  // A crash between the flash rename and the fuse write leaves an image with a blank fuse:
+  // the image decides, so the device never accepts a second personalization.
+  if (c.m_lifecycle == Lifecycle::Blank && fs::exists(p.image())) {
+    try {
+      const auto id = c.verify_image(*read_bytes(p.image()));
+      c.set_personalized(id.imei);
+    } catch (const core::Error&) {
+      // A blank device with garbage in flash stays blank; the garbage is replaced by STORE DATA.
+    }
+  }
+  return c;
+}
+
+void Chip::set_personalized(const core::Imei& imei) {
+  core::Bytes otp{'K', 'L', 'O', 'T', static_cast<std::uint8_t>(Lifecycle::Personalized)};
+  otp.insert(otp.end(), imei.str().begin(), imei.str().end());
+  write_atomic(m_paths.otp(), otp.data(), otp.size(), std::nullopt, 0600);
+  m_lifecycle = Lifecycle::Personalized;
+  m_imei = imei;
+}
+
+void Chip::set_blank() {
+  const std::uint8_t otp[5] = {'K', 'L', 'O', 'T', static_cast<std::uint8_t>(Lifecycle::Blank)};
+  write_atomic(m_paths.otp(), otp, sizeof otp, std::nullopt, 0600);
+  m_lifecycle = Lifecycle::Blank;
+  m_imei.reset();
+}
+
+core::Bytes Chip::seal(const core::SecureBytes& plaintext) const {
+  return core::seal_backup(m_chip_key, m_chip_id, plaintext);
+}
+
+core::SecureBytes Chip::open(const core::Bytes& backup) const {
+  return core::open_backup(m_chip_key, m_chip_id, backup);
+}
+
+void Chip::check_identity(const core::Bytes& identity_der, const std::vector<core::Bytes>& chain_der,
+                          const core::Imei& imei) const {
+  try {
+    Botan::X509_Certificate leaf(identity_der);
+    std::vector<Botan::X509_Certificate> chain;
+    for (const auto& d : chain_der) chain.emplace_back(d);
+    core::verify_chain(leaf, chain, m_roots);
+    const auto facts = core::read_identity(leaf);
+    if (facts.chip_id != m_chip_id) throw rejected("identity certificate names chip " + facts.chip_id.str());
+    if (facts.imei != imei) throw rejected("identity certificate IMEI differs from the package IMEI");
+  } catch (const core::Error& e) {
+    if (e.code() == error::ImageRejected) throw;
+    throw rejected(e.what());
+  } catch (const std::exception& e) {
+    throw rejected(std::string("identity certificate: ") + e.what());
+  }
+}
+
+BootIdentity Chip::verify_image(const core::Bytes& image) const {
+  try {
+    const auto flash = core::FlashImage::decode(image);
+    const auto header = core::parse_backup_header(flash.backup);
+    if (header.chip_id != m_chip_id) throw rejected("backup belongs to chip " + header.chip_id.str());
+    const core::SecureBytes plain = open(flash.backup);
+    const auto pkg = core::DataPackage::decode(plain);
+    if (flash.certificates.empty()) throw rejected("image carries no certificate");
+    if (flash.certificates[0] != pkg.identity_cert)
+      throw rejected("image identity certificate differs from the one in the backup");
+    check_identity(flash.certificates[0], {flash.certificates.begin() + 1, flash.certificates.end()}, pkg.imei);
+    if (m_lifecycle == Lifecycle::Personalized && m_imei && *m_imei != pkg.imei)
+      throw rejected("image IMEI " + pkg.imei.str() + " differs from this device's " + m_imei->str());
+
+    Botan::X509_Certificate identity(pkg.identity_cert);
+    Botan::DataSource_Memory src(pkg.identity_key);
+    const auto key = Botan::PKCS8::load_key(src);
+    if (key->public_key_bits() != identity.subject_public_key_bits())
+      throw rejected("identity private key does not match the identity certificate");
+    BootIdentity id;
+    id.imei = pkg.imei;
+    id.chip_id = m_chip_id;
+    id.identity_fingerprint = sha256_hex(identity.subject_public_key_bits());
+    if (!pkg.transport_cert.empty()) {
+      Botan::X509_Certificate transport(pkg.transport_cert);
+      if (pkg.transport_key.size() == 32) {
+        Botan::Curve25519_PrivateKey tk(pkg.transport_key);
+        if (tk.public_value() != transport.subject_public_key_bits())
+          throw rejected("transport private key does not match the transport certificate");
+      }
+      id.transport_fingerprint = sha256_hex(transport.subject_public_key_bits());
+    }
+    id.package_digest = core::package_digest(plain);
+    return id;
+  } catch (const core::Error& e) {
+    if (e.code() == error::ImageRejected) throw;
+    throw rejected(e.what());
+  } catch (const std::exception& e) {
+    throw rejected(e.what());
+  }
+}
+
+BootIdentity boot_offline(const fs::path& dir) {
+  const auto chip = Chip::load(dir);
+  const auto image = read_bytes(chip.paths().image());
+  if (!image) throw core::Error(error::FlashEmpty, "flash is empty: nothing to boot");
+  return chip.verify_image(*image);
+}
+
+std::string status_text(const fs::path& dir) {
+  const auto chip = Chip::load(dir);
+  std::ostringstream o;
+  o << "chip_id " << chip.chip_id().str() << "\n";
+  o << "lifecycle " << lifecycle_name(chip.lifecycle()) << "\n";
+  if (chip.imei()) o << "imei " << chip.imei()->str() << "\n";
+  const auto image = read_bytes(chip.paths().image());
+  if (!image) {
+    o << "flash empty\n";
+  } else {
+    try {
+      chip.verify_image(*image);
+      o << "flash ok (" << image->size() << " bytes)\n";
+    } catch (const core::Error& e) {
+      o << "flash bad (" << e.what() << ")\n";
+    }
+  }
+  return o.str();
+}
+
+void wipe_flash(const fs::path& dir) {
+  const auto chip = Chip::load(dir);
+  std::error_code ec;
+  fs::remove(chip.paths().image(), ec);
+  fs::remove(chip.paths().image().string() + ".tmp", ec);
+  fs::remove(chip.paths().staging(), ec);
+}
+
+void corrupt_flash(const fs::path& dir) {
+  const auto chip = Chip::load(dir);
+  auto image = read_bytes(chip.paths().image());
+  if (!image || image->empty()) throw core::Error(error::FlashEmpty, "flash is empty: nothing to corrupt");
+  // Flip one bit inside the sealed backup when the image parses, so that only the AEAD check can notice.
+  core::Bytes out;
+  try {
+    auto flash = core::FlashImage::decode(*image);
+    flash.backup[flash.backup.size() / 2] ^= 0x01;
+    out = flash.encode();
+  } catch (const core::Error&) {
+    out = *image;
+    out[out.size() / 2] ^= 0x01;
+  }
+  write_atomic(chip.paths().image(), out.data(), out.size());
+}
+
+}  // namespace keyline::device
