@@ -1,0 +1,166 @@
+#include "keyline/core/record.h"
+
+#include <sstream>
+#include <string>
+
+#include <Poco/Exception.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <botan/hash.h>
+#include <botan/pem.h>
+
+#include "keyline/core/backup_package.h"
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/error.h"
+
+namespace keyline::core {
+
+namespace {
+
+constexpr std::uint8_t kRecordHashVersion = 1;
+// A record is a backup package and a short chain: anything near this is not a record.
+constexpr std::size_t kMaxRecordJson = 4u << 20;
+constexpr std::size_t kMaxJsonDepth = 8;
+constexpr std::size_t kMaxCertificates = 16;
+
+[[noreturn]] void bad(const std::string& what) { throw FormatError(ErrorCode::BadRecord, "record: " + what); }
+
+const std::string& get_string(const Poco::JSON::Object& obj, const std::string& key) {
+  if (!obj.has(key)) bad("missing \"" + key + "\"");
+  const Poco::Dynamic::Var& v = obj.get(key);
+  if (!v.isString()) bad("\"" + key + "\" is not a string");
+  return v.extract<std::string>();
+}
+
+}  // namespace
+
+std::string Record::hash() const {
+  if (certificates.size() > 0xFFFF) bad("too many certificates");
+  Bytes enc = {'K', 'L', 'R', 'C', kRecordHashVersion};
+  enc.insert(enc.end(), chip_id.bytes().begin(), chip_id.bytes().end());
+  enc.insert(enc.end(), imei.str().begin(), imei.str().end());
+  put_u32(enc, static_cast<std::uint32_t>(backup.size()));
+  enc.insert(enc.end(), backup.begin(), backup.end());
+  put_u16(enc, static_cast<std::uint16_t>(certificates.size()));
+  for (const auto& der : certificates) {
+    put_u32(enc, static_cast<std::uint32_t>(der.size()));
+    enc.insert(enc.end(), der.begin(), der.end());
+  }
+  auto sha = Botan::HashFunction::create_or_throw("SHA-256");
+  sha->update(enc);
+  return to_hex(sha->final_stdvec());
+}
+
+std::string Record::to_json(const std::string& published_at) const {
+  Poco::JSON::Object obj(Poco::JSON_PRESERVE_KEY_ORDER);
+  obj.set("chip_id", chip_id.str());
+  obj.set("imei", imei.str());
+  obj.set("backup", to_base64(backup));
+  Poco::JSON::Array certs;
+  for (const auto& der : certificates) certs.add(Botan::PEM_Code::encode(der, "CERTIFICATE"));
+  obj.set("certificates", certs);
+  obj.set("record_hash", hash());
+  if (!published_at.empty()) obj.set("published_at", published_at);
+  std::ostringstream out;
+  obj.stringify(out);
+  return out.str();
+}
+
+Record Record::from_json(const std::string& json) {
+  if (json.size() > kMaxRecordJson) bad("JSON larger than 4 MiB");
+  Poco::JSON::Object::Ptr obj;
+  try {
+    Poco::JSON::Parser parser;
+    parser.setDepth(kMaxJsonDepth);
+    const Poco::Dynamic::Var root = parser.parse(json);
+    if (root.type() != typeid(Poco::JSON::Object::Ptr)) bad("JSON is not an object");
+    obj = root.extract<Poco::JSON::Object::Ptr>();
+  } catch (const Poco::Exception& e) {
+    bad("JSON does not parse: " + e.displayText());
+  } catch (const std::exception& e) {
+    // Poco's parser can surface std exceptions (bad_cast, out_of_range) on odd input.
+    bad(std::string("JSON does not parse: ") + e.what());
+  }
+  if (obj.isNull()) bad("JSON is not an object");
+
+  Record r;
+  try {
+    r.chip_id = ChipId::parse(get_string(*obj, "chip_id"));
+  } catch (const FormatError& e) {
+    if (e.code() == ErrorCode::BadRecord) throw;
+    bad(std::string("\"chip_id\": ") + e.what());
+  }
+  if (!ChipId::is_valid(get_string(*obj, "chip_id"))) bad("\"chip_id\" must be 20 upper-case hex digits");
+  try {
+    r.imei = Imei::parse(get_string(*obj, "imei"));
+  } catch (const FormatError& e) {
+    if (e.code() == ErrorCode::BadRecord) throw;
+    bad(std::string("\"imei\": ") + e.what());
+  }
+  try {
+    r.backup = from_base64(get_string(*obj, "backup"));
+  } catch (const FormatError& e) {
+    if (e.code() == ErrorCode::BadRecord) throw;
+    bad(std::string("\"backup\": ") + e.what());
+  }
+
+  if (!obj->has("certificates")) bad("missing \"certificates\"");
+  const Poco::JSON::Array::Ptr certs = obj->getArray("certificates");
+  if (certs.isNull()) bad("\"certificates\" is not an array");
+  if (certs->size() == 0) bad("\"certificates\" is empty");
+  if (certs->size() > kMaxCertificates) bad("more than 16 certificates");
+  for (std::size_t i = 0; i < certs->size(); ++i) {
+    const Poco::Dynamic::Var v = certs->get(static_cast<unsigned>(i));
+    if (!v.isString()) bad("certificate " + std::to_string(i) + " is not a string");
+    try {
+      const auto der = Botan::PEM_Code::decode_check_label(v.extract<std::string>(), "CERTIFICATE");
+      if (der.empty()) bad("certificate " + std::to_string(i) + " is empty");
+      r.certificates.emplace_back(der.begin(), der.end());
+    } catch (const Botan::Exception&) {
+      bad("certificate " + std::to_string(i) + " is not a PEM CERTIFICATE");
+    }
+  }
+
+  // The hash is derived, not data: when present it must agree, so a copy that lost a byte is caught.
+  if (obj->has("record_hash")) {
+    const std::string& h = get_string(*obj, "record_hash");
+    if (h != r.hash()) bad("\"record_hash\" does not match the record's content");
+  }
+  if (obj->has("published_at") && !obj->get("published_at").isString()) bad("\"published_at\" is not a string");
+  return r;
+}
+
+void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors) {
+  if (record.certificates.empty()) bad("no certificates");
+  std::vector<Botan::X509_Certificate> chain;
+  for (std::size_t i = 0; i < record.certificates.size(); ++i) {
+    try {
+      chain.emplace_back(record.certificates[i]);
+    } catch (const Botan::Exception&) {
+      throw FormatError(ErrorCode::BadCertificate, "record: certificate " + std::to_string(i) + " is not DER X.509");
+    }
+  }
+  const Botan::X509_Certificate& leaf = chain.front();
+  const std::vector<Botan::X509_Certificate> intermediates(chain.begin() + 1, chain.end());
+  try {
+    verify_chain(leaf, intermediates, trust_anchors);
+  } catch (const Error& e) {
+    throw Error(ErrorCode::ChainInvalid, std::string("chain does not lead to a trusted root: ") + e.what());
+  } catch (const std::exception& e) {
+    throw Error(ErrorCode::ChainInvalid, std::string("chain does not lead to a trusted root: ") + e.what());
+  }
+
+  const IdentityFacts facts = read_identity(leaf);
+  if (facts.chip_id != record.chip_id)
+    bad("certificate chip ID " + facts.chip_id.str() + " differs from record chip ID " + record.chip_id.str());
+  if (facts.imei != record.imei)
+    bad("certificate IMEI " + facts.imei.str() + " differs from record IMEI " + record.imei.str());
+
+  const BackupHeader header = parse_backup_header(record.backup);
+  if (header.chip_id != record.chip_id)
+    throw FormatError(ErrorCode::BadBackupPackage, "backup package names chip " + header.chip_id.str() +
+                                                       ", record names chip " + record.chip_id.str());
+}
+
+}  // namespace keyline::core
