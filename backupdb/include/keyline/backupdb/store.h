@@ -1,0 +1,62 @@
+// The record store: PostgreSQL through a connection pool, with an LRU cache in front of reads.
+// Records are immutable (invariant 5), so a cached record is never stale.
+#pragma once
+
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "keyline/core/bytes.h"
+#include "keyline/core/pq.h"
+#include "keyline/core/record.h"
+
+namespace keyline::backupdb {
+
+struct StoredRecord {
+  std::string chip_id;
+  std::string imei;
+  std::string record_hash;
+  std::string json;  // the GET body, made once at publish time
+  core::Bytes backup;
+  core::Bytes identity_der;
+};
+using RecordPtr = std::shared_ptr<const StoredRecord>;
+
+enum class PublishOutcome { Created, Identical, Conflict };
+struct PublishResult {
+  PublishOutcome outcome = PublishOutcome::Created;
+  std::string existing_hash;  // on Conflict: the hash of the record already published
+  std::string conflict_on;    // on Conflict: "chip_id" or "imei"
+};
+
+class Store {
+ public:
+  Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries);
+
+  RecordPtr by_chip_id(const std::string& chip_id);  // nullptr when absent
+  RecordPtr by_imei(const std::string& imei);
+  // Inserts unless a record with the same chip ID or IMEI exists, all in one transaction; the first
+  // writer wins, later ones learn whether their content was identical.
+  PublishResult publish(const core::Record& record);
+  bool healthy();  // SELECT 1 round trip
+  std::size_t cache_hits() const { return m_hits; }
+  std::size_t cache_misses() const { return m_misses; }
+
+ private:
+  RecordPtr cache_get(const std::string& chip_id);
+  void cache_put(const RecordPtr& r);
+  RecordPtr load(const std::string& column, const std::string& value);
+
+  core::pq::Pool m_pool;
+  std::size_t m_capacity;
+  std::mutex m_mutex;
+  std::list<RecordPtr> m_lru;  // front = most recent
+  std::unordered_map<std::string, std::list<RecordPtr>::iterator> m_index;
+  std::size_t m_hits = 0;
+  std::size_t m_misses = 0;
+};
+
+}  // namespace keyline::backupdb

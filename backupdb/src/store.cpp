@@ -1,0 +1,128 @@
+#include "keyline/backupdb/store.h"
+
+#include <ctime>
+
+namespace keyline::backupdb {
+namespace {
+
+std::string utc_now_iso() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries)
+    : m_pool(conninfo, pool_size), m_capacity(cache_entries) {}
+
+RecordPtr Store::cache_get(const std::string& chip_id) {
+  std::lock_guard<std::mutex> g(m_mutex);
+  const auto it = m_index.find(chip_id);
+  if (it == m_index.end()) {
+    ++m_misses;
+    return nullptr;
+  }
+  ++m_hits;
+  m_lru.splice(m_lru.begin(), m_lru, it->second);
+  return *it->second;
+}
+
+void Store::cache_put(const RecordPtr& r) {
+  if (m_capacity == 0) return;
+  std::lock_guard<std::mutex> g(m_mutex);
+  if (m_index.count(r->chip_id)) return;
+  m_lru.push_front(r);
+  m_index[r->chip_id] = m_lru.begin();
+  if (m_lru.size() > m_capacity) {
+    m_index.erase(m_lru.back()->chip_id);
+    m_lru.pop_back();
+  }
+}
+
+RecordPtr Store::load(const std::string& column, const std::string& value) {
+  // column is one of two fixed names chosen by the caller, never request data.
+  const std::string sql = "SELECT chip_id, imei, record_hash, body_json, backup, identity_der FROM records WHERE " +
+                          column + " = $1";
+  auto lease = m_pool.acquire();
+  core::pq::Result r;
+  try {
+    r = lease->exec(sql, {value});
+  } catch (const core::DbError& e) {
+    // A read is idempotent: one retry on a fresh connection covers a restarted server.
+    if (e.code() != core::ErrorCode::DbConnection) throw;
+    lease->reconnect();
+    r = lease->exec(sql, {value});
+  }
+  if (r.empty()) return nullptr;
+  auto rec = std::make_shared<StoredRecord>();
+  rec->chip_id = r.text(0, 0);
+  rec->imei = r.text(0, 1);
+  rec->record_hash = r.text(0, 2);
+  rec->json = r.text(0, 3);
+  rec->backup = r.bytea(0, 4);
+  rec->identity_der = r.bytea(0, 5);
+  cache_put(rec);
+  return rec;
+}
+
+RecordPtr Store::by_chip_id(const std::string& chip_id) {
+  if (auto r = cache_get(chip_id)) return r;
+  return load("chip_id", chip_id);
+}
+
+RecordPtr Store::by_imei(const std::string& imei) { return load("imei", imei); }
+
+PublishResult Store::publish(const core::Record& record) {
+  const std::string chip = record.chip_id.str();
+  const std::string imei = record.imei.str();
+  const std::string hash = record.hash();
+  const std::string published_at = utc_now_iso();
+  const std::string json = record.to_json(published_at);
+  const core::Bytes identity = record.certificates.empty() ? core::Bytes{} : record.certificates.front();
+  PublishResult result;
+  auto lease = m_pool.acquire();
+  // READ COMMITTED: ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key and then
+  // skips; the following SELECT takes a new snapshot and sees the winner's committed row.
+  core::pq::run_transaction(*lease, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+    result = PublishResult{};
+    const auto ins = tx.exec(
+        "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
+        {chip, imei, hash, record.backup, identity, json, published_at});
+    if (ins.rows() == 1) {
+      result.outcome = PublishOutcome::Created;
+      return;
+    }
+    const auto existing =
+        tx.exec("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
+                {chip, imei});
+    for (int i = 0; i < existing.rows(); ++i) {
+      if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
+        result.outcome = PublishOutcome::Identical;
+        return;
+      }
+    }
+    result.outcome = PublishOutcome::Conflict;
+    if (existing.rows() > 0) {
+      result.existing_hash = existing.text(0, 2);
+      result.conflict_on = existing.text(0, 0) == chip ? "chip_id" : "imei";
+    }
+  });
+  return result;
+}
+
+bool Store::healthy() {
+  try {
+    auto lease = m_pool.acquire();
+    if (!lease->ok()) lease->reconnect();
+    return lease->exec("SELECT 1").int64(0, 0) == 1;
+  } catch (const core::Error&) {
+    return false;
+  }
+}
+
+}  // namespace keyline::backupdb
