@@ -14,7 +14,9 @@
 #include <vector>
 
 #include <botan/asn1_obj.h>
+#include <botan/pk_keys.h>
 #include <botan/pkix_types.h>
+#include <botan/rng.h>
 #include <botan/x509cert.h>
 
 #include "keyline/core/bytes.h"
@@ -42,6 +44,10 @@ class HardwareModuleNameExtension final : public Botan::Certificate_Extension {
   std::string oid_name() const override { return "X509v3.SubjectAlternativeName"; }
   const Botan::OID& hw_type() const { return m_hw_type; }
   const Bytes& hw_serial() const { return m_serial; }
+
+  // Decodes a subjectAltName extension value (the contents of extnValue) that holds exactly one
+  // GeneralName, an otherName HardwareModuleName. Throws FormatError(BadCertificate).
+  static HardwareModuleNameExtension from_der(const std::vector<std::uint8_t>& extn_value);
 
  private:
   bool should_encode() const override { return true; }
@@ -75,8 +81,58 @@ void verify_chain(const Botan::X509_Certificate& leaf,
                   const std::vector<Botan::X509_Certificate>& intermediates,
                   const std::vector<Botan::X509_Certificate>& trust_anchors);
 
+// --- issuing (station, keys init, tests) ---------------------------------------------------------
+// Every helper signs with SHA-256 through Botan::choose_sig_format, so `signer_key` may be an
+// in-process key or a token key (keyline::core::Pkcs11EcdsaPrivateKey). Serial numbers are 127-bit
+// random (RFC 5280 section 4.1.2.2: positive, at most 20 octets). notAfter is kNotAfter unless
+// stated otherwise.
+
+// Self-signed trust anchor: basicConstraints CA (critical), keyUsage keyCertSign|cRLSign (critical), SKI.
+Botan::X509_Certificate make_root_certificate(const Botan::Private_Key& key, const std::string& common_name,
+                                              const std::string& organization, Botan::RandomNumberGenerator& rng);
+
+// Subordinate CA (Manufacturer Device CA, service CA): as the root plus AKI and a path length limit.
+Botan::X509_Certificate make_ca_certificate(const Botan::X509_Certificate& issuer_cert,
+                                            const Botan::Private_Key& issuer_key,
+                                            const Botan::Public_Key& ca_key, const std::string& common_name,
+                                            const std::string& organization, std::size_t path_limit,
+                                            Botan::RandomNumberGenerator& rng);
+
+// Identity certificate (DESIGN section 5): subject serialNumber=<IMEI>, SAN HardwareModuleName(chip ID),
+// keyUsage digitalSignature (critical), basicConstraints CA:false (critical), SKI/AKI, notBefore now,
+// notAfter kNotAfter. The to-be-signed certificate is linted first (lint_certificate, signed by a
+// throwaway in-process key with the same contents), so a profile violation never reaches the CA key.
+// Throws Error(CertificateLint).
+Botan::X509_Certificate issue_identity_certificate(const Botan::X509_Certificate& ca_cert,
+                                                   const Botan::Private_Key& ca_key,
+                                                   const Botan::Public_Key& device_key, const Imei& imei,
+                                                   const ChipId& chip_id, const std::string& hw_type,
+                                                   Botan::RandomNumberGenerator& rng);
+
+// Transport certificate: as the identity certificate, but an X25519 key (Botan::Curve25519_PublicKey,
+// SPKI OID 1.3.101.110, RFC 8410) and keyUsage keyAgreement (critical).
+Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificate& ca_cert,
+                                                    const Botan::Private_Key& ca_key,
+                                                    const Botan::Public_Key& x25519_key, const Imei& imei,
+                                                    const ChipId& chip_id, const std::string& hw_type,
+                                                    Botan::RandomNumberGenerator& rng);
+
+// TLS end-entity certificate for the service CA (public DB / KPS servers, station client):
+// subject CN, SAN dNSName / iPAddress for each name (an IPv4 literal becomes iPAddress),
+// keyUsage digitalSignature (critical), extendedKeyUsage serverAuth or clientAuth.
+enum class TlsRole { Server, Client };
+Botan::X509_Certificate issue_tls_certificate(const Botan::X509_Certificate& ca_cert,
+                                              const Botan::Private_Key& ca_key,
+                                              const Botan::Public_Key& subject_key, const std::string& common_name,
+                                              const std::vector<std::string>& names, TlsRole role,
+                                              Botan::RandomNumberGenerator& rng);
+
 // PEM/DER helpers.
+// All certificates in a PEM file, in order. Throws IoError(Io) when unreadable, FormatError(BadCertificate)
+// when a block does not parse or the file holds none.
 std::vector<Botan::X509_Certificate> load_certificates_pem(const std::string& path);
+// The same from PEM text in memory.
+std::vector<Botan::X509_Certificate> parse_certificates_pem(const std::string& pem);
 std::string to_pem(const Botan::X509_Certificate& cert);
 
 }  // namespace keyline::core

@@ -1,0 +1,406 @@
+#include "keyline/core/cert_profile.h"
+
+#include <chrono>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <botan/base64.h>
+#include <botan/ber_dec.h>
+#include <botan/der_enc.h>
+#include <botan/ec_group.h>
+#include <botan/ecc_key.h>
+#include <botan/ecdsa.h>
+#include <botan/pubkey.h>
+#include <botan/system_rng.h>
+#include <botan/x509_ca.h>
+#include <botan/x509_ext.h>
+
+#include "keyline/core/error.h"
+
+namespace keyline::core {
+
+const char* const kDefaultHwType = "1.3.6.1.4.1.59999.1.1";
+const char* const kNotAfter = "21991231235959Z";
+
+namespace {
+
+// RFC 4108 section 5: id-on-hardwareModuleName.
+const Botan::OID& hmn_oid() {
+  static const Botan::OID oid("1.3.6.1.5.5.7.8.4");
+  return oid;
+}
+const Botan::OID kOidSan("2.5.29.17");
+const Botan::OID kOidBasicConstraints("2.5.29.19");
+const Botan::OID kOidKeyUsage("2.5.29.15");
+const Botan::OID kOidSki("2.5.29.14");
+const Botan::OID kOidAki("2.5.29.35");
+const Botan::OID kOidP256("1.2.840.10045.3.1.7");
+
+[[noreturn]] void bad_cert(const std::string& why) { throw FormatError(ErrorCode::BadCertificate, why); }
+[[noreturn]] void lint_fail(const std::string& rule) {
+  throw Error(ErrorCode::CertificateLint, "certificate profile lint: " + rule);
+}
+
+Botan::X509_Time not_after_time() { return Botan::X509_Time(kNotAfter, Botan::GENERALIZED_TIME); }
+
+Botan::BigInt random_serial(Botan::RandomNumberGenerator& rng) {
+  std::uint8_t b[16];
+  rng.randomize(b, sizeof b);
+  b[0] = static_cast<std::uint8_t>((b[0] & 0x7F) | 0x40);  // positive, 16 octets, never zero
+  return Botan::BigInt(b, sizeof b);
+}
+
+// One certificate signed with SHA-256 by `signer_key` (in-process or token key alike).
+Botan::X509_Certificate sign_cert(const Botan::Private_Key& signer_key, const Botan::BigInt& serial,
+                                  const Botan::X509_DN& issuer, const Botan::X509_DN& subject,
+                                  const Botan::Public_Key& subject_key, const Botan::Extensions& ext,
+                                  const Botan::X509_Time& not_before, const Botan::X509_Time& not_after,
+                                  Botan::RandomNumberGenerator& rng) {
+  Botan::AlgorithmIdentifier sig_algo;
+  std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(signer_key, rng, "SHA-256", sig_algo));
+  return Botan::X509_CA::make_cert(signer.get(), rng, serial, sig_algo, subject_key.subject_public_key(), not_before,
+                                   not_after, issuer, subject, ext);
+}
+
+// The throwaway key that signs the to-be-linted copy of each device certificate.
+const Botan::Private_Key& lint_key() {
+  static const Botan::ECDSA_PrivateKey key(Botan::system_rng(), Botan::EC_Group("secp256r1"));
+  return key;
+}
+
+Botan::X509_Time now_time() {
+  // One minute back, so a verifier whose clock is slightly behind still sees a valid notBefore.
+  return Botan::X509_Time(std::chrono::system_clock::now() - std::chrono::minutes(1));
+}
+
+std::vector<std::uint8_t> key_id(const Botan::Public_Key& key) {
+  // RFC 5280 section 4.2.1.2 method (1) uses SHA-1 of the subjectPublicKey BIT STRING; Botan
+  // hashes the whole SubjectPublicKeyInfo, which is as unique; truncated SHA-256 keeps SHA-1 out.
+  return Botan::Cert_Extension::Subject_Key_ID(key.subject_public_key(), "SHA-256").get_key_id();
+}
+
+Botan::X509_DN device_subject(const Imei& imei) {
+  Botan::X509_DN dn;
+  dn.add_attribute("X520.SerialNumber", imei.str());
+  return dn;
+}
+
+Botan::X509_DN ca_subject(const std::string& cn, const std::string& org) {
+  Botan::X509_DN dn;
+  if (!org.empty()) dn.add_attribute("X520.Organization", org);
+  dn.add_attribute("X520.CommonName", cn);
+  return dn;
+}
+
+Botan::X509_Certificate issue_device(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
+                                     const Botan::Public_Key& key, const Imei& imei, const ChipId& chip_id,
+                                     const std::string& hw_type, Botan::Key_Constraints usage, CertKind kind,
+                                     Botan::RandomNumberGenerator& rng) {
+  if (!ca_cert.is_CA_cert()) lint_fail("issuer certificate is not a CA");
+  Botan::OID hw;
+  try {
+    hw = Botan::OID(hw_type);
+  } catch (const Botan::Exception&) {
+    lint_fail("hwType '" + hw_type + "' is not an OID");
+  }
+  Botan::Extensions ext;
+  ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
+  ext.add(new Botan::Cert_Extension::Key_Usage(usage), true);
+  ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(key)), false);
+  ext.add(new Botan::Cert_Extension::Authority_Key_ID(ca_cert.subject_key_id()), false);
+  ext.add(new HardwareModuleNameExtension(hw, chip_id), false);
+  const Botan::BigInt serial = random_serial(rng);
+  const auto nb = now_time();
+  const auto na = not_after_time();
+  const Botan::X509_DN subject = device_subject(imei);
+  // Boulder-style pre-issuance lint: the same TBS contents signed by a throwaway key.
+  const auto draft = sign_cert(lint_key(), serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);
+  lint_certificate(draft, kind);
+  return sign_cert(ca_key, serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// subjectAltName with one otherName HardwareModuleName (RFC 5280 section 4.2.1.6, RFC 4108 section 5):
+//   GeneralNames ::= SEQUENCE SIZE (1..MAX) OF GeneralName
+//   GeneralName  ::= CHOICE { otherName [0] IMPLICIT OtherName, ... }   (implicit tagging module)
+//   OtherName    ::= SEQUENCE { type-id OBJECT IDENTIFIER, value [0] EXPLICIT ANY DEFINED BY type-id }
+//   HardwareModuleName ::= SEQUENCE { hwType OBJECT IDENTIFIER, hwSerialNum OCTET STRING }
+
+std::vector<std::uint8_t> HardwareModuleNameExtension::encode_inner() const {
+  std::vector<std::uint8_t> out;
+  Botan::DER_Encoder(out)
+      .start_cons(Botan::SEQUENCE)
+      .start_cons(Botan::ASN1_Tag(0), Botan::CONTEXT_SPECIFIC)
+      .encode(hmn_oid())
+      .start_cons(Botan::ASN1_Tag(0), Botan::CONTEXT_SPECIFIC)
+      .start_cons(Botan::SEQUENCE)
+      .encode(m_hw_type)
+      .encode(m_serial, Botan::OCTET_STRING)
+      .end_cons()
+      .end_cons()
+      .end_cons()
+      .end_cons();
+  return out;
+}
+
+void HardwareModuleNameExtension::decode_inner(const std::vector<std::uint8_t>& in) {
+  try {
+    Botan::BER_Decoder outer(in);
+    Botan::BER_Decoder names = outer.start_cons(Botan::SEQUENCE);
+    const Botan::BER_Object gn = names.get_next_object();
+    names.verify_end();
+    outer.verify_end();
+    if (!gn.is_a(0, Botan::ASN1_Tag(Botan::CONTEXT_SPECIFIC | Botan::CONSTRUCTED)))
+      bad_cert("subjectAltName does not hold an otherName");
+    Botan::BER_Decoder other(gn);
+    Botan::OID type_id;
+    other.decode(type_id);
+    if (type_id != hmn_oid()) bad_cert("subjectAltName otherName is not a HardwareModuleName");
+    const Botan::BER_Object value = other.get_next_object();
+    other.verify_end();
+    if (!value.is_a(0, Botan::ASN1_Tag(Botan::CONTEXT_SPECIFIC | Botan::CONSTRUCTED)))
+      bad_cert("otherName value is not [0] EXPLICIT");
+    Botan::BER_Decoder explicit_value(value);
+    Botan::BER_Decoder hmn = explicit_value.start_cons(Botan::SEQUENCE);
+    Botan::OID hw_type;
+    std::vector<std::uint8_t> serial;
+    hmn.decode(hw_type).decode(serial, Botan::OCTET_STRING);
+    hmn.verify_end();
+    explicit_value.verify_end();
+    m_hw_type = hw_type;
+    m_serial.assign(serial.begin(), serial.end());
+  } catch (const Botan::Exception&) {
+    bad_cert("subjectAltName HardwareModuleName does not decode");
+  }
+}
+
+HardwareModuleNameExtension HardwareModuleNameExtension::from_der(const std::vector<std::uint8_t>& extn_value) {
+  HardwareModuleNameExtension e;
+  e.decode_inner(extn_value);
+  return e;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+IdentityFacts read_identity(const Botan::X509_Certificate& cert) {
+  const auto serials = cert.subject_dn().get_attribute("X520.SerialNumber");
+  if (serials.size() != 1) bad_cert("subject must hold exactly one serialNumber");
+  Imei imei = [&] {
+    try {
+      return Imei::parse(serials.front());
+    } catch (const Error&) {
+      bad_cert("subject serialNumber is not a valid IMEI");
+    }
+  }();
+  if (!cert.v3_extensions().extension_set(kOidSan)) bad_cert("no subjectAltName");
+  const auto ext = HardwareModuleNameExtension::from_der(cert.v3_extensions().get_extension_bits(kOidSan));
+  if (ext.hw_serial().size() != kChipIdSize) bad_cert("hwSerialNum is not a 10-byte chip ID");
+  return IdentityFacts{std::move(imei), ChipId::from_bytes(ext.hw_serial().data(), ext.hw_serial().size()),
+                       ext.hw_type().to_string()};
+}
+
+void lint_certificate(const Botan::X509_Certificate& cert, CertKind kind) {
+  if (cert.x509_version() != 3) lint_fail("version must be v3");
+  // Subject and SAN: IMEI Luhn and chip ID form.
+  const auto serials = cert.subject_dn().get_attribute("X520.SerialNumber");
+  if (serials.size() != 1) lint_fail("subject must hold exactly one serialNumber");
+  if (!Imei::is_valid(serials.front())) lint_fail("subject serialNumber is not a valid IMEI (3GPP TS 23.003)");
+  const auto& exts = cert.v3_extensions();
+  if (!exts.extension_set(kOidSan)) lint_fail("subjectAltName HardwareModuleName missing");
+  HardwareModuleNameExtension hmn;
+  try {
+    hmn = HardwareModuleNameExtension::from_der(exts.get_extension_bits(kOidSan));
+  } catch (const Error& e) {
+    lint_fail(std::string("subjectAltName: ") + e.what());
+  }
+  if (hmn.hw_serial().size() != kChipIdSize) lint_fail("hwSerialNum is not a 10-byte chip ID");
+  // Extensions: exactly the profile's set, critical where RFC 5280 and the profile say so.
+  const std::set<Botan::OID> allowed{kOidSan, kOidBasicConstraints, kOidKeyUsage, kOidSki, kOidAki};
+  for (const auto& oid : exts.get_extension_oids())
+    if (!allowed.count(oid)) lint_fail("unexpected extension " + oid.to_string());
+  if (!exts.extension_set(kOidBasicConstraints) || !exts.critical_extension_set(kOidBasicConstraints))
+    lint_fail("basicConstraints must be present and critical");
+  if (cert.is_CA_cert())
+    lint_fail("an end-entity certificate must have CA:false");
+  if (!exts.extension_set(kOidKeyUsage) || !exts.critical_extension_set(kOidKeyUsage))
+    lint_fail("keyUsage must be present and critical");
+  const Botan::Key_Constraints want =
+      kind == CertKind::Identity ? Botan::DIGITAL_SIGNATURE : Botan::KEY_AGREEMENT;
+  if (cert.constraints() != want)
+    lint_fail(kind == CertKind::Identity ? "keyUsage must be exactly digitalSignature"
+                                         : "keyUsage must be exactly keyAgreement");
+  if (!exts.extension_set(kOidSki) || cert.subject_key_id().empty()) lint_fail("subjectKeyIdentifier missing");
+  if (!exts.extension_set(kOidAki) || cert.authority_key_id().empty()) lint_fail("authorityKeyIdentifier missing");
+  // Key type.
+  std::unique_ptr<Botan::Public_Key> key;
+  try {
+    key.reset(cert.subject_public_key());
+  } catch (const Botan::Exception&) {
+    lint_fail("subject public key does not decode");
+  }
+  if (kind == CertKind::Identity) {
+    const auto* ec = dynamic_cast<const Botan::EC_PublicKey*>(key.get());
+    if (!ec || key->algo_name() != "ECDSA" || ec->domain().get_curve_oid() != kOidP256)
+      lint_fail("identity key must be ECDSA P-256");
+  } else if (key->algo_name() != "Curve25519") {
+    lint_fail("transport key must be X25519");
+  }
+  // Validity: no practical expiry, not issued in the future (a day of clock skew allowed).
+  if (!(cert.not_after() == not_after_time())) lint_fail(std::string("notAfter must be ") + kNotAfter);
+  const Botan::X509_Time tomorrow(std::chrono::system_clock::now() + std::chrono::hours(24));
+  if (cert.not_before() > tomorrow) lint_fail("notBefore lies in the future");
+  if (!(cert.signature_algorithm().get_oid() == Botan::OID::from_string("ECDSA/EMSA1(SHA-256)")))
+    lint_fail("signature algorithm must be ecdsa-with-SHA256");
+}
+
+void verify_chain(const Botan::X509_Certificate& leaf, const std::vector<Botan::X509_Certificate>& intermediates,
+                  const std::vector<Botan::X509_Certificate>& trust_anchors) {
+  // RFC 5280 section 6.1 path processing without the validity-period step (device certificates
+  // never expire) and without revocation (the public DB is append-only; there is no CRL).
+  auto issuer_ok = [](const Botan::X509_Certificate& issuer) {
+    return issuer.is_CA_cert() && (issuer.constraints() & Botan::KEY_CERT_SIGN);
+  };
+  auto signed_by = [](const Botan::X509_Certificate& subject, const Botan::X509_Certificate& issuer) {
+    if (!(subject.issuer_dn() == issuer.subject_dn())) return false;
+    try {
+      std::unique_ptr<Botan::Public_Key> k(issuer.subject_public_key());
+      return subject.verify_signature(*k) == Botan::Certificate_Status_Code::VERIFIED;
+    } catch (const Botan::Exception&) {
+      return false;
+    }
+  };
+  // RFC 5280 section 4.2.1.9: pathLenConstraint counts the intermediate CA certificates that may
+  // follow the issuer; `depth` is how many intermediates lie below the issuer being checked.
+  const Botan::X509_Certificate* current = &leaf;
+  std::vector<bool> used(intermediates.size(), false);
+  for (std::size_t depth = 0; depth <= intermediates.size(); ++depth) {
+    for (const auto& anchor : trust_anchors) {
+      if (!signed_by(*current, anchor)) continue;
+      if (!issuer_ok(anchor)) throw Error(ErrorCode::ChainInvalid, "trust anchor is not a CA with keyCertSign");
+      if (anchor.path_limit() < depth)
+        throw Error(ErrorCode::ChainInvalid, "path length constraint of the trust anchor exceeded");
+      return;
+    }
+    bool advanced = false;
+    for (std::size_t i = 0; i < intermediates.size() && !advanced; ++i) {
+      if (used[i] || !signed_by(*current, intermediates[i])) continue;
+      if (!issuer_ok(intermediates[i]))
+        throw Error(ErrorCode::ChainInvalid, "issuer '" + intermediates[i].subject_dn().to_string() +
+                                                 "' is not a CA with keyCertSign");
+      if (intermediates[i].path_limit() < depth) throw Error(ErrorCode::ChainInvalid, "path length constraint exceeded");
+      used[i] = true;
+      current = &intermediates[i];
+      advanced = true;
+    }
+    if (!advanced) break;
+  }
+  throw Error(ErrorCode::ChainInvalid, "certificate does not chain to a trust anchor");
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Botan::X509_Certificate make_root_certificate(const Botan::Private_Key& key, const std::string& common_name,
+                                              const std::string& organization, Botan::RandomNumberGenerator& rng) {
+  Botan::Extensions ext;
+  ext.add(new Botan::Cert_Extension::Basic_Constraints(true, Botan::Cert_Extension::NO_CERT_PATH_LIMIT), true);
+  ext.add(new Botan::Cert_Extension::Key_Usage(Botan::Key_Constraints(Botan::KEY_CERT_SIGN | Botan::CRL_SIGN)), true);
+  ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(key)), false);
+  const auto dn = ca_subject(common_name, organization);
+  return sign_cert(key, random_serial(rng), dn, dn, key, ext, now_time(), not_after_time(), rng);
+}
+
+Botan::X509_Certificate make_ca_certificate(const Botan::X509_Certificate& issuer_cert,
+                                            const Botan::Private_Key& issuer_key, const Botan::Public_Key& ca_key,
+                                            const std::string& common_name, const std::string& organization,
+                                            std::size_t path_limit, Botan::RandomNumberGenerator& rng) {
+  if (!issuer_cert.is_CA_cert()) throw Error(ErrorCode::CertificateLint, "issuer certificate is not a CA");
+  Botan::Extensions ext;
+  ext.add(new Botan::Cert_Extension::Basic_Constraints(true, path_limit), true);
+  ext.add(new Botan::Cert_Extension::Key_Usage(Botan::Key_Constraints(Botan::KEY_CERT_SIGN | Botan::CRL_SIGN)), true);
+  ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(ca_key)), false);
+  ext.add(new Botan::Cert_Extension::Authority_Key_ID(issuer_cert.subject_key_id()), false);
+  return sign_cert(issuer_key, random_serial(rng), issuer_cert.subject_dn(), ca_subject(common_name, organization),
+                   ca_key, ext, now_time(), not_after_time(), rng);
+}
+
+Botan::X509_Certificate issue_identity_certificate(const Botan::X509_Certificate& ca_cert,
+                                                   const Botan::Private_Key& ca_key,
+                                                   const Botan::Public_Key& device_key, const Imei& imei,
+                                                   const ChipId& chip_id, const std::string& hw_type,
+                                                   Botan::RandomNumberGenerator& rng) {
+  return issue_device(ca_cert, ca_key, device_key, imei, chip_id, hw_type, Botan::DIGITAL_SIGNATURE,
+                      CertKind::Identity, rng);
+}
+
+Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificate& ca_cert,
+                                                    const Botan::Private_Key& ca_key,
+                                                    const Botan::Public_Key& x25519_key, const Imei& imei,
+                                                    const ChipId& chip_id, const std::string& hw_type,
+                                                    Botan::RandomNumberGenerator& rng) {
+  return issue_device(ca_cert, ca_key, x25519_key, imei, chip_id, hw_type, Botan::KEY_AGREEMENT,
+                      CertKind::Transport, rng);
+}
+
+Botan::X509_Certificate issue_tls_certificate(const Botan::X509_Certificate& ca_cert,
+                                              const Botan::Private_Key& ca_key,
+                                              const Botan::Public_Key& subject_key, const std::string& common_name,
+                                              const std::vector<std::string>& names, TlsRole role,
+                                              Botan::RandomNumberGenerator& rng) {
+  if (!ca_cert.is_CA_cert()) throw Error(ErrorCode::CertificateLint, "issuer certificate is not a CA");
+  Botan::AlternativeName alt;
+  for (const auto& n : names) {
+    const bool ipv4 = !n.empty() && n.find_first_not_of("0123456789.") == std::string::npos;
+    alt.add_attribute(ipv4 ? "IP" : "DNS", n);
+  }
+  Botan::Extensions ext;
+  ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
+  ext.add(new Botan::Cert_Extension::Key_Usage(Botan::DIGITAL_SIGNATURE), true);
+  ext.add(new Botan::Cert_Extension::Extended_Key_Usage(std::vector<Botan::OID>{
+              Botan::OID::from_string(role == TlsRole::Server ? "PKIX.ServerAuth" : "PKIX.ClientAuth")}),
+          false);
+  ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(subject_key)), false);
+  ext.add(new Botan::Cert_Extension::Authority_Key_ID(ca_cert.subject_key_id()), false);
+  if (!names.empty()) ext.add(new Botan::Cert_Extension::Subject_Alternative_Name(alt), false);
+  Botan::X509_DN dn;
+  dn.add_attribute("X520.CommonName", common_name);
+  return sign_cert(ca_key, random_serial(rng), ca_cert.subject_dn(), dn, subject_key, ext, now_time(),
+                   not_after_time(), rng);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+std::vector<Botan::X509_Certificate> parse_certificates_pem(const std::string& pem) {
+  static const std::string kBegin = "-----BEGIN CERTIFICATE-----";
+  static const std::string kEnd = "-----END CERTIFICATE-----";
+  std::vector<Botan::X509_Certificate> out;
+  std::size_t pos = 0;
+  while ((pos = pem.find(kBegin, pos)) != std::string::npos) {
+    const std::size_t body = pos + kBegin.size();
+    const std::size_t end = pem.find(kEnd, body);
+    if (end == std::string::npos) bad_cert("PEM block without END line");
+    try {
+      const auto der = Botan::base64_decode(pem.substr(body, end - body), true);
+      out.emplace_back(std::vector<std::uint8_t>(der.begin(), der.end()));
+    } catch (const Botan::Exception&) {
+      bad_cert("PEM certificate does not parse");
+    }
+    pos = end + kEnd.size();
+  }
+  if (out.empty()) bad_cert("no PEM certificate found");
+  return out;
+}
+
+std::vector<Botan::X509_Certificate> load_certificates_pem(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw IoError(ErrorCode::Io, "cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_certificates_pem(ss.str());
+}
+
+std::string to_pem(const Botan::X509_Certificate& cert) { return cert.PEM_encode(); }
+
+}  // namespace keyline::core
