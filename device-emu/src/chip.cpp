@@ -271,20 +271,20 @@ BootIdentity Chip::verify_image(const core::Bytes& image) const {
     Botan::X509_Certificate identity(pkg.identity_cert);
     Botan::DataSource_Memory src(pkg.identity_key);
     const auto key = Botan::PKCS8::load_key(src);
-    if (key->public_key_bits() != identity.subject_public_key_bits())
+    if (key->public_key_bits() != identity.subject_public_key_bitstring())
       throw rejected("identity private key does not match the identity certificate");
     BootIdentity id;
     id.imei = pkg.imei;
     id.chip_id = m_chip_id;
-    id.identity_fingerprint = sha256_hex(identity.subject_public_key_bits());
+    id.identity_fingerprint = sha256_hex(identity.subject_public_key_bitstring());
     if (!pkg.transport_cert.empty()) {
       Botan::X509_Certificate transport(pkg.transport_cert);
       if (pkg.transport_key.size() == 32) {
         Botan::Curve25519_PrivateKey tk(pkg.transport_key);
-        if (tk.public_value() != transport.subject_public_key_bits())
+        if (tk.public_value() != transport.subject_public_key_bitstring())
           throw rejected("transport private key does not match the transport certificate");
       }
-      id.transport_fingerprint = sha256_hex(transport.subject_public_key_bits());
+      id.transport_fingerprint = sha256_hex(transport.subject_public_key_bitstring());
     }
     id.package_digest = core::package_digest(plain);
     return id;

@@ -1,0 +1,48 @@
+// Scratch directories and a ready device for the device tests.
+#pragma once
+
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <string>
+
+#include "device_test_pki.h"
+#include "keyline/core/bytes.h"
+#include "keyline/device/chip.h"
+
+namespace keyline::test {
+
+class ScratchDir {
+ public:
+  explicit ScratchDir(const std::string& tag) {
+    static std::atomic<int> n{0};
+    m_path = std::filesystem::temp_directory_path() /
+             ("keyline-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    std::filesystem::remove_all(m_path);
+    std::filesystem::create_directories(m_path);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(m_path, ec);
+  }
+  const std::filesystem::path& path() const { return m_path; }
+
+ private:
+  std::filesystem::path m_path;
+};
+
+// Makes one device under dir/name with the PKI's root in ROM.
+inline std::filesystem::path make_test_device(const DevicePki& pki, const std::filesystem::path& dir,
+                                              const std::string& name = "dev") {
+  pki.write_root(dir / "root.pem");
+  std::set<std::string> taken;
+  device::make_device(dir / name, dir / "root.pem", taken);
+  return dir / name;
+}
+
+inline std::string read_file_bytes_hex(const std::filesystem::path& path) {
+  return core::to_hex(*device::read_bytes(path));
+}
+
+}  // namespace keyline::test

@@ -1,0 +1,242 @@
+// Every status word path of the applet, driven through Session without sockets.
+#include <doctest/doctest.h>
+
+#include "device_test_util.h"
+#include "keyline/core/apdu.h"
+#include "keyline/core/backup_package.h"
+#include "keyline/core/data_package.h"
+#include "keyline/device/applet.h"
+
+using namespace keyline;
+namespace fs = std::filesystem;
+
+namespace {
+
+core::CommandApdu cmd(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2,
+                      const core::SecureBytes& data = {}, std::optional<std::uint32_t> le = std::nullopt) {
+  core::CommandApdu c;
+  c.cla = cla;
+  c.ins = ins;
+  c.p1 = p1;
+  c.p2 = p2;
+  c.data = data;
+  c.le = le;
+  return c;
+}
+
+core::CommandApdu select_applet() {
+  return cmd(0x00, 0xA4, 0x04, 0x00, core::SecureBytes(std::begin(device::kAid), std::end(device::kAid)));
+}
+
+// Collects 61XX pieces like a station would.
+core::ResponseApdu run(device::Session& s, const core::CommandApdu& c) {
+  return core::transceive([&](const core::SecureBytes& apdu) { return s.process(apdu.data(), apdu.size()); }, c);
+}
+
+// Sends the package as STORE DATA blocks of `block` bytes; returns the last status word.
+std::uint16_t store(device::Session& s, const core::SecureBytes& pkg, std::size_t block) {
+  std::uint8_t n = 0;
+  for (std::size_t off = 0; off < pkg.size(); off += block, ++n) {
+    const std::size_t len = std::min(block, pkg.size() - off);
+    const bool last = off + len == pkg.size();
+    auto c = cmd(0x80, 0xE2, static_cast<std::uint8_t>(last ? 0x88 : 0x08), n,
+                 core::SecureBytes(pkg.begin() + off, pkg.begin() + off + len));
+    c.extended = len > 255;
+    const auto r = run(s, c);
+    if (r.sw != core::sw::ok || last) return r.sw;
+  }
+  return 0;
+}
+
+struct Rig {
+  test::ScratchDir tmp{"applet"};
+  test::DevicePki pki;
+  fs::path dir = test::make_test_device(pki, tmp.path());
+  std::unique_ptr<device::Device> dev;
+  explicit Rig(device::DeviceOptions o = {}) { dev = std::make_unique<device::Device>(device::Chip::load(dir), o); }
+  core::DataPackage package(const std::string& imei = "490154203237518") {
+    return pki.package_for(dev->chip().chip_id(), imei);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("probes and unknown commands answer quickly with the right status word") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  CHECK(run(s, cmd(0x00, 0x84, 0x00, 0x00, {}, 8)).sw == core::sw::ins_not_supported);  // GET CHALLENGE
+  CHECK(run(s, cmd(0xA0, 0xA4, 0x00, 0x00)).sw == core::sw::cla_not_supported);
+  CHECK(run(s, cmd(0x80, 0xA4, 0x04, 0x00, {0x01})).sw == core::sw::cla_not_supported);
+  CHECK(run(s, cmd(0x00, 0xA4, 0x00, 0x00, {0x3F, 0x00})).sw == core::sw::file_not_found);
+  CHECK(run(s, cmd(0x00, 0xA4, 0x04, 0x00, {0xA0, 0x00, 0x00, 0x00, 0x03})).sw == core::sw::file_not_found);
+  CHECK(run(s, cmd(0x80, 0xCA, 0x00, 0x66, {}, 256)).sw == core::sw::referenced_data_not_found);
+  CHECK(run(s, cmd(0x00, 0xC0, 0x00, 0x00, {}, 16)).sw == core::sw::conditions_not_satisfied);
+  CHECK(run(s, cmd(0x80, 0xC4, 0x01, 0x00, {}, 256)).sw == core::sw::incorrect_p1p2);
+  // Malformed bytes: too short, Lc disagreeing with the data.
+  const std::uint8_t short_apdu[] = {0x00, 0xA4};
+  CHECK(core::decode_response(s.process(short_apdu, sizeof short_apdu)).sw == core::sw::wrong_length);
+  const std::uint8_t bad_lc[] = {0x00, 0xA4, 0x04, 0x00, 0x08, 0xF0};
+  CHECK(core::decode_response(s.process(bad_lc, sizeof bad_lc)).sw == core::sw::wrong_length);
+}
+
+TEST_CASE("GET DATA CPLC works without selection, with CLA 00 and 80") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  for (std::uint8_t cla : {std::uint8_t(0x80), std::uint8_t(0x00)}) {
+    const auto r = run(s, cmd(cla, 0xCA, 0x9F, 0x7F, {}, 256));
+    REQUIRE(r.sw == core::sw::ok);
+    const auto cplc = core::Cplc::parse(r.data.data(), r.data.size());
+    CHECK(cplc.chip_id() == rig.dev->chip().chip_id());
+  }
+}
+
+TEST_CASE("personalization: multi-block STORE DATA, backup, drill, and the 6985 on a second store") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  const auto pkg = rig.package();
+  const core::SecureBytes encoded = pkg.encode();
+
+  CHECK(store(s, encoded, 200) == core::sw::conditions_not_satisfied);  // not selected
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  CHECK(run(s, cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256)).sw == core::sw::referenced_data_not_found);
+  CHECK(run(s, cmd(0x80, 0xC6, 0x00, 0x00, {}, 256)).sw == core::sw::referenced_data_not_found);
+  REQUIRE(store(s, encoded, 200) == core::sw::ok);
+  CHECK(rig.dev->chip().lifecycle() == device::Lifecycle::Personalized);
+  CHECK(rig.dev->chip().imei()->str() == "490154203237518");
+
+  const auto backup = run(s, cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256));
+  REQUIRE(backup.sw == core::sw::ok);
+  CHECK(backup.data.size() > 256);  // came back through 61XX / GET RESPONSE
+  CHECK(core::parse_backup_header(backup.data.data(), backup.data.size()).chip_id == rig.dev->chip().chip_id());
+
+  const auto drill = run(s, cmd(0x80, 0xC6, 0x00, 0x00, {}, 256));
+  REQUIRE(drill.sw == core::sw::ok);
+  CHECK(core::Bytes(drill.data.begin(), drill.data.end()) == core::package_digest(encoded));
+  // The drill also opens a backup handed to it, and refuses one changed by a bit.
+  auto given = backup.data;
+  CHECK(run(s, cmd(0x80, 0xC6, 0x00, 0x00, given, 256)).data == drill.data);
+  given[given.size() - 1] ^= 0x01;
+  CHECK(run(s, cmd(0x80, 0xC6, 0x00, 0x00, given, 256)).sw == core::sw::wrong_data);
+
+  const auto st = run(s, cmd(0x80, 0xC4, 0x00, 0x00, {}, 256));
+  REQUIRE(st.sw == core::sw::ok);
+  REQUIRE(st.data.size() == 1 + 10 + 1 + 15);
+  CHECK(st.data[0] == 0x0F);
+  CHECK(st.data[11] == 0x01);
+
+  // Second personalization refused before anything is gathered; the flash is unchanged.
+  const auto before = *device::read_bytes(rig.dev->chip().paths().image());
+  CHECK(store(s, rig.package("357805023984942").encode(), 200) == core::sw::conditions_not_satisfied);
+  CHECK(*device::read_bytes(rig.dev->chip().paths().image()) == before);
+  // Reset needs --allow-reset.
+  CHECK(run(s, cmd(0x80, 0xC8, 0x00, 0x00)).sw == core::sw::security_not_satisfied);
+}
+
+TEST_CASE("STORE DATA checks P1, the block counter and the package") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  const auto encoded = rig.package().encode();
+  const core::SecureBytes part(encoded.begin(), encoded.begin() + 100);
+  CHECK(run(s, cmd(0x80, 0xE2, 0x00, 0x00, part)).sw == core::sw::incorrect_p1p2);  // not DGI format
+  CHECK(run(s, cmd(0x80, 0xE2, 0x28, 0x00, part)).sw == core::sw::incorrect_p1p2);  // encrypted
+  CHECK(run(s, cmd(0x80, 0xE2, 0x08, 0x00, part)).sw == core::sw::ok);
+  CHECK(run(s, cmd(0x80, 0xE2, 0x08, 0x02, part)).sw == core::sw::incorrect_p1p2);  // skipped block 1
+  CHECK(run(s, cmd(0x80, 0xE2, 0x08, 0x01, part)).sw == core::sw::incorrect_p1p2);  // gathering restarted
+  CHECK(run(s, cmd(0x80, 0xE2, 0x88, 0x00, part)).sw == core::sw::wrong_data);      // truncated package
+  CHECK(run(s, cmd(0x80, 0xE2, 0x88, 0x00, {0x01, 0x01, 0x00})).sw == core::sw::wrong_data);
+  CHECK(run(s, cmd(0x00, 0xE2, 0x88, 0x00, part)).sw == core::sw::cla_not_supported);
+  // A valid package for another chip, or from another manufacturer, is refused.
+  test::ScratchDir other_tmp("other");
+  const auto other = device::Chip::load(test::make_test_device(rig.pki, other_tmp.path()));
+  CHECK(store(s, rig.pki.package_for(other.chip_id(), "490154203237518").encode(), 1000) == core::sw::wrong_data);
+  CHECK(store(s, rig.pki.package_from_rogue_ca(rig.dev->chip().chip_id(), "490154203237518").encode(), 1000) ==
+        core::sw::wrong_data);
+  CHECK(rig.dev->chip().lifecycle() == device::Lifecycle::Blank);
+  CHECK_FALSE(fs::exists(rig.dev->chip().paths().image()));
+  // One extended block works too.
+  CHECK(store(s, encoded, encoded.size()) == core::sw::ok);
+}
+
+TEST_CASE("recovery path: UPDATE BINARY into staging, boot verifies before it replaces the flash") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  // Boot needs a personalized device.
+  CHECK(run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256)).sw == core::sw::conditions_not_satisfied);
+  REQUIRE(store(s, rig.package().encode(), 400) == core::sw::ok);
+  const auto paths = rig.dev->chip().paths();
+  const auto good = *device::read_bytes(paths.image());
+  CHECK(run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256)).sw == core::sw::referenced_data_not_found);
+
+  auto write_staging = [&](const core::Bytes& image) {
+    for (std::size_t off = 0; off < image.size(); off += 200) {
+      const std::size_t len = std::min<std::size_t>(200, image.size() - off);
+      const auto r = run(s, cmd(0x00, 0xD6, static_cast<std::uint8_t>(off >> 8), static_cast<std::uint8_t>(off),
+                                core::SecureBytes(image.begin() + off, image.begin() + off + len)));
+      REQUIRE(r.sw == core::sw::ok);
+    }
+  };
+  CHECK(run(s, cmd(0x00, 0xD6, 0x80, 0x00, {0x01})).sw == core::sw::incorrect_p1p2);
+  CHECK(run(s, cmd(0x00, 0xD6, 0x7F, 0x00, {0x01})).sw == device::kSwOffsetOutside);
+
+  // A bad image changes nothing.
+  auto bad = good;
+  bad[40] ^= 0x04;
+  write_staging(bad);
+  CHECK(run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256)).sw == core::sw::wrong_data);
+  CHECK(*device::read_bytes(paths.image()) == good);
+
+  // Flash lost, the good image restores it and the same identity comes back.
+  fs::remove(paths.image());
+  write_staging(good);
+  const auto r = run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256));
+  REQUIRE(r.sw == core::sw::ok);
+  CHECK(std::string(r.data.begin(), r.data.begin() + 15) == "490154203237518");
+  CHECK(r.data.size() == 15 + 32 + 32);
+  CHECK(*device::read_bytes(paths.image()) == good);
+  CHECK_FALSE(fs::exists(paths.staging()));
+}
+
+TEST_CASE("reset to blank when allowed; then a new personalization is accepted") {
+  device::DeviceOptions o;
+  o.allow_reset = true;
+  Rig rig(o);
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  REQUIRE(store(s, rig.package().encode(), 255) == core::sw::ok);
+  CHECK(run(s, cmd(0x80, 0xC8, 0x00, 0x00)).sw == core::sw::ok);
+  CHECK(rig.dev->chip().lifecycle() == device::Lifecycle::Blank);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  CHECK(store(s, rig.package("357805023984942").encode(), 255) == core::sw::ok);
+  CHECK(rig.dev->chip().imei()->str() == "357805023984942");
+}
+
+TEST_CASE("fault injection: power cut during the flash write, fail rate") {
+  device::DeviceOptions o;
+  o.faults.power_cut_at_byte = 100;
+  Rig rig(o);
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  int code = 0;
+  try {
+    store(s, rig.package().encode(), 255);
+  } catch (const core::Error& e) {
+    code = e.numeric();
+  }
+  CHECK(code == 2003);
+  CHECK(rig.dev->powered_off());
+  rig.dev->power_restored();
+  CHECK_FALSE(fs::exists(rig.dev->chip().paths().image()));
+  CHECK(device::Chip::load(rig.dir).lifecycle() == device::Lifecycle::Blank);
+  // After the power comes back the same package goes in (the cut was one-shot).
+  device::Session s2(*rig.dev);
+  REQUIRE(run(s2, select_applet()).sw == core::sw::ok);
+  CHECK(store(s2, rig.package().encode(), 255) == core::sw::ok);
+
+  device::DeviceOptions f;
+  f.faults.fail_rate = 1.0;
+  Rig failing(f);
+  device::Session s3(*failing.dev);
+  CHECK(run(s3, select_applet()).sw == core::sw::unknown_error);
+}
