@@ -223,8 +223,9 @@ void lint_certificate(const Botan::X509_Certificate& cert, CertKind kind) {
     if (!allowed.count(oid)) lint_fail("unexpected extension " + oid.to_string());
   if (!exts.extension_set(kOidBasicConstraints) || !exts.critical_extension_set(kOidBasicConstraints))
     lint_fail("basicConstraints must be present and critical");
-  if (cert.is_CA_cert())
-    lint_fail("an end-entity certificate must have CA:false");
+  // Botan's is_CA_cert() also wants keyCertSign, so read the cA flag itself.
+  const auto* bc = exts.get_extension_object_as<Botan::Cert_Extension::Basic_Constraints>();
+  if (!bc || bc->get_is_ca()) lint_fail("an end-entity certificate must have CA:false");
   if (!exts.extension_set(kOidKeyUsage) || !exts.critical_extension_set(kOidKeyUsage))
     lint_fail("keyUsage must be present and critical");
   const Botan::Key_Constraints want =
