@@ -26,9 +26,10 @@ constexpr std::size_t kMaxCertificates = 16;
 
 [[noreturn]] void bad(const std::string& what) { throw FormatError(ErrorCode::BadRecord, "record: " + what); }
 
-const std::string& get_string(const Poco::JSON::Object& obj, const std::string& key) {
+// By value: Object::get returns a copy of the Var, so a reference into it would dangle.
+std::string get_string(const Poco::JSON::Object& obj, const std::string& key) {
   if (!obj.has(key)) bad("missing \"" + key + "\"");
-  const Poco::Dynamic::Var& v = obj.get(key);
+  const Poco::Dynamic::Var v = obj.get(key);
   if (!v.isString()) bad("\"" + key + "\" is not a string");
   return v.extract<std::string>();
 }
@@ -124,7 +125,7 @@ Record Record::from_json(const std::string& json) {
 
   // The hash is derived, not data: when present it must agree, so a copy that lost a byte is caught.
   if (obj->has("record_hash")) {
-    const std::string& h = get_string(*obj, "record_hash");
+    const std::string h = get_string(*obj, "record_hash");
     if (h != r.hash()) bad("\"record_hash\" does not match the record's content");
   }
   if (obj->has("published_at") && !obj->get("published_at").isString()) bad("\"published_at\" is not a string");
