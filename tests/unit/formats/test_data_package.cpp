@@ -1,11 +1,14 @@
 // Data package: round trip, strict decoding (missing, duplicated, unknown DGIs, bad header, KCV).
 #include <doctest/doctest.h>
 
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include "keyline/core/data_package.h"
 #include "keyline/core/dgi.h"
 #include "keyline/core/error.h"
+#include "testenv.h"
 
 using namespace keyline::core;
 
@@ -184,4 +187,20 @@ TEST_CASE("data package: bad header, chain and key sizes") {
     CHECK(decode_error(SecureBytes(enc.begin(), enc.begin() + static_cast<std::ptrdiff_t>(n))) != "decoded");
   }
   CHECK(decode_error(SecureBytes(enc.begin(), enc.end() - 1)) != "decoded");
+}
+
+TEST_CASE("data package: a package built by an independent implementation decodes") {
+  // tests/fuzz/corpus/data_package/valid was built in Python from data_package.h, with the KCV from
+  // Python's `cryptography` AES-256-ECB: it checks the header layout and the KCV definition.
+  const std::string path = keyline::test::source_dir() + "/tests/fuzz/corpus/data_package/valid";
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "cannot read " << path);
+  const SecureBytes bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const DataPackage p = DataPackage::decode(bytes);
+  CHECK(p.imei.str() == "490154203237518");
+  CHECK(p.station_id == "line-1");
+  CHECK(p.issued_at == 1795000000u);
+  CHECK(p.ca_chain.size() == 1);
+  CHECK(p.comm_key == SecureBytes(32, 0x43));
+  CHECK(p.encode() == bytes);
 }
