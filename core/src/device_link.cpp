@@ -35,7 +35,7 @@ DeviceLink::DeviceLink(std::string host, int port, DeviceLinkOptions options)
 
 DeviceLink::~DeviceLink() { close(); }
 
-std::pair<std::string, int> DeviceLink::parse_endpoint(std::string_view host_port) {
+std::pair<std::string, int> DeviceLink::parse_endpoint(std::string_view host_port, bool allow_port_zero) {
   const auto colon = host_port.rfind(':');
   if (colon == std::string_view::npos || colon == 0 || colon + 1 >= host_port.size())
     throw ConfigError(ErrorCode::Config, "endpoint must be HOST:PORT");
@@ -45,7 +45,7 @@ std::pair<std::string, int> DeviceLink::parse_endpoint(std::string_view host_por
     port = port * 10 + (c - '0');
     if (port > 65535) throw ConfigError(ErrorCode::Config, "endpoint port out of range");
   }
-  if (port == 0) throw ConfigError(ErrorCode::Config, "endpoint port out of range");
+  if (port == 0 && !allow_port_zero) throw ConfigError(ErrorCode::Config, "endpoint port out of range");
   return {std::string(host_port.substr(0, colon)), port};
 }
 
@@ -165,7 +165,6 @@ Bytes DeviceLink::get_atr() {
 }
 
 SecureBytes DeviceLink::transmit_raw(const SecureBytes& command_apdu) {
-  if (command_apdu.size() < 4) throw FormatError(ErrorCode::BadApdu, "command APDU shorter than its header");
   send_frame(command_apdu.data(), command_apdu.size());
   SecureBytes r = receive_frame();
   if (r.size() < 2) {

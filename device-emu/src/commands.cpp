@@ -72,7 +72,7 @@ int cmd_serve(ServeConfig config) {
     return core::exit_code::ok;
   }
 
-  const auto [host, port] = core::DeviceLink::parse_endpoint(config.listen + (config.listen.find(':') == std::string::npos ? ":0" : ""));
+  const auto [host, port] = core::DeviceLink::parse_endpoint(config.listen, true);
   ServerOptions options;
   options.host = host;
   options.base_port = port;

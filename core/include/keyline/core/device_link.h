@@ -33,8 +33,9 @@ class DeviceLink {
   DeviceLink(const DeviceLink&) = delete;
   DeviceLink& operator=(const DeviceLink&) = delete;
 
-  // "127.0.0.1:7001" -> {"127.0.0.1", 7001}. Throws ConfigError(Config).
-  static std::pair<std::string, int> parse_endpoint(std::string_view host_port);
+  // "127.0.0.1:7001" -> {"127.0.0.1", 7001}. Throws ConfigError(Config). Port 0 ("any free port")
+  // only for listeners.
+  static std::pair<std::string, int> parse_endpoint(std::string_view host_port, bool allow_port_zero = false);
 
   // Throws IoError(Network) when the device cannot be reached, IoError(Timeout) on a timeout.
   void connect();
@@ -49,7 +50,7 @@ class DeviceLink {
   void control(std::uint8_t code);
   Bytes get_atr();
 
-  // One frame out, one frame in (no chaining, no GET RESPONSE).
+  // One frame out, one frame in (no chaining, no GET RESPONSE); the bytes go out as given.
   SecureBytes transmit_raw(const SecureBytes& command_apdu);
   // Full exchange via core::transceive: command chaining for long data, 61XX collected with GET RESPONSE.
   ResponseApdu transmit(const CommandApdu& command);

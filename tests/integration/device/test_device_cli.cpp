@@ -1,0 +1,142 @@
+// The keyline-device program itself: make, serve (fleet), boot, status, wipe-flash, corrupt-flash.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <sstream>
+
+#include "../../unit/device/device_test_util.h"
+#include "keyline/core/device_link.h"
+#include "keyline/device/applet.h"
+#include "testenv.h"
+
+using namespace keyline;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string program() { return test::binary_dir() + "/bin/keyline-device"; }
+
+struct Result {
+  int code = -1;
+  std::string out;
+};
+
+// Runs the program to completion, capturing stdout (stderr goes to the test log).
+Result run(const std::vector<std::string>& args) {
+  std::string line = program();
+  for (const auto& a : args) line += " '" + a + "'";
+  Result r;
+  FILE* p = ::popen(line.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = ::pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// A background `keyline-device serve`, stopped with SIGTERM.
+class Served {
+ public:
+  explicit Served(const std::vector<std::string>& args, std::size_t devices) {
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    m_pid = ::fork();
+    REQUIRE(m_pid >= 0);
+    if (m_pid == 0) {
+      ::dup2(fds[1], 1);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      std::vector<std::string> all{program(), "serve"};
+      all.insert(all.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : all) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[1]);
+    m_out = ::fdopen(fds[0], "r");
+    char line[1024];
+    while (m_ports.size() < devices && std::fgets(line, sizeof line, m_out)) {
+      std::istringstream in(line);
+      std::string word, endpoint;
+      in >> word >> endpoint;
+      if (word == "listening") m_ports.push_back(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+    }
+  }
+  ~Served() {
+    if (m_pid > 0) stop();
+    if (m_out) std::fclose(m_out);
+  }
+  int stop() {
+    ::kill(m_pid, SIGTERM);
+    int status = 0;
+    ::waitpid(m_pid, &status, 0);
+    m_pid = -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  const std::vector<int>& ports() const { return m_ports; }
+
+ private:
+  pid_t m_pid = -1;
+  FILE* m_out = nullptr;
+  std::vector<int> m_ports;
+};
+
+}  // namespace
+
+TEST_CASE("keyline-device make, serve --fleet, boot, status, wipe-flash, corrupt-flash") {
+  test::ScratchDir tmp("cli");
+  test::DevicePki pki;
+  pki.write_root(tmp.path() / "root.pem");
+  const auto fleet = tmp.path() / "fleet";
+  const auto made = run({"make", "--dir", fleet.string(), "--count", "3", "--rom-ca", (tmp.path() / "root.pem").string()});
+  REQUIRE(made.code == 0);
+  const auto dirs = device::list_fleet(fleet);
+  REQUIRE(dirs.size() == 3);
+  CHECK(made.out.find(device::Chip::load(dirs[2]).chip_id().str()) != std::string::npos);
+
+  // Booting a blank device fails with a reason and a non-zero exit code.
+  CHECK(run({"boot", "--dir", dirs[0].string()}).code != 0);
+  CHECK(run({"status", "--dir", dirs[0].string()}).out.find("BLANK") != std::string::npos);
+  CHECK(run({"serve"}).code == 2);  // neither --dir nor --fleet
+
+  {
+    Served served({"--fleet", fleet.string(), "--listen", "127.0.0.1:0", "--quiet"}, 3);
+    REQUIRE(served.ports().size() == 3);
+    core::DeviceLink link("127.0.0.1", served.ports()[1]);
+    link.connect();
+    core::CommandApdu sel;
+    sel.ins = 0xA4;
+    sel.p1 = 0x04;
+    sel.data.assign(std::begin(device::kAid), std::end(device::kAid));
+    REQUIRE(link.transmit(sel).sw == core::sw::ok);
+    const auto chip = device::Chip::load(dirs[1]);
+    const auto pkg = pki.package_for(chip.chip_id(), "357805023984942").encode();
+    core::CommandApdu st;
+    st.cla = 0x80;
+    st.ins = 0xE2;
+    st.p1 = 0x88;
+    st.data = pkg;
+    st.extended = true;
+    REQUIRE(link.transmit(st).sw == core::sw::ok);
+    link.close();
+    CHECK(served.stop() == 0);
+  }
+
+  const auto boot = run({"boot", "--dir", dirs[1].string()});
+  REQUIRE(boot.code == 0);
+  CHECK(boot.out.find("imei 357805023984942") != std::string::npos);
+  CHECK(boot.out.find("identity_key_sha256 ") != std::string::npos);
+  CHECK(run({"status", "--dir", dirs[1].string()}).out.find("flash ok") != std::string::npos);
+  REQUIRE(run({"corrupt-flash", "--dir", dirs[1].string()}).code == 0);
+  CHECK(run({"boot", "--dir", dirs[1].string()}).code != 0);
+  REQUIRE(run({"wipe-flash", "--dir", dirs[1].string()}).code == 0);
+  CHECK(run({"boot", "--dir", dirs[1].string()}).code != 0);
+}

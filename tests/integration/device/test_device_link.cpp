@@ -1,0 +1,280 @@
+// The device over real TCP sockets: a scripted station-side client (core::DeviceLink) runs the whole
+// personalization and recovery dialogue, records every byte, and the faults the server injects.
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "../../unit/device/device_test_util.h"
+#include "keyline/core/backup_package.h"
+#include "keyline/core/device_link.h"
+#include "keyline/core/flash_image.h"
+#include "keyline/device/log.h"
+#include "keyline/device/server.h"
+#include "testenv.h"
+
+using namespace keyline;
+namespace fs = std::filesystem;
+
+namespace {
+
+core::CommandApdu cmd(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2,
+                      const core::SecureBytes& data = {}, std::optional<std::uint32_t> le = std::nullopt) {
+  core::CommandApdu c;
+  c.cla = cla;
+  c.ins = ins;
+  c.p1 = p1;
+  c.p2 = p2;
+  c.data = data;
+  c.le = le;
+  return c;
+}
+
+core::CommandApdu select_applet() {
+  return cmd(0x00, 0xA4, 0x04, 0x00, core::SecureBytes(std::begin(device::kAid), std::end(device::kAid)));
+}
+
+std::uint16_t store(core::DeviceLink& link, const core::SecureBytes& pkg, std::size_t block, bool extended) {
+  std::uint8_t n = 0;
+  for (std::size_t off = 0; off < pkg.size(); off += block, ++n) {
+    const std::size_t len = std::min(block, pkg.size() - off);
+    const bool last = off + len == pkg.size();
+    auto c = cmd(0x80, 0xE2, static_cast<std::uint8_t>(last ? 0x88 : 0x08), n,
+                 core::SecureBytes(pkg.begin() + off, pkg.begin() + off + len));
+    c.extended = extended;
+    const auto r = link.transmit(c);
+    if (r.sw != core::sw::ok || last) return r.sw;
+  }
+  return 0;
+}
+
+device::ServerOptions quiet_options() {
+  device::set_quiet(true);
+  device::ServerOptions o;
+  o.idle_timeout = std::chrono::milliseconds(5000);
+  return o;
+}
+
+int raw_connect(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+// True when the peer closes the connection within the timeout.
+bool closed_by_peer(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, timeout_ms) <= 0) return false;
+  std::uint8_t b[64];
+  return ::recv(fd, b, sizeof b, 0) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("personalize and recover over TCP; the chip key never crosses the link") {
+  test::ScratchDir tmp("link");
+  test::DevicePki pki;
+  const auto dir = test::make_test_device(pki, tmp.path());
+  const core::SecureBytes chip_key = [&] {
+    const auto k = *device::read_bytes(device::DevicePaths{dir}.chip_key());
+    return core::SecureBytes(k.begin(), k.end());
+  }();
+  REQUIRE(chip_key.size() == 32);
+
+  device::Server server({dir}, quiet_options());
+  server.start();
+  core::DeviceLink link("127.0.0.1", server.ports()[0]);
+  core::Bytes captured;
+  std::size_t out_bytes = 0, in_bytes = 0;
+  link.set_capture([&](bool outbound, const std::uint8_t* d, std::size_t n) {
+    captured.insert(captured.end(), d, d + n);
+    (outbound ? out_bytes : in_bytes) += n;
+  });
+  link.connect();
+  CHECK(link.atr() == core::Bytes(std::begin(device::kAtr), std::end(device::kAtr)));
+
+  REQUIRE(link.transmit(select_applet()).sw == core::sw::ok);
+  const auto cplc_r = link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256));
+  REQUIRE(cplc_r.sw == core::sw::ok);
+  const auto chip_id = core::Cplc::parse(cplc_r.data.data(), cplc_r.data.size()).chip_id();
+  CHECK(chip_id == device::Chip::load(dir).chip_id());
+
+  const auto pkg = pki.package_for(chip_id, "260531793113837");
+  const auto encoded = pkg.encode();
+  REQUIRE(encoded.size() > 1000);
+  // Extended-length blocks, several of them.
+  REQUIRE(store(link, encoded, 700, true) == core::sw::ok);
+  CHECK(link.transmit(select_applet()).sw == core::sw::ok);
+  CHECK(store(link, encoded, 700, true) == core::sw::conditions_not_satisfied);
+
+  const auto backup_r = link.transmit(cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256));
+  REQUIRE(backup_r.sw == core::sw::ok);
+  const core::Bytes backup(backup_r.data.begin(), backup_r.data.end());
+  CHECK(core::parse_backup_header(backup).chip_id == chip_id);
+
+  const auto drill = link.transmit(cmd(0x80, 0xC6, 0x00, 0x00, {}, 256));
+  REQUIRE(drill.sw == core::sw::ok);
+  CHECK(core::Bytes(drill.data.begin(), drill.data.end()) == core::package_digest(encoded));
+
+  const auto before = device::boot_offline(dir);
+  CHECK(before.imei.str() == "260531793113837");
+
+  // Flash lost; recovery writes backup + chain (what the public DB holds) and boots it.
+  device::wipe_flash(dir);
+  CHECK(link.transmit(cmd(0x80, 0xC6, 0x00, 0x00, {}, 256)).sw == core::sw::referenced_data_not_found);
+  core::FlashImage image;
+  image.backup = backup;
+  image.certificates = {pkg.identity_cert, pkg.ca_chain[0]};
+  const auto bytes = image.encode();
+  for (std::size_t off = 0; off < bytes.size(); off += 240) {
+    const std::size_t len = std::min<std::size_t>(240, bytes.size() - off);
+    REQUIRE(link.transmit(cmd(0x00, 0xD6, static_cast<std::uint8_t>(off >> 8), static_cast<std::uint8_t>(off),
+                              core::SecureBytes(bytes.begin() + off, bytes.begin() + off + len)))
+                .sw == core::sw::ok);
+  }
+  const auto boot = link.transmit(cmd(0x80, 0xC2, 0x00, 0x00, {}, 256));
+  REQUIRE(boot.sw == core::sw::ok);
+  CHECK(std::string(boot.data.begin(), boot.data.begin() + 15) == "260531793113837");
+  CHECK(core::to_hex(boot.data.data() + 15, 32) == before.identity_fingerprint);
+  CHECK(core::to_hex(boot.data.data() + 47, 32) == before.transport_fingerprint);
+
+  const auto after = device::boot_offline(dir);
+  CHECK(after.imei == before.imei);
+  CHECK(after.identity_fingerprint == before.identity_fingerprint);
+  CHECK(after.transport_fingerprint == before.transport_fingerprint);
+  CHECK(after.package_digest == before.package_digest);
+  const auto st = link.transmit(cmd(0x80, 0xC4, 0x00, 0x00, {}, 256));
+  REQUIRE(st.data.size() == 27);
+  CHECK(st.data[11] == 0x01);
+  link.close();
+  server.stop();
+
+  // The capture saw the whole dialogue, and not one 8-byte window of the chip key.
+  CHECK(out_bytes > encoded.size());
+  CHECK(in_bytes > backup.size());
+  auto contains = [&](const std::uint8_t* needle, std::size_t n) {
+    return std::search(captured.begin(), captured.end(), needle, needle + n) != captured.end();
+  };
+  CHECK_FALSE(contains(chip_key.data(), chip_key.size()));
+  for (std::size_t i = 0; i + 8 <= chip_key.size(); ++i) CHECK_FALSE(contains(chip_key.data() + i, 8));
+  // Sanity check of the search itself: the package's own bytes are in the capture.
+  CHECK(contains(encoded.data() + 10, 8));
+}
+
+TEST_CASE("malformed frames close the connection; the server keeps serving") {
+  test::ScratchDir tmp("frames");
+  test::DevicePki pki;
+  const auto dir = test::make_test_device(pki, tmp.path());
+  auto options = quiet_options();
+  options.idle_timeout = std::chrono::milliseconds(400);
+  device::Server server({dir}, options);
+  server.start();
+  const int port = server.ports()[0];
+
+  {  // zero-length frame
+    const int fd = raw_connect(port);
+    const std::uint8_t z[] = {0x00, 0x00};
+    ::send(fd, z, sizeof z, 0);
+    CHECK(closed_by_peer(fd, 2000));
+    ::close(fd);
+  }
+  {  // a length over the maximum
+    const int fd = raw_connect(port);
+    const std::uint8_t big[] = {0xFF, 0xFF, 0x00};
+    ::send(fd, big, sizeof big, 0);
+    CHECK(closed_by_peer(fd, 2000));
+    ::close(fd);
+  }
+  {  // idle connection: closed after the idle timeout, not before
+    const int fd = raw_connect(port);
+    CHECK_FALSE(closed_by_peer(fd, 100));
+    CHECK(closed_by_peer(fd, 3000));
+    ::close(fd);
+  }
+  core::DeviceLink link("127.0.0.1", port);
+  link.connect();
+  // Short garbage APDUs get a status word.
+  CHECK(core::decode_response(link.transmit_raw({0x80, 0xCA, 0x9F})).sw == core::sw::wrong_length);
+  CHECK(link.transmit(cmd(0x80, 0x50, 0x00, 0x00, {}, 256)).sw == core::sw::ins_not_supported);
+  CHECK(link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256)).sw == core::sw::ok);
+}
+
+TEST_CASE("fault injection over TCP: delays, dropped connection, power cut during the flash write") {
+  test::ScratchDir tmp("faults");
+  test::DevicePki pki;
+  const auto dir = test::make_test_device(pki, tmp.path());
+  auto options = quiet_options();
+  options.device.faults.delay_id_ms = 10;
+  options.device.faults.delay_store_ms = 50;
+  options.device.faults.delay_flash_ms = 300;
+  options.device.faults.power_cut_at_byte = 64;
+  device::Server server({dir}, options);
+  server.start();
+  core::DeviceLink link("127.0.0.1", server.ports()[0]);
+  link.connect();
+  auto t0 = std::chrono::steady_clock::now();
+  REQUIRE(link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256)).sw == core::sw::ok);
+  CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(10));
+
+  const auto chip_id = device::Chip::load(dir).chip_id();
+  const auto encoded = pki.package_for(chip_id, "490154203237518").encode();
+  REQUIRE(link.transmit(select_applet()).sw == core::sw::ok);
+  t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(store(link, encoded, 4000, true), core::IoError);  // power cut: the link goes down
+  CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(350));
+  CHECK_FALSE(link.connected());
+  CHECK_FALSE(fs::exists(device::DevicePaths{dir}.image()));
+  CHECK(device::Chip::load(dir).lifecycle() == device::Lifecycle::Blank);
+
+  link.reconnect();
+  REQUIRE(link.transmit(select_applet()).sw == core::sw::ok);
+  CHECK(store(link, encoded, 4000, true) == core::sw::ok);
+  CHECK(device::boot_offline(dir).imei.str() == "490154203237518");
+  server.stop();
+
+  auto drop = quiet_options();
+  drop.device.faults.drop_after_bytes = 40;
+  device::Server dropping({dir}, drop);
+  dropping.start();
+  core::DeviceLink l2("127.0.0.1", dropping.ports()[0]);
+  l2.connect();  // power on + ATR: a few bytes
+  CHECK(l2.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256)).sw == core::sw::ok);
+  CHECK_THROWS_AS(
+      {
+        for (int i = 0; i < 10; ++i) l2.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256));
+      },
+      core::IoError);
+}
+
+TEST_CASE("a fleet of 256 devices in one process, one port each") {
+  test::ScratchDir tmp("fleet256");
+  test::DevicePki pki;
+  pki.write_root(tmp.path() / "root.pem");
+  device::make_fleet(tmp.path() / "fleet", 256, tmp.path() / "root.pem");
+  const auto dirs = device::list_fleet(tmp.path() / "fleet");
+  REQUIRE(dirs.size() == 256);
+  device::Server server(dirs, quiet_options());
+  server.start();
+  const auto ports = server.ports();
+  REQUIRE(ports.size() == 256);
+  std::set<std::string> ids;
+  for (std::size_t i = 0; i < ports.size(); i += 15) {
+    core::DeviceLink link("127.0.0.1", ports[i]);
+    link.connect();
+    const auto r = link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256));
+    REQUIRE(r.sw == core::sw::ok);
+    const auto id = core::Cplc::parse(r.data.data(), r.data.size()).chip_id();
+    CHECK(id == server.device(i).chip().chip_id());
+    ids.insert(id.str());
+  }
+  CHECK(ids.size() == (ports.size() + 14) / 15);
+}
