@@ -550,8 +550,10 @@ Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& pl
   CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
   check(fn->C_EncryptInit(s->handle(), &mech, key), "C_EncryptInit(CKM_AES_GCM)");
   CK_ULONG n = out.size() - kGcmNonce;
-  check(fn->C_Encrypt(s->handle(), const_cast<std::uint8_t*>(plain.data()), plain.size(), out.data() + kGcmNonce, &n),
-        "C_Encrypt(CKM_AES_GCM)");
+  // SoftHSM 2.6 answers CKR_ARGUMENTS_BAD to a null pData, which an empty vector gives.
+  CK_BYTE empty = 0;
+  CK_BYTE_PTR in = plain.empty() ? &empty : const_cast<std::uint8_t*>(plain.data());
+  check(fn->C_Encrypt(s->handle(), in, plain.size(), out.data() + kGcmNonce, &n), "C_Encrypt(CKM_AES_GCM)");
   out.resize(kGcmNonce + n);
   return out;
 }

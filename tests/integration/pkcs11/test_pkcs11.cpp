@@ -1,0 +1,337 @@
+// PKCS#11 adapter against the real SoftHSM fixture token (scripts/hsm.sh through ctest).
+#include <doctest/doctest.h>
+
+#include <p11-kit/pkcs11.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <botan/auto_rng.h>
+#include <botan/ec_group.h>
+#include <botan/ecdsa.h>
+#include <botan/pubkey.h>
+#include <botan/x509_ca.h>
+#include <botan/x509self.h>
+
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/error.h"
+#include "keyline/core/pkcs11.h"
+#include "testenv.h"
+
+using namespace keyline::core;
+namespace fs = std::filesystem;
+
+namespace {
+
+SecureBytes pin_of(const std::string& s) { return SecureBytes(s.begin(), s.end()); }
+
+std::shared_ptr<Pkcs11Token> open_token(std::size_t sessions = 8) {
+  const auto env = keyline::test::hsm_env();
+  return Pkcs11Token::open(env.module, env.label, pin_of(env.user_pin), sessions);
+}
+
+std::string unique(const std::string& what) {
+  static std::atomic<int> n{0};
+  return "test-" + what + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+}
+
+struct Run {
+  int status;
+  std::string out;
+};
+Run run(const std::string& cmd) {
+  Run r{-1, {}};
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  r.status = ::pclose(p);
+  return r;
+}
+
+fs::path temp_dir() {
+  char tmpl[] = "/tmp/keyline-p11-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  return tmpl;
+}
+
+void write(const fs::path& p, const std::string& s) {
+  std::ofstream o(p, std::ios::binary);
+  o << s;
+}
+
+CK_RV rv_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Pkcs11Error& e) {
+    return e.rv();
+  }
+  return CKR_OK;
+}
+
+}  // namespace
+
+TEST_CASE("the token offers the mechanisms the adapter relies on") {
+  auto token = open_token();
+  const auto m = token->mechanisms();
+  for (CK_MECHANISM_TYPE want : {CKM_EC_KEY_PAIR_GEN, CKM_ECDSA, CKM_SHA256_HMAC, CKM_GENERIC_SECRET_KEY_GEN,
+                                 CKM_AES_KEY_GEN, CKM_AES_GCM}) {
+    CAPTURE(want);
+    CHECK(std::find(m.begin(), m.end(), want) != m.end());
+  }
+}
+
+TEST_CASE("a generated P-256 key is sensitive and never extractable, and signs") {
+  auto token = open_token();
+  const std::string label = unique("ec");
+  const auto pair = token->generate_ec_p256(label, Bytes{0x01, 0x02});
+  CHECK(token->find_private_key(label) == pair.private_key);
+  CHECK(token->has_private_key(label));
+  CHECK_FALSE(token->has_private_key(label + "-absent"));
+  CHECK_THROWS_AS(token->generate_ec_p256(label, Bytes{0x03}), Pkcs11Error);
+  {
+    auto s = token->session();
+    CHECK(s->bool_attribute(pair.private_key, CKA_SENSITIVE));
+    CHECK_FALSE(s->bool_attribute(pair.private_key, CKA_EXTRACTABLE));
+    CHECK(s->bool_attribute(pair.private_key, CKA_NEVER_EXTRACTABLE));
+    CHECK(s->bool_attribute(pair.private_key, CKA_ALWAYS_SENSITIVE));
+    CHECK(s->bool_attribute(pair.private_key, CKA_TOKEN));
+    CHECK(s->bool_attribute(pair.private_key, CKA_PRIVATE));
+    CHECK(s->bool_attribute(pair.private_key, CKA_SIGN));
+    CHECK(s->attribute(pair.private_key, CKA_ID) == Bytes{0x01, 0x02});
+    CHECK(rv_of([&] { s->attribute(pair.private_key, CKA_VALUE); }) == CKR_ATTRIBUTE_SENSITIVE);
+    try {
+      s->attribute(pair.private_key, CKA_VALUE);
+    } catch (const Pkcs11Error& e) {
+      CHECK(std::string(e.what()).find("CKR_ATTRIBUTE_SENSITIVE") != std::string::npos);
+      CHECK(e.code() == ErrorCode::Pkcs11);
+    }
+  }
+
+  const auto pub = token->ec_public_key(label);
+  CHECK(pub->domain() == Botan::EC_Group("secp256r1"));
+  const std::string msg = "device 490154203237518";
+  const auto* m = reinterpret_cast<const std::uint8_t*>(msg.data());
+  const Bytes raw = token->sign_ecdsa_sha256_raw(pair.private_key, m, msg.size());
+  const Bytes der = token->sign_ecdsa_sha256_der(pair.private_key, m, msg.size());
+  CHECK(raw.size() == 64);
+  CHECK(der[0] == 0x30);
+  Botan::PK_Verifier v_raw(*pub, "EMSA1(SHA-256)", Botan::IEEE_1363);
+  CHECK(v_raw.verify_message(m, msg.size(), raw.data(), raw.size()));
+  Botan::PK_Verifier v_der(*pub, "EMSA1(SHA-256)", Botan::DER_SEQUENCE);
+  CHECK(v_der.verify_message(m, msg.size(), der.data(), der.size()));
+  const std::string other = msg + "!";
+  CHECK_FALSE(v_raw.verify_message(reinterpret_cast<const std::uint8_t*>(other.data()), other.size(), raw.data(),
+                                   raw.size()));
+
+  // The Botan view of the same key: PK_Signer through the token, private scalar unreadable.
+  Botan::AutoSeeded_RNG rng;
+  Pkcs11EcdsaPrivateKey key(token, label);
+  CHECK(key.public_key_bits() == pub->public_key_bits());
+  CHECK(key.check_key(rng, true));
+  CHECK_THROWS_AS(key.private_key_bits(), Pkcs11Error);
+  Botan::PK_Signer signer(key, rng, "EMSA1(SHA-256)", Botan::DER_SEQUENCE);
+  const auto sig = signer.sign_message(m, msg.size(), rng);
+  CHECK(v_der.verify_message(m, msg.size(), sig.data(), sig.size()));
+
+  CHECK_THROWS_AS(Pkcs11EcdsaPrivateKey(token, label + "-absent"), Pkcs11Error);
+  try {
+    token->find_private_key(label + "-absent");
+    FAIL("absent key found");
+  } catch (const Pkcs11Error& e) {
+    CHECK(e.code() == ErrorCode::Pkcs11KeyNotFound);
+  }
+}
+
+TEST_CASE("X509_CA with token keys issues a chain that openssl verifies") {
+  auto token = open_token();
+  Botan::AutoSeeded_RNG rng;
+  const std::string root_label = unique("root"), ca_label = unique("devca");
+  token->generate_ec_p256(root_label, Bytes{0x10});
+  token->generate_ec_p256(ca_label, Bytes{0x11});
+  Pkcs11EcdsaPrivateKey root_key(token, root_label), ca_key(token, ca_label);
+  const auto root = make_root_certificate(root_key, "keyline HSM Root", "keyline test", rng);
+  const auto ca = make_ca_certificate(root, root_key, ca_key, "keyline HSM Device CA", "keyline test", 0, rng);
+  Botan::ECDSA_PrivateKey device(rng, Botan::EC_Group("secp256r1"));
+  const auto identity = issue_identity_certificate(ca, ca_key, device, Imei::parse("357805023984942"),
+                                                   ChipId::parse("00112233445566778899"), kDefaultHwType, rng);
+  CHECK_NOTHROW(verify_chain(identity, {ca}, {root}));
+  CHECK_NOTHROW(lint_certificate(identity, CertKind::Identity));
+
+  // Botan::X509_CA itself (sign_request path) with the token key.
+  Botan::X509_CA x509_ca(ca, ca_key, "SHA-256", rng);
+  Botan::X509_Cert_Options opts("keyline csr test");
+  Botan::ECDSA_PrivateKey csr_key(rng, Botan::EC_Group("secp256r1"));
+  const auto req = Botan::X509::create_cert_req(opts, csr_key, "SHA-256", rng);
+  const auto from_csr = x509_ca.sign_request(req, rng, Botan::X509_Time(std::chrono::system_clock::now()),
+                                             Botan::X509_Time(kNotAfter, Botan::GENERALIZED_TIME));
+  std::unique_ptr<Botan::Public_Key> ca_pub(ca.subject_public_key());
+  CHECK(from_csr.check_signature(*ca_pub));
+
+  const auto dir = temp_dir();
+  write(dir / "root.pem", to_pem(root));
+  write(dir / "ca.pem", to_pem(ca));
+  write(dir / "identity.pem", to_pem(identity));
+  write(dir / "csr-cert.pem", to_pem(from_csr));
+  for (const char* leaf : {"identity.pem", "csr-cert.pem"}) {
+    const auto v = run("openssl verify -CAfile " + (dir / "root.pem").string() + " -untrusted " +
+                       (dir / "ca.pem").string() + " " + (dir / leaf).string());
+    INFO(v.out);
+    CHECK(v.status == 0);
+    CHECK(v.out.find(": OK") != std::string::npos);
+  }
+  // openssl's own look at the signature: a DER Ecdsa-Sig-Value, r and s as INTEGERs.
+  const auto t = run("openssl x509 -noout -text -in " + (dir / "identity.pem").string());
+  CHECK(t.out.find("ecdsa-with-SHA256") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("pkcs11-tool lists the key as sensitive and never extractable") {
+  const auto env = keyline::test::hsm_env();
+  auto token = open_token();
+  const std::string label = unique("listed");
+  token->generate_ec_p256(label, Bytes{0x42});
+  const auto r = run("pkcs11-tool --module " + env.module + " --token-label " + env.label + " --login --pin " +
+                     env.user_pin + " -O");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  const auto at = r.out.find("label:      " + label + "\n");
+  REQUIRE(at != std::string::npos);
+  // The private key block is the one that names our label and is followed by its Access line.
+  const auto block_start = r.out.rfind("Private Key Object", at);
+  REQUIRE(block_start != std::string::npos);
+  const auto block_end = r.out.find("Object", at);
+  const std::string block = r.out.substr(block_start, block_end == std::string::npos ? std::string::npos
+                                                                                    : block_end - block_start);
+  CHECK(block.find("never extractable") != std::string::npos);
+  CHECK(block.find("sensitive") != std::string::npos);
+}
+
+TEST_CASE("HMAC derivation inside the token is deterministic per input and differs per IMEI") {
+  auto token = open_token();
+  const std::string label = unique("master");
+  const auto h = token->generate_hmac_key(label);
+  {
+    auto s = token->session();
+    CHECK(s->bool_attribute(h, CKA_SENSITIVE));
+    CHECK_FALSE(s->bool_attribute(h, CKA_EXTRACTABLE));
+    CHECK(rv_of([&] { s->attribute(h, CKA_VALUE); }) == CKR_ATTRIBUTE_SENSITIVE);
+  }
+  const Bytes a{'2', '6', '0', '5', '3', '1', '7', '9', '3', '1', '1', '3', '8', '3', '7'};
+  const Bytes b{'4', '9', '0', '1', '5', '4', '2', '0', '3', '2', '3', '7', '5', '1', '8'};
+  const auto ka1 = token->derive_hmac_sha256(label, a);
+  const auto ka2 = token->derive_hmac_sha256(label, a);
+  const auto kb = token->derive_hmac_sha256(label, b);
+  CHECK(ka1.size() == 32);
+  CHECK(ka1 == ka2);
+  CHECK(ka1 != kb);
+  // Another master key gives other keys for the same IMEI.
+  const std::string label2 = unique("master");
+  token->generate_hmac_key(label2);
+  CHECK(token->derive_hmac_sha256(label2, a) != ka1);
+  try {
+    token->derive_hmac_sha256(label + "-absent", a);
+    FAIL("derivation with an absent key");
+  } catch (const Pkcs11Error& e) {
+    CHECK(e.code() == ErrorCode::Pkcs11KeyNotFound);
+  }
+}
+
+TEST_CASE("wrap and unwrap round-trip under a token AES key; tampering is detected") {
+  auto token = open_token();
+  const std::string label = unique("wrap");
+  const auto h = token->generate_aes_key(label);
+  {
+    auto s = token->session();
+    CHECK(s->bool_attribute(h, CKA_NEVER_EXTRACTABLE));
+    CHECK(rv_of([&] { s->attribute(h, CKA_VALUE); }) == CKR_ATTRIBUTE_SENSITIVE);
+  }
+  Botan::AutoSeeded_RNG rng;
+  for (std::size_t len : {0, 1, 32, 121, 1000}) {
+    CAPTURE(len);
+    SecureBytes plain(len);
+    rng.randomize(plain.data(), plain.size());
+    const Bytes w1 = token->wrap_data(label, plain);
+    const Bytes w2 = token->wrap_data(label, plain);
+    CHECK(w1.size() == len + 28);
+    CHECK(w1 != w2);  // fresh nonce each time
+    CHECK(token->unwrap_data(label, w1) == plain);
+    CHECK(token->unwrap_data(label, w2) == plain);
+    Bytes bad = w1;
+    bad[bad.size() / 2] ^= 0x01;
+    CHECK_THROWS_AS(token->unwrap_data(label, bad), CryptoError);
+  }
+  const std::string other = unique("wrap");
+  token->generate_aes_key(other);
+  SecureBytes secret(48, 0x5A);
+  CHECK_THROWS_AS(token->unwrap_data(other, token->wrap_data(label, secret)), CryptoError);
+  CHECK_THROWS_AS(token->unwrap_data(label, Bytes(10)), CryptoError);
+}
+
+TEST_CASE("8 threads sign concurrently through a pool of 4 sessions") {
+  auto token = open_token(4);
+  const std::string label = unique("mt");
+  token->generate_ec_p256(label, Bytes{0x77});
+  auto key = std::make_shared<Pkcs11EcdsaPrivateKey>(token, label);
+  std::atomic<int> good{0}, bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        Botan::AutoSeeded_RNG rng;
+        Botan::PK_Signer signer(*key, rng, "EMSA1(SHA-256)", Botan::DER_SEQUENCE);
+        Botan::PK_Verifier verifier(*key, "EMSA1(SHA-256)", Botan::DER_SEQUENCE);
+        for (int i = 0; i < 100; ++i) {
+          const std::string msg = "thread " + std::to_string(t) + " message " + std::to_string(i);
+          const auto* m = reinterpret_cast<const std::uint8_t*>(msg.data());
+          const auto sig = signer.sign_message(m, msg.size(), rng);
+          (verifier.verify_message(m, msg.size(), sig.data(), sig.size()) ? good : bad)++;
+        }
+      } catch (const std::exception&) {
+        bad++;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(good == 800);
+  CHECK(bad == 0);
+}
+
+TEST_CASE("a wrong PIN, an unknown token and a bad module path give typed errors") {
+  const auto env = keyline::test::hsm_env();
+  // No other Pkcs11Token is alive here: login state is per application, so a logged-in token in
+  // this process would turn C_Login into CKR_USER_ALREADY_LOGGED_IN.
+  try {
+    Pkcs11Token::open(env.module, env.label, pin_of("0000wrong0000"));
+    FAIL("wrong PIN accepted");
+  } catch (const Pkcs11Error& e) {
+    CHECK(e.code() == ErrorCode::Pkcs11LoginFailed);
+    CHECK(e.rv() == CKR_PIN_INCORRECT);
+    CHECK(std::string(e.what()).find("0000wrong0000") == std::string::npos);
+    CHECK(std::string(e.what()).find("CKR_PIN_INCORRECT") != std::string::npos);
+  }
+  try {
+    Pkcs11Token::open(env.module, "no-such-token", pin_of(env.user_pin));
+    FAIL("unknown token found");
+  } catch (const Pkcs11Error& e) {
+    CHECK(e.code() == ErrorCode::Pkcs11NoToken);
+  }
+  try {
+    Pkcs11Token::open("/nonexistent/libpkcs11.so", env.label, pin_of(env.user_pin));
+    FAIL("bad module loaded");
+  } catch (const Pkcs11Error& e) {
+    CHECK(e.code() == ErrorCode::Pkcs11);
+  }
+  // The right PIN still works afterwards (the wrong attempt did not lock the token).
+  CHECK_NOTHROW(open_token());
+  CHECK(pkcs11_rv_name(CKR_ATTRIBUTE_SENSITIVE) == "CKR_ATTRIBUTE_SENSITIVE");
+  CHECK(pkcs11_rv_name(0x8000ABCDUL) == "CKR_0x8000ABCD");
+}
