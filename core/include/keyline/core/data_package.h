@@ -49,8 +49,12 @@ struct DataPackage {
 
   // Encodes the DGIs in the order above, computing DGI 9103 from comm_key.
   SecureBytes encode() const;
-  // Strict: required DGIs present once, known tags only, header well-formed, KCVs match the keys.
-  // Throws FormatError(BadDataPackage) naming the problem (never a key byte).
+  // Strict: DGIs 0101, 0201, 0202, 0203, 8101, 8102, 8103 and 9103 each present exactly once
+  // (application items optional, each tag at most once), no other tags, header well-formed (version 1,
+  // Luhn-valid IMEI, UTF-8 station id, exact length), certificates and the identity key non-empty,
+  // transport and communication keys 32 bytes, CA chain non-empty and exactly filling its DGI, and
+  // 9103 = 8103 || KCV(comm_key). encode() applies the same checks, so the station cannot build a
+  // package the device refuses. Throws FormatError(BadDataPackage) naming the problem (never a key byte).
   static DataPackage decode(const SecureBytes& bytes);
 };
 

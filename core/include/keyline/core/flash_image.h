@@ -19,7 +19,10 @@ struct FlashImage {
   std::vector<Bytes> certificates;  // DER
 
   Bytes encode() const;
-  // Strict: magic, version, lengths within the input, no trailing bytes. Throws FormatError(BadFlashImage).
+  // Strict: at most kFlashMaxSize bytes, magic, version, non-empty backup, non-empty certificates,
+  // lengths within the input, no trailing bytes (so decode(b).encode() == b). The backup package
+  // inside is not opened or parsed here: open_backup does that. Throws FormatError(BadFlashImage).
+  // encode() throws FormatError(BadFlashImage) for an image decode would refuse (empty backup, too large).
   static FlashImage decode(const std::uint8_t* data, std::size_t len);
   static FlashImage decode(const Bytes& b) { return decode(b.data(), b.size()); }
 };

@@ -26,12 +26,24 @@ struct Record {
   // JSON form used on the wire: {"chip_id","imei","backup" (base64),"certificates" ([PEM]),
   // "record_hash"} (+ "published_at" when read from the DB). Throws FormatError(BadRecord).
   std::string to_json(const std::string& published_at = {}) const;
+  // Strict on what it reads: chip_id as 20 upper-case hex digits, Luhn-valid imei, canonical base64
+  // backup, 1..16 PEM CERTIFICATE strings, and record_hash (optional) equal to hash(). Unknown
+  // members are ignored (forward compatibility); published_at, when present, must be a string.
+  // Nesting deeper than 8 and texts over 4 MiB are refused. Throws FormatError(BadRecord).
   static Record from_json(const std::string& json);
 };
 
 // Full validation: identity chain to one of the anchors, the certificate's HardwareModuleName equals
 // chip_id, its serialNumber equals imei (Luhn-valid), the backup header names chip_id.
-// Throws an Error naming the first failed check (ChainInvalid, BadRecord, BadBackupPackage, ...).
+// Checks in this order and throws for the first that fails:
+//   FormatError(BadRecord)         no certificates
+//   FormatError(BadCertificate)    a certificate is not DER X.509
+//   Error(ChainInvalid)            "chain does not lead to a trusted root: ..."
+//   FormatError(BadCertificate)    the identity facts cannot be read (read_identity)
+//   FormatError(BadRecord)         "certificate chip ID X differs from record chip ID Y",
+//                                  "certificate IMEI X differs from record IMEI Y"
+//   FormatError(BadBackupPackage)  header does not parse, or "backup package names chip X, record names chip Y"
+// The backup is not opened: only the device holding the chip key can do that.
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors);
 
 }  // namespace keyline::core
