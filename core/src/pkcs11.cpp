@@ -165,22 +165,27 @@ struct Pkcs11Module::Library {
   CK_FUNCTION_LIST_PTR fn = nullptr;
   bool finalize = false;
 
-  ~Library() {
-    if (fn && finalize) fn->C_Finalize(nullptr);
-    if (dl) ::dlclose(dl);
-  }
+  ~Library();
 };
 
 namespace {
 // A module is initialized once per process (PKCS #11 v2.40 section 5.4: a second C_Initialize
 // returns CKR_CRYPTOKI_ALREADY_INITIALIZED, and C_Finalize would pull the rug from every other
-// user), so loaded modules are shared by path.
-std::mutex g_modules_mutex;
+// user), so loaded modules are shared by path. The mutex also covers C_Finalize, so a module being
+// unloaded and the same module being loaded again do not interleave; it is recursive because a
+// failed load destroys its half-made Library while the loader still holds it.
+std::recursive_mutex g_modules_mutex;
 std::map<std::string, std::weak_ptr<Pkcs11Module::Library>> g_modules;
 }  // namespace
 
+Pkcs11Module::Library::~Library() {
+  std::lock_guard<std::recursive_mutex> lock(g_modules_mutex);
+  if (fn && finalize) fn->C_Finalize(nullptr);
+  if (dl) ::dlclose(dl);
+}
+
 Pkcs11Module::Pkcs11Module(const std::string& path) {
-  std::lock_guard<std::mutex> lock(g_modules_mutex);
+  std::lock_guard<std::recursive_mutex> lock(g_modules_mutex);
   if (auto existing = g_modules[path].lock()) {
     m_lib = std::move(existing);
     return;

@@ -87,6 +87,9 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
  public:
   // Finds the token and logs in (C_Login CKU_USER; CKR_USER_ALREADY_LOGGED_IN is fine).
   // max_sessions bounds the pool. Throws Pkcs11NoToken, Pkcs11LoginFailed (wrong or locked PIN).
+  // Login state belongs to the process, not the session (PKCS #11 v2.40 section 5.6): while another
+  // Pkcs11Token of this process is logged in to the same token, C_Login answers
+  // CKR_USER_ALREADY_LOGGED_IN without looking at the PIN, so open one Pkcs11Token per token and share it.
   static std::shared_ptr<Pkcs11Token> open(const std::string& module_path, const std::string& token_label,
                                            const SecureBytes& user_pin, std::size_t max_sessions = 8);
   ~Pkcs11Token();
