@@ -1,0 +1,450 @@
+// keyline-backupdb end to end: the real server program on the fixture PostgreSQL cluster, real TLS,
+// curl and openssl as the outside clients.
+#include <doctest/doctest.h>
+
+#include <botan/auto_rng.h>
+#include <botan/ec_group.h>
+#include <botan/ecdsa.h>
+#include <botan/pkcs10.h>
+#include <botan/pkcs8.h>
+#include <botan/x509_ca.h>
+#include <botan/x509self.h>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "keyline/backupdb/migrate.h"
+#include "keyline/core/backup_package.h"
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/pq.h"
+#include "keyline/core/record.h"
+#include "testenv.h"
+
+using namespace keyline;
+using namespace keyline::core;
+
+namespace {
+
+constexpr const char* kRolePassword = "kl-test-role-pw";
+
+void write_file(const std::string& path, const std::string& data) {
+  std::ofstream f(path, std::ios::binary);
+  f << data;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+std::string sh(const std::string& cmd, int* rc = nullptr) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int st = pclose(p);
+  if (rc) *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return out;
+}
+
+std::unique_ptr<Botan::ECDSA_PrivateKey> new_key(Botan::RandomNumberGenerator& rng) {
+  return std::make_unique<Botan::ECDSA_PrivateKey>(rng, Botan::EC_Group("secp256r1"));
+}
+
+// All the PKI the tests need, made once per process in a temp dir.
+struct Pki {
+  std::string dir;
+  Botan::AutoSeeded_RNG rng;
+  std::unique_ptr<Botan::ECDSA_PrivateKey> root_key, device_ca_key, other_root_key, other_ca_key;
+  std::unique_ptr<Botan::X509_Certificate> root, device_ca, other_root, other_ca;
+
+  Pki() {
+    char tmpl[] = "/tmp/kl-backupdb-test.XXXXXX";
+    dir = mkdtemp(tmpl);
+    root_key = new_key(rng);
+    root = std::make_unique<Botan::X509_Certificate>(make_root_certificate(*root_key, "Test Root", "keyline test", rng));
+    device_ca_key = new_key(rng);
+    device_ca = std::make_unique<Botan::X509_Certificate>(
+        make_ca_certificate(*root, *root_key, *device_ca_key, "Test Device CA", "keyline test", 0, rng));
+    other_root_key = new_key(rng);
+    other_root = std::make_unique<Botan::X509_Certificate>(
+        make_root_certificate(*other_root_key, "Other Root", "elsewhere", rng));
+    other_ca_key = new_key(rng);
+    other_ca = std::make_unique<Botan::X509_Certificate>(
+        make_ca_certificate(*other_root, *other_root_key, *other_ca_key, "Other Device CA", "elsewhere", 0, rng));
+    write_file(dir + "/root.pem", to_pem(*root));
+    write_file(dir + "/device_ca.pem", to_pem(*device_ca));
+
+    // TLS: service CA -> server (127.0.0.1, localhost) and station client; a foreign CA -> client;
+    // an expired station client certificate.
+    auto svc_key = new_key(rng);
+    auto svc = make_ca_certificate(*root, *root_key, *svc_key, "Test Service CA", "keyline test", 0, rng);
+    write_file(dir + "/service_ca.pem", to_pem(svc));
+    auto srv_key = new_key(rng);
+    write_file(dir + "/server.pem", to_pem(issue_tls_certificate(svc, *svc_key, *srv_key, "backupdb",
+                                                                 {"127.0.0.1", "localhost"}, TlsRole::Server, rng)));
+    write_file(dir + "/server.key", Botan::PKCS8::PEM_encode(*srv_key));
+    auto st_key = new_key(rng);
+    write_file(dir + "/station.pem", to_pem(issue_tls_certificate(svc, *svc_key, *st_key, "station-1", {"station-1"},
+                                                                  TlsRole::Client, rng)));
+    write_file(dir + "/station.key", Botan::PKCS8::PEM_encode(*st_key));
+    auto foreign_ca_key = new_key(rng);
+    auto foreign_ca = make_root_certificate(*foreign_ca_key, "Foreign CA", "elsewhere", rng);
+    auto fo_key = new_key(rng);
+    write_file(dir + "/foreign.pem", to_pem(issue_tls_certificate(foreign_ca, *foreign_ca_key, *fo_key, "intruder",
+                                                                  {"intruder"}, TlsRole::Client, rng)));
+    write_file(dir + "/foreign.key", Botan::PKCS8::PEM_encode(*fo_key));
+    // Expired: signed by the real service CA, valid 2020-01-01 .. 2021-01-01.
+    auto ex_key = new_key(rng);
+    Botan::X509_Cert_Options opts("station-old");
+    opts.add_ex_constraint("PKIX.ClientAuth");
+    const auto req = Botan::X509::create_cert_req(opts, *ex_key, "SHA-256", rng);
+    Botan::X509_CA ca(svc, *svc_key, "SHA-256", rng);
+    const auto expired = ca.sign_request(req, rng, Botan::X509_Time("20200101000000Z", Botan::GENERALIZED_TIME), Botan::X509_Time("20210101000000Z", Botan::GENERALIZED_TIME));
+    write_file(dir + "/expired.pem", to_pem(expired));
+    write_file(dir + "/expired.key", Botan::PKCS8::PEM_encode(*ex_key));
+  }
+
+  // A well-formed record for chip/IMEI; `salt` changes the backup so the content differs.
+  Record record(const std::string& chip_hex, const std::string& imei, const std::string& salt = "",
+                bool foreign = false) {
+    Record r;
+    r.chip_id = ChipId::parse(chip_hex);
+    r.imei = Imei::parse(imei);
+    SecureBytes chip_key(32, 0x42);
+    const std::string pt = "data package for " + chip_hex + salt;
+    r.backup = seal_backup(chip_key, r.chip_id, SecureBytes(pt.begin(), pt.end()));
+    auto dev_key = new_key(rng);
+    const auto& ca = foreign ? *other_ca : *device_ca;
+    const auto& ca_key = foreign ? *other_ca_key : *device_ca_key;
+    auto cert = issue_identity_certificate(ca, ca_key, *dev_key, r.imei, r.chip_id, kDefaultHwType, rng);
+    r.certificates = {cert.BER_encode(), ca.BER_encode()};
+    return r;
+  }
+};
+
+Pki& pki() {
+  static Pki p;
+  return p;
+}
+
+struct Reply {
+  int status = 0;
+  std::string body;
+  std::string headers;  // raw header block
+  std::string header(const std::string& name) const {  // name in lower case
+    std::string lower = headers;
+    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const auto pos = lower.find("\r\n" + name + ":");
+    if (pos == std::string::npos) return {};
+    auto b = pos + 2 + name.size() + 1;
+    while (b < headers.size() && headers[b] == ' ') ++b;
+    const auto e = headers.find('\r', b);
+    return headers.substr(b, e - b);
+  }
+};
+
+std::atomic<int> g_counter{0};
+
+// Runs curl; `args` are extra curl arguments (already shell-quoted where needed).
+Reply curl(const std::string& args) {
+  const std::string base = pki().dir + "/curl" + std::to_string(::getpid()) + "_" + std::to_string(g_counter++);
+  const std::string cmd = "curl -s -S --max-time 20 -o " + base + ".body -D " + base + ".hdr -w '%{http_code}' " + args;
+  Reply r;
+  r.status = std::atoi(sh(cmd).c_str());
+  r.body = slurp(base + ".body");
+  r.headers = slurp(base + ".hdr");
+  std::remove((base + ".body").c_str());
+  std::remove((base + ".hdr").c_str());
+  return r;
+}
+
+std::string dbname_of(const std::string& conninfo) {
+  const auto p = conninfo.find("dbname=");
+  const auto e = conninfo.find(' ', p);
+  return conninfo.substr(p + 7, e == std::string::npos ? std::string::npos : e - p - 7);
+}
+
+// A migrated database and a running server program.
+struct Server {
+  std::string owner_conninfo;
+  std::string role_conninfo;
+  std::string url;
+  std::string log;
+  pid_t pid = -1;
+
+  explicit Server(const std::vector<std::string>& extra = {}, bool plain = false) {
+    const auto env = test::pg_env();
+    owner_conninfo = env.create_database("bdb");
+    backupdb::Config cfg;
+    cfg.db = owner_conninfo;
+    cfg.role_password = kRolePassword;
+    REQUIRE(backupdb::migrate(cfg) == static_cast<int>(backupdb::embedded_migrations().size()));
+    CHECK(backupdb::migrate(cfg) == 0);  // idempotent
+    role_conninfo = "host=" + env.host + " port=" + std::to_string(env.port) + " user=keyline_backupdb password=" +
+                    kRolePassword + " dbname=" + dbname_of(owner_conninfo) + " connect_timeout=5";
+    const int port = test::free_port();
+    const auto& d = pki().dir;
+    log = d + "/server" + std::to_string(port) + ".log";
+    std::vector<std::string> args = {test::binary_dir() + "/bin/keyline-backupdb", "serve", "--db", role_conninfo,
+                                     "--listen", "127.0.0.1:" + std::to_string(port), "--trust", d + "/root.pem",
+                                     "--log", log};
+    if (plain) {
+      args.push_back("--plain-http");
+    } else {
+      for (const auto& a : {"--tls-cert", "server.pem", "--tls-key", "server.key", "--client-ca", "service_ca.pem"}) {
+        const std::string s = a;
+        args.push_back(s.rfind("--", 0) == 0 ? s : d + "/" + s);
+      }
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    // KEYLINE_TEST_WRAP="gdb -batch -ex run -ex bt --args" runs the server under a debugger.
+    if (const char* wrap = std::getenv("KEYLINE_TEST_WRAP")) {
+      std::istringstream ws(wrap);
+      std::vector<std::string> pre{std::istream_iterator<std::string>(ws), std::istream_iterator<std::string>()};
+      if (!pre.empty()) pre[0] = sh("command -v " + pre[0]).substr(0, sh("command -v " + pre[0]).find('\n'));
+      args.insert(args.begin(), pre.begin(), pre.end());
+    }
+    url = std::string(plain ? "http" : "https") + "://127.0.0.1:" + std::to_string(port);
+    pid = fork();
+    if (pid == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      const std::string out = log + ".out";
+      if (!freopen(out.c_str(), "w", stdout) || !freopen(out.c_str(), "a", stderr)) _exit(127);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    for (int i = 0; i < 100; ++i) {
+      if (get("/healthz").status == 200) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    FAIL("server did not come up: " << slurp(log + ".out"));
+  }
+  ~Server() {
+    if (pid > 0) {
+      int st = 0;
+      if (waitpid(pid, &st, WNOHANG) == pid) {
+        FAIL_CHECK("server exited early: " << (WIFSIGNALED(st) ? "signal " + std::to_string(WTERMSIG(st))
+                                                                : "status " + std::to_string(WEXITSTATUS(st))));
+      } else {
+        kill(pid, SIGTERM);
+        waitpid(pid, &st, 0);
+        CHECK_MESSAGE((WIFEXITED(st) && WEXITSTATUS(st) == 0), "server did not stop cleanly");
+      }
+    }
+  }
+  std::string tls() const { return url.rfind("https", 0) == 0 ? " --cacert " + pki().dir + "/service_ca.pem" : ""; }
+  std::string client(const std::string& who) const {
+    return " --cert " + pki().dir + "/" + who + ".pem --key " + pki().dir + "/" + who + ".key";
+  }
+  Reply get(const std::string& path, const std::string& extra = "") const {
+    return curl(tls() + " " + extra + " '" + url + path + "'");
+  }
+  Reply publish(const std::string& json, const std::string& who = "station",
+                const std::string& ctype = "application/json") const {
+    static std::atomic<int> n{0};
+    const std::string f = pki().dir + "/body" + std::to_string(::getpid()) + "_" + std::to_string(n++) + ".json";
+    write_file(f, json);
+    Reply r = curl(tls() + (who.empty() ? "" : client(who)) + " -X POST -H 'Content-Type: " + ctype +
+                   "' --data-binary @" + f + " '" + url + "/v1/records'");
+    std::remove(f.c_str());
+    return r;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("publish and read back through curl; the certificate verifies with openssl") {
+  Server s;
+  auto rec = pki().record("47905000000000012345", "357805023984942");
+  const auto json = rec.to_json();
+  auto r = s.publish(json);
+  REQUIRE_MESSAGE(r.status == 201, r.body);
+  CHECK(r.header("location") == "/v1/records/47905000000000012345");
+
+  auto g = s.get("/v1/records/47905000000000012345");
+  REQUIRE(g.status == 200);
+  CHECK(g.header("content-type") == "application/json");
+  CHECK(g.header("cache-control") == "public, max-age=31536000, immutable");
+  CHECK(g.header("etag") == "\"" + rec.hash() + "\"");
+  const auto back = Record::from_json(g.body);
+  CHECK(back.hash() == rec.hash());
+  CHECK(g.body.find("\"published_at\"") != std::string::npos);
+  // Lower-case chip IDs name the same record.
+  CHECK(s.get("/v1/records/47905000000000012345").status == 200);
+  CHECK(s.get("/v1/records/47905000000000012345", "-H 'If-None-Match: \"" + rec.hash() + "\"'").status == 304);
+  CHECK(s.get("/v1/records/479050000000000abcde").status == 404);
+
+  auto b = s.get("/v1/records/47905000000000012345/backup");
+  CHECK(b.status == 200);
+  CHECK(b.header("content-type") == "application/octet-stream");
+  CHECK(b.body == std::string(rec.backup.begin(), rec.backup.end()));
+
+  auto der = s.get("/v1/records/47905000000000012345/certificate");
+  CHECK(der.status == 200);
+  CHECK(der.header("content-type") == "application/pkix-cert");
+  CHECK(der.body == std::string(rec.certificates[0].begin(), rec.certificates[0].end()));
+  auto pem = s.get("/v1/records/47905000000000012345/certificate", "-H 'Accept: application/x-pem-file'");
+  REQUIRE(pem.status == 200);
+  const std::string leaf = pki().dir + "/leaf.pem";
+  write_file(leaf, pem.body);
+  int rc = -1;
+  const auto out = sh("openssl verify -CAfile " + pki().dir + "/root.pem -untrusted " + pki().dir + "/device_ca.pem " +
+                          leaf + " 2>&1",
+                      &rc);
+  CHECK_MESSAGE(rc == 0, out);
+
+  auto byimei = s.get("/v1/imei/357805023984942");
+  CHECK(byimei.status == 200);
+  CHECK(byimei.body == g.body);
+  CHECK(s.get("/v1/ca").body.find("BEGIN CERTIFICATE") != std::string::npos);
+
+  // Identical re-publish is 200 and changes nothing.
+  auto again = s.publish(json);
+  CHECK(again.status == 200);
+
+  auto m = s.get("/metrics");
+  CHECK(m.status == 200);
+  CHECK(m.body.find("keyline_backupdb_records_published_total 1") != std::string::npos);
+  CHECK(m.body.find("keyline_backupdb_requests_total{route=\"record\",status=\"200\"}") != std::string::npos);
+  CHECK(m.body.find("keyline_backupdb_request_duration_seconds_bucket{le=\"+Inf\"}") != std::string::npos);
+  // One JSON line per request in the log.
+  const auto log = slurp(s.log);
+  CHECK(log.find("\"route\":\"publish\",\"status\":201") != std::string::npos);
+}
+
+TEST_CASE("every error status from a real request") {
+  Server s({"--body-limit", "20000"});
+  auto rec = pki().record("47905000000000000001", "490154203237518");
+  REQUIRE(s.publish(rec.to_json()).status == 201);
+
+  // 400: malformed chip ID, SQL injection as a chip ID, malformed body, bad IMEI.
+  auto inj = s.get("/v1/records/%27%3B%20DROP%20TABLE%20records%3B%20--");
+  CHECK(inj.status == 400);
+  CHECK(inj.header("content-type") == "application/problem+json");
+  CHECK(s.get("/v1/records/0123").status == 400);
+  CHECK(s.get("/v1/records/4790500000000000000G").status == 400);
+  CHECK(s.get("/v1/imei/490154203237519").status == 400);
+  CHECK(s.publish("{not json").status == 400);
+  CHECK(s.publish("{\"chip_id\":\"47905000000000000002\"}").status == 400);
+  // The records are still there after the injection attempt.
+  CHECK(s.get("/v1/records/47905000000000000001").status == 200);
+
+  // 401 without a client certificate, 403 with a foreign or expired one.
+  CHECK(s.publish(rec.to_json(), "").status == 401);
+  auto foreign = s.publish(rec.to_json(), "foreign");
+  CHECK(foreign.status == 403);
+  CHECK(foreign.header("content-type") == "application/problem+json");
+  CHECK(s.publish(rec.to_json(), "expired").status == 403);
+
+  // 404 unknown route, 405 wrong method.
+  CHECK(s.get("/v2/records").status == 404);
+  auto del = s.get("/v1/records/47905000000000000001", "-X DELETE");
+  CHECK(del.status == 405);
+  CHECK(del.header("allow") == "GET, HEAD");
+  CHECK(s.get("/v1/records", "").status == 405);
+
+  // 409: different content for the same chip ID, and for the same IMEI on another chip.
+  auto other = pki().record("47905000000000000001", "490154203237518", "changed");
+  auto c1 = s.publish(other.to_json());
+  CHECK(c1.status == 409);
+  CHECK(c1.body.find(rec.hash()) != std::string::npos);
+  CHECK(c1.body.find(other.hash()) != std::string::npos);
+  auto c2 = s.publish(pki().record("47905000000000000009", "490154203237518").to_json());
+  CHECK(c2.status == 409);
+  CHECK(c2.body.find("\"conflict_on\":\"imei\"") != std::string::npos);
+
+  // 413 over the body limit, 415 wrong media type, 422 a chain to another root.
+  CHECK(s.publish("{\"pad\":\"" + std::string(30000, 'x') + "\"}").status == 413);
+  CHECK(s.publish(rec.to_json(), "station", "text/plain").status == 415);
+  auto bad_chain = s.publish(pki().record("47905000000000000003", "260531793113837", "", true).to_json());
+  CHECK(bad_chain.status == 422);
+
+  // The first record is unchanged by all of the above.
+  auto g = s.get("/v1/records/47905000000000000001");
+  CHECK(Record::from_json(g.body).hash() == rec.hash());
+}
+
+TEST_CASE("429 when a client exceeds its rate") {
+  Server s({"--rate", "2"});
+  int limited = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto r = s.get("/v1/records/47905000000000000001");
+    if (r.status == 429) {
+      ++limited;
+      CHECK(r.header("retry-after") == "1");
+    } else {
+      CHECK(r.status == 404);
+    }
+  }
+  CHECK(limited >= 5);
+}
+
+TEST_CASE("32 concurrent publishers of one chip ID: exactly one record, the rest 409") {
+  Server s;
+  std::vector<std::string> bodies;
+  for (int i = 0; i < 32; ++i)
+    bodies.push_back(pki().record("47905000000000000777", Imei::from_tac_serial("35780502", 1000 + i).str(),
+                                  std::to_string(i)).to_json());
+  std::vector<int> status(32);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 32; ++i) ts.emplace_back([&, i] { status[i] = s.publish(bodies[i]).status; });
+  for (auto& t : ts) t.join();
+  int created = 0, conflict = 0;
+  for (int st : status) {
+    created += st == 201;
+    conflict += st == 409;
+  }
+  CHECK(created == 1);
+  CHECK(conflict == 31);
+  pq::Connection c(s.owner_conninfo);
+  CHECK(c.exec("SELECT count(*) FROM records").int64(0, 0) == 1);
+}
+
+TEST_CASE("a record cannot be updated or deleted, even with direct SQL") {
+  Server s;
+  REQUIRE(s.publish(pki().record("47905000000000000042", "260531793113837").to_json()).status == 201);
+  pq::Connection role(s.role_conninfo), owner(s.owner_conninfo);
+  auto refused = [](pq::Connection& c, const std::string& sql) {
+    try {
+      c.exec(sql);
+      return false;
+    } catch (const DbError& e) {
+      return e.sqlstate() == "42501";  // insufficient_privilege: by the grants or by the trigger
+    }
+  };
+  CHECK(refused(role, "UPDATE records SET imei = '490154203237518'"));
+  CHECK(refused(role, "DELETE FROM records"));
+  CHECK(refused(role, "TRUNCATE records"));
+  CHECK(refused(owner, "UPDATE records SET imei = '490154203237518'"));
+  CHECK(refused(owner, "DELETE FROM records"));
+  CHECK(refused(owner, "TRUNCATE records"));
+  CHECK(owner.exec("SELECT imei FROM records").text(0, 0) == "260531793113837");
+}
+
+TEST_CASE("plain HTTP behind a proxy serves reads and refuses publishing") {
+  Server s({}, true);
+  CHECK(s.get("/healthz").status == 200);
+  CHECK(s.get("/v1/records/47905000000000000001").status == 404);
+  CHECK(s.publish(pki().record("47905000000000000005", "260531793113837").to_json(), "").status == 401);
+}
+
+TEST_CASE("dump a sample record for manual runs" * doctest::skip()) {
+  write_file("/tmp/kl-sample-record.json", pki().record("47905000000000012345", "357805023984942").to_json());
+}
