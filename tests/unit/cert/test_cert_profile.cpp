@@ -293,3 +293,27 @@ TEST_CASE("openssl accepts the chain and shows serialNumber and the otherName") 
   CHECK(a.out.find("OCTET STRING      [HEX DUMP]:4790507812345678ABCD") != std::string::npos);
   fs::remove_all(dir);
 }
+
+TEST_CASE("TLS certificates from a service CA: openssl checks purpose, host name and IP") {
+  auto& p = pki();
+  Botan::ECDSA_PrivateKey svc_key(p.rng, p.p256), srv_key(p.rng, p.p256), cli_key(p.rng, p.p256);
+  const auto svc = make_ca_certificate(p.root, p.root_key, svc_key, "keyline Test Service CA", "keyline test", 0, p.rng);
+  const auto srv = issue_tls_certificate(svc, svc_key, srv_key, "backupdb", {"localhost", "127.0.0.1"},
+                                         TlsRole::Server, p.rng);
+  const auto cli = issue_tls_certificate(svc, svc_key, cli_key, "station-1", {}, TlsRole::Client, p.rng);
+  CHECK_NOTHROW(verify_chain(srv, {svc}, {p.root}));
+  CHECK(srv.subject_info("DNS").size() == 1);
+  const auto dir = temp_dir();
+  write(dir / "root.pem", to_pem(p.root));
+  write(dir / "svc.pem", to_pem(svc));
+  write(dir / "srv.pem", to_pem(srv));
+  write(dir / "cli.pem", to_pem(cli));
+  const std::string base = "openssl verify -CAfile " + (dir / "root.pem").string() + " -untrusted " +
+                           (dir / "svc.pem").string() + " ";
+  CHECK(run(base + "-purpose sslserver -verify_hostname localhost " + (dir / "srv.pem").string()).status == 0);
+  CHECK(run(base + "-purpose sslserver -verify_ip 127.0.0.1 " + (dir / "srv.pem").string()).status == 0);
+  CHECK(run(base + "-purpose sslserver -verify_hostname example.org " + (dir / "srv.pem").string()).status != 0);
+  CHECK(run(base + "-purpose sslclient " + (dir / "cli.pem").string()).status == 0);
+  CHECK(run(base + "-purpose sslserver " + (dir / "cli.pem").string()).status != 0);
+  fs::remove_all(dir);
+}
