@@ -317,3 +317,33 @@ TEST_CASE("TLS certificates from a service CA: openssl checks purpose, host name
   CHECK(run(base + "-purpose sslserver " + (dir / "cli.pem").string()).status != 0);
   fs::remove_all(dir);
 }
+
+TEST_CASE("the SAN decoder answers every one-byte corruption and truncation with FormatError or a value") {
+  const auto good = pki().identity.v3_extensions().get_extension_bits(HardwareModuleNameExtension::static_oid());
+  int refused = 0;
+  for (std::size_t i = 0; i < good.size(); ++i) {
+    for (std::uint8_t flip : {0x01, 0x80, 0xFF}) {
+      auto bad = good;
+      bad[i] ^= flip;
+      try {
+        HardwareModuleNameExtension::from_der(bad);
+      } catch (const FormatError& e) {
+        CHECK(e.code() == ErrorCode::BadCertificate);
+        ++refused;
+      }
+    }
+    CHECK_THROWS_AS(HardwareModuleNameExtension::from_der(std::vector<std::uint8_t>(good.begin(), good.begin() + i)),
+                    FormatError);
+  }
+  CHECK(refused > 0);
+}
+
+TEST_CASE("read_identity refuses a subject serialNumber that is not an IMEI") {
+  auto& p = pki();
+  try {
+    read_identity(variant(base_extensions(p.device_key), serial_dn("490154203237519"), p.device_key));
+    FAIL("bad IMEI read");
+  } catch (const FormatError& e) {
+    CHECK(e.code() == ErrorCode::BadCertificate);
+  }
+}
