@@ -502,6 +502,8 @@ int serve(const Config& config) {
   s.store = std::make_unique<Store>(config.db, static_cast<std::size_t>(config.db_pool), config.cache_entries);
   if (!s.store->healthy()) throw core::DbError(core::ErrorCode::DbConnection, "database unreachable at start");
 
+  // OpenSSL writes with write(2), so a client that hangs up would raise SIGPIPE and kill the server.
+  std::signal(SIGPIPE, SIG_IGN);
   // Block the stop signals in every thread (the pool threads inherit the mask) and wait for them here.
   sigset_t stop;
   sigemptyset(&stop);

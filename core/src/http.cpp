@@ -12,6 +12,9 @@
 #include <Poco/StreamCopier.h>
 #include <Poco/URI.h>
 
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+
 #include <cctype>
 #include <cstdio>
 #include <fstream>
@@ -127,7 +130,9 @@ Client::Client(ClientOptions options) : m_impl(std::make_unique<Impl>()) {
   if (scheme != "https" && scheme != "http")
     throw ConfigError(ErrorCode::Config, "server URL must be https:// or http://: " + m_impl->opt.base_url);
   m_impl->https = scheme == "https";
-  if (m_impl->https) {
+  if (m_impl->https && m_impl->opt.context) {
+    m_impl->context = m_impl->opt.context;
+  } else if (m_impl->https) {
     if (m_impl->opt.ca_file.empty()) throw ConfigError(ErrorCode::Config, "https needs a CA file (--ca)");
     require_readable(m_impl->opt.ca_file, "CA");
     Poco::Net::Context::Params p;
@@ -142,6 +147,10 @@ Client::Client(ClientOptions options) : m_impl(std::make_unique<Impl>()) {
     }
     try {
       m_impl->context = new Poco::Net::Context(Poco::Net::Context::TLS_CLIENT_USE, p);
+      m_impl->context->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
+      // The --ca file is the trust anchor even when it is a subordinate CA (the service CA sits under
+      // the manufacturer root): accept a chain that ends at any certificate of that file, as curl does.
+      X509_STORE_set_flags(SSL_CTX_get_cert_store(m_impl->context->sslContext()), X509_V_FLAG_PARTIAL_CHAIN);
     } catch (const Poco::Exception& e) {
       throw ConfigError(ErrorCode::Config, "TLS client setup failed: " + e.displayText());
     }

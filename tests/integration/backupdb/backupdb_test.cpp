@@ -27,6 +27,7 @@
 #include "keyline/backupdb/migrate.h"
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/http.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/record.h"
 #include "testenv.h"
@@ -88,6 +89,7 @@ struct Pki {
         make_ca_certificate(*other_root, *other_root_key, *other_ca_key, "Other Device CA", "elsewhere", 0, rng));
     write_file(dir + "/root.pem", to_pem(*root));
     write_file(dir + "/device_ca.pem", to_pem(*device_ca));
+    write_file(dir + "/other_root.pem", to_pem(*other_root));
 
     // TLS: service CA -> server (127.0.0.1, localhost) and station client; a foreign CA -> client;
     // an expired station client certificate.
@@ -443,6 +445,40 @@ TEST_CASE("plain HTTP behind a proxy serves reads and refuses publishing") {
   CHECK(s.get("/healthz").status == 200);
   CHECK(s.get("/v1/records/47905000000000000001").status == 404);
   CHECK(s.publish(pki().record("47905000000000000005", "260531793113837").to_json(), "").status == 401);
+}
+
+TEST_CASE("core::http::Client: mutual TLS publish and read, private CA only, retry then fail when unreachable") {
+  Server s;
+  http::ClientOptions o;
+  o.base_url = s.url;
+  o.ca_file = pki().dir + "/service_ca.pem";
+  o.cert_file = pki().dir + "/station.pem";
+  o.key_file = pki().dir + "/station.key";
+  http::Client station(o);
+  auto rec = pki().record("47905000000000000100", "490154203237518");
+  auto r = station.post("/v1/records", rec.to_json(), "application/json");
+  CHECK(r.status == 201);
+  auto g = station.get("/v1/records/47905000000000000100");  // same keep-alive session
+  CHECK(g.status == 200);
+  CHECK(g.header("etag") == "\"" + rec.hash() + "\"");
+  CHECK(Record::from_json(g.body).hash() == rec.hash());
+
+  // A client that trusts another CA refuses the server.
+  http::ClientOptions wrong = o;
+  wrong.ca_file = pki().dir + "/other_root.pem";
+  wrong.cert_file.clear();
+  CHECK_THROWS_AS(http::Client(wrong).get("/healthz"), IoError);
+  http::ClientOptions no_ca = o;
+  no_ca.ca_file.clear();
+  CHECK_THROWS_AS(http::Client{no_ca}, ConfigError);
+
+  http::ClientOptions down;
+  down.base_url = "http://127.0.0.1:" + std::to_string(test::free_port());
+  down.connect_attempts = 3;
+  down.backoff = std::chrono::milliseconds(50);
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(http::Client(down).get("/healthz"), IoError);
+  CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(150));  // 50 + 100 ms of backoff
 }
 
 TEST_CASE("dump a sample record for manual runs" * doctest::skip()) {
