@@ -27,7 +27,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto parts = chain_command(c, chunk);
     for (std::size_t i = 0; i < parts.size(); ++i) {
       if (parts[i].data.size() > chunk) std::abort();
-      if (parts.size() > 1 && parts[i].chained() == (i + 1 == parts.size())) std::abort();
+      // All but the last carry the chaining bit; the last keeps the caller's CLA, which may have
+      // that bit already (a command that is itself part of a longer chain).
+      const bool last = i + 1 == parts.size();
+      if (last ? parts[i].cla != c.cla : !parts[i].chained()) std::abort();
+      if (!last && parts[i].le) std::abort();
       (void)encode_command(parts[i]);
       joined.insert(joined.end(), parts[i].data.begin(), parts[i].data.end());
     }
