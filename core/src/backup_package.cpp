@@ -40,7 +40,8 @@ Bytes encode_header(const BackupHeader& h) {
 SecureBytes derive_key(const SecureBytes& chip_key, const ChipId& chip_id) {
   if (chip_key.size() != kChipKeySize)
     throw CryptoError(ErrorCode::Crypto, "chip key must be 32 bytes, got " + std::to_string(chip_key.size()));
-  auto kdf = Botan::get_kdf("HKDF(SHA-256)");
+  // KDF::create_or_throw, not get_kdf: get_kdf hands out an owning raw pointer (it leaked here).
+  const std::unique_ptr<Botan::KDF> kdf = Botan::KDF::create_or_throw("HKDF(SHA-256)");
   const auto& salt = chip_id.bytes();
   return kdf->derive_key(32, chip_key.data(), chip_key.size(), salt.data(), salt.size(),
                          reinterpret_cast<const std::uint8_t*>(kKdfInfo), sizeof(kKdfInfo) - 1);
