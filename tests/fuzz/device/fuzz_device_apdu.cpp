@@ -1,0 +1,59 @@
+// Fuzz target for the device's APDU handler: the input is a sequence of APDUs, each prefixed by a
+// 1-byte length, run through one Session so that state (selection, STORE DATA gathering, command
+// chaining, GET RESPONSE, UPDATE BINARY staging) carries from one APDU to the next. Every answer
+// must be a response APDU with a status word; nothing may throw.
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+
+#include <botan/auto_rng.h>
+#include <botan/ecdsa.h>
+#include <botan/x509self.h>
+
+#include "keyline/core/apdu.h"
+#include "keyline/core/cert_profile.h"
+#include "keyline/device/applet.h"
+#include "keyline/device/log.h"
+
+namespace {
+
+keyline::device::Device& device() {
+  static std::unique_ptr<keyline::device::Device> dev = [] {
+    namespace fs = std::filesystem;
+    keyline::device::set_quiet(true);
+    const fs::path dir = fs::temp_directory_path() / ("keyline-fuzz-device-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    Botan::AutoSeeded_RNG rng;
+    Botan::ECDSA_PrivateKey key(rng, Botan::EC_Group("secp256r1"));
+    Botan::X509_Cert_Options o("fuzz root");
+    o.CA_key(0);
+    std::ofstream(dir / "root.pem") << keyline::core::to_pem(Botan::X509::create_self_signed_cert(o, key, "SHA-256", rng));
+    std::set<std::string> taken;
+    keyline::device::make_device(dir / "dev", dir / "root.pem", taken);
+    static const std::string cleanup_dir = dir.string();
+    std::atexit([] { std::filesystem::remove_all(cleanup_dir); });
+    return std::make_unique<keyline::device::Device>(keyline::device::Chip::load(dir / "dev"),
+                                                     keyline::device::DeviceOptions{});
+  }();
+  return *dev;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  keyline::device::Session session(device());
+  std::size_t off = 0;
+  while (off < size) {
+    const std::size_t len = std::min<std::size_t>(data[off], size - off - 1);
+    ++off;
+    const auto response = session.process(data + off, len);
+    if (response.size() < 2) std::abort();
+    off += len;
+  }
+  return 0;
+}
