@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include <Poco/Net/Context.h>
+
 namespace keyline::core::http {
 
 // RFC 9457 problem document. type is a URI reference ("about:blank" when the status says it all);
@@ -27,6 +29,9 @@ struct ClientOptions {
   std::string ca_file;   // PEM file with the CA(s) that issue the server certificate; required for https
   std::string cert_file; // optional client certificate (PEM) for mutual TLS
   std::string key_file;  // its private key (PEM)
+  // A ready TLS context instead of the three files above: the station's client key lives on the HSM
+  // token and reaches OpenSSL through the PKCS#11 engine (station/src/tls_token_key.cpp).
+  Poco::Net::Context::Ptr context;
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds io_timeout{30000};
   int connect_attempts = 4;                        // attempts when the connection cannot be made

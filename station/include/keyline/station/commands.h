@@ -1,0 +1,22 @@
+// The commands of keyline-station; main.cpp only parses flags into these. Each returns an exit code
+// (core/error.h exit_code) and prints what it did; errors are thrown to main's guard.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "keyline/station/config.h"
+
+namespace keyline::station {
+
+int cmd_keys_init(const StationConfig& config, const std::string& organization);
+int cmd_pool_generate(const StationConfig& config, const std::string& tac, std::int64_t count, std::int64_t keys);
+int cmd_pool_import(const StationConfig& config, const std::string& csv);
+int cmd_pool_status(const StationConfig& config, bool json);
+// Personalizes the devices one after the other; prints one line per device (JSON with --json).
+int cmd_personalize(const StationConfig& config, const std::vector<std::string>& devices, bool json);
+int cmd_publish(const StationConfig& config);
+int cmd_status(const StationConfig& config, bool json);
+
+}  // namespace keyline::station

@@ -1,0 +1,33 @@
+// Station settings: flags override environment (KEYLINE_*), which overrides a JSON config file.
+#pragma once
+
+#include <string>
+
+#include "keyline/core/bytes.h"
+
+namespace keyline::station {
+
+struct StationConfig {
+  std::string station_id = "station-1";
+  std::string db;                 // libpq conninfo of the station database (pool, journal, secret schemas)
+  std::string hsm_module;         // PKCS#11 module path (default: Debian's SoftHSM2)
+  std::string token_label = "keyline";
+  std::string pin_file;           // file holding the token user PIN (else $KEYLINE_HSM_PIN)
+  std::string pki_dir = ".keyline/pki";  // certificates written by `keys init`
+  std::string backupdb_url;       // https://host:port of keyline-backupdb
+  std::string hw_type;            // HardwareModuleName hwType OID (default core::kDefaultHwType)
+  std::string key_source = "generate";  // "generate" (in process) or "pool" (pre-generated, wrapped)
+  int publish_attempts = 5;       // attempts before a record is left to the outbox
+};
+
+// Fills unset fields from the environment and then from a JSON config file (when path is not empty),
+// and applies defaults. Throws ConfigError naming the bad setting.
+void complete_config(StationConfig& config, const std::string& config_file);
+
+// The token user PIN from pin_file or $KEYLINE_HSM_PIN. Throws ConfigError when neither is set.
+core::SecureBytes read_pin(const StationConfig& config);
+
+// Default PKCS#11 module: Debian's SoftHSM2.
+std::string default_hsm_module();
+
+}  // namespace keyline::station

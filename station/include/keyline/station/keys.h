@@ -1,0 +1,69 @@
+// Manufacturer keys in the HSM (seed 003: the key server's keys stay in its token) and the
+// certificates made from them. `keys init` creates, all sensitive and never extractable:
+//   keyline-root         P-256, signs the root certificate (the trust anchor in device ROM)
+//   keyline-device-ca    P-256, the Manufacturer Device CA: signs identity and transport certificates
+//   keyline-service-ca   P-256, issues TLS certificates for the public DB, the KPS and the station
+//   keyline-station-tls  P-256, the station's TLS client key for publishing (used through OpenSSL's
+//                        PKCS#11 engine, so it stays on the token)
+//   keyline-master       HMAC key: communication keys are HMAC-SHA256(master, "keyline/comm/v1" || IMEI)
+//   keyline-wrap         AES-256: wraps pre-generated device keys in the pool and in the journal
+// and writes PEM certificates to the PKI directory (see pki_file()).
+#pragma once
+
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include <botan/x509cert.h>
+
+#include "keyline/core/pkcs11.h"
+#include "keyline/station/config.h"
+
+namespace keyline::station {
+
+namespace key_label {
+constexpr const char* root = "keyline-root";
+constexpr const char* device_ca = "keyline-device-ca";
+constexpr const char* service_ca = "keyline-service-ca";
+constexpr const char* station_tls = "keyline-station-tls";
+constexpr const char* master = "keyline-master";
+constexpr const char* wrap = "keyline-wrap";
+}  // namespace key_label
+
+// Files in the PKI directory.
+namespace pki_file {
+constexpr const char* root = "root.pem";                 // manufacturer root (device ROM trust anchor)
+constexpr const char* device_ca = "device-ca.pem";       // Manufacturer Device CA
+constexpr const char* service_ca = "service-ca.pem";     // service CA (TLS)
+constexpr const char* tls_trust = "tls-ca.pem";          // service CA + root: what TLS clients pass as --ca
+constexpr const char* station_tls = "station-tls.pem";   // station client certificate (+ service CA)
+constexpr const char* backupdb_cert = "backupdb-tls.pem";  // public DB server certificate (+ service CA)
+constexpr const char* backupdb_key = "backupdb-tls.key";   // its key (a server key, not a manufacturer key)
+constexpr const char* kps_cert = "kps-tls.pem";
+constexpr const char* kps_key = "kps-tls.key";
+}  // namespace pki_file
+
+struct KeysInitOptions {
+  std::string organization = "keyline demo manufacturer";
+  std::vector<std::string> server_names = {"127.0.0.1", "localhost"};
+};
+
+// Creates the keys and certificates. Refuses (errc::KeysExist) when the token already holds them.
+void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out);
+
+// What a running station needs: the token, the Device CA key on it, and the certificates.
+struct StationKeys {
+  std::shared_ptr<core::Pkcs11Token> token;
+  std::unique_ptr<core::Pkcs11EcdsaPrivateKey> device_ca_key;
+  Botan::X509_Certificate device_ca_cert;
+  Botan::X509_Certificate root_cert;
+
+  // Opens the token and loads the certificates from the PKI directory. Throws errc::KeysMissing with
+  // what to run when `keys init` has not been run.
+  static StationKeys open(const StationConfig& config, std::size_t max_sessions = 8);
+};
+
+std::string pki_path(const StationConfig& config, const char* file);
+
+}  // namespace keyline::station

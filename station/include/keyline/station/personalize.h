@@ -1,0 +1,67 @@
+// Personalizing one device: the secure processing point's steps 3-8 of seed 002.
+//   1 read the device (SELECT, status, CPLC): a personalized device is refused before any claim
+//   2 claim an IMEI (and keys) in one transaction that deletes the pool rows and writes the journal
+//   3 derive the communication key in the HSM, lint and sign the identity and transport certificates
+//     with the Device CA key on the token (audit rows before and after each signature)
+//   4 STORE DATA the package, GET DATA the backup, run the restore drill and compare digests
+//   5 one transaction: journal -> backed_up (wrapped keys wiped), secret DB row, outbox row
+//   6 publish to the public DB; the device is done only once the public DB has the record
+// A failure names the chip, the step and the reason. Before STORE DATA succeeds the claim is voided
+// (the IMEI is never given to another device); after it, the journal keeps the device's state so a
+// later run resumes (publish from the outbox).
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "keyline/core/device_link.h"
+#include "keyline/core/pq.h"
+#include "keyline/station/config.h"
+#include "keyline/station/keys.h"
+#include "keyline/station/publisher.h"
+
+namespace keyline::station {
+
+enum class Step { Connect, ReadDevice, Claim, Issue, Store, Backup, Record, Publish, Done };
+const char* step_name(Step s) noexcept;
+
+struct DeviceResult {
+  std::string endpoint;
+  std::string chip_id;
+  std::string imei;
+  Step reached = Step::Connect;
+  bool done = false;          // published: the public DB has the record
+  bool in_outbox = false;     // everything but the publication; the outbox will deliver it
+  std::string identity_cert_pem;
+  std::string error;          // "chip <id>: step <step>: <reason>" when not done
+  int error_code = 0;
+};
+
+// Fault hook for crash tests: called at each step boundary with the step just reached; a test
+// (or KEYLINE_STATION_CRASH_AT=<step>) makes it abort the process there.
+using StepHook = std::function<void(Step, const std::string& chip_id)>;
+
+class Personalizer {
+ public:
+  Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher);
+
+  // Runs all steps for the device at host:port on the caller's thread with its own DB connection.
+  // Never throws for a device problem: the result says what happened.
+  DeviceResult personalize(const std::string& endpoint, core::pq::Connection& db);
+
+  void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
+
+ private:
+  void step(Step s, const std::string& chip_id);
+  const StationConfig& m_config;
+  StationKeys& m_keys;
+  Publisher* m_publisher;
+  StepHook m_hook;
+};
+
+// Sends every unpublished outbox record (oldest first) once. Returns {published, still_pending}.
+std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit = 1000);
+
+}  // namespace keyline::station

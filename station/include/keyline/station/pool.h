@@ -1,0 +1,43 @@
+// The temporary secure database (seed 002, database 140): IMEIs of the line's TAC ranges and
+// pre-generated device keys, wrapped by the token before they are stored. Claims happen inside the
+// personalization transaction (personalize.cpp) with FOR UPDATE SKIP LOCKED, deleting the rows.
+#pragma once
+
+#include <cstdint>
+#include <ostream>
+#include <string>
+
+#include "keyline/core/pkcs11.h"
+#include "keyline/core/pq.h"
+
+namespace keyline::station {
+
+struct PoolStatus {
+  std::int64_t imeis = 0;        // waiting in the pool
+  std::int64_t imeis_spent = 0;  // ever handed out (or voided)
+  std::int64_t keys = 0;         // pre-generated key sets waiting
+  std::string tacs;              // TACs with IMEIs in the pool, comma separated
+};
+
+// Applies the station's migrations (pool, journal, secret schemas). Returns how many ran now.
+int migrate_station_db(core::pq::Connection& conn);
+
+// Adds `count` IMEIs of this TAC (8 digits), continuing after the highest serial this database ever
+// held for the TAC, so an IMEI is never made twice. Returns the first and last IMEI added.
+std::pair<std::string, std::string> pool_generate_imeis(core::pq::Connection& conn, const std::string& tac,
+                                                        std::int64_t count);
+// Generates `count` key sets (P-256 identity, X25519 transport) in process, wraps the private halves
+// with the token's wrapping key and stores them.
+std::int64_t pool_generate_keys(core::pq::Connection& conn, core::Pkcs11Token& token, std::int64_t count,
+                                std::ostream* progress = nullptr);
+// Imports IMEIs from a CSV file: one IMEI per line in the first column; a header line and blank lines
+// are skipped. Every IMEI is checked (TS 23.003 Luhn) before any is stored: one bad line refuses the
+// whole file with its line number. IMEIs already in the pool or ever spent are skipped and counted.
+struct ImportResult {
+  std::int64_t added = 0;
+  std::int64_t skipped = 0;
+};
+ImportResult pool_import_csv(core::pq::Connection& conn, const std::string& path);
+PoolStatus pool_status(core::pq::Connection& conn);
+
+}  // namespace keyline::station

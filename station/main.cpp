@@ -1,0 +1,82 @@
+// keyline-station: options only; the work is in keyline_station (station/src).
+#include <CLI/CLI.hpp>
+
+#include "keyline/core/guard.h"
+#include "keyline/station/commands.h"
+
+int main(int argc, char** argv) {
+  using namespace keyline::station;
+  CLI::App app{
+      "keyline-station: the secure processing point of the line. It claims IMEIs and device keys from the\n"
+      "temporary secure DB, reads each device's chip ID, signs identity certificates with the Device CA key\n"
+      "in the HSM, stores the data package, checks the device's backup and publishes it to the public DB.\n\n"
+      "Settings: flags, else environment (KEYLINE_STATION_DB, KEYLINE_HSM_MODULE, KEYLINE_HSM_TOKEN,\n"
+      "KEYLINE_HSM_PIN_FILE or KEYLINE_HSM_PIN, KEYLINE_PKI_DIR, KEYLINE_BACKUPDB_URL, KEYLINE_STATION_ID),\n"
+      "else the JSON file given with --config. The PIN is never taken from a flag.\n\n"
+      "Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 unreachable (records wait in the\n"
+      "outbox), 5 refused, 6 HSM problem.",
+      "keyline-station"};
+  app.require_subcommand(1);
+  StationConfig cfg;
+  std::string config_file;
+  app.add_option("--config", config_file, "JSON config file (keys: db, hsm_module, token_label, pin_file, ...)");
+  app.add_option("--db", cfg.db, "libpq connection string of the station database");
+  app.add_option("--hsm-module", cfg.hsm_module, "PKCS#11 module (default: SoftHSM2)");
+  app.add_option("--token", cfg.token_label, "token label")->capture_default_str();
+  app.add_option("--pin-file", cfg.pin_file, "file holding the token user PIN");
+  app.add_option("--pki-dir", cfg.pki_dir, "directory of the certificates made by `keys init`")->capture_default_str();
+  app.add_option("--backupdb", cfg.backupdb_url, "public DB URL, https://host:port");
+  app.add_option("--station-id", cfg.station_id, "this station's name in journals and packages")->capture_default_str();
+  app.add_option("--hw-type", cfg.hw_type, "HardwareModuleName hwType OID (default 1.3.6.1.4.1.59999.1.1)");
+  app.add_option("--key-source", cfg.key_source, "generate: keys made per device; pool: pre-generated keys")
+      ->check(CLI::IsMember({"generate", "pool"}))
+      ->capture_default_str();
+
+  auto* keys = app.add_subcommand("keys", "manufacturer keys in the HSM");
+  keys->require_subcommand(1);
+  std::string organization;
+  auto* keys_init = keys->add_subcommand(
+      "init", "create the root, Device CA, service CA, station TLS, master and wrapping keys on the token, and the "
+              "certificates in --pki-dir (refuses when the token already has them)");
+  keys_init->add_option("--organization", organization, "O= of the certificates");
+
+  auto* pool = app.add_subcommand("pool", "the temporary secure DB of IMEIs and pre-generated keys");
+  pool->require_subcommand(1);
+  std::string tac, csv;
+  std::int64_t count = 0, nkeys = 0;
+  bool json = false;
+  auto* pool_gen = pool->add_subcommand("generate", "add IMEIs from a TAC range (continuing after the last serial "
+                                                    "ever used) and/or pre-generated key sets");
+  pool_gen->add_option("--tac", tac, "type allocation code, 8 digits");
+  pool_gen->add_option("--count", count, "IMEIs to add");
+  pool_gen->add_option("--keys", nkeys, "key sets to pre-generate (private halves wrapped by the token)");
+  auto* pool_imp = pool->add_subcommand("import", "add IMEIs from a CSV file (first column); a bad line refuses all");
+  pool_imp->add_option("csv", csv, "CSV file")->required();
+  auto* pool_st = pool->add_subcommand("status", "what the pool holds");
+  pool_st->add_flag("--json", json, "machine-readable output");
+
+  std::vector<std::string> devices;
+  auto* pers = app.add_subcommand(
+      "personalize", "personalize devices one after the other (claim, read chip ID, sign, store, check backup, "
+                     "publish); a device is done only when the public DB has its record");
+  pers->add_option("--device", devices, "device address HOST:PORT (repeat for several)")->required();
+  pers->add_flag("--json", json, "one JSON line per device");
+
+  auto* publish = app.add_subcommand("publish", "send the records waiting in the outbox to the public DB");
+  auto* status = app.add_subcommand("status", "journal states, outbox and pool");
+  status->add_flag("--json", json, "machine-readable output");
+
+  CLI11_PARSE(app, argc, argv);
+
+  return keyline::core::run_guarded("keyline-station", [&]() -> int {
+    complete_config(cfg, config_file);
+    if (*keys_init) return cmd_keys_init(cfg, organization);
+    if (*pool_gen) return cmd_pool_generate(cfg, tac, count, nkeys);
+    if (*pool_imp) return cmd_pool_import(cfg, csv);
+    if (*pool_st) return cmd_pool_status(cfg, json);
+    if (*pers) return cmd_personalize(cfg, devices, json);
+    if (*publish) return cmd_publish(cfg);
+    if (*status) return cmd_status(cfg, json);
+    return 2;
+  });
+}

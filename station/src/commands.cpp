@@ -1,0 +1,132 @@
+#include "keyline/station/commands.h"
+
+#include <iostream>
+
+#include "keyline/core/error.h"
+#include "keyline/core/http.h"
+#include "keyline/core/pq.h"
+#include "keyline/station/errors.h"
+#include "keyline/station/keys.h"
+#include "keyline/station/personalize.h"
+#include "keyline/station/pool.h"
+
+namespace keyline::station {
+
+namespace {
+
+core::pq::Connection open_db(const StationConfig& config) {
+  if (config.db.empty())
+    throw core::ConfigError(core::ErrorCode::Config, "no station database: set --db or KEYLINE_STATION_DB");
+  core::pq::Connection conn(config.db);
+  migrate_station_db(conn);
+  return conn;
+}
+
+std::string esc(const std::string& s) { return core::http::json_escape(s); }
+
+}  // namespace
+
+int cmd_keys_init(const StationConfig& config, const std::string& organization) {
+  KeysInitOptions opt;
+  if (!organization.empty()) opt.organization = organization;
+  keys_init(config, opt, std::cout);
+  return 0;
+}
+
+int cmd_pool_generate(const StationConfig& config, const std::string& tac, std::int64_t count, std::int64_t keys) {
+  auto db = open_db(config);
+  if (count > 0) {
+    const auto [first, last] = pool_generate_imeis(db, tac, count);
+    std::cout << "pool: added " << count << " IMEIs " << first << " .. " << last << "\n";
+  }
+  if (keys > 0) {
+    auto k = StationKeys::open(config, 2);
+    pool_generate_keys(db, *k.token, keys, &std::cout);
+    std::cout << "pool: added " << keys << " key sets (wrapped by the token key " << key_label::wrap << ")\n";
+  }
+  if (count <= 0 && keys <= 0) throw core::ConfigError(core::ErrorCode::Usage, "nothing to do: give --count and/or --keys");
+  return 0;
+}
+
+int cmd_pool_import(const StationConfig& config, const std::string& csv) {
+  auto db = open_db(config);
+  const auto r = pool_import_csv(db, csv);
+  std::cout << "pool: imported " << r.added << " IMEIs from " << csv << " (" << r.skipped
+            << " skipped: already in the pool or already issued)\n";
+  return 0;
+}
+
+int cmd_pool_status(const StationConfig& config, bool json) {
+  auto db = open_db(config);
+  const auto s = pool_status(db);
+  if (json) {
+    std::cout << "{\"imeis\":" << s.imeis << ",\"imeis_spent\":" << s.imeis_spent << ",\"keys\":" << s.keys
+              << ",\"tacs\":\"" << esc(s.tacs) << "\"}\n";
+  } else {
+    std::cout << "IMEIs in the pool:      " << s.imeis << (s.tacs.empty() ? "" : " (TAC " + s.tacs + ")") << "\n"
+              << "IMEIs issued or voided: " << s.imeis_spent << "\n"
+              << "pre-generated key sets: " << s.keys << "\n";
+  }
+  return 0;
+}
+
+int cmd_personalize(const StationConfig& config, const std::vector<std::string>& devices, bool json) {
+  auto db = open_db(config);
+  auto keys = StationKeys::open(config, 4);
+  std::unique_ptr<Publisher> publisher;
+  if (!config.backupdb_url.empty()) publisher = std::make_unique<Publisher>(config);
+  Personalizer p(config, keys, publisher.get());
+  int failed = 0, waiting = 0;
+  for (const auto& d : devices) {
+    const auto r = p.personalize(d, db);
+    if (json) {
+      std::cout << "{\"device\":\"" << esc(d) << "\",\"chip_id\":\"" << esc(r.chip_id) << "\",\"imei\":\""
+                << esc(r.imei) << "\",\"done\":" << (r.done ? "true" : "false")
+                << ",\"in_outbox\":" << (r.in_outbox ? "true" : "false") << ",\"step\":\"" << step_name(r.reached)
+                << "\",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\"}\n";
+    } else if (r.done) {
+      std::cout << "personalized " << d << ": chip " << r.chip_id << " IMEI " << r.imei << " published\n";
+    }
+    if (!r.done) {
+      std::cerr << "keyline-station: " << d << ": error " << r.error_code << ": " << r.error << "\n";
+      (r.in_outbox ? waiting : failed)++;
+    }
+  }
+  // Exit 4 when the only trouble is a public DB that did not answer (the outbox holds the records).
+  if (failed > 0) return core::exit_code::failure;
+  return waiting > 0 ? core::exit_code::unavailable : core::exit_code::ok;
+}
+
+int cmd_publish(const StationConfig& config) {
+  auto db = open_db(config);
+  Publisher publisher(config);
+  const auto [published, pending] = drain_outbox(db, publisher);
+  std::cout << "publish: " << published << " records published, " << pending << " still waiting\n";
+  return pending == 0 ? 0 : core::exit_code::unavailable;
+}
+
+int cmd_status(const StationConfig& config, bool json) {
+  auto db = open_db(config);
+  const auto r = db.exec(
+      "SELECT state, count(*) FROM journal.device GROUP BY state ORDER BY state");
+  const auto ob = db.exec(
+      "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FILTER (WHERE published_at IS NOT NULL),"
+      " coalesce(max(last_error) FILTER (WHERE published_at IS NULL), '') FROM journal.outbox");
+  const auto s = pool_status(db);
+  if (json) {
+    std::cout << "{\"journal\":{";
+    for (int i = 0; i < r.rows(); ++i) std::cout << (i ? "," : "") << "\"" << r.text(i, 0) << "\":" << r.int64(i, 1);
+    std::cout << "},\"outbox\":{\"pending\":" << ob.int64(0, 0) << ",\"published\":" << ob.int64(0, 1)
+              << "},\"pool\":{\"imeis\":" << s.imeis << ",\"keys\":" << s.keys << "}}\n";
+  } else {
+    std::cout << "journal (devices by state):\n";
+    if (r.empty()) std::cout << "  (empty)\n";
+    for (int i = 0; i < r.rows(); ++i) std::cout << "  " << r.text(i, 0) << ": " << r.int64(i, 1) << "\n";
+    std::cout << "outbox: " << ob.int64(0, 0) << " waiting, " << ob.int64(0, 1) << " published\n";
+    if (!ob.text(0, 2).empty()) std::cout << "  last error: " << ob.text(0, 2) << "\n";
+    std::cout << "pool: " << s.imeis << " IMEIs, " << s.keys << " key sets\n";
+  }
+  return 0;
+}
+
+}  // namespace keyline::station

@@ -1,0 +1,114 @@
+#include "keyline/station/config.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/error.h"
+
+namespace keyline::station {
+
+namespace {
+
+void from_env(std::string& field, const char* name) {
+  if (!field.empty()) return;
+  if (const char* v = std::getenv(name); v && *v) field = v;
+}
+
+}  // namespace
+
+std::string default_hsm_module() {
+  for (const char* p : {"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"}) {
+    std::ifstream f(p);
+    if (f) return p;
+  }
+  return "/usr/lib/softhsm/libsofthsm2.so";
+}
+
+void complete_config(StationConfig& c, const std::string& config_file) {
+  const StationConfig defaults;
+  // Fields equal to their default count as unset, so the environment and the file may fill them.
+  auto unset_if_default = [](std::string& field, const std::string& def) {
+    if (field == def) field.clear();
+  };
+  unset_if_default(c.station_id, defaults.station_id);
+  unset_if_default(c.token_label, defaults.token_label);
+  unset_if_default(c.pki_dir, defaults.pki_dir);
+  unset_if_default(c.key_source, defaults.key_source);
+
+  from_env(c.station_id, "KEYLINE_STATION_ID");
+  from_env(c.db, "KEYLINE_STATION_DB");
+  from_env(c.hsm_module, "KEYLINE_HSM_MODULE");
+  from_env(c.token_label, "KEYLINE_HSM_TOKEN");
+  from_env(c.pin_file, "KEYLINE_HSM_PIN_FILE");
+  from_env(c.pki_dir, "KEYLINE_PKI_DIR");
+  from_env(c.backupdb_url, "KEYLINE_BACKUPDB_URL");
+  from_env(c.hw_type, "KEYLINE_HW_TYPE");
+  from_env(c.key_source, "KEYLINE_KEY_SOURCE");
+
+  if (!config_file.empty()) {
+    std::ifstream in(config_file);
+    if (!in) throw core::ConfigError(core::ErrorCode::Config, "cannot read config file " + config_file);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    Poco::JSON::Object::Ptr obj;
+    try {
+      obj = Poco::JSON::Parser().parse(ss.str()).extract<Poco::JSON::Object::Ptr>();
+    } catch (const Poco::Exception& e) {
+      throw core::ConfigError(core::ErrorCode::Config, "config file " + config_file + " is not JSON: " + e.displayText());
+    }
+    auto from_file = [&](std::string& field, const char* key) {
+      if (!field.empty() || !obj->has(key)) return;
+      try {
+        field = obj->getValue<std::string>(key);
+      } catch (const Poco::Exception&) {
+        throw core::ConfigError(core::ErrorCode::Config, std::string("config file: \"") + key + "\" must be a string");
+      }
+    };
+    from_file(c.station_id, "station_id");
+    from_file(c.db, "db");
+    from_file(c.hsm_module, "hsm_module");
+    from_file(c.token_label, "token_label");
+    from_file(c.pin_file, "pin_file");
+    from_file(c.pki_dir, "pki_dir");
+    from_file(c.backupdb_url, "backupdb_url");
+    from_file(c.hw_type, "hw_type");
+    from_file(c.key_source, "key_source");
+  }
+
+  if (c.station_id.empty()) c.station_id = defaults.station_id;
+  if (c.token_label.empty()) c.token_label = defaults.token_label;
+  if (c.pki_dir.empty()) c.pki_dir = defaults.pki_dir;
+  if (c.key_source.empty()) c.key_source = defaults.key_source;
+  if (c.hsm_module.empty()) c.hsm_module = default_hsm_module();
+  if (c.hw_type.empty()) c.hw_type = core::kDefaultHwType;
+  if (c.key_source != "generate" && c.key_source != "pool")
+    throw core::ConfigError(core::ErrorCode::Config, "key source must be \"generate\" or \"pool\", not \"" + c.key_source + "\"");
+  for (char ch : c.station_id)
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'))
+      throw core::ConfigError(core::ErrorCode::Config, "station id may hold letters, digits, '-', '_' and '.' only");
+  if (c.station_id.size() > 64) throw core::ConfigError(core::ErrorCode::Config, "station id longer than 64 characters");
+}
+
+core::SecureBytes read_pin(const StationConfig& c) {
+  core::SecureBytes pin;
+  if (!c.pin_file.empty()) {
+    std::ifstream in(c.pin_file, std::ios::binary);
+    if (!in) throw core::ConfigError(core::ErrorCode::Config, "cannot read PIN file " + c.pin_file);
+    char ch;
+    while (in.get(ch) && ch != '\n' && ch != '\r') pin.push_back(static_cast<std::uint8_t>(ch));
+  } else if (const char* v = std::getenv("KEYLINE_HSM_PIN"); v && *v) {
+    for (const char* p = v; *p; ++p) pin.push_back(static_cast<std::uint8_t>(*p));
+  } else {
+    throw core::ConfigError(core::ErrorCode::Config,
+                            "no token PIN: set --pin-file, KEYLINE_HSM_PIN_FILE or KEYLINE_HSM_PIN (never a flag)");
+  }
+  if (pin.empty()) throw core::ConfigError(core::ErrorCode::Config, "the token PIN is empty");
+  return pin;
+}
+
+}  // namespace keyline::station

@@ -1,0 +1,465 @@
+#include "keyline/station/personalize.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include <botan/auto_rng.h>
+#include <botan/curve25519.h>
+#include <botan/data_src.h>
+#include <botan/ec_group.h>
+#include <botan/ecdsa.h>
+#include <botan/hash.h>
+#include <botan/hex.h>
+#include <botan/pkcs8.h>
+
+#include "keyline/core/apdu.h"
+#include "keyline/core/backup_package.h"
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/cplc.h"
+#include "keyline/core/data_package.h"
+#include "keyline/core/error.h"
+#include "keyline/core/record.h"
+#include "keyline/station/errors.h"
+
+namespace keyline::station {
+
+const char* step_name(Step s) noexcept {
+  switch (s) {
+    case Step::Connect: return "connect";
+    case Step::ReadDevice: return "read-device";
+    case Step::Claim: return "claim";
+    case Step::Issue: return "issue";
+    case Step::Store: return "store";
+    case Step::Backup: return "backup";
+    case Step::Record: return "record";
+    case Step::Publish: return "publish";
+    case Step::Done: return "done";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
+constexpr std::uint8_t kLifecyclePersonalized = 0x0F;
+// STORE DATA blocks stay short APDUs: 16 blocks carry the ~3 KB package and any reader takes them.
+constexpr std::size_t kStoreBlock = 240;
+
+core::CommandApdu apdu(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2,
+                       std::optional<std::uint32_t> le = 256u) {
+  core::CommandApdu c;
+  c.cla = cla;
+  c.ins = ins;
+  c.p1 = p1;
+  c.p2 = p2;
+  c.le = le;
+  return c;
+}
+
+// A status word other than 9000 is the device refusing: a definite answer, unlike a dropped link.
+class DeviceRefusal : public core::Error {
+ public:
+  DeviceRefusal(const std::string& what, std::uint16_t sw)
+      : core::Error(errc::DeviceRefused, what + " answered " + core::sw_text(sw)), m_sw(sw) {}
+  std::uint16_t sw() const { return m_sw; }
+
+ private:
+  std::uint16_t m_sw;
+};
+
+core::ResponseApdu expect_ok(core::DeviceLink& link, const core::CommandApdu& c, const char* what) {
+  auto r = link.transmit(c);
+  if (r.sw != core::sw::ok) throw DeviceRefusal(what, r.sw);
+  return r;
+}
+
+std::string sha256_hex(const core::Bytes& b) {
+  auto h = Botan::HashFunction::create_or_throw("SHA-256");
+  return Botan::hex_encode(h->process(b));
+}
+
+void audit(core::pq::Connection& db, const std::string& station, const char* event, const std::string& chip,
+           const std::string& imei, const char* kind, const std::string& detail) {
+  // Autocommit on purpose: the "before" row must be durable before the CA key signs.
+  db.exec(
+      "INSERT INTO journal.audit (station_id, event, chip_id, imei, cert_kind, detail) VALUES ($1,$2,$3,$4,$5,$6)",
+      {station, event, chip, imei, kind, detail});
+}
+
+// One journal row as read back for a resume.
+struct JournalRow {
+  std::int64_t id = 0;
+  std::string imei;
+  std::string state;
+  core::Bytes identity_wrapped, transport_wrapped, identity_public, transport_public;
+  core::Bytes identity_cert, package_digest, backup;
+};
+
+std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& chip) {
+  const auto r = db.exec(
+      "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
+      " identity_cert, package_digest, backup FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
+      {chip});
+  if (r.empty()) return std::nullopt;
+  JournalRow j;
+  j.id = r.int64(0, 0);
+  j.imei = r.text(0, 1);
+  j.state = r.text(0, 2);
+  j.identity_wrapped = r.bytea(0, 3);
+  j.transport_wrapped = r.bytea(0, 4);
+  j.identity_public = r.bytea(0, 5);
+  j.transport_public = r.bytea(0, 6);
+  j.identity_cert = r.bytea(0, 7);
+  j.package_digest = r.bytea(0, 8);
+  j.backup = r.bytea(0, 9);
+  return j;
+}
+
+// Seed 002: symmetric keys are derived from one master key and the device identity, so no secret
+// database of per-device keys is needed. The derivation runs inside the token.
+core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei) {
+  const std::string input = "keyline/comm/v1" + imei;
+  return token.derive_hmac_sha256(key_label::master, core::Bytes(input.begin(), input.end()));
+}
+
+void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& reason) {
+  db.exec(
+      "UPDATE journal.device SET state = 'void', void_reason = $2, identity_wrapped = NULL,"
+      " transport_wrapped = NULL, updated_at = now() WHERE id = $1 AND state IN ('claimed','issued','stored')",
+      {id, reason.substr(0, 500)});
+}
+
+}  // namespace
+
+Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher)
+    : m_config(config), m_keys(keys), m_publisher(publisher) {
+  if (const char* crash = std::getenv("KEYLINE_STATION_CRASH_AT"); crash && *crash) {
+    // Crash-test hook: abort (like kill -9, no cleanup) when this step is reached; optional
+    // "step:N" aborts on the N-th time only.
+    std::string spec = crash;
+    std::string name = spec.substr(0, spec.find(':'));
+    long nth = spec.find(':') == std::string::npos ? 1 : std::atol(spec.c_str() + spec.find(':') + 1);
+    auto counter = std::make_shared<std::atomic<long>>(0);
+    m_hook = [name, nth, counter](Step s, const std::string&) {
+      if (name == step_name(s) && ++*counter == nth) std::abort();
+    };
+  }
+}
+
+void Personalizer::step(Step s, const std::string& chip_id) {
+  if (m_hook) m_hook(s, chip_id);
+}
+
+DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Connection& db) {
+  DeviceResult res;
+  res.endpoint = endpoint;
+  Step cur = Step::Connect;
+  std::optional<std::int64_t> claim_id;
+  bool may_void = false;  // true while a refusal means the claim can never complete
+  thread_local Botan::AutoSeeded_RNG rng;
+  try {
+    const auto [host, port] = core::DeviceLink::parse_endpoint(endpoint);
+    core::DeviceLink link(host, port);
+    link.connect();
+
+    // --- read the device (step 4 of seed 002: the chip ID from read-only storage) -------------
+    cur = Step::ReadDevice;
+    {
+      auto sel = apdu(0x00, 0xA4, 0x04, 0x00);
+      sel.data.assign(std::begin(kAid), std::end(kAid));
+      expect_ok(link, sel, "SELECT personalization applet");
+    }
+    const auto status = expect_ok(link, apdu(0x80, 0xC4, 0x00, 0x00), "STATUS");
+    if (status.data.size() < 1 + core::kChipIdSize) throw core::Error(errc::DeviceRefused, "STATUS answer too short");
+    const auto cplc_r = expect_ok(link, apdu(0x80, 0xCA, 0x9F, 0x7F), "GET DATA CPLC");
+    const core::ChipId chip = core::Cplc::parse(cplc_r.data.data(), cplc_r.data.size()).chip_id();
+    res.chip_id = chip.str();
+    if (core::ChipId::from_bytes(status.data.data() + 1, core::kChipIdSize) != chip)
+      throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
+    const bool personalized = status.data[0] == kLifecyclePersonalized;
+    std::optional<JournalRow> row = live_row(db, res.chip_id);
+    if (personalized && (!row || row->state == "claimed")) {
+      std::string imei(status.data.begin() + 1 + core::kChipIdSize + 1, status.data.end());
+      throw core::Error(errc::AlreadyPersonalized,
+                        "device is already personalized" + (imei.empty() ? std::string() : " as IMEI " + imei) +
+                            "; nothing was claimed (reset it to blank on purpose to personalize it again)");
+    }
+    if (!personalized && row && (row->state == "backed_up" || row->state == "published"))
+      throw core::Error(errc::AlreadyPersonalized, "device was personalized as IMEI " + row->imei +
+                                                       " and has lost its flash: restore it with keyline-recovery");
+    step(Step::ReadDevice, res.chip_id);
+
+    // --- claim (step 3): IMEI and keys leave the pool in the transaction that journals them ----
+    cur = Step::Claim;
+    core::SecureBytes identity_pkcs8, transport_raw;
+    core::Bytes identity_public, transport_public;
+    if (row) {
+      res.imei = row->imei;
+      claim_id = row->id;
+      if (row->state == "claimed" || row->state == "issued" || (row->state == "stored" && !personalized)) {
+        // The keys stay with this chip: unwrap them from the journal (the wrapping key never leaves the token).
+        identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, row->identity_wrapped);
+        transport_raw = m_keys.token->unwrap_data(key_label::wrap, row->transport_wrapped);
+        identity_public = row->identity_public;
+        transport_public = row->transport_public;
+      }
+    } else {
+      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+        const auto imei_r = tx.exec(
+            "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
+        if (imei_r.empty())
+          throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
+        res.imei = imei_r.text(0, 0);
+        core::Bytes idw, trw;
+        if (m_config.key_source == "pool") {
+          const auto k = tx.exec(
+              "WITH c AS (SELECT id FROM pool.device_key ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+              " DELETE FROM pool.device_key p USING c WHERE p.id = c.id"
+              " RETURNING identity_wrapped, identity_public, transport_wrapped, transport_public");
+          if (k.empty())
+            throw core::Error(errc::PoolEmpty, "no pre-generated keys left: `keyline-station pool generate --keys N`");
+          idw = k.bytea(0, 0);
+          identity_public = k.bytea(0, 1);
+          trw = k.bytea(0, 2);
+          transport_public = k.bytea(0, 3);
+          identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, idw);
+          transport_raw = m_keys.token->unwrap_data(key_label::wrap, trw);
+        } else {
+          Botan::ECDSA_PrivateKey identity(rng, Botan::EC_Group("secp256r1"));
+          Botan::Curve25519_PrivateKey transport(rng);
+          identity_pkcs8 = Botan::PKCS8::BER_encode(identity);
+          transport_raw = transport.get_x();
+          identity_public = identity.subject_public_key();
+          transport_public = transport.public_value();
+          idw = m_keys.token->wrap_data(key_label::wrap, identity_pkcs8);
+          trw = m_keys.token->wrap_data(key_label::wrap, transport_raw);
+        }
+        tx.exec("INSERT INTO pool.imei_spent (imei) VALUES ($1) ON CONFLICT DO NOTHING", {res.imei});
+        try {
+          const auto id = tx.exec(
+              "INSERT INTO journal.device (chip_id, imei, station_id, state, identity_wrapped, transport_wrapped,"
+              " identity_public, transport_public) VALUES ($1,$2,$3,'claimed',$4,$5,$6,$7) RETURNING id",
+              {res.chip_id, res.imei, m_config.station_id, idw, trw, identity_public, transport_public});
+          claim_id = id.int64(0, 0);
+        } catch (const core::DbError& e) {
+          if (e.code() != core::ErrorCode::DbUniqueViolation) throw;
+          // Another station holds this chip right now; rolling back returns our IMEI to the pool.
+          throw core::Error(errc::JournalConflict, "another station is personalizing this chip");
+        }
+        tx.commit();
+      });
+      row = live_row(db, res.chip_id);
+    }
+    step(Step::Claim, res.chip_id);
+    const core::Imei imei = core::Imei::parse(res.imei);
+
+    // --- issue and store (steps 4-5) ------------------------------------------------------------
+    const bool need_store = !personalized;
+    core::Bytes identity_der;
+    if (need_store) {
+      cur = Step::Issue;
+      may_void = true;
+      Botan::DataSource_Memory src(identity_pkcs8);
+      std::unique_ptr<Botan::Private_Key> identity_key(Botan::PKCS8::load_key(src));
+      const Botan::Curve25519_PublicKey transport_pub(transport_public);
+      const std::string who = res.chip_id;
+
+      const core::SecureBytes comm_key = derive_comm_key(*m_keys.token, res.imei);
+
+      audit(db, m_config.station_id, "sign.begin", who, res.imei, "identity",
+            "subject key SHA-256 " + sha256_hex(identity_public));
+      const auto identity_cert = core::issue_identity_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key,
+                                                                  *identity_key, imei, chip, m_config.hw_type, rng);
+      identity_der = identity_cert.BER_encode();
+      audit(db, m_config.station_id, "sign.done", who, res.imei, "identity", "certificate SHA-256 " + sha256_hex(identity_der));
+      audit(db, m_config.station_id, "sign.begin", who, res.imei, "transport",
+            "subject key SHA-256 " + sha256_hex(transport_public));
+      const auto transport_cert = core::issue_transport_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key,
+                                                                    transport_pub, imei, chip, m_config.hw_type, rng);
+      const core::Bytes transport_der = transport_cert.BER_encode();
+      audit(db, m_config.station_id, "sign.done", who, res.imei, "transport",
+            "certificate SHA-256 " + sha256_hex(transport_der));
+
+      core::DataPackage pkg;
+      pkg.imei = imei;
+      pkg.station_id = m_config.station_id;
+      pkg.issued_at = static_cast<std::uint64_t>(std::time(nullptr));
+      pkg.identity_cert = identity_der;
+      pkg.transport_cert = transport_der;
+      pkg.ca_chain.push_back(m_keys.device_ca_cert.BER_encode());
+      pkg.identity_key = identity_pkcs8;
+      pkg.transport_key = transport_raw;
+      pkg.comm_key = comm_key;
+      const core::SecureBytes encoded = pkg.encode();
+      const core::Bytes digest = core::package_digest(encoded);
+      db.exec(
+          "UPDATE journal.device SET state = 'issued', identity_cert = $2, transport_cert = $3, package_digest = $4,"
+          " updated_at = now() WHERE id = $1",
+          {*claim_id, identity_der, transport_der, digest});
+      row->package_digest = digest;
+      step(Step::Issue, res.chip_id);
+
+      cur = Step::Store;
+      const std::size_t blocks = (encoded.size() + kStoreBlock - 1) / kStoreBlock;
+      if (blocks > 256) throw core::Error(core::ErrorCode::BadDataPackage, "data package too large for STORE DATA");
+      for (std::size_t b = 0; b < blocks; ++b) {
+        const bool last = b + 1 == blocks;
+        // GlobalPlatform Card Specification 11.11.2: P1 b4 = DGI format, b8 = last block; P2 = block number.
+        auto c = apdu(0x80, 0xE2, static_cast<std::uint8_t>(0x08 | (last ? 0x80 : 0x00)), static_cast<std::uint8_t>(b),
+                      std::nullopt);
+        const std::size_t off = b * kStoreBlock;
+        c.data.assign(encoded.begin() + static_cast<std::ptrdiff_t>(off),
+                      encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + kStoreBlock)));
+        expect_ok(link, c, "STORE DATA");
+      }
+      db.exec("UPDATE journal.device SET state = 'stored', updated_at = now() WHERE id = $1", {*claim_id});
+      step(Step::Store, res.chip_id);
+    } else {
+      identity_der = row->identity_cert;
+    }
+    res.identity_cert_pem = core::to_pem(Botan::X509_Certificate(identity_der));
+
+    // --- backup (step 6) and the restore drill ---------------------------------------------------
+    core::Bytes backup;
+    if (!row || (row->state != "backed_up" && row->state != "published")) {
+      cur = Step::Backup;
+      may_void = true;
+      const auto b = expect_ok(link, apdu(0x80, 0xCA, 0xDF, 0x20), "GET DATA backup");
+      backup.assign(b.data.begin(), b.data.end());
+      const auto header = core::parse_backup_header(backup);
+      if (header.chip_id != chip)
+        throw core::Error(errc::BackupMismatch, "backup package names chip " + header.chip_id.str());
+      // The device opens the very bytes we will publish and proves the package inside is ours.
+      auto drill = apdu(0x80, 0xC6, 0x00, 0x00);
+      drill.data.assign(backup.begin(), backup.end());
+      const auto d = expect_ok(link, drill, "RESTORE DRILL");
+      if (core::Bytes(d.data.begin(), d.data.end()) != row->package_digest)
+        throw core::Error(errc::BackupMismatch, "restore drill digest differs from the package sent");
+      step(Step::Backup, res.chip_id);
+
+      // --- record (step 7): journal, secret DB and outbox in one transaction --------------------
+      cur = Step::Record;
+      may_void = false;
+      core::Record record;
+      record.chip_id = chip;
+      record.imei = imei;
+      record.backup = backup;
+      record.certificates = {identity_der, m_keys.device_ca_cert.BER_encode()};
+      const auto transport_der = db.exec("SELECT transport_cert FROM journal.device WHERE id = $1", {*claim_id}).bytea(0, 0);
+      // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
+      const core::SecureBytes comm_key = derive_comm_key(*m_keys.token, res.imei);
+      const std::string kcv_hex = core::to_hex(core::key_check_value(comm_key));
+      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+        tx.exec(
+            "UPDATE journal.device SET state = 'backed_up', identity_wrapped = NULL, transport_wrapped = NULL,"
+            " backup = $2, updated_at = now() WHERE id = $1",
+            {*claim_id, backup});
+        tx.exec(
+            "INSERT INTO secret.device (chip_id, imei, identity_cert_sha256, transport_cert_sha256, comm_key_kcv,"
+            " station_id) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (chip_id) DO NOTHING",
+            {res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der), kcv_hex, m_config.station_id});
+        tx.exec(
+            "INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($1,$2,$3,$4)"
+            " ON CONFLICT (chip_id) DO NOTHING",
+            {res.chip_id, *claim_id, record.to_json(), record.hash()});
+        tx.commit();
+      });
+      step(Step::Record, res.chip_id);
+    }
+
+    // --- publish (step 8) ----------------------------------------------------------------------
+    cur = Step::Publish;
+    const auto ob = db.exec("SELECT record_json, published_at IS NOT NULL FROM journal.outbox WHERE chip_id = $1",
+                            {res.chip_id});
+    if (ob.empty()) throw core::Error(errc::JournalConflict, "journal says backed up but the outbox has no record");
+    if (ob.text(0, 1) != "t") {
+      if (!m_publisher) {
+        res.in_outbox = true;
+        throw core::Error(errc::PublishPending, "no public DB configured; the record waits in the outbox");
+      }
+      PublishResult pr;
+      std::chrono::milliseconds backoff(200);
+      for (int attempt = 1; attempt <= std::max(1, m_config.publish_attempts); ++attempt) {
+        pr = m_publisher->publish(ob.text(0, 0));
+        if (pr.outcome != PublishOutcome::Unreachable) break;
+        if (attempt < m_config.publish_attempts) std::this_thread::sleep_for(backoff), backoff *= 2;
+      }
+      db.exec(
+          "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + interval '2 s'"
+          " WHERE chip_id = $1",
+          {res.chip_id, pr.detail.substr(0, 500)});
+      if (pr.outcome == PublishOutcome::Rejected)
+        throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail);
+      if (pr.outcome == PublishOutcome::Unreachable) {
+        res.in_outbox = true;
+        throw core::Error(errc::PublishPending, "public DB unreachable (" + pr.detail +
+                                                    "); the record waits in the outbox (`keyline-station publish`)");
+      }
+      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+        tx.exec("UPDATE journal.outbox SET published_at = now(), last_error = NULL WHERE chip_id = $1", {res.chip_id});
+        tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1", {*claim_id});
+        tx.commit();
+      });
+    }
+    step(Step::Publish, res.chip_id);
+    res.reached = Step::Done;
+    res.done = true;
+    return res;
+  } catch (const std::exception& e) {
+    res.reached = cur;
+    const auto* ke = dynamic_cast<const core::Error*>(&e);
+    res.error_code = ke ? ke->numeric() : 1;
+    res.error = "chip " + (res.chip_id.empty() ? std::string("?") : res.chip_id) + ": step " + step_name(cur) + ": " +
+                e.what();
+    // A definite refusal (status word, backup mismatch) before the record is kept means this claim can
+    // never complete: void it, so the IMEI is accounted for and never handed to another device.
+    const bool definite = dynamic_cast<const DeviceRefusal*>(&e) ||
+                          (ke && (ke->code() == errc::BackupMismatch || ke->code() == core::ErrorCode::BadBackupPackage ||
+                                  ke->code() == core::ErrorCode::CertificateLint));
+    if (claim_id && may_void && definite) {
+      try {
+        void_claim(db, *claim_id, res.error);
+        res.error += " (IMEI " + res.imei + " voided)";
+      } catch (const std::exception&) {
+        res.error += " (the claim stays in the journal and resumes on the next run)";
+      }
+    }
+    return res;
+  }
+}
+
+std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit) {
+  const auto rows = db.exec(
+      "SELECT chip_id, device_id, record_json FROM journal.outbox WHERE published_at IS NULL"
+      " ORDER BY next_attempt_at LIMIT $1",
+      {limit});
+  int published = 0, pending = 0;
+  for (int i = 0; i < rows.rows(); ++i) {
+    const auto pr = publisher.publish(rows.text(i, 2));
+    if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
+      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+        tx.exec("UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
+                " WHERE chip_id = $1",
+                {rows.text(i, 0)});
+        tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1", {rows.int64(i, 1)});
+        tx.commit();
+      });
+      ++published;
+    } else {
+      db.exec(
+          "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
+          " next_attempt_at = now() + least(interval '60 s', interval '1 s' * power(2, least(attempts, 6)))"
+          " WHERE chip_id = $1",
+          {rows.text(i, 0), pr.detail.substr(0, 500)});
+      ++pending;
+    }
+  }
+  return {published, pending};
+}
+
+}  // namespace keyline::station
