@@ -14,7 +14,9 @@ constexpr std::uint8_t power_off = 0x00;
 constexpr std::uint8_t power_on = 0x01;
 constexpr std::uint8_t reset = 0x02;
 constexpr std::uint8_t get_atr = 0x04;
-// Extended APDU maximum (4 header + 3 Lc + 65535 data + 3 Le) fits; anything longer is refused.
+// The 2-byte length prefix caps a payload at 65535 bytes. A case 4E APDU has 9 bytes around its
+// data (4 header + 3 Lc + 2 Le), so at most 65526 data bytes cross the link in one frame; longer
+// data must be chained (chain_command). Anything longer is refused.
 constexpr std::size_t max_payload = 65535;
 }  // namespace vpcd
 
