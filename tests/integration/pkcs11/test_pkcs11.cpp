@@ -203,14 +203,22 @@ TEST_CASE("pkcs11-tool lists the key as sensitive and never extractable") {
                      env.user_pin + " -O");
   INFO(r.out);
   REQUIRE(r.status == 0);
-  const auto at = r.out.find("label:      " + label + "\n");
-  REQUIRE(at != std::string::npos);
-  // The private key block is the one that names our label and is followed by its Access line.
-  const auto block_start = r.out.rfind("Private Key Object", at);
-  REQUIRE(block_start != std::string::npos);
-  const auto block_end = r.out.find("Object", at);
-  const std::string block = r.out.substr(block_start, block_end == std::string::npos ? std::string::npos
-                                                                                    : block_end - block_start);
+  // Objects come in blocks that start at column 0 ("Private Key Object; EC", "Public Key Object; ...");
+  // the public half carries the same label, so pick the private key's block.
+  std::vector<std::string> blocks;
+  std::size_t pos = 0;
+  while (pos < r.out.size()) {
+    std::size_t eol = r.out.find('\n', pos);
+    if (eol == std::string::npos) eol = r.out.size();
+    const std::string line = r.out.substr(pos, eol - pos);
+    if (!line.empty() && line[0] != ' ') blocks.emplace_back();
+    if (!blocks.empty()) blocks.back() += line + "\n";
+    pos = eol + 1;
+  }
+  std::string block;
+  for (const auto& b : blocks)
+    if (b.rfind("Private Key Object", 0) == 0 && b.find("label:      " + label + "\n") != std::string::npos) block = b;
+  REQUIRE_FALSE(block.empty());
   CHECK(block.find("never extractable") != std::string::npos);
   CHECK(block.find("sensitive") != std::string::npos);
 }
