@@ -65,6 +65,7 @@ std::int64_t Result::int64(int row, int col) const {
 }
 
 Bytes Result::bytea(int row, int col) const {
+  if (is_null(row, col)) return {};
   const std::string s = text(row, col);
   // bytea_output = hex (the default since PostgreSQL 9.0): "\x" followed by two hex digits per byte.
   if (s.size() < 2 || s[0] != '\\' || s[1] != 'x' || s.size() % 2 != 0)
@@ -94,6 +95,9 @@ Connection::Connection(std::string conninfo) : m_conninfo(std::move(conninfo)) {
     m_conn = nullptr;
     throw DbError(ErrorCode::DbConnection, "cannot connect to PostgreSQL: " + msg);
   }
+  // Server NOTICEs ("relation already exists, skipping") are for interactive psql users; libpq would
+  // print them on stderr, in the middle of an operator's progress output.
+  PQsetNoticeProcessor(m_conn, [](void*, const char*) {}, nullptr);
 }
 
 Connection::Connection(Connection&& o) noexcept : m_conninfo(std::move(o.m_conninfo)), m_conn(o.m_conn) {

@@ -251,7 +251,6 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
           // Another station holds this chip right now; rolling back returns our IMEI to the pool.
           throw core::Error(errc::JournalConflict, "another station is personalizing this chip");
         }
-        tx.commit();
       });
       row = live_row(db, res.chip_id);
     }
@@ -367,7 +366,6 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
             "INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($1,$2,$3,$4)"
             " ON CONFLICT (chip_id) DO NOTHING",
             {res.chip_id, *claim_id, record.to_json(), record.hash()});
-        tx.commit();
       });
       step(Step::Record, res.chip_id);
     }
@@ -403,7 +401,6 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
         tx.exec("UPDATE journal.outbox SET published_at = now(), last_error = NULL WHERE chip_id = $1", {res.chip_id});
         tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1", {*claim_id});
-        tx.commit();
       });
     }
     step(Step::Publish, res.chip_id);
@@ -447,7 +444,6 @@ std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher,
                 " WHERE chip_id = $1",
                 {rows.text(i, 0)});
         tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1", {rows.int64(i, 1)});
-        tx.commit();
       });
       ++published;
     } else {
