@@ -1,0 +1,125 @@
+# shellcheck shell=bash
+# A whole line on one machine, for the demo and the end-to-end tests: a private PostgreSQL cluster,
+# a SoftHSM2 token, keys, the public DB server and a fleet of emulated devices. Source this file, then:
+#   line_up DIR N [TAC]   start everything under DIR with N devices (ports in LINE_DEVICES)
+#   line_personalize      personalize every device of the fleet (one station process)
+#   line_down             stop every process line_up started (also called from an EXIT trap)
+# Variables set by line_up: LINE_DIR, LINE_BIN, LINE_BACKUPDB_URL, LINE_DEVICES (array of HOST:PORT),
+# LINE_DEVICE_DIRS (array), LINE_PG_CONNINFO, plus the KEYLINE_* environment the programs read.
+
+LINE_PIDS=()
+
+line_log() { printf '%s\n' "line: $*" >&2; }
+
+line_wait_port() {  # host port seconds
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+line_free_port() {
+  local p
+  while :; do
+    p=$(( 20000 + RANDOM % 40000 ))
+    (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+  done
+}
+
+line_up() {
+  local dir=$1 n=$2 tac=${3:-35780502}
+  local top
+  top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+  LINE_DIR=$(mkdir -p "$dir" && cd "$dir" && pwd)
+  LINE_BIN=${LINE_BIN:-$top/build/bin}
+  mkdir -p "$LINE_DIR/logs"
+
+  "$top/scripts/pg.sh" start "$LINE_DIR/pg" >&2
+  LINE_PG_STARTED=1
+  "$top/scripts/hsm.sh" init "$LINE_DIR/hsm" >&2
+  export SOFTHSM2_CONF="$LINE_DIR/hsm/softhsm2.conf"
+  export KEYLINE_HSM_PIN_FILE="$LINE_DIR/hsm/user.pin"
+  export KEYLINE_PKI_DIR="$LINE_DIR/pki"
+
+  local ci port
+  ci=$(cat "$LINE_DIR/pg/conninfo")
+  port=$(cat "$LINE_DIR/pg/port")
+  LINE_PG_CONNINFO=$ci
+  for db in keyline_station keyline_backupdb; do
+    psql "$ci" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+      psql "$ci" -qc "CREATE DATABASE $db" >/dev/null
+  done
+  export KEYLINE_STATION_DB="${ci/dbname=postgres/dbname=keyline_station}"
+
+  if [ ! -f "$LINE_DIR/pki/root.pem" ]; then
+    "$LINE_BIN/keyline-station" keys init >"$LINE_DIR/logs/keys-init.log"
+    line_log "keys created on the SoftHSM token (see $LINE_DIR/logs/keys-init.log)"
+  fi
+
+  # The public DB: migrate as owner, serve as the restricted role.
+  if [ ! -f "$LINE_DIR/backupdb.pass" ]; then
+    (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$LINE_DIR/backupdb.pass")
+  fi
+  KEYLINE_BACKUPDB_ROLE_PASSWORD=$(cat "$LINE_DIR/backupdb.pass") \
+    "$LINE_BIN/keyline-backupdb" migrate --db "${ci/dbname=postgres/dbname=keyline_backupdb}" >&2
+  local bport
+  bport=$(line_free_port)
+  KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$port dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
+    "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" \
+    --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
+    --client-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+    --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
+  LINE_PIDS+=($!)
+  line_wait_port 127.0.0.1 "$bport" 20 || { line_log "public DB did not start"; cat "$LINE_DIR/logs/backupdb.out" >&2; return 1; }
+  LINE_BACKUPDB_URL="https://127.0.0.1:$bport"
+  export KEYLINE_BACKUPDB_URL=$LINE_BACKUPDB_URL
+  line_log "public DB serving on $LINE_BACKUPDB_URL"
+
+  # IMEIs for the devices (and a few spare).
+  "$LINE_BIN/keyline-station" pool generate --tac "$tac" --count $((n + 4)) >&2
+
+  # Chip fab and the fleet server.
+  rm -rf "$LINE_DIR/fleet"
+  "$LINE_BIN/keyline-device" make --dir "$LINE_DIR/fleet" --count "$n" --rom-ca "$LINE_DIR/pki/root.pem" >"$LINE_DIR/logs/make.log"
+  local base
+  base=$(line_free_port)
+  : >"$LINE_DIR/logs/fleet.out"
+  "$LINE_BIN/keyline-device" serve --fleet "$LINE_DIR/fleet" --listen "127.0.0.1:$base" ${LINE_DEVICE_FLAGS:-} \
+    >"$LINE_DIR/logs/fleet.out" 2>"$LINE_DIR/logs/fleet.log" &
+  LINE_PIDS+=($!)
+  local i
+  for ((i = 0; i < 100; i++)); do
+    [ "$(grep -c '^listening' "$LINE_DIR/logs/fleet.out")" -ge "$n" ] && break
+    sleep 0.1
+  done
+  LINE_DEVICES=()
+  LINE_DEVICE_DIRS=()
+  while read -r _ addr _ ddir; do
+    LINE_DEVICES+=("$addr")
+    LINE_DEVICE_DIRS+=("$ddir")
+  done < <(grep '^listening' "$LINE_DIR/logs/fleet.out")
+  [ "${#LINE_DEVICES[@]}" -eq "$n" ] || { line_log "fleet did not start"; cat "$LINE_DIR/logs/fleet.log" >&2; return 1; }
+  line_log "$n emulated devices listening from 127.0.0.1:$base"
+}
+
+line_personalize() {
+  local args=()
+  local d
+  for d in "${LINE_DEVICES[@]}"; do args+=(--device "$d"); done
+  "$LINE_BIN/keyline-station" personalize --json "${args[@]}"
+}
+
+line_down() {
+  local p
+  for p in "${LINE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${LINE_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  LINE_PIDS=()
+  if [ -n "${LINE_PG_STARTED:-}" ]; then
+    local top
+    top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    "$top/scripts/pg.sh" stop "$LINE_DIR/pg" >/dev/null 2>&1 || true
+    LINE_PG_STARTED=
+  fi
+}
