@@ -1,5 +1,7 @@
 #include "keyline/device/commands.h"
 
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -31,6 +33,7 @@ int cmd_make(const std::string& dir, std::size_t count, const std::string& rom_c
   if (!fleet) {
     std::set<std::string> taken;
     const auto id = make_device(dir, rom_ca, taken);
+    ::sync();
     std::cout << id.str() << " " << dir << "\n";
     return core::exit_code::ok;
   }

@@ -34,7 +34,6 @@ constexpr core::ErrorCode NoDevice = static_cast<core::ErrorCode>(2001);      //
 constexpr core::ErrorCode FlashEmpty = static_cast<core::ErrorCode>(2002);    // nothing to boot from
 constexpr core::ErrorCode PowerCut = static_cast<core::ErrorCode>(2003);      // injected power cut during a flash write
 constexpr core::ErrorCode ImageRejected = static_cast<core::ErrorCode>(2004); // image fails a boot check
-constexpr core::ErrorCode NotPersonalized = static_cast<core::ErrorCode>(2005);
 }  // namespace error
 
 enum class Lifecycle : std::uint8_t { Blank = 0x01, Personalized = 0x0F };
@@ -59,9 +58,10 @@ std::vector<fs::path> list_fleet(const fs::path& dir);
 
 // Writes bytes atomically: temporary file, fsync, rename, fsync of the directory. When power_cut_at
 // is set, only that many bytes reach the temporary file and PowerCut is thrown before the rename,
-// as a power loss would leave it: the old file is untouched.
+// as a power loss would leave it: the old file is untouched. durable = false skips the fsyncs (chip
+// fab writes thousands of small files and syncs once at the end).
 void write_atomic(const fs::path& path, const std::uint8_t* data, std::size_t len,
-                  std::optional<std::size_t> power_cut_at = std::nullopt, mode_t mode = 0644);
+                  std::optional<std::size_t> power_cut_at = std::nullopt, mode_t mode = 0644, bool durable = true);
 
 // What a successful boot knows. Fingerprints are SHA-256 of the raw public key bits (the EC point
 // of the identity key, the 32-byte X25519 key of the transport key), upper-case hex.
