@@ -96,7 +96,9 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   Pkcs11Token(const Pkcs11Token&) = delete;
   Pkcs11Token& operator=(const Pkcs11Token&) = delete;
 
-  // A session leased from the pool; waits while all max_sessions are in use.
+  // A session leased from the pool; waits while all max_sessions are in use. Every Pkcs11Token
+  // method leases its own session, so do not call them while holding a Lease (with a pool of one
+  // that would wait forever).
   class Lease {
    public:
     Lease(Pkcs11Token& token, std::unique_ptr<Pkcs11Session> s) : m_token(&token), m_session(std::move(s)) {}
