@@ -1,13 +1,110 @@
 #!/usr/bin/env bash
-# The main job (DESIGN section 8). Until the station lands (issue 5) this only prepares the machine
-# and says what it will do.
+# The main job (DESIGN section 8): a whole line on this machine.
+#   installs what is missing and builds; starts a private PostgreSQL and a SoftHSM2 token under
+#   .keyline/demo/; creates the manufacturer keys in the token; starts the public DB server; makes N
+#   emulated devices and personalizes them through the station; wipes one device's flash and restores it
+#   with the recovery tool; prints a summary and writes .keyline/demo/summary.json; stops everything.
+#
+#   scripts/demo.sh [N]     N devices (default 8, or $KEYLINE_DEMO_DEVICES)
+# Every run starts from a clean .keyline/demo/ (the previous run's processes are stopped first).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
+n=${1:-${KEYLINE_DEMO_DEVICES:-8}}
+[[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 2 ] || { echo "demo: N must be a number >= 2" >&2; exit 2; }
+
 "$top/scripts/setup.sh"
-cat >&2 <<'MSG'
-demo: the station (keyline-station) has not landed yet, so the demo cannot personalize devices.
-demo: when it lands this script starts PostgreSQL and SoftHSM under .keyline/, the public DB, N emulated
-demo: devices, personalizes them, restores one after a flash wipe and writes .keyline/demo/summary.json.
-MSG
-exit 1
+
+demo=.keyline/demo
+# A previous run that was killed hard may have left its cluster or servers running.
+if [ -f "$demo/pids" ]; then
+  while read -r p; do kill "$p" 2>/dev/null || true; done <"$demo/pids"
+fi
+[ -d "$demo/pg" ] && "$top/scripts/pg.sh" stop "$demo/pg" >/dev/null 2>&1 || true
+rm -rf "$demo"
+mkdir -p "$demo/certs"
+
+# shellcheck source=lib/line.sh
+source "$top/scripts/lib/line.sh"
+finish() {
+  local rc=$?
+  line_down
+  rm -f "$demo/pids"
+  [ $rc -eq 0 ] || echo "demo: FAILED (exit $rc); logs are in $demo/logs/" >&2
+  exit $rc
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "1/5 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
+line_up "$demo" "$n"
+printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
+
+step "2/5 personalizing $n devices through keyline-station"
+line_personalize | tee "$demo/personalize.jsonl"
+personalized=$(grep -c '"done":true' "$demo/personalize.jsonl" || true)
+[ "$personalized" -eq "$n" ] || { echo "demo: only $personalized of $n devices personalized" >&2; exit 1; }
+
+# What the public DB now holds, fetched as any service server would.
+published=0
+certs=()
+while read -r chip; do
+  if curl -sf --cacert "$demo/pki/tls-ca.pem" -H 'Accept: application/x-pem-file' \
+      "$LINE_BACKUPDB_URL/v1/records/$chip/certificate" -o "$demo/certs/$chip.pem"; then
+    published=$((published + 1))
+    certs+=("$demo/certs/$chip.pem")
+  fi
+done < <(sed -n 's/.*"chip_id":"\([0-9A-F]*\)".*/\1/p' "$demo/personalize.jsonl")
+for c in "${certs[@]}"; do
+  openssl verify -CAfile "$demo/pki/root.pem" -untrusted "$demo/pki/device-ca.pem" "$c" >/dev/null
+done
+echo "public DB holds $published records; every identity certificate verifies with openssl against the root"
+
+step "3/5 the owner of device 0 loses its flash"
+dev0=${LINE_DEVICE_DIRS[0]}
+addr0=${LINE_DEVICES[0]}
+"$LINE_BIN/keyline-device" boot --dir "$dev0" >"$demo/boot-before.txt"
+cat "$demo/boot-before.txt"
+"$LINE_BIN/keyline-device" wipe-flash --dir "$dev0"
+if "$LINE_BIN/keyline-device" boot --dir "$dev0" >/dev/null 2>&1; then
+  echo "demo: device still boots after the wipe" >&2
+  exit 1
+fi
+echo "device $addr0 no longer boots"
+
+step "4/5 keyline-recovery restores it from the public DB"
+"$LINE_BIN/keyline-recovery" restore --device "$addr0" --db "$LINE_BACKUPDB_URL" \
+  --ca "$demo/pki/tls-ca.pem" --trust "$demo/pki/root.pem" | tee "$demo/recovery.txt"
+"$LINE_BIN/keyline-device" boot --dir "$dev0" >"$demo/boot-after.txt"
+cat "$demo/boot-after.txt"
+
+field() { sed -n "s/^$1 //p" "$2"; }
+chip=$(field chip_id "$demo/boot-before.txt")
+imei_before=$(field imei "$demo/boot-before.txt")
+imei_after=$(field imei "$demo/boot-after.txt")
+match=false
+if [ -n "$imei_before" ] && [ "$imei_before" = "$imei_after" ] &&
+   [ "$(grep -v '^chip_id\|^imei' "$demo/boot-before.txt")" = "$(grep -v '^chip_id\|^imei' "$demo/boot-after.txt")" ]; then
+  match=true
+fi
+
+step "5/5 summary"
+certs_json=$(printf '"%s",' "${certs[@]}")
+cat >"$demo/summary.json" <<JSON
+{
+  "devices_personalized": $personalized,
+  "devices_published": $published,
+  "root_ca": "$demo/pki/root.pem",
+  "device_ca": "$demo/pki/device-ca.pem",
+  "identity_certs": [${certs_json%,}],
+  "recovery": {"chip_id": "$chip", "imei_before": "$imei_before", "imei_after": "$imei_after", "key_fingerprints_match": $match},
+  "kps_transfer": {"ok": false, "skipped": "keyline-kps is not part of this build yet"}
+}
+JSON
+printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in the public DB" "$published" \
+  "root certificate" "$demo/pki/root.pem" "Device CA certificate" "$demo/pki/device-ca.pem" \
+  "identity certificates" "$demo/certs/" "restored device" "chip $chip, IMEI $imei_before -> $imei_after" \
+  "keys identical after restore" "$match" "summary" "$demo/summary.json"
+[ "$match" = true ] || { echo "demo: the restored device differs from the original" >&2; exit 1; }
