@@ -5,11 +5,20 @@
 
 namespace keyline::backupdb {
 
+std::size_t Metrics::route_index(const std::string& route) {
+  for (std::size_t i = 0; i + 1 < kRoutes.size(); ++i)
+    if (route == kRoutes[i]) return i;
+  return kRoutes.size() - 1;
+}
+
+std::size_t Metrics::status_index(int status) {
+  for (std::size_t i = 0; i < kStatuses.size(); ++i)
+    if (kStatuses[i] == status) return i;
+  return kStatuses.size();  // "other"
+}
+
 void Metrics::observe(const std::string& route, int status, double seconds) {
-  {
-    std::lock_guard<std::mutex> g(m_mutex);
-    ++m_requests[{route, status}];
-  }
+  ++m_requests[route_index(route)][status_index(status)];
   std::size_t i = 0;
   while (i < kBounds.size() && seconds > kBounds[i]) ++i;
   ++m_buckets[i];
@@ -21,10 +30,13 @@ std::string Metrics::render(std::size_t cache_hits, std::size_t cache_misses) co
   std::ostringstream o;
   o << "# HELP keyline_backupdb_requests_total HTTP requests by route and status.\n"
        "# TYPE keyline_backupdb_requests_total counter\n";
-  {
-    std::lock_guard<std::mutex> g(m_mutex);
-    for (const auto& [k, n] : m_requests)
-      o << "keyline_backupdb_requests_total{route=\"" << k.first << "\",status=\"" << k.second << "\"} " << n << "\n";
+  for (std::size_t r = 0; r < kRoutes.size(); ++r) {
+    for (std::size_t s = 0; s <= kStatuses.size(); ++s) {
+      const auto n = m_requests[r][s].load();
+      if (n == 0) continue;
+      const std::string status = s < kStatuses.size() ? std::to_string(kStatuses[s]) : "other";
+      o << "keyline_backupdb_requests_total{route=\"" << kRoutes[r] << "\",status=\"" << status << "\"} " << n << "\n";
+    }
   }
   o << "# HELP keyline_backupdb_request_duration_seconds Time from request parsed to response sent.\n"
        "# TYPE keyline_backupdb_request_duration_seconds histogram\n";

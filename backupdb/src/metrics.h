@@ -20,8 +20,14 @@ class Metrics {
   // Bucket bounds in seconds: sub-millisecond resolution where a cached read lands, up to 5 s.
   static constexpr std::array<double, 12> kBounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                       0.01,   0.025,   0.05,   0.1,   0.5,    5.0};
-  mutable std::mutex m_mutex;
-  std::map<std::pair<std::string, int>, unsigned long long> m_requests;
+  // Fixed label sets, so counting is a lock-free atomic increment on the hot path.
+  static constexpr std::array<const char*, 10> kRoutes = {"record", "record_backup", "record_certificate", "imei",
+                                                          "publish", "ca", "healthz", "metrics", "other", "unknown"};
+  static constexpr std::array<int, 15> kStatuses = {200, 201, 304, 400, 401, 403, 404, 405,
+                                                    409, 413, 415, 422, 429, 500, 503};
+  static std::size_t route_index(const std::string& route);
+  static std::size_t status_index(int status);
+  std::array<std::array<std::atomic<unsigned long long>, kStatuses.size() + 1>, kRoutes.size()> m_requests{};
   std::array<std::atomic<unsigned long long>, kBounds.size() + 1> m_buckets{};
   std::atomic<unsigned long long> m_count{0};
   std::atomic<unsigned long long> m_sum_us{0};

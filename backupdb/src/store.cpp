@@ -17,29 +17,31 @@ std::string utc_now_iso() {
 }  // namespace
 
 Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries)
-    : m_pool(conninfo, pool_size), m_capacity(cache_entries) {}
+    : m_pool(conninfo, pool_size), m_shard_capacity(cache_entries == 0 ? 0 : (cache_entries + kShards - 1) / kShards) {}
 
 RecordPtr Store::cache_get(const std::string& chip_id) {
-  std::lock_guard<std::mutex> g(m_mutex);
-  const auto it = m_index.find(chip_id);
-  if (it == m_index.end()) {
+  Shard& sh = shard_of(chip_id);
+  std::lock_guard<std::mutex> g(sh.mutex);
+  const auto it = sh.index.find(chip_id);
+  if (it == sh.index.end()) {
     ++m_misses;
     return nullptr;
   }
   ++m_hits;
-  m_lru.splice(m_lru.begin(), m_lru, it->second);
+  sh.lru.splice(sh.lru.begin(), sh.lru, it->second);
   return *it->second;
 }
 
 void Store::cache_put(const RecordPtr& r) {
-  if (m_capacity == 0) return;
-  std::lock_guard<std::mutex> g(m_mutex);
-  if (m_index.count(r->chip_id)) return;
-  m_lru.push_front(r);
-  m_index[r->chip_id] = m_lru.begin();
-  if (m_lru.size() > m_capacity) {
-    m_index.erase(m_lru.back()->chip_id);
-    m_lru.pop_back();
+  if (m_shard_capacity == 0) return;
+  Shard& sh = shard_of(r->chip_id);
+  std::lock_guard<std::mutex> g(sh.mutex);
+  if (sh.index.count(r->chip_id)) return;
+  sh.lru.push_front(r);
+  sh.index[r->chip_id] = sh.lru.begin();
+  if (sh.lru.size() > m_shard_capacity) {
+    sh.index.erase(sh.lru.back()->chip_id);
+    sh.lru.pop_back();
   }
 }
 
