@@ -9,6 +9,8 @@ int exit_code_for(ErrorCode code) noexcept {
     return exit_code::unavailable;
   if (code == ErrorCode::DbUniqueViolation || code == ErrorCode::Http) return exit_code::refused;
   if (n >= 1250 && n < 1300) return exit_code::hsm;
+  // keyline-device: an empty flash (2002) or an image a boot check rejects (2004) is bad input.
+  if (n == 2002 || n == 2004) return exit_code::bad_input;
   if (n >= 1000 && n < 1250) return exit_code::bad_input;
   return exit_code::failure;
 }
