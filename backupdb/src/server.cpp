@@ -407,7 +407,10 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     Reply r = problem(409, "conflict",
                       "a different record is already published for this " +
                           (res.conflict_on.empty() ? std::string("chip ID or IMEI") : res.conflict_on),
-                      {{"published_hash", res.existing_hash}, {"submitted_hash", hash}, {"conflict_on", res.conflict_on}});
+                      {{"published_hash", res.existing_hash},
+                       {"submitted_hash", hash},
+                       {"conflict_on", res.conflict_on},
+                       {"code", std::to_string(static_cast<int>(errc::PublishConflict))}});
     r.log_detail = "station " + station;
     return r;
   }

@@ -13,7 +13,6 @@ namespace keyline::backupdb {
 // Part-specific error codes (range 3000-3999, error.h).
 namespace errc {
 constexpr auto PublishConflict = static_cast<core::ErrorCode>(3001);  // different content for a chip/IMEI
-constexpr auto Migration = static_cast<core::ErrorCode>(3010);        // a migration failed to apply
 constexpr auto Tls = static_cast<core::ErrorCode>(3020);              // TLS material unusable
 }  // namespace errc
 
