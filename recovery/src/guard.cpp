@@ -1,0 +1,49 @@
+#include <cstdio>
+#include <exception>
+
+#include "keyline/recovery/errors.h"
+#include "keyline/recovery/recovery.h"
+
+namespace keyline::recovery {
+
+const char* const kExitCodeHelp =
+    "Exit codes:\n"
+    "  0  done (restored, or verified on --dry-run, or bundle written)\n"
+    "  1  other failure (the message says which)\n"
+    "  2  usage: bad or missing flags, unreadable --trust/--ca file\n"
+    "  3  verification failed: chain, chip ID, IMEI, backup package or bundle; nothing was written\n"
+    "  4  the public DB (after retries) or the device cannot be reached\n"
+    "  5  the device refused the image; it keeps its previous state\n"
+    "  7  no record for this chip in the public DB (HTTP 404)";
+
+int exit_code_for(const core::Error& e) noexcept {
+  const auto c = e.code();
+  if (c == errc::NoRecord) return exit_code::no_record;
+  if (c == errc::VerificationFailed || c == errc::BadBundle) return exit_code::verification_failed;
+  if (c == errc::DbUnavailable || c == errc::DeviceUnreachable) return exit_code::unavailable;
+  if (c == errc::DeviceRefused || c == errc::DbRefused) return exit_code::device_refused;
+  if (c == errc::IdentityMismatch) return exit_code::failure;
+  // Core codes keep the shared meaning (core::exit_code_for): Config/Usage 2, Network 4, formats 3.
+  const int shared = core::exit_code_for(c);
+  return shared == core::exit_code::hsm ? exit_code::failure : shared;
+}
+
+int run_guarded(const std::function<int()>& body) noexcept {
+  try {
+    return body();
+  } catch (const core::Error& e) {
+    const int code = exit_code_for(e);
+    std::fprintf(stderr, "keyline-recovery: error %d: %s\n", e.numeric(), e.what());
+    if (e.code() == errc::VerificationFailed || e.code() == errc::BadBundle)
+      std::fprintf(stderr, "keyline-recovery: nothing was written to the device\n");
+    return code;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keyline-recovery: error: %s\n", e.what());
+    return exit_code::failure;
+  } catch (...) {
+    std::fprintf(stderr, "keyline-recovery: error: unknown failure\n");
+    return exit_code::failure;
+  }
+}
+
+}  // namespace keyline::recovery

@@ -1,0 +1,388 @@
+#include <botan/hash.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <system_error>
+
+#include <unistd.h>
+
+#include "keyline/core/backup_package.h"
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/device_link.h"
+#include "keyline/core/flash_image.h"
+#include "keyline/core/http.h"
+#include "keyline/recovery/errors.h"
+#include "keyline/recovery/recovery.h"
+
+namespace keyline::recovery {
+
+namespace {
+
+// docs/protocol.md section 2.
+constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
+// docs/protocol.md section 4: offsets go up to 32767 (15 bits), the staging area ends 65535 later.
+constexpr std::size_t kMaxOffset = 0x7FFF;
+constexpr std::size_t kChunk = 255;
+
+void say(std::ostream* out, const std::string& line) {
+  if (out) *out << "keyline-recovery: " << line << std::endl;
+}
+
+core::CommandApdu apdu(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2) {
+  core::CommandApdu c;
+  c.cla = cla;
+  c.ins = ins;
+  c.p1 = p1;
+  c.p2 = p2;
+  return c;
+}
+
+std::string sw_hex(std::uint16_t sw) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04X", sw);
+  return buf;
+}
+
+std::vector<Botan::X509_Certificate> load_anchors(const std::string& path) {
+  if (path.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--trust (manufacturer root, PEM) is required");
+  try {
+    return core::load_certificates_pem(path);
+  } catch (const core::Error& e) {
+    throw core::ConfigError(core::ErrorCode::Config, "cannot use trust anchor file " + path + ": " + e.what());
+  }
+}
+
+// The device side of one restore: every exchange goes through here so that a lost link reads as
+// "device unreachable" and not as a protocol error.
+class Device {
+ public:
+  Device(const std::string& endpoint, std::chrono::milliseconds timeout) : m_endpoint(endpoint) {
+    const auto [host, port] = core::DeviceLink::parse_endpoint(endpoint);
+    core::DeviceLinkOptions o;
+    o.io_timeout = timeout;
+    m_link = std::make_unique<core::DeviceLink>(host, port, o);
+    try {
+      m_link->connect();
+    } catch (const core::Error& e) {
+      throw core::IoError(errc::DeviceUnreachable, "the device at " + endpoint + " cannot be reached: " + e.what());
+    }
+  }
+
+  core::ResponseApdu send(const core::CommandApdu& c, const char* what) {
+    try {
+      return m_link->transmit(c);
+    } catch (const core::FormatError& e) {
+      throw core::Error(errc::DeviceRefused, std::string("the device answered ") + what + " with a malformed response: " + e.what());
+    } catch (const core::Error& e) {
+      throw core::IoError(errc::DeviceUnreachable,
+                          std::string("lost the device at ") + m_endpoint + " during " + what + ": " + e.what());
+    }
+  }
+
+ private:
+  std::string m_endpoint;
+  std::unique_ptr<core::DeviceLink> m_link;
+};
+
+// STATUS (80 C4): lifecycle (1) || chip ID (10) || flash state (1) || IMEI (15, when personalized).
+struct DeviceStatus {
+  std::uint8_t lifecycle = 0;
+  std::uint8_t flash = 0;
+  std::optional<core::Imei> imei;
+};
+
+DeviceStatus read_status(Device& dev) {
+  auto c = apdu(0x80, 0xC4, 0, 0);
+  c.le = 256;
+  const auto r = dev.send(c, "STATUS");
+  if (r.sw != core::sw::ok || r.data.size() < 12)
+    throw core::Error(errc::DeviceRefused, "the device refused STATUS (" + core::sw_text(r.sw) + ")");
+  DeviceStatus s;
+  s.lifecycle = r.data[0];
+  s.flash = r.data[11];
+  if (r.data.size() >= 27) s.imei = core::Imei::parse(std::string(r.data.begin() + 12, r.data.begin() + 27));
+  return s;
+}
+
+core::ChipId read_chip_id(Device& dev) {
+  auto c = apdu(0x80, 0xCA, 0x9F, 0x7F);
+  c.le = 256;
+  const auto r = dev.send(c, "GET DATA CPLC");
+  if (r.sw != core::sw::ok) throw core::Error(errc::DeviceRefused, "the device refused GET DATA CPLC (" + core::sw_text(r.sw) + ")");
+  try {
+    return core::Cplc::parse(r.data.data(), r.data.size()).chip_id();
+  } catch (const core::Error& e) {
+    throw core::Error(errc::DeviceRefused, std::string("the device's CPLC does not parse: ") + e.what());
+  }
+}
+
+void select_applet(Device& dev) {
+  auto c = apdu(0x00, 0xA4, 0x04, 0x00);
+  c.data.assign(std::begin(kAid), std::end(kAid));
+  const auto r = dev.send(c, "SELECT");
+  if (r.sw != core::sw::ok)
+    throw core::Error(errc::DeviceRefused, "the device refused SELECT of the keyline applet (" + core::sw_text(r.sw) + ")");
+}
+
+std::string read_text_file(const std::string& path, const char* what, core::ErrorCode code) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw core::Error(code, std::string("cannot read ") + what + " " + path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) throw core::IoError(core::ErrorCode::Io, "cannot write " + tmp);
+  const bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size() && std::fflush(f) == 0 &&
+                  ::fsync(fileno(f)) == 0;
+  std::fclose(f);
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw core::IoError(core::ErrorCode::Io, "cannot write " + path);
+  }
+}
+
+}  // namespace
+
+std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id) {
+  if (db.url.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--db (public DB URL) is required");
+  core::http::ClientOptions o;
+  o.base_url = db.url;
+  o.ca_file = db.ca_file;
+  o.connect_attempts = db.attempts;
+  o.backoff = db.backoff;
+  o.connect_timeout = db.timeout;
+  o.io_timeout = db.timeout;
+  core::http::Client client(o);
+  core::http::Response r;
+  try {
+    r = client.get("/v1/records/" + chip_id.str(), {{"Accept", "application/json"}});
+  } catch (const core::ConfigError&) {
+    throw;
+  } catch (const core::Error& e) {
+    throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " cannot be reached (" +
+                                                 std::to_string(db.attempts) + " attempts): " + e.what());
+  }
+  if (r.status == 200) return r.body;
+  if (r.status == 404)
+    throw core::Error(errc::NoRecord, "the public DB has no record for chip " + chip_id.str() +
+                                          ": this device was never published, or this is the wrong DB");
+  if (r.status >= 500 || r.status == 429)
+    throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " answered HTTP " + std::to_string(r.status) +
+                                                 "; try again later");
+  throw core::Error(errc::DbRefused, "the public DB refused the lookup of chip " + chip_id.str() + " with HTTP " +
+                                         std::to_string(r.status));
+}
+
+core::Record parse_bundle(const std::string& text, const std::string& name) {
+  try {
+    return core::Record::from_json(text);
+  } catch (const core::Error& e) {
+    throw core::FormatError(errc::BadBundle, "offline bundle " + name + " is corrupt: " + e.what());
+  }
+}
+
+void verify_record(const core::Record& record, const core::ChipId& device_chip,
+                   const std::vector<Botan::X509_Certificate>& anchors) {
+  if (record.chip_id != device_chip)
+    throw core::Error(errc::VerificationFailed, "the record is for chip " + record.chip_id.str() +
+                                                    ", but the device is chip " + device_chip.str());
+  try {
+    core::validate_record(record, anchors);
+  } catch (const core::Error& e) {
+    throw core::Error(errc::VerificationFailed, e.what());
+  }
+}
+
+std::vector<core::CommandApdu> update_binary_commands(const core::Bytes& image) {
+  if (image.empty()) throw core::Error(errc::VerificationFailed, "the flash image is empty");
+  const std::size_t last = (image.size() - 1) / kChunk * kChunk;
+  if (last > kMaxOffset)
+    throw core::Error(errc::VerificationFailed, "the flash image (" + std::to_string(image.size()) +
+                                                    " bytes) does not fit the device's staging area");
+  std::vector<core::CommandApdu> out;
+  for (std::size_t off = 0; off < image.size(); off += kChunk) {
+    auto c = apdu(0x00, 0xD6, static_cast<std::uint8_t>(off >> 8), static_cast<std::uint8_t>(off & 0xFF));
+    const std::size_t n = std::min(kChunk, image.size() - off);
+    c.data.assign(image.begin() + static_cast<std::ptrdiff_t>(off), image.begin() + static_cast<std::ptrdiff_t>(off + n));
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+BootAnswer parse_boot_answer(const core::SecureBytes& data) {
+  if (data.size() != 15 + 32 && data.size() != 15 + 32 + 32)
+    throw core::FormatError(core::ErrorCode::BadApdu,
+                            "boot answer has " + std::to_string(data.size()) + " bytes, expected 47 or 79");
+  BootAnswer a;
+  a.imei = core::Imei::parse(std::string(data.begin(), data.begin() + 15));
+  a.identity_key_sha256 = core::to_hex(data.data() + 15, 32);
+  if (data.size() == 79) a.transport_key_sha256 = core::to_hex(data.data() + 47, 32);
+  return a;
+}
+
+std::string key_fingerprint(const Botan::X509_Certificate& cert) {
+  const auto bits = cert.subject_public_key_bitstring();
+  const auto h = Botan::HashFunction::create_or_throw("SHA-256")->process(bits.data(), bits.size());
+  return core::to_hex(h.data(), h.size());
+}
+
+RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
+  if (options.device.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--device HOST:PORT is required");
+  const bool offline = !options.bundle.empty();
+  const auto anchors = load_anchors(options.trust_file);
+
+  // The bundle is read before the device is touched: a corrupt one needs no device to be refused.
+  std::optional<core::Record> record;
+  std::string raw;
+  if (offline) {
+    raw = read_text_file(options.bundle, "offline bundle", errc::BadBundle);
+    record = parse_bundle(raw, options.bundle);
+  }
+
+  Device dev(options.device, options.device_timeout);
+  const core::ChipId chip = read_chip_id(dev);
+  say(progress, "device " + options.device + " is chip " + chip.str());
+
+  if (!offline) {
+    raw = fetch_record_json(options.db, chip);
+    try {
+      record = core::Record::from_json(raw);
+    } catch (const core::Error& e) {
+      throw core::Error(errc::VerificationFailed, std::string("the public DB served a record that does not parse: ") + e.what());
+    }
+    say(progress, "fetched the record of chip " + chip.str() + " from " + options.db.url);
+  }
+
+  // Invariant 6 (DESIGN section 9): every check comes before the first UPDATE BINARY.
+  verify_record(*record, chip, anchors);
+  const Botan::X509_Certificate identity(record->certificates.front());
+  const std::string identity_fp = key_fingerprint(identity);
+  say(progress, "verified: chain to the trust anchor, chip ID and IMEI " + record->imei.str() + " in the certificate, backup header");
+
+  select_applet(dev);
+  const DeviceStatus st = read_status(dev);
+  // docs/protocol.md section 2: lifecycle 01 BLANK; BOOT STAGED needs a personalized device.
+  if (st.lifecycle == 0x01)
+    throw core::Error(errc::VerificationFailed, "the device is blank (never personalized), so it cannot take chip " +
+                                                    chip.str() + "'s backup");
+  if (st.imei && *st.imei != record->imei)
+    throw core::Error(errc::VerificationFailed, "the device's fuse holds IMEI " + st.imei->str() + ", the record IMEI " +
+                                                    record->imei.str());
+
+  // The device proves it can open the backup before anything is written (RESTORE DRILL with the
+  // backup as data, docs/protocol.md section 3): a package altered by one bit or sealed by another
+  // chip fails the AES-GCM check there, and no byte reaches the staging area.
+  auto drill = apdu(0x80, 0xC6, 0, 0);
+  drill.data.assign(record->backup.begin(), record->backup.end());
+  drill.le = 256;
+  const auto d = dev.send(drill, "RESTORE DRILL");
+  if (d.sw == core::sw::wrong_data)
+    throw core::Error(errc::VerificationFailed, "the backup package does not open on this chip (altered, or sealed by another chip)");
+  if (d.sw != core::sw::ok)
+    throw core::Error(errc::DeviceRefused, "the device refused the restore drill (" + core::sw_text(d.sw) + ")");
+  say(progress, "the device opens the backup package");
+
+  const core::Bytes image = core::FlashImage{record->backup, record->certificates}.encode();
+  const auto commands = update_binary_commands(image);
+
+  RestoreResult result;
+  result.chip_id = chip;
+  result.imei = record->imei;
+  result.record_hash = record->hash();
+  result.identity_key_sha256 = identity_fp;
+  result.image_size = image.size();
+  result.source = offline ? options.bundle : options.db.url;
+  if (st.flash == 0x01) say(progress, "note: the device's current flash image boots; it will be replaced by the record's");
+
+  if (options.dry_run) {
+    say(progress, "dry run: verified, nothing written (" + std::to_string(image.size()) + "-byte image)");
+    return result;
+  }
+
+  for (const auto& c : commands) {
+    const auto r = dev.send(c, "UPDATE BINARY");
+    if (r.sw != core::sw::ok) {
+      const std::size_t off = (static_cast<std::size_t>(c.p1) << 8) | c.p2;
+      throw core::Error(errc::DeviceRefused, "the device refused UPDATE BINARY at offset " + std::to_string(off) + " (" +
+                                                 core::sw_text(r.sw) + "); its flash image is unchanged");
+    }
+  }
+  say(progress, "wrote " + std::to_string(image.size()) + " bytes into the staging area in " +
+                    std::to_string(commands.size()) + " UPDATE BINARY commands");
+
+  auto boot = apdu(0x80, 0xC2, 0, 0);
+  boot.le = 256;
+  const auto b = dev.send(boot, "BOOT STAGED");
+  if (b.sw != core::sw::ok)
+    throw core::Error(errc::DeviceRefused, "the device refused the image (" + core::sw_text(b.sw) + ", SW " + sw_hex(b.sw) +
+                                               "); it keeps its previous state");
+  BootAnswer a;
+  try {
+    a = parse_boot_answer(b.data);
+  } catch (const core::Error& e) {
+    throw core::Error(errc::DeviceRefused, std::string("the device booted but its answer does not parse: ") + e.what());
+  }
+  result.written = true;
+  if (a.imei != record->imei)
+    throw core::Error(errc::IdentityMismatch, "the device booted IMEI " + a.imei.str() + ", the record says " + record->imei.str());
+  if (a.identity_key_sha256 != identity_fp)
+    throw core::Error(errc::IdentityMismatch, "the device booted an identity key other than the certificate's");
+  result.identity_key_sha256 = a.identity_key_sha256;
+  result.transport_key_sha256 = a.transport_key_sha256;
+  say(progress, "the device booted the restored image");
+  return result;
+}
+
+core::Record fetch(const FetchOptions& options, std::ostream* progress) {
+  if (options.out.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--out FILE is required");
+  core::ChipId chip;
+  try {
+    chip = core::ChipId::parse(options.chip_id);
+  } catch (const core::Error& e) {
+    throw core::ConfigError(core::ErrorCode::Usage, std::string("--chip-id: ") + e.what());
+  }
+  const std::string raw = fetch_record_json(options.db, chip);
+  core::Record record;
+  try {
+    record = core::Record::from_json(raw);
+  } catch (const core::Error& e) {
+    throw core::Error(errc::VerificationFailed, std::string("the public DB served a record that does not parse: ") + e.what());
+  }
+  if (record.chip_id != chip)
+    throw core::Error(errc::VerificationFailed, "the public DB served the record of chip " + record.chip_id.str() +
+                                                    " for chip " + chip.str());
+  if (!options.trust_file.empty()) {
+    verify_record(record, chip, load_anchors(options.trust_file));
+    say(progress, "verified against " + options.trust_file);
+  }
+  // The bundle is the record exactly as served: self-describing, and its record_hash still checks.
+  write_file_atomic(options.out, raw);
+  say(progress, "wrote the offline bundle of chip " + chip.str() + " (IMEI " + record.imei.str() + ") to " + options.out);
+  return record;
+}
+
+std::string format_result(const RestoreResult& r, bool json) {
+  std::ostringstream o;
+  if (json) {
+    using core::http::json_escape;
+    o << "{\"chip_id\":\"" << r.chip_id.str() << "\",\"imei\":\"" << r.imei.str() << "\",\"identity_key_sha256\":\""
+      << r.identity_key_sha256 << "\",\"transport_key_sha256\":\"" << r.transport_key_sha256 << "\",\"record_hash\":\""
+      << r.record_hash << "\",\"image_bytes\":" << r.image_size << ",\"written\":" << (r.written ? "true" : "false")
+      << ",\"source\":\"" << json_escape(r.source) << "\"}\n";
+    return o.str();
+  }
+  o << "chip_id " << r.chip_id.str() << "\n"
+    << "imei " << r.imei.str() << "\n"
+    << "identity_key_sha256 " << r.identity_key_sha256 << "\n";
+  if (!r.transport_key_sha256.empty()) o << "transport_key_sha256 " << r.transport_key_sha256 << "\n";
+  o << "record_hash " << r.record_hash << "\n"
+    << "written " << (r.written ? "yes" : "no (dry run)") << "\n";
+  return o.str();
+}
+
+}  // namespace keyline::recovery
