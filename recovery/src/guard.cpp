@@ -33,7 +33,8 @@ int run_guarded(const std::function<int()>& body) noexcept {
     return body();
   } catch (const core::Error& e) {
     const int code = exit_code_for(e);
-    std::fprintf(stderr, "keyline-recovery: error %d: %s\n", e.numeric(), e.what());
+    const bool verify = e.code() == errc::VerificationFailed;
+    std::fprintf(stderr, "keyline-recovery: error %d: %s%s\n", e.numeric(), verify ? "verification failed: " : "", e.what());
     if (e.code() == errc::VerificationFailed || e.code() == errc::BadBundle)
       std::fprintf(stderr, "keyline-recovery: nothing was written to the device\n");
     return code;
