@@ -62,6 +62,26 @@ int main(int argc, char** argv) {
   pers->add_option("--device", devices, "device address HOST:PORT (repeat for several)")->required();
   pers->add_flag("--json", json, "one JSON line per device");
 
+  RunRequest run_req;
+  auto* run = app.add_subcommand(
+      "run", "run the line: personalize many devices at once from a line profile or a device fleet, until all "
+             "are done, --count are done, or SIGINT/SIGTERM (in-flight devices finish, nothing new starts)");
+  run->add_option("--profile", run_req.profile, "line profile (JSON: devices, concurrency, tac, application_items ...)");
+  run->add_option("--device", run_req.devices, "device address HOST:PORT (repeat for several)");
+  run->add_option("--fleet", run_req.fleet_file, "file of `keyline-device serve --fleet` lines: listening HOST:PORT CHIPID DIR");
+  run->add_option("--fleet-ports", run_req.fleet_ports, "[HOST:]BASE:COUNT consecutive device ports");
+  run->add_option("--concurrency,-j", run_req.concurrency, "devices at once (default: the profile's, else 8)");
+  run->add_option("--count", run_req.count, "stop once this many devices are done (published)");
+  run->add_option("--publish-wait", run_req.publish_wait_s, "seconds to wait for the outbox after the last device")
+      ->capture_default_str();
+  run->add_option("--progress", run_req.progress, "auto | tty | plain")
+      ->check(CLI::IsMember({"auto", "tty", "plain"}))
+      ->capture_default_str();
+  run->add_option("--crash-at", run_req.crash_at,
+                  "crash tests only: abort() at <step>[:N] (read-device, claim, issue, store, backup, record, publish, "
+                  "drain); also KEYLINE_STATION_CRASH_AT")
+      ->envname("KEYLINE_STATION_CRASH_AT");
+
   auto* publish = app.add_subcommand("publish", "send the records waiting in the outbox to the public DB");
   auto* status = app.add_subcommand("status", "journal states, outbox and pool");
   status->add_flag("--json", json, "machine-readable output");
@@ -75,6 +95,7 @@ int main(int argc, char** argv) {
     if (*pool_imp) return cmd_pool_import(cfg, csv);
     if (*pool_st) return cmd_pool_status(cfg, json);
     if (*pers) return cmd_personalize(cfg, devices, json);
+    if (*run) return cmd_run(cfg, run_req);
     if (*publish) return cmd_publish(cfg);
     if (*status) return cmd_status(cfg, json);
     return 2;

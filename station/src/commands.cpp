@@ -1,12 +1,16 @@
 #include "keyline/station/commands.h"
 
+#include <cstdlib>
 #include <iostream>
+
+#include <unistd.h>
 
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
+#include "keyline/station/line.h"
 #include "keyline/station/personalize.h"
 #include "keyline/station/pool.h"
 
@@ -127,6 +131,34 @@ int cmd_status(const StationConfig& config, bool json) {
     std::cout << "pool: " << s.imeis << " IMEIs, " << s.keys << " key sets\n";
   }
   return 0;
+}
+
+int cmd_run(const StationConfig& config, const RunRequest& request) {
+  LineProfile profile;
+  if (!request.profile.empty()) profile = load_profile(request.profile);
+  for (const auto& d : request.devices) profile.devices.push_back({d, ""});
+  if (!request.fleet_file.empty()) {
+    auto more = read_fleet_file(request.fleet_file);
+    profile.devices.insert(profile.devices.end(), more.begin(), more.end());
+  }
+  if (!request.fleet_ports.empty()) {
+    auto more = fleet_ports(request.fleet_ports);
+    profile.devices.insert(profile.devices.end(), more.begin(), more.end());
+  }
+  if (profile.devices.empty())
+    throw core::ConfigError(core::ErrorCode::Usage, "no devices: give --profile, --fleet, --fleet-ports or --device");
+  if (request.concurrency > 0) profile.concurrency = request.concurrency;
+  if (!request.crash_at.empty()) ::setenv("KEYLINE_STATION_CRASH_AT", request.crash_at.c_str(), 1);
+  LineOptions opt;
+  opt.count = request.count;
+  opt.publish_wait_ms = request.publish_wait_s * 1000;
+  opt.terminal = request.progress == "tty" || (request.progress == "auto" && ::isatty(1));
+  install_line_signal_handlers();
+  const auto s = run_line(config, profile, opt, std::cout);
+  print_summary(s, std::cout);
+  if (s.failed > 0) return core::exit_code::failure;
+  // Exit 4: everything else went through, but some records still wait for the public DB.
+  return s.publishing > 0 ? core::exit_code::unavailable : core::exit_code::ok;
 }
 
 }  // namespace keyline::station

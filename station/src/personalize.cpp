@@ -294,6 +294,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       pkg.identity_key = identity_pkcs8;
       pkg.transport_key = transport_raw;
       pkg.comm_key = comm_key;
+      pkg.app_items = m_app_items;
       const core::SecureBytes encoded = pkg.encode();
       const core::Bytes digest = core::package_digest(encoded);
       db.exec(

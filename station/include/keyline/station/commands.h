@@ -19,4 +19,19 @@ int cmd_personalize(const StationConfig& config, const std::vector<std::string>&
 int cmd_publish(const StationConfig& config);
 int cmd_status(const StationConfig& config, bool json);
 
+// The line (issue #7): devices from a profile, a fleet file, --fleet-ports and --device, personalized
+// `concurrency` at a time until all are done, `count` are done, or SIGINT/SIGTERM (drain, then stop).
+struct RunRequest {
+  std::string profile;                // JSON line profile (optional)
+  std::vector<std::string> devices;   // HOST:PORT
+  std::string fleet_file;             // "listening HOST:PORT CHIPID DIR" lines
+  std::string fleet_ports;            // [HOST:]BASE:COUNT
+  int concurrency = 0;                // 0: the profile's (default 8)
+  std::int64_t count = 0;
+  int publish_wait_s = 60;
+  std::string progress = "auto";      // auto | tty | plain
+  std::string crash_at;               // fault hook for crash tests: <step>[:N]
+};
+int cmd_run(const StationConfig& config, const RunRequest& request);
+
 }  // namespace keyline::station

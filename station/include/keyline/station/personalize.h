@@ -15,6 +15,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "keyline/core/device_link.h"
 #include "keyline/core/pq.h"
@@ -52,6 +54,8 @@ class Personalizer {
   DeviceResult personalize(const std::string& endpoint, core::pq::Connection& db);
 
   void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
+  // Application items (DGIs 0F01-0FFF) from the line profile, stored into every device.
+  void set_app_items(std::vector<std::pair<std::uint16_t, core::Bytes>> items) { m_app_items = std::move(items); }
 
  private:
   void step(Step s, const std::string& chip_id);
@@ -59,6 +63,7 @@ class Personalizer {
   StationKeys& m_keys;
   Publisher* m_publisher;
   StepHook m_hook;
+  std::vector<std::pair<std::uint16_t, core::Bytes>> m_app_items;
 };
 
 // Sends every unpublished outbox record (oldest first) once. Returns {published, still_pending}.

@@ -1,0 +1,79 @@
+// The line at scale (issue #7): many devices at once, a journal that survives kill -9, publication
+// through a durable outbox that drains in the background, progress for the operator.
+//
+//   workers (profile concurrency)  each: own DB connection, takes the next device, Personalizer::personalize
+//                                  with one publish attempt (a slow public DB never holds a fixture)
+//   drainer (one thread)           drain_outbox with exponential backoff while records wait
+//   progress (the calling thread)  a \r line on a terminal, a plain line every few seconds otherwise
+//
+// A device counts as done only once the public DB holds its record (DESIGN section 9, invariant 4):
+// a device whose record waits in the outbox is "publishing" until the drainer delivers it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <ostream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "keyline/core/bytes.h"
+#include "keyline/station/config.h"
+
+namespace keyline::station {
+
+struct LineDevice {
+  std::string endpoint;  // HOST:PORT of the fixture
+  std::string chip_id;   // when known (fleet file): lets a restart skip devices already published
+};
+
+// The line profile (JSON; see docs/line.md).
+struct LineProfile {
+  std::vector<LineDevice> devices;
+  int concurrency = 8;
+  std::string key_source;        // empty: the station's setting
+  std::string tac;               // TAC range the pool is topped up from ("" = never top up)
+  std::int64_t pool_low_water = 0;  // top up when fewer IMEIs than this wait in the pool
+  std::int64_t pool_refill = 0;     // how many IMEIs one top-up adds
+  std::vector<std::pair<std::uint16_t, core::Bytes>> app_items;  // DGIs 0F01-0FFF for every device
+};
+
+// Reads a profile file. Throws ConfigError naming the bad field.
+LineProfile load_profile(const std::string& path);
+// The "listening HOST:PORT CHIPID DIR" lines printed by `keyline-device serve --fleet`.
+std::vector<LineDevice> read_fleet_file(const std::string& path);
+// "HOST:BASE:COUNT" or "BASE:COUNT" (host 127.0.0.1): COUNT consecutive ports.
+std::vector<LineDevice> fleet_ports(const std::string& spec);
+
+struct LineOptions {
+  std::int64_t count = 0;        // stop after this many devices are done (0: every device of the list)
+  int progress_every_ms = 2000;  // plain progress line period when stdout is not a terminal
+  bool terminal = false;         // \r-updated progress line
+  int device_attempts = 3;       // tries per device when the link drops (claims stay with the chip)
+  int publish_wait_ms = 60000;   // after the last device, how long to wait for the outbox to drain
+};
+
+struct LineSummary {
+  std::int64_t done = 0;          // published (this run, or found already published)
+  std::int64_t already_done = 0;  // of which were published before this run
+  std::int64_t failed = 0;
+  std::int64_t publishing = 0;    // records still in the outbox at the end
+  std::int64_t skipped = 0;       // not started (stop signal or --count reached)
+  std::int64_t backlog = 0;       // unpublished outbox rows in the database (all stations)
+  double seconds = 0;
+  std::vector<std::string> failures;  // one line per failed device
+};
+
+// Runs the line. Returns when every device is handled, --count is reached, or a stop was requested
+// (in-flight devices finish, nothing new starts; the drainer gets a short grace period).
+LineSummary run_line(const StationConfig& config, const LineProfile& profile, const LineOptions& options,
+                     std::ostream& out);
+
+// Async-signal-safe: asks a running line to drain and stop (SIGINT/SIGTERM handler).
+void request_line_stop() noexcept;
+// Installs SIGINT/SIGTERM handlers that call request_line_stop.
+void install_line_signal_handlers();
+
+void print_summary(const LineSummary& s, std::ostream& out);
+
+}  // namespace keyline::station

@@ -1,0 +1,388 @@
+#include "keyline/station/line.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <csignal>
+#include <cstdlib>
+#include <deque>
+#include <iomanip>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <unordered_set>
+
+#include "keyline/core/error.h"
+#include "keyline/core/pq.h"
+#include "keyline/station/errors.h"
+#include "keyline/station/keys.h"
+#include "keyline/station/personalize.h"
+#include "keyline/station/pool.h"
+#include "keyline/station/publisher.h"
+
+namespace keyline::station {
+
+namespace {
+
+// Lock-free, so setting it from a signal handler is safe (C++17 [support.signal]).
+std::atomic<bool> g_stop{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the stop flag is set from a signal handler");
+
+extern "C" void on_stop_signal(int) { request_line_stop(); }
+
+using Clock = std::chrono::steady_clock;
+
+// The fault hook for crash tests: KEYLINE_STATION_CRASH_AT=<step>[:N] aborts the N-th time <step> is
+// reached, among the personalization steps (step_name) and the drainer's "drain" (after the public DB
+// accepted a record, before the outbox row is marked).
+struct CrashHook {
+  std::string step;
+  long nth = 1;
+  std::atomic<long> seen{0};
+  void at(const char* name) {
+    if (!step.empty() && step == name && ++seen == nth) std::abort();
+  }
+};
+
+struct WorkItem {
+  LineDevice device;
+  int attempt = 1;
+};
+
+bool link_trouble(int code) {
+  const auto c = static_cast<core::ErrorCode>(code);
+  return c == core::ErrorCode::Network || c == core::ErrorCode::Timeout || c == core::ErrorCode::Io ||
+         c == core::ErrorCode::BadFrame || c == core::ErrorCode::DbConnection || c == errc::JournalConflict;
+}
+
+class Line {
+ public:
+  Line(const StationConfig& config, const LineProfile& profile, const LineOptions& options, std::ostream& out)
+      : m_config(config), m_profile(profile), m_options(options), m_out(out) {
+    m_config.publish_attempts = 1;  // one try on the worker; the drainer retries with backoff
+    if (!profile.key_source.empty()) m_config.key_source = profile.key_source;
+    if (const char* crash = std::getenv("KEYLINE_STATION_CRASH_AT"); crash && *crash) {
+      const std::string spec = crash;
+      m_crash.step = spec.substr(0, spec.find(':'));
+      if (spec.find(':') != std::string::npos) m_crash.nth = std::max(1L, std::atol(spec.c_str() + spec.find(':') + 1));
+    }
+  }
+
+  LineSummary run();
+
+ private:
+  void worker();
+  void drainer();
+  int drain_once(core::pq::Connection& db);
+  void top_up_pool(core::pq::Connection& db);
+  void progress(core::pq::Connection& db, bool final_line);
+  bool want_more() const {
+    if (g_stop.load() || m_halt.load()) return false;
+    if (m_options.count <= 0) return true;
+    std::lock_guard<std::mutex> l(m_mutex);
+    return static_cast<std::int64_t>(m_done.size()) + m_in_flight + static_cast<std::int64_t>(m_waiting.size()) <
+           m_options.count;
+  }
+
+  StationConfig m_config;
+  const LineProfile& m_profile;
+  const LineOptions& m_options;
+  std::ostream& m_out;
+  CrashHook m_crash;
+
+  std::unique_ptr<StationKeys> m_keys;
+  std::unique_ptr<Publisher> m_publisher;
+  std::unique_ptr<Personalizer> m_personalizer;
+
+  mutable std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::deque<WorkItem> m_queue;
+  std::unordered_set<std::string> m_done;     // chip IDs published during this run
+  std::unordered_set<std::string> m_waiting;  // chip IDs whose record waits in the outbox
+  std::int64_t m_in_flight = 0;
+  std::int64_t m_failed = 0;
+  std::int64_t m_already = 0;
+  std::vector<std::string> m_failures;
+  std::atomic<bool> m_workers_done{false};
+  std::atomic<bool> m_drainer_stop{false};
+  std::atomic<bool> m_halt{false};  // pool empty with no top-up: start nothing new
+  std::atomic<std::int64_t> m_backlog{0};
+  Clock::time_point m_start;
+  Clock::time_point m_last_plain;
+  std::string m_pool_note;
+};
+
+void Line::worker() {
+  std::unique_ptr<core::pq::Connection> db;
+  while (true) {
+    WorkItem item;
+    if (!want_more()) break;
+    {
+      // An empty queue with devices in flight may still get a retry back: wait for it.
+      std::unique_lock<std::mutex> l(m_mutex);
+      while (m_queue.empty() && m_in_flight > 0 && !g_stop.load())
+        m_cv.wait_for(l, std::chrono::milliseconds(100));
+      if (m_queue.empty()) break;
+      item = m_queue.front();
+      m_queue.pop_front();
+      ++m_in_flight;
+    }
+    DeviceResult r;
+    try {
+      if (!db) db = std::make_unique<core::pq::Connection>(m_config.db);
+      if (!db->ok()) db->reconnect();
+      r = m_personalizer->personalize(item.device.endpoint, *db);
+    } catch (const core::Error& e) {
+      // The station database itself is unreachable: keep the device for a later try.
+      r.error_code = e.numeric();
+      r.error = std::string("station database: ") + e.what();
+      db.reset();
+    }
+    std::lock_guard<std::mutex> l(m_mutex);
+    --m_in_flight;
+    m_cv.notify_all();
+    if (r.done) {
+      m_done.insert(r.chip_id);
+      m_waiting.erase(r.chip_id);
+    } else if (r.in_outbox) {
+      if (!m_done.count(r.chip_id)) m_waiting.insert(r.chip_id);
+      m_cv.notify_all();
+    } else if (r.error_code == static_cast<int>(errc::PoolEmpty) && !m_profile.tac.empty() &&
+               item.attempt < 50) {
+      // The progress thread tops the pool up; nothing was claimed for this device.
+      ++item.attempt;
+      m_queue.push_back(item);
+    } else if (link_trouble(r.error_code) && item.attempt < m_options.device_attempts) {
+      // A dropped link keeps the claim with the chip (journal row); the retry resumes it.
+      ++item.attempt;
+      m_queue.push_back(item);
+    } else {
+      ++m_failed;
+      m_failures.push_back(item.device.endpoint + ": error " + std::to_string(r.error_code) + ": " + r.error);
+      if (r.error_code == static_cast<int>(errc::PoolEmpty)) m_halt = true;
+    }
+  }
+}
+
+int Line::drain_once(core::pq::Connection& db) {
+  // Rows a worker is trying right now (attempts = 0, fresh) are left to it; everything else is ours.
+  const auto rows = db.exec(
+      "SELECT chip_id, device_id, record_json FROM journal.outbox WHERE published_at IS NULL"
+      " AND next_attempt_at <= now() AND (attempts > 0 OR next_attempt_at < now() - interval '5 s')"
+      " ORDER BY next_attempt_at LIMIT 64");
+  int failed = 0;
+  for (int i = 0; i < rows.rows(); ++i) {
+    if (m_drainer_stop.load()) break;
+    const std::string chip = rows.text(i, 0);
+    const auto pr = m_publisher->publish(rows.text(i, 2));
+    if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
+      m_crash.at("drain");
+      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+        tx.exec("UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
+                " WHERE chip_id = $1 AND published_at IS NULL",
+                {chip});
+        tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1 AND state = 'backed_up'",
+                {rows.int64(i, 1)});
+      });
+      std::lock_guard<std::mutex> l(m_mutex);
+      m_waiting.erase(chip);
+      m_done.insert(chip);
+    } else {
+      // A refusal (4xx) stays in the outbox too: it needs a person, and must never be dropped.
+      db.exec(
+          "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
+          " next_attempt_at = now() + least(interval '30 s', interval '250 ms' * power(2, least(attempts, 7)))"
+          " WHERE chip_id = $1",
+          {chip, pr.detail.substr(0, 500)});
+      ++failed;
+    }
+  }
+  return failed;
+}
+
+void Line::drainer() {
+  std::unique_ptr<core::pq::Connection> db;
+  std::chrono::milliseconds pause(100);
+  while (!m_drainer_stop.load()) {
+    try {
+      if (!db) db = std::make_unique<core::pq::Connection>(m_config.db);
+      const int failed = drain_once(*db);
+      // Back off while the public DB refuses or is away; come back quickly once it answers.
+      pause = failed > 0 ? std::min(std::chrono::milliseconds(5000), pause * 2) : std::chrono::milliseconds(100);
+    } catch (const core::Error& e) {
+      db.reset();
+      pause = std::chrono::milliseconds(1000);
+    }
+    std::unique_lock<std::mutex> l(m_mutex);
+    m_cv.wait_for(l, pause, [&] { return m_drainer_stop.load(); });
+  }
+}
+
+void Line::top_up_pool(core::pq::Connection& db) {
+  if (m_profile.tac.empty() || m_profile.pool_low_water <= 0) return;
+  const auto n = db.exec("SELECT count(*) FROM pool.imei WHERE left(imei, 8) = $1", {m_profile.tac}).int64(0, 0);
+  if (n >= m_profile.pool_low_water) return;
+  const auto [first, last] = pool_generate_imeis(db, m_profile.tac, m_profile.pool_refill);
+  m_pool_note = "pool topped up " + first + ".." + last;
+}
+
+void Line::progress(core::pq::Connection& db, bool final_line) {
+  try {
+    m_backlog = db.exec("SELECT count(*) FROM journal.outbox WHERE published_at IS NULL").int64(0, 0);
+  } catch (const core::Error&) {
+    // The count is informative only; the next tick tries again.
+  }
+  std::int64_t done, failed, in_flight, waiting, left;
+  {
+    std::lock_guard<std::mutex> l(m_mutex);
+    done = static_cast<std::int64_t>(m_done.size());
+    failed = m_failed;
+    in_flight = m_in_flight;
+    waiting = static_cast<std::int64_t>(m_waiting.size());
+    left = static_cast<std::int64_t>(m_queue.size());
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - m_start).count();
+  const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+  const std::int64_t target = m_options.count > 0 ? m_options.count : done + in_flight + waiting + left;
+  std::ostringstream line;
+  line << "done " << done << (target ? "/" + std::to_string(target) : "") << "  failed " << failed << "  in flight "
+       << in_flight << "  rate " << std::fixed << std::setprecision(1) << rate << "/s";
+  if (rate > 0 && target > done) line << "  ETA " << static_cast<long>(static_cast<double>(target - done) / rate) << " s";
+  line << "  outbox " << m_backlog.load();
+  if (g_stop.load()) line << "  (stopping: finishing in-flight devices)";
+  if (m_options.terminal) {
+    m_out << "\r" << line.str() << "\033[K" << (final_line ? "\n" : "") << std::flush;
+  } else if (final_line || Clock::now() - m_last_plain >= std::chrono::milliseconds(m_options.progress_every_ms)) {
+    m_last_plain = Clock::now();
+    m_out << "line: " << line.str() << (m_pool_note.empty() ? "" : "  " + m_pool_note) << "\n" << std::flush;
+    m_pool_note.clear();
+  }
+}
+
+LineSummary Line::run() {
+  if (m_config.db.empty())
+    throw core::ConfigError(core::ErrorCode::Config, "no station database: set --db or KEYLINE_STATION_DB");
+  core::pq::Connection ctl(m_config.db);
+  migrate_station_db(ctl);
+  const int workers = std::max(1, m_profile.concurrency);
+  m_keys = std::make_unique<StationKeys>(StationKeys::open(m_config, static_cast<std::size_t>(workers) + 2));
+  if (!m_config.backupdb_url.empty()) m_publisher = std::make_unique<Publisher>(m_config);
+  m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, m_publisher.get());
+  m_personalizer->set_app_items(m_profile.app_items);
+  m_personalizer->set_step_hook([this](Step s, const std::string&) { m_crash.at(step_name(s)); });
+
+  // Resume first: chips this database holds unfinished rows for go to the front of the queue; chips
+  // already published are not touched again.
+  std::unordered_set<std::string> published, unfinished;
+  {
+    const auto r = ctl.exec("SELECT chip_id, state FROM journal.device WHERE state <> 'void'");
+    for (int i = 0; i < r.rows(); ++i) (r.text(i, 1) == "published" ? published : unfinished).insert(r.text(i, 0));
+  }
+  std::unordered_set<std::string> seen;
+  for (const auto& d : m_profile.devices) {
+    if (!seen.insert(d.endpoint).second) continue;
+    if (!d.chip_id.empty() && published.count(d.chip_id)) {
+      ++m_already;
+      continue;
+    }
+    if (!d.chip_id.empty() && unfinished.count(d.chip_id))
+      m_queue.push_front({d, 1});
+    else
+      m_queue.push_back({d, 1});
+  }
+  if (m_options.terminal) m_out << "line: " << m_queue.size() << " devices, " << workers << " at once\n";
+
+  m_start = Clock::now();
+  m_last_plain = m_start;
+  std::thread drain;
+  if (m_publisher) drain = std::thread([this] { drainer(); });
+  std::vector<std::thread> pool;
+  for (int i = 0; i < workers; ++i) pool.emplace_back([this] { worker(); });
+
+  // The calling thread watches: progress, pool top-ups, then waits for the outbox to empty.
+  std::thread joiner([&] {
+    for (auto& t : pool) t.join();
+    m_workers_done = true;
+  });
+  while (!m_workers_done.load()) {
+    try {
+      top_up_pool(ctl);
+    } catch (const core::Error& e) {
+      m_pool_note = std::string("pool top-up failed: ") + e.what();
+    }
+    progress(ctl, false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(m_options.terminal ? 250 : 200));
+  }
+  joiner.join();
+  // Every device is handled; a device is done only once published, so wait for the outbox (a stop
+  // signal shortens the wait: the records stay durable for the next run or `keyline-station publish`).
+  const auto wait = std::chrono::milliseconds(m_options.publish_wait_ms);
+  const auto deadline = Clock::now() + wait;
+  const auto stop_deadline = Clock::now() + std::min(wait, std::chrono::milliseconds(5000));
+  while (m_publisher && Clock::now() < (g_stop.load() ? stop_deadline : deadline)) {
+    {
+      std::lock_guard<std::mutex> l(m_mutex);
+      if (m_waiting.empty()) break;
+    }
+    progress(ctl, false);
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  m_drainer_stop = true;
+  m_cv.notify_all();
+  if (drain.joinable()) drain.join();
+  progress(ctl, true);
+
+  LineSummary s;
+  std::lock_guard<std::mutex> l(m_mutex);
+  s.done = static_cast<std::int64_t>(m_done.size()) + m_already;
+  s.already_done = m_already;
+  s.failed = m_failed;
+  s.publishing = static_cast<std::int64_t>(m_waiting.size());
+  s.skipped = static_cast<std::int64_t>(m_queue.size());
+  s.seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
+  s.failures = m_failures;
+  s.backlog = m_backlog.load();
+  return s;
+}
+
+}  // namespace
+
+void request_line_stop() noexcept { g_stop.store(true); }
+
+void install_line_signal_handlers() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+LineSummary run_line(const StationConfig& config, const LineProfile& profile, const LineOptions& options,
+                     std::ostream& out) {
+  Line line(config, profile, options, out);
+  return line.run();
+}
+
+void print_summary(const LineSummary& s, std::ostream& out) {
+  const double rate = s.seconds > 0 ? static_cast<double>(s.done - s.already_done) / s.seconds : 0;
+  out << "+----------------------------+------------+\n";
+  const auto row = [&](const std::string& k, const std::string& v) {
+    out << "| " << std::left << std::setw(26) << k << " | " << std::right << std::setw(10) << v << " |\n";
+  };
+  std::ostringstream r, t;
+  r << std::fixed << std::setprecision(1) << rate;
+  t << std::fixed << std::setprecision(1) << s.seconds;
+  row("done (published)", std::to_string(s.done));
+  row("  of which before this run", std::to_string(s.already_done));
+  row("failed", std::to_string(s.failed));
+  row("waiting in the outbox", std::to_string(s.publishing));
+  row("outbox backlog (all)", std::to_string(s.backlog));
+  row("not started", std::to_string(s.skipped));
+  row("seconds", t.str());
+  row("devices/s", r.str());
+  out << "+----------------------------+------------+\n";
+  for (const auto& f : s.failures) out << "failed: " << f << "\n";
+}
+
+}  // namespace keyline::station
