@@ -123,3 +123,40 @@ line_down() {
     LINE_PG_STARTED=
   fi
 }
+
+# --- helpers for the line-at-scale tests (issue #7) ---------------------------------------------
+#   line_fleet_file FILE     the fleet's "listening HOST:PORT CHIPID DIR" lines (keyline-station run --fleet)
+#   line_backupdb_stop       stop the public DB server (the line must keep going: records wait in the outbox)
+#   line_backupdb_start      start it again on the same address
+#   line_station_sql SQL / line_public_sql SQL   one query, unaligned tuples only
+line_fleet_file() { grep '^listening' "$LINE_DIR/logs/fleet.out" >"$1"; }
+
+line_backupdb_pid() {
+  local port=${LINE_BACKUPDB_URL##*:}
+  pgrep -f "keyline-backupdb serve --listen 127.0.0.1:$port " | head -1
+}
+
+line_backupdb_stop() {
+  local pid
+  pid=$(line_backupdb_pid)
+  [ -n "$pid" ] || return 0
+  kill "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  line_log "public DB server stopped"
+}
+
+line_backupdb_start() {
+  local port=${LINE_BACKUPDB_URL##*:} pgport
+  pgport=$(cat "$LINE_DIR/pg/port")
+  KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$pgport dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
+    "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$port" \
+    --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
+    --client-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+    --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
+  LINE_PIDS+=($!)
+  line_wait_port 127.0.0.1 "$port" 20 || { line_log "public DB did not restart"; return 1; }
+  line_log "public DB server started again on $LINE_BACKUPDB_URL"
+}
+
+line_station_sql() { psql "$KEYLINE_STATION_DB" -tAc "$1"; }
+line_public_sql() { psql "${LINE_PG_CONNINFO/dbname=postgres/dbname=keyline_backupdb}" -tAc "$1"; }
