@@ -63,11 +63,11 @@ void complete_config(StationConfig& c, const std::string& config_file) {
     }
     auto from_file = [&](std::string& field, const char* key) {
       if (!field.empty() || !obj->has(key)) return;
-      try {
-        field = obj->getValue<std::string>(key);
-      } catch (const Poco::Exception&) {
+      // Poco converts numbers and booleans to text on request: {"db": 5} would quietly become "5".
+      const Poco::Dynamic::Var v = obj->get(key);
+      if (!v.isString())
         throw core::ConfigError(core::ErrorCode::Config, std::string("config file: \"") + key + "\" must be a string");
-      }
+      field = v.extract<std::string>();
     };
     from_file(c.station_id, "station_id");
     from_file(c.db, "db");
