@@ -15,7 +15,8 @@
 #
 # Environment: KEYLINE_BENCH_RECORDS (1000000), KEYLINE_BENCH_SECONDS (15), KEYLINE_BENCH_DIR
 # (.keyline/bench/backupdb; the filled database and the static files are kept there and reused),
-# KEYLINE_BENCH_CACHE (records in the server's cache, default all of them).
+# KEYLINE_BENCH_PRELOAD (1: the server fills its cache before listening, as nginx has the files in the
+# page cache; 0: a cold cache warmed only by the warm-up run), KEYLINE_BENCH_CACHE (records in the server's cache; default twice N, so hashing into shards never evicts).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +25,9 @@ bin=$build/bin/keyline-backupdb
 records=${KEYLINE_BENCH_RECORDS:-1000000}
 seconds=${KEYLINE_BENCH_SECONDS:-15}
 dir=${KEYLINE_BENCH_DIR:-$repo/.keyline/bench/backupdb}
-cache=${KEYLINE_BENCH_CACHE:-$records}
+cache=${KEYLINE_BENCH_CACHE:-$((records * 2))}
+preload=--preload
+[ "${KEYLINE_BENCH_PRELOAD:-1}" = 1 ] || preload=""
 [ -x "$bin" ] || { echo "bench_backupdb: $bin not built" >&2; exit 2; }
 for tool in wrk nginx psql openssl python3; do
   command -v "$tool" >/dev/null || { echo "bench_backupdb: $tool missing (scripts/setup.sh)" >&2; exit 2; }
@@ -120,7 +123,6 @@ http {
   tcp_nopush on;
   keepalive_requests 10000000;
   keepalive_timeout 65;
-  open_file_cache max=200000 inactive=60s;
   client_body_temp_path $dir/nginx/tmp/body;
   proxy_temp_path $dir/nginx/tmp/proxy;
   fastcgi_temp_path $dir/nginx/tmp/fastcgi;
@@ -137,11 +139,11 @@ nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
 nginx_started=1
 
 bport=$(free_port)
-"$bin" serve --plain-http --listen "127.0.0.1:$bport" --log off --cache "$cache" --threads 72 --db-pool 16 \
+"$bin" serve --plain-http --listen "127.0.0.1:$bport" --log off --cache "$cache" $preload --threads 72 --db-pool 16 \
   --db "host=127.0.0.1 port=$port user=keyline_backupdb password=$role_pw dbname=postgres" \
   --trust "$dir/sample.pem" >"$dir/server.out" 2>&1 &
 server_pid=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$bport/healthz" >/dev/null && break; sleep 0.2; done
+for _ in $(seq 600); do curl -sf "http://127.0.0.1:$bport/healthz" >/dev/null && break; sleep 0.2; done
 
 cat > "$dir/random.lua" <<LUA
 -- Each request asks for a random one of the $records chip IDs.

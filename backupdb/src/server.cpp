@@ -201,8 +201,9 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       reply = problem(500, "internal", "internal error");
       reply.log_detail = e.what();
     }
-    // Drain what the client sent but we did not read, so keep-alive stays in sync.
-    if (reply.status == 413) resp.setKeepAlive(false);
+    // A request body we did not read would be parsed as the next request: close instead.
+    if (req.hasContentLength() && req.getContentLength64() > 0 && !m_body_read) resp.setKeepAlive(false);
+    if (req.getChunkedTransferEncoding() && !m_body_read) resp.setKeepAlive(false);
     resp.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(reply.status));
     resp.setReason(http::reason_phrase(reply.status));
     for (const auto& [k, v] : reply.headers) resp.set(k, v);
@@ -371,6 +372,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
     bool too_large = false;
     const std::string body = read_body(req, m_s.config.body_limit, too_large);
+    m_body_read = !too_large;
     if (too_large)
       return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
     core::Record rec;
@@ -416,6 +418,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   }
 
   Shared& m_s;
+  bool m_body_read = false;
 };
 
 class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
@@ -504,6 +507,10 @@ int serve(const Config& config) {
   }
   s.store = std::make_unique<Store>(config.db, static_cast<std::size_t>(config.db_pool), config.cache_entries);
   if (!s.store->healthy()) throw core::DbError(core::ErrorCode::DbConnection, "database unreachable at start");
+  if (config.preload) {
+    const auto n = s.store->preload(config.cache_entries);
+    std::fprintf(stdout, "keyline-backupdb: %zu records preloaded into the cache\n", n);
+  }
 
   // OpenSSL writes with write(2), so a client that hangs up would raise SIGPIPE and kill the server.
   std::signal(SIGPIPE, SIG_IGN);

@@ -117,6 +117,31 @@ PublishResult Store::publish(const core::Record& record) {
   return result;
 }
 
+std::size_t Store::preload(std::size_t max) {
+  auto lease = m_pool.acquire();
+  std::size_t loaded = 0;
+  core::pq::Transaction tx(*lease, core::pq::Isolation::RepeatableRead);
+  tx.exec(
+      "DECLARE preload NO SCROLL CURSOR FOR SELECT chip_id, imei, record_hash, body_json, backup, identity_der "
+      "FROM records ORDER BY seq DESC");
+  while (loaded < max) {
+    const auto r = tx.exec("FETCH 5000 FROM preload");
+    if (r.empty()) break;
+    for (int i = 0; i < r.rows() && loaded < max; ++i, ++loaded) {
+      auto rec = std::make_shared<StoredRecord>();
+      rec->chip_id = r.text(i, 0);
+      rec->imei = r.text(i, 1);
+      rec->record_hash = r.text(i, 2);
+      rec->json = r.text(i, 3);
+      rec->backup = r.bytea(i, 4);
+      rec->identity_der = r.bytea(i, 5);
+      cache_put(rec);
+    }
+  }
+  tx.commit();
+  return loaded;
+}
+
 bool Store::healthy() {
   try {
     auto lease = m_pool.acquire();

@@ -481,6 +481,38 @@ TEST_CASE("core::http::Client: mutual TLS publish and read, private CA only, ret
   CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(150));  // 50 + 100 ms of backoff
 }
 
+TEST_CASE("the program: --help, exit codes for bad flags and an unreachable database") {
+  const std::string bin = test::binary_dir() + "/bin/keyline-backupdb";
+  int rc = -1;
+  CHECK(sh(bin + " --help", &rc).find("migrate") != std::string::npos);
+  CHECK(rc == 0);
+  sh(bin + " serve --db x 2>&1", &rc);  // --trust missing
+  CHECK(rc == 2);
+  const auto out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x connect_timeout=2' 2>&1", &rc);
+  CHECK(rc == 4);
+  CHECK(out.find("keyline-backupdb: error 1301") != std::string::npos);
+  sh(bin + " serve --plain-http --listen 127.0.0.1:1 --db x --trust /nonexistent 2>&1", &rc);
+  CHECK(rc != 0);
+}
+
+TEST_CASE("HEAD answers headers only; a refused POST body does not poison keep-alive") {
+  Server s;
+  auto rec = pki().record("47905000000000000200", "357805023984942");
+  REQUIRE(s.publish(rec.to_json()).status == 201);
+  auto h = s.get("/v1/records/47905000000000000200", "-I");
+  CHECK(h.status == 200);
+  CHECK(h.body.find("\"chip_id\"") == std::string::npos);  // with -I curl writes the headers there
+  CHECK(h.header("etag") == "\"" + rec.hash() + "\"");
+  // Two requests on one connection: a 415 (body unread), then a GET.
+  const std::string f = pki().dir + "/ka.txt";
+  write_file(f, rec.to_json());
+  const auto out = sh("curl -s " + s.tls() + s.client("station") + " -H 'Content-Type: text/plain' --data-binary @" + f +
+                      " -w ' %{http_code}\\n' '" + s.url + "/v1/records' --next " + s.tls() + " -w ' %{http_code}' '" +
+                      s.url + "/v1/records/47905000000000000200'");
+  CHECK(out.find("415") != std::string::npos);
+  CHECK(out.substr(out.size() - 3) == "200");
+}
+
 TEST_CASE("dump a sample record for manual runs" * doctest::skip()) {
   write_file("/tmp/kl-sample-record.json", pki().record("47905000000000012345", "357805023984942").to_json());
 }

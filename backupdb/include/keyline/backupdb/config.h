@@ -35,6 +35,7 @@ struct Config {
   std::size_t body_limit = 256 * 1024;  // a record is a few KiB; anything far larger is refused (413)
   double rate = 0;                  // requests per second per client (IP, or station certificate); 0 = off
   std::size_t cache_entries = 200000;   // immutable records, so the LRU is always correct
+  bool preload = false;             // fill the cache from the database before listening
   std::string log = "stderr";       // access/error log: a path, "stderr" or "off"
 };
 

@@ -45,6 +45,9 @@ class Store {
   // writer wins, later ones learn whether their content was identical.
   PublishResult publish(const core::Record& record);
   bool healthy();  // SELECT 1 round trip
+  // Fills the cache with up to `max` records, newest first, streamed through a cursor. Returns the
+  // number loaded. Worth it when the records fit in memory: reads then never wait on PostgreSQL.
+  std::size_t preload(std::size_t max);
   std::size_t cache_hits() const { return m_hits; }
   std::size_t cache_misses() const { return m_misses; }
 
