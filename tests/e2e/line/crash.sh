@@ -1,0 +1,41 @@
+# Crash safety (issue #7): 200 devices, the station killed at random steps at least 20 times (abort()
+# through the fault hook at a chosen step, and kill -9 from outside at a random moment), restarted
+# each time; then the invariants of DESIGN section 9 (3-5) are checked.
+source "$(dirname "$0")/common.sh"
+dir=${1:?work dir}
+rm -rf "$dir"
+N=${LINE_CRASH_DEVICES:-200}
+KILLS=${LINE_CRASH_KILLS:-24}
+line_up "$dir" "$N"
+"$LINE_BIN/keyline-station" pool generate --tac 35780502 --count 100 >/dev/null
+line_fleet_file "$LINE_DIR/fleet.txt"
+steps=(read-device claim issue store backup record publish)
+RANDOM=${LINE_CRASH_SEED:-7}
+kills=0
+for ((i = 0; i < KILLS; i++)); do
+  log="$LINE_DIR/logs/run-$i.log"
+  if ((i % 4 == 3)); then
+    # kill -9 from outside at a random moment.
+    "$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --publish-wait 5 >"$log" 2>&1 &
+    pid=$!
+    sleep "0.$((RANDOM % 4 + 1))"
+    kill -9 "$pid" 2>/dev/null && kills=$((kills + 1))
+    wait "$pid" 2>/dev/null || true
+    echo "run $i: kill -9"
+  else
+    step=${steps[RANDOM % ${#steps[@]}]}
+    nth=$((RANDOM % 5 + 1))
+    rc=0
+    "$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --publish-wait 5 \
+      --crash-at "$step:$nth" >"$log" 2>&1 || rc=$?
+    # abort() is SIGABRT: 134 from bash.
+    [ "$rc" -eq 134 ] && kills=$((kills + 1))
+    echo "run $i: crash at $step:$nth -> exit $rc"
+  fi
+done
+((kills >= 20)) || fail "only $kills of $KILLS runs were killed (want 20)"
+"$LINE_BIN/keyline-station" status
+"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 8 --progress plain | tee "$LINE_DIR/logs/final.log" ||
+  fail "final clean run failed"
+check_line_invariants "$N"
+ok "$kills kills survived"
