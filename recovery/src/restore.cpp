@@ -70,19 +70,25 @@ class Device {
   }
 
   core::ResponseApdu send(const core::CommandApdu& c, const char* what) {
+    if (c.ins == 0xD6) m_wrote = true;
     try {
       return m_link->transmit(c);
     } catch (const core::FormatError& e) {
       throw core::Error(errc::DeviceRefused, std::string("the device answered ") + what + " with a malformed response: " + e.what());
     } catch (const core::Error& e) {
+      // BOOT STAGED replaces the image atomically (docs/protocol.md section 5), so a link lost at
+      // any point leaves either the previous image or the restored one, and restore can run again.
+      const std::string writing = m_wrote ? "; the device keeps its previous image unless the boot completed: run "
+                                            "the same restore again" : "; nothing was written";
       throw core::IoError(errc::DeviceUnreachable,
-                          std::string("lost the device at ") + m_endpoint + " during " + what + ": " + e.what());
+                          std::string("lost the device at ") + m_endpoint + " during " + what + ": " + e.what() + writing);
     }
   }
 
  private:
   std::string m_endpoint;
   std::unique_ptr<core::DeviceLink> m_link;
+  bool m_wrote = false;
 };
 
 // STATUS (80 C4): lifecycle (1) || chip ID (10) || flash state (1) || IMEI (15, when personalized).

@@ -105,6 +105,28 @@ for k in imei identity_key_sha256 transport_key_sha256; do
 done
 [ ! -e "$(ddir 0)/flash/staging.bin" ] && pass "staging area emptied after boot" || fail "staging.bin left behind"
 
+# --- the device loses power while it boots the staged image: it keeps its previous image ------
+# A second server on device 0's directory with a one-shot power cut in the next flash write.
+cut_port=$(line_free_port)
+"$DEV" serve --dir "$(ddir 0)" --listen "127.0.0.1:$cut_port" --power-cut-at-byte 100 --quiet \
+  >"$work/cut.out" 2>"$work/cut.log" &
+cut_pid=$!
+line_wait_port 127.0.0.1 "$cut_port" 10 || fail "power-cut device server did not start"
+image_before=$(sha256sum <"$(ddir 0)/flash/image.bin")
+rc=0
+"$REC" restore --device "127.0.0.1:$cut_port" --db "$LINE_BACKUPDB_URL" --ca "$CA" --trust "$ROOT" \
+  >"$work/power-cut.out" 2>"$work/power-cut.err" || rc=$?
+kill "$cut_pid" 2>/dev/null; wait "$cut_pid" 2>/dev/null || true
+if [ "$rc" -eq 4 ] && grep -q "during BOOT STAGED.*keeps its previous image" "$work/power-cut.err" &&
+  [ "$(sha256sum <"$(ddir 0)/flash/image.bin")" = "$image_before" ] && [ ! -e "$(ddir 0)/flash/image.bin.tmp" ]; then
+  pass "power cut during BOOT STAGED: exit 4, previous image kept ($(grep error "$work/power-cut.err"))"
+else
+  fail "power cut during BOOT STAGED: exit $rc"; cat "$work/power-cut.err"
+fi
+"$REC" restore --device "$(addr 0)" --db "$LINE_BACKUPDB_URL" --ca "$CA" --trust "$ROOT" >"$work/restore-0b.out" 2>&1 &&
+  "$DEV" boot --dir "$(ddir 0)" | cmp -s - "$work/before-0.txt" && pass "restore runs again after the power cut" ||
+  { fail "second restore after the power cut"; cat "$work/restore-0b.out"; }
+
 # --- (a) the public DB serves the record of another chip for chip 1 ---------------------------
 # Records are permanent (a trigger refuses UPDATE for everyone): the test, as the database
 # superuser, switches the trigger off for one forged row, as an attacker with the DB would.
