@@ -107,6 +107,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # Private nginx: its own prefix, config and port; static files, keep-alive, no access log
 # (keyline-backupdb runs with --log off too).
 nport=$(free_port)
+nsport=$(free_port)
+[ -f "$dir/tls.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/tls.key" \
+  -out "$dir/tls.pem" -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -days 3650 2>/dev/null
 mkdir -p "$dir/nginx/logs" "$dir/nginx/tmp"
 user_line=""
 [ "$(id -u)" -eq 0 ] && user_line="user root;"
@@ -130,6 +133,9 @@ http {
   scgi_temp_path $dir/nginx/tmp/scgi;
   server {
     listen 127.0.0.1:$nport;
+    listen 127.0.0.1:$nsport ssl;
+    ssl_certificate $dir/tls.pem;
+    ssl_certificate_key $dir/tls.key;
     root $dir/www;
     location /v1/records/ { add_header Cache-Control "public, max-age=31536000, immutable"; }
   }
@@ -138,12 +144,20 @@ CONF
 nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
 nginx_started=1
 
+start_server() {  # extra serve flags...; sets server_pid, waits until healthy
+  "$bin" serve --listen "127.0.0.1:$bport" --log off --cache "$cache" $preload --threads 72 --db-pool 16 \
+    --db "host=127.0.0.1 port=$port user=keyline_backupdb password=$role_pw dbname=postgres" \
+    --trust "$dir/sample.pem" "$@" >"$dir/server.out" 2>&1 &
+  server_pid=$!
+  for _ in $(seq 600); do curl -skf "$base/healthz" >/dev/null && return; sleep 0.2; done
+  echo "bench_backupdb: server did not start: $(cat "$dir/server.out")" >&2
+  exit 1
+}
+stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
+
 bport=$(free_port)
-"$bin" serve --plain-http --listen "127.0.0.1:$bport" --log off --cache "$cache" $preload --threads 72 --db-pool 16 \
-  --db "host=127.0.0.1 port=$port user=keyline_backupdb password=$role_pw dbname=postgres" \
-  --trust "$dir/sample.pem" >"$dir/server.out" 2>&1 &
-server_pid=$!
-for _ in $(seq 600); do curl -sf "http://127.0.0.1:$bport/healthz" >/dev/null && break; sleep 0.2; done
+base="http://127.0.0.1:$bport"
+start_server --plain-http
 
 cat > "$dir/random.lua" <<LUA
 -- Each request asks for a random one of the $records chip IDs.
@@ -174,9 +188,25 @@ read -r n_rps n_p99 < <(run "http://127.0.0.1:$nport/")
 read -r b_rps b_p99 < <(run "http://127.0.0.1:$bport/")
 hits=$(curl -s "http://127.0.0.1:$bport/metrics" | awk '/^keyline_backupdb_cache_hits_total/ {print $2}')
 misses=$(curl -s "http://127.0.0.1:$bport/metrics" | awk '/^keyline_backupdb_cache_misses_total/ {print $2}')
+
+# The same over HTTPS (server's own TLS vs nginx TLS), when asked for (KEYLINE_BENCH_HTTPS=1, default).
+if [ "${KEYLINE_BENCH_HTTPS:-1}" = 1 ]; then
+  stop_server
+  base="https://127.0.0.1:$bport"
+  start_server --tls-cert "$dir/tls.pem" --tls-key "$dir/tls.key" --client-ca "$dir/tls.pem"
+  wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "https://127.0.0.1:$nsport/" >/dev/null
+  wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "$base/" >/dev/null
+  read -r ns_rps ns_p99 < <(run "https://127.0.0.1:$nsport/")
+  read -r bs_rps bs_p99 < <(run "$base/")
+fi
 ratio=$(awk -v a="$b_rps" -v b="$n_rps" 'BEGIN {printf "%.2f", a / b}')
 echo "backupdb GET /v1/records/{chip_id}: $records records, wrk 64 connections, ${seconds}s, $(nproc) cores"
 printf '  nginx static files : %10.0f req/s  p99 %6.2f ms\n' "$n_rps" "$n_p99"
 printf '  keyline-backupdb   : %10.0f req/s  p99 %6.2f ms  (cache hits %s, misses %s)\n' "$b_rps" "$b_p99" "$hits" "$misses"
 verdict=$(awk -v r="$ratio" -v p="$b_p99" 'BEGIN {print (r >= 0.5 && p < 5) ? "goal met" : "goal NOT met"}')
 echo "  ratio backupdb/nginx: $ratio (goal >= 0.5), p99 $b_p99 ms (goal < 5 ms): $verdict"
+if [ -n "${bs_rps:-}" ]; then
+  printf '  HTTPS nginx        : %10.0f req/s  p99 %6.2f ms\n' "$ns_rps" "$ns_p99"
+  printf '  HTTPS backupdb     : %10.0f req/s  p99 %6.2f ms  (ratio %s)\n' "$bs_rps" "$bs_p99" \
+    "$(awk -v a="$bs_rps" -v b="$ns_rps" 'BEGIN {printf "%.2f", a / b}')"
+fi
