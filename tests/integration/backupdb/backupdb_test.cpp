@@ -383,6 +383,26 @@ TEST_CASE("every error status from a real request") {
   CHECK(Record::from_json(g.body).hash() == rec.hash());
 }
 
+TEST_CASE("publish refuses a record whose certificate, IMEI and backup do not name the same device") {
+  Server s;
+  auto a = pki().record("47905000000000000301", "260531793113837");
+  auto b = pki().record("47905000000000000302", "490154203237518");
+  Record wrong_backup = a;  // backup header names chip ...302
+  wrong_backup.backup = b.backup;
+  Record wrong_imei = a;  // certificate says 260531793113837
+  wrong_imei.imei = b.imei;
+  Record wrong_chip = a;  // certificate says ...301
+  wrong_chip.chip_id = b.chip_id;
+  wrong_chip.backup = b.backup;
+  for (const auto* r : {&wrong_backup, &wrong_imei, &wrong_chip}) {
+    auto reply = s.publish(r->to_json());
+    CHECK_MESSAGE(reply.status == 422, reply.body);
+    CHECK(reply.header("content-type") == "application/problem+json");
+  }
+  pq::Connection c(s.owner_conninfo);
+  CHECK(c.exec("SELECT count(*) FROM records").int64(0, 0) == 0);
+}
+
 TEST_CASE("429 when a client exceeds its rate") {
   Server s({"--rate", "2"});
   int limited = 0;
