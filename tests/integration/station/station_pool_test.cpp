@@ -1,0 +1,288 @@
+// Station pool and claim logic against the real PostgreSQL cluster, the real SoftHSM token and real
+// emulated devices (the keyline-device program, over TCP).
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#include "keyline/core/error.h"
+#include "keyline/core/imei.h"
+#include "keyline/core/pq.h"
+#include "keyline/station/config.h"
+#include "keyline/station/errors.h"
+#include "keyline/station/keys.h"
+#include "keyline/station/personalize.h"
+#include "keyline/station/pool.h"
+#include "testenv.h"
+
+namespace fs = std::filesystem;
+using namespace keyline;
+using namespace keyline::station;
+
+namespace {
+
+// A fresh station database with the station's migrations applied.
+core::pq::Connection fresh_station_db(const char* prefix, std::string* conninfo = nullptr) {
+  const std::string ci = test::pg_env().create_database(prefix);
+  if (conninfo) *conninfo = ci;
+  core::pq::Connection c(ci);
+  migrate_station_db(c);
+  return c;
+}
+
+std::int64_t count(core::pq::Connection& c, const std::string& sql, const core::pq::Params& p = {}) {
+  return c.exec(sql, p).int64(0, 0);
+}
+
+// The fixture token with the station's keys, made once per ctest run (the token lives as long as the
+// run; the PKI directory is rewritten by the run that creates the keys).
+StationConfig station_config() {
+  static std::once_flag once;
+  static StationConfig cfg;
+  std::call_once(once, [] {
+    const auto hsm = test::hsm_env();
+    cfg.hsm_module = hsm.module;
+    cfg.token_label = hsm.label;
+    cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
+    cfg.pki_dir = test::testenv_dir() + "/station-pki";
+    cfg.station_id = "itest-station";
+    complete_config(cfg, "");
+    std::ostringstream out;
+    try {
+      keys_init(cfg, KeysInitOptions{}, out);
+    } catch (const core::Error& e) {
+      if (e.code() != errc::KeysExist) throw;
+    }
+  });
+  return cfg;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream o(path, std::ios::trunc);
+  o << text;
+}
+
+// A fleet of emulated devices served by the real keyline-device program.
+class Fleet {
+ public:
+  explicit Fleet(int n, const std::string& rom_ca) {
+    m_dir = test::testenv_dir() + "/station-fleet-" + std::to_string(::getpid()) + "-" + std::to_string(++s_seq);
+    fs::remove_all(m_dir);
+    const std::string bin = test::binary_dir() + "/bin/keyline-device";
+    const std::string make = bin + " make --dir '" + m_dir + "' --count " + std::to_string(n) + " --rom-ca '" +
+                             rom_ca + "' > '" + m_dir + ".make.log' 2>&1";
+    REQUIRE(std::system(make.c_str()) == 0);
+    const std::string out = m_dir + ".serve.out";
+    const std::string serve = bin + " serve --quiet --fleet '" + m_dir + "' --listen 127.0.0.1:" +
+                              std::to_string(test::free_port()) + " > '" + out + "' 2> '" + m_dir +
+                              ".serve.err' & echo $! > '" + m_dir + ".pid'";
+    REQUIRE(std::system(serve.c_str()) == 0);
+    m_pid = std::stoi(test::read_file(m_dir + ".pid"));
+    for (int i = 0; i < 200 && static_cast<int>(m_endpoints.size()) < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      m_endpoints.clear();
+      std::ifstream in(out);
+      std::string word, addr, chip, dir;
+      while (in >> word >> addr >> chip >> dir)
+        if (word == "listening") m_endpoints.push_back(addr);
+    }
+    REQUIRE(static_cast<int>(m_endpoints.size()) == n);
+  }
+  ~Fleet() {
+    if (m_pid > 0) ::kill(m_pid, SIGTERM);
+  }
+  const std::vector<std::string>& endpoints() const { return m_endpoints; }
+
+ private:
+  static inline int s_seq = 0;
+  std::string m_dir;
+  int m_pid = 0;
+  std::vector<std::string> m_endpoints;
+};
+
+}  // namespace
+
+TEST_CASE("pool generate continues after every serial ever held: no IMEI is made twice across runs") {
+  auto db = fresh_station_db("st_gen");
+  const auto [a1, a2] = pool_generate_imeis(db, "35780502", 10);
+  CHECK(a1 == core::Imei::from_tac_serial("35780502", 0).str());
+  CHECK(a2 == core::Imei::from_tac_serial("35780502", 9).str());
+  // Spend the whole pool the way a claim does (row deleted, IMEI remembered as spent).
+  db.exec("WITH c AS (DELETE FROM pool.imei RETURNING imei) INSERT INTO pool.imei_spent (imei) SELECT imei FROM c");
+  CHECK(pool_status(db).imeis == 0);
+  const auto [b1, b2] = pool_generate_imeis(db, "35780502", 5);
+  CHECK(b1 == core::Imei::from_tac_serial("35780502", 10).str());
+  CHECK(b2 == core::Imei::from_tac_serial("35780502", 14).str());
+  // A third run while some are still in the pool.
+  const auto [c1, c2] = pool_generate_imeis(db, "35780502", 3);
+  CHECK(c1 == core::Imei::from_tac_serial("35780502", 15).str());
+  CHECK(c2 == core::Imei::from_tac_serial("35780502", 17).str());
+  CHECK(count(db, "SELECT count(*) FROM (SELECT imei FROM pool.imei UNION ALL SELECT imei FROM pool.imei_spent) x") ==
+        18);
+  CHECK(count(db, "SELECT count(DISTINCT imei) FROM (SELECT imei FROM pool.imei UNION ALL SELECT imei FROM "
+                  "pool.imei_spent) x") == 18);
+  // Another TAC has its own serials.
+  CHECK(pool_generate_imeis(db, "49015420", 2).first == core::Imei::from_tac_serial("49015420", 0).str());
+  const auto st = pool_status(db);
+  CHECK(st.imeis == 10);
+  CHECK(st.imeis_spent == 10);
+  CHECK(st.tacs == "35780502,49015420");
+}
+
+TEST_CASE("pool generate refuses a bad TAC, a bad count and an exhausted TAC range, changing nothing") {
+  auto db = fresh_station_db("st_genbad");
+  CHECK_THROWS_AS(pool_generate_imeis(db, "3578050", 1), core::FormatError);
+  CHECK_THROWS_AS(pool_generate_imeis(db, "3578050A", 1), core::FormatError);
+  CHECK_THROWS_AS(pool_generate_imeis(db, "35780502", 0), core::ConfigError);
+  db.exec("INSERT INTO pool.imei_spent (imei) VALUES ($1)", {core::Imei::from_tac_serial("35780502", 999998).str()});
+  CHECK_THROWS_AS(pool_generate_imeis(db, "35780502", 2), core::Error);
+  CHECK(pool_status(db).imeis == 0);
+  CHECK(pool_generate_imeis(db, "35780502", 1).first == core::Imei::from_tac_serial("35780502", 999999).str());
+}
+
+TEST_CASE("pool import refuses a file with one bad line atomically, and skips spent and present IMEIs") {
+  auto db = fresh_station_db("st_imp");
+  const std::string dir = test::testenv_dir();
+  const std::string bad = dir + "/station-import-bad.csv";
+  // Line 4 has a wrong Luhn digit (357805023984942 is the valid vector).
+  write_text(bad, "imei,note\n260531793113837,a\n490154203237518,b\n357805023984943,c\n");
+  try {
+    pool_import_csv(db, bad);
+    FAIL("a bad line was accepted");
+  } catch (const core::FormatError& e) {
+    CHECK(e.code() == core::ErrorCode::BadImei);
+    CHECK(std::string(e.what()).find("line 4") != std::string::npos);
+  }
+  CHECK(pool_status(db).imeis == 0);
+
+  db.exec("INSERT INTO pool.imei_spent (imei) VALUES ('490154203237518')");
+  const std::string good = dir + "/station-import-good.csv";
+  write_text(good, "imei\r\n\"260531793113837\",x\r\n\r\n490154203237518\r\n 357805023984942 ,y\r\n260531793113837\r\n");
+  const auto r = pool_import_csv(db, good);
+  CHECK(r.added == 2);
+  CHECK(r.skipped == 2);  // the spent one and the duplicate
+  CHECK(count(db, "SELECT count(*) FROM pool.imei WHERE imei = '490154203237518'") == 0);
+  const auto again = pool_import_csv(db, good);
+  CHECK(again.added == 0);
+  CHECK(pool_status(db).imeis == 2);
+  CHECK_THROWS_AS(pool_import_csv(db, dir + "/no-such-file.csv"), core::IoError);
+}
+
+TEST_CASE("pre-generated keys are wrapped by the token and unwrap to the stored public halves") {
+  const auto cfg = station_config();
+  auto keys = StationKeys::open(cfg, 2);
+  auto db = fresh_station_db("st_keys");
+  CHECK(pool_generate_keys(db, *keys.token, 3) == 3);
+  CHECK(pool_status(db).keys == 3);
+  const auto r = db.exec("SELECT identity_wrapped, transport_wrapped, transport_public FROM pool.device_key");
+  REQUIRE(r.rows() == 3);
+  for (int i = 0; i < 3; ++i) {
+    const auto tr = keys.token->unwrap_data(key_label::wrap, r.bytea(i, 1));
+    CHECK(tr.size() == 32);
+    const auto id = keys.token->unwrap_data(key_label::wrap, r.bytea(i, 0));
+    CHECK(id.size() > 32);
+    // The wrapped form is not the key itself.
+    auto w = r.bytea(i, 1);
+    CHECK(std::search(w.begin(), w.end(), tr.begin(), tr.end()) == w.end());
+  }
+}
+
+TEST_CASE("8 concurrent station threads never hand one IMEI twice; an empty pool refuses at the claim") {
+  const auto cfg = station_config();
+  std::string ci;
+  auto db = fresh_station_db("st_claim", &ci);
+  pool_generate_imeis(db, "35780502", 12);
+  Fleet fleet(16, pki_path(cfg, pki_file::root));
+
+  auto keys = StationKeys::open(cfg, 8);
+  StationConfig pcfg = cfg;
+  Personalizer p(pcfg, keys, nullptr);  // no public DB: records stay in the outbox
+  std::vector<DeviceResult> results(fleet.endpoints().size());
+  std::atomic<std::size_t> next{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&] {
+      core::pq::Connection conn(ci);
+      for (std::size_t i; (i = next++) < results.size();) results[i] = p.personalize(fleet.endpoints()[i], conn);
+    });
+  }
+  for (auto& t : threads) t.join();
+
+  std::set<std::string> imeis;
+  int claimed = 0, empty = 0;
+  for (const auto& r : results) {
+    INFO(r.endpoint << ": " << r.error);
+    CHECK(r.chip_id.size() == 20);
+    if (r.error_code == static_cast<int>(errc::PoolEmpty)) {
+      ++empty;
+      CHECK(r.reached == Step::Claim);
+      CHECK(r.imei.empty());
+      continue;
+    }
+    ++claimed;
+    CHECK(r.in_outbox);
+    CHECK(r.error_code == static_cast<int>(errc::PublishPending));
+    CHECK(imeis.insert(r.imei).second);
+  }
+  CHECK(claimed == 12);
+  CHECK(empty == 4);
+  CHECK(imeis.size() == 12);
+  CHECK(pool_status(db).imeis == 0);
+  CHECK(pool_status(db).imeis_spent == 12);
+  CHECK(count(db, "SELECT count(DISTINCT imei) FROM journal.device WHERE state = 'backed_up'") == 12);
+  CHECK(count(db, "SELECT count(*) FROM journal.device WHERE identity_wrapped IS NOT NULL") == 0);
+  CHECK(count(db, "SELECT count(*) FROM secret.device") == 12);
+  CHECK(count(db, "SELECT count(*) FROM journal.outbox WHERE published_at IS NULL") == 12);
+  // Two audit rows per signature, two signatures per device.
+  CHECK(count(db, "SELECT count(*) FROM journal.audit WHERE event = 'sign.begin'") == 24);
+  CHECK(count(db, "SELECT count(*) FROM journal.audit WHERE event = 'sign.done'") == 24);
+
+  // The claimed devices are personalized: a second run refuses them before any claim.
+  pool_generate_imeis(db, "35780502", 2);
+  core::pq::Connection conn(ci);
+  for (const auto& r : results) {
+    if (r.imei.empty()) continue;
+    const auto again = p.personalize(r.endpoint, conn);
+    CHECK_FALSE(again.done);
+    // The outbox still holds the record (no public DB): the station resumes it rather than re-claiming.
+    CHECK(again.imei == r.imei);
+    break;
+  }
+  CHECK(pool_status(db).imeis == 2);
+}
+
+TEST_CASE("pool key source: a claim takes one pre-generated key set and deletes it") {
+  const auto cfg = station_config();
+  std::string ci;
+  auto db = fresh_station_db("st_poolkeys", &ci);
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 2);
+  pool_generate_keys(db, *keys.token, 1);
+  const auto pub = db.exec("SELECT identity_public FROM pool.device_key").bytea(0, 0);
+  Fleet fleet(2, pki_path(cfg, pki_file::root));
+  StationConfig pcfg = cfg;
+  pcfg.key_source = "pool";
+  Personalizer p(pcfg, keys, nullptr);
+  const auto r1 = p.personalize(fleet.endpoints()[0], db);
+  CHECK(r1.in_outbox);
+  CHECK(db.exec("SELECT identity_public FROM journal.device WHERE imei = $1", {r1.imei}).bytea(0, 0) == pub);
+  CHECK(pool_status(db).keys == 0);
+  const auto r2 = p.personalize(fleet.endpoints()[1], db);
+  CHECK(r2.error_code == static_cast<int>(errc::PoolEmpty));
+  CHECK(r2.reached == Step::Claim);
+  // The IMEI claim rolled back with the missing key set: it is still in the pool.
+  CHECK(pool_status(db).imeis == 1);
+  CHECK(count(db, "SELECT count(*) FROM journal.device") == 1);
+}
