@@ -182,7 +182,12 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
     const bool personalized = status.data[0] == kLifecyclePersonalized;
     std::optional<JournalRow> row = live_row(db, res.chip_id);
-    if (personalized && (!row || row->state == "claimed")) {
+    // A published row means this very station finished the device: a second run is a refusal, not a
+    // "done" (issue #5: an already personalized device is refused before any IMEI is claimed).
+    if (personalized && (!row || row->state == "claimed" || row->state == "published")) {
+      // A claim that never reached STORE DATA ('issued' is journaled before it) cannot be this device's
+      // personalization: void it so the journal holds no half-issued row.
+      if (row && row->state == "claimed") void_claim(db, row->id, "device was personalized elsewhere after the claim");
       std::string imei(status.data.begin() + 1 + core::kChipIdSize + 1, status.data.end());
       throw core::Error(errc::AlreadyPersonalized,
                         "device is already personalized" + (imei.empty() ? std::string() : " as IMEI " + imei) +
