@@ -264,6 +264,7 @@ LineSummary Line::run() {
   if (m_config.db.empty())
     throw core::ConfigError(core::ErrorCode::Config, "no station database: set --db or KEYLINE_STATION_DB");
   core::pq::Connection ctl(m_config.db);
+  m_start = Clock::now();
   migrate_station_db(ctl);
   const int workers = std::max(1, m_profile.concurrency);
   m_keys = std::make_unique<StationKeys>(StationKeys::open(m_config, static_cast<std::size_t>(workers) + 2));

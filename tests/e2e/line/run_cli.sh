@@ -1,0 +1,55 @@
+# keyline-station run as an operator uses it (issue #7): a line profile (fleet file, concurrency, pool
+# top-up from a TAC range, application items), --count, SIGTERM drain, progress, status, a bad profile.
+source "$(dirname "$0")/common.sh"
+dir=${1:?work dir}
+rm -rf "$dir"
+N=30
+LINE_DEVICE_FLAGS="--delays realistic --quiet" line_up "$dir" "$N"
+line_fleet_file "$LINE_DIR/fleet.txt"
+st="$LINE_BIN/keyline-station"
+cat >"$LINE_DIR/profile.json" <<JSON
+{ "fleet_file": "$LINE_DIR/fleet.txt", "concurrency": 4,
+  "tac": "35780502", "pool_low_water": 40, "pool_refill": 20,
+  "application_items": { "0F01": "CAFE", "0F02": "0102030405" } }
+JSON
+
+# A bad profile is refused with a one-line reason and exit 2, before anything is claimed.
+echo '{ "devices": ["nohost"] }' >"$LINE_DIR/bad.json"
+rc=0; "$st" run --profile "$LINE_DIR/bad.json" 2>"$LINE_DIR/bad.err" || rc=$?
+[ "$rc" -eq 2 ] && grep -q 'devices\[0\] is not HOST:PORT' "$LINE_DIR/bad.err" || fail "bad profile: exit $rc $(cat "$LINE_DIR/bad.err")"
+echo '{ "concurency": 4 }' >"$LINE_DIR/bad2.json"
+rc=0; "$st" run --profile "$LINE_DIR/bad2.json" 2>"$LINE_DIR/bad.err" || rc=$?
+[ "$rc" -eq 2 ] && grep -q 'unknown field "concurency"' "$LINE_DIR/bad.err" || fail "typo in profile: exit $rc"
+ok "bad profiles refused"
+
+# --count: stops once 6 devices are published; the pool is topped up from the TAC range.
+"$st" run --profile "$LINE_DIR/profile.json" --count 6 --progress plain | tee "$LINE_DIR/logs/count.log"
+pub=$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")
+[ "$pub" -ge 6 ] && [ "$pub" -le 10 ] || fail "--count 6 published $pub"
+grep -Eq '\| done \(published\) +\| +([6-9]|10) \|' "$LINE_DIR/logs/count.log" || fail "summary table"
+pool=$(line_station_sql "SELECT count(*) FROM pool.imei")
+((pool >= 40)) || fail "pool not topped up ($pool)"
+ok "--count 6: $pub published, pool topped up to $pool"
+
+# SIGTERM drains: in-flight devices finish, nothing new starts, nothing is left half-done.
+"$st" run --profile "$LINE_DIR/profile.json" --progress tty >"$LINE_DIR/logs/term.log" 2>&1 &
+pid=$!
+sleep 2.5
+kill -TERM "$pid"
+rc=0; wait "$pid" || rc=$?
+cat "$LINE_DIR/logs/term.log" | tr '\r' '\n' | tail -14
+[ "$rc" -eq 0 ] || fail "run after SIGTERM exited $rc"
+grep -q $'\r' "$LINE_DIR/logs/term.log" || fail "no terminal progress line"
+half=$(line_station_sql "SELECT count(*) FROM journal.device WHERE state NOT IN ('published','void')")
+[ "$half" -eq 0 ] || fail "$half devices left half-done after SIGTERM"
+pub2=$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")
+((pub2 > pub && pub2 < N)) || fail "after SIGTERM: $pub2 published (before $pub, of $N)"
+grep -Eq '\| not started +\| +[1-9]' "$LINE_DIR/logs/term.log" || fail "summary does not show devices not started"
+ok "SIGTERM: drained with $pub2 published, nothing half-done"
+
+"$st" status | tee "$LINE_DIR/logs/status.log"
+grep -q "published: $pub2" "$LINE_DIR/logs/status.log" || fail "status"
+
+# The rest of the line, then the invariants over every device.
+"$st" run --profile "$LINE_DIR/profile.json" -j 16 --progress plain | tail -3
+check_line_invariants "$N"
