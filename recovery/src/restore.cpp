@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+#include <memory>
 #include <system_error>
 
 #include <unistd.h>
@@ -131,12 +132,19 @@ void select_applet(Device& dev) {
     throw core::Error(errc::DeviceRefused, "the device refused SELECT of the keyline applet (" + core::sw_text(r.sw) + ")");
 }
 
+// Record::from_json refuses texts over 4 MiB; reading stops there so that a wrong file (a disk
+// image, a log) is refused without being loaded whole.
+constexpr std::size_t kMaxBundle = 4u << 20;
+
 std::string read_text_file(const std::string& path, const char* what, core::ErrorCode code) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw core::Error(code, std::string("cannot read ") + what + " " + path);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  std::string text(kMaxBundle + 1, '\0');
+  f.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(f.gcount()));
+  if (text.size() > kMaxBundle)
+    throw core::Error(code, std::string(what) + " " + path + " is larger than 4 MiB: not a keyline record");
+  return text;
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {
@@ -154,7 +162,11 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id) {
+namespace {
+
+// Builds the client, which checks the URL and reads the TLS trust file: bad settings are reported
+// before the device is touched.
+std::unique_ptr<core::http::Client> make_client(const DbOptions& db) {
   if (db.url.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--db (public DB URL) is required");
   core::http::ClientOptions o;
   o.base_url = db.url;
@@ -163,10 +175,16 @@ std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id) 
   o.backoff = db.backoff;
   o.connect_timeout = db.timeout;
   o.io_timeout = db.timeout;
-  core::http::Client client(o);
+  return std::make_unique<core::http::Client>(o);
+}
+
+}  // namespace
+
+std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id) {
+  const auto client = make_client(db);
   core::http::Response r;
   try {
-    r = client.get("/v1/records/" + chip_id.str(), {{"Accept", "application/json"}});
+    r = client->get("/v1/records/" + chip_id.str(), {{"Accept", "application/json"}});
   } catch (const core::ConfigError&) {
     throw;
   } catch (const core::Error& e) {
@@ -250,6 +268,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
     record = parse_bundle(raw, options.bundle);
   }
 
+  if (!offline) make_client(options.db);
   Device dev(options.device, options.device_timeout);
   const core::ChipId chip = read_chip_id(dev);
   say(progress, "device " + options.device + " is chip " + chip.str());
