@@ -1,0 +1,162 @@
+// The line engine in process (issue #7) against the real PostgreSQL cluster, the real SoftHSM token
+// and real emulated devices (the keyline-device program over TCP): profile parsing, --count, a
+// device that is not there, and "done only once published" when no public DB is configured.
+#include <doctest/doctest.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "keyline/core/error.h"
+#include "keyline/core/pq.h"
+#include "keyline/station/errors.h"
+#include "keyline/station/keys.h"
+#include "keyline/station/line.h"
+#include "keyline/station/pool.h"
+#include "testenv.h"
+
+namespace fs = std::filesystem;
+using namespace keyline;
+using namespace keyline::station;
+
+namespace {
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const std::string path = test::testenv_dir() + "/line-" + std::to_string(::getpid()) + "-" + name;
+  std::ofstream(path, std::ios::trunc) << text;
+  return path;
+}
+
+StationConfig line_config() {
+  static std::once_flag once;
+  static StationConfig cfg;
+  std::call_once(once, [] {
+    const auto hsm = test::hsm_env();
+    cfg.hsm_module = hsm.module;
+    cfg.token_label = hsm.label;
+    cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
+    cfg.pki_dir = test::testenv_dir() + "/station-pki";
+    cfg.station_id = "itest-line";
+    complete_config(cfg, "");
+    std::ostringstream out;
+    try {
+      keys_init(cfg, KeysInitOptions{}, out);
+    } catch (const core::Error& e) {
+      if (e.code() != errc::KeysExist) throw;
+    }
+  });
+  return cfg;
+}
+
+// A fleet served by the real keyline-device program; its "listening" lines are the fleet file.
+struct Fleet {
+  std::string dir, out;
+  int pid = 0;
+  explicit Fleet(int n, const std::string& rom_ca) {
+    static int seq = 0;
+    dir = test::testenv_dir() + "/line-fleet-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
+    fs::remove_all(dir);
+    const std::string bin = test::binary_dir() + "/bin/keyline-device";
+    REQUIRE(std::system((bin + " make --dir '" + dir + "' --count " + std::to_string(n) + " --rom-ca '" + rom_ca +
+                         "' > /dev/null").c_str()) == 0);
+    out = dir + ".out";
+    REQUIRE(std::system((bin + " serve --quiet --fleet '" + dir + "' --listen 127.0.0.1:" +
+                         std::to_string(test::free_port()) + " > '" + out + "' 2>/dev/null & echo $! > '" + dir +
+                         ".pid'").c_str()) == 0);
+    pid = std::stoi(test::read_file(dir + ".pid"));
+    for (int i = 0; i < 200 && (!fs::exists(out) || read_fleet_file(out).size() < static_cast<std::size_t>(n)); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    REQUIRE(read_fleet_file(out).size() == static_cast<std::size_t>(n));
+  }
+  ~Fleet() {
+    if (pid > 0) ::kill(pid, SIGTERM);
+  }
+};
+
+std::int64_t count(core::pq::Connection& c, const std::string& sql) { return c.exec(sql).int64(0, 0); }
+
+}  // namespace
+
+TEST_CASE("line profile: fields, fleet ports and clear refusals") {
+  const auto p = load_profile(write_temp("ok.json", R"({"devices": ["127.0.0.1:4000", "h:1"], "concurrency": 32,
+      "fleet_ports": "10.0.0.1:5000:3", "tac": "35780502", "pool_low_water": 10, "pool_refill": 100,
+      "key_source": "pool", "application_items": {"0F01": "CAFE"}})"));
+  REQUIRE(p.devices.size() == 5);
+  CHECK(p.devices[4].endpoint == "10.0.0.1:5002");
+  CHECK(p.concurrency == 32);
+  CHECK(p.key_source == "pool");
+  REQUIRE(p.app_items.size() == 1);
+  CHECK(p.app_items[0].first == 0x0F01);
+  CHECK(p.app_items[0].second == core::Bytes{0xCA, 0xFE});
+  CHECK(fleet_ports("7000:2").at(1).endpoint == "127.0.0.1:7001");
+
+  const auto refused = [](const std::string& json, const std::string& needle) {
+    try {
+      load_profile(write_temp("bad.json", json));
+    } catch (const core::ConfigError& e) {
+      CHECK_MESSAGE(std::string(e.what()).find(needle) != std::string::npos, e.what());
+      return;
+    }
+    FAIL("accepted: " << json);
+  };
+  refused(R"({"concurrency": 0})", "concurrency");
+  refused(R"({"devices": ["no-port"]})", "devices[0]");
+  refused(R"({"application_items": {"0101": "00"}})", "outside 0F01-0FFF");
+  refused(R"({"application_items": {"0F01": "zz"}})", "not hex");
+  refused(R"({"tac": "1234"})", "8 digits");
+  refused(R"({"tac": "35780502", "pool_low_water": 5})", "pool top-up");
+  refused(R"({"devise": []})", "unknown field");
+  refused("[1]", "not a JSON object");
+  CHECK_THROWS_AS(fleet_ports("70000:2"), core::ConfigError);
+  CHECK_THROWS_AS(fleet_ports("x:2"), core::ConfigError);
+}
+
+TEST_CASE("run: without a public DB nothing counts as done; --count stops the line; a missing device claims nothing") {
+  auto cfg = line_config();
+  cfg.db = test::pg_env().create_database("line");
+  cfg.backupdb_url.clear();
+  core::pq::Connection db(cfg.db);
+  migrate_station_db(db);
+  pool_generate_imeis(db, "35780502", 20);
+
+  Fleet fleet(8, cfg.pki_dir + "/root.pem");
+  LineProfile profile;
+  profile.devices = read_fleet_file(fleet.out);
+  profile.concurrency = 3;
+  profile.app_items = {{0x0F01, core::Bytes{1, 2, 3}}};
+  LineOptions opt;
+  opt.count = 3;
+  opt.publish_wait_ms = 500;
+  std::ostringstream out;
+  const auto s = run_line(cfg, profile, opt, out);
+  // Records wait in the outbox: backed up, never "done".
+  CHECK(s.done == 0);
+  CHECK(s.failed == 0);
+  CHECK(s.publishing == 3);
+  CHECK(s.skipped == 5);
+  CHECK(count(db, "SELECT count(*) FROM journal.device WHERE state = 'backed_up'") == 3);
+  CHECK(count(db, "SELECT count(*) FROM journal.outbox WHERE published_at IS NULL") == 3);
+  CHECK(count(db, "SELECT count(*) FROM journal.device WHERE identity_wrapped IS NOT NULL") == 0);
+  CHECK(out.str().find("line: done 0") != std::string::npos);
+
+  // A device address nobody answers on: one failure, no claim, the IMEI stays in the pool.
+  const auto before = count(db, "SELECT count(*) FROM pool.imei");
+  LineProfile gone;
+  gone.devices = {{"127.0.0.1:" + std::to_string(test::free_port()), ""}};
+  LineOptions opt2;
+  opt2.publish_wait_ms = 0;
+  opt2.device_attempts = 2;
+  const auto s2 = run_line(cfg, gone, opt2, out);
+  CHECK(s2.failed == 1);
+  REQUIRE(s2.failures.size() == 1);
+  CHECK(s2.failures[0].find("step connect") != std::string::npos);
+  CHECK(count(db, "SELECT count(*) FROM pool.imei") == before);
+  CHECK(count(db, "SELECT count(*) FROM journal.device") == 3);
+}
