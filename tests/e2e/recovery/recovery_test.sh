@@ -105,6 +105,17 @@ for k in imei identity_key_sha256 transport_key_sha256; do
 done
 [ ! -e "$(ddir 0)/flash/staging.bin" ] && pass "staging area emptied after boot" || fail "staging.bin left behind"
 
+# --- behind a TLS-terminating proxy: the read side over plain HTTP on loopback (DESIGN section 7) ---
+plain_port=$(line_free_port)
+KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$(cat "$LINE_DIR/pg/port") dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
+  "$LINE_BIN/keyline-backupdb" serve --plain-http --listen "127.0.0.1:$plain_port" --trust "$ROOT" --log off \
+  >"$work/plain.out" 2>&1 &
+plain_pid=$!
+line_wait_port 127.0.0.1 "$plain_port" 20 || fail "plain-HTTP public DB did not start"
+expect_refusal plain-http-dry-run 0 "dry run: verified, nothing written" 0 -- \
+  env -u KEYLINE_BACKUPDB_CA "$REC" restore --device "$(addr 0)" --db "http://127.0.0.1:$plain_port" --trust "$ROOT" --dry-run
+kill "$plain_pid" 2>/dev/null; wait "$plain_pid" 2>/dev/null || true
+
 # --- the device loses power while it boots the staged image: it keeps its previous image ------
 # A second server on device 0's directory with a one-shot power cut in the next flash write.
 cut_port=$(line_free_port)
