@@ -85,9 +85,9 @@ class Fleet {
                              rom_ca + "' > '" + m_dir + ".make.log' 2>&1";
     REQUIRE(std::system(make.c_str()) == 0);
     const std::string out = m_dir + ".serve.out";
-    const std::string serve = bin + " serve --quiet --fleet '" + m_dir + "' --listen 127.0.0.1:" +
-                              std::to_string(test::free_port()) + " > '" + out + "' 2> '" + m_dir +
-                              ".serve.err' & echo $! > '" + m_dir + ".pid'";
+    // Port 0: each device gets its own port from the kernel (a run of consecutive free ports is luck).
+    const std::string serve = bin + " serve --quiet --fleet '" + m_dir + "' --listen 127.0.0.1:0 > '" + out +
+                              "' 2> '" + m_dir + ".serve.err' & echo $! > '" + m_dir + ".pid'";
     REQUIRE(std::system(serve.c_str()) == 0);
     m_pid = std::stoi(test::read_file(m_dir + ".pid"));
     for (int i = 0; i < 200 && static_cast<int>(m_endpoints.size()) < n; ++i) {
