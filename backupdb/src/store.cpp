@@ -87,6 +87,8 @@ PublishResult Store::publish(const core::Record& record) {
   const core::Bytes identity = record.certificates.empty() ? core::Bytes{} : record.certificates.front();
   PublishResult result;
   auto lease = m_pool.acquire();
+  // Safe to re-run after a lost connection: if the first attempt committed but its answer was lost,
+  // the retry finds the identical row and reports Identical (200), never a duplicate.
   // READ COMMITTED: ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key and then
   // skips; the following SELECT takes a new snapshot and sees the winner's committed row.
   core::pq::run_transaction(*lease, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
