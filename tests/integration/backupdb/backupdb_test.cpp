@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -119,6 +120,11 @@ struct Pki {
     const auto expired = ca.sign_request(req, rng, Botan::X509_Time("20200101000000Z", Botan::GENERALIZED_TIME), Botan::X509_Time("20210101000000Z", Botan::GENERALIZED_TIME));
     write_file(dir + "/expired.pem", to_pem(expired));
     write_file(dir + "/expired.key", Botan::PKCS8::PEM_encode(*ex_key));
+  }
+
+  ~Pki() {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
   }
 
   // A well-formed record for chip/IMEI; `salt` changes the backup so the content differs.
