@@ -28,6 +28,13 @@ core::pq::Connection open_db(const StationConfig& config) {
 
 std::string esc(const std::string& s) { return core::http::json_escape(s); }
 
+bool is_refusal(int code) {
+  for (const auto c : {errc::DeviceRefused, errc::AlreadyPersonalized, errc::BackupMismatch, errc::PublishRejected,
+                       errc::JournalConflict})
+    if (code == static_cast<int>(c)) return true;
+  return false;
+}
+
 }  // namespace
 
 int cmd_keys_init(const StationConfig& config, const std::string& organization) {
@@ -80,7 +87,7 @@ int cmd_personalize(const StationConfig& config, const std::vector<std::string>&
   std::unique_ptr<Publisher> publisher;
   if (!config.backupdb_url.empty()) publisher = std::make_unique<Publisher>(config);
   Personalizer p(config, keys, publisher.get());
-  int failed = 0, waiting = 0;
+  int failed = 0, refused = 0, waiting = 0;
   for (const auto& d : devices) {
     const auto r = p.personalize(d, db);
     if (json) {
@@ -93,11 +100,13 @@ int cmd_personalize(const StationConfig& config, const std::vector<std::string>&
     }
     if (!r.done) {
       std::cerr << "keyline-station: " << d << ": error " << r.error_code << ": " << r.error << "\n";
-      (r.in_outbox ? waiting : failed)++;
+      (r.in_outbox ? waiting : is_refusal(r.error_code) ? refused : failed)++;
     }
   }
-  // Exit 4 when the only trouble is a public DB that did not answer (the outbox holds the records).
+  // docs/operations.md: 5 when a peer answered "no" (device, public DB, another station), 4 when the only
+  // trouble is a public DB that did not answer (the outbox holds the records), 1 for anything else.
   if (failed > 0) return core::exit_code::failure;
+  if (refused > 0) return core::exit_code::refused;
   return waiting > 0 ? core::exit_code::unavailable : core::exit_code::ok;
 }
 

@@ -127,7 +127,7 @@ before=$(sql "SELECT (SELECT count(*) FROM pool.imei) || '/' || (SELECT count(*)
 station again personalize --json --device "${LINE_DEVICES[0]}"
 rc=$?
 r=$(cat "$logs/station-again.out")
-check "second personalize of device 0 fails (exit $rc)" test "$rc" -ne 0
+check "second personalize of device 0 is refused: exit 5 (got $rc)" test "$rc" -eq 5
 check "refusal names the chip and step read-device" grep -q "chip ${chips[0]}: step read-device" "$logs/station-again.err"
 check "refusal has error code 4011" grep -q '"error_code":4011' <<<"$r"
 after=$(sql "SELECT (SELECT count(*) FROM pool.imei) || '/' || (SELECT count(*) FROM pool.imei_spent) || '/' || (SELECT count(*) FROM journal.device)")
@@ -148,7 +148,7 @@ check "device 2 journal state stored after the crash" grep -Eq '^[0-9]{15}$' <<<
 station corrupt personalize --json --device "${LINE_DEVICES[2]}"
 rc=$?
 r=$(cat "$logs/station-corrupt.out")
-check "corrupt backup: personalize fails (exit $rc)" test "$rc" -ne 0
+check "corrupt backup: personalize refused: exit 5 (got $rc)" test "$rc" -eq 5
 check "corrupt backup: failure at step backup ($r)" grep -q '"step":"backup"' <<<"$r"
 check "corrupt backup: error names the chip" grep -q "chip ${chips[2]}: step backup" "$logs/station-corrupt.err"
 check "corrupt backup: IMEI voided in the journal" \
