@@ -7,15 +7,17 @@
 #
 #   scripts/demo.sh [N]     N devices (default 8, or $KEYLINE_DEMO_DEVICES)
 # Every run starts from a clean .keyline/demo/ (the previous run's processes are stopped first).
+# For the test suite: KEYLINE_DEMO_DIR (another directory, relative to the repo root), KEYLINE_SKIP_SETUP=1
+# (binaries already built; LINE_BIN names their directory).
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
 n=${1:-${KEYLINE_DEMO_DEVICES:-8}}
 [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 2 ] || { echo "demo: N must be a number >= 2" >&2; exit 2; }
 
-"$top/scripts/setup.sh"
+[ -n "${KEYLINE_SKIP_SETUP:-}" ] || "$top/scripts/setup.sh"
 
-demo=.keyline/demo
+demo=${KEYLINE_DEMO_DIR:-.keyline/demo}
 # A previous run that was killed hard may have left its cluster or servers running.
 if [ -f "$demo/pids" ]; then
   while read -r p; do kill "$p" 2>/dev/null || true; done <"$demo/pids"

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs scripts/demo.sh with 3 devices into the build tree and checks summary.json against DESIGN section 8.
+set -euo pipefail
+cd "$KEYLINE_SOURCE_DIR"
+mkdir -p "$KEYLINE_DEMO_TEST_DIR"
+dir=$(realpath --relative-to="$KEYLINE_SOURCE_DIR" "$KEYLINE_DEMO_TEST_DIR")
+KEYLINE_DEMO_DIR="$dir" scripts/demo.sh 3 >"$KEYLINE_DEMO_TEST_DIR.log" 2>&1 || {
+  tail -40 "$KEYLINE_DEMO_TEST_DIR.log"
+  echo "FAIL: demo.sh exited non-zero"
+  exit 1
+}
+python3 - "$dir/summary.json" <<'PY'
+import json, os, subprocess, sys
+s = json.load(open(sys.argv[1]))
+def check(cond, what):
+    if not cond:
+        print("FAIL:", what); sys.exit(1)
+    print("ok:", what)
+check(s["devices_personalized"] == 3, "3 devices personalized")
+check(s["devices_published"] == 3, "3 records published")
+for k in ("root_ca", "device_ca"):
+    check(not os.path.isabs(s[k]) and os.path.isfile(s[k]), k + " is a relative path to a file")
+check(len(s["identity_certs"]) == 3, "3 identity certificates listed")
+for c in s["identity_certs"]:
+    r = subprocess.run(["openssl", "verify", "-CAfile", s["root_ca"], "-untrusted", s["device_ca"], c],
+                       capture_output=True, text=True)
+    check(r.returncode == 0, "openssl verify " + c)
+rec = s["recovery"]
+check(len(rec["chip_id"]) == 20, "recovery names a chip ID")
+check(rec["imei_before"] and rec["imei_before"] == rec["imei_after"], "same IMEI after restore")
+check(rec["key_fingerprints_match"] is True, "same key fingerprints after restore")
+check("kps_transfer" in s, "kps_transfer present")
+PY
+# The demo stopped everything it started: nothing listens from its directory any more.
+if pgrep -f "$KEYLINE_DEMO_TEST_DIR/" >/dev/null; then
+  echo "FAIL: processes of the demo are still running"
+  pgrep -af "$KEYLINE_DEMO_TEST_DIR/"
+  exit 1
+fi
+echo "ok: the demo stopped every process it started"
