@@ -88,6 +88,15 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   if (c.hw_type.empty()) c.hw_type = core::kDefaultHwType;
   if (c.key_source != "generate" && c.key_source != "pool")
     throw core::ConfigError(core::ErrorCode::Config, "key source must be \"generate\" or \"pool\", not \"" + c.key_source + "\"");
+  // The hwType goes into every certificate (RFC 4108 HardwareModuleName): a bad one must stop the station
+  // here, not void an IMEI at the first lint. X.690 8.19: at least two arcs, the first 0-2.
+  {
+    bool ok = !c.hw_type.empty() && c.hw_type.front() >= '0' && c.hw_type.front() <= '2' &&
+              c.hw_type.find('.') != std::string::npos && c.hw_type.back() != '.' &&
+              c.hw_type.find("..") == std::string::npos;
+    for (char ch : c.hw_type) ok = ok && (std::isdigit(static_cast<unsigned char>(ch)) || ch == '.');
+    if (!ok) throw core::ConfigError(core::ErrorCode::Config, "hw type must be a dotted OID such as 1.3.6.1.4.1.59999.1.1");
+  }
   for (char ch : c.station_id)
     if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'))
       throw core::ConfigError(core::ErrorCode::Config, "station id may hold letters, digits, '-', '_' and '.' only");

@@ -275,19 +275,33 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
 
       const core::SecureBytes comm_key = derive_comm_key(*m_keys.token, res.imei);
 
-      audit(db, m_config.station_id, "sign.begin", who, res.imei, "identity",
-            "subject key SHA-256 " + sha256_hex(identity_public));
-      const auto identity_cert = core::issue_identity_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key,
-                                                                  *identity_key, imei, chip, m_config.hw_type, rng);
-      identity_der = identity_cert.BER_encode();
-      audit(db, m_config.station_id, "sign.done", who, res.imei, "identity", "certificate SHA-256 " + sha256_hex(identity_der));
-      audit(db, m_config.station_id, "sign.begin", who, res.imei, "transport",
-            "subject key SHA-256 " + sha256_hex(transport_public));
-      const auto transport_cert = core::issue_transport_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key,
-                                                                    transport_pub, imei, chip, m_config.hw_type, rng);
-      const core::Bytes transport_der = transport_cert.BER_encode();
-      audit(db, m_config.station_id, "sign.done", who, res.imei, "transport",
-            "certificate SHA-256 " + sha256_hex(transport_der));
+      // Every sign.begin ends in sign.done or sign.failed, so the audit trail accounts for each use of
+      // the CA key. The failure detail is a lint rule or a token message, never key material.
+      auto audited_sign = [&](const char* kind, const core::Bytes& subject_key,
+                              const std::function<Botan::X509_Certificate()>& sign) {
+        audit(db, m_config.station_id, "sign.begin", who, res.imei, kind, "subject key SHA-256 " + sha256_hex(subject_key));
+        core::Bytes der;
+        try {
+          der = sign().BER_encode();
+        } catch (const std::exception& e) {
+          try {
+            audit(db, m_config.station_id, "sign.failed", who, res.imei, kind, std::string(e.what()).substr(0, 300));
+          } catch (const std::exception&) {
+            // The signing error is the one to report; a dead DB shows up on the next statement.
+          }
+          throw;
+        }
+        audit(db, m_config.station_id, "sign.done", who, res.imei, kind, "certificate SHA-256 " + sha256_hex(der));
+        return der;
+      };
+      identity_der = audited_sign("identity", identity_public, [&] {
+        return core::issue_identity_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, *identity_key, imei, chip,
+                                                m_config.hw_type, rng);
+      });
+      const core::Bytes transport_der = audited_sign("transport", transport_public, [&] {
+        return core::issue_transport_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, transport_pub, imei, chip,
+                                                 m_config.hw_type, rng);
+      });
 
       core::DataPackage pkg;
       pkg.imei = imei;

@@ -286,3 +286,35 @@ TEST_CASE("pool key source: a claim takes one pre-generated key set and deletes 
   CHECK(pool_status(db).imeis == 1);
   CHECK(count(db, "SELECT count(*) FROM journal.device") == 1);
 }
+
+TEST_CASE("a certificate that fails the profile lint: audit says sign.failed, the IMEI is voided, the device stays blank") {
+  const auto cfg = station_config();
+  std::string ci;
+  auto db = fresh_station_db("st_lint", &ci);
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 2);
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  StationConfig bad = cfg;
+  bad.hw_type = "not-an-oid";  // complete_config refuses this; set directly to reach the lint
+  Personalizer p(bad, keys, nullptr);
+  const auto r = p.personalize(fleet.endpoints()[0], db);
+  INFO(r.error);
+  CHECK_FALSE(r.done);
+  CHECK(r.reached == Step::Issue);
+  CHECK(r.error_code == static_cast<int>(core::ErrorCode::CertificateLint));
+  CHECK(r.error.find("voided") != std::string::npos);
+  CHECK(db.exec("SELECT state FROM journal.device WHERE imei = $1", {r.imei}).text(0, 0) == "void");
+  const auto audit = db.exec("SELECT event FROM journal.audit WHERE imei = $1 ORDER BY id", {r.imei});
+  REQUIRE(audit.rows() == 2);
+  CHECK(audit.text(0, 0) == "sign.begin");
+  CHECK(audit.text(1, 0) == "sign.failed");
+  CHECK(count(db, "SELECT count(*) FROM journal.audit WHERE event = 'sign.failed' AND detail LIKE '%hwType%'") == 1);
+
+  // The same device with a good profile gets a fresh IMEI; the voided one is never reused.
+  Personalizer good(cfg, keys, nullptr);
+  const auto r2 = good.personalize(fleet.endpoints()[0], db);
+  INFO(r2.error);
+  CHECK(r2.in_outbox);
+  CHECK(r2.imei != r.imei);
+  CHECK(pool_status(db).imeis == 0);
+}

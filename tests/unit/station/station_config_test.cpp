@@ -89,6 +89,18 @@ TEST_CASE("bad settings are refused with the setting's name") {
       CHECK(std::string(e.what()).find("station id") != std::string::npos);
     }
   }
+  for (const char* hw : {"not-an-oid", "1.3.6.", "1..3", "7.1", "1", "1.3.6.1.x"}) {
+    StationConfig c;
+    c.hw_type = hw;
+    INFO(hw);
+    CHECK_THROWS_AS(complete_config(c, ""), core::ConfigError);
+  }
+  {
+    StationConfig c;
+    c.hw_type = "1.3.6.1.4.1.59999.7";
+    complete_config(c, "");
+    CHECK(c.hw_type == "1.3.6.1.4.1.59999.7");
+  }
   {
     StationConfig c;
     c.station_id = std::string(65, 'a');
