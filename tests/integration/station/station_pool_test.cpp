@@ -318,3 +318,73 @@ TEST_CASE("a certificate that fails the profile lint: audit says sign.failed, th
   CHECK(r2.imei != r.imei);
   CHECK(pool_status(db).imeis == 0);
 }
+
+TEST_CASE("two threads on one chip: one claims, the other gets JournalConflict and its IMEI goes back") {
+  const auto cfg = station_config();
+  std::string ci;
+  auto db = fresh_station_db("st_conflict", &ci);
+  auto keys = StationKeys::open(cfg, 4);
+  pool_generate_imeis(db, "35780502", 4);
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  Personalizer p(cfg, keys, nullptr);
+  // Both threads read the blank device before either claims.
+  std::atomic<int> arrived{0};
+  p.set_step_hook([&](Step s, const std::string&) {
+    if (s != Step::ReadDevice) return;
+    ++arrived;
+    for (int i = 0; i < 500 && arrived < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  });
+  DeviceResult r[2];
+  std::thread a([&] {
+    core::pq::Connection c(ci);
+    r[0] = p.personalize(fleet.endpoints()[0], c);
+  });
+  std::thread b([&] {
+    core::pq::Connection c(ci);
+    r[1] = p.personalize(fleet.endpoints()[0], c);
+  });
+  a.join();
+  b.join();
+  REQUIRE(arrived == 2);
+  const int loser = r[0].error_code == static_cast<int>(errc::JournalConflict) ? 0 : 1;
+  INFO(r[0].error << " | " << r[1].error);
+  CHECK(r[loser].error_code == static_cast<int>(errc::JournalConflict));
+  CHECK(r[loser].reached == Step::Claim);
+  CHECK(r[1 - loser].in_outbox);
+  CHECK(count(db, "SELECT count(*) FROM journal.device") == 1);
+  // Only the winner's IMEI left the pool.
+  CHECK(pool_status(db).imeis == 3);
+  CHECK(pool_status(db).imeis_spent == 1);
+}
+
+TEST_CASE("a claim left behind for a device another station then personalized is voided, the device refused") {
+  const auto cfg = station_config();
+  std::string ci_a, ci_b;
+  auto db_a = fresh_station_db("st_deadclaim_a", &ci_a);
+  auto db_b = fresh_station_db("st_deadclaim_b", &ci_b);
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db_a, "35780502", 2);
+  pool_generate_imeis(db_b, "49015420", 2);
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  // Station A stops right after its claim (as if it lost power).
+  Personalizer a(cfg, keys, nullptr);
+  a.set_step_hook([](Step s, const std::string&) {
+    if (s == Step::Claim) throw std::runtime_error("station A stopped after the claim");
+  });
+  const auto ra = a.personalize(fleet.endpoints()[0], db_a);
+  CHECK(ra.reached == Step::Claim);
+  CHECK(db_a.exec("SELECT state FROM journal.device WHERE imei = $1", {ra.imei}).text(0, 0) == "claimed");
+  // Station B personalizes the device meanwhile.
+  Personalizer b(cfg, keys, nullptr);
+  const auto rb = b.personalize(fleet.endpoints()[0], db_b);
+  CHECK(rb.in_outbox);
+  // Station A comes back: the device is refused, A's claim is voided, nothing else is claimed.
+  Personalizer a2(cfg, keys, nullptr);
+  const auto ra2 = a2.personalize(fleet.endpoints()[0], db_a);
+  INFO(ra2.error);
+  CHECK(ra2.error_code == static_cast<int>(errc::AlreadyPersonalized));
+  CHECK(ra2.reached == Step::ReadDevice);
+  CHECK(db_a.exec("SELECT state FROM journal.device WHERE imei = $1", {ra.imei}).text(0, 0) == "void");
+  CHECK(pool_status(db_a).imeis == 1);
+  CHECK(count(db_a, "SELECT count(*) FROM journal.device") == 1);
+}
