@@ -388,3 +388,22 @@ TEST_CASE("a claim left behind for a device another station then personalized is
   CHECK(pool_status(db_a).imeis == 1);
   CHECK(count(db_a, "SELECT count(*) FROM journal.device") == 1);
 }
+
+TEST_CASE("the pool tables keep an aggressive autovacuum; the secret DB has no column for key material") {
+  auto db = fresh_station_db("st_schema");
+  for (const char* table : {"imei", "device_key"}) {
+    INFO(table);
+    const auto opts = db.exec(
+        "SELECT array_to_string(c.reloptions, ',') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'pool' AND c.relname = $1",
+        {table});
+    REQUIRE(opts.rows() == 1);
+    CHECK(opts.text(0, 0).find("autovacuum_vacuum_scale_factor=0") != std::string::npos);
+    CHECK(opts.text(0, 0).find("autovacuum_vacuum_cost_delay=0") != std::string::npos);
+  }
+  CHECK(count(db,
+              "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'secret' AND"
+              " (data_type = 'bytea' OR column_name ~* 'private|wrapped|pkcs8|secret')") == 0);
+  // Migrations are idempotent: a second run applies nothing.
+  CHECK(migrate_station_db(db) == 0);
+}
