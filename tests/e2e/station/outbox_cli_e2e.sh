@@ -59,6 +59,55 @@ check "after publish: the public DB has the record (HTTP $code)" test "$code" = 
 out=$(st publish 2>&1)
 check "publish with an empty outbox does nothing ($out)" grep -q "0 records published, 0 still waiting" <<<"$out"
 
+# --- the station's own client certificate expired: the public DB refuses, the record waits -------------
+pki=$LINE_DIR/pki
+pin=$(cat "$LINE_DIR/hsm/user.pin")
+ca=$work/ca
+mkdir -p "$ca/new"
+: >"$ca/index.txt"
+echo 2000 >"$ca/serial"
+cat >"$ca/ca.cnf" <<CNF
+[ca]
+default_ca = d
+[d]
+database = $ca/index.txt
+new_certs_dir = $ca/new
+serial = $ca/serial
+default_md = sha256
+policy = p
+unique_subject = no
+x509_extensions = e
+[p]
+commonName = supplied
+[e]
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+CNF
+# A CSR for the station's own token key, signed by the real service CA (both keys stay on the token).
+tok() { printf 'pkcs11:token=keyline;object=%s;type=private;pin-value=%s' "$1" "$pin"; }
+openssl req -new -engine pkcs11 -keyform engine -key "$(tok keyline-station-tls)" -subj "/CN=station-1" \
+  -out "$ca/station.csr" >>"$ca/openssl.log" 2>&1
+openssl ca -batch -notext -config "$ca/ca.cnf" -engine pkcs11 -keyform engine -keyfile "$(tok keyline-service-ca)" \
+  -cert "$pki/service-ca.pem" -in "$ca/station.csr" -out "$ca/expired.pem" \
+  -startdate 20200101000000Z -enddate 20200201000000Z >>"$ca/openssl.log" 2>&1
+check "an expired certificate for the station's token key" openssl x509 -in "$ca/expired.pem" -noout
+cp "$pki/station-tls.pem" "$ca/station-tls.pem.good"
+cat "$ca/expired.pem" "$pki/service-ca.pem" >"$pki/station-tls.pem"
+out=$(st personalize --json --device "${LINE_DEVICES[2]}" 2>"$work/expired.err")
+rc=$?
+check "expired station certificate: refused by the public DB, exit 5 (got $rc)" test "$rc" -eq 5
+check "expired station certificate: error 4020 at step publish ($out)" grep -q '"step":"publish","error_code":4020' <<<"$out"
+check "expired station certificate: the record waits in the outbox" \
+  test "$(sql "SELECT count(*) FROM journal.outbox WHERE chip_id = '${chips[2]}' AND published_at IS NULL")" = 1
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$pki/tls-ca.pem" "$LINE_BACKUPDB_URL/v1/records/${chips[2]}")
+check "expired station certificate: not published (HTTP $code)" test "$code" = 404
+cp "$ca/station-tls.pem.good" "$pki/station-tls.pem"
+out=$(st publish 2>&1)
+check "with the good certificate back, publish delivers it ($out)" grep -q "1 records published, 0 still waiting" <<<"$out"
+check "then the journal says published" \
+  test "$(sql "SELECT state FROM journal.device WHERE chip_id = '${chips[2]}'")" = published
+
 # --- pool import and status -------------------------------------------------------------------------
 before=$(st pool status --json)
 printf 'imei\n490154203237518\n260531793113837\n' >"$work/good.csv"
