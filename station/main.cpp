@@ -89,7 +89,14 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   return keyline::core::run_guarded("keyline-station", [&]() -> int {
+    // complete_config takes a field equal to its default for unset; a flag given with that value must
+    // still win over the environment and the file, so it is put back afterwards (already valid).
+    const StationConfig flags = cfg;
     complete_config(cfg, config_file);
+    if (app.get_option("--token")->count() > 0) cfg.token_label = flags.token_label;
+    if (app.get_option("--pki-dir")->count() > 0) cfg.pki_dir = flags.pki_dir;
+    if (app.get_option("--station-id")->count() > 0) cfg.station_id = flags.station_id;
+    if (app.get_option("--key-source")->count() > 0) cfg.key_source = flags.key_source;
     if (*keys_init) return cmd_keys_init(cfg, organization);
     if (*pool_gen) return cmd_pool_generate(cfg, tac, count, nkeys);
     if (*pool_imp) return cmd_pool_import(cfg, csv);

@@ -153,5 +153,13 @@ out=$(st --pin 1234 status 2>&1)
 rc=$?
 check "the PIN is never a flag (exit $rc)" test "$rc" -ne 0
 
+# --- a flag wins over the environment, also when it names the default ------------------------------
+out=$(KEYLINE_HSM_TOKEN=no-such-token st --token keyline pool generate --keys 1 2>&1)
+rc=$?
+check "--token keyline beats KEYLINE_HSM_TOKEN (exit $rc: $out)" test "$rc" -eq 0
+out=$(KEYLINE_HSM_TOKEN=no-such-token st pool generate --keys 1 2>&1)
+rc=$?
+check "without the flag the environment's token is used (exit $rc)" test "$rc" -eq 6
+
 echo "e2e.station.outbox_cli: $fails failed check(s)"
 [ "$fails" -eq 0 ]
