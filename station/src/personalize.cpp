@@ -356,7 +356,11 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       // The device opens the very bytes we will publish and proves the package inside is ours.
       auto drill = apdu(0x80, 0xC6, 0x00, 0x00);
       drill.data.assign(backup.begin(), backup.end());
-      const auto d = expect_ok(link, drill, "RESTORE DRILL");
+      const auto d = link.transmit(drill);
+      // The device refusing its own backup is the "backup does not open": say so, not just the SW.
+      if (d.sw != core::sw::ok)
+        throw core::Error(errc::BackupMismatch, "the backup does not open on the device (RESTORE DRILL answered " +
+                                                    core::sw_text(d.sw) + ")");
       if (core::Bytes(d.data.begin(), d.data.end()) != row->package_digest)
         throw core::Error(errc::BackupMismatch, "restore drill digest differs from the package sent");
       step(Step::Backup, res.chip_id);

@@ -149,7 +149,7 @@ station corrupt personalize --json --device "${LINE_DEVICES[2]}"
 rc=$?
 r=$(cat "$logs/station-corrupt.out")
 check "corrupt backup: personalize refused: exit 5 (got $rc)" test "$rc" -eq 5
-check "corrupt backup: failure at step backup ($r)" grep -q '"step":"backup"' <<<"$r"
+check "corrupt backup: failure at step backup with 4012 ($r)" grep -q '"step":"backup","error_code":4012' <<<"$r"
 check "corrupt backup: error names the chip" grep -q "chip ${chips[2]}: step backup" "$logs/station-corrupt.err"
 check "corrupt backup: IMEI voided in the journal" \
   test "$(sql "SELECT state FROM journal.device WHERE imei = '$imei2'")" = void
