@@ -98,6 +98,8 @@ class Fleet {
       while (in >> word >> addr >> chip >> dir)
         if (word == "listening") m_endpoints.push_back(addr);
     }
+    // A throwing constructor runs no destructor: stop the server here before failing.
+    if (static_cast<int>(m_endpoints.size()) != n) ::kill(m_pid, SIGTERM);
     REQUIRE(static_cast<int>(m_endpoints.size()) == n);
   }
   ~Fleet() {
