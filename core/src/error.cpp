@@ -11,6 +11,11 @@ int exit_code_for(ErrorCode code) noexcept {
   if (n >= 1250 && n < 1300) return exit_code::hsm;
   // keyline-device: an empty flash (2002) or an image a boot check rejects (2004) is bad input.
   if (n == 2002 || n == 2004) return exit_code::bad_input;
+  // keyline-station (station/include/keyline/station/errors.h): 4021 = public DB unreachable, the
+  // record waits in the outbox; device, public DB or other-station refusals and keys that already
+  // exist are the peer refusing; 4001 = the pool is empty (nothing to claim: unavailable).
+  if (n == 4021 || n == 4001) return exit_code::unavailable;
+  if ((n >= 4010 && n <= 4012) || n == 4020 || n == 4030 || n == 4031 || n == 4040) return exit_code::refused;
   if (n >= 1000 && n < 1250) return exit_code::bad_input;
   return exit_code::failure;
 }
