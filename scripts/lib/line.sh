@@ -64,15 +64,24 @@ line_up() {
   fi
   KEYLINE_BACKUPDB_ROLE_PASSWORD=$(cat "$LINE_DIR/backupdb.pass") \
     "$LINE_BIN/keyline-backupdb" migrate --db "${ci/dbname=postgres/dbname=keyline_backupdb}" >&2
-  local bport
-  bport=$(line_free_port)
-  KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$port dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
-    "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" \
-    --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
-    --client-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
-    --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
-  LINE_PIDS+=($!)
-  line_wait_port 127.0.0.1 "$bport" 20 || { line_log "public DB did not start"; cat "$LINE_DIR/logs/backupdb.out" >&2; return 1; }
+  local bport attempt
+  for attempt in 1 2 3; do
+    # A free port can be taken between the probe and the bind: then try another one.
+    bport=$(line_free_port)
+    KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$port dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
+      "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" \
+      --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
+      --client-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+      --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
+    local bpid=$!
+    if line_wait_port 127.0.0.1 "$bport" 20 && kill -0 "$bpid" 2>/dev/null; then
+      LINE_PIDS+=("$bpid")
+      break
+    fi
+    kill "$bpid" 2>/dev/null || true
+    wait "$bpid" 2>/dev/null || true
+    [ "$attempt" -lt 3 ] || { line_log "public DB did not start"; cat "$LINE_DIR/logs/backupdb.out" >&2; return 1; }
+  done
   LINE_BACKUPDB_URL="https://127.0.0.1:$bport"
   export KEYLINE_BACKUPDB_URL=$LINE_BACKUPDB_URL
   line_log "public DB serving on $LINE_BACKUPDB_URL"
@@ -83,10 +92,10 @@ line_up() {
   # Chip fab and the fleet server.
   rm -rf "$LINE_DIR/fleet"
   "$LINE_BIN/keyline-device" make --dir "$LINE_DIR/fleet" --count "$n" --rom-ca "$LINE_DIR/pki/root.pem" >"$LINE_DIR/logs/make.log"
-  local base
-  base=$(line_free_port)
   : >"$LINE_DIR/logs/fleet.out"
-  "$LINE_BIN/keyline-device" serve --fleet "$LINE_DIR/fleet" --listen "127.0.0.1:$base" ${LINE_DEVICE_FLAGS:-} \
+  # Port 0: every device gets its own ephemeral port (printed on its "listening" line), so no range can
+  # collide with another test's servers.
+  "$LINE_BIN/keyline-device" serve --fleet "$LINE_DIR/fleet" --listen "127.0.0.1:0" ${LINE_DEVICE_FLAGS:-} \
     >"$LINE_DIR/logs/fleet.out" 2>"$LINE_DIR/logs/fleet.log" &
   LINE_PIDS+=($!)
   local i
@@ -101,7 +110,7 @@ line_up() {
     LINE_DEVICE_DIRS+=("$ddir")
   done < <(grep '^listening' "$LINE_DIR/logs/fleet.out")
   [ "${#LINE_DEVICES[@]}" -eq "$n" ] || { line_log "fleet did not start"; cat "$LINE_DIR/logs/fleet.log" >&2; return 1; }
-  line_log "$n emulated devices listening from 127.0.0.1:$base"
+  line_log "$n emulated devices listening (first at ${LINE_DEVICES[0]})"
 }
 
 line_personalize() {
