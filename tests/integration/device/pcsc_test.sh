@@ -54,7 +54,8 @@ CHIP=$(cut -d' ' -f1 "$WORK/make.out")
 PIDS+=($!)
 
 OUT=""
-for _ in $(seq 50); do
+# Up to 30 s: under a loaded CI machine pcscd can take a while to bring up the vpcd reader.
+for _ in $(seq 150); do
   OUT=$(opensc-tool -s 80CA9F7F00 2>&1) && echo "$OUT" | grep -q "SW1=0x90, SW2=0x00" && break
   sleep 0.2
 done
