@@ -82,6 +82,13 @@ int main(int argc, char** argv) {
                   "drain); also KEYLINE_STATION_CRASH_AT")
       ->envname("KEYLINE_STATION_CRASH_AT");
 
+  std::int64_t floor_devices = 2000;
+  int floor_threads = 2;
+  auto* floor = app.add_subcommand("bench-floor", "benchmark only: devices/s of the cryptography alone (key generation, "
+                                                  "two token signatures, package, sealing)");
+  floor->add_option("--devices", floor_devices, "devices to simulate")->capture_default_str();
+  floor->add_option("--threads", floor_threads, "threads")->capture_default_str();
+
   auto* publish = app.add_subcommand("publish", "send the records waiting in the outbox to the public DB");
   auto* status = app.add_subcommand("status", "journal states, outbox and pool");
   status->add_flag("--json", json, "machine-readable output");
@@ -103,6 +110,7 @@ int main(int argc, char** argv) {
     if (*pool_st) return cmd_pool_status(cfg, json);
     if (*pers) return cmd_personalize(cfg, devices, json);
     if (*run) return cmd_run(cfg, run_req);
+    if (*floor) return cmd_bench_floor(cfg, floor_devices, floor_threads);
     if (*publish) return cmd_publish(cfg);
     if (*status) return cmd_status(cfg, json);
     return 2;

@@ -170,4 +170,10 @@ int cmd_run(const StationConfig& config, const RunRequest& request) {
   return s.publishing > 0 ? core::exit_code::unavailable : core::exit_code::ok;
 }
 
+int cmd_bench_floor(const StationConfig& config, std::int64_t devices, int threads) {
+  if (devices <= 0) throw core::ConfigError(core::ErrorCode::Usage, "--devices must be positive");
+  std::cout << "floor_devices_per_s " << crypto_floor(config, devices, threads) << "\n";
+  return 0;
+}
+
 }  // namespace keyline::station

@@ -33,5 +33,7 @@ struct RunRequest {
   std::string crash_at;               // fault hook for crash tests: <step>[:N]
 };
 int cmd_run(const StationConfig& config, const RunRequest& request);
+// The line benchmark's crypto floor (scripts/bench_line.sh): prints "floor_devices_per_s <x>".
+int cmd_bench_floor(const StationConfig& config, std::int64_t devices, int threads);
 
 }  // namespace keyline::station

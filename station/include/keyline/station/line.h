@@ -76,4 +76,9 @@ void install_line_signal_handlers();
 
 void print_summary(const LineSummary& s, std::ostream& out);
 
+// The benchmark's crypto floor: devices/s of one process doing per device only the cryptography
+// (P-256 and X25519 key generation, the two certificate signatures on the token, data package
+// encoding and the device's AES-GCM sealing) on `threads` threads.
+double crypto_floor(const StationConfig& config, std::int64_t devices, int threads);
+
 }  // namespace keyline::station
