@@ -34,6 +34,8 @@ int main(int argc, char** argv) {
   serve->add_option("--drop-after-bytes", serve_config.device.faults.drop_after_bytes, "drop each connection after N bytes in");
   serve->add_option("--power-cut-at-byte", serve_cut, "cut the power after N bytes of the next flash write");
   serve->add_option("--fail-rate", serve_config.device.faults.fail_rate, "answer this share of APDUs with 6F00");
+  serve->add_flag("--corrupt-backup", serve_config.device.faults.corrupt_backup,
+                  "GET DATA DF20 returns the backup with one bit flipped (a damaged chip read-out)");
   serve->add_flag("--quiet", [](std::int64_t) { set_quiet(true); }, "no log lines");
 
   auto* boot = app.add_subcommand("boot", "boot from flash offline and print the identity");

@@ -181,7 +181,9 @@ core::ResponseApdu Session::get_data(const core::CommandApdu& c) {
     const auto image = read_bytes(m_device.m_chip.paths().image());
     if (!image) return sw_only(core::sw::referenced_data_not_found);
     try {
-      const auto flash = core::FlashImage::decode(*image);
+      auto flash = core::FlashImage::decode(*image);
+      // Fault injection: a chip whose read-out is damaged; the station must notice before publishing.
+      if (m_device.m_options.faults.corrupt_backup) flash.backup.back() ^= 0x01;
       return with_data(flash.backup.data(), flash.backup.size());
     } catch (const core::FormatError& e) {
       log_line(m_device.m_chip.chip_id().str(), std::string("flash image unreadable: ") + e.what());

@@ -45,6 +45,7 @@ struct Faults {
   std::size_t drop_after_bytes = 0;          // 0 = never; per connection, bytes received
   std::optional<std::size_t> power_cut_at_byte;  // during the next flash write
   double fail_rate = 0.0;       // share of APDUs answered 6F00 before they run
+  bool corrupt_backup = false;  // GET DATA DF20 answers the backup with one bit flipped (a faulty chip)
 };
 
 struct DeviceOptions {
