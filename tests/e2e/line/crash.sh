@@ -9,6 +9,20 @@ KILLS=${LINE_CRASH_KILLS:-24}
 line_up "$dir" "$N"
 "$LINE_BIN/keyline-station" pool generate --tac 35780502 --count 100 >/dev/null
 line_fleet_file "$LINE_DIR/fleet.txt"
+# The drainer's crash point first: records wait in the outbox while the public DB is away, then the
+# station dies after the public DB accepted one and before the outbox row is marked.
+line_backupdb_stop
+rc=0
+"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 4 --count 12 --progress plain --publish-wait 0 \
+  >"$LINE_DIR/logs/run-down.log" 2>&1 || rc=$?
+[ "$rc" -eq 4 ] || fail "run with the public DB away exited $rc, want 4 (records wait in the outbox)"
+line_backupdb_start
+sleep 2.5  # the outbox rows' next attempt falls due
+rc=0
+"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --crash-at drain:3 \
+  >"$LINE_DIR/logs/run-drain.log" 2>&1 || rc=$?
+[ "$rc" -eq 134 ] || fail "no crash in the drainer (exit $rc)"
+echo "run: crash at drain:3 -> exit $rc"
 steps=(read-device claim issue store backup record publish)
 RANDOM=${LINE_CRASH_SEED:-7}
 kills=0
@@ -33,6 +47,7 @@ for ((i = 0; i < KILLS; i++)); do
     echo "run $i: crash at $step:$nth -> exit $rc"
   fi
 done
+kills=$((kills + 1))
 ((kills >= 20)) || fail "only $kills of $KILLS runs were killed (want 20)"
 "$LINE_BIN/keyline-station" status
 "$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 8 --progress plain | tee "$LINE_DIR/logs/final.log" ||
