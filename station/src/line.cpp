@@ -335,6 +335,14 @@ LineSummary Line::run() {
   progress(ctl, true);
 
   LineSummary s;
+  try {
+    s.unfinished = ctl.exec("SELECT count(*) FROM journal.device WHERE station_id = $1 AND state IN"
+                            " ('claimed','issued','stored')",
+                            {m_config.station_id})
+                       .int64(0, 0);
+  } catch (const core::Error&) {
+    s.unfinished = -1;
+  }
   std::lock_guard<std::mutex> l(m_mutex);
   s.done = static_cast<std::int64_t>(m_done.size()) + m_already;
   s.already_done = m_already;
@@ -382,10 +390,14 @@ void print_summary(const LineSummary& s, std::ostream& out) {
   row("waiting in the outbox", std::to_string(s.publishing));
   row("outbox backlog (all)", std::to_string(s.backlog));
   row("not started", std::to_string(s.skipped));
+  row("unfinished in the journal", s.unfinished < 0 ? "?" : std::to_string(s.unfinished));
   row("seconds", t.str());
   row("devices/s", r.str());
   out << "+----------------------------+------------+\n";
   for (const auto& f : s.failures) out << "failed: " << f << "\n";
+  if (s.unfinished > 0)
+    out << s.unfinished << " device(s) stopped between claim and backup: their IMEIs stay with their chips and the "
+        << "next run resumes them when they are back on a fixture (keyline-station status)\n";
 }
 
 }  // namespace keyline::station

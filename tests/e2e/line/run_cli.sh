@@ -53,3 +53,31 @@ grep -q "published: $pub2" "$LINE_DIR/logs/status.log" || fail "status"
 # The rest of the line, then the invariants over every device.
 "$st" run --profile "$LINE_DIR/profile.json" -j 16 --progress plain | tail -3
 check_line_invariants "$N"
+
+# A device that is away at restart while its journal row is 'claimed': the claim stays with the chip
+# (its IMEI is neither reissued nor back in the pool), the run reports it, and it resumes with the
+# same IMEI once the device is back on a fixture (at another address).
+"$LINE_BIN/keyline-device" make --dir "$LINE_DIR/lone" --rom-ca "$LINE_DIR/pki/root.pem" >/dev/null
+serve_lone() {
+  "$LINE_BIN/keyline-device" serve --dir "$LINE_DIR/lone" --listen 127.0.0.1:0 --quiet >"$LINE_DIR/lone.out" 2>/dev/null &
+  lone_pid=$!
+  for _ in $(seq 50); do grep -q '^listening' "$LINE_DIR/lone.out" && break; sleep 0.1; done
+  grep '^listening' "$LINE_DIR/lone.out" >"$LINE_DIR/lone.txt"
+}
+serve_lone
+rc=0; "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain --crash-at claim:1 >/dev/null 2>&1 || rc=$?
+[ "$rc" -eq 134 ] || fail "crash at claim: exit $rc"
+chip=$(awk '{print $3}' "$LINE_DIR/lone.txt")
+imei=$(line_station_sql "SELECT imei FROM journal.device WHERE chip_id = '$chip' AND state = 'claimed'")
+[ -n "$imei" ] || fail "no claimed row for $chip"
+kill "$lone_pid"; wait "$lone_pid" 2>/dev/null || true
+rc=0; "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain >"$LINE_DIR/logs/away.log" 2>&1 || rc=$?
+[ "$rc" -eq 1 ] || fail "device away: exit $rc"
+grep -Eq '\| unfinished in the journal +\| +1 \|' "$LINE_DIR/logs/away.log" || fail "summary does not show the unfinished claim"
+[ "$(line_station_sql "SELECT count(*) FROM pool.imei WHERE imei = '$imei'")" -eq 0 ] || fail "claimed IMEI back in the pool"
+serve_lone
+"$st" run --fleet "$LINE_DIR/lone.txt" --progress plain >"$LINE_DIR/logs/back.log" 2>&1 || fail "device back: run failed"
+kill "$lone_pid"; wait "$lone_pid" 2>/dev/null || true
+[ "$(line_public_sql "SELECT imei FROM records WHERE chip_id = '$chip'")" = "$imei" ] || fail "resumed with another IMEI"
+[ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE chip_id = '$chip'")" -eq 1 ] || fail "second journal row"
+ok "device away after its claim: IMEI $imei kept for chip $chip, published once it came back"

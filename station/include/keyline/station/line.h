@@ -60,6 +60,8 @@ struct LineSummary {
   std::int64_t publishing = 0;    // records still in the outbox at the end
   std::int64_t skipped = 0;       // not started (stop signal or --count reached)
   std::int64_t backlog = 0;       // unpublished outbox rows in the database (all stations)
+  std::int64_t unfinished = 0;    // this station's journal rows in claimed/issued/stored: their IMEIs stay
+                                  // with their chips and resume when the devices come back
   double seconds = 0;
   std::vector<std::string> failures;  // one line per failed device
 };
