@@ -55,7 +55,8 @@ StationConfig line_config() {
   return cfg;
 }
 
-// A fleet served by the real keyline-device program; its "listening" lines are the fleet file.
+// A fleet served by the real keyline-device program; its "listening" lines are the fleet file. Port 0:
+// each device gets its own ephemeral port, so no port range collides with tests running alongside.
 struct Fleet {
   std::string dir, out;
   int pid = 0;
@@ -67,8 +68,7 @@ struct Fleet {
     REQUIRE(std::system((bin + " make --dir '" + dir + "' --count " + std::to_string(n) + " --rom-ca '" + rom_ca +
                          "' > /dev/null").c_str()) == 0);
     out = dir + ".out";
-    REQUIRE(std::system((bin + " serve --quiet --fleet '" + dir + "' --listen 127.0.0.1:" +
-                         std::to_string(test::free_port()) + " > '" + out + "' 2>/dev/null & echo $! > '" + dir +
+    REQUIRE(std::system((bin + " serve --quiet --fleet '" + dir + "' --listen 127.0.0.1:0 > '" + out + "' 2>/dev/null & echo $! > '" + dir +
                          ".pid'").c_str()) == 0);
     pid = std::stoi(test::read_file(dir + ".pid"));
     for (int i = 0; i < 200 && (!fs::exists(out) || read_fleet_file(out).size() < static_cast<std::size_t>(n)); ++i)
