@@ -14,12 +14,14 @@
 #include <unordered_set>
 
 #include "keyline/core/error.h"
+#include "keyline/core/http.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
 #include "keyline/station/personalize.h"
 #include "keyline/station/pool.h"
 #include "keyline/station/publisher.h"
+#include "keyline/station/tls_token_key.h"
 
 namespace keyline::station {
 
@@ -60,7 +62,7 @@ class Line {
  public:
   Line(const StationConfig& config, const LineProfile& profile, const LineOptions& options, std::ostream& out)
       : m_config(config), m_profile(profile), m_options(options), m_out(out) {
-    m_config.publish_attempts = 1;  // one try on the worker; the drainer retries with backoff
+    m_config.publish_attempts = 1;
     if (!profile.key_source.empty()) m_config.key_source = profile.key_source;
     if (const char* crash = std::getenv("KEYLINE_STATION_CRASH_AT"); crash && *crash) {
       const std::string spec = crash;
@@ -73,8 +75,11 @@ class Line {
 
  private:
   void worker();
-  void drainer();
-  int drain_once(core::pq::Connection& db);
+  void lane(bool sweeper);
+  bool publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip, std::int64_t device_id,
+                   const std::string& record_json);
+  int sweep(core::pq::Connection& db, core::http::Client& client);
+  std::unique_ptr<core::http::Client> make_client() const;
   void top_up_pool(core::pq::Connection& db);
   void progress(core::pq::Connection& db, bool final_line);
   bool want_more() const {
@@ -92,7 +97,7 @@ class Line {
   CrashHook m_crash;
 
   std::unique_ptr<StationKeys> m_keys;
-  std::unique_ptr<Publisher> m_publisher;
+  Poco::Net::Context::Ptr m_tls;  // mutual TLS with the token-held station key, shared by the lanes
   std::unique_ptr<Personalizer> m_personalizer;
 
   mutable std::mutex m_mutex;
@@ -100,6 +105,8 @@ class Line {
   std::deque<WorkItem> m_queue;
   std::unordered_set<std::string> m_done;     // chip IDs published during this run
   std::unordered_set<std::string> m_waiting;  // chip IDs whose record waits in the outbox
+  std::deque<std::string> m_to_publish;       // fresh outbox rows from the workers, for the lanes
+  std::unordered_set<std::string> m_publishing;  // chips a lane is sending right now
   std::int64_t m_in_flight = 0;
   std::int64_t m_failed = 0;
   std::int64_t m_already = 0;
@@ -146,7 +153,10 @@ void Line::worker() {
       m_done.insert(r.chip_id);
       m_waiting.erase(r.chip_id);
     } else if (r.in_outbox) {
-      if (!m_done.count(r.chip_id)) m_waiting.insert(r.chip_id);
+      if (!m_done.count(r.chip_id)) {
+        m_waiting.insert(r.chip_id);
+        m_to_publish.push_back(r.chip_id);
+      }
       m_cv.notify_all();
     } else if (r.error_code == static_cast<int>(errc::PoolEmpty) && !m_profile.tac.empty() &&
                item.attempt < 50) {
@@ -165,57 +175,130 @@ void Line::worker() {
   }
 }
 
-int Line::drain_once(core::pq::Connection& db) {
-  // Rows a worker is trying right now (attempts = 0, fresh) are left to it; everything else is ours.
+std::unique_ptr<core::http::Client> Line::make_client() const {
+  core::http::ClientOptions opt;
+  opt.base_url = m_config.backupdb_url;
+  opt.context = m_tls;
+  opt.connect_attempts = 1;  // the lane's own backoff decides when to try again
+  opt.connect_timeout = std::chrono::milliseconds(2000);
+  opt.io_timeout = std::chrono::milliseconds(10000);
+  return std::make_unique<core::http::Client>(opt);
+}
+
+// One POST on the lane's kept-alive connection (one TLS handshake per lane, not per device).
+// Returns true when the public DB holds the record. Classification as in Publisher::publish.
+bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip,
+                       std::int64_t device_id, const std::string& record_json) {
+  std::string detail;
+  bool ok = false;
+  try {
+    const auto r = client.post("/v1/records", record_json, "application/json");
+    ok = r.status == 201 || r.status == 200;
+    if (!ok) detail = "HTTP " + std::to_string(r.status);
+  } catch (const core::Error& e) {
+    detail = e.what();
+  }
+  if (ok) {
+    m_crash.at("drain");
+    core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+      tx.exec("UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
+              " WHERE chip_id = $1 AND published_at IS NULL",
+              {chip});
+      tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1 AND state = 'backed_up'",
+              {device_id});
+    });
+    std::lock_guard<std::mutex> l(m_mutex);
+    m_waiting.erase(chip);
+    m_done.insert(chip);
+    return true;
+  }
+  // Away, slow or refusing (a 4xx needs a person): the record stays, with a growing pause.
+  db.exec(
+      "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
+      " next_attempt_at = now() + least(interval '30 s', interval '250 ms' * power(2, least(attempts, 7)))"
+      " WHERE chip_id = $1",
+      {chip, detail.substr(0, 500)});
+  return false;
+}
+
+// Outbox rows that are due and no lane holds: left by an earlier run, or refused or unreachable before.
+int Line::sweep(core::pq::Connection& db, core::http::Client& client) {
   const auto rows = db.exec(
       "SELECT chip_id, device_id, record_json FROM journal.outbox WHERE published_at IS NULL"
-      " AND next_attempt_at <= now() AND (attempts > 0 OR next_attempt_at < now() - interval '5 s')"
-      " ORDER BY next_attempt_at LIMIT 64");
+      " AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 64");
   int failed = 0;
-  for (int i = 0; i < rows.rows(); ++i) {
-    if (m_drainer_stop.load()) break;
+  for (int i = 0; i < rows.rows() && !m_drainer_stop.load(); ++i) {
     const std::string chip = rows.text(i, 0);
-    const auto pr = m_publisher->publish(rows.text(i, 2));
-    if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
-      m_crash.at("drain");
-      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-        tx.exec("UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
-                " WHERE chip_id = $1 AND published_at IS NULL",
-                {chip});
-        tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1 AND state = 'backed_up'",
-                {rows.int64(i, 1)});
-      });
+    {
       std::lock_guard<std::mutex> l(m_mutex);
-      m_waiting.erase(chip);
-      m_done.insert(chip);
-    } else {
-      // A refusal (4xx) stays in the outbox too: it needs a person, and must never be dropped.
-      db.exec(
-          "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
-          " next_attempt_at = now() + least(interval '30 s', interval '250 ms' * power(2, least(attempts, 7)))"
-          " WHERE chip_id = $1",
-          {chip, pr.detail.substr(0, 500)});
-      ++failed;
+      if (!m_publishing.insert(chip).second) continue;
     }
+    const bool ok = publish_one(db, client, chip, rows.int64(i, 1), rows.text(i, 2));
+    {
+      std::lock_guard<std::mutex> l(m_mutex);
+      m_publishing.erase(chip);
+    }
+    if (!ok) ++failed;
+    if (!ok) break;  // the public DB is away: back off instead of trying every row
   }
   return failed;
 }
 
-void Line::drainer() {
+// A publishing lane: fresh records from the workers first; the sweeper lane also retries the rest
+// with backoff. Workers never wait on the public DB (the record is durable in the outbox already).
+void Line::lane(bool sweeper) {
   std::unique_ptr<core::pq::Connection> db;
+  std::unique_ptr<core::http::Client> client;
   std::chrono::milliseconds pause(100);
+  auto next_sweep = Clock::now();
   while (!m_drainer_stop.load()) {
     try {
       if (!db) db = std::make_unique<core::pq::Connection>(m_config.db);
-      const int failed = drain_once(*db);
-      // Back off while the public DB refuses or is away; come back quickly once it answers.
-      pause = failed > 0 ? std::min(std::chrono::milliseconds(5000), pause * 2) : std::chrono::milliseconds(100);
-    } catch (const core::Error& e) {
+      if (!client) client = make_client();
+      std::string chip;
+      {
+        std::unique_lock<std::mutex> l(m_mutex);
+        m_cv.wait_for(l, std::chrono::milliseconds(100),
+                      [&] { return m_drainer_stop.load() || !m_to_publish.empty(); });
+        if (!m_to_publish.empty()) {
+          chip = m_to_publish.front();
+          m_to_publish.pop_front();
+          if (!m_publishing.insert(chip).second) chip.clear();
+        }
+      }
+      if (!chip.empty()) {
+        bool ok = false;
+        try {
+          const auto r = db->exec("SELECT device_id, record_json FROM journal.outbox WHERE chip_id = $1"
+                                  " AND published_at IS NULL",
+                                  {chip});
+          ok = r.empty() || publish_one(*db, *client, chip, r.int64(0, 0), r.text(0, 1));
+          if (r.empty()) {
+            std::lock_guard<std::mutex> l(m_mutex);
+            m_waiting.erase(chip);
+            m_done.insert(chip);
+          }
+        } catch (...) {
+          std::lock_guard<std::mutex> l(m_mutex);
+          m_publishing.erase(chip);
+          throw;
+        }
+        std::lock_guard<std::mutex> l(m_mutex);
+        m_publishing.erase(chip);
+        if (!ok) client.reset();  // a fresh connection next time
+        continue;
+      }
+      if (sweeper && Clock::now() >= next_sweep) {
+        const int failed = sweep(*db, *client);
+        if (failed > 0) client.reset();
+        pause = failed > 0 ? std::min(std::chrono::milliseconds(5000), pause * 2) : std::chrono::milliseconds(100);
+        next_sweep = Clock::now() + pause;
+      }
+    } catch (const core::Error&) {
       db.reset();
-      pause = std::chrono::milliseconds(1000);
+      client.reset();
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
     }
-    std::unique_lock<std::mutex> l(m_mutex);
-    m_cv.wait_for(l, pause, [&] { return m_drainer_stop.load(); });
   }
 }
 
@@ -268,8 +351,15 @@ LineSummary Line::run() {
   migrate_station_db(ctl);
   const int workers = std::max(1, m_profile.concurrency);
   m_keys = std::make_unique<StationKeys>(StationKeys::open(m_config, static_cast<std::size_t>(workers) + 2));
-  if (!m_config.backupdb_url.empty()) m_publisher = std::make_unique<Publisher>(m_config);
-  m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, m_publisher.get());
+  if (!m_config.backupdb_url.empty()) {
+    if (m_config.backupdb_url.rfind("https://", 0) != 0)
+      throw core::ConfigError(core::ErrorCode::Config, "the public DB URL must be https:// (publishing uses mutual TLS)");
+    m_tls = make_token_client_context(pki_path(m_config, pki_file::tls_trust), pki_path(m_config, pki_file::station_tls),
+                                      TokenKeyRef{m_config.hsm_module, m_config.token_label, key_label::station_tls,
+                                                  read_pin(m_config)});
+  }
+  // No publisher for the workers: a record goes to the outbox and a publishing lane sends it.
+  m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, nullptr);
   m_personalizer->set_app_items(m_profile.app_items);
   m_personalizer->set_step_hook([this](Step s, const std::string&) { m_crash.at(step_name(s)); });
 
@@ -296,8 +386,12 @@ LineSummary Line::run() {
 
   m_start = Clock::now();
   m_last_plain = m_start;
-  std::thread drain;
-  if (m_publisher) drain = std::thread([this] { drainer(); });
+  // Lanes: enough kept-alive connections to keep up, few enough for the public DB's threads.
+  std::vector<std::thread> lanes;
+  if (m_tls) {
+    const int n = std::clamp(workers / 8, 2, 8);
+    for (int i = 0; i < n; ++i) lanes.emplace_back([this, i] { lane(i == 0); });
+  }
   std::vector<std::thread> pool;
   for (int i = 0; i < workers; ++i) pool.emplace_back([this] { worker(); });
 
@@ -321,7 +415,7 @@ LineSummary Line::run() {
   const auto wait = std::chrono::milliseconds(m_options.publish_wait_ms);
   const auto deadline = Clock::now() + wait;
   const auto stop_deadline = Clock::now() + std::min(wait, std::chrono::milliseconds(5000));
-  while (m_publisher && Clock::now() < (g_stop.load() ? stop_deadline : deadline)) {
+  while (m_tls && Clock::now() < (g_stop.load() ? stop_deadline : deadline)) {
     {
       std::lock_guard<std::mutex> l(m_mutex);
       if (m_waiting.empty()) break;
@@ -331,7 +425,7 @@ LineSummary Line::run() {
   }
   m_drainer_stop = true;
   m_cv.notify_all();
-  if (drain.joinable()) drain.join();
+  for (auto& t : lanes) t.join();
   progress(ctl, true);
 
   LineSummary s;

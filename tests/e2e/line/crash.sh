@@ -23,7 +23,7 @@ rc=0
   >"$LINE_DIR/logs/run-drain.log" 2>&1 || rc=$?
 [ "$rc" -eq 134 ] || fail "no crash in the drainer (exit $rc)"
 echo "run: crash at drain:3 -> exit $rc"
-steps=(read-device claim issue store backup record publish)
+steps=(read-device claim issue store backup record drain)
 RANDOM=${LINE_CRASH_SEED:-7}
 kills=0
 for ((i = 0; i < KILLS; i++)); do

@@ -2,8 +2,9 @@
 // through a durable outbox that drains in the background, progress for the operator.
 //
 //   workers (profile concurrency)  each: own DB connection, takes the next device, Personalizer::personalize
-//                                  with one publish attempt (a slow public DB never holds a fixture)
-//   drainer (one thread)           drain_outbox with exponential backoff while records wait
+//                                  up to the outbox row (a slow public DB never holds a fixture)
+//   publishing lanes (2-8)         each: one kept-alive mutual-TLS connection; fresh records first, one lane
+//                                  sweeps the outbox with exponential backoff
 //   progress (the calling thread)  a \r line on a terminal, a plain line every few seconds otherwise
 //
 // A device counts as done only once the public DB holds its record (DESIGN section 9, invariant 4):
