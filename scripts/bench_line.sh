@@ -14,6 +14,15 @@
 #    block, 300 ms flash write): devices/s at 16, 64 and 256 devices at once, and the station's peak
 #    RSS at 256 (goal <= 150 MB).
 #
+# Measured on the 2-core machine (Release build, other work running alongside), 2026-11-23:
+#   end to end 142 devices/s, crypto floor 1849 devices/s, ratio 0.077 (goals 500/s and 0.4 not met);
+#   delays on: 20 / 63 / 122 devices/s at 16 / 64 / 256 at once, peak RSS 59 MB at 256.
+#   Where the time goes (perf, top): the machine is CPU-bound; per device ~19 ms of CPU over all
+#   processes against ~1 ms of cryptography: PostgreSQL (~10 commits with fsync and ~20 statements
+#   per device in personalize.cpp: 4 audit autocommits, claim, issued, stored, record, publish), the
+#   station (libpq, APDU syscalls, malloc), the public DB's validation, and the device emulator.
+#   Batching journal writes across devices (group commit) is the next step; see docs/line.md.
+#
 # Environment: KEYLINE_BENCH_LINE_DEVICES (devices of part 1, default 2000), KEYLINE_BENCH_DIR
 # (default .keyline/bench/line), KEYLINE_BENCH_LINE_SWEEP ("16 64 256").
 set -euo pipefail
