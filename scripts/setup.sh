@@ -9,7 +9,7 @@ packages=(
   build-essential cmake ninja-build pkg-config
   libbotan-2-dev libpoco-dev libpq-dev libcli11-dev doctest-dev
   postgresql-15 softhsm2 libp11-kit-dev opensc
-  openssl curl python3 libengine-pkcs11-openssl
+  openssl curl python3 libengine-pkcs11-openssl time
   pcscd vsmartcard-vpcd pcsc-tools
 )
 # wrk and nginx only serve the benchmarks; install them there (scripts/bench.sh).
