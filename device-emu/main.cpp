@@ -1,8 +1,11 @@
 // keyline-device: the emulated device (docs/protocol.md). Options only; the work is in keyline_device.
 #include <CLI/CLI.hpp>
 
+#include <iostream>
+
 #include "keyline/core/guard.h"
 #include "keyline/device/commands.h"
+#include "keyline/device/kps_agent.h"
 #include "keyline/device/log.h"
 
 int main(int argc, char** argv) {
@@ -47,6 +50,39 @@ int main(int argc, char** argv) {
   auto* corrupt = app.add_subcommand("corrupt-flash", "flip one bit of the sealed backup in flash");
   corrupt->add_option("--dir", dir, "device directory")->required();
 
+  // Application keys and the KPS agent (docs/kps.md).
+  std::string label, from_chip, in_file, transfer_id;
+  auto* key_new = app.add_subcommand("key-new", "create a random 32-byte application key in secure storage");
+  key_new->add_option("--dir", dir, "device directory")->required();
+  key_new->add_option("--label", label, "key label ([A-Za-z0-9._-]{1,64})")->required();
+  auto* key_kcv = app.add_subcommand("key-kcv", "print a key's check value (first 3 bytes of AES-ECB(key, 0^16))");
+  key_kcv->add_option("--dir", dir, "device directory")->required();
+  key_kcv->add_option("--label", label, "key label")->required();
+
+  KpsClientConfig kps_config;
+  auto* kps = app.add_subcommand("kps", "key transfer through keyline-kps (the device's agent)");
+  kps->require_subcommand(1);
+  const auto kps_common = [&](CLI::App* sub) {
+    sub->add_option("--dir", kps_config.dir, "device directory")->required();
+    sub->add_option("--kps", kps_config.url, "KPS base URL, https://HOST:PORT")->envname("KEYLINE_KPS_URL")->required();
+    sub->add_option("--ca", kps_config.ca, "CA file (PEM) that issued the KPS server certificate")
+        ->envname("KEYLINE_KPS_CA")->required();
+  };
+  auto* kps_request_cmd = kps->add_subcommand("request", "target: ask for a key held by another device");
+  kps_common(kps_request_cmd);
+  kps_request_cmd->add_option("--from", from_chip, "chip ID of the source device")->required();
+  kps_request_cmd->add_option("--label", label, "label of the key on the source (kept on the target)")->required();
+  auto* kps_serve_cmd = kps->add_subcommand("serve-once",
+                                            "source: answer every pending transfer request (seal to the target, upload)");
+  kps_common(kps_serve_cmd);
+  auto* kps_receive_cmd = kps->add_subcommand("receive", "target: fetch, open, store and acknowledge delivered keys");
+  kps_common(kps_receive_cmd);
+  auto* kps_open_cmd = kps->add_subcommand("open-file", "target, offline: open a sealed key from a file and store it");
+  kps_open_cmd->add_option("--dir", kps_config.dir, "device directory")->required();
+  kps_open_cmd->add_option("--in", in_file, "sealed key (HPKE enc || ciphertext)")->required();
+  kps_open_cmd->add_option("--transfer", transfer_id, "transfer id the key was sealed for")->required();
+  kps_open_cmd->add_option("--label", label, "label to store the key under")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -61,6 +97,20 @@ int main(int argc, char** argv) {
     if (*boot) return cmd_boot(dir);
     if (*status) return cmd_status(dir);
     if (*wipe) return cmd_wipe_flash(dir);
+    if (*key_new) return cmd_key_new(dir, label);
+    if (*key_kcv) return cmd_key_kcv(dir, label);
+    if (*kps) {
+      if (*kps_request_cmd) {
+        kps_request(kps_config, from_chip, label);
+      } else if (*kps_serve_cmd) {
+        std::cout << "serve-once: " << kps_serve_once(kps_config) << " delivered" << std::endl;
+      } else if (*kps_receive_cmd) {
+        std::cout << "receive: " << kps_receive(kps_config) << " received" << std::endl;
+      } else {
+        kps_open_file(kps_config.dir, in_file, transfer_id, label);
+      }
+      return keyline::core::exit_code::ok;
+    }
     return cmd_corrupt_flash(dir);
   });
 }

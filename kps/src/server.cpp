@@ -1,0 +1,580 @@
+// The KPS HTTP API (docs/kps.md). Modules of the transfer seed, mapped: TMM (transfer management) is
+// the handler's transfer routes, ACM (access control) is Policy, NM (notifications) is the
+// notifications table and its routes, DB is PostgreSQL, and the crypto module is only signature and
+// chain verification: the KPS holds no key that opens a transferred key.
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <Poco/Net/Context.h>
+#include <Poco/Net/HTTPRequestHandler.h>
+#include <Poco/Net/HTTPRequestHandlerFactory.h>
+#include <Poco/Net/HTTPServer.h>
+#include <Poco/Net/HTTPServerParams.h>
+#include <Poco/Net/HTTPServerRequest.h>
+#include <Poco/Net/HTTPServerResponse.h>
+#include <Poco/Net/SSLManager.h>
+#include <Poco/Net/SecureServerSocket.h>
+#include <Poco/Net/SocketAddress.h>
+#include <Poco/ThreadPool.h>
+
+#include <botan/x509cert.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <regex>
+#include <sstream>
+
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/cplc.h"
+#include "keyline/core/device_auth.h"
+#include "keyline/core/hpke.h"
+#include "keyline/core/http.h"
+#include "keyline/core/pq.h"
+#include "keyline/kps/kps.h"
+#include "keyline/kps/policy.h"
+
+namespace keyline::kps {
+namespace {
+
+using Poco::Net::HTTPServerRequest;
+using Poco::Net::HTTPServerResponse;
+namespace http = core::http;
+
+constexpr const char* kProblemBase = "https://keyline.example/problems/kps/";
+// enc || 32-byte key || tag is 80 bytes; a little room for longer application keys, no more.
+constexpr std::size_t kMaxCiphertext = 4096;
+constexpr const char* kTime = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+
+struct Reply {
+  int status = 200;
+  std::string content_type;
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string log_detail;  // for the log line only
+};
+
+Reply problem(int status, const std::string& slug, const std::string& detail) {
+  return Reply{status, http::kProblemContentType,
+               http::problem_json(status, http::reason_phrase(status), detail, kProblemBase + slug), {}, {}};
+}
+
+Reply json_reply(int status, std::string body) {
+  return Reply{status, "application/json", std::move(body), {{"Cache-Control", "no-store"}}, {}};
+}
+
+std::string q(const std::string& s) { return "\"" + http::json_escape(s) + "\""; }
+
+std::string ts_col(const char* col) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, kTime, col);
+  return buf;
+}
+
+// Seen nonces until their timestamp leaves the skew window: a captured request cannot be replayed.
+class NonceCache {
+ public:
+  bool first_use(const std::string& nonce, std::int64_t expires, std::int64_t now) {
+    std::lock_guard<std::mutex> g(m_mutex);
+    if (m_seen.size() > 4096)
+      for (auto it = m_seen.begin(); it != m_seen.end();) it = it->second < now ? m_seen.erase(it) : std::next(it);
+    return m_seen.emplace(nonce, expires).second;
+  }
+
+ private:
+  std::mutex m_mutex;
+  std::map<std::string, std::int64_t> m_seen;
+};
+
+class Log {
+ public:
+  explicit Log(const std::string& where) {
+    if (where == "off") return;
+    if (where.empty() || where == "stderr") {
+      m_file = stderr;
+      return;
+    }
+    m_file = std::fopen(where.c_str(), "a");
+    if (!m_file) throw core::ConfigError(core::ErrorCode::Config, "cannot open log file " + where);
+    m_owned = true;
+  }
+  ~Log() {
+    if (m_owned) std::fclose(m_file);
+  }
+  void line(const std::string& s) {
+    if (!m_file) return;
+    std::lock_guard<std::mutex> g(m_mutex);
+    std::fprintf(m_file, "%s\n", s.c_str());
+    std::fflush(m_file);
+  }
+
+ private:
+  std::FILE* m_file = nullptr;
+  bool m_owned = false;
+  std::mutex m_mutex;
+};
+
+struct Shared {
+  Config config;
+  Policy policy;
+  std::vector<Botan::X509_Certificate> anchors;
+  std::unique_ptr<core::pq::Pool> pool;
+  NonceCache nonces;
+  std::unique_ptr<Log> log;
+};
+
+struct Transfer {
+  std::string id, source, target, label, state, chain_pem, requested_at, delivered_at, acknowledged_at;
+  std::string json() const {
+    std::string j = "{\"id\":" + q(id) + ",\"source\":" + q(source) + ",\"target\":" + q(target) +
+                    ",\"label\":" + q(label) + ",\"state\":" + q(state) + ",\"transport_certificates\":" +
+                    q(chain_pem) + ",\"requested_at\":" + q(requested_at);
+    if (!delivered_at.empty()) j += ",\"delivered_at\":" + q(delivered_at);
+    if (!acknowledged_at.empty()) j += ",\"acknowledged_at\":" + q(acknowledged_at);
+    return j + ",\"key_uri\":" + q("/v1/transfers/" + id + "/key") + "}";
+  }
+};
+
+std::string transfer_select() {
+  return "SELECT id::text, source_chip, target_chip, label, state, transport_chain, " + ts_col("requested_at") +
+         ", " + ts_col("delivered_at") + ", " + ts_col("acknowledged_at") + " FROM transfers WHERE id = $1::uuid";
+}
+
+std::optional<Transfer> load_transfer(core::pq::Connection& c, const std::string& id, bool for_update = false) {
+  auto r = c.exec(transfer_select() + (for_update ? " FOR UPDATE" : ""), {id});
+  if (r.empty()) return std::nullopt;
+  Transfer t;
+  t.id = r.text(0, 0);
+  t.source = r.text(0, 1);
+  t.target = r.text(0, 2);
+  t.label = r.text(0, 3);
+  t.state = r.text(0, 4);
+  t.chain_pem = r.text(0, 5);
+  t.requested_at = r.text(0, 6);
+  t.delivered_at = r.text(0, 7);
+  t.acknowledged_at = r.text(0, 8);
+  return t;
+}
+
+void notify(core::pq::Transaction& tx, const std::string& chip, const std::string& reason, const std::string& uri,
+            const std::string& transfer_id) {
+  tx.exec("INSERT INTO notifications (chip, reason, uri, transfer_id) VALUES ($1, $2, $3, $4::uuid)",
+          {chip, reason, uri, transfer_id});
+}
+
+bool is_uuid(const std::string& s) {
+  static const std::regex re("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$");
+  return std::regex_match(s, re);
+}
+
+bool is_label(const std::string& s) {
+  static const std::regex re("^[A-Za-z0-9._-]{1,64}$");
+  return std::regex_match(s, re);
+}
+
+std::vector<std::string> split_path(const std::string& uri) {
+  const std::string path = uri.substr(0, uri.find('?'));
+  std::vector<std::string> parts;
+  std::stringstream ss(path);
+  for (std::string p; std::getline(ss, p, '/');)
+    if (!p.empty()) parts.push_back(p);
+  return parts;
+}
+
+class Handler final : public Poco::Net::HTTPRequestHandler {
+ public:
+  explicit Handler(Shared& s) : m_s(s) {}
+
+  void handleRequest(HTTPServerRequest& req, HTTPServerResponse& resp) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    Reply reply;
+    std::string who = "-";
+    try {
+      reply = dispatch(req, who);
+    } catch (const core::DbError& e) {
+      reply = problem(503, "unavailable", "the database is not available; retry later");
+      reply.headers.push_back({"Retry-After", "1"});
+      reply.log_detail = std::to_string(e.numeric()) + " " + e.what();
+    } catch (const std::exception& e) {
+      reply = problem(500, "internal", "internal error");
+      reply.log_detail = e.what();
+    }
+    if (!m_body_read && (req.getChunkedTransferEncoding() || (req.hasContentLength() && req.getContentLength64() > 0)))
+      resp.setKeepAlive(false);
+    resp.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(reply.status));
+    resp.setReason(http::reason_phrase(reply.status));
+    for (const auto& [k, v] : reply.headers) resp.set(k, v);
+    if (!reply.content_type.empty()) resp.setContentType(reply.content_type);
+    resp.setContentLength(static_cast<std::streamsize>(reply.body.size()));
+    resp.sendBuffer(reply.body.data(), reply.body.size());
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    char ts[32];
+    const std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    std::ostringstream line;
+    line << "{\"ts\":\"" << ts << "\",\"chip\":" << q(who) << ",\"method\":" << q(req.getMethod())
+         << ",\"path\":" << q(req.getURI()) << ",\"status\":" << reply.status << ",\"ms\":" << ms;
+    if (!reply.log_detail.empty()) line << ",\"detail\":" << q(reply.log_detail);
+    line << "}";
+    m_s.log->line(line.str());
+  }
+
+ private:
+  Reply dispatch(HTTPServerRequest& req, std::string& who) {
+    const auto parts = split_path(req.getURI());
+    const std::string& method = req.getMethod();
+    if (parts.size() == 1 && parts[0] == "healthz") {
+      if (method != "GET") return method_not_allowed("GET");
+      m_s.pool->acquire()->exec("SELECT 1");
+      return json_reply(200, "{\"status\":\"ok\"}");
+    }
+    if (parts.size() < 2 || parts[0] != "v1" || (parts[1] != "transfers" && parts[1] != "notifications"))
+      return problem(404, "not-found", "no such resource");
+
+    // Every /v1 route is a device's: read the (bounded) body, then check the signature over it.
+    if (req.hasContentLength() && req.getContentLength64() > static_cast<Poco::Int64>(m_s.config.body_limit))
+      return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
+    std::string body;
+    if (!read_body(req, body)) return problem(413, "too-large", "the body exceeds the limit");
+    core::device_auth::Verified dev;
+    const std::int64_t now = std::time(nullptr);
+    try {
+      dev = core::device_auth::verify_request([&](const std::string& h) { return req.get(h, ""); }, method,
+                                              req.getURI(), body, m_s.anchors, now, m_s.config.max_skew);
+    } catch (const core::Error& e) {
+      Reply r = problem(401, "device-auth-failed",
+                        "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)");
+      r.log_detail = std::to_string(e.numeric()) + " " + e.what();
+      return r;
+    }
+    if (!m_s.nonces.first_use(dev.nonce, dev.timestamp + m_s.config.max_skew, now)) {
+      Reply r = problem(401, "device-auth-failed", "a request is signed once: this nonce was seen already");
+      r.log_detail = "replayed nonce";
+      return r;
+    }
+    who = dev.chip_id.str();
+
+    if (parts[1] == "notifications") {
+      if (parts.size() == 2) {
+        if (method != "GET") return method_not_allowed("GET");
+        return notifications(who);
+      }
+      if (parts.size() == 4 && parts[3] == "read") {
+        if (method != "POST") return method_not_allowed("POST");
+        return mark_read(who, parts[2]);
+      }
+      return problem(404, "not-found", "no such resource");
+    }
+    if (parts.size() == 2) {
+      if (method != "POST") return method_not_allowed("POST");
+      return request_transfer(req, dev, body);
+    }
+    if (!is_uuid(parts[2])) return problem(404, "not-found", "no such transfer");
+    const std::string& id = parts[2];
+    if (parts.size() == 3) {
+      if (method != "GET") return method_not_allowed("GET");
+      auto c = m_s.pool->acquire();
+      auto t = load_transfer(*c, id);
+      if (!t || (t->source != who && t->target != who)) return problem(404, "not-found", "no such transfer");
+      return json_reply(200, t->json());
+    }
+    if (parts.size() == 4 && parts[3] == "key") {
+      if (method == "POST") return deliver(req, who, id, body);
+      if (method == "GET") return fetch_key(who, id);
+      return method_not_allowed("GET, POST");
+    }
+    if (parts.size() == 4 && parts[3] == "ack") {
+      if (method != "POST") return method_not_allowed("POST");
+      return acknowledge(who, id);
+    }
+    return problem(404, "not-found", "no such resource");
+  }
+
+  bool read_body(HTTPServerRequest& req, std::string& body) {
+    std::istream& in = req.stream();
+    char buf[8192];
+    while (in) {
+      in.read(buf, sizeof buf);
+      body.append(buf, static_cast<std::size_t>(in.gcount()));
+      if (body.size() > m_s.config.body_limit) return false;
+    }
+    m_body_read = true;
+    return true;
+  }
+
+  static Reply method_not_allowed(const std::string& allow) {
+    Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
+    r.headers.push_back({"Allow", allow});
+    return r;
+  }
+
+  // E1 and E2 (AC1) and E3: the target asks; the policy decides; the source is notified.
+  Reply request_transfer(HTTPServerRequest& req, const core::device_auth::Verified& dev, const std::string& body) {
+    const std::string ctype = req.getContentType();
+    if (ctype.substr(0, ctype.find(';')) != "application/json")
+      return problem(415, "unsupported-media-type", "send the request as application/json");
+    std::string source_text, label, chain_pem;
+    try {
+      Poco::JSON::Parser parser;
+      const auto obj = parser.parse(body).extract<Poco::JSON::Object::Ptr>();
+      source_text = obj->getValue<std::string>("source");
+      label = obj->getValue<std::string>("label");
+      chain_pem = obj->getValue<std::string>("transport_certificates");
+    } catch (const std::exception&) {
+      return problem(400, "bad-request", "expected {\"source\", \"label\", \"transport_certificates\"} as strings");
+    }
+    std::string source;
+    try {
+      source = core::ChipId::parse(source_text).str();
+    } catch (const core::Error&) {
+      return problem(400, "bad-chip-id", "source is a chip ID of 20 hexadecimal digits");
+    }
+    if (!is_label(label)) return problem(400, "bad-label", "a label is 1-64 of A-Z a-z 0-9 . _ -");
+    const std::string target = dev.chip_id.str();
+    if (!m_s.policy.may_request(source, target)) {
+      Reply r = problem(403, "access-denied", "the access policy does not let this device request from that source");
+      r.log_detail = "AC1 refused " + source + " -> " + target;
+      return r;
+    }
+    // Transport key information (S2): the target's own transport certificate, checked here as the
+    // source will check it again (the source trusts only its ROM root, not the KPS).
+    std::string canonical;
+    try {
+      const auto certs = core::parse_certificates_pem(chain_pem);
+      if (certs.size() > 4) throw core::FormatError(core::ErrorCode::BadCertificate, "too many certificates");
+      core::verify_chain(certs[0], {certs.begin() + 1, certs.end()}, m_s.anchors);
+      std::unique_ptr<Botan::Public_Key> key(certs[0].subject_public_key());
+      if (key->algo_name() != "Curve25519")
+        throw core::FormatError(core::ErrorCode::BadCertificate, "not an X25519 transport certificate");
+      if (core::read_identity(certs[0]).chip_id.str() != target)
+        throw core::FormatError(core::ErrorCode::BadCertificate, "the transport certificate names another chip");
+      for (const auto& c : certs) canonical += core::to_pem(c);
+    } catch (const std::exception& e) {
+      Reply r = problem(422, "bad-transport-certificate",
+                        "transport_certificates must be this device's X25519 transport certificate and its issuers");
+      r.log_detail = e.what();
+      return r;
+    }
+    auto c = m_s.pool->acquire();
+    Transfer t;
+    core::pq::run_transaction(*c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+      auto r = tx.exec(
+          "INSERT INTO transfers (id, source_chip, target_chip, label, state, transport_chain) "
+          "VALUES (gen_random_uuid(), $1, $2, $3, 'requested', $4) RETURNING id::text",
+          {source, target, label, canonical});
+      const std::string id = r.text(0, 0);
+      notify(tx, source, "transfer-requested", "/v1/transfers/" + id, id);
+      tx.commit();
+      t = *load_transfer(*c, id);
+    });
+    Reply r = json_reply(201, t.json());
+    r.headers.push_back({"Location", "/v1/transfers/" + t.id});
+    r.log_detail = "requested " + source + " -> " + target + " label " + label;
+    return r;
+  }
+
+  // E5 and E6 (AC2) and E7: the source uploads the sealed key; the policy decides again; the target
+  // is notified.
+  Reply deliver(HTTPServerRequest& req, const std::string& who, const std::string& id, const std::string& body) {
+    const std::string ctype = req.getContentType();
+    if (ctype.substr(0, ctype.find(';')) != "application/octet-stream")
+      return problem(415, "unsupported-media-type", "send the sealed key as application/octet-stream");
+    if (body.size() < core::hpke::kEncSize + core::hpke::kTagSize + 1 || body.size() > kMaxCiphertext)
+      return problem(400, "bad-ciphertext", "the sealed key is HPKE enc (32) || ciphertext || tag (16)");
+    auto c = m_s.pool->acquire();
+    std::optional<Reply> refusal;
+    std::string target;
+    core::pq::run_transaction(*c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+      refusal.reset();
+      auto t = load_transfer(tx.connection(), id, true);
+      if (!t || (t->source != who && t->target != who)) {
+        refusal = problem(404, "not-found", "no such transfer");
+        return;
+      }
+      if (t->source != who) {
+        refusal = problem(403, "not-the-source", "only the source device delivers the key");
+        return;
+      }
+      if (t->state != "requested") {
+        refusal = problem(409, "wrong-state", "the key was delivered already (state " + t->state + ")");
+        return;
+      }
+      if (!m_s.policy.may_deliver(t->source, t->target)) {
+        refusal = problem(403, "access-denied", "the access policy does not let this device deliver to that target");
+        refusal->log_detail = "AC2 refused " + t->source + " -> " + t->target;
+        return;
+      }
+      tx.exec("UPDATE transfers SET state = 'delivered', ciphertext = $2, delivered_at = now() WHERE id = $1::uuid",
+              {id, core::Bytes(body.begin(), body.end())});
+      notify(tx, t->target, "key-delivered", "/v1/transfers/" + id + "/key", id);
+      tx.commit();
+      target = t->target;
+    });
+    if (refusal) return *refusal;
+    Reply r = json_reply(200, "{\"id\":" + q(id) + ",\"state\":\"delivered\"}");
+    r.log_detail = "delivered to " + target + " (" + std::to_string(body.size()) + " bytes sealed)";
+    return r;
+  }
+
+  // E8 and E9: the target fetches the sealed key.
+  Reply fetch_key(const std::string& who, const std::string& id) {
+    auto c = m_s.pool->acquire();
+    auto r = c->exec("SELECT target_chip, source_chip, state, ciphertext FROM transfers WHERE id = $1::uuid", {id});
+    if (r.empty() || (r.text(0, 0) != who && r.text(0, 1) != who)) return problem(404, "not-found", "no such transfer");
+    if (r.text(0, 0) != who) return problem(403, "not-the-target", "only the target device fetches the key");
+    const std::string state = r.text(0, 2);
+    if (state == "acknowledged") return problem(410, "gone", "the key was acknowledged and deleted");
+    if (state != "delivered") return problem(409, "wrong-state", "the source has not delivered the key yet");
+    const auto ct = r.bytea(0, 3);
+    return Reply{200, "application/octet-stream", std::string(ct.begin(), ct.end()), {{"Cache-Control", "no-store"}}, {}};
+  }
+
+  // After E10: the target has the key; the ciphertext is deleted and the source learns it.
+  Reply acknowledge(const std::string& who, const std::string& id) {
+    auto c = m_s.pool->acquire();
+    std::optional<Reply> refusal;
+    core::pq::run_transaction(*c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+      refusal.reset();
+      auto t = load_transfer(tx.connection(), id, true);
+      if (!t || (t->source != who && t->target != who)) {
+        refusal = problem(404, "not-found", "no such transfer");
+        return;
+      }
+      if (t->target != who) {
+        refusal = problem(403, "not-the-target", "only the target device acknowledges");
+        return;
+      }
+      if (t->state == "acknowledged") return;  // a repeated acknowledgement changes nothing
+      if (t->state != "delivered") {
+        refusal = problem(409, "wrong-state", "nothing was delivered yet");
+        return;
+      }
+      tx.exec("UPDATE transfers SET state = 'acknowledged', ciphertext = NULL, acknowledged_at = now() "
+              "WHERE id = $1::uuid", {id});
+      notify(tx, t->source, "key-acknowledged", "/v1/transfers/" + id, id);
+      tx.commit();
+    });
+    if (refusal) return *refusal;
+    return json_reply(200, "{\"id\":" + q(id) + ",\"state\":\"acknowledged\"}");
+  }
+
+  Reply notifications(const std::string& who) {
+    auto c = m_s.pool->acquire();
+    auto r = c->exec("SELECT id, reason, uri, COALESCE(transfer_id::text, ''), " + ts_col("created_at") +
+                         " FROM notifications WHERE chip = $1 AND read_at IS NULL ORDER BY id LIMIT 100",
+                     {who});
+    std::string j = "{\"notifications\":[";
+    for (int i = 0; i < r.rows(); ++i) {
+      if (i) j += ",";
+      j += "{\"id\":" + r.text(i, 0) + ",\"reason\":" + q(r.text(i, 1)) + ",\"uri\":" + q(r.text(i, 2)) +
+           ",\"transfer_id\":" + q(r.text(i, 3)) + ",\"created_at\":" + q(r.text(i, 4)) + "}";
+    }
+    return json_reply(200, j + "]}");
+  }
+
+  Reply mark_read(const std::string& who, const std::string& id) {
+    if (id.empty() || id.size() > 18 || id.find_first_not_of("0123456789") != std::string::npos)
+      return problem(404, "not-found", "no such notification");
+    auto c = m_s.pool->acquire();
+    auto r = c->exec("UPDATE notifications SET read_at = COALESCE(read_at, now()) WHERE id = $1::bigint AND chip = $2",
+                     {id, who});
+    if (r.affected() == 0) return problem(404, "not-found", "no such notification");
+    return json_reply(200, "{\"id\":" + id + ",\"read\":true}");
+  }
+
+  Shared& m_s;
+  bool m_body_read = false;
+};
+
+class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
+ public:
+  explicit Factory(Shared& s) : m_s(s) {}
+  Poco::Net::HTTPRequestHandler* createRequestHandler(const HTTPServerRequest&) override { return new Handler(m_s); }
+
+ private:
+  Shared& m_s;
+};
+
+void require_file(const std::string& path, const char* what) {
+  std::ifstream f(path);
+  if (!f) throw core::ConfigError(core::ErrorCode::Config, std::string("cannot read ") + what + " " + path);
+}
+
+}  // namespace
+
+int serve(const Config& config) {
+  Shared s;
+  s.config = config;
+  if (config.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
+  if (config.threads < 1 || config.db_pool < 1)
+    throw core::ConfigError(core::ErrorCode::Config, "--threads and --db-pool must be positive");
+  for (const auto& t : config.trust)
+    for (auto& c : core::load_certificates_pem(t)) s.anchors.push_back(std::move(c));
+  if (s.anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no manufacturer root given");
+  if (!config.policy.empty()) s.policy = Policy::load(config.policy);
+  for (const auto& a : config.allow) s.policy.allow(a);
+  if (s.policy.rules() == 0)
+    std::fprintf(stderr, "keyline-kps: warning: the policy allows nothing (give --policy or --allow)\n");
+  if (config.tls_cert.empty() || config.tls_key.empty())
+    throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
+  require_file(config.tls_cert, "--tls-cert");
+  require_file(config.tls_key, "--tls-key");
+  s.log = std::make_unique<Log>(config.log);
+
+  Poco::Net::SocketAddress addr;
+  try {
+    addr = Poco::Net::SocketAddress(config.listen);
+  } catch (const Poco::Exception&) {
+    throw core::ConfigError(core::ErrorCode::Config, "bad --listen address " + config.listen);
+  }
+  Poco::Net::initializeSSL();
+  Poco::Net::Context::Ptr ctx;
+  try {
+    Poco::Net::Context::Params p;
+    p.certificateFile = config.tls_cert;
+    p.privateKeyFile = config.tls_key;
+    p.loadDefaultCAs = false;
+    // Devices authenticate by signing each request (core/device_auth.h), not with TLS client certificates.
+    p.verificationMode = Poco::Net::Context::VERIFY_NONE;
+    ctx = new Poco::Net::Context(Poco::Net::Context::TLS_SERVER_USE, p);
+    ctx->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
+  } catch (const Poco::Exception& e) {
+    throw core::Error(errc::Tls, "TLS server setup failed: " + e.displayText());
+  }
+  Poco::Net::SecureServerSocket socket(addr, 64, ctx);
+  s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
+  s.pool->acquire()->exec("SELECT 1 FROM transfers LIMIT 1");  // reachable and migrated, or fail now
+
+  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+
+  auto* params = new Poco::Net::HTTPServerParams;
+  params->setMaxThreads(config.threads);
+  params->setMaxQueued(64);
+  params->setKeepAlive(true);
+  params->setKeepAliveTimeout(Poco::Timespan(15, 0));
+  params->setTimeout(Poco::Timespan(30, 0));
+  Poco::ThreadPool pool(2, config.threads);
+  Poco::Net::HTTPServer server(new Factory(s), pool, socket, params);
+  server.start();
+  std::fprintf(stdout, "keyline-kps: serving HTTPS on %s\n", socket.address().toString().c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop, &sig);
+  server.stopAll(true);
+  pool.joinAll();
+  return 0;
+}
+
+}  // namespace keyline::kps
