@@ -1,8 +1,6 @@
 // keyline-device: the emulated device (docs/protocol.md). Options only; the work is in keyline_device.
 #include <CLI/CLI.hpp>
 
-#include <iostream>
-
 #include "keyline/core/guard.h"
 #include "keyline/device/commands.h"
 #include "keyline/device/kps_agent.h"
@@ -99,18 +97,10 @@ int main(int argc, char** argv) {
     if (*wipe) return cmd_wipe_flash(dir);
     if (*key_new) return cmd_key_new(dir, label);
     if (*key_kcv) return cmd_key_kcv(dir, label);
-    if (*kps) {
-      if (*kps_request_cmd) {
-        kps_request(kps_config, from_chip, label);
-      } else if (*kps_serve_cmd) {
-        std::cout << "serve-once: " << kps_serve_once(kps_config) << " delivered" << std::endl;
-      } else if (*kps_receive_cmd) {
-        std::cout << "receive: " << kps_receive(kps_config) << " received" << std::endl;
-      } else {
-        kps_open_file(kps_config.dir, in_file, transfer_id, label);
-      }
-      return keyline::core::exit_code::ok;
-    }
+    if (*kps_request_cmd) return cmd_kps_request(kps_config, from_chip, label);
+    if (*kps_serve_cmd) return cmd_kps_serve_once(kps_config);
+    if (*kps_receive_cmd) return cmd_kps_receive(kps_config);
+    if (*kps_open_cmd) return cmd_kps_open_file(kps_config.dir, in_file, transfer_id, label);
     return cmd_corrupt_flash(dir);
   });
 }

@@ -348,4 +348,27 @@ int cmd_key_kcv(const std::string& dir, const std::string& label) {
   return core::exit_code::ok;
 }
 
+int cmd_kps_request(const KpsClientConfig& c, const std::string& source_chip, const std::string& label) {
+  kps_request(c, source_chip, label);
+  return core::exit_code::ok;
+}
+
+int cmd_kps_serve_once(const KpsClientConfig& c) {
+  const int n = kps_serve_once(c);
+  std::cout << "serve-once: " << n << " delivered" << std::endl;
+  return core::exit_code::ok;
+}
+
+int cmd_kps_receive(const KpsClientConfig& c) {
+  const int n = kps_receive(c);
+  std::cout << "receive: " << n << " received" << std::endl;
+  return core::exit_code::ok;
+}
+
+int cmd_kps_open_file(const std::string& dir, const std::string& file, const std::string& transfer_id,
+                      const std::string& label) {
+  kps_open_file(dir, file, transfer_id, label);
+  return core::exit_code::ok;
+}
+
 }  // namespace keyline::device

@@ -169,3 +169,38 @@ line_backupdb_start() {
 
 line_station_sql() { psql "$KEYLINE_STATION_DB" -tAc "$1"; }
 line_public_sql() { psql "${LINE_PG_CONNINFO/dbname=postgres/dbname=keyline_backupdb}" -tAc "$1"; }
+
+# --- the key provisioning server (docs/kps.md) ----------------------------------------------------
+#   line_kps_up [POLICY_FILE | --allow SRC:TGT ...]   migrate a keyline_kps database and start keyline-kps
+#     on a free port with the line's KPS TLS certificate; sets LINE_KPS_URL, adds the pid to LINE_PIDS.
+#   line_kps_sql SQL   one query on the KPS database, unaligned tuples only
+line_kps_up() {
+  local ci kport attempt kpid policy_args=()
+  ci=$LINE_PG_CONNINFO
+  if [ $# -ge 1 ] && [ -f "$1" ]; then policy_args=(--policy "$1"); shift; fi
+  policy_args+=("$@")
+  psql "$ci" -tAc "SELECT 1 FROM pg_database WHERE datname = 'keyline_kps'" | grep -q 1 ||
+    psql "$ci" -qc "CREATE DATABASE keyline_kps" >/dev/null
+  LINE_KPS_DB="${ci/dbname=postgres/dbname=keyline_kps}"
+  "$LINE_BIN/keyline-kps" migrate --db "$LINE_KPS_DB" >&2
+  for attempt in 1 2 3; do
+    kport=$(line_free_port)
+    "$LINE_BIN/keyline-kps" serve --db "$LINE_KPS_DB" --listen "127.0.0.1:$kport" \
+      --tls-cert "$LINE_DIR/pki/kps-tls.pem" --tls-key "$LINE_DIR/pki/kps-tls.key" \
+      --trust "$LINE_DIR/pki/root.pem" "${policy_args[@]}" \
+      --log "$LINE_DIR/logs/kps.log" >>"$LINE_DIR/logs/kps.out" 2>&1 &
+    kpid=$!
+    if line_wait_port 127.0.0.1 "$kport" 20 && kill -0 "$kpid" 2>/dev/null; then
+      LINE_PIDS+=("$kpid")
+      break
+    fi
+    kill "$kpid" 2>/dev/null || true
+    wait "$kpid" 2>/dev/null || true
+    [ "$attempt" -lt 3 ] || { line_log "KPS did not start"; cat "$LINE_DIR/logs/kps.out" >&2; return 1; }
+  done
+  LINE_KPS_URL="https://127.0.0.1:$kport"
+  export LINE_KPS_URL
+  line_log "KPS serving on $LINE_KPS_URL"
+}
+
+line_kps_sql() { psql "$LINE_KPS_DB" -tAc "$1"; }

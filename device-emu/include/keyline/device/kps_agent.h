@@ -53,5 +53,11 @@ void kps_open_file(const std::string& dir, const std::string& file, const std::s
 
 int cmd_key_new(const std::string& dir, const std::string& label);
 int cmd_key_kcv(const std::string& dir, const std::string& label);
+// keyline-device kps request|serve-once|receive|open-file: the calls above plus a summary line.
+int cmd_kps_request(const KpsClientConfig& c, const std::string& source_chip, const std::string& label);
+int cmd_kps_serve_once(const KpsClientConfig& c);
+int cmd_kps_receive(const KpsClientConfig& c);
+int cmd_kps_open_file(const std::string& dir, const std::string& file, const std::string& transfer_id,
+                      const std::string& label);
 
 }  // namespace keyline::device
