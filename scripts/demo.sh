@@ -3,7 +3,8 @@
 #   installs what is missing and builds; starts a private PostgreSQL and a SoftHSM2 token under
 #   .keyline/demo/; creates the manufacturer keys in the token; starts the public DB server; makes N
 #   emulated devices and personalizes them through the station; wipes one device's flash and restores it
-#   with the recovery tool; prints a summary and writes .keyline/demo/summary.json; stops everything.
+#   with the recovery tool; moves a key from device 0 to device 1 through keyline-kps; prints a summary
+#   and writes .keyline/demo/summary.json; stops everything.
 #
 #   scripts/demo.sh [N]     N devices (default 8, or $KEYLINE_DEMO_DEVICES)
 # Every run starts from a clean .keyline/demo/ (the previous run's processes are stopped first).
@@ -40,11 +41,11 @@ trap 'exit 130' INT TERM
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/5 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
+step "1/6 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
 line_up "$demo" "$n"
 printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
 
-step "2/5 personalizing $n devices through keyline-station"
+step "2/6 personalizing $n devices through keyline-station"
 line_personalize | tee "$demo/personalize.jsonl"
 personalized=$(grep -c '"done":true' "$demo/personalize.jsonl" || true)
 [ "$personalized" -eq "$n" ] || { echo "demo: only $personalized of $n devices personalized" >&2; exit 1; }
@@ -64,7 +65,7 @@ for c in "${certs[@]}"; do
 done
 echo "public DB holds $published records; every identity certificate verifies with openssl against the root"
 
-step "3/5 the owner of device 0 loses its flash"
+step "3/6 the owner of device 0 loses its flash"
 dev0=${LINE_DEVICE_DIRS[0]}
 addr0=${LINE_DEVICES[0]}
 "$LINE_BIN/keyline-device" boot --dir "$dev0" >"$demo/boot-before.txt"
@@ -76,7 +77,7 @@ if "$LINE_BIN/keyline-device" boot --dir "$dev0" >/dev/null 2>&1; then
 fi
 echo "device $addr0 no longer boots"
 
-step "4/5 keyline-recovery restores it from the public DB"
+step "4/6 keyline-recovery restores it from the public DB"
 "$LINE_BIN/keyline-recovery" restore --device "$addr0" --db "$LINE_BACKUPDB_URL" \
   --ca "$demo/pki/tls-ca.pem" --trust "$demo/pki/root.pem" | tee "$demo/recovery.txt"
 "$LINE_BIN/keyline-device" boot --dir "$dev0" >"$demo/boot-after.txt"
@@ -92,7 +93,30 @@ if [ -n "$imei_before" ] && [ "$imei_before" = "$imei_after" ] &&
   match=true
 fi
 
-step "5/5 summary"
+step "5/6 a key moves from device 0 to device 1 through keyline-kps, which never sees it"
+dev1=${LINE_DEVICE_DIRS[1]}
+kps_label=user-key
+kps_source=$(field chip_id <("$LINE_BIN/keyline-device" status --dir "$dev0"))
+kps_target=$(field chip_id <("$LINE_BIN/keyline-device" status --dir "$dev1"))
+kps_ok=false
+kps_transfer() {
+  local dev="$LINE_BIN/keyline-device" kps=(--kps "$LINE_KPS_URL" --ca "$demo/pki/tls-ca.pem")
+  "$dev" key-new --dir "$dev0" --label "$kps_label" || return 1
+  "$dev" kps request --dir "$dev1" "${kps[@]}" --from "$kps_source" --label "$kps_label" || return 1
+  "$dev" kps serve-once --dir "$dev0" "${kps[@]}" || return 1
+  "$dev" kps receive --dir "$dev1" "${kps[@]}"
+}
+if line_kps_up --allow "$kps_source:$kps_target"; then
+  printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
+  if kps_transfer 2>&1 | tee "$demo/kps.txt"; then kps_ok=true; fi
+fi
+# The KCV (first 3 bytes of AES-ECB(key, 0^16)) shows both devices hold the same key without showing it.
+kcv_source=$("$LINE_BIN/keyline-device" key-kcv --dir "$dev0" --label "$kps_label" 2>/dev/null || true)
+kcv_target=$("$LINE_BIN/keyline-device" key-kcv --dir "$dev1" --label "$kps_label" 2>/dev/null || true)
+[ -n "$kcv_source" ] && [ "$kcv_source" = "$kcv_target" ] || kps_ok=false
+echo "key check values: source $kcv_source, target $kcv_target"
+
+step "6/6 summary"
 certs_json=$(printf '"%s",' "${certs[@]}")
 cat >"$demo/summary.json" <<JSON
 {
@@ -102,11 +126,13 @@ cat >"$demo/summary.json" <<JSON
   "device_ca": "$demo/pki/device-ca.pem",
   "identity_certs": [${certs_json%,}],
   "recovery": {"chip_id": "$chip", "imei_before": "$imei_before", "imei_after": "$imei_after", "key_fingerprints_match": $match},
-  "kps_transfer": {"ok": false, "skipped": "keyline-kps is not part of this build yet"}
+  "kps_transfer": {"ok": $kps_ok, "source": "$kps_source", "target": "$kps_target", "label": "$kps_label", "kcv_source": "$kcv_source", "kcv_target": "$kcv_target"}
 }
 JSON
 printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in the public DB" "$published" \
   "root certificate" "$demo/pki/root.pem" "Device CA certificate" "$demo/pki/device-ca.pem" \
   "identity certificates" "$demo/certs/" "restored device" "chip $chip, IMEI $imei_before -> $imei_after" \
-  "keys identical after restore" "$match" "summary" "$demo/summary.json"
+  "keys identical after restore" "$match" \
+  "key moved through the KPS" "$kps_ok ($kps_label, KCV $kcv_source -> $kcv_target)" "summary" "$demo/summary.json"
 [ "$match" = true ] || { echo "demo: the restored device differs from the original" >&2; exit 1; }
+[ "$kps_ok" = true ] || { echo "demo: the key transfer through the KPS failed (see $demo/kps.txt, $demo/logs/kps.log)" >&2; exit 1; }

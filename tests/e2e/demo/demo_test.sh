@@ -34,6 +34,11 @@ check(len(rec["chip_id"]) == 20, "recovery names a chip ID")
 check(rec["imei_before"] and rec["imei_before"] == rec["imei_after"], "same IMEI after restore")
 check(rec["key_fingerprints_match"] is True, "same key fingerprints after restore")
 check("kps_transfer" in s, "kps_transfer present")
+kps = s["kps_transfer"]
+check(kps.get("ok") is True, "kps_transfer.ok: a key moved between two devices through the KPS")
+check(len(kps["source"]) == 20 and len(kps["target"]) == 20 and kps["source"] != kps["target"],
+      "kps_transfer names two different chips")
+check(len(kps["kcv_source"]) == 6 and kps["kcv_source"] == kps["kcv_target"], "source and target key check values equal")
 PY
 # The demo stopped everything it started: nothing listens from its directory any more.
 if pgrep -f "$KEYLINE_DEMO_TEST_DIR/" >/dev/null; then
