@@ -518,8 +518,13 @@ int serve(const Config& config) {
   for (const auto& t : config.trust)
     for (auto& c : core::load_certificates_pem(t)) s.anchors.push_back(std::move(c));
   if (s.anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no manufacturer root given");
-  if (!config.policy.empty()) s.policy = Policy::load(config.policy);
-  for (const auto& a : config.allow) s.policy.allow(a);
+  try {
+    if (!config.policy.empty()) s.policy = Policy::load(config.policy);
+    for (const auto& a : config.allow) s.policy.allow(a);
+  } catch (const core::FormatError& e) {
+    // A policy that does not parse is a configuration error (exit 2), not bad input from a peer.
+    throw core::ConfigError(core::ErrorCode::Config, e.what());
+  }
   if (s.policy.rules() == 0)
     std::fprintf(stderr, "keyline-kps: warning: the policy allows nothing (give --policy or --allow)\n");
   if (config.tls_cert.empty() || config.tls_key.empty())
