@@ -254,11 +254,13 @@ int kps_serve_once(const KpsClientConfig& c) {
   const auto keys = open_device(c.dir);
   KpsSession s(c, keys);
   int delivered = 0;
-  for (const auto& n : unread(s)) {
+  // One transfer that fails (a missing key, a refusal) does not stop the others; the first failure
+  // is reported at the end and its notification stays unread, so the next pass retries it.
+  const auto handle = [&](const Notice& n) -> bool {
     if (n.reason != "transfer-requested" || !is_uuid(n.transfer_id)) {
       std::cout << "notice " << n.reason << " " << n.uri << std::endl;
       mark_read(s, n);
-      continue;
+      return false;
     }
     const std::string path = "/v1/transfers/" + n.transfer_id;
     const auto r = s.get(path);
@@ -268,7 +270,7 @@ int kps_serve_once(const KpsClientConfig& c) {
       throw core::Error(error::KpsProtocol, "the KPS sent a transfer that is not this device's");
     if (str(t, "state") != "requested") {
       mark_read(s, n);
-      continue;
+      return false;
     }
     const std::string label = str(t, "label");
     const std::string target = str(t, "target");
@@ -280,8 +282,18 @@ int kps_serve_once(const KpsClientConfig& c) {
     expect(up, 200, "deliver " + n.transfer_id);
     mark_read(s, n);
     std::cout << "delivered " << n.transfer_id << " " << label << " to " << target << std::endl;
-    ++delivered;
+    return true;
+  };
+  std::optional<core::Error> first;
+  for (const auto& n : unread(s)) {
+    try {
+      if (handle(n)) ++delivered;
+    } catch (const core::Error& e) {
+      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
+      if (!first) first = e;
+    }
   }
+  if (first) throw *first;
   return delivered;
 }
 
@@ -289,11 +301,13 @@ int kps_receive(const KpsClientConfig& c) {
   const auto keys = open_device(c.dir);
   KpsSession s(c, keys);
   int received = 0;
-  for (const auto& n : unread(s)) {
+  // One transfer that fails (a missing key, a refusal) does not stop the others; the first failure
+  // is reported at the end and its notification stays unread, so the next pass retries it.
+  const auto handle = [&](const Notice& n) -> bool {
     if (n.reason != "key-delivered" || !is_uuid(n.transfer_id)) {
       std::cout << "notice " << n.reason << " " << n.uri << std::endl;
       mark_read(s, n);
-      continue;
+      return false;
     }
     const std::string path = "/v1/transfers/" + n.transfer_id;
     const auto r = s.get(path);
@@ -303,7 +317,7 @@ int kps_receive(const KpsClientConfig& c) {
       throw core::Error(error::KpsProtocol, "the KPS sent a transfer that is not this device's");
     if (str(t, "state") == "acknowledged") {
       mark_read(s, n);
-      continue;
+      return false;
     }
     const std::string label = str(t, "label");
     check_label(label);
@@ -319,8 +333,18 @@ int kps_receive(const KpsClientConfig& c) {
     mark_read(s, n);
     std::cout << "received " << n.transfer_id << " " << label << " from " << str(t, "source") << " kcv "
               << kcv_hex(key) << std::endl;
-    ++received;
+    return true;
+  };
+  std::optional<core::Error> first;
+  for (const auto& n : unread(s)) {
+    try {
+      if (handle(n)) ++received;
+    } catch (const core::Error& e) {
+      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
+      if (!first) first = e;
+    }
   }
+  if (first) throw *first;
   return received;
 }
 
