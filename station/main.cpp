@@ -31,6 +31,9 @@ int main(int argc, char** argv) {
   app.add_option("--key-source", cfg.key_source, "generate: keys made per device; pool: pre-generated keys")
       ->check(CLI::IsMember({"generate", "pool"}))
       ->capture_default_str();
+  app.add_flag("--short-apdus", cfg.short_apdus,
+               "only short APDUs (240-byte STORE DATA blocks, 256-byte answers) for readers without extended "
+               "length; default: one extended APDU per package (env KEYLINE_SHORT_APDUS=1)");
 
   auto* keys = app.add_subcommand("keys", "manufacturer keys in the HSM");
   keys->require_subcommand(1);

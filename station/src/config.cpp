@@ -49,6 +49,7 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   from_env(c.backupdb_url, "KEYLINE_BACKUPDB_URL");
   from_env(c.hw_type, "KEYLINE_HW_TYPE");
   from_env(c.key_source, "KEYLINE_KEY_SOURCE");
+  if (const char* v = std::getenv("KEYLINE_SHORT_APDUS"); v && std::string(v) == "1") c.short_apdus = true;
 
   if (!config_file.empty()) {
     std::ifstream in(config_file);

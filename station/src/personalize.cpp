@@ -46,8 +46,12 @@ namespace {
 
 constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
 constexpr std::uint8_t kLifecyclePersonalized = 0x0F;
-// STORE DATA blocks stay short APDUs: 16 blocks carry the ~3 KB package and any reader takes them.
-constexpr std::size_t kStoreBlock = 240;
+// With short APDUs only (--short-apdus, for readers without extended length) STORE DATA goes in
+// 240-byte blocks and long answers come back in 256-byte pieces; otherwise one extended APDU carries
+// the whole ~3 KB package (ISO 7816-4 5.1: extended Lc up to 65535), cutting ~40 round trips per
+// device to ~8, which is what bounds a line's throughput.
+constexpr std::size_t kShortStoreBlock = 240;
+constexpr std::size_t kExtendedStoreBlock = 65535;
 
 core::CommandApdu apdu(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2,
                        std::optional<std::uint32_t> le = 256u) {
@@ -174,7 +178,10 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
   thread_local Botan::AutoSeeded_RNG rng;
   try {
     const auto [host, port] = core::DeviceLink::parse_endpoint(endpoint);
-    core::DeviceLink link(host, port);
+    core::DeviceLinkOptions link_options;
+    link_options.max_chunk = m_config.short_apdus ? 255 : 65535;
+    core::DeviceLink link(host, port, link_options);
+    const std::size_t store_block = m_config.short_apdus ? kShortStoreBlock : kExtendedStoreBlock;
     link.connect();
 
     // --- read the device (step 4 of seed 002: the chip ID from read-only storage) -------------
@@ -343,16 +350,16 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       step(Step::Issue, res.chip_id);
 
       cur = Step::Store;
-      const std::size_t blocks = (encoded.size() + kStoreBlock - 1) / kStoreBlock;
+      const std::size_t blocks = (encoded.size() + store_block - 1) / store_block;
       if (blocks > 256) throw core::Error(core::ErrorCode::BadDataPackage, "data package too large for STORE DATA");
       for (std::size_t b = 0; b < blocks; ++b) {
         const bool last = b + 1 == blocks;
         // GlobalPlatform Card Specification 11.11.2: P1 b4 = DGI format, b8 = last block; P2 = block number.
         auto c = apdu(0x80, 0xE2, static_cast<std::uint8_t>(0x08 | (last ? 0x80 : 0x00)), static_cast<std::uint8_t>(b),
                       std::nullopt);
-        const std::size_t off = b * kStoreBlock;
+        const std::size_t off = b * store_block;
         c.data.assign(encoded.begin() + static_cast<std::ptrdiff_t>(off),
-                      encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + kStoreBlock)));
+                      encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + store_block)));
         expect_ok(link, c, "STORE DATA");
       }
       db.exec("UPDATE journal.device SET state = 'stored', updated_at = now() WHERE id = $1", {*claim_id});
@@ -367,13 +374,16 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
     if (!row || (row->state != "backed_up" && row->state != "published")) {
       cur = Step::Backup;
       may_void = true;
-      const auto b = expect_ok(link, apdu(0x80, 0xCA, 0xDF, 0x20), "GET DATA backup");
+      auto get_backup = apdu(0x80, 0xCA, 0xDF, 0x20, m_config.short_apdus ? 256u : 65536u);
+      get_backup.extended = !m_config.short_apdus;
+      const auto b = expect_ok(link, get_backup, "GET DATA backup");
       backup.assign(b.data.begin(), b.data.end());
       const auto header = core::parse_backup_header(backup);
       if (header.chip_id != chip)
         throw core::Error(errc::BackupMismatch, "backup package names chip " + header.chip_id.str());
       // The device opens the very bytes we will publish and proves the package inside is ours.
       auto drill = apdu(0x80, 0xC6, 0x00, 0x00);
+      drill.extended = !m_config.short_apdus;
       drill.data.assign(backup.begin(), backup.end());
       const auto d = link.transmit(drill);
       // The device refusing its own backup is the issue's "backup does not open": say so, not just the SW.

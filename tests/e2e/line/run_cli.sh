@@ -34,7 +34,11 @@ ok "--count 6: $pub published, pool topped up to $pool"
 # SIGTERM drains: in-flight devices finish, nothing new starts, nothing is left half-done.
 "$st" run --profile "$LINE_DIR/profile.json" --progress tty >"$LINE_DIR/logs/term.log" 2>&1 &
 pid=$!
-sleep 2.5
+# Stop as soon as the first device of this run is done: most are then still waiting to start.
+for _ in $(seq 200); do
+  tr '\r' '\n' <"$LINE_DIR/logs/term.log" | grep -Eq "^done ([1-9]|[1-9][0-9])/" && break
+  sleep 0.05
+done
 kill -TERM "$pid"
 rc=0; wait "$pid" || rc=$?
 cat "$LINE_DIR/logs/term.log" | tr '\r' '\n' | tail -14

@@ -17,6 +17,7 @@ struct StationConfig {
   std::string backupdb_url;       // https://host:port of keyline-backupdb
   std::string hw_type;            // HardwareModuleName hwType OID (default core::kDefaultHwType)
   std::string key_source = "generate";  // "generate" (in process) or "pool" (pre-generated, wrapped)
+  bool short_apdus = false;       // only short APDUs (readers without extended length support)
   int publish_attempts = 5;       // attempts before a record is left to the outbox
 };
 
