@@ -6,13 +6,17 @@ source "$(dirname "$0")/common.sh"
 dir=${1:?work dir}
 rm -rf "$dir"
 N=${LINE_OUTBOX_DEVICES:-150}
-# A little device time so the run spans the outage.
-LINE_DEVICE_FLAGS="--delay-store-ms 4 --quiet" line_up "$dir" "$N"
+# Device time so that the run (150 devices, 8 at once, ~0.3 s each: ~6 s) spans the 3 s outage.
+LINE_DEVICE_FLAGS="--delay-flash-ms 300 --quiet" line_up "$dir" "$N"
 line_fleet_file "$LINE_DIR/fleet.txt"
 "$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 8 --progress plain --publish-wait 120 \
   >"$LINE_DIR/logs/run.log" 2>&1 &
 pid=$!
-sleep 1
+# The outage starts once the public DB has taken the first records, so it falls in the middle of the run.
+for _ in $(seq 200); do
+  [ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")" -gt 0 ] && break
+  sleep 0.05
+done
 line_backupdb_stop
 sleep 3
 during=$(line_station_sql "SELECT count(*) FROM journal.outbox WHERE published_at IS NULL")
