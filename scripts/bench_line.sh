@@ -14,9 +14,11 @@
 #    block, 300 ms flash write): devices/s at 16, 64 and 256 devices at once, and the station's peak
 #    RSS at 256 (goal <= 150 MB).
 #
-# Measured on the 2-core machine (Release build, other work running alongside), 2026-11-23:
-#   end to end 142 devices/s, crypto floor 1849 devices/s, ratio 0.077 (goals 500/s and 0.4 not met);
-#   delays on: 20 / 63 / 122 devices/s at 16 / 64 / 256 at once, peak RSS 59 MB at 256.
+# Measured on the 2-core machine (Release build, quiet machine), 2026-11-23, after the station moved to
+# one extended APDU per package:
+#   end to end 112.7 devices/s, crypto floor 1318 devices/s, ratio 0.085 (goals 500/s and 0.4 not met);
+#   delays on: 36.9 / 81.9 / 95.2 devices/s at 16 / 64 / 256 at once, peak RSS 28 / 34 / 58 MB.
+#   (An earlier run, short APDUs, other work alongside: 142 devices/s, floor 1849, 20 / 63 / 122 with delays.)
 #   Where the time goes (perf, top): the machine is CPU-bound; per device ~19 ms of CPU over all
 #   processes against ~1 ms of cryptography: PostgreSQL (~10 commits with fsync and ~20 statements
 #   per device in personalize.cpp: 4 audit autocommits, claim, issued, stored, record, publish), the
