@@ -32,6 +32,7 @@
 #include <unordered_map>
 
 #include "keyline/backupdb/store.h"
+#include "keyline/core/log_sink.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/cplc.h"
 #include "keyline/core/http.h"
@@ -68,34 +69,7 @@ Reply problem(int status, const std::string& slug, const std::string& detail,
 }
 
 // Request log: one JSON object per line.
-class AccessLog {
- public:
-  explicit AccessLog(const std::string& where) {
-    if (where == "off") return;
-    if (where == "stderr" || where.empty()) {
-      m_file = stderr;
-    } else {
-      m_file = std::fopen(where.c_str(), "a");
-      if (!m_file) throw core::ConfigError(core::ErrorCode::Config, "cannot open log file " + where);
-      m_owned = true;
-    }
-  }
-  ~AccessLog() {
-    if (m_owned) std::fclose(m_file);
-  }
-  void line(const std::string& s) {
-    if (!m_file) return;
-    std::lock_guard<std::mutex> g(m_mutex);
-    std::fputs(s.c_str(), m_file);
-    std::fputc('\n', m_file);
-    std::fflush(m_file);
-  }
-
- private:
-  std::FILE* m_file = nullptr;
-  bool m_owned = false;
-  std::mutex m_mutex;
-};
+using AccessLog = core::LogSink;
 
 // Token bucket per client key (RFC 6585 section 4 for the 429 answer).
 class RateLimiter {

@@ -35,6 +35,7 @@
 #include "keyline/core/device_auth.h"
 #include "keyline/core/hpke.h"
 #include "keyline/core/http.h"
+#include "keyline/core/log_sink.h"
 #include "keyline/core/pq.h"
 #include "keyline/kps/kps.h"
 #include "keyline/kps/policy.h"
@@ -91,33 +92,7 @@ class NonceCache {
   std::map<std::string, std::int64_t> m_seen;
 };
 
-class Log {
- public:
-  explicit Log(const std::string& where) {
-    if (where == "off") return;
-    if (where.empty() || where == "stderr") {
-      m_file = stderr;
-      return;
-    }
-    m_file = std::fopen(where.c_str(), "a");
-    if (!m_file) throw core::ConfigError(core::ErrorCode::Config, "cannot open log file " + where);
-    m_owned = true;
-  }
-  ~Log() {
-    if (m_owned) std::fclose(m_file);
-  }
-  void line(const std::string& s) {
-    if (!m_file) return;
-    std::lock_guard<std::mutex> g(m_mutex);
-    std::fprintf(m_file, "%s\n", s.c_str());
-    std::fflush(m_file);
-  }
-
- private:
-  std::FILE* m_file = nullptr;
-  bool m_owned = false;
-  std::mutex m_mutex;
-};
+using Log = core::LogSink;  // one JSON object per line
 
 struct Shared {
   Config config;
