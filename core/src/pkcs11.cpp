@@ -468,17 +468,18 @@ Bytes Pkcs11Token::sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::ui
   return der;
 }
 
-Pkcs11Handle Pkcs11Token::generate_hmac_key(const std::string& label) {
+// A 32-byte secret key on the token, sensitive and never extractable; `use` names the two usage
+// attributes it gets (CKA_SIGN/CKA_VERIFY for HMAC, CKA_ENCRYPT/CKA_DECRYPT for AES).
+Pkcs11Handle Pkcs11Token::generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,
+                                              Pkcs11Ulong use_a, Pkcs11Ulong use_b, const char* what) {
   auto s = session();
   if (!s->find_objects(CKO_SECRET_KEY, label).empty())
     throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
   CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
-  CK_ULONG len = 32;  // RFC 2104 section 3: a key of L (=32 for SHA-256) bytes is the recommended minimum
-  // SoftHSM 2.6 (C_GetMechanismList) offers CKM_SHA256_HMAC over CKK_GENERIC_SECRET but no
-  // SP 800-108 KDF mechanism, so the per-device derivation is HMAC-SHA-256 as a PRF, made by C_Sign.
-  CK_MECHANISM mech{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
+  CK_KEY_TYPE kt = key_type;
+  CK_ULONG len = 32;
+  CK_MECHANISM mech{mechanism, nullptr, 0};
   CK_ATTRIBUTE tmpl[] = {
       {CKA_CLASS, &cls, sizeof cls},
       {CKA_KEY_TYPE, &kt, sizeof kt},
@@ -487,13 +488,22 @@ Pkcs11Handle Pkcs11Token::generate_hmac_key(const std::string& label) {
       {CKA_PRIVATE, &yes, sizeof yes},
       {CKA_SENSITIVE, &yes, sizeof yes},
       {CKA_EXTRACTABLE, &no, sizeof no},
-      {CKA_SIGN, &yes, sizeof yes},
-      {CKA_VERIFY, &yes, sizeof yes},
+      {use_a, &yes, sizeof yes},
+      {use_b, &yes, sizeof yes},
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
   };
   CK_OBJECT_HANDLE h = 0;
-  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl, std::size(tmpl), &h), "C_GenerateKey(generic secret)");
+  const std::string call = std::string("C_GenerateKey(") + what + ")";
+  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl, std::size(tmpl), &h), call.c_str());
   return h;
+}
+
+// RFC 2104 section 3: a key of L (=32 for SHA-256) bytes is the recommended minimum.
+// SoftHSM 2.6 (C_GetMechanismList) offers CKM_SHA256_HMAC over CKK_GENERIC_SECRET but no
+// SP 800-108 KDF mechanism, so the per-device derivation is HMAC-SHA-256 as a PRF, made by C_Sign.
+Pkcs11Handle Pkcs11Token::generate_hmac_key(const std::string& label) {
+  return generate_secret_key(label, CKK_GENERIC_SECRET, CKM_GENERIC_SECRET_KEY_GEN, CKA_SIGN, CKA_VERIFY,
+                             "generic secret");
 }
 
 SecureBytes Pkcs11Token::derive_hmac_sha256(const std::string& key_label, const Bytes& data) {
@@ -511,29 +521,7 @@ SecureBytes Pkcs11Token::derive_hmac_sha256(const std::string& key_label, const 
 }
 
 Pkcs11Handle Pkcs11Token::generate_aes_key(const std::string& label) {
-  auto s = session();
-  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
-    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_AES;
-  CK_ULONG len = 32;
-  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
-  CK_ATTRIBUTE tmpl[] = {
-      {CKA_CLASS, &cls, sizeof cls},
-      {CKA_KEY_TYPE, &kt, sizeof kt},
-      {CKA_VALUE_LEN, &len, sizeof len},
-      {CKA_TOKEN, &yes, sizeof yes},
-      {CKA_PRIVATE, &yes, sizeof yes},
-      {CKA_SENSITIVE, &yes, sizeof yes},
-      {CKA_EXTRACTABLE, &no, sizeof no},
-      {CKA_ENCRYPT, &yes, sizeof yes},
-      {CKA_DECRYPT, &yes, sizeof yes},
-      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-  };
-  CK_OBJECT_HANDLE h = 0;
-  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl, std::size(tmpl), &h), "C_GenerateKey(AES-256)");
-  return h;
+  return generate_secret_key(label, CKK_AES, CKM_AES_KEY_GEN, CKA_ENCRYPT, CKA_DECRYPT, "AES-256");
 }
 
 // The pool's private keys are data to the token (PKCS#8 blobs made in process), so wrapping is

@@ -151,6 +151,8 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
  private:
   Pkcs11Token(Pkcs11Module module, Pkcs11Handle slot, SecureBytes pin, std::size_t max_sessions);
   void give_back(std::unique_ptr<Pkcs11Session> s);
+  Pkcs11Handle generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,
+                                   Pkcs11Ulong use_a, Pkcs11Ulong use_b, const char* what);
 
   Pkcs11Module m_module;
   Pkcs11Handle m_slot;
