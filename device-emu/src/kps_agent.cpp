@@ -13,6 +13,8 @@
 
 #include <cerrno>
 #include <ctime>
+#include <functional>
+#include <optional>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -162,6 +164,24 @@ std::vector<Notice> unread(KpsSession& s) {
   return out;
 }
 
+// Runs `handle` on every unread notice; returns how many it handled. One transfer that fails (a missing
+// key, a refusal) does not stop the others: the first failure is rethrown at the end, and its
+// notification stays unread, so the next pass retries it.
+int handle_unread(KpsSession& s, const std::function<bool(const Notice&)>& handle) {
+  int handled = 0;
+  std::optional<core::Error> first;
+  for (const auto& n : unread(s)) {
+    try {
+      if (handle(n)) ++handled;
+    } catch (const core::Error& e) {
+      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
+      if (!first) first = e;
+    }
+  }
+  if (first) throw *first;
+  return handled;
+}
+
 void mark_read(KpsSession& s, const Notice& n) {
   expect(s.post("/v1/notifications/" + n.id + "/read", "", "application/json"), 200, "mark notification read");
 }
@@ -253,9 +273,6 @@ std::string kps_request(const KpsClientConfig& c, const std::string& source_chip
 int kps_serve_once(const KpsClientConfig& c) {
   const auto keys = open_device(c.dir);
   KpsSession s(c, keys);
-  int delivered = 0;
-  // One transfer that fails (a missing key, a refusal) does not stop the others; the first failure
-  // is reported at the end and its notification stays unread, so the next pass retries it.
   const auto handle = [&](const Notice& n) -> bool {
     if (n.reason != "transfer-requested" || !is_uuid(n.transfer_id)) {
       std::cout << "notice " << n.reason << " " << n.uri << std::endl;
@@ -284,25 +301,12 @@ int kps_serve_once(const KpsClientConfig& c) {
     std::cout << "delivered " << n.transfer_id << " " << label << " to " << target << std::endl;
     return true;
   };
-  std::optional<core::Error> first;
-  for (const auto& n : unread(s)) {
-    try {
-      if (handle(n)) ++delivered;
-    } catch (const core::Error& e) {
-      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
-      if (!first) first = e;
-    }
-  }
-  if (first) throw *first;
-  return delivered;
+  return handle_unread(s, handle);
 }
 
 int kps_receive(const KpsClientConfig& c) {
   const auto keys = open_device(c.dir);
   KpsSession s(c, keys);
-  int received = 0;
-  // One transfer that fails (a missing key, a refusal) does not stop the others; the first failure
-  // is reported at the end and its notification stays unread, so the next pass retries it.
   const auto handle = [&](const Notice& n) -> bool {
     if (n.reason != "key-delivered" || !is_uuid(n.transfer_id)) {
       std::cout << "notice " << n.reason << " " << n.uri << std::endl;
@@ -335,17 +339,7 @@ int kps_receive(const KpsClientConfig& c) {
               << kcv_hex(key) << std::endl;
     return true;
   };
-  std::optional<core::Error> first;
-  for (const auto& n : unread(s)) {
-    try {
-      if (handle(n)) ++received;
-    } catch (const core::Error& e) {
-      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
-      if (!first) first = e;
-    }
-  }
-  if (first) throw *first;
-  return received;
+  return handle_unread(s, handle);
 }
 
 void kps_open_file(const std::string& dir, const std::string& file, const std::string& transfer_id,
