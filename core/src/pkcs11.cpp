@@ -380,9 +380,45 @@ Pkcs11Handle Pkcs11Token::find_secret_key(const std::string& label) {
   return found.front();
 }
 
+// A search costs SoftHSM a pass over every token object file (open, lock, stat: ~15 system calls
+// each), which made the lookup cost more than the HMAC or the AES it preceded. A token object keeps
+// its handle for as long as it exists, in every session of the application (PKCS #11 v2.40 base:
+// an object handle is valid in all sessions of the application that obtained it), so it is found once.
+Pkcs11Handle Pkcs11Token::cached_secret_key(const std::string& label) {
+  {
+    std::lock_guard<std::mutex> lock(m_handles_mutex);
+    const auto it = m_secret_handles.find(label);
+    if (it != m_secret_handles.end()) return it->second;
+  }
+  const Pkcs11Handle h = find_secret_key(label);
+  std::lock_guard<std::mutex> lock(m_handles_mutex);
+  m_secret_handles[label] = h;
+  return h;
+}
+
+void Pkcs11Token::forget_secret_key(const std::string& label) {
+  std::lock_guard<std::mutex> lock(m_handles_mutex);
+  m_secret_handles.erase(label);
+}
+
+template <typename Op>
+auto Pkcs11Token::with_secret_key(const std::string& label, Op op) -> decltype(op(Pkcs11Handle{})) {
+  try {
+    return op(cached_secret_key(label));
+  } catch (const Pkcs11Error& e) {
+    // Destroyed (and perhaps re-created by another process) since it was found: look again, once.
+    if (e.rv() != CKR_KEY_HANDLE_INVALID && e.rv() != CKR_OBJECT_HANDLE_INVALID) throw;
+    forget_secret_key(label);
+    return op(cached_secret_key(label));
+  }
+}
+
 void Pkcs11Token::destroy_object(Pkcs11Handle object) {
   auto s = session();
   check(fns(m_module)->C_DestroyObject(s->handle(), object), "C_DestroyObject");
+  std::lock_guard<std::mutex> lock(m_handles_mutex);
+  for (auto it = m_secret_handles.begin(); it != m_secret_handles.end();)
+    it = it->second == object ? m_secret_handles.erase(it) : std::next(it);
 }
 
 Pkcs11KeyPair Pkcs11Token::generate_ec_p256(const std::string& label, const Bytes& id) {
@@ -507,17 +543,18 @@ Pkcs11Handle Pkcs11Token::generate_hmac_key(const std::string& label) {
 }
 
 SecureBytes Pkcs11Token::derive_hmac_sha256(const std::string& key_label, const Bytes& data) {
-  const Pkcs11Handle key = find_secret_key(key_label);
-  auto s = session();
-  auto* fn = fns(m_module);
-  CK_MECHANISM mech{CKM_SHA256_HMAC, nullptr, 0};
-  check(fn->C_SignInit(s->handle(), &mech, key), "C_SignInit(CKM_SHA256_HMAC)");
-  SecureBytes out(32);
-  CK_ULONG n = out.size();
-  check(fn->C_Sign(s->handle(), const_cast<std::uint8_t*>(data.data()), data.size(), out.data(), &n),
-        "C_Sign(CKM_SHA256_HMAC)");
-  out.resize(n);
-  return out;
+  return with_secret_key(key_label, [&](Pkcs11Handle key) {
+    auto s = session();
+    auto* fn = fns(m_module);
+    CK_MECHANISM mech{CKM_SHA256_HMAC, nullptr, 0};
+    check(fn->C_SignInit(s->handle(), &mech, key), "C_SignInit(CKM_SHA256_HMAC)");
+    SecureBytes out(32);
+    CK_ULONG n = out.size();
+    check(fn->C_Sign(s->handle(), const_cast<std::uint8_t*>(data.data()), data.size(), out.data(), &n),
+          "C_Sign(CKM_SHA256_HMAC)");
+    out.resize(n);
+    return out;
+  });
 }
 
 Pkcs11Handle Pkcs11Token::generate_aes_key(const std::string& label) {
@@ -528,54 +565,56 @@ Pkcs11Handle Pkcs11Token::generate_aes_key(const std::string& label) {
 // C_Encrypt with CKM_AES_GCM rather than C_WrapKey: CKM_AES_KEY_WRAP_PAD (offered by SoftHSM 2.6)
 // only wraps key objects. GCM also authenticates, so a flipped bit in the pool does not unwrap.
 Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& plain) {
-  const Pkcs11Handle key = find_secret_key(key_label);
-  auto s = session();
-  auto* fn = fns(m_module);
-  Bytes out(kGcmNonce + plain.size() + kGcmTag);
-  check(fn->C_GenerateRandom(s->handle(), out.data(), kGcmNonce), "C_GenerateRandom");
-  CK_GCM_PARAMS gcm{};
-  gcm.pIv = out.data();
-  gcm.ulIvLen = kGcmNonce;
-  gcm.ulIvBits = kGcmNonce * 8;
-  gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
-  gcm.ulAADLen = sizeof kWrapAad - 1;
-  gcm.ulTagBits = kGcmTag * 8;
-  CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
-  check(fn->C_EncryptInit(s->handle(), &mech, key), "C_EncryptInit(CKM_AES_GCM)");
-  CK_ULONG n = out.size() - kGcmNonce;
-  // SoftHSM 2.6 answers CKR_ARGUMENTS_BAD to a null pData, which an empty vector gives.
-  CK_BYTE empty = 0;
-  CK_BYTE_PTR in = plain.empty() ? &empty : const_cast<std::uint8_t*>(plain.data());
-  check(fn->C_Encrypt(s->handle(), in, plain.size(), out.data() + kGcmNonce, &n), "C_Encrypt(CKM_AES_GCM)");
-  out.resize(kGcmNonce + n);
-  return out;
+  return with_secret_key(key_label, [&](Pkcs11Handle key) {
+    auto s = session();
+    auto* fn = fns(m_module);
+    Bytes out(kGcmNonce + plain.size() + kGcmTag);
+    check(fn->C_GenerateRandom(s->handle(), out.data(), kGcmNonce), "C_GenerateRandom");
+    CK_GCM_PARAMS gcm{};
+    gcm.pIv = out.data();
+    gcm.ulIvLen = kGcmNonce;
+    gcm.ulIvBits = kGcmNonce * 8;
+    gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
+    gcm.ulAADLen = sizeof kWrapAad - 1;
+    gcm.ulTagBits = kGcmTag * 8;
+    CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
+    check(fn->C_EncryptInit(s->handle(), &mech, key), "C_EncryptInit(CKM_AES_GCM)");
+    CK_ULONG n = out.size() - kGcmNonce;
+    // SoftHSM 2.6 answers CKR_ARGUMENTS_BAD to a null pData, which an empty vector gives.
+    CK_BYTE empty = 0;
+    CK_BYTE_PTR in = plain.empty() ? &empty : const_cast<std::uint8_t*>(plain.data());
+    check(fn->C_Encrypt(s->handle(), in, plain.size(), out.data() + kGcmNonce, &n), "C_Encrypt(CKM_AES_GCM)");
+    out.resize(kGcmNonce + n);
+    return out;
+  });
 }
 
 SecureBytes Pkcs11Token::unwrap_data(const std::string& key_label, const Bytes& wrapped) {
   if (wrapped.size() < kGcmNonce + kGcmTag) throw CryptoError(ErrorCode::Crypto, "wrapped data too short");
-  const Pkcs11Handle key = find_secret_key(key_label);
-  auto s = session();
-  auto* fn = fns(m_module);
-  Bytes nonce(wrapped.begin(), wrapped.begin() + kGcmNonce);
-  CK_GCM_PARAMS gcm{};
-  gcm.pIv = nonce.data();
-  gcm.ulIvLen = kGcmNonce;
-  gcm.ulIvBits = kGcmNonce * 8;
-  gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
-  gcm.ulAADLen = sizeof kWrapAad - 1;
-  gcm.ulTagBits = kGcmTag * 8;
-  CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
-  check(fn->C_DecryptInit(s->handle(), &mech, key), "C_DecryptInit(CKM_AES_GCM)");
-  SecureBytes out(wrapped.size() - kGcmNonce);
-  CK_ULONG n = out.size();
-  const CK_RV rv = fn->C_Decrypt(s->handle(), const_cast<std::uint8_t*>(wrapped.data()) + kGcmNonce,
-                                 wrapped.size() - kGcmNonce, out.data(), &n);
-  if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR ||
-      rv == CKR_FUNCTION_FAILED)
-    throw CryptoError(ErrorCode::Crypto, "wrapped data does not open (" + pkcs11_rv_name(rv) + ")");
-  check(rv, "C_Decrypt(CKM_AES_GCM)");
-  out.resize(n);
-  return out;
+  return with_secret_key(key_label, [&](Pkcs11Handle key) {
+    auto s = session();
+    auto* fn = fns(m_module);
+    Bytes nonce(wrapped.begin(), wrapped.begin() + kGcmNonce);
+    CK_GCM_PARAMS gcm{};
+    gcm.pIv = nonce.data();
+    gcm.ulIvLen = kGcmNonce;
+    gcm.ulIvBits = kGcmNonce * 8;
+    gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
+    gcm.ulAADLen = sizeof kWrapAad - 1;
+    gcm.ulTagBits = kGcmTag * 8;
+    CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
+    check(fn->C_DecryptInit(s->handle(), &mech, key), "C_DecryptInit(CKM_AES_GCM)");
+    SecureBytes out(wrapped.size() - kGcmNonce);
+    CK_ULONG n = out.size();
+    const CK_RV rv = fn->C_Decrypt(s->handle(), const_cast<std::uint8_t*>(wrapped.data()) + kGcmNonce,
+                                   wrapped.size() - kGcmNonce, out.data(), &n);
+    if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_ENCRYPTED_DATA_LEN_RANGE || rv == CKR_GENERAL_ERROR ||
+        rv == CKR_FUNCTION_FAILED)
+      throw CryptoError(ErrorCode::Crypto, "wrapped data does not open (" + pkcs11_rv_name(rv) + ")");
+    check(rv, "C_Decrypt(CKM_AES_GCM)");
+    out.resize(n);
+    return out;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

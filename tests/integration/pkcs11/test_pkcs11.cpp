@@ -253,6 +253,22 @@ TEST_CASE("HMAC derivation inside the token is deterministic per input and diffe
   }
 }
 
+TEST_CASE("a secret key replaced under the same label is used, not the remembered handle") {
+  auto token = open_token();
+  const std::string label = unique("rekey");
+  const auto first = token->generate_hmac_key(label);
+  const Bytes a{'3', '5', '7', '8', '0', '5', '0', '2', '0', '0', '0', '0', '0', '1', '7'};
+  const auto k1 = token->derive_hmac_sha256(label, a);  // the handle is remembered from here on
+  // Another holder of the token (as a second station process would be) replaces the key.
+  auto other = open_token();
+  other->destroy_object(first);
+  other->generate_hmac_key(label);
+  const auto k2 = token->derive_hmac_sha256(label, a);
+  CHECK(k2.size() == 32);
+  CHECK(k2 != k1);
+  CHECK(token->derive_hmac_sha256(label, a) == k2);
+}
+
 TEST_CASE("wrap and unwrap round-trip under a token AES key; tampering is detected") {
   auto token = open_token();
   const std::string label = unique("wrap");

@@ -17,6 +17,7 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -153,6 +154,13 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   void give_back(std::unique_ptr<Pkcs11Session> s);
   Pkcs11Handle generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,
                                    Pkcs11Ulong use_a, Pkcs11Ulong use_b, const char* what);
+  // The secret key labelled `label`, found once and remembered; with_secret_key runs `op` with the
+  // handle and, when the token calls it stale (key destroyed and re-created under the same label),
+  // finds the key again and runs `op` once more.
+  Pkcs11Handle cached_secret_key(const std::string& label);
+  void forget_secret_key(const std::string& label);
+  template <typename Op>
+  auto with_secret_key(const std::string& label, Op op) -> decltype(op(Pkcs11Handle{}));
 
   Pkcs11Module m_module;
   Pkcs11Handle m_slot;
@@ -162,6 +170,8 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   std::condition_variable m_cv;
   std::vector<std::unique_ptr<Pkcs11Session>> m_idle;
   std::size_t m_open = 0;
+  std::mutex m_handles_mutex;
+  std::map<std::string, Pkcs11Handle> m_secret_handles;  // label -> handle, filled on first use
 };
 
 // A P-256 key on the token, usable wherever Botan wants a Private_Key for signing
