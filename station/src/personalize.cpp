@@ -86,8 +86,8 @@ std::string sha256_hex(const core::Bytes& b) {
   return Botan::hex_encode(h->process(b));
 }
 
-// One audit row. Callers commit it before the CA key signs (the "before" row must be durable first);
-// an "after" row may ride in the same commit as the next "before" row or the journal update.
+// One audit row. A "sign.begin" row is durable before the CA key signs; its "sign.done" rides in the
+// statement that records the certificates, so the trail accounts for every use of the CA key.
 struct AuditRow {
   const char* event;
   const char* kind;
@@ -95,15 +95,55 @@ struct AuditRow {
 };
 
 void audit(core::pq::Connection& db, const std::string& station, const std::string& chip, const std::string& imei,
-           const std::vector<AuditRow>& rows, const std::function<void(core::pq::Transaction&)>& also = {}) {
+           const std::vector<AuditRow>& rows) {
   core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
     for (const auto& r : rows)
       tx.exec(
           "INSERT INTO journal.audit (station_id, event, chip_id, imei, cert_kind, detail) VALUES ($1,$2,$3,$4,$5,$6)",
           {station, r.event, chip, imei, r.kind, r.detail});
-    if (also) also(tx);
   });
 }
+
+// The journal's statements. Each step that changes the journal is one statement (data-modifying
+// WITH clauses, PostgreSQL 15 manual section 7.8.4: all of them run, in one snapshot, and commit or
+// fail together), so a step costs one round trip and one durable commit, not BEGIN, N statements and
+// COMMIT: on a line the database's per-statement and per-commit work is what bounds devices/s.
+//
+// Claim: the IMEI comes from the CTE "i"; the spent list, the journal row and both "sign.begin" rows
+// commit with it ($1 chip, $2 station, $3..$6 wrapped keys and public halves, $7/$8 audit details).
+#define KEYLINE_CLAIM_TAIL                                                                                           \
+  " s AS (INSERT INTO pool.imei_spent (imei) SELECT imei FROM i ON CONFLICT DO NOTHING),"                          \
+  " d AS (INSERT INTO journal.device (chip_id, imei, station_id, state, identity_wrapped, transport_wrapped,"      \
+  "  identity_public, transport_public)"                                                                            \
+  "  SELECT $1::text, imei, $2::text, 'claimed', $3::bytea, $4::bytea, $5::bytea, $6::bytea FROM i RETURNING id, imei)," \
+  " a AS (INSERT INTO journal.audit (station_id, event, chip_id, imei, cert_kind, detail)"                         \
+  "  SELECT $2::text, 'sign.begin', $1::text, d.imei, k.kind, k.detail FROM d,"                                     \
+  "  (VALUES (1, 'identity', $7::text), (2, 'transport', $8::text)) AS k (n, kind, detail) ORDER BY k.n)"            \
+  " SELECT id, imei FROM d"
+// Generated keys: the lowest free IMEI leaves the pool in the same statement (SKIP LOCKED: two
+// stations never wait on, or take, the same row).
+constexpr const char* kClaimNextImei =
+    "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED),"
+    " i AS (DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei)," KEYLINE_CLAIM_TAIL;
+// Pooled keys: IMEI ($9) and keys were taken earlier in the same transaction.
+constexpr const char* kClaimGivenImei = "WITH i AS (SELECT $9::text AS imei)," KEYLINE_CLAIM_TAIL;
+#undef KEYLINE_CLAIM_TAIL
+
+// Issued: certificates and package digest, with both "sign.done" rows.
+constexpr const char* kIssued =
+    "WITH u AS (UPDATE journal.device SET state = 'issued', identity_cert = $2, transport_cert = $3,"
+    " package_digest = $4, updated_at = now() WHERE id = $1)"
+    " INSERT INTO journal.audit (station_id, event, chip_id, imei, cert_kind, detail)"
+    " VALUES ($5, 'sign.done', $6, $7, 'identity', $8), ($5, 'sign.done', $6, $7, 'transport', $9)";
+
+// Backed up: wrapped keys wiped, secret DB row and outbox row, all or nothing.
+constexpr const char* kBackedUp =
+    "WITH u AS (UPDATE journal.device SET state = 'backed_up', identity_wrapped = NULL, transport_wrapped = NULL,"
+    " backup = $2, updated_at = now() WHERE id = $1),"
+    " s AS (INSERT INTO secret.device (chip_id, imei, identity_cert_sha256, transport_cert_sha256, comm_key_kcv,"
+    " station_id) VALUES ($3, $4, $5, $6, $7, $8) ON CONFLICT (chip_id) DO NOTHING)"
+    " INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($3, $1, $9, $10)"
+    " ON CONFLICT (chip_id) DO NOTHING";
 
 // One journal row as read back for a resume.
 struct JournalRow {
@@ -111,13 +151,13 @@ struct JournalRow {
   std::string imei;
   std::string state;
   core::Bytes identity_wrapped, transport_wrapped, identity_public, transport_public;
-  core::Bytes identity_cert, package_digest, backup;
+  core::Bytes identity_cert, transport_cert, package_digest, backup;
 };
 
 std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& chip) {
   const auto r = db.exec(
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
-      " identity_cert, package_digest, backup FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
+      " identity_cert, transport_cert, package_digest, backup FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
   if (r.empty()) return std::nullopt;
   JournalRow j;
@@ -129,8 +169,9 @@ std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& 
   j.identity_public = r.bytea(0, 5);
   j.transport_public = r.bytea(0, 6);
   j.identity_cert = r.bytea(0, 7);
-  j.package_digest = r.bytea(0, 8);
-  j.backup = r.bytea(0, 9);
+  j.transport_cert = r.bytea(0, 8);
+  j.package_digest = r.bytea(0, 9);
+  j.backup = r.bytea(0, 10);
   return j;
 }
 
@@ -141,6 +182,8 @@ core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& i
   return token.derive_hmac_sha256(key_label::master, core::Bytes(input.begin(), input.end()));
 }
 
+std::string subject_detail(const core::Bytes& subject_key) { return "subject key SHA-256 " + sha256_hex(subject_key); }
+
 void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& reason) {
   db.exec(
       "UPDATE journal.device SET state = 'void', void_reason = $2, identity_wrapped = NULL,"
@@ -149,6 +192,14 @@ void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& re
 }
 
 }  // namespace
+
+void mark_published(core::pq::Connection& db, const std::string& chip_id, std::int64_t device_id) {
+  db.exec(
+      "WITH o AS (UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
+      " WHERE chip_id = $1 AND published_at IS NULL)"
+      " UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $2 AND state = 'backed_up'",
+      {chip_id, device_id});
+}
 
 Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher)
     : m_config(config), m_keys(keys), m_publisher(publisher) {
@@ -216,10 +267,11 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
                                                        " and has lost its flash: restore it with keyline-recovery");
     step(Step::ReadDevice, res.chip_id);
 
-    // --- claim (step 3): IMEI and keys leave the pool in the transaction that journals them ----
+    // --- claim (step 3): IMEI and keys leave the pool in the statement that journals them --------
     cur = Step::Claim;
     core::SecureBytes identity_pkcs8, transport_raw;
     core::Bytes identity_public, transport_public;
+    bool begin_logged = false;  // both sign.begin rows committed with the claim
     if (row) {
       res.imei = row->imei;
       claim_id = row->id;
@@ -231,101 +283,109 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
         transport_public = row->transport_public;
       }
     } else {
-      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-        const auto imei_r = tx.exec(
-            "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
-            " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
-        if (imei_r.empty())
-          throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
-        res.imei = imei_r.text(0, 0);
-        core::Bytes idw, trw;
-        if (m_config.key_source == "pool") {
+      auto claim = [&](core::pq::Connection& c, const char* sql, core::pq::Params extra, const core::Bytes& idw,
+                       const core::Bytes& trw) {
+        core::pq::Params p{res.chip_id, m_config.station_id, idw, trw, identity_public, transport_public,
+                           subject_detail(identity_public), subject_detail(transport_public)};
+        for (auto& e : extra) p.push_back(std::move(e));
+        try {
+          const auto r = c.exec(sql, p);
+          if (r.empty())
+            throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
+          claim_id = r.int64(0, 0);
+          res.imei = r.text(0, 1);
+        } catch (const core::DbError& e) {
+          if (e.code() != core::ErrorCode::DbUniqueViolation) throw;
+          // Another station holds this chip right now; the failed statement returns our IMEI to the pool.
+          throw core::Error(errc::JournalConflict, "another station is personalizing this chip");
+        }
+      };
+      if (m_config.key_source == "pool") {
+        core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+          const auto imei_r = tx.exec(
+              "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
+              " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
+          if (imei_r.empty())
+            throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
           const auto k = tx.exec(
               "WITH c AS (SELECT id FROM pool.device_key ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
               " DELETE FROM pool.device_key p USING c WHERE p.id = c.id"
               " RETURNING identity_wrapped, identity_public, transport_wrapped, transport_public");
           if (k.empty())
             throw core::Error(errc::PoolEmpty, "no pre-generated keys left: `keyline-station pool generate --keys N`");
-          idw = k.bytea(0, 0);
           identity_public = k.bytea(0, 1);
-          trw = k.bytea(0, 2);
           transport_public = k.bytea(0, 3);
-          identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, idw);
-          transport_raw = m_keys.token->unwrap_data(key_label::wrap, trw);
-        } else {
-          Botan::ECDSA_PrivateKey identity(rng, Botan::EC_Group("secp256r1"));
-          Botan::Curve25519_PrivateKey transport(rng);
-          identity_pkcs8 = Botan::PKCS8::BER_encode(identity);
-          transport_raw = transport.get_x();
-          identity_public = identity.subject_public_key();
-          transport_public = transport.public_value();
-          idw = m_keys.token->wrap_data(key_label::wrap, identity_pkcs8);
-          trw = m_keys.token->wrap_data(key_label::wrap, transport_raw);
-        }
-        tx.exec("INSERT INTO pool.imei_spent (imei) VALUES ($1) ON CONFLICT DO NOTHING", {res.imei});
-        try {
-          const auto id = tx.exec(
-              "INSERT INTO journal.device (chip_id, imei, station_id, state, identity_wrapped, transport_wrapped,"
-              " identity_public, transport_public) VALUES ($1,$2,$3,'claimed',$4,$5,$6,$7) RETURNING id",
-              {res.chip_id, res.imei, m_config.station_id, idw, trw, identity_public, transport_public});
-          claim_id = id.int64(0, 0);
-        } catch (const core::DbError& e) {
-          if (e.code() != core::ErrorCode::DbUniqueViolation) throw;
-          // Another station holds this chip right now; rolling back returns our IMEI to the pool.
-          throw core::Error(errc::JournalConflict, "another station is personalizing this chip");
-        }
-      });
-      row = live_row(db, res.chip_id);
+          identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 0));
+          transport_raw = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 2));
+          claim(tx.connection(), kClaimGivenImei, {imei_r.text(0, 0)}, k.bytea(0, 0), k.bytea(0, 2));
+        });
+      } else {
+        // Keys first, so that the claim is a single statement.
+        Botan::ECDSA_PrivateKey identity(rng, Botan::EC_Group("secp256r1"));
+        Botan::Curve25519_PrivateKey transport(rng);
+        identity_pkcs8 = Botan::PKCS8::BER_encode(identity);
+        transport_raw = transport.get_x();
+        identity_public = identity.subject_public_key();
+        transport_public = transport.public_value();
+        claim(db, kClaimNextImei, {}, m_keys.token->wrap_data(key_label::wrap, identity_pkcs8),
+              m_keys.token->wrap_data(key_label::wrap, transport_raw));
+      }
+      begin_logged = true;
+      row = JournalRow{};
+      row->id = *claim_id;
+      row->imei = res.imei;
+      row->state = "claimed";
+      row->identity_public = identity_public;
+      row->transport_public = transport_public;
     }
     step(Step::Claim, res.chip_id);
     const core::Imei imei = core::Imei::parse(res.imei);
 
     // --- issue and store (steps 4-5) ------------------------------------------------------------
     const bool need_store = !personalized;
-    core::Bytes identity_der;
+    core::Bytes identity_der = row->identity_cert, transport_der = row->transport_cert;
+    std::string kcv_hex;  // the communication key's check value, for the secret DB
     if (need_store) {
       cur = Step::Issue;
       may_void = true;
       Botan::DataSource_Memory src(identity_pkcs8);
       std::unique_ptr<Botan::Private_Key> identity_key(Botan::PKCS8::load_key(src));
       const Botan::Curve25519_PublicKey transport_pub(transport_public);
-      const std::string who = res.chip_id;
+      const std::string& who = res.chip_id;
 
       const core::SecureBytes comm_key = derive_comm_key(*m_keys.token, res.imei);
+      kcv_hex = core::to_hex(core::key_check_value(comm_key));
 
       // Every sign.begin ends in sign.done or sign.failed, so the audit trail accounts for each use of
-      // the CA key. The failure detail is a lint rule or a token message, never key material. Each
-      // sign.begin is committed before its signature; a sign.done shares the commit of whatever comes
-      // next (the following sign.begin, or the journal's 'issued' update), which keeps the order and
-      // saves a commit per signature on the line's critical path.
-      std::vector<AuditRow> pending;  // sign.done rows not yet committed
-      auto audited_sign = [&](const char* kind, const core::Bytes& subject_key,
-                              const std::function<Botan::X509_Certificate()>& sign) {
-        pending.push_back({"sign.begin", kind, "subject key SHA-256 " + sha256_hex(subject_key)});
-        audit(db, m_config.station_id, who, res.imei, pending);
-        pending.clear();
-        core::Bytes der;
+      // the CA key. The failure detail is a lint rule or a token message, never key material.
+      if (!begin_logged)
+        audit(db, m_config.station_id, who, res.imei,
+              {{"sign.begin", "identity", subject_detail(identity_public)},
+               {"sign.begin", "transport", subject_detail(transport_public)}});
+      const auto sign_failed = [&](const char* kind, const std::exception& e, std::vector<AuditRow> also) {
+        also.insert(also.begin(), {"sign.failed", kind, std::string(e.what()).substr(0, 300)});
         try {
-          der = sign().BER_encode();
-        } catch (const std::exception& e) {
-          try {
-            audit(db, m_config.station_id, who, res.imei, {{"sign.failed", kind, std::string(e.what()).substr(0, 300)}});
-          } catch (const std::exception&) {
-            // The signing error is the one to report; a dead DB shows up on the next statement.
-          }
-          throw;
+          audit(db, m_config.station_id, who, res.imei, also);
+        } catch (const std::exception&) {
+          // The signing error is the one to report; a dead DB shows up on the next statement.
         }
-        pending.push_back({"sign.done", kind, "certificate SHA-256 " + sha256_hex(der)});
-        return der;
       };
-      identity_der = audited_sign("identity", identity_public, [&] {
-        return core::issue_identity_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, *identity_key, imei, chip,
-                                                m_config.hw_type, rng);
-      });
-      const core::Bytes transport_der = audited_sign("transport", transport_public, [&] {
-        return core::issue_transport_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, transport_pub, imei, chip,
-                                                 m_config.hw_type, rng);
-      });
+      try {
+        identity_der = core::issue_identity_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, *identity_key,
+                                                        imei, chip, m_config.hw_type, rng)
+                           .BER_encode();
+      } catch (const std::exception& e) {
+        sign_failed("identity", e, {{"sign.failed", "transport", "not signed: the identity certificate failed first"}});
+        throw;
+      }
+      try {
+        transport_der = core::issue_transport_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, transport_pub,
+                                                          imei, chip, m_config.hw_type, rng)
+                            .BER_encode();
+      } catch (const std::exception& e) {
+        sign_failed("transport", e, {{"sign.done", "identity", "certificate SHA-256 " + sha256_hex(identity_der)}});
+        throw;
+      }
 
       core::DataPackage pkg;
       pkg.imei = imei;
@@ -340,12 +400,9 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       pkg.app_items = m_app_items;
       const core::SecureBytes encoded = pkg.encode();
       const core::Bytes digest = core::package_digest(encoded);
-      audit(db, m_config.station_id, who, res.imei, pending, [&](core::pq::Transaction& tx) {
-        tx.exec(
-            "UPDATE journal.device SET state = 'issued', identity_cert = $2, transport_cert = $3, package_digest = $4,"
-            " updated_at = now() WHERE id = $1",
-            {*claim_id, identity_der, transport_der, digest});
-      });
+      db.exec(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
+                        "certificate SHA-256 " + sha256_hex(identity_der),
+                        "certificate SHA-256 " + sha256_hex(transport_der)});
       row->package_digest = digest;
       step(Step::Issue, res.chip_id);
 
@@ -364,20 +421,18 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       }
       db.exec("UPDATE journal.device SET state = 'stored', updated_at = now() WHERE id = $1", {*claim_id});
       step(Step::Store, res.chip_id);
-    } else {
-      identity_der = row->identity_cert;
     }
     res.identity_cert_pem = core::to_pem(Botan::X509_Certificate(identity_der));
 
     // --- backup (step 6) and the restore drill ---------------------------------------------------
-    core::Bytes backup;
-    if (!row || (row->state != "backed_up" && row->state != "published")) {
+    std::string record_json;  // set when this call writes the outbox row
+    if (row->state != "backed_up" && row->state != "published") {
       cur = Step::Backup;
       may_void = true;
       auto get_backup = apdu(0x80, 0xCA, 0xDF, 0x20, m_config.short_apdus ? 256u : 65536u);
       get_backup.extended = !m_config.short_apdus;
       const auto b = expect_ok(link, get_backup, "GET DATA backup");
-      backup.assign(b.data.begin(), b.data.end());
+      core::Bytes backup(b.data.begin(), b.data.end());
       const auto header = core::parse_backup_header(backup);
       if (header.chip_id != chip)
         throw core::Error(errc::BackupMismatch, "backup package names chip " + header.chip_id.str());
@@ -394,7 +449,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
         throw core::Error(errc::BackupMismatch, "restore drill digest differs from the package sent");
       step(Step::Backup, res.chip_id);
 
-      // --- record (step 7): journal, secret DB and outbox in one transaction --------------------
+      // --- record (step 7): journal, secret DB and outbox in one statement -----------------------
       cur = Step::Record;
       may_void = false;
       core::Record record;
@@ -402,59 +457,49 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       record.imei = imei;
       record.backup = backup;
       record.certificates = {identity_der, m_keys.device_ca_cert.BER_encode()};
-      const auto transport_der = db.exec("SELECT transport_cert FROM journal.device WHERE id = $1", {*claim_id}).bytea(0, 0);
       // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
-      const core::SecureBytes comm_key = derive_comm_key(*m_keys.token, res.imei);
-      const std::string kcv_hex = core::to_hex(core::key_check_value(comm_key));
-      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-        tx.exec(
-            "UPDATE journal.device SET state = 'backed_up', identity_wrapped = NULL, transport_wrapped = NULL,"
-            " backup = $2, updated_at = now() WHERE id = $1",
-            {*claim_id, backup});
-        tx.exec(
-            "INSERT INTO secret.device (chip_id, imei, identity_cert_sha256, transport_cert_sha256, comm_key_kcv,"
-            " station_id) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (chip_id) DO NOTHING",
-            {res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der), kcv_hex, m_config.station_id});
-        tx.exec(
-            "INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($1,$2,$3,$4)"
-            " ON CONFLICT (chip_id) DO NOTHING",
-            {res.chip_id, *claim_id, record.to_json(), record.hash()});
-      });
+      if (kcv_hex.empty()) kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_keys.token, res.imei)));
+      record_json = record.to_json();
+      db.exec(kBackedUp, {*claim_id, backup, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
+                          kcv_hex, m_config.station_id, record_json, record.hash()});
       step(Step::Record, res.chip_id);
     }
 
     // --- publish (step 8) ----------------------------------------------------------------------
     cur = Step::Publish;
-    const auto ob = db.exec("SELECT record_json, published_at IS NOT NULL FROM journal.outbox WHERE chip_id = $1",
-                            {res.chip_id});
-    if (ob.empty()) throw core::Error(errc::JournalConflict, "journal says backed up but the outbox has no record");
-    if (ob.text(0, 1) != "t") {
+    res.journal_id = *claim_id;
+    if (record_json.empty()) {
+      const auto ob = db.exec("SELECT record_json, published_at IS NOT NULL FROM journal.outbox WHERE chip_id = $1",
+                              {res.chip_id});
+      if (ob.empty()) throw core::Error(errc::JournalConflict, "journal says backed up but the outbox has no record");
+      if (ob.text(0, 1) != "t") record_json = ob.text(0, 0);
+    }
+    if (!record_json.empty()) {
       if (!m_publisher) {
         res.in_outbox = true;
+        res.record_json = std::move(record_json);
         throw core::Error(errc::PublishPending, "no public DB configured; the record waits in the outbox");
       }
       PublishResult pr;
       std::chrono::milliseconds backoff(200);
       for (int attempt = 1; attempt <= std::max(1, m_config.publish_attempts); ++attempt) {
-        pr = m_publisher->publish(ob.text(0, 0));
+        pr = m_publisher->publish(record_json);
         if (pr.outcome != PublishOutcome::Unreachable) break;
         if (attempt < m_config.publish_attempts) std::this_thread::sleep_for(backoff), backoff *= 2;
       }
-      db.exec(
-          "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + interval '2 s'"
-          " WHERE chip_id = $1",
-          {res.chip_id, pr.detail.substr(0, 500)});
-      if (pr.outcome == PublishOutcome::Rejected)
-        throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail);
-      if (pr.outcome == PublishOutcome::Unreachable) {
+      if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
+        mark_published(db, res.chip_id, *claim_id);
+      } else {
+        db.exec(
+            "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + interval '2 s'"
+            " WHERE chip_id = $1",
+            {res.chip_id, pr.detail.substr(0, 500)});
+        if (pr.outcome == PublishOutcome::Rejected)
+          throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail);
         res.in_outbox = true;
         throw core::Error(errc::PublishPending, "public DB unreachable (" + pr.detail +
                                                     "); the record waits in the outbox (`keyline-station publish`)");
       }
-      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-        tx.exec("UPDATE journal.outbox SET published_at = now(), last_error = NULL WHERE chip_id = $1", {res.chip_id});
-        tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1", {*claim_id});
-      });
     }
     step(Step::Publish, res.chip_id);
     res.reached = Step::Done;
@@ -492,12 +537,7 @@ std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher,
   for (int i = 0; i < rows.rows(); ++i) {
     const auto pr = publisher.publish(rows.text(i, 2));
     if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
-      core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-        tx.exec("UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
-                " WHERE chip_id = $1",
-                {rows.text(i, 0)});
-        tx.exec("UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $1", {rows.int64(i, 1)});
-      });
+      mark_published(db, rows.text(i, 0), rows.int64(i, 1));
       ++published;
     } else {
       db.exec(

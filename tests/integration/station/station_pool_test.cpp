@@ -306,10 +306,15 @@ TEST_CASE("a certificate that fails the profile lint: audit says sign.failed, th
   CHECK(r.error_code == static_cast<int>(core::ErrorCode::CertificateLint));
   CHECK(r.error.find("voided") != std::string::npos);
   CHECK(db.exec("SELECT state FROM journal.device WHERE imei = $1", {r.imei}).text(0, 0) == "void");
-  const auto audit = db.exec("SELECT event FROM journal.audit WHERE imei = $1 ORDER BY id", {r.imei});
-  REQUIRE(audit.rows() == 2);
-  CHECK(audit.text(0, 0) == "sign.begin");
-  CHECK(audit.text(1, 0) == "sign.failed");
+  // Both sign.begin rows commit with the claim; each ends in sign.failed (the transport certificate
+  // was never signed because the identity certificate failed first).
+  const auto audit =
+      db.exec("SELECT event || '/' || cert_kind FROM journal.audit WHERE imei = $1 ORDER BY id", {r.imei});
+  REQUIRE(audit.rows() == 4);
+  CHECK(audit.text(0, 0) == "sign.begin/identity");
+  CHECK(audit.text(1, 0) == "sign.begin/transport");
+  CHECK(audit.text(2, 0) == "sign.failed/identity");
+  CHECK(audit.text(3, 0) == "sign.failed/transport");
   CHECK(count(db, "SELECT count(*) FROM journal.audit WHERE event = 'sign.failed' AND detail LIKE '%hwType%'") == 1);
 
   // The same device with a good profile gets a fresh IMEI; the voided one is never reused.

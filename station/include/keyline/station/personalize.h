@@ -1,6 +1,6 @@
 // Personalizing one device: the secure processing point's steps 3-8 of seed 002.
 //   1 read the device (SELECT, status, CPLC): a personalized device is refused before any claim
-//   2 claim an IMEI (and keys) in one transaction that deletes the pool rows and writes the journal
+//   2 claim an IMEI (and keys) in one statement that deletes the pool rows and writes the journal
 //   3 derive the communication key in the HSM, lint and sign the identity and transport certificates
 //     with the Device CA key on the token (audit rows before and after each signature)
 //   4 STORE DATA the package, GET DATA the backup, run the restore drill and compare digests
@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -39,6 +40,8 @@ struct DeviceResult {
   std::string identity_cert_pem;
   std::string error;          // "chip <id>: step <step>: <reason>" when not done
   int error_code = 0;
+  std::int64_t journal_id = 0;  // journal.device id, once claimed
+  std::string record_json;      // with in_outbox: the record this call wrote to the outbox, for a publisher
 };
 
 // Fault hook for crash tests: called at each step boundary with the step just reached; a test
@@ -65,6 +68,9 @@ class Personalizer {
   StepHook m_hook;
   std::vector<std::pair<std::uint16_t, core::Bytes>> m_app_items;
 };
+
+// The public DB holds the record: outbox row published and journal row 'published', in one statement.
+void mark_published(core::pq::Connection& db, const std::string& chip_id, std::int64_t device_id);
 
 // Sends every unpublished outbox record (oldest first) once. Returns {published, still_pending}.
 std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit = 1000);
