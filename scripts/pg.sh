@@ -7,6 +7,8 @@
 #   scripts/pg.sh stop DIR      fast shutdown (no error when not running)
 #   scripts/pg.sh status DIR    exit 0 when running
 #   scripts/pg.sh conninfo DIR  prints the superuser connection string
+# KEYLINE_PG_OPTS adds server settings at start, e.g. "-c shared_preload_libraries=pg_stat_statements"
+# to see where a benchmark's database time goes.
 set -euo pipefail
 
 cmd=${1:-}
@@ -80,7 +82,7 @@ case "$cmd" in
       # Tuned for a test/demo cluster; durability (fsync, synchronous_commit) stays ON: invariant 4
       # is only meaningful with durable commits.
       if as_pg "$bin/pg_ctl" -D "$d" -l "$d/server.log" -w -t 30 start -o \
-          "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$sock -c max_connections=300 -c shared_buffers=128MB" \
+          "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$sock -c max_connections=300 -c shared_buffers=128MB ${KEYLINE_PG_OPTS:-}" \
           >/dev/null 2>&1; then
         printf '%s\n' "$port" > "$dir/port"
         printf '127.0.0.1\n' > "$dir/host"

@@ -4,7 +4,9 @@
 #include <p11-kit/pkcs11.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <thread>
 #include <map>
 #include <utility>
 
@@ -310,9 +312,25 @@ Pkcs11Token::Pkcs11Token(Pkcs11Module module, Pkcs11Handle slot, SecureBytes pin
 
 std::shared_ptr<Pkcs11Token> Pkcs11Token::open(const std::string& module_path, const std::string& token_label,
                                                const SecureBytes& user_pin, std::size_t max_sessions) {
-  Pkcs11Module module(module_path);
-  const Pkcs11Handle slot = module.find_slot(token_label);
-  std::shared_ptr<Pkcs11Token> t(new Pkcs11Token(std::move(module), slot, user_pin, max_sessions));
+  // SoftHSM 2.6's file store reads the token's files at C_Initialize under fcntl locks it does not
+  // wait for: while another process holds one (two stations starting together), the token can look
+  // absent. Loading the module again a moment later reads it properly; a token that really is not
+  // there still fails after ~0.35 s. (With another Pkcs11Token of this process alive the module stays
+  // loaded and the retry finds what the first one found.)
+  std::optional<Pkcs11Module> module;
+  Pkcs11Handle slot = 0;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      module.emplace(module_path);
+      slot = module->find_slot(token_label);
+      break;
+    } catch (const Pkcs11Error& e) {
+      if (e.code() != ErrorCode::Pkcs11NoToken || attempt == 4) throw;
+      module.reset();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50 << (attempt - 1)));
+    }
+  }
+  std::shared_ptr<Pkcs11Token> t(new Pkcs11Token(std::move(*module), slot, user_pin, max_sessions));
   // The first session logs in now, so a wrong PIN surfaces here, and it stays open for the
   // token's lifetime: closing the last session would log the application out.
   auto first = std::make_unique<Pkcs11Session>(t->m_module.library(), slot, t->m_pin);

@@ -83,6 +83,7 @@ class Line {
  private:
   void worker();
   void lane(bool sweeper);
+  void marker();
   bool publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip, std::int64_t device_id,
                    const std::string& record_json);
   int sweep(core::pq::Connection& db, core::http::Client& client);
@@ -113,7 +114,10 @@ class Line {
   std::unordered_set<std::string> m_done;     // chip IDs published during this run
   std::unordered_set<std::string> m_waiting;  // chip IDs whose record waits in the outbox
   std::deque<FreshRecord> m_to_publish;       // fresh outbox rows from the workers, for the lanes
-  std::unordered_set<std::string> m_publishing;  // chips a lane is sending right now
+  std::unordered_set<std::string> m_publishing;  // chips a lane is sending, or the public DB holds unmarked
+  std::deque<std::pair<std::string, std::int64_t>> m_marks;  // accepted by the public DB, to mark published
+  std::condition_variable m_mark_cv;
+  std::atomic<bool> m_marker_stop{false};
   std::int64_t m_in_flight = 0;
   std::int64_t m_failed = 0;
   std::int64_t m_already = 0;
@@ -208,10 +212,13 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
   }
   if (ok) {
     m_crash.at("drain");
-    mark_published(db, chip, device_id);
-    std::lock_guard<std::mutex> l(m_mutex);
-    m_waiting.erase(chip);
-    m_done.insert(chip);
+    // The marker thread marks it (with whatever else was accepted meanwhile) and releases the chip
+    // from m_publishing; until then no sweep sends it again.
+    {
+      std::lock_guard<std::mutex> l(m_mutex);
+      m_marks.emplace_back(chip, device_id);
+    }
+    m_mark_cv.notify_one();
     return true;
   }
   // Away, slow or refusing (a 4xx needs a person): the record stays, with a growing pause.
@@ -235,13 +242,20 @@ int Line::sweep(core::pq::Connection& db, core::http::Client& client) {
       std::lock_guard<std::mutex> l(m_mutex);
       if (!m_publishing.insert(chip).second) continue;
     }
-    const bool ok = publish_one(db, client, chip, rows.int64(i, 1), rows.text(i, 2));
-    {
+    bool ok = false;
+    try {
+      ok = publish_one(db, client, chip, rows.int64(i, 1), rows.text(i, 2));
+    } catch (...) {
       std::lock_guard<std::mutex> l(m_mutex);
       m_publishing.erase(chip);
+      throw;
     }
-    if (!ok) ++failed;
-    if (!ok) break;  // the public DB is away: back off instead of trying every row
+    if (!ok) {
+      std::lock_guard<std::mutex> l(m_mutex);
+      m_publishing.erase(chip);
+      ++failed;
+      break;  // the public DB is away: back off instead of trying every row
+    }
   }
   return failed;
 }
@@ -279,9 +293,11 @@ void Line::lane(bool sweeper) {
           m_publishing.erase(chip);
           throw;
         }
-        std::lock_guard<std::mutex> l(m_mutex);
-        m_publishing.erase(chip);
-        if (!ok) client.reset();  // a fresh connection next time
+        if (!ok) {
+          std::lock_guard<std::mutex> l(m_mutex);
+          m_publishing.erase(chip);
+          client.reset();  // a fresh connection next time
+        }
         continue;
       }
       if (sweeper && Clock::now() >= next_sweep) {
@@ -294,6 +310,49 @@ void Line::lane(bool sweeper) {
       db.reset();
       client.reset();
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  }
+}
+
+// Marks what the public DB accepted, many devices per statement: the lanes' marks would otherwise
+// be a commit per device. A device counts as done once marked. Marks still pending when the station
+// stops (or the database is away) are not lost: the outbox row stays unpublished, and the next sweep
+// sends it again, which the public DB answers with 200 (the same record), and marks it then.
+void Line::marker() {
+  std::unique_ptr<core::pq::Connection> db;
+  while (true) {
+    std::vector<std::pair<std::string, std::int64_t>> batch;
+    {
+      std::unique_lock<std::mutex> l(m_mutex);
+      m_mark_cv.wait_for(l, std::chrono::milliseconds(100), [&] { return !m_marks.empty() || m_marker_stop.load(); });
+      if (m_marks.empty()) {
+        if (m_marker_stop.load()) return;
+        continue;
+      }
+      while (!m_marks.empty() && batch.size() < 1000) {
+        batch.push_back(std::move(m_marks.front()));
+        m_marks.pop_front();
+      }
+    }
+    try {
+      if (!db) db = std::make_unique<core::pq::Connection>(m_config.db);
+      mark_published(*db, batch);
+      std::lock_guard<std::mutex> l(m_mutex);
+      for (const auto& [chip, id] : batch) {
+        m_publishing.erase(chip);
+        m_waiting.erase(chip);
+        m_done.insert(chip);
+      }
+    } catch (const core::Error&) {
+      db.reset();
+      std::lock_guard<std::mutex> l(m_mutex);
+      if (m_marker_stop.load()) {
+        for (const auto& [chip, id] : batch) m_publishing.erase(chip);
+        for (const auto& [chip, id] : m_marks) m_publishing.erase(chip);
+        m_marks.clear();
+        return;
+      }
+      m_marks.insert(m_marks.begin(), batch.begin(), batch.end());
     }
   }
 }
@@ -384,9 +443,11 @@ LineSummary Line::run() {
   m_last_plain = m_start;
   // Lanes: enough kept-alive connections to keep up, few enough for the public DB's threads.
   std::vector<std::thread> lanes;
+  std::thread marking;
   if (m_tls) {
     const int n = std::clamp(workers / 8, 2, 8);
     for (int i = 0; i < n; ++i) lanes.emplace_back([this, i] { lane(i == 0); });
+    marking = std::thread([this] { marker(); });
   }
   std::vector<std::thread> pool;
   for (int i = 0; i < workers; ++i) pool.emplace_back([this] { worker(); });
@@ -422,6 +483,9 @@ LineSummary Line::run() {
   m_drainer_stop = true;
   m_cv.notify_all();
   for (auto& t : lanes) t.join();
+  m_marker_stop = true;
+  m_mark_cv.notify_all();
+  if (marking.joinable()) marking.join();
   progress(ctl, true);
 
   LineSummary s;

@@ -139,10 +139,10 @@ constexpr const char* kIssued =
 // Backed up: wrapped keys wiped, secret DB row and outbox row, all or nothing.
 constexpr const char* kBackedUp =
     "WITH u AS (UPDATE journal.device SET state = 'backed_up', identity_wrapped = NULL, transport_wrapped = NULL,"
-    " backup = $2, updated_at = now() WHERE id = $1),"
+    " updated_at = now() WHERE id = $1),"
     " s AS (INSERT INTO secret.device (chip_id, imei, identity_cert_sha256, transport_cert_sha256, comm_key_kcv,"
-    " station_id) VALUES ($3, $4, $5, $6, $7, $8) ON CONFLICT (chip_id) DO NOTHING)"
-    " INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($3, $1, $9, $10)"
+    " station_id) VALUES ($2, $3, $4, $5, $6, $7) ON CONFLICT (chip_id) DO NOTHING)"
+    " INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($2, $1, $8, $9)"
     " ON CONFLICT (chip_id) DO NOTHING";
 
 // One journal row as read back for a resume.
@@ -151,13 +151,13 @@ struct JournalRow {
   std::string imei;
   std::string state;
   core::Bytes identity_wrapped, transport_wrapped, identity_public, transport_public;
-  core::Bytes identity_cert, transport_cert, package_digest, backup;
+  core::Bytes identity_cert, transport_cert, package_digest;
 };
 
 std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& chip) {
   const auto r = db.exec(
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
-      " identity_cert, transport_cert, package_digest, backup FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
+      " identity_cert, transport_cert, package_digest FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
   if (r.empty()) return std::nullopt;
   JournalRow j;
@@ -171,7 +171,6 @@ std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& 
   j.identity_cert = r.bytea(0, 7);
   j.transport_cert = r.bytea(0, 8);
   j.package_digest = r.bytea(0, 9);
-  j.backup = r.bytea(0, 10);
   return j;
 }
 
@@ -193,12 +192,26 @@ void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& re
 
 }  // namespace
 
-void mark_published(core::pq::Connection& db, const std::string& chip_id, std::int64_t device_id) {
+void mark_published(core::pq::Connection& db, const std::vector<std::pair<std::string, std::int64_t>>& published) {
+  if (published.empty()) return;
+  // Array parameters in PostgreSQL's text form ("{a,b}", manual section 8.15.6): chip IDs are 20 hex
+  // digits and journal IDs integers, so no element needs quoting.
+  std::string chips = "{", ids = "{";
+  for (const auto& [chip, id] : published) {
+    if (!core::ChipId::is_valid(chip)) throw core::Error(errc::JournalConflict, "not a chip ID: " + chip);
+    chips += (chips.size() > 1 ? "," : "") + chip;
+    ids += (ids.size() > 1 ? "," : "") + std::to_string(id);
+  }
   db.exec(
       "WITH o AS (UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
-      " WHERE chip_id = $1 AND published_at IS NULL)"
-      " UPDATE journal.device SET state = 'published', updated_at = now() WHERE id = $2 AND state = 'backed_up'",
-      {chip_id, device_id});
+      " WHERE chip_id = ANY($1::text[]) AND published_at IS NULL)"
+      " UPDATE journal.device SET state = 'published', updated_at = now()"
+      " WHERE id = ANY($2::bigint[]) AND state = 'backed_up'",
+      {chips + "}", ids + "}"});
+}
+
+void mark_published(core::pq::Connection& db, const std::string& chip_id, std::int64_t device_id) {
+  mark_published(db, {{chip_id, device_id}});
 }
 
 Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher)
@@ -419,7 +432,9 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
                       encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + store_block)));
         expect_ok(link, c, "STORE DATA");
       }
-      db.exec("UPDATE journal.device SET state = 'stored', updated_at = now() WHERE id = $1", {*claim_id});
+      // No journal write here: an 'issued' row resumes the same way ('stored' was a commit per device
+      // that told a resume nothing new: a personalized device goes on to the backup, a blank one is
+      // stored again), so the next write is the backup's.
       step(Step::Store, res.chip_id);
     }
     res.identity_cert_pem = core::to_pem(Botan::X509_Certificate(identity_der));
@@ -460,7 +475,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
       if (kcv_hex.empty()) kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_keys.token, res.imei)));
       record_json = record.to_json();
-      db.exec(kBackedUp, {*claim_id, backup, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
+      db.exec(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
                           kcv_hex, m_config.station_id, record_json, record.hash()});
       step(Step::Record, res.chip_id);
     }

@@ -137,13 +137,13 @@ check "pool status reports the same pool" grep -q "\"imeis\":${before%%/*}," "$l
 
 # --- refusal: a device whose backup does not open ----------------------------------------------------
 # keyline-device has no flag that corrupts the backup it returns, so: personalization crashes right
-# after STORE DATA (the journal keeps state "stored"), the device's flash gets one bit flipped, and
+# after STORE DATA (the journal keeps state "issued"), the device's flash gets one bit flipped, and
 # the next run resumes at the backup step.
 KEYLINE_STATION_CRASH_AT=store station crash personalize --json --device "${LINE_DEVICES[2]}"
 rc=$?
 check "crash hook aborted the station after store (exit $rc)" test "$rc" -ge 128
-imei2=$(sql "SELECT imei FROM journal.device WHERE chip_id = '${chips[2]}' AND state = 'stored'")
-check "device 2 journal state stored after the crash" grep -Eq '^[0-9]{15}$' <<<"$imei2"
+imei2=$(sql "SELECT imei FROM journal.device WHERE chip_id = '${chips[2]}' AND state = 'issued'")
+check "device 2 journal state issued after the crash" grep -Eq '^[0-9]{15}$' <<<"$imei2"
 "$LINE_BIN/keyline-device" corrupt-flash --dir "${LINE_DEVICE_DIRS[2]}" >>"$logs/corrupt.log" 2>&1
 station corrupt personalize --json --device "${LINE_DEVICES[2]}"
 rc=$?

@@ -69,8 +69,10 @@ class Personalizer {
   std::vector<std::pair<std::uint16_t, core::Bytes>> m_app_items;
 };
 
-// The public DB holds the record: outbox row published and journal row 'published', in one statement.
+// The public DB holds the record: outbox row published and journal row 'published', in one statement
+// (for any number of devices: one commit for a batch).
 void mark_published(core::pq::Connection& db, const std::string& chip_id, std::int64_t device_id);
+void mark_published(core::pq::Connection& db, const std::vector<std::pair<std::string, std::int64_t>>& published);
 
 // Sends every unpublished outbox record (oldest first) once. Returns {published, still_pending}.
 std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit = 1000);
