@@ -6,11 +6,11 @@
 #include <thread>
 #include <vector>
 
-#include <botan/auto_rng.h>
 #include <botan/curve25519.h>
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
 #include <botan/pkcs8.h>
+#include <botan/system_rng.h>
 
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
@@ -29,7 +29,7 @@ double crypto_floor(const StationConfig& config, std::int64_t devices, int threa
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&] {
-      Botan::AutoSeeded_RNG rng;
+      Botan::RandomNumberGenerator& rng = Botan::system_rng();  // as the station's personalization
       const core::SecureBytes chip_key = rng.random_vec(32);
       const Botan::EC_Group group("secp256r1");
       for (std::int64_t i = next++; i < devices; i = next++) {
