@@ -30,7 +30,7 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  void start();          // accept threads run in the background
+  void start();          // the accept thread runs in the background
   void stop() noexcept;  // closes listeners and connections, joins threads
   void wait();           // blocks until stop() (from another thread or a signal)
   std::vector<int> ports() const;
@@ -39,16 +39,22 @@ class Server {
 
  private:
   struct Slot;
-  void accept_loop(Slot& slot);
+  void accept_loop();
   void serve_connection(Slot& slot, int fd);
+  void close_fds() noexcept;
 
   ServerOptions m_options;
   std::vector<std::unique_ptr<Slot>> m_slots;
   std::atomic<bool> m_stopping{false};
+  int m_epoll_fd = -1;  // every listening socket and m_wake_fd
+  int m_wake_fd = -1;   // eventfd that stop() writes to wake the acceptor
+  std::thread m_acceptor;
 };
 
 // Serves one connection of vpcd frames until it closes, times out, breaks the frame rules or the
 // injected faults drop it. Used by the server and by vpcd mode. Returns on every path, never throws.
+// `stopping` is looked at whenever the thread wakes: with no idle timeout at least every 200 ms;
+// with one, the owner wakes a waiting connection by shutting its socket down (Server::stop does).
 void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
                   const std::atomic<bool>& stopping);
 
