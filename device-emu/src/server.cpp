@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <set>
 
@@ -224,9 +225,38 @@ void Server::accept_loop() {
           std::lock_guard<std::mutex> lock(slot.mutex);
           slot.connections.insert(fd);
         }
-        std::thread([this, &slot, fd] { serve_connection(slot, fd); }).detach();
+        hand_to_worker(slot, fd);
       }
     }
+  }
+}
+
+void Server::hand_to_worker(Slot& slot, int fd) {
+  std::lock_guard<std::mutex> lock(m_pool_mutex);
+  m_jobs.emplace_back(&slot, fd);
+  // Each queued connection has a worker of its own that is free or starting: a connection never
+  // waits for another one to end.
+  if (m_jobs.size() > m_free_workers) {
+    ++m_free_workers;
+    m_workers.emplace_back([this] { worker_loop(); });
+  }
+  m_pool_wake.notify_one();
+}
+
+void Server::worker_loop() {
+  // Workers stay for the next connection instead of ending with theirs: a thread per connection
+  // cost a clone, a stack mapping and an exit for every device the line personalized.
+  std::unique_lock<std::mutex> lock(m_pool_mutex);
+  for (;;) {
+    m_pool_wake.wait(lock, [&] { return !m_jobs.empty() || m_pool_closing; });
+    if (m_jobs.empty()) return;
+    const auto [slot, fd] = m_jobs.front();
+    m_jobs.pop_front();
+    --m_free_workers;
+    lock.unlock();
+    serve_connection(*slot, fd);
+    lock.lock();
+    ++m_free_workers;
   }
 }
 
@@ -251,6 +281,14 @@ void Server::stop() noexcept {
     for (int fd : s->connections) ::shutdown(fd, SHUT_RDWR);
     s->idle.wait(lock, [&] { return s->connections.empty(); });
   }
+  {
+    std::lock_guard<std::mutex> lock(m_pool_mutex);
+    m_pool_closing = true;
+  }
+  m_pool_wake.notify_all();
+  for (auto& w : m_workers)
+    if (w.joinable()) w.join();
+  m_workers.clear();
   close_fds();
 }
 

@@ -5,7 +5,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +43,8 @@ class Server {
  private:
   struct Slot;
   void accept_loop();
+  void hand_to_worker(Slot& slot, int fd);
+  void worker_loop();
   void serve_connection(Slot& slot, int fd);
   void close_fds() noexcept;
 
@@ -49,6 +54,13 @@ class Server {
   int m_epoll_fd = -1;  // every listening socket and m_wake_fd
   int m_wake_fd = -1;   // eventfd that stop() writes to wake the acceptor
   std::thread m_acceptor;
+  // Connection threads, kept for the next connection (one per connection at a time, as before).
+  std::mutex m_pool_mutex;
+  std::condition_variable m_pool_wake;
+  std::deque<std::pair<Slot*, int>> m_jobs;  // accepted connections not yet taken by a worker
+  std::size_t m_free_workers = 0;            // workers waiting for a connection or starting
+  bool m_pool_closing = false;
+  std::vector<std::thread> m_workers;
 };
 
 // Serves one connection of vpcd frames until it closes, times out, breaks the frame rules or the
