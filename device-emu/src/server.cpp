@@ -4,13 +4,16 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <set>
 
@@ -20,6 +23,9 @@
 namespace keyline::device {
 
 namespace {
+
+// How often a connection without an idle timeout looks at its stop flag.
+constexpr std::chrono::milliseconds kStopSlice{200};
 
 bool send_all(int fd, const std::uint8_t* data, std::size_t len) {
   std::size_t off = 0;
@@ -46,26 +52,27 @@ void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout
   core::FrameDecoder decoder(max_frame);
   std::size_t received = 0;
   const std::size_t drop_after = device.options().faults.drop_after_bytes;
-  auto idle = std::chrono::milliseconds(0);
+  // recv blocks for at most one receive timeout: the whole idle timeout when there is one (the thread
+  // sleeps until data, the timeout or the owner's shutdown(), instead of waking every slice), else a
+  // short slice so that `stopping` is seen (vpcd mode, stopped by a signal flag).
+  const auto wait = idle_timeout.count() > 0 ? idle_timeout : kStopSlice;
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(wait.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((wait.count() % 1000) * 1000);
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   std::uint8_t buf[16384];
   try {
     for (;;) {
       if (stopping) return;
-      pollfd p{fd, POLLIN, 0};
-      const int slice = 200;
-      const int w = ::poll(&p, 1, slice);
-      if (w < 0 && errno == EINTR) continue;
-      if (w == 0) {
-        idle += std::chrono::milliseconds(slice);
-        if (idle_timeout.count() > 0 && idle >= idle_timeout) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (idle_timeout.count() > 0) {
           log_line(who, "idle connection closed");
           return;
         }
         continue;
       }
-      idle = std::chrono::milliseconds(0);
-      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n < 0 && errno == EINTR) continue;
       if (n <= 0) return;
       std::size_t take = static_cast<std::size_t>(n);
       if (drop_after) {
@@ -114,66 +121,142 @@ struct Server::Slot {
   std::unique_ptr<Device> device;
   int listen_fd = -1;
   int port = 0;
-  std::thread acceptor;
   std::mutex mutex;
   std::condition_variable idle;
   std::set<int> connections;
 };
 
 Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options) : m_options(std::move(options)) {
+  // One acceptor thread waits on every listening socket through epoll (a fleet has thousands of
+  // ports; a thread or a poll() scan per port costs CPU on every wake-up), plus an eventfd for stop().
+  m_epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+  m_wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (m_epoll_fd < 0 || m_wake_fd < 0) {
+    close_fds();
+    throw core::IoError(core::ErrorCode::Network, std::string("epoll setup failed: ") + std::strerror(errno));
+  }
+  epoll_event wake{};
+  wake.events = EPOLLIN;
+  wake.data.ptr = nullptr;
+  if (::epoll_ctl(m_epoll_fd, EPOLL_CTL_ADD, m_wake_fd, &wake) != 0) {
+    close_fds();
+    throw core::IoError(core::ErrorCode::Network, std::string("epoll setup failed: ") + std::strerror(errno));
+  }
   int next_port = m_options.base_port;
-  for (const auto& dir : device_dirs) {
-    auto slot = std::make_unique<Slot>();
-    slot->device = std::make_unique<Device>(Chip::load(dir), m_options.device);
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw core::IoError(core::ErrorCode::Network, "socket failed");
-    int one = 1;
-    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    if (::inet_pton(AF_INET, m_options.host.c_str(), &a.sin_addr) != 1) {
-      ::close(fd);
-      throw core::ConfigError(core::ErrorCode::Config, "listen host must be an IPv4 address: " + m_options.host);
+  try {
+    for (const auto& dir : device_dirs) {
+      auto slot = std::make_unique<Slot>();
+      slot->device = std::make_unique<Device>(Chip::load(dir), m_options.device);
+      // Non-blocking, so that the acceptor drains each ready listener until EAGAIN and never blocks in accept.
+      const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+      if (fd < 0) throw core::IoError(core::ErrorCode::Network, "socket failed");
+      int one = 1;
+      ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      if (::inet_pton(AF_INET, m_options.host.c_str(), &a.sin_addr) != 1) {
+        ::close(fd);
+        throw core::ConfigError(core::ErrorCode::Config, "listen host must be an IPv4 address: " + m_options.host);
+      }
+      a.sin_port = htons(static_cast<std::uint16_t>(next_port));
+      socklen_t len = sizeof a;
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 16) != 0 ||
+          ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+        const std::string reason = std::strerror(errno);
+        ::close(fd);
+        throw core::IoError(core::ErrorCode::Network,
+                            "cannot listen on " + m_options.host + ":" + std::to_string(next_port) + ": " + reason);
+      }
+      slot->listen_fd = fd;
+      slot->port = ntohs(a.sin_port);
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.ptr = slot.get();
+      if (::epoll_ctl(m_epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+        const std::string reason = std::strerror(errno);
+        ::close(fd);
+        throw core::IoError(core::ErrorCode::Network, "epoll_ctl failed: " + reason);
+      }
+      if (next_port) ++next_port;
+      m_slots.push_back(std::move(slot));
     }
-    a.sin_port = htons(static_cast<std::uint16_t>(next_port));
-    socklen_t len = sizeof a;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 16) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      const std::string reason = std::strerror(errno);
-      ::close(fd);
-      throw core::IoError(core::ErrorCode::Network,
-                          "cannot listen on " + m_options.host + ":" + std::to_string(next_port) + ": " + reason);
-    }
-    slot->listen_fd = fd;
-    slot->port = ntohs(a.sin_port);
-    if (next_port) ++next_port;
-    m_slots.push_back(std::move(slot));
+  } catch (...) {
+    close_fds();
+    throw;
   }
 }
 
 Server::~Server() { stop(); }
 
-void Server::start() {
+void Server::close_fds() noexcept {
   for (auto& s : m_slots) {
-    Slot* slot = s.get();
-    slot->acceptor = std::thread([this, slot] { accept_loop(*slot); });
+    if (s->listen_fd >= 0) ::close(s->listen_fd);
+    s->listen_fd = -1;
+  }
+  if (m_wake_fd >= 0) ::close(m_wake_fd);
+  if (m_epoll_fd >= 0) ::close(m_epoll_fd);
+  m_wake_fd = m_epoll_fd = -1;
+}
+
+void Server::start() {
+  m_acceptor = std::thread([this] { accept_loop(); });
+}
+
+void Server::accept_loop() {
+  epoll_event events[64];
+  while (!m_stopping) {
+    const int n = ::epoll_wait(m_epoll_fd, events, 64, -1);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    for (int i = 0; i < n; ++i) {
+      if (!events[i].data.ptr) continue;  // the stop() wake-up; the loop condition sees m_stopping
+      Slot& slot = *static_cast<Slot*>(events[i].data.ptr);
+      for (;;) {
+        const int fd = ::accept4(slot.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        if (fd < 0) {
+          if (errno == EINTR) continue;
+          break;  // EAGAIN: drained; anything else (a connection reset before accept) is the peer's
+        }
+        int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        {
+          std::lock_guard<std::mutex> lock(slot.mutex);
+          slot.connections.insert(fd);
+        }
+        hand_to_worker(slot, fd);
+      }
+    }
   }
 }
 
-void Server::accept_loop(Slot& slot) {
-  while (!m_stopping) {
-    pollfd p{slot.listen_fd, POLLIN, 0};
-    const int w = ::poll(&p, 1, 200);
-    if (w <= 0) continue;
-    const int fd = ::accept4(slot.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-    if (fd < 0) continue;
-    int one = 1;
-    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    {
-      std::lock_guard<std::mutex> lock(slot.mutex);
-      slot.connections.insert(fd);
-    }
-    std::thread([this, &slot, fd] { serve_connection(slot, fd); }).detach();
+void Server::hand_to_worker(Slot& slot, int fd) {
+  std::lock_guard<std::mutex> lock(m_pool_mutex);
+  m_jobs.emplace_back(&slot, fd);
+  // Each queued connection has a worker of its own that is free or starting: a connection never
+  // waits for another one to end.
+  if (m_jobs.size() > m_free_workers) {
+    ++m_free_workers;
+    m_workers.emplace_back([this] { worker_loop(); });
+  }
+  m_pool_wake.notify_one();
+}
+
+void Server::worker_loop() {
+  // Workers stay for the next connection instead of ending with theirs: a thread per connection
+  // cost a clone, a stack mapping and an exit for every device the line personalized.
+  std::unique_lock<std::mutex> lock(m_pool_mutex);
+  for (;;) {
+    m_pool_wake.wait(lock, [&] { return !m_jobs.empty() || m_pool_closing; });
+    if (m_jobs.empty()) return;
+    const auto [slot, fd] = m_jobs.front();
+    m_jobs.pop_front();
+    --m_free_workers;
+    lock.unlock();
+    serve_connection(*slot, fd);
+    lock.lock();
+    ++m_free_workers;
   }
 }
 
@@ -187,14 +270,26 @@ void Server::serve_connection(Slot& slot, int fd) {
 
 void Server::stop() noexcept {
   m_stopping = true;
+  if (m_wake_fd >= 0) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const ssize_t w = ::write(m_wake_fd, &one, sizeof one);
+  }
+  if (m_acceptor.joinable()) m_acceptor.join();
   for (auto& s : m_slots) {
-    if (s->acceptor.joinable()) s->acceptor.join();
     std::unique_lock<std::mutex> lock(s->mutex);
+    // A connection thread blocks in recv until data or its idle timeout: shutdown() wakes it now.
     for (int fd : s->connections) ::shutdown(fd, SHUT_RDWR);
     s->idle.wait(lock, [&] { return s->connections.empty(); });
-    if (s->listen_fd >= 0) ::close(s->listen_fd);
-    s->listen_fd = -1;
   }
+  {
+    std::lock_guard<std::mutex> lock(m_pool_mutex);
+    m_pool_closing = true;
+  }
+  m_pool_wake.notify_all();
+  for (auto& w : m_workers)
+    if (w.joinable()) w.join();
+  m_workers.clear();
+  close_fds();
 }
 
 void Server::wait() {

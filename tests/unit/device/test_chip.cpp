@@ -131,6 +131,33 @@ TEST_CASE("verify_image accepts the chip's own image and names what is wrong wit
   CHECK(error_code_of([&] { a.verify_image(img.encode()); }) == 2004);
 }
 
+TEST_CASE("a Device CA verified once: every later leaf is still checked against it") {
+  test::ScratchDir tmp("knownca");
+  test::DevicePki pki;
+  const auto a = device::Chip::load(test::make_test_device(pki, tmp.path(), "a"));
+  const auto b = device::Chip::load(test::make_test_device(pki, tmp.path(), "b"));
+  const auto imei = core::Imei::parse("260531793113837");
+  const auto good_a = pki.package_for(a.chip_id(), imei.str());
+  const auto good_b = pki.package_for(b.chip_id(), imei.str());
+  // The first check verifies the Device CA against the root; the second chip's check reuses that.
+  CHECK_NOTHROW(a.check_identity(good_a.identity_cert, good_a.ca_chain, imei));
+  CHECK_NOTHROW(b.check_identity(good_b.identity_cert, good_b.ca_chain, imei));
+  CHECK_NOTHROW(a.check_identity(good_a.identity_cert, good_a.ca_chain, imei));
+
+  // Same issuer name, other key: a leaf from a look-alike CA presented with the genuine CA certificate.
+  const auto rogue = pki.package_from_rogue_ca(a.chip_id(), imei.str());
+  CHECK(error_code_of([&] { a.check_identity(rogue.identity_cert, good_a.ca_chain, imei); }) == 2004);
+  CHECK(error_code_of([&] { a.check_identity(rogue.identity_cert, rogue.ca_chain, imei); }) == 2004);
+  // A genuine leaf with the look-alike CA in the chain, and with no chain at all.
+  CHECK(error_code_of([&] { a.check_identity(good_a.identity_cert, rogue.ca_chain, imei); }) == 2004);
+  CHECK(error_code_of([&] { a.check_identity(good_a.identity_cert, {}, imei); }) == 2004);
+  // The shortcut never skips the chip and IMEI checks.
+  CHECK(error_code_of([&] { b.check_identity(good_a.identity_cert, good_a.ca_chain, imei); }) == 2004);
+  CHECK(error_code_of([&] {
+          a.check_identity(good_a.identity_cert, good_a.ca_chain, core::Imei::parse("490154203237518"));
+        }) == 2004);
+}
+
 TEST_CASE("a personalized chip refuses an image with another IMEI") {
   test::ScratchDir tmp("imei");
   test::DevicePki pki;

@@ -5,7 +5,10 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,7 +33,7 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  void start();          // accept threads run in the background
+  void start();          // the accept thread runs in the background
   void stop() noexcept;  // closes listeners and connections, joins threads
   void wait();           // blocks until stop() (from another thread or a signal)
   std::vector<int> ports() const;
@@ -39,16 +42,31 @@ class Server {
 
  private:
   struct Slot;
-  void accept_loop(Slot& slot);
+  void accept_loop();
+  void hand_to_worker(Slot& slot, int fd);
+  void worker_loop();
   void serve_connection(Slot& slot, int fd);
+  void close_fds() noexcept;
 
   ServerOptions m_options;
   std::vector<std::unique_ptr<Slot>> m_slots;
   std::atomic<bool> m_stopping{false};
+  int m_epoll_fd = -1;  // every listening socket and m_wake_fd
+  int m_wake_fd = -1;   // eventfd that stop() writes to wake the acceptor
+  std::thread m_acceptor;
+  // Connection threads, kept for the next connection (one per connection at a time, as before).
+  std::mutex m_pool_mutex;
+  std::condition_variable m_pool_wake;
+  std::deque<std::pair<Slot*, int>> m_jobs;  // accepted connections not yet taken by a worker
+  std::size_t m_free_workers = 0;            // workers waiting for a connection or starting
+  bool m_pool_closing = false;
+  std::vector<std::thread> m_workers;
 };
 
 // Serves one connection of vpcd frames until it closes, times out, breaks the frame rules or the
 // injected faults drop it. Used by the server and by vpcd mode. Returns on every path, never throws.
+// `stopping` is looked at whenever the thread wakes: with no idle timeout at least every 200 ms;
+// with one, the owner wakes a waiting connection by shutting its socket down (Server::stop does).
 void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
                   const std::atomic<bool>& stopping);
 
