@@ -100,7 +100,8 @@ Connection::Connection(std::string conninfo) : m_conninfo(std::move(conninfo)) {
   PQsetNoticeProcessor(m_conn, [](void*, const char*) {}, nullptr);
 }
 
-Connection::Connection(Connection&& o) noexcept : m_conninfo(std::move(o.m_conninfo)), m_conn(o.m_conn) {
+Connection::Connection(Connection&& o) noexcept
+    : m_conninfo(std::move(o.m_conninfo)), m_conn(o.m_conn), m_prepared(std::move(o.m_prepared)) {
   o.m_conn = nullptr;
 }
 
@@ -109,6 +110,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     if (m_conn) PQfinish(m_conn);
     m_conninfo = std::move(o.m_conninfo);
     m_conn = o.m_conn;
+    m_prepared = std::move(o.m_prepared);
     o.m_conn = nullptr;
   }
   return *this;
@@ -128,11 +130,16 @@ void Connection::reconnect() {
     return;
   }
   PQreset(m_conn);
+  m_prepared.clear();  // a new session knows none of the old one's statements
   if (PQstatus(m_conn) != CONNECTION_OK)
     throw DbError(ErrorCode::DbConnection, "cannot reconnect to PostgreSQL: " + first_line(PQerrorMessage(m_conn)));
 }
 
-Result Connection::exec(const std::string& sql, const Params& params) {
+Result Connection::exec(const std::string& sql, const Params& params) { return run(sql, params, false); }
+
+Result Connection::exec_prepared(const std::string& sql, const Params& params) { return run(sql, params, true); }
+
+Result Connection::run(const std::string& sql, const Params& params, bool prepared) {
   if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
   std::vector<const char*> values(params.size());
   std::vector<int> lengths(params.size()), formats(params.size());
@@ -145,8 +152,21 @@ Result Connection::exec(const std::string& sql, const Params& params) {
     lengths[i] = static_cast<int>(params[i].value().size());
     formats[i] = params[i].binary() ? 1 : 0;
   }
-  Result res(PQexecParams(m_conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
-                          lengths.data(), formats.data(), 0));
+  if (!prepared) {
+    return checked(Result(PQexecParams(m_conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
+                                       lengths.data(), formats.data(), 0)));
+  }
+  auto it = m_prepared.find(sql);
+  if (it == m_prepared.end()) {
+    const std::string name = "keyline_" + std::to_string(m_prepared.size() + 1);
+    checked(Result(PQprepare(m_conn, name.c_str(), sql.c_str(), static_cast<int>(params.size()), nullptr)));
+    it = m_prepared.emplace(sql, name).first;
+  }
+  return checked(Result(PQexecPrepared(m_conn, it->second.c_str(), static_cast<int>(params.size()), values.data(),
+                                       lengths.data(), formats.data(), 0)));
+}
+
+Result Connection::checked(Result res) {
   PGresult* r = res.raw();
   const ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return res;

@@ -156,7 +156,7 @@ struct JournalRow {
 };
 
 std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& chip) {
-  const auto r = db.exec(
+  const auto r = db.exec_prepared(
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
       " identity_cert, transport_cert, package_digest FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
@@ -203,6 +203,7 @@ void mark_published(core::pq::Connection& db, const std::vector<std::pair<std::s
     chips += (chips.size() > 1 ? "," : "") + chip;
     ids += (ids.size() > 1 ? "," : "") + std::to_string(id);
   }
+  // Not prepared: a generic plan cannot know the arrays' sizes and scans both tables.
   db.exec(
       "WITH o AS (UPDATE journal.outbox SET published_at = now(), attempts = attempts + 1, last_error = NULL"
       " WHERE chip_id = ANY($1::text[]) AND published_at IS NULL)"
@@ -305,7 +306,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
                            subject_detail(identity_public), subject_detail(transport_public)};
         for (auto& e : extra) p.push_back(std::move(e));
         try {
-          const auto r = c.exec(sql, p);
+          const auto r = c.exec_prepared(sql, p);
           if (r.empty())
             throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
           claim_id = r.int64(0, 0);
@@ -416,7 +417,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       pkg.app_items = m_app_items;
       const core::SecureBytes encoded = pkg.encode();
       const core::Bytes digest = core::package_digest(encoded);
-      db.exec(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
+      db.exec_prepared(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
                         "certificate SHA-256 " + sha256_hex(identity_der),
                         "certificate SHA-256 " + sha256_hex(transport_der)});
       row->package_digest = digest;
@@ -478,7 +479,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
       if (kcv_hex.empty()) kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_keys.token, res.imei)));
       record_json = record.to_json();
-      db.exec(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
+      db.exec_prepared(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
                           kcv_hex, m_config.station_id, record_json, record.hash()});
       step(Step::Record, res.chip_id);
     }

@@ -155,6 +155,32 @@ TEST_CASE("reconnect after pg_terminate_backend") {
   }
 }
 
+TEST_CASE("prepared statements: parsed once per session, same parameters and errors, re-prepared after reconnect") {
+  const std::string db = pg_env().create_database("pq_prep");
+  pq::Connection c(db), admin(db);
+  c.exec("CREATE TABLE p (k text PRIMARY KEY, data bytea)");
+  const std::string insert = "INSERT INTO p VALUES ($1, $2) RETURNING k";
+  const std::string evil = "z'); DROP TABLE p; --";
+  CHECK(c.exec_prepared(insert, {"a", Bytes{0, 1, 2}}).text(0, 0) == "a");
+  CHECK(c.exec_prepared(insert, {evil, Bytes{}}).text(0, 0) == evil);
+  // One server-side statement for the text, however often it runs.
+  CHECK(c.exec("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", {insert}).int64(0, 0) == 1);
+  try {
+    c.exec_prepared(insert, {"a", Bytes{9}});
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbUniqueViolation);
+  }
+  CHECK(c.exec_prepared("SELECT data FROM p WHERE k = $1", {"a"}).bytea(0, 0) == Bytes{0, 1, 2});
+  // A new session has no statements: the wrapper prepares again after a reconnect.
+  admin.exec("SELECT pg_terminate_backend($1)", {c.backend_pid()});
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_THROWS_AS(c.exec_prepared(insert, {"b", Bytes{}}), DbError);
+  c.reconnect();
+  CHECK(c.exec_prepared(insert, {"b", Bytes{}}).text(0, 0) == "b");
+  CHECK(c.exec("SELECT count(*) FROM p").int64(0, 0) == 3);
+}
+
 TEST_CASE("unreachable server is DbConnection") {
   try {
     pq::Connection c("host=127.0.0.1 port=1 dbname=x connect_timeout=2");
