@@ -6,7 +6,10 @@ dir=${1:?work dir}
 rm -rf "$dir"
 N=${LINE_CRASH_DEVICES:-200}
 KILLS=${LINE_CRASH_KILLS:-24}
-line_up "$dir" "$N"
+# Realistic device delays (10/50/300 ms): each run must die with devices still in flight and the
+# fleet unfinished; without delays a fast station finishes all 200 devices within a few runs and
+# the later crash points are never reached.
+LINE_DEVICE_FLAGS="--delays realistic" line_up "$dir" "$N"
 "$LINE_BIN/keyline-station" pool generate --tac 35780502 --count 100 >/dev/null
 line_fleet_file "$LINE_DIR/fleet.txt"
 # The drainer's crash point first: records wait in the outbox while the public DB is away, then the
