@@ -32,6 +32,7 @@
 #include <unordered_map>
 
 #include "keyline/backupdb/store.h"
+#include "keyline/backupdb/validator.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/cplc.h"
@@ -105,7 +106,7 @@ struct Shared {
   Metrics metrics;
   std::unique_ptr<AccessLog> log;
   std::unique_ptr<RateLimiter> limiter;
-  std::vector<Botan::X509_Certificate> anchors;
+  std::unique_ptr<Validator> validator;  // holds the --trust anchors
   std::string anchors_pem;
   Poco::Crypto::X509Certificate::List station_cas;
 };
@@ -358,7 +359,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       return r;
     }
     try {
-      core::validate_record(rec, m_s.anchors);
+      m_s.validator->validate(rec);
     } catch (const core::Error& e) {
       // The check that failed is public knowledge (the rules are in docs/api.md), so it is named.
       Reply r = problem(422, "record-invalid", e.what(), {{"code", std::to_string(e.numeric())}});
@@ -427,14 +428,16 @@ int serve(const Config& config) {
   if (config.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
   if (config.threads < 1 || config.max_connections < 1 || config.db_pool < 1)
     throw core::ConfigError(core::ErrorCode::Config, "--threads, --max-connections and --db-pool must be positive");
+  std::vector<Botan::X509_Certificate> anchors;
   for (const auto& t : config.trust) {
     auto certs = core::load_certificates_pem(t);
     for (auto& c : certs) {
       s.anchors_pem += core::to_pem(c);
-      s.anchors.push_back(std::move(c));
+      anchors.push_back(std::move(c));
     }
   }
-  if (s.anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no device root certificate given");
+  if (anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no device root certificate given");
+  s.validator = std::make_unique<Validator>(std::move(anchors));
   s.log = std::make_unique<AccessLog>(config.log);
   s.limiter = std::make_unique<RateLimiter>(config.rate);
 
