@@ -20,6 +20,7 @@
 #include <Poco/Timestamp.h>
 
 #include <botan/pem.h>
+#include <openssl/x509.h>
 
 #include <chrono>
 #include <csignal>
@@ -30,8 +31,10 @@
 #include <mutex>
 #include <sstream>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "keyline/backupdb/store.h"
+#include "keyline/backupdb/validator.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/cplc.h"
@@ -99,15 +102,59 @@ class RateLimiter {
   std::unordered_map<std::string, Bucket> m_buckets;
 };
 
+// Which client certificates the station CA issued. Checking means an ECDSA signature verification
+// (X509_verify) per publish although a station presents the same certificate on every request, so
+// positive answers are remembered by the certificate's exact DER. issuedBy depends only on those
+// bytes and the fixed --client-ca list; validity in time is still checked on every request. Only
+// station certificates are remembered (foreign ones are checked in full each time), so the set
+// is small; the bound keeps memory fixed anyway.
+class StationIssuers {
+ public:
+  static constexpr std::size_t kMaxRemembered = 4096;
+
+  void set_cas(Poco::Crypto::X509Certificate::List cas) { m_cas = std::move(cas); }
+
+  bool issued(const Poco::Net::X509Certificate& peer) {
+    std::string der = der_of(peer);
+    {
+      std::lock_guard<std::mutex> g(m_mutex);
+      if (!der.empty() && m_known.count(der)) return true;
+    }
+    bool issued = false;
+    for (const auto& ca : m_cas) issued = issued || peer.issuedBy(ca);
+    if (issued && !der.empty()) {
+      std::lock_guard<std::mutex> g(m_mutex);
+      if (m_known.size() >= kMaxRemembered) m_known.clear();
+      m_known.insert(std::move(der));
+    }
+    return issued;
+  }
+
+ private:
+  static std::string der_of(const Poco::Net::X509Certificate& cert) {
+    X509* x = const_cast<X509*>(cert.certificate());
+    const int n = i2d_X509(x, nullptr);
+    if (n <= 0) return {};  // not encodable: never remembered, always checked in full
+    std::string der(static_cast<std::size_t>(n), '\0');
+    auto* p = reinterpret_cast<unsigned char*>(der.data());
+    if (i2d_X509(x, &p) != n) return {};
+    return der;
+  }
+
+  Poco::Crypto::X509Certificate::List m_cas;
+  std::mutex m_mutex;
+  std::unordered_set<std::string> m_known;
+};
+
 struct Shared {
   Config config;
   std::unique_ptr<Store> store;
   Metrics metrics;
   std::unique_ptr<AccessLog> log;
   std::unique_ptr<RateLimiter> limiter;
-  std::vector<Botan::X509_Certificate> anchors;
+  std::unique_ptr<Validator> validator;  // holds the --trust anchors
   std::string anchors_pem;
-  Poco::Crypto::X509Certificate::List station_cas;
+  StationIssuers station_issuers;  // the --client-ca certificates
 };
 
 bool etag_matches(const HTTPServerRequest& req, const std::string& etag) {
@@ -326,9 +373,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       return problem(401, "client-certificate-required", "present a station certificate to publish");
     const Poco::Net::X509Certificate peer = ss.peerCertificate();
     who = peer.subjectName();
-    bool issued = false;
-    for (const auto& ca : m_s.station_cas) issued = issued || peer.issuedBy(ca);
-    if (!issued) return problem(403, "not-a-station", "the client certificate is not from the station CA");
+    if (!m_s.station_issuers.issued(peer)) return problem(403, "not-a-station", "the client certificate is not from the station CA");
     const Poco::DateTime now;
     if (now < peer.validFrom() || now > peer.expiresOn())
       return problem(403, "certificate-expired", "the client certificate is not valid now");
@@ -358,7 +403,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       return r;
     }
     try {
-      core::validate_record(rec, m_s.anchors);
+      m_s.validator->validate(rec);
     } catch (const core::Error& e) {
       // The check that failed is public knowledge (the rules are in docs/api.md), so it is named.
       Reply r = problem(422, "record-invalid", e.what(), {{"code", std::to_string(e.numeric())}});
@@ -366,7 +411,7 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       return r;
     }
     const std::string hash = rec.hash();
-    const auto res = m_s.store->publish(rec);
+    const auto res = m_s.store->publish(rec, hash);
     const std::string location = "/v1/records/" + rec.chip_id.str();
     std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash + "\"}";
     switch (res.outcome) {
@@ -427,14 +472,16 @@ int serve(const Config& config) {
   if (config.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
   if (config.threads < 1 || config.max_connections < 1 || config.db_pool < 1)
     throw core::ConfigError(core::ErrorCode::Config, "--threads, --max-connections and --db-pool must be positive");
+  std::vector<Botan::X509_Certificate> anchors;
   for (const auto& t : config.trust) {
     auto certs = core::load_certificates_pem(t);
     for (auto& c : certs) {
       s.anchors_pem += core::to_pem(c);
-      s.anchors.push_back(std::move(c));
+      anchors.push_back(std::move(c));
     }
   }
-  if (s.anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no device root certificate given");
+  if (anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no device root certificate given");
+  s.validator = std::make_unique<Validator>(std::move(anchors));
   s.log = std::make_unique<AccessLog>(config.log);
   s.limiter = std::make_unique<RateLimiter>(config.rate);
 
@@ -457,7 +504,7 @@ int serve(const Config& config) {
     read_text(config.client_ca, "--client-ca");
     Poco::Net::initializeSSL();
     try {
-      s.station_cas = Poco::Crypto::X509Certificate::readPEM(config.client_ca);
+      s.station_issuers.set_cas(Poco::Crypto::X509Certificate::readPEM(config.client_ca));
     } catch (const Poco::Exception& e) {
       throw core::Error(errc::Tls, "--client-ca: " + e.displayText());
     }

@@ -1,6 +1,9 @@
 #include "keyline/backupdb/store.h"
 
 #include <ctime>
+#include <thread>
+
+#include <botan/pem.h>
 
 namespace keyline::backupdb {
 namespace {
@@ -78,44 +81,125 @@ RecordPtr Store::by_chip_id(const std::string& chip_id) {
 
 RecordPtr Store::by_imei(const std::string& imei) { return load("imei", imei); }
 
-PublishResult Store::publish(const core::Record& record) {
+namespace {
+
+// A JSON string as Poco::JSON 1.11 writes it ('"', '\\' and \n \r \t escaped, '/' not), for the
+// printable ASCII a record's fields hold. Returns false on any other character: the caller then
+// uses Poco itself.
+bool append_json_string(std::string& out, const std::string& s) {
+  out += '"';
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7E) return false;
+        out += c;
+    }
+  }
+  out += '"';
+  return true;
+}
+
+}  // namespace
+
+std::string stored_json(const core::Record& record, const std::string& hash, const std::string& published_at) {
+  // core::Record::to_json goes through Poco::JSON (a Var per field, one ostream write per character
+  // of the ~3 KB body) and hashes the record again; the publisher already has the hash. The result
+  // is byte for byte what to_json gives (tests compare the two); anything unusual takes to_json.
+  const std::string backup = core::to_base64(record.backup);
+  std::string out;
+  out.reserve(256 + backup.size() + record.certificates.size() * 1024);
+  bool ok = true;
+  out += "{\"chip_id\":";
+  ok = ok && append_json_string(out, record.chip_id.str());
+  out += ",\"imei\":";
+  ok = ok && append_json_string(out, record.imei.str());
+  out += ",\"backup\":";
+  ok = ok && append_json_string(out, backup);
+  out += ",\"certificates\":[";
+  for (std::size_t i = 0; i < record.certificates.size(); ++i) {
+    if (i) out += ',';
+    ok = ok && append_json_string(out, Botan::PEM_Code::encode(record.certificates[i], "CERTIFICATE"));
+  }
+  out += "],\"record_hash\":";
+  ok = ok && append_json_string(out, hash);
+  if (!published_at.empty()) {
+    out += ",\"published_at\":";
+    ok = ok && append_json_string(out, published_at);
+  }
+  out += '}';
+  return ok ? out : record.to_json(published_at);
+}
+
+PublishResult Store::publish(const core::Record& record, const std::string& hash) {
   const std::string chip = record.chip_id.str();
   const std::string imei = record.imei.str();
-  const std::string hash = record.hash();
   const std::string published_at = utc_now_iso();
-  const std::string json = record.to_json(published_at);
+  const std::string json = stored_json(record, hash, published_at);
   const core::Bytes identity = record.certificates.empty() ? core::Bytes{} : record.certificates.front();
-  PublishResult result;
   auto lease = m_pool.acquire();
+  // One autocommit statement, no BEGIN/COMMIT around it: a single INSERT is atomic by itself, and
+  // the unique constraints on chip_id and imei make the first writer win. ON CONFLICT DO NOTHING
+  // waits for a concurrent inserter of the same key to finish and then skips, so when no row comes
+  // back a conflicting row is committed; the SELECT after it, a new statement with a new snapshot
+  // (READ COMMITTED), sees it. Rows are never changed or removed, so nothing can happen between the
+  // two statements that a transaction would have prevented.
   // Safe to re-run after a lost connection: if the first attempt committed but its answer was lost,
-  // the retry finds the identical row and reports Identical (200), never a duplicate.
-  // READ COMMITTED: ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key and then
-  // skips; the following SELECT takes a new snapshot and sees the winner's committed row.
-  core::pq::run_transaction(*lease, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-    result = PublishResult{};
-    const auto ins = tx.exec(
-        "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
-        {chip, imei, hash, record.backup, identity, json, published_at});
-    if (ins.rows() == 1) {
-      result.outcome = PublishOutcome::Created;
-      return;
-    }
-    const auto existing =
-        tx.exec("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
-                {chip, imei});
-    for (int i = 0; i < existing.rows(); ++i) {
-      if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
-        result.outcome = PublishOutcome::Identical;
-        return;
+  // the retry finds the identical row and reports Identical (200), never a duplicate. The retries
+  // (reconnect, back-off, attempts) are those of core::pq::run_transaction.
+  const core::pq::RetryPolicy policy;
+  auto delay = policy.backoff;
+  for (int attempt = 1;; ++attempt) {
+    try {
+      if (!lease->ok()) lease->reconnect();
+      return publish_once(*lease, chip, imei, hash, record.backup, identity, json, published_at);
+    } catch (const core::DbError& e) {
+      const bool retryable =
+          e.code() == core::ErrorCode::DbSerialization || e.code() == core::ErrorCode::DbConnection;
+      if (!retryable || attempt >= policy.attempts) throw;
+      std::this_thread::sleep_for(delay);
+      delay *= 2;
+      if (e.code() == core::ErrorCode::DbConnection || !lease->ok()) {
+        try {
+          lease->reconnect();
+        } catch (const core::DbError&) {
+          // The next attempt reports it if the server is still away.
+        }
       }
     }
-    result.outcome = PublishOutcome::Conflict;
-    if (existing.rows() > 0) {
-      result.existing_hash = existing.text(0, 2);
-      result.conflict_on = existing.text(0, 0) == chip ? "chip_id" : "imei";
+  }
+}
+
+PublishResult Store::publish_once(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
+                                  const std::string& hash, const core::Bytes& backup, const core::Bytes& identity,
+                                  const std::string& json, const std::string& published_at) {
+  PublishResult result;
+  const auto ins = conn.exec(
+      "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+      "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
+      {chip, imei, hash, backup, identity, json, published_at});
+  if (ins.rows() == 1) {
+    result.outcome = PublishOutcome::Created;
+    return result;
+  }
+  const auto existing =
+      conn.exec("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
+                {chip, imei});
+  for (int i = 0; i < existing.rows(); ++i) {
+    if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
+      result.outcome = PublishOutcome::Identical;
+      return result;
     }
-  });
+  }
+  result.outcome = PublishOutcome::Conflict;
+  if (existing.rows() > 0) {
+    result.existing_hash = existing.text(0, 2);
+    result.conflict_on = existing.text(0, 0) == chip ? "chip_id" : "imei";
+  }
   return result;
 }
 

@@ -35,15 +35,19 @@ struct PublishResult {
   std::string conflict_on;    // on Conflict: "chip_id" or "imei"
 };
 
+// The JSON body stored for GET: exactly record.to_json(published_at), given hash == record.hash().
+std::string stored_json(const core::Record& record, const std::string& hash, const std::string& published_at);
+
 class Store {
  public:
   Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries);
 
   RecordPtr by_chip_id(const std::string& chip_id);  // nullptr when absent
   RecordPtr by_imei(const std::string& imei);
-  // Inserts unless a record with the same chip ID or IMEI exists, all in one transaction; the first
-  // writer wins, later ones learn whether their content was identical.
-  PublishResult publish(const core::Record& record);
+  // Inserts unless a record with the same chip ID or IMEI exists (one atomic INSERT); the first
+  // writer wins, later ones learn whether their content was identical. `hash` is record.hash(),
+  // which the caller has already computed.
+  PublishResult publish(const core::Record& record, const std::string& hash);
   bool healthy();  // SELECT 1 round trip
   // Fills the cache with up to `max` records, newest first, streamed through a cursor. Returns the
   // number loaded. Worth it when the records fit in memory: reads then never wait on PostgreSQL.
@@ -55,6 +59,9 @@ class Store {
   RecordPtr cache_get(const std::string& chip_id);
   void cache_put(const RecordPtr& r);
   RecordPtr load(const std::string& column, const std::string& value);
+  static PublishResult publish_once(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
+                                    const std::string& hash, const core::Bytes& backup, const core::Bytes& identity,
+                                    const std::string& json, const std::string& published_at);
 
   // The cache is split into shards with a lock each, so 64 reader threads on 2 cores rarely wait on
   // one another (a preempted lock holder would otherwise stall every reader: the p99 tail).
