@@ -11,6 +11,7 @@
 #include <botan/ec_group.h>
 #include <botan/ecc_key.h>
 #include <botan/ecdsa.h>
+#include <botan/pk_ops.h>
 #include <botan/pubkey.h>
 #include <botan/system_rng.h>
 #include <botan/x509_ca.h>
@@ -63,9 +64,40 @@ Botan::X509_Certificate sign_cert(const Botan::Private_Key& signer_key, const Bo
                                    not_after, issuer, subject, ext);
 }
 
-// The throwaway key that signs the to-be-linted copy of each device certificate.
+// The to-be-linted copy of each device certificate is "signed" by this key: lint reads the TBS fields
+// and the signature algorithm, never the signature, so its signature is a placeholder (r = s = 0)
+// instead of an ECDSA signature that cost as much as the real one and was thrown away. The key is
+// an ECDSA P-256 key, so the draft names ecdsa-with-SHA256 exactly as the CA-signed certificate does.
+class DraftKey final : public Botan::ECDSA_PublicKey, public Botan::Private_Key {
+ public:
+  explicit DraftKey(const Botan::ECDSA_PrivateKey& k)
+      : Botan::EC_PublicKey(k.domain(), k.public_point()), Botan::ECDSA_PublicKey(k.domain(), k.public_point()) {}
+
+  Botan::secure_vector<std::uint8_t> private_key_bits() const override {
+    throw Error(ErrorCode::Crypto, "the lint draft key has no private half");
+  }
+  std::unique_ptr<Botan::PK_Ops::Signature> create_signature_op(Botan::RandomNumberGenerator&, const std::string&,
+                                                                const std::string&) const override {
+    return std::make_unique<Placeholder>(domain().get_order().bytes());
+  }
+
+ private:
+  class Placeholder final : public Botan::PK_Ops::Signature {
+   public:
+    explicit Placeholder(std::size_t order_bytes) : m_order_bytes(order_bytes) {}
+    void update(const std::uint8_t[], std::size_t) override {}
+    Botan::secure_vector<std::uint8_t> sign(Botan::RandomNumberGenerator&) override {
+      return Botan::secure_vector<std::uint8_t>(2 * m_order_bytes, 0);
+    }
+    std::size_t signature_length() const override { return 2 * m_order_bytes; }
+
+   private:
+    std::size_t m_order_bytes;
+  };
+};
+
 const Botan::Private_Key& lint_key() {
-  static const Botan::ECDSA_PrivateKey key(Botan::system_rng(), Botan::EC_Group("secp256r1"));
+  static const DraftKey key(Botan::ECDSA_PrivateKey(Botan::system_rng(), Botan::EC_Group("secp256r1")));
   return key;
 }
 
@@ -114,7 +146,7 @@ Botan::X509_Certificate issue_device(const Botan::X509_Certificate& ca_cert, con
   const auto nb = now_time();
   const auto na = not_after_time();
   const Botan::X509_DN subject = device_subject(imei);
-  // Boulder-style pre-issuance lint: the same TBS contents signed by a throwaway key.
+  // Boulder-style pre-issuance lint, on a draft with the same TBS contents (placeholder signature).
   const auto draft = sign_cert(lint_key(), serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);
   lint_certificate(draft, kind);
   return sign_cert(ca_key, serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);

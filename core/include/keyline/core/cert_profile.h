@@ -100,8 +100,8 @@ Botan::X509_Certificate make_ca_certificate(const Botan::X509_Certificate& issue
 
 // Identity certificate (DESIGN section 5): subject serialNumber=<IMEI>, SAN HardwareModuleName(chip ID),
 // keyUsage digitalSignature (critical), basicConstraints CA:false (critical), SKI/AKI, notBefore now,
-// notAfter kNotAfter. The to-be-signed certificate is linted first (lint_certificate, signed by a
-// throwaway in-process key with the same contents), so a profile violation never reaches the CA key.
+// notAfter kNotAfter. The to-be-signed certificate is linted first (lint_certificate on a draft with
+// the same contents and a placeholder signature), so a profile violation never reaches the CA key.
 // Throws Error(CertificateLint).
 Botan::X509_Certificate issue_identity_certificate(const Botan::X509_Certificate& ca_cert,
                                                    const Botan::Private_Key& ca_key,
