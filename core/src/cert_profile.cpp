@@ -52,6 +52,40 @@ Botan::BigInt random_serial(Botan::RandomNumberGenerator& rng) {
   return Botan::BigInt(b, sizeof b);
 }
 
+// The DER of one certificate signed with SHA-256 by `signer_key`: the TBSCertificate exactly as
+// Botan 2.19's X509_CA::make_cert encodes it (RFC 5280 section 4.1), without the parse into an
+// X509_Certificate that make_cert ends with — the station only needs the bytes.
+Bytes sign_cert_der(const Botan::Private_Key& signer_key, const Botan::BigInt& serial, const Botan::X509_DN& issuer,
+                    const Botan::X509_DN& subject, const Botan::Public_Key& subject_key, const Botan::Extensions& ext,
+                    const Botan::X509_Time& not_before, const Botan::X509_Time& not_after,
+                    Botan::RandomNumberGenerator& rng) {
+  Botan::AlgorithmIdentifier sig_algo;
+  std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(signer_key, rng, "SHA-256", sig_algo));
+  const std::size_t v3 = 2;  // version v3 is encoded as 2
+  const auto tbs = Botan::DER_Encoder()
+                       .start_cons(Botan::SEQUENCE)
+                       .start_explicit(0)
+                       .encode(v3)
+                       .end_explicit()
+                       .encode(serial)
+                       .encode(sig_algo)
+                       .encode(issuer)
+                       .start_cons(Botan::SEQUENCE)
+                       .encode(not_before)
+                       .encode(not_after)
+                       .end_cons()
+                       .encode(subject)
+                       .raw_bytes(subject_key.subject_public_key())
+                       .start_explicit(3)
+                       .start_cons(Botan::SEQUENCE)
+                       .encode(ext)
+                       .end_cons()
+                       .end_explicit()
+                       .end_cons()
+                       .get_contents();
+  return Botan::X509_Object::make_signed(signer.get(), rng, sig_algo, tbs);
+}
+
 // One certificate signed with SHA-256 by `signer_key` (in-process or token key alike).
 Botan::X509_Certificate sign_cert(const Botan::Private_Key& signer_key, const Botan::BigInt& serial,
                                   const Botan::X509_DN& issuer, const Botan::X509_DN& subject,
@@ -125,7 +159,7 @@ Botan::X509_DN ca_subject(const std::string& cn, const std::string& org) {
   return dn;
 }
 
-Botan::X509_Certificate issue_device(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
+Bytes issue_device(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
                                      const Botan::Public_Key& key, const Imei& imei, const ChipId& chip_id,
                                      const std::string& hw_type, Botan::Key_Constraints usage, CertKind kind,
                                      Botan::RandomNumberGenerator& rng) {
@@ -149,7 +183,7 @@ Botan::X509_Certificate issue_device(const Botan::X509_Certificate& ca_cert, con
   // Boulder-style pre-issuance lint, on a draft with the same TBS contents (placeholder signature).
   const auto draft = sign_cert(lint_key(), serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);
   lint_certificate(draft, kind);
-  return sign_cert(ca_key, serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);
+  return sign_cert_der(ca_key, serial, ca_cert.subject_dn(), subject, key, ext, nb, na, rng);
 }
 
 }  // namespace
@@ -359,13 +393,27 @@ Botan::X509_Certificate make_ca_certificate(const Botan::X509_Certificate& issue
                    ca_key, ext, now_time(), not_after_time(), rng);
 }
 
+Bytes issue_identity_certificate_der(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
+                                     const Botan::Public_Key& device_key, const Imei& imei, const ChipId& chip_id,
+                                     const std::string& hw_type, Botan::RandomNumberGenerator& rng) {
+  return issue_device(ca_cert, ca_key, device_key, imei, chip_id, hw_type, Botan::DIGITAL_SIGNATURE,
+                      CertKind::Identity, rng);
+}
+
+Bytes issue_transport_certificate_der(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
+                                      const Botan::Public_Key& x25519_key, const Imei& imei, const ChipId& chip_id,
+                                      const std::string& hw_type, Botan::RandomNumberGenerator& rng) {
+  return issue_device(ca_cert, ca_key, x25519_key, imei, chip_id, hw_type, Botan::KEY_AGREEMENT,
+                      CertKind::Transport, rng);
+}
+
 Botan::X509_Certificate issue_identity_certificate(const Botan::X509_Certificate& ca_cert,
                                                    const Botan::Private_Key& ca_key,
                                                    const Botan::Public_Key& device_key, const Imei& imei,
                                                    const ChipId& chip_id, const std::string& hw_type,
                                                    Botan::RandomNumberGenerator& rng) {
-  return issue_device(ca_cert, ca_key, device_key, imei, chip_id, hw_type, Botan::DIGITAL_SIGNATURE,
-                      CertKind::Identity, rng);
+  return Botan::X509_Certificate(
+      issue_identity_certificate_der(ca_cert, ca_key, device_key, imei, chip_id, hw_type, rng));
 }
 
 Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificate& ca_cert,
@@ -373,8 +421,8 @@ Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificat
                                                     const Botan::Public_Key& x25519_key, const Imei& imei,
                                                     const ChipId& chip_id, const std::string& hw_type,
                                                     Botan::RandomNumberGenerator& rng) {
-  return issue_device(ca_cert, ca_key, x25519_key, imei, chip_id, hw_type, Botan::KEY_AGREEMENT,
-                      CertKind::Transport, rng);
+  return Botan::X509_Certificate(
+      issue_transport_certificate_der(ca_cert, ca_key, x25519_key, imei, chip_id, hw_type, rng));
 }
 
 Botan::X509_Certificate issue_tls_certificate(const Botan::X509_Certificate& ca_cert,

@@ -1,16 +1,16 @@
 // The crypto floor of the line benchmark (scripts/bench_line.sh): the cryptography a device costs the
 // station and the device, without APDUs, databases or the network, so the line's devices/s can be
 // reported as a ratio against what the same machine can do at best in the same run.
-#include <atomic>
-#include <chrono>
-#include <thread>
-#include <vector>
-
 #include <botan/curve25519.h>
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
 #include <botan/pkcs8.h>
 #include <botan/system_rng.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
 
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
@@ -40,15 +40,15 @@ double crypto_floor(const StationConfig& config, std::int64_t devices, int threa
         // The same key generation, two token signatures and sealing as a device on the line.
         Botan::ECDSA_PrivateKey identity(rng, group);
         Botan::Curve25519_PrivateKey transport(rng);
-        const auto id_cert = core::issue_identity_certificate(keys.device_ca_cert, *keys.device_ca_key, identity,
-                                                              imei, chip, config.hw_type, rng);
-        const auto tr_cert = core::issue_transport_certificate(keys.device_ca_cert, *keys.device_ca_key, transport,
-                                                               imei, chip, config.hw_type, rng);
+        const auto id_cert = core::issue_identity_certificate_der(keys.device_ca_cert, *keys.device_ca_key,
+                                                                  identity, imei, chip, config.hw_type, rng);
+        const auto tr_cert = core::issue_transport_certificate_der(
+            keys.device_ca_cert, *keys.device_ca_key, transport, imei, chip, config.hw_type, rng);
         core::DataPackage pkg;
         pkg.imei = imei;
         pkg.station_id = config.station_id;
-        pkg.identity_cert = id_cert.BER_encode();
-        pkg.transport_cert = tr_cert.BER_encode();
+        pkg.identity_cert = id_cert;
+        pkg.transport_cert = tr_cert;
         pkg.ca_chain.push_back(keys.device_ca_cert.BER_encode());
         pkg.identity_key = Botan::PKCS8::BER_encode(identity);
         pkg.transport_key = transport.get_x();

@@ -388,17 +388,15 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
         }
       };
       try {
-        identity_der = core::issue_identity_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, *identity_key,
-                                                        imei, chip, m_config.hw_type, rng)
-                           .BER_encode();
+        identity_der = core::issue_identity_certificate_der(m_keys.device_ca_cert, *m_keys.device_ca_key, *identity_key,
+                                                        imei, chip, m_config.hw_type, rng);
       } catch (const std::exception& e) {
         sign_failed("identity", e, {{"sign.failed", "transport", "not signed: the identity certificate failed first"}});
         throw;
       }
       try {
-        transport_der = core::issue_transport_certificate(m_keys.device_ca_cert, *m_keys.device_ca_key, transport_pub,
-                                                          imei, chip, m_config.hw_type, rng)
-                            .BER_encode();
+        transport_der = core::issue_transport_certificate_der(m_keys.device_ca_cert, *m_keys.device_ca_key, transport_pub,
+                                                          imei, chip, m_config.hw_type, rng);
       } catch (const std::exception& e) {
         sign_failed("transport", e, {{"sign.done", "identity", "certificate SHA-256 " + sha256_hex(identity_der)}});
         throw;

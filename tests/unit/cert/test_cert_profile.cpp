@@ -162,6 +162,20 @@ TEST_CASE("identity certificate: read_identity, lint and chain") {
   CHECK_NOTHROW(verify_chain(p.ca, {}, {p.root}));
 }
 
+TEST_CASE("the DER form is a canonical certificate that the CA signed, with the linted contents") {
+  auto& p = pki();
+  const Bytes der = issue_identity_certificate_der(p.ca, p.ca_key, p.device_key, p.imei, p.chip, kDefaultHwType, p.rng);
+  const Botan::X509_Certificate cert(der);
+  CHECK(cert.BER_encode() == der);  // the TBS we encode is the DER Botan re-encodes: nothing non-canonical
+  CHECK(cert.x509_version() == 3);
+  CHECK_NOTHROW(lint_certificate(cert, CertKind::Identity));
+  CHECK_NOTHROW(verify_chain(cert, {p.ca}, {p.root}));
+  CHECK(read_identity(cert).chip_id == p.chip);
+  CHECK(cert.subject_public_key_bits() == p.identity.subject_public_key_bits());
+  // Every certificate gets its own random serial.
+  CHECK(cert.serial_number() != p.identity.serial_number());
+}
+
 TEST_CASE("transport certificate carries an X25519 key with keyAgreement") {
   auto& p = pki();
   Botan::Curve25519_PrivateKey x(p.rng);

@@ -109,6 +109,11 @@ Botan::X509_Certificate issue_identity_certificate(const Botan::X509_Certificate
                                                    const ChipId& chip_id, const std::string& hw_type,
                                                    Botan::RandomNumberGenerator& rng);
 
+// The same as DER, without parsing the signed certificate back (what the station sends and stores).
+Bytes issue_identity_certificate_der(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
+                                     const Botan::Public_Key& device_key, const Imei& imei, const ChipId& chip_id,
+                                     const std::string& hw_type, Botan::RandomNumberGenerator& rng);
+
 // Transport certificate: as the identity certificate, but an X25519 key (Botan::Curve25519_PublicKey,
 // SPKI OID 1.3.101.110, RFC 8410) and keyUsage keyAgreement (critical).
 Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificate& ca_cert,
@@ -116,6 +121,9 @@ Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificat
                                                     const Botan::Public_Key& x25519_key, const Imei& imei,
                                                     const ChipId& chip_id, const std::string& hw_type,
                                                     Botan::RandomNumberGenerator& rng);
+Bytes issue_transport_certificate_der(const Botan::X509_Certificate& ca_cert, const Botan::Private_Key& ca_key,
+                                      const Botan::Public_Key& x25519_key, const Imei& imei, const ChipId& chip_id,
+                                      const std::string& hw_type, Botan::RandomNumberGenerator& rng);
 
 // TLS end-entity certificate for the service CA (public DB / KPS servers, station client):
 // subject CN, SAN dNSName / iPAddress for each name (an IPv4 literal becomes iPAddress),
