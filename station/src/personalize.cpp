@@ -236,6 +236,16 @@ void Personalizer::step(Step s, const std::string& chip_id) {
 }
 
 DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Connection& db) {
+  JournalDb j(db);
+  return run(endpoint, j);
+}
+
+DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Pool& db) {
+  JournalDb j(db);
+  return run(endpoint, j);
+}
+
+DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
   DeviceResult res;
   res.endpoint = endpoint;
   Step cur = Step::Connect;
@@ -267,13 +277,16 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
     if (core::ChipId::from_bytes(status.data.data() + 1, core::kChipIdSize) != chip)
       throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
     const bool personalized = status.data[0] == kLifecyclePersonalized;
-    std::optional<JournalRow> row = live_row(db, res.chip_id);
+    std::optional<JournalRow> row = db.with([&](core::pq::Connection& c) { return live_row(c, res.chip_id); });
     // A published row means this very station finished the device: a second run is a refusal, not a
     // "done" (issue #5: an already personalized device is refused before any IMEI is claimed).
     if (personalized && (!row || row->state == "claimed" || row->state == "published")) {
       // A claim that never reached STORE DATA ('issued' is journaled before it) cannot be this device's
       // personalization: void it so the journal holds no half-issued row.
-      if (row && row->state == "claimed") void_claim(db, row->id, "device was personalized elsewhere after the claim");
+      if (row && row->state == "claimed")
+        db.with([&](core::pq::Connection& c) {
+          void_claim(c, row->id, "device was personalized elsewhere after the claim");
+        });
       std::string imei(status.data.begin() + 1 + core::kChipIdSize + 1, status.data.end());
       throw core::Error(errc::AlreadyPersonalized,
                         "device is already personalized" + (imei.empty() ? std::string() : " as IMEI " + imei) +
@@ -318,23 +331,25 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
         }
       };
       if (m_config.key_source == "pool") {
-        core::pq::run_transaction(db, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-          const auto imei_r = tx.exec(
-              "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
-              " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
-          if (imei_r.empty())
-            throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
-          const auto k = tx.exec(
-              "WITH c AS (SELECT id FROM pool.device_key ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-              " DELETE FROM pool.device_key p USING c WHERE p.id = c.id"
-              " RETURNING identity_wrapped, identity_public, transport_wrapped, transport_public");
-          if (k.empty())
-            throw core::Error(errc::PoolEmpty, "no pre-generated keys left: `keyline-station pool generate --keys N`");
-          identity_public = k.bytea(0, 1);
-          transport_public = k.bytea(0, 3);
-          identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 0));
-          transport_raw = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 2));
-          claim(tx.connection(), kClaimGivenImei, {imei_r.text(0, 0)}, k.bytea(0, 0), k.bytea(0, 2));
+        db.with([&](core::pq::Connection& c) {
+          core::pq::run_transaction(c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+            const auto imei_r = tx.exec(
+                "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
+            if (imei_r.empty())
+              throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
+            const auto k = tx.exec(
+                "WITH c AS (SELECT id FROM pool.device_key ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+                " DELETE FROM pool.device_key p USING c WHERE p.id = c.id"
+                " RETURNING identity_wrapped, identity_public, transport_wrapped, transport_public");
+            if (k.empty())
+              throw core::Error(errc::PoolEmpty, "no pre-generated keys left: `keyline-station pool generate --keys N`");
+            identity_public = k.bytea(0, 1);
+            transport_public = k.bytea(0, 3);
+            identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 0));
+            transport_raw = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 2));
+            claim(tx.connection(), kClaimGivenImei, {imei_r.text(0, 0)}, k.bytea(0, 0), k.bytea(0, 2));
+          });
         });
       } else {
         // Keys first, so that the claim is a single statement.
@@ -344,8 +359,9 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
         transport_raw = transport.get_x();
         identity_public = identity.subject_public_key();
         transport_public = transport.public_value();
-        claim(db, kClaimNextImei, {}, m_keys.token->wrap_data(key_label::wrap, identity_pkcs8),
-              m_keys.token->wrap_data(key_label::wrap, transport_raw));
+        const core::Bytes idw = m_keys.token->wrap_data(key_label::wrap, identity_pkcs8);
+        const core::Bytes trw = m_keys.token->wrap_data(key_label::wrap, transport_raw);
+        db.with([&](core::pq::Connection& c) { claim(c, kClaimNextImei, {}, idw, trw); });
       }
       begin_logged = true;
       row = JournalRow{};
@@ -376,13 +392,15 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       // Every sign.begin ends in sign.done or sign.failed, so the audit trail accounts for each use of
       // the CA key. The failure detail is a lint rule or a token message, never key material.
       if (!begin_logged)
-        audit(db, m_config.station_id, who, res.imei,
-              {{"sign.begin", "identity", subject_detail(identity_public)},
-               {"sign.begin", "transport", subject_detail(transport_public)}});
+        db.with([&](core::pq::Connection& c) {
+          audit(c, m_config.station_id, who, res.imei,
+                {{"sign.begin", "identity", subject_detail(identity_public)},
+                 {"sign.begin", "transport", subject_detail(transport_public)}});
+        });
       const auto sign_failed = [&](const char* kind, const std::exception& e, std::vector<AuditRow> also) {
         also.insert(also.begin(), {"sign.failed", kind, std::string(e.what()).substr(0, 300)});
         try {
-          audit(db, m_config.station_id, who, res.imei, also);
+          db.with([&](core::pq::Connection& c) { audit(c, m_config.station_id, who, res.imei, also); });
         } catch (const std::exception&) {
           // The signing error is the one to report; a dead DB shows up on the next statement.
         }
@@ -415,9 +433,11 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       pkg.app_items = m_app_items;
       const core::SecureBytes encoded = pkg.encode();
       const core::Bytes digest = core::package_digest(encoded);
-      db.exec_prepared(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
-                        "certificate SHA-256 " + sha256_hex(identity_der),
-                        "certificate SHA-256 " + sha256_hex(transport_der)});
+      db.with([&](core::pq::Connection& c) {
+        c.exec_prepared(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
+                                  "certificate SHA-256 " + sha256_hex(identity_der),
+                                  "certificate SHA-256 " + sha256_hex(transport_der)});
+      });
       row->package_digest = digest;
       step(Step::Issue, res.chip_id);
 
@@ -477,8 +497,10 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
       // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
       if (kcv_hex.empty()) kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_keys.token, res.imei)));
       record_json = record.to_json();
-      db.exec_prepared(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
-                          kcv_hex, m_config.station_id, record_json, record.hash()});
+      db.with([&](core::pq::Connection& c) {
+        c.exec_prepared(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der),
+                                    sha256_hex(transport_der), kcv_hex, m_config.station_id, record_json, record.hash()});
+      });
       step(Step::Record, res.chip_id);
     }
 
@@ -486,8 +508,10 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
     cur = Step::Publish;
     res.journal_id = *claim_id;
     if (record_json.empty()) {
-      const auto ob = db.exec("SELECT record_json, published_at IS NOT NULL FROM journal.outbox WHERE chip_id = $1",
-                              {res.chip_id});
+      const auto ob = db.with([&](core::pq::Connection& c) {
+        return c.exec("SELECT record_json, published_at IS NOT NULL FROM journal.outbox WHERE chip_id = $1",
+                      {res.chip_id});
+      });
       if (ob.empty()) throw core::Error(errc::JournalConflict, "journal says backed up but the outbox has no record");
       if (ob.text(0, 1) != "t") record_json = ob.text(0, 0);
     }
@@ -505,12 +529,14 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
         if (attempt < m_config.publish_attempts) std::this_thread::sleep_for(backoff), backoff *= 2;
       }
       if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
-        mark_published(db, res.chip_id, *claim_id);
+        db.with([&](core::pq::Connection& c) { mark_published(c, res.chip_id, *claim_id); });
       } else {
-        db.exec(
-            "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + interval '2 s'"
-            " WHERE chip_id = $1",
-            {res.chip_id, pr.detail.substr(0, 500)});
+        db.with([&](core::pq::Connection& c) {
+          c.exec(
+              "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
+              " next_attempt_at = now() + interval '2 s' WHERE chip_id = $1",
+              {res.chip_id, pr.detail.substr(0, 500)});
+        });
         if (pr.outcome == PublishOutcome::Rejected)
           throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail);
         res.in_outbox = true;
@@ -535,7 +561,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Co
                                   ke->code() == core::ErrorCode::CertificateLint));
     if (claim_id && may_void && definite) {
       try {
-        void_claim(db, *claim_id, res.error);
+        db.with([&](core::pq::Connection& c) { void_claim(c, *claim_id, res.error); });
         res.error += " (IMEI " + res.imei + " voided)";
       } catch (const std::exception&) {
         res.error += " (the claim stays in the journal and resumes on the next run)";

@@ -44,6 +44,25 @@ struct DeviceResult {
   std::string record_json;      // with in_outbox: the record this call wrote to the outbox, for a publisher
 };
 
+// Where a personalization gets its database connection: the caller's own, or one leased from a pool
+// for each statement (a line's workers spend most of a device waiting on the device, so 256 workers
+// need not hold 256 PostgreSQL sessions).
+class JournalDb {
+ public:
+  explicit JournalDb(core::pq::Connection& conn) : m_conn(&conn) {}
+  explicit JournalDb(core::pq::Pool& pool) : m_pool(&pool) {}
+  template <typename F>
+  auto with(F&& f) -> decltype(f(std::declval<core::pq::Connection&>())) {
+    if (m_conn) return f(*m_conn);
+    auto lease = m_pool->acquire();
+    return f(*lease);
+  }
+
+ private:
+  core::pq::Connection* m_conn = nullptr;
+  core::pq::Pool* m_pool = nullptr;
+};
+
 // Fault hook for crash tests: called at each step boundary with the step just reached; a test
 // (or KEYLINE_STATION_CRASH_AT=<step>) makes it abort the process there.
 using StepHook = std::function<void(Step, const std::string& chip_id)>;
@@ -55,6 +74,7 @@ class Personalizer {
   // Runs all steps for the device at host:port on the caller's thread with its own DB connection.
   // Never throws for a device problem: the result says what happened.
   DeviceResult personalize(const std::string& endpoint, core::pq::Connection& db);
+  DeviceResult personalize(const std::string& endpoint, core::pq::Pool& db);
 
   void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
   // Application items (DGIs 0F01-0FFF) from the line profile, stored into every device.
@@ -62,6 +82,7 @@ class Personalizer {
 
  private:
   void step(Step s, const std::string& chip_id);
+  DeviceResult run(const std::string& endpoint, JournalDb& db);
   const StationConfig& m_config;
   StationKeys& m_keys;
   Publisher* m_publisher;
