@@ -9,6 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/time.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -18,6 +21,8 @@
 namespace keyline::core {
 
 namespace {
+
+constexpr std::size_t kReadChunk = 16 * 1024;
 
 int wait_for(int fd, short events, std::chrono::milliseconds timeout) {
   pollfd p{fd, events, 0};
@@ -80,10 +85,14 @@ void DeviceLink::connect() {
       ::close(fd);
       continue;
     }
-    // Blocking from here on; every read waits with poll() and the io timeout.
+    // Blocking from here on; a read gives up after the io timeout (SO_RCVTIMEO: recv then fails with
+    // EAGAIN), so waiting costs no poll() call of its own.
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(m_options.io_timeout).count();
+    timeval tv{static_cast<time_t>(us / 1000000), static_cast<suseconds_t>(us % 1000000)};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     m_fd = fd;
     break;
   }
@@ -98,6 +107,8 @@ void DeviceLink::connect() {
 void DeviceLink::close() noexcept {
   if (m_fd >= 0) ::close(m_fd);
   m_fd = -1;
+  m_rbuf.clear();
+  m_rpos = 0;
 }
 
 void DeviceLink::reconnect() {
@@ -124,19 +135,35 @@ void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
 void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
   std::size_t off = 0;
   while (off < len) {
-    const int w = wait_for(m_fd, POLLIN, m_options.io_timeout);
-    if (w == 0) {
+    if (m_rpos < m_rbuf.size()) {
+      const std::size_t take = std::min(len - off, m_rbuf.size() - m_rpos);
+      std::memcpy(out + off, m_rbuf.data() + m_rpos, take);
+      m_rpos += take;
+      off += take;
+      continue;
+    }
+    // Large remainders go straight to the caller; small ones through the buffer, which then holds
+    // whatever else the segment carried (the next frame's header and body).
+    const bool direct = len - off >= kReadChunk;
+    if (!direct) m_rbuf.resize(kReadChunk);
+    std::uint8_t* dst = direct ? out + off : m_rbuf.data();
+    const ssize_t n = ::recv(m_fd, dst, direct ? len - off : kReadChunk, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       close();
       throw IoError(ErrorCode::Timeout, "device did not answer in time");
     }
-    const ssize_t n = ::recv(m_fd, out + off, len - off, 0);
-    if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       close();
       throw IoError(ErrorCode::Network, "device link closed by the device");
     }
-    if (m_capture) m_capture(false, out + off, static_cast<std::size_t>(n));
-    off += static_cast<std::size_t>(n);
+    if (m_capture) m_capture(false, dst, static_cast<std::size_t>(n));
+    if (direct) {
+      off += static_cast<std::size_t>(n);
+    } else {
+      m_rbuf.resize(static_cast<std::size_t>(n));
+      m_rpos = 0;
+    }
   }
 }
 

@@ -66,6 +66,10 @@ class DeviceLink {
   int m_fd = -1;
   Bytes m_atr;
   LinkCapture m_capture;
+  // Bytes received beyond the frame being read (a frame's header and body usually come in one
+  // segment: one recv per frame instead of a poll and a recv for each of the two).
+  SecureBytes m_rbuf;  // a response may carry key material (KPS), so it is wiped like one
+  std::size_t m_rpos = 0;
 };
 
 }  // namespace keyline::core
