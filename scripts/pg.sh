@@ -77,7 +77,7 @@ case "$cmd" in
       exit 0
     fi
     for attempt in 1 2 3 4 5 6 7 8; do
-      port=$(( 20000 + RANDOM % 30000 ))
+      port=$(( 10000 + RANDOM % 22000 ))  # below the ephemeral range, as line_free_port
       port_free "$port" || continue
       # Tuned for a test/demo cluster; durability (fsync, synchronous_commit) stays ON: invariant 4
       # is only meaningful with durable commits.

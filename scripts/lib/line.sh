@@ -23,7 +23,9 @@ line_wait_port() {  # host port seconds
 line_free_port() {
   local p
   while :; do
-    p=$(( 20000 + RANDOM % 40000 ))
+    # Below Linux's ephemeral range (32768-60999 by default): a port there can be taken as the local
+    # end of some outgoing connection between this probe and the server's bind.
+    p=$(( 10000 + RANDOM % 22000 ))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
 }
