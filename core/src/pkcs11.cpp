@@ -142,6 +142,17 @@ constexpr std::size_t kGcmNonce = 12;
 constexpr std::size_t kGcmTag = 16;
 const char kWrapAad[] = "keyline wrap v1";
 
+CK_GCM_PARAMS wrap_gcm_params(CK_BYTE_PTR nonce) {
+  CK_GCM_PARAMS gcm{};
+  gcm.pIv = nonce;
+  gcm.ulIvLen = kGcmNonce;
+  gcm.ulIvBits = kGcmNonce * 8;
+  gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
+  gcm.ulAADLen = sizeof kWrapAad - 1;
+  gcm.ulTagBits = kGcmTag * 8;
+  return gcm;
+}
+
 std::string trim_label(const unsigned char* p, std::size_t n) {
   std::string s(reinterpret_cast<const char*>(p), n);
   while (!s.empty() && (s.back() == ' ' || s.back() == '\0')) s.pop_back();
@@ -588,13 +599,7 @@ Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& pl
     auto* fn = fns(m_module);
     Bytes out(kGcmNonce + plain.size() + kGcmTag);
     check(fn->C_GenerateRandom(s->handle(), out.data(), kGcmNonce), "C_GenerateRandom");
-    CK_GCM_PARAMS gcm{};
-    gcm.pIv = out.data();
-    gcm.ulIvLen = kGcmNonce;
-    gcm.ulIvBits = kGcmNonce * 8;
-    gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
-    gcm.ulAADLen = sizeof kWrapAad - 1;
-    gcm.ulTagBits = kGcmTag * 8;
+    CK_GCM_PARAMS gcm = wrap_gcm_params(out.data());
     CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
     check(fn->C_EncryptInit(s->handle(), &mech, key), "C_EncryptInit(CKM_AES_GCM)");
     CK_ULONG n = out.size() - kGcmNonce;
@@ -613,13 +618,7 @@ SecureBytes Pkcs11Token::unwrap_data(const std::string& key_label, const Bytes& 
     auto s = session();
     auto* fn = fns(m_module);
     Bytes nonce(wrapped.begin(), wrapped.begin() + kGcmNonce);
-    CK_GCM_PARAMS gcm{};
-    gcm.pIv = nonce.data();
-    gcm.ulIvLen = kGcmNonce;
-    gcm.ulIvBits = kGcmNonce * 8;
-    gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
-    gcm.ulAADLen = sizeof kWrapAad - 1;
-    gcm.ulTagBits = kGcmTag * 8;
+    CK_GCM_PARAMS gcm = wrap_gcm_params(nonce.data());
     CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
     check(fn->C_DecryptInit(s->handle(), &mech, key), "C_DecryptInit(CKM_AES_GCM)");
     SecureBytes out(wrapped.size() - kGcmNonce);
