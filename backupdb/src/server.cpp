@@ -416,8 +416,9 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     if (too_large)
       return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
     core::Record rec;
+    std::string hash;  // Record::hash, computed once by from_json
     try {
-      rec = core::Record::from_json(body);
+      rec = core::Record::from_json(body, &hash);
     } catch (const core::Error& e) {
       Reply r = problem(400, "bad-record", "the body is not a record", {{"code", std::to_string(e.numeric())}});
       r.log_detail = e.what();
@@ -431,7 +432,6 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       r.log_detail = "station " + station;
       return r;
     }
-    const std::string hash = rec.hash();
     const auto res = m_s.store->publish(rec, hash);
     const std::string location = "/v1/records/" + rec.chip_id.str();
     std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash + "\"}";
