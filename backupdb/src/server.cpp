@@ -14,12 +14,14 @@
 #include <Poco/Net/SecureServerSocket.h>
 #include <Poco/Net/SecureStreamSocket.h>
 #include <Poco/Net/ServerSocket.h>
+#include <Poco/Net/Session.h>
 #include <Poco/Net/SocketAddress.h>
 #include <Poco/Net/VerificationErrorArgs.h>
 #include <Poco/ThreadPool.h>
 #include <Poco/Timestamp.h>
 
 #include <botan/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include <chrono>
@@ -29,9 +31,9 @@
 #include <fstream>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <unordered_map>
-#include <unordered_set>
 
 #include "keyline/backupdb/store.h"
 #include "keyline/backupdb/validator.h"
@@ -104,35 +106,45 @@ class RateLimiter {
 
 // Which client certificates the station CA issued. Checking means an ECDSA signature verification
 // (X509_verify) per publish although a station presents the same certificate on every request, so
-// positive answers are remembered by the certificate's exact DER. issuedBy depends only on those
-// bytes and the fixed --client-ca list; validity in time is still checked on every request. Only
-// station certificates are remembered (foreign ones are checked in full each time), so the set
-// is small; the bound keeps memory fixed anyway.
+// positive answers are remembered by the certificate's exact DER, together with what the handler
+// reads from it (subject, validity period, as Poco reads them). All of that depends only on those
+// bytes and the fixed --client-ca list; validity in time is still compared with the clock on every
+// request. Only station certificates are remembered (foreign ones are checked in full each time),
+// so the set is small; the bound keeps memory fixed anyway.
 class StationIssuers {
  public:
   static constexpr std::size_t kMaxRemembered = 4096;
 
+  struct Facts {
+    bool issued = false;
+    std::string subject;  // Poco's subjectName()
+    Poco::DateTime valid_from, expires_on;
+  };
+
   void set_cas(Poco::Crypto::X509Certificate::List cas) { m_cas = std::move(cas); }
 
-  bool issued(const Poco::Net::X509Certificate& peer) {
+  Facts check(X509* peer) {
     std::string der = der_of(peer);
-    {
+    if (!der.empty()) {
       std::lock_guard<std::mutex> g(m_mutex);
-      if (!der.empty() && m_known.count(der)) return true;
+      if (const auto it = m_known.find(der); it != m_known.end()) return it->second;
     }
-    bool issued = false;
-    for (const auto& ca : m_cas) issued = issued || peer.issuedBy(ca);
-    if (issued && !der.empty()) {
+    const Poco::Net::X509Certificate cert(peer, true);  // shared: takes a reference of its own
+    Facts f;
+    f.subject = cert.subjectName();
+    for (const auto& ca : m_cas) f.issued = f.issued || cert.issuedBy(ca);
+    f.valid_from = cert.validFrom();
+    f.expires_on = cert.expiresOn();
+    if (f.issued && !der.empty()) {
       std::lock_guard<std::mutex> g(m_mutex);
       if (m_known.size() >= kMaxRemembered) m_known.clear();
-      m_known.insert(std::move(der));
+      m_known.emplace(std::move(der), f);
     }
-    return issued;
+    return f;
   }
 
  private:
-  static std::string der_of(const Poco::Net::X509Certificate& cert) {
-    X509* x = const_cast<X509*>(cert.certificate());
+  static std::string der_of(X509* x) {
     const int n = i2d_X509(x, nullptr);
     if (n <= 0) return {};  // not encodable: never remembered, always checked in full
     std::string der(static_cast<std::size_t>(n), '\0');
@@ -143,7 +155,7 @@ class StationIssuers {
 
   Poco::Crypto::X509Certificate::List m_cas;
   std::mutex m_mutex;
-  std::unordered_set<std::string> m_known;
+  std::unordered_map<std::string, Facts> m_known;
 };
 
 struct Shared {
@@ -369,13 +381,22 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     auto* impl = dynamic_cast<Poco::Net::HTTPServerRequestImpl*>(&req);
     if (!impl) return problem(401, "client-certificate-required", "publishing needs mutual TLS");
     Poco::Net::SecureStreamSocket ss(impl->socket());
-    if (!ss.havePeerCertificate())
-      return problem(401, "client-certificate-required", "present a station certificate to publish");
-    const Poco::Net::X509Certificate peer = ss.peerCertificate();
-    who = peer.subjectName();
-    if (!m_s.station_issuers.issued(peer)) return problem(403, "not-a-station", "the client certificate is not from the station CA");
+    // The peer certificate straight from the TLS session (the X509 that SSL_get_peer_certificate
+    // returns, without building a Poco certificate object from it on every request).
+    const Poco::Net::Session::Ptr session = ss.currentSession();
+    X509* peer = session ? SSL_SESSION_get0_peer(session->sslSession()) : nullptr;
+    std::optional<Poco::Net::X509Certificate> from_poco;  // when the session does not say
+    if (!peer) {
+      if (!ss.havePeerCertificate())
+        return problem(401, "client-certificate-required", "present a station certificate to publish");
+      from_poco.emplace(ss.peerCertificate());
+      peer = const_cast<X509*>(from_poco->certificate());
+    }
+    const StationIssuers::Facts facts = m_s.station_issuers.check(peer);
+    who = facts.subject;
+    if (!facts.issued) return problem(403, "not-a-station", "the client certificate is not from the station CA");
     const Poco::DateTime now;
-    if (now < peer.validFrom() || now > peer.expiresOn())
+    if (now < facts.valid_from || now > facts.expires_on)
       return problem(403, "certificate-expired", "the client certificate is not valid now");
     return std::nullopt;
   }
@@ -395,8 +416,9 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     if (too_large)
       return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
     core::Record rec;
+    std::string hash;  // Record::hash, computed once by from_json
     try {
-      rec = core::Record::from_json(body);
+      rec = core::Record::from_json(body, &hash);
     } catch (const core::Error& e) {
       Reply r = problem(400, "bad-record", "the body is not a record", {{"code", std::to_string(e.numeric())}});
       r.log_detail = e.what();
@@ -410,7 +432,6 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       r.log_detail = "station " + station;
       return r;
     }
-    const std::string hash = rec.hash();
     const auto res = m_s.store->publish(rec, hash);
     const std::string location = "/v1/records/" + rec.chip_id.str();
     std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash + "\"}";

@@ -49,18 +49,19 @@ void Store::cache_put(const RecordPtr& r) {
 }
 
 RecordPtr Store::load(const std::string& column, const std::string& value) {
-  // column is one of two fixed names chosen by the caller, never request data.
+  // column is one of two fixed names chosen by the caller, never request data: two fixed texts, each
+  // a lookup by a unique key whose plan does not depend on the value, prepared once per session.
   const std::string sql = "SELECT chip_id, imei, record_hash, body_json, backup, identity_der FROM records WHERE " +
                           column + " = $1";
   auto lease = m_pool.acquire();
   core::pq::Result r;
   try {
-    r = lease->exec(sql, {value});
+    r = lease->exec_prepared(sql, {value});
   } catch (const core::DbError& e) {
     // A read is idempotent: one retry on a fresh connection covers a restarted server.
     if (e.code() != core::ErrorCode::DbConnection) throw;
     lease->reconnect();
-    r = lease->exec(sql, {value});
+    r = lease->exec_prepared(sql, {value});
   }
   if (r.empty()) return nullptr;
   auto rec = std::make_shared<StoredRecord>();
@@ -178,7 +179,9 @@ PublishResult Store::publish_once(core::pq::Connection& conn, const std::string&
                                   const std::string& hash, const core::Bytes& backup, const core::Bytes& identity,
                                   const std::string& json, const std::string& published_at) {
   PublishResult result;
-  const auto ins = conn.exec(
+  // Both statements are fixed texts whose plans cannot depend on the values (an INSERT of one row;
+  // a lookup by the two unique keys), so they are prepared once per session.
+  const auto ins = conn.exec_prepared(
       "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
       "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
       {chip, imei, hash, backup, identity, json, published_at});
@@ -187,8 +190,8 @@ PublishResult Store::publish_once(core::pq::Connection& conn, const std::string&
     return result;
   }
   const auto existing =
-      conn.exec("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
-                {chip, imei});
+      conn.exec_prepared("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
+                         {chip, imei});
   for (int i = 0; i < existing.rows(); ++i) {
     if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
       result.outcome = PublishOutcome::Identical;

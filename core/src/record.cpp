@@ -68,7 +68,7 @@ std::string Record::to_json(const std::string& published_at) const {
   return out.str();
 }
 
-Record Record::from_json(const std::string& json) {
+Record Record::from_json(const std::string& json, std::string* hash) {
   if (json.size() > kMaxRecordJson) bad("JSON larger than 4 MiB");
   Poco::JSON::Object::Ptr obj;
   try {
@@ -124,11 +124,14 @@ Record Record::from_json(const std::string& json) {
   }
 
   // The hash is derived, not data: when present it must agree, so a copy that lost a byte is caught.
+  std::string computed;
   if (obj->has("record_hash")) {
     const std::string h = get_string(*obj, "record_hash");
-    if (h != r.hash()) bad("\"record_hash\" does not match the record's content");
+    computed = r.hash();
+    if (h != computed) bad("\"record_hash\" does not match the record's content");
   }
   if (obj->has("published_at") && !obj->get("published_at").isString()) bad("\"published_at\" is not a string");
+  if (hash) *hash = computed.empty() ? r.hash() : std::move(computed);
   return r;
 }
 

@@ -3,8 +3,11 @@
 // validation proved it sits directly below an anchor.
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <functional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <botan/auto_rng.h>
 #include <botan/ec_group.h>
@@ -165,4 +168,52 @@ TEST_CASE("validator: a CA with an anchor's name is never remembered") {
   backupdb::Validator v({p.root});
   for (int i = 0; i < 2; ++i) CHECK(outcome([&] { v.validate(r); }) == outcome([&] { validate_record(r, {p.root}); }));
   CHECK(v.cached_cas() == 0);
+}
+
+TEST_CASE("validator: the kept verifiers answer right after refusals, and from several threads at once") {
+  Pki& p = pki();
+  backupdb::Validator v({p.root});
+  const Record good = p.record();
+  CHECK_NOTHROW(v.validate(good));
+  REQUIRE(v.cached_cas() == 1);
+  // A leaf under the CA's name but signed by another key, and a leaf whose signature is not DER.
+  Botan::ECDSA_PrivateKey rogue_key(p.rng, p.group);
+  const Cert rogue = make_ca_certificate(p.root, rogue_key, rogue_key, "Test Device CA", "keyline test", 0, p.rng);
+  const Record forged = p.record_from(rogue, rogue_key, p.ca);
+  Record garbled = p.record();
+  garbled.certificates[0][garbled.certificates[0].size() - 3] ^= 0x80;  // a bit of s: wrong, still DER
+  Record not_der_sig = p.record();
+  {
+    Bytes& der = not_der_sig.certificates[0];
+    const auto sig = Cert(der).signature();  // SEQUENCE { r, s }, the last bytes of the certificate
+    REQUIRE(sig.size() < der.size());
+    REQUIRE(der[der.size() - sig.size()] == 0x30);
+    der[der.size() - sig.size()] = 0x31;  // a SET: the signature no longer decodes
+  }
+  const std::string forged_says = outcome([&] { validate_record(forged, {p.root}); });
+  const std::string garbled_says = outcome([&] { validate_record(garbled, {p.root}); });
+  const std::string not_der_says = outcome([&] { validate_record(not_der_sig, {p.root}); });
+  REQUIRE(forged_says != "ok");
+  REQUIRE(garbled_says != "ok");
+  REQUIRE(not_der_says != "ok");
+  for (int i = 0; i < 3; ++i) {
+    CHECK(outcome([&] { v.validate(forged); }) == forged_says);
+    CHECK(outcome([&] { v.validate(garbled); }) == garbled_says);
+    CHECK(outcome([&] { v.validate(not_der_sig); }) == not_der_says);
+    CHECK(outcome([&] { v.validate(good); }) == "ok");
+    CHECK(outcome([&] { v.validate(p.record()); }) == "ok");
+  }
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        const bool bad = (i + t) % 3 == 0;
+        const std::string got = outcome([&] { v.validate(bad ? forged : good); });
+        if (got != (bad ? forged_says : std::string("ok"))) ++wrong;
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(wrong == 0);
+  CHECK(v.cached_cas() == 1);
 }

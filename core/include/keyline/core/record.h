@@ -30,7 +30,9 @@ struct Record {
   // backup, 1..16 PEM CERTIFICATE strings, and record_hash (optional) equal to hash(). Unknown
   // members are ignored (forward compatibility); published_at, when present, must be a string.
   // Nesting deeper than 8 and texts over 4 MiB are refused. Throws FormatError(BadRecord).
-  static Record from_json(const std::string& json);
+  // When `hash` is given it receives hash() of the result: the record_hash check computes it anyway,
+  // so a caller that needs it (the public DB) does not hash the record a second time.
+  static Record from_json(const std::string& json, std::string* hash = nullptr);
 };
 
 // Full validation: identity chain to one of the anchors, the certificate's HardwareModuleName equals
