@@ -1,5 +1,6 @@
 #include "keyline/device/applet.h"
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -31,6 +32,23 @@ void sleep_ms(unsigned ms) {
 }
 
 bool is_cla(std::uint8_t cla, std::uint8_t want) { return (cla & ~0x10) == want; }
+
+bool same_time(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
+
+// Any replacement (write_atomic renames a new inode over the file), removal or in-place write
+// changes at least one of these: the inode, the size, mtime or ctime (which no caller can set).
+bool same_file(const Device::FlashCopy& c, const struct stat& st) {
+  return c.dev == st.st_dev && c.ino == st.st_ino && c.size == st.st_size && same_time(c.mtime, st.st_mtim) &&
+         same_time(c.ctime, st.st_ctim);
+}
+
+void stamp(Device::FlashCopy& c, const struct stat& st) {
+  c.dev = st.st_dev;
+  c.ino = st.st_ino;
+  c.size = st.st_size;
+  c.mtime = st.st_mtim;
+  c.ctime = st.st_ctim;
+}
 
 }  // namespace
 
@@ -178,7 +196,7 @@ core::ResponseApdu Session::get_data(const core::CommandApdu& c) {
   }
   if (tag == 0xDF20) {
     if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
-    const auto image = read_bytes(m_device.m_chip.paths().image());
+    const core::Bytes* image = flash_image();
     if (!image) return sw_only(core::sw::referenced_data_not_found);
     try {
       auto flash = core::FlashImage::decode(*image);
@@ -256,6 +274,40 @@ void Session::write_flash(const core::Bytes& image) {
     log_line(m_device.m_chip.chip_id().str(), "injected power cut at flash byte " + std::to_string(*cut));
   }
   write_atomic(m_device.m_chip.paths().image(), image.data(), image.size(), cut);
+  remember_flash(image);
+}
+
+void Session::remember_flash(const core::Bytes& image) {
+  auto& cache = m_device.m_flash;
+  cache.reset();
+  struct stat st {};
+  if (::stat(m_device.m_chip.paths().image().c_str(), &st) != 0) return;  // the next use reads the file
+  Device::FlashCopy c;
+  stamp(c, st);
+  c.image = image;
+  cache = std::move(c);
+}
+
+const core::Bytes* Session::flash_image() {
+  auto& cache = m_device.m_flash;
+  const auto& path = m_device.m_chip.paths().image();
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    cache.reset();
+    if (errno == ENOENT || errno == ENOTDIR) return nullptr;
+    throw core::IoError(core::ErrorCode::Io, "cannot read " + path.string() + ": " + std::strerror(errno));
+  }
+  if (cache && same_file(*cache, st)) return &cache->image;
+  cache.reset();
+  auto bytes = read_bytes(path);
+  if (!bytes) return nullptr;
+  // Stamped with the stat() taken before the read: if the file changed in between, the next stat()
+  // differs from this one and the file is read again, so a stale copy is never served.
+  Device::FlashCopy c;
+  stamp(c, st);
+  c.image = std::move(*bytes);
+  cache = std::move(c);
+  return &cache->image;
 }
 
 core::ResponseApdu Session::update_binary(const core::CommandApdu& c) {
@@ -311,7 +363,7 @@ core::ResponseApdu Session::status(const core::CommandApdu&) {
   r.data.push_back(static_cast<std::uint8_t>(chip.lifecycle()));
   r.data.insert(r.data.end(), chip.chip_id().bytes().begin(), chip.chip_id().bytes().end());
   std::uint8_t flash = 0x00;
-  if (const auto image = read_bytes(chip.paths().image())) {
+  if (const core::Bytes* image = flash_image()) {
     flash = 0x02;
     try {
       chip.verify_image(*image);
@@ -330,7 +382,7 @@ core::ResponseApdu Session::restore_drill(const core::CommandApdu& c) {
   if (!c.data.empty()) {
     backup.assign(c.data.begin(), c.data.end());
   } else {
-    const auto image = read_bytes(chip.paths().image());
+    const core::Bytes* image = flash_image();
     if (!image) return sw_only(core::sw::referenced_data_not_found);
     try {
       backup = core::FlashImage::decode(*image).backup;
@@ -354,6 +406,7 @@ core::ResponseApdu Session::reset_blank(const core::CommandApdu&) {
   Chip& chip = m_device.m_chip;
   std::error_code ec;
   fs::remove(chip.paths().image(), ec);
+  m_device.m_flash.reset();
   fs::remove(chip.paths().staging(), ec);
   chip.set_blank();
   reset();

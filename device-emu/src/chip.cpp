@@ -48,6 +48,68 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
+void sync_data(int fd, const fs::path& path) {
+  if (::fdatasync(fd) != 0) {
+    const std::string reason = std::strerror(errno);
+    ::close(fd);
+    throw core::IoError(core::ErrorCode::Io, "fdatasync failed on " + path.string() + ": " + reason);
+  }
+}
+
+void pwrite_all(int fd, const std::uint8_t* data, std::size_t len, off_t at, const fs::path& path) {
+  std::size_t off = 0;
+  while (off < len) {
+    const ssize_t n = ::pwrite(fd, data + off, len - off, at + static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ::close(fd);
+      throw core::IoError(core::ErrorCode::Io, "write failed on " + path.string());
+    }
+    off += static_cast<std::size_t>(n);
+  }
+}
+
+// Burns a BLANK fuse file PERSONALIZED in place, the way a fuse is blown: the file keeps its inode.
+// Replacing it (temporary file, rename) allocated an inode and freed one per device; on ext4 without
+// a journal every later inode allocation scans past the recently freed ones, and the rename cost a
+// directory fsync and a discard. Returns false (nothing written) when the file is not a well-formed
+// BLANK fuse; the caller then writes a whole new file atomically.
+//
+// Why a crash at any point leaves either BLANK or PERSONALIZED with this IMEI, never a torn fuse:
+//   1. the IMEI goes behind the BLANK state byte (offsets 5..19) and is made durable with the file
+//      size (fdatasync persists the size, POSIX "metadata needed to retrieve the data"). Until then
+//      the state byte is still BLANK, and a BLANK fuse's bytes after the state are never read.
+//   2. only then the one state byte becomes PERSONALIZED, within the existing size: a single byte in
+//      a block whose other bytes do not change cannot tear, and no metadata has to follow it.
+// A crash before step 2 is durable leaves BLANK next to a durable image (the caller wrote the image
+// first), which Chip::load repairs by burning the fuse from the image, as after a crash between the
+// image and the fuse write.
+bool burn_in_place(const fs::path& otp, const core::Imei& imei) {
+  const int fd = ::open(otp.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::uint8_t cur[5 + 15 + 1];
+  ssize_t got;
+  do {
+    got = ::pread(fd, cur, sizeof cur, 0);
+  } while (got < 0 && errno == EINTR);
+  if (got != 5 && got != 5 + 15) {
+    ::close(fd);
+    return false;
+  }
+  if (std::memcmp(cur, kOtpMagic, 4) != 0 || cur[4] != static_cast<std::uint8_t>(Lifecycle::Blank)) {
+    ::close(fd);
+    return false;
+  }
+  const std::string& digits = imei.str();
+  pwrite_all(fd, reinterpret_cast<const std::uint8_t*>(digits.data()), digits.size(), 5, otp);
+  sync_data(fd, otp);
+  const std::uint8_t state = static_cast<std::uint8_t>(Lifecycle::Personalized);
+  pwrite_all(fd, &state, 1, 4, otp);
+  sync_data(fd, otp);
+  ::close(fd);
+  return true;
+}
+
 // Device CA certificates already verified against a ROM root, shared by every chip of the process
 // (a fleet's chips hold the same root). A line personalizes thousands of chips under one Device CA:
 // checking its signature again for each one is an ECDSA verification per device that can only give
@@ -231,9 +293,11 @@ Chip Chip::load(const fs::path& dir) {
 }
 
 void Chip::set_personalized(const core::Imei& imei) {
-  core::Bytes otp{'K', 'L', 'O', 'T', static_cast<std::uint8_t>(Lifecycle::Personalized)};
-  otp.insert(otp.end(), imei.str().begin(), imei.str().end());
-  write_atomic(m_paths.otp(), otp.data(), otp.size(), std::nullopt, 0600);
+  if (!burn_in_place(m_paths.otp(), imei)) {
+    core::Bytes otp{'K', 'L', 'O', 'T', static_cast<std::uint8_t>(Lifecycle::Personalized)};
+    otp.insert(otp.end(), imei.str().begin(), imei.str().end());
+    write_atomic(m_paths.otp(), otp.data(), otp.size(), std::nullopt, 0600);
+  }
   m_lifecycle = Lifecycle::Personalized;
   m_imei = imei;
 }

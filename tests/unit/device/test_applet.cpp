@@ -1,6 +1,8 @@
 // Every status word path of the applet, driven through Session without sockets.
 #include <doctest/doctest.h>
 
+#include <cstdio>
+
 #include "device_test_util.h"
 #include "keyline/core/apdu.h"
 #include "keyline/core/backup_package.h"
@@ -130,6 +132,46 @@ TEST_CASE("personalization: multi-block STORE DATA, backup, drill, and the 6985 
   CHECK(*device::read_bytes(rig.dev->chip().paths().image()) == before);
   // Reset needs --allow-reset.
   CHECK(run(s, cmd(0x80, 0xC8, 0x00, 0x00)).sw == core::sw::security_not_satisfied);
+}
+
+TEST_CASE("the flash kept in memory never hides a change made to the file behind the device") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  const core::SecureBytes encoded = rig.package().encode();
+  REQUIRE(store(s, encoded, encoded.size()) == core::sw::ok);
+  const auto backup = run(s, cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256));
+  REQUIRE(backup.sw == core::sw::ok);
+  const auto path = rig.dev->chip().paths().image();
+  const auto good = *device::read_bytes(path);
+
+  // corrupt-flash replaces the file with one bit flipped in the backup: the device reads the new file.
+  device::corrupt_flash(rig.dir);
+  const auto after = run(s, cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256));
+  REQUIRE(after.sw == core::sw::ok);
+  CHECK(after.data != backup.data);
+  CHECK(after.data.size() == backup.data.size());
+  CHECK(run(s, cmd(0x80, 0xC6, 0x00, 0x00, {}, 256)).sw == core::sw::wrong_data);
+  CHECK(run(s, cmd(0x80, 0xC4, 0x00, 0x00, {}, 256)).data[11] == 0x02);  // flash present but bad
+
+  // The same size written in place, inode kept: seen as well.
+  auto bytes = good;
+  {
+    bytes[bytes.size() / 3] ^= 0x40;
+    std::FILE* f = std::fopen(path.c_str(), "r+b");
+    REQUIRE(f);
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+  }
+  CHECK(run(s, cmd(0x80, 0xC4, 0x00, 0x00, {}, 256)).data[11] == 0x02);
+  device::write_atomic(path, good.data(), good.size());
+  CHECK(run(s, cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256)).data == backup.data);
+  CHECK(run(s, cmd(0x80, 0xC4, 0x00, 0x00, {}, 256)).data[11] == 0x01);
+
+  // wipe-flash: the flash is empty for the device too.
+  device::wipe_flash(rig.dir);
+  CHECK(run(s, cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256)).sw == core::sw::referenced_data_not_found);
+  CHECK(run(s, cmd(0x80, 0xC6, 0x00, 0x00, {}, 256)).sw == core::sw::referenced_data_not_found);
 }
 
 TEST_CASE("STORE DATA checks P1, the block counter and the package") {

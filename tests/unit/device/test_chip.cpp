@@ -3,6 +3,8 @@
 
 #include <sys/stat.h>
 
+#include <fstream>
+
 #include "device_test_util.h"
 #include "keyline/core/backup_package.h"
 #include "keyline/core/error.h"
@@ -167,6 +169,57 @@ TEST_CASE("a personalized chip refuses an image with another IMEI") {
   CHECK(device::Chip::load(dir).imei()->str() == "490154203237518");
   CHECK_NOTHROW(chip.verify_image(image_for(chip, pki, "490154203237518")));
   CHECK(error_code_of([&] { chip.verify_image(image_for(chip, pki, "357805023984942")); }) == 2004);
+}
+
+TEST_CASE("the lifecycle fuse burns in place, and every state a crash can leave loads") {
+  test::ScratchDir tmp("fuse");
+  test::DevicePki pki;
+  const auto dir = test::make_test_device(pki, tmp.path());
+  const auto otp = device::DevicePaths{dir}.otp();
+  auto write_otp = [&](const std::string& bytes) {
+    std::ofstream(otp, std::ios::binary | std::ios::trunc) << bytes;
+  };
+  auto inode_of = [](const fs::path& p) {
+    struct stat st {};
+    REQUIRE(::stat(p.c_str(), &st) == 0);
+    return st.st_ino;
+  };
+  const std::string imei = "490154203237518";
+
+  const auto ino = inode_of(otp);
+  auto chip = device::Chip::load(dir);
+  chip.set_personalized(core::Imei::parse(imei));
+  CHECK(inode_of(otp) == ino);  // burnt, not replaced
+  const std::string burnt = "KLOT\x0F" + imei;
+  CHECK(*device::read_bytes(otp) == core::Bytes(burnt.begin(), burnt.end()));
+  CHECK(device::Chip::load(dir).imei()->str() == imei);
+
+  // A crash inside the burn: the IMEI (or zeros) behind a BLANK state byte is still BLANK...
+  for (const std::string& torn : {std::string("KLOT\x01") + imei, std::string("KLOT\x01") + std::string(15, '\0')}) {
+    write_otp(torn);
+    auto c = device::Chip::load(dir);
+    CHECK(c.lifecycle() == device::Lifecycle::Blank);
+    CHECK_FALSE(c.imei());
+    // ... and burns again in place.
+    const auto torn_ino = inode_of(otp);
+    c.set_personalized(core::Imei::parse("357805023984942"));
+    CHECK(inode_of(otp) == torn_ino);
+    CHECK(device::Chip::load(dir).imei()->str() == "357805023984942");
+  }
+  // ... and with the image already in flash, the next start burns the fuse from the image.
+  write_otp(std::string("KLOT\x01") + imei);
+  const auto image = image_for(chip, pki, imei);
+  device::write_atomic(chip.paths().image(), image.data(), image.size());
+  CHECK(device::Chip::load(dir).lifecycle() == device::Lifecycle::Personalized);
+  CHECK(device::Chip::load(dir).imei()->str() == imei);
+
+  // A fuse that is not a well-formed BLANK one (missing here) is written whole.
+  fs::remove(otp);
+  fs::remove(chip.paths().image());
+  auto blank = device::Chip::load(dir);
+  CHECK(blank.lifecycle() == device::Lifecycle::Blank);
+  blank.set_personalized(core::Imei::parse(imei));
+  CHECK(device::Chip::load(dir).imei()->str() == imei);
 }
 
 TEST_CASE("atomic write: a power cut at any byte leaves the old file whole") {

@@ -3,6 +3,8 @@
 // a Session is the per-connection state (selection, STORE DATA gathering, chaining, GET RESPONSE).
 #pragma once
 
+#include <sys/stat.h>
+
 #include <atomic>
 #include <cstdint>
 #include <mutex>
@@ -63,6 +65,16 @@ class Device {
   bool powered_off() const noexcept { return m_power_cut.load(); }
   void power_restored();
 
+  // A copy of flash/image.bin and what stat() said of the file when the copy was made.
+  struct FlashCopy {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = 0;
+    timespec mtime{};
+    timespec ctime{};
+    core::Bytes image;
+  };
+
  private:
   friend class Session;
   std::mutex m_mutex;  // one command at a time, as on a real chip
@@ -70,6 +82,11 @@ class Device {
   DeviceOptions m_options;
   std::atomic<bool> m_power_cut{false};
   std::mt19937_64 m_rng{std::random_device{}()};
+  // The flash image as this process last wrote or read it. GET DATA DF20 follows every STORE DATA:
+  // reading the image back cost an open, a read and a close per device. The file stays the truth:
+  // tools and tests change it behind a running server (wipe-flash, corrupt-flash), so every use
+  // compares a fresh stat() with the one kept here.
+  std::optional<FlashCopy> m_flash;
 };
 
 class Session {
@@ -95,6 +112,10 @@ class Session {
   core::ResponseApdu reset_blank(const core::CommandApdu& c);
   core::ResponseApdu finish(core::ResponseApdu r, const core::CommandApdu& c);
   void write_flash(const core::Bytes& image);
+  // The flash image bytes (nullptr when the flash is empty), valid until the next flash write or
+  // removal; read from the file only when it is not the one this process last wrote or read.
+  const core::Bytes* flash_image();
+  void remember_flash(const core::Bytes& image);
 
   Device& m_device;
   bool m_selected = false;
