@@ -16,7 +16,19 @@ command -v opensc-tool >/dev/null || skip "opensc-tool is not installed (Debian 
 
 rm -rf "$WORK"
 mkdir -p "$WORK/conf.d"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A free port below the ephemeral range (32768-60999): a port the kernel hands out (bind to 0) can be
+# taken as the local end of another test's outgoing connection before the vpcd driver binds it.
+PORT=$(python3 -c '
+import random, socket
+while True:
+    p = random.randint(10000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()')
 # The vpcd driver takes its TCP port from DEVICENAME (/dev/null:<port>); see /etc/reader.conf.d/vpcd.
 cat >"$WORK/conf.d/vpcd" <<CONF
 FRIENDLYNAME "keyline vpcd"
