@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 
@@ -88,22 +89,25 @@ HsmEnv hsm_env() {
   return e;
 }
 
+// A free port below Linux's ephemeral range (32768-60999): a port the kernel hands out for bind(0)
+// can be taken as the local end of another test's outgoing connection before the server binds it.
 int free_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) throw std::runtime_error("socket failed");
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = 0;
-  socklen_t len = sizeof a;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+  static std::atomic<unsigned> salt{0};
+  std::minstd_rand rng(static_cast<unsigned>(::getpid()) * 7919u + salt++ +
+                       static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    const int port = 10000 + static_cast<int>(rng() % 22000);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) throw std::runtime_error("socket failed");
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
     ::close(fd);
-    throw std::runtime_error("bind failed");
+    if (free) return port;
   }
-  const int port = ntohs(a.sin_port);
-  ::close(fd);
-  return port;
+  throw std::runtime_error("no free port below 32000");
 }
 
 }  // namespace keyline::test
