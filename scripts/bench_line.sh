@@ -14,16 +14,14 @@
 #    block, 300 ms flash write): devices/s at 16, 64 and 256 devices at once, and the station's peak
 #    RSS at 256 (goal <= 150 MB).
 #
-# Measured on the 2-core machine (Release build, quiet machine), 2026-11-23, after the station moved to
-# one extended APDU per package:
-#   end to end 112.7 devices/s, crypto floor 1318 devices/s, ratio 0.085 (goals 500/s and 0.4 not met);
-#   delays on: 36.9 / 81.9 / 95.2 devices/s at 16 / 64 / 256 at once, peak RSS 28 / 34 / 58 MB.
-#   (An earlier run, short APDUs, other work alongside: 142 devices/s, floor 1849, 20 / 63 / 122 with delays.)
-#   Where the time goes (perf, top): the machine is CPU-bound; per device ~19 ms of CPU over all
-#   processes against ~1 ms of cryptography: PostgreSQL (~10 commits with fsync and ~20 statements
-#   per device in personalize.cpp: 4 audit autocommits, claim, issued, stored, record, publish), the
-#   station (libpq, APDU syscalls, malloc), the public DB's validation, and the device emulator.
-#   Batching journal writes across devices (group commit) is the next step; see docs/line.md.
+# Part 1 also prints the CPU time each process of the line spent per device (station, device
+# emulator, public DB, PostgreSQL), which says where a device's cost is.
+#
+# Measured on the 2-core machine (Release build, quiet machine), 2026-11-23 (docs/line.md has the story):
+#   end to end 442.6 / 489.8 / 408.4 devices/s in three runs, crypto floor 3833 / 4215 (ratio 0.115 /
+#   0.116); CPU per device "station 1.27, device emulator 0.88, public DB 0.51, PostgreSQL 1.11; total
+#   3.76" in the 489.8 run. Goals 500/s and 0.4 not met (at the start of the day: 112.7 devices/s).
+#   Delays on: 39.8 / 139.5 / 379.3 devices/s at 16 / 64 / 256 at once, peak RSS 28 / 34 / 55 MB.
 #
 # Environment: KEYLINE_BENCH_LINE_DEVICES (devices of part 1, default 2000), KEYLINE_BENCH_DIR
 # (default .keyline/bench/line), KEYLINE_BENCH_LINE_SWEEP ("16 64 256").
@@ -50,15 +48,35 @@ rm -rf "$dir/e2e"
 LINE_DEVICE_FLAGS="--quiet" line_up "$dir/e2e" "$n" >/dev/null 2>"$dir.e2e.log" || { cat "$dir.e2e.log" >&2; exit 1; }
 line_fleet_file "$LINE_DIR/fleet.txt"
 floor=$("$LINE_BIN/keyline-station" bench-floor --devices "$n" --threads "$cores" | awk '{print $2}')
-"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 64 --progress plain >"$LINE_DIR/run.log" 2>&1 ||
+# CPU time (user + system, clock ticks) of each process of the line over the run: where a device's
+# CPU goes. PostgreSQL counts the postmaster, its live children and the children that exited (the
+# station's sessions end with the station).
+ticks() { awk '{print $14 + $15 + $16 + $17}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_ticks() {
+  local pm t=0 p
+  pm=$(head -1 "$LINE_DIR/pg/data/postmaster.pid")
+  for p in "$pm" $(pgrep -P "$pm"); do t=$((t + $(ticks "$p"))); done
+  echo "$t"
+}
+fleet_pid=$(pgrep -f "keyline-device serve --fleet $LINE_DIR/fleet" | head -1)
+bdb_pid=$(line_backupdb_pid)
+f0=$(ticks "$fleet_pid") b0=$(ticks "$bdb_pid") p0=$(pg_ticks)
+/usr/bin/time -f '%U %S' -o "$LINE_DIR/station.time" \
+  "$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 64 --progress plain >"$LINE_DIR/run.log" 2>&1 ||
   { cat "$LINE_DIR/run.log" >&2; exit 1; }
+f1=$(ticks "$fleet_pid") b1=$(ticks "$bdb_pid") p1=$(pg_ticks)
 line_rate=$(rate_of "$LINE_DIR/run.log")
 ratio=$(awk -v a="$line_rate" -v b="$floor" 'BEGIN { printf "%.3f", a / b }')
+cpu=$(awk -v n="$n" -v hz="$(getconf CLK_TCK)" -v f=$((f1 - f0)) -v b=$((b1 - b0)) -v p=$((p1 - p0)) \
+  '{ s = ($1 + $2) * 1000 / n; d = f * 1000 / hz / n; u = b * 1000 / hz / n; q = p * 1000 / hz / n;
+     printf "station %.2f, device emulator %.2f, public DB %.2f, PostgreSQL %.2f; total %.2f", s, d, u, q, s + d + u + q }' \
+  "$LINE_DIR/station.time")
 line_down
 echo "line end to end ($n devices, 64 at once, delays off, fsync on, SoftHSM signing, mutual-TLS publish):"
 printf '  station      %8.1f devices/s\n' "$line_rate"
 printf '  crypto floor %8.1f devices/s (one process, %d threads, same token, same run)\n' "$floor" "$cores"
 printf '  ratio        %8s          goal >= 0.4; goal >= 500 devices/s\n' "$ratio"
+echo "  CPU ms per device: $cpu"
 
 # --- 2. realistic delays: throughput against concurrency, RSS -------------------------------------
 total=0
