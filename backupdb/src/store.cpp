@@ -5,6 +5,8 @@
 
 #include <botan/pem.h>
 
+#include "keyline/core/http.h"
+
 namespace keyline::backupdb {
 namespace {
 
@@ -85,22 +87,15 @@ RecordPtr Store::by_imei(const std::string& imei) { return load("imei", imei); }
 namespace {
 
 // A JSON string as Poco::JSON 1.11 writes it ('"', '\\' and \n \r \t escaped, '/' not), for the
-// printable ASCII a record's fields hold. Returns false on any other character: the caller then
-// uses Poco itself.
+// printable ASCII a record's fields hold: core::http::json_escape escapes that set the same way.
+// Returns false on any other character: the caller then uses Poco itself.
 bool append_json_string(std::string& out, const std::string& s) {
-  out += '"';
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7E) return false;
-        out += c;
-    }
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c > 0x7E) return false;
   }
+  out += '"';
+  out += core::http::json_escape(s);
   out += '"';
   return true;
 }
