@@ -191,6 +191,23 @@ bool is_uuid(const std::string& s) {
   return std::regex_match(s, re);
 }
 
+// The transfer a notice is about, when the notice has `reason` and the transfer names this device as
+// `role` ("source" or "target"); any other notice is printed, marked read and answered with null.
+Poco::JSON::Object::Ptr own_transfer(KpsSession& s, const DeviceKeys& keys, const Notice& n, const char* reason,
+                                     const char* role) {
+  if (n.reason != reason || !is_uuid(n.transfer_id)) {
+    std::cout << "notice " << n.reason << " " << n.uri << std::endl;
+    mark_read(s, n);
+    return nullptr;
+  }
+  const auto r = s.get("/v1/transfers/" + n.transfer_id);
+  expect(r, 200, "transfer " + n.transfer_id);
+  auto t = parse_object(r.body);
+  if (str(t, role) != keys.chip_id.str() || str(t, "id") != n.transfer_id)
+    throw core::Error(error::KpsProtocol, "the KPS sent a transfer that is not this device's");
+  return t;
+}
+
 // The source's own check of the transport key information (S2/S3): the certificate chains to this
 // device's ROM root, is an X25519 key-agreement certificate and names the requesting chip. The KPS
 // checked it too, but the source trusts only its ROM.
@@ -274,17 +291,9 @@ int kps_serve_once(const KpsClientConfig& c) {
   const auto keys = open_device(c.dir);
   KpsSession s(c, keys);
   const auto handle = [&](const Notice& n) -> bool {
-    if (n.reason != "transfer-requested" || !is_uuid(n.transfer_id)) {
-      std::cout << "notice " << n.reason << " " << n.uri << std::endl;
-      mark_read(s, n);
-      return false;
-    }
+    const auto t = own_transfer(s, keys, n, "transfer-requested", "source");
+    if (!t) return false;
     const std::string path = "/v1/transfers/" + n.transfer_id;
-    const auto r = s.get(path);
-    expect(r, 200, "transfer " + n.transfer_id);
-    const auto t = parse_object(r.body);
-    if (str(t, "source") != keys.chip_id.str() || str(t, "id") != n.transfer_id)
-      throw core::Error(error::KpsProtocol, "the KPS sent a transfer that is not this device's");
     if (str(t, "state") != "requested") {
       mark_read(s, n);
       return false;
@@ -308,17 +317,9 @@ int kps_receive(const KpsClientConfig& c) {
   const auto keys = open_device(c.dir);
   KpsSession s(c, keys);
   const auto handle = [&](const Notice& n) -> bool {
-    if (n.reason != "key-delivered" || !is_uuid(n.transfer_id)) {
-      std::cout << "notice " << n.reason << " " << n.uri << std::endl;
-      mark_read(s, n);
-      return false;
-    }
+    const auto t = own_transfer(s, keys, n, "key-delivered", "target");
+    if (!t) return false;
     const std::string path = "/v1/transfers/" + n.transfer_id;
-    const auto r = s.get(path);
-    expect(r, 200, "transfer " + n.transfer_id);
-    const auto t = parse_object(r.body);
-    if (str(t, "target") != keys.chip_id.str() || str(t, "id") != n.transfer_id)
-      throw core::Error(error::KpsProtocol, "the KPS sent a transfer that is not this device's");
     if (str(t, "state") == "acknowledged") {
       mark_read(s, n);
       return false;
