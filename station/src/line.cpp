@@ -192,7 +192,9 @@ std::unique_ptr<core::http::Client> Line::make_client() const {
 }
 
 // One POST on the lane's kept-alive connection (one TLS handshake per lane, not per device).
-// Returns true when the public DB holds the record. Classification as in Publisher::publish.
+// Returns true when the public DB holds the record. Classification as in Publisher::publish. The
+// caller has put the chip in m_publishing; it leaves it there when the public DB accepted the record
+// (the marker releases it) and is released here otherwise.
 bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip,
                        std::int64_t device_id, const std::string& record_json) {
   std::string detail;
@@ -215,7 +217,12 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
     m_mark_cv.notify_one();
     return true;
   }
-  // Away, slow or refusing (a 4xx needs a person): the record stays, with a growing pause.
+  // Away, slow or refusing (a 4xx needs a person): the record stays, with a growing pause, and the
+  // chip is free for a later sweep.
+  {
+    std::lock_guard<std::mutex> l(m_mutex);
+    m_publishing.erase(chip);
+  }
   db.exec(
       "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
       " next_attempt_at = now() + least(interval '30 s', interval '250 ms' * power(2, least(attempts, 7)))"
@@ -236,17 +243,7 @@ int Line::sweep(core::pq::Connection& db, core::http::Client& client) {
       std::lock_guard<std::mutex> l(m_mutex);
       if (!m_publishing.insert(chip).second) continue;
     }
-    bool ok = false;
-    try {
-      ok = publish_one(db, client, chip, rows.int64(i, 1), rows.text(i, 2));
-    } catch (...) {
-      std::lock_guard<std::mutex> l(m_mutex);
-      m_publishing.erase(chip);
-      throw;
-    }
-    if (!ok) {
-      std::lock_guard<std::mutex> l(m_mutex);
-      m_publishing.erase(chip);
+    if (!publish_one(db, client, chip, rows.int64(i, 1), rows.text(i, 2))) {
       ++failed;
       break;  // the public DB is away: back off instead of trying every row
     }
@@ -278,20 +275,9 @@ void Line::lane(bool sweeper) {
       }
       const std::string& chip = fresh.chip_id;
       if (!chip.empty()) {
-        bool ok = false;
-        try {
-          // Sent again if a sweep got there first: the public DB answers 200 for the same record.
-          ok = publish_one(*db, *client, chip, fresh.device_id, fresh.record_json);
-        } catch (...) {
-          std::lock_guard<std::mutex> l(m_mutex);
-          m_publishing.erase(chip);
-          throw;
-        }
-        if (!ok) {
-          std::lock_guard<std::mutex> l(m_mutex);
-          m_publishing.erase(chip);
+        // Sent again if a sweep got there first: the public DB answers 200 for the same record.
+        if (!publish_one(*db, *client, chip, fresh.device_id, fresh.record_json))
           client.reset();  // a fresh connection next time
-        }
         continue;
       }
       if (sweeper && Clock::now() >= next_sweep) {
