@@ -19,10 +19,17 @@ std::string utc_now_iso() {
   return buf;
 }
 
+// Group commit of record inserts: two batches in flight (one executing while the other waits for
+// its WAL flush), at most 32 records each.
+constexpr std::size_t kInsertFlushers = 2;
+constexpr std::size_t kInsertBatch = 32;
+
 }  // namespace
 
 Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries)
-    : m_pool(conninfo, pool_size), m_shard_capacity(cache_entries == 0 ? 0 : (cache_entries + kShards - 1) / kShards) {}
+    : m_pool(conninfo, pool_size),
+      m_group(m_pool, kInsertFlushers, kInsertBatch),
+      m_shard_capacity(cache_entries == 0 ? 0 : (cache_entries + kShards - 1) / kShards) {}
 
 RecordPtr Store::cache_get(const std::string& chip_id) {
   Shard& sh = shard_of(chip_id);
@@ -137,53 +144,47 @@ PublishResult Store::publish(const core::Record& record, const std::string& hash
   const std::string published_at = utc_now_iso();
   const std::string json = stored_json(record, hash, published_at);
   const core::Bytes identity = record.certificates.empty() ? core::Bytes{} : record.certificates.front();
-  auto lease = m_pool.acquire();
-  // One autocommit statement, no BEGIN/COMMIT around it: a single INSERT is atomic by itself, and
-  // the unique constraints on chip_id and imei make the first writer win. ON CONFLICT DO NOTHING
-  // waits for a concurrent inserter of the same key to finish and then skips, so when no row comes
-  // back a conflicting row is committed; the SELECT after it, a new statement with a new snapshot
-  // (READ COMMITTED), sees it. Rows are never changed or removed, so nothing can happen between the
-  // two statements that a transaction would have prevented.
+  // One statement, no BEGIN/COMMIT around it: a single INSERT is atomic by itself, and the unique
+  // constraints on chip_id and imei make the first writer win. It goes through the group commit, so
+  // inserts arriving together share a transaction: when one of them fails, the batch rolls back and
+  // each runs again alone, which leaves exactly the single-statement semantics described here.
+  // ON CONFLICT DO NOTHING waits for a concurrent inserter of the same key to finish and then skips,
+  // so when no row comes back a conflicting row is committed; the SELECT after it, a new statement
+  // with a new snapshot (READ COMMITTED), sees it. Rows are never changed or removed, so nothing can
+  // happen between the two statements that a transaction would have prevented.
   // Safe to re-run after a lost connection: if the first attempt committed but its answer was lost,
   // the retry finds the identical row and reports Identical (200), never a duplicate. The retries
-  // (reconnect, back-off, attempts) are those of core::pq::run_transaction.
+  // (back-off, attempts) are those of core::pq::run_transaction; the pool reopens a lost session.
   const core::pq::RetryPolicy policy;
   auto delay = policy.backoff;
   for (int attempt = 1;; ++attempt) {
     try {
-      if (!lease->ok()) lease->reconnect();
-      return publish_once(*lease, chip, imei, hash, record.backup, identity, json, published_at);
+      const auto ins = m_group.exec(
+          "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+          "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
+          {chip, imei, hash, record.backup, identity, json, published_at});
+      PublishResult result;
+      if (ins.rows() == 1) {
+        result.outcome = PublishOutcome::Created;
+        return result;
+      }
+      auto lease = m_pool.acquire();
+      return existing_outcome(*lease, chip, imei, hash);
     } catch (const core::DbError& e) {
       const bool retryable =
           e.code() == core::ErrorCode::DbSerialization || e.code() == core::ErrorCode::DbConnection;
       if (!retryable || attempt >= policy.attempts) throw;
       std::this_thread::sleep_for(delay);
       delay *= 2;
-      if (e.code() == core::ErrorCode::DbConnection || !lease->ok()) {
-        try {
-          lease->reconnect();
-        } catch (const core::DbError&) {
-          // The next attempt reports it if the server is still away.
-        }
-      }
     }
   }
 }
 
-PublishResult Store::publish_once(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
-                                  const std::string& hash, const core::Bytes& backup, const core::Bytes& identity,
-                                  const std::string& json, const std::string& published_at) {
+PublishResult Store::existing_outcome(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
+                                      const std::string& hash) {
   PublishResult result;
-  // Both statements are fixed texts whose plans cannot depend on the values (an INSERT of one row;
-  // a lookup by the two unique keys), so they are prepared once per session.
-  const auto ins = conn.exec_prepared(
-      "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
-      "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
-      {chip, imei, hash, backup, identity, json, published_at});
-  if (ins.rows() == 1) {
-    result.outcome = PublishOutcome::Created;
-    return result;
-  }
+  // A fixed text whose plan cannot depend on the values (a lookup by the two unique keys): prepared
+  // once per session.
   const auto existing =
       conn.exec_prepared("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
                          {chip, imei});

@@ -139,44 +139,114 @@ Result Connection::exec(const std::string& sql, const Params& params) { return r
 
 Result Connection::exec_prepared(const std::string& sql, const Params& params) { return run(sql, params, true); }
 
-Result Connection::run(const std::string& sql, const Params& params, bool prepared) {
-  if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
-  std::vector<const char*> values(params.size());
-  std::vector<int> lengths(params.size()), formats(params.size());
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    if (params[i].is_null()) {
-      values[i] = nullptr;
-      continue;
+namespace {
+
+// PQexecParams' parameter arrays; they point into `params`, which must outlive the call.
+struct ParamArrays {
+  explicit ParamArrays(const Params& params)
+      : values(params.size()), lengths(params.size()), formats(params.size()) {
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (params[i].is_null()) continue;
+      values[i] = params[i].value().data();
+      lengths[i] = static_cast<int>(params[i].value().size());
+      formats[i] = params[i].binary() ? 1 : 0;
     }
-    values[i] = params[i].value().data();
-    lengths[i] = static_cast<int>(params[i].value().size());
-    formats[i] = params[i].binary() ? 1 : 0;
   }
-  if (!prepared) {
-    return checked(Result(PQexecParams(m_conn, sql.c_str(), static_cast<int>(params.size()), nullptr, values.data(),
-                                       lengths.data(), formats.data(), 0)));
-  }
+  int count() const { return static_cast<int>(values.size()); }
+  std::vector<const char*> values;
+  std::vector<int> lengths, formats;
+};
+
+}  // namespace
+
+const std::string& Connection::prepared_name(const std::string& sql, std::size_t n_params) {
   auto it = m_prepared.find(sql);
   if (it == m_prepared.end()) {
     const std::string name = "keyline_" + std::to_string(m_prepared.size() + 1);
-    checked(Result(PQprepare(m_conn, name.c_str(), sql.c_str(), static_cast<int>(params.size()), nullptr)));
+    checked(Result(PQprepare(m_conn, name.c_str(), sql.c_str(), static_cast<int>(n_params), nullptr)));
     it = m_prepared.emplace(sql, name).first;
   }
-  return checked(Result(PQexecPrepared(m_conn, it->second.c_str(), static_cast<int>(params.size()), values.data(),
-                                       lengths.data(), formats.data(), 0)));
+  return it->second;
+}
+
+Result Connection::run(const std::string& sql, const Params& params, bool prepared) {
+  if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
+  const ParamArrays a(params);
+  if (!prepared) {
+    return checked(Result(PQexecParams(m_conn, sql.c_str(), a.count(), nullptr, a.values.data(), a.lengths.data(),
+                                       a.formats.data(), 0)));
+  }
+  const std::string& name = prepared_name(sql, params.size());
+  return checked(
+      Result(PQexecPrepared(m_conn, name.c_str(), a.count(), a.values.data(), a.lengths.data(), a.formats.data(), 0)));
+}
+
+std::vector<Result> Connection::exec_pipeline(const std::vector<const Statement*>& batch) {
+  if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
+  // Statements new to this session are prepared first, each in its own round trip, outside the pipeline.
+  std::vector<const std::string*> names;
+  names.reserve(batch.size());
+  for (const Statement* s : batch) names.push_back(&prepared_name(s->sql, s->params.size()));
+  const auto lost = [&](const char* what) {
+    return DbError(ErrorCode::DbConnection, std::string(what) + ": " + first_line(PQerrorMessage(m_conn)));
+  };
+  if (PQenterPipelineMode(m_conn) != 1) throw lost("cannot enter pipeline mode");
+  // A pipeline left half read cannot serve its next user: the session is dropped and reopened by
+  // the next use (Pool::acquire, run_transaction) instead.
+  struct DropIfStuck {
+    Connection& c;
+    ~DropIfStuck() {
+      if (c.m_conn && PQpipelineStatus(c.m_conn) != PQ_PIPELINE_OFF) {
+        PQfinish(c.m_conn);
+        c.m_conn = nullptr;
+        c.m_prepared.clear();
+      }
+    }
+  } guard{*this};
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const ParamArrays a(batch[i]->params);  // libpq copies the values into its output buffer
+    if (PQsendQueryPrepared(m_conn, names[i]->c_str(), a.count(), a.values.data(), a.lengths.data(),
+                            a.formats.data(), 0) != 1)
+      throw lost("cannot send a pipelined statement");
+  }
+  if (PQpipelineSync(m_conn) != 1) throw lost("cannot send the pipeline's Sync");
+  // Every statement answers with its result and a NULL; the Sync with PGRES_PIPELINE_SYNC. All of it
+  // is read even after a failure, so the connection leaves pipeline mode clean for its next user.
+  std::vector<Result> out;
+  out.reserve(batch.size());
+  std::optional<DbError> failed;
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    Result r(PQgetResult(m_conn));
+    if (!r.raw()) throw lost("connection lost in a pipeline");
+    while (PGresult* extra = PQgetResult(m_conn)) PQclear(extra);
+    const ExecStatusType st = PQresultStatus(r.raw());
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_PIPELINE_ABORTED && !failed)
+      failed = error_of(r.raw());
+    if (PQstatus(m_conn) != CONNECTION_OK) throw failed ? *failed : lost("connection lost in a pipeline");
+    out.push_back(std::move(r));
+  }
+  Result sync(PQgetResult(m_conn));
+  if (!sync.raw() || PQresultStatus(sync.raw()) != PGRES_PIPELINE_SYNC) throw lost("pipeline ended without its Sync");
+  if (PQexitPipelineMode(m_conn) != 1) throw lost("cannot leave pipeline mode");
+  if (failed) throw *failed;
+  return out;
 }
 
 Result Connection::checked(Result res) {
   PGresult* r = res.raw();
   const ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
   if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return res;
+  throw error_of(r);
+}
+
+DbError Connection::error_of(pg_result* r) {
   const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
   std::string sqlstate = state ? state : "";
   ErrorCode code = classify(sqlstate);
   if (PQstatus(m_conn) != CONNECTION_OK) code = ErrorCode::DbConnection;
   const std::string msg = first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(m_conn));
-  throw DbError(code, "SQL failed (" + (sqlstate.empty() ? std::string("no SQLSTATE") : sqlstate) + "): " + msg,
-                sqlstate);
+  return DbError(code, "SQL failed (" + (sqlstate.empty() ? std::string("no SQLSTATE") : sqlstate) + "): " + msg,
+                 sqlstate);
 }
 
 Transaction::Transaction(Connection& conn, Isolation iso) : m_conn(conn) {

@@ -36,6 +36,10 @@ extern "C" void on_stop_signal(int) { request_line_stop(); }
 using Clock = std::chrono::steady_clock;
 
 constexpr int kDbSessions = 16;
+// Group commit of the journal steps: batches in flight at once and statements per batch. Two
+// flushers keep one batch executing while the other waits for its WAL flush.
+constexpr std::size_t kCommitFlushers = 2;
+constexpr std::size_t kCommitBatch = 32;
 
 // The fault hook for crash tests: KEYLINE_STATION_CRASH_AT=<step>[:N] aborts the N-th time <step> is
 // reached, among the personalization steps (step_name) and the drainer's "drain" (after the public DB
@@ -110,6 +114,7 @@ class Line {
   Poco::Net::Context::Ptr m_tls;  // mutual TLS with the token-held station key, shared by the lanes
   std::unique_ptr<Personalizer> m_personalizer;
   std::unique_ptr<core::pq::Pool> m_db;  // the workers' station-database sessions
+  std::unique_ptr<core::pq::GroupCommit> m_group;  // the workers' journal steps, committed in batches
 
   mutable std::mutex m_mutex;
   std::condition_variable m_cv;
@@ -150,7 +155,8 @@ void Line::worker() {
     }
     // Never throws: a station database that is away comes back as the device's error (DbConnection),
     // and the device is tried again.
-    DeviceResult r = m_personalizer->personalize(item.device.endpoint, *m_db);
+    JournalDb db(*m_db, m_group.get());
+    DeviceResult r = m_personalizer->personalize(item.device.endpoint, db);
     std::lock_guard<std::mutex> l(m_mutex);
     --m_in_flight;
     m_cv.notify_all();
@@ -398,6 +404,7 @@ LineSummary Line::run() {
   // the device), so a few sessions serve any number of workers, and a line of 256 fixtures fits a
   // server's default max_connections (100). Measured: 16 sessions for 64 workers cost no throughput.
   m_db = std::make_unique<core::pq::Pool>(m_config.db, static_cast<std::size_t>(std::min(workers, kDbSessions)));
+  m_group = std::make_unique<core::pq::GroupCommit>(*m_db, kCommitFlushers, kCommitBatch);
   m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, nullptr);
   m_personalizer->set_app_items(m_profile.app_items);
   m_personalizer->set_step_hook([this](Step s, const std::string&) { m_crash.at(step_name(s)); });
@@ -490,6 +497,9 @@ LineSummary Line::run() {
   s.seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
   s.failures = m_failures;
   s.backlog = m_backlog.load();
+  const auto g = m_group->stats();
+  s.journal_steps = static_cast<std::int64_t>(g.statements);
+  s.journal_commits = static_cast<std::int64_t>(g.batches);
   return s;
 }
 
@@ -529,6 +539,8 @@ void print_summary(const LineSummary& s, std::ostream& out) {
   row("outbox backlog (all)", std::to_string(s.backlog));
   row("not started", std::to_string(s.skipped));
   row("unfinished in the journal", s.unfinished < 0 ? "?" : std::to_string(s.unfinished));
+  row("journal steps", std::to_string(s.journal_steps));
+  row("  in commits", std::to_string(s.journal_commits));
   row("seconds", t.str());
   row("devices/s", r.str());
   out << "+----------------------------+------------+\n";

@@ -155,8 +155,8 @@ struct JournalRow {
   core::Bytes identity_cert, transport_cert, package_digest;
 };
 
-std::optional<JournalRow> live_row(core::pq::Connection& db, const std::string& chip) {
-  const auto r = db.exec_prepared(
+std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
+  const auto r = db.step(
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
       " identity_cert, transport_cert, package_digest FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
@@ -277,7 +277,7 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
     if (core::ChipId::from_bytes(status.data.data() + 1, core::kChipIdSize) != chip)
       throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
     const bool personalized = status.data[0] == kLifecyclePersonalized;
-    std::optional<JournalRow> row = db.with([&](core::pq::Connection& c) { return live_row(c, res.chip_id); });
+    std::optional<JournalRow> row = live_row(db, res.chip_id);
     // A published row means this very station finished the device: a second run is a refusal, not a
     // "done" (issue #5: an already personalized device is refused before any IMEI is claimed).
     if (personalized && (!row || row->state == "claimed" || row->state == "published")) {
@@ -313,13 +313,14 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
         transport_public = row->transport_public;
       }
     } else {
-      auto claim = [&](core::pq::Connection& c, const char* sql, core::pq::Params extra, const core::Bytes& idw,
-                       const core::Bytes& trw) {
+      // `exec` runs the claim statement: inside the pooled keys' transaction, or as a step of its own.
+      auto claim = [&](const std::function<core::pq::Result(const char*, core::pq::Params)>& exec, const char* sql,
+                       core::pq::Params extra, const core::Bytes& idw, const core::Bytes& trw) {
         core::pq::Params p{res.chip_id, m_config.station_id, idw, trw, identity_public, transport_public,
                            subject_detail(identity_public), subject_detail(transport_public)};
         for (auto& e : extra) p.push_back(std::move(e));
         try {
-          const auto r = c.exec_prepared(sql, p);
+          const auto r = exec(sql, std::move(p));
           if (r.empty())
             throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
           claim_id = r.int64(0, 0);
@@ -348,7 +349,8 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
             transport_public = k.bytea(0, 3);
             identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 0));
             transport_raw = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 2));
-            claim(tx.connection(), kClaimGivenImei, {imei_r.text(0, 0)}, k.bytea(0, 0), k.bytea(0, 2));
+            claim([&](const char* sql, core::pq::Params p) { return tx.connection().exec_prepared(sql, p); },
+                  kClaimGivenImei, {imei_r.text(0, 0)}, k.bytea(0, 0), k.bytea(0, 2));
           });
         });
       } else {
@@ -361,7 +363,8 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
         transport_public = transport.public_value();
         const core::Bytes idw = m_keys.token->wrap_data(key_label::wrap, identity_pkcs8);
         const core::Bytes trw = m_keys.token->wrap_data(key_label::wrap, transport_raw);
-        db.with([&](core::pq::Connection& c) { claim(c, kClaimNextImei, {}, idw, trw); });
+        claim([&](const char* sql, core::pq::Params p) { return db.step(sql, std::move(p)); }, kClaimNextImei, {}, idw,
+              trw);
       }
       begin_logged = true;
       row = JournalRow{};
@@ -433,11 +436,9 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
       pkg.app_items = m_app_items;
       const core::SecureBytes encoded = pkg.encode();
       const core::Bytes digest = core::package_digest(encoded);
-      db.with([&](core::pq::Connection& c) {
-        c.exec_prepared(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
-                                  "certificate SHA-256 " + sha256_hex(identity_der),
-                                  "certificate SHA-256 " + sha256_hex(transport_der)});
-      });
+      db.step(kIssued, {*claim_id, identity_der, transport_der, digest, m_config.station_id, who, res.imei,
+                        "certificate SHA-256 " + sha256_hex(identity_der),
+                        "certificate SHA-256 " + sha256_hex(transport_der)});
       row->package_digest = digest;
       step(Step::Issue, res.chip_id);
 
@@ -497,10 +498,8 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
       // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
       if (kcv_hex.empty()) kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_keys.token, res.imei)));
       record_json = record.to_json();
-      db.with([&](core::pq::Connection& c) {
-        c.exec_prepared(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der),
-                                    sha256_hex(transport_der), kcv_hex, m_config.station_id, record_json, record.hash()});
-      });
+      db.step(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
+                          kcv_hex, m_config.station_id, record_json, record.hash()});
       step(Step::Record, res.chip_id);
     }
 

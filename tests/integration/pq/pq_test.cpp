@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "keyline/core/pq.h"
+#include "keyline/core/pq_group.h"
 #include "testenv.h"
 
 using namespace keyline::core;
@@ -179,6 +180,76 @@ TEST_CASE("prepared statements: parsed once per session, same parameters and err
   c.reconnect();
   CHECK(c.exec_prepared(insert, {"b", Bytes{}}).text(0, 0) == "b");
   CHECK(c.exec("SELECT count(*) FROM p").int64(0, 0) == 3);
+}
+
+TEST_CASE("pipeline: one transaction for the batch, results in order, all or nothing on a failure") {
+  const std::string db = pg_env().create_database("pq_pipe");
+  pq::Connection c(db), other(db);
+  c.exec("CREATE TABLE q (k text PRIMARY KEY, n int)");
+  const pq::Statement a{"INSERT INTO q VALUES ($1, $2) RETURNING k", {"a", 1}};
+  const pq::Statement b{"INSERT INTO q VALUES ($1, $2) RETURNING k", {"b", 2}};
+  const pq::Statement txid{"SELECT txid_current()", {}};
+  const auto r = c.exec_pipeline({&a, &txid, &b, &txid});
+  REQUIRE(r.size() == 4);
+  CHECK(r[0].text(0, 0) == "a");
+  CHECK(r[2].text(0, 0) == "b");
+  CHECK(r[1].int64(0, 0) == r[3].int64(0, 0));  // one transaction, not one per statement
+  CHECK(other.exec("SELECT count(*) FROM q").int64(0, 0) == 2);
+
+  // The third statement repeats a key: it fails, the fourth is skipped and the first rolls back.
+  const pq::Statement c1{"INSERT INTO q VALUES ($1, $2) RETURNING k", {"c", 3}};
+  const pq::Statement d1{"INSERT INTO q VALUES ($1, $2) RETURNING k", {"d", 4}};
+  try {
+    c.exec_pipeline({&c1, &txid, &a, &d1});
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbUniqueViolation);
+    CHECK(e.sqlstate() == "23505");
+  }
+  CHECK(other.exec("SELECT string_agg(k, ',' ORDER BY k) FROM q").text(0, 0) == "a,b");
+  // The session left pipeline mode clean: ordinary statements and a new pipeline work on it.
+  CHECK(c.exec("SELECT count(*) FROM q").int64(0, 0) == 2);
+  CHECK(c.exec_pipeline({&c1, &d1}).size() == 2);
+  CHECK(other.exec("SELECT string_agg(k, ',' ORDER BY k) FROM q").text(0, 0) == "a,b,c,d");
+}
+
+TEST_CASE("group commit: statements of many threads share commits, one thread's error is its own") {
+  const std::string db = pg_env().create_database("pq_group");
+  pq::Connection admin(db);
+  admin.exec("CREATE TABLE g (k text PRIMARY KEY, t bigint)");
+  admin.exec("INSERT INTO g VALUES ('taken', 0)");
+  pq::Pool pool(db, 4);
+  pq::GroupCommit group(pool, 1, 32);
+  constexpr int kThreads = 16, kEach = 40;
+  std::atomic<int> ok{0}, refused{0}, other_error{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        // Thread 0 tries the taken key now and then: its statement fails, the others' must not.
+        const std::string key = (t == 0 && i % 10 == 5) ? "taken" : std::to_string(t) + "-" + std::to_string(i);
+        try {
+          const auto r = group.exec("INSERT INTO g VALUES ($1, txid_current()) RETURNING k", {key});
+          CHECK(r.text(0, 0) == key);
+          ++ok;
+        } catch (const DbError& e) {
+          (e.code() == ErrorCode::DbUniqueViolation && key == "taken" ? refused : other_error)++;
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(refused.load() == kEach / 10);
+  CHECK(other_error.load() == 0);
+  CHECK(ok.load() == kThreads * kEach - kEach / 10);
+  CHECK(admin.exec("SELECT count(*) FROM g").int64(0, 0) == 1 + ok.load());
+  const auto stats = group.stats();
+  CHECK(stats.statements == static_cast<std::uint64_t>(kThreads * kEach));
+  // One flusher for 16 threads: statements queue up while it is out and leave together. The
+  // transactions the rows name agree with the counter.
+  const auto txs = admin.exec("SELECT count(DISTINCT t) FROM g WHERE k <> 'taken'").int64(0, 0);
+  CHECK(stats.batches < stats.statements);
+  CHECK(txs < ok.load());
 }
 
 TEST_CASE("unreachable server is DbConnection") {

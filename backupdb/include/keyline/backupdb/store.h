@@ -14,6 +14,7 @@
 
 #include "keyline/core/bytes.h"
 #include "keyline/core/pq.h"
+#include "keyline/core/pq_group.h"
 #include "keyline/core/record.h"
 
 namespace keyline::backupdb {
@@ -59,9 +60,9 @@ class Store {
   RecordPtr cache_get(const std::string& chip_id);
   void cache_put(const RecordPtr& r);
   RecordPtr load(const std::string& column, const std::string& value);
-  static PublishResult publish_once(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
-                                    const std::string& hash, const core::Bytes& backup, const core::Bytes& identity,
-                                    const std::string& json, const std::string& published_at);
+  // After an INSERT that found its keys taken: the same record (Identical) or another (Conflict).
+  static PublishResult existing_outcome(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
+                                        const std::string& hash);
 
   // The cache is split into shards with a lock each, so 64 reader threads on 2 cores rarely wait on
   // one another (a preempted lock holder would otherwise stall every reader: the p99 tail).
@@ -74,6 +75,7 @@ class Store {
   Shard& shard_of(const std::string& chip_id) { return m_shards[std::hash<std::string>{}(chip_id) % kShards]; }
 
   core::pq::Pool m_pool;
+  core::pq::GroupCommit m_group;  // record inserts of concurrent requests, committed together
   std::size_t m_shard_capacity;
   std::array<Shard, kShards> m_shards;
   std::atomic<std::size_t> m_hits{0};

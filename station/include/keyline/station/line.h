@@ -63,6 +63,8 @@ struct LineSummary {
   std::int64_t backlog = 0;       // unpublished outbox rows in the database (all stations)
   std::int64_t unfinished = 0;    // this station's journal rows in claimed/issued/stored: their IMEIs stay
                                   // with their chips and resume when the devices come back
+  std::int64_t journal_steps = 0;    // one-statement journal steps of the workers
+  std::int64_t journal_commits = 0;  // transactions they took (group commit: fewer than steps)
   double seconds = 0;
   std::vector<std::string> failures;  // one line per failed device
 };

@@ -22,6 +22,7 @@
 #include "keyline/core/device_link.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/config.h"
+#include "keyline/core/pq_group.h"
 #include "keyline/station/keys.h"
 #include "keyline/station/publisher.h"
 
@@ -46,21 +47,28 @@ struct DeviceResult {
 
 // Where a personalization gets its database connection: the caller's own, or one leased from a pool
 // for each statement (a line's workers spend most of a device waiting on the device, so 256 workers
-// need not hold 256 PostgreSQL sessions).
+// need not hold 256 PostgreSQL sessions). With a GroupCommit, the journal's one-statement steps of
+// concurrent devices share transactions.
 class JournalDb {
  public:
   explicit JournalDb(core::pq::Connection& conn) : m_conn(&conn) {}
-  explicit JournalDb(core::pq::Pool& pool) : m_pool(&pool) {}
+  explicit JournalDb(core::pq::Pool& pool, core::pq::GroupCommit* group = nullptr) : m_pool(&pool), m_group(group) {}
   template <typename F>
   auto with(F&& f) -> decltype(f(std::declval<core::pq::Connection&>())) {
     if (m_conn) return f(*m_conn);
     auto lease = m_pool->acquire();
     return f(*lease);
   }
+  // One prepared statement that is a whole step on its own (its own transaction when alone).
+  core::pq::Result step(const std::string& sql, core::pq::Params params) {
+    if (m_group) return m_group->exec(sql, std::move(params));
+    return with([&](core::pq::Connection& c) { return c.exec_prepared(sql, params); });
+  }
 
  private:
   core::pq::Connection* m_conn = nullptr;
   core::pq::Pool* m_pool = nullptr;
+  core::pq::GroupCommit* m_group = nullptr;
 };
 
 // Fault hook for crash tests: called at each step boundary with the step just reached; a test
@@ -75,6 +83,7 @@ class Personalizer {
   // Never throws for a device problem: the result says what happened.
   DeviceResult personalize(const std::string& endpoint, core::pq::Connection& db);
   DeviceResult personalize(const std::string& endpoint, core::pq::Pool& db);
+  DeviceResult personalize(const std::string& endpoint, JournalDb& db) { return run(endpoint, db); }
 
   void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
   // Application items (DGIs 0F01-0FFF) from the line profile, stored into every device.
