@@ -3,9 +3,6 @@
 #include <ctime>
 #include <thread>
 
-#include <botan/pem.h>
-
-#include "keyline/core/http.h"
 
 namespace keyline::backupdb {
 namespace {
@@ -91,58 +88,11 @@ RecordPtr Store::by_chip_id(const std::string& chip_id) {
 
 RecordPtr Store::by_imei(const std::string& imei) { return load("imei", imei); }
 
-namespace {
-
-// A JSON string as Poco::JSON 1.11 writes it ('"', '\\' and \n \r \t escaped, '/' not), for the
-// printable ASCII a record's fields hold: core::http::json_escape escapes that set the same way.
-// Returns false on any other character: the caller then uses Poco itself.
-bool append_json_string(std::string& out, const std::string& s) {
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c > 0x7E) return false;
-  }
-  out += '"';
-  out += core::http::json_escape(s);
-  out += '"';
-  return true;
-}
-
-}  // namespace
-
-std::string stored_json(const core::Record& record, const std::string& hash, const std::string& published_at) {
-  // core::Record::to_json goes through Poco::JSON (a Var per field, one ostream write per character
-  // of the ~3 KB body) and hashes the record again; the publisher already has the hash. The result
-  // is byte for byte what to_json gives (tests compare the two); anything unusual takes to_json.
-  const std::string backup = core::to_base64(record.backup);
-  std::string out;
-  out.reserve(256 + backup.size() + record.certificates.size() * 1024);
-  bool ok = true;
-  out += "{\"chip_id\":";
-  ok = ok && append_json_string(out, record.chip_id.str());
-  out += ",\"imei\":";
-  ok = ok && append_json_string(out, record.imei.str());
-  out += ",\"backup\":";
-  ok = ok && append_json_string(out, backup);
-  out += ",\"certificates\":[";
-  for (std::size_t i = 0; i < record.certificates.size(); ++i) {
-    if (i) out += ',';
-    ok = ok && append_json_string(out, Botan::PEM_Code::encode(record.certificates[i], "CERTIFICATE"));
-  }
-  out += "],\"record_hash\":";
-  ok = ok && append_json_string(out, hash);
-  if (!published_at.empty()) {
-    out += ",\"published_at\":";
-    ok = ok && append_json_string(out, published_at);
-  }
-  out += '}';
-  return ok ? out : record.to_json(published_at);
-}
-
 PublishResult Store::publish(const core::Record& record, const std::string& hash) {
   const std::string chip = record.chip_id.str();
   const std::string imei = record.imei.str();
   const std::string published_at = utc_now_iso();
-  const std::string json = stored_json(record, hash, published_at);
+  const std::string json = record.to_json_hashed(hash, published_at);
   const core::Bytes identity = record.certificates.empty() ? core::Bytes{} : record.certificates.front();
   // One statement, no BEGIN/COMMIT around it: a single INSERT is atomic by itself, and the unique
   // constraints on chip_id and imei make the first writer win. It goes through the group commit, so

@@ -13,6 +13,7 @@
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/error.h"
+#include "keyline/core/http.h"
 
 namespace keyline::core {
 
@@ -53,19 +54,68 @@ std::string Record::hash() const {
   return to_hex(sha->final_stdvec());
 }
 
-std::string Record::to_json(const std::string& published_at) const {
+namespace {
+
+// A JSON string as Poco::JSON 1.11 writes it ('"', '\\' and \n \r \t escaped, '/' not), for the
+// printable ASCII a record's fields hold: http::json_escape escapes that set the same way. Returns
+// false on any other character: the caller then lets Poco write the whole object.
+bool append_json_string(std::string& out, const std::string& s) {
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    if ((c < 0x20 && c != '\n' && c != '\r' && c != '\t') || c > 0x7E) return false;
+  }
+  out += '"';
+  out += http::json_escape(s);
+  out += '"';
+  return true;
+}
+
+std::string to_json_poco(const Record& r, const std::string& hash, const std::string& published_at) {
   Poco::JSON::Object obj(Poco::JSON_PRESERVE_KEY_ORDER);
-  obj.set("chip_id", chip_id.str());
-  obj.set("imei", imei.str());
-  obj.set("backup", to_base64(backup));
+  obj.set("chip_id", r.chip_id.str());
+  obj.set("imei", r.imei.str());
+  obj.set("backup", to_base64(r.backup));
   Poco::JSON::Array certs;
-  for (const auto& der : certificates) certs.add(Botan::PEM_Code::encode(der, "CERTIFICATE"));
+  for (const auto& der : r.certificates) certs.add(Botan::PEM_Code::encode(der, "CERTIFICATE"));
   obj.set("certificates", certs);
-  obj.set("record_hash", hash());
+  obj.set("record_hash", hash);
   if (!published_at.empty()) obj.set("published_at", published_at);
   std::ostringstream out;
   obj.stringify(out);
   return out.str();
+}
+
+}  // namespace
+
+std::string Record::to_json(const std::string& published_at) const { return to_json_hashed(hash(), published_at); }
+
+std::string Record::to_json_hashed(const std::string& record_hash, const std::string& published_at) const {
+  // Written directly: Poco::JSON makes a Var per field and one ostream write per character of the
+  // ~4 KB body, which on a line was a visible share of the station's and the public DB's CPU. The
+  // bytes are Poco's (unit test), and anything a record's typed fields cannot hold goes to Poco.
+  const std::string b64 = to_base64(backup);
+  std::string out;
+  out.reserve(256 + b64.size() + certificates.size() * 1024);
+  bool ok = true;
+  out += "{\"chip_id\":";
+  ok = ok && append_json_string(out, chip_id.str());
+  out += ",\"imei\":";
+  ok = ok && append_json_string(out, imei.str());
+  out += ",\"backup\":";
+  ok = ok && append_json_string(out, b64);
+  out += ",\"certificates\":[";
+  for (std::size_t i = 0; i < certificates.size(); ++i) {
+    if (i) out += ',';
+    ok = ok && append_json_string(out, Botan::PEM_Code::encode(certificates[i], "CERTIFICATE"));
+  }
+  out += "],\"record_hash\":";
+  ok = ok && append_json_string(out, record_hash);
+  if (!published_at.empty()) {
+    out += ",\"published_at\":";
+    ok = ok && append_json_string(out, published_at);
+  }
+  out += '}';
+  return ok ? out : to_json_poco(*this, record_hash, published_at);
 }
 
 Record Record::from_json(const std::string& json, std::string* hash) {

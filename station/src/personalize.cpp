@@ -497,9 +497,10 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
       record.certificates = {identity_der, m_keys.device_ca_cert.BER_encode()};
       // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
       if (kcv_hex.empty()) kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_keys.token, res.imei)));
-      record_json = record.to_json();
+      const std::string record_hash = record.hash();
+      record_json = record.to_json_hashed(record_hash);
       db.step(kBackedUp, {*claim_id, res.chip_id, res.imei, sha256_hex(identity_der), sha256_hex(transport_der),
-                          kcv_hex, m_config.station_id, record_json, record.hash()});
+                          kcv_hex, m_config.station_id, record_json, record_hash});
       step(Step::Record, res.chip_id);
     }
 

@@ -8,6 +8,10 @@
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
 #include <botan/pem.h>
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+
+#include <sstream>
 
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
@@ -240,4 +244,68 @@ TEST_CASE("record: validate_record names each failed check") {
     r.certificates[0] = Bytes{0x30, 0x03, 1, 2, 3};
     validate_error(r, {p.root}, ErrorCode::BadCertificate);
   }
+}
+
+namespace {
+// What Record::to_json wrote when it went through Poco::JSON, the form clients and stored records know.
+std::string poco_json(const Record& r, const std::string& hash, const std::string& published_at) {
+  Poco::JSON::Object obj(Poco::JSON_PRESERVE_KEY_ORDER);
+  obj.set("chip_id", r.chip_id.str());
+  obj.set("imei", r.imei.str());
+  obj.set("backup", to_base64(r.backup));
+  Poco::JSON::Array certs;
+  for (const auto& der : r.certificates) certs.add(Botan::PEM_Code::encode(der, "CERTIFICATE"));
+  obj.set("certificates", certs);
+  obj.set("record_hash", hash);
+  if (!published_at.empty()) obj.set("published_at", published_at);
+  std::ostringstream out;
+  obj.stringify(out);
+  return out.str();
+}
+}  // namespace
+
+TEST_CASE("to_json: byte for byte what Poco::JSON writes, with the hash given or computed") {
+  Record r;
+  r.chip_id = ChipId::parse("4790507200000001A0B1");
+  r.imei = Imei::parse("490154203237518");
+  for (int n : {0, 1, 2, 3, 57, 300}) {
+    r.backup.clear();
+    for (int i = 0; i < n; ++i) r.backup.push_back(static_cast<std::uint8_t>(i * 37 + 11));
+    Bytes der;
+    for (int i = 0; i < 40 + n; ++i) der.push_back(static_cast<std::uint8_t>(255 - i));
+    r.certificates = {der, Bytes{0x30, 0x00}, Bytes(700, 0xFB)};
+    for (const char* at : {"", "2026-11-23T19:02:50Z"}) {
+      CHECK(r.to_json(at) == poco_json(r, r.hash(), at));
+      CHECK(r.to_json_hashed(r.hash(), at) == r.to_json(at));
+      CHECK(Record::from_json(r.to_json(at)).hash() == r.hash());
+    }
+  }
+  // Characters a record's fields cannot hold (only published_at is free text) take Poco's path.
+  for (const std::string& odd : {std::string("a\x01z"), std::string("caf\xC3\xA9"), std::string("q\"b\\s/t\tn\n")})
+    CHECK(r.to_json(odd) == poco_json(r, r.hash(), odd));
+}
+TEST_CASE("from_json hands back Record::hash, with and without record_hash in the text") {
+  Record r;
+  r.chip_id = ChipId::parse("4790507200000001A0B1");
+  r.imei = Imei::parse("490154203237518");
+  r.backup = Bytes(57, 0x42);
+  r.certificates = {Bytes(300, 0x30), Bytes{0x30, 0x00}};
+  const std::string with_hash = r.to_json();
+  std::string without_hash = with_hash;
+  const auto at = without_hash.find(",\"record_hash\"");
+  REQUIRE(at != std::string::npos);
+  without_hash.erase(at, std::string(",\"record_hash\":\"").size() + 64 + 1);  // the member and its 64 hex digits
+  REQUIRE(without_hash.find("record_hash") == std::string::npos);
+  for (const std::string& json : {with_hash, without_hash, r.to_json("2026-11-23T19:02:50Z")}) {
+    std::string h = "stale";
+    const Record back = Record::from_json(json, &h);
+    CHECK(h == r.hash());
+    CHECK(back.hash() == h);
+  }
+  // A refused record leaves nothing behind that could be mistaken for its hash.
+  std::string h;
+  std::string wrong = with_hash;
+  wrong[wrong.find("\"record_hash\":\"") + 15] ^= 1;
+  CHECK_THROWS(Record::from_json(wrong, &h));
+  CHECK(h.empty());
 }

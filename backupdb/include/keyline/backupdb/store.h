@@ -36,8 +36,6 @@ struct PublishResult {
   std::string conflict_on;    // on Conflict: "chip_id" or "imei"
 };
 
-// The JSON body stored for GET: exactly record.to_json(published_at), given hash == record.hash().
-std::string stored_json(const core::Record& record, const std::string& hash, const std::string& published_at);
 
 class Store {
  public:

@@ -26,6 +26,8 @@ struct Record {
   // JSON form used on the wire: {"chip_id","imei","backup" (base64),"certificates" ([PEM]),
   // "record_hash"} (+ "published_at" when read from the DB). Throws FormatError(BadRecord).
   std::string to_json(const std::string& published_at = {}) const;
+  // The same with record_hash given by a caller that has hash() already (it is not checked).
+  std::string to_json_hashed(const std::string& record_hash, const std::string& published_at = {}) const;
   // Strict on what it reads: chip_id as 20 upper-case hex digits, Luhn-valid imei, canonical base64
   // backup, 1..16 PEM CERTIFICATE strings, and record_hash (optional) equal to hash(). Unknown
   // members are ignored (forward compatibility); published_at, when present, must be a string.
