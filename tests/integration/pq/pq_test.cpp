@@ -211,6 +211,22 @@ TEST_CASE("pipeline: one transaction for the batch, results in order, all or not
   CHECK(c.exec("SELECT count(*) FROM q").int64(0, 0) == 2);
   CHECK(c.exec_pipeline({&c1, &d1}).size() == 2);
   CHECK(other.exec("SELECT string_agg(k, ',' ORDER BY k) FROM q").text(0, 0) == "a,b,c,d");
+
+  // A session that died under the pipeline: DbConnection, and the connection is usable again after a
+  // reconnect (the Pool does that on its next lease).
+  other.exec("SELECT pg_terminate_backend($1)", {c.backend_pid()});
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const pq::Statement e1{"INSERT INTO q VALUES ($1, $2) RETURNING k", {"e", 5}};
+  try {
+    c.exec_pipeline({&e1, &txid});
+    FAIL("no error");
+  } catch (const DbError& e) {
+    CHECK(e.code() == ErrorCode::DbConnection);
+  }
+  CHECK_FALSE(c.ok());
+  c.reconnect();
+  CHECK(c.exec_pipeline({&e1, &txid})[0].text(0, 0) == "e");
+  CHECK(other.exec("SELECT count(*) FROM q").int64(0, 0) == 5);
 }
 
 TEST_CASE("group commit: statements of many threads share commits, one thread's error is its own") {
