@@ -93,6 +93,12 @@ int main(int argc, char** argv) {
   floor->add_option("--threads", floor_threads, "threads")->capture_default_str();
 
   auto* publish = app.add_subcommand("publish", "send the records waiting in the outbox to the public DB");
+  bool retry_refused_flag = false;
+  std::string retry_chip;
+  publish->add_flag("--retry-refused", retry_refused_flag,
+                    "also send the records the public DB refused for good (409, 422, ...) again, once the cause is "
+                    "fixed; without it they stay parked");
+  publish->add_option("--chip", retry_chip, "with --retry-refused: only this chip's record")->needs("--retry-refused");
   auto* status = app.add_subcommand("status", "journal states, outbox and pool");
   status->add_flag("--json", json, "machine-readable output");
 
@@ -114,7 +120,7 @@ int main(int argc, char** argv) {
     if (*pers) return cmd_personalize(cfg, devices, json);
     if (*run) return cmd_run(cfg, run_req);
     if (*floor) return cmd_bench_floor(cfg, floor_devices, floor_threads);
-    if (*publish) return cmd_publish(cfg);
+    if (*publish) return cmd_publish(cfg, retry_refused_flag, retry_chip);
     if (*status) return cmd_status(cfg, json);
     return 2;
   });

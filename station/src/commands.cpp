@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
 #include "keyline/core/pq.h"
@@ -110,12 +111,25 @@ int cmd_personalize(const StationConfig& config, const std::vector<std::string>&
   return waiting > 0 ? core::exit_code::unavailable : core::exit_code::ok;
 }
 
-int cmd_publish(const StationConfig& config) {
+int cmd_publish(const StationConfig& config, bool retry_refused_too, const std::string& chip) {
+  if (!chip.empty() && !core::ChipId::is_valid(chip))
+    throw core::ConfigError(core::ErrorCode::Usage, "--chip wants a chip ID: 20 upper-case hex digits");
   auto db = open_db(config);
+  if (retry_refused_too) {
+    const long n = retry_refused(db, chip);
+    std::cout << "publish: " << n << " parked record(s) due again\n";
+  }
   Publisher publisher(config);
-  const auto [published, pending] = drain_outbox(db, publisher);
-  std::cout << "publish: " << published << " records published, " << pending << " still waiting\n";
-  return pending == 0 ? 0 : core::exit_code::unavailable;
+  const auto d = drain_outbox(db, publisher);
+  const auto parked = db.exec("SELECT count(*) FROM journal.outbox WHERE published_at IS NULL AND refused_at IS NOT NULL")
+                          .int64(0, 0);
+  std::cout << "publish: " << d.published << " records published, " << d.pending << " still waiting, " << d.refused
+            << " refused now; " << parked << " parked in all\n";
+  if (parked > 0)
+    std::cout << "  parked records were refused for good (keyline-station status shows why); after fixing the cause,"
+                 " `keyline-station publish --retry-refused` sends them again\n";
+  if (d.pending > 0) return core::exit_code::unavailable;
+  return d.refused > 0 ? core::exit_code::refused : 0;
 }
 
 int cmd_status(const StationConfig& config, bool json) {
@@ -123,20 +137,33 @@ int cmd_status(const StationConfig& config, bool json) {
   const auto r = db.exec(
       "SELECT state, count(*) FROM journal.device GROUP BY state ORDER BY state");
   const auto ob = db.exec(
-      "SELECT count(*) FILTER (WHERE published_at IS NULL), count(*) FILTER (WHERE published_at IS NOT NULL),"
-      " coalesce(max(last_error) FILTER (WHERE published_at IS NULL), '') FROM journal.outbox");
+      "SELECT count(*) FILTER (WHERE published_at IS NULL AND refused_at IS NULL),"
+      " count(*) FILTER (WHERE published_at IS NOT NULL),"
+      " coalesce(max(last_error) FILTER (WHERE published_at IS NULL AND refused_at IS NULL), ''),"
+      " count(*) FILTER (WHERE published_at IS NULL AND refused_at IS NOT NULL) FROM journal.outbox");
+  // The parked records, newest first: chip, IMEI and the public DB's reason.
+  const auto parked = db.exec(
+      "SELECT o.chip_id, d.imei, coalesce(o.last_error, '') FROM journal.outbox o JOIN journal.device d ON d.id = o.device_id"
+      " WHERE o.published_at IS NULL AND o.refused_at IS NOT NULL ORDER BY o.refused_at DESC LIMIT 20");
   const auto s = pool_status(db);
   if (json) {
     std::cout << "{\"journal\":{";
     for (int i = 0; i < r.rows(); ++i) std::cout << (i ? "," : "") << "\"" << r.text(i, 0) << "\":" << r.int64(i, 1);
-    std::cout << "},\"outbox\":{\"pending\":" << ob.int64(0, 0) << ",\"published\":" << ob.int64(0, 1)
-              << "},\"pool\":{\"imeis\":" << s.imeis << ",\"keys\":" << s.keys << "}}\n";
+    std::cout << "},\"outbox\":{\"pending\":" << ob.int64(0, 0) << ",\"refused\":" << ob.int64(0, 3)
+              << ",\"published\":" << ob.int64(0, 1) << "},\"pool\":{\"imeis\":" << s.imeis << ",\"keys\":" << s.keys << "}}\n";
   } else {
     std::cout << "journal (devices by state):\n";
     if (r.empty()) std::cout << "  (empty)\n";
     for (int i = 0; i < r.rows(); ++i) std::cout << "  " << r.text(i, 0) << ": " << r.int64(i, 1) << "\n";
-    std::cout << "outbox: " << ob.int64(0, 0) << " waiting, " << ob.int64(0, 1) << " published\n";
+    std::cout << "outbox: " << ob.int64(0, 0) << " waiting, " << ob.int64(0, 3) << " refused (parked), "
+              << ob.int64(0, 1) << " published\n";
     if (!ob.text(0, 2).empty()) std::cout << "  last error: " << ob.text(0, 2) << "\n";
+    for (int i = 0; i < parked.rows(); ++i)
+      std::cout << "  refused: chip " << parked.text(i, 0) << " IMEI " << parked.text(i, 1) << ": " << parked.text(i, 2)
+                << "\n";
+    if (ob.int64(0, 3) > 0)
+      std::cout << "  a refused record waits for an operator: fix the cause, then `keyline-station publish "
+                   "--retry-refused`\n";
     std::cout << "pool: " << s.imeis << " IMEIs, " << s.keys << " key sets\n";
   }
   return 0;

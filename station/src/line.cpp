@@ -128,6 +128,7 @@ class Line {
   std::atomic<bool> m_marker_stop{false};
   std::int64_t m_in_flight = 0;
   std::int64_t m_failed = 0;
+  std::int64_t m_refused = 0;  // records the public DB refused for good during this run (parked)
   std::int64_t m_already = 0;
   std::vector<std::string> m_failures;
   std::atomic<bool> m_workers_done{false};
@@ -204,11 +205,12 @@ std::unique_ptr<core::http::Client> Line::make_client() const {
 bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip,
                        std::int64_t device_id, const std::string& record_json) {
   std::string detail;
-  bool ok = false;
+  bool ok = false, refused = false;
   try {
     const auto r = client.post("/v1/records", record_json, "application/json");
     ok = r.status == 201 || r.status == 200;
-    if (!ok) detail = "HTTP " + std::to_string(r.status);
+    refused = refused_for_good(r.status);
+    if (!ok) detail = problem_summary(r.status, r.body);
   } catch (const core::Error& e) {
     detail = e.what();
   }
@@ -223,25 +225,30 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
     m_mark_cv.notify_one();
     return true;
   }
-  // Away, slow or refusing (a 4xx needs a person): the record stays, with a growing pause, and the
-  // chip is free for a later sweep.
+  // Away or slow: the record stays, with a growing pause, and the chip is free for a later sweep.
+  // Refused for good (409: another record holds the chip or the IMEI; 422: it does not validate):
+  // parked for an operator, and the device counts as failed with the public DB's reason.
   {
     std::lock_guard<std::mutex> l(m_mutex);
     m_publishing.erase(chip);
+    if (refused) ++m_refused;
+    if (refused && m_waiting.erase(chip)) {
+      ++m_failed;
+      m_failures.push_back("chip " + chip + ": step publish: public DB refused the record: " + detail +
+                           "; parked in the outbox (keyline-station status)");
+    }
   }
-  db.exec(
-      "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
-      " next_attempt_at = now() + least(interval '30 s', interval '250 ms' * power(2, least(attempts, 7)))"
-      " WHERE chip_id = $1",
-      {chip, detail.substr(0, 500)});
-  return false;
+  // Should this write fail, the row is simply sent again by a later sweep, and refused again.
+  note_publish_failure(db, chip, refused, detail);
+  return refused;  // the public DB answered a refusal: no reason to back the lane off
 }
 
-// Outbox rows that are due and no lane holds: left by an earlier run, or refused or unreachable before.
+// Outbox rows that are due and no lane holds: left by an earlier run, or unreachable before. Parked
+// rows (refused for good) wait for an operator's `publish --retry-refused`.
 int Line::sweep(core::pq::Connection& db, core::http::Client& client) {
   const auto rows = db.exec(
       "SELECT chip_id, device_id, record_json FROM journal.outbox WHERE published_at IS NULL"
-      " AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 64");
+      " AND refused_at IS NULL AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 64");
   int failed = 0;
   for (int i = 0; i < rows.rows() && !m_drainer_stop.load(); ++i) {
     const std::string chip = rows.text(i, 0);
@@ -353,7 +360,8 @@ void Line::top_up_pool(core::pq::Connection& db) {
 
 void Line::progress(core::pq::Connection& db, bool final_line) {
   try {
-    m_backlog = db.exec("SELECT count(*) FROM journal.outbox WHERE published_at IS NULL").int64(0, 0);
+    m_backlog = db.exec("SELECT count(*) FROM journal.outbox WHERE published_at IS NULL AND refused_at IS NULL")
+                    .int64(0, 0);
   } catch (const core::Error&) {
     // The count is informative only; the next tick tries again.
   }
@@ -492,6 +500,7 @@ LineSummary Line::run() {
   s.done = static_cast<std::int64_t>(m_done.size()) + m_already;
   s.already_done = m_already;
   s.failed = m_failed;
+  s.refused = m_refused;
   s.publishing = static_cast<std::int64_t>(m_waiting.size());
   s.skipped = static_cast<std::int64_t>(m_queue.size());
   s.seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
@@ -536,6 +545,7 @@ void print_summary(const LineSummary& s, std::ostream& out) {
   row("  of which before this run", std::to_string(s.already_done));
   row("failed", std::to_string(s.failed));
   row("waiting in the outbox", std::to_string(s.publishing));
+  row("refused by the public DB", std::to_string(s.refused));
   row("outbox backlog (all)", std::to_string(s.backlog));
   row("not started", std::to_string(s.skipped));
   row("unfinished in the journal", s.unfinished < 0 ? "?" : std::to_string(s.unfinished));

@@ -531,14 +531,14 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
       if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
         db.with([&](core::pq::Connection& c) { mark_published(c, res.chip_id, *claim_id); });
       } else {
-        db.with([&](core::pq::Connection& c) {
-          c.exec(
-              "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
-              " next_attempt_at = now() + interval '2 s' WHERE chip_id = $1",
-              {res.chip_id, pr.detail.substr(0, 500)});
-        });
+        const bool refused = pr.outcome == PublishOutcome::Rejected && refused_for_good(pr.status);
+        db.with([&](core::pq::Connection& c) { note_publish_failure(c, res.chip_id, refused, pr.detail); });
+        if (refused)
+          throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail +
+                                                       "; it is parked in the outbox (`keyline-station status`)");
         if (pr.outcome == PublishOutcome::Rejected)
-          throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail);
+          throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail +
+                                                       "; the outbox tries it again (`keyline-station publish`)");
         res.in_outbox = true;
         throw core::Error(errc::PublishPending, "public DB unreachable (" + pr.detail +
                                                     "); the record waits in the outbox (`keyline-station publish`)");
@@ -571,27 +571,41 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
   }
 }
 
-std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit) {
+void note_publish_failure(core::pq::Connection& db, const std::string& chip_id, bool refused, const std::string& detail) {
+  db.exec(
+      "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
+      " refused_at = CASE WHEN $3 THEN now() END,"
+      " next_attempt_at = now() + least(interval '30 s', interval '250 ms' * power(2, least(attempts, 7)))"
+      " WHERE chip_id = $1 AND published_at IS NULL",
+      {chip_id, detail.substr(0, 500), refused ? "true" : "false"});
+}
+
+long retry_refused(core::pq::Connection& db, const std::string& chip_id) {
+  return db
+      .exec("UPDATE journal.outbox SET refused_at = NULL, next_attempt_at = now()"
+            " WHERE refused_at IS NOT NULL AND published_at IS NULL AND ($1 = '' OR chip_id = $1)",
+            {chip_id})
+      .affected();
+}
+
+DrainResult drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit) {
   const auto rows = db.exec(
-      "SELECT chip_id, device_id, record_json FROM journal.outbox WHERE published_at IS NULL"
+      "SELECT chip_id, device_id, record_json FROM journal.outbox WHERE published_at IS NULL AND refused_at IS NULL"
       " ORDER BY next_attempt_at LIMIT $1",
       {limit});
-  int published = 0, pending = 0;
+  DrainResult d;
   for (int i = 0; i < rows.rows(); ++i) {
     const auto pr = publisher.publish(rows.text(i, 2));
     if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
       mark_published(db, rows.text(i, 0), rows.int64(i, 1));
-      ++published;
+      ++d.published;
     } else {
-      db.exec(
-          "UPDATE journal.outbox SET attempts = attempts + 1, last_error = $2,"
-          " next_attempt_at = now() + least(interval '60 s', interval '1 s' * power(2, least(attempts, 6)))"
-          " WHERE chip_id = $1",
-          {rows.text(i, 0), pr.detail.substr(0, 500)});
-      ++pending;
+      const bool refused = pr.outcome == PublishOutcome::Rejected && refused_for_good(pr.status);
+      note_publish_failure(db, rows.text(i, 0), refused, pr.detail);
+      ++(refused ? d.refused : d.pending);
     }
   }
-  return {published, pending};
+  return d;
 }
 
 }  // namespace keyline::station

@@ -10,6 +10,26 @@
 
 namespace keyline::station {
 
+bool refused_for_good(int http_status) noexcept {
+  switch (http_status) {
+    case 400: case 409: case 413: case 415: case 422: return true;
+    default: return false;
+  }
+}
+
+std::string problem_summary(int http_status, const std::string& body) {
+  std::string out = "HTTP " + std::to_string(http_status);
+  try {
+    auto obj = Poco::JSON::Parser().parse(body).extract<Poco::JSON::Object::Ptr>();
+    if (!obj.isNull())
+      out += ": " + obj->optValue<std::string>("title", "") + " " + obj->optValue<std::string>("detail", "");
+  } catch (const Poco::Exception&) {
+    // Not a problem document: the status says enough.
+  } catch (const std::exception&) {
+  }
+  return out;
+}
+
 Publisher::Publisher(const StationConfig& config) : m_url(config.backupdb_url) {
   if (m_url.empty())
     throw core::ConfigError(core::ErrorCode::Config, "no public DB URL: set --backupdb or KEYLINE_BACKUPDB_URL");
@@ -42,14 +62,8 @@ PublishResult Publisher::publish(const std::string& record_json) {
     } else {
       result.outcome = PublishOutcome::Unreachable;
     }
-    if (result.outcome != PublishOutcome::Published && result.outcome != PublishOutcome::AlreadyPublished) {
-      result.detail = "HTTP " + std::to_string(r.status);
-      try {
-        auto obj = Poco::JSON::Parser().parse(r.body).extract<Poco::JSON::Object::Ptr>();
-        result.detail += ": " + obj->optValue<std::string>("title", "") + " " + obj->optValue<std::string>("detail", "");
-      } catch (const Poco::Exception&) {
-      }
-    }
+    if (result.outcome != PublishOutcome::Published && result.outcome != PublishOutcome::AlreadyPublished)
+      result.detail = problem_summary(r.status, r.body);
   } catch (const core::Error& e) {
     result.outcome = PublishOutcome::Unreachable;
     result.detail = e.what();

@@ -16,7 +16,7 @@ int cmd_pool_import(const StationConfig& config, const std::string& csv);
 int cmd_pool_status(const StationConfig& config, bool json);
 // Personalizes the devices one after the other; prints one line per device (JSON with --json).
 int cmd_personalize(const StationConfig& config, const std::vector<std::string>& devices, bool json);
-int cmd_publish(const StationConfig& config);
+int cmd_publish(const StationConfig& config, bool retry_refused_too = false, const std::string& chip = {});
 int cmd_status(const StationConfig& config, bool json);
 
 // The line (issue #7): devices from a profile, a fleet file, --fleet-ports and --device, personalized

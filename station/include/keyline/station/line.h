@@ -59,6 +59,7 @@ struct LineSummary {
   std::int64_t already_done = 0;  // of which were published before this run
   std::int64_t failed = 0;
   std::int64_t publishing = 0;    // records still in the outbox at the end
+  std::int64_t refused = 0;       // records the public DB refused for good (parked; counted in failed)
   std::int64_t skipped = 0;       // not started (stop signal or --count reached)
   std::int64_t backlog = 0;       // unpublished outbox rows in the database (all stations)
   std::int64_t unfinished = 0;    // this station's journal rows in claimed/issued/stored: their IMEIs stay

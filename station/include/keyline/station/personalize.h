@@ -104,7 +104,20 @@ class Personalizer {
 void mark_published(core::pq::Connection& db, const std::string& chip_id, std::int64_t device_id);
 void mark_published(core::pq::Connection& db, const std::vector<std::pair<std::string, std::int64_t>>& published);
 
-// Sends every unpublished outbox record (oldest first) once. Returns {published, still_pending}.
-std::pair<int, int> drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit = 1000);
+// A publication that failed: the outbox row backs off (250 ms, doubling to 30 s between attempts) or,
+// when the public DB refused it for good (refused_for_good), is parked (refused_at) until an operator
+// runs `publish --retry-refused`. `detail` goes to last_error (cut to 500 characters).
+void note_publish_failure(core::pq::Connection& db, const std::string& chip_id, bool refused, const std::string& detail);
+
+// Parked records become due again: all of them, or the one of `chip_id`. Returns how many.
+long retry_refused(core::pq::Connection& db, const std::string& chip_id = {});
+
+struct DrainResult {
+  int published = 0;
+  int pending = 0;  // unreachable or temporarily refused: still due for a later attempt
+  int refused = 0;  // refused for good by this drain: parked
+};
+// Sends every due, unparked outbox record (oldest first) once.
+DrainResult drain_outbox(core::pq::Connection& db, Publisher& publisher, int limit = 1000);
 
 }  // namespace keyline::station
