@@ -22,6 +22,7 @@
 #include "keyline/station/pool.h"
 #include "keyline/station/publisher.h"
 #include "keyline/station/tls_token_key.h"
+#include "keyline/station/fault_hook.h"
 
 namespace keyline::station {
 
@@ -40,18 +41,6 @@ constexpr int kDbSessions = 16;
 // flushers keep one batch executing while the other waits for its WAL flush.
 constexpr std::size_t kCommitFlushers = 2;
 constexpr std::size_t kCommitBatch = 32;
-
-// The fault hook for crash tests: KEYLINE_STATION_CRASH_AT=<step>[:N] aborts the N-th time <step> is
-// reached, among the personalization steps (step_name) and the drainer's "drain" (after the public DB
-// accepted a record, before the outbox row is marked).
-struct CrashHook {
-  std::string step;
-  long nth = 1;
-  std::atomic<long> seen{0};
-  void at(const char* name) {
-    if (!step.empty() && step == name && ++seen == nth) std::abort();
-  }
-};
 
 struct WorkItem {
   LineDevice device;
@@ -77,11 +66,6 @@ class Line {
       : m_config(config), m_profile(profile), m_options(options), m_out(out) {
     m_config.publish_attempts = 1;
     if (!profile.key_source.empty()) m_config.key_source = profile.key_source;
-    if (const char* crash = std::getenv("KEYLINE_STATION_CRASH_AT"); crash && *crash) {
-      const std::string spec = crash;
-      m_crash.step = spec.substr(0, spec.find(':'));
-      if (spec.find(':') != std::string::npos) m_crash.nth = std::max(1L, std::atol(spec.c_str() + spec.find(':') + 1));
-    }
   }
 
   LineSummary run();
@@ -108,7 +92,7 @@ class Line {
   const LineProfile& m_profile;
   const LineOptions& m_options;
   std::ostream& m_out;
-  CrashHook m_crash;
+  FaultHook m_crash = FaultHook::from_env();  // crash tests: KEYLINE_STATION_CRASH_AT (fault_hook.h)
 
   std::unique_ptr<StationKeys> m_keys;
   Poco::Net::Context::Ptr m_tls;  // mutual TLS with the token-held station key, shared by the lanes

@@ -25,6 +25,7 @@
 #include "keyline/core/error.h"
 #include "keyline/core/record.h"
 #include "keyline/station/errors.h"
+#include "keyline/station/fault_hook.h"
 
 namespace keyline::station {
 
@@ -218,17 +219,9 @@ void mark_published(core::pq::Connection& db, const std::string& chip_id, std::i
 
 Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher)
     : m_config(config), m_keys(keys), m_publisher(publisher) {
-  if (const char* crash = std::getenv("KEYLINE_STATION_CRASH_AT"); crash && *crash) {
-    // Crash-test hook: abort (like kill -9, no cleanup) when this step is reached; optional
-    // "step:N" aborts on the N-th time only.
-    std::string spec = crash;
-    std::string name = spec.substr(0, spec.find(':'));
-    long nth = spec.find(':') == std::string::npos ? 1 : std::atol(spec.c_str() + spec.find(':') + 1);
-    auto counter = std::make_shared<std::atomic<long>>(0);
-    m_hook = [name, nth, counter](Step s, const std::string&) {
-      if (name == step_name(s) && ++*counter == nth) std::abort();
-    };
-  }
+  // Crash tests (fault_hook.h): abort, like kill -9, when the armed step is reached.
+  if (auto crash = FaultHook::from_env(); crash.armed())
+    m_hook = [crash](Step s, const std::string&) { crash.at(step_name(s)); };
 }
 
 void Personalizer::step(Step s, const std::string& chip_id) {
