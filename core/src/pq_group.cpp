@@ -36,6 +36,8 @@ Result GroupCommit::exec(const std::string& sql, Params params) {
       ++m_active;
       ++m_stats.batches;
       m_stats.statements += batch.size();
+      // More than a batch waits and another slot is free: its head leads the next batch now.
+      if (!m_queue.empty() && m_active < m_flushers) m_queue.front()->cv.notify_one();
       lock.unlock();
       flush(batch);
       lock.lock();
