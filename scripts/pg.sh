@@ -78,6 +78,9 @@ case "$cmd" in
     fi
     for attempt in 1 2 3 4 5 6 7 8; do
       port=$(( 10000 + RANDOM % 22000 ))  # below the ephemeral range, as line_free_port
+      # A cluster started again (after a stop or a crash) keeps its port while it is free, so that
+      # clients holding its conninfo reconnect to it.
+      if [ "$attempt" -eq 1 ] && [ -f "$dir/port" ]; then port=$(cat "$dir/port"); fi
       port_free "$port" || continue
       # Tuned for a test/demo cluster; durability (fsync, synchronous_commit) stays ON: invariant 4
       # is only meaningful with durable commits.

@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
   run->add_option("--fleet-ports", run_req.fleet_ports, "[HOST:]BASE:COUNT consecutive device ports");
   run->add_option("--concurrency,-j", run_req.concurrency, "devices at once (default: the profile's, else 8)");
   run->add_option("--count", run_req.count, "stop once this many devices are done (published)");
+  run->add_option("--db-wait", run_req.db_wait_s,
+                  "seconds devices wait for an unreachable station database (restart, failover) before they fail")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   run->add_option("--publish-wait", run_req.publish_wait_s, "seconds to wait for the outbox after the last device")
       ->capture_default_str();
   run->add_option("--progress", run_req.progress, "auto | tty | plain")

@@ -188,6 +188,7 @@ int cmd_run(const StationConfig& config, const RunRequest& request) {
   LineOptions opt;
   opt.count = request.count;
   opt.publish_wait_ms = request.publish_wait_s * 1000;
+  opt.db_wait_ms = request.db_wait_s * 1000;
   opt.terminal = request.progress == "tty" || (request.progress == "auto" && ::isatty(1));
   install_line_signal_handlers();
   const auto s = run_line(config, profile, opt, std::cout);

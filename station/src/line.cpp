@@ -72,6 +72,8 @@ class Line {
 
  private:
   void worker();
+  bool db_outage_tolerated();
+  bool wait_for_db(std::unique_lock<std::mutex>& l);
   void lane(bool sweeper);
   void marker();
   bool publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip, std::int64_t device_id,
@@ -118,11 +120,66 @@ class Line {
   std::atomic<bool> m_workers_done{false};
   std::atomic<bool> m_drainer_stop{false};
   std::atomic<bool> m_halt{false};  // pool empty with no top-up: start nothing new
+  // The station database away (a restart, a failover): devices wait for it instead of spending their
+  // attempts in seconds. One worker probes it at a time, with a pause doubling to 5 s; the others wait.
+  Clock::time_point m_db_down_since{};  // default-constructed: the database answers
+  Clock::time_point m_db_probe_at{};
+  std::chrono::milliseconds m_db_pause{100};
+  bool m_db_probing = false;
+  bool m_db_probe_ok = false;  // the last probe got through: workers go on (the outage clock runs until
+                               // a device's statements get through, so --db-wait bounds the whole episode)
   std::atomic<std::int64_t> m_backlog{0};
   Clock::time_point m_start;
   Clock::time_point m_last_plain;
   std::string m_pool_note;
 };
+
+// Called with m_mutex held, for a device that failed with DbConnection: marks the database away
+// (from the first such failure on) and says whether the outage is still within --db-wait.
+bool Line::db_outage_tolerated() {
+  const auto now = Clock::now();
+  if (m_db_down_since == Clock::time_point{}) {
+    m_db_down_since = now;
+    m_db_pause = std::chrono::milliseconds(100);
+  }
+  if (m_db_probe_ok) m_db_probe_at = now + m_db_pause;
+  m_db_probe_ok = false;
+  return now - m_db_down_since < std::chrono::milliseconds(m_options.db_wait_ms);
+}
+
+// Called with m_mutex held before a worker starts a device. Returns true when the database answers
+// (or the outage outlasted --db-wait: devices then fail as they come); false after a wait, so the
+// caller looks at the queue and the stop flag again. While the database is away one worker at a time
+// probes it (SELECT 1 on a pooled session, which reconnects), the others sleep.
+bool Line::wait_for_db(std::unique_lock<std::mutex>& l) {
+  if (m_db_down_since == Clock::time_point{} || m_db_probe_ok) return true;
+  if (Clock::now() - m_db_down_since >= std::chrono::milliseconds(m_options.db_wait_ms)) return true;
+  if (g_stop.load()) return true;  // draining: in-flight devices only, and the queue is not started
+  if (m_db_probing || Clock::now() < m_db_probe_at) {
+    m_cv.wait_until(l, std::min(m_db_probe_at, Clock::now() + std::chrono::milliseconds(200)));
+    return false;
+  }
+  m_db_probing = true;
+  l.unlock();
+  bool up = false;
+  try {
+    auto lease = m_db->acquire();
+    lease->exec("SELECT 1");
+    up = true;
+  } catch (const core::Error&) {
+    // Still away.
+  }
+  l.lock();
+  m_db_probing = false;
+  if (up) {
+    m_db_probe_ok = true;
+    m_cv.notify_all();
+    return true;
+  }
+  m_db_pause = std::min(std::chrono::milliseconds(5000), m_db_pause * 2);
+  m_db_probe_at = Clock::now() + m_db_pause;
+  return false;
+}
 
 void Line::worker() {
   while (true) {
@@ -134,6 +191,7 @@ void Line::worker() {
       while (m_queue.empty() && m_in_flight > 0 && !g_stop.load())
         m_cv.wait_for(l, std::chrono::milliseconds(100));
       if (m_queue.empty()) break;
+      if (!wait_for_db(l)) continue;
       item = m_queue.front();
       m_queue.pop_front();
       ++m_in_flight;
@@ -145,7 +203,16 @@ void Line::worker() {
     std::lock_guard<std::mutex> l(m_mutex);
     --m_in_flight;
     m_cv.notify_all();
-    if (r.done) {
+    const bool db_away = r.error_code == static_cast<int>(core::ErrorCode::DbConnection);
+    if (!db_away && (r.done || r.in_outbox)) {  // its statements went through: the outage is over
+      m_db_down_since = {};
+      m_db_probe_ok = false;
+    }
+    if (db_away && db_outage_tolerated()) {
+      // Not an attempt: the device goes back to the front and waits with the others (wait_for_db).
+      m_queue.push_front(item);
+      m_cv.notify_all();
+    } else if (r.done) {
       m_done.insert(r.chip_id);
       m_waiting.erase(r.chip_id);
     } else if (r.in_outbox) {
@@ -347,7 +414,11 @@ void Line::progress(core::pq::Connection& db, bool final_line) {
     m_backlog = db.exec("SELECT count(*) FROM journal.outbox WHERE published_at IS NULL AND refused_at IS NULL")
                     .int64(0, 0);
   } catch (const core::Error&) {
-    // The count is informative only; the next tick tries again.
+    // The count is informative only; the next tick tries again, on a new session if this one died.
+    try {
+      if (!db.ok()) db.reconnect();
+    } catch (const core::Error&) {
+    }
   }
   std::int64_t done, failed, in_flight, waiting, left;
   {
@@ -366,6 +437,13 @@ void Line::progress(core::pq::Connection& db, bool final_line) {
        << in_flight << "  rate " << std::fixed << std::setprecision(1) << rate << "/s";
   if (rate > 0 && target > done) line << "  ETA " << static_cast<long>(static_cast<double>(target - done) / rate) << " s";
   line << "  outbox " << m_backlog.load();
+  {
+    std::lock_guard<std::mutex> l(m_mutex);
+    if (m_db_down_since != Clock::time_point{})
+      line << "  (station database unreachable for "
+           << std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - m_db_down_since).count()
+           << " s: devices wait, up to --db-wait " << m_options.db_wait_ms / 1000 << " s)";
+  }
   if (g_stop.load()) line << "  (stopping: finishing in-flight devices)";
   if (m_options.terminal) {
     m_out << "\r" << line.str() << "\033[K" << (final_line ? "\n" : "") << std::flush;

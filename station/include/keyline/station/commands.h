@@ -29,6 +29,7 @@ struct RunRequest {
   int concurrency = 0;                // 0: the profile's (default 8)
   std::int64_t count = 0;
   int publish_wait_s = 60;
+  int db_wait_s = 300;
   std::string progress = "auto";      // auto | tty | plain
   std::string crash_at;               // fault hook for crash tests: <step>[:N]
 };

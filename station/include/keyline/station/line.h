@@ -52,6 +52,7 @@ struct LineOptions {
   bool terminal = false;         // \r-updated progress line
   int device_attempts = 3;       // tries per device when the link drops (claims stay with the chip)
   int publish_wait_ms = 60000;   // after the last device, how long to wait for the outbox to drain
+  int db_wait_ms = 300000;       // how long devices wait for an unreachable station database before failing
 };
 
 struct LineSummary {
