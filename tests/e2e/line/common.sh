@@ -8,6 +8,31 @@ trap line_down EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 
+# run_in_background ARGS...: `keyline-station run --progress plain ARGS` with its log in logs/run.log;
+# sets RUN_PID.
+run_in_background() {
+  "$LINE_BIN/keyline-station" run --progress plain "$@" >"$LINE_DIR/logs/run.log" 2>&1 &
+  RUN_PID=$!
+}
+
+# wait_published N: until more than N devices are published (10 s at most), so that an outage a
+# test causes next falls in the middle of the run.
+wait_published() {
+  for _ in $(seq 200); do
+    [ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")" -gt "$1" ] && return 0
+    sleep 0.05
+  done
+}
+
+# finish_run N: waits for RUN_PID, prints its log, requires exit 0 and N devices done in the summary.
+finish_run() {
+  local rc=0
+  wait "$RUN_PID" || rc=$?
+  cat "$LINE_DIR/logs/run.log"
+  [ "$rc" -eq 0 ] || fail "run exited $rc"
+  grep -Eq '\| done \(published\) +\| +'"$1"' \|' "$LINE_DIR/logs/run.log" || fail "summary does not show $1 done"
+}
+
 # check_line_invariants N: after a clean final run over N devices.
 check_line_invariants() {
   local n=$1

@@ -8,21 +8,12 @@ rm -rf "$dir"
 N=${LINE_DBR_DEVICES:-120}
 LINE_DEVICE_FLAGS="--delay-flash-ms 200 --quiet" line_up "$dir" "$N"
 line_fleet_file "$LINE_DIR/fleet.txt"
-"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 16 --progress plain --publish-wait 120 \
-  >"$LINE_DIR/logs/run.log" 2>&1 &
-pid=$!
-for _ in $(seq 200); do
-  [ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")" -gt 10 ] && break
-  sleep 0.05
-done
+run_in_background --fleet "$LINE_DIR/fleet.txt" -j 16 --publish-wait 120
+wait_published 10
 before=$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")
 "$here/../../../scripts/pg.sh" stop "$LINE_DIR/pg" >/dev/null
 sleep 2
 "$here/../../../scripts/pg.sh" start "$LINE_DIR/pg" >/dev/null
-rc=0
-wait "$pid" || rc=$?
-cat "$LINE_DIR/logs/run.log"
-[ "$rc" -eq 0 ] || fail "run exited $rc"
-grep -Eq '\| done \(published\) +\| +'"$N"' \|' "$LINE_DIR/logs/run.log" || fail "summary does not show $N done"
+finish_run "$N"
 check_line_invariants "$N"
 ok "station database restarted after $before devices: all $N published once, invariants hold"

@@ -9,14 +9,9 @@ N=${LINE_OUTBOX_DEVICES:-150}
 # Device time so that the run (150 devices, 8 at once, ~0.3 s each: ~6 s) spans the 3 s outage.
 LINE_DEVICE_FLAGS="--delay-flash-ms 300 --quiet" line_up "$dir" "$N"
 line_fleet_file "$LINE_DIR/fleet.txt"
-"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 8 --progress plain --publish-wait 120 \
-  >"$LINE_DIR/logs/run.log" 2>&1 &
-pid=$!
+run_in_background --fleet "$LINE_DIR/fleet.txt" -j 8 --publish-wait 120
 # The outage starts once the public DB has taken the first records, so it falls in the middle of the run.
-for _ in $(seq 200); do
-  [ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")" -gt 0 ] && break
-  sleep 0.05
-done
+wait_published 0
 line_backupdb_stop
 sleep 3
 during=$(line_station_sql "SELECT count(*) FROM journal.outbox WHERE published_at IS NULL")
@@ -25,12 +20,8 @@ echo "while the public DB was down: $during records waiting, $personalized_down 
 ((during > 0)) || fail "nothing waited in the outbox while the public DB was down"
 done_down=$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")
 line_backupdb_start
-rc=0
-wait "$pid" || rc=$?
-cat "$LINE_DIR/logs/run.log"
-[ "$rc" -eq 0 ] || fail "run exited $rc"
+finish_run "$N"
 grep -q "outbox [1-9]" "$LINE_DIR/logs/run.log" || fail "the progress never showed a backlog"
-grep -Eq '\| done \(published\) +\| +'"$N"' \|' "$LINE_DIR/logs/run.log" || fail "summary does not show $N done"
 # Exactly once: the public DB created each record once (201); re-sends of a record it already had are 200.
 created=$(line_public_sql "SELECT count(*) FROM records")
 [ "$created" -eq "$N" ] || fail "public DB has $created records, want $N"
