@@ -250,7 +250,7 @@ std::unique_ptr<core::http::Client> Line::make_client() const {
 }
 
 // One POST on the lane's kept-alive connection (one TLS handshake per lane, not per device).
-// Returns true when the public DB holds the record. Classification as in Publisher::publish. The
+// Returns true when the public DB holds the record (publish_outcome, as Publisher::publish). The
 // caller has put the chip in m_publishing; it leaves it there when the public DB accepted the record
 // (the marker releases it) and is released here otherwise.
 bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, const std::string& chip,
@@ -259,8 +259,9 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
   bool ok = false, refused = false;
   try {
     const auto r = client.post("/v1/records", record_json, "application/json");
-    ok = r.status == 201 || r.status == 200;
-    refused = refused_for_good(r.status);
+    const auto outcome = publish_outcome(r.status);
+    ok = outcome == PublishOutcome::Published || outcome == PublishOutcome::AlreadyPublished;
+    refused = outcome == PublishOutcome::Refused;
     if (!ok) detail = problem_summary(r.status, r.body);
   } catch (const core::Error& e) {
     detail = e.what();

@@ -230,15 +230,10 @@ void Personalizer::step(Step s, const std::string& chip_id) {
 
 DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Connection& db) {
   JournalDb j(db);
-  return run(endpoint, j);
+  return personalize(endpoint, j);
 }
 
-DeviceResult Personalizer::personalize(const std::string& endpoint, core::pq::Pool& db) {
-  JournalDb j(db);
-  return run(endpoint, j);
-}
-
-DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
+DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& db) {
   DeviceResult res;
   res.endpoint = endpoint;
   Step cur = Step::Connect;
@@ -524,7 +519,7 @@ DeviceResult Personalizer::run(const std::string& endpoint, JournalDb& db) {
       if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
         db.with([&](core::pq::Connection& c) { mark_published(c, res.chip_id, *claim_id); });
       } else {
-        const bool refused = pr.outcome == PublishOutcome::Rejected && refused_for_good(pr.status);
+        const bool refused = pr.outcome == PublishOutcome::Refused;
         db.with([&](core::pq::Connection& c) { note_publish_failure(c, res.chip_id, refused, pr.detail); });
         if (refused)
           throw core::Error(errc::PublishRejected, "public DB refused the record: " + pr.detail +
@@ -593,7 +588,7 @@ DrainResult drain_outbox(core::pq::Connection& db, Publisher& publisher, int lim
       mark_published(db, rows.text(i, 0), rows.int64(i, 1));
       ++d.published;
     } else {
-      const bool refused = pr.outcome == PublishOutcome::Rejected && refused_for_good(pr.status);
+      const bool refused = pr.outcome == PublishOutcome::Refused;
       note_publish_failure(db, rows.text(i, 0), refused, pr.detail);
       ++(refused ? d.refused : d.pending);
     }

@@ -10,10 +10,13 @@
 
 namespace keyline::station {
 
-bool refused_for_good(int http_status) noexcept {
+PublishOutcome publish_outcome(int http_status) noexcept {
   switch (http_status) {
-    case 400: case 409: case 413: case 415: case 422: return true;
-    default: return false;
+    case 201: return PublishOutcome::Published;
+    case 200: return PublishOutcome::AlreadyPublished;
+    case 400: case 409: case 413: case 415: case 422: return PublishOutcome::Refused;
+    case 408: case 429: return PublishOutcome::Unreachable;
+    default: return http_status >= 400 && http_status < 500 ? PublishOutcome::Rejected : PublishOutcome::Unreachable;
   }
 }
 
@@ -53,15 +56,7 @@ PublishResult Publisher::publish(const std::string& record_json) {
     core::http::Client client(opt);
     const auto r = client.post("/v1/records", record_json, "application/json");
     result.status = r.status;
-    if (r.status == 201) {
-      result.outcome = PublishOutcome::Published;
-    } else if (r.status == 200) {
-      result.outcome = PublishOutcome::AlreadyPublished;
-    } else if (r.status >= 400 && r.status < 500 && r.status != 408 && r.status != 429) {
-      result.outcome = PublishOutcome::Rejected;
-    } else {
-      result.outcome = PublishOutcome::Unreachable;
-    }
+    result.outcome = publish_outcome(r.status);
     if (result.outcome != PublishOutcome::Published && result.outcome != PublishOutcome::AlreadyPublished)
       result.detail = problem_summary(r.status, r.body);
   } catch (const core::Error& e) {

@@ -82,8 +82,8 @@ class Personalizer {
   // Runs all steps for the device at host:port on the caller's thread with its own DB connection.
   // Never throws for a device problem: the result says what happened.
   DeviceResult personalize(const std::string& endpoint, core::pq::Connection& db);
-  DeviceResult personalize(const std::string& endpoint, core::pq::Pool& db);
-  DeviceResult personalize(const std::string& endpoint, JournalDb& db) { return run(endpoint, db); }
+  // The same with the journal where the caller keeps it (a line: a pool and its group commit).
+  DeviceResult personalize(const std::string& endpoint, JournalDb& db);
 
   void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
   // Application items (DGIs 0F01-0FFF) from the line profile, stored into every device.
@@ -91,7 +91,6 @@ class Personalizer {
 
  private:
   void step(Step s, const std::string& chip_id);
-  DeviceResult run(const std::string& endpoint, JournalDb& db);
   const StationConfig& m_config;
   StationKeys& m_keys;
   Publisher* m_publisher;
@@ -105,7 +104,7 @@ void mark_published(core::pq::Connection& db, const std::string& chip_id, std::i
 void mark_published(core::pq::Connection& db, const std::vector<std::pair<std::string, std::int64_t>>& published);
 
 // A publication that failed: the outbox row backs off (250 ms, doubling to 30 s between attempts) or,
-// when the public DB refused it for good (refused_for_good), is parked (refused_at) until an operator
+// when the public DB refused it for good (PublishOutcome::Refused), is parked (refused_at) until an operator
 // runs `publish --retry-refused`. `detail` goes to last_error (cut to 500 characters).
 void note_publish_failure(core::pq::Connection& db, const std::string& chip_id, bool refused, const std::string& detail);
 

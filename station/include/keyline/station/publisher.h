@@ -11,19 +11,22 @@
 
 namespace keyline::station {
 
-enum class PublishOutcome { Published, AlreadyPublished, Rejected, Unreachable };
+// Rejected: a 4xx that can pass later (401, 403, 404: a certificate or server someone fixes), retried.
+// Refused: a 4xx the public DB would answer again whatever the station does — 400 (the body is not a
+// record), 409 (another record holds the chip ID or the IMEI), 413, 415, 422 (the record does not
+// validate against its trust anchors): the outbox parks the record for an operator.
+// Unreachable: no answer, 408, 429 or 5xx.
+enum class PublishOutcome { Published, AlreadyPublished, Rejected, Refused, Unreachable };
+
+// The outcome an HTTP answer to POST /v1/records means (the one classification the publisher and the
+// line's lanes share).
+PublishOutcome publish_outcome(int http_status) noexcept;
 
 struct PublishResult {
   PublishOutcome outcome = PublishOutcome::Unreachable;
   int status = 0;
   std::string detail;  // problem document title/detail or the network error
 };
-
-// A 4xx the public DB would answer again whatever the station does: 400 (the body is not a record),
-// 409 (another record holds the chip ID or the IMEI), 413, 415, 422 (the record does not validate
-// against its trust anchors). The outbox parks such a record for an operator instead of resending
-// it. 401, 403, 404, 408, 429 and 5xx can pass later (a certificate or server fixed) and are retried.
-bool refused_for_good(int http_status) noexcept;
 
 // "HTTP <status>" and, when the body is a problem document (RFC 9457), its title and detail.
 std::string problem_summary(int http_status, const std::string& body);
