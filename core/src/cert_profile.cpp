@@ -86,16 +86,15 @@ Bytes sign_cert_der(const Botan::Private_Key& signer_key, const Botan::BigInt& s
   return Botan::X509_Object::make_signed(signer.get(), rng, sig_algo, tbs);
 }
 
-// One certificate signed with SHA-256 by `signer_key` (in-process or token key alike).
+// The same, parsed (in-process or token key alike). One encoder for both: the lint draft is the very
+// TBS the Device CA key then signs.
 Botan::X509_Certificate sign_cert(const Botan::Private_Key& signer_key, const Botan::BigInt& serial,
                                   const Botan::X509_DN& issuer, const Botan::X509_DN& subject,
                                   const Botan::Public_Key& subject_key, const Botan::Extensions& ext,
                                   const Botan::X509_Time& not_before, const Botan::X509_Time& not_after,
                                   Botan::RandomNumberGenerator& rng) {
-  Botan::AlgorithmIdentifier sig_algo;
-  std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(signer_key, rng, "SHA-256", sig_algo));
-  return Botan::X509_CA::make_cert(signer.get(), rng, serial, sig_algo, subject_key.subject_public_key(), not_before,
-                                   not_after, issuer, subject, ext);
+  return Botan::X509_Certificate(
+      sign_cert_der(signer_key, serial, issuer, subject, subject_key, ext, not_before, not_after, rng));
 }
 
 // The to-be-linted copy of each device certificate is "signed" by this key: lint reads the TBS fields

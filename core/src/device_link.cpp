@@ -108,7 +108,7 @@ void DeviceLink::close() noexcept {
   if (m_fd >= 0) ::close(m_fd);
   m_fd = -1;
   m_rbuf.clear();
-  m_rpos = 0;
+  m_rpos = m_rend = 0;
 }
 
 void DeviceLink::reconnect() {
@@ -135,8 +135,8 @@ void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
 void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
   std::size_t off = 0;
   while (off < len) {
-    if (m_rpos < m_rbuf.size()) {
-      const std::size_t take = std::min(len - off, m_rbuf.size() - m_rpos);
+    if (m_rpos < m_rend) {
+      const std::size_t take = std::min(len - off, m_rend - m_rpos);
       std::memcpy(out + off, m_rbuf.data() + m_rpos, take);
       m_rpos += take;
       off += take;
@@ -145,7 +145,7 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
     // Large remainders go straight to the caller; small ones through the buffer, which then holds
     // whatever else the segment carried (the next frame's header and body).
     const bool direct = len - off >= kReadChunk;
-    if (!direct) m_rbuf.resize(kReadChunk);
+    if (!direct && m_rbuf.size() < kReadChunk) m_rbuf.resize(kReadChunk);  // once per connection
     std::uint8_t* dst = direct ? out + off : m_rbuf.data();
     const ssize_t n = ::recv(m_fd, dst, direct ? len - off : kReadChunk, 0);
     if (n < 0 && errno == EINTR) continue;
@@ -161,8 +161,8 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
     if (direct) {
       off += static_cast<std::size_t>(n);
     } else {
-      m_rbuf.resize(static_cast<std::size_t>(n));
       m_rpos = 0;
+      m_rend = static_cast<std::size_t>(n);
     }
   }
 }

@@ -69,7 +69,8 @@ class DeviceLink {
   // Bytes received beyond the frame being read (a frame's header and body usually come in one
   // segment: one recv per frame instead of a poll and a recv for each of the two).
   SecureBytes m_rbuf;  // a response may carry key material (KPS), so it is wiped like one
-  std::size_t m_rpos = 0;
+  std::size_t m_rpos = 0;  // m_rbuf[m_rpos, m_rend) is received and not yet read
+  std::size_t m_rend = 0;
 };
 
 }  // namespace keyline::core
