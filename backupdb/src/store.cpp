@@ -1,8 +1,6 @@
 #include "keyline/backupdb/store.h"
 
 #include <ctime>
-#include <thread>
-
 
 namespace keyline::backupdb {
 namespace {
@@ -20,6 +18,29 @@ std::string utc_now_iso() {
 // its WAL flush), at most 32 records each.
 constexpr std::size_t kInsertFlushers = 2;
 constexpr std::size_t kInsertBatch = 32;
+
+// After an INSERT that found its keys taken: the same record (Identical) or another (Conflict).
+PublishResult existing_outcome(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
+                               const std::string& hash) {
+  PublishResult result;
+  // A fixed text whose plan cannot depend on the values (a lookup by the two unique keys): prepared
+  // once per session.
+  const auto existing =
+      conn.exec_prepared("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
+                         {chip, imei});
+  for (int i = 0; i < existing.rows(); ++i) {
+    if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
+      result.outcome = PublishOutcome::Identical;
+      return result;
+    }
+  }
+  result.outcome = PublishOutcome::Conflict;
+  if (existing.rows() > 0) {
+    result.existing_hash = existing.text(0, 2);
+    result.conflict_on = existing.text(0, 0) == chip ? "chip_id" : "imei";
+  }
+  return result;
+}
 
 }  // namespace
 
@@ -104,53 +125,24 @@ PublishResult Store::publish(const core::Record& record, const std::string& hash
   // happen between the two statements that a transaction would have prevented.
   // Safe to re-run after a lost connection: if the first attempt committed but its answer was lost,
   // the retry finds the identical row and reports Identical (200), never a duplicate. The retries
-  // (back-off, attempts) are those of core::pq::run_transaction; the pool reopens a lost session.
-  const core::pq::RetryPolicy policy;
-  auto delay = policy.backoff;
-  for (int attempt = 1;; ++attempt) {
-    try {
-      const auto ins = m_group.exec(
-          "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
-          "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
-          {chip, imei, hash, record.backup, identity, json, published_at});
-      PublishResult result;
-      if (ins.rows() == 1) {
-        result.outcome = PublishOutcome::Created;
-        return result;
-      }
-      auto lease = m_pool.acquire();
-      return existing_outcome(*lease, chip, imei, hash);
-    } catch (const core::DbError& e) {
-      const bool retryable =
-          e.code() == core::ErrorCode::DbSerialization || e.code() == core::ErrorCode::DbConnection;
-      if (!retryable || attempt >= policy.attempts) throw;
-      std::this_thread::sleep_for(delay);
-      delay *= 2;
-    }
-  }
-}
-
-PublishResult Store::existing_outcome(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
-                                      const std::string& hash) {
+  // (core::pq::retry_transient, as run_transaction's) need no reconnect: the pool reopens a lost session.
   PublishResult result;
-  // A fixed text whose plan cannot depend on the values (a lookup by the two unique keys): prepared
-  // once per session.
-  const auto existing =
-      conn.exec_prepared("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
-                         {chip, imei});
-  for (int i = 0; i < existing.rows(); ++i) {
-    if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
-      result.outcome = PublishOutcome::Identical;
-      return result;
+  core::pq::retry_transient(core::pq::RetryPolicy{}, [&] {
+    const auto ins = m_group.exec(
+        "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
+        {chip, imei, hash, record.backup, identity, json, published_at});
+    if (ins.rows() == 1) {
+      result = PublishResult{};
+      result.outcome = PublishOutcome::Created;
+      return;
     }
-  }
-  result.outcome = PublishOutcome::Conflict;
-  if (existing.rows() > 0) {
-    result.existing_hash = existing.text(0, 2);
-    result.conflict_on = existing.text(0, 0) == chip ? "chip_id" : "imei";
-  }
+    auto lease = m_pool.acquire();
+    result = existing_outcome(*lease, chip, imei, hash);
+  });
   return result;
 }
+
 
 std::size_t Store::preload(std::size_t max) {
   auto lease = m_pool.acquire();

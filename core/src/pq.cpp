@@ -276,30 +276,42 @@ void Transaction::rollback() {
   m_conn.exec("ROLLBACK");
 }
 
-void run_transaction(Connection& conn, Isolation iso, const std::function<void(Transaction&)>& work,
-                     RetryPolicy policy) {
+void retry_transient(const RetryPolicy& policy, const std::function<void()>& attempt,
+                     const std::function<void(const DbError&)>& before_retry) {
   auto delay = policy.backoff;
-  for (int attempt = 1;; ++attempt) {
+  for (int n = 1;; ++n) {
     try {
-      if (!conn.ok()) conn.reconnect();
-      Transaction tx(conn, iso);
-      work(tx);
-      tx.commit();
+      attempt();
       return;
     } catch (const DbError& e) {
       const bool retryable = e.code() == ErrorCode::DbSerialization || e.code() == ErrorCode::DbConnection;
-      if (!retryable || attempt >= policy.attempts) throw;
+      if (!retryable || n >= policy.attempts) throw;
       std::this_thread::sleep_for(delay);
       delay *= 2;
-      if (e.code() == ErrorCode::DbConnection || !conn.ok()) {
-        try {
-          conn.reconnect();
-        } catch (const DbError&) {
-          // The next attempt reports it if the server is still away.
-        }
-      }
+      if (before_retry) before_retry(e);
     }
   }
+}
+
+void run_transaction(Connection& conn, Isolation iso, const std::function<void(Transaction&)>& work,
+                     RetryPolicy policy) {
+  retry_transient(
+      policy,
+      [&] {
+        if (!conn.ok()) conn.reconnect();
+        Transaction tx(conn, iso);
+        work(tx);
+        tx.commit();
+      },
+      [&](const DbError& e) {
+        if (e.code() == ErrorCode::DbConnection || !conn.ok()) {
+          try {
+            conn.reconnect();
+          } catch (const DbError&) {
+            // The next attempt reports it if the server is still away.
+          }
+        }
+      });
 }
 
 Pool::Lease::~Lease() {

@@ -58,9 +58,6 @@ class Store {
   RecordPtr cache_get(const std::string& chip_id);
   void cache_put(const RecordPtr& r);
   RecordPtr load(const std::string& column, const std::string& value);
-  // After an INSERT that found its keys taken: the same record (Identical) or another (Conflict).
-  static PublishResult existing_outcome(core::pq::Connection& conn, const std::string& chip, const std::string& imei,
-                                        const std::string& hash);
 
   // The cache is split into shards with a lock each, so 64 reader threads on 2 cores rarely wait on
   // one another (a preempted lock holder would otherwise stall every reader: the p99 tail).

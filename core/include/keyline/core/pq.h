@@ -141,6 +141,12 @@ struct RetryPolicy {
   std::chrono::milliseconds backoff{20};  // doubled after each failed attempt
 };
 
+// Runs `attempt`, and again after a pause (policy.backoff, doubled each time) while it throws
+// DbSerialization or DbConnection, at most policy.attempts times in all; `before_retry` runs after the
+// pause, before the next attempt (a reconnect, say). Any other error, or the last one, is rethrown.
+void retry_transient(const RetryPolicy& policy, const std::function<void()>& attempt,
+                     const std::function<void(const DbError&)>& before_retry = {});
+
 // Runs work inside a transaction, retrying the whole transaction on DbSerialization, and on
 // DbConnection after reconnecting. Work must therefore be idempotent with respect to anything outside
 // the database (it is re-run from the start). The last error is rethrown after the final attempt.
