@@ -129,21 +129,15 @@ struct Server::Slot {
 Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options) : m_options(std::move(options)) {
   // One acceptor thread waits on every listening socket through epoll (a fleet has thousands of
   // ports; a thread or a poll() scan per port costs CPU on every wake-up), plus an eventfd for stop().
-  m_epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
-  m_wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (m_epoll_fd < 0 || m_wake_fd < 0) {
-    close_fds();
-    throw core::IoError(core::ErrorCode::Network, std::string("epoll setup failed: ") + std::strerror(errno));
-  }
-  epoll_event wake{};
-  wake.events = EPOLLIN;
-  wake.data.ptr = nullptr;
-  if (::epoll_ctl(m_epoll_fd, EPOLL_CTL_ADD, m_wake_fd, &wake) != 0) {
-    close_fds();
-    throw core::IoError(core::ErrorCode::Network, std::string("epoll setup failed: ") + std::strerror(errno));
-  }
   int next_port = m_options.base_port;
   try {
+    m_epoll_fd = ::epoll_create1(EPOLL_CLOEXEC);
+    m_wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    epoll_event wake{};
+    wake.events = EPOLLIN;
+    wake.data.ptr = nullptr;
+    if (m_epoll_fd < 0 || m_wake_fd < 0 || ::epoll_ctl(m_epoll_fd, EPOLL_CTL_ADD, m_wake_fd, &wake) != 0)
+      throw core::IoError(core::ErrorCode::Network, std::string("epoll setup failed: ") + std::strerror(errno));
     for (const auto& dir : device_dirs) {
       auto slot = std::make_unique<Slot>();
       slot->device = std::make_unique<Device>(Chip::load(dir), m_options.device);
