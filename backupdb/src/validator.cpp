@@ -4,7 +4,8 @@
 #include <botan/parsing.h>
 #include <botan/pkix_types.h>
 
-#include "keyline/core/backup_package.h"
+#include <optional>
+
 #include "keyline/core/cert_profile.h"
 
 namespace keyline::backupdb {
@@ -31,9 +32,11 @@ namespace keyline::backupdb {
 // success. The short path (leaf_passes_under) performs that cut-down validate_record's steps itself
 // so that it can keep CA's parsed key and verifier objects: the leaf parses as DER X.509, its issuer
 // DN is CA's subject DN, CA's key verifies its signature (signed_by in core::verify_chain, see
-// leaf_signed_by), then read_identity, the chip ID and IMEI comparisons, the backup header. CA's
-// own checks there (CA flag, keyCertSign, path length >= 0) depend only on CA and passed in (c). When the short path fails, the full validation runs and its answer (or its error,
-// with core's message) is what the caller gets. The leaf's signature is verified for every record;
+// leaf_signed_by), then core::check_record_facts (identity facts, chip ID and IMEI, backup header),
+// the very code validate_record runs after its chain, so a failure there throws core's error. CA's
+// own checks there (CA flag, keyCertSign, path length >= 0) depend only on CA and passed in (c).
+// When the leaf is not CA's, the full validation runs and its answer (or its error, with core's
+// message) is what the caller gets. The leaf's signature is verified for every record;
 // what is saved is CA's own verification and parsing its DER again.
 
 Validator::Validator(std::vector<Botan::X509_Certificate> anchors) : m_anchors(std::move(anchors)) {}
@@ -120,18 +123,20 @@ bool Validator::leaf_signed_by(const Botan::X509_Certificate& leaf, KnownCa& ca)
   return valid;
 }
 
-// validate_record(record cut down to [leaf], {CA}) succeeds; the steps in its order (see the top).
+// validate_record(record cut down to [leaf], {CA}), in its order (see the top): false when the leaf
+// is not CA's (the full validation then decides); once CA's key verified the leaf, the full
+// validation's chain would pass too, so the record's own checks run here and throw what it would.
 bool Validator::leaf_passes_under(const core::Record& record, KnownCa& ca) {
+  std::optional<Botan::X509_Certificate> leaf;
   try {
-    const Botan::X509_Certificate leaf(record.certificates.front());
-    if (!(leaf.issuer_dn() == ca.as_anchors.front().subject_dn())) return false;
-    if (!leaf_signed_by(leaf, ca)) return false;
-    const core::IdentityFacts facts = core::read_identity(leaf);
-    if (facts.chip_id != record.chip_id || facts.imei != record.imei) return false;
-    return core::parse_backup_header(record.backup).chip_id == record.chip_id;
+    leaf.emplace(record.certificates.front());
+    if (!(leaf->issuer_dn() == ca.as_anchors.front().subject_dn())) return false;
+    if (!leaf_signed_by(*leaf, ca)) return false;
   } catch (const std::exception&) {
     return false;
   }
+  core::check_record_facts(record, *leaf);
+  return true;
 }
 
 void Validator::validate(const core::Record& record) {
@@ -147,7 +152,10 @@ void Validator::validate(const core::Record& record) {
 void Validator::remember(const core::Record& record) {
   // Runs after a successful full validation, so the certificates parse.
   const core::Bytes& der = record.certificates[1];
-  if (lookup(der)) return;
+  {
+    std::lock_guard<std::mutex> g(m_mutex);
+    if (m_verified_cas.size() >= kMaxCachedCas || m_verified_cas.count(der)) return;  // full, or known
+  }
   auto ca = std::make_shared<KnownCa>();
   ca->as_anchors.emplace_back(der);
   for (const auto& anchor : m_anchors)

@@ -205,6 +205,10 @@ void validate_record(const Record& record, const std::vector<Botan::X509_Certifi
     throw Error(ErrorCode::ChainInvalid, std::string("chain does not lead to a trusted root: ") + e.what());
   }
 
+  check_record_facts(record, leaf);
+}
+
+void check_record_facts(const Record& record, const Botan::X509_Certificate& leaf) {
   const IdentityFacts facts = read_identity(leaf);
   if (facts.chip_id != record.chip_id)
     bad("certificate chip ID " + facts.chip_id.str() + " differs from record chip ID " + record.chip_id.str());

@@ -50,4 +50,9 @@ struct Record {
 // The backup is not opened: only the device holding the chip key can do that.
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors);
 
+// The checks validate_record makes after the chain, on its verified leaf: the identity facts, the
+// chip ID and IMEI comparisons, the backup header (the last three errors above). For a caller that
+// verified the chain its own way (the public DB's remembered Device CAs).
+void check_record_facts(const Record& record, const Botan::X509_Certificate& leaf);
+
 }  // namespace keyline::core
