@@ -48,23 +48,29 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
-void sync_data(int fd, const fs::path& path) {
-  if (::fdatasync(fd) != 0) {
-    const std::string reason = std::strerror(errno);
-    ::close(fd);
-    throw core::IoError(core::ErrorCode::Io, "fdatasync failed on " + path.string() + ": " + reason);
+// Closes the descriptor it holds when it goes out of scope, on every path.
+struct Fd {
+  int fd;
+  explicit Fd(int f) : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
   }
+};
+
+void sync_data(int fd, const fs::path& path) {
+  if (::fdatasync(fd) != 0)
+    throw core::IoError(core::ErrorCode::Io, "fdatasync failed on " + path.string() + ": " + std::strerror(errno));
 }
 
-void pwrite_all(int fd, const std::uint8_t* data, std::size_t len, off_t at, const fs::path& path) {
+// All of data at offset `at` (pwrite, retried after EINTR and short writes).
+void write_all(int fd, const std::uint8_t* data, std::size_t len, off_t at, const fs::path& path) {
   std::size_t off = 0;
   while (off < len) {
     const ssize_t n = ::pwrite(fd, data + off, len - off, at + static_cast<off_t>(off));
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      throw core::IoError(core::ErrorCode::Io, "write failed on " + path.string());
-    }
+    if (n <= 0) throw core::IoError(core::ErrorCode::Io, "write failed on " + path.string());
     off += static_cast<std::size_t>(n);
   }
 }
@@ -85,28 +91,21 @@ void pwrite_all(int fd, const std::uint8_t* data, std::size_t len, off_t at, con
 // first), which Chip::load repairs by burning the fuse from the image, as after a crash between the
 // image and the fuse write.
 bool burn_in_place(const fs::path& otp, const core::Imei& imei) {
-  const int fd = ::open(otp.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return false;
+  const Fd f(::open(otp.c_str(), O_RDWR | O_CLOEXEC));
+  if (f.fd < 0) return false;
   std::uint8_t cur[5 + 15 + 1];
   ssize_t got;
   do {
-    got = ::pread(fd, cur, sizeof cur, 0);
+    got = ::pread(f.fd, cur, sizeof cur, 0);
   } while (got < 0 && errno == EINTR);
-  if (got != 5 && got != 5 + 15) {
-    ::close(fd);
-    return false;
-  }
-  if (std::memcmp(cur, kOtpMagic, 4) != 0 || cur[4] != static_cast<std::uint8_t>(Lifecycle::Blank)) {
-    ::close(fd);
-    return false;
-  }
+  if (got != 5 && got != 5 + 15) return false;
+  if (std::memcmp(cur, kOtpMagic, 4) != 0 || cur[4] != static_cast<std::uint8_t>(Lifecycle::Blank)) return false;
   const std::string& digits = imei.str();
-  pwrite_all(fd, reinterpret_cast<const std::uint8_t*>(digits.data()), digits.size(), 5, otp);
-  sync_data(fd, otp);
+  write_all(f.fd, reinterpret_cast<const std::uint8_t*>(digits.data()), digits.size(), 5, otp);
+  sync_data(f.fd, otp);
   const std::uint8_t state = static_cast<std::uint8_t>(Lifecycle::Personalized);
-  pwrite_all(fd, &state, 1, 4, otp);
-  sync_data(fd, otp);
-  ::close(fd);
+  write_all(f.fd, &state, 1, 4, otp);
+  sync_data(f.fd, otp);
   return true;
 }
 
@@ -143,29 +142,15 @@ std::optional<core::Bytes> read_bytes(const fs::path& path, std::size_t max) {
 void write_atomic(const fs::path& path, const std::uint8_t* data, std::size_t len,
                   std::optional<std::size_t> power_cut_at, mode_t mode, bool durable) {
   const fs::path tmp = path.string() + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) throw core::IoError(core::ErrorCode::Io, "cannot write " + tmp.string() + ": " + std::strerror(errno));
-  const std::size_t limit = power_cut_at ? std::min(*power_cut_at, len) : len;
-  std::size_t off = 0;
-  while (off < limit) {
-    const ssize_t n = ::write(fd, data + off, limit - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      throw core::IoError(core::ErrorCode::Io, "write failed on " + tmp.string());
-    }
-    off += static_cast<std::size_t>(n);
-  }
-  if (power_cut_at) {
+  {
+    const Fd f(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode));
+    if (f.fd < 0)
+      throw core::IoError(core::ErrorCode::Io, "cannot write " + tmp.string() + ": " + std::strerror(errno));
+    write_all(f.fd, data, power_cut_at ? std::min(*power_cut_at, len) : len, 0, tmp);
     // The power goes before the rename: the temporary file stays partial, the old image stays valid.
-    ::close(fd);
-    throw core::Error(error::PowerCut, "power cut during the flash write");
+    if (power_cut_at) throw core::Error(error::PowerCut, "power cut during the flash write");
+    if (durable && ::fsync(f.fd) != 0) throw core::IoError(core::ErrorCode::Io, "fsync failed on " + tmp.string());
   }
-  if (durable && ::fsync(fd) != 0) {
-    ::close(fd);
-    throw core::IoError(core::ErrorCode::Io, "fsync failed on " + tmp.string());
-  }
-  ::close(fd);
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     throw core::IoError(core::ErrorCode::Io, "rename failed for " + path.string());
   // POSIX makes the rename durable only once the directory entry is synced.
