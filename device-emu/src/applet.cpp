@@ -37,17 +37,9 @@ bool same_time(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_s
 
 // Any replacement (write_atomic renames a new inode over the file), removal or in-place write
 // changes at least one of these: the inode, the size, mtime or ctime (which no caller can set).
-bool same_file(const Device::FlashCopy& c, const struct stat& st) {
-  return c.dev == st.st_dev && c.ino == st.st_ino && c.size == st.st_size && same_time(c.mtime, st.st_mtim) &&
-         same_time(c.ctime, st.st_ctim);
-}
-
-void stamp(Device::FlashCopy& c, const struct stat& st) {
-  c.dev = st.st_dev;
-  c.ino = st.st_ino;
-  c.size = st.st_size;
-  c.mtime = st.st_mtim;
-  c.ctime = st.st_ctim;
+bool same_file(const struct stat& a, const struct stat& b) {
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_size == b.st_size && same_time(a.st_mtim, b.st_mtim) &&
+         same_time(a.st_ctim, b.st_ctim);
 }
 
 }  // namespace
@@ -282,10 +274,7 @@ void Session::remember_flash(const core::Bytes& image) {
   cache.reset();
   struct stat st {};
   if (::stat(m_device.m_chip.paths().image().c_str(), &st) != 0) return;  // the next use reads the file
-  Device::FlashCopy c;
-  stamp(c, st);
-  c.image = image;
-  cache = std::move(c);
+  cache = Device::FlashCopy{st, image};
 }
 
 const core::Bytes* Session::flash_image() {
@@ -297,16 +286,13 @@ const core::Bytes* Session::flash_image() {
     if (errno == ENOENT || errno == ENOTDIR) return nullptr;
     throw core::IoError(core::ErrorCode::Io, "cannot read " + path.string() + ": " + std::strerror(errno));
   }
-  if (cache && same_file(*cache, st)) return &cache->image;
+  if (cache && same_file(cache->st, st)) return &cache->image;
   cache.reset();
   auto bytes = read_bytes(path);
   if (!bytes) return nullptr;
   // Stamped with the stat() taken before the read: if the file changed in between, the next stat()
   // differs from this one and the file is read again, so a stale copy is never served.
-  Device::FlashCopy c;
-  stamp(c, st);
-  c.image = std::move(*bytes);
-  cache = std::move(c);
+  cache = Device::FlashCopy{st, std::move(*bytes)};
   return &cache->image;
 }
 

@@ -65,18 +65,13 @@ class Device {
   bool powered_off() const noexcept { return m_power_cut.load(); }
   void power_restored();
 
-  // A copy of flash/image.bin and what stat() said of the file when the copy was made.
-  struct FlashCopy {
-    dev_t dev = 0;
-    ino_t ino = 0;
-    off_t size = 0;
-    timespec mtime{};
-    timespec ctime{};
-    core::Bytes image;
-  };
-
  private:
   friend class Session;
+  // A copy of flash/image.bin and what stat() said of the file when the copy was made.
+  struct FlashCopy {
+    struct stat st;
+    core::Bytes image;
+  };
   std::mutex m_mutex;  // one command at a time, as on a real chip
   Chip m_chip;
   DeviceOptions m_options;
