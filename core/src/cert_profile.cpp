@@ -1,6 +1,9 @@
 #include "keyline/core/cert_profile.h"
 
+#include <algorithm>
 #include <chrono>
+#include <deque>
+#include <mutex>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -322,6 +325,38 @@ void lint_certificate(const Botan::X509_Certificate& cert, CertKind kind) {
     lint_fail("signature algorithm must be ecdsa-with-SHA256");
 }
 
+namespace {
+
+using CertPair = std::pair<std::vector<std::uint8_t>, std::vector<std::uint8_t>>;  // subject DER, issuer DER
+
+// CA signatures already verified, by exact DER, oldest dropped first. A line has one Device CA under
+// one root; the bound only keeps odd input from growing it.
+class VerifiedSignatures {
+ public:
+  bool contains(const CertPair& p) {
+    std::lock_guard<std::mutex> g(m_mutex);
+    return std::find(m_pairs.begin(), m_pairs.end(), p) != m_pairs.end();
+  }
+  void add(CertPair p) {
+    std::lock_guard<std::mutex> g(m_mutex);
+    if (std::find(m_pairs.begin(), m_pairs.end(), p) != m_pairs.end()) return;
+    if (m_pairs.size() >= kMax) m_pairs.pop_front();
+    m_pairs.push_back(std::move(p));
+  }
+
+ private:
+  static constexpr std::size_t kMax = 32;
+  std::mutex m_mutex;
+  std::deque<CertPair> m_pairs;
+};
+
+VerifiedSignatures& verified_ca_signatures() {
+  static VerifiedSignatures v;
+  return v;
+}
+
+}  // namespace
+
 void verify_chain(const Botan::X509_Certificate& leaf, const std::vector<Botan::X509_Certificate>& intermediates,
                   const std::vector<Botan::X509_Certificate>& trust_anchors) {
   // RFC 5280 section 6.1 path processing without the validity-period step (device certificates
@@ -331,12 +366,23 @@ void verify_chain(const Botan::X509_Certificate& leaf, const std::vector<Botan::
   };
   auto signed_by = [](const Botan::X509_Certificate& subject, const Botan::X509_Certificate& issuer) {
     if (!(subject.issuer_dn() == issuer.subject_dn())) return false;
+    // The answer depends on nothing but the two DER encodings, so a remembered success stands. Only CA
+    // certificates are remembered: there are a handful, while each leaf is checked once.
+    const bool memo = subject.is_CA_cert();
+    CertPair pair;
+    if (memo) {
+      pair = {subject.BER_encode(), issuer.BER_encode()};
+      if (verified_ca_signatures().contains(pair)) return true;
+    }
+    bool ok = false;
     try {
       std::unique_ptr<Botan::Public_Key> k(issuer.subject_public_key());
-      return subject.verify_signature(*k) == Botan::Certificate_Status_Code::VERIFIED;
+      ok = subject.verify_signature(*k) == Botan::Certificate_Status_Code::VERIFIED;
     } catch (const Botan::Exception&) {
       return false;
     }
+    if (ok && memo) verified_ca_signatures().add(std::move(pair));
+    return ok;
   };
   // RFC 5280 section 4.2.1.9: pathLenConstraint counts the intermediate CA certificates that may
   // follow the issuer; `depth` is how many intermediates lie below the issuer being checked.

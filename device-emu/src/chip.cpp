@@ -8,7 +8,6 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <mutex>
 #include <sstream>
 
 #include <botan/data_src.h>
@@ -109,19 +108,6 @@ bool burn_in_place(const fs::path& otp, const core::Imei& imei) {
   return true;
 }
 
-// Device CA certificates already verified against a ROM root, shared by every chip of the process
-// (a fleet's chips hold the same root). A line personalizes thousands of chips under one Device CA:
-// checking its signature again for each one is an ECDSA verification per device that can only give
-// the same answer, since the check depends on nothing but the two certificates' bytes.
-struct KnownCa {
-  core::Bytes root_der;
-  core::Bytes ca_der;
-  Botan::X509_Certificate ca;
-};
-std::mutex g_known_ca_mutex;
-std::vector<KnownCa> g_known_cas;
-// A line has one Device CA, a test a few; the bound only keeps odd input from growing the list.
-constexpr std::size_t kMaxKnownCas = 16;
 
 }  // namespace
 
@@ -237,7 +223,6 @@ Chip Chip::load(const fs::path& dir) {
   if (!fs::exists(p.root())) throw no_device(dir, "rom/root.pem missing");
   c.m_roots = core::load_certificates_pem(p.root().string());
   if (c.m_roots.empty()) throw no_device(dir, "rom/root.pem holds no certificate");
-  if (c.m_roots.size() == 1) c.m_root_der = c.m_roots[0].BER_encode();
 
   // Read straight into SecureBytes: the chip key never passes through a std::string.
   const int fd = ::open(p.chip_key().c_str(), O_RDONLY | O_CLOEXEC);
@@ -306,12 +291,10 @@ void Chip::check_identity(const core::Bytes& identity_der, const std::vector<cor
                           const core::Imei& imei) const {
   try {
     Botan::X509_Certificate leaf(identity_der);
-    if (!verify_under_known_ca(leaf, chain_der)) {
-      std::vector<Botan::X509_Certificate> chain;
-      for (const auto& d : chain_der) chain.emplace_back(d);
-      core::verify_chain(leaf, chain, m_roots);
-      if (chain.size() == 1) remember_ca(chain[0], chain_der[0]);
-    }
+    std::vector<Botan::X509_Certificate> chain;
+    for (const auto& d : chain_der) chain.emplace_back(d);
+    // The Device CA's own signature is checked once per process (core::verify_chain remembers it).
+    core::verify_chain(leaf, chain, m_roots);
     const auto facts = core::read_identity(leaf);
     if (facts.chip_id != m_chip_id) throw rejected("identity certificate names chip " + facts.chip_id.str());
     if (facts.imei != imei) throw rejected("identity certificate IMEI differs from the package IMEI");
@@ -320,46 +303,6 @@ void Chip::check_identity(const core::Bytes& identity_der, const std::vector<cor
     throw rejected(e.what());
   } catch (const std::exception& e) {
     throw rejected(std::string("identity certificate: ") + e.what());
-  }
-}
-
-std::optional<Botan::X509_Certificate> Chip::known_ca(const core::Bytes& ca_der) const {
-  if (m_roots.size() != 1) return std::nullopt;
-  std::lock_guard<std::mutex> lock(g_known_ca_mutex);
-  for (const auto& k : g_known_cas)
-    if (k.ca_der == ca_der && k.root_der == m_root_der) return k.ca;
-  return std::nullopt;
-}
-
-void Chip::remember_ca(const Botan::X509_Certificate& ca, const core::Bytes& ca_der) const {
-  // Remembered only when it is, on its own, a valid path to the single ROM root that leaves room for
-  // one certificate below it (the root's path length allows one intermediate). verify_chain(leaf,
-  // {CA}, {root}) then accepts exactly when verify_chain(leaf, {}, {CA}) does, or the root signed the
-  // leaf itself; verify_under_known_ca falls back to the full check in every other case.
-  if (m_roots.size() != 1 || m_roots[0].path_limit() < 1) return;
-  try {
-    core::verify_chain(ca, {}, m_roots);
-  } catch (const std::exception&) {
-    return;
-  }
-  std::lock_guard<std::mutex> lock(g_known_ca_mutex);
-  for (const auto& k : g_known_cas)
-    if (k.ca_der == ca_der && k.root_der == m_root_der) return;
-  if (g_known_cas.size() >= kMaxKnownCas) g_known_cas.erase(g_known_cas.begin());
-  g_known_cas.push_back(KnownCa{m_root_der, ca_der, ca});
-}
-
-bool Chip::verify_under_known_ca(const Botan::X509_Certificate& leaf, const std::vector<core::Bytes>& chain_der) const {
-  if (chain_der.size() != 1) return false;
-  const auto ca = known_ca(chain_der[0]);
-  if (!ca) return false;
-  try {
-    // The CA is already proven to chain to the root: the same path check with the CA as its anchor
-    // verifies the leaf's signature and the CA's right to sign it.
-    core::verify_chain(leaf, {}, {*ca});
-    return true;
-  } catch (const core::Error&) {
-    return false;  // the full check decides, and names what is wrong
   }
 }
 

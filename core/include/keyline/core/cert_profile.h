@@ -77,6 +77,9 @@ void lint_certificate(const Botan::X509_Certificate& cert, CertKind kind);
 
 // Verifies leaf -> intermediates -> one of the trust anchors (signatures, CA flags, key usage),
 // ignoring time (device certificates do not expire; anchors carry 2199). Throws Error(ChainInvalid).
+// A CA certificate's signature found valid under an issuer is remembered by the two certificates'
+// exact DER (a few dozen pairs per process), so a Device CA is checked against its root once, not
+// for every device; every leaf's signature is verified each time.
 void verify_chain(const Botan::X509_Certificate& leaf,
                   const std::vector<Botan::X509_Certificate>& intermediates,
                   const std::vector<Botan::X509_Certificate>& trust_anchors);

@@ -102,16 +102,10 @@ class Chip {
   BootIdentity verify_image(const core::Bytes& image) const;
 
  private:
-  // The check_identity shortcut for a chain of one Device CA already verified against the ROM root.
-  std::optional<Botan::X509_Certificate> known_ca(const core::Bytes& ca_der) const;
-  void remember_ca(const Botan::X509_Certificate& ca, const core::Bytes& ca_der) const;
-  bool verify_under_known_ca(const Botan::X509_Certificate& leaf, const std::vector<core::Bytes>& chain_der) const;
-
   DevicePaths m_paths;
   core::Cplc m_cplc;
   core::ChipId m_chip_id;
   std::vector<Botan::X509_Certificate> m_roots;
-  core::Bytes m_root_der;  // DER of the ROM root when there is exactly one
   core::SecureBytes m_chip_key;
   Lifecycle m_lifecycle = Lifecycle::Blank;
   std::optional<core::Imei> m_imei;
