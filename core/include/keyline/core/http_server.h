@@ -1,0 +1,141 @@
+// An event-driven HTTP/1.1 server for the public DB and the KPS (and the servers that follow).
+//
+// Why not Poco's HTTPServer: it holds one thread per connection from accept to close, so a few
+// dozen clients that send one byte a second, or never finish a TLS handshake, take every thread
+// and the server stops answering (docs/decisions.md, "The servers' own acceptor"). Here a few I/O
+// threads own every connection with epoll, through the TLS handshake, the request head and the
+// body, each under a deadline. Only a complete request reaches a worker thread, so a slow or silent
+// client costs a descriptor and a small buffer, never a thread.
+//
+// Limits: a cap on connections in total and per client address (a refused connection gets a 503
+// problem document where one can be sent, and is counted); idle keep-alive connections are closed
+// oldest first when the total cap is reached, before any new connection is refused. Malformed
+// requests (bad Content-Length, a head too long, a bad request line) get an RFC 9457 problem
+// document, a log line and a count, never silence.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace keyline::core::http {
+
+// A complete request, as a worker sees it.
+struct Request {
+  std::string method;                                        // "GET", "POST", ...
+  std::string target;                                        // request-target as sent (path and query)
+  std::string path;                                          // target up to '?'
+  std::vector<std::pair<std::string, std::string>> headers;  // names lower-case, values trimmed
+  std::string body;
+  std::string peer_address;    // TCP peer address (no port)
+  std::string client_address;  // peer_address, or from X-Forwarded-For when the peer is a trusted proxy
+  bool secure = false;         // TLS
+  std::vector<std::uint8_t> peer_certificate_der;  // the TLS client certificate; empty when none
+
+  // The first header of that (lower-case) name, or nullptr.
+  const std::string* header(std::string_view lower_name) const;
+  std::string get(std::string_view lower_name, const std::string& fallback = {}) const;
+};
+
+// What a handler answers. The server adds Content-Length, Date and Connection.
+struct Reply {
+  int status = 200;
+  std::string content_type;
+  std::string body;
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string log_detail;  // for the log line only, never sent
+  bool close = false;      // close the connection after this reply
+  bool head_only = false;  // set by the server for HEAD: headers as for GET, no body sent
+};
+
+struct ServerLimits {
+  std::chrono::milliseconds handshake_timeout{5000};  // TCP accept to TLS handshake done
+  std::chrono::milliseconds head_timeout{10000};      // first byte of a request to the end of its head
+  std::chrono::milliseconds body_timeout{20000};      // end of the head to the end of the body
+  std::chrono::milliseconds write_timeout{20000};     // a reply fully written
+  std::chrono::milliseconds keep_alive_idle{15000};   // between requests on one connection
+  std::size_t max_head_bytes = 16 * 1024;             // request line and headers (431 beyond)
+  std::size_t max_body_bytes = 256 * 1024;            // 413 beyond
+  std::size_t max_connections = 4096;                 // in total
+  std::size_t max_per_client = 64;                    // per client address (peer address)
+  int io_threads = 2;                                 // epoll loops (TLS handshakes run here)
+  int workers = 16;                                   // handler threads
+  std::size_t max_queued = 1024;                      // complete requests waiting for a worker (503 beyond)
+};
+
+struct ServerOptions {
+  std::string name = "keyline";  // for logs and the TLS session cache id
+  std::string listen;            // "127.0.0.1:8443", "0.0.0.0:0" (port 0: any free port)
+  // TLS when tls_cert_file is set: the server's chain (PEM, leaf first) and its key (PEM).
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // When set, the handshake asks for a client certificate (listing these CAs) but does not require
+  // one and accepts any: the handler decides (a publish without one gets a 401 problem document).
+  std::string client_ca_file;
+  // Peer addresses (exact, IPv4 or IPv6 text) whose X-Forwarded-For is believed: client_address is
+  // then the rightmost address in it that is not itself a trusted proxy.
+  std::vector<std::string> trusted_proxies;
+  ServerLimits limits;
+};
+
+// What the server did to a connection or request on its own (no handler involved).
+struct Event {
+  enum class Kind {
+    Refused,           // over a connection cap, or the worker queue full
+    HandshakeTimeout,  // TLS handshake not done in time
+    HandshakeFailed,   // TLS handshake failed
+    HeadTimeout,       // request head not complete in time (slow header)
+    BodyTimeout,       // body not complete in time
+    WriteTimeout,      // reply not taken by the client in time
+    Malformed,         // a problem document was sent (status says which)
+    IdleClosed,        // an idle keep-alive connection closed to make room
+  };
+  Kind kind;
+  int status = 0;           // the status sent, 0 when nothing could be sent
+  std::string peer;         // peer address
+  std::string detail;       // for the log only
+};
+const char* to_string(Event::Kind kind) noexcept;
+
+using Handler = std::function<Reply(const Request&)>;
+using EventSink = std::function<void(const Event&)>;
+// Called after a handler's reply was queued for writing (for access logs and metrics).
+using AccessSink = std::function<void(const Request&, const Reply&, std::chrono::microseconds elapsed)>;
+
+// Live counts, for /metrics.
+struct ServerStats {
+  std::size_t open_connections = 0;
+  std::size_t queued_requests = 0;
+  std::uint64_t accepted = 0;
+  std::uint64_t refused = 0;
+  std::uint64_t timed_out = 0;  // handshake, head, body and write deadlines together
+  std::uint64_t malformed = 0;
+  std::uint64_t idle_closed = 0;
+};
+
+class Server {
+ public:
+  // Throws ConfigError for a bad listen address or unreadable TLS files, IoError when it cannot bind.
+  Server(ServerOptions options, Handler handler, EventSink events = {}, AccessSink access = {});
+  ~Server();  // stops
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  void start();                  // binds, listens, starts the I/O and worker threads
+  void stop();                   // stops accepting, lets running handlers finish, closes everything
+  std::string address() const;   // the bound "ip:port" (after start)
+  std::uint16_t port() const;    // the bound port (after start)
+  ServerStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace keyline::core::http
