@@ -1,5 +1,7 @@
 #include "keyline/core/cert_profile.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <chrono>
 #include <deque>
@@ -470,30 +472,188 @@ Botan::X509_Certificate issue_transport_certificate(const Botan::X509_Certificat
       issue_transport_certificate_der(ca_cert, ca_key, x25519_key, imei, chip_id, hw_type, rng));
 }
 
+// --- TLS certificates: the station profile and server certificates -----------------------------
+
+const char* const kStationPolicy = "1.3.6.1.4.1.59999.2.1";
+const char* const kStationUnit = "keyline station";
+
+bool is_valid_station_id(const std::string& id) {
+  if (id.empty() || id.size() > 64) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+           c == '.';
+  });
+}
+
+bool is_ipv4_literal(const std::string& name) {
+  in_addr a{};
+  return !name.empty() && ::inet_pton(AF_INET, name.c_str(), &a) == 1;
+}
+
+bool is_valid_dns_name(const std::string& name) {
+  if (name.empty() || name.size() > 253) return false;
+  if (name.find_first_not_of("0123456789.") == std::string::npos) return false;  // looks like an address
+  std::size_t start = 0;
+  while (true) {
+    const std::size_t dot = name.find('.', start);
+    const std::string label = name.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
+    for (char c : label)
+      if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-')) return false;
+    if (dot == std::string::npos) return true;
+    start = dot + 1;
+  }
+}
+
+namespace {
+
+const Botan::OID kOidEku("2.5.29.37");
+const Botan::OID kOidPolicies("2.5.29.32");
+const Botan::OID kOidClientAuth("1.3.6.1.5.5.7.3.2");  // RFC 5280 section 4.2.1.12 id-kp-clientAuth
+const Botan::OID kOidServerAuth("1.3.6.1.5.5.7.3.1");  // id-kp-serverAuth
+
+// Rules both TLS profiles share; returns the first one `cert` breaks, or an empty string.
+std::string tls_common_violation(const Botan::X509_Certificate& cert, const std::set<Botan::OID>& allowed) {
+  if (cert.x509_version() != 3) return "version must be v3";
+  const auto& exts = cert.v3_extensions();
+  for (const auto& oid : exts.get_extension_oids())
+    if (!allowed.count(oid)) return "unexpected extension " + oid.to_string();
+  if (!exts.extension_set(kOidBasicConstraints) || !exts.critical_extension_set(kOidBasicConstraints))
+    return "basicConstraints must be present and critical";
+  const auto* bc = exts.get_extension_object_as<Botan::Cert_Extension::Basic_Constraints>();
+  if (!bc || bc->get_is_ca()) return "an end-entity certificate must have CA:false";
+  if (!exts.extension_set(kOidKeyUsage) || !exts.critical_extension_set(kOidKeyUsage))
+    return "keyUsage must be present and critical";
+  if (cert.constraints() != Botan::DIGITAL_SIGNATURE) return "keyUsage must be exactly digitalSignature";
+  if (!exts.extension_set(kOidSki) || cert.subject_key_id().empty()) return "subjectKeyIdentifier missing";
+  if (!exts.extension_set(kOidAki) || cert.authority_key_id().empty()) return "authorityKeyIdentifier missing";
+  try {
+    std::unique_ptr<Botan::Public_Key> key(cert.subject_public_key());
+    const auto* ec = dynamic_cast<const Botan::EC_PublicKey*>(key.get());
+    if (!ec || key->algo_name() != "ECDSA" || ec->domain().get_curve_oid() != kOidP256)
+      return "key must be ECDSA P-256";
+  } catch (const Botan::Exception&) {
+    return "subject public key does not decode";
+  }
+  if (!(cert.signature_algorithm().get_oid() == Botan::OID::from_string("ECDSA/EMSA1(SHA-256)")))
+    return "signature algorithm must be ecdsa-with-SHA256";
+  return {};
+}
+
+// The station profile (cert_profile.h, read_station_id); `station_id` receives the CN when it passes.
+std::string station_violation(const Botan::X509_Certificate& cert, std::string& station_id) {
+  static const std::set<Botan::OID> allowed{kOidBasicConstraints, kOidKeyUsage, kOidSki, kOidAki,
+                                            kOidEku,              kOidPolicies, kOidSan};
+  if (auto v = tls_common_violation(cert, allowed); !v.empty()) return v;
+  // RFC 5280 section 4.2.1.12: a certificate that also names serverAuth could serve as a server's; the
+  // profile wants clientAuth and nothing else.
+  if (cert.extended_key_usage() != std::vector<Botan::OID>{kOidClientAuth})
+    return "extendedKeyUsage must be exactly clientAuth";
+  if (cert.certificate_policy_oids() != std::vector<Botan::OID>{Botan::OID(kStationPolicy)})
+    return "certificatePolicies must be exactly the keyline station policy";
+  const auto units = cert.subject_dn().get_attribute("X520.OrganizationalUnit");
+  if (units.size() != 1 || units.front() != kStationUnit) return "subject OU must be the station unit";
+  const auto cns = cert.subject_dn().get_attribute("X520.CommonName");
+  if (cns.size() != 1 || !is_valid_station_id(cns.front())) return "subject CN must be one well-formed station id";
+  station_id = cns.front();
+  return {};
+}
+
+std::string server_violation(const Botan::X509_Certificate& cert) {
+  static const std::set<Botan::OID> allowed{kOidBasicConstraints, kOidKeyUsage, kOidSki, kOidAki, kOidEku, kOidSan};
+  if (auto v = tls_common_violation(cert, allowed); !v.empty()) return v;
+  if (cert.extended_key_usage() != std::vector<Botan::OID>{kOidServerAuth})
+    return "extendedKeyUsage must be exactly serverAuth";
+  if (!cert.subject_dn().get_attribute("X520.OrganizationalUnit").empty())
+    return "a server certificate must not carry a subject OU";
+  if (cert.subject_dn().get_attribute("X520.CommonName").size() != 1) return "subject must hold one CN";
+  const auto& alt = cert.subject_alt_name();
+  const auto dns = alt.get_attribute("DNS");
+  const auto ips = alt.get_attribute("IP");
+  if (dns.empty() && ips.empty()) return "subjectAltName must name the server";
+  if (alt.get_attributes().size() != dns.size() + ips.size()) return "subjectAltName holds only DNS and IP names";
+  for (const auto& d : dns)
+    if (!is_valid_dns_name(d)) return "subjectAltName dNSName is not a host name";
+  return {};
+}
+
+std::string validity_violation(const Botan::X509_Certificate& cert) {
+  const Botan::X509_Time tomorrow(std::chrono::system_clock::now() + std::chrono::hours(24));
+  if (cert.not_before() > tomorrow) return "notBefore lies in the future";
+  if (!(cert.not_before() < cert.not_after())) return "notAfter must follow notBefore";
+  return {};
+}
+
+}  // namespace
+
+std::string read_station_id(const Botan::X509_Certificate& cert) {
+  std::string id;
+  if (const auto v = station_violation(cert, id); !v.empty()) bad_cert("station profile: " + v);
+  return id;
+}
+
+void lint_station_certificate(const Botan::X509_Certificate& cert) {
+  std::string id;
+  auto v = station_violation(cert, id);
+  if (v.empty()) v = validity_violation(cert);
+  if (!v.empty()) lint_fail("station profile: " + v);
+}
+
+void lint_server_certificate(const Botan::X509_Certificate& cert) {
+  auto v = server_violation(cert);
+  if (v.empty()) v = validity_violation(cert);
+  if (!v.empty()) lint_fail("server profile: " + v);
+}
+
 Botan::X509_Certificate issue_tls_certificate(const Botan::X509_Certificate& ca_cert,
                                               const Botan::Private_Key& ca_key,
                                               const Botan::Public_Key& subject_key, const std::string& common_name,
                                               const std::vector<std::string>& names, TlsRole role,
                                               Botan::RandomNumberGenerator& rng) {
-  if (!ca_cert.is_CA_cert()) throw Error(ErrorCode::CertificateLint, "issuer certificate is not a CA");
+  if (!ca_cert.is_CA_cert()) lint_fail("issuer certificate is not a CA");
+  const bool server = role == TlsRole::Server;
   Botan::AlternativeName alt;
   for (const auto& n : names) {
-    const bool ipv4 = !n.empty() && n.find_first_not_of("0123456789.") == std::string::npos;
-    alt.add_attribute(ipv4 ? "IP" : "DNS", n);
+    if (server && is_ipv4_literal(n))
+      alt.add_attribute("IP", n);
+    else if (is_valid_dns_name(n))
+      alt.add_attribute("DNS", n);
+    else
+      lint_fail("'" + n + "' is neither an IPv4 address nor a DNS host name");
   }
   Botan::Extensions ext;
   ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
   ext.add(new Botan::Cert_Extension::Key_Usage(Botan::DIGITAL_SIGNATURE), true);
-  ext.add(new Botan::Cert_Extension::Extended_Key_Usage(std::vector<Botan::OID>{
-              Botan::OID::from_string(role == TlsRole::Server ? "PKIX.ServerAuth" : "PKIX.ClientAuth")}),
+  ext.add(new Botan::Cert_Extension::Extended_Key_Usage(
+              std::vector<Botan::OID>{server ? kOidServerAuth : kOidClientAuth}),
           false);
+  if (!server)
+    ext.add(new Botan::Cert_Extension::Certificate_Policies(std::vector<Botan::OID>{Botan::OID(kStationPolicy)}),
+            false);
   ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(subject_key)), false);
   ext.add(new Botan::Cert_Extension::Authority_Key_ID(ca_cert.subject_key_id()), false);
   if (!names.empty()) ext.add(new Botan::Cert_Extension::Subject_Alternative_Name(alt), false);
   Botan::X509_DN dn;
+  if (!server) dn.add_attribute("X520.OrganizationalUnit", kStationUnit);
   dn.add_attribute("X520.CommonName", common_name);
-  return sign_cert(ca_key, random_serial(rng), ca_cert.subject_dn(), dn, subject_key, ext, now_time(),
-                   not_after_time(), rng);
+  const Botan::BigInt serial = random_serial(rng);
+  const auto nb = now_time();
+  const Botan::X509_Time na(std::chrono::system_clock::now() + std::chrono::hours(24 * kTlsValidityDays));
+  // Lint the identical draft (placeholder signature) first, so the CA key never signs a certificate
+  // outside its profile — above all never a station certificate that could also serve a server.
+  const auto draft = sign_cert(lint_key(), serial, ca_cert.subject_dn(), dn, subject_key, ext, nb, na, rng);
+  if (server)
+    lint_server_certificate(draft);
+  else
+    lint_station_certificate(draft);
+  return sign_cert(ca_key, serial, ca_cert.subject_dn(), dn, subject_key, ext, nb, na, rng);
+}
+
+Botan::X509_Certificate issue_station_certificate(const Botan::X509_Certificate& ca_cert,
+                                                  const Botan::Private_Key& ca_key,
+                                                  const Botan::Public_Key& station_key, const std::string& station_id,
+                                                  Botan::RandomNumberGenerator& rng) {
+  return issue_tls_certificate(ca_cert, ca_key, station_key, station_id, {}, TlsRole::Client, rng);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <string>
 
@@ -360,4 +362,72 @@ TEST_CASE("read_identity refuses a subject serialNumber that is not an IMEI") {
   } catch (const FormatError& e) {
     CHECK(e.code() == ErrorCode::BadCertificate);
   }
+}
+
+// --- the station certificate profile and server certificates (docs/decisions.md) -------------------
+
+TEST_CASE("the station certificate has the station profile; a server certificate never has it") {
+  auto& p = pki();
+  Botan::ECDSA_PrivateKey svc_key(p.rng, p.p256), st_key(p.rng, p.p256), srv_key(p.rng, p.p256);
+  const auto svc = make_ca_certificate(p.root, p.root_key, svc_key, "keyline Test Service CA", "keyline test", 0, p.rng);
+  const auto st = issue_station_certificate(svc, svc_key, st_key, "line-3.station_a", p.rng);
+  CHECK(read_station_id(st) == "line-3.station_a");
+  CHECK_NOTHROW(lint_station_certificate(st));
+  CHECK(st.extended_key_usage() == std::vector<Botan::OID>{Botan::OID("1.3.6.1.5.5.7.3.2")});
+  CHECK(st.certificate_policy_oids() == std::vector<Botan::OID>{Botan::OID("1.3.6.1.4.1.59999.2.1")});
+  CHECK(st.subject_dn().get_first_attribute("X520.OrganizationalUnit") == kStationUnit);
+  CHECK_THROWS_AS(lint_server_certificate(st), Error);
+  const auto srv = issue_tls_certificate(svc, svc_key, srv_key, "keyline-kps", {"db.example.org", "10.1.2.3"},
+                                         TlsRole::Server, p.rng);
+  CHECK_NOTHROW(lint_server_certificate(srv));
+  CHECK(srv.extended_key_usage() == std::vector<Botan::OID>{Botan::OID("1.3.6.1.5.5.7.3.1")});
+  CHECK(srv.certificate_policy_oids().empty());
+  CHECK(srv.subject_alt_name().get_attribute("DNS") == std::vector<std::string>{"db.example.org"});
+  CHECK(srv.subject_alt_name().get_attribute("IP") == std::vector<std::string>{"10.1.2.3"});
+  CHECK_THROWS_AS(read_station_id(srv), FormatError);
+  CHECK_THROWS_AS(lint_station_certificate(srv), Error);
+  // A lifetime, not 2199: nothing revokes a TLS certificate.
+  CHECK(srv.not_after().to_std_timepoint() < std::chrono::system_clock::now() + std::chrono::hours(24 * 731));
+}
+
+TEST_CASE("the issuer refuses to sign a station certificate with a bad station id or a server with bad names") {
+  auto& p = pki();
+  Botan::ECDSA_PrivateKey svc_key(p.rng, p.p256), k(p.rng, p.p256);
+  const auto svc = make_ca_certificate(p.root, p.root_key, svc_key, "keyline Test Service CA", "keyline test", 0, p.rng);
+  auto lint_error = [](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.code() == ErrorCode::CertificateLint;
+    }
+    return false;
+  };
+  CHECK(lint_error([&] { issue_station_certificate(svc, svc_key, k, "station 1", p.rng); }));
+  CHECK(lint_error([&] { issue_station_certificate(svc, svc_key, k, "", p.rng); }));
+  CHECK(lint_error([&] { issue_station_certificate(svc, svc_key, k, std::string(65, 'x'), p.rng); }));
+  CHECK(lint_error([&] { issue_tls_certificate(svc, svc_key, k, "srv", {}, TlsRole::Server, p.rng); }));
+  CHECK(lint_error([&] { issue_tls_certificate(svc, svc_key, k, "srv", {"bad_name"}, TlsRole::Server, p.rng); }));
+  CHECK(lint_error([&] { issue_tls_certificate(svc, svc_key, k, "srv", {"-a.example"}, TlsRole::Server, p.rng); }));
+  CHECK(lint_error([&] { issue_tls_certificate(svc, svc_key, k, "srv", {"::1"}, TlsRole::Server, p.rng); }));
+  CHECK(lint_error([&] { issue_tls_certificate(svc, svc_key, k, "srv", {"1.2.3.999"}, TlsRole::Server, p.rng); }));
+}
+
+TEST_CASE("host name and address rules of --dns / --ip") {
+  CHECK(is_valid_dns_name("localhost"));
+  CHECK(is_valid_dns_name("backupdb.factory-1.example"));
+  CHECK_FALSE(is_valid_dns_name(""));
+  CHECK_FALSE(is_valid_dns_name("a..b"));
+  CHECK_FALSE(is_valid_dns_name("a.b."));
+  CHECK_FALSE(is_valid_dns_name("under_score.example"));
+  CHECK_FALSE(is_valid_dns_name("-lead.example"));
+  CHECK_FALSE(is_valid_dns_name("trail-.example"));
+  CHECK_FALSE(is_valid_dns_name(std::string(64, 'a') + ".example"));
+  CHECK_FALSE(is_valid_dns_name("10.0.0.1"));
+  CHECK_FALSE(is_valid_dns_name("*.example"));
+  CHECK(is_ipv4_literal("10.0.0.1"));
+  CHECK_FALSE(is_ipv4_literal("10.0.0"));
+  CHECK_FALSE(is_ipv4_literal("10.0.0.256"));
+  CHECK_FALSE(is_ipv4_literal("::1"));
+  CHECK(is_valid_station_id("station-1"));
+  CHECK_FALSE(is_valid_station_id("station/1"));
 }

@@ -128,15 +128,60 @@ Bytes issue_transport_certificate_der(const Botan::X509_Certificate& ca_cert, co
                                       const Botan::Public_Key& x25519_key, const Imei& imei, const ChipId& chip_id,
                                       const std::string& hw_type, Botan::RandomNumberGenerator& rng);
 
-// TLS end-entity certificate for the service CA (public DB / KPS servers, station client):
-// subject CN, SAN dNSName / iPAddress for each name (an IPv4 literal becomes iPAddress),
-// keyUsage digitalSignature (critical), extendedKeyUsage serverAuth or clientAuth.
+// TLS end-entity certificates of the service CA (docs/decisions.md, "Station certificate profile").
+// Both: P-256 key, keyUsage digitalSignature (critical), basicConstraints CA:false (critical), SKI/AKI,
+// ecdsa-with-SHA256, notBefore now, notAfter now + kTlsValidity. The draft is linted before the CA key
+// signs (lint_server_certificate / lint_station_certificate). Throws Error(CertificateLint).
+//  Server: subject CN, extendedKeyUsage exactly serverAuth, SAN with every name (a dotted IPv4 literal
+//          becomes iPAddress, anything else must be a valid DNS host name and becomes dNSName), no
+//          certificatePolicies: a server certificate can never pass as a station's.
+//  Client: the station profile — subject OU=kStationUnit, CN=<station id> (common_name, which must pass
+//          is_valid_station_id), extendedKeyUsage exactly clientAuth, certificatePolicies exactly
+//          kStationPolicy; `names`, when given, become SAN dNSNames. Issued for stations only.
 enum class TlsRole { Server, Client };
 Botan::X509_Certificate issue_tls_certificate(const Botan::X509_Certificate& ca_cert,
                                               const Botan::Private_Key& ca_key,
                                               const Botan::Public_Key& subject_key, const std::string& common_name,
                                               const std::vector<std::string>& names, TlsRole role,
                                               Botan::RandomNumberGenerator& rng);
+// The station's client certificate (TlsRole::Client without SAN).
+Botan::X509_Certificate issue_station_certificate(const Botan::X509_Certificate& ca_cert,
+                                                  const Botan::Private_Key& ca_key,
+                                                  const Botan::Public_Key& station_key, const std::string& station_id,
+                                                  Botan::RandomNumberGenerator& rng);
+
+// --- the station certificate profile (who may publish to the public DB) ------------------------
+// keyline's station certificate policy, under the keyline arc of kDefaultHwType (docs/decisions.md).
+extern const char* const kStationPolicy;  // "1.3.6.1.4.1.59999.2.1"
+// The subject organizationalUnitName of every station certificate.
+extern const char* const kStationUnit;    // "keyline station"
+// Lifetime of the TLS certificates (station and servers): there is no revocation, so a leaked
+// certificate is bounded by its notAfter; `keys init` renews a certificate with less than 30 days left.
+constexpr long kTlsValidityDays = 730;
+
+// The station's --station-id rule: 1 to 64 of letters, digits, '-', '_', '.'.
+bool is_valid_station_id(const std::string& id);
+// RFC 1123 section 2.1 host name: labels of 1..63 letters, digits and '-' (not first or last),
+// at most 253 characters, no trailing dot, and not all digits and dots (that is an IP address).
+bool is_valid_dns_name(const std::string& name);
+// A dotted-quad IPv4 literal (inet_pton). Botan 2's SAN encoder knows no IPv6 iPAddress.
+bool is_ipv4_literal(const std::string& name);
+
+// The station profile, without validity period and signature (the caller checks those): v3,
+// basicConstraints CA:false (critical), keyUsage exactly digitalSignature (critical),
+// extendedKeyUsage exactly clientAuth (serverAuth refused), certificatePolicies exactly
+// kStationPolicy, no extension beyond these, SKI, AKI and SAN, subject exactly one OU=kStationUnit and
+// one CN that passes is_valid_station_id, P-256 ECDSA key, ecdsa-with-SHA256. Returns the station id.
+// Throws FormatError(BadCertificate) naming the failed rule.
+std::string read_station_id(const Botan::X509_Certificate& cert);
+// Lint before signing a station certificate: read_station_id's rules plus a sane validity period
+// (notBefore not in the future, notAfter after it). Throws Error(CertificateLint).
+void lint_station_certificate(const Botan::X509_Certificate& cert);
+// Lint before signing a server certificate: v3, CA:false, keyUsage exactly digitalSignature,
+// extendedKeyUsage exactly serverAuth, no certificatePolicies, a subject CN and not the station OU,
+// SAN of valid DNS names / IPv4 addresses (at least one), SKI/AKI, P-256, ecdsa-with-SHA256, a sane
+// validity period. Throws Error(CertificateLint).
+void lint_server_certificate(const Botan::X509_Certificate& cert);
 
 // PEM/DER helpers.
 // All certificates in a PEM file, in order. Throws IoError(Io) when unreadable, FormatError(BadCertificate)
