@@ -9,7 +9,11 @@
 #include <Poco/Net/NetException.h>
 #include <Poco/Net/SSLException.h>
 #include <Poco/Net/SSLManager.h>
-#include <Poco/StreamCopier.h>
+#include <Poco/Net/SecureStreamSocket.h>
+#include <Poco/Net/SecureStreamSocketImpl.h>
+#include <Poco/Net/SocketImpl.h>
+#include <Poco/Net/StreamSocket.h>
+#include <Poco/Net/StreamSocketImpl.h>
 #include <Poco/URI.h>
 
 #include <openssl/ssl.h>
@@ -19,7 +23,7 @@
 #include <cstdio>
 #include <fstream>
 #include <mutex>
-#include <sstream>
+#include <optional>
 #include <thread>
 
 #include "keyline/core/error.h"
@@ -89,20 +93,99 @@ std::string Response::header(const std::string& lower_name) const {
   return it == headers.end() ? std::string() : it->second;
 }
 
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+using Deadline = std::optional<SteadyClock::time_point>;
+
+// Before each send and recv, the socket's timeouts shrink to what is left of the request's deadline:
+// the session's own timeout bounds each recv only, so a server that trickles a byte within it would
+// hold the client forever. Poco reads the status line, the headers and the body, plain and TLS, through
+// SocketImpl::receiveBytes, and with a lazy handshake the TLS handshake runs inside the first
+// sendBytes: these two see every byte of the exchange.
+void shrink_to_deadline(Poco::Net::SocketImpl& socket, const Deadline& deadline) {
+  if (!deadline) return;
+  const auto left = std::chrono::duration_cast<std::chrono::microseconds>(*deadline - SteadyClock::now());
+  if (left.count() <= 0) throw Poco::TimeoutException("the answer did not arrive in time");
+  socket.setReceiveTimeout(Poco::Timespan(left.count()));
+  socket.setSendTimeout(Poco::Timespan(left.count()));
+}
+
+template <class Base>
+class DeadlineImpl : public Base {
+ public:
+  template <class... Args>
+  explicit DeadlineImpl(const Deadline& deadline, Args&&... args)
+      : Base(std::forward<Args>(args)...), m_deadline(deadline) {}
+  using Base::receiveBytes;
+  using Base::sendBytes;
+  int receiveBytes(void* buffer, int length, int flags) override {
+    shrink_to_deadline(*this, m_deadline);
+    return Base::receiveBytes(buffer, length, flags);
+  }
+  int sendBytes(const void* buffer, int length, int flags) override {
+    shrink_to_deadline(*this, m_deadline);
+    return Base::sendBytes(buffer, length, flags);
+  }
+
+ private:
+  const Deadline& m_deadline;
+};
+
+// The socket classes take a custom impl only through their protected constructors.
+struct DeadlineSocket : Poco::Net::StreamSocket {
+  explicit DeadlineSocket(const Deadline& d)
+      : Poco::Net::StreamSocket(new DeadlineImpl<Poco::Net::StreamSocketImpl>(d)) {}
+};
+struct DeadlineSecureSocket : Poco::Net::SecureStreamSocket {
+  DeadlineSecureSocket(const Deadline& d, Poco::Net::Context::Ptr c)
+      : Poco::Net::SecureStreamSocket(make_impl(d, std::move(c))) {}
+  static Poco::Net::SocketImpl* make_impl(const Deadline& d, Poco::Net::Context::Ptr c) {
+    auto* impl = new DeadlineImpl<Poco::Net::SecureStreamSocketImpl>(d, std::move(c));
+    impl->setLazyHandshake(true);  // the handshake then runs under the deadline (first sendBytes)
+    return impl;
+  }
+};
+
+// Raised inside request() so that the connection is dropped like on any other failure.
+class BodyTooLarge : public std::exception {};
+
+// length: the Content-Length, -1 without one.
+std::string read_body(std::istream& is, Poco::Net::HTTPClientSession& s, std::size_t max_body, Poco::Int64 length) {
+  std::string body;
+  char buf[16384];
+  while (is) {
+    is.read(buf, sizeof buf);
+    const auto n = static_cast<std::size_t>(is.gcount());
+    if (body.size() + n > max_body) throw BodyTooLarge();
+    body.append(buf, n);
+  }
+  if (const Poco::Exception* e = s.networkException()) e->rethrow();
+  // Poco ends a fixed-length body silently when the peer closes early.
+  if (is.bad() || (length >= 0 && body.size() != static_cast<std::size_t>(length)))
+    throw Poco::IOException("the answer broke off");
+  return body;
+}
+
+}  // namespace
+
 struct Client::Impl {
   ClientOptions opt;
   Poco::URI uri;
   bool https = false;
   Poco::Net::Context::Ptr context;
+  Deadline deadline;  // of the request under way (DeadlineImpl); unset between requests
   std::unique_ptr<Poco::Net::HTTPClientSession> session;
 
   Poco::Net::HTTPClientSession& get_session() {
     if (session) return *session;
     if (https) {
-      session = std::make_unique<Poco::Net::HTTPSClientSession>(uri.getHost(), uri.getPort(), context);
+      session = std::make_unique<Poco::Net::HTTPSClientSession>(DeadlineSecureSocket(deadline, context));
     } else {
-      session = std::make_unique<Poco::Net::HTTPClientSession>(uri.getHost(), uri.getPort());
+      session = std::make_unique<Poco::Net::HTTPClientSession>(DeadlineSocket(deadline));
     }
+    session->setHost(uri.getHost());
+    session->setPort(uri.getPort());
     session->setKeepAlive(true);
     const auto to_span = [](std::chrono::milliseconds ms) { return Poco::Timespan(ms.count() * 1000); };
     session->setTimeout(to_span(opt.connect_timeout), to_span(opt.io_timeout), to_span(opt.io_timeout));
@@ -182,9 +265,12 @@ Response Client::request(const std::string& method, const std::string& path, con
         req.setContentType(content_type);
         req.setContentLength(static_cast<std::streamsize>(body->size()));
       }
+      // Connect and handshake within their own timeout, the request and the whole answer within io_timeout.
+      m_impl->deadline = SteadyClock::now() + m_impl->opt.connect_timeout + m_impl->opt.io_timeout;
       std::ostream& os = s.sendRequest(req);
       sent = true;
-      if (body) os << *body;
+      if (body) os << *body << std::flush;
+      m_impl->deadline = SteadyClock::now() + m_impl->opt.io_timeout;
       Poco::Net::HTTPResponse resp;
       std::istream& is = s.receiveResponse(resp);
       Response out;
@@ -195,10 +281,16 @@ Response Client::request(const std::string& method, const std::string& path, con
         for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         out.headers[name] = v;
       }
-      std::ostringstream ss;
-      Poco::StreamCopier::copyStream(is, ss);
-      out.body = ss.str();
+      if (resp.hasContentLength() && resp.getContentLength64() > static_cast<Poco::Int64>(m_impl->opt.max_body))
+        throw BodyTooLarge();  // refused before reading a byte of it
+      out.body = read_body(is, s, m_impl->opt.max_body, resp.hasContentLength() ? resp.getContentLength64() : -1);
+      m_impl->deadline.reset();
       return out;
+    } catch (const BodyTooLarge&) {
+      m_impl->deadline.reset();
+      m_impl->session.reset();  // the rest of the body is never read: this connection is spent
+      throw Error(ErrorCode::Http, "the answer of " + m_impl->opt.base_url + " exceeds " +
+                                       std::to_string(m_impl->opt.max_body) + " bytes");
     } catch (const Poco::TimeoutException&) {
       m_impl->session.reset();
       if (sent || attempt >= attempts) throw Error(ErrorCode::Timeout, "timeout talking to " + m_impl->opt.base_url);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <map>
 #include <memory>
 #include <string>
@@ -33,7 +34,13 @@ struct ClientOptions {
   // token and reaches OpenSSL through the PKCS#11 engine (station/src/tls_token_key.cpp).
   Poco::Net::Context::Ptr context;
   std::chrono::milliseconds connect_timeout{5000};
+  // The whole answer (status line, headers, body) must arrive within io_timeout of the request being
+  // sent, not only each recv: a server that trickles a byte at a time cannot hold the client.
   std::chrono::milliseconds io_timeout{30000};
+  // The largest answer body read. A larger Content-Length is refused before reading; a body that goes
+  // on past it (chunked, or no length) is cut there. Either throws Error(Http) and drops the connection,
+  // so a hostile server cannot exhaust the client's memory.
+  std::size_t max_body = 1024 * 1024;
   int connect_attempts = 4;                        // attempts when the connection cannot be made
   std::chrono::milliseconds backoff{250};          // doubled after each failed attempt
 };
@@ -48,9 +55,9 @@ struct Response {
 
 // One client per thread (a Poco session is not thread-safe). Requests that reach the server are
 // never retried (a POST might have been applied); only failures to connect are retried.
-// Throws IoError(Network) when the server cannot be reached after all attempts, Error(Timeout) on a
-// read timeout, ConfigError for a bad URL or unreadable TLS files. HTTP error statuses are returned,
-// not thrown.
+// Throws IoError(Network) when the server cannot be reached after all attempts, Error(Timeout) when
+// the answer is not complete within io_timeout, Error(Http) when its body exceeds max_body,
+// ConfigError for a bad URL or unreadable TLS files. HTTP error statuses are returned, not thrown.
 class Client {
  public:
   explicit Client(ClientOptions options);
