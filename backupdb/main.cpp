@@ -7,42 +7,84 @@
 #include "keyline/backupdb/server.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
+#include "keyline/core/secret_input.h"
 
 using keyline::backupdb::Config;
+
+namespace {
+
+void add_db_options(CLI::App* cmd, Config& cfg, const char* what) {
+  cmd->add_option("--db", cfg.db, std::string("libpq conninfo ") + what + ", without a password")
+      ->envname("KEYLINE_BACKUPDB_DB")->required();
+  cmd->add_option("--db-password-file", cfg.db_password_file, "the database password (else PGPASSWORD or PGPASSFILE)")
+      ->envname("KEYLINE_BACKUPDB_DB_PASSWORD_FILE");
+}
+
+void add_server_limits(CLI::App* serve, Config& cfg) {
+  serve->add_option("--threads", cfg.threads, "worker threads: requests handled at once (connections cost none)")
+      ->envname("KEYLINE_BACKUPDB_THREADS")->capture_default_str();
+  serve->add_option("--io-threads", cfg.io_threads, "epoll loops owning the connections and TLS handshakes")
+      ->envname("KEYLINE_BACKUPDB_IO_THREADS")->capture_default_str();
+  serve->add_option("--max-connections", cfg.max_connections, "open connections in total (idle ones closed first)")
+      ->envname("KEYLINE_BACKUPDB_MAX_CONNECTIONS")->capture_default_str();
+  serve->add_option("--max-per-client", cfg.max_per_client, "open connections per peer address")
+      ->envname("KEYLINE_BACKUPDB_MAX_PER_CLIENT")->capture_default_str();
+  serve->add_option("--max-queued", cfg.max_queued, "complete requests waiting for a worker (503 beyond)")
+      ->envname("KEYLINE_BACKUPDB_MAX_QUEUED")->capture_default_str();
+  serve->add_option("--handshake-timeout-ms", cfg.handshake_timeout_ms, "accept to TLS handshake done")
+      ->envname("KEYLINE_BACKUPDB_HANDSHAKE_TIMEOUT_MS")->capture_default_str();
+  serve->add_option("--head-timeout-ms", cfg.head_timeout_ms, "first byte of a request to the end of its head")
+      ->envname("KEYLINE_BACKUPDB_HEAD_TIMEOUT_MS")->capture_default_str();
+  serve->add_option("--body-timeout-ms", cfg.body_timeout_ms, "end of the head to the end of the body")
+      ->envname("KEYLINE_BACKUPDB_BODY_TIMEOUT_MS")->capture_default_str();
+  serve->add_option("--write-timeout-ms", cfg.write_timeout_ms, "a reply taken by the client")
+      ->envname("KEYLINE_BACKUPDB_WRITE_TIMEOUT_MS")->capture_default_str();
+  serve->add_option("--idle-timeout-ms", cfg.idle_timeout_ms, "keep-alive connection idle between requests")
+      ->envname("KEYLINE_BACKUPDB_IDLE_TIMEOUT_MS")->capture_default_str();
+  serve->add_option("--body-limit", cfg.body_limit, "largest accepted request body in bytes (413 beyond)")
+      ->envname("KEYLINE_BACKUPDB_BODY_LIMIT")->capture_default_str();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"keyline-backupdb: the permanent public backup database (migrate | serve).\n"
                "Settings come from flags, KEYLINE_BACKUPDB_* environment variables or --config FILE (TOML/INI).\n"
+               "Passwords come from files or the environment, never from the command line.\n"
                "Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 database unreachable."};
   app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
   app.require_subcommand(1);
 
   auto* migrate = app.add_subcommand("migrate", "apply the numbered SQL migrations (idempotent)");
-  migrate->add_option("--db", cfg.db, "libpq conninfo of the database owner")->envname("KEYLINE_BACKUPDB_DB")->required();
-  migrate->add_option("--role-password", cfg.role_password, "password for the keyline_backupdb server role")
-      ->envname("KEYLINE_BACKUPDB_ROLE_PASSWORD");
+  add_db_options(migrate, cfg, "of the database owner");
+  migrate->add_option("--role-password-file", cfg.role_password_file,
+                      "file with the password for the keyline_backupdb server role (else KEYLINE_BACKUPDB_ROLE_PASSWORD)")
+      ->envname("KEYLINE_BACKUPDB_ROLE_PASSWORD_FILE");
+  std::string refused;  // kept only to refuse it with a reason
+  migrate->add_option("--role-password", refused, "refused: use --role-password-file")->group("");
 
   auto* serve = app.add_subcommand("serve", "serve the HTTP API (HTTPS unless --plain-http)");
-  serve->add_option("--db", cfg.db, "libpq conninfo as the keyline_backupdb role")->envname("KEYLINE_BACKUPDB_DB")->required();
-  serve->add_option("--listen", cfg.listen, "address:port")->envname("KEYLINE_BACKUPDB_LISTEN")->capture_default_str();
+  add_db_options(serve, cfg, "as the keyline_backupdb role");
+  serve->add_option("--listen", cfg.listen, "address:port of the public API")->envname("KEYLINE_BACKUPDB_LISTEN")->capture_default_str();
+  serve->add_option("--ops-listen", cfg.ops_listen, "address:port of /metrics and /healthz (plain HTTP; port 0: any)")
+      ->envname("KEYLINE_BACKUPDB_OPS_LISTEN")->capture_default_str();
   serve->add_option("--tls-cert", cfg.tls_cert, "server certificate chain (PEM)")->envname("KEYLINE_BACKUPDB_TLS_CERT");
   serve->add_option("--tls-key", cfg.tls_key, "server private key (PEM)")->envname("KEYLINE_BACKUPDB_TLS_KEY");
-  serve->add_option("--client-ca", cfg.client_ca, "station CA (PEM): issuer of publishing clients")
-      ->envname("KEYLINE_BACKUPDB_CLIENT_CA");
+  serve->add_option("--station-ca", cfg.station_ca, "issuer(s) of the station certificates allowed to publish (PEM)")
+      ->envname("KEYLINE_BACKUPDB_STATION_CA");
   serve->add_option("--trust", cfg.trust, "device root certificate(s) (PEM), repeatable")
       ->envname("KEYLINE_BACKUPDB_TRUST")->required();
+  serve->add_option("--trusted-proxy", cfg.trusted_proxies, "peer address whose X-Forwarded-For names the client; repeatable")
+      ->envname("KEYLINE_BACKUPDB_TRUSTED_PROXY");
   serve->add_flag("--plain-http", cfg.plain_http, "plain HTTP behind a TLS-terminating proxy (publishing disabled)")
       ->envname("KEYLINE_BACKUPDB_PLAIN_HTTP");
-  serve->add_option("--threads", cfg.threads, "worker threads = keep-alive connections served at once")
-      ->envname("KEYLINE_BACKUPDB_THREADS")->capture_default_str();
-  serve->add_option("--max-connections", cfg.max_connections, "accepted connections waiting for a thread")
-      ->envname("KEYLINE_BACKUPDB_MAX_CONNECTIONS")->capture_default_str();
+  add_server_limits(serve, cfg);
   serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")->envname("KEYLINE_BACKUPDB_DB_POOL")->capture_default_str();
-  serve->add_option("--body-limit", cfg.body_limit, "largest accepted request body in bytes")
-      ->envname("KEYLINE_BACKUPDB_BODY_LIMIT")->capture_default_str();
   serve->add_option("--rate", cfg.rate, "requests per second per client (0 = no limit)")
       ->envname("KEYLINE_BACKUPDB_RATE")->capture_default_str();
+  serve->add_option("--rate-clients", cfg.rate_clients, "clients whose rate is tracked (least recently seen dropped beyond)")
+      ->envname("KEYLINE_BACKUPDB_RATE_CLIENTS")->capture_default_str();
   serve->add_option("--cache", cfg.cache_entries, "records kept in the in-process cache")
       ->envname("KEYLINE_BACKUPDB_CACHE")->capture_default_str();
   serve->add_flag("--preload", cfg.preload, "fill the cache (up to --cache records, newest first) before listening")
@@ -55,6 +97,10 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
   }
   return keyline::core::run_guarded("keyline-backupdb", [&] {
+    keyline::core::refuse_password_on_command_line(argc, argv, "--role-password", false,
+                                                   "--role-password-file or KEYLINE_BACKUPDB_ROLE_PASSWORD");
+    keyline::core::refuse_password_on_command_line(argc, argv, "--db", true,
+                                                   "--db-password-file, PGPASSWORD or PGPASSFILE");
     if (*migrate) {
       const int n = keyline::backupdb::migrate(cfg);
       std::printf("keyline-backupdb: %d migration(s) applied\n", n);

@@ -48,7 +48,9 @@ trap cleanup EXIT
 owner=$("$repo/scripts/pg.sh" conninfo "$dir/pg")
 port=$(cat "$dir/pg/port")
 role_pw=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')
-"$bin" migrate --db "$owner" --role-password "$role_pw" >/dev/null
+printf '%s\n' "$role_pw" >"$dir/role.pass"
+# Passwords reach the programs through files and the environment, never argv (docs/operations.md).
+KEYLINE_BACKUPDB_DB="$owner" "$bin" migrate --role-password-file "$dir/role.pass" >/dev/null
 
 have=$(psql "$owner" -Atq -c "SELECT count(*) FROM records")
 if [ "$have" -lt "$records" ]; then
@@ -145,8 +147,9 @@ nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf"
 nginx_started=1
 
 start_server() {  # extra serve flags...; sets server_pid, waits until healthy
-  "$bin" serve --listen "127.0.0.1:$bport" --log off --cache "$cache" $preload --threads 72 --db-pool 16 \
-    --db "host=127.0.0.1 port=$port user=keyline_backupdb password=$role_pw dbname=postgres" \
+  "$bin" serve --listen "127.0.0.1:$bport" --ops-listen "127.0.0.1:$oport" --log off --cache "$cache" $preload \
+    --threads 16 --db-pool 16 --db "host=127.0.0.1 port=$port user=keyline_backupdb dbname=postgres" \
+    --db-password-file "$dir/role.pass" \
     --trust "$dir/sample.pem" "$@" >"$dir/server.out" 2>&1 &
   server_pid=$!
   for _ in $(seq 600); do curl -skf "$base/healthz" >/dev/null && return; sleep 0.2; done
@@ -156,6 +159,7 @@ start_server() {  # extra serve flags...; sets server_pid, waits until healthy
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""; }
 
 bport=$(free_port)
+oport=$(free_port)
 base="http://127.0.0.1:$bport"
 start_server --plain-http
 
@@ -186,14 +190,14 @@ wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "http://127.0.0.1:$nport/" >/d
 wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "http://127.0.0.1:$bport/" >/dev/null
 read -r n_rps n_p99 < <(run "http://127.0.0.1:$nport/")
 read -r b_rps b_p99 < <(run "http://127.0.0.1:$bport/")
-hits=$(curl -s "http://127.0.0.1:$bport/metrics" | awk '/^keyline_backupdb_cache_hits_total/ {print $2}')
-misses=$(curl -s "http://127.0.0.1:$bport/metrics" | awk '/^keyline_backupdb_cache_misses_total/ {print $2}')
+hits=$(curl -s "http://127.0.0.1:$oport/metrics" | awk '/^keyline_backupdb_cache_hits_total/ {print $2}')
+misses=$(curl -s "http://127.0.0.1:$oport/metrics" | awk '/^keyline_backupdb_cache_misses_total/ {print $2}')
 
 # The same over HTTPS (server's own TLS vs nginx TLS), when asked for (KEYLINE_BENCH_HTTPS=1, default).
 if [ "${KEYLINE_BENCH_HTTPS:-1}" = 1 ]; then
   stop_server
   base="https://127.0.0.1:$bport"
-  start_server --tls-cert "$dir/tls.pem" --tls-key "$dir/tls.key" --client-ca "$dir/tls.pem"
+  start_server --tls-cert "$dir/tls.pem" --tls-key "$dir/tls.key" --station-ca "$dir/tls.pem"
   wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "https://127.0.0.1:$nsport/" >/dev/null
   wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "$base/" >/dev/null
   read -r ns_rps ns_p99 < <(run "https://127.0.0.1:$nsport/")

@@ -1,9 +1,11 @@
 #include "keyline/core/pq.h"
+#include "keyline/core/secret_input.h"
 #include "keyline/kps/kps.h"
 
 namespace keyline::kps {
 
 int migrate(const Config& config) {
+  if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
   core::pq::Connection conn(config.db);
   return core::apply_migrations(conn, "kps_schema_migrations", embedded_migrations());
 }

@@ -4,21 +4,12 @@
 // chain verification: the KPS holds no key that opens a transferred key.
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
-#include <Poco/Net/Context.h>
-#include <Poco/Net/HTTPRequestHandler.h>
-#include <Poco/Net/HTTPRequestHandlerFactory.h>
-#include <Poco/Net/HTTPServer.h>
-#include <Poco/Net/HTTPServerParams.h>
-#include <Poco/Net/HTTPServerRequest.h>
-#include <Poco/Net/HTTPServerResponse.h>
-#include <Poco/Net/SSLManager.h>
-#include <Poco/Net/SecureServerSocket.h>
-#include <Poco/Net/SocketAddress.h>
-#include <Poco/ThreadPool.h>
 
 #include <botan/x509cert.h>
 
+#include <cctype>
 #include <chrono>
+#include <functional>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
@@ -29,36 +20,33 @@
 #include <optional>
 #include <regex>
 #include <sstream>
+#include <string_view>
+#include <pthread.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/cplc.h"
 #include "keyline/core/device_auth.h"
 #include "keyline/core/hpke.h"
 #include "keyline/core/http.h"
+#include "keyline/core/http_server.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/pq.h"
+#include "keyline/core/secret_input.h"
 #include "keyline/kps/kps.h"
 #include "keyline/kps/policy.h"
+#include "metrics.h"
 
 namespace keyline::kps {
 namespace {
 
-using Poco::Net::HTTPServerRequest;
-using Poco::Net::HTTPServerResponse;
 namespace http = core::http;
+using http::Reply;
+using http::Request;
 
 constexpr const char* kProblemBase = "https://keyline.example/problems/kps/";
 // enc || 32-byte key || tag is 80 bytes; a little room for longer application keys, no more.
 constexpr std::size_t kMaxCiphertext = 4096;
 constexpr const char* kTime = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
-
-struct Reply {
-  int status = 200;
-  std::string content_type;
-  std::string body;
-  std::vector<std::pair<std::string, std::string>> headers;
-  std::string log_detail;  // for the log line only
-};
 
 Reply problem(int status, const std::string& slug, const std::string& detail) {
   return Reply{status, http::kProblemContentType,
@@ -70,6 +58,26 @@ Reply json_reply(int status, std::string body) {
 }
 
 std::string q(const std::string& s) { return "\"" + http::json_escape(s) + "\""; }
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string utc_now() {
+  char ts[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return ts;
+}
+
+Reply method_not_allowed(const std::string& allow) {
+  Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
+  r.headers.push_back({"Allow", allow});
+  return r;
+}
 
 std::string ts_col(const char* col) {
   char buf[160];
@@ -101,6 +109,8 @@ struct Shared {
   std::unique_ptr<core::pq::Pool> pool;
   NonceCache nonces;
   std::unique_ptr<Log> log;
+  Metrics metrics;
+  std::function<http::ServerStats()> public_stats;  // for /metrics
 };
 
 struct Transfer {
@@ -161,11 +171,12 @@ std::vector<std::string> split_path(const std::string& uri) {
   return parts;
 }
 
-class Handler final : public Poco::Net::HTTPRequestHandler {
+class Api {
  public:
-  explicit Handler(Shared& s) : m_s(s) {}
+  explicit Api(Shared& s) : m_s(s) {}
 
-  void handleRequest(HTTPServerRequest& req, HTTPServerResponse& resp) override {
+  // One request: the reply, its log line and its count. Never throws.
+  Reply handle(const Request& req) {
     const auto t0 = std::chrono::steady_clock::now();
     Reply reply;
     std::string who = "-";
@@ -179,32 +190,22 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       reply = problem(500, "internal", "internal error");
       reply.log_detail = e.what();
     }
-    if (!m_body_read && (req.getChunkedTransferEncoding() || (req.hasContentLength() && req.getContentLength64() > 0)))
-      resp.setKeepAlive(false);
-    resp.setStatus(static_cast<Poco::Net::HTTPResponse::HTTPStatus>(reply.status));
-    resp.setReason(http::reason_phrase(reply.status));
-    for (const auto& [k, v] : reply.headers) resp.set(k, v);
-    if (!reply.content_type.empty()) resp.setContentType(reply.content_type);
-    resp.setContentLength(static_cast<std::streamsize>(reply.body.size()));
-    resp.sendBuffer(reply.body.data(), reply.body.size());
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    char ts[32];
-    const std::time_t now = std::time(nullptr);
-    std::tm tm{};
-    gmtime_r(&now, &tm);
-    std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    m_s.metrics.observe(reply.status);
     std::ostringstream line;
-    line << "{\"ts\":\"" << ts << "\",\"chip\":" << q(who) << ",\"method\":" << q(req.getMethod())
-         << ",\"path\":" << q(req.getURI()) << ",\"status\":" << reply.status << ",\"ms\":" << ms;
+    line << "{\"ts\":\"" << utc_now() << "\",\"client\":" << q(req.client_address) << ",\"chip\":" << q(who)
+         << ",\"method\":" << q(req.method) << ",\"path\":" << q(req.target) << ",\"status\":" << reply.status
+         << ",\"ms\":" << ms;
     if (!reply.log_detail.empty()) line << ",\"detail\":" << q(reply.log_detail);
     line << "}";
     m_s.log->line(line.str());
+    return reply;
   }
 
  private:
-  Reply dispatch(HTTPServerRequest& req, std::string& who) {
-    const auto parts = split_path(req.getURI());
-    const std::string& method = req.getMethod();
+  Reply dispatch(const Request& req, std::string& who) {
+    const auto parts = split_path(req.path);
+    const std::string& method = req.method;
     if (parts.size() == 1 && parts[0] == "healthz") {
       if (method != "GET") return method_not_allowed("GET");
       m_s.pool->acquire()->exec("SELECT 1");
@@ -214,15 +215,15 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
       return problem(404, "not-found", "no such resource");
 
     // Every /v1 route is a device's: read the (bounded) body, then check the signature over it.
-    if (req.hasContentLength() && req.getContentLength64() > static_cast<Poco::Int64>(m_s.config.body_limit))
+    // The server refuses a larger body before reading it (ServerLimits::max_body_bytes = body_limit).
+    const std::string& body = req.body;
+    if (body.size() > m_s.config.body_limit)
       return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
-    std::string body;
-    if (!read_body(req, body)) return problem(413, "too-large", "the body exceeds the limit");
     core::device_auth::Verified dev;
     const std::int64_t now = std::time(nullptr);
     try {
-      dev = core::device_auth::verify_request([&](const std::string& h) { return req.get(h, ""); }, method,
-                                              req.getURI(), body, m_s.anchors, now, m_s.config.max_skew);
+      dev = core::device_auth::verify_request([&](const std::string& h) { return req.get(lower(h)); }, method,
+                                              req.target, body, m_s.anchors, now, m_s.config.max_skew);
     } catch (const core::Error& e) {
       Reply r = problem(401, "device-auth-failed",
                         "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)");
@@ -272,27 +273,9 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
     return problem(404, "not-found", "no such resource");
   }
 
-  bool read_body(HTTPServerRequest& req, std::string& body) {
-    std::istream& in = req.stream();
-    char buf[8192];
-    while (in) {
-      in.read(buf, sizeof buf);
-      body.append(buf, static_cast<std::size_t>(in.gcount()));
-      if (body.size() > m_s.config.body_limit) return false;
-    }
-    m_body_read = true;
-    return true;
-  }
-
-  static Reply method_not_allowed(const std::string& allow) {
-    Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
-    r.headers.push_back({"Allow", allow});
-    return r;
-  }
-
   // E1 and E2 (AC1) and E3: the target asks; the policy decides; the source is notified.
-  Reply request_transfer(HTTPServerRequest& req, const core::device_auth::Verified& dev, const std::string& body) {
-    const std::string ctype = req.getContentType();
+  Reply request_transfer(const Request& req, const core::device_auth::Verified& dev, const std::string& body) {
+    const std::string ctype = req.get("content-type");
     if (ctype.substr(0, ctype.find(';')) != "application/json")
       return problem(415, "unsupported-media-type", "send the request as application/json");
     std::string source_text, label, chain_pem;
@@ -357,8 +340,8 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
 
   // E5 and E6 (AC2) and E7: the source uploads the sealed key; the policy decides again; the target
   // is notified.
-  Reply deliver(HTTPServerRequest& req, const std::string& who, const std::string& id, const std::string& body) {
-    const std::string ctype = req.getContentType();
+  Reply deliver(const Request& req, const std::string& who, const std::string& id, const std::string& body) {
+    const std::string ctype = req.get("content-type");
     if (ctype.substr(0, ctype.find(';')) != "application/octet-stream")
       return problem(415, "unsupported-media-type", "send the sealed key as application/octet-stream");
     if (body.size() < core::hpke::kEncSize + core::hpke::kTagSize + 1 || body.size() > kMaxCiphertext)
@@ -465,16 +448,6 @@ class Handler final : public Poco::Net::HTTPRequestHandler {
   }
 
   Shared& m_s;
-  bool m_body_read = false;
-};
-
-class Factory final : public Poco::Net::HTTPRequestHandlerFactory {
- public:
-  explicit Factory(Shared& s) : m_s(s) {}
-  Poco::Net::HTTPRequestHandler* createRequestHandler(const HTTPServerRequest&) override { return new Handler(m_s); }
-
- private:
-  Shared& m_s;
 };
 
 void require_file(const std::string& path, const char* what) {
@@ -482,14 +455,21 @@ void require_file(const std::string& path, const char* what) {
   if (!f) throw core::ConfigError(core::ErrorCode::Config, std::string("cannot read ") + what + " " + path);
 }
 
-}  // namespace
+void check_settings(const Config& c) {
+  if (c.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
+  if (c.threads < 1 || c.io_threads < 1 || c.db_pool < 1 || c.max_connections < 1 || c.max_per_client < 1 ||
+      c.max_queued < 1)
+    throw core::ConfigError(core::ErrorCode::Config,
+                            "--threads, --io-threads, --db-pool, --max-connections, --max-per-client and "
+                            "--max-queued must be positive");
+  for (const int ms : {c.handshake_timeout_ms, c.head_timeout_ms, c.body_timeout_ms, c.write_timeout_ms,
+                       c.idle_timeout_ms})
+    if (ms < 1) throw core::ConfigError(core::ErrorCode::Config, "timeouts are positive milliseconds");
+  if (c.tls_cert.empty() || c.tls_key.empty())
+    throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
+}
 
-int serve(const Config& config) {
-  Shared s;
-  s.config = config;
-  if (config.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
-  if (config.threads < 1 || config.db_pool < 1)
-    throw core::ConfigError(core::ErrorCode::Config, "--threads and --db-pool must be positive");
+void load_trust_and_policy(Shared& s, const Config& config) {
   for (const auto& t : config.trust)
     for (auto& c : core::load_certificates_pem(t)) s.anchors.push_back(std::move(c));
   if (s.anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no manufacturer root given");
@@ -502,58 +482,111 @@ int serve(const Config& config) {
   }
   if (s.policy.rules() == 0)
     std::fprintf(stderr, "keyline-kps: warning: the policy allows nothing (give --policy or --allow)\n");
-  if (config.tls_cert.empty() || config.tls_key.empty())
-    throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
+}
+
+// Devices authenticate by signing each request (core/device_auth.h), not with TLS client certificates,
+// so the handshake asks for none.
+http::ServerOptions public_options(const Config& c) {
+  http::ServerOptions o;
+  o.name = "keyline-kps";
+  o.listen = c.listen;
+  o.tls_cert_file = c.tls_cert;
+  o.tls_key_file = c.tls_key;
+  o.trusted_proxies = c.trusted_proxies;
+  auto& l = o.limits;
+  l.handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
+  l.head_timeout = std::chrono::milliseconds(c.head_timeout_ms);
+  l.body_timeout = std::chrono::milliseconds(c.body_timeout_ms);
+  l.write_timeout = std::chrono::milliseconds(c.write_timeout_ms);
+  l.keep_alive_idle = std::chrono::milliseconds(c.idle_timeout_ms);
+  l.max_body_bytes = c.body_limit;
+  l.max_connections = c.max_connections;
+  l.max_per_client = c.max_per_client;
+  l.io_threads = c.io_threads;
+  l.workers = c.threads;
+  l.max_queued = c.max_queued;
+  return o;
+}
+
+// The operations listener is for the operator's scraper on this host: few connections, plain HTTP.
+http::ServerOptions ops_options(const Config& c) {
+  http::ServerOptions o;
+  o.name = "keyline-kps-ops";
+  o.listen = c.ops_listen;
+  o.limits.io_threads = 1;
+  o.limits.workers = 2;
+  o.limits.max_connections = 64;
+  o.limits.max_per_client = 16;
+  o.limits.max_body_bytes = 0;
+  return o;
+}
+
+Reply handle_ops(Shared& s, const Request& req) {
+  try {
+    if (req.path == "/metrics") {
+      if (req.method != "GET" && req.method != "HEAD") return method_not_allowed("GET, HEAD");
+      return Reply{200, "text/plain; version=0.0.4", s.metrics.render(s.public_stats()), {{"Cache-Control", "no-store"}}, {}};
+    }
+    if (req.path == "/healthz") {
+      if (req.method != "GET" && req.method != "HEAD") return method_not_allowed("GET, HEAD");
+      s.pool->acquire()->exec("SELECT 1");
+      return json_reply(200, "{\"status\":\"ok\"}");
+    }
+    return problem(404, "not-found", "no such resource");
+  } catch (const std::exception& e) {
+    Reply r = problem(503, "unavailable", "the database is not available; retry later");
+    r.log_detail = e.what();
+    return r;
+  }
+}
+
+void log_event(Shared& s, const http::Event& event, const char* listener) {
+  if (std::string_view(listener) == "public") s.metrics.observe_event(event);
+  std::ostringstream line;
+  line << "{\"ts\":\"" << utc_now() << "\",\"listener\":\"" << listener << "\",\"event\":\""
+       << http::to_string(event.kind) << "\",\"peer\":" << q(event.peer) << ",\"status\":" << event.status;
+  if (!event.detail.empty()) line << ",\"detail\":" << q(event.detail);
+  line << "}";
+  s.log->line(line.str());
+}
+
+}  // namespace
+
+int serve(const Config& config) {
+  check_settings(config);
+  Shared s;
+  s.config = config;
+  load_trust_and_policy(s, config);
   require_file(config.tls_cert, "--tls-cert");
   require_file(config.tls_key, "--tls-key");
   s.log = std::make_unique<Log>(config.log);
-
-  Poco::Net::SocketAddress addr;
-  try {
-    addr = Poco::Net::SocketAddress(config.listen);
-  } catch (const Poco::Exception&) {
-    throw core::ConfigError(core::ErrorCode::Config, "bad --listen address " + config.listen);
-  }
-  Poco::Net::initializeSSL();
-  Poco::Net::Context::Ptr ctx;
-  try {
-    Poco::Net::Context::Params p;
-    p.certificateFile = config.tls_cert;
-    p.privateKeyFile = config.tls_key;
-    p.loadDefaultCAs = false;
-    // Devices authenticate by signing each request (core/device_auth.h), not with TLS client certificates.
-    p.verificationMode = Poco::Net::Context::VERIFY_NONE;
-    ctx = new Poco::Net::Context(Poco::Net::Context::TLS_SERVER_USE, p);
-    ctx->requireMinimumProtocol(Poco::Net::Context::PROTO_TLSV1_2);
-  } catch (const Poco::Exception& e) {
-    throw core::Error(errc::Tls, "TLS server setup failed: " + e.displayText());
-  }
-  Poco::Net::SecureServerSocket socket(addr, 64, ctx);
+  Api api_handler(s);
+  http::Server api(
+      public_options(config), [&api_handler](const Request& q) { return api_handler.handle(q); },
+      [&s](const http::Event& e) { log_event(s, e, "public"); });
+  http::Server ops(
+      ops_options(config), [&s](const Request& q) { return handle_ops(s, q); },
+      [&s](const http::Event& e) { log_event(s, e, "ops"); });
+  s.public_stats = [&api] { return api.stats(); };
+  if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
   s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
   s.pool->acquire()->exec("SELECT 1 FROM transfers LIMIT 1");  // reachable and migrated, or fail now
 
-  std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must never kill the server
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGINT);
   sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-
-  auto* params = new Poco::Net::HTTPServerParams;
-  params->setMaxThreads(config.threads);
-  params->setMaxQueued(64);
-  params->setKeepAlive(true);
-  params->setKeepAliveTimeout(Poco::Timespan(15, 0));
-  params->setTimeout(Poco::Timespan(30, 0));
-  Poco::ThreadPool pool(2, config.threads);
-  Poco::Net::HTTPServer server(new Factory(s), pool, socket, params);
-  server.start();
-  std::fprintf(stdout, "keyline-kps: serving HTTPS on %s\n", socket.address().toString().c_str());
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // the servers' threads inherit the mask
+  api.start();
+  ops.start();
+  std::fprintf(stdout, "keyline-kps: serving HTTPS on %s\n", api.address().c_str());
+  std::fprintf(stdout, "keyline-kps: operations (metrics, healthz) on http://%s\n", ops.address().c_str());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop, &sig);
-  server.stopAll(true);
-  pool.joinAll();
+  api.stop();
+  ops.stop();
   return 0;
 }
 

@@ -64,16 +64,17 @@ line_up() {
   if [ ! -f "$LINE_DIR/backupdb.pass" ]; then
     (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$LINE_DIR/backupdb.pass")
   fi
-  KEYLINE_BACKUPDB_ROLE_PASSWORD=$(cat "$LINE_DIR/backupdb.pass") \
-    "$LINE_BIN/keyline-backupdb" migrate --db "${ci/dbname=postgres/dbname=keyline_backupdb}" >&2
+  # Connection strings with a password go through the environment, never argv (docs/operations.md).
+  KEYLINE_BACKUPDB_ROLE_PASSWORD_FILE="$LINE_DIR/backupdb.pass" \
+    KEYLINE_BACKUPDB_DB="${ci/dbname=postgres/dbname=keyline_backupdb}" "$LINE_BIN/keyline-backupdb" migrate >&2
   local bport attempt
   for attempt in 1 2 3; do
     # A free port can be taken between the probe and the bind: then try another one.
     bport=$(line_free_port)
     KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$port dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
-      "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" \
+      "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" --ops-listen 127.0.0.1:0 \
       --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
-      --client-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+      --station-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
       --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
     local bpid=$!
     if line_wait_port 127.0.0.1 "$bport" 20 && kill -0 "$bpid" 2>/dev/null; then
@@ -160,9 +161,9 @@ line_backupdb_start() {
   local port=${LINE_BACKUPDB_URL##*:} pgport
   pgport=$(cat "$LINE_DIR/pg/port")
   KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$pgport dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
-    "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$port" \
+    "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$port" --ops-listen 127.0.0.1:0 \
     --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
-    --client-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+    --station-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
     --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
   LINE_PIDS+=($!)
   line_wait_port 127.0.0.1 "$port" 20 || { line_log "public DB did not restart"; return 1; }
@@ -184,10 +185,10 @@ line_kps_up() {
   psql "$ci" -tAc "SELECT 1 FROM pg_database WHERE datname = 'keyline_kps'" | grep -q 1 ||
     psql "$ci" -qc "CREATE DATABASE keyline_kps" >/dev/null
   LINE_KPS_DB="${ci/dbname=postgres/dbname=keyline_kps}"
-  "$LINE_BIN/keyline-kps" migrate --db "$LINE_KPS_DB" >&2
+  KEYLINE_KPS_DB="$LINE_KPS_DB" "$LINE_BIN/keyline-kps" migrate >&2
   for attempt in 1 2 3; do
     kport=$(line_free_port)
-    "$LINE_BIN/keyline-kps" serve --db "$LINE_KPS_DB" --listen "127.0.0.1:$kport" \
+    KEYLINE_KPS_DB="$LINE_KPS_DB" "$LINE_BIN/keyline-kps" serve --listen "127.0.0.1:$kport" --ops-listen 127.0.0.1:0 \
       --tls-cert "$LINE_DIR/pki/kps-tls.pem" --tls-key "$LINE_DIR/pki/kps-tls.key" \
       --trust "$LINE_DIR/pki/root.pem" "${policy_args[@]}" \
       --log "$LINE_DIR/logs/kps.log" >>"$LINE_DIR/logs/kps.out" 2>&1 &

@@ -108,7 +108,7 @@ done
 # --- behind a TLS-terminating proxy: the read side over plain HTTP on loopback (DESIGN section 7) ---
 plain_port=$(line_free_port)
 KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$(cat "$LINE_DIR/pg/port") dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
-  "$LINE_BIN/keyline-backupdb" serve --plain-http --listen "127.0.0.1:$plain_port" --trust "$ROOT" --log off \
+  "$LINE_BIN/keyline-backupdb" serve --plain-http --listen "127.0.0.1:$plain_port" --ops-listen 127.0.0.1:0 --trust "$ROOT" --log off \
   >"$work/plain.out" 2>&1 &
 plain_pid=$!
 line_wait_port 127.0.0.1 "$plain_port" 20 || fail "plain-HTTP public DB did not start"

@@ -9,13 +9,18 @@
 #include <botan/pkcs8.h>
 #include <botan/x509_ca.h>
 #include <botan/x509self.h>
+#include <botan/x509_ext.h>
+#include <botan/x509_key.h>
+#include <botan/pubkey.h>
 
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -102,24 +107,54 @@ struct Pki {
                                                                  {"127.0.0.1", "localhost"}, TlsRole::Server, rng)));
     write_file(dir + "/server.key", Botan::PKCS8::PEM_encode(*srv_key));
     auto st_key = new_key(rng);
-    write_file(dir + "/station.pem", to_pem(issue_tls_certificate(svc, *svc_key, *st_key, "station-1", {"station-1"},
-                                                                  TlsRole::Client, rng)));
+    write_file(dir + "/station.pem", to_pem(issue_station_certificate(svc, *svc_key, *st_key, "station-1", rng)));
     write_file(dir + "/station.key", Botan::PKCS8::PEM_encode(*st_key));
+    // The KPS's server certificate, from the same service CA as the public DB's and the station's.
+    auto kps_key = new_key(rng);
+    write_file(dir + "/kps.pem", to_pem(issue_tls_certificate(svc, *svc_key, *kps_key, "kps", {"127.0.0.1"},
+                                                              TlsRole::Server, rng)));
+    write_file(dir + "/kps.key", Botan::PKCS8::PEM_encode(*kps_key));
     auto foreign_ca_key = new_key(rng);
     auto foreign_ca = make_root_certificate(*foreign_ca_key, "Foreign CA", "elsewhere", rng);
     auto fo_key = new_key(rng);
     write_file(dir + "/foreign.pem", to_pem(issue_tls_certificate(foreign_ca, *foreign_ca_key, *fo_key, "intruder",
                                                                   {"intruder"}, TlsRole::Client, rng)));
     write_file(dir + "/foreign.key", Botan::PKCS8::PEM_encode(*fo_key));
-    // Expired: signed by the real service CA, valid 2020-01-01 .. 2021-01-01.
-    auto ex_key = new_key(rng);
-    Botan::X509_Cert_Options opts("station-old");
-    opts.add_ex_constraint("PKIX.ClientAuth");
-    const auto req = Botan::X509::create_cert_req(opts, *ex_key, "SHA-256", rng);
-    Botan::X509_CA ca(svc, *svc_key, "SHA-256", rng);
-    const auto expired = ca.sign_request(req, rng, Botan::X509_Time("20200101000000Z", Botan::GENERALIZED_TIME), Botan::X509_Time("20210101000000Z", Botan::GENERALIZED_TIME));
-    write_file(dir + "/expired.pem", to_pem(expired));
-    write_file(dir + "/expired.key", Botan::PKCS8::PEM_encode(*ex_key));
+    // Made here, outside the issuer's lint: the station profile in every respect but its validity
+    // (expired), the same valid now (the control: this construction is accepted), and a clientAuth
+    // certificate of the station CA without the station policy.
+    const auto in_days = [](int days) {
+      return Botan::X509_Time(std::chrono::system_clock::now() + std::chrono::hours(24 * days));
+    };
+    write_pair("expired", svc, *svc_key, "station-old", true,
+               Botan::X509_Time("20200101000000Z", Botan::GENERALIZED_TIME),
+               Botan::X509_Time("20210101000000Z", Botan::GENERALIZED_TIME));
+    write_pair("handmade", svc, *svc_key, "station-2", true, in_days(-1), in_days(30));
+    write_pair("nopolicy", svc, *svc_key, "station-3", false, in_days(-1), in_days(30));
+  }
+
+  // A clientAuth certificate of `ca` for station `id`: OU and CN as the station profile has them,
+  // with or without the station policy, valid from nb to na.
+  void write_pair(const std::string& name, const Botan::X509_Certificate& ca, const Botan::Private_Key& ca_key,
+                  const std::string& id, bool policy, const Botan::X509_Time& nb, const Botan::X509_Time& na) {
+    auto key = new_key(rng);
+    Botan::Extensions ext;
+    ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
+    ext.add(new Botan::Cert_Extension::Key_Usage(Botan::DIGITAL_SIGNATURE), true);
+    ext.add(new Botan::Cert_Extension::Extended_Key_Usage(std::vector<Botan::OID>{Botan::OID("1.3.6.1.5.5.7.3.2")}));
+    if (policy)
+      ext.add(new Botan::Cert_Extension::Certificate_Policies(std::vector<Botan::OID>{Botan::OID(kStationPolicy)}));
+    ext.add(new Botan::Cert_Extension::Subject_Key_ID(key->subject_public_key(), "SHA-256"));
+    ext.add(new Botan::Cert_Extension::Authority_Key_ID(ca.subject_key_id()));
+    Botan::X509_DN dn;
+    dn.add_attribute("X520.OrganizationalUnit", kStationUnit);
+    dn.add_attribute("X520.CommonName", id);
+    Botan::AlgorithmIdentifier sig_algo;
+    std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(ca_key, rng, "SHA-256", sig_algo));
+    const auto cert = Botan::X509_CA::make_cert(signer.get(), rng, sig_algo, key->subject_public_key(), nb, na,
+                                                ca.subject_dn(), dn, ext);
+    write_file(dir + "/" + name + ".pem", to_pem(cert));
+    write_file(dir + "/" + name + ".key", Botan::PKCS8::PEM_encode(*key));
   }
 
   ~Pki() {
@@ -193,6 +228,7 @@ struct Server {
   std::string role_conninfo;
   std::string url;
   std::string log;
+  int ops_port = 0;
   pid_t pid = -1;
 
   explicit Server(const std::vector<std::string>& extra = {}, bool plain = false) {
@@ -200,21 +236,27 @@ struct Server {
     owner_conninfo = env.create_database("bdb");
     backupdb::Config cfg;
     cfg.db = owner_conninfo;
-    cfg.role_password = kRolePassword;
+    cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
     REQUIRE(backupdb::migrate(cfg) == static_cast<int>(backupdb::embedded_migrations().size()));
     CHECK(backupdb::migrate(cfg) == 0);  // idempotent
-    role_conninfo = "host=" + env.host + " port=" + std::to_string(env.port) + " user=keyline_backupdb password=" +
-                    kRolePassword + " dbname=" + dbname_of(owner_conninfo) + " connect_timeout=5";
+    // The server's --db carries no password (a password on a command line is refused): it reads it
+    // from --db-password-file. role_conninfo, with the password, is for the test's own connections.
+    const std::string role_nopw = "host=" + env.host + " port=" + std::to_string(env.port) +
+                                  " user=keyline_backupdb dbname=" + dbname_of(owner_conninfo) + " connect_timeout=5";
+    role_conninfo = role_nopw + " password=" + kRolePassword;
     const int port = test::free_port();
     const auto& d = pki().dir;
     log = d + "/server" + std::to_string(port) + ".log";
-    std::vector<std::string> args = {test::binary_dir() + "/bin/keyline-backupdb", "serve", "--db", role_conninfo,
+    write_file(d + "/role.pass", std::string(kRolePassword) + "\n");
+    ops_port = test::free_port();
+    std::vector<std::string> args = {test::binary_dir() + "/bin/keyline-backupdb", "serve", "--db", role_nopw,
+                                     "--db-password-file", d + "/role.pass",
                                      "--listen", "127.0.0.1:" + std::to_string(port), "--trust", d + "/root.pem",
-                                     "--log", log};
+                                     "--ops-listen", "127.0.0.1:" + std::to_string(ops_port), "--log", log};
     if (plain) {
       args.push_back("--plain-http");
     } else {
-      for (const auto& a : {"--tls-cert", "server.pem", "--tls-key", "server.key", "--client-ca", "service_ca.pem"}) {
+      for (const auto& a : {"--tls-cert", "server.pem", "--tls-key", "server.key", "--station-ca", "service_ca.pem"}) {
         const std::string s = a;
         args.push_back(s.rfind("--", 0) == 0 ? s : d + "/" + s);
       }
@@ -263,6 +305,10 @@ struct Server {
   }
   Reply get(const std::string& path, const std::string& extra = "") const {
     return curl(tls() + " " + extra + " '" + url + path + "'");
+  }
+  // The operations listener (plain HTTP on loopback).
+  Reply ops(const std::string& path) const {
+    return curl("'http://127.0.0.1:" + std::to_string(ops_port) + path + "'");
   }
   Reply publish(const std::string& json, const std::string& who = "station",
                 const std::string& ctype = "application/json") const {
@@ -327,7 +373,9 @@ TEST_CASE("publish and read back through curl; the certificate verifies with ope
   auto again = s.publish(json);
   CHECK(again.status == 200);
 
-  auto m = s.get("/metrics");
+  // /metrics is on the operations listener only.
+  CHECK(s.get("/metrics").status == 404);
+  auto m = s.ops("/metrics");
   CHECK(m.status == 200);
   CHECK(m.body.find("keyline_backupdb_records_published_total 1") != std::string::npos);
   CHECK(m.body.find("keyline_backupdb_requests_total{route=\"record\",status=\"200\"}") != std::string::npos);
@@ -537,6 +585,120 @@ TEST_CASE("HEAD answers headers only; a refused POST body does not poison keep-a
                       s.url + "/v1/records/47905000000000000200'");
   CHECK(out.find("415") != std::string::npos);
   CHECK(out.substr(out.size() - 3) == "200");
+}
+
+TEST_CASE("who publishes: over real mutual TLS only a current station certificate of --station-ca") {
+  Server s;
+  pq::Connection owner(s.owner_conninfo);
+  const auto stored = [&](const std::string& chip) {
+    return owner.exec("SELECT count(*) FROM records WHERE chip_id = $1", {chip}).int64(0, 0);
+  };
+  // Certificates of the same service CA that are not station certificates, and one out of date.
+  int n = 0;
+  for (const char* who : {"kps", "server", "nopolicy", "expired", "foreign"}) {
+    const std::string chip = "4790500000000000060" + std::to_string(n++);
+    auto r = s.publish(pki().record(chip, Imei::from_tac_serial("35780502", 600 + n).str()).to_json(), who);
+    CHECK_MESSAGE(r.status == 403, who << ": " << r.status << " " << r.body);
+    CHECK(r.header("content-type") == "application/problem+json");
+    CHECK(r.body.find("CN=") == std::string::npos);  // no names of the certificate on the wire
+    CHECK(stored(chip) == 0);
+  }
+  // Without a certificate: 401.
+  CHECK(s.publish(pki().record("47905000000000000610", "490154203237518").to_json(), "").status == 401);
+  CHECK(stored("47905000000000000610") == 0);
+  // The station certificate as keys init issues it, and the hand-made control of the expired one.
+  auto ok = s.publish(pki().record("47905000000000000611", "260531793113837").to_json(), "station");
+  CHECK_MESSAGE(ok.status == 201, ok.body);
+  auto hand = s.publish(pki().record("47905000000000000612", "357805023984942").to_json(), "handmade");
+  CHECK_MESSAGE(hand.status == 201, hand.body);
+  CHECK(stored("47905000000000000611") == 1);
+  CHECK(stored("47905000000000000612") == 1);
+  // The station id is in the log line of every publish.
+  const auto log = slurp(s.log);
+  CHECK(log.find("\"route\":\"publish\",\"status\":201,") != std::string::npos);
+  CHECK(log.find("station station-1") != std::string::npos);
+  CHECK(log.find("station station-2") != std::string::npos);
+}
+
+TEST_CASE("422 carries a generic detail and the code; the validator's text goes to the log only") {
+  Server s;
+  auto bad_chain = s.publish(pki().record("47905000000000000701", "260531793113837", "", true).to_json());
+  REQUIRE(bad_chain.status == 422);
+  CHECK(bad_chain.body.find("the certificate chain does not verify against the device root") != std::string::npos);
+  CHECK(bad_chain.body.find("\"code\":\"1212\"") != std::string::npos);
+  auto a = pki().record("47905000000000000702", "260531793113837");
+  auto b = pki().record("47905000000000000703", "490154203237518");
+  Record wrong_imei = a;
+  wrong_imei.imei = b.imei;
+  auto mismatch = s.publish(wrong_imei.to_json());
+  REQUIRE(mismatch.status == 422);
+  CHECK(mismatch.body.find("does not match the record") != std::string::npos);
+  // No certificate names, no library text, no values of the record's certificate on the wire.
+  for (const auto* r : {&bad_chain, &mismatch}) {
+    CHECK(r->body.find("Other") == std::string::npos);
+    CHECK(r->body.find("CN=") == std::string::npos);
+    CHECK(r->body.find("trusted root") == std::string::npos);
+    CHECK(r->body.find("260531793113837") == std::string::npos);
+  }
+  const auto log = slurp(s.log);
+  CHECK(log.find("chain does not lead to a trusted root") != std::string::npos);
+  CHECK(log.find("certificate IMEI 260531793113837 differs") != std::string::npos);
+}
+
+TEST_CASE("rate limit: the client behind a trusted proxy, and new addresses evict the least recent, never wipe") {
+  // 0.2 requests per second: a bucket spent here stays empty for the whole test.
+  Server s({"--rate", "0.2", "--rate-clients", "3", "--trusted-proxy", "127.0.0.1"});
+  const auto as = [&](const std::string& client) {
+    return s.get("/v1/records/47905000000000000001", "-H 'X-Forwarded-For: " + client + "'").status;
+  };
+  CHECK(as("198.51.100.1") == 404);
+  CHECK(as("198.51.100.1") == 429);
+  // Another client behind the same proxy has its own bucket.
+  CHECK(as("198.51.100.2") == 404);
+  CHECK(as("198.51.100.1") == 429);  // most recent again
+  // New addresses fill the map past its bound: the least recently used go, not client 1's bucket.
+  CHECK(as("198.51.100.3") == 404);
+  CHECK(as("198.51.100.1") == 429);
+  CHECK(as("198.51.100.4") == 404);  // evicts .2
+  CHECK(as("198.51.100.1") == 429);
+  CHECK(as("198.51.100.5") == 404);  // evicts .3
+  CHECK(as("198.51.100.1") == 429);
+  CHECK(as("198.51.100.2") == 404);  // evicted, so a fresh bucket
+  const auto log = slurp(s.log);
+  CHECK(log.find("\"client\":\"198.51.100.1\",\"peer\":\"127.0.0.1\"") != std::string::npos);
+}
+
+TEST_CASE("passwords on the command line are refused with a reason") {
+  const std::string bin = test::binary_dir() + "/bin/keyline-backupdb";
+  int rc = -1;
+  auto out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x password=hunter2' 2>&1", &rc);
+  CHECK(rc == 2);
+  CHECK(out.find("--db holds a password") != std::string::npos);
+  out = sh(bin + " migrate --db=postgresql://u:hunter2@127.0.0.1:1/x 2>&1", &rc);
+  CHECK(rc == 2);
+  out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x' --role-password hunter2 2>&1", &rc);
+  CHECK(rc == 2);
+  CHECK(out.find("--role-password takes a password") != std::string::npos);
+  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  // From the environment the same conninfo is accepted (and then fails to connect: exit 4).
+  out = sh("KEYLINE_BACKUPDB_DB='host=127.0.0.1 port=1 dbname=x password=hunter2 connect_timeout=2' " + bin +
+               " migrate 2>&1",
+           &rc);
+  CHECK(rc == 4);
+}
+
+TEST_CASE("a malformed Content-Length: a problem document, counted on the operations listener") {
+  Server s({}, true);
+  const auto port = s.url.substr(s.url.rfind(':') + 1);
+  const auto out = sh("printf 'POST /v1/records HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 12, 13\\r\\n\\r\\n' | "
+                      "timeout 5 python3 -c 'import socket,sys; s=socket.create_connection((\"127.0.0.1\", " + port +
+                      ")); s.sendall(sys.stdin.buffer.read()); print(s.recv(65536).decode())'");
+  CHECK(out.rfind("HTTP/1.1 400", 0) == 0);
+  CHECK(out.find("application/problem+json") != std::string::npos);
+  auto m = s.ops("/metrics");
+  CHECK(m.body.find("keyline_backupdb_malformed_requests_total{status=\"400\"} 1") != std::string::npos);
+  CHECK(s.ops("/healthz").status == 200);
+  CHECK(s.ops("/v1/ca").status == 404);
 }
 
 TEST_CASE("dump a sample record for manual runs" * doctest::skip()) {

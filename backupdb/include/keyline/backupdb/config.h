@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#include <botan/secmem.h>
 
 #include "keyline/core/error.h"
 
@@ -17,23 +20,37 @@ constexpr auto Tls = static_cast<core::ErrorCode>(3020);              // TLS mat
 }  // namespace errc
 
 struct Config {
-  std::string db;                   // libpq conninfo: the owner for migrate, the server role for serve
-  std::string role_password;        // migrate: sets the keyline_backupdb role's password (enables LOGIN)
+  std::string db;                   // libpq conninfo (no password: see db_password_file)
+  std::string db_password_file;     // the database password, read from this file (else PGPASSWORD/PGPASSFILE)
+  // migrate: the keyline_backupdb role's password (enables LOGIN). Set here by a library caller, or
+  // read by migrate() from role_password_file, else KEYLINE_BACKUPDB_ROLE_PASSWORD.
+  Botan::secure_vector<std::uint8_t> role_password;
+  std::string role_password_file;
   std::string listen = "0.0.0.0:8443";
+  // The operations listener: /metrics and /healthz, plain HTTP, loopback by default (docs/operations.md).
+  std::string ops_listen = "127.0.0.1:9443";
   std::string tls_cert;             // server certificate chain (PEM)
   std::string tls_key;              // its private key (PEM)
-  std::string client_ca;            // station CA (PEM): issuer of client certificates allowed to publish
+  std::string station_ca;           // issuer(s) of station certificates allowed to publish (PEM)
   std::vector<std::string> trust;   // PEM files with the device root(s): anchors for record validation
+  std::vector<std::string> trusted_proxies;  // peers whose X-Forwarded-For names the client
   bool plain_http = false;          // behind a TLS-terminating proxy only; publishing is then refused
-  // Poco's HTTPServer holds one thread per keep-alive connection, so threads bounds the number of
-  // clients served at once: 64 keep-alive clients (the benchmark's and a line's worth of stations
-  // and service servers) plus 8 for short-lived ones. Connections beyond threads wait in the queue
-  // (max_connections) until a thread frees up; beyond that they are refused.
-  int threads = 72;
-  int max_connections = 256;
+  // The event-driven server (core/http_server.h): connections cost a descriptor, not a thread, so
+  // threads only bound the requests handled at once.
+  int threads = 16;                 // handler (worker) threads
+  int io_threads = 2;               // epoll loops (TLS handshakes run there)
+  std::size_t max_connections = 4096;   // open connections in total
+  std::size_t max_per_client = 64;      // open connections per peer address
+  std::size_t max_queued = 1024;        // complete requests waiting for a worker (503 beyond)
+  int handshake_timeout_ms = 5000;  // accept to TLS handshake done
+  int head_timeout_ms = 10000;      // first byte of a request to the end of its head
+  int body_timeout_ms = 20000;      // end of the head to the end of the body
+  int write_timeout_ms = 20000;     // a reply taken by the client
+  int idle_timeout_ms = 15000;      // keep-alive connection idle between requests
   int db_pool = 16;                 // PostgreSQL connections (reads hit the cache first)
   std::size_t body_limit = 256 * 1024;  // a record is a few KiB; anything far larger is refused (413)
-  double rate = 0;                  // requests per second per client (IP, or station certificate); 0 = off
+  double rate = 0;                  // requests per second per client (address, or station id); 0 = off
+  std::size_t rate_clients = 100000;    // token buckets kept (least recently used evicted beyond)
   std::size_t cache_entries = 200000;   // immutable records, so the LRU is always correct
   bool preload = false;             // fill the cache from the database before listening
   std::string log = "stderr";       // access/error log: a path, "stderr" or "off"

@@ -21,13 +21,27 @@ constexpr core::ErrorCode Refused = static_cast<core::ErrorCode>(6010);      // 
 }  // namespace errc
 
 struct Config {
-  std::string db;                    // libpq conninfo
+  std::string db;                    // libpq conninfo (no password: see db_password_file)
+  std::string db_password_file;      // the database password, read from this file (else PGPASSWORD/PGPASSFILE)
   std::string listen = "127.0.0.1:8444";
+  // The operations listener: /metrics and /healthz, plain HTTP, loopback by default (docs/kps.md).
+  std::string ops_listen = "127.0.0.1:9444";
+  std::vector<std::string> trusted_proxies;  // peers whose X-Forwarded-For names the client (log only)
   std::string tls_cert, tls_key;     // server certificate chain and key (PEM)
   std::vector<std::string> trust;    // manufacturer root(s): anchors of device identity chains
   std::string policy;                // policy file (policy.h)
   std::vector<std::string> allow;    // extra "SOURCE:TARGET" pairs allowed both ways of the check
-  int threads = 16;
+  // The event-driven server (core/http_server.h): connections cost a descriptor, not a thread.
+  int threads = 16;                  // handler (worker) threads
+  int io_threads = 2;                // epoll loops (TLS handshakes run there)
+  std::size_t max_connections = 4096;    // open connections in total
+  std::size_t max_per_client = 64;       // open connections per peer address
+  std::size_t max_queued = 1024;         // complete requests waiting for a worker (503 beyond)
+  int handshake_timeout_ms = 5000;
+  int head_timeout_ms = 10000;
+  int body_timeout_ms = 20000;
+  int write_timeout_ms = 20000;
+  int idle_timeout_ms = 15000;
   int db_pool = 4;
   std::size_t body_limit = 64 * 1024;
   std::int64_t max_skew = 300;       // seconds of clock skew accepted on signed requests

@@ -1,0 +1,352 @@
+#include "api.h"
+
+#include <botan/pem.h>
+
+#include <chrono>
+#include <ctime>
+#include <optional>
+#include <sstream>
+#include <string_view>
+#include <vector>
+
+#include "keyline/core/cplc.h"
+#include "keyline/core/http.h"
+#include "keyline/core/imei.h"
+#include "keyline/core/record.h"
+
+namespace keyline::backupdb {
+namespace {
+
+namespace http = core::http;
+using http::Reply;
+using http::Request;
+
+constexpr const char* kImmutable = "public, max-age=31536000, immutable";
+constexpr const char* kProblemBase = "https://keyline.example/problems/";
+
+Reply problem(int status, const std::string& slug, const std::string& detail,
+              const std::vector<std::pair<std::string, std::string>>& extra = {}) {
+  Reply r;
+  r.status = status;
+  r.content_type = http::kProblemContentType;
+  r.body = http::problem_json(status, http::reason_phrase(status), detail, kProblemBase + slug, extra);
+  return r;
+}
+
+Reply plain(int status, std::string content_type, std::string body,
+            std::vector<std::pair<std::string, std::string>> headers = {}, std::string log_detail = {}) {
+  Reply r;
+  r.status = status;
+  r.content_type = std::move(content_type);
+  r.body = std::move(body);
+  r.headers = std::move(headers);
+  r.log_detail = std::move(log_detail);
+  return r;
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  std::stringstream ss(path);
+  for (std::string p; std::getline(ss, p, '/');)
+    if (!p.empty()) parts.push_back(p);
+  return parts;
+}
+
+bool is_get(const Request& req) { return req.method == "GET" || req.method == "HEAD"; }
+
+bool etag_matches(const Request& req, const std::string& etag) {
+  const std::string inm = req.get("if-none-match");
+  if (inm.empty()) return false;
+  if (inm == "*") return true;
+  // RFC 9110 section 13.1.2: a comma-separated list; weak comparison for If-None-Match.
+  std::stringstream ss(inm);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \t");
+    const auto e = item.find_last_not_of(" \t");
+    if (b == std::string::npos) continue;
+    std::string tag = item.substr(b, e - b + 1);
+    if (tag.rfind("W/", 0) == 0) tag = tag.substr(2);
+    if (tag == etag) return true;
+  }
+  return false;
+}
+
+Reply cacheable(const Request& req, const std::string& etag, std::string content_type, std::string body) {
+  Reply r;
+  r.headers = {{"ETag", etag}, {"Cache-Control", kImmutable}};
+  if (etag_matches(req, etag)) {
+    r.status = 304;
+    return r;
+  }
+  r.content_type = std::move(content_type);
+  r.body = std::move(body);
+  return r;
+}
+
+Reply method_not_allowed(const std::string& allow) {
+  Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
+  r.headers.push_back({"Allow", allow});
+  return r;
+}
+
+Reply too_many() {
+  Reply r = problem(429, "rate-limited", "too many requests from this client");
+  r.headers.push_back({"Retry-After", "1"});
+  return r;
+}
+
+Reply represent(const Request& req, const StoredRecord& rec, const std::string& sub) {
+  // Strong ETags (RFC 9110 section 8.8.3) from the record hash; each representation has its own.
+  if (sub.empty()) return cacheable(req, "\"" + rec.record_hash + "\"", "application/json", rec.json);
+  if (sub == "backup")
+    return cacheable(req, "\"" + rec.record_hash + "-backup\"", "application/octet-stream",
+                     std::string(rec.backup.begin(), rec.backup.end()));
+  const std::string accept = req.get("accept");
+  const bool pem = accept.find("application/x-pem-file") != std::string::npos ||
+                   accept.find("application/pem-certificate-chain") != std::string::npos;
+  Reply r;
+  if (pem) {
+    r = cacheable(req, "\"" + rec.record_hash + "-pem\"", "application/x-pem-file",
+                  Botan::PEM_Code::encode(rec.identity_der, "CERTIFICATE"));
+  } else {
+    // RFC 2585 section 4.1: application/pkix-cert is a DER certificate.
+    r = cacheable(req, "\"" + rec.record_hash + "-der\"", "application/pkix-cert",
+                  std::string(rec.identity_der.begin(), rec.identity_der.end()));
+  }
+  r.headers.push_back({"Vary", "Accept"});
+  return r;
+}
+
+Reply read_record(Shared& s, const Request& req, const std::vector<std::string>& parts) {
+  const std::string sub = parts.size() == 4 ? parts[3] : "";
+  if (!sub.empty() && sub != "backup" && sub != "certificate") return problem(404, "not-found", "no such resource");
+  if (!is_get(req)) return method_not_allowed("GET, HEAD");
+  if (!s.limiter->allow(req.client_address)) return too_many();
+  std::string chip;
+  try {
+    chip = core::ChipId::parse(parts[2]).str();
+  } catch (const core::Error&) {
+    return problem(400, "bad-chip-id", "a chip ID is 20 hexadecimal digits");
+  }
+  auto rec = s.store->by_chip_id(chip);
+  if (!rec) return problem(404, "not-found", "no record for this chip ID");
+  return represent(req, *rec, sub);
+}
+
+Reply read_by_imei(Shared& s, const Request& req, const std::string& imei) {
+  if (!is_get(req)) return method_not_allowed("GET, HEAD");
+  if (!s.limiter->allow(req.client_address)) return too_many();
+  if (!core::Imei::is_valid(imei)) return problem(400, "bad-imei", "an IMEI is 15 digits with a Luhn check digit");
+  auto rec = s.store->by_imei(imei);
+  if (!rec) return problem(404, "not-found", "no record for this IMEI");
+  return represent(req, *rec, "");
+}
+
+// Who publishes: a current station certificate of a --station-ca issuer (backupdb/src/station_auth.h).
+// Sets station_id when allowed; otherwise returns the refusal.
+std::optional<Reply> check_station(Shared& s, const Request& req, std::string& station_id) {
+  if (!s.stations || !req.secure) return problem(401, "client-certificate-required", "publishing needs mutual TLS");
+  if (req.peer_certificate_der.empty())
+    return problem(401, "client-certificate-required", "present a station certificate to publish");
+  const StationCheck check = s.stations->check(req.peer_certificate_der, std::chrono::system_clock::now());
+  if (!check.allowed) {
+    Reply r = problem(check.status, check.slug, check.detail);
+    r.log_detail = check.log_detail;
+    return r;
+  }
+  station_id = check.station_id;
+  return std::nullopt;
+}
+
+Reply published(Shared& s, const core::Record& rec, const std::string& hash, const std::string& station) {
+  const auto res = s.store->publish(rec, hash);
+  const std::string location = "/v1/records/" + rec.chip_id.str();
+  const std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash + "\"}";
+  switch (res.outcome) {
+    case PublishOutcome::Created:
+      s.metrics.record_published();
+      return plain(201, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
+                   "station " + station);
+    case PublishOutcome::Identical:
+      return plain(200, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
+                   "identical re-publish by station " + station);
+    case PublishOutcome::Conflict:
+      break;
+  }
+  Reply r = problem(409, "conflict",
+                    "a different record is already published for this " +
+                        (res.conflict_on.empty() ? std::string("chip ID or IMEI") : res.conflict_on),
+                    {{"published_hash", res.existing_hash},
+                     {"submitted_hash", hash},
+                     {"conflict_on", res.conflict_on},
+                     {"code", std::to_string(static_cast<int>(errc::PublishConflict))}});
+  r.log_detail = "station " + station;
+  return r;
+}
+
+Reply publish(Shared& s, const Request& req) {
+  std::string station;
+  if (auto deny = check_station(s, req, station)) return *deny;
+  if (!s.limiter->allow("station " + station)) {
+    Reply r = too_many();
+    r.log_detail = "station " + station;
+    return r;
+  }
+  const std::string ctype = req.get("content-type");
+  if (ctype.substr(0, ctype.find(';')) != "application/json") {
+    Reply r = problem(415, "unsupported-media-type", "send the record as application/json");
+    r.log_detail = "station " + station;
+    return r;
+  }
+  if (req.body.size() > s.config.body_limit)
+    return problem(413, "too-large", "the body exceeds " + std::to_string(s.config.body_limit) + " bytes");
+  core::Record rec;
+  std::string hash;  // Record::hash, computed once by from_json
+  try {
+    rec = core::Record::from_json(req.body, &hash);
+  } catch (const core::Error& e) {
+    Reply r = problem(400, "bad-record", "the body is not a record", {{"code", std::to_string(e.numeric())}});
+    r.log_detail = "station " + station + ": " + e.what();
+    return r;
+  }
+  try {
+    s.validator->validate(rec);
+  } catch (const core::Error& e) {
+    // Which rule failed is public (docs/api.md), the failure's own text is not: it quotes
+    // certificate names and library messages, so it goes to the log only.
+    Reply r = problem(422, "record-invalid", record_invalid_detail(e.code()), {{"code", std::to_string(e.numeric())}});
+    r.log_detail = "station " + station + ": " + e.what();
+    return r;
+  }
+  return published(s, rec, hash, station);
+}
+
+Reply dispatch(Shared& s, const Request& req) {
+  const auto parts = split_path(req.path);
+  if (parts.size() == 1 && parts[0] == "healthz") {
+    if (!is_get(req)) return method_not_allowed("GET, HEAD");
+    if (!s.store->healthy()) return problem(503, "unavailable", "database unreachable");
+    return plain(200, "application/json", "{\"status\":\"ok\"}", {{"Cache-Control", "no-store"}});
+  }
+  if (parts.empty() || parts[0] != "v1") return problem(404, "not-found", "no such resource");
+  if (parts.size() == 2 && parts[1] == "ca") {
+    if (!is_get(req)) return method_not_allowed("GET, HEAD");
+    if (!s.limiter->allow(req.client_address)) return too_many();
+    return plain(200, "application/pem-certificate-chain", s.anchors_pem, {{"Cache-Control", "public, max-age=3600"}});
+  }
+  if (parts.size() == 2 && parts[1] == "records") {
+    if (req.method != "POST") return method_not_allowed("POST");
+    return publish(s, req);
+  }
+  if (parts.size() >= 3 && parts.size() <= 4 && parts[1] == "records") return read_record(s, req, parts);
+  if (parts.size() == 3 && parts[1] == "imei") return read_by_imei(s, req, parts[2]);
+  return problem(404, "not-found", "no such resource");
+}
+
+// Failures a handler did not turn into a problem document itself: the database (503, retry) or
+// anything else (500). Neither says more on the wire than that.
+template <typename F>
+Reply guarded(F&& f) {
+  try {
+    return f();
+  } catch (const core::DbError& e) {
+    Reply r = problem(503, "unavailable", "the database is not available; retry later");
+    r.headers.push_back({"Retry-After", "1"});
+    r.log_detail = std::to_string(e.numeric()) + " " + e.what();
+    return r;
+  } catch (const std::exception& e) {
+    Reply r = problem(500, "internal", "internal error");
+    r.log_detail = e.what();
+    return r;
+  }
+}
+
+std::string utc_now() {
+  char ts[32];
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return ts;
+}
+
+}  // namespace
+
+const char* record_invalid_detail(core::ErrorCode code) noexcept {
+  switch (code) {
+    case core::ErrorCode::ChainInvalid:
+      return "the certificate chain does not verify against the device root";
+    case core::ErrorCode::BadCertificate:
+      return "a certificate of the record is not a well-formed identity certificate";
+    case core::ErrorCode::BadRecord:
+      return "the chip ID or IMEI in the identity certificate does not match the record";
+    case core::ErrorCode::BadBackupPackage:
+      return "the backup package does not name the record's chip ID";
+    case core::ErrorCode::BadChipId:
+    case core::ErrorCode::BadImei:
+      return "the identity certificate does not carry a well-formed chip ID and IMEI";
+    default:
+      return "the record does not pass validation";
+  }
+}
+
+std::string route_of(const Request& req) {
+  const auto parts = split_path(req.path);
+  if (parts.size() == 1 && (parts[0] == "healthz" || parts[0] == "metrics")) return parts[0];
+  if (parts.empty() || parts[0] != "v1") return "other";
+  if (parts.size() == 2 && parts[1] == "ca") return "ca";
+  if (parts.size() == 2 && parts[1] == "records") return "publish";
+  if (parts.size() == 3 && parts[1] == "records") return "record";
+  if (parts.size() == 4 && parts[1] == "records" && parts[3] == "backup") return "record_backup";
+  if (parts.size() == 4 && parts[1] == "records" && parts[3] == "certificate") return "record_certificate";
+  if (parts.size() == 3 && parts[1] == "imei") return "imei";
+  return "other";
+}
+
+Reply handle_public(Shared& s, const Request& req) {
+  return guarded([&] { return dispatch(s, req); });
+}
+
+Reply handle_ops(Shared& s, const Request& req) {
+  return guarded([&] {
+    const auto parts = split_path(req.path);
+    if (parts.size() == 1 && parts[0] == "metrics") {
+      if (!is_get(req)) return method_not_allowed("GET, HEAD");
+      const auto stats = s.public_stats ? s.public_stats() : http::ServerStats{};
+      return plain(200, "text/plain; version=0.0.4",
+                   s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats),
+                   {{"Cache-Control", "no-store"}});
+    }
+    if (parts.size() == 1 && parts[0] == "healthz") return dispatch(s, req);
+    return problem(404, "not-found", "no such resource");
+  });
+}
+
+void log_access(Shared& s, const Request& req, const Reply& reply, std::chrono::microseconds elapsed) {
+  const std::string route = route_of(req);
+  const double secs = static_cast<double>(elapsed.count()) / 1e6;
+  s.metrics.observe(route, reply.status, secs);
+  std::ostringstream line;
+  line << "{\"ts\":\"" << utc_now() << "\",\"client\":\"" << http::json_escape(req.client_address) << "\"";
+  if (req.client_address != req.peer_address) line << ",\"peer\":\"" << http::json_escape(req.peer_address) << "\"";
+  line << ",\"method\":\"" << http::json_escape(req.method) << "\",\"path\":\"" << http::json_escape(req.target)
+       << "\",\"route\":\"" << route << "\",\"status\":" << reply.status << ",\"bytes\":" << reply.body.size()
+       << ",\"ms\":" << secs * 1000.0;
+  if (!reply.log_detail.empty()) line << ",\"detail\":\"" << http::json_escape(reply.log_detail) << "\"";
+  line << "}";
+  s.log->line(line.str());
+}
+
+void log_event(Shared& s, const http::Event& event, const char* listener) {
+  const bool is_public = std::string_view(listener) == "public";
+  if (is_public) s.metrics.observe_event(event);
+  std::ostringstream line;
+  line << "{\"ts\":\"" << utc_now() << "\",\"listener\":\"" << listener << "\",\"event\":\"" << http::to_string(event.kind) << "\",\"peer\":\""
+       << http::json_escape(event.peer) << "\",\"status\":" << event.status;
+  if (!event.detail.empty()) line << ",\"detail\":\"" << http::json_escape(event.detail) << "\"";
+  line << "}";
+  s.log->line(line.str());
+}
+
+}  // namespace keyline::backupdb

@@ -1,0 +1,30 @@
+// Prometheus text exposition (format 0.0.4) of the KPS: requests by status, and what the connection
+// layer did on its own (core::http::Event): refusals, deadlines, malformed requests by status.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "keyline/core/http_server.h"
+
+namespace keyline::kps {
+
+class Metrics {
+ public:
+  void observe(int status);
+  void observe_event(const core::http::Event& event);
+  std::string render(const core::http::ServerStats& stats) const;
+
+ private:
+  static constexpr std::size_t kEventKinds = 8;  // core::http::Event::Kind
+  mutable std::mutex m_mutex;                    // statuses are few; a request costs one short lock
+  std::map<int, std::uint64_t> m_requests;       // by status
+  std::map<int, std::uint64_t> m_malformed;      // by status sent
+  std::array<std::atomic<std::uint64_t>, kEventKinds> m_events{};
+};
+
+}  // namespace keyline::kps
