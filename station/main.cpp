@@ -37,11 +37,18 @@ int main(int argc, char** argv) {
 
   auto* keys = app.add_subcommand("keys", "manufacturer keys in the HSM");
   keys->require_subcommand(1);
-  std::string organization;
+  KeysInitOptions keys_opt;
   auto* keys_init = keys->add_subcommand(
-      "init", "create the root, Device CA, service CA, station TLS, master and wrapping keys on the token, and the "
-              "certificates in --pki-dir (refuses when the token already has them)");
-  keys_init->add_option("--organization", organization, "O= of the certificates");
+      "init", "create what is missing of the root, Device CA, service CA, station TLS, master and wrapping keys on "
+              "the token and of the certificates in --pki-dir; keys already on the token are reused, so an "
+              "interrupted init is finished by running it again");
+  keys_init->add_option("--organization", keys_opt.organization, "O= of the CA certificates")->capture_default_str();
+  auto* server_cert = keys->add_subcommand(
+      "server-cert", "make new public DB and KPS server keys and certificates (e.g. for new --dns/--ip)");
+  for (auto* sub : {keys_init, server_cert}) {
+    sub->add_option("--dns", keys_opt.dns_names, "server certificate DNS name (repeatable; default localhost)");
+    sub->add_option("--ip", keys_opt.ip_addresses, "server certificate IPv4 address (repeatable; default 127.0.0.1)");
+  }
 
   auto* pool = app.add_subcommand("pool", "the temporary secure DB of IMEIs and pre-generated keys");
   pool->require_subcommand(1);
@@ -117,7 +124,11 @@ int main(int argc, char** argv) {
     if (app.get_option("--pki-dir")->count() > 0) cfg.pki_dir = flags.pki_dir;
     if (app.get_option("--station-id")->count() > 0) cfg.station_id = flags.station_id;
     if (app.get_option("--key-source")->count() > 0) cfg.key_source = flags.key_source;
-    if (*keys_init) return cmd_keys_init(cfg, organization);
+    if (*keys_init) return cmd_keys_init(cfg, keys_opt);
+    if (*server_cert) {
+      keys_opt.reissue_server_certs = true;
+      return cmd_keys_init(cfg, keys_opt);
+    }
     if (*pool_gen) return cmd_pool_generate(cfg, tac, count, nkeys);
     if (*pool_imp) return cmd_pool_import(cfg, csv);
     if (*pool_st) return cmd_pool_status(cfg, json);

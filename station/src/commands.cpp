@@ -38,10 +38,8 @@ bool is_refusal(int code) {
 
 }  // namespace
 
-int cmd_keys_init(const StationConfig& config, const std::string& organization) {
-  KeysInitOptions opt;
-  if (!organization.empty()) opt.organization = organization;
-  keys_init(config, opt, std::cout);
+int cmd_keys_init(const StationConfig& config, const KeysInitOptions& options) {
+  keys_init(config, options, std::cout);
   return 0;
 }
 

@@ -1,16 +1,22 @@
 #include "keyline/station/keys.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include <botan/auto_rng.h>
+#include <botan/base64.h>
+#include <botan/data_src.h>
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
-#include <botan/hex.h>
 #include <botan/pkcs8.h>
-#include <botan/sha2_32.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/error.h"
@@ -22,82 +28,299 @@ namespace fs = std::filesystem;
 
 std::string pki_path(const StationConfig& config, const char* file) { return (fs::path(config.pki_dir) / file).string(); }
 
+std::vector<std::string> server_names(const KeysInitOptions& options) {
+  if (options.dns_names.empty() && options.ip_addresses.empty()) return {"127.0.0.1", "localhost"};
+  std::vector<std::string> names;
+  for (const auto& ip : options.ip_addresses) {
+    if (!core::is_ipv4_literal(ip))
+      throw core::ConfigError(core::ErrorCode::Usage, "--ip '" + ip + "' is not an IPv4 address");
+    names.push_back(ip);
+  }
+  for (const auto& dns : options.dns_names) {
+    if (!core::is_valid_dns_name(dns))
+      throw core::ConfigError(core::ErrorCode::Usage, "--dns '" + dns + "' is not a host name (RFC 1123)");
+    names.push_back(dns);
+  }
+  return names;
+}
+
 namespace {
 
-void write_file(const std::string& path, const std::string& content, mode_t mode) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw core::IoError(core::ErrorCode::Io, "cannot write " + path);
-    out << content;
-    if (!out.flush()) throw core::IoError(core::ErrorCode::Io, "cannot write " + path);
+[[noreturn]] void io_fail(const std::string& what, const std::string& path) {
+  throw core::IoError(core::ErrorCode::Io, what + " " + path + ": " + std::strerror(errno));
+}
+
+// Atomic and never readable by others on the way: the temp file is created by mkostemp (O_CREAT|O_EXCL,
+// mode 0600 whatever the umask) in the target's directory, written, fsynced, given its final mode, renamed
+// over the target, and the directory is fsynced so the rename survives a crash (rename(2), fsync(2)).
+void write_file(const std::string& path, const std::uint8_t* data, std::size_t size, mode_t mode) {
+  std::string tmp = path + ".tmp-XXXXXX";
+  const int fd = ::mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) io_fail("cannot create a temporary file for", path);
+  bool ok = true;
+  for (std::size_t done = 0; ok && done < size;) {
+    const ssize_t n = ::write(fd, data + done, size - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    if (ok) done += static_cast<std::size_t>(n);
   }
-  ::chmod(tmp.c_str(), mode);
-  fs::rename(tmp, path);
+  ok = ok && ::fchmod(fd, mode) == 0 && ::fsync(fd) == 0;
+  ok = ::close(fd) == 0 && ok;
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int saved = errno;
+    ::unlink(tmp.c_str());
+    errno = saved;
+    io_fail("cannot write", path);
+  }
+  const std::string dir = fs::path(path).parent_path().empty() ? "." : fs::path(path).parent_path().string();
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) io_fail("cannot open directory", dir);
+  const bool synced = ::fsync(dfd) == 0;
+  ::close(dfd);
+  if (!synced) io_fail("cannot sync directory", dir);
+}
+
+void write_file(const std::string& path, const std::string& text, mode_t mode) {
+  write_file(path, reinterpret_cast<const std::uint8_t*>(text.data()), text.size(), mode);
+}
+
+// PKCS#8 PEM (RFC 7468 section 10) built in a secure buffer: Botan's PEM encoder returns a std::string.
+Botan::secure_vector<std::uint8_t> private_key_pem(const Botan::Private_Key& key) {
+  const Botan::secure_vector<std::uint8_t> der = Botan::PKCS8::BER_encode(key);
+  Botan::secure_vector<std::uint8_t> b64(Botan::base64_encode_max_output(der.size()));
+  std::size_t consumed = 0;
+  b64.resize(Botan::base64_encode(reinterpret_cast<char*>(b64.data()), der.data(), der.size(), consumed, true));
+  static const std::string begin = "-----BEGIN PRIVATE KEY-----\n", end = "-----END PRIVATE KEY-----\n";
+  Botan::secure_vector<std::uint8_t> pem(begin.begin(), begin.end());
+  for (std::size_t i = 0; i < b64.size(); i += 64) {
+    pem.insert(pem.end(), b64.begin() + i, b64.begin() + std::min(b64.size(), i + 64));
+    pem.push_back('\n');
+  }
+  pem.insert(pem.end(), end.begin(), end.end());
+  return pem;
 }
 
 std::string fingerprint(const Botan::X509_Certificate& c) { return c.fingerprint("SHA-256"); }
 
+// The certificates of a PEM file, or none when it is missing or does not parse (it is then re-made).
+std::vector<Botan::X509_Certificate> read_pem(const std::string& path) {
+  if (!fs::exists(path)) return {};
+  try {
+    return core::load_certificates_pem(path);
+  } catch (const core::Error&) {
+    return {};
+  }
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+bool signed_by(const Botan::X509_Certificate& cert, const Botan::Public_Key& issuer_key) {
+  try {
+    return cert.verify_signature(issuer_key) == Botan::Certificate_Status_Code::VERIFIED;
+  } catch (const Botan::Exception&) {
+    return false;
+  }
+}
+
+bool holds_key(const Botan::X509_Certificate& cert, const Botan::Public_Key& key) {
+  return cert.subject_public_key_info() == key.subject_public_key();
+}
+
+// A TLS certificate is renewed before it lapses rather than on the day publishing stops.
+bool lasts(const Botan::X509_Certificate& cert) {
+  return cert.not_after() > Botan::X509_Time(std::chrono::system_clock::now() + std::chrono::hours(24 * 30));
+}
+
+// What one `keys init` run works with, and whether it changed anything.
+struct Init {
+  const StationConfig& config;
+  const KeysInitOptions& options;
+  std::shared_ptr<core::Pkcs11Token> token;
+  std::ostream& out;
+  Botan::AutoSeeded_RNG rng;
+  bool changed = false;
+
+  std::string path(const char* file) const { return pki_path(config, file); }
+  void wrote(const char* file, const std::string& why) {
+    changed = true;
+    out << "keys: wrote " << path(file) << " (" << why << ")\n";
+  }
+};
+
+std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_ec_key(Init& in, const char* label, std::uint8_t id) {
+  const bool priv = in.token->has_private_key(label), pub = in.token->has_public_key(label);
+  if (priv != pub)
+    throw core::Error(errc::KeysMissing, std::string("token '") + in.config.token_label + "' holds the " +
+                                             (priv ? "private" : "public") + " half of '" + label +
+                                             "' without the other: delete it (pkcs11-tool --delete-object) and "
+                                             "run `keyline-station keys init` again");
+  if (priv) {
+    in.out << "keys: reused " << label << " (already on token '" << in.config.token_label << "')\n";
+  } else {
+    in.token->generate_ec_p256(label, core::Bytes{id});
+    in.changed = true;
+    in.out << "keys: generated " << label << " (P-256, sensitive, never extractable) on token '"
+           << in.config.token_label << "'\n";
+  }
+  return std::make_unique<core::Pkcs11EcdsaPrivateKey>(in.token, label);
+}
+
+void ensure_secret_keys(Init& in) {
+  if (in.token->has_secret_key(key_label::master)) {
+    in.out << "keys: reused " << key_label::master << " (already on the token)\n";
+  } else {
+    in.token->generate_hmac_key(key_label::master);
+    in.changed = true;
+    in.out << "keys: generated " << key_label::master << " (HMAC-SHA256 derivation key) on the token\n";
+  }
+  if (in.token->has_secret_key(key_label::wrap)) {
+    in.out << "keys: reused " << key_label::wrap << " (already on the token)\n";
+  } else {
+    in.token->generate_aes_key(key_label::wrap);
+    in.changed = true;
+    in.out << "keys: generated " << key_label::wrap << " (AES-256 wrapping key) on the token\n";
+  }
+}
+
+Botan::X509_Certificate ensure_root(Init& in, const core::Pkcs11EcdsaPrivateKey& key) {
+  const auto found = read_pem(in.path(pki_file::root));
+  if (found.size() == 1 && found[0].is_CA_cert() && holds_key(found[0], key) && signed_by(found[0], key))
+    return found[0];
+  const auto root = core::make_root_certificate(key, "Manufacturer Root", in.options.organization, in.rng);
+  write_file(in.path(pki_file::root), core::to_pem(root), 0644);
+  in.wrote(pki_file::root, found.empty() ? "missing" : "did not match the root key");
+  return root;
+}
+
+// A subordinate CA certificate under the root: kept when it holds `key` and the root key signed it.
+Botan::X509_Certificate ensure_ca(Init& in, const char* file, const Botan::X509_Certificate& root,
+                                  const core::Pkcs11EcdsaPrivateKey& root_key, const core::Pkcs11EcdsaPrivateKey& key,
+                                  const std::string& cn) {
+  const auto found = read_pem(in.path(file));
+  if (found.size() == 1 && found[0].is_CA_cert() && holds_key(found[0], key) && signed_by(found[0], root_key) &&
+      found[0].issuer_dn() == root.subject_dn())
+    return found[0];
+  const auto ca = core::make_ca_certificate(root, root_key, key, cn, in.options.organization, 0, in.rng);
+  write_file(in.path(file), core::to_pem(ca), 0644);
+  in.wrote(file, found.empty() ? "missing" : "did not match the token's keys");
+  return ca;
+}
+
+void ensure_text(Init& in, const char* file, const std::string& text) {
+  if (fs::exists(in.path(file)) && read_text(in.path(file)) == text) return;
+  write_file(in.path(file), text, 0644);
+  in.wrote(file, "missing or out of date");
+}
+
+void ensure_station_cert(Init& in, const Botan::X509_Certificate& service_ca,
+                         const core::Pkcs11EcdsaPrivateKey& service_key, const core::Pkcs11EcdsaPrivateKey& key) {
+  const auto found = read_pem(in.path(pki_file::station_tls));
+  bool good = found.size() == 2 && found[1] == service_ca && holds_key(found[0], key) &&
+              signed_by(found[0], service_key) && lasts(found[0]);
+  if (good) {
+    try {
+      good = core::read_station_id(found[0]) == in.config.station_id;
+    } catch (const core::Error&) {
+      good = false;  // made before the station profile existed
+    }
+  }
+  if (good) return;
+  const auto cert = core::issue_station_certificate(service_ca, service_key, key, in.config.station_id, in.rng);
+  write_file(in.path(pki_file::station_tls), core::to_pem(cert) + core::to_pem(service_ca), 0644);
+  in.wrote(pki_file::station_tls, "station profile, station id " + in.config.station_id);
+}
+
+// Names asked for with --dns/--ip that a kept server certificate lacks: said, not acted on, so that a
+// completed init run again changes nothing (docs/station.md: `keys server-cert` re-issues).
+void note_missing_names(Init& in, const char* cert_file, const Botan::X509_Certificate& cert) {
+  if (in.options.dns_names.empty() && in.options.ip_addresses.empty()) return;
+  const auto alt = cert.subject_alt_name().get_attributes();
+  for (const auto& n : server_names(in.options)) {
+    const std::pair<const std::string, std::string> want(core::is_ipv4_literal(n) ? "IP" : "DNS", n);
+    if (std::find(alt.begin(), alt.end(), want) == alt.end())
+      in.out << "keys: " << in.path(cert_file) << " does not name " << n
+             << ": `keyline-station keys server-cert` re-issues it\n";
+  }
+}
+
+// Why the server certificate and key pair in these files cannot stay, or an empty string.
+std::string server_pair_problem(Init& in, const char* cert_file, const char* key_file,
+                                const Botan::X509_Certificate& service_ca, const Botan::Public_Key& service_key) {
+  const auto certs = read_pem(in.path(cert_file));
+  struct stat st {};
+  if (certs.size() != 2 || ::stat(in.path(key_file).c_str(), &st) != 0) return "missing";
+  if ((st.st_mode & 0077) != 0) return "the key file was readable by others";
+  if (!(certs[1] == service_ca) || !signed_by(certs[0], service_key)) return "not from this service CA";
+  if (!lasts(certs[0])) return "expires within 30 days";
+  try {
+    core::lint_server_certificate(certs[0]);
+    std::ifstream f(in.path(key_file), std::ios::binary);
+    Botan::DataSource_Stream src(f, key_file);
+    const auto key = Botan::PKCS8::load_key(src);
+    if (!holds_key(certs[0], *key)) return "the key file does not match the certificate";
+  } catch (const std::exception&) {
+    return "not a server certificate and key of this profile";
+  }
+  note_missing_names(in, cert_file, certs[0]);
+  return {};
+}
+
+// Server keys of the public DB and the KPS are their own, not the manufacturer's: they are made here for
+// the embedded default and handed to those servers as files (0600 from the first byte).
+void ensure_server(Init& in, const char* cert_file, const char* key_file, const std::string& cn,
+                   const Botan::X509_Certificate& service_ca, const core::Pkcs11EcdsaPrivateKey& service_key) {
+  std::string why = in.options.reissue_server_certs ? "re-issued on request"
+                                                    : server_pair_problem(in, cert_file, key_file, service_ca,
+                                                                          service_key);
+  if (why.empty()) return;
+  Botan::ECDSA_PrivateKey key(in.rng, Botan::EC_Group("secp256r1"));
+  const auto cert = core::issue_tls_certificate(service_ca, service_key, key, cn, server_names(in.options),
+                                                core::TlsRole::Server, in.rng);
+  const auto pem = private_key_pem(key);
+  write_file(in.path(key_file), pem.data(), pem.size(), 0600);
+  write_file(in.path(cert_file), core::to_pem(cert) + core::to_pem(service_ca), 0644);
+  in.wrote(key_file, "new server key, 0600");
+  in.wrote(cert_file, why);
+}
+
 }  // namespace
 
 void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out) {
+  server_names(options);  // refuse bad --dns/--ip before anything is touched
+  if (!core::is_valid_station_id(config.station_id))
+    throw core::ConfigError(core::ErrorCode::Config, "station id is not 1-64 letters, digits, '-', '_', '.'");
   const core::SecureBytes pin = read_pin(config);
-  auto token = core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, 4);
-  for (const char* l : {key_label::root, key_label::device_ca, key_label::service_ca, key_label::station_tls})
-    if (token->has_private_key(l))
-      throw core::Error(errc::KeysExist, std::string("token '") + config.token_label + "' already holds key '" + l +
-                                             "': keys are initialised once (use a fresh token to start over)");
+  Init in{config, options, core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, 4), out, {}, false};
   fs::create_directories(config.pki_dir);
 
-  Botan::AutoSeeded_RNG rng;
-  auto make_key = [&](const char* label, std::uint8_t id) {
-    token->generate_ec_p256(label, core::Bytes{id});
-    out << "keys: generated " << label << " (P-256, sensitive, never extractable) on token '" << config.token_label
-        << "'\n";
-    return std::make_unique<core::Pkcs11EcdsaPrivateKey>(token, label);
-  };
-  auto root_key = make_key(key_label::root, 1);
-  auto device_ca_key = make_key(key_label::device_ca, 2);
-  auto service_ca_key = make_key(key_label::service_ca, 3);
-  auto station_tls_key = make_key(key_label::station_tls, 4);
-  token->generate_hmac_key(key_label::master);
-  out << "keys: generated " << key_label::master << " (HMAC-SHA256 derivation key) on the token\n";
-  token->generate_aes_key(key_label::wrap);
-  out << "keys: generated " << key_label::wrap << " (AES-256 wrapping key) on the token\n";
+  const auto root_key = ensure_ec_key(in, key_label::root, 1);
+  const auto device_ca_key = ensure_ec_key(in, key_label::device_ca, 2);
+  const auto service_ca_key = ensure_ec_key(in, key_label::service_ca, 3);
+  const auto station_tls_key = ensure_ec_key(in, key_label::station_tls, 4);
+  ensure_secret_keys(in);
 
-  const auto root = core::make_root_certificate(*root_key, "Manufacturer Root", options.organization, rng);
-  const auto device_ca = core::make_ca_certificate(root, *root_key, *device_ca_key, "Manufacturer Device CA",
-                                                   options.organization, 0, rng);
-  const auto service_ca = core::make_ca_certificate(root, *root_key, *service_ca_key, "Manufacturer Service CA",
-                                                    options.organization, 0, rng);
-  const auto station_tls = core::issue_tls_certificate(service_ca, *service_ca_key, *station_tls_key,
-                                                       config.station_id, {}, core::TlsRole::Client, rng);
+  const auto root = ensure_root(in, *root_key);
+  const auto device_ca =
+      ensure_ca(in, pki_file::device_ca, root, *root_key, *device_ca_key, "Manufacturer Device CA");
+  const auto service_ca =
+      ensure_ca(in, pki_file::service_ca, root, *root_key, *service_ca_key, "Manufacturer Service CA");
+  ensure_text(in, pki_file::tls_trust, core::to_pem(service_ca) + core::to_pem(root));
+  ensure_station_cert(in, service_ca, *service_ca_key, *station_tls_key);
+  ensure_server(in, pki_file::backupdb_cert, pki_file::backupdb_key, "keyline-backupdb", service_ca, *service_ca_key);
+  ensure_server(in, pki_file::kps_cert, pki_file::kps_key, "keyline-kps", service_ca, *service_ca_key);
 
-  // Server keys of the public DB and the KPS are their own, not the manufacturer's: they are made here
-  // for the embedded default and handed to those servers as files (0600).
-  auto server = [&](const char* cert_file, const char* key_file, const std::string& cn) {
-    Botan::ECDSA_PrivateKey key(rng, Botan::EC_Group("secp256r1"));
-    const auto cert = core::issue_tls_certificate(service_ca, *service_ca_key, key, cn, options.server_names,
-                                                  core::TlsRole::Server, rng);
-    write_file(pki_path(config, key_file), Botan::PKCS8::PEM_encode(key), 0600);
-    write_file(pki_path(config, cert_file), core::to_pem(cert) + core::to_pem(service_ca), 0644);
-  };
-
-  write_file(pki_path(config, pki_file::root), core::to_pem(root), 0644);
-  write_file(pki_path(config, pki_file::device_ca), core::to_pem(device_ca), 0644);
-  write_file(pki_path(config, pki_file::service_ca), core::to_pem(service_ca), 0644);
-  write_file(pki_path(config, pki_file::tls_trust), core::to_pem(service_ca) + core::to_pem(root), 0644);
-  write_file(pki_path(config, pki_file::station_tls), core::to_pem(station_tls) + core::to_pem(service_ca), 0644);
-  server(pki_file::backupdb_cert, pki_file::backupdb_key, "keyline-backupdb");
-  server(pki_file::kps_cert, pki_file::kps_key, "keyline-kps");
-
-  out << "keys: root certificate    " << pki_path(config, pki_file::root) << " SHA-256 " << fingerprint(root) << "\n"
-      << "keys: Device CA           " << pki_path(config, pki_file::device_ca) << " SHA-256 " << fingerprint(device_ca)
-      << "\n"
-      << "keys: service CA          " << pki_path(config, pki_file::service_ca) << "\n"
-      << "keys: station TLS client  " << pki_path(config, pki_file::station_tls) << " (key on the token)\n"
-      << "keys: public DB server    " << pki_path(config, pki_file::backupdb_cert) << "\n"
-      << "keys: KPS server          " << pki_path(config, pki_file::kps_cert) << "\n";
+  if (!in.changed)
+    out << "keys: everything present on token '" << config.token_label << "' and in " << config.pki_dir
+        << ": nothing changed\n";
+  out << "keys: root certificate    " << in.path(pki_file::root) << " SHA-256 " << fingerprint(root) << "\n"
+      << "keys: Device CA           " << in.path(pki_file::device_ca) << " SHA-256 " << fingerprint(device_ca) << "\n"
+      << "keys: service CA          " << in.path(pki_file::service_ca) << "\n"
+      << "keys: station TLS client  " << in.path(pki_file::station_tls) << " (key on the token)\n"
+      << "keys: public DB server    " << in.path(pki_file::backupdb_cert) << "\n"
+      << "keys: KPS server          " << in.path(pki_file::kps_cert) << "\n";
 }
 
 StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessions) {

@@ -46,10 +46,26 @@ constexpr const char* kps_key = "kps-tls.key";
 
 struct KeysInitOptions {
   std::string organization = "keyline demo manufacturer";
-  std::vector<std::string> server_names = {"127.0.0.1", "localhost"};
+  // Names of the public DB's and the KPS's server certificates (SAN): --dns (valid host names) and
+  // --ip (IPv4 literals). When both are empty: 127.0.0.1 and localhost.
+  std::vector<std::string> dns_names;
+  std::vector<std::string> ip_addresses;
+  // `keys server-cert`: make new server keys and certificates even when the present ones are fine
+  // (new names, or a server key to replace).
+  bool reissue_server_certs = false;
 };
 
-// Creates the keys and certificates. Refuses (errc::KeysExist) when the token already holds them.
+// The SAN names the server certificates get: ip_addresses then dns_names, or the default pair.
+// Throws ConfigError(Usage) naming a --dns that is not a host name or an --ip that is not IPv4.
+std::vector<std::string> server_names(const KeysInitOptions& options);
+
+// Creates what is missing and keeps what is there (docs/station.md, "Keys"): a key already on the token
+// is reused, a missing one generated; every certificate and file in the PKI directory is re-made when it
+// is missing or does not belong to the token's keys (wrong key, wrong issuer, a server key file wider
+// than 0600, a TLS certificate with less than 30 days left). A completed set is left as it is (exit 0),
+// so an init interrupted halfway is finished by running it again. Files are written atomically (temp
+// file created 0600 in the same directory, fsync, rename, fsync of the directory). Throws
+// errc::KeysMissing when the token holds one half of a key pair without the other.
 void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out);
 
 // What a running station needs: the token, the Device CA key on it, and the certificates.

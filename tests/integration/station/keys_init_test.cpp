@@ -1,0 +1,314 @@
+// `keyline-station keys init` / `keys server-cert` (docs/station.md "Keys") run as the operator runs them,
+// each test on a fresh SoftHSM token of its own (scripts/hsm.sh in a private directory), so they never
+// race the fixture token that integration_station and integration_line initialise.
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "keyline/core/cert_profile.h"
+#include "keyline/station/keys.h"
+#include "station_auth.h"
+#include "testenv.h"
+
+using namespace keyline;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Run {
+  int status = -1;  // exit status
+  std::string out;
+};
+
+Run run(const std::string& cmd) {
+  Run r;
+  FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// A token of its own and a PKI directory; removed at the end.
+struct Station {
+  fs::path dir;
+  std::string label;
+  std::string station_id = "line-2.st_a";
+
+  Station() {
+    static std::atomic<int> n{0};
+    label = "keys-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+    dir = fs::path(test::testenv_dir()) / label;
+    const auto r = run(test::source_dir() + "/scripts/hsm.sh init " + dir.string() + " " + label);
+    INFO(r.out);
+    REQUIRE(r.status == 0);
+  }
+  ~Station() { fs::remove_all(dir); }
+
+  fs::path pki(const char* file = "") const { return dir / "pki" / file; }
+  std::string env() const { return "env SOFTHSM2_CONF=" + (dir / "softhsm2.conf").string() + " "; }
+  std::string pin() const { return test::read_file((dir / "user.pin").string()); }
+
+  Run station(const std::string& args, const std::string& prefix = "") const {
+    return run(prefix + env() + test::binary_dir() + "/bin/keyline-station --token " + label + " --pin-file " +
+               (dir / "user.pin").string() + " --pki-dir " + pki().string() + " --station-id " + station_id + " " + args);
+  }
+
+  // pkcs11-tool's object listing, one block per object ("Private Key Object; EC" ... indented lines).
+  std::vector<std::string> objects() const {
+    const auto r = run(env() + "pkcs11-tool --module " + test::hsm_env().module + " --token-label " + label +
+                       " --login --pin " + pin() + " -O");
+    REQUIRE(r.status == 0);
+    std::vector<std::string> blocks;
+    std::size_t pos = 0;
+    while (pos < r.out.size()) {
+      std::size_t eol = r.out.find('\n', pos);
+      if (eol == std::string::npos) eol = r.out.size();
+      const std::string line = r.out.substr(pos, eol - pos);
+      if (line.rfind("Private Key Object", 0) == 0 || line.rfind("Public Key Object", 0) == 0 ||
+          line.rfind("Secret Key Object", 0) == 0)
+        blocks.emplace_back();
+      if (!blocks.empty() && line.rfind("warning", 0) != 0) blocks.back() += line + "\n";
+      pos = eol + 1;
+    }
+    return blocks;
+  }
+
+  std::vector<std::string> objects_labelled(const std::string& kind, const std::string& l) const {
+    std::vector<std::string> out;
+    for (const auto& b : objects())
+      if (b.rfind(kind, 0) == 0 && b.find("label:      " + l + "\n") != std::string::npos) out.push_back(b);
+    return out;
+  }
+
+  void delete_object(const std::string& type, const std::string& l) const {
+    const auto r = run(env() + "pkcs11-tool --module " + test::hsm_env().module + " --token-label " + label +
+                       " --login --pin " + pin() + " --delete-object --type " + type + " --label " + l);
+    INFO(r.out);
+    REQUIRE(r.status == 0);
+  }
+};
+
+Botan::X509_Certificate first_cert(const fs::path& p) { return core::load_certificates_pem(p.string()).at(0); }
+
+std::map<std::string, std::string> pki_contents(const Station& s) {
+  std::map<std::string, std::string> m;
+  for (const auto& e : fs::directory_iterator(s.pki())) m[e.path().filename().string()] = slurp(e.path());
+  return m;
+}
+
+const char* const kKeyFiles[] = {"backupdb-tls.key", "kps-tls.key"};
+const char* const kAllFiles[] = {"root.pem",         "device-ca.pem",    "service-ca.pem", "tls-ca.pem",
+                                 "station-tls.pem",  "backupdb-tls.pem", "backupdb-tls.key", "kps-tls.pem",
+                                 "kps-tls.key"};
+
+mode_t mode_of(const fs::path& p) {
+  struct stat st {};
+  REQUIRE(::stat(p.c_str(), &st) == 0);
+  return st.st_mode & 07777;
+}
+
+}  // namespace
+
+TEST_CASE("keys init interrupted after the keys (certificate files lost) is finished by running it again") {
+  Station s;
+  auto r = s.station("keys init");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  const auto ca_before = first_cert(s.pki("device-ca.pem"));
+  const auto ca_point = s.objects_labelled("Public Key Object", "keyline-device-ca");
+  REQUIRE(ca_point.size() == 1);
+  for (const char* f : {"device-ca.pem", "station-tls.pem", "kps-tls.key", "tls-ca.pem"}) fs::remove(s.pki(f));
+  // What every other command says meanwhile, and what it said before this fix: keys init refused.
+  r = s.station("keys init");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("reused keyline-device-ca") != std::string::npos);
+  CHECK(r.out.find("generated") == std::string::npos);
+  for (const char* f : kAllFiles) CHECK(fs::exists(s.pki(f)));
+  const auto ca_after = first_cert(s.pki("device-ca.pem"));
+  CHECK(ca_after.subject_public_key_info() == ca_before.subject_public_key_info());  // the same Device CA key
+  CHECK(s.objects_labelled("Public Key Object", "keyline-device-ca") == ca_point);
+  CHECK(s.objects_labelled("Private Key Object", "keyline-device-ca").size() == 1);
+  const auto root = first_cert(s.pki("root.pem"));
+  const auto svc = first_cert(s.pki("service-ca.pem"));
+  CHECK_NOTHROW(core::verify_chain(ca_after, {}, {root}));
+  CHECK_NOTHROW(core::verify_chain(first_cert(s.pki("station-tls.pem")), {svc}, {root}));
+  CHECK(slurp(s.pki("tls-ca.pem")) == core::to_pem(svc) + core::to_pem(root));
+}
+
+TEST_CASE("a token that holds only some of the keys: they are reused, the rest generated") {
+  Station s;
+  REQUIRE(s.station("keys init").status == 0);
+  const auto ca_before = first_cert(s.pki("device-ca.pem"));
+  // As if init had died after the first three key pairs: later keys and every file gone.
+  for (const char* type : {"privkey", "pubkey"}) s.delete_object(type, "keyline-station-tls");
+  s.delete_object("secrkey", "keyline-master");
+  s.delete_object("secrkey", "keyline-wrap");
+  fs::remove_all(s.pki());
+  const auto r = s.station("keys init");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  for (const char* l : {"keyline-root", "keyline-device-ca", "keyline-service-ca"})
+    CHECK(r.out.find(std::string("reused ") + l) != std::string::npos);
+  for (const char* l : {"keyline-station-tls", "keyline-master", "keyline-wrap"})
+    CHECK(r.out.find(std::string("generated ") + l) != std::string::npos);
+  CHECK(first_cert(s.pki("device-ca.pem")).subject_public_key_info() == ca_before.subject_public_key_info());
+  for (const char* f : kAllFiles) CHECK(fs::exists(s.pki(f)));
+  // Half a key pair is not guessed at: named, refused, nothing generated under that label.
+  s.delete_object("privkey", "keyline-station-tls");
+  const auto half = s.station("keys init");
+  CHECK(half.status != 0);
+  CHECK(half.out.find("keyline-station-tls") != std::string::npos);
+  CHECK(s.objects_labelled("Public Key Object", "keyline-station-tls").size() == 1);
+}
+
+TEST_CASE("a completed init run again says everything is present and changes nothing") {
+  Station s;
+  REQUIRE(s.station("keys init").status == 0);
+  const auto before = pki_contents(s);
+  const auto objects = s.objects().size();
+  const auto r = s.station("keys init");
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(r.out.find("nothing changed") != std::string::npos);
+  CHECK(r.out.find("wrote") == std::string::npos);
+  CHECK(pki_contents(s) == before);
+  CHECK(s.objects().size() == objects);
+}
+
+TEST_CASE("key files are 0600 from the first byte, also under umask 0; a key file opened wider is replaced") {
+  Station s;
+  const auto trace = s.dir / "trace.txt";
+  const auto r = s.station("keys init", "umask 0; strace -f -qq -e trace=open,openat,creat -o " + trace.string() + " ");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  for (const char* f : kKeyFiles) CHECK(mode_of(s.pki(f)) == 0600);
+  for (const char* f : {"root.pem", "station-tls.pem", "kps-tls.pem"}) CHECK(mode_of(s.pki(f)) == 0644);
+  // Every file the run created in the PKI directory (temp files included) was created 0600.
+  const std::string t = slurp(trace);
+  const std::regex create("\"" + s.pki().string() + "/?([^\"]*)\", [^)]*O_CREAT[^)]*, (0[0-7]+)\\)");
+  int created = 0;
+  for (std::sregex_iterator it(t.begin(), t.end(), create), end; it != end; ++it) {
+    INFO((*it)[1].str());
+    CHECK((*it)[2].str() == "0600");
+    ++created;
+  }
+  CHECK(created >= 9);
+  for (const auto& e : fs::directory_iterator(s.pki())) CHECK(e.path().filename().string().find(".tmp") == std::string::npos);
+  // A key file someone made group- or world-readable may have leaked: a new key, not a chmod.
+  const auto old_key = slurp(s.pki("kps-tls.key"));
+  fs::permissions(s.pki("kps-tls.key"), fs::perms(0644));
+  const auto again = s.station("keys init");
+  INFO(again.out);
+  CHECK(again.status == 0);
+  CHECK(mode_of(s.pki("kps-tls.key")) == 0600);
+  CHECK(slurp(s.pki("kps-tls.key")) != old_key);
+}
+
+TEST_CASE("--dns and --ip end up in the server certificates; bad names are refused before anything changes") {
+  Station s;
+  auto r = s.station("keys init --dns backupdb.line-2.example --ip 10.20.30.40");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  for (const char* f : {"backupdb-tls.pem", "kps-tls.pem"}) {
+    const auto alt = first_cert(s.pki(f)).subject_alt_name();
+    CHECK(alt.get_attribute("DNS") == std::vector<std::string>{"backupdb.line-2.example"});
+    CHECK(alt.get_attribute("IP") == std::vector<std::string>{"10.20.30.40"});
+  }
+  const auto before = pki_contents(s);
+  for (const char* bad : {"--dns bad_name.example", "--dns -x.example", "--ip 10.1.2", "--ip ::1", "--ip 300.1.1.1"}) {
+    CAPTURE(bad);
+    r = s.station(std::string("keys server-cert ") + bad);
+    CHECK(r.status == 2);
+    CHECK(pki_contents(s) == before);
+  }
+  // New names for a completed set: `keys server-cert` re-issues both server certificates, nothing else.
+  r = s.station("keys server-cert --dns kps.example --dns db.example --ip 192.0.2.7");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  const auto after = pki_contents(s);
+  for (const char* f : {"root.pem", "device-ca.pem", "service-ca.pem", "station-tls.pem"}) CHECK(after.at(f) == before.at(f));
+  CHECK(after.at("kps-tls.key") != before.at("kps-tls.key"));
+  const auto alt = first_cert(s.pki("kps-tls.pem")).subject_alt_name();
+  CHECK(alt.get_attribute("DNS") == std::vector<std::string>{"kps.example", "db.example"});
+  CHECK(alt.get_attribute("IP") == std::vector<std::string>{"192.0.2.7"});
+  // Defaults when no name is given.
+  Station d;
+  REQUIRE(d.station("keys init").status == 0);
+  const auto def = first_cert(d.pki("backupdb-tls.pem")).subject_alt_name();
+  CHECK(def.get_attribute("DNS") == std::vector<std::string>{"localhost"});
+  CHECK(def.get_attribute("IP") == std::vector<std::string>{"127.0.0.1"});
+}
+
+TEST_CASE("the station certificate passes StationAuthority; the server certificates do not") {
+  Station s;
+  REQUIRE(s.station("keys init").status == 0);
+  const backupdb::StationAuthority auth({first_cert(s.pki("service-ca.pem"))});
+  const auto now = std::chrono::system_clock::now();
+  const auto st = auth.check(first_cert(s.pki("station-tls.pem")).BER_encode(), now);
+  CHECK(st.allowed);
+  CHECK(st.station_id == "line-2.st_a");
+  for (const char* f : {"backupdb-tls.pem", "kps-tls.pem"}) {
+    CAPTURE(f);
+    const auto c = first_cert(s.pki(f));
+    CHECK_FALSE(auth.check(c.BER_encode(), now).allowed);
+    CHECK(c.extended_key_usage() == std::vector<Botan::OID>{Botan::OID("1.3.6.1.5.5.7.3.1")});
+  }
+  // A new station id gets a new station certificate on the next init; the old one stays valid until it
+  // lapses (there is no revocation), so the id is the certificate's, not the configuration's.
+  s.station_id = "line-3";
+  const auto r = s.station("keys init");
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(auth.check(first_cert(s.pki("station-tls.pem")).BER_encode(), now).station_id == "line-3");
+}
+
+TEST_CASE("after keys init every token key has exactly its role's usage, and none is extractable") {
+  Station s;
+  REQUIRE(s.station("keys init").status == 0);
+  auto usage = [](const std::string& block) {
+    const auto u = block.find("Usage:");
+    if (u == std::string::npos) return std::string("?");
+    std::string line = block.substr(u + 6, block.find('\n', u) - u - 6);
+    return line.erase(0, line.find_first_not_of(' '));
+  };
+  for (const char* l : {"keyline-root", "keyline-device-ca", "keyline-service-ca", "keyline-station-tls"}) {
+    CAPTURE(l);
+    const auto priv = s.objects_labelled("Private Key Object", l);
+    const auto pub = s.objects_labelled("Public Key Object", l);
+    REQUIRE(priv.size() == 1);
+    REQUIRE(pub.size() == 1);
+    CHECK(usage(priv[0]) == "sign");
+    CHECK(usage(pub[0]) == "verify");
+    CHECK(priv[0].find("never extractable") != std::string::npos);
+  }
+  const auto wrap = s.objects_labelled("Secret Key Object", "keyline-wrap");
+  REQUIRE(wrap.size() == 1);
+  CHECK(usage(wrap[0]) == "encrypt, decrypt");  // C_Encrypt/C_Decrypt with AES-GCM; never C_WrapKey
+  const auto master = s.objects_labelled("Secret Key Object", "keyline-master");
+  REQUIRE(master.size() == 1);
+  CHECK(usage(master[0]).find("wrap") == std::string::npos);
+  CHECK(usage(master[0]).find("encrypt") == std::string::npos);
+  for (const auto& b : {wrap[0], master[0]}) CHECK(b.find("never extractable") != std::string::npos);
+}
