@@ -79,7 +79,8 @@ struct ServerOptions {
   // one and accepts any: the handler decides (a publish without one gets a 401 problem document).
   std::string client_ca_file;
   // Peer addresses (exact, IPv4 or IPv6 text) whose X-Forwarded-For is believed: client_address is
-  // then the rightmost address in it that is not itself a trusted proxy.
+  // then the rightmost address in it that is not itself a trusted proxy. A trusted proxy is not
+  // held to max_per_client (it carries many clients); the total cap still applies.
   std::vector<std::string> trusted_proxies;
   ServerLimits limits;
 };
@@ -103,6 +104,9 @@ struct Event {
 };
 const char* to_string(Event::Kind kind) noexcept;
 
+// The handler runs on the worker threads, the sinks on the I/O and worker threads, concurrently:
+// all three must be thread-safe. An exception from a handler becomes a 500 problem document (its
+// message goes to Reply::log_detail, not to the client); one from a sink is swallowed.
 using Handler = std::function<Reply(const Request&)>;
 using EventSink = std::function<void(const Event&)>;
 // Called after a handler's reply was queued for writing (for access logs and metrics).
@@ -117,6 +121,7 @@ struct ServerStats {
   std::uint64_t timed_out = 0;  // handshake, head, body and write deadlines together
   std::uint64_t malformed = 0;
   std::uint64_t idle_closed = 0;
+  std::uint64_t accept_paused = 0;  // times accepting paused at the descriptor limit (EMFILE/ENFILE)
 };
 
 class Server {

@@ -1,0 +1,349 @@
+// core::http::Server: admission, the worker pool, the TLS context, binding and the public class.
+// The I/O loops are in http_server_loop.cpp, the request parser in http_server_parse.cpp.
+#include "keyline/core/http_server.h"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <openssl/err.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "http_server_engine.h"
+#include "http_server_parse.h"
+#include "keyline/core/error.h"
+#include "keyline/core/http.h"
+
+namespace keyline::core::http {
+
+const std::string* Request::header(std::string_view lower_name) const {
+  for (const auto& [name, value] : headers) {
+    if (name == lower_name) return &value;
+  }
+  return nullptr;
+}
+
+std::string Request::get(std::string_view lower_name, const std::string& fallback) const {
+  const auto* v = header(lower_name);
+  return v ? *v : fallback;
+}
+
+const char* to_string(Event::Kind kind) noexcept {
+  switch (kind) {
+    case Event::Kind::Refused: return "refused";
+    case Event::Kind::HandshakeTimeout: return "handshake-timeout";
+    case Event::Kind::HandshakeFailed: return "handshake-failed";
+    case Event::Kind::HeadTimeout: return "head-timeout";
+    case Event::Kind::BodyTimeout: return "body-timeout";
+    case Event::Kind::WriteTimeout: return "write-timeout";
+    case Event::Kind::Malformed: return "malformed";
+    case Event::Kind::IdleClosed: return "idle-closed";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+namespace {
+
+// Accepts every client certificate: the handshake only collects it, the handler decides what it
+// is worth (docs/decisions.md, "The servers' own acceptor").
+int accept_any_certificate(int, X509_STORE_CTX*) { return 1; }
+
+std::string openssl_error() {
+  char buf[256] = "unknown";
+  if (const auto e = ERR_get_error()) ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+}  // namespace
+
+SSL_CTX* make_tls_context(const ServerOptions& o) {
+  if (o.tls_cert_file.empty()) return nullptr;
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (!ctx) throw ConfigError(ErrorCode::Config, "TLS context: " + openssl_error());
+  const auto fail = [&](const std::string& what) {
+    const auto detail = openssl_error();
+    SSL_CTX_free(ctx);
+    throw ConfigError(ErrorCode::Config, what + ": " + detail);
+  };
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // Partial writes let a reply go out as the socket takes it; RELEASE_BUFFERS keeps an idle
+  // connection at a few hundred bytes.
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  if (SSL_CTX_use_certificate_chain_file(ctx, o.tls_cert_file.c_str()) != 1) fail("TLS certificate " + o.tls_cert_file);
+  if (SSL_CTX_use_PrivateKey_file(ctx, o.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1) fail("TLS key " + o.tls_key_file);
+  if (SSL_CTX_check_private_key(ctx) != 1) fail("TLS key does not match the certificate");
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+  // Resumption with client certificates needs a session id context (SSL_CTX_set_session_id_context(3)).
+  const auto sid = o.name.substr(0, SSL_MAX_SSL_SESSION_ID_LENGTH);
+  SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>(sid.data()), static_cast<unsigned>(sid.size()));
+  if (!o.client_ca_file.empty()) {
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.client_ca_file.c_str());
+    if (!names) fail("client CA file " + o.client_ca_file);
+    SSL_CTX_set_client_CA_list(ctx, names);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_certificate);
+  }
+  return ctx;
+}
+
+Engine::Engine(ServerOptions options, Handler handler, EventSink events, AccessSink access)
+    : m_options(std::move(options)), m_handler(std::move(handler)), m_events(std::move(events)),
+      m_access(std::move(access)) {
+  auto& l = m_options.limits;
+  if (l.io_threads < 1 || l.workers < 1 || l.max_connections < 1 || l.max_per_client < 1) {
+    throw ConfigError(ErrorCode::Config, "server limits: threads and connection caps must be at least 1");
+  }
+  m_tls = make_tls_context(m_options);
+}
+
+Engine::~Engine() {
+  if (m_tls) SSL_CTX_free(m_tls);
+}
+
+Admission Engine::admit(const std::string& peer, bool over_total) {
+  std::lock_guard lock(m_peers_mutex);
+  auto it = m_peers.find(peer);
+  // A trusted proxy carries many clients: only the total cap applies to it.
+  const auto& proxies = m_options.trusted_proxies;
+  const bool proxy = std::find(proxies.begin(), proxies.end(), peer) != proxies.end();
+  if (!proxy && it != m_peers.end() && it->second >= limits().max_per_client) return Admission::PeerCap;
+  if (open.load() >= limits().max_connections + (over_total ? 1 : 0)) return Admission::TotalCap;
+  ++m_peers[peer];
+  ++open;
+  return Admission::Admitted;
+}
+
+void Engine::release(const std::string& peer) {
+  std::lock_guard lock(m_peers_mutex);
+  const auto it = m_peers.find(peer);
+  if (it == m_peers.end()) return;
+  if (--it->second == 0) m_peers.erase(it);
+  --open;
+}
+
+void Engine::report(const Event& e) {
+  switch (e.kind) {
+    case Event::Kind::Refused: ++refused; break;
+    case Event::Kind::HandshakeTimeout:
+    case Event::Kind::HeadTimeout:
+    case Event::Kind::BodyTimeout:
+    case Event::Kind::WriteTimeout: ++timed_out; break;
+    case Event::Kind::Malformed: ++malformed; break;
+    case Event::Kind::IdleClosed: ++idle_closed; break;
+    case Event::Kind::HandshakeFailed: break;
+  }
+  if (m_events) {
+    try {
+      m_events(e);
+    } catch (...) {
+      // A failing log sink must not take the I/O loop with it.
+    }
+    return;
+  }
+  std::fprintf(stderr, "%s: %s peer=%s status=%d %s\n", m_options.name.c_str(), to_string(e.kind), e.peer.c_str(),
+               e.status, e.detail.c_str());
+}
+
+void WorkerPool::start(int threads) {
+  for (int i = 0; i < threads; ++i) m_threads.emplace_back([this] { run(); });
+}
+
+bool WorkerPool::push(Task&& task) {
+  {
+    std::lock_guard lock(m_mutex);
+    if (m_done || m_queue.size() >= m_max) return false;
+    m_queue.push_back(std::move(task));
+  }
+  m_cv.notify_one();
+  return true;
+}
+
+std::size_t WorkerPool::queued() const {
+  std::lock_guard lock(m_mutex);
+  return m_queue.size();
+}
+
+void WorkerPool::finish() {
+  {
+    std::lock_guard lock(m_mutex);
+    m_done = true;
+  }
+  m_cv.notify_all();
+  for (auto& t : m_threads) t.join();
+  m_threads.clear();
+}
+
+void WorkerPool::run() {
+  for (;;) {
+    Task task;
+    {
+      std::unique_lock lock(m_mutex);
+      m_cv.wait(lock, [&] { return m_done || !m_queue.empty(); });
+      if (m_queue.empty()) return;
+      task = std::move(m_queue.front());
+      m_queue.pop_front();
+    }
+    serve(task);
+  }
+}
+
+void WorkerPool::serve(Task& task) {
+  Reply reply;
+  try {
+    reply = m_engine.handler()(task.request);
+  } catch (const std::exception& e) {
+    reply = problem_reply(Refusal{500, "internal", "Internal server error", "the request could not be handled"});
+    reply.close = false;
+    reply.log_detail = std::string("handler threw: ") + e.what();
+  } catch (...) {
+    reply = problem_reply(Refusal{500, "internal", "Internal server error", "the request could not be handled"});
+    reply.close = false;
+    reply.log_detail = "handler threw";
+  }
+  reply.head_only = task.request.method == "HEAD";
+  const bool keep = task.keep_alive && !reply.close && !m_engine.stopping.load();
+  post(*task.loop, Completion{task.conn, serialize_reply(reply, keep), keep, false});
+  if (m_engine.access()) {
+    try {
+      m_engine.access()(task.request, reply,
+                        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - task.received));
+    } catch (...) {
+      // As for the event sink: the access log never stops the server.
+    }
+  }
+}
+
+namespace {
+
+// "ip:port" or "[v6]:port".
+std::pair<std::string, std::string> split_listen(const std::string& listen) {
+  std::string host, port;
+  if (!listen.empty() && listen.front() == '[') {
+    const auto close = listen.find(']');
+    if (close == std::string::npos || close + 1 >= listen.size() || listen[close + 1] != ':') {
+      throw ConfigError(ErrorCode::Config, "listen address: " + listen);
+    }
+    host = listen.substr(1, close - 1);
+    port = listen.substr(close + 2);
+  } else {
+    const auto colon = listen.rfind(':');
+    if (colon == std::string::npos) throw ConfigError(ErrorCode::Config, "listen address: " + listen);
+    host = listen.substr(0, colon);
+    port = listen.substr(colon + 1);
+  }
+  if (host.empty() || port.empty()) throw ConfigError(ErrorCode::Config, "listen address: " + listen);
+  return {host, port};
+}
+
+addrinfo* resolve_listen(const std::string& listen) {
+  const auto [host, port] = split_listen(listen);
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || !res) {
+    throw ConfigError(ErrorCode::Config, "listen address: " + listen);
+  }
+  return res;
+}
+
+void bind_listener(Engine& e) {
+  addrinfo* res = resolve_listen(e.options().listen);
+  const int fd = ::socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  if (fd < 0 || ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+      ::bind(fd, res->ai_addr, res->ai_addrlen) != 0 || ::listen(fd, 1024) != 0) {
+    const int err = errno;
+    freeaddrinfo(res);
+    if (fd >= 0) ::close(fd);
+    throw IoError(ErrorCode::Network, "cannot listen on " + e.options().listen + ": " + std::strerror(err));
+  }
+  freeaddrinfo(res);
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  char host[INET6_ADDRSTRLEN] = "";
+  if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+    e.bound_port = ntohs(a->sin6_port);
+    e.bound = "[" + std::string(host) + "]:" + std::to_string(e.bound_port);
+  } else {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+    e.bound_port = ntohs(a->sin_port);
+    e.bound = std::string(host) + ":" + std::to_string(e.bound_port);
+  }
+  e.listen_fd = fd;
+}
+
+}  // namespace
+}  // namespace detail
+
+struct Server::Impl {
+  detail::Engine engine;
+  std::mutex lifecycle;
+  bool started = false;
+  bool stopped = false;
+  Impl(ServerOptions o, Handler h, EventSink ev, AccessSink ac)
+      : engine(std::move(o), std::move(h), std::move(ev), std::move(ac)) {}
+};
+
+Server::Server(ServerOptions options, Handler handler, EventSink events, AccessSink access)
+    : m_impl(std::make_unique<Impl>(std::move(options), std::move(handler), std::move(events), std::move(access))) {
+  detail::split_listen(m_impl->engine.options().listen);  // a bad address is a ConfigError now, not at start
+}
+
+Server::~Server() { stop(); }
+
+void Server::start() {
+  std::lock_guard lock(m_impl->lifecycle);
+  if (m_impl->started) return;
+  auto& e = m_impl->engine;
+  detail::bind_listener(e);
+  e.pool = std::make_unique<detail::WorkerPool>(e, e.limits().max_queued);
+  e.pool->start(e.limits().workers);
+  for (int i = 0; i < e.limits().io_threads; ++i) e.loops.push_back(detail::make_loop(e, i));
+  for (auto& loop : e.loops) detail::start_loop(*loop);
+  m_impl->started = true;
+}
+
+void Server::stop() {
+  std::lock_guard lock(m_impl->lifecycle);
+  if (!m_impl->started || m_impl->stopped) return;
+  m_impl->stopped = true;
+  auto& e = m_impl->engine;
+  e.stopping = true;
+  for (auto& loop : e.loops) detail::stop_accepting(*loop);
+  e.pool->finish();  // running and queued handlers finish; their replies are posted
+  for (auto& loop : e.loops) detail::quit_and_join(*loop);
+  e.loops.clear();
+  ::close(e.listen_fd);
+  e.listen_fd = -1;
+}
+
+std::string Server::address() const { return m_impl->engine.bound; }
+std::uint16_t Server::port() const { return m_impl->engine.bound_port; }
+
+ServerStats Server::stats() const {
+  const auto& e = m_impl->engine;
+  ServerStats s;
+  s.open_connections = e.open.load();
+  s.queued_requests = e.pool ? e.pool->queued() : 0;
+  s.accepted = e.accepted.load();
+  s.refused = e.refused.load();
+  s.timed_out = e.timed_out.load();
+  s.malformed = e.malformed.load();
+  s.idle_closed = e.idle_closed.load();
+  s.accept_paused = e.accept_paused.load();
+  return s;
+}
+
+}  // namespace keyline::core::http

@@ -1,0 +1,120 @@
+// The parts of core::http::Server that its I/O loops share (private to core): options, the TLS
+// context, connection admission (caps), counters and the worker pool.
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "keyline/core/http_server.h"
+
+namespace keyline::core::http::detail {
+
+using Clock = std::chrono::steady_clock;
+class Loop;
+struct LoopDeleter {
+  void operator()(Loop* loop) const;  // in http_server_loop.cpp, where Loop is complete
+};
+using LoopPtr = std::unique_ptr<Loop, LoopDeleter>;
+
+// A complete request on its way to a handler.
+struct Task {
+  Loop* loop = nullptr;
+  std::uint64_t conn = 0;
+  bool keep_alive = false;
+  Clock::time_point received;
+  Request request;
+};
+
+class Engine;
+
+// A fixed set of handler threads over a bounded queue.
+class WorkerPool {
+ public:
+  WorkerPool(Engine& engine, std::size_t max_queued) : m_engine(engine), m_max(max_queued) {}
+  void start(int threads);
+  bool push(Task&& task);  // false when the queue is full
+  void finish();           // runs what is queued, then joins
+  std::size_t queued() const;
+
+ private:
+  void run();
+  void serve(Task& task);
+  Engine& m_engine;
+  std::size_t m_max;
+  mutable std::mutex m_mutex;
+  std::condition_variable m_cv;
+  std::deque<Task> m_queue;
+  bool m_done = false;
+  std::vector<std::thread> m_threads;
+};
+
+enum class Admission { Admitted, PeerCap, TotalCap };
+
+class Engine {
+ public:
+  Engine(ServerOptions options, Handler handler, EventSink events, AccessSink access);
+  ~Engine();
+
+  const ServerOptions& options() const { return m_options; }
+  const ServerLimits& limits() const { return m_options.limits; }
+  SSL_CTX* tls() const { return m_tls; }
+  const Handler& handler() const { return m_handler; }
+  const AccessSink& access() const { return m_access; }
+
+  // Counts the connection against both caps; `over_total` lets one through the total cap (an idle
+  // connection is being closed to make room for it).
+  Admission admit(const std::string& peer, bool over_total);
+  void release(const std::string& peer);
+  void report(const Event& event);  // counts, then the sink (or stderr)
+
+  std::atomic<bool> stopping{false};
+  std::atomic<std::uint64_t> accepted{0}, accept_paused{0};
+  std::atomic<std::size_t> open{0};
+  std::vector<LoopPtr> loops;
+  std::unique_ptr<WorkerPool> pool;
+  int listen_fd = -1;
+  std::string bound;
+  std::uint16_t bound_port = 0;
+
+  std::atomic<std::uint64_t> refused{0}, timed_out{0}, malformed{0}, idle_closed{0};
+
+ private:
+  ServerOptions m_options;
+  Handler m_handler;
+  EventSink m_events;
+  AccessSink m_access;
+  SSL_CTX* m_tls = nullptr;
+  std::mutex m_peers_mutex;
+  std::unordered_map<std::string, std::size_t> m_peers;
+};
+
+// The reply a worker hands back to the loop that owns the connection.
+struct Completion {
+  std::uint64_t conn = 0;
+  std::string bytes;
+  bool keep_alive = false;
+  bool shed_idle = false;  // not a reply: close this loop's oldest idle connection
+};
+
+// Starts one I/O loop's thread over the shared listening socket.
+LoopPtr make_loop(Engine& engine, int index);
+void start_loop(Loop& loop);
+void post(Loop& loop, Completion&& completion);
+void stop_accepting(Loop& loop);  // wakes the loop; it drops the listener
+void quit_and_join(Loop& loop);   // flushes posted replies once, closes everything, joins
+std::size_t idle_count(const Loop& loop);
+
+SSL_CTX* make_tls_context(const ServerOptions& options);  // nullptr for plain HTTP; ConfigError
+
+}  // namespace keyline::core::http::detail

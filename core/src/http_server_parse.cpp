@@ -1,0 +1,321 @@
+#include "http_server_parse.h"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstring>
+#include <ctime>
+
+#include "keyline/core/http.h"
+
+namespace keyline::core::http::detail {
+namespace {
+
+Refusal refusal(int status, const char* slug, const char* title, std::string detail) {
+  return Refusal{status, slug, title, std::move(detail)};
+}
+
+HeadResult refused(Refusal r) {
+  HeadResult out;
+  out.state = HeadState::Refused;
+  out.refusal = std::move(r);
+  return out;
+}
+
+// tchar (RFC 9110 section 5.6.2).
+bool is_tchar(unsigned char c) {
+  return std::isalnum(c) || std::strchr("!#$%&'*+-.^_`|~", c) != nullptr;
+}
+
+bool is_token(std::string_view s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return is_tchar(static_cast<unsigned char>(c)); });
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+  return s;
+}
+
+// Where the head ends (one past its empty line), or npos. Lines end in LF, optionally preceded by
+// CR (RFC 9112 section 2.2 allows a recipient to accept a bare LF).
+std::size_t head_end(std::string_view buf) {
+  for (std::size_t i = buf.find('\n'); i != std::string_view::npos; i = buf.find('\n', i + 1)) {
+    if (i + 1 < buf.size() && buf[i + 1] == '\n') return i + 2;
+    if (i + 2 < buf.size() && buf[i + 1] == '\r' && buf[i + 2] == '\n') return i + 3;
+  }
+  return std::string_view::npos;
+}
+
+// Splits the head into lines without their terminators (the final empty line is dropped).
+std::vector<std::string_view> split_lines(std::string_view head) {
+  std::vector<std::string_view> lines;
+  while (!head.empty()) {
+    const auto nl = head.find('\n');
+    auto line = head.substr(0, nl);
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) break;
+    lines.push_back(line);
+    head.remove_prefix(nl + 1);
+  }
+  return lines;
+}
+
+// A comma-separated header value holding `token` (case-insensitive), as Connection does.
+bool has_token(const std::string& value, std::string_view token) {
+  std::size_t start = 0;
+  while (start <= value.size()) {
+    auto end = value.find(',', start);
+    if (end == std::string::npos) end = value.size();
+    if (lower(trim(std::string_view(value).substr(start, end - start))) == token) return true;
+    start = end + 1;
+  }
+  return false;
+}
+
+bool parse_request_line(std::string_view line, Request& req, bool& http10, Refusal& why) {
+  const auto sp1 = line.find(' ');
+  const auto sp2 = sp1 == std::string_view::npos ? sp1 : line.find(' ', sp1 + 1);
+  if (sp2 == std::string_view::npos || line.find(' ', sp2 + 1) != std::string_view::npos) {
+    why = refusal(400, "bad-request-line", "Bad request line", "the request line is not: method target version");
+    return false;
+  }
+  const auto method = line.substr(0, sp1);
+  auto target = line.substr(sp1 + 1, sp2 - sp1 - 1);
+  // absolute-form (RFC 9112 section 3.2.2: a server MUST accept it): the handler sees origin-form.
+  for (const std::string_view scheme : {"http://", "https://"}) {
+    if (target.size() > scheme.size() && lower(target.substr(0, scheme.size())) == scheme) {
+      const auto slash = target.find('/', scheme.size());
+      target = slash == std::string_view::npos ? std::string_view("/") : target.substr(slash);
+    }
+  }
+  const auto version = line.substr(sp2 + 1);
+  if (!is_token(method)) {
+    why = refusal(400, "bad-request-line", "Bad request line", "the method is not a token");
+    return false;
+  }
+  const bool origin_form = !target.empty() && target.front() == '/';
+  const bool asterisk = target == "*" && method == "OPTIONS";
+  const bool clean = std::all_of(target.begin(), target.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u > 0x20 && u < 0x7f;
+  });
+  if (!(origin_form || asterisk) || !clean) {
+    why = refusal(400, "bad-request-line", "Bad request line", "the request target is not an origin-form path");
+    return false;
+  }
+  if (version == "HTTP/1.0") {
+    http10 = true;
+  } else if (version != "HTTP/1.1") {
+    why = refusal(505, "http-version", "HTTP version not supported", "only HTTP/1.0 and HTTP/1.1 are served");
+    return false;
+  }
+  req.method = std::string(method);
+  req.target = std::string(target);
+  req.path = req.target.substr(0, req.target.find('?'));
+  return true;
+}
+
+bool parse_header_line(std::string_view line, Request& req, Refusal& why) {
+  // obs-fold (RFC 9112 section 5.2) and whitespace before the colon (section 5.1) are refused.
+  const auto colon = line.find(':');
+  if (line.front() == ' ' || line.front() == '\t' || colon == std::string_view::npos ||
+      !is_token(line.substr(0, colon))) {
+    why = refusal(400, "bad-header", "Bad header field", "a header line is not: name: value");
+    return false;
+  }
+  const auto value = trim(line.substr(colon + 1));
+  if (std::any_of(value.begin(), value.end(), [](char c) { return c == '\0' || c == '\r' || c == '\n'; })) {
+    why = refusal(400, "bad-header", "Bad header field", "a header value holds CR, LF or NUL");
+    return false;
+  }
+  req.headers.emplace_back(lower(line.substr(0, colon)), std::string(value));
+  return true;
+}
+
+// RFC 9112 section 6.3: a Content-Length that is not one decimal number is unrecoverable framing.
+bool parse_content_length(const Request& req, std::size_t max_body, std::size_t& length, Refusal& why) {
+  const std::string* found = nullptr;
+  for (const auto& [name, value] : req.headers) {
+    if (name != "content-length") continue;
+    if (found) {
+      why = refusal(400, "bad-content-length", "Bad Content-Length", "more than one Content-Length header");
+      return false;
+    }
+    found = &value;
+  }
+  length = 0;
+  if (!found) return true;
+  if (found->empty() || found->size() > 18 ||
+      !std::all_of(found->begin(), found->end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    why = refusal(400, "bad-content-length", "Bad Content-Length", "Content-Length is not a decimal number");
+    return false;
+  }
+  length = static_cast<std::size_t>(std::stoull(*found));
+  if (length > max_body) {
+    why = refusal(413, "body-too-large", "Request body too large",
+                  "the body may be at most " + std::to_string(max_body) + " bytes");
+    return false;
+  }
+  return true;
+}
+
+bool check_framing(const Request& req, bool http10, Refusal& why) {
+  // Chunked request bodies are not served: every client of these servers knows its body's length,
+  // and one framing only leaves no room for a proxy and this server to disagree (RFC 9112 11.2).
+  if (req.header("transfer-encoding")) {
+    why = refusal(411, "length-required", "Length required",
+                  "Transfer-Encoding is not accepted in a request; send Content-Length");
+    return false;
+  }
+  std::size_t hosts = 0;
+  for (const auto& h : req.headers) hosts += h.first == "host" ? 1 : 0;
+  // RFC 9112 section 3.2: a 1.1 request without Host, or with several, gets 400.
+  if (hosts > 1 || (hosts == 0 && !http10)) {
+    why = refusal(400, "bad-host", "Bad Host header", "an HTTP/1.1 request carries exactly one Host header");
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::size_t leading_empty_lines(std::string_view buf) {
+  std::size_t n = 0;
+  while (n < buf.size()) {
+    if (buf[n] == '\n') {
+      ++n;
+    } else if (buf[n] == '\r' && n + 1 < buf.size() && buf[n + 1] == '\n') {
+      n += 2;
+    } else {
+      break;
+    }
+  }
+  return n;
+}
+
+HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes) {
+  const auto end = head_end(buf);
+  if (end == std::string_view::npos || end > max_head_bytes) {
+    if (buf.size() <= max_head_bytes) return {};
+    return refused(refusal(431, "head-too-large", "Request header fields too large",
+                           "the request line and headers may be at most " + std::to_string(max_head_bytes) +
+                               " bytes"));
+  }
+  const auto lines = split_lines(buf.substr(0, end));
+  HeadResult out;
+  bool http10 = false;
+  if (lines.empty() || !parse_request_line(lines.front(), out.request, http10, out.refusal)) {
+    if (lines.empty()) out.refusal = refusal(400, "bad-request-line", "Bad request line", "empty request");
+    out.state = HeadState::Refused;
+    return out;
+  }
+  for (std::size_t i = 1; i < lines.size(); ++i) {
+    if (!parse_header_line(lines[i], out.request, out.refusal)) {
+      out.state = HeadState::Refused;
+      return out;
+    }
+  }
+  if (!check_framing(out.request, http10, out.refusal) ||
+      !parse_content_length(out.request, max_body_bytes, out.content_length, out.refusal)) {
+    out.state = HeadState::Refused;
+    return out;
+  }
+  const auto* connection = out.request.header("connection");
+  out.keep_alive = http10 ? (connection && has_token(*connection, "keep-alive"))
+                          : !(connection && has_token(*connection, "close"));
+  out.head_bytes = end;
+  out.state = HeadState::Complete;
+  return out;
+}
+
+std::string client_address(const Request& request, const std::vector<std::string>& trusted) {
+  const auto is_trusted = [&](const std::string& a) { return std::find(trusted.begin(), trusted.end(), a) != trusted.end(); };
+  if (!is_trusted(request.peer_address)) return request.peer_address;
+  // Every X-Forwarded-For field, in order, forms one list (RFC 9110 section 5.3).
+  std::vector<std::string> hops;
+  for (const auto& [name, value] : request.headers) {
+    if (name != "x-forwarded-for") continue;
+    std::size_t start = 0;
+    while (start <= value.size()) {
+      auto comma = value.find(',', start);
+      if (comma == std::string::npos) comma = value.size();
+      hops.emplace_back(trim(std::string_view(value).substr(start, comma - start)));
+      start = comma + 1;
+    }
+  }
+  for (auto it = hops.rbegin(); it != hops.rend(); ++it) {
+    if (is_trusted(*it)) continue;
+    unsigned char buf[16];
+    const bool ip = inet_pton(AF_INET, it->c_str(), buf) == 1 || inet_pton(AF_INET6, it->c_str(), buf) == 1;
+    // A hop that is not an address was written by someone the proxy did not vouch for.
+    return ip ? *it : request.peer_address;
+  }
+  return request.peer_address;
+}
+
+const char* status_reason(int status) noexcept {
+  switch (status) {
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 505: return "HTTP Version Not Supported";
+    default: return reason_phrase(status);
+  }
+}
+
+namespace {
+
+std::string http_date() {
+  char buf[64];
+  std::tm tm{};
+  const std::time_t now = std::time(nullptr);
+  gmtime_r(&now, &tm);
+  std::strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);  // IMF-fixdate, RFC 9110 5.6.7
+  return buf;
+}
+
+bool clean_field(const std::string& s) {
+  return std::none_of(s.begin(), s.end(), [](char c) { return c == '\r' || c == '\n' || c == '\0'; });
+}
+
+}  // namespace
+
+std::string serialize_reply(const Reply& reply, bool keep_alive) {
+  std::string out = "HTTP/1.1 " + std::to_string(reply.status) + " " + status_reason(reply.status) + "\r\n";
+  out += "Date: " + http_date() + "\r\n";
+  // RFC 9110 section 8.6: no Content-Length (and no body) in a 1xx or 204.
+  const bool bodiless = reply.status == 204 || (reply.status >= 100 && reply.status < 200);
+  if (!bodiless) out += "Content-Length: " + std::to_string(reply.body.size()) + "\r\n";
+  out += keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n";
+  if (!reply.content_type.empty() && clean_field(reply.content_type)) {
+    out += "Content-Type: " + reply.content_type + "\r\n";
+  }
+  for (const auto& [name, value] : reply.headers) {
+    if (!is_token(name) || !clean_field(value)) continue;
+    const auto l = lower(name);
+    if (l == "content-length" || l == "connection" || l == "date" || l == "transfer-encoding") continue;
+    out += name + ": " + value + "\r\n";
+  }
+  out += "\r\n";
+  if (!reply.head_only && !bodiless) out += reply.body;
+  return out;
+}
+
+Reply problem_reply(const Refusal& r) {
+  Reply reply;
+  reply.status = r.status;
+  reply.content_type = kProblemContentType;
+  reply.body = problem_json(r.status, r.title, r.detail, "https://keyline.example/problems/" + r.slug);
+  reply.close = true;
+  reply.log_detail = r.detail;
+  return reply;
+}
+
+}  // namespace keyline::core::http::detail

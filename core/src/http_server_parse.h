@@ -1,0 +1,55 @@
+// The request-head parser of core::http::Server (private to core). RFC 9112 sections 2-6, strict
+// where leniency lets two parsers disagree about where a request ends (request smuggling).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "keyline/core/http_server.h"
+
+namespace keyline::core::http::detail {
+
+// Why a request was refused before any handler saw it.
+struct Refusal {
+  int status = 400;
+  std::string slug;    // problem type: https://keyline.example/problems/<slug>
+  std::string title;
+  std::string detail;  // sent: says what was wrong in the request, never anything of the server
+};
+
+enum class HeadState { Incomplete, Complete, Refused };
+
+struct HeadResult {
+  HeadState state = HeadState::Incomplete;
+  std::size_t head_bytes = 0;      // the head, its final empty line included (Complete)
+  std::size_t content_length = 0;  // Complete
+  bool keep_alive = false;         // what the request asks for (HTTP version and Connection)
+  Request request;                 // method, target, path, headers (Complete)
+  Refusal refusal;                 // Refused
+};
+
+// Parses a request head at the start of `buf`. Incomplete while no empty line ended it and it is
+// still within max_head_bytes.
+HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes);
+
+// Number of empty lines (CRLF or LF) before a request line, which RFC 9112 section 2.2 lets a
+// server ignore (some clients send one after a POST body).
+std::size_t leading_empty_lines(std::string_view buf);
+
+// The client behind a trusted proxy: the rightmost X-Forwarded-For entry that is not itself a
+// trusted proxy; the peer when there is no usable entry.
+std::string client_address(const Request& request, const std::vector<std::string>& trusted_proxies);
+
+// The reply as bytes on the wire: status line, Date, Content-Length, Connection, the reply's own
+// headers (those with CR, LF or NUL dropped), then the body unless head_only.
+std::string serialize_reply(const Reply& reply, bool keep_alive);
+
+// A problem document reply for a refusal; close is set.
+Reply problem_reply(const Refusal& refusal);
+
+// Reason phrase, with the statuses this server sends that core::http::reason_phrase lacks.
+const char* status_reason(int status) noexcept;
+
+}  // namespace keyline::core::http::detail

@@ -1,0 +1,523 @@
+// core::http::Server over real loopback sockets: each limit and each deadline, with limits short
+// enough that a case takes well under a second.
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "client.h"
+#include "keyline/core/error.h"
+#include "keyline/core/http.h"
+#include "keyline/core/http_server.h"
+#include "tls_material.h"
+
+using namespace keyline::core::http;
+using namespace keyline::test;
+using Resp = keyline::test::Response;
+using namespace std::chrono_literals;
+using Kind = Event::Kind;
+
+namespace {
+
+// A started server that records its events.
+struct Served {
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<Event> events;
+  std::unique_ptr<Server> server;
+
+  explicit Served(ServerOptions o, Handler h = {}) {
+    if (!h) {
+      h = [](const Request& r) {
+        Reply rep;
+        rep.content_type = "text/plain";
+        rep.body = r.method + " " + r.target + " client=" + r.client_address + " body=" + r.body;
+        return rep;
+      };
+    }
+    o.listen = "127.0.0.1:0";
+    server = std::make_unique<Server>(std::move(o), std::move(h), [this](const Event& e) {
+      std::lock_guard lock(mutex);
+      events.push_back(e);
+      cv.notify_all();
+    });
+    server->start();
+  }
+  int port() const { return server->port(); }
+  // Waits for an event of that kind; returns it (kind Refused with status -1 when none came).
+  Event wait(Kind kind, std::chrono::milliseconds timeout = 3000ms) {
+    std::unique_lock lock(mutex);
+    Event found{kind, -1, {}, {}};
+    cv.wait_for(lock, timeout, [&] {
+      for (const auto& e : events) {
+        if (e.kind == kind) {
+          found = e;
+          return true;
+        }
+      }
+      return false;
+    });
+    return found;
+  }
+  std::size_t count(Kind kind) {
+    std::lock_guard lock(mutex);
+    std::size_t n = 0;
+    for (const auto& e : events) n += e.kind == kind ? 1 : 0;
+    return n;
+  }
+};
+
+ServerLimits short_limits() {
+  ServerLimits l;
+  l.handshake_timeout = 300ms;
+  l.head_timeout = 300ms;
+  l.body_timeout = 300ms;
+  l.write_timeout = 300ms;
+  l.keep_alive_idle = 300ms;
+  l.io_threads = 1;
+  l.workers = 2;
+  return l;
+}
+
+ServerOptions options(ServerLimits l = short_limits()) {
+  ServerOptions o;
+  o.name = "test";
+  o.limits = l;
+  return o;
+}
+
+const std::string kGet = "GET /r HTTP/1.1\r\nHost: t\r\n\r\n";
+
+void check_problem(const Resp& r, int status, const std::string& slug) {
+  CHECK(r.status == status);
+  CHECK(r.headers.at("content-type") == "application/problem+json");
+  CHECK(r.headers.at("connection") == "close");
+  CHECK(r.body.find("\"type\":\"https://keyline.example/problems/" + slug + "\"") != std::string::npos);
+  CHECK(r.body.find("\"status\":" + std::to_string(status)) != std::string::npos);
+}
+
+// Waits for the server to close `fd`; returns how long it took (timeout when it did not).
+std::chrono::milliseconds wait_closed(int fd, std::chrono::milliseconds timeout = 3000ms) {
+  const auto r = read_until(fd, [](const std::string&) { return false; }, timeout);
+  return r.closed ? r.elapsed : timeout;
+}
+
+}  // namespace
+
+TEST_CASE("a GET is answered with Date, Content-Length and keep-alive; HEAD sends no body") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, kGet + "HEAD /r HTTP/1.1\r\nHost: t\r\n\r\n");
+  const auto got = read_until(fd, responses(2, {false, true}), 3000ms);
+  const auto rs = parse_responses(got.data, {false, true});
+  REQUIRE(rs.size() == 2);
+  CHECK(rs[0].status == 200);
+  CHECK(rs[0].body == "GET /r client=127.0.0.1 body=");
+  CHECK(rs[0].headers.count("date") == 1);
+  CHECK(rs[0].headers.at("connection") == "keep-alive");
+  CHECK(rs[1].headers.at("content-length") == std::to_string(std::string("HEAD /r client=127.0.0.1 body=").size()));
+  CHECK(rs[1].body.empty());
+  // Nothing after the HEAD reply: its body was not sent.
+  const auto tail = got.data.substr(got.data.rfind("\r\n\r\n") + 4);
+  CHECK(tail.empty());
+  ::close(fd);
+}
+
+TEST_CASE("pipelined requests are answered in order, bodies included") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, "GET /1 HTTP/1.1\r\nHost: t\r\n\r\nPOST /2 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+               "GET /3 HTTP/1.1\r\nHost: t\r\n\r\n");
+  const auto rs = parse_responses(read_until(fd, responses(3), 3000ms).data);
+  REQUIRE(rs.size() == 3);
+  CHECK(rs[0].body == "GET /1 client=127.0.0.1 body=");
+  CHECK(rs[1].body == "POST /2 client=127.0.0.1 body=abc");
+  CHECK(rs[2].body == "GET /3 client=127.0.0.1 body=");
+  ::close(fd);
+}
+
+TEST_CASE("a malformed Content-Length gets a 400 problem document, an event and a count") {
+  Served s(options());
+  for (const char* cl : {"Content-Length: abc\r\n", "Content-Length: -1\r\n", "Content-Length: 3\r\nContent-Length: 3\r\n",
+                         "Content-Length: 1 2\r\n", "Content-Length: 99999999999999999999999\r\n"}) {
+    CAPTURE(cl);
+    const auto r = exchange(s.port(), std::string("POST /p HTTP/1.1\r\nHost: t\r\n") + cl + "\r\nabc");
+    check_problem(r, 400, "bad-content-length");
+  }
+  const auto e = s.wait(Kind::Malformed);
+  CHECK(e.status == 400);
+  CHECK(e.peer == "127.0.0.1");
+  CHECK(s.server->stats().malformed == 5);
+}
+
+TEST_CASE("other malformed heads: Transfer-Encoding 411, too long 431, bad line 400, no Host 400, HTTP/2.0 505") {
+  auto o = options();
+  o.limits.max_head_bytes = 1024;
+  Served s(o);
+  check_problem(exchange(s.port(), "POST /p HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), 411,
+                "length-required");
+  check_problem(exchange(s.port(), "GET /p HTTP/1.1\r\nHost: t\r\nX: " + std::string(2000, 'a') + "\r\n\r\n"), 431,
+                "head-too-large");
+  // Too long without ever ending: refused as soon as it passes the limit, not at the deadline.
+  check_problem(exchange(s.port(), "GET /p HTTP/1.1\r\nX: " + std::string(2000, 'a')), 431, "head-too-large");
+  check_problem(exchange(s.port(), "GET /p\r\nHost: t\r\n\r\n"), 400, "bad-request-line");
+  check_problem(exchange(s.port(), "GET p HTTP/1.1\r\nHost: t\r\n\r\n"), 400, "bad-request-line");
+  check_problem(exchange(s.port(), "GET /p HTTP/1.1 x\r\nHost: t\r\n\r\n"), 400, "bad-request-line");
+  check_problem(exchange(s.port(), "GET /p HTTP/1.1\r\n\r\n"), 400, "bad-host");
+  check_problem(exchange(s.port(), "GET /p HTTP/1.1\r\nHost: t\r\n folded\r\n\r\n"), 400, "bad-header");
+  check_problem(exchange(s.port(), "GET /p HTTP/1.1\r\nHost : t\r\n\r\n"), 400, "bad-header");
+  check_problem(exchange(s.port(), "GET /p HTTP/2.0\r\nHost: t\r\n\r\n"), 505, "http-version");
+  CHECK(s.server->stats().malformed == 10);
+  // absolute-form is accepted (RFC 9112 section 3.2.2) and reaches the handler as origin-form.
+  CHECK(exchange(s.port(), "GET http://x/p?q HTTP/1.1\r\nHost: x\r\n\r\n").body == "GET /p?q client=127.0.0.1 body=");
+}
+
+TEST_CASE("a body over max_body_bytes gets 413 at once, without the body being read") {
+  auto o = options();
+  o.limits.max_body_bytes = 1000;
+  o.limits.body_timeout = 5000ms;
+  Served s(o);
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 1001\r\n\r\n");
+  const auto got = read_until(fd, responses(1), 3000ms);
+  ::close(fd);
+  const auto rs = parse_responses(got.data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 413, "body-too-large");
+  CHECK(got.elapsed < 1000ms);  // not after the 5 s body deadline
+  CHECK(s.wait(Kind::Malformed).status == 413);
+}
+
+TEST_CASE("a slow header is cut at the head deadline, counted from its first byte") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, "GET /r HTTP/1.1\r\n");
+  const auto start = std::chrono::steady_clock::now();
+  bool cut = false;
+  for (int i = 0; i < 40 && !cut; ++i) {  // one byte every 50 ms: 2 s unless the server cuts
+    std::this_thread::sleep_for(50ms);
+    cut = ::send(fd, "X", 1, MSG_NOSIGNAL) != 1 || wait_closed(fd, 1ms) < 1ms;
+  }
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(cut);
+  CHECK(took >= 250ms);
+  CHECK(took < 1500ms);
+  const auto e = s.wait(Kind::HeadTimeout);
+  CHECK(e.status == 0);
+  CHECK(e.peer == "127.0.0.1");
+  CHECK(s.server->stats().timed_out == 1);
+  ::close(fd);
+}
+
+TEST_CASE("a silent connection is cut at the head deadline") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  const auto took = wait_closed(fd);
+  CHECK(took >= 250ms);
+  CHECK(took < 1500ms);
+  CHECK(s.wait(Kind::HeadTimeout).peer == "127.0.0.1");
+  ::close(fd);
+}
+
+TEST_CASE("a body that stops arriving is cut at the body deadline") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab");
+  const auto took = wait_closed(fd);
+  CHECK(took >= 250ms);
+  CHECK(took < 1500ms);
+  CHECK(s.wait(Kind::BodyTimeout).peer == "127.0.0.1");
+  ::close(fd);
+}
+
+TEST_CASE("a slow TLS handshake is cut at the handshake deadline") {
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  o.limits.head_timeout = 5000ms;  // so that only the handshake deadline can cut
+  Served s(o);
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, std::string("\x16\x03\x01\x02\x00", 5));  // a ClientHello's record header, then nothing
+  const auto took = wait_closed(fd);
+  CHECK(took >= 250ms);
+  CHECK(took < 1500ms);
+  CHECK(s.wait(Kind::HandshakeTimeout).peer == "127.0.0.1");
+  ::close(fd);
+}
+
+TEST_CASE("a reply the client does not take is cut at the write deadline; a client hanging up kills nothing") {
+  Served s(options(), [](const Request&) {
+    Reply r;
+    r.body.assign(32 * 1024 * 1024, 'x');
+    return r;
+  });
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, kGet);  // and never read
+  CHECK(s.wait(Kind::WriteTimeout, 5000ms).peer == "127.0.0.1");
+  ::close(fd);
+  // Hang up in the middle of a big reply: the write fails with EPIPE/ECONNRESET, not SIGPIPE.
+  for (int i = 0; i < 3; ++i) {
+    const int fd2 = connect_from("127.0.0.1", s.port());
+    send_all(fd2, kGet);
+    read_until(fd2, [](const std::string& d) { return d.size() > 100000; }, 2000ms);
+    ::close(fd2);
+  }
+  std::this_thread::sleep_for(100ms);
+  const int fd3 = connect_from("127.0.0.1", s.port());
+  send_all(fd3, "HEAD /r HTTP/1.1\r\nHost: t\r\n\r\n");
+  const auto rs = parse_responses(read_until(fd3, responses(1, {true}), 3000ms).data, {true});
+  REQUIRE(rs.size() == 1);
+  CHECK(rs[0].status == 200);
+  CHECK(rs[0].headers.at("content-length") == std::to_string(32 * 1024 * 1024));
+  ::close(fd3);
+}
+
+TEST_CASE("the per-client cap refuses with a 503 problem document; another address is still served") {
+  auto o = options();
+  o.limits.max_per_client = 2;
+  o.limits.head_timeout = 5000ms;
+  Served s(o);
+  const int a = connect_from("127.0.0.5", s.port());
+  const int b = connect_from("127.0.0.5", s.port());
+  std::this_thread::sleep_for(100ms);
+  const int c = connect_from("127.0.0.5", s.port());
+  const auto got = read_until(c, responses(1), 3000ms);
+  const auto rs = parse_responses(got.data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 503, "connection-limit");
+  CHECK(rs[0].headers.at("retry-after") == "1");
+  const auto e = s.wait(Kind::Refused);
+  CHECK(e.status == 503);
+  CHECK(e.peer == "127.0.0.5");
+  CHECK(exchange(s.port(), kGet, "127.0.0.6").status == 200);
+  CHECK(s.server->stats().refused == 1);
+  for (int fd : {a, b, c}) ::close(fd);
+}
+
+TEST_CASE("the total cap refuses; once a connection ends, a new one is served") {
+  auto o = options();
+  o.limits.max_connections = 2;
+  o.limits.head_timeout = 5000ms;
+  Served s(o);
+  const int a = connect_from("127.0.0.7", s.port());
+  const int b = connect_from("127.0.0.8", s.port());
+  std::this_thread::sleep_for(100ms);
+  const int c = connect_from("127.0.0.9", s.port());
+  const auto rs = parse_responses(read_until(c, responses(1), 3000ms).data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 503, "connection-limit");
+  CHECK(s.wait(Kind::Refused).peer == "127.0.0.9");
+  ::close(a);
+  std::this_thread::sleep_for(100ms);
+  CHECK(exchange(s.port(), kGet, "127.0.0.9").status == 200);
+  ::close(b);
+  ::close(c);
+}
+
+TEST_CASE("a TLS connection over a cap is closed without a handshake, and counted") {
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  o.limits.max_per_client = 1;
+  o.limits.handshake_timeout = 5000ms;
+  Served s(o);
+  const int a = connect_from("127.0.0.1", s.port());
+  std::this_thread::sleep_for(100ms);
+  CHECK_THROWS(TlsClient(s.port()));
+  const auto e = s.wait(Kind::Refused);
+  CHECK(e.status == 0);
+  ::close(a);
+}
+
+TEST_CASE("at the total cap the oldest idle keep-alive connection is closed to make room") {
+  auto o = options();
+  o.limits.max_connections = 2;
+  o.limits.keep_alive_idle = 10000ms;
+  o.limits.head_timeout = 10000ms;
+  Served s(o);
+  const int idle_old = connect_from("127.0.0.11", s.port());
+  send_all(idle_old, kGet);
+  REQUIRE(parse_responses(read_until(idle_old, responses(1), 3000ms).data).size() == 1);
+  const int busy = connect_from("127.0.0.12", s.port());  // not idle: has not finished a request
+  std::this_thread::sleep_for(100ms);
+  CHECK(exchange(s.port(), kGet, "127.0.0.13").status == 200);
+  CHECK(wait_closed(idle_old) < 3000ms);
+  CHECK(s.wait(Kind::IdleClosed).peer == "127.0.0.11");
+  CHECK(s.server->stats().idle_closed == 1);
+  CHECK(s.count(Kind::Refused) == 0);
+  ::close(idle_old);
+  ::close(busy);
+}
+
+TEST_CASE("an idle keep-alive connection ends after keep_alive_idle, without an event") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, kGet);
+  REQUIRE(parse_responses(read_until(fd, responses(1), 3000ms).data).size() == 1);
+  const auto took = wait_closed(fd);
+  CHECK(took >= 250ms);
+  CHECK(took < 1500ms);
+  CHECK(s.server->stats().timed_out == 0);
+  ::close(fd);
+}
+
+TEST_CASE("HTTP/1.0 and Connection: close end the connection after the reply") {
+  Served s(options(ServerLimits{}));
+  for (const std::string req : {"GET /a HTTP/1.0\r\n\r\n", "GET /a HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"}) {
+    const int fd = connect_from("127.0.0.1", s.port());
+    send_all(fd, req);
+    const auto got = read_until(fd, [](const std::string&) { return false; }, 3000ms);
+    CHECK(got.closed);
+    CHECK(got.elapsed < 2000ms);  // the default keep-alive idle is 15 s
+    const auto rs = parse_responses(got.data);
+    REQUIRE(rs.size() == 1);
+    CHECK(rs[0].headers.at("connection") == "close");
+    ::close(fd);
+  }
+}
+
+TEST_CASE("Expect: 100-continue gets its interim 100 before the body is sent") {
+  Served s(options());
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, "POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+  const auto interim = read_until(fd, [](const std::string& d) { return d.find("\r\n\r\n") != std::string::npos; }, 2000ms);
+  CHECK(interim.data == "HTTP/1.1 100 Continue\r\n\r\n");
+  send_all(fd, "xyz");
+  const auto rs = parse_responses(read_until(fd, responses(1), 2000ms).data);
+  REQUIRE(rs.size() == 1);
+  CHECK(rs[0].body == "POST /e client=127.0.0.1 body=xyz");
+  ::close(fd);
+}
+
+TEST_CASE("a trusted proxy is held to the total cap only, not to the per-client cap") {
+  auto o = options();
+  o.limits.max_per_client = 1;
+  o.limits.head_timeout = 5000ms;
+  o.trusted_proxies = {"127.0.0.1"};
+  Served s(o);
+  const int a = connect_from("127.0.0.1", s.port());
+  std::this_thread::sleep_for(50ms);
+  CHECK(exchange(s.port(), kGet, "127.0.0.1").status == 200);
+  CHECK(s.count(Kind::Refused) == 0);
+  ::close(a);
+}
+
+TEST_CASE("X-Forwarded-For is believed from a trusted proxy only") {
+  auto o = options();
+  o.trusted_proxies = {"127.0.0.1", "10.0.0.1"};
+  Served s(o);
+  const std::string req = "GET /x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 198.51.100.1, 203.0.113.9, 10.0.0.1\r\n\r\n";
+  CHECK(exchange(s.port(), req, "127.0.0.1").body == "GET /x client=203.0.113.9 body=");
+  CHECK(exchange(s.port(), req, "127.0.0.2").body == "GET /x client=127.0.0.2 body=");
+  CHECK(exchange(s.port(), "GET /x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: junk\r\n\r\n", "127.0.0.1").body ==
+        "GET /x client=127.0.0.1 body=");
+}
+
+TEST_CASE("TLS: the client certificate's DER reaches the handler; none gives an empty one") {
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  o.client_ca_file = pki.ca_file;
+  Served s(o, [](const Request& r) {
+    Reply rep;
+    rep.body = std::string(r.peer_certificate_der.begin(), r.peer_certificate_der.end());
+    rep.headers.emplace_back("X-Secure", r.secure ? "yes" : "no");
+    return rep;
+  });
+  TlsClient with(s.port(), pki.client_cert, pki.client_key);
+  const auto r = with.exchange(kGet);
+  CHECK(r.status == 200);
+  CHECK(r.headers.at("x-secure") == "yes");
+  CHECK(r.body == pki.client_der);
+  CHECK(with.exchange(kGet).body == pki.client_der);  // keep-alive over TLS
+  TlsClient without(s.port());
+  CHECK(without.exchange(kGet).body.empty());
+}
+
+TEST_CASE("a full worker queue gets a 503 problem document; a throwing handler a 500") {
+  auto o = options();
+  o.limits.workers = 1;
+  o.limits.max_queued = 1;
+  std::mutex m;
+  std::condition_variable cv;
+  bool release = false;
+  Served s(o, [&](const Request& r) {
+    if (r.path == "/throw") throw std::runtime_error("boom");
+    std::unique_lock lock(m);
+    cv.wait_for(lock, 5s, [&] { return release; });
+    return Reply{};
+  });
+  const int a = connect_from("127.0.0.1", s.port());
+  send_all(a, kGet);
+  std::this_thread::sleep_for(100ms);  // a runs
+  const int b = connect_from("127.0.0.1", s.port());
+  send_all(b, kGet);
+  std::this_thread::sleep_for(100ms);  // b queued
+  const auto r = exchange(s.port(), kGet);
+  check_problem(r, 503, "busy");
+  CHECK(s.wait(Kind::Refused).status == 503);
+  {
+    std::lock_guard lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  CHECK(parse_responses(read_until(a, responses(1), 3000ms).data).at(0).status == 200);
+  CHECK(parse_responses(read_until(b, responses(1), 3000ms).data).at(0).status == 200);
+  const auto thrown = exchange(s.port(), "GET /throw HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(thrown.status == 500);
+  CHECK(thrown.body.find("boom") == std::string::npos);  // internal detail stays in the log
+  ::close(a);
+  ::close(b);
+}
+
+TEST_CASE("at the descriptor limit accepting pauses instead of spinning, then resumes") {
+  Served s(options(ServerLimits{}));
+  rlimit old{};
+  getrlimit(RLIMIT_NOFILE, &old);
+  // Use up the descriptors: our own client sockets count against the same process limit.
+  std::vector<int> held;
+  rlimit low = old;
+  low.rlim_cur = 64;
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  for (;;) {
+    const int fd = ::dup(0);
+    if (fd < 0) break;
+    held.push_back(fd);
+  }
+  // Free two: one client socket connects, and the server's accept finds no descriptor.
+  ::close(held.back());
+  held.pop_back();
+  const int c = connect_from("127.0.0.1", s.port());
+  std::this_thread::sleep_for(350ms);
+  const auto paused = s.server->stats().accept_paused;
+  CHECK(paused >= 1);
+  CHECK(paused <= 10);  // about one a 100 ms, not a spin
+  for (int fd : held) ::close(fd);
+  setrlimit(RLIMIT_NOFILE, &old);
+  send_all(c, kGet);
+  CHECK(parse_responses(read_until(c, responses(1), 3000ms).data).at(0).status == 200);
+  ::close(c);
+}
+
+TEST_CASE("bad options are ConfigErrors; stop() twice is safe") {
+  ServerOptions bad;
+  bad.listen = "nowhere";
+  CHECK_THROWS_AS(Server(bad, [](const Request&) { return Reply{}; }), keyline::core::ConfigError);
+  ServerOptions tls = options();
+  tls.tls_cert_file = "/nonexistent.pem";
+  tls.tls_key_file = "/nonexistent.key";
+  tls.listen = "127.0.0.1:0";
+  CHECK_THROWS_AS(Server(tls, [](const Request&) { return Reply{}; }), keyline::core::ConfigError);
+  Served s(options());
+  CHECK(exchange(s.port(), kGet).status == 200);
+  s.server->stop();
+  s.server->stop();
+}
