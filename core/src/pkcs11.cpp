@@ -393,6 +393,16 @@ bool Pkcs11Token::has_private_key(const std::string& label) {
   return !s->find_objects(CKO_PRIVATE_KEY, label).empty();
 }
 
+bool Pkcs11Token::has_public_key(const std::string& label) {
+  auto s = session();
+  return !s->find_objects(CKO_PUBLIC_KEY, label).empty();
+}
+
+bool Pkcs11Token::has_secret_key(const std::string& label) {
+  auto s = session();
+  return !s->find_objects(CKO_SECRET_KEY, label).empty();
+}
+
 Pkcs11Handle Pkcs11Token::find_private_key(const std::string& label) {
   auto s = session();
   const auto found = s->find_objects(CKO_PRIVATE_KEY, label);
@@ -458,10 +468,18 @@ Pkcs11KeyPair Pkcs11Token::generate_ec_p256(const std::string& label, const Byte
   CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
   auto* lbl = const_cast<char*>(label.data());
   auto* idp = const_cast<std::uint8_t*>(id.data());
+  // Every usage attribute is named: SoftHSM 2.6 turns on what a template leaves out (PKCS #11 v2.40
+  // section 4.8 leaves the defaults to the token), which made each signing key a decryption, unwrap
+  // and ECDH key as well. CKA_MODIFIABLE false: nobody holding the PIN can switch a usage on later.
   CK_ATTRIBUTE pub[] = {
       {CKA_TOKEN, &yes, sizeof yes},
       {CKA_PRIVATE, &no, sizeof no},
+      {CKA_MODIFIABLE, &no, sizeof no},
       {CKA_VERIFY, &yes, sizeof yes},
+      {CKA_VERIFY_RECOVER, &no, sizeof no},
+      {CKA_ENCRYPT, &no, sizeof no},
+      {CKA_WRAP, &no, sizeof no},
+      {CKA_DERIVE, &no, sizeof no},
       {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256Params), sizeof kP256Params},
       {CKA_LABEL, lbl, label.size()},
       {CKA_ID, idp, id.size()},
@@ -469,9 +487,13 @@ Pkcs11KeyPair Pkcs11Token::generate_ec_p256(const std::string& label, const Byte
   CK_ATTRIBUTE priv[] = {
       {CKA_TOKEN, &yes, sizeof yes},
       {CKA_PRIVATE, &yes, sizeof yes},
+      {CKA_MODIFIABLE, &no, sizeof no},
       {CKA_SENSITIVE, &yes, sizeof yes},
       {CKA_EXTRACTABLE, &no, sizeof no},
       {CKA_SIGN, &yes, sizeof yes},
+      {CKA_SIGN_RECOVER, &no, sizeof no},
+      {CKA_DECRYPT, &no, sizeof no},
+      {CKA_UNWRAP, &no, sizeof no},
       {CKA_DERIVE, &no, sizeof no},
       {CKA_LABEL, lbl, label.size()},
       {CKA_ID, idp, id.size()},
@@ -533,10 +555,10 @@ Bytes Pkcs11Token::sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::ui
   return der;
 }
 
-// A 32-byte secret key on the token, sensitive and never extractable; `use` names the two usage
-// attributes it gets (CKA_SIGN/CKA_VERIFY for HMAC, CKA_ENCRYPT/CKA_DECRYPT for AES).
+// A 32-byte secret key on the token, sensitive and never extractable, with exactly the usages in `use`
+// (every other usage attribute named false, for the reason given at generate_ec_p256).
 Pkcs11Handle Pkcs11Token::generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,
-                                              Pkcs11Ulong use_a, Pkcs11Ulong use_b, const char* what) {
+                                              const std::vector<Pkcs11Ulong>& use, const char* what) {
   auto s = session();
   if (!s->find_objects(CKO_SECRET_KEY, label).empty())
     throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
@@ -545,21 +567,24 @@ Pkcs11Handle Pkcs11Token::generate_secret_key(const std::string& label, Pkcs11Ul
   CK_KEY_TYPE kt = key_type;
   CK_ULONG len = 32;
   CK_MECHANISM mech{mechanism, nullptr, 0};
-  CK_ATTRIBUTE tmpl[] = {
+  std::vector<CK_ATTRIBUTE> tmpl = {
       {CKA_CLASS, &cls, sizeof cls},
       {CKA_KEY_TYPE, &kt, sizeof kt},
       {CKA_VALUE_LEN, &len, sizeof len},
       {CKA_TOKEN, &yes, sizeof yes},
       {CKA_PRIVATE, &yes, sizeof yes},
+      {CKA_MODIFIABLE, &no, sizeof no},
       {CKA_SENSITIVE, &yes, sizeof yes},
       {CKA_EXTRACTABLE, &no, sizeof no},
-      {use_a, &yes, sizeof yes},
-      {use_b, &yes, sizeof yes},
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
   };
+  for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE}) {
+    const bool on = std::find(use.begin(), use.end(), u) != use.end();
+    tmpl.push_back({u, on ? &yes : &no, sizeof yes});
+  }
   CK_OBJECT_HANDLE h = 0;
   const std::string call = std::string("C_GenerateKey(") + what + ")";
-  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl, std::size(tmpl), &h), call.c_str());
+  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl.data(), tmpl.size(), &h), call.c_str());
   return h;
 }
 
@@ -567,8 +592,8 @@ Pkcs11Handle Pkcs11Token::generate_secret_key(const std::string& label, Pkcs11Ul
 // SoftHSM 2.6 (C_GetMechanismList) offers CKM_SHA256_HMAC over CKK_GENERIC_SECRET but no
 // SP 800-108 KDF mechanism, so the per-device derivation is HMAC-SHA-256 as a PRF, made by C_Sign.
 Pkcs11Handle Pkcs11Token::generate_hmac_key(const std::string& label) {
-  return generate_secret_key(label, CKK_GENERIC_SECRET, CKM_GENERIC_SECRET_KEY_GEN, CKA_SIGN, CKA_VERIFY,
-                             "generic secret");
+  // C_Sign only: derive_hmac_sha256 never verifies, and the key must not serve as an AES or wrapping key.
+  return generate_secret_key(label, CKK_GENERIC_SECRET, CKM_GENERIC_SECRET_KEY_GEN, {CKA_SIGN}, "generic secret");
 }
 
 SecureBytes Pkcs11Token::derive_hmac_sha256(const std::string& key_label, const Bytes& data) {
@@ -587,7 +612,9 @@ SecureBytes Pkcs11Token::derive_hmac_sha256(const std::string& key_label, const 
 }
 
 Pkcs11Handle Pkcs11Token::generate_aes_key(const std::string& label) {
-  return generate_secret_key(label, CKK_AES, CKM_AES_KEY_GEN, CKA_ENCRYPT, CKA_DECRYPT, "AES-256");
+  // wrap_data/unwrap_data are C_Encrypt/C_Decrypt (AES-GCM over data blobs), so no CKA_WRAP/CKA_UNWRAP:
+  // the key cannot be used to export another token key.
+  return generate_secret_key(label, CKK_AES, CKM_AES_KEY_GEN, {CKA_ENCRYPT, CKA_DECRYPT}, "AES-256");
 }
 
 // The pool's private keys are data to the token (PKCS#8 blobs made in process), so wrapping is

@@ -120,10 +120,14 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   std::vector<Pkcs11Ulong> mechanisms() const { return m_module.mechanisms(m_slot); }
 
   // --- EC P-256 signing keys ---------------------------------------------------------------
-  // On-token key pair: CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN true; CKA_EXTRACTABLE false.
+  // On-token key pair: private half CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, CKA_SIGN true and every
+  // other usage (SIGN_RECOVER, DECRYPT, UNWRAP, DERIVE), CKA_EXTRACTABLE and CKA_MODIFIABLE false;
+  // public half CKA_VERIFY only (VERIFY_RECOVER, ENCRYPT, WRAP, DERIVE false).
   // Throws Pkcs11Error(Pkcs11) when a private key with this label already exists.
   Pkcs11KeyPair generate_ec_p256(const std::string& label, const Bytes& id);
   bool has_private_key(const std::string& label);
+  bool has_public_key(const std::string& label);
+  bool has_secret_key(const std::string& label);
   Pkcs11Handle find_private_key(const std::string& label);  // Throws Pkcs11KeyNotFound
   // The public half (CKA_EC_POINT of the CKO_PUBLIC_KEY with this label). Throws Pkcs11KeyNotFound.
   std::unique_ptr<Botan::ECDSA_PublicKey> ec_public_key(const std::string& label);
@@ -135,11 +139,11 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   Bytes sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len);
 
   // --- secret keys that stay on the token --------------------------------------------------
-  // CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN (for CKM_SHA256_HMAC), sensitive, never extractable.
+  // CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN only (for CKM_SHA256_HMAC), sensitive, never extractable.
   Pkcs11Handle generate_hmac_key(const std::string& label);
   // HMAC-SHA-256 computed inside the token with the key labelled `key_label`.
   SecureBytes derive_hmac_sha256(const std::string& key_label, const Bytes& data);
-  // CKK_AES 256-bit, CKA_ENCRYPT/CKA_DECRYPT, sensitive, never extractable.
+  // CKK_AES 256-bit, CKA_ENCRYPT/CKA_DECRYPT only (no WRAP/UNWRAP), sensitive, never extractable.
   Pkcs11Handle generate_aes_key(const std::string& label);
   // AES-256-GCM on the token: output nonce(12) || ciphertext || tag(16). The key labelled
   // `key_label` never leaves the token; unwrap_data throws CryptoError(Crypto) on a bad tag.
@@ -152,8 +156,9 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
  private:
   Pkcs11Token(Pkcs11Module module, Pkcs11Handle slot, SecureBytes pin, std::size_t max_sessions);
   void give_back(std::unique_ptr<Pkcs11Session> s);
+  // `use`: the usage attributes (CKA_ENCRYPT, CKA_SIGN, ...) set true; every other one is set false.
   Pkcs11Handle generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,
-                                   Pkcs11Ulong use_a, Pkcs11Ulong use_b, const char* what);
+                                   const std::vector<Pkcs11Ulong>& use, const char* what);
   // The secret key labelled `label`, found once and remembered; with_secret_key runs `op` with the
   // handle and, when the token calls it stale (key destroyed and re-created under the same label),
   // finds the key again and runs `op` once more.
