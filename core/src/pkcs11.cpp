@@ -137,18 +137,30 @@ void check(CK_RV rv, const char* what) {
 const CK_BYTE kP256Params[] = {0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07};
 
 // AES-GCM as used by wrap_data: 96-bit nonce and 128-bit tag (NIST SP 800-38D sections 5.2.1.1
-// and 5.2.1.2); the fixed AAD binds the blob to its purpose.
+// and 5.2.1.2). The associated data is the domain separator "keyline wrap v1" followed by the
+// caller's context (the row a blob belongs to), so a blob opens only for the purpose and the row
+// it was made for (SP 800-38D section 5.2.1.1: the AAD is authenticated, not encrypted).
 constexpr std::size_t kGcmNonce = 12;
 constexpr std::size_t kGcmTag = 16;
-const char kWrapAad[] = "keyline wrap v1";
+const char kWrapDomain[] = "keyline wrap v1";
 
-CK_GCM_PARAMS wrap_gcm_params(CK_BYTE_PTR nonce) {
+Bytes wrap_aad(const Bytes& context) {
+  // An empty context would give the unbound AAD of blobs made before docs/decisions.md "Wrapped keys
+  // are bound to their row" (migration 0006 voided those): refuse it rather than make more.
+  if (context.empty()) throw CryptoError(ErrorCode::Crypto, "wrapping needs associated data naming the blob's row");
+  Bytes aad(kWrapDomain, kWrapDomain + sizeof kWrapDomain - 1);
+  aad.insert(aad.end(), context.begin(), context.end());
+  return aad;
+}
+
+// `aad` must outlive the returned parameters (they point into it).
+CK_GCM_PARAMS wrap_gcm_params(CK_BYTE_PTR nonce, Bytes& aad) {
   CK_GCM_PARAMS gcm{};
   gcm.pIv = nonce;
   gcm.ulIvLen = kGcmNonce;
   gcm.ulIvBits = kGcmNonce * 8;
-  gcm.pAAD = reinterpret_cast<CK_BYTE_PTR>(const_cast<char*>(kWrapAad));
-  gcm.ulAADLen = sizeof kWrapAad - 1;
+  gcm.pAAD = aad.data();
+  gcm.ulAADLen = aad.size();
   gcm.ulTagBits = kGcmTag * 8;
   return gcm;
 }
@@ -620,13 +632,14 @@ Pkcs11Handle Pkcs11Token::generate_aes_key(const std::string& label) {
 // The pool's private keys are data to the token (PKCS#8 blobs made in process), so wrapping is
 // C_Encrypt with CKM_AES_GCM rather than C_WrapKey: CKM_AES_KEY_WRAP_PAD (offered by SoftHSM 2.6)
 // only wraps key objects. GCM also authenticates, so a flipped bit in the pool does not unwrap.
-Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& plain) {
+Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& plain, const Bytes& aad) {
+  Bytes full_aad = wrap_aad(aad);
   return with_secret_key(key_label, [&](Pkcs11Handle key) {
     auto s = session();
     auto* fn = fns(m_module);
     Bytes out(kGcmNonce + plain.size() + kGcmTag);
     check(fn->C_GenerateRandom(s->handle(), out.data(), kGcmNonce), "C_GenerateRandom");
-    CK_GCM_PARAMS gcm = wrap_gcm_params(out.data());
+    CK_GCM_PARAMS gcm = wrap_gcm_params(out.data(), full_aad);
     CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
     check(fn->C_EncryptInit(s->handle(), &mech, key), "C_EncryptInit(CKM_AES_GCM)");
     CK_ULONG n = out.size() - kGcmNonce;
@@ -639,13 +652,14 @@ Bytes Pkcs11Token::wrap_data(const std::string& key_label, const SecureBytes& pl
   });
 }
 
-SecureBytes Pkcs11Token::unwrap_data(const std::string& key_label, const Bytes& wrapped) {
+SecureBytes Pkcs11Token::unwrap_data(const std::string& key_label, const Bytes& wrapped, const Bytes& aad) {
   if (wrapped.size() < kGcmNonce + kGcmTag) throw CryptoError(ErrorCode::Crypto, "wrapped data too short");
+  Bytes full_aad = wrap_aad(aad);
   return with_secret_key(key_label, [&](Pkcs11Handle key) {
     auto s = session();
     auto* fn = fns(m_module);
     Bytes nonce(wrapped.begin(), wrapped.begin() + kGcmNonce);
-    CK_GCM_PARAMS gcm = wrap_gcm_params(nonce.data());
+    CK_GCM_PARAMS gcm = wrap_gcm_params(nonce.data(), full_aad);
     CK_MECHANISM mech{CKM_AES_GCM, &gcm, sizeof gcm};
     check(fn->C_DecryptInit(s->handle(), &mech, key), "C_DecryptInit(CKM_AES_GCM)");
     SecureBytes out(wrapped.size() - kGcmNonce);

@@ -6,6 +6,12 @@
 #include <cstring>
 #include <thread>
 
+#include <botan/curve25519.h>
+#include <botan/data_src.h>
+#include <botan/pkcs8.h>
+#include <botan/x509cert.h>
+
+#include "keyline/core/applet_protocol.h"
 #include "keyline/core/backup_package.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/flash_image.h"
@@ -27,6 +33,40 @@ core::ResponseApdu with_data(const std::uint8_t* data, std::size_t len) {
   return r;
 }
 
+core::ResponseApdu with_data(core::SecureBytes data) {
+  core::ResponseApdu r;
+  r.data = std::move(data);
+  return r;
+}
+
+static_assert(static_cast<std::uint8_t>(Lifecycle::Blank) == static_cast<std::uint8_t>(core::applet::Lifecycle::Blank) &&
+                  static_cast<std::uint8_t>(Lifecycle::Personalized) ==
+                      static_cast<std::uint8_t>(core::applet::Lifecycle::Personalized),
+              "the fuse's lifecycle bytes are the ones STATUS reports");
+
+// STORE DATA takes only keys that are their certificates' (docs/protocol.md section 3, step 3):
+// otherwise the device would seal and write the package, answer 9000, be published as done, and then
+// fail boot check 9 forever. Throws core::Error(BadDataPackage) naming the key.
+void check_keys_match_certificates(const core::DataPackage& pkg) {
+  bool identity_ok = false, transport_ok = false;
+  try {
+    const Botan::X509_Certificate identity(pkg.identity_cert);
+    Botan::DataSource_Memory src(pkg.identity_key);
+    const auto key = Botan::PKCS8::load_key(src);
+    identity_ok = key->algo_name() == "ECDSA" && key->public_key_bits() == identity.subject_public_key_bitstring();
+    const Botan::X509_Certificate transport(pkg.transport_cert);
+    const Botan::Curve25519_PrivateKey tk(pkg.transport_key);
+    transport_ok = tk.public_value() == transport.subject_public_key_bitstring();
+  } catch (const std::exception& e) {
+    throw core::Error(core::ErrorCode::BadDataPackage, std::string("device keys do not load: ") + e.what());
+  }
+  if (!identity_ok)
+    throw core::Error(core::ErrorCode::BadDataPackage, "identity private key does not match the identity certificate");
+  if (!transport_ok)
+    throw core::Error(core::ErrorCode::BadDataPackage,
+                      "transport private key does not match the transport certificate");
+}
+
 void sleep_ms(unsigned ms) {
   if (ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
 }
@@ -40,6 +80,20 @@ bool same_time(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_s
 bool same_file(const struct stat& a, const struct stat& b) {
   return a.st_dev == b.st_dev && a.st_ino == b.st_ino && a.st_size == b.st_size && same_time(a.st_mtim, b.st_mtim) &&
          same_time(a.st_ctim, b.st_ctim);
+}
+
+// The BOOT STAGED answer. Every package that decodes carries a transport certificate, so a verified
+// image has both key digests; one without is refused (Error(ImageRejected)) before anything is written.
+core::SecureBytes boot_answer(const BootIdentity& id) {
+  core::applet::BootAnswer a;
+  a.imei = id.imei;
+  const auto idf = core::from_hex(id.identity_fingerprint);
+  const auto tf = core::from_hex(id.transport_fingerprint);
+  if (idf.size() != a.identity_key_sha256.size() || tf.size() != a.transport_key_sha256.size())
+    throw core::Error(error::ImageRejected, "boot identity lacks a key digest");
+  std::copy(idf.begin(), idf.end(), a.identity_key_sha256.begin());
+  std::copy(tf.begin(), tf.end(), a.transport_key_sha256.begin());
+  return core::applet::encode_boot_answer(a);
 }
 
 }  // namespace
@@ -166,7 +220,7 @@ core::ResponseApdu Session::select(const core::CommandApdu& c) {
   m_store.clear();
   m_storing = false;
   m_next_block = 0;
-  if (c.p1 != 0x04) {
+  if (c.p1 != core::applet::kSelectByName) {
     m_selected = false;
     return sw_only(core::sw::file_not_found);
   }
@@ -181,12 +235,12 @@ core::ResponseApdu Session::select(const core::CommandApdu& c) {
 
 core::ResponseApdu Session::get_data(const core::CommandApdu& c) {
   const std::uint16_t tag = static_cast<std::uint16_t>((c.p1 << 8) | c.p2);
-  if (tag == 0x9F7F) {
+  if (tag == core::applet::tag::cplc) {
     sleep_ms(m_device.m_options.faults.delay_id_ms);
     const auto body = m_device.m_chip.cplc().encode_tagged();
     return with_data(body.data(), body.size());
   }
-  if (tag == 0xDF20) {
+  if (tag == core::applet::tag::backup) {
     if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
     const core::Bytes* image = flash_image();
     if (!image) return sw_only(core::sw::referenced_data_not_found);
@@ -209,7 +263,7 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
   if (chip.lifecycle() == Lifecycle::Personalized) return sw_only(core::sw::conditions_not_satisfied);
   // GlobalPlatform Card Specification 11.11.2.1: P1 b8 = last block, b4 = DGI format; b7-b6 would
   // announce encrypted data and b5 BER-TLV, neither of which this applet takes.
-  if ((c.p1 & 0x7F) != 0x08) {
+  if ((c.p1 & ~core::applet::kStoreLastBlock) != core::applet::kStoreDgiFormat) {
     m_store.clear();
     m_storing = false;
     m_next_block = 0;
@@ -231,7 +285,7 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
   m_store.insert(m_store.end(), c.data.begin(), c.data.end());
   m_storing = true;
   m_next_block = (m_next_block + 1) & 0xFF;
-  if ((c.p1 & 0x80) == 0) return sw_only(core::sw::ok);
+  if ((c.p1 & core::applet::kStoreLastBlock) == 0) return sw_only(core::sw::ok);
 
   core::SecureBytes gathered = std::move(m_store);
   m_store.clear();
@@ -241,6 +295,7 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
   try {
     pkg = core::DataPackage::decode(gathered);
     chip.check_identity(pkg->identity_cert, pkg->ca_chain, pkg->imei);
+    check_keys_match_certificates(*pkg);
   } catch (const core::Error& e) {
     log_line(chip.chip_id().str(), std::string("STORE DATA refused: ") + e.what());
     return sw_only(core::sw::wrong_data);
@@ -318,8 +373,10 @@ core::ResponseApdu Session::update_binary(const core::CommandApdu& c) {
 core::ResponseApdu Session::boot_staged(const core::CommandApdu&) {
   Chip& chip = m_device.m_chip;
   if (chip.lifecycle() != Lifecycle::Personalized) return sw_only(core::sw::conditions_not_satisfied);
+  core::SecureBytes answer;
   const auto staging = read_bytes(chip.paths().staging(), kMaxStaging);
   if (!staging) return sw_only(core::sw::referenced_data_not_found);
+    answer = boot_answer(id);
   BootIdentity id;
   try {
     id = chip.verify_image(*staging);
@@ -332,34 +389,24 @@ core::ResponseApdu Session::boot_staged(const core::CommandApdu&) {
   std::error_code ec;
   fs::remove(chip.paths().staging(), ec);
   log_line(chip.chip_id().str(), "restored from staged image, IMEI " + id.imei.str());
-  core::ResponseApdu r;
-  r.data.assign(id.imei.str().begin(), id.imei.str().end());
-  const auto idf = core::from_hex(id.identity_fingerprint);
-  r.data.insert(r.data.end(), idf.begin(), idf.end());
-  if (!id.transport_fingerprint.empty()) {
-    const auto tf = core::from_hex(id.transport_fingerprint);
-    r.data.insert(r.data.end(), tf.begin(), tf.end());
-  }
-  return r;
+  return with_data(std::move(answer));
 }
 
 core::ResponseApdu Session::status(const core::CommandApdu&) {
   const Chip& chip = m_device.m_chip;
-  core::ResponseApdu r;
-  r.data.push_back(static_cast<std::uint8_t>(chip.lifecycle()));
-  r.data.insert(r.data.end(), chip.chip_id().bytes().begin(), chip.chip_id().bytes().end());
-  std::uint8_t flash = 0x00;
+  core::applet::Status st;
+  st.lifecycle = static_cast<core::applet::Lifecycle>(chip.lifecycle());
+  st.chip_id = chip.chip_id();
   if (const core::Bytes* image = flash_image()) {
-    flash = 0x02;
+    st.flash = core::applet::FlashState::DoesNotBoot;
     try {
       chip.verify_image(*image);
-      flash = 0x01;
+      st.flash = core::applet::FlashState::Boots;
     } catch (const core::Error&) {
     }
   }
-  r.data.push_back(flash);
-  if (chip.imei()) r.data.insert(r.data.end(), chip.imei()->str().begin(), chip.imei()->str().end());
-  return r;
+  if (chip.lifecycle() == Lifecycle::Personalized) st.imei = chip.imei();
+  return with_data(core::applet::encode_status(st));
 }
 
 core::ResponseApdu Session::restore_drill(const core::CommandApdu& c) {
@@ -379,8 +426,7 @@ core::ResponseApdu Session::restore_drill(const core::CommandApdu& c) {
   try {
     const core::SecureBytes plain = chip.open(backup);
     core::DataPackage::decode(plain);
-    const auto digest = core::package_digest(plain);
-    return with_data(digest.data(), digest.size());
+    return with_data(core::applet::encode_drill_answer(core::package_digest(plain)));
   } catch (const core::Error& e) {
     log_line(chip.chip_id().str(), std::string("restore drill failed: ") + e.what());
     return sw_only(core::sw::wrong_data);

@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include "keyline/core/applet_protocol.h"
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/device_link.h"
@@ -20,23 +21,13 @@ namespace keyline::recovery {
 
 namespace {
 
-// docs/protocol.md section 2.
-constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
+namespace applet = core::applet;
+
 // docs/protocol.md section 4: offsets go up to 32767 (15 bits), the staging area ends 65535 later.
-constexpr std::size_t kMaxOffset = 0x7FFF;
 constexpr std::size_t kChunk = 255;
 
 void say(std::ostream* out, const std::string& line) {
   if (out) *out << "keyline-recovery: " << line << std::endl;
-}
-
-core::CommandApdu apdu(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2) {
-  core::CommandApdu c;
-  c.cla = cla;
-  c.ins = ins;
-  c.p1 = p1;
-  c.p2 = p2;
-  return c;
 }
 
 std::string sw_hex(std::uint16_t sw) {
@@ -71,7 +62,7 @@ class Device {
   }
 
   core::ResponseApdu send(const core::CommandApdu& c, const char* what) {
-    if (c.ins == 0xD6) m_wrote = true;
+    if (c.ins == applet::ins::update_binary) m_wrote = true;
     try {
       return m_link->transmit(c);
     } catch (const core::FormatError& e) {
@@ -92,30 +83,20 @@ class Device {
   bool m_wrote = false;
 };
 
-// STATUS (80 C4): lifecycle (1) || chip ID (10) || flash state (1) || IMEI (15, when personalized).
-struct DeviceStatus {
-  std::uint8_t lifecycle = 0;
-  std::uint8_t flash = 0;
-  std::optional<core::Imei> imei;
-};
-
-DeviceStatus read_status(Device& dev) {
-  auto c = apdu(0x80, 0xC4, 0, 0);
-  c.le = 256;
-  const auto r = dev.send(c, "STATUS");
-  if (r.sw != core::sw::ok || r.data.size() < 12)
-    throw core::Error(errc::DeviceRefused, "the device refused STATUS (" + core::sw_text(r.sw) + ")");
-  DeviceStatus s;
-  s.lifecycle = r.data[0];
-  s.flash = r.data[11];
-  if (r.data.size() >= 27) s.imei = core::Imei::parse(std::string(r.data.begin() + 12, r.data.begin() + 27));
-  return s;
+// STATUS in its one layout (core::applet::parse_status); an answer of any other shape is the device
+// refusing, never bytes read past the end.
+applet::Status read_status(Device& dev) {
+  const auto r = dev.send(applet::status_command(), "STATUS");
+  if (r.sw != core::sw::ok) throw core::Error(errc::DeviceRefused, "the device refused STATUS (" + core::sw_text(r.sw) + ")");
+  try {
+    return applet::parse_status(r.data);
+  } catch (const core::FormatError& e) {
+    throw core::Error(errc::DeviceRefused, std::string("the device's STATUS answer does not parse: ") + e.what());
+  }
 }
 
 core::ChipId read_chip_id(Device& dev) {
-  auto c = apdu(0x80, 0xCA, 0x9F, 0x7F);
-  c.le = 256;
-  const auto r = dev.send(c, "GET DATA CPLC");
+  const auto r = dev.send(applet::get_cplc_command(), "GET DATA CPLC");
   if (r.sw != core::sw::ok) throw core::Error(errc::DeviceRefused, "the device refused GET DATA CPLC (" + core::sw_text(r.sw) + ")");
   try {
     return core::Cplc::parse(r.data.data(), r.data.size()).chip_id();
@@ -125,9 +106,7 @@ core::ChipId read_chip_id(Device& dev) {
 }
 
 void select_applet(Device& dev) {
-  auto c = apdu(0x00, 0xA4, 0x04, 0x00);
-  c.data.assign(std::begin(kAid), std::end(kAid));
-  const auto r = dev.send(c, "SELECT");
+  const auto r = dev.send(applet::select_command(), "SELECT");
   if (r.sw != core::sw::ok)
     throw core::Error(errc::DeviceRefused, "the device refused SELECT of the keyline applet (" + core::sw_text(r.sw) + ")");
 }
@@ -225,27 +204,25 @@ void verify_record(const core::Record& record, const core::ChipId& device_chip,
 std::vector<core::CommandApdu> update_binary_commands(const core::Bytes& image) {
   if (image.empty()) throw core::Error(errc::VerificationFailed, "the flash image is empty");
   const std::size_t last = (image.size() - 1) / kChunk * kChunk;
-  if (last > kMaxOffset)
+  if (last > applet::kMaxUpdateOffset)
     throw core::Error(errc::VerificationFailed, "the flash image (" + std::to_string(image.size()) +
                                                     " bytes) does not fit the device's staging area");
   std::vector<core::CommandApdu> out;
   for (std::size_t off = 0; off < image.size(); off += kChunk) {
-    auto c = apdu(0x00, 0xD6, static_cast<std::uint8_t>(off >> 8), static_cast<std::uint8_t>(off & 0xFF));
     const std::size_t n = std::min(kChunk, image.size() - off);
-    c.data.assign(image.begin() + static_cast<std::ptrdiff_t>(off), image.begin() + static_cast<std::ptrdiff_t>(off + n));
-    out.push_back(std::move(c));
+    out.push_back(applet::update_binary_command(
+        off, core::SecureBytes(image.begin() + static_cast<std::ptrdiff_t>(off),
+                               image.begin() + static_cast<std::ptrdiff_t>(off + n))));
   }
   return out;
 }
 
 BootAnswer parse_boot_answer(const core::SecureBytes& data) {
-  if (data.size() != 15 + 32 && data.size() != 15 + 32 + 32)
-    throw core::FormatError(core::ErrorCode::BadApdu,
-                            "boot answer has " + std::to_string(data.size()) + " bytes, expected 47 or 79");
+  const applet::BootAnswer parsed = applet::parse_boot_answer(data);
   BootAnswer a;
-  a.imei = core::Imei::parse(std::string(data.begin(), data.begin() + 15));
-  a.identity_key_sha256 = core::to_hex(data.data() + 15, 32);
-  if (data.size() == 79) a.transport_key_sha256 = core::to_hex(data.data() + 47, 32);
+  a.imei = parsed.imei;
+  a.identity_key_sha256 = core::to_hex(parsed.identity_key_sha256.data(), parsed.identity_key_sha256.size());
+  a.transport_key_sha256 = core::to_hex(parsed.transport_key_sha256.data(), parsed.transport_key_sha256.size());
   return a;
 }
 
@@ -290,9 +267,12 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   say(progress, "verified: chain to the trust anchor, chip ID and IMEI " + record->imei.str() + " in the certificate, backup header");
 
   select_applet(dev);
-  const DeviceStatus st = read_status(dev);
-  // docs/protocol.md section 2: lifecycle 01 BLANK; BOOT STAGED needs a personalized device.
-  if (st.lifecycle == 0x01)
+  const applet::Status st = read_status(dev);
+  if (st.chip_id != chip)
+    throw core::Error(errc::DeviceRefused, "the device's STATUS names chip " + st.chip_id.str() + ", its CPLC chip " +
+                                               chip.str());
+  // docs/protocol.md section 2: BOOT STAGED needs a personalized device.
+  if (!st.personalized())
     throw core::Error(errc::VerificationFailed, "the device is blank (never personalized), so it cannot take chip " +
                                                     chip.str() + "'s backup");
   if (st.imei && *st.imei != record->imei)
@@ -302,14 +282,16 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   // The device proves it can open the backup before anything is written (RESTORE DRILL with the
   // backup as data, docs/protocol.md section 3): a package altered by one bit or sealed by another
   // chip fails the AES-GCM check there, and no byte reaches the staging area.
-  auto drill = apdu(0x80, 0xC6, 0, 0);
-  drill.data.assign(record->backup.begin(), record->backup.end());
-  drill.le = 256;
-  const auto d = dev.send(drill, "RESTORE DRILL");
+  const auto d = dev.send(applet::restore_drill_command(record->backup, false), "RESTORE DRILL");
   if (d.sw == core::sw::wrong_data)
     throw core::Error(errc::VerificationFailed, "the backup package does not open on this chip (altered, or sealed by another chip)");
   if (d.sw != core::sw::ok)
     throw core::Error(errc::DeviceRefused, "the device refused the restore drill (" + core::sw_text(d.sw) + ")");
+  try {
+    applet::parse_drill_answer(d.data);  // the digest itself is the device's business: no package here to compare
+  } catch (const core::FormatError& e) {
+    throw core::Error(errc::DeviceRefused, std::string("the device's restore drill answer does not parse: ") + e.what());
+  }
   say(progress, "the device opens the backup package");
 
   const core::Bytes image = core::FlashImage{record->backup, record->certificates}.encode();
@@ -322,7 +304,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   result.identity_key_sha256 = identity_fp;
   result.image_size = image.size();
   result.source = offline ? options.bundle : options.db.url;
-  if (st.flash == 0x01) say(progress, "note: the device's current flash image boots; it will be replaced by the record's");
+  if (st.flash == applet::FlashState::Boots) say(progress, "note: the device's current flash image boots; it will be replaced by the record's");
 
   if (options.dry_run) {
     say(progress, "dry run: verified, nothing written (" + std::to_string(image.size()) + "-byte image)");
@@ -340,9 +322,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   say(progress, "wrote " + std::to_string(image.size()) + " bytes into the staging area in " +
                     std::to_string(commands.size()) + " UPDATE BINARY commands");
 
-  auto boot = apdu(0x80, 0xC2, 0, 0);
-  boot.le = 256;
-  const auto b = dev.send(boot, "BOOT STAGED");
+  const auto b = dev.send(applet::boot_staged_command(), "BOOT STAGED");
   if (b.sw != core::sw::ok)
     throw core::Error(errc::DeviceRefused, "the device refused the image (" + core::sw_text(b.sw) + ", SW " + sw_hex(b.sw) +
                                                "); it keeps its previous state");

@@ -18,6 +18,7 @@
 #include <botan/system_rng.h>
 
 #include "keyline/core/apdu.h"
+#include "keyline/core/applet_protocol.h"
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/cplc.h"
@@ -26,6 +27,7 @@
 #include "keyline/core/record.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/fault_hook.h"
+#include "keyline/station/pool.h"
 
 namespace keyline::station {
 
@@ -46,25 +48,14 @@ const char* step_name(Step s) noexcept {
 
 namespace {
 
-constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
-constexpr std::uint8_t kLifecyclePersonalized = 0x0F;
+namespace applet = core::applet;
+
 // With short APDUs only (--short-apdus, for readers without extended length) STORE DATA goes in
 // 240-byte blocks and long answers come back in 256-byte pieces; otherwise one extended APDU carries
 // the whole ~3 KB package (ISO 7816-4 5.1: extended Lc up to 65535), cutting ~40 round trips per
 // device to ~8, which is what bounds a line's throughput.
 constexpr std::size_t kShortStoreBlock = 240;
 constexpr std::size_t kExtendedStoreBlock = 65535;
-
-core::CommandApdu apdu(std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2,
-                       std::optional<std::uint32_t> le = 256u) {
-  core::CommandApdu c;
-  c.cla = cla;
-  c.ins = ins;
-  c.p1 = p1;
-  c.p2 = p2;
-  c.le = le;
-  return c;
-}
 
 // A status word other than 9000 is the device refusing: a definite answer, unlike a dropped link.
 class DeviceRefusal : public core::Error {
@@ -192,6 +183,77 @@ void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& re
       {id, reason.substr(0, 500)});
 }
 
+// A device's private keys and the public halves derived from them: the only halves ever certified.
+struct OpenedKeys {
+  core::SecureBytes identity_pkcs8, transport_raw;
+  PublicHalves pub;
+};
+
+// Unwraps a row's two blobs for that row (`aad` gives the associated data of each kind and public
+// half) and checks that the keys give the row's stored public halves. Throws Error(KeyMismatch):
+// a blob moved from another row or beside another public half does not open, and a row whose
+// public half was changed cannot get its key certified.
+OpenedKeys open_row_keys(core::Pkcs11Token& token, const std::string& where, const core::Bytes& identity_wrapped,
+                         const core::Bytes& transport_wrapped, const core::Bytes& identity_public,
+                         const core::Bytes& transport_public,
+                         const std::function<core::Bytes(KeyKind, const core::Bytes&)>& aad) {
+  OpenedKeys k;
+  try {
+    k.identity_pkcs8 = token.unwrap_data(key_label::wrap, identity_wrapped, aad(KeyKind::Identity, identity_public));
+    k.transport_raw = token.unwrap_data(key_label::wrap, transport_wrapped, aad(KeyKind::Transport, transport_public));
+  } catch (const core::CryptoError&) {
+    throw core::Error(errc::KeyMismatch, where + ": a wrapped key does not open for this row and its public half");
+  }
+  k.pub = derive_public_halves(k.identity_pkcs8, k.transport_raw);
+  if (k.pub.identity != identity_public)
+    throw core::Error(errc::KeyMismatch, where + ": the identity key does not give the stored identity public half");
+  if (k.pub.transport != transport_public)
+    throw core::Error(errc::KeyMismatch, where + ": the transport key does not give the stored transport public half");
+  return k;
+}
+
+// Pooled keys: the lowest free IMEI and the lowest key set leave the pool in one transaction with the
+// claim (`claim(tx, imei)` writes the journal row). A key set that does not open for its pool row, or
+// whose keys are not its public halves, is never certified: the transaction rolls back (the IMEI
+// returns to the pool) and the set moves to pool.device_key_quarantine, so it cannot block the line.
+void claim_pooled(JournalDb& db, core::Pkcs11Token& token, OpenedKeys& keys,
+                  const std::function<void(core::pq::Transaction&, const std::string&)>& claim) {
+  std::optional<std::pair<std::int64_t, std::string>> bad;  // pool row id, reason
+  try {
+    db.with([&](core::pq::Connection& c) {
+      core::pq::run_transaction(c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
+        bad.reset();
+        const auto imei_r = tx.exec(
+            "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
+        if (imei_r.empty())
+          throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
+        const auto k = tx.exec(
+            "WITH c AS (SELECT id FROM pool.device_key ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+            " DELETE FROM pool.device_key p USING c WHERE p.id = c.id"
+            " RETURNING p.id, identity_wrapped, identity_public, transport_wrapped, transport_public");
+        if (k.empty())
+          throw core::Error(errc::PoolEmpty, "no pre-generated keys left: `keyline-station pool generate --keys N`");
+        const std::int64_t id = k.int64(0, 0);
+        try {
+          keys = open_row_keys(token, "pool key set " + std::to_string(id), k.bytea(0, 1), k.bytea(0, 3), k.bytea(0, 2),
+                               k.bytea(0, 4), [id](KeyKind kind, const core::Bytes& pub) { return pool_key_aad(id, kind, pub); });
+        } catch (const core::Error& e) {
+          if (e.code() == errc::KeyMismatch) bad.emplace(id, e.what());
+          throw;
+        }
+        claim(tx, imei_r.text(0, 0));
+      });
+    });
+  } catch (const core::Error& e) {
+    if (!bad || e.code() != errc::KeyMismatch) throw;
+    db.with([&](core::pq::Connection& c) { quarantine_pool_key(c, bad->first, bad->second); });
+    throw core::Error(errc::KeyMismatch, std::string(e.what()) +
+                                             "; the key set was quarantined (pool.device_key_quarantine), nothing was"
+                                             " claimed or certified");
+  }
+}
+
 }  // namespace
 
 void mark_published(core::pq::Connection& db, const std::vector<std::pair<std::string, std::int64_t>>& published) {
@@ -252,19 +314,15 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
 
     // --- read the device (step 4 of seed 002: the chip ID from read-only storage) -------------
     cur = Step::ReadDevice;
-    {
-      auto sel = apdu(0x00, 0xA4, 0x04, 0x00);
-      sel.data.assign(std::begin(kAid), std::end(kAid));
-      expect_ok(link, sel, "SELECT personalization applet");
-    }
-    const auto status = expect_ok(link, apdu(0x80, 0xC4, 0x00, 0x00), "STATUS");
-    if (status.data.size() < 1 + core::kChipIdSize) throw core::Error(errc::DeviceRefused, "STATUS answer too short");
-    const auto cplc_r = expect_ok(link, apdu(0x80, 0xCA, 0x9F, 0x7F), "GET DATA CPLC");
+    expect_ok(link, applet::select_command(), "SELECT personalization applet");
+    // The one STATUS layout (core::applet::parse_status): any other length or byte is refused here,
+    // before anything is claimed.
+    const applet::Status status = applet::parse_status(expect_ok(link, applet::status_command(), "STATUS").data);
+    const auto cplc_r = expect_ok(link, applet::get_cplc_command(), "GET DATA CPLC");
     const core::ChipId chip = core::Cplc::parse(cplc_r.data.data(), cplc_r.data.size()).chip_id();
     res.chip_id = chip.str();
-    if (core::ChipId::from_bytes(status.data.data() + 1, core::kChipIdSize) != chip)
-      throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
-    const bool personalized = status.data[0] == kLifecyclePersonalized;
+    if (status.chip_id != chip) throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
+    const bool personalized = status.personalized();
     std::optional<JournalRow> row = live_row(db, res.chip_id);
     // A published row means this very station finished the device: a second run is a refusal, not a
     // "done" (issue #5: an already personalized device is refused before any IMEI is claimed).
@@ -275,9 +333,8 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
         db.with([&](core::pq::Connection& c) {
           void_claim(c, row->id, "device was personalized elsewhere after the claim");
         });
-      std::string imei(status.data.begin() + 1 + core::kChipIdSize + 1, status.data.end());
       throw core::Error(errc::AlreadyPersonalized,
-                        "device is already personalized" + (imei.empty() ? std::string() : " as IMEI " + imei) +
+                        "device is already personalized" + (status.imei ? " as IMEI " + status.imei->str() : std::string()) +
                             "; nothing was claimed (reset it to blank on purpose to personalize it again)");
     }
     if (!personalized && row && (row->state == "backed_up" || row->state == "published"))
@@ -287,25 +344,38 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
 
     // --- claim (step 3): IMEI and keys leave the pool in the statement that journals them --------
     cur = Step::Claim;
-    core::SecureBytes identity_pkcs8, transport_raw;
-    core::Bytes identity_public, transport_public;
+    OpenedKeys keys;
+    const auto journal_aad = [&chip](KeyKind kind, const core::Bytes& pub) { return journal_key_aad(chip, kind, pub); };
+    if (row && !personalized && row->identity_wrapped.empty()) {
+      // Migration 0006 wiped the blobs wrapped before rows were bound (docs/decisions.md): a blank
+      // device cannot get those keys back, so this claim can never complete and a new one is made.
+      db.with([&](core::pq::Connection& c) {
+        void_claim(c, row->id, "its keys were wrapped before migration 0006 and are void; a new IMEI was claimed");
+      });
+      row.reset();
+    }
     bool begin_logged = false;  // both sign.begin rows committed with the claim
     if (row) {
       res.imei = row->imei;
       claim_id = row->id;
-      if (row->state == "claimed" || row->state == "issued" || (row->state == "stored" && !personalized)) {
-        // The keys stay with this chip: unwrap them from the journal (the wrapping key never leaves the token).
-        identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, row->identity_wrapped);
-        transport_raw = m_keys.token->unwrap_data(key_label::wrap, row->transport_wrapped);
-        identity_public = row->identity_public;
-        transport_public = row->transport_public;
+      // A blank device needs its keys again (a personalized one goes on to the backup check): they
+      // stay with this chip, unwrapped for this chip's row (the wrapping key never leaves the token).
+      if (!personalized) {
+        try {
+          keys = open_row_keys(*m_keys.token, "journal row " + std::to_string(row->id), row->identity_wrapped,
+                               row->transport_wrapped, row->identity_public, row->transport_public, journal_aad);
+        } catch (const core::Error& e) {
+          if (e.code() != errc::KeyMismatch) throw;
+          db.with([&](core::pq::Connection& c) { void_claim(c, row->id, e.what()); });
+          throw core::Error(errc::KeyMismatch, std::string(e.what()) + "; nothing was certified (IMEI " + res.imei + " voided)");
+        }
       }
     } else {
       // `exec` runs the claim statement: inside the pooled keys' transaction, or as a step of its own.
       auto claim = [&](const std::function<core::pq::Result(const char*, core::pq::Params)>& exec, const char* sql,
                        core::pq::Params extra, const core::Bytes& idw, const core::Bytes& trw) {
-        core::pq::Params p{res.chip_id, m_config.station_id, idw, trw, identity_public, transport_public,
-                           subject_detail(identity_public), subject_detail(transport_public)};
+        core::pq::Params p{res.chip_id, m_config.station_id, idw, trw, keys.pub.identity, keys.pub.transport,
+                           subject_detail(keys.pub.identity), subject_detail(keys.pub.transport)};
         for (auto& e : extra) p.push_back(std::move(e));
         try {
           const auto r = exec(sql, std::move(p));
@@ -318,39 +388,28 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
           // Another station holds this chip right now; the failed statement returns our IMEI to the pool.
           throw core::Error(errc::JournalConflict, "another station is personalizing this chip");
         }
+      // The journal's blobs are bound to this chip's row (a pool blob is bound to its pool row).
+      const auto wrap_for_journal = [&] {
+        return std::make_pair(
+            m_keys.token->wrap_data(key_label::wrap, keys.identity_pkcs8, journal_aad(KeyKind::Identity, keys.pub.identity)),
+            m_keys.token->wrap_data(key_label::wrap, keys.transport_raw,
+                                    journal_aad(KeyKind::Transport, keys.pub.transport)));
+      };
       };
       if (m_config.key_source == "pool") {
-        db.with([&](core::pq::Connection& c) {
-          core::pq::run_transaction(c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-            const auto imei_r = tx.exec(
-                "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei");
-            if (imei_r.empty())
-              throw core::Error(errc::PoolEmpty, "no IMEI left in the pool: add some with `keyline-station pool generate`");
-            const auto k = tx.exec(
-                "WITH c AS (SELECT id FROM pool.device_key ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
-                " DELETE FROM pool.device_key p USING c WHERE p.id = c.id"
-                " RETURNING identity_wrapped, identity_public, transport_wrapped, transport_public");
-            if (k.empty())
-              throw core::Error(errc::PoolEmpty, "no pre-generated keys left: `keyline-station pool generate --keys N`");
-            identity_public = k.bytea(0, 1);
-            transport_public = k.bytea(0, 3);
-            identity_pkcs8 = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 0));
-            transport_raw = m_keys.token->unwrap_data(key_label::wrap, k.bytea(0, 2));
-            claim([&](const char* sql, core::pq::Params p) { return tx.connection().exec_prepared(sql, p); },
-                  kClaimGivenImei, {imei_r.text(0, 0)}, k.bytea(0, 0), k.bytea(0, 2));
-          });
+        claim_pooled(db, *m_keys.token, keys, [&](core::pq::Transaction& tx, const std::string& imei) {
+          const auto [idw, trw] = wrap_for_journal();
+          claim([&](const char* sql, core::pq::Params p) { return tx.connection().exec_prepared(sql, p); },
+                kClaimGivenImei, {imei}, idw, trw);
         });
       } else {
         // Keys first, so that the claim is a single statement.
         Botan::ECDSA_PrivateKey identity(rng, Botan::EC_Group("secp256r1"));
         Botan::Curve25519_PrivateKey transport(rng);
-        identity_pkcs8 = Botan::PKCS8::BER_encode(identity);
-        transport_raw = transport.get_x();
-        identity_public = identity.subject_public_key();
-        transport_public = transport.public_value();
-        const core::Bytes idw = m_keys.token->wrap_data(key_label::wrap, identity_pkcs8);
-        const core::Bytes trw = m_keys.token->wrap_data(key_label::wrap, transport_raw);
+        keys.identity_pkcs8 = Botan::PKCS8::BER_encode(identity);
+        keys.transport_raw = transport.get_x();
+        keys.pub = {identity.subject_public_key(), transport.public_value()};
+        const auto [idw, trw] = wrap_for_journal();
         claim([&](const char* sql, core::pq::Params p) { return db.step(sql, std::move(p)); }, kClaimNextImei, {}, idw,
               trw);
       }
@@ -359,8 +418,8 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
       row->id = *claim_id;
       row->imei = res.imei;
       row->state = "claimed";
-      row->identity_public = identity_public;
-      row->transport_public = transport_public;
+      row->identity_public = keys.pub.identity;
+      row->transport_public = keys.pub.transport;
     }
     step(Step::Claim, res.chip_id);
     const core::Imei imei = core::Imei::parse(res.imei);
@@ -372,9 +431,11 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
     if (need_store) {
       cur = Step::Issue;
       may_void = true;
-      Botan::DataSource_Memory src(identity_pkcs8);
+      // Both certificates are for the halves derived from the private keys (open_row_keys), never
+      // for a public half read from a database.
+      Botan::DataSource_Memory src(keys.identity_pkcs8);
       std::unique_ptr<Botan::Private_Key> identity_key(Botan::PKCS8::load_key(src));
-      const Botan::Curve25519_PublicKey transport_pub(transport_public);
+      const Botan::Curve25519_PublicKey transport_pub(keys.pub.transport);
       const std::string& who = res.chip_id;
 
       const core::SecureBytes comm_key = derive_comm_key(*m_keys.token, res.imei);
@@ -385,8 +446,8 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
       if (!begin_logged)
         db.with([&](core::pq::Connection& c) {
           audit(c, m_config.station_id, who, res.imei,
-                {{"sign.begin", "identity", subject_detail(identity_public)},
-                 {"sign.begin", "transport", subject_detail(transport_public)}});
+                {{"sign.begin", "identity", subject_detail(keys.pub.identity)},
+                 {"sign.begin", "transport", subject_detail(keys.pub.transport)}});
         });
       const auto sign_failed = [&](const char* kind, const std::exception& e, std::vector<AuditRow> also) {
         also.insert(also.begin(), {"sign.failed", kind, std::string(e.what()).substr(0, 300)});
@@ -418,8 +479,8 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
       pkg.identity_cert = identity_der;
       pkg.transport_cert = transport_der;
       pkg.ca_chain.push_back(m_keys.device_ca_cert.BER_encode());
-      pkg.identity_key = identity_pkcs8;
-      pkg.transport_key = transport_raw;
+      pkg.identity_key = keys.identity_pkcs8;
+      pkg.transport_key = keys.transport_raw;
       pkg.comm_key = comm_key;
       pkg.app_items = m_app_items;
       const core::SecureBytes encoded = pkg.encode();
@@ -435,13 +496,10 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
       if (blocks > 256) throw core::Error(core::ErrorCode::BadDataPackage, "data package too large for STORE DATA");
       for (std::size_t b = 0; b < blocks; ++b) {
         const bool last = b + 1 == blocks;
-        // GlobalPlatform Card Specification 11.11.2: P1 b4 = DGI format, b8 = last block; P2 = block number.
-        auto c = apdu(0x80, 0xE2, static_cast<std::uint8_t>(0x08 | (last ? 0x80 : 0x00)), static_cast<std::uint8_t>(b),
-                      std::nullopt);
         const std::size_t off = b * store_block;
-        c.data.assign(encoded.begin() + static_cast<std::ptrdiff_t>(off),
-                      encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + store_block)));
-        expect_ok(link, c, "STORE DATA");
+        core::SecureBytes part(encoded.begin() + static_cast<std::ptrdiff_t>(off),
+                               encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + store_block)));
+        expect_ok(link, applet::store_data_command(static_cast<std::uint8_t>(b), last, std::move(part)), "STORE DATA");
       }
       // No journal write here: an 'issued' row resumes the same way ('stored' was a commit per device
       // that told a resume nothing new: a personalized device goes on to the backup, a blank one is
@@ -455,23 +513,24 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
     if (row->state != "backed_up" && row->state != "published") {
       cur = Step::Backup;
       may_void = true;
-      auto get_backup = apdu(0x80, 0xCA, 0xDF, 0x20, m_config.short_apdus ? 256u : 65536u);
-      get_backup.extended = !m_config.short_apdus;
-      const auto b = expect_ok(link, get_backup, "GET DATA backup");
-      core::Bytes backup(b.data.begin(), b.data.end());
-      const auto header = core::parse_backup_header(backup);
-      if (header.chip_id != chip)
-        throw core::Error(errc::BackupMismatch, "backup package names chip " + header.chip_id.str());
+      const auto b = expect_ok(link, applet::get_backup_command(!m_config.short_apdus), "GET DATA backup");
+      const applet::BackupAnswer answer = applet::parse_backup_answer(b.data);
+      if (answer.header.chip_id != chip)
+        throw core::Error(errc::BackupMismatch, "backup package names chip " + answer.header.chip_id.str());
+      const core::Bytes& backup = answer.backup;
       // The device opens the very bytes we will publish and proves the package inside is ours.
-      auto drill = apdu(0x80, 0xC6, 0x00, 0x00);
-      drill.extended = !m_config.short_apdus;
-      drill.data.assign(backup.begin(), backup.end());
-      const auto d = link.transmit(drill);
+      const auto d = link.transmit(applet::restore_drill_command(backup, !m_config.short_apdus));
       // The device refusing its own backup is the issue's "backup does not open": say so, not just the SW.
       if (d.sw != core::sw::ok)
         throw core::Error(errc::BackupMismatch, "the backup does not open on the device (RESTORE DRILL answered " +
                                                     core::sw_text(d.sw) + ")");
-      if (core::Bytes(d.data.begin(), d.data.end()) != row->package_digest)
+      core::Bytes digest;
+      try {
+        digest = applet::parse_drill_answer(d.data);
+      } catch (const core::FormatError& e) {
+        throw core::Error(errc::BackupMismatch, e.what());
+      }
+      if (digest != row->package_digest)
         throw core::Error(errc::BackupMismatch, "restore drill digest differs from the package sent");
       step(Step::Backup, res.chip_id);
 

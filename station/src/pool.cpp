@@ -6,6 +6,7 @@
 
 #include <botan/auto_rng.h>
 #include <botan/curve25519.h>
+#include <botan/data_src.h>
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
 #include <botan/pkcs8.h>
@@ -13,6 +14,7 @@
 #include "keyline/core/error.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/migrate.h"
+#include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
 
 namespace keyline::station {
@@ -37,7 +39,64 @@ std::string text_array(const std::vector<std::string>& items) {
 
 constexpr std::size_t kBatch = 5000;
 
+// table name || 00 || row || kind || u16 length || public half: every field has a fixed size or a
+// length, so two different rows can never give the same bytes.
+core::Bytes key_aad(const char* table, const std::uint8_t* row, std::size_t row_len, KeyKind kind,
+                    const core::Bytes& public_half) {
+  if (public_half.empty() || public_half.size() > 0xFFFF)
+    throw core::Error(errc::KeyMismatch, "a device key's public half is empty or too long");
+  core::Bytes aad(table, table + std::char_traits<char>::length(table));
+  aad.push_back(0x00);
+  aad.insert(aad.end(), row, row + row_len);
+  aad.push_back(static_cast<std::uint8_t>(kind));
+  aad.push_back(static_cast<std::uint8_t>(public_half.size() >> 8));
+  aad.push_back(static_cast<std::uint8_t>(public_half.size() & 0xFF));
+  aad.insert(aad.end(), public_half.begin(), public_half.end());
+  return aad;
+}
+
 }  // namespace
+
+core::Bytes pool_key_aad(std::int64_t pool_id, KeyKind kind, const core::Bytes& public_half) {
+  std::uint8_t id[8];
+  for (int i = 0; i < 8; ++i) id[i] = static_cast<std::uint8_t>(static_cast<std::uint64_t>(pool_id) >> (56 - 8 * i));
+  return key_aad("pool.device_key", id, sizeof id, kind, public_half);
+}
+
+core::Bytes journal_key_aad(const core::ChipId& chip, KeyKind kind, const core::Bytes& public_half) {
+  return key_aad("journal.device", chip.bytes().data(), chip.bytes().size(), kind, public_half);
+}
+
+PublicHalves derive_public_halves(const core::SecureBytes& identity_pkcs8, const core::SecureBytes& transport_raw) {
+  PublicHalves h;
+  try {
+    Botan::DataSource_Memory src(identity_pkcs8);
+    const std::unique_ptr<Botan::Private_Key> identity(Botan::PKCS8::load_key(src));
+    const auto* ec = dynamic_cast<const Botan::ECDSA_PrivateKey*>(identity.get());
+    if (!ec || ec->domain().get_curve_oid() != Botan::EC_Group("secp256r1").get_curve_oid())
+      throw core::Error(errc::KeyMismatch, "the identity key is not a P-256 ECDSA key");
+    h.identity = identity->subject_public_key();
+  } catch (const core::Error&) {
+    throw;
+  } catch (const std::exception&) {
+    // Botan's message could quote the key's bytes; the kind of key is enough.
+    throw core::Error(errc::KeyMismatch, "the identity key does not load as PKCS#8");
+  }
+  if (transport_raw.size() != 32) throw core::Error(errc::KeyMismatch, "the transport key is not a 32-byte X25519 key");
+  h.transport = Botan::Curve25519_PrivateKey(transport_raw).public_value();
+  return h;
+}
+
+bool quarantine_pool_key(core::pq::Connection& conn, std::int64_t pool_id, const std::string& reason) {
+  return conn
+             .exec("WITH q AS (DELETE FROM pool.device_key WHERE id = $1 RETURNING *)"
+                   " INSERT INTO pool.device_key_quarantine (id, identity_wrapped, identity_public, transport_wrapped,"
+                   " transport_public, wrap_key_label, added_at, reason)"
+                   " SELECT id, identity_wrapped, identity_public, transport_wrapped, transport_public, wrap_key_label,"
+                   " added_at, $2 FROM q",
+                   {pool_id, reason.substr(0, 500)})
+             .affected() == 1;
+}
 
 std::pair<std::string, std::string> pool_generate_imeis(core::pq::Connection& conn, const std::string& tac,
                                                         std::int64_t count) {
@@ -82,17 +141,23 @@ std::int64_t pool_generate_keys(core::pq::Connection& conn, core::Pkcs11Token& t
   while (done < count) {
     const std::int64_t n = std::min<std::int64_t>(500, count - done);
     core::pq::Transaction tx(conn);
+    // The row's id goes into the wrap's associated data, so it is taken before the row is written.
+    const auto ids = tx.exec("SELECT nextval(pg_get_serial_sequence('pool.device_key', 'id')) FROM generate_series(1, $1)",
+                             {n});
     for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t id = ids.int64(static_cast<int>(i), 0);
       Botan::ECDSA_PrivateKey identity(rng, p256);
       Botan::Curve25519_PrivateKey transport(rng);
       const core::SecureBytes identity_der = Botan::PKCS8::BER_encode(identity);
       const core::SecureBytes transport_raw = transport.get_x();
+      const core::Bytes identity_pub = identity.subject_public_key();
       const core::Bytes transport_pub = transport.public_value();
       tx.exec(
-          "INSERT INTO pool.device_key (identity_wrapped, identity_public, transport_wrapped, transport_public,"
-          " wrap_key_label) VALUES ($1, $2, $3, $4, $5)",
-          {token.wrap_data(key_label::wrap, identity_der), identity.subject_public_key(),
-           token.wrap_data(key_label::wrap, transport_raw), transport_pub, std::string(key_label::wrap)});
+          "INSERT INTO pool.device_key (id, identity_wrapped, identity_public, transport_wrapped, transport_public,"
+          " wrap_key_label) VALUES ($1, $2, $3, $4, $5, $6)",
+          {id, token.wrap_data(key_label::wrap, identity_der, pool_key_aad(id, KeyKind::Identity, identity_pub)),
+           identity_pub, token.wrap_data(key_label::wrap, transport_raw, pool_key_aad(id, KeyKind::Transport, transport_pub)),
+           transport_pub, std::string(key_label::wrap)});
     }
     tx.commit();
     done += n;

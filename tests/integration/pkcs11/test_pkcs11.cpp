@@ -283,21 +283,26 @@ TEST_CASE("wrap and unwrap round-trip under a token AES key; tampering is detect
     CAPTURE(len);
     SecureBytes plain(len);
     rng.randomize(plain.data(), plain.size());
-    const Bytes w1 = token->wrap_data(label, plain);
-    const Bytes w2 = token->wrap_data(label, plain);
+    const Bytes aad{'r', 'o', 'w', '1'};
+    const Bytes w1 = token->wrap_data(label, plain, aad);
+    const Bytes w2 = token->wrap_data(label, plain, aad);
     CHECK(w1.size() == len + 28);
     CHECK(w1 != w2);  // fresh nonce each time
-    CHECK(token->unwrap_data(label, w1) == plain);
-    CHECK(token->unwrap_data(label, w2) == plain);
+    CHECK(token->unwrap_data(label, w1, aad) == plain);
+    CHECK(token->unwrap_data(label, w2, aad) == plain);
     Bytes bad = w1;
     bad[bad.size() / 2] ^= 0x01;
-    CHECK_THROWS_AS(token->unwrap_data(label, bad), CryptoError);
+    CHECK_THROWS_AS(token->unwrap_data(label, bad, aad), CryptoError);
+    // The associated data binds the blob: another row's does not open it, and none at all is refused.
+    CHECK_THROWS_AS(token->unwrap_data(label, w1, Bytes{'r', 'o', 'w', '2'}), CryptoError);
+    CHECK_THROWS_AS(token->wrap_data(label, plain, {}), CryptoError);
   }
   const std::string other = unique("wrap");
   token->generate_aes_key(other);
   SecureBytes secret(48, 0x5A);
-  CHECK_THROWS_AS(token->unwrap_data(other, token->wrap_data(label, secret)), CryptoError);
-  CHECK_THROWS_AS(token->unwrap_data(label, Bytes(10)), CryptoError);
+  const Bytes aad{'x'};
+  CHECK_THROWS_AS(token->unwrap_data(other, token->wrap_data(label, secret, aad), aad), CryptoError);
+  CHECK_THROWS_AS(token->unwrap_data(label, Bytes(10), aad), CryptoError);
 }
 
 TEST_CASE("8 threads sign concurrently through a pool of 4 sessions") {

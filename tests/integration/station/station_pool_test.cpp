@@ -17,6 +17,12 @@
 #include <thread>
 #include <vector>
 
+#include <botan/auto_rng.h>
+#include <botan/curve25519.h>
+#include <botan/ec_group.h>
+#include <botan/ecdsa.h>
+#include <botan/pkcs8.h>
+
 #include "keyline/core/error.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/pq.h"
@@ -188,16 +194,26 @@ TEST_CASE("pre-generated keys are wrapped by the token and unwrap to the stored 
   auto db = fresh_station_db("st_keys");
   CHECK(pool_generate_keys(db, *keys.token, 3) == 3);
   CHECK(pool_status(db).keys == 3);
-  const auto r = db.exec("SELECT identity_wrapped, transport_wrapped, transport_public FROM pool.device_key");
+  const auto r = db.exec(
+      "SELECT id, identity_wrapped, identity_public, transport_wrapped, transport_public FROM pool.device_key ORDER BY id");
   REQUIRE(r.rows() == 3);
+  std::set<core::Bytes> seen;
   for (int i = 0; i < 3; ++i) {
-    const auto tr = keys.token->unwrap_data(key_label::wrap, r.bytea(i, 1));
-    CHECK(tr.size() == 32);
-    const auto id = keys.token->unwrap_data(key_label::wrap, r.bytea(i, 0));
-    CHECK(id.size() > 32);
+    const std::int64_t id = r.int64(i, 0);
+    const core::Bytes identity_public = r.bytea(i, 2), transport_public = r.bytea(i, 4);
+    const auto idk = keys.token->unwrap_data(key_label::wrap, r.bytea(i, 1),
+                                             pool_key_aad(id, KeyKind::Identity, identity_public));
+    const auto trk = keys.token->unwrap_data(key_label::wrap, r.bytea(i, 3),
+                                             pool_key_aad(id, KeyKind::Transport, transport_public));
+    // The public halves derived from the unwrapped private keys are the row's, byte for byte.
+    const PublicHalves derived = derive_public_halves(idk, trk);
+    CHECK(derived.identity == identity_public);
+    CHECK(derived.transport == transport_public);
+    CHECK(transport_public.size() == 32);
+    CHECK(seen.insert(identity_public).second);  // three different key sets
     // The wrapped form is not the key itself.
-    auto w = r.bytea(i, 1);
-    CHECK(std::search(w.begin(), w.end(), tr.begin(), tr.end()) == w.end());
+    auto w = r.bytea(i, 3);
+    CHECK(std::search(w.begin(), w.end(), trk.begin(), trk.end()) == w.end());
   }
 }
 
@@ -413,4 +429,198 @@ TEST_CASE("the pool tables keep an aggressive autovacuum; the secret DB has no c
               " (data_type = 'bytea' OR column_name ~* 'private|wrapped|pkcs8|secret')") == 0);
   // Migrations are idempotent: a second run applies nothing.
   CHECK(migrate_station_db(db) == 0);
+}
+
+namespace {
+
+// Rows of the station DB that would show a device was certified or handed to the public DB.
+void check_nothing_certified(core::pq::Connection& db) {
+  CHECK(count(db, "SELECT count(*) FROM journal.device WHERE state <> 'void'") == 0);
+  CHECK(count(db, "SELECT count(*) FROM journal.device WHERE identity_cert IS NOT NULL") == 0);
+  CHECK(count(db, "SELECT count(*) FROM journal.audit WHERE event = 'sign.done'") == 0);
+  CHECK(count(db, "SELECT count(*) FROM journal.outbox") == 0);
+  CHECK(count(db, "SELECT count(*) FROM secret.device") == 0);
+}
+
+core::Bytes other_transport_public() {
+  Botan::AutoSeeded_RNG rng;
+  return Botan::Curve25519_PrivateKey(rng).public_value();
+}
+
+}  // namespace
+
+TEST_CASE("a pool row whose transport_public was swapped: refused before any certificate, quarantined, nothing published") {
+  const auto cfg = station_config();
+  auto db = fresh_station_db("st_swapped_pub");
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 2);
+  pool_generate_keys(db, *keys.token, 2);
+  const std::int64_t bad_id = count(db, "SELECT min(id) FROM pool.device_key");
+  const core::Bytes swapped = other_transport_public();
+  db.exec("UPDATE pool.device_key SET transport_public = $2 WHERE id = $1", {bad_id, swapped});
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  StationConfig pcfg = cfg;
+  pcfg.key_source = "pool";
+  Personalizer p(pcfg, keys, nullptr);
+
+  const auto r = p.personalize(fleet.endpoints()[0], db);
+  INFO(r.error);
+  CHECK_FALSE(r.done);
+  CHECK_FALSE(r.in_outbox);
+  CHECK(r.error_code == static_cast<int>(errc::KeyMismatch));
+  CHECK(r.reached == Step::Claim);
+  check_nothing_certified(db);
+  CHECK(count(db, "SELECT count(*) FROM journal.audit") == 0);
+  // The IMEI went back; the key set left the pool for the quarantine, with its reason.
+  CHECK(pool_status(db).imeis == 2);
+  CHECK(pool_status(db).keys == 1);
+  const auto q = db.exec("SELECT id, transport_public, reason FROM pool.device_key_quarantine");
+  REQUIRE(q.rows() == 1);
+  CHECK(q.int64(0, 0) == bad_id);
+  CHECK(q.bytea(0, 1) == swapped);
+  CHECK(q.text(0, 2).find("pool key set") != std::string::npos);
+
+  // The line is not blocked: the same (still blank) device takes the next key set, certified for it.
+  const auto r2 = p.personalize(fleet.endpoints()[0], db);
+  INFO(r2.error);
+  CHECK(r2.in_outbox);
+  const auto j = db.exec("SELECT transport_public FROM journal.device WHERE imei = $1", {r2.imei});
+  REQUIRE(j.rows() == 1);
+  CHECK(j.bytea(0, 0) != swapped);
+}
+
+TEST_CASE("a pool row wrapped for its row but whose keys do not give its public halves: the station derives, compares, refuses") {
+  const auto cfg = station_config();
+  auto db = fresh_station_db("st_derived_pub");
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 1);
+  // A key set as a faulty generator (or anyone holding the token) could write it: each blob opens for
+  // its row and stated public half, but the transport key is not that public half's.
+  Botan::AutoSeeded_RNG rng;
+  const Botan::ECDSA_PrivateKey identity(rng, Botan::EC_Group("secp256r1"));
+  const Botan::Curve25519_PrivateKey transport(rng);
+  const core::Bytes identity_pub = identity.subject_public_key();
+  const core::Bytes stated_transport_pub = other_transport_public();
+  const std::int64_t id = 777;
+  db.exec("INSERT INTO pool.device_key (id, identity_wrapped, identity_public, transport_wrapped, transport_public,"
+          " wrap_key_label) VALUES ($1, $2, $3, $4, $5, $6)",
+          {id,
+           keys.token->wrap_data(key_label::wrap, Botan::PKCS8::BER_encode(identity),
+                                 pool_key_aad(id, KeyKind::Identity, identity_pub)),
+           identity_pub,
+           keys.token->wrap_data(key_label::wrap, transport.get_x(),
+                                 pool_key_aad(id, KeyKind::Transport, stated_transport_pub)),
+           stated_transport_pub, std::string(key_label::wrap)});
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  StationConfig pcfg = cfg;
+  pcfg.key_source = "pool";
+  Personalizer p(pcfg, keys, nullptr);
+  const auto r = p.personalize(fleet.endpoints()[0], db);
+  INFO(r.error);
+  CHECK(r.error_code == static_cast<int>(errc::KeyMismatch));
+  CHECK(r.error.find("transport key does not give the stored transport public half") != std::string::npos);
+  check_nothing_certified(db);
+  CHECK(count(db, "SELECT count(*) FROM pool.device_key_quarantine WHERE id = 777") == 1);
+  CHECK(pool_status(db).imeis == 1);
+}
+
+TEST_CASE("a wrapped blob moved to another row does not unwrap: pool rows and journal rows") {
+  const auto cfg = station_config();
+  auto db = fresh_station_db("st_moved_blob");
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_keys(db, *keys.token, 2);
+  const auto r = db.exec(
+      "SELECT id, identity_wrapped, identity_public, transport_wrapped, transport_public FROM pool.device_key ORDER BY id");
+  REQUIRE(r.rows() == 2);
+  const std::int64_t a = r.int64(0, 0), b = r.int64(1, 0);
+  const core::Bytes a_idw = r.bytea(0, 1), a_idp = r.bytea(0, 2), a_trw = r.bytea(0, 3), a_trp = r.bytea(0, 4);
+  // Control: in its own row the blob opens.
+  CHECK_NOTHROW(keys.token->unwrap_data(key_label::wrap, a_idw, pool_key_aad(a, KeyKind::Identity, a_idp)));
+  // The whole key set of row a copied into row b (its public halves too): b's id is in the AAD.
+  CHECK_THROWS_AS(keys.token->unwrap_data(key_label::wrap, a_idw, pool_key_aad(b, KeyKind::Identity, a_idp)),
+                  core::CryptoError);
+  CHECK_THROWS_AS(keys.token->unwrap_data(key_label::wrap, a_trw, pool_key_aad(b, KeyKind::Transport, a_trp)),
+                  core::CryptoError);
+  // Beside another public half, or as the other kind of key, it does not open either.
+  CHECK_THROWS_AS(keys.token->unwrap_data(key_label::wrap, a_idw, pool_key_aad(a, KeyKind::Identity, r.bytea(1, 2))),
+                  core::CryptoError);
+  CHECK_THROWS_AS(keys.token->unwrap_data(key_label::wrap, a_trw, pool_key_aad(a, KeyKind::Identity, a_trp)),
+                  core::CryptoError);
+  // Through the station: row b now holds row a's blobs and public halves; a is gone (as if claimed).
+  db.exec("UPDATE pool.device_key SET identity_wrapped = $2, identity_public = $3, transport_wrapped = $4,"
+          " transport_public = $5 WHERE id = $1",
+          {b, a_idw, a_idp, a_trw, a_trp});
+  db.exec("DELETE FROM pool.device_key WHERE id = $1", {a});
+  pool_generate_imeis(db, "35780502", 1);
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  StationConfig pcfg = cfg;
+  pcfg.key_source = "pool";
+  Personalizer p(pcfg, keys, nullptr);
+  const auto res = p.personalize(fleet.endpoints()[0], db);
+  INFO(res.error);
+  CHECK(res.error_code == static_cast<int>(errc::KeyMismatch));
+  check_nothing_certified(db);
+  CHECK(count(db, "SELECT count(*) FROM pool.device_key_quarantine") == 1);
+
+  // Journal rows are bound to their chip: a blob made for one chip does not open for another.
+  const core::ChipId chip1 = core::ChipId::parse("4B4C0001000000010001"), chip2 = core::ChipId::parse("4B4C0001000000020001");
+  const core::SecureBytes secret(32, 0x42);
+  const auto w = keys.token->wrap_data(key_label::wrap, secret, journal_key_aad(chip1, KeyKind::Transport, a_trp));
+  CHECK(keys.token->unwrap_data(key_label::wrap, w, journal_key_aad(chip1, KeyKind::Transport, a_trp)) == secret);
+  CHECK_THROWS_AS(keys.token->unwrap_data(key_label::wrap, w, journal_key_aad(chip2, KeyKind::Transport, a_trp)),
+                  core::CryptoError);
+}
+
+TEST_CASE("resume: a journal row whose transport_public was changed is voided, nothing certified for it") {
+  const auto cfg = station_config();
+  auto db = fresh_station_db("st_resume_swapped");
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 2);
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  Personalizer first(cfg, keys, nullptr);
+  first.set_step_hook([](Step s, const std::string&) {
+    if (s == Step::Claim) throw std::runtime_error("stopped after the claim");
+  });
+  const auto r1 = first.personalize(fleet.endpoints()[0], db);
+  REQUIRE(r1.reached == Step::Claim);
+  const core::Bytes swapped = other_transport_public();
+  db.exec("UPDATE journal.device SET transport_public = $2 WHERE imei = $1", {r1.imei, swapped});
+
+  Personalizer again(cfg, keys, nullptr);
+  const auto r2 = again.personalize(fleet.endpoints()[0], db);
+  INFO(r2.error);
+  CHECK(r2.error_code == static_cast<int>(errc::KeyMismatch));
+  CHECK_FALSE(r2.in_outbox);
+  CHECK(db.exec("SELECT state FROM journal.device WHERE imei = $1", {r1.imei}).text(0, 0) == "void");
+  check_nothing_certified(db);
+  // The device stayed blank and is personalized with a new IMEI on the next run.
+  const auto r3 = again.personalize(fleet.endpoints()[0], db);
+  INFO(r3.error);
+  CHECK(r3.in_outbox);
+  CHECK(r3.imei != r1.imei);
+}
+
+TEST_CASE("migration 0006: a live row whose old blobs were wiped is voided and the blank device gets a new claim") {
+  const auto cfg = station_config();
+  auto db = fresh_station_db("st_mig6");
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 2);
+  Fleet fleet(1, pki_path(cfg, pki_file::root));
+  Personalizer first(cfg, keys, nullptr);
+  first.set_step_hook([](Step s, const std::string&) {
+    if (s == Step::Claim) throw std::runtime_error("stopped after the claim");
+  });
+  const auto r1 = first.personalize(fleet.endpoints()[0], db);
+  REQUIRE(r1.reached == Step::Claim);
+  // What 0006 does to live rows (its statement, run again here on a row made after it).
+  db.exec("UPDATE journal.device SET identity_wrapped = NULL, transport_wrapped = NULL"
+          " WHERE state IN ('claimed', 'issued', 'stored')");
+  Personalizer again(cfg, keys, nullptr);
+  const auto r2 = again.personalize(fleet.endpoints()[0], db);
+  INFO(r2.error);
+  CHECK(r2.in_outbox);
+  CHECK(r2.imei != r1.imei);
+  const auto old = db.exec("SELECT state, void_reason FROM journal.device WHERE imei = $1", {r1.imei});
+  CHECK(old.text(0, 0) == "void");
+  CHECK(old.text(0, 1).find("migration 0006") != std::string::npos);
 }

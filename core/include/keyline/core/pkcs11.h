@@ -146,9 +146,12 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   // CKK_AES 256-bit, CKA_ENCRYPT/CKA_DECRYPT only (no WRAP/UNWRAP), sensitive, never extractable.
   Pkcs11Handle generate_aes_key(const std::string& label);
   // AES-256-GCM on the token: output nonce(12) || ciphertext || tag(16). The key labelled
-  // `key_label` never leaves the token; unwrap_data throws CryptoError(Crypto) on a bad tag.
-  Bytes wrap_data(const std::string& key_label, const SecureBytes& plain);
-  SecureBytes unwrap_data(const std::string& key_label, const Bytes& wrapped);
+  // `key_label` never leaves the token. The associated data is "keyline wrap v1" || aad: `aad`
+  // names what the blob belongs to (its row and public half), must not be empty, and must be the
+  // same to unwrap. unwrap_data throws CryptoError(Crypto) on a bad tag, which is also what a blob
+  // moved to another row, or wrapped before aad existed, gives.
+  Bytes wrap_data(const std::string& key_label, const SecureBytes& plain, const Bytes& aad);
+  SecureBytes unwrap_data(const std::string& key_label, const Bytes& wrapped, const Bytes& aad);
 
   Pkcs11Handle find_secret_key(const std::string& label);  // Throws Pkcs11KeyNotFound
   void destroy_object(Pkcs11Handle object);

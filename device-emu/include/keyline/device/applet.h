@@ -12,26 +12,17 @@
 #include <random>
 
 #include "keyline/core/apdu.h"
+#include "keyline/core/applet_protocol.h"
 #include "keyline/device/chip.h"
 
 namespace keyline::device {
 
-// Personalization applet AID (DESIGN section 6).
-constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
+// The applet's AID and INS codes are core's (core/include/keyline/core/applet_protocol.h), shared
+// with the station and the recovery tool.
+using core::applet::kAid;
+namespace ins = core::applet::ins;
 // ATR sent on vpcd "get ATR": T=0 and T=1 offered, no historical bytes (ISO 7816-3 section 8.2).
 constexpr std::uint8_t kAtr[] = {0x3B, 0x80, 0x80, 0x01, 0x01};
-
-namespace ins {
-constexpr std::uint8_t select = 0xA4;
-constexpr std::uint8_t get_response = 0xC0;
-constexpr std::uint8_t get_data = 0xCA;
-constexpr std::uint8_t store_data = 0xE2;
-constexpr std::uint8_t update_binary = 0xD6;
-constexpr std::uint8_t boot_staged = 0xC2;
-constexpr std::uint8_t status = 0xC4;
-constexpr std::uint8_t restore_drill = 0xC6;
-constexpr std::uint8_t reset_blank = 0xC8;
-}  // namespace ins
 
 // ISO 7816-4 section 5.6: "wrong parameters P1-P2: offset outside the EF".
 constexpr std::uint16_t kSwOffsetOutside = 0x6B00;

@@ -8,6 +8,9 @@ constexpr auto PoolEmpty = static_cast<core::ErrorCode>(4001);          // no IM
 constexpr auto DeviceRefused = static_cast<core::ErrorCode>(4010);      // a status word other than 9000
 constexpr auto AlreadyPersonalized = static_cast<core::ErrorCode>(4011);
 constexpr auto BackupMismatch = static_cast<core::ErrorCode>(4012);     // backup header or drill digest wrong
+// A stored device key does not unwrap for its row, or does not give the stored public half: nothing
+// is certified; a pool row is quarantined, a journal row voided.
+constexpr auto KeyMismatch = static_cast<core::ErrorCode>(4013);
 constexpr auto PublishRejected = static_cast<core::ErrorCode>(4020);    // public DB answered 4xx
 constexpr auto PublishPending = static_cast<core::ErrorCode>(4021);     // public DB unreachable: in the outbox
 constexpr auto KeysExist = static_cast<core::ErrorCode>(4030);          // keys init on an initialised token

@@ -7,10 +7,32 @@
 #include <ostream>
 #include <string>
 
+#include "keyline/core/cplc.h"
 #include "keyline/core/pkcs11.h"
 #include "keyline/core/pq.h"
 
 namespace keyline::station {
+
+// Wrapped device keys are bound to their row (docs/decisions.md, "Wrapped keys are bound to their
+// row"): the AES-GCM associated data of a blob names its table, its row (the pool row's id, or the
+// chip of a journal row) and the public half it belongs to, so a blob copied into another row, or
+// beside another public half, does not unwrap.
+enum class KeyKind : std::uint8_t { Identity = 1, Transport = 2 };
+core::Bytes pool_key_aad(std::int64_t pool_id, KeyKind kind, const core::Bytes& public_half);
+core::Bytes journal_key_aad(const core::ChipId& chip, KeyKind kind, const core::Bytes& public_half);
+
+// The public halves of a device's private keys, derived from the keys themselves: the P-256 identity
+// key's SubjectPublicKeyInfo (DER) and the X25519 transport key's 32 bytes. Throws
+// core::Error(errc::KeyMismatch) when a key does not load as what it should be.
+struct PublicHalves {
+  core::Bytes identity;
+  core::Bytes transport;
+};
+PublicHalves derive_public_halves(const core::SecureBytes& identity_pkcs8, const core::SecureBytes& transport_raw);
+
+// Moves a pool key set out of the pool into pool.device_key_quarantine with the reason, so that no
+// claim takes it again and an operator can look at it. Returns false when the row was already gone.
+bool quarantine_pool_key(core::pq::Connection& conn, std::int64_t pool_id, const std::string& reason);
 
 struct PoolStatus {
   std::int64_t imeis = 0;        // waiting in the pool
