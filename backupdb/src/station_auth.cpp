@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include <botan/asn1_time.h>
+#include <botan/hash.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/error.h"
@@ -20,7 +21,7 @@ struct StationAuthority::Verdict {
 
 struct StationAuthority::Cache {
   std::shared_mutex mutex;
-  std::unordered_map<std::string, Verdict> known;  // exact DER -> verdict (accepted and refused)
+  std::unordered_map<std::string, Verdict> known;  // SHA-256 of the DER -> verdict (accepted and refused)
   std::deque<std::string> accepted, refused;       // insertion order of each kind, for eviction
 
   bool lookup(const std::string& der, Verdict& out) {
@@ -56,6 +57,21 @@ StationCheck refuse(const std::string& slug, const std::string& detail, std::str
 
 const char* const kNotStation = "only a station certificate of this manufacturer may publish";
 
+// The memory's key: SHA-256 of the exact DER (collision resistant, so one verdict per certificate), 32
+// bytes whatever size of certificate a client sends.
+std::string der_digest(const std::vector<std::uint8_t>& der) {
+  const auto h = Botan::HashFunction::create_or_throw("SHA-256")->process(der);
+  return std::string(h.begin(), h.end());
+}
+
+// A subject DN comes from the client: one line of printable text, bounded, before it reaches the log.
+std::string loggable(const std::string& s) {
+  std::string out = s.substr(0, 200);
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7F) c = '?';
+  return out;
+}
+
 }  // namespace
 
 StationAuthority::StationAuthority(std::vector<Botan::X509_Certificate> station_issuers)
@@ -70,13 +86,13 @@ StationAuthority::Verdict StationAuthority::examine(const std::vector<std::uint8
   try {
     cert = std::make_unique<Botan::X509_Certificate>(der);
   } catch (const Botan::Exception& e) {
-    v.log_detail = std::string("client certificate does not parse: ") + e.what();
+    v.log_detail = "client certificate does not parse: " + loggable(e.what());
     return v;
   }
   try {
     v.station_id = core::read_station_id(*cert);
   } catch (const core::Error& e) {
-    v.log_detail = "client certificate '" + cert->subject_dn().to_string() + "': " + e.what();
+    v.log_detail = "client certificate '" + loggable(cert->subject_dn().to_string()) + "': " + e.what();
     return v;
   }
   v.not_before = cert->not_before();
@@ -93,14 +109,15 @@ StationAuthority::Verdict StationAuthority::examine(const std::vector<std::uint8
       // A malformed signature is a refusal like a wrong one; the next issuer may still match.
     }
   }
-  v.log_detail = "station certificate '" + cert->subject_dn().to_string() + "' is not signed by a station issuer";
+  v.log_detail =
+      "station certificate '" + loggable(cert->subject_dn().to_string()) + "' is not signed by a station issuer";
   return v;
 }
 
 StationCheck StationAuthority::check(const std::vector<std::uint8_t>& peer_der,
                                      std::chrono::system_clock::time_point now) const {
   if (peer_der.empty()) return refuse("not-a-station", kNotStation, "no client certificate");
-  const std::string key(peer_der.begin(), peer_der.end());
+  const std::string key = der_digest(peer_der);
   Verdict v;
   if (!m_cache->lookup(key, v)) {
     v = examine(peer_der);

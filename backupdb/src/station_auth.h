@@ -23,11 +23,11 @@ struct StationCheck {
   std::string log_detail;  // the specific reason, for the log only
 };
 
-// Thread-safe. A certificate that passed the profile and the signature check is remembered by its exact
-// DER (at most kMaxRemembered, oldest dropped first), so a station's repeated publishes cost a lookup
-// instead of an ECDSA verification; its validity period is compared with `now` on every call. Refusals
-// for profile or signature are remembered too (at most kMaxRefused), so a client repeating one foreign
-// certificate over a keep-alive connection does not buy a verification per request either.
+// Thread-safe. A certificate that passed the profile and the signature check is remembered by the
+// SHA-256 of its exact DER (at most kMaxRemembered, oldest dropped first), so a station's repeated
+// publishes cost a lookup instead of an ECDSA verification; its validity period is compared with `now`
+// on every call. Refusals for profile or signature are remembered too (at most kMaxRefused), so a client
+// repeating one foreign certificate over a keep-alive connection does not buy a verification per request.
 class StationAuthority {
  public:
   static constexpr std::size_t kMaxRemembered = 1024;

@@ -143,6 +143,13 @@ TEST_CASE("a station id that breaks the --station-id rule, or no station OU, is 
   Draft d;
   d.ou.clear();
   refused(authority().check(der(sign(d)), Clock::now()));
+  // The subject is the client's text: it reaches the log as one bounded line.
+  Draft evil;
+  evil.cn = "x\nFORGED log line " + std::string(400, 'y');
+  const auto c = authority().check(der(sign(evil)), Clock::now());
+  refused(c);
+  CHECK(c.log_detail.find('\n') == std::string::npos);
+  CHECK(c.log_detail.size() < 400);
 }
 
 TEST_CASE("expired and not yet valid station certificates are refused") {
