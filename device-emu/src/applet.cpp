@@ -373,13 +373,13 @@ core::ResponseApdu Session::update_binary(const core::CommandApdu& c) {
 core::ResponseApdu Session::boot_staged(const core::CommandApdu&) {
   Chip& chip = m_device.m_chip;
   if (chip.lifecycle() != Lifecycle::Personalized) return sw_only(core::sw::conditions_not_satisfied);
-  core::SecureBytes answer;
   const auto staging = read_bytes(chip.paths().staging(), kMaxStaging);
   if (!staging) return sw_only(core::sw::referenced_data_not_found);
-    answer = boot_answer(id);
   BootIdentity id;
+  core::SecureBytes answer;
   try {
     id = chip.verify_image(*staging);
+    answer = boot_answer(id);
   } catch (const core::Error& e) {
     if (e.code() != error::ImageRejected) throw;
     log_line(chip.chip_id().str(), e.what());

@@ -345,6 +345,7 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
     // --- claim (step 3): IMEI and keys leave the pool in the statement that journals them --------
     cur = Step::Claim;
     OpenedKeys keys;
+    bool begin_logged = false;  // both sign.begin rows committed with the claim
     const auto journal_aad = [&chip](KeyKind kind, const core::Bytes& pub) { return journal_key_aad(chip, kind, pub); };
     if (row && !personalized && row->identity_wrapped.empty()) {
       // Migration 0006 wiped the blobs wrapped before rows were bound (docs/decisions.md): a blank
@@ -354,7 +355,6 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
       });
       row.reset();
     }
-    bool begin_logged = false;  // both sign.begin rows committed with the claim
     if (row) {
       res.imei = row->imei;
       claim_id = row->id;
@@ -388,13 +388,13 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
           // Another station holds this chip right now; the failed statement returns our IMEI to the pool.
           throw core::Error(errc::JournalConflict, "another station is personalizing this chip");
         }
+      };
       // The journal's blobs are bound to this chip's row (a pool blob is bound to its pool row).
       const auto wrap_for_journal = [&] {
         return std::make_pair(
             m_keys.token->wrap_data(key_label::wrap, keys.identity_pkcs8, journal_aad(KeyKind::Identity, keys.pub.identity)),
             m_keys.token->wrap_data(key_label::wrap, keys.transport_raw,
                                     journal_aad(KeyKind::Transport, keys.pub.transport)));
-      };
       };
       if (m_config.key_source == "pool") {
         claim_pooled(db, *m_keys.token, keys, [&](core::pq::Transaction& tx, const std::string& imei) {
