@@ -10,6 +10,7 @@ packages=(
   libbotan-2-dev libpoco-dev libpq-dev libcli11-dev doctest-dev
   postgresql-15 softhsm2 libp11-kit-dev opensc
   openssl curl python3 libengine-pkcs11-openssl time
+  strace  # integration_station_keys: the modes key files are created with
   pcscd vsmartcard-vpcd pcsc-tools
 )
 # wrk and nginx only serve the benchmarks; install them there (scripts/bench.sh).
