@@ -27,6 +27,15 @@ int main(int argc, char** argv) {
   serve->add_option("--listen", serve_config.listen, "HOST:PORT to listen on (port 0: any)")->envname("KEYLINE_DEVICE_LISTEN");
   serve->add_option("--vpcd", serve_config.vpcd, "connect to pcscd's vpcd driver at HOST:PORT instead (e.g. 127.0.0.1:35963)");
   serve->add_option("--idle-timeout-ms", serve_config.idle_timeout_ms, "close idle connections after this long");
+  serve->add_option("--max-connections", serve_config.max_connections,
+                    "connections open at once, all devices together (more are closed at once)")
+      ->capture_default_str();
+  serve->add_option("--max-connections-per-device", serve_config.max_connections_per_device,
+                    "connections open at once to one device (more are closed at once)")
+      ->capture_default_str();
+  serve->add_option("--memory-budget-mib", serve_config.memory_budget_mib,
+                    "MiB all connections may hold in frame buffers and gathered command data")
+      ->capture_default_str()->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
   serve->add_flag("--allow-reset", serve_config.device.allow_reset, "let 80 C8 reset a personalized device to BLANK");
   serve->add_option("--delays", serve_config.delays, "hardware delay preset: none | realistic (10/50/300 ms)");
   serve->add_option("--delay-id-ms", serve_config.device.faults.delay_id_ms, "delay of GET DATA CPLC");

@@ -24,6 +24,33 @@ namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
 
+timeval to_timeval(std::chrono::microseconds t) {
+  // 0 would mean "no timeout" to SO_RCVTIMEO: never less than 1 us.
+  const auto us = std::max<std::int64_t>(t.count(), 1);
+  return timeval{static_cast<time_t>(us / 1000000), static_cast<suseconds_t>(us % 1000000)};
+}
+
+std::string hex_byte(std::uint8_t b) {
+  static const char* digits = "0123456789ABCDEF";
+  return {digits[b >> 4], digits[b & 0x0F]};
+}
+
+// Names a command frame by its header only: the data may carry key material.
+std::string describe_frame(const std::uint8_t* payload, std::size_t len) {
+  if (len == 1) {
+    switch (payload[0]) {
+      case vpcd::get_atr: return "vpcd get ATR";
+      case vpcd::power_on: return "vpcd power on";
+      case vpcd::power_off: return "vpcd power off";
+      case vpcd::reset: return "vpcd reset";
+      default: return "vpcd control " + hex_byte(payload[0]);
+    }
+  }
+  std::string out = "APDU";
+  for (std::size_t i = 0; i < std::min<std::size_t>(len, 4); ++i) out += " " + hex_byte(payload[i]);
+  return out;
+}
+
 int wait_for(int fd, short events, std::chrono::milliseconds timeout) {
   pollfd p{fd, events, 0};
   for (;;) {
@@ -85,15 +112,17 @@ void DeviceLink::connect() {
       ::close(fd);
       continue;
     }
-    // Blocking from here on; a read gives up after the io timeout (SO_RCVTIMEO: recv then fails with
-    // EAGAIN), so waiting costs no poll() call of its own.
+    // Blocking from here on; a recv gives up when SO_RCVTIMEO runs out (EAGAIN), so waiting costs no
+    // poll() call of its own. read_exact shortens it to what is left of the answer's deadline.
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    const auto us = std::chrono::duration_cast<std::chrono::microseconds>(m_options.io_timeout).count();
-    timeval tv{static_cast<time_t>(us / 1000000), static_cast<suseconds_t>(us % 1000000)};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    const timeval tv = to_timeval(m_options.io_timeout);
+    // A device that does not read its commands cannot block a send for longer than one io timeout.
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     m_fd = fd;
+    m_recv_timeout = std::chrono::microseconds(-1);
+    set_recv_timeout(m_options.io_timeout);
     break;
   }
   ::freeaddrinfo(res);
@@ -119,11 +148,13 @@ void DeviceLink::reconnect() {
 void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
   if (m_fd < 0) throw IoError(ErrorCode::Network, "device link is not connected");
   const SecureBytes frame = encode_frame(payload, len);
+  m_last_command = describe_frame(payload, len);
   if (m_capture) m_capture(true, frame.data(), frame.size());
   std::size_t off = 0;
   while (off < frame.size()) {
     const ssize_t n = ::send(m_fd, frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out(m_last_command, "take");
     if (n <= 0) {
       close();
       throw IoError(ErrorCode::Network, "device link closed while sending");
@@ -132,7 +163,22 @@ void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
   }
 }
 
-void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
+void DeviceLink::set_recv_timeout(std::chrono::microseconds t) {
+  if (t == m_recv_timeout) return;
+  const timeval tv = to_timeval(t);
+  ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  m_recv_timeout = t;
+}
+
+void DeviceLink::timed_out(const std::string& what, const char* doing) {
+  close();
+  const auto ms = m_options.io_timeout.count();
+  throw LinkTimeout("device " + m_host + ":" + std::to_string(m_port) + " did not " + doing + " " + what +
+                        " within " + std::to_string(ms) + " ms",
+                    what);
+}
+
+void DeviceLink::read_exact(std::uint8_t* out, std::size_t len, Deadline deadline, const std::string& what) {
   std::size_t off = 0;
   while (off < len) {
     if (m_rpos < m_rend) {
@@ -142,6 +188,13 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
       off += take;
       continue;
     }
+    // Each recv waits at most for what is left of the answer's deadline, so a device that trickles
+    // its answer a byte at a time still fails at the deadline. SO_RCVTIMEO is shortened only once
+    // the deadline is more than a millisecond closer than it: the first recv of a frame (the
+    // usual whole answer in one segment) costs no setsockopt.
+    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) timed_out(what, "answer");
+    if (m_recv_timeout - left > std::chrono::milliseconds(1)) set_recv_timeout(left);
     // Large remainders go straight to the caller; small ones through the buffer, which then holds
     // whatever else the segment carried (the next frame's header and body).
     const bool direct = len - off >= kReadChunk;
@@ -149,10 +202,7 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
     std::uint8_t* dst = direct ? out + off : m_rbuf.data();
     const ssize_t n = ::recv(m_fd, dst, direct ? len - off : kReadChunk, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      close();
-      throw IoError(ErrorCode::Timeout, "device did not answer in time");
-    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out(what, "answer");
     if (n <= 0) {
       close();
       throw IoError(ErrorCode::Network, "device link closed by the device");
@@ -167,17 +217,20 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len) {
   }
 }
 
-SecureBytes DeviceLink::receive_frame() {
+SecureBytes DeviceLink::receive_frame(const std::string& what) {
   if (m_fd < 0) throw IoError(ErrorCode::Network, "device link is not connected");
+  // One deadline for the whole frame, header and body (docs/protocol.md, "Timeouts").
+  const Deadline deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
+  set_recv_timeout(m_options.io_timeout);
   std::uint8_t head[2];
-  read_exact(head, 2);
+  read_exact(head, 2, deadline, what);
   const std::size_t len = (static_cast<std::size_t>(head[0]) << 8) | head[1];
   if (len == 0) {
     close();
     throw FormatError(ErrorCode::BadFrame, "device sent an empty frame");
   }
   SecureBytes payload(len);
-  read_exact(payload.data(), len);
+  read_exact(payload.data(), len, deadline, what);
   return payload;
 }
 
@@ -187,13 +240,13 @@ void DeviceLink::control(std::uint8_t code) {
 
 Bytes DeviceLink::get_atr() {
   control(vpcd::get_atr);
-  const SecureBytes atr = receive_frame();
+  const SecureBytes atr = receive_frame(m_last_command);
   return Bytes(atr.begin(), atr.end());
 }
 
 SecureBytes DeviceLink::transmit_raw(const SecureBytes& command_apdu) {
   send_frame(command_apdu.data(), command_apdu.size());
-  SecureBytes r = receive_frame();
+  SecureBytes r = receive_frame(m_last_command);
   if (r.size() < 2) {
     close();
     throw FormatError(ErrorCode::BadApdu, "device answered without a status word");

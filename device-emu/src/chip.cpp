@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -39,9 +40,13 @@ std::string sha256_hex(const std::vector<std::uint8_t>& data) {
   return core::to_hex(d.data(), d.size());
 }
 
+std::atomic<std::uint64_t> g_bytes_written{0};
+std::atomic<std::uint64_t> g_syncs{0};
+
 void fsync_dir(const fs::path& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd >= 0) {
+    ++g_syncs;
     ::fsync(fd);
     ::close(fd);
   }
@@ -59,12 +64,14 @@ struct Fd {
 };
 
 void sync_data(int fd, const fs::path& path) {
+  ++g_syncs;
   if (::fdatasync(fd) != 0)
     throw core::IoError(core::ErrorCode::Io, "fdatasync failed on " + path.string() + ": " + std::strerror(errno));
 }
 
 // All of data at offset `at` (pwrite, retried after EINTR and short writes).
 void write_all(int fd, const std::uint8_t* data, std::size_t len, off_t at, const fs::path& path) {
+  g_bytes_written += len;
   std::size_t off = 0;
   while (off < len) {
     const ssize_t n = ::pwrite(fd, data + off, len - off, at + static_cast<off_t>(off));
@@ -135,13 +142,34 @@ void write_atomic(const fs::path& path, const std::uint8_t* data, std::size_t le
     write_all(f.fd, data, power_cut_at ? std::min(*power_cut_at, len) : len, 0, tmp);
     // The power goes before the rename: the temporary file stays partial, the old image stays valid.
     if (power_cut_at) throw core::Error(error::PowerCut, "power cut during the flash write");
-    if (durable && ::fsync(f.fd) != 0) throw core::IoError(core::ErrorCode::Io, "fsync failed on " + tmp.string());
+    if (durable) {
+      ++g_syncs;
+      if (::fsync(f.fd) != 0) throw core::IoError(core::ErrorCode::Io, "fsync failed on " + tmp.string());
+    }
   }
   if (::rename(tmp.c_str(), path.c_str()) != 0)
     throw core::IoError(core::ErrorCode::Io, "rename failed for " + path.string());
   // POSIX makes the rename durable only once the directory entry is synced.
   if (durable) fsync_dir(path.parent_path());
 }
+
+bool write_in_place(const fs::path& path, const std::uint8_t* data, std::size_t len, std::size_t offset,
+                    std::size_t limit) {
+  if (offset > limit || len > limit - offset) return false;
+  // Offset 0 starts a new file (O_TRUNC drops what a previous write left behind); any other offset
+  // continues an existing one, and without one it is past the end.
+  const int flags = O_RDWR | O_CLOEXEC | (offset == 0 ? O_CREAT | O_TRUNC : 0);
+  const Fd f(::open(path.c_str(), flags, 0644));
+  if (f.fd < 0 && errno == ENOENT && offset != 0) return false;
+  if (f.fd < 0) throw core::IoError(core::ErrorCode::Io, "cannot write " + path.string() + ": " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) throw core::IoError(core::ErrorCode::Io, "cannot stat " + path.string());
+  if (offset > static_cast<std::size_t>(st.st_size)) return false;
+  write_all(f.fd, data, len, static_cast<off_t>(offset), path);
+  return true;
+}
+
+StorageCounters storage_counters() noexcept { return {g_bytes_written.load(), g_syncs.load()}; }
 
 core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::set<std::string>& taken) {
   const auto roots = core::load_certificates_pem(rom_ca_pem.string());

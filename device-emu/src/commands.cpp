@@ -80,6 +80,11 @@ int cmd_serve(ServeConfig config) {
   options.host = host;
   options.base_port = port;
   options.idle_timeout = std::chrono::milliseconds(config.idle_timeout_ms);
+  if (config.max_connections == 0 || config.max_connections_per_device == 0 || config.memory_budget_mib == 0)
+    throw core::ConfigError(core::ErrorCode::Usage, "connection limits and the memory budget must be at least 1");
+  options.max_connections = config.max_connections;
+  options.max_connections_per_device = config.max_connections_per_device;
+  options.memory_budget = config.memory_budget_mib << 20;
   options.device = config.device;
   Server server(dirs, options);
   server.start();

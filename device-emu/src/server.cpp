@@ -8,6 +8,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -16,6 +17,7 @@
 #include <deque>
 #include <mutex>
 #include <set>
+#include <system_error>
 
 #include "keyline/core/vpcd.h"
 #include "keyline/device/log.h"
@@ -26,6 +28,9 @@ namespace {
 
 // How often a connection without an idle timeout looks at its stop flag.
 constexpr std::chrono::milliseconds kStopSlice{200};
+// Connections the kernel completes for a device before the acceptor takes them. A burst beyond it
+// has its SYNs dropped and retried a second later, so it is sized for a burst, not for the line.
+constexpr int kBacklog = 128;
 
 bool send_all(int fd, const std::uint8_t* data, std::size_t len) {
   std::size_t off = 0;
@@ -43,23 +48,105 @@ bool send_frame(int fd, const std::uint8_t* payload, std::size_t len) {
   return send_all(fd, frame.data(), frame.size());
 }
 
+timeval to_timeval(std::chrono::milliseconds t) {
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(t.count() / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
+  return tv;
+}
+
+// At most one line a second for events a client can repeat at will (refused connections, spent
+// budget); the ones in between are counted into the next line, so a flood cannot fill the log.
+class QuietLog {
+ public:
+  void note(const std::string& who, const std::string& what) {
+    std::lock_guard<std::mutex> lock(m_mutex);
+    const auto now = std::chrono::steady_clock::now();
+    if (m_logged && now - m_last < std::chrono::seconds(1)) {
+      ++m_skipped;
+      return;
+    }
+    std::string line = what;
+    if (m_skipped) line += " (and " + std::to_string(m_skipped) + " more since the last such line)";
+    m_skipped = 0;
+    m_last = now;
+    m_logged = true;
+    log_line(who, line);
+  }
+
+ private:
+  std::mutex m_mutex;
+  std::chrono::steady_clock::time_point m_last;
+  bool m_logged = false;
+  std::uint64_t m_skipped = 0;
+};
+
+QuietLog g_refusal_log;
+QuietLog g_budget_log;
+
+// This connection's share of the memory budget, given back on every path out.
+class BudgetShare {
+ public:
+  explicit BudgetShare(MemoryBudget* budget) noexcept : m_budget(budget) {}
+  ~BudgetShare() {
+    if (m_budget) m_budget->give(m_held);
+  }
+  BudgetShare(const BudgetShare&) = delete;
+  BudgetShare& operator=(const BudgetShare&) = delete;
+  // Grows or shrinks the share to `bytes`; false (share unchanged) when the budget cannot grow.
+  bool resize(std::size_t bytes) noexcept {
+    if (!m_budget) return true;
+    if (bytes > m_held && !m_budget->take(bytes - m_held)) return false;
+    if (bytes < m_held) m_budget->give(m_held - bytes);
+    m_held = bytes;
+    return true;
+  }
+  std::size_t held() const noexcept { return m_held; }
+
+ private:
+  MemoryBudget* m_budget;
+  std::size_t m_held = 0;
+};
+
+bool out_of_descriptors(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
+
 }  // namespace
 
+bool MemoryBudget::take(std::size_t n) noexcept {
+  std::size_t cur = m_held.load();
+  do {
+    if (cur > m_limit || n > m_limit - cur) {
+      ++m_refusals;
+      return false;
+    }
+  } while (!m_held.compare_exchange_weak(cur, cur + n));
+  const std::size_t now = cur + n;
+  std::size_t peak = m_peak.load();
+  while (now > peak && !m_peak.compare_exchange_weak(peak, now)) {
+  }
+  return true;
+}
+
 void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
-                  const std::atomic<bool>& stopping) {
+                  const std::atomic<bool>& stopping, MemoryBudget* budget) {
   const std::string who = device.chip().chip_id().str();
   Session session(device);
   core::FrameDecoder decoder(max_frame);
+  BudgetShare share(budget);
+  const auto over_budget = [&] {
+    g_budget_log.note(who, "memory budget of " + std::to_string(budget->limit()) +
+                               " bytes for all connections spent: connection closed");
+  };
   std::size_t received = 0;
   const std::size_t drop_after = device.options().faults.drop_after_bytes;
   // recv blocks for at most one receive timeout: the whole idle timeout when there is one (the thread
   // sleeps until data, the timeout or the owner's shutdown(), instead of waking every slice), else a
   // short slice so that `stopping` is seen (vpcd mode, stopped by a signal flag).
   const auto wait = idle_timeout.count() > 0 ? idle_timeout : kStopSlice;
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(wait.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((wait.count() % 1000) * 1000);
+  const timeval tv = to_timeval(wait);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  // A client that sends commands and never reads the answers holds the thread one idle timeout at most.
+  if (idle_timeout.count() > 0) ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
   std::uint8_t buf[16384];
   try {
     for (;;) {
@@ -83,6 +170,11 @@ void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout
         }
       }
       received += take;
+      // The bytes are counted before they are buffered, so the budget is never exceeded.
+      if (!share.resize(share.held() + take)) {
+        over_budget();
+        return;
+      }
       decoder.feed(buf, take);
       while (auto payload = decoder.next()) {
         if (payload->size() == 1) {
@@ -109,6 +201,11 @@ void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout
         }
         if (!send_frame(fd, response.data(), response.size())) return;
       }
+      // What stays held after the commands ran: a partial frame and gathered command data.
+      if (!share.resize(decoder.buffered() + session.held_bytes())) {
+        over_budget();
+        return;
+      }
     }
   } catch (const core::Error& e) {
     log_line(who, "connection closed, error " + std::to_string(e.numeric()) + ": " + e.what());
@@ -119,6 +216,7 @@ void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout
 
 struct Server::Slot {
   std::unique_ptr<Device> device;
+  std::string who;  // the chip ID, for log lines
   int listen_fd = -1;
   int port = 0;
   std::mutex mutex;
@@ -126,7 +224,8 @@ struct Server::Slot {
   std::set<int> connections;
 };
 
-Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options) : m_options(std::move(options)) {
+Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options)
+    : m_options(std::move(options)), m_budget(m_options.memory_budget) {
   // One acceptor thread waits on every listening socket through epoll (a fleet has thousands of
   // ports; a thread or a poll() scan per port costs CPU on every wake-up), plus an eventfd for stop().
   int next_port = m_options.base_port;
@@ -141,6 +240,7 @@ Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options) 
     for (const auto& dir : device_dirs) {
       auto slot = std::make_unique<Slot>();
       slot->device = std::make_unique<Device>(Chip::load(dir), m_options.device);
+      slot->who = slot->device->chip().chip_id().str();
       // Non-blocking, so that the acceptor drains each ready listener until EAGAIN and never blocks in accept.
       const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
       if (fd < 0) throw core::IoError(core::ErrorCode::Network, "socket failed");
@@ -154,7 +254,7 @@ Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options) 
       }
       a.sin_port = htons(static_cast<std::uint16_t>(next_port));
       socklen_t len = sizeof a;
-      if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, 16) != 0 ||
+      if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(fd, kBacklog) != 0 ||
           ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
         const std::string reason = std::strerror(errno);
         ::close(fd);
@@ -198,52 +298,125 @@ void Server::start() {
 
 void Server::accept_loop() {
   epoll_event events[64];
+  // Wakes at least once per worker idle period to join the workers that exited.
+  const int reap_ms = static_cast<int>(std::max<std::int64_t>(m_options.worker_idle.count(), 100));
   while (!m_stopping) {
-    const int n = ::epoll_wait(m_epoll_fd, events, 64, -1);
+    const int n = ::epoll_wait(m_epoll_fd, events, 64, reap_ms);
     if (n < 0) {
       if (errno == EINTR) continue;
       return;
     }
-    for (int i = 0; i < n; ++i) {
+    reap_workers();
+    bool out_of_fds = false;
+    for (int i = 0; i < n && !out_of_fds && !m_stopping; ++i) {
       if (!events[i].data.ptr) continue;  // the stop() wake-up; the loop condition sees m_stopping
-      Slot& slot = *static_cast<Slot*>(events[i].data.ptr);
-      for (;;) {
-        const int fd = ::accept4(slot.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd < 0) {
-          if (errno == EINTR) continue;
-          break;  // EAGAIN: drained; anything else (a connection reset before accept) is the peer's
-        }
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        {
-          std::lock_guard<std::mutex> lock(slot.mutex);
-          slot.connections.insert(fd);
-        }
-        hand_to_worker(slot, fd);
-      }
+      accept_ready(*static_cast<Slot*>(events[i].data.ptr), out_of_fds);
     }
+    if (out_of_fds) pause_accepting();
   }
 }
 
+void Server::accept_ready(Slot& slot, bool& out_of_fds) {
+  for (;;) {
+    const int fd = ::accept4(slot.listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      const int err = errno;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if (out_of_descriptors(err)) {
+        // The connection stays in the backlog and the listener stays readable: retrying at once
+        // would spin (level-triggered epoll). pause_accepting() backs off instead.
+        ++m_fd_exhausted;
+        if (!m_in_fd_burst)
+          log_line(slot.who, std::string("cannot accept: ") + std::strerror(err) + "; accepting paused, retried every " +
+                                 std::to_string(m_options.fd_backoff.count()) + " ms");
+        m_in_fd_burst = true;
+        out_of_fds = true;
+      }
+      return;  // EAGAIN: drained; anything else is the peer's
+    }
+    if (m_in_fd_burst) {
+      log_line(slot.who, "accepting again (" + std::to_string(m_fd_exhausted.load()) +
+                             " accepts failed for want of descriptors so far)");
+      m_in_fd_burst = false;
+    }
+    if (admit(slot, fd)) hand_to_worker(slot, fd);
+  }
+}
+
+void Server::pause_accepting() {
+  // Sleeps on the eventfd alone: stop() still ends the pause at once.
+  pollfd p{m_wake_fd, POLLIN, 0};
+  [[maybe_unused]] const int r = ::poll(&p, 1, static_cast<int>(m_options.fd_backoff.count()));
+}
+
+bool Server::admit(Slot& slot, int fd) {
+  std::string refused;
+  {
+    std::lock_guard<std::mutex> lock(slot.mutex);
+    if (m_connections >= m_options.max_connections)
+      refused = std::to_string(m_connections.load()) + " connections open, the limit of the process";
+    else if (slot.connections.size() >= m_options.max_connections_per_device)
+      refused = std::to_string(slot.connections.size()) + " connections open to this device, its limit";
+    if (refused.empty()) {
+      slot.connections.insert(fd);
+      ++m_connections;
+    }
+  }
+  if (!refused.empty()) {
+    ++m_refused;
+    ::close(fd);
+    g_refusal_log.note(slot.who, "connection refused and closed: " + refused);
+    return false;
+  }
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  return true;
+}
+
 void Server::hand_to_worker(Slot& slot, int fd) {
-  std::lock_guard<std::mutex> lock(m_pool_mutex);
+  std::unique_lock<std::mutex> lock(m_pool_mutex);
   m_jobs.emplace_back(&slot, fd);
   // Each queued connection has a worker of its own that is free or starting: a connection never
-  // waits for another one to end.
+  // waits for another one to end. The connection caps bound how many there are.
   if (m_jobs.size() > m_free_workers) {
-    ++m_free_workers;
-    m_workers.emplace_back([this] { worker_loop(); });
+    try {
+      start_worker();
+    } catch (const std::system_error& e) {
+      m_jobs.pop_back();
+      lock.unlock();
+      ++m_refused;
+      g_refusal_log.note(slot.who, std::string("no thread for a new connection, closed: ") + e.what());
+      std::lock_guard<std::mutex> slot_lock(slot.mutex);
+      slot.connections.erase(fd);
+      --m_connections;
+      ::close(fd);
+      slot.idle.notify_all();
+      return;
+    }
   }
   m_pool_wake.notify_one();
 }
 
+void Server::start_worker() {
+  std::thread t([this] { worker_loop(); });
+  const auto id = t.get_id();
+  m_workers.emplace(id, std::move(t));
+  ++m_free_workers;
+}
+
 void Server::worker_loop() {
-  // Workers stay for the next connection instead of ending with theirs: a thread per connection
-  // cost a clone, a stack mapping and an exit for every device the line personalized.
+  // Workers stay for the next connection instead of ending with theirs (a clone, a stack mapping
+  // and an exit per device personalized), but only idle_workers of them for longer than
+  // worker_idle: after a burst the process shrinks back to its pool.
   std::unique_lock<std::mutex> lock(m_pool_mutex);
   for (;;) {
-    m_pool_wake.wait(lock, [&] { return !m_jobs.empty() || m_pool_closing; });
-    if (m_jobs.empty()) return;
+    const bool woken =
+        m_pool_wake.wait_for(lock, m_options.worker_idle, [&] { return !m_jobs.empty() || m_pool_closing; });
+    if (!woken) {
+      if (m_free_workers > m_options.idle_workers) break;
+      continue;
+    }
+    if (m_jobs.empty()) break;  // closing
     const auto [slot, fd] = m_jobs.front();
     m_jobs.pop_front();
     --m_free_workers;
@@ -252,12 +425,31 @@ void Server::worker_loop() {
     lock.lock();
     ++m_free_workers;
   }
+  --m_free_workers;
+  m_finished.push_back(std::this_thread::get_id());
+}
+
+void Server::reap_workers() {
+  std::vector<std::thread> done;
+  {
+    std::lock_guard<std::mutex> lock(m_pool_mutex);
+    for (const auto& id : m_finished) {
+      auto it = m_workers.find(id);
+      if (it == m_workers.end()) continue;
+      done.push_back(std::move(it->second));
+      m_workers.erase(it);
+    }
+    m_finished.clear();
+  }
+  // They have returned from worker_loop: each join only collects the thread's stack.
+  for (auto& t : done) t.join();
 }
 
 void Server::serve_connection(Slot& slot, int fd) {
-  serve_stream(*slot.device, fd, m_options.idle_timeout, m_options.max_frame, m_stopping);
+  serve_stream(*slot.device, fd, m_options.idle_timeout, m_options.max_frame, m_stopping, &m_budget);
   std::lock_guard<std::mutex> lock(slot.mutex);
   slot.connections.erase(fd);
+  --m_connections;
   ::close(fd);
   slot.idle.notify_all();
 }
@@ -275,19 +467,34 @@ void Server::stop() noexcept {
     for (int fd : s->connections) ::shutdown(fd, SHUT_RDWR);
     s->idle.wait(lock, [&] { return s->connections.empty(); });
   }
+  std::unordered_map<std::thread::id, std::thread> workers;
   {
     std::lock_guard<std::mutex> lock(m_pool_mutex);
     m_pool_closing = true;
+    workers.swap(m_workers);
+    m_finished.clear();
   }
   m_pool_wake.notify_all();
-  for (auto& w : m_workers)
-    if (w.joinable()) w.join();
-  m_workers.clear();
+  for (auto& w : workers)
+    if (w.second.joinable()) w.second.join();
   close_fds();
 }
 
 void Server::wait() {
   while (!m_stopping) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+}
+
+ServerStats Server::stats() const {
+  ServerStats s;
+  s.accept_fd_exhausted = m_fd_exhausted;
+  s.refused_connections = m_refused;
+  s.budget_closed = m_budget.refusals();
+  s.connections = m_connections;
+  s.held_bytes = m_budget.held();
+  s.peak_held_bytes = m_budget.peak();
+  std::lock_guard<std::mutex> lock(m_pool_mutex);
+  s.workers = m_workers.size() - m_finished.size();
+  return s;
 }
 
 std::vector<int> Server::ports() const {

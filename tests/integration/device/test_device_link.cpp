@@ -9,6 +9,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <thread>
+#include <vector>
 
 #include "../../unit/device/device_test_util.h"
 #include "keyline/core/backup_package.h"
@@ -277,4 +279,109 @@ TEST_CASE("a fleet of 256 devices in one process, one port each") {
     ids.insert(id.str());
   }
   CHECK(ids.size() == (ports.size() + 14) / 15);
+}
+
+namespace {
+
+// A plain TCP peer playing the device: reads one command frame, then answers with `answer` (a whole
+// vpcd frame) in pieces of `piece` bytes, `gap` apart, until it is sent or the link breaks.
+class ScriptedDevice {
+ public:
+  ScriptedDevice(core::Bytes answer, std::size_t piece, std::chrono::milliseconds gap, int frames = 1)
+      : m_answer(std::move(answer)) {
+    m_listen = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    REQUIRE(::bind(m_listen, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(m_listen, 4) == 0);
+    REQUIRE(::getsockname(m_listen, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    m_port = ntohs(a.sin_port);
+    m_thread = std::thread([this, piece, gap, frames] { run(piece, gap, frames); });
+  }
+  ~ScriptedDevice() {
+    m_thread.join();
+    ::close(m_listen);
+  }
+  int port() const { return m_port; }
+
+ private:
+  void run(std::size_t piece, std::chrono::milliseconds gap, int frames) {
+    const int fd = ::accept(m_listen, nullptr, nullptr);
+    if (fd < 0) return;
+    for (int f = 0; f < frames; ++f) {
+      std::uint8_t head[2];
+      if (::recv(fd, head, 2, MSG_WAITALL) != 2) break;
+      std::vector<std::uint8_t> body((head[0] << 8) | head[1]);
+      if (::recv(fd, body.data(), body.size(), MSG_WAITALL) != static_cast<ssize_t>(body.size())) break;
+      bool broken = false;
+      for (std::size_t off = 0; off < m_answer.size() && !broken; off += piece) {
+        if (off) std::this_thread::sleep_for(gap);
+        const std::size_t n = std::min(piece, m_answer.size() - off);
+        broken = ::send(fd, m_answer.data() + off, n, MSG_NOSIGNAL) != static_cast<ssize_t>(n);
+      }
+      if (broken) break;
+    }
+    ::close(fd);
+  }
+
+  core::Bytes m_answer;
+  int m_listen = -1;
+  int m_port = 0;
+  std::thread m_thread;
+};
+
+// The vpcd frame of a response: 40 data bytes and 9000.
+core::Bytes answer_frame() {
+  core::Bytes frame{0x00, 42};
+  frame.resize(2 + 40, 0x5A);
+  frame.push_back(0x90);
+  frame.push_back(0x00);
+  return frame;
+}
+
+}  // namespace
+
+TEST_CASE("device link: the deadline covers a whole answer, so a device trickling bytes times out") {
+  // One byte every 100 ms: the 44-byte answer would take 4.3 s, each recv only 100 ms.
+  ScriptedDevice trickle(answer_frame(), 1, std::chrono::milliseconds(100));
+  core::DeviceLinkOptions o;
+  o.power_on = false;
+  o.io_timeout = std::chrono::milliseconds(500);
+  core::DeviceLink link("127.0.0.1", trickle.port(), o);
+  link.connect();
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string waiting_for, message;
+  int code = 0;
+  try {
+    link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256));
+  } catch (const core::LinkTimeout& e) {
+    waiting_for = e.waiting_for();
+    message = e.what();
+    code = e.numeric();
+  }
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  CHECK(code == 1402);
+  CHECK(waiting_for == "APDU 80 CA 9F 7F");
+  CHECK(message.find("80 CA 9F 7F") != std::string::npos);
+  CHECK(elapsed >= std::chrono::milliseconds(450));
+  CHECK(elapsed < std::chrono::milliseconds(1500));
+  CHECK_FALSE(link.connected());
+}
+
+TEST_CASE("device link: an answer split into pieces within the deadline arrives, twice in a row") {
+  // Three pieces 100 ms apart, 500 ms deadline: the shortened receive timeout of the first frame
+  // must not cut the second short.
+  ScriptedDevice split(answer_frame(), 15, std::chrono::milliseconds(100), 2);
+  core::DeviceLinkOptions o;
+  o.power_on = false;
+  o.io_timeout = std::chrono::milliseconds(500);
+  core::DeviceLink link("127.0.0.1", split.port(), o);
+  link.connect();
+  for (int i = 0; i < 2; ++i) {
+    const auto r = link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256));
+    CHECK(r.sw == core::sw::ok);
+    CHECK(r.data.size() == 40);
+  }
 }

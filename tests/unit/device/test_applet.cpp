@@ -282,3 +282,90 @@ TEST_CASE("fault injection: power cut during the flash write, fail rate") {
   device::Session s3(*failing.dev);
   CHECK(run(s3, select_applet()).sw == core::sw::unknown_error);
 }
+
+TEST_CASE("UPDATE BINARY writes each command's bytes once: a 57 KB image costs about twice its size") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  auto pkg = rig.package();
+  pkg.app_items = {{0x0F01, core::Bytes(55000, 0x42)}};
+  REQUIRE(store(s, pkg.encode(), 4000) == core::sw::ok);
+  const auto paths = rig.dev->chip().paths();
+  const auto good = *device::read_bytes(paths.image());
+  REQUIRE(good.size() > 56000);
+  const auto identity = device::boot_offline(rig.dir);
+  fs::remove(paths.image());  // flash lost
+
+  // 200-byte commands as far as the 15-bit offset reaches; the rest in one command (chained).
+  const auto before = device::storage_counters();
+  std::size_t commands = 0;
+  for (std::size_t off = 0; off < good.size(); ++commands) {
+    const std::size_t len = off + 200 <= 0x7FFF ? std::min<std::size_t>(200, good.size() - off) : good.size() - off;
+    const auto r = run(s, cmd(0x00, 0xD6, static_cast<std::uint8_t>(off >> 8), static_cast<std::uint8_t>(off),
+                              core::SecureBytes(good.begin() + off, good.begin() + off + len)));
+    REQUIRE(r.sw == core::sw::ok);
+    off += len;
+  }
+  REQUIRE(commands > 150);
+  const auto staged = device::storage_counters();
+  CHECK(staged.bytes_written - before.bytes_written == good.size());  // each byte once
+  CHECK(staged.syncs == before.syncs);                                // nothing synced while staging
+
+  const auto r = run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256));
+  REQUIRE(r.sw == core::sw::ok);
+  const auto after = device::storage_counters();
+  // Staging once plus the atomic flash write once, with one file and one directory sync.
+  CHECK(after.bytes_written - before.bytes_written <= 2 * good.size() + 1024);
+  CHECK(after.syncs - before.syncs <= 2);
+  CHECK(*device::read_bytes(paths.image()) == good);
+  CHECK_FALSE(fs::exists(paths.staging()));
+  const auto booted = device::boot_offline(rig.dir);
+  CHECK(booted.identity_fingerprint == identity.identity_fingerprint);
+  CHECK(booted.package_digest == identity.package_digest);
+
+  // Rewriting one byte again and again costs one byte each, not the whole staging file.
+  REQUIRE(run(s, cmd(0x00, 0xD6, 0x00, 0x00, core::SecureBytes(good.begin(), good.begin() + 30000))).sw ==
+          core::sw::ok);
+  const auto rewrite0 = device::storage_counters();
+  for (int i = 0; i < 300; ++i) REQUIRE(run(s, cmd(0x00, 0xD6, 0x00, 0x01, {0x00})).sw == core::sw::ok);
+  CHECK(device::storage_counters().bytes_written - rewrite0.bytes_written == 300);
+  CHECK(device::storage_counters().syncs == rewrite0.syncs);
+  CHECK(fs::file_size(paths.staging()) == 30000);
+}
+
+TEST_CASE("staging written in place: a torn or stale staging file never reaches the flash") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  REQUIRE(store(s, rig.package().encode(), 400) == core::sw::ok);
+  const auto paths = rig.dev->chip().paths();
+  const auto good = *device::read_bytes(paths.image());
+  auto stage = [&](const core::Bytes& image) {
+    for (std::size_t off = 0; off < image.size(); off += 200) {
+      const std::size_t len = std::min<std::size_t>(200, image.size() - off);
+      REQUIRE(run(s, cmd(0x00, 0xD6, static_cast<std::uint8_t>(off >> 8), static_cast<std::uint8_t>(off),
+                         core::SecureBytes(image.begin() + off, image.begin() + off + len)))
+                  .sw == core::sw::ok);
+    }
+  };
+  // A crash before all staged bytes reached the disk: the file is short. Boot refuses it, the flash stays.
+  stage(good);
+  fs::resize_file(paths.staging(), good.size() / 2);
+  CHECK(run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256)).sw == core::sw::wrong_data);
+  CHECK(*device::read_bytes(paths.image()) == good);
+  CHECK(device::Chip::load(rig.dir).lifecycle() == device::Lifecycle::Personalized);
+  // A new image from offset 0 drops the longer old one behind it (no stale tail).
+  core::Bytes longer = good;
+  longer.resize(good.size() + 500, 0xEE);
+  stage(longer);
+  stage(good);
+  CHECK(fs::file_size(paths.staging()) == good.size());
+  CHECK(run(s, cmd(0x80, 0xC2, 0x00, 0x00, {}, 256)).sw == core::sw::ok);
+  // Continuing without a staging file, or past its end, is refused and creates nothing.
+  CHECK(run(s, cmd(0x00, 0xD6, 0x00, 0x10, {0x01})).sw == device::kSwOffsetOutside);
+  CHECK_FALSE(fs::exists(paths.staging()));
+  REQUIRE(run(s, cmd(0x00, 0xD6, 0x00, 0x00, {0x01, 0x02})).sw == core::sw::ok);
+  CHECK(run(s, cmd(0x00, 0xD6, 0x00, 0x03, {0x01})).sw == device::kSwOffsetOutside);
+  CHECK(run(s, cmd(0x00, 0xD6, 0x00, 0x02, {0x03})).sw == core::sw::ok);
+  CHECK(fs::file_size(paths.staging()) == 3);
+}

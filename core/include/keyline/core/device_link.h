@@ -12,15 +12,30 @@
 
 #include "keyline/core/apdu.h"
 #include "keyline/core/bytes.h"
+#include "keyline/core/error.h"
 
 namespace keyline::core {
 
 struct DeviceLinkOptions {
   std::chrono::milliseconds connect_timeout{5000};
-  // Longest wait for one response frame; a device that stores and writes flash needs ~400 ms.
+  // Deadline for one whole response frame, however the device splits it (a device that trickles
+  // bytes cannot hold the caller longer), and for sending one command frame. A device that stores
+  // and writes flash needs ~400 ms.
   std::chrono::milliseconds io_timeout{30000};
   std::size_t max_chunk = 255;  // command chaining chunk for long command data (short APDUs)
   bool power_on = true;         // send vpcd power-on and read the ATR right after connecting
+};
+
+// IoError(Timeout) from the link: the answer (or the send) did not complete within io_timeout.
+// waiting_for() names the command, e.g. "APDU 80 E2 88 03" or "vpcd get ATR" (never its data).
+class LinkTimeout : public IoError {
+ public:
+  LinkTimeout(const std::string& message, std::string waiting_for)
+      : IoError(ErrorCode::Timeout, message), m_waiting_for(std::move(waiting_for)) {}
+  const std::string& waiting_for() const noexcept { return m_waiting_for; }
+
+ private:
+  std::string m_waiting_for;
 };
 
 // Sees every byte that crosses the link, in order: outbound = station to device.
@@ -37,7 +52,7 @@ class DeviceLink {
   // only for listeners.
   static std::pair<std::string, int> parse_endpoint(std::string_view host_port, bool allow_port_zero = false);
 
-  // Throws IoError(Network) when the device cannot be reached, IoError(Timeout) on a timeout.
+  // Throws IoError(Network) when the device cannot be reached, LinkTimeout on a timeout.
   void connect();
   void close() noexcept;
   void reconnect();
@@ -56,9 +71,13 @@ class DeviceLink {
   ResponseApdu transmit(const CommandApdu& command);
 
  private:
+  using Deadline = std::chrono::steady_clock::time_point;
   void send_frame(const std::uint8_t* payload, std::size_t len);
-  SecureBytes receive_frame();
-  void read_exact(std::uint8_t* out, std::size_t len);
+  // `what` names the command the frame answers, for the timeout error.
+  SecureBytes receive_frame(const std::string& what);
+  void read_exact(std::uint8_t* out, std::size_t len, Deadline deadline, const std::string& what);
+  void set_recv_timeout(std::chrono::microseconds t);
+  [[noreturn]] void timed_out(const std::string& what, const char* doing);
 
   std::string m_host;
   int m_port;
@@ -71,6 +90,8 @@ class DeviceLink {
   SecureBytes m_rbuf;  // a response may carry key material (KPS), so it is wiped like one
   std::size_t m_rpos = 0;  // m_rbuf[m_rpos, m_rend) is received and not yet read
   std::size_t m_rend = 0;
+  std::chrono::microseconds m_recv_timeout{0};  // what SO_RCVTIMEO is set to now
+  std::string m_last_command;                   // names the command the next answer belongs to
 };
 
 }  // namespace keyline::core

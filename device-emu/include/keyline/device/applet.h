@@ -85,6 +85,9 @@ class Session {
   core::ResponseApdu process(const core::CommandApdu& command);
   // Power on / off / reset: forget selection and anything half-gathered.
   void reset() noexcept;
+  // Bytes this session holds between commands (chained parts, STORE DATA blocks): the server
+  // counts them against its memory budget.
+  std::size_t held_bytes() const noexcept { return m_chain.size() + m_store.size(); }
 
  private:
   core::ResponseApdu dispatch(const core::CommandApdu& c);

@@ -63,6 +63,21 @@ std::vector<fs::path> list_fleet(const fs::path& dir);
 void write_atomic(const fs::path& path, const std::uint8_t* data, std::size_t len,
                   std::optional<std::size_t> power_cut_at = std::nullopt, mode_t mode = 0644, bool durable = true);
 
+// Writes len bytes at `offset` of the file in place (pwrite, no temporary file, no sync), creating
+// it; offset 0 empties the file first. Returns false and writes nothing when offset is past the end
+// of the file (no gaps) or offset + len exceeds `limit`. UPDATE BINARY writes the staging area this
+// way: nothing trusts those bytes before BOOT STAGED has verified them, so they need not be durable.
+bool write_in_place(const fs::path& path, const std::uint8_t* data, std::size_t len, std::size_t offset,
+                    std::size_t limit);
+
+// What this process's storage layer wrote (bytes handed to pwrite) and how often it synced, so that
+// tests can check the write amplification of the flash paths.
+struct StorageCounters {
+  std::uint64_t bytes_written = 0;
+  std::uint64_t syncs = 0;
+};
+StorageCounters storage_counters() noexcept;
+
 // What a successful boot knows. Fingerprints are SHA-256 of the raw public key bits (the EC point
 // of the identity key, the 32-byte X25519 key of the transport key), upper-case hex.
 struct BootIdentity {

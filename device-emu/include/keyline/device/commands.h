@@ -14,6 +14,9 @@ struct ServeConfig {
   std::string vpcd;   // HOST:PORT of pcscd's vpcd driver instead of listening
   std::string delays; // preset: "none" or "realistic" (10 / 50 / 300 ms)
   unsigned idle_timeout_ms = 30000;
+  std::size_t max_connections = ServerOptions{}.max_connections;
+  std::size_t max_connections_per_device = ServerOptions{}.max_connections_per_device;
+  std::size_t memory_budget_mib = ServerOptions{}.memory_budget >> 20;
   DeviceOptions device;
 };
 
