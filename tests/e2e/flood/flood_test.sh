@@ -29,6 +29,8 @@ trap cleanup EXIT
 rm -rf "$work"
 mkdir -p "$work"
 "$FLOOD_FIXTURE" "$work"
+# The probe's trust: the service CA and the root above it (Python's ssl wants the whole chain).
+cat "$work/service_ca.pem" "$work/root.pem" >"$work/probe_ca.pem"
 
 # The fixture's owner conninfo, its password through the environment (never on a command line).
 pg="$KEYLINE_TESTENV/pg"
@@ -79,7 +81,7 @@ start_kps() {
 flood() {
   local target=$1 url=$2 name=$3
   if python3 "$FLOOD" --target "$target" --tls --slow-header 200 --silent 200 --slow-handshake 200 \
-      --seconds 20 --sources 127.0.0.10-127.0.0.40 --probe "$url" --probe-ca "$work/service_ca.pem" \
+      --seconds 20 --sources 127.0.0.10-127.0.0.40 --probe "$url" --probe-ca "$work/probe_ca.pem" \
       --probe-every 0.2 --p99-max-ms 100 --probe-source 127.0.0.2 >"$work/flood-$name.out" 2>&1; then
     pass "$name: every probe answered, p99 within 100 ms under 600 hostile connections"
   else
@@ -143,6 +145,14 @@ case "$what" in
     start_kps
     malformed "$BDB_ADDR" "$BDB_OPS" keyline_backupdb_malformed_requests_total backupdb
     malformed "$KPS_ADDR" "$KPS_OPS" keyline_kps_malformed_requests_total kps
+    # A password on the KPS's command line is refused with exit 2 and a reason (docs/operations.md).
+    rc=0
+    "$LINE_BIN/keyline-kps" migrate --db "$OWNER password=x" >"$work/argv-pw.out" 2>&1 || rc=$?
+    if [ "$rc" = 2 ] && grep -q -- '--db holds a password' "$work/argv-pw.out"; then
+      pass "kps: a password in --db on the command line is refused"
+    else
+      fail "kps: --db with a password: exit $rc"; cat "$work/argv-pw.out"
+    fi
     ;;
   *) echo "usage: flood_test.sh backupdb|kps|malformed WORKDIR" >&2; exit 2 ;;
 esac

@@ -676,6 +676,13 @@ TEST_CASE("passwords on the command line are refused with a reason") {
   CHECK(out.find("--db holds a password") != std::string::npos);
   out = sh(bin + " migrate --db=postgresql://u:hunter2@127.0.0.1:1/x 2>&1", &rc);
   CHECK(rc == 2);
+  out = sh(bin + " migrate --db 'postgresql://u@127.0.0.1:1/x?sslmode=disable&pass%77ord=hunter2' 2>&1", &rc);
+  CHECK(rc == 2);
+  out = sh(bin + " migrate --db \"host=127.0.0.1 port=1 password = 'a b' dbname=x\" 2>&1", &rc);
+  CHECK(rc == 2);
+  // passfile names a file, not a password: accepted (and then the server is unreachable: exit 4).
+  out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x passfile=/nonexistent connect_timeout=2' 2>&1", &rc);
+  CHECK(rc == 4);
   out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x' --role-password hunter2 2>&1", &rc);
   CHECK(rc == 2);
   CHECK(out.find("--role-password takes a password") != std::string::npos);
