@@ -415,6 +415,28 @@ bool Pkcs11Token::has_secret_key(const std::string& label) {
   return !s->find_objects(CKO_SECRET_KEY, label).empty();
 }
 
+std::vector<std::string> Pkcs11Token::key_usages(const std::string& label) {
+  static const std::pair<CK_ATTRIBUTE_TYPE, const char*> kUsages[] = {
+      {CKA_ENCRYPT, "encrypt"}, {CKA_DECRYPT, "decrypt"}, {CKA_SIGN, "sign"},    {CKA_VERIFY, "verify"},
+      {CKA_WRAP, "wrap"},       {CKA_UNWRAP, "unwrap"},   {CKA_DERIVE, "derive"}};
+  auto s = session();
+  std::vector<Pkcs11Handle> objects;
+  for (const CK_OBJECT_CLASS c : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY})
+    for (const auto h : s->find_objects(c, label)) objects.push_back(h);
+  std::vector<std::string> out;
+  for (const auto& [type, name] : kUsages)
+    for (const auto h : objects) {
+      CK_BBOOL v = CK_FALSE;
+      CK_ATTRIBUTE a{type, &v, sizeof v};
+      // CKR_ATTRIBUTE_TYPE_INVALID: the class has no such usage (CKA_SIGN on a public key), so it is off.
+      if (fns(m_module)->C_GetAttributeValue(s->handle(), h, &a, 1) == CKR_OK && v == CK_TRUE) {
+        out.push_back(name);
+        break;
+      }
+    }
+  return out;
+}
+
 Pkcs11Handle Pkcs11Token::find_private_key(const std::string& label) {
   auto s = session();
   const auto found = s->find_objects(CKO_PRIVATE_KEY, label);

@@ -150,6 +150,18 @@ struct Init {
   }
 };
 
+// A reused key keeps the attributes it was made with: one made before every template named every usage
+// (or by another tool) may allow more than its role. Said, not changed: CKA_MODIFIABLE may forbid that,
+// and only a fresh token makes the key anew.
+void note_wider_usage(Init& in, const char* label, const std::vector<std::string>& role) {
+  std::string extra;
+  for (const auto& u : in.token->key_usages(label))
+    if (std::find(role.begin(), role.end(), u) == role.end()) extra += (extra.empty() ? "" : ", ") + u;
+  if (!extra.empty())
+    in.out << "keys: warning: " << label << " on the token also allows " << extra
+           << " (made before keyline named every usage); keys made on a fresh token allow only their role\n";
+}
+
 std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_ec_key(Init& in, const char* label, std::uint8_t id) {
   const bool priv = in.token->has_private_key(label), pub = in.token->has_public_key(label);
   if (priv != pub)
@@ -159,6 +171,7 @@ std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_ec_key(Init& in, const char*
                                              "run `keyline-station keys init` again");
   if (priv) {
     in.out << "keys: reused " << label << " (already on token '" << in.config.token_label << "')\n";
+    note_wider_usage(in, label, {"sign", "verify"});
   } else {
     in.token->generate_ec_p256(label, core::Bytes{id});
     in.changed = true;
@@ -171,6 +184,7 @@ std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_ec_key(Init& in, const char*
 void ensure_secret_keys(Init& in) {
   if (in.token->has_secret_key(key_label::master)) {
     in.out << "keys: reused " << key_label::master << " (already on the token)\n";
+    note_wider_usage(in, key_label::master, {"sign"});
   } else {
     in.token->generate_hmac_key(key_label::master);
     in.changed = true;
@@ -178,6 +192,7 @@ void ensure_secret_keys(Init& in) {
   }
   if (in.token->has_secret_key(key_label::wrap)) {
     in.out << "keys: reused " << key_label::wrap << " (already on the token)\n";
+    note_wider_usage(in, key_label::wrap, {"encrypt", "decrypt"});
   } else {
     in.token->generate_aes_key(key_label::wrap);
     in.changed = true;

@@ -312,3 +312,22 @@ TEST_CASE("after keys init every token key has exactly its role's usage, and non
   CHECK(usage(master[0]).find("encrypt") == std::string::npos);
   for (const auto& b : {wrap[0], master[0]}) CHECK(b.find("never extractable") != std::string::npos);
 }
+
+TEST_CASE("a reused key made with wider usage (SoftHSM's defaults) is named in a warning") {
+  Station s;
+  // keyline-wrap as a template without usages gets it from SoftHSM: wrap and unwrap too.
+  const auto made = run(s.env() + "pkcs11-tool --module " + test::hsm_env().module + " --token-label " + s.label +
+                        " --login --pin " + s.pin() + " --keygen --key-type AES:32 --label keyline-wrap --sensitive");
+  INFO(made.out);
+  REQUIRE(made.status == 0);
+  const auto r = s.station("keys init");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("reused keyline-wrap") != std::string::npos);
+  CHECK(r.out.find("warning: keyline-wrap on the token also allows") != std::string::npos);
+  CHECK(r.out.find("wrap, unwrap") != std::string::npos);
+  // The keys this init made itself allow their role only: no warning for them on the next run.
+  const auto again = s.station("keys init");
+  CHECK(again.out.find("warning: keyline-device-ca") == std::string::npos);
+  CHECK(again.out.find("warning: keyline-master") == std::string::npos);
+}

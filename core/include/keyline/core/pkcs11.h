@@ -128,6 +128,10 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   bool has_private_key(const std::string& label);
   bool has_public_key(const std::string& label);
   bool has_secret_key(const std::string& label);
+  // The usages ("encrypt", "decrypt", "sign", "verify", "wrap", "unwrap", "derive") any private, public
+  // or secret key labelled `label` allows, in that order: what a key made elsewhere (or by an earlier
+  // version, before every template named every usage) permits beyond its role.
+  std::vector<std::string> key_usages(const std::string& label);
   Pkcs11Handle find_private_key(const std::string& label);  // Throws Pkcs11KeyNotFound
   // The public half (CKA_EC_POINT of the CKO_PUBLIC_KEY with this label). Throws Pkcs11KeyNotFound.
   std::unique_ptr<Botan::ECDSA_PublicKey> ec_public_key(const std::string& label);
