@@ -16,6 +16,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <system_error>
 
@@ -110,7 +111,130 @@ class BudgetShare {
 
 bool out_of_descriptors(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
 
+// One connection of serve_stream. Each step that returns false closes the connection.
+class Connection {
+ public:
+  Connection(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
+             MemoryBudget* budget)
+      : m_device(device), m_fd(fd), m_idle(idle_timeout), m_who(device.chip().chip_id().str()), m_session(device),
+        m_decoder(max_frame), m_share(budget), m_budget(budget) {}
+
+  void run(const std::atomic<bool>& stopping) {
+    // recv blocks for at most one receive timeout: the whole idle timeout when there is one (the
+    // thread sleeps until data, the timeout or the owner's shutdown(), instead of waking every
+    // slice), else a short slice so that `stopping` is seen (vpcd mode, stopped by a signal flag).
+    set_recv_timeout(m_idle.count() > 0 ? m_idle : kStopSlice);
+    // A client that sends commands and never reads the answers holds the thread one idle timeout at most.
+    if (m_idle.count() > 0) {
+      const timeval tv = to_timeval(m_idle);
+      ::setsockopt(m_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    std::uint8_t buf[16384];
+    while (!stopping && frame_time_left()) {
+      const ssize_t n = ::recv(m_fd, buf, sizeof buf, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (m_idle.count() == 0) continue;
+        log_line(m_who, m_frame_started ? "frame not complete within the idle timeout, connection closed"
+                                        : "idle connection closed");
+        return;
+      }
+      if (n <= 0 || !receive(buf, static_cast<std::size_t>(n))) return;
+    }
+  }
+
+ private:
+  // A frame once begun must be complete within one idle timeout, however slowly its bytes come:
+  // otherwise a byte every idle timeout minus one holds a connection and its thread for ever.
+  bool frame_time_left() {
+    if (m_idle.count() == 0) return true;
+    if (!m_frame_started) return set_recv_timeout(m_idle);
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*m_frame_started + m_idle -
+                                                                            std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      log_line(m_who, "frame not complete within the idle timeout, connection closed");
+      return false;
+    }
+    return set_recv_timeout(left);
+  }
+
+  // Only a change of a millisecond or more costs a setsockopt.
+  bool set_recv_timeout(std::chrono::milliseconds t) {
+    if (t == m_recv_timeout) return true;
+    const timeval tv = to_timeval(t);
+    ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    m_recv_timeout = t;
+    return true;
+  }
+
+  bool receive(const std::uint8_t* data, std::size_t n) {
+    const std::size_t drop_after = m_device.options().faults.drop_after_bytes;
+    // Fault injection: the link breaks once this connection has carried drop_after bytes in.
+    if (drop_after && m_received + n >= drop_after) {
+      log_line(m_who, "injected connection drop after " + std::to_string(drop_after) + " bytes");
+      return false;
+    }
+    m_received += n;
+    // The bytes are counted before they are buffered, so the budget is never exceeded.
+    if (!m_share.resize(m_share.held() + n)) return over_budget();
+    m_decoder.feed(data, n);
+    bool completed = false;
+    while (auto payload = m_decoder.next()) {
+      completed = true;
+      if (!handle(*payload)) return false;
+    }
+    if (m_decoder.buffered() == 0)
+      m_frame_started.reset();
+    else if (completed || !m_frame_started)
+      m_frame_started = std::chrono::steady_clock::now();
+    // What stays held after the commands ran: a partial frame and gathered command data.
+    if (!m_share.resize(m_decoder.buffered() + m_session.held_bytes())) return over_budget();
+    return true;
+  }
+
+  bool handle(const core::SecureBytes& payload) {
+    if (payload.size() == 1) {
+      const std::uint8_t ctl = payload[0];
+      if (ctl == core::vpcd::get_atr) return send_frame(m_fd, kAtr, sizeof kAtr);
+      if (ctl == core::vpcd::power_off || ctl == core::vpcd::power_on || ctl == core::vpcd::reset) {
+        m_session.reset();
+        return true;
+      }
+      log_line(m_who, "unknown vpcd control byte, connection closed");
+      return false;
+    }
+    core::SecureBytes response;
+    try {
+      response = m_session.process(payload.data(), payload.size());
+    } catch (const core::Error& e) {
+      if (e.code() != error::PowerCut) throw;
+      m_device.power_restored();
+      return false;
+    }
+    return send_frame(m_fd, response.data(), response.size());
+  }
+
+  bool over_budget() {
+    g_budget_log.note(m_who, "memory budget of " + std::to_string(m_budget->limit()) +
+                                 " bytes for all connections spent: connection closed");
+    return false;
+  }
+
+  Device& m_device;
+  const int m_fd;
+  const std::chrono::milliseconds m_idle;
+  const std::string m_who;
+  Session m_session;
+  core::FrameDecoder m_decoder;
+  BudgetShare m_share;
+  MemoryBudget* m_budget;
+  std::size_t m_received = 0;
+  std::chrono::milliseconds m_recv_timeout{-1};
+  std::optional<std::chrono::steady_clock::time_point> m_frame_started;  // first byte of a partial frame
+};
+
 }  // namespace
+
 
 bool MemoryBudget::take(std::size_t n) noexcept {
   std::size_t cur = m_held.load();
@@ -130,83 +254,8 @@ bool MemoryBudget::take(std::size_t n) noexcept {
 void serve_stream(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
                   const std::atomic<bool>& stopping, MemoryBudget* budget) {
   const std::string who = device.chip().chip_id().str();
-  Session session(device);
-  core::FrameDecoder decoder(max_frame);
-  BudgetShare share(budget);
-  const auto over_budget = [&] {
-    g_budget_log.note(who, "memory budget of " + std::to_string(budget->limit()) +
-                               " bytes for all connections spent: connection closed");
-  };
-  std::size_t received = 0;
-  const std::size_t drop_after = device.options().faults.drop_after_bytes;
-  // recv blocks for at most one receive timeout: the whole idle timeout when there is one (the thread
-  // sleeps until data, the timeout or the owner's shutdown(), instead of waking every slice), else a
-  // short slice so that `stopping` is seen (vpcd mode, stopped by a signal flag).
-  const auto wait = idle_timeout.count() > 0 ? idle_timeout : kStopSlice;
-  const timeval tv = to_timeval(wait);
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  // A client that sends commands and never reads the answers holds the thread one idle timeout at most.
-  if (idle_timeout.count() > 0) ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-  std::uint8_t buf[16384];
   try {
-    for (;;) {
-      if (stopping) return;
-      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        if (idle_timeout.count() > 0) {
-          log_line(who, "idle connection closed");
-          return;
-        }
-        continue;
-      }
-      if (n <= 0) return;
-      std::size_t take = static_cast<std::size_t>(n);
-      if (drop_after) {
-        // Fault injection: the link breaks once this connection has carried drop_after bytes in.
-        if (received + take >= drop_after) {
-          log_line(who, "injected connection drop after " + std::to_string(drop_after) + " bytes");
-          return;
-        }
-      }
-      received += take;
-      // The bytes are counted before they are buffered, so the budget is never exceeded.
-      if (!share.resize(share.held() + take)) {
-        over_budget();
-        return;
-      }
-      decoder.feed(buf, take);
-      while (auto payload = decoder.next()) {
-        if (payload->size() == 1) {
-          const std::uint8_t ctl = (*payload)[0];
-          if (ctl == core::vpcd::get_atr) {
-            if (!send_frame(fd, kAtr, sizeof kAtr)) return;
-          } else if (ctl == core::vpcd::power_off || ctl == core::vpcd::power_on || ctl == core::vpcd::reset) {
-            session.reset();
-          } else {
-            log_line(who, "unknown vpcd control byte, connection closed");
-            return;
-          }
-          continue;
-        }
-        core::SecureBytes response;
-        try {
-          response = session.process(payload->data(), payload->size());
-        } catch (const core::Error& e) {
-          if (e.code() == error::PowerCut) {
-            device.power_restored();
-            return;
-          }
-          throw;
-        }
-        if (!send_frame(fd, response.data(), response.size())) return;
-      }
-      // What stays held after the commands ran: a partial frame and gathered command data.
-      if (!share.resize(decoder.buffered() + session.held_bytes())) {
-        over_budget();
-        return;
-      }
-    }
+    Connection(device, fd, idle_timeout, max_frame, budget).run(stopping);
   } catch (const core::Error& e) {
     log_line(who, "connection closed, error " + std::to_string(e.numeric()) + ": " + e.what());
   } catch (const std::exception& e) {

@@ -312,3 +312,47 @@ TEST_CASE("memory budget: partial large frames and gathered data of all connecti
   link.connect();
   CHECK(link.atr().size() == 5);
 }
+
+TEST_CASE("a frame trickled a byte at a time is closed one idle timeout after it began") {
+  test::ScratchDir tmp("trickle");
+  test::DevicePki pki;
+  const auto dirs = make_devices(pki, tmp.path(), 1);
+  auto options = quiet_options();
+  options.idle_timeout = milliseconds(600);
+  device::Server server(dirs, options);
+  server.start();
+  const int port = server.ports()[0];
+
+  // GET DATA CPLC (80 CA 9F 7F 00) one byte every 200 ms: each byte well within the idle timeout.
+  const std::vector<std::uint8_t> frame{0x00, 0x05, 0x80, 0xCA, 0x9F, 0x7F, 0x00};
+  const int fd = raw_connect(port);
+  const auto t0 = std::chrono::steady_clock::now();
+  bool closed = false;
+  for (std::size_t i = 0; i < frame.size() && !closed; ++i) {
+    if (::send(fd, &frame[i], 1, MSG_NOSIGNAL) != 1) break;
+    closed = closed_by_peer(fd, 200);
+  }
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  CHECK(closed);
+  CHECK(elapsed >= milliseconds(550));
+  CHECK(elapsed < milliseconds(1100));
+  ::close(fd);
+
+  // The same frame sent in pieces inside the idle timeout is answered, and so is the next one.
+  const int ok = raw_connect(port);
+  for (int round = 0; round < 2; ++round) {
+    send_bytes(ok, {frame.begin(), frame.begin() + 3});
+    std::this_thread::sleep_for(milliseconds(250));
+    send_bytes(ok, {frame.begin() + 3, frame.end()});
+    std::uint8_t head[2];
+    pollfd p{ok, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 2000) == 1);
+    REQUIRE(::recv(ok, head, 2, MSG_WAITALL) == 2);
+    std::vector<std::uint8_t> body((head[0] << 8) | head[1]);
+    REQUIRE(::recv(ok, body.data(), body.size(), MSG_WAITALL) == static_cast<ssize_t>(body.size()));
+    CHECK(body.size() > 2);
+    CHECK(body[body.size() - 2] == 0x90);
+    std::this_thread::sleep_for(milliseconds(400));  // idle between commands: within the timeout
+  }
+  ::close(ok);
+}
