@@ -101,6 +101,10 @@ int main(int argc, char** argv) {
                                                    "--role-password-file or KEYLINE_BACKUPDB_ROLE_PASSWORD");
     keyline::core::refuse_password_on_command_line(argc, argv, "--db", true,
                                                    "--db-password-file, PGPASSWORD or PGPASSFILE");
+    // From a config file the old key would otherwise be dropped without a word.
+    if (!refused.empty())
+      throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage,
+                                       "role-password is not a setting: use --role-password-file");
     if (*migrate) {
       const int n = keyline::backupdb::migrate(cfg);
       std::printf("keyline-backupdb: %d migration(s) applied\n", n);

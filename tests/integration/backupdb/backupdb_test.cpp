@@ -680,6 +680,11 @@ TEST_CASE("passwords on the command line are refused with a reason") {
   CHECK(rc == 2);
   out = sh(bin + " migrate --db \"host=127.0.0.1 port=1 password = 'a b' dbname=x\" 2>&1", &rc);
   CHECK(rc == 2);
+  // The old key in a config file is refused too, not silently dropped.
+  write_file(pki().dir + "/old.toml", "[migrate]\nrole-password = \"hunter2\"\n");
+  out = sh(bin + " --config " + pki().dir + "/old.toml migrate --db 'host=127.0.0.1 port=1 dbname=x' 2>&1", &rc);
+  CHECK(rc == 2);
+  CHECK(out.find("--role-password-file") != std::string::npos);
   // passfile names a file, not a password: accepted (and then the server is unreachable: exit 4).
   out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x passfile=/nonexistent connect_timeout=2' 2>&1", &rc);
   CHECK(rc == 4);
