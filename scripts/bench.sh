@@ -7,7 +7,9 @@
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
-"$top/scripts/setup.sh" >/dev/null
+# wrk and nginx serve only the benchmarks, so setup.sh installs them for this caller alone.
+KEYLINE_EXTRA_PACKAGES="wrk nginx" "$top/scripts/setup.sh" >/dev/null
+mkdir -p "$top/.keyline/bench"
 which=${1:-all}
 rc=0
 if [ "$which" = all ] || [ "$which" = backupdb ]; then

@@ -40,6 +40,7 @@ n=${KEYLINE_BENCH_LINE_DEVICES:-2000}
 dir=${KEYLINE_BENCH_DIR:-$repo/.keyline/bench/line}
 sweep=${KEYLINE_BENCH_LINE_SWEEP-16 64 256}
 cores=$(nproc)
+mkdir -p "$dir"  # the set-up log below ($dir.e2e.log) is written before line_up makes anything
 # shellcheck source=lib/line.sh
 source "$repo/scripts/lib/line.sh"
 trap line_down EXIT

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages keyline needs (only what is missing), then configures and builds build/.
 # Idempotent: a second run installs nothing and only rebuilds what changed.
+#   KEYLINE_EXTRA_PACKAGES="wrk nginx"  more packages for one caller (scripts/bench.sh asks for these)
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
@@ -12,8 +13,12 @@ packages=(
   openssl curl python3 libengine-pkcs11-openssl time
   strace  # integration_station_keys: the modes key files are created with
   pcscd vsmartcard-vpcd pcsc-tools
+  clang libclang-rt-14-dev
 )
-# wrk and nginx only serve the benchmarks; install them there (scripts/bench.sh).
+# clang and its runtime build the libFuzzer targets that scripts/test.sh runs (build-fuzz). wrk and
+# nginx only serve the benchmarks: scripts/bench.sh passes them in KEYLINE_EXTRA_PACKAGES.
+# shellcheck disable=SC2206
+packages+=(${KEYLINE_EXTRA_PACKAGES:-})
 
 missing=()
 for p in "${packages[@]}"; do
@@ -28,8 +33,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  # policy-rc.d keeps Debian from starting the system-wide PostgreSQL and pcscd we do not use.
+  # policy-rc.d keeps Debian from starting the system-wide services we do not use (PostgreSQL, pcscd,
+  # nginx on port 80): every program here runs its own private instance.
+  rcd=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    rcd=1
+  fi
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [ -z "$rcd" ] || $sudo rm -f /usr/sbin/policy-rc.d
 else
   echo "setup: all ${#packages[@]} packages present, nothing installed"
 fi

@@ -1,6 +1,7 @@
 // keyline-station: options only; the work is in keyline_station (station/src).
 #include <CLI/CLI.hpp>
 
+#include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/station/commands.h"
 
@@ -91,10 +92,6 @@ int main(int argc, char** argv) {
   run->add_option("--progress", run_req.progress, "auto | tty | plain")
       ->check(CLI::IsMember({"auto", "tty", "plain"}))
       ->capture_default_str();
-  run->add_option("--crash-at", run_req.crash_at,
-                  "crash tests only: abort() at <step>[:N] (read-device, claim, issue, store, backup, record, publish, "
-                  "drain); also KEYLINE_STATION_CRASH_AT")
-      ->envname("KEYLINE_STATION_CRASH_AT");
 
   std::int64_t floor_devices = 2000;
   int floor_threads = 2;
@@ -113,7 +110,11 @@ int main(int argc, char** argv) {
   auto* status = app.add_subcommand("status", "journal states, outbox and pool");
   status->add_flag("--json", json, "machine-readable output");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;  // docs/operations.md: 2 = usage
+  }
 
   return keyline::core::run_guarded("keyline-station", [&]() -> int {
     // complete_config takes a field equal to its default for unset; a flag given with that value must

@@ -240,6 +240,10 @@ void HardwareModuleNameExtension::decode_inner(const std::vector<std::uint8_t>& 
     hmn.decode(hw_type).decode(serial, Botan::OCTET_STRING);
     hmn.verify_end();
     explicit_value.verify_end();
+    // Botan 2 decodes OID arcs it refuses to encode (fuzz_hw_module_name found a first arc above 2):
+    // such an hwType is not an OID (X.690 section 8.19), so the certificate is refused, not half-read.
+    std::vector<std::uint8_t> reencoded;
+    Botan::DER_Encoder(reencoded).encode(hw_type);
     m_hw_type = hw_type;
     m_serial.assign(serial.begin(), serial.end());
   } catch (const Botan::Exception&) {

@@ -182,7 +182,6 @@ int cmd_run(const StationConfig& config, const RunRequest& request) {
   if (profile.devices.empty())
     throw core::ConfigError(core::ErrorCode::Usage, "no devices: give --profile, --fleet, --fleet-ports or --device");
   if (request.concurrency > 0) profile.concurrency = request.concurrency;
-  if (!request.crash_at.empty()) ::setenv("KEYLINE_STATION_CRASH_AT", request.crash_at.c_str(), 1);
   LineOptions opt;
   opt.count = request.count;
   opt.publish_wait_ms = request.publish_wait_s * 1000;

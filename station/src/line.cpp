@@ -94,7 +94,6 @@ class Line {
   const LineProfile& m_profile;
   const LineOptions& m_options;
   std::ostream& m_out;
-  FaultHook m_crash = FaultHook::from_env();  // crash tests: KEYLINE_STATION_CRASH_AT (fault_hook.h)
 
   std::unique_ptr<StationKeys> m_keys;
   Poco::Net::Context::Ptr m_tls;  // mutual TLS with the token-held station key, shared by the lanes
@@ -267,7 +266,7 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
     detail = e.what();
   }
   if (ok) {
-    m_crash.at("drain");
+    fault_point("drain");  // crash tests (fault_hook.h)
     // The marker thread marks it (with whatever else was accepted meanwhile) and releases the chip
     // from m_publishing; until then no sweep sends it again.
     {
@@ -478,7 +477,7 @@ LineSummary Line::run() {
   m_group = std::make_unique<core::pq::GroupCommit>(*m_db, kCommitFlushers, kCommitBatch);
   m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, nullptr);
   m_personalizer->set_app_items(m_profile.app_items);
-  m_personalizer->set_step_hook([this](Step s, const std::string&) { m_crash.at(step_name(s)); });
+  m_personalizer->set_step_hook([](Step s, const std::string&) { fault_point(step_name(s)); });
 
   // Resume first: chips this database holds unfinished rows for go to the front of the queue; chips
   // already published are not touched again.

@@ -16,13 +16,18 @@ run_in_background() {
 }
 
 # wait_published N: until more than N devices are published (10 s at most), so that an outage a
-# test causes next falls in the middle of the run.
+# test causes next falls in the middle of the run. Fails the test on timeout: an outage that starts
+# before the run got going, or after it ended, proves nothing.
 wait_published() {
   for _ in $(seq 200); do
     [ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'")" -gt "$1" ] && return 0
     sleep 0.05
   done
+  fail "no more than $1 devices published after 10 s: the run did not get going"
 }
+
+# published_count: devices the journal has as published.
+published_count() { line_station_sql "SELECT count(*) FROM journal.device WHERE state = 'published'"; }
 
 # finish_run N: waits for RUN_PID, prints its log, requires exit 0 and N devices done in the summary.
 finish_run() {

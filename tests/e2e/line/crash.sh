@@ -22,7 +22,7 @@ rc=0
 line_backupdb_start
 sleep 2.5  # the outbox rows' next attempt falls due
 rc=0
-"$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --crash-at drain:3 \
+"$LINE_BIN/keyline-station-faulty" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --crash-at drain:3 \
   >"$LINE_DIR/logs/run-drain.log" 2>&1 || rc=$?
 [ "$rc" -eq 134 ] || fail "no crash in the drainer (exit $rc)"
 echo "run: crash at drain:3 -> exit $rc"
@@ -43,7 +43,7 @@ for ((i = 0; i < KILLS; i++)); do
     step=${steps[RANDOM % ${#steps[@]}]}
     nth=$((RANDOM % 5 + 1))
     rc=0
-    "$LINE_BIN/keyline-station" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --publish-wait 5 \
+    "$LINE_BIN/keyline-station-faulty" run --fleet "$LINE_DIR/fleet.txt" -j 4 --progress plain --publish-wait 5 \
       --crash-at "$step:$nth" >"$log" 2>&1 || rc=$?
     # abort() is SIGABRT: 134 from bash.
     [ "$rc" -eq 134 ] && kills=$((kills + 1))

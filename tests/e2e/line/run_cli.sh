@@ -69,7 +69,12 @@ serve_lone() {
   grep '^listening' "$LINE_DIR/lone.out" >"$LINE_DIR/lone.txt"
 }
 serve_lone
-rc=0; "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain --crash-at claim:1 >/dev/null 2>&1 || rc=$?
+# The operator's binary has no fault hook: --crash-at is an unknown option (exit 2, nothing runs) and
+# KEYLINE_STATION_CRASH_AT is ignored (the run below resumes the device through read-device, claim ...).
+rc=0; "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain --crash-at claim:1 >"$LINE_DIR/logs/no-crash-at.log" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] || fail "keyline-station accepted --crash-at: exit $rc"
+grep -q -- '--crash-at' "$LINE_DIR/logs/no-crash-at.log" || fail "keyline-station did not name the unknown --crash-at"
+rc=0; "$LINE_BIN/keyline-station-faulty" run --fleet "$LINE_DIR/lone.txt" --progress plain --crash-at claim:1 >/dev/null 2>&1 || rc=$?
 [ "$rc" -eq 134 ] || fail "crash at claim: exit $rc"
 chip=$(awk '{print $3}' "$LINE_DIR/lone.txt")
 imei=$(line_station_sql "SELECT imei FROM journal.device WHERE chip_id = '$chip' AND state = 'claimed'")
@@ -80,7 +85,8 @@ rc=0; "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain >"$LINE_DIR/logs/a
 grep -Eq '\| unfinished in the journal +\| +1 \|' "$LINE_DIR/logs/away.log" || fail "summary does not show the unfinished claim"
 [ "$(line_station_sql "SELECT count(*) FROM pool.imei WHERE imei = '$imei'")" -eq 0 ] || fail "claimed IMEI back in the pool"
 serve_lone
-"$st" run --fleet "$LINE_DIR/lone.txt" --progress plain >"$LINE_DIR/logs/back.log" 2>&1 || fail "device back: run failed"
+KEYLINE_STATION_CRASH_AT=read-device:1 "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain >"$LINE_DIR/logs/back.log" 2>&1 \
+  || fail "device back: run failed (exit $?; KEYLINE_STATION_CRASH_AT must be ignored by keyline-station)"
 kill "$lone_pid"; wait "$lone_pid" 2>/dev/null || true
 [ "$(line_public_sql "SELECT imei FROM records WHERE chip_id = '$chip'")" = "$imei" ] || fail "resumed with another IMEI"
 [ "$(line_station_sql "SELECT count(*) FROM journal.device WHERE chip_id = '$chip'")" -eq 1 ] || fail "second journal row"

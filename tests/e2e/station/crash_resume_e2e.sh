@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # DESIGN §9 invariant 4 for the station: a crash at any step boundary resumes on the next run with the
 # same IMEI and keys, nothing lost and nothing duplicated. Each device of a line gets killed (abort, no
-# cleanup, like kill -9) at another step through KEYLINE_STATION_CRASH_AT, then personalized again.
+# cleanup, like kill -9) at another step through KEYLINE_STATION_CRASH_AT (keyline-station-faulty), then personalized again.
 # Environment: LINE_BIN (the programs), E2E_DIR (scratch directory, wiped first).
 set -uo pipefail
 top=${KEYLINE_SOURCE_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)}
@@ -40,7 +40,7 @@ for i in "${!steps[@]}"; do
   s=${steps[$i]}
   chip=${chips[$i]}
   dev=${LINE_DEVICES[$i]}
-  KEYLINE_STATION_CRASH_AT=$s "$LINE_BIN/keyline-station" personalize --json --device "$dev" \
+  KEYLINE_STATION_CRASH_AT=$s "$LINE_BIN/keyline-station-faulty" personalize --json --device "$dev" \
     >"$logs/crash-$s.out" 2>"$logs/crash-$s.err"
   rc=$?
   check "crash at $s: the station died (exit $rc)" test "$rc" -ge 128

@@ -35,10 +35,10 @@ logs=$LINE_DIR/logs
 pki=$LINE_DIR/pki
 db=$KEYLINE_STATION_DB
 sql() { psql "$db" -tAqc "$1"; }
-station() {  # name args... : runs keyline-station with its output kept under logs/
+station() {  # name args... : runs keyline-station (or $STATION) with its output kept under logs/
   local name=$1
   shift
-  "$LINE_BIN/keyline-station" "$@" >"$logs/station-$name.out" 2>"$logs/station-$name.err"
+  "$LINE_BIN/${STATION:-keyline-station}" "$@" >"$logs/station-$name.out" 2>"$logs/station-$name.err"
 }
 mapfile -t chips < <(awk '$1 == "listening" {print $3}' "$logs/fleet.out")
 [ "${#chips[@]}" -eq 4 ] || { echo "expected 4 devices, got ${#chips[@]}"; exit 1; }
@@ -139,7 +139,7 @@ check "pool status reports the same pool" grep -q "\"imeis\":${before%%/*}," "$l
 # keyline-device has no flag that corrupts the backup it returns, so: personalization crashes right
 # after STORE DATA (the journal keeps state "issued"), the device's flash gets one bit flipped, and
 # the next run resumes at the backup step.
-KEYLINE_STATION_CRASH_AT=store station crash personalize --json --device "${LINE_DEVICES[2]}"
+KEYLINE_STATION_CRASH_AT=store STATION=keyline-station-faulty station crash personalize --json --device "${LINE_DEVICES[2]}"
 rc=$?
 check "crash hook aborted the station after store (exit $rc)" test "$rc" -ge 128
 imei2=$(sql "SELECT imei FROM journal.device WHERE chip_id = '${chips[2]}' AND state = 'issued'")
@@ -240,16 +240,57 @@ for d in "${LINE_DEVICE_DIRS[@]}"; do
   k=$(od -An -tx1 -v "$d/secure/chip.key" | tr -d ' \n')
   needles+=("$k" "$(tr a-f A-F <<<"$k")")
 done
-check "logs collected (${#logfiles[@]} files)" test "${#logfiles[@]}" -ge 8
 check "needles are real (${#needles[@]}; chip keys 64 hex digits)" test "${#needles[3]}" -eq 64
-leaks=0
-for n in "${needles[@]}"; do
-  if hits=$(grep -rlF -- "$n" "${logfiles[@]}"); then
-    leaks=$((leaks + 1))
-    fail "a secret appears in: $hits"
-  fi
+# What each personalized device holds (DGIs 8101 identity key PKCS#8, 8102 transport scalar, 8103
+# communication key), read by opening its sealed backup with its chip key as the chip does at boot
+# (keyline-test-unseal): hex in both cases and base64, the PKCS#8 also as PEM lines and its bare
+# P-256 scalar. Kept in variables only, never in a file under logs/.
+unsealed=0
+plants=()  # one needle of each kind, planted in a copy of a log below to prove the scan finds it
+for d in "${LINE_DEVICE_DIRS[@]}"; do
+  dump=$("$LINE_BIN/keyline-test-unseal" "$d" 2>/dev/null) || continue  # not personalized, or corrupted
+  unsealed=$((unsealed + 1))
+  while read -r dgi enc value; do
+    needles+=("$value")
+    if [ "$dgi" = 8101 ] && [ "$enc" = b64 ]; then
+      while read -r line; do needles+=("$line"); done < <(fold -w64 <<<"$value")
+    fi
+    if [ "$dgi" = 8101 ] && [ "$enc" = hex ]; then
+      scalar=${value#*0201010420}  # ECPrivateKey: version 1, then privateKey OCTET STRING (32)
+      [ "$scalar" != "$value" ] && needles+=("${scalar:0:64}" "$(tr a-f A-F <<<"${scalar:0:64}")")
+    fi
+    [ "$unsealed" -eq 1 ] && plants+=("$dgi/$enc:$value")
+  done <<<"$dump"
 done
-check "no PIN, chip key or private key in any log (${#needles[@]} secrets, ${#logfiles[@]} files)" test "$leaks" -eq 0
+check "device secrets read from $unsealed personalized devices (want >= 2)" test "$unsealed" -ge 2
+check "each device gives PKCS#8, transport and communication key in hex, HEX and base64 (${#plants[@]} kinds)" \
+  test "${#plants[@]}" -eq 9
+# scan_for_secrets FILES...: prints each file a needle appears in; returns how many needles appeared.
+scan_for_secrets() {
+  local n hits found=0
+  for n in "${needles[@]}"; do
+    [ -n "$n" ] || continue
+    if hits=$(grep -rlF -- "$n" "$@"); then
+      found=$((found + 1))
+      echo "a secret appears in: $hits"
+    fi
+  done
+  return "$((found > 255 ? 255 : found))"
+}
+check "logs collected (${#logfiles[@]} files)" test "${#logfiles[@]}" -ge 8
+leaks=0
+scan_out=$(scan_for_secrets "${logfiles[@]}") || leaks=$?
+[ -n "$scan_out" ] && echo "$scan_out"
+check "no PIN, chip key, device private key, transport scalar or communication key in any log (${#needles[@]} needles, ${#logfiles[@]} files)" test "$leaks" -eq 0
+# The scan can find what it looks for: each kind of device secret planted in a copy of a real log.
+mkdir -p "$work/planted"
+for p in "${plants[@]}"; do
+  kind=${p%%:*}
+  cp "${logfiles[0]}" "$work/planted/log"
+  printf 'station: a leaked value %s in a line\n' "${p#*:}" >>"$work/planted/log"
+  rc=0; scan_for_secrets "$work/planted/log" >/dev/null || rc=$?
+  check "the scan finds a planted $kind" test "$rc" -gt 0
+done
 # The grep can find what it looks for: the server key file itself holds a PEM private key.
 check "the grep sees a private key where one is" grep -qF "PRIVATE KEY" "$pki/backupdb-tls.key"
 

@@ -33,7 +33,6 @@ struct RunRequest {
   int publish_wait_s = 60;
   int db_wait_s = 300;
   std::string progress = "auto";      // auto | tty | plain
-  std::string crash_at;               // fault hook for crash tests: <step>[:N]
 };
 int cmd_run(const StationConfig& config, const RunRequest& request);
 // The line benchmark's crypto floor (scripts/bench_line.sh): prints "floor_devices_per_s <x>".
