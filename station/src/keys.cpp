@@ -301,6 +301,18 @@ void ensure_server(Init& in, const char* cert_file, const char* key_file, const 
   in.wrote(cert_file, why);
 }
 
+// A run killed between creating a temp file and renaming it leaves `<file>.tmp-XXXXXX` (0600, perhaps a
+// server key): removed before anything else is written.
+void remove_stale_temps(Init& in) {
+  for (const auto& e : fs::directory_iterator(in.config.pki_dir)) {
+    const std::string name = e.path().filename().string();
+    const auto at = name.rfind(".tmp-");
+    if (at == std::string::npos || name.size() != at + 11 || !e.is_regular_file()) continue;
+    fs::remove(e.path());
+    in.out << "keys: removed " << e.path().string() << " (left by an interrupted run)\n";
+  }
+}
+
 }  // namespace
 
 void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out) {
@@ -310,6 +322,7 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
   const core::SecureBytes pin = read_pin(config);
   Init in{config, options, core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, 4), out, {}, false};
   fs::create_directories(config.pki_dir);
+  remove_stale_temps(in);
 
   const auto root_key = ensure_ec_key(in, key_label::root, 1);
   const auto device_ca_key = ensure_ec_key(in, key_label::device_ca, 2);

@@ -139,6 +139,8 @@ TEST_CASE("keys init interrupted after the keys (certificate files lost) is fini
   const auto ca_point = s.objects_labelled("Public Key Object", "keyline-device-ca");
   REQUIRE(ca_point.size() == 1);
   for (const char* f : {"device-ca.pem", "station-tls.pem", "kps-tls.key", "tls-ca.pem"}) fs::remove(s.pki(f));
+  // A run killed between temp file and rename leaves one behind (0600, maybe a key): it goes.
+  std::ofstream(s.pki("kps-tls.key.tmp-a1B2c3")) << "half a key";
   // What every other command says meanwhile, and what it said before this fix: keys init refused.
   r = s.station("keys init");
   INFO(r.out);
@@ -150,6 +152,8 @@ TEST_CASE("keys init interrupted after the keys (certificate files lost) is fini
   CHECK(ca_after.subject_public_key_info() == ca_before.subject_public_key_info());  // the same Device CA key
   CHECK(s.objects_labelled("Public Key Object", "keyline-device-ca") == ca_point);
   CHECK(s.objects_labelled("Private Key Object", "keyline-device-ca").size() == 1);
+  CHECK_FALSE(fs::exists(s.pki("kps-tls.key.tmp-a1B2c3")));
+  CHECK(r.out.find("removed " + s.pki("kps-tls.key.tmp-a1B2c3").string()) != std::string::npos);
   const auto root = first_cert(s.pki("root.pem"));
   const auto svc = first_cert(s.pki("service-ca.pem"));
   CHECK_NOTHROW(core::verify_chain(ca_after, {}, {root}));
