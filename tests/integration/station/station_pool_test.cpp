@@ -2,7 +2,10 @@
 // emulated devices (the keyline-device program, over TCP).
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,8 +26,12 @@
 #include <botan/ecdsa.h>
 #include <botan/pkcs8.h>
 
+#include "keyline/core/apdu.h"
+#include "keyline/core/applet_protocol.h"
+#include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/imei.h"
+#include "keyline/core/vpcd.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/config.h"
 #include "keyline/station/errors.h"
@@ -623,4 +630,104 @@ TEST_CASE("migration 0006: a live row whose old blobs were wiped is voided and t
   const auto old = db.exec("SELECT state, void_reason FROM journal.device WHERE imei = $1", {r1.imei});
   CHECK(old.text(0, 0) == "void");
   CHECK(old.text(0, 1).find("migration 0006") != std::string::npos);
+}
+
+namespace {
+
+// A device on a real socket that speaks the vpcd framing and answers SELECT, GET DATA CPLC and
+// STATUS, the latter with whatever bytes the test gives: what a broken chip or a rewriting proxy
+// between station and device could send.
+class FakeDevice {
+ public:
+  explicit FakeDevice(core::SecureBytes status_answer) : m_status(std::move(status_answer)) {
+    m_listen = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(m_listen, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(m_listen, 4) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(m_listen, reinterpret_cast<sockaddr*>(&a), &len);
+    m_endpoint = "127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    m_thread = std::thread([this] { serve(); });
+  }
+  ~FakeDevice() {
+    ::shutdown(m_listen, SHUT_RDWR);
+    ::close(m_listen);
+    m_thread.join();
+  }
+  const std::string& endpoint() const { return m_endpoint; }
+  static core::Cplc cplc() { return core::Cplc::make(0x4B4C, 0x0001, 0xA1B2C3D4, 0xE5F6); }
+
+ private:
+  void serve() {
+    for (int fd; (fd = ::accept(m_listen, nullptr, nullptr)) >= 0;) {
+      core::FrameDecoder dec;
+      std::uint8_t buf[4096];
+      for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) {
+        dec.feed(buf, static_cast<std::size_t>(n));
+        while (auto payload = dec.next()) {
+          if (payload->size() == 1) {
+            if ((*payload)[0] == core::vpcd::get_atr) send_frame(fd, core::SecureBytes{0x3B, 0x80, 0x80, 0x01, 0x01});
+            continue;
+          }
+          send_frame(fd, core::encode_response(answer(core::decode_command(*payload))));
+        }
+      }
+      ::close(fd);
+    }
+  }
+  core::ResponseApdu answer(const core::CommandApdu& c) const {
+    core::ResponseApdu r;
+    if (c.ins == core::applet::ins::status) {
+      r.data = m_status;
+    } else if (c.ins == core::applet::ins::get_data && c.p1 == 0x9F && c.p2 == 0x7F) {
+      const auto body = cplc().encode_tagged();
+      r.data.assign(body.begin(), body.end());
+    } else if (c.ins != core::applet::ins::select) {
+      r.sw = core::sw::ins_not_supported;
+    }
+    return r;
+  }
+  static void send_frame(int fd, const core::SecureBytes& payload) {
+    const auto frame = core::encode_frame(payload);
+    ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+  }
+
+  core::SecureBytes m_status;
+  int m_listen = -1;
+  std::string m_endpoint;
+  std::thread m_thread;
+};
+
+}  // namespace
+
+TEST_CASE("a device whose STATUS answer has 11 bytes is refused with a typed error before anything is claimed") {
+  // Issue 12: lifecycle PERSONALIZED and the chip ID, no flash byte. The station's old check
+  // (size < 1 + 10) passed it and then built the IMEI string from begin() + 12 .. end().
+  const auto chip = FakeDevice::cplc().chip_id();
+  core::SecureBytes eleven{0x0F};
+  eleven.insert(eleven.end(), chip.bytes().begin(), chip.bytes().end());
+  REQUIRE(eleven.size() == 11);
+  const auto cfg = station_config();
+  auto db = fresh_station_db("st_status11");
+  auto keys = StationKeys::open(cfg, 2);
+  pool_generate_imeis(db, "35780502", 1);
+  FakeDevice dev(eleven);
+  Personalizer p(cfg, keys, nullptr);
+  const auto r = p.personalize(dev.endpoint(), db);
+  INFO(r.error);
+  CHECK(r.error_code == static_cast<int>(core::ErrorCode::BadApdu));
+  CHECK(r.reached == Step::ReadDevice);
+  CHECK(r.error.find("STATUS answer") != std::string::npos);
+  CHECK(count(db, "SELECT count(*) FROM journal.device") == 0);
+  CHECK(pool_status(db).imeis == 1);
+
+  // Control: the same fake device with a well-formed personalized STATUS is refused as personalized.
+  core::SecureBytes twelve = eleven;
+  twelve.push_back(0x01);
+  FakeDevice good(twelve);
+  const auto r2 = p.personalize(good.endpoint(), db);
+  INFO(r2.error);
+  CHECK(r2.error_code == static_cast<int>(errc::AlreadyPersonalized));
 }
