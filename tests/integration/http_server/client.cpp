@@ -104,9 +104,10 @@ Response exchange(int port, const std::string& request, const std::string& sourc
   return parsed.front();
 }
 
-TlsClient::TlsClient(int port, const std::string& cert_file, const std::string& key_file) {
+TlsClient::TlsClient(int port, const std::string& cert_file, const std::string& key_file, int max_version) {
   m_fd = connect_from("127.0.0.1", port);
   m_ctx = SSL_CTX_new(TLS_client_method());
+  if (max_version) SSL_CTX_set_max_proto_version(m_ctx, max_version);
   if (!cert_file.empty()) {
     SSL_CTX_use_certificate_chain_file(m_ctx, cert_file.c_str());
     SSL_CTX_use_PrivateKey_file(m_ctx, key_file.c_str(), SSL_FILETYPE_PEM);
@@ -125,8 +126,12 @@ TlsClient::~TlsClient() {
   if (m_fd >= 0) ::close(m_fd);
 }
 
+void TlsClient::send(const std::string& data) {
+  if (SSL_write(m_ssl, data.data(), static_cast<int>(data.size())) <= 0) throw std::runtime_error("TLS write");
+}
+
 Response TlsClient::exchange(const std::string& request) {
-  if (SSL_write(m_ssl, request.data(), static_cast<int>(request.size())) <= 0) throw std::runtime_error("TLS write");
+  send(request);
   std::string data;
   while (parse_responses(data).empty()) {
     char buf[16384];

@@ -40,11 +40,13 @@ Response exchange(int port, const std::string& request, const std::string& sourc
 class TlsClient {
  public:
   // Blocking handshake with 127.0.0.1:port; client certificate when cert_file is set.
-  TlsClient(int port, const std::string& cert_file = {}, const std::string& key_file = {});
+  // max_version: e.g. TLS1_2_VERSION (0: the library's highest).
+  TlsClient(int port, const std::string& cert_file = {}, const std::string& key_file = {}, int max_version = 0);
   ~TlsClient();
   TlsClient(const TlsClient&) = delete;
   TlsClient& operator=(const TlsClient&) = delete;
   Response exchange(const std::string& request);
+  void send(const std::string& data);
 
  private:
   SSL_CTX* m_ctx = nullptr;

@@ -2,14 +2,16 @@
 # The acceptance run of issue 12: tests/support/flood.py against http_server_flood_target (TLS,
 # the default ServerLimits) with 200 slow-header, 200 silent and 200 slow-handshake connections for
 # 20 s; every probe answered, p99 under 100 ms. Prints the server's CPU time over the run (/proc).
-# Usage: flood_test.sh <http_server_flood_target> <flood.py> [seconds]
+# Usage: flood_test.sh <http_server_flood_target> <flood.py> [seconds] [poco]
+# ("poco" serves with Poco's thread-per-connection HTTPServer instead, to show the run failing there.)
 set -eu
 target=$1
 flood=$2
 seconds=${3:-20}
+mode=${4:-}
 dir=$(mktemp -d /tmp/kl-flood.XXXXXX)
 mkfifo "$dir/in"
-"$target" <"$dir/in" >"$dir/out" 2>"$dir/err" &
+"$target" $mode <"$dir/in" >"$dir/out" 2>"$dir/err" &
 pid=$!
 exec 3>"$dir/in"  # the target serves until this closes
 cleanup() { exec 3>&-; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <csignal>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -276,6 +277,39 @@ TEST_CASE("a reply the client does not take is cut at the write deadline; a clie
   CHECK(rs[0].status == 200);
   CHECK(rs[0].headers.at("content-length") == std::to_string(32 * 1024 * 1024));
   ::close(fd3);
+}
+
+TEST_CASE("a TLS client that hung up before its reply does not kill the process (SIGPIPE)") {
+  // Whatever the test runner left us (a blocked or ignored SIGPIPE is inherited across exec), the
+  // server's threads start with SIGPIPE deliverable and fatal, as in a daemon.
+  std::signal(SIGPIPE, SIG_DFL);
+  sigset_t pipe;
+  sigemptyset(&pipe);
+  sigaddset(&pipe, SIGPIPE);
+  pthread_sigmask(SIG_UNBLOCK, &pipe, nullptr);
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  Served s(o, [](const Request& r) {
+    Reply rep;
+    if (r.path == "/big") {
+      std::this_thread::sleep_for(100ms);  // the client is gone by now
+      rep.body.assign(8 * 1024 * 1024, 'x');
+    }
+    return rep;
+  });
+  // The client's FIN puts the server's socket in CLOSE_WAIT; the first write draws a reset, and
+  // the next one fails with EPIPE, which raises SIGPIPE unless the I/O thread blocks it. TLS 1.2:
+  // 1.3 session tickets would sit unread in the client, so its close would be a reset, not a FIN.
+  for (int i = 0; i < 3; ++i) {
+    auto c = std::make_unique<TlsClient>(s.port(), "", "", TLS1_2_VERSION);
+    c->send("GET /big HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.reset();
+  }
+  std::this_thread::sleep_for(400ms);
+  TlsClient after(s.port());
+  CHECK(after.exchange(kGet).status == 200);
 }
 
 TEST_CASE("the per-client cap refuses with a 503 problem document; another address is still served") {
