@@ -117,12 +117,10 @@ void DeviceLink::connect() {
     ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    const timeval tv = to_timeval(m_options.io_timeout);
-    // A device that does not read its commands cannot block a send for longer than one io timeout.
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     m_fd = fd;
-    m_recv_timeout = std::chrono::microseconds(-1);
-    set_recv_timeout(m_options.io_timeout);
+    m_recv_timeout = m_send_timeout = std::chrono::microseconds(-1);
+    set_timeout(SO_RCVTIMEO, m_options.io_timeout, m_recv_timeout);
+    set_timeout(SO_SNDTIMEO, m_options.io_timeout, m_send_timeout);
     break;
   }
   ::freeaddrinfo(res);
@@ -150,8 +148,17 @@ void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
   const SecureBytes frame = encode_frame(payload, len);
   m_last_command = describe_frame(payload, len);
   if (m_capture) m_capture(true, frame.data(), frame.size());
+  // A device that does not read its commands, or reads them a byte at a time, cannot hold a send
+  // past one io timeout either: the same deadline rule as for an answer, over the whole frame.
+  const Deadline deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
+  set_timeout(SO_SNDTIMEO, m_options.io_timeout, m_send_timeout);
   std::size_t off = 0;
   while (off < frame.size()) {
+    if (off) {
+      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) timed_out(m_last_command, "take");
+      if (m_send_timeout - left > std::chrono::milliseconds(1)) set_timeout(SO_SNDTIMEO, left, m_send_timeout);
+    }
     const ssize_t n = ::send(m_fd, frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out(m_last_command, "take");
@@ -163,11 +170,11 @@ void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
   }
 }
 
-void DeviceLink::set_recv_timeout(std::chrono::microseconds t) {
-  if (t == m_recv_timeout) return;
+void DeviceLink::set_timeout(int option, std::chrono::microseconds t, std::chrono::microseconds& current) {
+  if (t == current) return;
   const timeval tv = to_timeval(t);
-  ::setsockopt(m_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  m_recv_timeout = t;
+  ::setsockopt(m_fd, SOL_SOCKET, option, &tv, sizeof tv);
+  current = t;
 }
 
 void DeviceLink::timed_out(const std::string& what, const char* doing) {
@@ -194,7 +201,7 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len, Deadline deadlin
     // usual whole answer in one segment) costs no setsockopt.
     const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) timed_out(what, "answer");
-    if (m_recv_timeout - left > std::chrono::milliseconds(1)) set_recv_timeout(left);
+    if (m_recv_timeout - left > std::chrono::milliseconds(1)) set_timeout(SO_RCVTIMEO, left, m_recv_timeout);
     // Large remainders go straight to the caller; small ones through the buffer, which then holds
     // whatever else the segment carried (the next frame's header and body).
     const bool direct = len - off >= kReadChunk;
@@ -221,7 +228,7 @@ SecureBytes DeviceLink::receive_frame(const std::string& what) {
   if (m_fd < 0) throw IoError(ErrorCode::Network, "device link is not connected");
   // One deadline for the whole frame, header and body (docs/protocol.md, "Timeouts").
   const Deadline deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
-  set_recv_timeout(m_options.io_timeout);
+  set_timeout(SO_RCVTIMEO, m_options.io_timeout, m_recv_timeout);
   std::uint8_t head[2];
   read_exact(head, 2, deadline, what);
   const std::size_t len = (static_cast<std::size_t>(head[0]) << 8) | head[1];

@@ -8,7 +8,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -332,6 +334,20 @@ class ScriptedDevice {
   std::thread m_thread;
 };
 
+// The descriptor of this process's TCP socket whose peer is 127.0.0.1:port, or -1.
+int socket_connected_to(int port) {
+  std::vector<int> fds;
+  for (const auto& e : fs::directory_iterator("/proc/self/fd")) fds.push_back(std::stoi(e.path().filename()));
+  for (int fd : fds) {
+    sockaddr_in peer{};
+    socklen_t len = sizeof peer;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) == 0 && peer.sin_family == AF_INET &&
+        ntohs(peer.sin_port) == port)
+      return fd;
+  }
+  return -1;
+}
+
 // The vpcd frame of a response: 40 data bytes and 9000.
 core::Bytes answer_frame() {
   core::Bytes frame{0x00, 42};
@@ -384,4 +400,55 @@ TEST_CASE("device link: an answer split into pieces within the deadline arrives,
     CHECK(r.sw == core::sw::ok);
     CHECK(r.data.size() == 40);
   }
+}
+
+TEST_CASE("device link: a device reading its command slowly cannot hold the send past the deadline") {
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int small = 4096;  // set before listen: the accepted socket keeps it, and the window stays small
+  ::setsockopt(listener, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(listener, 1) == 0);
+  REQUIRE(::getsockname(listener, reinterpret_cast<sockaddr*>(&a), &alen) == 0);
+  std::atomic<bool> done{false};
+  std::thread peer([&] {
+    const int fd = ::accept(listener, nullptr, nullptr);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(6);
+    // 1 KiB every 100 ms: the window reopens well within each single send's timeout.
+    std::uint8_t b[1024];
+    while (!done && std::chrono::steady_clock::now() < end && ::recv(fd, b, sizeof b, 0) > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::close(fd);
+  });
+  core::DeviceLinkOptions o;
+  o.power_on = false;
+  o.io_timeout = std::chrono::milliseconds(500);
+  core::DeviceLink link("127.0.0.1", ntohs(a.sin_port), o);
+  link.connect();
+  // The link's socket is the one whose peer is the listener. A small send buffer (which also stops
+  // its growth) keeps the 64 KiB frame from vanishing into loopback's kernel buffers at once.
+  const int link_fd = socket_connected_to(ntohs(a.sin_port));
+  REQUIRE(link_fd >= 0);
+  REQUIRE(::setsockopt(link_fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+  core::SecureBytes apdu{0x00, 0xD6, 0x00, 0x00, 0x00, 0xFD, 0xE8};  // extended Lc = 65000
+  apdu.resize(7 + 65000, 0x11);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string waiting_for, message;
+  try {
+    link.transmit_raw(apdu);
+  } catch (const core::LinkTimeout& e) {
+    waiting_for = e.waiting_for();
+    message = e.what();
+  } catch (const core::Error&) {
+  }
+  const auto elapsed = std::chrono::steady_clock::now() - t0;
+  done = true;
+  peer.join();
+  ::close(listener);
+  CHECK(waiting_for == "APDU 00 D6 00 00");
+  CHECK(message.find("did not take") != std::string::npos);
+  CHECK(elapsed < std::chrono::milliseconds(1500));
 }

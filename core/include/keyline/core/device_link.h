@@ -76,7 +76,8 @@ class DeviceLink {
   // `what` names the command the frame answers, for the timeout error.
   SecureBytes receive_frame(const std::string& what);
   void read_exact(std::uint8_t* out, std::size_t len, Deadline deadline, const std::string& what);
-  void set_recv_timeout(std::chrono::microseconds t);
+  // Sets SO_RCVTIMEO or SO_SNDTIMEO to t unless `current` (what it is set to now) already says so.
+  void set_timeout(int option, std::chrono::microseconds t, std::chrono::microseconds& current);
   [[noreturn]] void timed_out(const std::string& what, const char* doing);
 
   std::string m_host;
@@ -91,6 +92,7 @@ class DeviceLink {
   std::size_t m_rpos = 0;  // m_rbuf[m_rpos, m_rend) is received and not yet read
   std::size_t m_rend = 0;
   std::chrono::microseconds m_recv_timeout{0};  // what SO_RCVTIMEO is set to now
+  std::chrono::microseconds m_send_timeout{0};  // and SO_SNDTIMEO
   std::string m_last_command;                   // names the command the next answer belongs to
 };
 
