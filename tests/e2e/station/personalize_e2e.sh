@@ -174,8 +174,10 @@ check "device 3 did not get the voided IMEI ($imei3 vs $imei2)" test -n "$imei3"
 pin=$(cat "$LINE_DIR/hsm/user.pin")
 tls=$work/tls
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$tls/client.key" 2>/dev/null
-openssl req -new -key "$tls/client.key" -subj "/CN=station-e2e" -out "$tls/client.csr" 2>/dev/null
-printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' >"$tls/client.ext"
+# The station profile (docs/decisions.md): OU=keyline station, CN=<station id>, clientAuth only, the keyline
+# station policy, SKI/AKI. Certificates that have all of it but are foreign or expired must still be refused.
+openssl req -new -key "$tls/client.key" -subj "/OU=keyline station/CN=station-e2e" -out "$tls/client.csr" 2>/dev/null
+printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\ncertificatePolicies=1.3.6.1.4.1.59999.2.1\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n' >"$tls/client.ext"
 # A foreign CA with its own client certificate.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$tls/foreign-ca.key" \
   -subj "/CN=Foreign CA" -days 30 -out "$tls/foreign-ca.pem" 2>/dev/null
@@ -197,11 +199,21 @@ policy = p
 unique_subject = no
 x509_extensions = e
 [p]
+organizationalUnitName = supplied
 commonName = supplied
 [e]
-basicConstraints = CA:FALSE
+basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = clientAuth
+certificatePolicies = 1.3.6.1.4.1.59999.2.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[nopolicy]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 CNF
 ca_sign() {  # out extra-args...
   local out=$1
@@ -213,6 +225,7 @@ ca_sign() {  # out extra-args...
 ca_sign "$tls/expired.pem" -startdate 20200101000000Z -enddate 20200201000000Z
 check "expired client certificate made by the service CA" openssl x509 -in "$tls/expired.pem" -noout
 ca_sign "$tls/valid.pem" -days 1
+ca_sign "$tls/nopolicy.pem" -days 1 -extensions nopolicy
 check "valid client certificate made by the service CA" \
   openssl verify -CAfile "$pki/root.pem" -untrusted "$pki/service-ca.pem" "$tls/valid.pem"
 record=$work/record.json
@@ -225,6 +238,13 @@ code=$(post "$tls/valid.pem")
 check "a valid service-CA client certificate may publish (identical re-publish, HTTP $code)" test "$code" = 200
 code=$(post "$tls/expired.pem")
 check "an expired station certificate is refused (HTTP $code)" bash -c "[[ '$code' = 000 || '$code' = 401 || '$code' = 403 ]]"
+code=$(post "$tls/nopolicy.pem")
+check "a service-CA clientAuth certificate without the station policy is refused (HTTP $code)" \
+  bash -c "[[ '$code' = 000 || '$code' = 401 || '$code' = 403 ]]"
+# Issue 12: the KPS's server certificate (same service CA, key in a plain file) may not publish.
+code=$(curl -s -o "$tls/post.body" -w '%{http_code}' --cacert "$pki/tls-ca.pem" --cert "$pki/kps-tls.pem" \
+  --key "$pki/kps-tls.key" -H 'Content-Type: application/json' --data-binary "@$record" "$LINE_BACKUPDB_URL/v1/records")
+check "the KPS server certificate may not publish (HTTP $code)" bash -c "[[ '$code' = 000 || '$code' = 401 || '$code' = 403 ]]"
 code=$(post "$tls/foreign.pem")
 check "a foreign station certificate is refused (HTTP $code)" bash -c "[[ '$code' = 000 || '$code' = 401 || '$code' = 403 ]]"
 code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$pki/tls-ca.pem" -H 'Content-Type: application/json' \
