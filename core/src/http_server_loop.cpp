@@ -49,6 +49,7 @@ struct Conn {
   bool idle = false;  // between requests, nothing of the next one received
   std::list<std::uint64_t>::iterator idle_it;
   std::string in;
+  std::size_t scanned = 0;  // bytes of `in` searched for the end of the head without finding it
   std::string out;
   std::size_t out_done = 0;
   bool keep_alive = false;
@@ -491,8 +492,16 @@ bool Loop::read_ready(Conn& c) {
 // Parses what is buffered: a head, then its body, then hands the request to a worker.
 bool Loop::advance(Conn& c) {
   if (c.phase == Phase::Head) {
-    if (const auto skip = leading_empty_lines(c.in)) c.in.erase(0, skip);
+    if (const auto skip = leading_empty_lines(c.in)) {
+      c.in.erase(0, skip);
+      c.scanned = 0;
+    }
     if (c.in.empty()) return true;
+    if (head_end(c.in, c.scanned) == std::string::npos && c.in.size() <= m_engine.limits().max_head_bytes) {
+      c.scanned = c.in.size();
+      return true;
+    }
+    c.scanned = 0;
     auto head = parse_head(c.in, m_engine.limits().max_head_bytes, m_engine.limits().max_body_bytes);
     if (head.state == HeadState::Incomplete) return true;
     if (head.state == HeadState::Refused) return malformed(c, head.refusal);

@@ -44,15 +44,6 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-// Where the head ends (one past its empty line), or npos. Lines end in LF, optionally preceded by
-// CR (RFC 9112 section 2.2 allows a recipient to accept a bare LF).
-std::size_t head_end(std::string_view buf) {
-  for (std::size_t i = buf.find('\n'); i != std::string_view::npos; i = buf.find('\n', i + 1)) {
-    if (i + 1 < buf.size() && buf[i + 1] == '\n') return i + 2;
-    if (i + 2 < buf.size() && buf[i + 1] == '\r' && buf[i + 2] == '\n') return i + 3;
-  }
-  return std::string_view::npos;
-}
 
 // Splits the head into lines without their terminators (the final empty line is dropped).
 std::vector<std::string_view> split_lines(std::string_view head) {
@@ -187,6 +178,16 @@ bool check_framing(const Request& req, bool http10, Refusal& why) {
 
 }  // namespace
 
+std::size_t head_end(std::string_view buf, std::size_t scanned) {
+  // An end found now starts at a LF at or after scanned - 2 (the end is at most 3 bytes long).
+  const std::size_t from = scanned >= 2 ? scanned - 2 : 0;
+  for (std::size_t i = buf.find('\n', from); i != std::string_view::npos; i = buf.find('\n', i + 1)) {
+    if (i + 1 < buf.size() && buf[i + 1] == '\n') return i + 2;
+    if (i + 2 < buf.size() && buf[i + 1] == '\r' && buf[i + 2] == '\n') return i + 3;
+  }
+  return std::string_view::npos;
+}
+
 std::size_t leading_empty_lines(std::string_view buf) {
   std::size_t n = 0;
   while (n < buf.size()) {
@@ -202,7 +203,7 @@ std::size_t leading_empty_lines(std::string_view buf) {
 }
 
 HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes) {
-  const auto end = head_end(buf);
+  const auto end = head_end(buf, 0);
   if (end == std::string_view::npos || end > max_head_bytes) {
     if (buf.size() <= max_head_bytes) return {};
     return refused(refusal(431, "head-too-large", "Request header fields too large",

@@ -30,6 +30,12 @@ struct HeadResult {
   Refusal refusal;                 // Refused
 };
 
+// Where the head at the start of buf ends (one past its empty line), or npos. Lines end in LF,
+// optionally preceded by CR (RFC 9112 section 2.2 lets a recipient accept a bare LF). `scanned`:
+// how much of buf an earlier call searched in vain, so that a head arriving a byte at a time is
+// searched once in all, not once per byte.
+std::size_t head_end(std::string_view buf, std::size_t scanned);
+
 // Parses a request head at the start of `buf`. Incomplete while no empty line ended it and it is
 // still within max_head_bytes.
 HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes);

@@ -1,6 +1,8 @@
 // core::http::Server over real loopback sockets: each limit and each deadline, with limits short
 // enough that a case takes well under a second.
 #include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -140,6 +142,24 @@ TEST_CASE("pipelined requests are answered in order, bodies included") {
   CHECK(rs[1].body == "POST /2 client=127.0.0.1 body=abc");
   CHECK(rs[2].body == "GET /3 client=127.0.0.1 body=");
   ::close(fd);
+}
+
+TEST_CASE("a head arriving a byte at a time is found wherever its end is split (CRLF and bare LF)") {
+  Served s(options(ServerLimits{}));
+  for (const std::string head : {"GET /s HTTP/1.1\r\nHost: t\r\nA: b\r\n\r\n", "GET /s HTTP/1.1\nHost: t\nA: b\n\n",
+                                 "GET /s HTTP/1.1\r\nHost: t\n\r\n"}) {
+    const int fd = connect_from("127.0.0.1", s.port());
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    for (char ch : head) {
+      send_all(fd, std::string(1, ch));
+      std::this_thread::sleep_for(2ms);  // one segment, one wake-up of the server each
+    }
+    const auto rs = parse_responses(read_until(fd, responses(1), 3000ms).data);
+    REQUIRE(rs.size() == 1);
+    CHECK(rs[0].body == "GET /s client=127.0.0.1 body=");
+    ::close(fd);
+  }
 }
 
 TEST_CASE("a malformed Content-Length gets a 400 problem document, an event and a count") {
