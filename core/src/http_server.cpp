@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <openssl/err.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -153,8 +154,18 @@ void Engine::report(const Event& e) {
                e.status, e.detail.c_str());
 }
 
+void name_thread(const std::string& name) {
+  // At most 15 characters (pthread_setname_np(3)); shown by top -H and in /proc/<pid>/task/*/comm.
+  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+}
+
 void WorkerPool::start(int threads) {
-  for (int i = 0; i < threads; ++i) m_threads.emplace_back([this] { run(); });
+  for (int i = 0; i < threads; ++i) {
+    m_threads.emplace_back([this, i] {
+      name_thread(m_engine.options().name + "-w" + std::to_string(i));
+      run();
+    });
+  }
 }
 
 bool WorkerPool::push(Task&& task) {

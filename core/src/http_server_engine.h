@@ -115,6 +115,8 @@ void stop_accepting(Loop& loop);  // wakes the loop; it drops the listener
 void quit_and_join(Loop& loop);   // flushes posted replies once, closes everything, joins
 std::size_t idle_count(const Loop& loop);
 
+void name_thread(const std::string& name);  // names the calling thread (15 characters at most)
+
 SSL_CTX* make_tls_context(const ServerOptions& options);  // nullptr for plain HTTP; ConfigError
 
 }  // namespace keyline::core::http::detail

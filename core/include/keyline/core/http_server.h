@@ -56,7 +56,9 @@ struct Reply {
 
 struct ServerLimits {
   std::chrono::milliseconds handshake_timeout{5000};  // TCP accept to TLS handshake done
-  std::chrono::milliseconds head_timeout{10000};      // first byte of a request to the end of its head
+  std::chrono::milliseconds head_timeout{10000};      // to the end of a request head, from accept (TLS: from
+                                                      // the end of the handshake) or, after a reply, from
+                                                      // the next request's first byte
   std::chrono::milliseconds body_timeout{20000};      // end of the head to the end of the body
   std::chrono::milliseconds write_timeout{20000};     // a reply fully written
   std::chrono::milliseconds keep_alive_idle{15000};   // between requests on one connection
@@ -70,7 +72,7 @@ struct ServerLimits {
 };
 
 struct ServerOptions {
-  std::string name = "keyline";  // for logs and the TLS session cache id
+  std::string name = "keyline";  // for logs, thread names (<name>-io0, <name>-w0) and the TLS session id context
   std::string listen;            // "127.0.0.1:8443", "0.0.0.0:0" (port 0: any free port)
   // TLS when tls_cert_file is set: the server's chain (PEM, leaf first) and its key (PEM).
   std::string tls_cert_file;
@@ -91,7 +93,7 @@ struct Event {
     Refused,           // over a connection cap, or the worker queue full
     HandshakeTimeout,  // TLS handshake not done in time
     HandshakeFailed,   // TLS handshake failed
-    HeadTimeout,       // request head not complete in time (slow header)
+    HeadTimeout,       // request head not complete in time (slow header, or nothing sent)
     BodyTimeout,       // body not complete in time
     WriteTimeout,      // reply not taken by the client in time
     Malformed,         // a problem document was sent (status says which)
