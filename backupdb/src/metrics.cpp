@@ -62,7 +62,10 @@ void Metrics::render_events(std::ostream& o, const core::http::ServerStats& stat
     << "keyline_backupdb_connections_refused_total " << stats.refused << "\n"
     << "# HELP keyline_backupdb_connections_timed_out_total Connections cut at a deadline.\n"
        "# TYPE keyline_backupdb_connections_timed_out_total counter\n"
-    << "keyline_backupdb_connections_timed_out_total " << stats.timed_out << "\n";
+    << "keyline_backupdb_connections_timed_out_total " << stats.timed_out << "\n"
+    << "# HELP keyline_backupdb_accept_paused_total Times accepting paused at the descriptor limit.\n"
+       "# TYPE keyline_backupdb_accept_paused_total counter\n"
+    << "keyline_backupdb_accept_paused_total " << stats.accept_paused << "\n";
 }
 
 std::string Metrics::render(std::size_t cache_hits, std::size_t cache_misses,

@@ -47,7 +47,10 @@ std::string Metrics::render(const core::http::ServerStats& stats) const {
     << "keyline_kps_connections_refused_total " << stats.refused << "\n"
     << "# HELP keyline_kps_connections_timed_out_total Connections cut at a deadline.\n"
        "# TYPE keyline_kps_connections_timed_out_total counter\n"
-    << "keyline_kps_connections_timed_out_total " << stats.timed_out << "\n";
+    << "keyline_kps_connections_timed_out_total " << stats.timed_out << "\n"
+    << "# HELP keyline_kps_accept_paused_total Times accepting paused at the descriptor limit.\n"
+       "# TYPE keyline_kps_accept_paused_total counter\n"
+    << "keyline_kps_accept_paused_total " << stats.accept_paused << "\n";
   return o.str();
 }
 

@@ -2,6 +2,8 @@
 // the handler's transfer routes, ACM (access control) is Policy, NM (notifications) is the
 // notifications table and its routes, DB is PostgreSQL, and the crypto module is only signature and
 // chain verification: the KPS holds no key that opens a transferred key.
+// The transport is core::http::Server (deadlines and caps against slow and idle clients); /metrics and
+// a second /healthz are on the operations listener (--ops-listen), never on the API's.
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 
@@ -533,8 +535,13 @@ Reply handle_ops(Shared& s, const Request& req) {
       return json_reply(200, "{\"status\":\"ok\"}");
     }
     return problem(404, "not-found", "no such resource");
-  } catch (const std::exception& e) {
+  } catch (const core::DbError& e) {
     Reply r = problem(503, "unavailable", "the database is not available; retry later");
+    r.headers.push_back({"Retry-After", "1"});
+    r.log_detail = e.what();
+    return r;
+  } catch (const std::exception& e) {
+    Reply r = problem(500, "internal", "internal error");
     r.log_detail = e.what();
     return r;
   }
