@@ -221,8 +221,14 @@ void WorkerPool::serve(Task& task) {
     reply.log_detail = "handler threw";
   }
   reply.head_only = task.request.method == "HEAD";
-  const bool keep = task.keep_alive && !reply.close && !m_engine.stopping.load();
-  post(*task.loop, Completion{task.conn, serialize_reply(reply, keep), keep, false});
+  bool keep = task.keep_alive && !reply.close && !m_engine.stopping.load();
+  std::string bytes;
+  try {
+    bytes = serialize_reply(reply, keep);
+  } catch (const std::exception&) {
+    keep = false;  // out of memory for the reply: the connection is closed, never left waiting
+  }
+  post(*task.loop, Completion{task.conn, std::move(bytes), keep, false});
   if (m_engine.access()) {
     try {
       m_engine.access()(task.request, reply,

@@ -14,6 +14,7 @@
 
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <list>
 #include <set>
@@ -76,6 +77,8 @@ class Loop {
   void expire_deadlines();
   void on_timeout(Conn& c);
   void drain_completions();
+  template <typename F>
+  void guarded(std::uint64_t id, F&& f);
   void update_listener();
   void accept_ready();
   void admit(int fd, const std::string& peer);
@@ -174,9 +177,9 @@ void Loop::run() {
         std::uint64_t v;
         [[maybe_unused]] const auto r = ::read(m_wake, &v, sizeof v);
       } else if (events[i].data.u64 == kListenId) {
-        if (m_listening) accept_ready();
+        if (m_listening) guarded(0, [&] { accept_ready(); });
       } else {
-        on_event(events[i].data.u64, events[i].events);
+        guarded(events[i].data.u64, [&] { on_event(events[i].data.u64, events[i].events); });
       }
     }
     drain_completions();
@@ -232,6 +235,18 @@ void Loop::on_timeout(Conn& c) {
   close_conn(c);
 }
 
+// An exception (out of memory) while serving one connection closes that one, not the process.
+template <typename F>
+void Loop::guarded(std::uint64_t id, F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: connection dropped: %s\n", m_engine.options().name.c_str(), e.what());
+    const auto it = m_conns.find(id);
+    if (it != m_conns.end()) close_conn(*it->second);
+  }
+}
+
 void Loop::drain_completions() {
   std::vector<Completion> done;
   {
@@ -245,7 +260,7 @@ void Loop::drain_completions() {
     }
     const auto it = m_conns.find(d.conn);
     if (it == m_conns.end() || it->second->phase != Phase::Handler) continue;  // the client left meanwhile
-    start_write(*it->second, std::move(d.bytes), d.keep_alive && !m_quit);
+    guarded(d.conn, [&] { start_write(*it->second, std::move(d.bytes), d.keep_alive && !m_quit); });
   }
 }
 

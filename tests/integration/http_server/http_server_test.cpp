@@ -597,6 +597,40 @@ TEST_CASE("stop() lets a running handler finish and its reply go out, then refus
   ::close(fd);
 }
 
+TEST_CASE("an IPv6 listener: address() in brackets, the peer without a port") {
+  const int probe = ::socket(AF_INET6, SOCK_STREAM, 0);
+  sockaddr_in6 lo{};
+  lo.sin6_family = AF_INET6;
+  lo.sin6_addr = in6addr_loopback;
+  const bool have_v6 = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&lo), sizeof lo) == 0;
+  if (probe >= 0) ::close(probe);
+  if (!have_v6) {
+    MESSAGE("no IPv6 loopback here; skipped");
+    return;
+  }
+  auto o = options();
+  Server server(
+      [&] {
+        o.listen = "[::1]:0";
+        return o;
+      }(),
+      [](const Request& r) {
+        Reply rep;
+        rep.body = r.peer_address;
+        return rep;
+      });
+  server.start();
+  CHECK(server.address() == "[::1]:" + std::to_string(server.port()));
+  const int fd = ::socket(AF_INET6, SOCK_STREAM, 0);
+  lo.sin6_port = htons(server.port());
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&lo), sizeof lo) == 0);
+  send_all(fd, kGet);
+  const auto rs = parse_responses(read_until(fd, responses(1), 3000ms).data);
+  REQUIRE(rs.size() == 1);
+  CHECK(rs[0].body == "::1");
+  ::close(fd);
+}
+
 TEST_CASE("bad options are ConfigErrors; stop() twice is safe") {
   ServerOptions bad;
   bad.listen = "nowhere";
