@@ -199,8 +199,11 @@ Reply publish(Shared& s, const Request& req) {
     r.log_detail = "station " + station;
     return r;
   }
-  if (req.body.size() > s.config.body_limit)
-    return problem(413, "too-large", "the body exceeds " + std::to_string(s.config.body_limit) + " bytes");
+  if (req.body.size() > s.config.body_limit) {  // the server refuses it first; kept for a direct caller
+    Reply r = problem(413, "too-large", "the body exceeds " + std::to_string(s.config.body_limit) + " bytes");
+    r.log_detail = "station " + station;
+    return r;
+  }
   core::Record rec;
   std::string hash;  // Record::hash, computed once by from_json
   try {
