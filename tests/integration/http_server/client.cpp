@@ -116,6 +116,9 @@ TlsClient::TlsClient(int port, const std::string& cert_file, const std::string& 
   SSL_set_fd(m_ssl, m_fd);
   if (SSL_connect(m_ssl) != 1) {
     ERR_clear_error();
+    SSL_free(m_ssl);  // the destructor does not run for a constructor that throws
+    SSL_CTX_free(m_ctx);
+    ::close(m_fd);
     throw std::runtime_error("TLS handshake failed");
   }
 }
