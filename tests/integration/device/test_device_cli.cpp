@@ -140,3 +140,40 @@ TEST_CASE("keyline-device make, serve --fleet, boot, status, wipe-flash, corrupt
   REQUIRE(run({"wipe-flash", "--dir", dirs[1].string()}).code == 0);
   CHECK(run({"boot", "--dir", dirs[1].string()}).code != 0);
 }
+
+TEST_CASE("keyline-device serve: the connection cap flags, and the refusal a client sees") {
+  test::ScratchDir tmp("cli-caps");
+  test::DevicePki pki;
+  pki.write_root(tmp.path() / "root.pem");
+  const auto fleet = tmp.path() / "fleet";
+  REQUIRE(run({"make", "--dir", fleet.string(), "--count", "1", "--rom-ca", (tmp.path() / "root.pem").string()}).code == 0);
+  CHECK(run({"serve", "--fleet", fleet.string(), "--max-connections", "0"}).code == 2);
+  CHECK(run({"serve", "--fleet", fleet.string(), "--memory-budget-mib", "0"}).code == 2);
+
+  Served served({"--fleet", fleet.string(), "--listen", "127.0.0.1:0", "--quiet", "--max-connections-per-device", "1"},
+                1);
+  REQUIRE(served.ports().size() == 1);
+  core::DeviceLink first("127.0.0.1", served.ports()[0]);
+  first.connect();  // power on and ATR answered
+  core::DeviceLink second("127.0.0.1", served.ports()[0]);
+  int code = 0;
+  try {
+    second.connect();
+  } catch (const core::Error& e) {
+    code = e.numeric();
+  }
+  CHECK(code == 1401);  // closed before any answer
+  first.close();
+  // The place is free again once the first connection is gone.
+  bool connected = false;
+  for (int i = 0; i < 20 && !connected; ++i) {
+    try {
+      second.connect();
+      connected = true;
+    } catch (const core::Error&) {
+      ::usleep(50000);
+    }
+  }
+  CHECK(connected);
+  CHECK(served.stop() == 0);
+}
