@@ -115,7 +115,8 @@ void stop_accepting(Loop& loop);  // wakes the loop; it drops the listener
 void quit_and_join(Loop& loop);   // flushes posted replies once, closes everything, joins
 std::size_t idle_count(const Loop& loop);
 
-void name_thread(const std::string& name);  // names the calling thread (15 characters at most)
+// Names the calling thread <name><suffix>, shortened to 15 characters ("backupdb-ops-io0" -> "backupdb-op-io0").
+void name_thread(std::string name, const std::string& suffix);
 
 SSL_CTX* make_tls_context(const ServerOptions& options);  // nullptr for plain HTTP; ConfigError
 

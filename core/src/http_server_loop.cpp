@@ -167,7 +167,7 @@ void Loop::run() {
   sigemptyset(&pipe);
   sigaddset(&pipe, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
-  name_thread(m_engine.options().name + "-io" + std::to_string(m_index));
+  name_thread(m_engine.options().name, "-io" + std::to_string(m_index));
   epoll_event events[256];
   for (;;) {
     update_listener();

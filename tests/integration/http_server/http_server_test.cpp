@@ -7,7 +7,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <csignal>
 #include <condition_variable>
 #include <mutex>
@@ -629,6 +632,23 @@ TEST_CASE("an IPv6 listener: address() in brackets, the peer without a port") {
   REQUIRE(rs.size() == 1);
   CHECK(rs[0].body == "::1");
   ::close(fd);
+}
+
+TEST_CASE("the server's threads carry its name, shortened to what Linux keeps") {
+  auto o = options();
+  o.name = "keyline-backupdb-ops";
+  Served s(o);
+  std::vector<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    std::getline(comm, name);
+    names.push_back(name);
+  }
+  const auto has = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
+  CHECK(has("backupdb-op-io0"));
+  CHECK(has("backupdb-op-w0"));
+  CHECK(has("backupdb-op-w1"));
 }
 
 TEST_CASE("bad options are ConfigErrors; stop() twice is safe") {

@@ -72,7 +72,7 @@ struct ServerLimits {
 };
 
 struct ServerOptions {
-  std::string name = "keyline";  // for logs, thread names (<name>-io0, <name>-w0) and the TLS session id context
+  std::string name = "keyline";  // for logs, thread names (<name>-io0, <name>-w0, without "keyline-") and the TLS session id context
   std::string listen;            // "127.0.0.1:8443", "0.0.0.0:0" (port 0: any free port)
   // TLS when tls_cert_file is set: the server's chain (PEM, leaf first) and its key (PEM).
   std::string tls_cert_file;
