@@ -275,9 +275,15 @@ TEST_CASE("memory budget: partial large frames and gathered data of all connecti
     clients.push_back(raw_connect(ports[static_cast<std::size_t>(i) % 2]));
     send_bytes(clients.back(), partial);
   }
+  // Settled once every connection's bytes are either held or its connection closed.
+  const auto settled = [&] {
+    const auto st = server.stats();
+    return st.budget_closed <= 12 && st.held_bytes == (12 - st.budget_closed) * partial.size();
+  };
+  CHECK(eventually(settled, 5000));
   std::size_t closed = 0, open = 0;
   for (int fd : clients) {
-    if (closed_by_peer(fd, 300))
+    if (closed_by_peer(fd, 100))
       ++closed;
     else
       ++open;
@@ -287,7 +293,7 @@ TEST_CASE("memory budget: partial large frames and gathered data of all connecti
   CHECK(open >= 4);
   CHECK(st.budget_closed == closed);
   CHECK(st.peak_held_bytes <= options.memory_budget);
-  CHECK(st.held_bytes >= open * 30000);
+  CHECK(st.held_bytes == open * partial.size());
 
   // Gathered command data counts too: chained parts (CLA 10) that never end.
   const int chainer = raw_connect(ports[0]);
@@ -335,7 +341,7 @@ TEST_CASE("a frame trickled a byte at a time is closed one idle timeout after it
   const auto elapsed = std::chrono::steady_clock::now() - t0;
   CHECK(closed);
   CHECK(elapsed >= milliseconds(550));
-  CHECK(elapsed < milliseconds(1100));
+  CHECK(elapsed < milliseconds(1400));
   ::close(fd);
 
   // The same frame sent in pieces inside the idle timeout is answered, and so is the next one.
