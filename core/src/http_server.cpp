@@ -154,20 +154,18 @@ void Engine::report(const Event& e) {
                e.status, e.detail.c_str());
 }
 
-void name_thread(std::string name, const std::string& suffix) {
+void name_thread(std::thread& thread, std::string name, const std::string& suffix) {
   // At most 15 characters (pthread_setname_np(3)), shown by top -H and in /proc/<pid>/task/*/comm:
   // the suffix is kept whole, the common "keyline-" prefix goes first.
   if (name.rfind("keyline-", 0) == 0) name.erase(0, 8);
   name = name.substr(0, suffix.size() < 15 ? 15 - suffix.size() : 0) + suffix;
-  pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
+  pthread_setname_np(thread.native_handle(), name.substr(0, 15).c_str());
 }
 
 void WorkerPool::start(int threads) {
   for (int i = 0; i < threads; ++i) {
-    m_threads.emplace_back([this, i] {
-      name_thread(m_engine.options().name, "-w" + std::to_string(i));
-      run();
-    });
+    m_threads.emplace_back([this] { run(); });
+    name_thread(m_threads.back(), m_engine.options().name, "-w" + std::to_string(i));
   }
 }
 

@@ -116,7 +116,7 @@ void quit_and_join(Loop& loop);   // flushes posted replies once, closes everyth
 std::size_t idle_count(const Loop& loop);
 
 // Names the calling thread <name><suffix>, shortened to 15 characters ("backupdb-ops-io0" -> "backupdb-op-io0").
-void name_thread(std::string name, const std::string& suffix);
+void name_thread(std::thread& thread, std::string name, const std::string& suffix);
 
 SSL_CTX* make_tls_context(const ServerOptions& options);  // nullptr for plain HTTP; ConfigError
 

@@ -64,7 +64,10 @@ class Loop {
  public:
   Loop(Engine& engine, int index);
   ~Loop();
-  void start() { m_thread = std::thread([this] { run(); }); }
+  void start() {
+    m_thread = std::thread([this] { run(); });
+    name_thread(m_thread, m_engine.options().name, "-io" + std::to_string(m_index));
+  }
   void post(Completion&& c);
   void stop_accepting() { wake(); }
   void quit_and_join();
@@ -167,7 +170,6 @@ void Loop::run() {
   sigemptyset(&pipe);
   sigaddset(&pipe, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe, nullptr);
-  name_thread(m_engine.options().name, "-io" + std::to_string(m_index));
   epoll_event events[256];
   for (;;) {
     update_listener();
