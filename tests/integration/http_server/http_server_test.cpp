@@ -647,8 +647,8 @@ TEST_CASE("the server's threads carry its name, shortened to what Linux keeps") 
   }
   const auto has = [&](const std::string& n) { return std::find(names.begin(), names.end(), n) != names.end(); };
   CHECK(has("backupdb-op-io0"));
-  CHECK(has("backupdb-op-w0"));
-  CHECK(has("backupdb-op-w1"));
+  CHECK(has("backupdb-ops-w0"));
+  CHECK(has("backupdb-ops-w1"));
 }
 
 TEST_CASE("bad options are ConfigErrors; stop() twice is safe") {
