@@ -291,8 +291,8 @@ bool clean_field(const std::string& s) {
 std::string serialize_reply(const Reply& reply, bool keep_alive) {
   std::string out = "HTTP/1.1 " + std::to_string(reply.status) + " " + status_reason(reply.status) + "\r\n";
   out += "Date: " + http_date() + "\r\n";
-  // RFC 9110 section 8.6: no Content-Length (and no body) in a 1xx or 204.
-  const bool bodiless = reply.status == 204 || (reply.status >= 100 && reply.status < 200);
+  // RFC 9110 sections 8.6 and 15.4.5: no Content-Length (and no body) in a 1xx or 204, no body in a 304.
+  const bool bodiless = reply.status == 204 || reply.status == 304 || (reply.status >= 100 && reply.status < 200);
   if (!bodiless) out += "Content-Length: " + std::to_string(reply.body.size()) + "\r\n";
   out += keep_alive ? "Connection: keep-alive\r\n" : "Connection: close\r\n";
   if (!reply.content_type.empty() && clean_field(reply.content_type)) {

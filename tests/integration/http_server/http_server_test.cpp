@@ -134,6 +134,27 @@ TEST_CASE("a GET is answered with Date, Content-Length and keep-alive; HEAD send
   ::close(fd);
 }
 
+TEST_CASE("204 and 304 replies carry no body, whatever the handler put in it") {
+  Served s(options(), [](const Request& r) {
+    Reply rep;
+    rep.status = r.path == "/204" ? 204 : r.path == "/304" ? 304 : 200;
+    rep.body = "should not be sent";
+    return rep;
+  });
+  const int fd = connect_from("127.0.0.1", s.port());
+  send_all(fd, "GET /204 HTTP/1.1\r\nHost: t\r\n\r\nGET /304 HTTP/1.1\r\nHost: t\r\n\r\nGET /200 HTTP/1.1\r\nHost: t\r\n\r\n");
+  const auto got = read_until(fd, responses(3, {true, true, false}), 3000ms);
+  const auto rs = parse_responses(got.data, {true, true, false});
+  REQUIRE(rs.size() == 3);
+  CHECK(rs[0].status == 204);
+  CHECK(rs[0].headers.count("content-length") == 0);
+  CHECK(rs[1].status == 304);
+  CHECK(rs[2].status == 200);
+  CHECK(rs[2].body == "should not be sent");
+  CHECK(got.data.find("should not be sent") == got.data.rfind("should not be sent"));  // once: the 200's
+  ::close(fd);
+}
+
 TEST_CASE("pipelined requests are answered in order, bodies included") {
   Served s(options());
   const int fd = connect_from("127.0.0.1", s.port());
