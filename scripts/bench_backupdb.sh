@@ -112,6 +112,10 @@ nport=$(free_port)
 nsport=$(free_port)
 [ -f "$dir/tls.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/tls.key" \
   -out "$dir/tls.pem" -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 -days 3650 2>/dev/null
+# The server wants a CA for --station-ca (who may publish); the benchmark only reads, so any CA does.
+[ -f "$dir/station-ca.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+  -keyout "$dir/station-ca.key" -out "$dir/station-ca.pem" -subj "/CN=bench station CA" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign -days 3650 2>/dev/null
 mkdir -p "$dir/nginx/logs" "$dir/nginx/tmp"
 user_line=""
 [ "$(id -u)" -eq 0 ] && user_line="user root;"
@@ -197,7 +201,7 @@ misses=$(curl -s "http://127.0.0.1:$oport/metrics" | awk '/^keyline_backupdb_cac
 if [ "${KEYLINE_BENCH_HTTPS:-1}" = 1 ]; then
   stop_server
   base="https://127.0.0.1:$bport"
-  start_server --tls-cert "$dir/tls.pem" --tls-key "$dir/tls.key" --station-ca "$dir/tls.pem"
+  start_server --tls-cert "$dir/tls.pem" --tls-key "$dir/tls.key" --station-ca "$dir/station-ca.pem"
   wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "https://127.0.0.1:$nsport/" >/dev/null
   wrk -t2 -c64 -d"${seconds}s" -s "$dir/random.lua" "$base/" >/dev/null
   read -r ns_rps ns_p99 < <(run "https://127.0.0.1:$nsport/")
