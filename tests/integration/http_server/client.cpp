@@ -104,7 +104,8 @@ Response exchange(int port, const std::string& request, const std::string& sourc
   return parsed.front();
 }
 
-TlsClient::TlsClient(int port, const std::string& cert_file, const std::string& key_file, int max_version) {
+TlsClient::TlsClient(int port, const std::string& cert_file, const std::string& key_file, int max_version,
+                     SSL_SESSION* resume) {
   m_fd = connect_from("127.0.0.1", port);
   m_ctx = SSL_CTX_new(TLS_client_method());
   if (max_version) SSL_CTX_set_max_proto_version(m_ctx, max_version);
@@ -114,6 +115,7 @@ TlsClient::TlsClient(int port, const std::string& cert_file, const std::string& 
   }
   m_ssl = SSL_new(m_ctx);
   SSL_set_fd(m_ssl, m_fd);
+  if (resume) SSL_set_session(m_ssl, resume);
   if (SSL_connect(m_ssl) != 1) {
     ERR_clear_error();
     SSL_free(m_ssl);  // the destructor does not run for a constructor that throws

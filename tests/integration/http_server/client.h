@@ -41,12 +41,16 @@ class TlsClient {
  public:
   // Blocking handshake with 127.0.0.1:port; client certificate when cert_file is set.
   // max_version: e.g. TLS1_2_VERSION (0: the library's highest).
-  TlsClient(int port, const std::string& cert_file = {}, const std::string& key_file = {}, int max_version = 0);
+  TlsClient(int port, const std::string& cert_file = {}, const std::string& key_file = {}, int max_version = 0,
+            SSL_SESSION* resume = nullptr);
   ~TlsClient();
   TlsClient(const TlsClient&) = delete;
   TlsClient& operator=(const TlsClient&) = delete;
   Response exchange(const std::string& request);
   void send(const std::string& data);
+  SSL_SESSION* session() const { return SSL_get1_session(m_ssl); }  // the caller frees it
+  bool resumed() const { return SSL_session_reused(m_ssl) == 1; }
+  void shutdown() { SSL_shutdown(m_ssl); }  // close_notify: only a session shut down cleanly resumes
 
  private:
   SSL_CTX* m_ctx = nullptr;

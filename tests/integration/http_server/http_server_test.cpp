@@ -533,6 +533,30 @@ TEST_CASE("TLS: the client certificate's DER reaches the handler; none gives an 
   CHECK(without.exchange(kGet).body.empty());
 }
 
+TEST_CASE("TLS sessions resume, with a client CA asked for, in TLS 1.2 (cache) and 1.3 (tickets)") {
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  o.client_ca_file = pki.ca_file;
+  Served s(o);
+  for (int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    CAPTURE(version);
+    SSL_SESSION* session = nullptr;
+    {
+      TlsClient first(s.port(), pki.client_cert, pki.client_key, version);
+      CHECK(first.exchange(kGet).status == 200);  // 1.3: the ticket arrives with the first reply
+      CHECK_FALSE(first.resumed());
+      session = first.session();
+      first.shutdown();
+    }
+    TlsClient again(s.port(), pki.client_cert, pki.client_key, version, session);
+    CHECK(again.exchange(kGet).status == 200);
+    CHECK(again.resumed());
+    SSL_SESSION_free(session);
+  }
+}
+
 TEST_CASE("a full worker queue gets a 503 problem document; a throwing handler a 500") {
   auto o = options();
   o.limits.workers = 1;
