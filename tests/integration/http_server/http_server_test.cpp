@@ -533,13 +533,17 @@ TEST_CASE("TLS: the client certificate's DER reaches the handler; none gives an 
   CHECK(without.exchange(kGet).body.empty());
 }
 
-TEST_CASE("TLS sessions resume, with a client CA asked for, in TLS 1.2 (cache) and 1.3 (tickets)") {
+TEST_CASE("TLS sessions resume, with a client CA asked for, in TLS 1.2 (cache) and 1.3 (tickets), certificate kept") {
   TlsMaterial pki;
   auto o = options();
   o.tls_cert_file = pki.cert_file;
   o.tls_key_file = pki.key_file;
   o.client_ca_file = pki.ca_file;
-  Served s(o);
+  Served s(o, [](const Request& r) {
+    Reply rep;
+    rep.body = std::string(r.peer_certificate_der.begin(), r.peer_certificate_der.end());
+    return rep;
+  });
   for (int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
     CAPTURE(version);
     SSL_SESSION* session = nullptr;
@@ -551,8 +555,10 @@ TEST_CASE("TLS sessions resume, with a client CA asked for, in TLS 1.2 (cache) a
       first.shutdown();
     }
     TlsClient again(s.port(), pki.client_cert, pki.client_key, version, session);
-    CHECK(again.exchange(kGet).status == 200);
+    const auto r = again.exchange(kGet);
+    CHECK(r.status == 200);
     CHECK(again.resumed());
+    CHECK(r.body == pki.client_der);  // a resumed session still names its client certificate
     SSL_SESSION_free(session);
   }
 }
