@@ -342,14 +342,8 @@ void log_access(Shared& s, const Request& req, const Reply& reply, std::chrono::
 }
 
 void log_event(Shared& s, const http::Event& event, const char* listener) {
-  const bool is_public = std::string_view(listener) == "public";
-  if (is_public) s.metrics.observe_event(event);
-  std::ostringstream line;
-  line << "{\"ts\":\"" << utc_now() << "\",\"listener\":\"" << listener << "\",\"event\":\"" << http::to_string(event.kind) << "\",\"peer\":\""
-       << http::json_escape(event.peer) << "\",\"status\":" << event.status;
-  if (!event.detail.empty()) line << ",\"detail\":\"" << http::json_escape(event.detail) << "\"";
-  line << "}";
-  s.log->line(line.str());
+  if (std::string_view(listener) == "public") s.metrics.observe_event(event);
+  s.events->write(event, listener);
 }
 
 }  // namespace keyline::backupdb

@@ -12,6 +12,7 @@
 #include "keyline/backupdb/validator.h"
 #include "keyline/core/http_server.h"
 #include "keyline/core/log_sink.h"
+#include "keyline/core/event_log.h"
 #include "metrics.h"
 #include "rate_limiter.h"
 #include "station_auth.h"
@@ -23,6 +24,7 @@ struct Shared {
   std::unique_ptr<Store> store;
   Metrics metrics;
   std::unique_ptr<core::LogSink> log;
+  std::unique_ptr<core::http::EventLog> events;  // connection-layer events, rate-limited into `log`
   std::unique_ptr<RateLimiter> limiter;
   std::unique_ptr<Validator> validator;      // holds the --trust anchors
   std::string anchors_pem;

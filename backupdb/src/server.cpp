@@ -126,6 +126,7 @@ int serve(const Config& config) {
   s.config = config;
   load_anchors(s, config);
   s.log = std::make_unique<core::LogSink>(config.log);
+  s.events = std::make_unique<core::http::EventLog>(*s.log);
   s.limiter = std::make_unique<RateLimiter>(config.rate, config.rate_clients);
   if (!config.plain_http) {
     require_file(config.station_ca, "--station-ca");

@@ -29,6 +29,7 @@
 #include "keyline/core/cplc.h"
 #include "keyline/core/device_auth.h"
 #include "keyline/core/hpke.h"
+#include "keyline/core/event_log.h"
 #include "keyline/core/http.h"
 #include "keyline/core/http_server.h"
 #include "keyline/core/log_sink.h"
@@ -111,6 +112,7 @@ struct Shared {
   std::unique_ptr<core::pq::Pool> pool;
   NonceCache nonces;
   std::unique_ptr<Log> log;
+  std::unique_ptr<http::EventLog> events;  // connection-layer events, rate-limited into `log`
   Metrics metrics;
   std::function<http::ServerStats()> public_stats;  // for /metrics
 };
@@ -549,12 +551,7 @@ Reply handle_ops(Shared& s, const Request& req) {
 
 void log_event(Shared& s, const http::Event& event, const char* listener) {
   if (std::string_view(listener) == "public") s.metrics.observe_event(event);
-  std::ostringstream line;
-  line << "{\"ts\":\"" << utc_now() << "\",\"listener\":\"" << listener << "\",\"event\":\""
-       << http::to_string(event.kind) << "\",\"peer\":" << q(event.peer) << ",\"status\":" << event.status;
-  if (!event.detail.empty()) line << ",\"detail\":" << q(event.detail);
-  line << "}";
-  s.log->line(line.str());
+  s.events->write(event, listener);
 }
 
 }  // namespace
@@ -567,6 +564,7 @@ int serve(const Config& config) {
   require_file(config.tls_cert, "--tls-cert");
   require_file(config.tls_key, "--tls-key");
   s.log = std::make_unique<Log>(config.log);
+  s.events = std::make_unique<http::EventLog>(*s.log);
   Api api_handler(s);
   http::Server api(
       public_options(config), [&api_handler](const Request& q) { return api_handler.handle(q); },
