@@ -3,6 +3,7 @@
 
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
+#include "keyline/core/secret_input.h"
 #include "keyline/station/commands.h"
 
 int main(int argc, char** argv) {
@@ -21,7 +22,12 @@ int main(int argc, char** argv) {
   StationConfig cfg;
   std::string config_file;
   app.add_option("--config", config_file, "JSON config file (keys: db, hsm_module, token_label, pin_file, ...)");
-  app.add_option("--db", cfg.db, "libpq connection string of the station database");
+  app.add_option("--db", cfg.db,
+                 "libpq connection string of the station database, without a password (a password on the command "
+                 "line is refused: use --db-password-file, PGPASSWORD or PGPASSFILE)");
+  std::string db_password_file;
+  app.add_option("--db-password-file", db_password_file, "file holding the station database's password")
+      ->envname("KEYLINE_STATION_DB_PASSWORD_FILE");
   app.add_option("--hsm-module", cfg.hsm_module, "PKCS#11 module (default: SoftHSM2)");
   app.add_option("--token", cfg.token_label, "token label")->capture_default_str();
   app.add_option("--pin-file", cfg.pin_file, "file holding the token user PIN");
@@ -117,6 +123,10 @@ int main(int argc, char** argv) {
   }
 
   return keyline::core::run_guarded("keyline-station", [&]() -> int {
+    // argv is readable by every user of the host (docs/operations.md, "Secrets").
+    keyline::core::refuse_password_on_command_line(argc, argv, "--db", true,
+                                                   "--db-password-file, PGPASSWORD or PGPASSFILE");
+    if (!db_password_file.empty()) keyline::core::export_pgpassword(keyline::core::read_secret_file(db_password_file));
     // complete_config takes a field equal to its default for unset; a flag given with that value must
     // still win over the environment and the file, so it is put back afterwards (already valid).
     const StationConfig flags = cfg;

@@ -74,6 +74,13 @@ serve_lone
 rc=0; "$st" run --fleet "$LINE_DIR/lone.txt" --progress plain --crash-at claim:1 >"$LINE_DIR/logs/no-crash-at.log" 2>&1 || rc=$?
 [ "$rc" -eq 2 ] || fail "keyline-station accepted --crash-at: exit $rc"
 grep -q -- '--crash-at' "$LINE_DIR/logs/no-crash-at.log" || fail "keyline-station did not name the unknown --crash-at"
+# A database password on the command line is refused before anything runs (exit 2, one line naming
+# where it may come from); the same connection string from the environment is taken.
+rc=0; "$st" --db "$KEYLINE_STATION_DB password=not-here" status >"$LINE_DIR/logs/argv-pw.log" 2>&1 || rc=$?
+[ "$rc" -eq 2 ] || fail "keyline-station took a password on its command line: exit $rc"
+grep -q -- '--db-password-file' "$LINE_DIR/logs/argv-pw.log" || fail "the refusal does not say where the password may come from"
+grep -q 'not-here' "$LINE_DIR/logs/argv-pw.log" && fail "the refusal repeats the password"
+"$st" status >/dev/null 2>&1 || fail "keyline-station status from the environment failed"
 rc=0; "$LINE_BIN/keyline-station-faulty" run --fleet "$LINE_DIR/lone.txt" --progress plain --crash-at claim:1 >/dev/null 2>&1 || rc=$?
 [ "$rc" -eq 134 ] || fail "crash at claim: exit $rc"
 chip=$(awk '{print $3}' "$LINE_DIR/lone.txt")
