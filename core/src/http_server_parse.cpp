@@ -262,15 +262,6 @@ std::string client_address(const Request& request, const std::vector<std::string
   return request.peer_address;
 }
 
-const char* status_reason(int status) noexcept {
-  switch (status) {
-    case 431: return "Request Header Fields Too Large";
-    case 501: return "Not Implemented";
-    case 505: return "HTTP Version Not Supported";
-    default: return reason_phrase(status);
-  }
-}
-
 namespace {
 
 std::string http_date() {
@@ -289,7 +280,7 @@ bool clean_field(const std::string& s) {
 }  // namespace
 
 std::string serialize_reply(const Reply& reply, bool keep_alive) {
-  std::string out = "HTTP/1.1 " + std::to_string(reply.status) + " " + status_reason(reply.status) + "\r\n";
+  std::string out = "HTTP/1.1 " + std::to_string(reply.status) + " " + reason_phrase(reply.status) + "\r\n";
   out += "Date: " + http_date() + "\r\n";
   // RFC 9110 sections 8.6 and 15.4.5: no Content-Length (and no body) in a 1xx or 204, no body in a 304.
   const bool bodiless = reply.status == 204 || reply.status == 304 || (reply.status >= 100 && reply.status < 200);

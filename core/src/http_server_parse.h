@@ -55,7 +55,4 @@ std::string serialize_reply(const Reply& reply, bool keep_alive);
 // A problem document reply for a refusal; close is set.
 Reply problem_reply(const Refusal& refusal);
 
-// Reason phrase, with the statuses this server sends that core::http::reason_phrase lacks.
-const char* status_reason(int status) noexcept;
-
 }  // namespace keyline::core::http::detail
