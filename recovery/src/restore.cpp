@@ -167,6 +167,9 @@ std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id) 
   } catch (const core::ConfigError&) {
     throw;
   } catch (const core::Error& e) {
+    // An answer past the client's cap was received, not missed: it is no record (exit 3, nothing written).
+    if (e.code() == core::ErrorCode::Http)
+      throw core::Error(errc::VerificationFailed, "the public DB at " + db.url + " sent no usable record: " + e.what());
     throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " cannot be reached (" +
                                                  std::to_string(db.attempts) + " attempts): " + e.what());
   }

@@ -2,6 +2,16 @@
 // UPDATE BINARY plan, the boot answer, bundles, exit codes. The whole tool runs in tests/e2e/recovery.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <thread>
+
 #include <botan/auto_rng.h>
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
@@ -194,4 +204,50 @@ TEST_CASE("run_guarded maps errors to exit codes and never throws") {
   CHECK(recovery::run_guarded([]() -> int { throw core::Error(recovery::errc::NoRecord, "none"); }) == 7);
   CHECK(recovery::run_guarded([]() -> int { throw std::runtime_error("x"); }) == 1);
   CHECK(recovery::run_guarded([]() -> int { return 0; }) == 0);
+}
+
+// A hostile public DB that answers a lookup with an endless body: the tool stops at the client's cap
+// and says the answer is no record (exit 3), instead of filling the owner's memory or calling the DB
+// unreachable.
+TEST_CASE("a public DB answer past the client's cap is no record (exit 3), and reading stops") {
+  const int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(lfd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  REQUIRE(::listen(lfd, 4) == 0);
+  socklen_t len = sizeof a;
+  REQUIRE(::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  std::atomic<std::size_t> sent{0};
+  std::thread server([&] {
+    const int c = ::accept(lfd, nullptr, nullptr);
+    if (c < 0) return;
+    char buf[4096];
+    (void)::recv(c, buf, sizeof buf, 0);
+    const std::string head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
+    (void)::send(c, head.data(), head.size(), MSG_NOSIGNAL);
+    const std::string chunk(64 * 1024, ' ');
+    while (sent < (64u << 20)) {  // 64 MiB at most, so a broken client cannot hang the test
+      const ssize_t n = ::send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<std::size_t>(n);
+    }
+    ::close(c);
+  });
+  recovery::DbOptions db;
+  db.url = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+  db.attempts = 1;
+  db.timeout = std::chrono::milliseconds(5000);
+  int code = 0;
+  try {
+    (void)recovery::fetch_record_json(db, ChipId::parse("4B4C000112345678ABCD"));
+  } catch (const core::Error& e) {
+    code = e.numeric();
+    CHECK(recovery::exit_code_for(e) == 3);
+  }
+  server.join();
+  ::close(lfd);
+  CHECK(code == static_cast<int>(recovery::errc::VerificationFailed));
+  CHECK(sent < (8u << 20));  // the client hung up near its cap, long before the server's 64 MiB
 }
