@@ -54,10 +54,14 @@ struct FreshRecord {
   std::string record_json;
 };
 
+// Failures the next attempt on the same device can get past: a dropped link or journal race (the
+// claim stays with the chip), or a stored key set whose halves disagree (KeyMismatch: that set was
+// quarantined or its journal row voided, so the retry claims a sound one; docs/station.md, 4013).
 bool link_trouble(int code) {
   const auto c = static_cast<core::ErrorCode>(code);
   return c == core::ErrorCode::Network || c == core::ErrorCode::Timeout || c == core::ErrorCode::Io ||
-         c == core::ErrorCode::BadFrame || c == core::ErrorCode::DbConnection || c == errc::JournalConflict;
+         c == core::ErrorCode::BadFrame || c == core::ErrorCode::DbConnection || c == errc::JournalConflict ||
+         c == errc::KeyMismatch;
 }
 
 class Line {

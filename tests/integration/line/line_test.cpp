@@ -160,3 +160,37 @@ TEST_CASE("run: without a public DB nothing counts as done; --count stops the li
   CHECK(count(db, "SELECT count(*) FROM pool.imei") == before);
   CHECK(count(db, "SELECT count(*) FROM journal.device") == 3);
 }
+
+// A pool key set whose stored public half disagrees with its private key (error 4013) is quarantined
+// by the personalizer; the line must try that device again (it is still blank), not count it failed.
+TEST_CASE("run: a device whose pooled key set was quarantined (4013) is retried with the next set") {
+  auto cfg = line_config();
+  cfg.db = test::pg_env().create_database("line_keymismatch");
+  cfg.backupdb_url.clear();
+  cfg.key_source = "pool";
+  core::pq::Connection db(cfg.db);
+  migrate_station_db(db);
+  pool_generate_imeis(db, "35780502", 4);
+  {
+    auto keys = StationKeys::open(cfg, 2);
+    pool_generate_keys(db, *keys.token, 3);
+  }
+  // The first set (claimed first) gets the second set's transport public half.
+  db.exec("UPDATE pool.device_key SET transport_public = (SELECT transport_public FROM pool.device_key ORDER BY id"
+          " OFFSET 1 LIMIT 1) WHERE id = (SELECT min(id) FROM pool.device_key)");
+
+  Fleet fleet(1, cfg.pki_dir + "/root.pem");
+  LineProfile profile;
+  profile.devices = read_fleet_file(fleet.out);
+  profile.concurrency = 1;
+  LineOptions opt;
+  opt.publish_wait_ms = 0;
+  opt.device_attempts = 3;
+  std::ostringstream out;
+  const auto s = run_line(cfg, profile, opt, out);
+  INFO(out.str());
+  CHECK(s.failed == 0);
+  CHECK(s.publishing == 1);
+  CHECK(count(db, "SELECT count(*) FROM pool.device_key_quarantine") == 1);
+  CHECK(count(db, "SELECT count(*) FROM journal.device WHERE state = 'backed_up'") == 1);
+}
