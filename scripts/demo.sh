@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (DESIGN section 8): a whole line on this machine.
+# The main job (docs/design.md section 8): a whole line on this machine.
 #   installs what is missing and builds; starts a private PostgreSQL and a SoftHSM2 token under
 #   .keyline/demo/; creates the manufacturer keys in the token; starts the public DB server; makes N
 #   emulated devices and personalizes them through the station; wipes one device's flash and restores it

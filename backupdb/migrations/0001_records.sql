@@ -1,4 +1,4 @@
--- The permanent public record table (DESIGN sections 7 and 9, invariant 5).
+-- The permanent public record table (docs/design.md sections 7 and 9, invariant 5).
 -- One row per device; a chip ID and an IMEI each appear at most once, which is what makes
 -- "first writer wins" hold under concurrent publishers (INSERT ... ON CONFLICT DO NOTHING).
 CREATE TABLE records (

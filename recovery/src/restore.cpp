@@ -263,7 +263,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
     say(progress, "fetched the record of chip " + chip.str() + " from " + options.db.url);
   }
 
-  // Invariant 6 (DESIGN section 9): every check comes before the first UPDATE BINARY.
+  // Invariant 6 (docs/design.md section 9): every check comes before the first UPDATE BINARY.
   verify_record(*record, chip, anchors);
   const Botan::X509_Certificate identity(record->certificates.front());
   const std::string identity_fp = key_fingerprint(identity);

@@ -1,6 +1,6 @@
 -- Temporary secure database (seed 002, database 140): IMEIs from the line's TAC ranges and
 -- pre-generated device keys. Rows are deleted when claimed, in the same transaction that records
--- the claim in the journal, so nothing is ever issued twice (DESIGN section 9, invariant 3).
+-- the claim in the journal, so nothing is ever issued twice (docs/design.md section 9, invariant 3).
 CREATE SCHEMA IF NOT EXISTS pool;
 
 CREATE TABLE pool.imei (

@@ -1,5 +1,5 @@
 -- The station's journal: one row per device being personalized, a state machine that survives
--- crashes (DESIGN section 9, invariant 4), plus the signing audit log and the publication outbox.
+-- crashes (docs/design.md section 9, invariant 4), plus the signing audit log and the publication outbox.
 CREATE SCHEMA IF NOT EXISTS journal;
 
 CREATE TABLE journal.device (

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs scripts/demo.sh with 3 devices into the build tree and checks summary.json against DESIGN section 8.
+# Runs scripts/demo.sh with 3 devices into the build tree and checks summary.json against docs/design.md section 8.
 set -euo pipefail
 cd "$KEYLINE_SOURCE_DIR"
 mkdir -p "$KEYLINE_DEMO_TEST_DIR"

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by the line e2e tests: start a line, and the invariant checks of DESIGN section 9 (3-5).
+# Shared by the line e2e tests: start a line, and the invariant checks of docs/design.md section 9 (3-5).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../../../scripts/lib/line.sh

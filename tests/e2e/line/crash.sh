@@ -1,6 +1,6 @@
 # Crash safety (issue #7): 200 devices, the station killed at random steps at least 20 times (abort()
 # through the fault hook at a chosen step, and kill -9 from outside at a random moment), restarted
-# each time; then the invariants of DESIGN section 9 (3-5) are checked.
+# each time; then the invariants of docs/design.md section 9 (3-5) are checked.
 source "$(dirname "$0")/common.sh"
 dir=${1:?work dir}
 rm -rf "$dir"

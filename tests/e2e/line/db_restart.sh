@@ -1,7 +1,7 @@
 # The station database restarts in the middle of a run (a failover, a crash of PostgreSQL): the
 # journal's sessions and the group commit's batches see their connections drop. The line keeps the
 # claims with their chips, retries the devices whose step failed, and every device ends published,
-# once, with the invariants of DESIGN section 9 (3-5) intact.
+# once, with the invariants of docs/design.md section 9 (3-5) intact.
 source "$(dirname "$0")/common.sh"
 dir=${1:?work dir}
 rm -rf "$dir"

@@ -1,4 +1,4 @@
-# Two stations share one temporary secure DB at the same time (issue #7, DESIGN section 9 inv. 3):
+# Two stations share one temporary secure DB at the same time (issue #7, docs/design.md section 9 inv. 3):
 # each runs its own half of the fleet with pre-generated keys from the shared pool; no IMEI and no
 # key may be issued twice.
 source "$(dirname "$0")/common.sh"

@@ -105,7 +105,7 @@ for k in imei identity_key_sha256 transport_key_sha256; do
 done
 [ ! -e "$(ddir 0)/flash/staging.bin" ] && pass "staging area emptied after boot" || fail "staging.bin left behind"
 
-# --- behind a TLS-terminating proxy: the read side over plain HTTP on loopback (DESIGN section 7) ---
+# --- behind a TLS-terminating proxy: the read side over plain HTTP on loopback (docs/design.md section 7) ---
 plain_port=$(line_free_port)
 KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$(cat "$LINE_DIR/pg/port") dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
   "$LINE_BIN/keyline-backupdb" serve --plain-http --listen "127.0.0.1:$plain_port" --ops-listen 127.0.0.1:0 --trust "$ROOT" --log off \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# DESIGN §9 invariant 4 for the station: a crash at any step boundary resumes on the next run with the
+# docs/design.md §9 invariant 4 for the station: a crash at any step boundary resumes on the next run with the
 # same IMEI and keys, nothing lost and nothing duplicated. Each device of a line gets killed (abort, no
 # cleanup, like kill -9) at another step through KEYLINE_STATION_CRASH_AT (keyline-station-faulty), then personalized again.
 # Environment: LINE_BIN (the programs), E2E_DIR (scratch directory, wiped first).

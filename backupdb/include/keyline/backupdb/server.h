@@ -1,4 +1,4 @@
-// The HTTP(S) server of DESIGN section 7 (see docs/api.md).
+// The HTTP(S) server of docs/design.md section 7 (see docs/api.md).
 #pragma once
 
 #include "keyline/backupdb/config.h"

@@ -18,7 +18,7 @@
 
 namespace keyline::core::applet {
 
-// Personalization applet AID (DESIGN section 6): F0 (proprietary RID range) || "KEYLINE".
+// Personalization applet AID (docs/design.md section 6): F0 (proprietary RID range) || "KEYLINE".
 constexpr std::uint8_t kAid[] = {0xF0, 0x4B, 0x45, 0x59, 0x4C, 0x49, 0x4E, 0x45};
 
 // ISO 7816-4 section 5.4.1: CLA 00 interindustry, 80 proprietary; bit 10 marks command chaining.

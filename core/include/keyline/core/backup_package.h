@@ -1,4 +1,4 @@
-// Backup package (DESIGN section 5), made by the device from the data package:
+// Backup package (docs/design.md section 5), made by the device from the data package:
 //   "KLBK" (backup code) || version (1) || AEAD id (1) || chip ID (10) || nonce (12) || AES-256-GCM(ciphertext || tag 16)
 // The 28-byte header is the associated data, so a package moved to another chip or changed by one
 // bit does not open. The key is HKDF-SHA256 (RFC 5869) of the chip key with salt = chip ID and

@@ -1,4 +1,4 @@
-// The identity certificate profile (DESIGN section 5) and its checks, shared by the station (issue),
+// The identity certificate profile (docs/design.md section 5) and its checks, shared by the station (issue),
 // the device (boot), the public DB (publish) and recovery (verify before writing).
 //  - subject serialNumber (2.5.4.5) = IMEI
 //  - subjectAltName otherName id-on-hardwareModuleName (RFC 4108 section 5, 1.3.6.1.5.5.7.8.4):
@@ -101,7 +101,7 @@ Botan::X509_Certificate make_ca_certificate(const Botan::X509_Certificate& issue
                                             const std::string& organization, std::size_t path_limit,
                                             Botan::RandomNumberGenerator& rng);
 
-// Identity certificate (DESIGN section 5): subject serialNumber=<IMEI>, SAN HardwareModuleName(chip ID),
+// Identity certificate (docs/design.md section 5): subject serialNumber=<IMEI>, SAN HardwareModuleName(chip ID),
 // keyUsage digitalSignature (critical), basicConstraints CA:false (critical), SKI/AKI, notBefore now,
 // notAfter kNotAfter. The to-be-signed certificate is linted first (lint_certificate on a draft with
 // the same contents and a placeholder signature), so a profile violation never reaches the CA key.

@@ -1,4 +1,4 @@
-// The data package the station stores into a device (DESIGN section 5): a sequence of DGIs.
+// The data package the station stores into a device (docs/design.md section 5): a sequence of DGIs.
 //   0101 header: format version (1) || IMEI (15 ASCII digits) || station id (u8 len || UTF-8) || time (u64 Unix s, BE)
 //   0201 identity certificate (DER)   0202 transport certificate (DER)   0203 CA chain (u16 count || {u32 len || DER}*)
 //   8101 identity private key (PKCS#8 DER, P-256)   8102 transport private key (32-byte X25519 scalar)

@@ -1,4 +1,4 @@
-// Station-side client of the device link (DESIGN section 6): a TCP connection that carries vpcd
+// Station-side client of the device link (docs/design.md section 6): a TCP connection that carries vpcd
 // frames (2-byte big-endian length || payload; 1-byte payloads are control messages). Used by the
 // station, recovery and the device tests. docs/protocol.md describes the dialect on top.
 #pragma once

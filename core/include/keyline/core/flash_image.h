@@ -1,4 +1,4 @@
-// Flash image (DESIGN section 5): what the device keeps and what recovery writes.
+// Flash image (docs/design.md section 5): what the device keeps and what recovery writes.
 //   "KLFL" || version (1) || u32 backup length || backup package || u16 certificate count ||
 //   { u32 length || DER }*   (identity certificate first, then its issuers up to, not including, the root)
 // All integers big-endian. The image holds no key in clear: the device opens the backup at boot.

@@ -2,7 +2,7 @@
 //   KEM  DHKEM(X25519, HKDF-SHA256)  kem_id  0x0020  (RFC 9180 section 7.1)
 //   KDF  HKDF-SHA256                 kdf_id  0x0001  (section 7.2)
 //   AEAD AES-128-GCM                 aead_id 0x0001  (section 7.3)
-// Wire form of a single-shot message (DESIGN section 5): enc (32) || ciphertext (plaintext || 16-byte tag).
+// Wire form of a single-shot message (docs/design.md section 5): enc (32) || ciphertext (plaintext || 16-byte tag).
 // The suite is fixed: nothing on the wire names it, so there is nothing to negotiate or downgrade.
 // Every failure (bad key size, low-order peer key per section 7.1.4, failed authentication, short
 // message) is a CryptoError(Crypto) with a message that carries no key or plaintext byte.

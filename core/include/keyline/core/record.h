@@ -1,4 +1,4 @@
-// A public backup DB record (DESIGN section 7) and the checks that the public DB (on publish) and
+// A public backup DB record (docs/design.md section 7) and the checks that the public DB (on publish) and
 // recovery (before writing) must agree on.
 #pragma once
 

@@ -1,4 +1,4 @@
-// The personalization applet: the APDU dialect of DESIGN section 6 and docs/protocol.md.
+// The personalization applet: the APDU dialect of docs/design.md section 6 and docs/protocol.md.
 // A Device is one chip with its flash, shared by every connection to it (commands run one at a time);
 // a Session is the per-connection state (selection, STORE DATA gathering, chaining, GET RESPONSE).
 #pragma once

@@ -1,4 +1,4 @@
-// The APDU server: vpcd frames over TCP (DESIGN section 6). Listen mode serves one device per port
+// The APDU server: vpcd frames over TCP (docs/design.md section 6). Listen mode serves one device per port
 // (a fleet of N devices takes ports BASE..BASE+N-1 in one process); vpcd mode connects out to
 // pcscd's vpcd driver so that PC/SC tools reach the device.
 #pragma once

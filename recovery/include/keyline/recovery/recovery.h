@@ -1,4 +1,4 @@
-// The owner's recovery tool (issue #6, DESIGN section 2): brings back a device whose flash was lost
+// The owner's recovery tool (issue #6, docs/design.md section 2): brings back a device whose flash was lost
 // from its public backup record. The device opens the backup with its chip key; nothing secret
 // passes through this tool. docs/recovery.md is the owner's guide.
 #pragma once

@@ -7,7 +7,7 @@
 //                                  sweeps the outbox with exponential backoff
 //   progress (the calling thread)  a \r line on a terminal, a plain line every few seconds otherwise
 //
-// A device counts as done only once the public DB holds its record (DESIGN section 9, invariant 4):
+// A device counts as done only once the public DB holds its record (docs/design.md section 9, invariant 4):
 // a device whose record waits in the outbox is "publishing" until the drainer delivers it.
 #pragma once
 
