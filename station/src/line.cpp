@@ -122,7 +122,13 @@ class Line {
   std::vector<std::string> m_failures;
   std::atomic<bool> m_workers_done{false};
   std::atomic<bool> m_drainer_stop{false};
-  std::atomic<bool> m_halt{false};  // pool empty with no top-up: start nothing new
+  std::atomic<bool> m_halt{false};  // pool empty with no top-up, or key sets that never open: start nothing new
+  // Key sets refused in a row (4013). One is a damaged row; several in a row mean this station's wrapping
+  // key is not the one that wrapped them (another station's pool, a re-initialised token): stop before
+  // the whole shared pool moves to the quarantine.
+  int m_key_mismatch_run = 0;
+  std::string m_halted;  // why the line stopped starting devices, for the summary
+  static constexpr int kKeyMismatchHalt = 3;
   // The station database away (a restart, a failover): devices wait for it instead of spending their
   // attempts in seconds. One worker probes it at a time, with a pause doubling to 5 s; the others wait.
   Clock::time_point m_db_down_since{};  // default-constructed: the database answers
@@ -207,6 +213,16 @@ void Line::worker() {
     --m_in_flight;
     m_cv.notify_all();
     const bool db_away = r.error_code == static_cast<int>(core::ErrorCode::DbConnection);
+    if (r.error_code == static_cast<int>(errc::KeyMismatch)) {
+      if (++m_key_mismatch_run >= kKeyMismatchHalt && !m_halt) {
+        m_halt = true;
+        m_halted = std::to_string(m_key_mismatch_run) +
+                   " stored key sets in a row do not open or do not match their public halves (error 4013); check that this station's token holds the wrapping key that made them "
+                   "(pool.device_key_quarantine lists them)";
+      }
+    } else if (r.done || r.in_outbox) {
+      m_key_mismatch_run = 0;
+    }
     if (!db_away && (r.done || r.in_outbox)) {  // its statements went through: the outage is over
       m_db_down_since = {};
       m_db_probe_ok = false;
@@ -237,7 +253,11 @@ void Line::worker() {
     } else {
       ++m_failed;
       m_failures.push_back(item.device.endpoint + ": error " + std::to_string(r.error_code) + ": " + r.error);
-      if (r.error_code == static_cast<int>(errc::PoolEmpty)) m_halt = true;
+      if (r.error_code == static_cast<int>(errc::PoolEmpty) && !m_halt) {
+        m_halt = true;
+        m_halted = "the pool is empty and the line profile does not top it up (error " +
+                   std::to_string(r.error_code) + ")";
+      }
     }
   }
 }
@@ -571,6 +591,7 @@ LineSummary Line::run() {
   s.skipped = static_cast<std::int64_t>(m_queue.size());
   s.seconds = std::chrono::duration<double>(Clock::now() - m_start).count();
   s.failures = m_failures;
+  s.halted = m_halted;
   s.backlog = m_backlog.load();
   const auto g = m_group->stats();
   s.journal_steps = static_cast<std::int64_t>(g.statements);
@@ -621,6 +642,7 @@ void print_summary(const LineSummary& s, std::ostream& out) {
   row("devices/s", r.str());
   out << "+----------------------------+------------+\n";
   for (const auto& f : s.failures) out << "failed: " << f << "\n";
+  if (!s.halted.empty()) out << "line halted: " << s.halted << "\n";
   if (s.unfinished > 0)
     out << s.unfinished << " device(s) stopped between claim and backup: their IMEIs stay with their chips and the "
         << "next run resumes them when they are back on a fixture (keyline-station status)\n";

@@ -194,3 +194,42 @@ TEST_CASE("run: a device whose pooled key set was quarantined (4013) is retried 
   CHECK(count(db, "SELECT count(*) FROM pool.device_key_quarantine") == 1);
   CHECK(count(db, "SELECT count(*) FROM journal.device WHERE state = 'backed_up'") == 1);
 }
+
+// Key sets that never open on this token (another station's pool, a re-initialised token) must not
+// drain the whole shared pool into the quarantine: the line halts after a few in a row and says why.
+TEST_CASE("run: stored key sets that do not open several times in a row halt the line before the pool is spent") {
+  auto cfg = line_config();
+  cfg.db = test::pg_env().create_database("line_keyhalt");
+  cfg.backupdb_url.clear();
+  cfg.key_source = "pool";
+  core::pq::Connection db(cfg.db);
+  migrate_station_db(db);
+  pool_generate_imeis(db, "35780502", 8);
+  {
+    auto keys = StationKeys::open(cfg, 2);
+    pool_generate_keys(db, *keys.token, 6);
+  }
+  // Every identity blob moved one row on: each is bound to another row, so none opens.
+  db.exec("WITH r AS (SELECT id, identity_wrapped, row_number() OVER (ORDER BY id) AS rn, count(*) OVER () AS n"
+          " FROM pool.device_key) UPDATE pool.device_key d SET identity_wrapped = b.identity_wrapped"
+          " FROM r a JOIN r b ON b.rn = a.rn % a.n + 1 WHERE d.id = a.id");
+
+  Fleet fleet(2, cfg.pki_dir + "/root.pem");
+  LineProfile profile;
+  profile.devices = read_fleet_file(fleet.out);
+  profile.concurrency = 1;
+  LineOptions opt;
+  opt.publish_wait_ms = 0;
+  opt.device_attempts = 10;
+  std::ostringstream out;
+  const auto s = run_line(cfg, profile, opt, out);
+  INFO(out.str());
+  CHECK(s.publishing == 0);
+  CHECK(s.halted.find("4013") != std::string::npos);
+  std::ostringstream summary;
+  print_summary(s, summary);
+  CHECK(summary.str().find("line halted: 3 stored key sets in a row") != std::string::npos);
+  CHECK(count(db, "SELECT count(*) FROM pool.device_key_quarantine") == 3);
+  CHECK(count(db, "SELECT count(*) FROM pool.device_key") == 3);
+  CHECK(count(db, "SELECT count(*) FROM pool.imei") == 8);  // every claim rolled back
+}

@@ -69,6 +69,7 @@ struct LineSummary {
   std::int64_t journal_commits = 0;  // transactions they took (group commit: fewer than steps)
   double seconds = 0;
   std::vector<std::string> failures;  // one line per failed device
+  std::string halted;  // why the line stopped starting new devices early (empty: it did not)
 };
 
 // Runs the line. Returns when every device is handled, --count is reached, or a stop was requested
