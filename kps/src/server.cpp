@@ -17,6 +17,7 @@
 #include <ctime>
 #include <fstream>
 #include <map>
+#include <unordered_set>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -37,6 +38,7 @@
 #include "keyline/core/secret_input.h"
 #include "keyline/kps/kps.h"
 #include "keyline/kps/policy.h"
+#include "nonce_cache.h"
 #include "metrics.h"
 
 namespace keyline::kps {
@@ -87,21 +89,6 @@ std::string ts_col(const char* col) {
   std::snprintf(buf, sizeof buf, kTime, col);
   return buf;
 }
-
-// Seen nonces until their timestamp leaves the skew window: a captured request cannot be replayed.
-class NonceCache {
- public:
-  bool first_use(const std::string& nonce, std::int64_t expires, std::int64_t now) {
-    std::lock_guard<std::mutex> g(m_mutex);
-    if (m_seen.size() > 4096)
-      for (auto it = m_seen.begin(); it != m_seen.end();) it = it->second < now ? m_seen.erase(it) : std::next(it);
-    return m_seen.emplace(nonce, expires).second;
-  }
-
- private:
-  std::mutex m_mutex;
-  std::map<std::string, std::int64_t> m_seen;
-};
 
 using Log = core::LogSink;  // one JSON object per line
 
@@ -234,9 +221,16 @@ class Api {
       r.log_detail = std::to_string(e.numeric()) + " " + e.what();
       return r;
     }
-    if (!m_s.nonces.first_use(dev.nonce, dev.timestamp + m_s.config.max_skew, now)) {
+    const auto use = m_s.nonces.first_use(dev.nonce, dev.timestamp + m_s.config.max_skew, now);
+    if (use == NonceCache::Use::Replayed) {
       Reply r = problem(401, "device-auth-failed", "a request is signed once: this nonce was seen already");
       r.log_detail = "replayed nonce";
+      return r;
+    }
+    if (use == NonceCache::Use::Full) {
+      Reply r = problem(503, "unavailable", "too many signed requests in the replay window; retry later");
+      r.headers.push_back({"Retry-After", "5"});
+      r.log_detail = "nonce cache full";
       return r;
     }
     who = dev.chip_id.str();
