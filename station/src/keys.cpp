@@ -1,15 +1,19 @@
 #include "keyline/station/keys.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <optional>
 
 #include <botan/auto_rng.h>
 #include <botan/base64.h>
@@ -26,7 +30,6 @@ namespace keyline::station {
 
 namespace fs = std::filesystem;
 
-std::string pki_path(const StationConfig& config, const char* file) { return (fs::path(config.pki_dir) / file).string(); }
 
 std::vector<std::string> server_names(const KeysInitOptions& options) {
   if (options.dns_names.empty() && options.ip_addresses.empty()) return {"127.0.0.1", "localhost"};
@@ -49,6 +52,186 @@ namespace {
 [[noreturn]] void io_fail(const std::string& what, const std::string& path) {
   throw core::IoError(core::ErrorCode::Io, what + " " + path + ": " + std::strerror(errno));
 }
+
+// ---- Who may change the PKI directory ----
+// The station trusts what is in it: tls-ca.pem decides which public DB it counts a device published
+// to, and the server key pairs are handed to those servers. So the directory and its files must be
+// this user's and writable by no one else, and every directory above it root's or this user's and not
+// writable by others unless sticky (there only an entry's owner may rename or remove it, unlink(2)).
+
+std::string join(const StationConfig& config, const char* file) { return (fs::path(config.pki_dir) / file).string(); }
+
+[[noreturn]] void unsafe(const std::string& path, const std::string& why) {
+  throw core::Error(errc::PkiUnsafe, path + " " + why +
+                                         ": the station trusts its PKI directory only when no other user can "
+                                         "change it (docs/station.md, \"Keys\")");
+}
+
+std::string mode_text(mode_t mode) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(mode & 07777));
+  return buf;
+}
+
+constexpr mode_t kOthersWrite = S_IWGRP | S_IWOTH;
+
+// The PKI directory itself and the files in it.
+void check_own(const std::string& path, const struct stat& st) {
+  if (st.st_uid != ::geteuid())
+    unsafe(path, "is owned by uid " + std::to_string(st.st_uid) + ", not by this user (uid " +
+                     std::to_string(::geteuid()) + ")");
+  if ((st.st_mode & kOthersWrite) != 0)
+    unsafe(path, "is writable by group or others (mode " + mode_text(st.st_mode) + ")");
+}
+
+// A directory on the way to it (or a symbolic link there, checked with lstat).
+void check_above(const std::string& path, const struct stat& st) {
+  if (st.st_uid != 0 && st.st_uid != ::geteuid())
+    unsafe(path, "is owned by uid " + std::to_string(st.st_uid) + ", neither root nor this user");
+  if (S_ISDIR(st.st_mode) && (st.st_mode & kOthersWrite) != 0 && (st.st_mode & S_ISVTX) == 0)
+    unsafe(path, "is writable by group or others (mode " + mode_text(st.st_mode) + ") and not sticky");
+}
+
+// The directory as given, absolute, without "." or ".." or a trailing "/".
+fs::path absolute_dir(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  return p.has_filename() || p == p.root_path() ? p : p.parent_path();
+}
+
+// Every prefix of an absolute path, itself last: "/", "/a", "/a/b" for "/a/b".
+std::vector<fs::path> prefixes(const fs::path& p) {
+  std::vector<fs::path> out;
+  fs::path at;
+  for (const auto& part : p) {
+    at /= part;
+    out.push_back(at);
+  }
+  return out;
+}
+
+// The directory's real path once it and the way to it are safe; nothing when it does not exist.
+// Both the path as given and the real one are walked: a link on the way (the directory's own name
+// too) is checked where it lies, and may lead out of a safe tree.
+std::optional<std::string> checked_pki_dir(const std::string& dir) {
+  const fs::path given = absolute_dir(dir);
+  for (const auto& p : prefixes(given)) {
+    struct stat st {};
+    if (::lstat(p.c_str(), &st) != 0) {
+      if (errno == ENOENT) return std::nullopt;
+      io_fail("cannot examine", p.string());
+    }
+    if (p != given || S_ISLNK(st.st_mode)) check_above(p.string(), st);  // the directory itself: below
+  }
+  char real[PATH_MAX];
+  if (::realpath(given.c_str(), real) == nullptr) {
+    if (errno == ENOENT) return std::nullopt;
+    io_fail("cannot resolve", given.string());
+  }
+  auto above = prefixes(real);
+  above.pop_back();
+  for (const auto& p : above) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0) io_fail("cannot examine", p.string());
+    check_above(p.string(), st);
+  }
+  struct stat st {};
+  if (::stat(real, &st) != 0) io_fail("cannot examine", real);
+  if (!S_ISDIR(st.st_mode)) unsafe(given.string(), "is not a directory");
+  check_own(given.string(), st);
+  return std::string(real);
+}
+
+// One file in it, when present: a regular file (a link could name anything), this user's, and
+// writable by no one else.
+void check_pki_file(const std::string& path, const struct stat& st) {
+  if (S_ISLNK(st.st_mode)) unsafe(path, "is a symbolic link");
+  if (!S_ISREG(st.st_mode)) unsafe(path, "is not a regular file");
+  check_own(path, st);
+}
+
+// The missing directories of the path made 0700 (mkdir's mode goes through the umask, chmod does not),
+// then the whole way checked.
+std::string make_pki_dir(const std::string& dir) {
+  const fs::path given = absolute_dir(dir);
+  for (const auto& p : prefixes(given)) {
+    if (::mkdir(p.c_str(), 0700) == 0) {
+      if (::chmod(p.c_str(), 0700) != 0) io_fail("cannot set the mode of", p.string());
+    } else if (errno != EEXIST) {
+      io_fail("cannot create", p.string());
+    }
+  }
+  const auto real = checked_pki_dir(dir);
+  if (!real) io_fail("cannot create", given.string());
+  return *real;
+}
+
+struct PkiFile {
+  Botan::secure_vector<std::uint8_t> bytes;
+  mode_t mode = 0;
+};
+
+// A file of the PKI directory, opened without following a link, or nothing when it is missing.
+std::optional<PkiFile> read_pki_file(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return std::nullopt;
+    if (errno == ELOOP) unsafe(path, "is a symbolic link");
+    io_fail("cannot open", path);
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) io_fail("cannot examine", path);
+  check_pki_file(path, st);
+  PkiFile f;
+  f.mode = st.st_mode;
+  std::uint8_t buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) io_fail("cannot read", path);
+    if (n == 0) break;
+    f.bytes.insert(f.bytes.end(), buf, buf + n);
+  }
+  Botan::secure_scrub_memory(buf, sizeof buf);
+  return f;
+}
+
+std::string text_of(const PkiFile& f) { return std::string(f.bytes.begin(), f.bytes.end()); }
+
+// Held for a whole `keys init` / `keys server-cert`: two runs would both find a key missing and both
+// generate it (after which every lookup of that label fails), and one run's clean-up would remove the
+// other's temp files. A second run waits (flock(2); released when the holder exits, however it exits).
+class PkiLock {
+ public:
+  PkiLock(const std::string& real_dir, std::ostream& out) {
+    const int dfd = ::open(real_dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) io_fail("cannot open directory", real_dir);
+    struct stat st {};
+    const bool seen = ::fstat(dfd, &st) == 0;
+    if (seen) check_own(real_dir, st);  // the directory opened is the one checked, whatever moved since
+    m_fd = seen ? ::openat(dfd, kLockFile, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600) : -1;
+    ::close(dfd);
+    const std::string path = (fs::path(real_dir) / kLockFile).string();
+    if (m_fd < 0) io_fail("cannot open the lock file", path);
+    if (::fstat(m_fd, &st) != 0 || !S_ISREG(st.st_mode)) io_fail("cannot use the lock file", path);
+    if (::flock(m_fd, LOCK_EX | LOCK_NB) == 0) return;
+    if (errno != EWOULDBLOCK) io_fail("cannot lock", path);
+    out << "keys: waiting for another keys run on " << real_dir << " (" << path << ")\n" << std::flush;
+    while (::flock(m_fd, LOCK_EX) != 0)
+      if (errno != EINTR) io_fail("cannot lock", path);
+  }
+  ~PkiLock() { ::close(m_fd); }
+  PkiLock(const PkiLock&) = delete;
+  PkiLock& operator=(const PkiLock&) = delete;
+
+  static constexpr const char* kLockFile = ".keys.lock";
+
+ private:
+  int m_fd = -1;
+};
 
 // Atomic and never readable by others on the way: the temp file is created by mkostemp (O_CREAT|O_EXCL,
 // mode 0600 whatever the umask) in the target's directory, written, fsynced, given its final mode, renamed
@@ -104,17 +287,13 @@ std::string fingerprint(const Botan::X509_Certificate& c) { return c.fingerprint
 
 // The certificates of a PEM file, or none when it is missing or does not parse (it is then re-made).
 std::vector<Botan::X509_Certificate> read_pem(const std::string& path) {
-  if (!fs::exists(path)) return {};
+  const auto f = read_pki_file(path);
+  if (!f) return {};
   try {
-    return core::load_certificates_pem(path);
+    return core::parse_certificates_pem(text_of(*f));
   } catch (const core::Error&) {
     return {};
   }
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 bool signed_by(const Botan::X509_Certificate& cert, const Botan::Public_Key& issuer_key) {
@@ -143,7 +322,8 @@ struct Init {
   Botan::AutoSeeded_RNG rng;
   bool changed = false;
 
-  std::string path(const char* file) const { return pki_path(config, file); }
+  // Not pki_path: the directory is checked and locked, and each file is checked as it is read.
+  std::string path(const char* file) const { return join(config, file); }
   void wrote(const char* file, const std::string& why) {
     changed = true;
     out << "keys: wrote " << path(file) << " (" << why << ")\n";
@@ -225,7 +405,8 @@ Botan::X509_Certificate ensure_ca(Init& in, const char* file, const Botan::X509_
 }
 
 void ensure_text(Init& in, const char* file, const std::string& text) {
-  if (fs::exists(in.path(file)) && read_text(in.path(file)) == text) return;
+  const auto present = read_pki_file(in.path(file));
+  if (present && text_of(*present) == text) return;
   write_file(in.path(file), text, 0644);
   in.wrote(file, "missing or out of date");
 }
@@ -265,15 +446,14 @@ void note_missing_names(Init& in, const char* cert_file, const Botan::X509_Certi
 std::string server_pair_problem(Init& in, const char* cert_file, const char* key_file,
                                 const Botan::X509_Certificate& service_ca, const Botan::Public_Key& service_key) {
   const auto certs = read_pem(in.path(cert_file));
-  struct stat st {};
-  if (certs.size() != 2 || ::stat(in.path(key_file).c_str(), &st) != 0) return "missing";
-  if ((st.st_mode & 0077) != 0) return "the key file was readable by others";
+  const auto key_pem = read_pki_file(in.path(key_file));
+  if (certs.size() != 2 || !key_pem) return "missing";
+  if ((key_pem->mode & 0077) != 0) return "the key file was readable by others";
   if (!(certs[1] == service_ca) || !signed_by(certs[0], service_key)) return "not from this service CA";
   if (!lasts(certs[0])) return "expires within 30 days";
   try {
     core::lint_server_certificate(certs[0]);
-    std::ifstream f(in.path(key_file), std::ios::binary);
-    Botan::DataSource_Stream src(f, key_file);
+    Botan::DataSource_Memory src(key_pem->bytes);
     const auto key = Botan::PKCS8::load_key(src);
     if (!holds_key(certs[0], *key)) return "the key file does not match the certificate";
   } catch (const std::exception&) {
@@ -315,13 +495,26 @@ void remove_stale_temps(Init& in) {
 
 }  // namespace
 
+std::string pki_path(const StationConfig& config, const char* file) {
+  const std::string path = join(config, file);
+  if (!checked_pki_dir(config.pki_dir)) return path;  // nothing there yet: reading it fails on its own
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    check_pki_file(path, st);
+  } else if (errno != ENOENT) {
+    io_fail("cannot examine", path);
+  }
+  return path;
+}
+
 void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out) {
   server_names(options);  // refuse bad --dns/--ip before anything is touched
   if (!core::is_valid_station_id(config.station_id))
     throw core::ConfigError(core::ErrorCode::Config, "station id is not 1-64 letters, digits, '-', '_', '.'");
+  // Before the token is opened: a directory someone else can change gets nothing, not even a key.
+  const PkiLock lock(make_pki_dir(config.pki_dir), out);
   const core::SecureBytes pin = read_pin(config);
   Init in{config, options, core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, 4), out, {}, false};
-  fs::create_directories(config.pki_dir);
   remove_stale_temps(in);
 
   const auto root_key = ensure_ec_key(in, key_label::root, 1);
@@ -352,18 +545,19 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
 }
 
 StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessions) {
+  checked_pki_dir(config.pki_dir);  // a missing directory is the KeysMissing below
   const core::SecureBytes pin = read_pin(config);
   auto token = core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, max_sessions);
   if (!token->has_private_key(key_label::device_ca))
     throw core::Error(errc::KeysMissing, "token '" + config.token_label +
                                              "' holds no Device CA key: run `keyline-station keys init` first");
-  const std::string ca_path = pki_path(config, pki_file::device_ca);
-  const std::string root_path = pki_path(config, pki_file::root);
-  if (!fs::exists(ca_path) || !fs::exists(root_path))
+  const std::string ca_path = join(config, pki_file::device_ca);
+  const auto ca_pem = read_pki_file(ca_path), root_pem = read_pki_file(join(config, pki_file::root));
+  if (!ca_pem || !root_pem)
     throw core::Error(errc::KeysMissing, "no certificates in " + config.pki_dir + ": run `keyline-station keys init` first");
   auto ca_key = std::make_unique<core::Pkcs11EcdsaPrivateKey>(token, key_label::device_ca);
-  auto ca_cert = core::load_certificates_pem(ca_path).at(0);
-  auto root_cert = core::load_certificates_pem(root_path).at(0);
+  auto ca_cert = core::parse_certificates_pem(text_of(*ca_pem)).at(0);
+  auto root_cert = core::parse_certificates_pem(text_of(*root_pem)).at(0);
   // The certificate on disk must belong to the key on the token: a mismatched PKI dir would issue
   // certificates that no device accepts.
   if (ca_cert.subject_public_key_info() != ca_key->subject_public_key())

@@ -3,6 +3,9 @@
 // race the fixture token that integration_station and integration_line initialise.
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
+#include <pwd.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -10,6 +13,9 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <thread>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,7 +24,9 @@
 #include <vector>
 
 #include "keyline/core/cert_profile.h"
+#include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
+#include "keyline/station/publisher.h"
 #include "station_auth.h"
 #include "testenv.h"
 
@@ -54,6 +62,7 @@ struct Station {
   fs::path dir;
   std::string label;
   std::string station_id = "line-2.st_a";
+  fs::path pki_dir;  // --pki-dir: dir/pki unless a test moves it
 
   Station() {
     static std::atomic<int> n{0};
@@ -62,17 +71,22 @@ struct Station {
     const auto r = run(test::source_dir() + "/scripts/hsm.sh init " + dir.string() + " " + label);
     INFO(r.out);
     REQUIRE(r.status == 0);
+    pki_dir = dir / "pki";
   }
-  ~Station() { fs::remove_all(dir); }
+  ~Station() {
+    run("chown -R root " + dir.string());  // a test may have handed part of it to nobody
+    fs::remove_all(dir);
+  }
 
-  fs::path pki(const char* file = "") const { return dir / "pki" / file; }
+  fs::path pki(const char* file = "") const { return pki_dir / file; }
   std::string env() const { return "env SOFTHSM2_CONF=" + (dir / "softhsm2.conf").string() + " "; }
   std::string pin() const { return test::read_file((dir / "user.pin").string()); }
 
-  Run station(const std::string& args, const std::string& prefix = "") const {
-    return run(prefix + env() + test::binary_dir() + "/bin/keyline-station --token " + label + " --pin-file " +
-               (dir / "user.pin").string() + " --pki-dir " + pki().string() + " --station-id " + station_id + " " + args);
+  std::string command(const std::string& args, const std::string& prefix = "") const {
+    return prefix + env() + test::binary_dir() + "/bin/keyline-station --token " + label + " --pin-file " +
+           (dir / "user.pin").string() + " --pki-dir " + pki_dir.string() + " --station-id " + station_id + " " + args;
   }
+  Run station(const std::string& args, const std::string& prefix = "") const { return run(command(args, prefix)); }
 
   // pkcs11-tool's object listing, one block per object ("Private Key Object; EC" ... indented lines).
   std::vector<std::string> objects() const {
@@ -334,4 +348,236 @@ TEST_CASE("a reused key made with wider usage (SoftHSM's defaults) is named in a
   const auto again = s.station("keys init");
   CHECK(again.out.find("warning: keyline-device-ca") == std::string::npos);
   CHECK(again.out.find("warning: keyline-master") == std::string::npos);
+}
+
+namespace {
+
+constexpr auto npos = std::string::npos;
+
+// The station's view of a Station, for the library calls that read the PKI directory in this process.
+station::StationConfig config_of(const Station& s) {
+  station::StationConfig c;
+  c.hsm_module = test::hsm_env().module;  // before TokenEnv: hsm_env() exports the fixture's SOFTHSM2_CONF
+  c.token_label = s.label;
+  c.pin_file = (s.dir / "user.pin").string();
+  c.pki_dir = s.pki_dir.string();
+  c.station_id = s.station_id;
+  return c;
+}
+
+// SOFTHSM2_CONF pointed at a Station's token while a check opens it in this process.
+struct TokenEnv {
+  std::string saved;
+  explicit TokenEnv(const Station& s) {
+    if (const char* v = std::getenv("SOFTHSM2_CONF")) saved = v;
+    ::setenv("SOFTHSM2_CONF", (s.dir / "softhsm2.conf").c_str(), 1);
+  }
+  ~TokenEnv() { ::setenv("SOFTHSM2_CONF", saved.c_str(), 1); }
+};
+
+// The keyline error code `f` throws; 0 when it returns, -1 for anything else.
+int error_of(const std::function<void()>& f) {
+  try {
+    f();
+    return 0;
+  } catch (const core::Error& e) {
+    INFO(e.what());
+    return e.numeric();
+  } catch (const std::exception& e) {
+    INFO(e.what());
+    return -1;
+  }
+}
+
+// Where the station reads its PKI directory: opening its keys, tls-ca.pem and station-tls.pem for
+// publishing (the paths line.cpp and publisher.cpp pass to OpenSSL). When only tls-ca.pem is at
+// fault (whole_dir false), only what reads it.
+void check_station_refuses(const Station& s, bool whole_dir = true) {
+  const auto cfg = config_of(s);
+  const TokenEnv env(s);
+  CHECK(error_of([&] { station::pki_path(cfg, station::pki_file::tls_trust); }) == 4032);
+  if (whole_dir) {
+    CHECK(error_of([&] { station::StationKeys::open(cfg, 1); }) == 4032);
+    CHECK(error_of([&] { station::pki_path(cfg, station::pki_file::station_tls); }) == 4032);
+  } else {
+    CHECK(error_of([&] { station::pki_path(cfg, station::pki_file::station_tls); }) == 0);
+  }
+  auto publishing = cfg;
+  publishing.backupdb_url = "https://127.0.0.1:9";
+  CHECK(error_of([&] { station::Publisher p(publishing); }) == 4032);
+}
+
+void check_refused(const Run& r, const std::string& what) {
+  INFO(r.out);
+  CHECK(r.status == 2);
+  CHECK(r.out.find("error 4032") != npos);
+  CHECK(r.out.find(what) != npos);
+}
+
+// Exactly one object of each kind under each label keys init makes.
+void check_one_set(const Station& s) {
+  for (const std::string l : {"keyline-root", "keyline-device-ca", "keyline-service-ca", "keyline-station-tls"}) {
+    CAPTURE(l);
+    CHECK(s.objects_labelled("Private Key Object", l).size() == 1);
+    CHECK(s.objects_labelled("Public Key Object", l).size() == 1);
+  }
+  for (const std::string l : {"keyline-master", "keyline-wrap"}) {
+    CAPTURE(l);
+    CHECK(s.objects_labelled("Secret Key Object", l).size() == 1);
+  }
+}
+
+uid_t nobody() {
+  const passwd* pw = ::getpwnam("nobody");
+  REQUIRE(pw != nullptr);
+  return pw->pw_uid;
+}
+
+}  // namespace
+
+TEST_CASE("keys init under umask 0 makes the PKI directory and its missing parents 0700") {
+  Station s;
+  s.pki_dir = s.dir / "site" / "pki";
+  const auto r = s.station("keys init", "umask 0; ");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  CHECK(mode_of(s.pki_dir) == 0700);
+  CHECK(mode_of(s.dir / "site") == 0700);
+  CHECK(mode_of(s.pki(".keys.lock")) == 0600);
+  for (const char* f : {"root.pem", "tls-ca.pem"}) CHECK(mode_of(s.pki(f)) == 0644);
+}
+
+TEST_CASE("a PKI directory that group or others can write is refused: nothing is written or trusted") {
+  Station s;
+  fs::create_directory(s.pki_dir);
+  fs::permissions(s.pki_dir, fs::perms(0770));
+  auto r = s.station("keys init");
+  check_refused(r, s.pki_dir.string() + " is writable by group or others");
+  CHECK(fs::is_empty(s.pki_dir));
+  CHECK(s.objects().empty());  // refused before the token is touched
+  // A complete set whose directory was opened up later: neither keys command nor the station uses it.
+  fs::permissions(s.pki_dir, fs::perms(0700));
+  r = s.station("keys init");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  const auto before = pki_contents(s);
+  for (const int loose : {0720, 0702}) {
+    CAPTURE(loose);
+    fs::permissions(s.pki_dir, fs::perms(loose));
+    check_refused(s.station("keys init"), "is writable by group or others");
+    check_refused(s.station("keys server-cert"), "is writable by group or others");
+    CHECK(pki_contents(s) == before);
+    check_station_refuses(s);
+  }
+  fs::permissions(s.pki_dir, fs::perms(0700));
+  // A directory above it that others can write lets them swap the whole PKI directory; a sticky one
+  // (as /tmp) does not: there only the owner renames or removes an entry (unlink(2), EPERM).
+  fs::permissions(s.dir, fs::perms(0777));
+  check_refused(s.station("keys init"), s.dir.string() + " is writable by group or others");
+  check_station_refuses(s);
+  fs::permissions(s.dir, fs::perms(01777));
+  r = s.station("keys init");
+  CHECK(r.status == 0);
+  CHECK(r.out.find("nothing changed") != npos);
+  fs::permissions(s.dir, fs::perms(0755));
+  // One file others can write: the trust anchors for publishing could be anyone's.
+  fs::permissions(s.pki("tls-ca.pem"), fs::perms(0666));
+  check_refused(s.station("keys init"), s.pki("tls-ca.pem").string() + " is writable by group or others");
+  check_station_refuses(s, false);
+  CHECK(pki_contents(s) == before);
+}
+
+TEST_CASE("a PKI directory or file another user owns, or a file that is a symbolic link, is refused") {
+  Station s;
+  auto r = s.station("keys init");
+  INFO(r.out);
+  REQUIRE(r.status == 0);
+  const auto before = pki_contents(s);
+  REQUIRE(::chown(s.pki_dir.c_str(), nobody(), static_cast<gid_t>(-1)) == 0);
+  check_refused(s.station("keys init"), s.pki_dir.string() + " is owned by uid " + std::to_string(nobody()));
+  check_refused(s.station("keys server-cert"), "is owned by uid");
+  check_station_refuses(s);
+  REQUIRE(::chown(s.pki_dir.c_str(), 0, static_cast<gid_t>(-1)) == 0);
+  CHECK(pki_contents(s) == before);
+
+  REQUIRE(::chown(s.pki("device-ca.pem").c_str(), nobody(), static_cast<gid_t>(-1)) == 0);
+  check_refused(s.station("keys init"), s.pki("device-ca.pem").string() + " is owned by uid");
+  {
+    const auto cfg = config_of(s);
+    const TokenEnv env(s);
+    CHECK(error_of([&] { station::StationKeys::open(cfg, 1); }) == 4032);
+  }
+  REQUIRE(::chown(s.pki("device-ca.pem").c_str(), 0, static_cast<gid_t>(-1)) == 0);
+
+  // --pki-dir naming a link in a sticky directory: whoever owns the link can point it elsewhere.
+  fs::permissions(s.dir, fs::perms(01777));
+  fs::create_directory_symlink(s.pki_dir, s.dir / "pki-link");
+  REQUIRE(::lchown((s.dir / "pki-link").c_str(), nobody(), static_cast<gid_t>(-1)) == 0);
+  const auto real_dir = s.pki_dir;
+  s.pki_dir = s.dir / "pki-link";
+  check_refused(s.station("keys init"), s.pki_dir.string() + " is owned by uid " + std::to_string(nobody()));
+  check_station_refuses(s);
+  REQUIRE(::lchown((s.dir / "pki-link").c_str(), 0, static_cast<gid_t>(-1)) == 0);
+  r = s.station("keys init");  // the same link, root's: fine
+  CHECK(r.status == 0);
+  CHECK(r.out.find("nothing changed") != npos);
+  s.pki_dir = real_dir;
+  fs::permissions(s.dir, fs::perms(0755));
+
+  // tls-ca.pem as a link to a copy elsewhere: what it names can change without the PKI directory changing.
+  fs::copy_file(s.pki("tls-ca.pem"), s.dir / "elsewhere.pem");
+  fs::remove(s.pki("tls-ca.pem"));
+  fs::create_symlink(s.dir / "elsewhere.pem", s.pki("tls-ca.pem"));
+  check_refused(s.station("keys init"), s.pki("tls-ca.pem").string() + " is a symbolic link");
+  check_station_refuses(s, false);
+  CHECK(fs::is_symlink(s.pki("tls-ca.pem")));
+}
+
+TEST_CASE("keys init waits while another keys run holds the PKI directory's lock") {
+  Station s;
+  fs::create_directory(s.pki_dir);
+  fs::permissions(s.pki_dir, fs::perms(0700));
+  const int fd = ::open(s.pki(".keys.lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  REQUIRE(fd >= 0);
+  REQUIRE(::flock(fd, LOCK_EX) == 0);
+  const auto out = s.dir / "bg.out", rc = s.dir / "bg.rc";
+  run("( " + s.command("keys init") + " > " + out.string() + " 2>&1; echo $? > " + rc.string() + ".t; mv " +
+      rc.string() + ".t " + rc.string() + " ) > /dev/null 2>&1 &");
+  bool waiting = false;
+  for (int i = 0; i < 100 && !waiting && !fs::exists(rc); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    waiting = slurp(out).find("keys: waiting for") != npos;
+  }
+  INFO(slurp(out));
+  CHECK(waiting);
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  CHECK_FALSE(fs::exists(rc));
+  CHECK(s.objects().empty());  // nothing made while the other run holds the directory
+  ::close(fd);
+  for (int i = 0; i < 1200 && !fs::exists(rc); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  REQUIRE(fs::exists(rc));
+  CHECK(test::read_file(rc.string()) == "0");
+  check_one_set(s);
+}
+
+TEST_CASE("concurrent keys init runs on a fresh token make exactly one set of keys, and all succeed") {
+  Station s;
+  constexpr int kRuns = 4;
+  std::string cmd;
+  for (int i = 0; i < kRuns; ++i) {
+    const auto n = std::to_string(i);
+    cmd += "( " + s.command("keys init") + " > " + (s.dir / ("out." + n)).string() + " 2>&1; echo $? > " +
+           (s.dir / ("rc." + n)).string() + " ) & ";
+  }
+  run(cmd + "wait");
+  for (int i = 0; i < kRuns; ++i) {
+    const auto n = std::to_string(i);
+    INFO(slurp(s.dir / ("out." + n)));
+    CHECK(test::read_file((s.dir / ("rc." + n)).string()) == "0");
+  }
+  check_one_set(s);
+  const auto again = s.station("keys init");
+  INFO(again.out);
+  CHECK(again.status == 0);
+  CHECK(again.out.find("nothing changed") != npos);
 }

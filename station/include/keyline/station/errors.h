@@ -15,5 +15,8 @@ constexpr auto PublishRejected = static_cast<core::ErrorCode>(4020);    // publi
 constexpr auto PublishPending = static_cast<core::ErrorCode>(4021);     // public DB unreachable: in the outbox
 constexpr auto KeysExist = static_cast<core::ErrorCode>(4030);          // keys init on an initialised token
 constexpr auto KeysMissing = static_cast<core::ErrorCode>(4031);
+// The PKI directory (or a directory above it, or a file in it) may be changed by another user: nothing
+// in it is trusted or written (docs/station.md, "Keys").
+constexpr auto PkiUnsafe = static_cast<core::ErrorCode>(4032);
 constexpr auto JournalConflict = static_cast<core::ErrorCode>(4040);    // the chip is being handled elsewhere
 }  // namespace keyline::station::errc

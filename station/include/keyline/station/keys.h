@@ -66,6 +66,9 @@ std::vector<std::string> server_names(const KeysInitOptions& options);
 // so an init interrupted halfway is finished by running it again. Files are written atomically (temp
 // file created 0600 in the same directory, fsync, rename, fsync of the directory). Throws
 // errc::KeysMissing when the token holds one half of a key pair without the other.
+// The PKI directory (and missing parents) is created 0700 whatever the umask; one another user could
+// change is refused with errc::PkiUnsafe before the token is opened (see pki_path). The whole run holds
+// an exclusive flock on <pki_dir>/.keys.lock: a concurrent run waits, saying so on `out`.
 void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out);
 
 // What a running station needs: the token, the Device CA key on it, and the certificates.
@@ -76,10 +79,16 @@ struct StationKeys {
   Botan::X509_Certificate root_cert;
 
   // Opens the token and loads the certificates from the PKI directory. Throws errc::KeysMissing with
-  // what to run when `keys init` has not been run.
+  // what to run when `keys init` has not been run, errc::PkiUnsafe as pki_path does (before the token
+  // is opened).
   static StationKeys open(const StationConfig& config, std::size_t max_sessions = 8);
 };
 
+// The path of `file` in the PKI directory, for a reader that trusts it (tls-ca.pem for publishing).
+// Throws errc::PkiUnsafe when another user could change it: the directory not this user's or writable
+// by group or others; a directory above it (as given or resolved) neither root's nor this user's, or
+// writable by others and not sticky; the file, when present, a symbolic link, not a regular file,
+// another user's or writable by group or others. A missing directory or file passes (reading it fails).
 std::string pki_path(const StationConfig& config, const char* file);
 
 }  // namespace keyline::station
