@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "keyline/core/error.h"
+#include "keyline/core/flash_image.h"
 
 namespace keyline::core {
 
@@ -171,6 +172,31 @@ std::vector<CommandApdu> chain_command(const CommandApdu& c, std::size_t max_chu
     parts.push_back(std::move(p));
   }
   return parts;
+}
+
+static_assert(kMaxResponseDefault == kFlashMaxSize, "the default cap is the largest applet answer, a backup package");
+
+std::string command_header(const CommandApdu& c) {
+  char buf[12];
+  std::snprintf(buf, sizeof buf, "%02X %02X %02X %02X", static_cast<unsigned>(c.cla), static_cast<unsigned>(c.ins),
+                static_cast<unsigned>(c.p1), static_cast<unsigned>(c.p2));
+  return buf;
+}
+
+void check_answer(const CommandApdu& command, const CommandApdu& sent, bool get_response, const ResponseApdu& answer,
+                  std::size_t gathered, std::size_t max_response) {
+  const std::string which = (get_response ? "GET RESPONSE for " : "answer to ") + command_header(command);
+  // ISO 7816-4 section 5.1: Ne is the maximum; Le absent means Ne = 0, and an Le of 00 (short) or
+  // 0000 (extended) means 256 or 65536, which CommandApdu already holds as le.
+  const std::size_t ne = sent.le.value_or(0);
+  const std::size_t got = answer.data.size();
+  if (got > ne)
+    bad_apdu(which + " carries " + std::to_string(got) + " bytes where Le allows " + std::to_string(ne));
+  if (got > max_response || gathered > max_response - got)
+    bad_apdu(which + " exceeds the " + std::to_string(max_response) + "-byte cap on its answer");
+  // A GET RESPONSE that brings nothing and announces more again would loop without progress.
+  if (get_response && got == 0 && (answer.sw & 0xFF00) == sw::bytes_remaining_base)
+    bad_apdu(which + " brings no data yet announces more");
 }
 
 ResponseApdu ResponseChainer::start(ResponseApdu full, std::size_t chunk) {

@@ -150,15 +150,10 @@ void DeviceLink::send_frame(const std::uint8_t* payload, std::size_t len) {
   if (m_capture) m_capture(true, frame.data(), frame.size());
   // A device that does not read its commands, or reads them a byte at a time, cannot hold a send
   // past one io timeout either: the same deadline rule as for an answer, over the whole frame.
-  const Deadline deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
-  set_timeout(SO_SNDTIMEO, m_options.io_timeout, m_send_timeout);
+  const Deadline deadline = frame_deadline();
   std::size_t off = 0;
   while (off < frame.size()) {
-    if (off) {
-      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) timed_out(m_last_command, "take");
-      if (m_send_timeout - left > std::chrono::milliseconds(1)) set_timeout(SO_SNDTIMEO, left, m_send_timeout);
-    }
+    fit_timeout(SO_SNDTIMEO, deadline, m_send_timeout, m_last_command, "take");
     const ssize_t n = ::send(m_fd, frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) timed_out(m_last_command, "take");
@@ -177,12 +172,31 @@ void DeviceLink::set_timeout(int option, std::chrono::microseconds t, std::chron
   current = t;
 }
 
+DeviceLink::Deadline DeviceLink::frame_deadline() const {
+  return m_exchange.empty() ? std::chrono::steady_clock::now() + m_options.io_timeout : m_exchange_deadline;
+}
+
+void DeviceLink::fit_timeout(int option, Deadline deadline, std::chrono::microseconds& current,
+                             const std::string& what, const char* doing) {
+  // Each blocking call waits at most for what is left of the deadline, so a device that trickles
+  // its answer a byte at a time still fails at the deadline; never for less, or a call would give
+  // up early. The socket timeout is changed only when it is off by more than a millisecond: the
+  // first frame of an exchange (the usual whole answer in one segment) costs no setsockopt.
+  const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
+  if (left.count() <= 0) timed_out(what, doing);
+  if (current < left || current - left > std::chrono::milliseconds(1)) set_timeout(option, left, current);
+}
+
 void DeviceLink::timed_out(const std::string& what, const char* doing) {
   close();
-  const auto ms = m_options.io_timeout.count();
-  throw LinkTimeout("device " + m_host + ":" + std::to_string(m_port) + " did not " + doing + " " + what +
-                        " within " + std::to_string(ms) + " ms",
-                    what);
+  const std::string ms = std::to_string(m_options.io_timeout.count());
+  const std::string device = "device " + m_host + ":" + std::to_string(m_port);
+  if (m_exchange.empty() || m_exchange == what)
+    throw LinkTimeout(device + " did not " + doing + " " + what + " within " + ms + " ms", what);
+  // Within transmit() the deadline is the whole exchange's: name the command, and the frame under way.
+  throw LinkTimeout(device + " did not complete " + m_exchange + " within " + ms + " ms (still to " + doing + " " +
+                        what + ")",
+                    m_exchange);
 }
 
 void DeviceLink::read_exact(std::uint8_t* out, std::size_t len, Deadline deadline, const std::string& what) {
@@ -195,13 +209,7 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len, Deadline deadlin
       off += take;
       continue;
     }
-    // Each recv waits at most for what is left of the answer's deadline, so a device that trickles
-    // its answer a byte at a time still fails at the deadline. SO_RCVTIMEO is shortened only once
-    // the deadline is more than a millisecond closer than it: the first recv of a frame (the
-    // usual whole answer in one segment) costs no setsockopt.
-    const auto left = std::chrono::duration_cast<std::chrono::microseconds>(deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) timed_out(what, "answer");
-    if (m_recv_timeout - left > std::chrono::milliseconds(1)) set_timeout(SO_RCVTIMEO, left, m_recv_timeout);
+    fit_timeout(SO_RCVTIMEO, deadline, m_recv_timeout, what, "answer");
     // Large remainders go straight to the caller; small ones through the buffer, which then holds
     // whatever else the segment carried (the next frame's header and body).
     const bool direct = len - off >= kReadChunk;
@@ -226,9 +234,8 @@ void DeviceLink::read_exact(std::uint8_t* out, std::size_t len, Deadline deadlin
 
 SecureBytes DeviceLink::receive_frame(const std::string& what) {
   if (m_fd < 0) throw IoError(ErrorCode::Network, "device link is not connected");
-  // One deadline for the whole frame, header and body (docs/protocol.md, "Timeouts").
-  const Deadline deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
-  set_timeout(SO_RCVTIMEO, m_options.io_timeout, m_recv_timeout);
+  // One deadline for the whole frame, header and body, or for the whole exchange (docs/protocol.md §1).
+  const Deadline deadline = frame_deadline();
   std::uint8_t head[2];
   read_exact(head, 2, deadline, what);
   const std::size_t len = (static_cast<std::size_t>(head[0]) << 8) | head[1];
@@ -261,8 +268,24 @@ SecureBytes DeviceLink::transmit_raw(const SecureBytes& command_apdu) {
   return r;
 }
 
-ResponseApdu DeviceLink::transmit(const CommandApdu& command) {
-  return transceive([this](const SecureBytes& apdu) { return transmit_raw(apdu); }, command, m_options.max_chunk);
+ResponseApdu DeviceLink::transmit(const CommandApdu& command, std::size_t max_response) {
+  // One deadline for the command, its chained parts and all GET RESPONSE rounds: a per-frame one let
+  // a device answering each of 4096 rounds just in time hold the caller 4096 x io_timeout.
+  struct Scope {
+    std::string& exchange;
+    ~Scope() { exchange.clear(); }
+  } scope{m_exchange};
+  m_exchange = "APDU " + command_header(command);
+  m_exchange_deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
+  try {
+    return transceive([this](const SecureBytes& apdu) { return transmit_raw(apdu); }, command, m_options.max_chunk,
+                      max_response);
+  } catch (const FormatError&) {
+    // A device that broke the dialect is not asked again on this connection (it may hold a 61XX
+    // chain or a half-gathered command): the caller reconnects if it wants to go on.
+    close();
+    throw;
+  }
 }
 
 }  // namespace keyline::core

@@ -61,10 +61,11 @@ class Device {
     }
   }
 
-  core::ResponseApdu send(const core::CommandApdu& c, const char* what) {
+  // max_answer: the longest answer the command has (docs/protocol.md section 2a); more is refused.
+  core::ResponseApdu send(const core::CommandApdu& c, const char* what, std::size_t max_answer) {
     if (c.ins == applet::ins::update_binary) m_wrote = true;
     try {
-      return m_link->transmit(c);
+      return m_link->transmit(c, max_answer);
     } catch (const core::FormatError& e) {
       throw core::Error(errc::DeviceRefused, std::string("the device answered ") + what + " with a malformed response: " + e.what());
     } catch (const core::Error& e) {
@@ -86,7 +87,7 @@ class Device {
 // STATUS in its one layout (core::applet::parse_status); an answer of any other shape is the device
 // refusing, never bytes read past the end.
 applet::Status read_status(Device& dev) {
-  const auto r = dev.send(applet::status_command(), "STATUS");
+  const auto r = dev.send(applet::status_command(), "STATUS", applet::kStatusSizeWithImei);
   if (r.sw != core::sw::ok) throw core::Error(errc::DeviceRefused, "the device refused STATUS (" + core::sw_text(r.sw) + ")");
   try {
     return applet::parse_status(r.data);
@@ -96,7 +97,7 @@ applet::Status read_status(Device& dev) {
 }
 
 core::ChipId read_chip_id(Device& dev) {
-  const auto r = dev.send(applet::get_cplc_command(), "GET DATA CPLC");
+  const auto r = dev.send(applet::get_cplc_command(), "GET DATA CPLC", 3 + core::kCplcSize);  // 9F 7F 2A || CPLC
   if (r.sw != core::sw::ok) throw core::Error(errc::DeviceRefused, "the device refused GET DATA CPLC (" + core::sw_text(r.sw) + ")");
   try {
     return core::Cplc::parse(r.data.data(), r.data.size()).chip_id();
@@ -106,7 +107,7 @@ core::ChipId read_chip_id(Device& dev) {
 }
 
 void select_applet(Device& dev) {
-  const auto r = dev.send(applet::select_command(), "SELECT");
+  const auto r = dev.send(applet::select_command(), "SELECT", 0);
   if (r.sw != core::sw::ok)
     throw core::Error(errc::DeviceRefused, "the device refused SELECT of the keyline applet (" + core::sw_text(r.sw) + ")");
 }
@@ -285,7 +286,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   // The device proves it can open the backup before anything is written (RESTORE DRILL with the
   // backup as data, docs/protocol.md section 3): a package altered by one bit or sealed by another
   // chip fails the AES-GCM check there, and no byte reaches the staging area.
-  const auto d = dev.send(applet::restore_drill_command(record->backup, false), "RESTORE DRILL");
+  const auto d = dev.send(applet::restore_drill_command(record->backup, false), "RESTORE DRILL", applet::kDrillAnswerSize);
   if (d.sw == core::sw::wrong_data)
     throw core::Error(errc::VerificationFailed, "the backup package does not open on this chip (altered, or sealed by another chip)");
   if (d.sw != core::sw::ok)
@@ -315,7 +316,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   }
 
   for (const auto& c : commands) {
-    const auto r = dev.send(c, "UPDATE BINARY");
+    const auto r = dev.send(c, "UPDATE BINARY", 0);
     if (r.sw != core::sw::ok) {
       const std::size_t off = (static_cast<std::size_t>(c.p1) << 8) | c.p2;
       throw core::Error(errc::DeviceRefused, "the device refused UPDATE BINARY at offset " + std::to_string(off) + " (" +
@@ -325,7 +326,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   say(progress, "wrote " + std::to_string(image.size()) + " bytes into the staging area in " +
                     std::to_string(commands.size()) + " UPDATE BINARY commands");
 
-  const auto b = dev.send(applet::boot_staged_command(), "BOOT STAGED");
+  const auto b = dev.send(applet::boot_staged_command(), "BOOT STAGED", applet::kBootAnswerSize);
   if (b.sw != core::sw::ok)
     throw core::Error(errc::DeviceRefused, "the device refused the image (" + core::sw_text(b.sw) + ", SW " + sw_hex(b.sw) +
                                                "); it keeps its previous state");

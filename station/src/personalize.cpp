@@ -68,8 +68,10 @@ class DeviceRefusal : public core::Error {
   std::uint16_t m_sw;
 };
 
-core::ResponseApdu expect_ok(core::DeviceLink& link, const core::CommandApdu& c, const char* what) {
-  auto r = link.transmit(c);
+// max_answer: the longest answer the command has (docs/protocol.md section 2a); more is refused.
+core::ResponseApdu expect_ok(core::DeviceLink& link, const core::CommandApdu& c, const char* what,
+                             std::size_t max_answer) {
+  auto r = link.transmit(c, max_answer);
   if (r.sw != core::sw::ok) throw DeviceRefusal(what, r.sw);
   return r;
 }
@@ -313,11 +315,13 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
 
     // --- read the device (step 4 of seed 002: the chip ID from read-only storage) -------------
     cur = Step::ReadDevice;
-    expect_ok(link, applet::select_command(), "SELECT personalization applet");
+    expect_ok(link, applet::select_command(), "SELECT personalization applet", 0);
     // The one STATUS layout (core::applet::parse_status): any other length or byte is refused here,
     // before anything is claimed.
-    const applet::Status status = applet::parse_status(expect_ok(link, applet::status_command(), "STATUS").data);
-    const auto cplc_r = expect_ok(link, applet::get_cplc_command(), "GET DATA CPLC");
+    const applet::Status status = applet::parse_status(
+        expect_ok(link, applet::status_command(), "STATUS", applet::kStatusSizeWithImei).data);
+    // 9F 7F 2A || CPLC.
+    const auto cplc_r = expect_ok(link, applet::get_cplc_command(), "GET DATA CPLC", 3 + core::kCplcSize);
     const core::ChipId chip = core::Cplc::parse(cplc_r.data.data(), cplc_r.data.size()).chip_id();
     res.chip_id = chip.str();
     if (status.chip_id != chip) throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
@@ -498,7 +502,8 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
         const std::size_t off = b * store_block;
         core::SecureBytes part(encoded.begin() + static_cast<std::ptrdiff_t>(off),
                                encoded.begin() + static_cast<std::ptrdiff_t>(std::min(encoded.size(), off + store_block)));
-        expect_ok(link, applet::store_data_command(static_cast<std::uint8_t>(b), last, std::move(part)), "STORE DATA");
+        expect_ok(link, applet::store_data_command(static_cast<std::uint8_t>(b), last, std::move(part)), "STORE DATA",
+                  0);
       }
       // No journal write here: an 'issued' row resumes the same way ('stored' was a commit per device
       // that told a resume nothing new: a personalized device goes on to the backup, a blank one is
@@ -512,13 +517,15 @@ DeviceResult Personalizer::personalize(const std::string& endpoint, JournalDb& d
     if (row->state != "backed_up" && row->state != "published") {
       cur = Step::Backup;
       may_void = true;
-      const auto b = expect_ok(link, applet::get_backup_command(!m_config.short_apdus), "GET DATA backup");
+      const auto b =
+          expect_ok(link, applet::get_backup_command(!m_config.short_apdus), "GET DATA backup", core::kFlashMaxSize);
       const applet::BackupAnswer answer = applet::parse_backup_answer(b.data);
       if (answer.header.chip_id != chip)
         throw core::Error(errc::BackupMismatch, "backup package names chip " + answer.header.chip_id.str());
       const core::Bytes& backup = answer.backup;
       // The device opens the very bytes we will publish and proves the package inside is ours.
-      const auto d = link.transmit(applet::restore_drill_command(backup, !m_config.short_apdus));
+      const auto d =
+          link.transmit(applet::restore_drill_command(backup, !m_config.short_apdus), applet::kDrillAnswerSize);
       // The device refusing its own backup is the "backup does not open": say so, not just the SW.
       if (d.sw != core::sw::ok)
         throw core::Error(errc::BackupMismatch, "the backup does not open on the device (RESTORE DRILL answered " +

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <set>
 #include <thread>
 #include <vector>
@@ -451,4 +452,214 @@ TEST_CASE("device link: a device reading its command slowly cannot hold the send
   CHECK(waiting_for == "APDU 00 D6 00 00");
   CHECK(message.find("did not take") != std::string::npos);
   CHECK(elapsed < std::chrono::milliseconds(1500));
+}
+
+namespace {
+
+// A plain TCP peer playing a hostile or slow card: answers each command frame with what `respond`
+// returns for it (a response APDU), `delay` after reading it, for at most `max_frames` frames or
+// until the client goes away. Counts what it sent, the bound on what the client can have gathered.
+class ScriptedCard {
+ public:
+  using Respond = std::function<core::Bytes(const std::vector<std::uint8_t>& apdu)>;
+  ScriptedCard(Respond respond, std::chrono::milliseconds delay, int max_frames)
+      : m_respond(std::move(respond)) {
+    m_listen = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    REQUIRE(::bind(m_listen, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(m_listen, 4) == 0);
+    REQUIRE(::getsockname(m_listen, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    m_port = ntohs(a.sin_port);
+    m_thread = std::thread([this, delay, max_frames] { run(delay, max_frames); });
+  }
+  ~ScriptedCard() {
+    join();
+    ::close(m_listen);
+  }
+  int port() const { return m_port; }
+  // Waits for the card to stop (the client gone, or max_frames served): then its counts are final.
+  void join() {
+    if (m_thread.joinable()) m_thread.join();
+  }
+  int frames() const { return m_frames; }
+  std::size_t bytes_sent() const { return m_sent; }
+
+ private:
+  void run(std::chrono::milliseconds delay, int max_frames) {
+    const int fd = ::accept(m_listen, nullptr, nullptr);
+    if (fd < 0) return;
+    while (m_frames < max_frames) {
+      std::uint8_t head[2];
+      if (::recv(fd, head, 2, MSG_WAITALL) != 2) break;
+      std::vector<std::uint8_t> apdu((head[0] << 8) | head[1]);
+      if (::recv(fd, apdu.data(), apdu.size(), MSG_WAITALL) != static_cast<ssize_t>(apdu.size())) break;
+      std::this_thread::sleep_for(delay);
+      const core::Bytes answer = m_respond(apdu);
+      core::Bytes frame{static_cast<std::uint8_t>(answer.size() >> 8), static_cast<std::uint8_t>(answer.size())};
+      frame.insert(frame.end(), answer.begin(), answer.end());
+      if (::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(frame.size())) break;
+      m_sent += frame.size();
+      ++m_frames;
+    }
+    ::close(fd);
+  }
+
+  Respond m_respond;
+  int m_listen = -1;
+  int m_port = 0;
+  std::atomic<int> m_frames{0};
+  std::atomic<std::size_t> m_sent{0};
+  std::thread m_thread;
+};
+
+core::Bytes data_and_sw(std::size_t n, std::uint16_t sw) {
+  core::Bytes out(n, 0x5A);
+  out.push_back(static_cast<std::uint8_t>(sw >> 8));
+  out.push_back(static_cast<std::uint8_t>(sw));
+  return out;
+}
+
+core::DeviceLinkOptions scripted_options(std::chrono::milliseconds io_timeout) {
+  core::DeviceLinkOptions o;
+  o.power_on = false;
+  o.io_timeout = io_timeout;
+  return o;
+}
+
+// What one transmit threw: its numeric code, message and (for LinkTimeout) the command it names.
+struct Outcome {
+  int code = 0;
+  std::string message, waiting_for;
+  std::chrono::steady_clock::duration elapsed{};
+  bool returned = false;
+};
+
+template <class F>
+Outcome outcome_of(F&& f) {
+  Outcome o;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    f();
+    o.returned = true;
+  } catch (const core::LinkTimeout& e) {
+    o.code = e.numeric();
+    o.message = e.what();
+    o.waiting_for = e.waiting_for();
+  } catch (const core::Error& e) {
+    o.code = e.numeric();
+    o.message = e.what();
+  }
+  o.elapsed = std::chrono::steady_clock::now() - t0;
+  return o;
+}
+
+constexpr int kBadApdu = 1110;
+constexpr int kLinkTimeout = 1402;
+
+}  // namespace
+
+TEST_CASE("device link: endless 61XX answers, each within its Le, are refused at the caller's cap") {
+  // Every answer is 256 bytes and "more to come" (6100): legal piece by piece, endless in all.
+  ScriptedCard card([](const std::vector<std::uint8_t>&) { return data_and_sw(256, 0x6100); },
+                    std::chrono::milliseconds(0), 5000);
+  core::DeviceLink link("127.0.0.1", card.port(), scripted_options(std::chrono::milliseconds(5000)));
+  link.connect();
+  const auto o = outcome_of([&] { link.transmit(cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256), 1024); });
+  CHECK_FALSE(link.connected());  // a device that broke the dialect is not asked again
+  link.close();
+  card.join();
+  CHECK(o.code == kBadApdu);
+  CHECK(o.message.find("80 CA DF 20") != std::string::npos);
+  CHECK(o.message.find("1024-byte cap") != std::string::npos);
+  CHECK(o.message.find("5A5A") == std::string::npos);
+  CHECK(o.message.find("5A 5A") == std::string::npos);
+  // 1024 bytes fit in the first answer and three GET RESPONSE; the fifth answer is one too many.
+  CHECK(card.frames() == 5);
+  CHECK(card.bytes_sent() <= 5 * (2 + 258));
+}
+
+TEST_CASE("device link: an answer longer than the Le it answers is refused, not gathered") {
+  SUBCASE("a GET RESPONSE answered with 65533 bytes, again and again") {
+    // The attack that made a client gather 268 MB: 6100 asks for 256 bytes, the device sends 65533.
+    ScriptedCard card(
+        [](const std::vector<std::uint8_t>& apdu) { return data_and_sw(apdu[1] == 0xC0 ? 65533 : 256, 0x6100); },
+        std::chrono::milliseconds(0), 200);
+    core::DeviceLink link("127.0.0.1", card.port(), scripted_options(std::chrono::milliseconds(5000)));
+    link.connect();
+    const auto o = outcome_of([&] { link.transmit(cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256)); });
+    link.close();
+    card.join();
+    CHECK(o.code == kBadApdu);
+    CHECK(o.message.find("GET RESPONSE for 80 CA DF 20") != std::string::npos);
+    CHECK(o.message.find("65533 bytes where Le allows 256") != std::string::npos);
+    CHECK(card.frames() <= 2);
+  }
+  SUBCASE("a first answer past a short Le") {
+    ScriptedCard card([](const std::vector<std::uint8_t>&) { return data_and_sw(43, 0x9000); },
+                      std::chrono::milliseconds(0), 5);
+    core::DeviceLink link("127.0.0.1", card.port(), scripted_options(std::chrono::milliseconds(5000)));
+    link.connect();
+    const auto o = outcome_of([&] { link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 42)); });
+    CHECK(o.code == kBadApdu);
+    CHECK(o.message.find("43 bytes where Le allows 42") != std::string::npos);
+  }
+  SUBCASE("data in answer to a command without Le") {
+    ScriptedCard card([](const std::vector<std::uint8_t>&) { return data_and_sw(1, 0x9000); },
+                      std::chrono::milliseconds(0), 5);
+    core::DeviceLink link("127.0.0.1", card.port(), scripted_options(std::chrono::milliseconds(5000)));
+    link.connect();
+    const auto o = outcome_of([&] { link.transmit(select_applet()); });
+    CHECK(o.code == kBadApdu);
+    CHECK(o.message.find("answer to 00 A4 04 00 carries 1 bytes where Le allows 0") != std::string::npos);
+  }
+}
+
+TEST_CASE("device link: slow answers, each within io_timeout, cannot stretch one exchange past it") {
+  // Each answer 150 ms late, 64 bytes and 6140, twelve times: 1.8 s of frames each well within the
+  // 500 ms deadline. The whole exchange has one deadline.
+  std::atomic<int> answered{0};
+  ScriptedCard card(
+      [&](const std::vector<std::uint8_t>&) { return data_and_sw(64, ++answered < 12 ? 0x6140 : 0x9000); },
+      std::chrono::milliseconds(150), 12);
+  core::DeviceLink link("127.0.0.1", card.port(), scripted_options(std::chrono::milliseconds(500)));
+  link.connect();
+  const auto o = outcome_of([&] { link.transmit(cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256)); });
+  CHECK_FALSE(o.returned);
+  CHECK(o.code == kLinkTimeout);
+  CHECK(o.waiting_for == "APDU 80 CA DF 20");
+  CHECK(o.message.find("did not complete APDU 80 CA DF 20 within 500 ms") != std::string::npos);
+  CHECK(o.message.find("APDU 00 C0 00 00") != std::string::npos);
+  CHECK(o.elapsed >= std::chrono::milliseconds(450));
+  CHECK(o.elapsed < std::chrono::milliseconds(900));
+  CHECK_FALSE(link.connected());
+  card.join();
+  CHECK(card.frames() <= 4);
+}
+
+TEST_CASE("device link: a 1 MiB answer in 256-byte GET RESPONSE pieces, the largest the applet has, arrives") {
+  core::ResponseChainer chainer;
+  core::ResponseApdu full;
+  full.data.resize(core::kMaxResponseDefault);
+  for (std::size_t i = 0; i < full.data.size(); ++i) full.data[i] = static_cast<std::uint8_t>(i * 31 + 7);
+  const core::SecureBytes expected = full.data;
+  ScriptedCard card(
+      [&](const std::vector<std::uint8_t>& apdu) {
+        const auto c = core::decode_command(apdu.data(), apdu.size());
+        const auto r = c.ins == 0xC0 ? chainer.next(*c.le) : chainer.start(full, 256);
+        const auto wire = core::encode_response(r);
+        return core::Bytes(wire.begin(), wire.end());
+      },
+      std::chrono::milliseconds(0), 5000);
+  core::DeviceLink link("127.0.0.1", card.port(), scripted_options(std::chrono::milliseconds(20000)));
+  link.connect();
+  const auto r = link.transmit(cmd(0x80, 0xCA, 0xDF, 0x20, {}, 256));
+  CHECK(r.sw == core::sw::ok);
+  CHECK(r.data.size() == expected.size());
+  CHECK(r.data == expected);
+  link.close();
+  card.join();
+  CHECK(card.frames() == 4096);
 }

@@ -1,7 +1,10 @@
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "keyline/core/apdu.h"
@@ -305,4 +308,118 @@ TEST_CASE("transceive: stops on a chaining error, retries 6CXX once, refuses end
   CHECK_THROWS_CODE(transceive(endless, get_cplc), BadApdu);
   auto garbage = [](const SecureBytes&) { return Bytes{0x90}; };
   CHECK_THROWS_CODE(transceive(garbage, get_cplc), BadApdu);
+}
+
+namespace {
+
+// A device answering an APDU with `n` bytes of 0x5A and `sw` (Answer{n, sw}), counting the calls.
+using Answer = std::pair<std::size_t, std::uint16_t>;
+struct Scripted {
+  std::function<Answer(const CommandApdu&)> answer;
+  int calls = 0;
+  SecureBytes operator()(const SecureBytes& wire) {
+    ++calls;
+    const auto [n, sw] = answer(decode_command(wire));
+    SecureBytes out(n, 0x5A);
+    out.push_back(static_cast<std::uint8_t>(sw >> 8));
+    out.push_back(static_cast<std::uint8_t>(sw));
+    return out;
+  }
+};
+
+CommandApdu get_data(std::optional<std::uint32_t> le, bool extended = false) {
+  CommandApdu c;
+  c.cla = 0x80;
+  c.ins = 0xCA;
+  c.p1 = 0xDF;
+  c.p2 = 0x20;
+  c.le = le;
+  c.extended = extended;
+  return c;
+}
+
+// The message of the BadApdu a transceive throws ("" when it throws none or another error).
+template <class T>
+std::string bad_apdu_message(T&& transmit, const CommandApdu& c, std::size_t max_response = kMaxResponseDefault) {
+  try {
+    transceive(transmit, c, 255, max_response);
+  } catch (const FormatError& e) {
+    if (e.code() == ErrorCode::BadApdu) return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("transceive: no answer carries more than the Ne of the APDU it answers (ISO 7816-4 section 5.1)") {
+  Scripted exact{[](const CommandApdu&) { return Answer{42, sw::ok}; }};
+  CHECK(transceive(std::ref(exact), get_data(42u)).data.size() == 42);
+  Scripted one_more{[](const CommandApdu&) { return Answer{43, sw::ok}; }};
+  const std::string m = bad_apdu_message(std::ref(one_more), get_data(42u));
+  CHECK(m == "answer to 80 CA DF 20 carries 43 bytes where Le allows 42");
+
+  // No Le: Ne is 0, so any data is too much; a bare status word is the answer.
+  Scripted one_byte{[](const CommandApdu&) { return Answer{1, sw::ok}; }};
+  CHECK(bad_apdu_message(std::ref(one_byte), get_data(std::nullopt)) ==
+        "answer to 80 CA DF 20 carries 1 bytes where Le allows 0");
+  Scripted bare{[](const CommandApdu&) { return Answer{0, sw::ok}; }};
+  CHECK(transceive(std::ref(bare), get_data(std::nullopt)).sw == sw::ok);
+
+  // A chained part has no Le either.
+  CommandApdu store = get_data(std::nullopt);
+  store.ins = 0xE2;
+  store.data = pattern(600);
+  Scripted chatty_chain{[](const CommandApdu& c) {
+    return Answer{c.chained() ? 2 : 0, sw::ok};
+  }};
+  CHECK(bad_apdu_message(std::ref(chatty_chain), store).find("carries 2 bytes where Le allows 0") != std::string::npos);
+  CHECK(chatty_chain.calls == 1);
+
+  // 6C2A: the re-sent command's Le is 42, and the answer to it is held to that.
+  Scripted wrong_le{[](const CommandApdu& c) {
+    return c.le == 42u ? Answer{43, sw::ok} : Answer{0, 0x6C2A};
+  }};
+  CHECK(bad_apdu_message(std::ref(wrong_le), get_data(256u)) ==
+        "answer to 80 CA DF 20 carries 43 bytes where Le allows 42");
+
+  // 6110 asks GET RESPONSE for 16 bytes; 17 are refused, naming the command and never its data.
+  Scripted long_piece{[](const CommandApdu& c) {
+    return c.ins == 0xC0 ? Answer{17, sw::ok} : Answer{256, 0x6110};
+  }};
+  const std::string gr = bad_apdu_message(std::ref(long_piece), get_data(256u));
+  CHECK(gr == "GET RESPONSE for 80 CA DF 20 carries 17 bytes where Le allows 16");
+  CHECK(long_piece.calls == 2);
+
+  // Extended Le 0000 (65536) takes the largest answer a frame carries.
+  Scripted full_frame{[](const CommandApdu&) { return Answer{65533, sw::ok}; }};
+  CHECK(transceive(std::ref(full_frame), get_data(65536u, true)).data.size() == 65533);
+}
+
+TEST_CASE("transceive: the gathered answer stops at the caller's cap, at 1 MiB by default") {
+  ResponseChainer chainer;
+  ResponseApdu full;
+  full.data = pattern(700);
+  auto device = [&](const SecureBytes& wire) {
+    const CommandApdu c = decode_command(wire);
+    return encode_response(c.ins == 0xC0 ? chainer.next(*c.le) : chainer.start(full, 200));
+  };
+  CHECK(transceive(device, get_data(256u), 255, 700).data == full.data);
+  CHECK(bad_apdu_message(device, get_data(256u), 699) ==
+        "GET RESPONSE for 80 CA DF 20 exceeds the 699-byte cap on its answer");
+  CHECK(bad_apdu_message(device, get_data(256u), 100) ==
+        "answer to 80 CA DF 20 exceeds the 100-byte cap on its answer");
+
+  // A full extended frame, then 256 bytes and 6100 for ever: refused once past 1 MiB, after
+  // (2^20 - 65533) / 256 rounded up GET RESPONSE, not after the 4096 rounds a round limit allows.
+  Scripted endless{[](const CommandApdu& c) {
+    return Answer{c.ins == 0xC0 ? 256 : 65533, 0x6100};
+  }};
+  CHECK(bad_apdu_message(std::ref(endless), get_data(65536u, true)).find("1048576-byte cap") != std::string::npos);
+  CHECK(endless.calls == 1 + 3841);
+
+  // A GET RESPONSE that brings nothing and announces more again is refused at once.
+  Scripted stalling{[](const CommandApdu&) { return Answer{0, 0x6100}; }};
+  CHECK(bad_apdu_message(std::ref(stalling), get_data(256u)) ==
+        "GET RESPONSE for 80 CA DF 20 brings no data yet announces more");
+  CHECK(stalling.calls == 2);
 }

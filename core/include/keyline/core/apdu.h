@@ -81,39 +81,65 @@ class ResponseChainer {
   std::size_t m_chunk = 256;
 };
 
-// A device that keeps answering 61XX (or 6CXX) must not hold the client in a loop forever:
-// 4096 GET RESPONSE rounds carry 1 MiB, far more than any response keyline exchanges.
+// A device that keeps answering 61XX must not hold the client in a loop: 4096 GET RESPONSE rounds
+// of 256 bytes carry 1 MiB, the largest answer keyline exchanges.
 constexpr std::size_t kMaxGetResponseRounds = 4096;
+
+// What transceive gathers for one command unless its caller names a smaller cap: the largest answer
+// the applet protocol defines, a backup package of up to 1 MiB (core::kFlashMaxSize, docs/protocol.md
+// section 2a). A caller that expects a 27-byte STATUS passes 27.
+constexpr std::size_t kMaxResponseDefault = std::size_t{1} << 20;
+
+// A command named by its header only, "80 CA DF 20": its data may carry key material.
+std::string command_header(const CommandApdu& c);
+
+// Checks one answer before transceive keeps it. `sent` is the APDU it answers (a part of `command`,
+// a 6CXX re-send, or a GET RESPONSE when get_response is set); `gathered` is what is kept so far.
+// Throws FormatError(BadApdu), naming command's header only, when the answer carries more than the
+// Ne of `sent` (ISO 7816-4 section 5.1: Ne, given by Le and 0 without one, is the maximum length of
+// the response data field), when it would take the gathered answer past `max_response`, or when a
+// GET RESPONSE brings nothing yet announces more.
+void check_answer(const CommandApdu& command, const CommandApdu& sent, bool get_response, const ResponseApdu& answer,
+                  std::size_t gathered, std::size_t max_response);
 
 // Client side: given a transmit function (takes SecureBytes, returns SecureBytes or Bytes), sends a command
 // (chaining data when needed) and collects 61XX responses with GET RESPONSE until the final status
 // word. A 6CXX answer (ISO 7816-4 section 5.6: wrong Le, XX available) re-sends the last command
-// once with Le = XX. Throws FormatError(BadApdu) on a malformed response or an endless 61XX chain.
+// once with Le = XX. Every answer is held to check_answer, so a hostile device makes the client
+// gather at most max_response bytes. Throws FormatError(BadApdu) on a malformed, over-long or
+// over-cap response or an endless 61XX chain. The time the whole exchange may take is the transmit
+// function's to bound (core::DeviceLink::transmit gives it one deadline).
 template <class Transmit>
-ResponseApdu transceive(Transmit&& transmit, const CommandApdu& c, std::size_t max_chunk = 255) {
+ResponseApdu transceive(Transmit&& transmit, const CommandApdu& c, std::size_t max_chunk = 255,
+                        std::size_t max_response = kMaxResponseDefault) {
+  auto exchange = [&](const CommandApdu& sent, std::size_t gathered, bool get_response) {
+    ResponseApdu answer = decode_response(transmit(encode_command(sent)));
+    check_answer(c, sent, get_response, answer, gathered, max_response);
+    return answer;
+  };
   ResponseApdu r;
   const std::vector<CommandApdu> parts = chain_command(c, max_chunk);
   for (const auto& part : parts) {
-    r = decode_response(transmit(encode_command(part)));
+    r = exchange(part, 0, false);
     if (part.chained() && r.sw != sw::ok) return r;
   }
   if ((r.sw & 0xFF00) == 0x6C00) {
     CommandApdu again = parts.back();
     const std::uint8_t xx = static_cast<std::uint8_t>(r.sw & 0xFF);
     again.le = xx == 0 ? 256u : xx;
-    r = decode_response(transmit(encode_command(again)));
+    r = exchange(again, 0, false);
   }
-  SecureBytes all = r.data;
+  SecureBytes all = std::move(r.data);
   std::size_t rounds = 0;
   while ((r.sw & 0xFF00) == sw::bytes_remaining_base) {
     if (++rounds > kMaxGetResponseRounds)
-      throw FormatError(ErrorCode::BadApdu, "device answers 61XX without end");
+      throw FormatError(ErrorCode::BadApdu, "device answers 61XX without end to " + command_header(c));
     CommandApdu gr;
     gr.cla = 0x00;
     gr.ins = 0xC0;
     const std::uint8_t xx = static_cast<std::uint8_t>(r.sw & 0xFF);
     gr.le = xx == 0 ? 256u : xx;
-    r = decode_response(transmit(encode_command(gr)));
+    r = exchange(gr, all.size(), true);
     all.insert(all.end(), r.data.begin(), r.data.end());
   }
   r.data = std::move(all);

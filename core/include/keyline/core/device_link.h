@@ -18,16 +18,18 @@ namespace keyline::core {
 
 struct DeviceLinkOptions {
   std::chrono::milliseconds connect_timeout{5000};
-  // Deadline for one whole response frame, however the device splits it (a device that trickles
-  // bytes cannot hold the caller longer), and for sending one command frame. A device that stores
-  // and writes flash needs ~400 ms.
+  // Deadline for one whole exchange of transmit(): the command, its chained parts and every GET
+  // RESPONSE round, however the device splits or delays its frames. transmit_raw and get_atr give
+  // each frame sent or received the same deadline. A device that stores and writes flash needs
+  // ~400 ms.
   std::chrono::milliseconds io_timeout{30000};
   std::size_t max_chunk = 255;  // command chaining chunk for long command data (short APDUs)
   bool power_on = true;         // send vpcd power-on and read the ATR right after connecting
 };
 
 // IoError(Timeout) from the link: the answer (or the send) did not complete within io_timeout.
-// waiting_for() names the command, e.g. "APDU 80 E2 88 03" or "vpcd get ATR" (never its data).
+// waiting_for() names the command, e.g. "APDU 80 E2 88 03" or "vpcd get ATR" (never its data); for
+// transmit() the command given to it, not the GET RESPONSE or chained part under way.
 class LinkTimeout : public IoError {
  public:
   LinkTimeout(const std::string& message, std::string waiting_for)
@@ -67,8 +69,11 @@ class DeviceLink {
 
   // One frame out, one frame in (no chaining, no GET RESPONSE); the bytes go out as given.
   SecureBytes transmit_raw(const SecureBytes& command_apdu);
-  // Full exchange via core::transceive: command chaining for long data, 61XX collected with GET RESPONSE.
-  ResponseApdu transmit(const CommandApdu& command);
+  // Full exchange via core::transceive: command chaining for long data, 61XX collected with GET
+  // RESPONSE, all within one io_timeout (LinkTimeout). The answer's data is at most max_response
+  // bytes and each frame's within the Le it answers (FormatError(BadApdu) otherwise): pass the size
+  // of the answer expected, e.g. core::applet::kStatusSizeWithImei for STATUS.
+  ResponseApdu transmit(const CommandApdu& command, std::size_t max_response = kMaxResponseDefault);
 
  private:
   using Deadline = std::chrono::steady_clock::time_point;
@@ -76,6 +81,12 @@ class DeviceLink {
   // `what` names the command the frame answers, for the timeout error.
   SecureBytes receive_frame(const std::string& what);
   void read_exact(std::uint8_t* out, std::size_t len, Deadline deadline, const std::string& what);
+  // The deadline of a frame starting now: the exchange's within transmit(), else io_timeout from now.
+  Deadline frame_deadline() const;
+  // Before one blocking send or recv: LinkTimeout once the deadline has passed, else the socket
+  // timeout (`current`) made to end at the deadline, within a millisecond.
+  void fit_timeout(int option, Deadline deadline, std::chrono::microseconds& current, const std::string& what,
+                   const char* doing);
   // Sets SO_RCVTIMEO or SO_SNDTIMEO to t unless `current` (what it is set to now) already says so.
   void set_timeout(int option, std::chrono::microseconds t, std::chrono::microseconds& current);
   [[noreturn]] void timed_out(const std::string& what, const char* doing);
@@ -94,6 +105,8 @@ class DeviceLink {
   std::chrono::microseconds m_recv_timeout{0};  // what SO_RCVTIMEO is set to now
   std::chrono::microseconds m_send_timeout{0};  // and SO_SNDTIMEO
   std::string m_last_command;                   // names the command the next answer belongs to
+  std::string m_exchange;                       // the command transmit() is exchanging; empty outside
+  Deadline m_exchange_deadline{};
 };
 
 }  // namespace keyline::core
