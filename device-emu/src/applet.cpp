@@ -73,6 +73,12 @@ void sleep_ms(unsigned ms) {
 
 bool is_cla(std::uint8_t cla, std::uint8_t want) { return (cla & ~0x10) == want; }
 
+bool is_applet_ins(std::uint8_t i) {
+  return i == ins::select || i == ins::get_data || i == ins::get_response || i == ins::store_data ||
+         i == ins::update_binary || i == ins::boot_staged || i == ins::status || i == ins::restore_drill ||
+         i == ins::reset_blank;
+}
+
 bool same_time(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
 
 // Any replacement (write_atomic renames a new inode over the file), removal or in-place write
@@ -109,9 +115,19 @@ void Device::power_restored() {
 void Session::reset() noexcept {
   m_selected = false;
   m_chainer.reset();
-  m_chain.clear();
+  drop_chain();
+  drop_store();
+}
+
+// Swapping with an empty vector frees the allocation; clear() would keep it while held_bytes()
+// (and so the memory budget) no longer saw it.
+void Session::drop_chain() noexcept {
+  core::SecureBytes().swap(m_chain);
   m_chain_ins.reset();
-  m_store.clear();
+}
+
+void Session::drop_store() noexcept {
+  core::SecureBytes().swap(m_store);
   m_next_block = 0;
   m_storing = false;
 }
@@ -159,17 +175,7 @@ core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
   const std::uint8_t base = c.cla & static_cast<std::uint8_t>(~0x10);
   if (base != 0x00 && base != 0x80) return sw_only(core::sw::cla_not_supported);
 
-  if (c.chained()) {
-    if (m_chain_ins && *m_chain_ins != c.ins) m_chain.clear();
-    if (m_chain.size() + c.data.size() > kMaxGathered) {
-      m_chain.clear();
-      m_chain_ins.reset();
-      return sw_only(core::sw::wrong_length);
-    }
-    m_chain.insert(m_chain.end(), c.data.begin(), c.data.end());
-    m_chain_ins = c.ins;
-    return sw_only(core::sw::ok);
-  }
+  if (c.chained()) return gather_chained(c);
   core::CommandApdu whole;
   const core::CommandApdu* cmd = &c;
   if (m_chain_ins) {
@@ -180,8 +186,7 @@ core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
       whole.data.insert(whole.data.end(), c.data.begin(), c.data.end());
       cmd = &whole;
     }
-    m_chain.clear();
-    m_chain_ins.reset();
+    drop_chain();
     if (!same) return sw_only(core::sw::conditions_not_satisfied);
   }
 
@@ -210,6 +215,28 @@ core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
   }
 }
 
+// ISO 7816-4 section 5.4.1: each chained part is gathered until the last one runs the command.
+// Only for an applet INS, and only once the applet is selected (docs/protocol.md section 2: commands
+// outside it answer 6D00 / 6985): before SELECT, anyone could park 1 MiB per connection.
+core::ResponseApdu Session::gather_chained(const core::CommandApdu& c) {
+  if (!is_applet_ins(c.ins)) {
+    drop_chain();
+    return sw_only(core::sw::ins_not_supported);
+  }
+  if (!m_selected) {
+    drop_chain();
+    return sw_only(core::sw::conditions_not_satisfied);
+  }
+  if (m_chain_ins && *m_chain_ins != c.ins) drop_chain();
+  if (m_chain.size() + c.data.size() > kMaxGathered) {
+    drop_chain();
+    return sw_only(core::sw::wrong_length);
+  }
+  m_chain.insert(m_chain.end(), c.data.begin(), c.data.end());
+  m_chain_ins = c.ins;
+  return sw_only(core::sw::ok);
+}
+
 core::ResponseApdu Session::finish(core::ResponseApdu r, const core::CommandApdu& c) {
   const std::size_t limit = c.le ? *c.le : 256;
   if (r.data.size() <= limit) return r;
@@ -217,9 +244,7 @@ core::ResponseApdu Session::finish(core::ResponseApdu r, const core::CommandApdu
 }
 
 core::ResponseApdu Session::select(const core::CommandApdu& c) {
-  m_store.clear();
-  m_storing = false;
-  m_next_block = 0;
+  drop_store();
   if (c.p1 != core::applet::kSelectByName) {
     m_selected = false;
     return sw_only(core::sw::file_not_found);
@@ -264,21 +289,15 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
   // GlobalPlatform Card Specification 11.11.2.1: P1 b8 = last block, b4 = DGI format; b7-b6 would
   // announce encrypted data and b5 BER-TLV, neither of which this applet takes.
   if ((c.p1 & ~core::applet::kStoreLastBlock) != core::applet::kStoreDgiFormat) {
-    m_store.clear();
-    m_storing = false;
-    m_next_block = 0;
+    drop_store();
     return sw_only(core::sw::incorrect_p1p2);
   }
   if (c.p2 != m_next_block) {
-    m_store.clear();
-    m_storing = false;
-    m_next_block = 0;
+    drop_store();
     return sw_only(core::sw::incorrect_p1p2);
   }
   if (c.data.empty() || m_store.size() + c.data.size() > kMaxGathered) {
-    m_store.clear();
-    m_storing = false;
-    m_next_block = 0;
+    drop_store();
     return sw_only(core::sw::wrong_length);
   }
   sleep_ms(m_device.m_options.faults.delay_store_ms);
@@ -288,9 +307,7 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
   if ((c.p1 & core::applet::kStoreLastBlock) == 0) return sw_only(core::sw::ok);
 
   core::SecureBytes gathered = std::move(m_store);
-  m_store.clear();
-  m_storing = false;
-  m_next_block = 0;
+  drop_store();
   std::optional<core::DataPackage> pkg;
   try {
     pkg = core::DataPackage::decode(gathered);

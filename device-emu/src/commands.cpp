@@ -86,6 +86,7 @@ int cmd_serve(ServeConfig config) {
   options.max_connections_per_device = config.max_connections_per_device;
   options.memory_budget = config.memory_budget_mib << 20;
   options.device = config.device;
+  raise_open_files_limit();
   Server server(dirs, options);
   server.start();
   const auto ports = server.ports();

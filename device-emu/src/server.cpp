@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <poll.h>
@@ -109,6 +110,40 @@ class BudgetShare {
   std::size_t m_held = 0;
 };
 
+// Descriptors a running command holds at most at once: the flash and staging writes, the fuse burn
+// and the file reads each open one file (write_atomic then one directory for its fsync) and close
+// it before the next; two leave room for a library's own.
+constexpr std::size_t kFdsPerCommand = 2;
+// Beyond those open when the cap is set: the socket the acceptor closes when a connection is over
+// a cap, and what libraries open later.
+constexpr std::size_t kFdsSlack = 8;
+
+// The most connections `fd_limit` descriptors carry next to the `in_use` ones (the listeners
+// among them) without a command ever failing for want of one (EMFILE). A connection costs its
+// socket; commands to one device run one at a time, so at most min(connections, devices) of them
+// hold files at once.
+std::size_t fd_connection_cap(std::size_t fd_limit, std::size_t in_use, std::size_t devices) {
+  const std::size_t fixed = in_use + kFdsSlack;
+  if (fd_limit <= fixed) return 0;
+  const std::size_t room = fd_limit - fixed;
+  if (room / (1 + kFdsPerCommand) >= devices) return room - devices * kFdsPerCommand;
+  return room / (1 + kFdsPerCommand);
+}
+
+std::size_t open_files_limit() {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return SIZE_MAX;
+  return static_cast<std::size_t>(r.rlim_cur);
+}
+
+// Descriptors open in this process now (the listing's own included: one more is the safe side).
+std::size_t open_descriptors() {
+  std::size_t n = 0;
+  std::error_code ec;
+  for (fs::directory_iterator it("/proc/self/fd", ec), end; !ec && it != end; it.increment(ec)) ++n;
+  return n;
+}
+
 bool out_of_descriptors(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
 
 // One connection of serve_stream. Each step that returns false closes the connection.
@@ -117,7 +152,7 @@ class Connection {
   Connection(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
              MemoryBudget* budget)
       : m_device(device), m_fd(fd), m_idle(idle_timeout), m_who(device.chip().chip_id().str()), m_session(device),
-        m_decoder(max_frame), m_share(budget), m_budget(budget) {}
+        m_max_frame(max_frame), m_decoder(max_frame), m_share(budget), m_budget(budget) {}
 
   void run(const std::atomic<bool>& stopping) {
     // recv blocks for at most one receive timeout: the whole idle timeout when there is one (the
@@ -183,9 +218,12 @@ class Connection {
       completed = true;
       if (!handle(*payload)) return false;
     }
-    if (m_decoder.buffered() == 0)
+    if (m_decoder.buffered() == 0) {
       m_frame_started.reset();
-    else if (completed || !m_frame_started)
+      // A drained decoder keeps its buffer's allocation, up to a whole frame, which the budget
+      // (counting buffered bytes) no longer sees: a fresh one holds nothing.
+      m_decoder = core::FrameDecoder(m_max_frame);
+    } else if (completed || !m_frame_started)
       m_frame_started = std::chrono::steady_clock::now();
     // What stays held after the commands ran: a partial frame and gathered command data.
     if (!m_share.resize(m_decoder.buffered() + m_session.held_bytes())) return over_budget();
@@ -225,6 +263,7 @@ class Connection {
   const std::chrono::milliseconds m_idle;
   const std::string m_who;
   Session m_session;
+  const std::size_t m_max_frame;
   core::FrameDecoder m_decoder;
   BudgetShare m_share;
   MemoryBudget* m_budget;
@@ -323,10 +362,41 @@ Server::Server(const std::vector<fs::path>& device_dirs, ServerOptions options)
       if (next_port) ++next_port;
       m_slots.push_back(std::move(slot));
     }
+    apply_fd_limit();
   } catch (...) {
     close_fds();
     throw;
   }
+}
+
+void Server::apply_fd_limit() {
+  const std::size_t limit = open_files_limit();
+  const std::size_t in_use = open_descriptors();
+  const std::size_t fits = fd_connection_cap(limit, in_use, m_slots.size());
+  if (fits == 0)
+    throw core::ConfigError(core::ErrorCode::Config, "open-file limit " + std::to_string(limit) + " leaves no " +
+                                                         "descriptor for a connection next to " +
+                                                         std::to_string(in_use) + " open ones");
+  const std::size_t configured = m_options.max_connections;
+  m_options.max_connections = std::min(configured, fits);
+  log_line("server", "connection cap " + std::to_string(m_options.max_connections) + " (configured " +
+                         std::to_string(configured) + "; open-file limit " +
+                         (limit == SIZE_MAX ? std::string("unlimited") : std::to_string(limit)) + " fits " +
+                         std::to_string(fits) + " next to " + std::to_string(in_use) + " open descriptors, " +
+                         std::to_string(m_slots.size()) + " listeners among them, and those kept for flash files)");
+}
+
+std::size_t raise_open_files_limit() noexcept {
+  rlimit r{};
+  if (::getrlimit(RLIMIT_NOFILE, &r) != 0) return 0;
+  if (r.rlim_cur != r.rlim_max) {
+    rlimit want = r;
+    want.rlim_cur = r.rlim_max;
+    // An unlimited hard limit is refused for RLIMIT_NOFILE (the kernel caps it at fs.nr_open):
+    // the soft limit then stays where it is.
+    if (::setrlimit(RLIMIT_NOFILE, &want) == 0) r = want;
+  }
+  return r.rlim_cur == RLIM_INFINITY ? SIZE_MAX : static_cast<std::size_t>(r.rlim_cur);
 }
 
 Server::~Server() { stop(); }

@@ -1,11 +1,19 @@
 // The keyline-device program itself: make, serve (fleet), boot, status, wipe-flash, corrupt-flash.
 #include <doctest/doctest.h>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "../../unit/device/device_test_util.h"
@@ -40,10 +48,16 @@ Result run(const std::vector<std::string>& args) {
   return r;
 }
 
+// How the child starts: its RLIMIT_NOFILE, and a file for its log lines (else the test's stderr).
+struct ChildSetup {
+  std::optional<rlimit> nofile;
+  std::string log_file;
+};
+
 // A background `keyline-device serve`, stopped with SIGTERM.
 class Served {
  public:
-  explicit Served(const std::vector<std::string>& args, std::size_t devices) {
+  explicit Served(const std::vector<std::string>& args, std::size_t devices, const ChildSetup& setup = {}) {
     int fds[2];
     REQUIRE(::pipe(fds) == 0);
     m_pid = ::fork();
@@ -52,6 +66,13 @@ class Served {
       ::dup2(fds[1], 1);
       ::close(fds[0]);
       ::close(fds[1]);
+      if (setup.nofile && ::setrlimit(RLIMIT_NOFILE, &*setup.nofile) != 0) ::_exit(126);
+      if (!setup.log_file.empty()) {
+        const int log = ::open(setup.log_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (log < 0) ::_exit(126);
+        ::dup2(log, 2);
+        ::close(log);
+      }
       std::vector<std::string> all{program(), "serve"};
       all.insert(all.end(), args.begin(), args.end());
       std::vector<char*> argv;
@@ -88,6 +109,36 @@ class Served {
   FILE* m_out = nullptr;
   std::vector<int> m_ports;
 };
+
+int raw_connect(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+  return fd;
+}
+
+enum class Atr { answered, closed, silent };
+
+// Sends vpcd "get ATR": answered, closed by the device (a connection over its cap), or nothing in
+// time (waiting in the kernel's backlog because the device cannot accept it).
+Atr ask_atr(int fd, int timeout_ms) {
+  const std::uint8_t ask[] = {0x00, 0x01, 0x04};
+  if (::send(fd, ask, sizeof ask, MSG_NOSIGNAL) != sizeof ask) return Atr::closed;
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, timeout_ms) <= 0) return Atr::silent;
+  std::uint8_t got[7];
+  const ssize_t n = ::recv(fd, got, sizeof got, MSG_WAITALL);
+  return n == sizeof got && got[2] == 0x3B ? Atr::answered : Atr::closed;
+}
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
 
 }  // namespace
 
@@ -176,4 +227,73 @@ TEST_CASE("keyline-device serve: the connection cap flags, and the refusal a cli
   }
   CHECK(connected);
   CHECK(served.stop() == 0);
+}
+
+// Soft RLIMIT_NOFILE 64, hard 160, the default cap of 1024 connections: without the cap lowered to
+// the descriptors there are, a flood exhausts them and the flash writes of a connection that was
+// there first fail with EMFILE.
+TEST_CASE("keyline-device serve raises the open-file limit and caps connections so flash writes keep descriptors") {
+  test::ScratchDir tmp("cli-nofile");
+  test::DevicePki pki;
+  pki.write_root(tmp.path() / "root.pem");
+  const auto fleet = tmp.path() / "fleet";
+  REQUIRE(run({"make", "--dir", fleet.string(), "--count", "2", "--rom-ca", (tmp.path() / "root.pem").string()}).code == 0);
+  const auto dirs = device::list_fleet(fleet);
+  REQUIRE(dirs.size() == 2);
+
+  ChildSetup setup;
+  setup.nofile = rlimit{64, 160};
+  setup.log_file = (tmp.path() / "serve.log").string();
+  Served served({"--fleet", fleet.string(), "--listen", "127.0.0.1:0", "--max-connections-per-device", "1024"}, 2,
+                setup);
+  REQUIRE(served.ports().size() == 2);
+  // 160 descriptors, less those open (stdio, epoll, eventfd, 2 listeners), 8 spare and 2 per
+  // device for flash files: about 140, far over what the soft limit of 64 carried.
+  const std::string log = read_text(setup.log_file);
+  INFO(log);
+  const auto at = log.find("connection cap ");
+  CHECK(at != std::string::npos);
+  const std::size_t cap = at == std::string::npos ? 0 : std::stoul(log.substr(at + 15));
+  CHECK(log.find("(configured 1024; open-file limit 160 fits") != std::string::npos);
+  CHECK(cap > 120);
+  CHECK(cap <= 160 - 7 - 8 - 2 * 2);
+
+  // The station's connection to device 1, there first.
+  core::DeviceLink link("127.0.0.1", served.ports()[1]);
+  link.connect();
+
+  // The flood to device 0, until the device refuses one or cannot accept one any more.
+  std::vector<int> flood;
+  Atr last = Atr::answered;
+  while (flood.size() < 400 && last == Atr::answered) {
+    flood.push_back(raw_connect(served.ports()[0]));
+    last = ask_atr(flood.back(), 1000);
+  }
+  CHECK(last == Atr::closed);  // refused over the cap, not stuck in the backlog
+  // All but the last flood connection were answered: with the station's, that is the cap, more
+  // than the soft limit of 64 could carry (it was raised).
+  CHECK(flood.size() == cap);
+
+  // The station still gets the descriptors its commands need: the staging file, then a flash write.
+  core::CommandApdu sel;
+  sel.ins = 0xA4;
+  sel.p1 = 0x04;
+  sel.data.assign(std::begin(device::kAid), std::end(device::kAid));
+  REQUIRE(link.transmit(sel).sw == core::sw::ok);
+  core::CommandApdu up;
+  up.ins = 0xD6;
+  up.data.assign(100, 0x42);
+  CHECK(link.transmit(up).sw == core::sw::ok);
+  const auto chip = device::Chip::load(dirs[1]);
+  core::CommandApdu st;
+  st.cla = 0x80;
+  st.ins = 0xE2;
+  st.p1 = 0x88;
+  st.data = pki.package_for(chip.chip_id(), "357805023984942").encode();
+  st.extended = true;
+  CHECK(link.transmit(st).sw == core::sw::ok);
+  link.close();
+  for (int fd : flood) ::close(fd);
+  CHECK(served.stop() == 0);
+  CHECK(run({"status", "--dir", dirs[1].string()}).out.find("PERSONALIZED") != std::string::npos);
 }

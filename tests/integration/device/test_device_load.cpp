@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -130,10 +131,44 @@ struct NofileLimit {
   ~NofileLimit() { ::setrlimit(RLIMIT_NOFILE, &old); }
 };
 
+std::size_t open_fd_count() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
 int highest_open_fd() {
   int high = 0;
   for (const auto& e : fs::directory_iterator("/proc/self/fd")) high = std::max(high, std::stoi(e.path().filename()));
   return high;
+}
+
+std::vector<std::uint8_t> frame_of(const core::CommandApdu& c) {
+  const auto apdu = core::encode_command(c);
+  std::vector<std::uint8_t> f{static_cast<std::uint8_t>(apdu.size() >> 8), static_cast<std::uint8_t>(apdu.size())};
+  f.insert(f.end(), apdu.begin(), apdu.end());
+  return f;
+}
+
+std::vector<std::uint8_t> select_frame() {
+  core::CommandApdu c;
+  c.ins = 0xA4;
+  c.p1 = 0x04;
+  c.data.assign(std::begin(device::kAid), std::end(device::kAid));
+  return frame_of(c);
+}
+
+// Sends one frame and reads the answer frame; its status word, or 0 when the link closed or nothing came.
+unsigned answer_sw(int fd, const std::vector<std::uint8_t>& frame) {
+  if (::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(frame.size())) return 0;
+  pollfd p{fd, POLLIN, 0};
+  if (::poll(&p, 1, 5000) <= 0) return 0;
+  std::uint8_t head[2];
+  if (::recv(fd, head, 2, MSG_WAITALL) != 2) return 0;
+  std::vector<std::uint8_t> body((head[0] << 8) | head[1]);
+  if (body.size() < 2 || ::recv(fd, body.data(), body.size(), MSG_WAITALL) != static_cast<ssize_t>(body.size()))
+    return 0;
+  return (body[body.size() - 2] << 8) | body.back();
 }
 
 }  // namespace
@@ -191,6 +226,34 @@ TEST_CASE("out of file descriptors: the acceptor backs off instead of spinning, 
   CHECK(link.atr().size() == 5);
   ::close(client_a);
   ::close(client_b);
+}
+
+TEST_CASE("the connection cap leaves descriptors for the listeners and the flash files") {
+  test::ScratchDir tmp("fdcap");
+  test::DevicePki pki;
+  const auto dirs = make_devices(pki, tmp.path(), 3);
+  // The server counts the descriptors open once its 3 listeners, epoll and eventfd are (5 more),
+  // keeps 8 spare and 2 per device for the files a running command opens.
+  const std::size_t before = open_fd_count();
+  {
+    const rlim_t soft = static_cast<rlim_t>(before + 5 + 8 + 200);
+    const NofileLimit limit(soft);
+    const device::Server fits(dirs, quiet_options());
+    CHECK(fits.connection_cap() == 200 - 2 * 3);
+    auto options = quiet_options();
+    options.max_connections = 50;  // a configured cap below what fits stays
+    CHECK(device::Server(dirs, options).connection_cap() == 50);
+  }
+  {
+    // Room for 7: fewer connections than devices, each of which may run a command at once.
+    const NofileLimit limit(static_cast<rlim_t>(before + 5 + 8 + 7));
+    CHECK(device::Server(dirs, quiet_options()).connection_cap() == 2);
+  }
+  {
+    // No room for a connection: a configuration error, not a server that refuses everyone.
+    const NofileLimit limit(static_cast<rlim_t>(before + 5 + 8));
+    CHECK_THROWS_AS(device::Server(dirs, quiet_options()), core::ConfigError);
+  }
 }
 
 TEST_CASE("a burst of 300 connections: afterwards the threads go back down to the pool") {
@@ -295,8 +358,10 @@ TEST_CASE("memory budget: partial large frames and gathered data of all connecti
   CHECK(st.peak_held_bytes <= options.memory_budget);
   CHECK(st.held_bytes == open * partial.size());
 
-  // Gathered command data counts too: chained parts (CLA 10) that never end.
+  // Gathered command data counts too: chained parts (CLA 10) that never end, once the applet is
+  // selected (before it they are refused, see the chained-blocks attack below).
   const int chainer = raw_connect(ports[0]);
+  REQUIRE(answer_sw(chainer, select_frame()) == 0x9000);
   std::vector<std::uint8_t> part{0x01, 0x04, 0x10, 0xD6, 0x00, 0x00, 0xFF};  // frame of 4 + 1 + 255
   part.resize(2 + 4 + 1 + 255, 0xAB);
   bool chain_closed = false;
@@ -361,4 +426,77 @@ TEST_CASE("a frame trickled a byte at a time is closed one idle timeout after it
     std::this_thread::sleep_for(milliseconds(400));  // idle between commands: within the timeout
   }
   ::close(ok);
+}
+
+// The reported attack: 16 devices, 8 connections each, every one sends 16 chained 90 E2 blocks of
+// 65528 bytes (1 MiB gathered) and then a STATUS, and stays open. A cleared vector kept its 1 MiB
+// while the budget share went to 0: 128 MiB held under a 4 MiB budget. Here 2 connections per
+// device (32 MiB of chained data per round) already hold eight budgets' worth without the fix.
+TEST_CASE("the chained-blocks attack holds no more memory than the budget, with or without SELECT") {
+  test::ScratchDir tmp("chain-attack");
+  test::DevicePki pki;
+  const auto dirs = make_devices(pki, tmp.path(), 16);
+  auto options = quiet_options();
+  options.memory_budget = std::size_t{4} << 20;
+  device::Server server(dirs, options);
+  server.start();
+  const auto ports = server.ports();
+
+  core::CommandApdu part;
+  part.cla = 0x90;
+  part.ins = 0xE2;
+  part.data.assign(65528, 0x5A);
+  part.extended = true;
+  const auto block = frame_of(part);
+  REQUIRE(block.size() == 2 + 65535);
+  core::CommandApdu status_cmd;
+  status_cmd.cla = 0x80;
+  status_cmd.ins = 0xC4;
+  status_cmd.le = 256;
+  const auto status = frame_of(status_cmd);
+
+  for (const bool select : {false, true}) {
+    INFO("SELECT first: " << select);
+    const std::size_t base = test::heap_in_use();
+    std::vector<int> clients(32, -1);
+    std::atomic<std::size_t> refused{0}, gathered{0}, finished{0};
+    // Two clients at a time: within the budget a few connections gather at once, so most get through.
+    const auto attack = [&](std::size_t first) {
+      for (std::size_t i = first; i < clients.size(); i += 2) {
+        const int fd = raw_connect(ports[i % ports.size()]);
+        clients[i] = fd;
+        if (select && answer_sw(fd, select_frame()) != 0x9000) continue;
+        unsigned sw = 0x9000;
+        std::size_t ok = 0;
+        for (int b = 0; b < 16 && sw != 0; ++b) {
+          sw = answer_sw(fd, block);
+          ok += sw == 0x9000 ? 1 : 0;
+          refused += sw == 0x6985 ? 1 : 0;
+        }
+        if (ok == 16) ++gathered;
+        if (sw != 0 && answer_sw(fd, status) != 0) ++finished;
+      }
+    };
+    std::thread t0(attack, 0), t1(attack, 1);
+    t0.join();
+    t1.join();
+    if (select) {
+      CHECK(refused == 0);
+      CHECK(gathered >= 16);  // the attack did gather 1 MiB on many connections: the check below is not vacuous
+    } else {
+      CHECK(refused == 16 * clients.size());  // every chained block refused (6985) before SELECT
+      CHECK(gathered == 0);
+    }
+    CHECK(finished >= 16);
+    CHECK(server.stats().peak_held_bytes <= options.memory_budget);
+    // Every connection idle, most of them open: what they hold is what the budget says (nothing),
+    // give or take the workers' own small allocations.
+    CHECK(eventually([&] { return server.stats().held_bytes == 0; }, 3000));
+    const std::size_t held = test::heap_in_use() - std::min(base, test::heap_in_use());
+    INFO("malloc in use grew by " << held << " bytes");
+    CHECK(held <= options.memory_budget);
+    for (int fd : clients)
+      if (fd >= 0) ::close(fd);
+    CHECK(eventually([&] { return server.stats().connections == 0; }, 5000));
+  }
 }

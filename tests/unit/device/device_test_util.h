@@ -1,6 +1,7 @@
 // Scratch directories and a ready device for the device tests.
 #pragma once
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,7 +12,23 @@
 #include "keyline/core/bytes.h"
 #include "keyline/device/chip.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+// ASan's allocator replaces malloc, whose own statistics then say nothing (the sanitizer build).
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
+#endif
+
 namespace keyline::test {
+
+// Bytes the allocator has handed out and not taken back, every thread together: what the process
+// really holds on the heap (a secure_vector's big buffers come from calloc; thread stacks are not in it).
+inline std::size_t heap_in_use() {
+#if defined(__SANITIZE_ADDRESS__)
+  return __sanitizer_get_current_allocated_bytes();
+#else
+  const auto m = ::mallinfo2();
+  return m.uordblks + m.hblkhd;
+#endif
+}
 
 class ScratchDir {
  public:

@@ -1,6 +1,7 @@
 // Every status word path of the applet, driven through Session without sockets.
 #include <doctest/doctest.h>
 
+
 #include <cstdio>
 
 #include "device_test_util.h"
@@ -48,6 +49,14 @@ std::uint16_t store(device::Session& s, const core::SecureBytes& pkg, std::size_
     if (r.sw != core::sw::ok || last) return r.sw;
   }
   return 0;
+}
+
+// One chained (CLA bit 10) or plain part of 65528 bytes, sent raw: Session::process as the server calls it.
+core::ResponseApdu send_part(device::Session& s, std::uint8_t cla, std::uint8_t ins, std::uint8_t p1, std::uint8_t p2) {
+  auto c = cmd(cla, ins, p1, p2, core::SecureBytes(65528, 0x5A));
+  c.extended = true;
+  const auto apdu = core::encode_command(c);
+  return core::decode_response(s.process(apdu.data(), apdu.size()));
 }
 
 struct Rig {
@@ -368,4 +377,88 @@ TEST_CASE("staging written in place: a torn or stale staging file never reaches 
   CHECK(run(s, cmd(0x00, 0xD6, 0x00, 0x03, {0x01})).sw == device::kSwOffsetOutside);
   CHECK(run(s, cmd(0x00, 0xD6, 0x00, 0x02, {0x03})).sw == core::sw::ok);
   CHECK(fs::file_size(paths.staging()) == 3);
+}
+
+TEST_CASE("chained command data before SELECT of the applet is refused and nothing of it is kept") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  const std::size_t base = test::heap_in_use();
+  // The attack: chained 90 E2 blocks with no SELECT. Each is refused, none is gathered.
+  for (int i = 0; i < 16; ++i) CHECK(send_part(s, 0x90, 0xE2, 0x00, 0x00).sw == core::sw::conditions_not_satisfied);
+  CHECK(s.held_bytes() == 0);
+  CHECK(test::heap_in_use() < base + 64 * 1024);
+  CHECK(send_part(s, 0x10, 0xD6, 0x00, 0x00).sw == core::sw::conditions_not_satisfied);  // UPDATE BINARY
+  CHECK(send_part(s, 0x10, 0x84, 0x00, 0x00).sw == core::sw::ins_not_supported);         // not an applet INS
+  CHECK(s.held_bytes() == 0);
+  // Another AID selected is no selection either.
+  CHECK(run(s, cmd(0x00, 0xA4, 0x04, 0x00, {0xA0, 0x00, 0x00, 0x00, 0x03})).sw == core::sw::file_not_found);
+  CHECK(send_part(s, 0x90, 0xE2, 0x00, 0x00).sw == core::sw::conditions_not_satisfied);
+  // Selected, the same part is gathered (the refusal above is not a refusal of every chained part).
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  CHECK(send_part(s, 0x90, 0xE2, 0x00, 0x00).sw == core::sw::ok);
+  CHECK(s.held_bytes() >= 65528);
+  CHECK(send_part(s, 0x10, 0x84, 0x00, 0x00).sw == core::sw::ins_not_supported);
+  CHECK(s.held_bytes() == 0);
+}
+
+TEST_CASE("held_bytes counts the allocations a session keeps, and every way out gives them back") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  const std::size_t base = test::heap_in_use();
+
+  // Three chained parts: the vector has grown to room for four. The budget must see the room.
+  for (int i = 0; i < 3; ++i) REQUIRE(send_part(s, 0x90, 0xE2, 0x00, 0x00).sw == core::sw::ok);
+  const std::size_t grown = test::heap_in_use() - base;
+  REQUIRE(grown >= 3 * 65528);
+  CHECK(s.held_bytes() + 16 * 1024 >= grown);
+
+  // Each path that ends the chain or the gathering must free the memory, not only zero the count.
+  const auto released = [&](const char* path) {
+    INFO(path);
+    CHECK(s.held_bytes() == 0);
+    CHECK(test::heap_in_use() < base + 64 * 1024);
+  };
+  // The reported attack: 16 chained 90 E2 blocks, then a STATUS (another INS ends the chain).
+  for (int i = 3; i < 16; ++i) REQUIRE(send_part(s, 0x90, 0xE2, 0x00, 0x00).sw == core::sw::ok);
+  REQUIRE(test::heap_in_use() >= base + 16 * 65528);
+  CHECK(run(s, cmd(0x80, 0xC4, 0x00, 0x00, {}, 256)).sw == core::sw::conditions_not_satisfied);
+  released("chain ended by another command");
+
+  // A chain over 1 MiB: 6700.
+  std::uint16_t sw = core::sw::ok;
+  for (int i = 0; i < 17 && sw == core::sw::ok; ++i) sw = send_part(s, 0x90, 0xE2, 0x00, 0x00).sw;
+  CHECK(sw == core::sw::wrong_length);
+  released("chain over the limit");
+
+  // A chained part of another applet INS restarts the chain: the first one's room goes.
+  for (int i = 0; i < 8; ++i) REQUIRE(send_part(s, 0x90, 0xE2, 0x00, 0x00).sw == core::sw::ok);
+  REQUIRE(send_part(s, 0x10, 0xD6, 0x00, 0x00).sw == core::sw::ok);
+  CHECK(s.held_bytes() < 2 * 65528 + 1024);
+  CHECK(test::heap_in_use() < base + 2 * 65528 + 64 * 1024);
+  s.reset();  // vpcd power off / reset
+  released("power off");
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+
+  // STORE DATA blocks (not chained), ended by a block out of sequence, by a bad P1, by SELECT.
+  const auto blocks = [&](int n) {
+    for (int i = 0; i < n; ++i) REQUIRE(send_part(s, 0x80, 0xE2, 0x08, static_cast<std::uint8_t>(i)).sw == core::sw::ok);
+    REQUIRE(test::heap_in_use() >= base + static_cast<std::size_t>(n) * 65528);
+  };
+  blocks(15);
+  CHECK(send_part(s, 0x80, 0xE2, 0x08, 0x20).sw == core::sw::incorrect_p1p2);
+  released("STORE DATA block out of sequence");
+  blocks(15);
+  CHECK(send_part(s, 0x80, 0xE2, 0x48, 0x0F).sw == core::sw::incorrect_p1p2);
+  released("STORE DATA with a bad P1");
+  blocks(15);
+  CHECK(send_part(s, 0x80, 0xE2, 0x08, 0x0F).sw == core::sw::ok);
+  CHECK(send_part(s, 0x80, 0xE2, 0x08, 0x10).sw == core::sw::wrong_length);  // past 1 MiB
+  released("STORE DATA over the limit");
+  blocks(15);
+  CHECK(send_part(s, 0x80, 0xE2, 0x88, 0x0F).sw == core::sw::wrong_data);  // last block: not a package
+  released("STORE DATA package refused");
+  blocks(15);
+  REQUIRE(run(s, select_applet()).sw == core::sw::ok);
+  released("SELECT");
 }

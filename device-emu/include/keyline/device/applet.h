@@ -86,11 +86,13 @@ class Session {
   // Power on / off / reset: forget selection and anything half-gathered.
   void reset() noexcept;
   // Bytes this session holds between commands (chained parts, STORE DATA blocks): the server
-  // counts them against its memory budget.
-  std::size_t held_bytes() const noexcept { return m_chain.size() + m_store.size(); }
+  // counts them against its memory budget. Capacity, not size: a vector's clear() keeps its
+  // allocation, and an allocation is what the budget bounds (docs/protocol.md section 8).
+  std::size_t held_bytes() const noexcept { return m_chain.capacity() + m_store.capacity(); }
 
  private:
   core::ResponseApdu dispatch(const core::CommandApdu& c);
+  core::ResponseApdu gather_chained(const core::CommandApdu& c);
   core::ResponseApdu select(const core::CommandApdu& c);
   core::ResponseApdu get_data(const core::CommandApdu& c);
   core::ResponseApdu store_data(const core::CommandApdu& c);
@@ -105,6 +107,9 @@ class Session {
   // removal; read from the file only when it is not the one this process last wrote or read.
   const core::Bytes* flash_image();
   void remember_flash(const core::Bytes& image);
+  // Ends chaining or STORE DATA gathering and gives the buffer's memory back.
+  void drop_chain() noexcept;
+  void drop_store() noexcept;
 
   Device& m_device;
   bool m_selected = false;

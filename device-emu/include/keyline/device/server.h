@@ -26,7 +26,8 @@ struct ServerOptions {
   std::size_t max_frame = 65535 + 16;
   // Limits under load (docs/protocol.md, "Device emulator limits"). A connection over a cap is
   // accepted and closed at once with a log line: the client sees the link close before any answer.
-  std::size_t max_connections = 1024;          // every device of the process together
+  // Every device of the process together; the server lowers it to what RLIMIT_NOFILE carries.
+  std::size_t max_connections = 1024;
   std::size_t max_connections_per_device = 8;  // a line talks to a device over one connection
   // Bytes that all connections together may hold in frame buffers and gathered command data
   // (chaining, STORE DATA); the connection that would go over it is closed.
@@ -82,6 +83,8 @@ class Server {
   std::vector<int> ports() const;
   Device& device(std::size_t index);
   std::size_t size() const noexcept { return m_slots.size(); }
+  // The connection cap in force: the configured one, lowered to what the open-file limit carries.
+  std::size_t connection_cap() const noexcept { return m_options.max_connections; }
   ServerStats stats() const;
 
  private:
@@ -96,6 +99,9 @@ class Server {
   void reap_workers();
   void serve_connection(Slot& slot, int fd);
   void close_fds() noexcept;
+  // Lowers max_connections to what RLIMIT_NOFILE carries next to the listeners and the descriptors
+  // commands need (docs/protocol.md section 8), and logs the cap; throws ConfigError when none fits.
+  void apply_fd_limit();
 
   ServerOptions m_options;
   std::vector<std::unique_ptr<Slot>> m_slots;
@@ -118,6 +124,10 @@ class Server {
   std::unordered_map<std::thread::id, std::thread> m_workers;
   std::vector<std::thread::id> m_finished;  // workers that returned, not yet joined
 };
+
+// Raises the soft RLIMIT_NOFILE to the hard one (a fleet needs a listener per device and a socket
+// per connection; the usual soft limit of 1024 runs out first). Returns the soft limit now.
+std::size_t raise_open_files_limit() noexcept;
 
 // Serves one connection of vpcd frames until it closes, times out, breaks the frame rules, spends
 // more than `budget` allows (nullptr: no budget) or the injected faults drop it. Used by the server
