@@ -52,9 +52,18 @@ namespace detail {
 
 namespace {
 
-// Accepts every client certificate: the handshake only collects it, the handler decides what it
-// is worth (docs/decisions.md, "The servers' own acceptor").
-int accept_any_certificate(int, X509_STORE_CTX*) { return 1; }
+// Stands in for X509_verify_cert (SSL_CTX_set_cert_verify_callback(3)): no chain is built or
+// checked, so a client cannot make the I/O thread verify dozens of costly signatures. The handshake
+// still proves the client holds the leaf's key (CertificateVerify); the handler decides what the
+// leaf is worth (docs/decisions.md, "The servers' own acceptor").
+int accept_without_chain(X509_STORE_CTX*, void*) { return 1; }
+
+// A station sends its leaf and at most one CA: 16 KiB holds that many times over, against
+// OpenSSL's default of 100 KiB per Certificate message.
+constexpr long kMaxCertList = 16 * 1024;
+// TLS 1.2 and 1.3 sessions resume from tickets only (the state travels, encrypted, with the
+// client), so the server keeps nothing per client; a ticket is honoured this long.
+constexpr long kSessionTimeoutSeconds = 300;
 
 std::string openssl_error() {
   char buf[256] = "unknown";
@@ -83,7 +92,11 @@ SSL_CTX* make_tls_context(const ServerOptions& o) {
   if (SSL_CTX_use_certificate_chain_file(ctx, o.tls_cert_file.c_str()) != 1) fail("TLS certificate " + o.tls_cert_file);
   if (SSL_CTX_use_PrivateKey_file(ctx, o.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1) fail("TLS key " + o.tls_key_file);
   if (SSL_CTX_check_private_key(ctx) != 1) fail("TLS key does not match the certificate");
-  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+  SSL_CTX_set_max_cert_list(ctx, kMaxCertList);
+  // OpenSSL's server cache would hold 20480 sessions for 2 hours, each with the client's whole
+  // chain: memory a client can fill at will.
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_timeout(ctx, kSessionTimeoutSeconds);
   // Resumption with client certificates needs a session id context (SSL_CTX_set_session_id_context(3)).
   const auto sid = o.name.substr(0, SSL_MAX_SSL_SESSION_ID_LENGTH);
   SSL_CTX_set_session_id_context(ctx, reinterpret_cast<const unsigned char*>(sid.data()), static_cast<unsigned>(sid.size()));
@@ -91,9 +104,41 @@ SSL_CTX* make_tls_context(const ServerOptions& o) {
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(o.client_ca_file.c_str());
     if (!names) fail("client CA file " + o.client_ca_file);
     SSL_CTX_set_client_CA_list(ctx, names);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, accept_any_certificate);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+    SSL_CTX_set_cert_verify_callback(ctx, accept_without_chain, nullptr);
   }
   return ctx;
+}
+
+bool Budget::try_take(std::size_t n) {
+  auto used = m_used.load();
+  do {
+    if (n > m_cap || used > m_cap - n) return false;
+  } while (!m_used.compare_exchange_weak(used, used + n));
+  return true;
+}
+
+Charge& Charge::operator=(Charge&& other) noexcept {
+  if (this != &other) {
+    set(0);
+    m_budget = other.m_budget;
+    m_bytes = other.m_bytes;
+    other.m_bytes = 0;
+  }
+  return *this;
+}
+
+void Charge::set(std::size_t bytes) {
+  if (!m_budget) return;
+  if (bytes > m_bytes) m_budget->take(bytes - m_bytes);
+  if (bytes < m_bytes) m_budget->give(m_bytes - bytes);
+  m_bytes = bytes;
+}
+
+bool Charge::try_grow(std::size_t more) {
+  if (!m_budget || !m_budget->try_take(more)) return false;
+  m_bytes += more;
+  return true;
 }
 
 Engine::Engine(ServerOptions options, Handler handler, EventSink events, AccessSink access)
@@ -102,6 +147,12 @@ Engine::Engine(ServerOptions options, Handler handler, EventSink events, AccessS
   auto& l = m_options.limits;
   if (l.io_threads < 1 || l.workers < 1 || l.max_connections < 1 || l.max_per_client < 1) {
     throw ConfigError(ErrorCode::Config, "server limits: threads and connection caps must be at least 1");
+  }
+  budget.set_cap(l.max_buffered_bytes);
+  for (auto& proxy : m_options.trusted_proxies) {
+    auto canonical = canonical_address(proxy);
+    if (canonical.empty()) throw ConfigError(ErrorCode::Config, "trusted proxy is not an IP address: " + proxy);
+    proxy = std::move(canonical);
   }
   m_tls = make_tls_context(m_options);
 }
@@ -363,6 +414,7 @@ ServerStats Server::stats() const {
   s.malformed = e.malformed.load();
   s.idle_closed = e.idle_closed.load();
   s.accept_paused = e.accept_paused.load();
+  s.buffered_bytes = e.budget.used();
   return s;
 }
 

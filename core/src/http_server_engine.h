@@ -27,6 +27,39 @@ struct LoopDeleter {
 };
 using LoopPtr = std::unique_ptr<Loop, LoopDeleter>;
 
+// Bytes buffered for requests and replies, against ServerLimits::max_buffered_bytes; shared by
+// the I/O loops and the workers.
+class Budget {
+ public:
+  void set_cap(std::size_t cap) { m_cap = cap; }
+  bool try_take(std::size_t n);  // false, taking nothing, when n does not fit what is left
+  void take(std::size_t n) { m_used += n; }
+  void give(std::size_t n) { m_used -= n; }
+  std::size_t used() const { return m_used.load(); }
+
+ private:
+  std::size_t m_cap = 0;
+  std::atomic<std::size_t> m_used{0};
+};
+
+// What one connection or one queued request holds of the Budget; given back when it ends.
+class Charge {
+ public:
+  Charge() = default;
+  explicit Charge(Budget& budget) : m_budget(&budget) {}
+  Charge(Charge&& other) noexcept { *this = std::move(other); }
+  Charge& operator=(Charge&& other) noexcept;
+  Charge(const Charge&) = delete;
+  Charge& operator=(const Charge&) = delete;
+  ~Charge() { set(0); }
+  void set(std::size_t bytes);         // takes or gives back the difference, whatever is left
+  bool try_grow(std::size_t more);     // false, changing nothing, when `more` does not fit
+
+ private:
+  Budget* m_budget = nullptr;
+  std::size_t m_bytes = 0;
+};
+
 // A complete request on its way to a handler.
 struct Task {
   Loop* loop = nullptr;
@@ -34,6 +67,7 @@ struct Task {
   bool keep_alive = false;
   Clock::time_point received;
   Request request;
+  Charge charge;  // the request's bytes, until the worker is done with it
 };
 
 class Engine;
@@ -88,6 +122,7 @@ class Engine {
   std::uint16_t bound_port = 0;
 
   std::atomic<std::uint64_t> refused{0}, timed_out{0}, malformed{0}, idle_closed{0};
+  Budget budget;
 
  private:
   ServerOptions m_options;

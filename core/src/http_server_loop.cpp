@@ -49,14 +49,28 @@ struct Conn {
   bool has_deadline = false;
   bool idle = false;  // between requests, nothing of the next one received
   std::list<std::uint64_t>::iterator idle_it;
-  std::string in;
+  std::string in;           // a head, and what follows it until it is parsed
   std::size_t scanned = 0;  // bytes of `in` searched for the end of the head without finding it
+  std::string body;         // the current request's body, reserved to its Content-Length
   std::string out;
   std::size_t out_done = 0;
   bool keep_alive = false;
   HeadResult head;  // the current request's head while its body arrives
   std::vector<std::uint8_t> peer_certificate;
+  Charge charge;  // in, body, out and the head being completed, against the server's budget
 };
+
+// The heap a string holds (none while it fits in the string itself).
+std::size_t heap_bytes(const std::string& s) { return s.capacity() > std::string().capacity() ? s.capacity() : 0; }
+
+// A buffer that once held a large head or pipelined burst gives that memory back: a keep-alive
+// connection would otherwise keep its largest request's capacity for as long as it lives.
+void release_capacity(std::string& s) {
+  constexpr std::size_t kKeep = 1024;  // a small head's worth; one read alone makes it 16 KiB
+  if (s.empty()) {
+    std::string().swap(s);  // an idle connection holds nothing
+  } else if (s.capacity() > kKeep && s.capacity() > 2 * s.size()) std::string(s.data(), s.size()).swap(s);
+}
 
 }  // namespace
 
@@ -96,6 +110,8 @@ class Loop {
   bool continue_if_expected(Conn& c);
   bool dispatch(Conn& c);
   bool malformed(Conn& c, const Refusal& why);
+  bool over_budget(Conn& c);
+  void account(Conn& c);
   bool start_write(Conn& c, std::string bytes, bool keep_alive);
   bool write_ready(Conn& c);
   bool after_reply(Conn& c);
@@ -318,6 +334,7 @@ void Loop::admit(int fd, const std::string& peer) {
   c->id = m_next_id++;
   c->fd = fd;
   c->peer = peer;
+  c->charge = Charge(m_engine.budget);
   auto& conn = *c;
   m_conns.emplace(conn.id, std::move(c));
   if (m_engine.tls()) {
@@ -500,11 +517,23 @@ bool Loop::read_ready(Conn& c) {
       set_idle(c, false);
       set_deadline(c, m_engine.limits().head_timeout);
     }
-    c.in.append(buf, n);
+    if (c.phase == Phase::Body) {  // the body goes to its own reserved buffer, the rest waits in `in`
+      const auto take = std::min(n, c.head.content_length - c.body.size());
+      c.body.append(buf, take);
+      c.in.append(buf + take, n - take);
+    } else {
+      c.in.append(buf, n);
+    }
+    account(c);
     if (!advance(c)) return false;
   }
   watch(c);
   return true;
+}
+
+void Loop::account(Conn& c) {
+  const std::size_t head = c.phase == Phase::Body ? c.head.head_bytes : 0;  // the parsed fields
+  c.charge.set(heap_bytes(c.in) + heap_bytes(c.body) + heap_bytes(c.out) + head);
 }
 
 // Parses what is buffered: a head, then its body, then hands the request to a worker.
@@ -520,16 +549,25 @@ bool Loop::advance(Conn& c) {
       return true;
     }
     c.scanned = 0;
-    auto head = parse_head(c.in, m_engine.limits().max_head_bytes, m_engine.limits().max_body_bytes);
+    const auto& l = m_engine.limits();
+    auto head = parse_head(c.in, l.max_head_bytes, l.max_body_bytes, l.max_header_fields);
     if (head.state == HeadState::Incomplete) return true;
     if (head.state == HeadState::Refused) return malformed(c, head.refusal);
+    // The whole body is counted before any of it is read, so slow bodies cannot add up unseen.
+    if (!c.charge.try_grow(head.content_length + head.head_bytes)) return over_budget(c);
     c.in.erase(0, head.head_bytes);
     c.head = std::move(head);
     c.phase = Phase::Body;
+    c.body.reserve(c.head.content_length);
+    const auto take = std::min(c.in.size(), c.head.content_length);
+    c.body.append(c.in, 0, take);
+    c.in.erase(0, take);
+    release_capacity(c.in);
+    account(c);
     set_deadline(c, m_engine.limits().body_timeout);
     if (!continue_if_expected(c)) return false;
   }
-  if (c.phase == Phase::Body && c.in.size() >= c.head.content_length) return dispatch(c);
+  if (c.phase == Phase::Body && c.body.size() >= c.head.content_length) return dispatch(c);
   return true;
 }
 
@@ -538,7 +576,7 @@ bool Loop::advance(Conn& c) {
 // whose send buffer is empty, so it never interleaves with a partial write.
 bool Loop::continue_if_expected(Conn& c) {
   const auto* expect = c.head.request.header("expect");
-  if (!expect || c.head.content_length == 0 || c.in.size() >= c.head.content_length) return true;
+  if (!expect || c.head.content_length == 0 || c.body.size() >= c.head.content_length) return true;
   std::string value = *expect;
   for (auto& ch : value) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   if (value != "100-continue") return true;
@@ -560,13 +598,18 @@ bool Loop::dispatch(Conn& c) {
   task.received = Clock::now();
   task.request = std::move(c.head.request);
   auto& req = task.request;
-  req.body = c.in.substr(0, c.head.content_length);
-  c.in.erase(0, c.head.content_length);
+  req.body = std::move(c.body);
+  std::string().swap(c.body);
+  // The request's bytes go with it to the queue and the worker (freed when the worker is done).
+  task.charge = Charge(m_engine.budget);
+  task.charge.set(heap_bytes(req.body) + c.head.head_bytes);
+  release_capacity(c.in);
   req.peer_address = c.peer;
   req.client_address = client_address(req, m_engine.options().trusted_proxies);
   req.secure = c.ssl != nullptr;
   req.peer_certificate_der = c.peer_certificate;
   c.phase = Phase::Handler;
+  account(c);
   clear_deadline(c);
   watch(c);
   if (m_engine.pool->push(std::move(task))) return true;
@@ -581,11 +624,21 @@ bool Loop::malformed(Conn& c, const Refusal& why) {
   return start_write(c, serialize_reply(problem_reply(why), false), false);
 }
 
+// A body that does not fit ServerLimits::max_buffered_bytes: refused before any of it is read (the
+// close then drops what the client still sends, unbuffered).
+bool Loop::over_budget(Conn& c) {
+  Reply r = problem_reply(Refusal{503, "busy", "Server busy", "too many request bytes in flight; try again shortly"});
+  r.headers.emplace_back("Retry-After", "1");
+  report(Event::Kind::Refused, c, 503, "buffer budget spent (" + std::to_string(m_engine.budget.used()) + " bytes)");
+  return start_write(c, serialize_reply(r, false), false);
+}
+
 bool Loop::start_write(Conn& c, std::string bytes, bool keep_alive) {
   c.out = std::move(bytes);
   c.out_done = 0;
   c.keep_alive = keep_alive;
   c.phase = Phase::Write;
+  account(c);
   set_deadline(c, m_engine.limits().write_timeout);
   return write_ready(c);
 }
@@ -605,6 +658,7 @@ bool Loop::write_ready(Conn& c) {
     c.out_done += n;
   }
   std::string().swap(c.out);
+  account(c);
   return after_reply(c);
 }
 
@@ -617,6 +671,8 @@ bool Loop::after_reply(Conn& c) {
   c.phase = Phase::Head;
   c.head = HeadResult{};
   if (const auto skip = leading_empty_lines(c.in)) c.in.erase(0, skip);
+  release_capacity(c.in);
+  account(c);
   if (c.in.empty()) {
     set_idle(c, true);
     set_deadline(c, m_engine.limits().keep_alive_idle);

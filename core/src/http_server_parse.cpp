@@ -1,6 +1,7 @@
 #include "http_server_parse.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <algorithm>
 #include <cctype>
@@ -126,8 +127,13 @@ bool parse_header_line(std::string_view line, Request& req, Refusal& why) {
     return false;
   }
   const auto value = trim(line.substr(colon + 1));
-  if (std::any_of(value.begin(), value.end(), [](char c) { return c == '\0' || c == '\r' || c == '\n'; })) {
-    why = refusal(400, "bad-header", "Bad header field", "a header value holds CR, LF or NUL");
+  // field-vchar, SP and HTAB only (RFC 9110 section 5.5): no CTL, which could end or rewrite a log
+  // line, and no obs-text, which no client of these servers sends and no handler would read as text.
+  if (std::any_of(value.begin(), value.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return (u < 0x20 && u != '\t') || u >= 0x7f;
+      })) {
+    why = refusal(400, "bad-header", "Bad header field", "a header value holds a control character or a non-ASCII byte");
     return false;
   }
   req.headers.emplace_back(lower(line.substr(0, colon)), std::string(value));
@@ -193,19 +199,23 @@ std::size_t head_end(std::string_view buf, std::size_t scanned) {
 
 std::size_t leading_empty_lines(std::string_view buf) {
   std::size_t n = 0;
-  while (n < buf.size()) {
-    if (buf[n] == '\n') {
-      ++n;
-    } else if (buf[n] == '\r' && n + 1 < buf.size() && buf[n + 1] == '\n') {
-      n += 2;
-    } else {
-      break;
-    }
-  }
+  while (n + 1 < buf.size() && buf[n] == '\r' && buf[n + 1] == '\n') n += 2;
   return n;
 }
 
-HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes) {
+namespace {
+
+bool has_bare_lf(std::string_view head) {
+  for (auto i = head.find('\n'); i != std::string_view::npos; i = head.find('\n', i + 1)) {
+    if (i == 0 || head[i - 1] != '\r') return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes,
+                      std::size_t max_header_fields) {
   const auto end = head_end(buf, 0);
   if (end == std::string_view::npos || end > max_head_bytes) {
     if (buf.size() <= max_head_bytes) return {};
@@ -213,7 +223,14 @@ HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::siz
                            "the request line and headers may be at most " + std::to_string(max_head_bytes) +
                                " bytes"));
   }
+  if (has_bare_lf(buf.substr(0, end))) {
+    return refused(refusal(400, "bad-line-end", "Bad line end", "every line of a request head ends in CRLF"));
+  }
   const auto lines = split_lines(buf.substr(0, end));
+  if (lines.size() > max_header_fields + 1) {
+    return refused(refusal(431, "too-many-header-fields", "Request header fields too large",
+                           "a request may carry at most " + std::to_string(max_header_fields) + " header fields"));
+  }
   HeadResult out;
   bool http10 = false;
   if (lines.empty() || !parse_request_line(lines.front(), out.request, http10, out.refusal)) {
@@ -240,6 +257,18 @@ HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::siz
   return out;
 }
 
+std::string canonical_address(const std::string& text) {
+  unsigned char bin[16];
+  char out[INET6_ADDRSTRLEN] = "";
+  if (inet_pton(AF_INET, text.c_str(), bin) == 1) return inet_ntop(AF_INET, bin, out, sizeof out) ? out : "";
+  if (inet_pton(AF_INET6, text.c_str(), bin) != 1) return {};
+  in6_addr a6;
+  std::memcpy(&a6, bin, sizeof a6);
+  // As a peer on a dual-stack socket is named (http_server_loop.cpp, peer_text).
+  if (IN6_IS_ADDR_V4MAPPED(&a6)) return inet_ntop(AF_INET, bin + 12, out, sizeof out) ? out : "";
+  return inet_ntop(AF_INET6, bin, out, sizeof out) ? out : "";
+}
+
 std::string client_address(const Request& request, const std::vector<std::string>& trusted) {
   const auto is_trusted = [&](const std::string& a) { return std::find(trusted.begin(), trusted.end(), a) != trusted.end(); };
   if (!is_trusted(request.peer_address)) return request.peer_address;
@@ -256,11 +285,10 @@ std::string client_address(const Request& request, const std::vector<std::string
     }
   }
   for (auto it = hops.rbegin(); it != hops.rend(); ++it) {
-    if (is_trusted(*it)) continue;
-    unsigned char buf[16];
-    const bool ip = inet_pton(AF_INET, it->c_str(), buf) == 1 || inet_pton(AF_INET6, it->c_str(), buf) == 1;
+    const auto hop = canonical_address(*it);
+    if (!hop.empty() && is_trusted(hop)) continue;
     // A hop that is not an address was written by someone the proxy did not vouch for.
-    return ip ? *it : request.peer_address;
+    return hop.empty() ? request.peer_address : hop;
   }
   return request.peer_address;
 }

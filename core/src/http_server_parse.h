@@ -30,22 +30,32 @@ struct HeadResult {
   Refusal refusal;                 // Refused
 };
 
-// Where the head at the start of buf ends (one past its empty line), or npos. Lines end in LF,
-// optionally preceded by CR (RFC 9112 section 2.2 lets a recipient accept a bare LF). `scanned`:
+// Where the head at the start of buf ends (one past its empty line), or npos. The end is found
+// with or without the CRs, so that a head with bare LFs is found, and refused, as soon as it ends
+// (parse_head). `scanned`:
 // how much of buf an earlier call searched in vain, so that a head arriving a byte at a time is
 // searched once in all, not once per byte.
 std::size_t head_end(std::string_view buf, std::size_t scanned);
 
 // Parses a request head at the start of `buf`. Incomplete while no empty line ended it and it is
-// still within max_head_bytes.
-HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes);
+// still within max_head_bytes. Every line must end in CRLF: RFC 9112 section 2.2 lets a recipient
+// accept a bare LF, but a proxy that does not would see one header where this server sees two
+// (docs/decisions.md, "The servers' own acceptor").
+HeadResult parse_head(std::string_view buf, std::size_t max_head_bytes, std::size_t max_body_bytes,
+                      std::size_t max_header_fields);
 
-// Number of empty lines (CRLF or LF) before a request line, which RFC 9112 section 2.2 lets a
-// server ignore (some clients send one after a POST body).
+// Number of bytes of empty lines (CRLF) before a request line, which RFC 9112 section 2.2 lets a
+// server ignore (some clients send one after a POST body). A bare LF is not skipped: it is part of
+// the head, which is then refused.
 std::size_t leading_empty_lines(std::string_view buf);
 
+// An IPv4 or IPv6 address in its one canonical text (inet_ntop; an IPv4-mapped IPv6 address as
+// IPv4, as peers are named), or "" when `text` is not an address.
+std::string canonical_address(const std::string& text);
+
 // The client behind a trusted proxy: the rightmost X-Forwarded-For entry that is not itself a
-// trusted proxy; the peer when there is no usable entry.
+// trusted proxy, in canonical text; the peer when there is no usable entry. `trusted_proxies` are
+// canonical (canonical_address), as peer addresses are.
 std::string client_address(const Request& request, const std::vector<std::string>& trusted_proxies);
 
 // The reply as bytes on the wire: status line, Date, Content-Length, Connection, the reply's own

@@ -17,6 +17,8 @@
 #include <thread>
 
 #include "client.h"
+#include <sys/types.h>
+#include <dirent.h>
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
 #include "keyline/core/http_server.h"
@@ -168,10 +170,11 @@ TEST_CASE("pipelined requests are answered in order, bodies included") {
   ::close(fd);
 }
 
-TEST_CASE("a head arriving a byte at a time is found wherever its end is split (CRLF and bare LF)") {
+TEST_CASE("a head arriving a byte at a time is found wherever its end is split (CRLF; a bare LF is a prompt 400)") {
   Served s(options(ServerLimits{}));
   for (const std::string head : {"GET /s HTTP/1.1\r\nHost: t\r\nA: b\r\n\r\n", "GET /s HTTP/1.1\nHost: t\nA: b\n\n",
                                  "GET /s HTTP/1.1\r\nHost: t\n\r\n"}) {
+    CAPTURE(head);
     const int fd = connect_from("127.0.0.1", s.port());
     const int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -179,9 +182,15 @@ TEST_CASE("a head arriving a byte at a time is found wherever its end is split (
       send_all(fd, std::string(1, ch));
       std::this_thread::sleep_for(2ms);  // one segment, one wake-up of the server each
     }
-    const auto rs = parse_responses(read_until(fd, responses(1), 3000ms).data);
+    const auto got = read_until(fd, responses(1), 3000ms);
+    const auto rs = parse_responses(got.data);
     REQUIRE(rs.size() == 1);
-    CHECK(rs[0].body == "GET /s client=127.0.0.1 body=");
+    if (head.find("\r\n\r\n") != std::string::npos) {
+      CHECK(rs[0].body == "GET /s client=127.0.0.1 body=");
+    } else {
+      check_problem(rs[0], 400, "bad-line-end");  // at the end of the head, not at the 10 s deadline
+      CHECK(got.elapsed < 2000ms);
+    }
     ::close(fd);
   }
 }
@@ -715,4 +724,223 @@ TEST_CASE("bad options are ConfigErrors; stop() twice is safe") {
   CHECK(exchange(s.port(), kGet).status == 200);
   s.server->stop();
   s.server->stop();
+}
+
+namespace {
+
+// CPU time (ns) the named thread of this process has used (/proc/<pid>/task/<tid>/schedstat).
+std::uint64_t thread_cpu_ns(const std::string& name) {
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string n;
+    std::getline(comm, n);
+    if (n != name) continue;
+    std::ifstream stat(task.path() / "schedstat");
+    std::uint64_t ns = 0;
+    stat >> ns;
+    return ns;
+  }
+  throw std::runtime_error("no thread " + name);
+}
+
+// Polls the server's stats until pred holds (or 3 s).
+bool stats_reach(Server& server, const std::function<bool(const ServerStats&)>& pred) {
+  for (int i = 0; i < 300; ++i) {
+    if (pred(server.stats())) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return pred(server.stats());
+}
+
+}  // namespace
+
+TEST_CASE("TLS: a client chain over 16 KiB fails the handshake, in 1.2 and 1.3; a leaf and its CA pass") {
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  o.client_ca_file = pki.ca_file;
+  Served s(o, [](const Request& r) {
+    Reply rep;
+    rep.body = std::to_string(r.peer_certificate_der.size());
+    return rep;
+  });
+  const auto padded = write_padded_client_chain(pki, 60);  // ~30 KB: under OpenSSL's default 100 KiB
+  REQUIRE(std::filesystem::file_size(padded) > 40000);
+  for (int version : {TLS1_2_VERSION, TLS1_3_VERSION}) {
+    CAPTURE(version);
+    // 1.3: the client's Certificate follows the server's Finished, so the failure may show on the read.
+    CHECK_THROWS([&] {
+      TlsClient c(s.port(), padded, pki.client_key, version);
+      c.exchange(kGet);
+    }());
+    TlsClient fine(s.port(), pki.client_cert, pki.client_key, version);
+    CHECK(fine.exchange(kGet).body == std::to_string(pki.client_der.size()));
+  }
+  CHECK(s.count(Kind::HandshakeFailed) == 2);
+}
+
+TEST_CASE("TLS: a client chain dear to check costs the I/O thread no more than a plain one (no chain is built)") {
+  TlsMaterial pki;
+  auto o = options();
+  o.tls_cert_file = pki.cert_file;
+  o.tls_key_file = pki.key_file;
+  o.client_ca_file = pki.ca_file;
+  Served s(o, [](const Request& r) {
+    Reply rep;
+    rep.body = std::to_string(r.peer_certificate_der.size());
+    return rep;
+  });
+  const auto costly = write_costly_client_chain(pki, 9);
+  REQUIRE(std::filesystem::file_size(costly) < 16 * 1024 * 4 / 3);  // PEM of a chain under max_cert_list
+  const auto cost = [&](const std::string& chain, const std::string& key) {
+    const auto before = thread_cpu_ns("test-io0");
+    for (int i = 0; i < 4; ++i) {
+      TlsClient c(s.port(), chain, key, TLS1_2_VERSION);
+      CHECK(c.exchange(kGet).status == 200);
+      CHECK(c.exchange(kGet).body != "0");  // the leaf reached the handler
+    }
+    return (thread_cpu_ns("test-io0") - before) / 4;
+  };
+  const auto plain = cost(pki.client_cert, pki.client_key);
+  const auto dear = cost(costly, pki.dir + "/costly.key");
+  MESSAGE("server I/O CPU per handshake: plain " << plain / 1000 << " us, costly chain " << dear / 1000 << " us");
+  CHECK(dear < 3 * plain + 5'000'000);  // checking the chain costs tens of milliseconds a handshake
+}
+
+TEST_CASE("a connection's buffers are counted while held and released after its replies") {
+  auto o = options(ServerLimits{});
+  o.limits.io_threads = 1;
+  o.limits.workers = 2;
+  std::mutex m;
+  std::condition_variable cv;
+  bool release = false;
+  Served s(o, [&](const Request& r) {
+    std::unique_lock lock(m);
+    cv.wait_for(lock, 5s, [&] { return release; });
+    Reply rep;
+    rep.body = std::to_string(r.body.size());
+    return rep;
+  });
+  constexpr std::size_t kConns = 20, kBody = 200 * 1024;
+  const std::string post = "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(kBody) + "\r\n\r\n" +
+                           std::string(kBody, 'b');
+  std::vector<int> fds;
+  for (std::size_t i = 0; i < kConns; ++i) {
+    fds.push_back(connect_from("127.0.0.1", s.port()));
+    send_all(fds.back(), post);
+  }
+  // Two in the handlers, the rest queued: every body is held, and counted.
+  CHECK(stats_reach(*s.server, [&](const ServerStats& st) { return st.buffered_bytes >= kConns * kBody; }));
+  {
+    std::lock_guard lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  for (int fd : fds) {
+    const auto rs = parse_responses(read_until(fd, responses(1), 5000ms).data);
+    REQUIRE(rs.size() == 1);
+    CHECK(rs[0].body == std::to_string(kBody));
+    send_all(fd, kGet);  // then a tiny request on the same connection
+    CHECK(parse_responses(read_until(fd, responses(1), 3000ms).data).size() == 1);
+  }
+  // All idle now: no connection keeps the capacity its large body needed.
+  const bool drained = stats_reach(*s.server, [](const ServerStats& st) { return st.buffered_bytes == 0; });
+  MESSAGE("buffered after the replies: " << s.server->stats().buffered_bytes);
+  CHECK(drained);
+  CHECK(s.server->stats().open_connections == kConns);
+  for (int fd : fds) ::close(fd);
+}
+
+TEST_CASE("a body that does not fit the buffer budget gets 503 at once, counted as refused; later it fits") {
+  auto o = options();
+  o.limits.max_buffered_bytes = 1024 * 1024;
+  o.limits.max_body_bytes = 512 * 1024;
+  o.limits.body_timeout = 5000ms;
+  o.limits.head_timeout = 5000ms;
+  Served s(o);
+  const auto head = [](std::size_t length) {
+    return "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(length) + "\r\n\r\n";
+  };
+  std::vector<int> slow;
+  for (int i = 0; i < 2; ++i) {  // two slow bodies of 400 000 bytes hold 800 000 of the 1 MiB
+    slow.push_back(connect_from("127.0.0.1", s.port()));
+    send_all(slow.back(), head(400000) + std::string(1000, 'x'));
+  }
+  std::this_thread::sleep_for(100ms);
+  const int c = connect_from("127.0.0.1", s.port());
+  send_all(c, head(400000));
+  const auto got = read_until(c, responses(1), 3000ms);
+  const auto rs = parse_responses(got.data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 503, "busy");
+  CHECK(rs[0].headers.at("retry-after") == "1");
+  CHECK(got.elapsed < 1000ms);  // not at the 5 s body deadline
+  CHECK(s.wait(Kind::Refused).status == 503);
+  CHECK(s.server->stats().refused == 1);
+  CHECK(exchange(s.port(), head(3) + "abc").status == 200);  // a small body still fits
+  ::close(c);
+  for (int fd : slow) ::close(fd);
+  CHECK(stats_reach(*s.server, [](const ServerStats& st) { return st.buffered_bytes < 1024; }));
+  const auto big = exchange(s.port(), head(400000) + std::string(400000, 'y'));
+  CHECK(big.status == 200);
+}
+
+TEST_CASE("more header fields than max_header_fields get 431") {
+  Served s(options());
+  std::string fields;
+  for (int i = 0; i < 99; ++i) fields += "a:\r\n";  // with Host: 100, the default cap
+  CHECK(exchange(s.port(), "GET /h HTTP/1.1\r\nHost: t\r\n" + fields + "\r\n").status == 200);
+  check_problem(exchange(s.port(), "GET /h HTTP/1.1\r\nHost: t\r\n" + fields + "a:\r\n\r\n"), 431,
+                "too-many-header-fields");
+  // The reviewer's head: 16 KB of "a:" lines, thousands of fields in a head within max_head_bytes.
+  std::string many;
+  while (many.size() < 15000) many += "a:\r\n";
+  check_problem(exchange(s.port(), "GET /h HTTP/1.1\r\nHost: t\r\n" + many + "\r\n"), 431, "too-many-header-fields");
+  CHECK(s.server->stats().malformed == 2);
+}
+
+TEST_CASE("a bare LF anywhere in a head gets 400: no header can hide inside another") {
+  Served s(options());
+  for (const std::string req : {"GET /x HTTP/1.1\r\nHost: t\r\nX-Note: a\nContent-Length: 5\r\n\r\nhello",
+                                "GET /x HTTP/1.1\nHost: t\r\n\r\n", "\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n",
+                                "GET /x HTTP/1.1\r\nHost: t\n\n"}) {
+    CAPTURE(req);
+    check_problem(exchange(s.port(), req), 400, "bad-line-end");
+  }
+  // Empty lines (CRLF) before a request line are still skipped (RFC 9112 section 2.2).
+  CHECK(exchange(s.port(), "\r\n\r\n" + kGet).status == 200);
+}
+
+TEST_CASE("a control character or obs-text in a header value gets 400; HTAB and SP pass") {
+  Served s(options());
+  for (const auto& value : {std::string("a\x01" "b"), std::string("a\x7f"), std::string("\xff"),
+                                  std::string("x\x1b[2Jy"), std::string("caf\xc3\xa9")}) {
+    CAPTURE(value);
+    check_problem(exchange(s.port(), "GET /c HTTP/1.1\r\nHost: t\r\nX-V: " + value + "\r\n\r\n"), 400, "bad-header");
+  }
+  CHECK(exchange(s.port(), "GET /c HTTP/1.1\r\nHost: t\r\nX-V: a\tb c ~!\r\n\r\n").status == 200);
+}
+
+TEST_CASE("trusted proxies are compared as addresses, not as text; a bad one is a ConfigError") {
+  auto o = options();
+  o.limits.max_per_client = 1;
+  o.limits.head_timeout = 5000ms;
+  o.trusted_proxies = {"::ffff:127.0.0.1", "2001:DB8::1"};  // the peer 127.0.0.1, and a hop in another form
+  Served s(o);
+  CHECK(exchange(s.port(), "GET /x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 198.51.100.7, 2001:db8:0::1\r\n\r\n").body ==
+        "GET /x client=198.51.100.7 body=");
+  CHECK(exchange(s.port(), "GET /x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 2001:DB8::ABCD\r\n\r\n").body ==
+        "GET /x client=2001:db8::abcd body=");
+  const int held = connect_from("127.0.0.1", s.port());  // a trusted proxy: not held to max_per_client
+  std::this_thread::sleep_for(50ms);
+  CHECK(exchange(s.port(), kGet).status == 200);
+  ::close(held);
+  for (const char* bad : {"proxy.example", "10.0.0.0/8", "", "10.0.0.1 "}) {
+    CAPTURE(bad);
+    auto b = options();
+    b.listen = "127.0.0.1:0";
+    b.trusted_proxies = {bad};
+    CHECK_THROWS_AS(Server(b, [](const Request&) { return Reply{}; }), keyline::core::ConfigError);
+  }
 }

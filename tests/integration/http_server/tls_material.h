@@ -21,4 +21,14 @@ struct TlsMaterial {
   TlsMaterial& operator=(const TlsMaterial&) = delete;
 };
 
+// A client chain file: the station certificate, then `fillers` copies of its issuer (what an
+// attacker pads a Certificate message with). The key is material.client_key.
+std::string write_padded_client_chain(const TlsMaterial& material, std::size_t fillers);
+
+// A client chain whose every link is dear to check: `links` CA certificates over one RSA-3072 key
+// whose public exponent is as long as its modulus (so each signature check costs a private-key
+// operation), the last self-signed, then a fresh ECDSA leaf. Writes <dir>/costly.pem and
+// <dir>/costly.key; returns the chain file.
+std::string write_costly_client_chain(const TlsMaterial& material, std::size_t links);
+
 }  // namespace keyline::test

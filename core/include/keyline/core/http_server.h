@@ -63,12 +63,17 @@ struct ServerLimits {
   std::chrono::milliseconds write_timeout{20000};     // a reply fully written
   std::chrono::milliseconds keep_alive_idle{15000};   // between requests on one connection
   std::size_t max_head_bytes = 16 * 1024;             // request line and headers (431 beyond)
+  std::size_t max_header_fields = 100;                // header lines in one head (431 beyond)
   std::size_t max_body_bytes = 256 * 1024;            // 413 beyond
   std::size_t max_connections = 4096;                 // in total
   std::size_t max_per_client = 64;                    // per client address (peer address)
   int io_threads = 2;                                 // epoll loops (TLS handshakes run here)
   int workers = 16;                                   // handler threads
   std::size_t max_queued = 1024;                      // complete requests waiting for a worker (503 beyond)
+  // Bytes held for requests and replies across all connections: heads and bodies being read,
+  // requests waiting for or in a worker, replies being written. A body that does not fit what is
+  // left gets 503 (Retry-After) before any of it is read, as does a head while the budget is spent.
+  std::size_t max_buffered_bytes = 64 * 1024 * 1024;
 };
 
 struct ServerOptions {
@@ -80,7 +85,8 @@ struct ServerOptions {
   // When set, the handshake asks for a client certificate (listing these CAs) but does not require
   // one and accepts any: the handler decides (a publish without one gets a 401 problem document).
   std::string client_ca_file;
-  // Peer addresses (exact, IPv4 or IPv6 text) whose X-Forwarded-For is believed: client_address is
+  // Peer addresses (IPv4 or IPv6, compared as addresses, not as text: "2001:DB8::1" is "2001:db8::1";
+  // anything else is a ConfigError) whose X-Forwarded-For is believed: client_address is
   // then the rightmost address in it that is not itself a trusted proxy. A trusted proxy is not
   // held to max_per_client (it carries many clients); the total cap still applies.
   std::vector<std::string> trusted_proxies;
@@ -124,11 +130,13 @@ struct ServerStats {
   std::uint64_t malformed = 0;
   std::uint64_t idle_closed = 0;
   std::uint64_t accept_paused = 0;  // times accepting paused at the descriptor limit (EMFILE/ENFILE)
+  std::size_t buffered_bytes = 0;   // counted against ServerLimits::max_buffered_bytes now
 };
 
 class Server {
  public:
-  // Throws ConfigError for a bad listen address or unreadable TLS files, IoError when it cannot bind.
+  // Throws ConfigError for a bad listen address, a trusted proxy that is not an address or unreadable
+  // TLS files, IoError when it cannot bind.
   Server(ServerOptions options, Handler handler, EventSink events = {}, AccessSink access = {});
   ~Server();  // stops
   Server(const Server&) = delete;
