@@ -112,6 +112,7 @@ class Engine {
   void release(const std::string& peer);
   void report(const Event& event);  // counts, then the sink (or stderr)
 
+  Budget budget;  // before the loops and the pool: their connections and tasks give back to it
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> accepted{0}, accept_paused{0};
   std::atomic<std::size_t> open{0};
@@ -122,7 +123,6 @@ class Engine {
   std::uint16_t bound_port = 0;
 
   std::atomic<std::uint64_t> refused{0}, timed_out{0}, malformed{0}, idle_closed{0};
-  Budget budget;
 
  private:
   ServerOptions m_options;
