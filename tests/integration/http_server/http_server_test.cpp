@@ -542,7 +542,7 @@ TEST_CASE("TLS: the client certificate's DER reaches the handler; none gives an 
   CHECK(without.exchange(kGet).body.empty());
 }
 
-TEST_CASE("TLS sessions resume, with a client CA asked for, in TLS 1.2 (cache) and 1.3 (tickets), certificate kept") {
+TEST_CASE("TLS sessions resume, with a client CA asked for, in TLS 1.2 and 1.3 (tickets, no server cache), certificate kept") {
   TlsMaterial pki;
   auto o = options();
   o.tls_cert_file = pki.cert_file;
