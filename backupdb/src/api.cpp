@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "keyline/core/cplc.h"
+#include "keyline/core/event_log.h"
 #include "keyline/core/http.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/record.h"
@@ -265,14 +266,6 @@ Reply guarded(F&& f) {
   }
 }
 
-std::string utc_now() {
-  char ts[32];
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return ts;
-}
 
 }  // namespace
 
@@ -331,7 +324,7 @@ void log_access(Shared& s, const Request& req, const Reply& reply, std::chrono::
   const double secs = static_cast<double>(elapsed.count()) / 1e6;
   s.metrics.observe(route, reply.status, secs);
   std::ostringstream line;
-  line << "{\"ts\":\"" << utc_now() << "\",\"client\":\"" << http::json_escape(req.client_address) << "\"";
+  line << "{\"ts\":\"" << http::utc_timestamp() << "\",\"client\":\"" << http::json_escape(req.client_address) << "\"";
   if (req.client_address != req.peer_address) line << ",\"peer\":\"" << http::json_escape(req.peer_address) << "\"";
   line << ",\"method\":\"" << http::json_escape(req.method) << "\",\"path\":\"" << http::json_escape(req.target)
        << "\",\"route\":\"" << route << "\",\"status\":" << reply.status << ",\"bytes\":" << reply.body.size()

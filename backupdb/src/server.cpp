@@ -54,18 +54,6 @@ http::ServerLimits limits_of(const Config& c) {
   return l;
 }
 
-// The operations listener is for the operator's scraper on this host: few connections, plain HTTP.
-http::ServerOptions ops_options(const Config& c) {
-  http::ServerOptions o;
-  o.name = "keyline-backupdb-ops";
-  o.listen = c.ops_listen;
-  o.limits.io_threads = 1;
-  o.limits.workers = 2;
-  o.limits.max_connections = 64;
-  o.limits.max_per_client = 16;
-  o.limits.max_body_bytes = 0;
-  return o;
-}
 
 void load_anchors(Shared& s, const Config& config) {
   std::vector<Botan::X509_Certificate> anchors;
@@ -139,7 +127,7 @@ int serve(const Config& config) {
       public_options(config), [&s](const http::Request& q) { return handle_public(s, q); },
       [&s](const http::Event& e) { log_event(s, e, "public"); }, access);
   http::Server ops(
-      ops_options(config), [&s](const http::Request& q) { return handle_ops(s, q); },
+      http::operations_listener("keyline-backupdb-ops", config.ops_listen), [&s](const http::Request& q) { return handle_ops(s, q); },
       [&s](const http::Event& e) { log_event(s, e, "ops"); }, access);
   s.public_stats = [&api] { return api.stats(); };
   open_store(s, config);

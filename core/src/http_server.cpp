@@ -34,6 +34,18 @@ std::string Request::get(std::string_view lower_name, const std::string& fallbac
   return v ? *v : fallback;
 }
 
+ServerOptions operations_listener(const std::string& name, const std::string& listen) {
+  ServerOptions o;
+  o.name = name;
+  o.listen = listen;
+  o.limits.io_threads = 1;
+  o.limits.workers = 2;
+  o.limits.max_connections = 64;
+  o.limits.max_per_client = 16;
+  o.limits.max_body_bytes = 0;
+  return o;
+}
+
 const char* to_string(Event::Kind kind) noexcept {
   switch (kind) {
     case Event::Kind::Refused: return "refused";

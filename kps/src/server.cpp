@@ -69,14 +69,6 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string utc_now() {
-  char ts[32];
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return ts;
-}
 
 Reply method_not_allowed(const std::string& allow) {
   Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
@@ -184,7 +176,7 @@ class Api {
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     m_s.metrics.observe(reply.status);
     std::ostringstream line;
-    line << "{\"ts\":\"" << utc_now() << "\",\"client\":" << q(req.client_address) << ",\"chip\":" << q(who)
+    line << "{\"ts\":\"" << http::utc_timestamp() << "\",\"client\":" << q(req.client_address) << ",\"chip\":" << q(who)
          << ",\"method\":" << q(req.method) << ",\"path\":" << q(req.target) << ",\"status\":" << reply.status
          << ",\"ms\":" << ms;
     if (!reply.log_detail.empty()) line << ",\"detail\":" << q(reply.log_detail);
@@ -506,18 +498,6 @@ http::ServerOptions public_options(const Config& c) {
   return o;
 }
 
-// The operations listener is for the operator's scraper on this host: few connections, plain HTTP.
-http::ServerOptions ops_options(const Config& c) {
-  http::ServerOptions o;
-  o.name = "keyline-kps-ops";
-  o.listen = c.ops_listen;
-  o.limits.io_threads = 1;
-  o.limits.workers = 2;
-  o.limits.max_connections = 64;
-  o.limits.max_per_client = 16;
-  o.limits.max_body_bytes = 0;
-  return o;
-}
 
 Reply handle_ops(Shared& s, const Request& req) {
   try {
@@ -564,7 +544,7 @@ int serve(const Config& config) {
       public_options(config), [&api_handler](const Request& q) { return api_handler.handle(q); },
       [&s](const http::Event& e) { log_event(s, e, "public"); });
   http::Server ops(
-      ops_options(config), [&s](const Request& q) { return handle_ops(s, q); },
+      http::operations_listener("keyline-kps-ops", config.ops_listen), [&s](const Request& q) { return handle_ops(s, q); },
       [&s](const http::Event& e) { log_event(s, e, "ops"); });
   s.public_stats = [&api] { return api.stats(); };
   if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));

@@ -133,6 +133,10 @@ struct ServerStats {
   std::size_t buffered_bytes = 0;   // counted against ServerLimits::max_buffered_bytes now
 };
 
+// The operations listener of a server (/metrics, /healthz): plain HTTP for the operator's scraper on
+// the same host, so one I/O thread, two workers, few connections and no request bodies.
+ServerOptions operations_listener(const std::string& name, const std::string& listen);
+
 class Server {
  public:
   // Throws ConfigError for a bad listen address, a trusted proxy that is not an address or unreadable
