@@ -10,6 +10,7 @@
 #include <string>
 #include <utility>
 
+#include "keyline/core/connection_metrics.h"
 #include "keyline/core/http_server.h"
 
 namespace keyline::backupdb {
@@ -17,7 +18,7 @@ namespace keyline::backupdb {
 class Metrics {
  public:
   void observe(const std::string& route, int status, double seconds);
-  void observe_event(const core::http::Event& event);
+  void observe_event(const core::http::Event& event) { m_connections.observe(event); }
   void record_published() { ++m_published; }
   std::string render(std::size_t cache_hits, std::size_t cache_misses, const core::http::ServerStats& stats) const;
 
@@ -30,17 +31,14 @@ class Metrics {
                                                           "publish", "ca", "healthz", "metrics", "other", "unknown"};
   static constexpr std::array<int, 19> kStatuses = {200, 201, 304, 400, 401, 403, 404, 405, 408, 409,
                                                     411, 413, 415, 422, 429, 431, 500, 501, 503};
-  static constexpr std::size_t kEventKinds = 8;  // core::http::Event::Kind
   static std::size_t route_index(const std::string& route);
   static std::size_t status_index(int status);
-  void render_events(std::ostream& o, const core::http::ServerStats& stats) const;
   std::array<std::array<std::atomic<unsigned long long>, kStatuses.size() + 1>, kRoutes.size()> m_requests{};
   std::array<std::atomic<unsigned long long>, kBounds.size() + 1> m_buckets{};
   std::atomic<unsigned long long> m_count{0};
   std::atomic<unsigned long long> m_sum_us{0};
   std::atomic<unsigned long long> m_published{0};
-  std::array<std::atomic<unsigned long long>, kEventKinds> m_events{};
-  std::array<std::atomic<unsigned long long>, kStatuses.size() + 1> m_malformed{};  // by status sent
+  core::http::ConnectionMetrics m_connections{"keyline_backupdb"};
 };
 
 }  // namespace keyline::backupdb

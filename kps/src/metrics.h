@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 
+#include "keyline/core/connection_metrics.h"
 #include "keyline/core/http_server.h"
 
 namespace keyline::kps {
@@ -16,15 +17,13 @@ namespace keyline::kps {
 class Metrics {
  public:
   void observe(int status);
-  void observe_event(const core::http::Event& event);
+  void observe_event(const core::http::Event& event) { m_connections.observe(event); }
   std::string render(const core::http::ServerStats& stats) const;
 
  private:
-  static constexpr std::size_t kEventKinds = 8;  // core::http::Event::Kind
   mutable std::mutex m_mutex;                    // statuses are few; a request costs one short lock
   std::map<int, std::uint64_t> m_requests;       // by status
-  std::map<int, std::uint64_t> m_malformed;      // by status sent
-  std::array<std::atomic<std::uint64_t>, kEventKinds> m_events{};
+  core::http::ConnectionMetrics m_connections{"keyline_kps"};
 };
 
 }  // namespace keyline::kps

@@ -105,6 +105,7 @@ struct Event {
     Malformed,         // a problem document was sent (status says which)
     IdleClosed,        // an idle keep-alive connection closed to make room
   };
+  static constexpr std::size_t kKinds = 8;  // keep equal to the number of kinds above
   Kind kind;
   int status = 0;           // the status sent, 0 when nothing could be sent
   std::string peer;         // peer address
