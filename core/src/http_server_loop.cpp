@@ -450,19 +450,9 @@ bool Loop::handshake(Conn& c) {
   return false;
 }
 
-Io Loop::read_some(Conn& c, char* buf, std::size_t cap, std::size_t& n) {
-  c.ssl_wants_write = false;
-  if (!c.ssl) {
-    const auto r = ::recv(c.fd, buf, cap, 0);
-    if (r > 0) {
-      n = static_cast<std::size_t>(r);
-      return Io::Done;
-    }
-    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return Io::Blocked;
-    return Io::Closed;
-  }
-  ERR_clear_error();
-  const int r = SSL_read(c.ssl, buf, static_cast<int>(cap));
+// What an SSL_read or SSL_write result means for the loop; a renegotiation-free TLS record layer
+// may still want the other direction (SSL_ERROR_WANT_WRITE on a read), which the loop waits for.
+Io ssl_outcome(Conn& c, int r, std::size_t& n) {
   if (r > 0) {
     n = static_cast<std::size_t>(r);
     return Io::Done;
@@ -476,6 +466,21 @@ Io Loop::read_some(Conn& c, char* buf, std::size_t cap, std::size_t& n) {
   return Io::Closed;
 }
 
+Io Loop::read_some(Conn& c, char* buf, std::size_t cap, std::size_t& n) {
+  c.ssl_wants_write = false;
+  if (!c.ssl) {
+    const auto r = ::recv(c.fd, buf, cap, 0);
+    if (r > 0) {
+      n = static_cast<std::size_t>(r);
+      return Io::Done;
+    }
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return Io::Blocked;
+    return Io::Closed;
+  }
+  ERR_clear_error();
+  return ssl_outcome(c, SSL_read(c.ssl, buf, static_cast<int>(cap)), n);
+}
+
 Io Loop::write_some(Conn& c, const char* buf, std::size_t len, std::size_t& n) {
   c.ssl_wants_write = true;
   if (!c.ssl) {
@@ -487,18 +492,7 @@ Io Loop::write_some(Conn& c, const char* buf, std::size_t len, std::size_t& n) {
     return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? Io::Blocked : Io::Closed;
   }
   ERR_clear_error();
-  const int r = SSL_write(c.ssl, buf, static_cast<int>(std::min<std::size_t>(len, 1 << 30)));
-  if (r > 0) {
-    n = static_cast<std::size_t>(r);
-    return Io::Done;
-  }
-  const int e = SSL_get_error(c.ssl, r);
-  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-    c.ssl_wants_write = e == SSL_ERROR_WANT_WRITE;
-    return Io::Blocked;
-  }
-  ERR_clear_error();
-  return Io::Closed;
+  return ssl_outcome(c, SSL_write(c.ssl, buf, static_cast<int>(std::min<std::size_t>(len, 1 << 30))), n);
 }
 
 // Reads what is there (a few chunks at most, so one fast client cannot hold the loop) and moves
