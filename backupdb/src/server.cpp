@@ -25,34 +25,14 @@ void require_file(const std::string& path, const char* what) {
 
 void check_settings(const Config& c) {
   if (c.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
-  if (c.threads < 1 || c.io_threads < 1 || c.db_pool < 1 || c.max_connections < 1 || c.max_per_client < 1 ||
-      c.max_queued < 1 || c.rate_clients < 1)
-    throw core::ConfigError(core::ErrorCode::Config,
-                            "--threads, --io-threads, --db-pool, --max-connections, --max-per-client, "
-                            "--max-queued and --rate-clients must be positive");
-  for (const int ms : {c.handshake_timeout_ms, c.head_timeout_ms, c.body_timeout_ms, c.write_timeout_ms,
-                       c.idle_timeout_ms})
-    if (ms < 1) throw core::ConfigError(core::ErrorCode::Config, "timeouts are positive milliseconds");
+  c.check();
+  if (c.db_pool < 1 || c.rate_clients < 1)
+    throw core::ConfigError(core::ErrorCode::Config, "--db-pool and --rate-clients must be positive");
   if (!c.plain_http && (c.tls_cert.empty() || c.tls_key.empty() || c.station_ca.empty()))
     throw core::ConfigError(core::ErrorCode::Config,
                             "HTTPS needs --tls-cert, --tls-key and --station-ca (or --plain-http)");
 }
 
-http::ServerLimits limits_of(const Config& c) {
-  http::ServerLimits l;
-  l.handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
-  l.head_timeout = std::chrono::milliseconds(c.head_timeout_ms);
-  l.body_timeout = std::chrono::milliseconds(c.body_timeout_ms);
-  l.write_timeout = std::chrono::milliseconds(c.write_timeout_ms);
-  l.keep_alive_idle = std::chrono::milliseconds(c.idle_timeout_ms);
-  l.max_body_bytes = c.body_limit;
-  l.max_connections = c.max_connections;
-  l.max_per_client = c.max_per_client;
-  l.io_threads = c.io_threads;
-  l.workers = c.threads;
-  l.max_queued = c.max_queued;
-  return l;
-}
 
 
 void load_anchors(Shared& s, const Config& config) {
@@ -72,7 +52,7 @@ http::ServerOptions public_options(const Config& config) {
   o.name = "keyline-backupdb";
   o.listen = config.listen;
   o.trusted_proxies = config.trusted_proxies;
-  o.limits = limits_of(config);
+  o.limits = config.limits(config.body_limit);
   if (!config.plain_http) {
     require_file(config.tls_cert, "--tls-cert");
     require_file(config.tls_key, "--tls-key");

@@ -34,6 +34,30 @@ std::string Request::get(std::string_view lower_name, const std::string& fallbac
   return v ? *v : fallback;
 }
 
+void ListenerSettings::check() const {
+  if (threads < 1 || io_threads < 1 || max_connections < 1 || max_per_client < 1 || max_queued < 1)
+    throw ConfigError(ErrorCode::Config,
+                      "--threads, --io-threads, --max-connections, --max-per-client and --max-queued must be positive");
+  for (const int ms : {handshake_timeout_ms, head_timeout_ms, body_timeout_ms, write_timeout_ms, idle_timeout_ms})
+    if (ms < 1) throw ConfigError(ErrorCode::Config, "timeouts are positive milliseconds");
+}
+
+ServerLimits ListenerSettings::limits(std::size_t max_body_bytes) const {
+  ServerLimits l;
+  l.handshake_timeout = std::chrono::milliseconds(handshake_timeout_ms);
+  l.head_timeout = std::chrono::milliseconds(head_timeout_ms);
+  l.body_timeout = std::chrono::milliseconds(body_timeout_ms);
+  l.write_timeout = std::chrono::milliseconds(write_timeout_ms);
+  l.keep_alive_idle = std::chrono::milliseconds(idle_timeout_ms);
+  l.max_body_bytes = max_body_bytes;
+  l.max_connections = max_connections;
+  l.max_per_client = max_per_client;
+  l.io_threads = io_threads;
+  l.workers = threads;
+  l.max_queued = max_queued;
+  return l;
+}
+
 ServerOptions operations_listener(const std::string& name, const std::string& listen) {
   ServerOptions o;
   o.name = name;

@@ -447,14 +447,8 @@ void require_file(const std::string& path, const char* what) {
 
 void check_settings(const Config& c) {
   if (c.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
-  if (c.threads < 1 || c.io_threads < 1 || c.db_pool < 1 || c.max_connections < 1 || c.max_per_client < 1 ||
-      c.max_queued < 1)
-    throw core::ConfigError(core::ErrorCode::Config,
-                            "--threads, --io-threads, --db-pool, --max-connections, --max-per-client and "
-                            "--max-queued must be positive");
-  for (const int ms : {c.handshake_timeout_ms, c.head_timeout_ms, c.body_timeout_ms, c.write_timeout_ms,
-                       c.idle_timeout_ms})
-    if (ms < 1) throw core::ConfigError(core::ErrorCode::Config, "timeouts are positive milliseconds");
+  c.check();
+  if (c.db_pool < 1) throw core::ConfigError(core::ErrorCode::Config, "--db-pool must be positive");
   if (c.tls_cert.empty() || c.tls_key.empty())
     throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
 }
@@ -483,18 +477,7 @@ http::ServerOptions public_options(const Config& c) {
   o.tls_cert_file = c.tls_cert;
   o.tls_key_file = c.tls_key;
   o.trusted_proxies = c.trusted_proxies;
-  auto& l = o.limits;
-  l.handshake_timeout = std::chrono::milliseconds(c.handshake_timeout_ms);
-  l.head_timeout = std::chrono::milliseconds(c.head_timeout_ms);
-  l.body_timeout = std::chrono::milliseconds(c.body_timeout_ms);
-  l.write_timeout = std::chrono::milliseconds(c.write_timeout_ms);
-  l.keep_alive_idle = std::chrono::milliseconds(c.idle_timeout_ms);
-  l.max_body_bytes = c.body_limit;
-  l.max_connections = c.max_connections;
-  l.max_per_client = c.max_per_client;
-  l.io_threads = c.io_threads;
-  l.workers = c.threads;
-  l.max_queued = c.max_queued;
+  o.limits = c.limits(c.body_limit);
   return o;
 }
 

@@ -10,6 +10,7 @@
 #include <botan/secmem.h>
 
 #include "keyline/core/error.h"
+#include "keyline/core/http_server.h"
 
 namespace keyline::backupdb {
 
@@ -19,7 +20,9 @@ constexpr auto PublishConflict = static_cast<core::ErrorCode>(3001);  // differe
 constexpr auto Tls = static_cast<core::ErrorCode>(3020);              // TLS material unusable
 }  // namespace errc
 
-struct Config {
+// The connection settings (threads, caps, deadlines) are core::http::ListenerSettings: connections
+// cost a descriptor, not a thread, so threads only bound the requests handled at once.
+struct Config : core::http::ListenerSettings {
   std::string db;                   // libpq conninfo (no password: see db_password_file)
   std::string db_password_file;     // the database password, read from this file (else PGPASSWORD/PGPASSFILE)
   // migrate: the keyline_backupdb role's password (enables LOGIN). Set here by a library caller, or
@@ -35,18 +38,6 @@ struct Config {
   std::vector<std::string> trust;   // PEM files with the device root(s): anchors for record validation
   std::vector<std::string> trusted_proxies;  // peers whose X-Forwarded-For names the client
   bool plain_http = false;          // behind a TLS-terminating proxy only; publishing is then refused
-  // The event-driven server (core/http_server.h): connections cost a descriptor, not a thread, so
-  // threads only bound the requests handled at once.
-  int threads = 16;                 // handler (worker) threads
-  int io_threads = 2;               // epoll loops (TLS handshakes run there)
-  std::size_t max_connections = 4096;   // open connections in total
-  std::size_t max_per_client = 64;      // open connections per peer address
-  std::size_t max_queued = 1024;        // complete requests waiting for a worker (503 beyond)
-  int handshake_timeout_ms = 5000;  // accept to TLS handshake done
-  int head_timeout_ms = 10000;      // first byte of a request to the end of its head
-  int body_timeout_ms = 20000;      // end of the head to the end of the body
-  int write_timeout_ms = 20000;     // a reply taken by the client
-  int idle_timeout_ms = 15000;      // keep-alive connection idle between requests
   int db_pool = 16;                 // PostgreSQL connections (reads hit the cache first)
   std::size_t body_limit = 256 * 1024;  // a record is a few KiB; anything far larger is refused (413)
   double rate = 0;                  // requests per second per client (address, or station id); 0 = off

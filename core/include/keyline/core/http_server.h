@@ -134,6 +134,24 @@ struct ServerStats {
   std::size_t buffered_bytes = 0;   // counted against ServerLimits::max_buffered_bytes now
 };
 
+// The connection settings an operator gives a server (flags, environment, config file), in the units
+// of those settings; the public DB's and the KPS's configs are made of these plus their own.
+struct ListenerSettings {
+  int threads = 16;                      // handler (worker) threads
+  int io_threads = 2;                    // epoll loops (TLS handshakes run there)
+  std::size_t max_connections = 4096;    // open connections in total
+  std::size_t max_per_client = 64;       // open connections per peer address
+  std::size_t max_queued = 1024;         // complete requests waiting for a worker (503 beyond)
+  int handshake_timeout_ms = 5000;       // accept to TLS handshake done
+  int head_timeout_ms = 10000;           // first byte of a request to the end of its head
+  int body_timeout_ms = 20000;           // end of the head to the end of the body
+  int write_timeout_ms = 20000;          // a reply taken by the client
+  int idle_timeout_ms = 15000;           // keep-alive connection idle between requests
+
+  void check() const;  // ConfigError naming the flags when a count or a timeout is not positive
+  ServerLimits limits(std::size_t max_body_bytes) const;
+};
+
 // The operations listener of a server (/metrics, /healthz): plain HTTP for the operator's scraper on
 // the same host, so one I/O thread, two workers, few connections and no request bodies.
 ServerOptions operations_listener(const std::string& name, const std::string& listen);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "keyline/core/error.h"
+#include "keyline/core/http_server.h"
 #include "keyline/core/migrate.h"
 
 namespace keyline::kps {
@@ -20,7 +21,8 @@ constexpr core::ErrorCode BadPolicy = static_cast<core::ErrorCode>(6002);    // 
 constexpr core::ErrorCode Refused = static_cast<core::ErrorCode>(6010);      // a device client got a 4xx from the KPS
 }  // namespace errc
 
-struct Config {
+// The connection settings (threads, caps, deadlines) are core::http::ListenerSettings.
+struct Config : core::http::ListenerSettings {
   std::string db;                    // libpq conninfo (no password: see db_password_file)
   std::string db_password_file;      // the database password, read from this file (else PGPASSWORD/PGPASSFILE)
   std::string listen = "127.0.0.1:8444";
@@ -31,17 +33,6 @@ struct Config {
   std::vector<std::string> trust;    // manufacturer root(s): anchors of device identity chains
   std::string policy;                // policy file (policy.h)
   std::vector<std::string> allow;    // extra "SOURCE:TARGET" pairs allowed both ways of the check
-  // The event-driven server (core/http_server.h): connections cost a descriptor, not a thread.
-  int threads = 16;                  // handler (worker) threads
-  int io_threads = 2;                // epoll loops (TLS handshakes run there)
-  std::size_t max_connections = 4096;    // open connections in total
-  std::size_t max_per_client = 64;       // open connections per peer address
-  std::size_t max_queued = 1024;         // complete requests waiting for a worker (503 beyond)
-  int handshake_timeout_ms = 5000;
-  int head_timeout_ms = 10000;
-  int body_timeout_ms = 20000;
-  int write_timeout_ms = 20000;
-  int idle_timeout_ms = 15000;
   int db_pool = 4;
   std::size_t body_limit = 64 * 1024;
   std::int64_t max_skew = 300;       // seconds of clock skew accepted on signed requests
