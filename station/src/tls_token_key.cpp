@@ -8,9 +8,11 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <mutex>
+#include <thread>
 
 #include "keyline/core/error.h"
 
@@ -49,6 +51,21 @@ struct EngineDeleter {
     ENGINE_free(e);
   }
 };
+
+// SoftHSM 2.6 reads a token's files under fcntl locks it does not wait for, and rewrites them on
+// every login: while another process (a second station on the same token) logs in, the engine's slot
+// enumeration can fail with CKR_GENERAL_ERROR (libp11 prints "Failed to enumerate slots"). libp11
+// enumerates again on each load, so the same engine is asked again a moment later; a key that is
+// really absent still fails after ~0.75 s. The engine is not freed between tries: unloading it would
+// C_Finalize the module this process's own token sessions share.
+EVP_PKEY* load_private_key_retrying(ENGINE* engine, const std::string& uri) {
+  for (int attempt = 1;; ++attempt) {
+    EVP_PKEY* pkey = ENGINE_load_private_key(engine, uri.c_str(), nullptr, nullptr);
+    if (pkey || attempt == 4) return pkey;
+    ERR_clear_error();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50 << attempt));
+  }
+}
 
 }  // namespace
 
@@ -100,7 +117,7 @@ Poco::Net::Context::Ptr make_token_client_context(const std::string& ca_file, co
   if (!ENGINE_ctrl_cmd_string(engine.get(), "PIN", reinterpret_cast<const char*>(pin.data()), 0))
     throw core::Pkcs11Error(ErrorCode::Pkcs11LoginFailed, "PKCS#11 engine refused the PIN control");
   const std::string uri = "pkcs11:token=" + uri_escape(key.token) + ";object=" + uri_escape(key.key_label) + ";type=private";
-  EVP_PKEY* pkey = ENGINE_load_private_key(engine.get(), uri.c_str(), nullptr, nullptr);
+  EVP_PKEY* pkey = load_private_key_retrying(engine.get(), uri);
   if (!pkey)
     throw core::Pkcs11Error(ErrorCode::Pkcs11KeyNotFound,
                             "TLS key '" + key.key_label + "' not found on token '" + key.token + "': " + openssl_reason());
