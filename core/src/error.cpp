@@ -7,6 +7,10 @@ int exit_code_for(ErrorCode code) noexcept {
   if (code == ErrorCode::Usage || code == ErrorCode::Config) return exit_code::usage;
   if (code == ErrorCode::DbConnection || code == ErrorCode::Network || code == ErrorCode::Timeout)
     return exit_code::unavailable;
+  // PC/SC (docs/readers.md): no pcscd, no matching reader, a mute card, a reader or card gone are a
+  // device that cannot be reached; the card refusing extended length is the peer refusing.
+  if (n >= 1420 && n <= 1425) return exit_code::unavailable;
+  if (code == ErrorCode::ExtendedLengthRefused) return exit_code::refused;
   if (code == ErrorCode::DbUniqueViolation || code == ErrorCode::Http) return exit_code::refused;
   if (n >= 1250 && n < 1300) return exit_code::hsm;
   // keyline-device: an empty flash (2002) or an image a boot check rejects (2004) is bad input.

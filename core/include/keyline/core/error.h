@@ -45,6 +45,14 @@ enum class ErrorCode : int {
   Network = 1401,
   Timeout = 1402,
   Http = 1410,
+  // 1420-1439: PC/SC readers (core::pcsc; docs/readers.md)
+  Pcsc = 1420,               // any other PC/SC failure (the SCARD_ code is in the message)
+  PcscNoService = 1421,      // pcscd is not running or its socket cannot be reached
+  PcscNoReader = 1422,       // no reader matches the pattern(s) given
+  PcscCardMute = 1423,       // a card is in the reader but does not answer (no ATR, unresponsive)
+  PcscReaderRemoved = 1424,  // the reader went away
+  PcscCardRemoved = 1425,    // the card was pulled out (a dropped link: the journal resumes it)
+  ExtendedLengthRefused = 1426,  // the card or reader does not take extended-length APDUs
   Config = 1450,
   Usage = 1451,
 };
