@@ -63,7 +63,7 @@ int wait_for(int fd, short events, std::chrono::milliseconds timeout) {
 }  // namespace
 
 DeviceLink::DeviceLink(std::string host, int port, DeviceLinkOptions options)
-    : m_host(std::move(host)), m_port(port), m_options(options) {}
+    : m_host(std::move(host)), m_port(port), m_address(m_host + ":" + std::to_string(port)), m_options(options) {}
 
 DeviceLink::~DeviceLink() { close(); }
 
@@ -277,9 +277,20 @@ ResponseApdu DeviceLink::transmit(const CommandApdu& command, std::size_t max_re
   } scope{m_exchange};
   m_exchange = "APDU " + command_header(command);
   m_exchange_deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
+  // Short APDUs once extended length is off: Ne at most 256 a round (the rest by 61XX), data in
+  // chained parts. The command is copied only then, so the usual exchange costs no copy of its data.
+  const CommandApdu* c = &command;
+  CommandApdu shortened;
+  std::size_t chunk = m_options.max_chunk;
+  if (!m_extended) {
+    shortened = command;
+    shortened.extended = false;
+    if (shortened.le && *shortened.le > 256) shortened.le = 256;
+    chunk = std::min<std::size_t>(chunk, 255);
+    c = &shortened;
+  }
   try {
-    return transceive([this](const SecureBytes& apdu) { return transmit_raw(apdu); }, command, m_options.max_chunk,
-                      max_response);
+    return transceive([this](const SecureBytes& apdu) { return transmit_raw(apdu); }, *c, chunk, max_response);
   } catch (const FormatError&) {
     // A device that broke the dialect is not asked again on this connection (it may hold a 61XX
     // chain or a half-gathered command): the caller reconnects if it wants to go on.

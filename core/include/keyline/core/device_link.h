@@ -12,6 +12,7 @@
 
 #include "keyline/core/apdu.h"
 #include "keyline/core/bytes.h"
+#include "keyline/core/device_channel.h"
 #include "keyline/core/error.h"
 
 namespace keyline::core {
@@ -43,10 +44,11 @@ class LinkTimeout : public IoError {
 // Sees every byte that crosses the link, in order: outbound = station to device.
 using LinkCapture = std::function<void(bool outbound, const std::uint8_t* data, std::size_t len)>;
 
-class DeviceLink {
+// The TCP vpcd-framing DeviceChannel (docs/readers.md, `HOST:PORT`).
+class DeviceLink : public DeviceChannel {
  public:
   DeviceLink(std::string host, int port, DeviceLinkOptions options = {});
-  ~DeviceLink();
+  ~DeviceLink() override;
   DeviceLink(const DeviceLink&) = delete;
   DeviceLink& operator=(const DeviceLink&) = delete;
 
@@ -55,13 +57,18 @@ class DeviceLink {
   static std::pair<std::string, int> parse_endpoint(std::string_view host_port, bool allow_port_zero = false);
 
   // Throws IoError(Network) when the device cannot be reached, LinkTimeout on a timeout.
-  void connect();
-  void close() noexcept;
+  void connect() override;
+  void close() noexcept override;
   void reconnect();
-  bool connected() const noexcept { return m_fd >= 0; }
+  bool connected() const noexcept override { return m_fd >= 0; }
+  // The emulator takes extended length; a station that turned it off (disable_extended_length)
+  // gets short APDUs: Ne at most 256 a round, data chained in parts of at most 255.
+  bool extended_length() const noexcept override { return m_extended; }
+  void disable_extended_length() noexcept override { m_extended = false; }
+  const std::string& address() const noexcept override { return m_address; }
 
   void set_capture(LinkCapture capture) { m_capture = std::move(capture); }
-  const Bytes& atr() const noexcept { return m_atr; }
+  const Bytes& atr() const noexcept override { return m_atr; }
 
   // vpcd control messages: power off / on / reset send no answer; get ATR does.
   void control(std::uint8_t code);
@@ -73,7 +80,7 @@ class DeviceLink {
   // RESPONSE, all within one io_timeout (LinkTimeout). The answer's data is at most max_response
   // bytes and each frame's within the Le it answers (FormatError(BadApdu) otherwise): pass the size
   // of the answer expected, e.g. core::applet::kStatusSizeWithImei for STATUS.
-  ResponseApdu transmit(const CommandApdu& command, std::size_t max_response = kMaxResponseDefault);
+  ResponseApdu transmit(const CommandApdu& command, std::size_t max_response = kMaxResponseDefault) override;
 
  private:
   using Deadline = std::chrono::steady_clock::time_point;
@@ -93,6 +100,8 @@ class DeviceLink {
 
   std::string m_host;
   int m_port;
+  std::string m_address;  // HOST:PORT
+  bool m_extended = true;
   DeviceLinkOptions m_options;
   int m_fd = -1;
   Bytes m_atr;

@@ -32,6 +32,8 @@ struct ReaderState {
   Bytes atr;
   std::uint32_t event_count = 0;  // pcsc-lite's per-reader event counter (high 16 bits of dwEventState):
                                   // changes when a card is removed and put in again, even between two waits
+  std::uint32_t raw = 0;          // dwEventState as pcsc-lite gave it: wait() hands it back as the
+                                  // current state, or an in-use bit it lacks would count as a change
 };
 
 // One PC/SC context (SCardEstablishContext with SCARD_SCOPE_SYSTEM). Not shared between threads,
@@ -85,11 +87,22 @@ class PcscChannel : public DeviceChannel {
   bool t0() const noexcept;  // the protocol connected is T=0
 
  private:
+  using Deadline = std::chrono::steady_clock::time_point;
   struct Impl;
+  void read_card_status();
+  bool card_takes_extended() const;
+  // One SCardTransmit (on T=0 a case 4 command without its Le); sent_extended is set when the APDU
+  // was extended-length.
+  SecureBytes transmit_raw(const SecureBytes& apdu, Deadline deadline, bool& sent_extended);
+  [[noreturn]] void transmit_failed(long rv, bool extended);
+  // After a failed transfer: the reader's state once pcscd has had time to see a card pulled out.
+  ReaderState card_state_after_failure();
+
   std::unique_ptr<Impl> m_impl;
   std::string m_reader;
   std::string m_address;  // "pcsc:" + reader
   Bytes m_atr;
+  std::string m_exchange;  // the command transmit() is exchanging, for the timeout error
 };
 
 }  // namespace keyline::core::pcsc
