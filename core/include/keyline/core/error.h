@@ -1,7 +1,7 @@
 // Typed errors with stable numeric codes. Codes are part of the user contract (exit codes,
 // problem documents and logs quote them), so a code is never renumbered or reused.
 // Ranges: 1000-1999 core, 2000-2999 device, 3000-3999 backupdb, 4000-4999 station,
-// 5000-5999 recovery, 6000-6999 kps.
+// 5000-5999 recovery, 6000-6999 kps, 7000-7999 ceremony.
 #pragma once
 
 #include <stdexcept>

@@ -1,0 +1,214 @@
+#include <cstdio>
+#include <memory>
+
+#include <botan/auto_rng.h>
+#include <botan/hash.h>
+#include <botan/hex.h>
+#include <botan/x509_key.h>
+
+#include "files.h"
+#include "keyline/ceremony/ceremony.h"
+#include "keyline/ceremony/errors.h"
+#include "keyline/ceremony/log.h"
+#include "keyline/ceremony/profiles.h"
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/csr.h"
+#include "keyline/core/pkcs11.h"
+#include "keyline/core/secret_input.h"
+
+namespace keyline::ceremony {
+
+namespace {
+
+const char* const kRootKeyLabel = "keyline-root";
+
+std::string sha256_hex(const core::Bytes& b) {
+  return Botan::hex_encode(Botan::HashFunction::create_or_throw("SHA-256")->process(b), false);
+}
+
+std::shared_ptr<core::Pkcs11Token> open_root_token(const CeremonyOptions& opt) {
+  const auto pin = core::read_secret(opt.pin_file, "KEYLINE_HSM_PIN");
+  if (pin.empty())
+    throw core::ConfigError(core::ErrorCode::Usage, "no root token PIN: give --pin-file or KEYLINE_HSM_PIN_FILE");
+  if (opt.hsm_module.empty()) throw core::ConfigError(core::ErrorCode::Usage, "no PKCS#11 module: give --hsm-module");
+  return core::Pkcs11Token::open(opt.hsm_module, opt.token_label, pin, 1);
+}
+
+std::string cert_digest(const Botan::X509_Certificate& c) { return sha256_hex(c.BER_encode()); }
+std::string serial_hex(const Botan::X509_Certificate& c) { return Botan::hex_encode(c.serial_number(), false); }
+
+void refuse_existing_root(const CeremonyOptions& opt, core::Pkcs11Token& token) {
+  for (const auto& p : {root_cert_path(opt.dir), log_path(opt.dir)})
+    if (files::exists(p)) throw core::Error(errc::RootExists, p + " exists: this ceremony already has a root");
+  if (token.has_private_key(kRootKeyLabel) || token.has_public_key(kRootKeyLabel))
+    throw core::Error(errc::RootExists, "token '" + opt.token_label + "' already holds a key '" + kRootKeyLabel + "'");
+}
+
+std::string line_hash(const LogEntry& e) {
+  return Botan::hex_encode(Botan::HashFunction::create_or_throw("SHA-256")->process(to_line(e)), false);
+}
+
+// Runs `op` and, whatever it throws, appends the outcome line naming the error before passing it on:
+// the log says how every operation it announced ended (audit before and after).
+template <typename Op>
+void audited(CeremonyLog& log, const std::string& name, const std::string& intent, Op op) {
+  try {
+    op();
+  } catch (const core::Error& e) {
+    const bool refused = e.code() == errc::CsrRefused || e.code() == core::ErrorCode::BadCertificate ||
+                         e.code() == core::ErrorCode::CertificateLint;
+    log.append(name, "outcome", {{"intent", intent}, {"result", refused ? "refused" : "failed"},
+                                 {"error", std::to_string(e.numeric())}, {"reason", e.what()}});
+    throw;
+  } catch (const std::exception& e) {
+    log.append(name, "outcome", {{"intent", intent}, {"result", "failed"}, {"reason", e.what()}});
+    throw;
+  }
+}
+
+// The root's certificate, and the token key that must be its key.
+struct Root {
+  Botan::X509_Certificate cert;
+  std::unique_ptr<Botan::Public_Key> pub;
+  std::unique_ptr<core::Pkcs11EcdsaPrivateKey> key;
+};
+
+Root open_root(const CeremonyOptions& opt) {
+  if (!files::exists(root_cert_path(opt.dir)))
+    throw core::Error(errc::RootMissing, "no " + root_cert_path(opt.dir) + ": run init-root first");
+  auto certs = core::load_certificates_pem(root_cert_path(opt.dir));
+  Root r{certs.front(), std::unique_ptr<Botan::Public_Key>(certs.front().subject_public_key()), nullptr};
+  r.key = std::make_unique<core::Pkcs11EcdsaPrivateKey>(open_root_token(opt), kRootKeyLabel);
+  if (Botan::X509::BER_encode(*r.key) != Botan::X509::BER_encode(*r.pub))
+    throw core::Error(errc::RootMismatch, "the token's root key is not the key of " + root_cert_path(opt.dir));
+  return r;
+}
+
+// The CSR's subject for the intent line, read without trusting it (the checks come after the intent).
+std::string csr_subject_hint(const core::Bytes& csr) {
+  try {
+    return core::parse_csr(csr).subject_dn().to_string();
+  } catch (const core::Error&) {
+    return "(does not parse or verify)";
+  }
+}
+
+}  // namespace
+
+std::string root_cert_path(const std::string& dir) { return dir + "/root.pem"; }
+std::string log_path(const std::string& dir) { return dir + "/ceremony.log"; }
+
+int init_root(const CeremonyOptions& opt, const RootRequest& req, std::ostream& out) {
+  if (req.common_name.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--subject-cn is empty");
+  if (req.days < 1 || req.days > 36500) throw core::ConfigError(core::ErrorCode::Usage, "--days must be 1..36500");
+  files::check_dir(opt.dir, true);
+  files::DirLock lock(opt.dir);
+  auto token = open_root_token(opt);
+  refuse_existing_root(opt, *token);
+  Botan::AutoSeeded_RNG rng;
+  const auto id = rng.random_vec(16);
+  token->generate_ec_p256(kRootKeyLabel, core::Bytes(id.begin(), id.end()));
+  core::Pkcs11EcdsaPrivateKey key(token, kRootKeyLabel);
+  CeremonyLog log(log_path(opt.dir), key, key, rng);
+  const auto intent = log.append("init-root", "intent",
+                                 {{"subject_cn", req.common_name}, {"organization", req.organization},
+                                  {"days", std::to_string(req.days)}, {"token", opt.token_label},
+                                  {"root_key", key_id(key)}});
+  const std::string seq = std::to_string(intent.seq);
+  audited(log, "init-root", seq, [&] {
+    const auto cert = make_root(key, req.common_name, req.organization, req.days, rng);
+    files::write_new(root_cert_path(opt.dir), core::to_pem(cert), 0644);
+    const auto done = log.append("init-root", "outcome",
+                                 {{"intent", seq}, {"result", "issued"}, {"serial", serial_hex(cert)},
+                                  {"cert_sha256", cert_digest(cert)}});
+    out << "root certificate " << root_cert_path(opt.dir) << "\n  subject " << cert.subject_dn().to_string()
+        << "\n  serial " << serial_hex(cert) << "\n  SHA-256 " << cert_digest(cert) << "\n  key " << key_id(key)
+        << "\nlog head (write it down): " << line_hash(done) << "\n";
+  });
+  return 0;
+}
+
+int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) {
+  const Profile profile = profile_from_name(req.profile);
+  const long days = req.days == 0 ? default_days(profile) : req.days;
+  if (days < 1 || days > 36500) throw core::ConfigError(core::ErrorCode::Usage, "--days must be 1..36500");
+  if (req.out_file.empty() || files::exists(req.out_file))
+    throw core::ConfigError(core::ErrorCode::Usage, "--out must name a file that does not exist yet");
+  files::check_dir(opt.dir, false);
+  files::DirLock lock(opt.dir);
+  const core::Bytes csr = files::read_all(req.csr_file);
+  Root root = open_root(opt);
+  Botan::AutoSeeded_RNG rng;
+  CeremonyLog log(log_path(opt.dir), *root.pub, *root.key, rng);
+  const auto intent = log.append("sign", "intent",
+                                 {{"profile", profile_name(profile)}, {"csr_sha256", sha256_hex(csr)},
+                                  {"csr_subject", csr_subject_hint(csr)}, {"days", std::to_string(days)}});
+  const std::string seq = std::to_string(intent.seq);
+  audited(log, "sign", seq, [&] {
+    const auto parsed = core::parse_csr(csr);
+    const auto subject = check_request(parsed, profile, *root.pub);
+    const auto cert = issue(root.cert, *root.key, parsed, subject, profile, days, req.days == 0, rng);
+    if (!files::exists(opt.dir + "/issued")) files::check_dir(opt.dir + "/issued", true);
+    files::write_new(opt.dir + "/issued/" + serial_hex(cert) + ".pem", core::to_pem(cert), 0644);
+    files::write_new(req.out_file, core::to_pem(cert), 0644);
+    const auto done = log.append("sign", "outcome",
+               {{"intent", seq}, {"result", "issued"}, {"serial", serial_hex(cert)},
+                {"subject", cert.subject_dn().to_string()}, {"cert_sha256", cert_digest(cert)}});
+    out << "issued " << profile_name(profile) << " certificate " << req.out_file << "\n  subject "
+        << cert.subject_dn().to_string() << "\n  serial " << serial_hex(cert)
+        << "\nlog head (write it down): " << line_hash(done) << "\n";
+  });
+  return 0;
+}
+
+int log_verify(const std::string& log_file, const std::string& root_cert, const std::string& head, std::ostream& out) {
+  const auto certs = core::load_certificates_pem(root_cert);
+  std::unique_ptr<Botan::Public_Key> pub(certs.front().subject_public_key());
+  const auto text = read_log_file(log_file);
+  if (text.empty()) throw core::Error(errc::LogInvalid, log_file + " is empty or missing");
+  auto r = verify_log_text(text, *pub);
+  if (!head.empty() && r.findings.empty() && r.last_hash != head)
+    r.findings.push_back({r.lines, "the last line is not the head written down (" + head +
+                                       "): lines were cut off at the end or added after it"});
+  for (const auto& f : r.findings) out << "line " << f.line << ": " << f.reason << "\n";
+  for (const auto& w : r.warnings) out << "warning: " << w << "\n";
+  if (!r.findings.empty())
+    throw core::Error(errc::LogInvalid, "the ceremony log does not verify: line " +
+                                            std::to_string(r.findings.front().line) + ": " + r.findings.front().reason);
+  out << "ok: " << r.lines << " lines, sequence 1.." << r.last_seq << ", every line signed by root key "
+      << key_id(*pub) << "\nhead " << r.last_hash << "\n";
+  return 0;
+}
+
+int log_show(const std::string& log_file, std::ostream& out) {
+  out << show_log_text(read_log_file(log_file));
+  return 0;
+}
+
+int exit_code_for(core::ErrorCode code) noexcept {
+  switch (static_cast<int>(code)) {
+    case 7001: case 7010: return core::exit_code::refused;
+    case 7002: case 7030: return core::exit_code::usage;
+    case 7003: return core::exit_code::hsm;
+    case 7020: return core::exit_code::bad_input;
+    case 7021: case 7040: return core::exit_code::failure;
+    default: return core::exit_code_for(code);
+  }
+}
+
+int run_guarded(const std::function<int()>& body) noexcept {
+  try {
+    return body();
+  } catch (const core::Error& e) {
+    std::fprintf(stderr, "keyline-ceremony: error %d: %s\n", e.numeric(), e.what());
+    return ceremony::exit_code_for(e.code());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "keyline-ceremony: error: %s\n", e.what());
+    return core::exit_code::failure;
+  } catch (...) {
+    std::fprintf(stderr, "keyline-ceremony: error: unknown failure\n");
+    return core::exit_code::failure;
+  }
+}
+
+}  // namespace keyline::ceremony
