@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 
 #include <botan/auto_rng.h>
@@ -93,6 +94,23 @@ std::string csr_subject_hint(const core::Bytes& csr) {
   }
 }
 
+// One key, one role: a key the root certified before is certified again only as the same subject with
+// the same CA flag and EKU (a renewal). Otherwise a Device CA key could also become a station's TLS key.
+void refuse_key_reuse(const std::string& dir, const Botan::X509_DN& subject, Profile p, const Botan::PKCS10_Request& req) {
+  const std::string issued = dir + "/issued";
+  if (!files::exists(issued)) return;
+  for (const auto& entry : std::filesystem::directory_iterator(issued)) {
+    if (entry.path().extension() != ".pem" || !entry.is_regular_file()) continue;
+    for (const auto& c : core::load_certificates_pem(entry.path().string())) {
+      if (c.subject_public_key_info() != req.raw_public_key()) continue;
+      if (c.subject_dn() == subject && c.is_CA_cert() == profile_is_ca(p) && c.extended_key_usage() == profile_eku(p))
+        continue;
+      throw core::Error(errc::CsrRefused, "CSR refused: its key already has certificate " + serial_hex(c) + " (" +
+                                              c.subject_dn().to_string() + ") in another role: one key, one role");
+    }
+  }
+}
+
 }  // namespace
 
 std::string root_cert_path(const std::string& dir) { return dir + "/root.pem"; }
@@ -147,6 +165,7 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) 
   audited(log, "sign", seq, [&] {
     const auto parsed = core::parse_csr(csr);
     const auto subject = check_request(parsed, profile, *root.pub);
+    refuse_key_reuse(opt.dir, subject, profile, parsed);
     const auto cert = issue(root.cert, *root.key, parsed, subject, profile, days, req.days == 0, rng);
     if (!files::exists(opt.dir + "/issued")) files::check_dir(opt.dir + "/issued", true);
     files::write_new(opt.dir + "/issued/" + serial_hex(cert) + ".pem", core::to_pem(cert), 0644);

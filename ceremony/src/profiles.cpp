@@ -33,16 +33,8 @@ std::string oid_label(const Botan::OID& oid) {
   return name.empty() ? oid.to_string() : name + " (" + oid.to_string() + ")";
 }
 
-bool is_ca(Profile p) { return p == Profile::DeviceCa || p == Profile::ServiceCa; }
-
 Botan::Key_Constraints profile_usage(Profile p) {
-  return is_ca(p) ? Botan::Key_Constraints(Botan::KEY_CERT_SIGN | Botan::CRL_SIGN) : Botan::DIGITAL_SIGNATURE;
-}
-
-std::vector<Botan::OID> profile_eku(Profile p) {
-  if (p == Profile::Station) return {Botan::OID("1.3.6.1.5.5.7.3.2")};      // id-kp-clientAuth
-  if (p == Profile::CodeSigning) return {Botan::OID("1.3.6.1.5.5.7.3.3")};  // id-kp-codeSigning
-  return {};
+  return profile_is_ca(p) ? Botan::Key_Constraints(Botan::KEY_CERT_SIGN | Botan::CRL_SIGN) : Botan::DIGITAL_SIGNATURE;
 }
 
 // Requested extensions are taken only when they ask for exactly what the profile issues anyway.
@@ -50,10 +42,10 @@ void check_extensions(const Botan::PKCS10_Request& req, Profile p) {
   const auto& ext = req.extensions();
   for (const auto& oid : ext.get_extension_oids()) {
     if (oid == kOidBasicConstraints) {
-      if (req.is_CA() != is_ca(p))
+      if (req.is_CA() != profile_is_ca(p))
         refuse(p, std::string("basicConstraints asks for CA:") + (req.is_CA() ? "true" : "false") +
-                      "; the profile issues CA:" + (is_ca(p) ? "true" : "false"));
-      if (is_ca(p) && req.path_limit() != 0) refuse(p, "basicConstraints asks for a path length other than 0");
+                      "; the profile issues CA:" + (profile_is_ca(p) ? "true" : "false"));
+      if (profile_is_ca(p) && req.path_limit() != 0) refuse(p, "basicConstraints asks for a path length other than 0");
     } else if (oid == kOidKeyUsage) {
       if (req.constraints() != profile_usage(p)) refuse(p, "keyUsage differs from the profile's");
     } else if (oid == kOidEku) {
@@ -98,6 +90,14 @@ Botan::X509_DN check_subject(const Botan::X509_DN& dn, Profile p) {
 
 }  // namespace
 
+bool profile_is_ca(Profile p) { return p == Profile::DeviceCa || p == Profile::ServiceCa; }
+
+std::vector<Botan::OID> profile_eku(Profile p) {
+  if (p == Profile::Station) return {Botan::OID("1.3.6.1.5.5.7.3.2")};      // id-kp-clientAuth
+  if (p == Profile::CodeSigning) return {Botan::OID("1.3.6.1.5.5.7.3.3")};  // id-kp-codeSigning
+  return {};
+}
+
 Profile profile_from_name(const std::string& name) {
   if (name == "device-ca") return Profile::DeviceCa;
   if (name == "service-ca") return Profile::ServiceCa;
@@ -117,7 +117,7 @@ std::string profile_name(Profile p) {
 }
 
 long default_days(Profile p) {
-  if (is_ca(p)) return 3650;
+  if (profile_is_ca(p)) return 3650;
   if (p == Profile::Station) return core::kTlsValidityDays;
   return 365;
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <botan/pk_keys.h>
 #include <botan/pkcs10.h>
@@ -17,6 +18,9 @@ enum class Profile { DeviceCa, ServiceCa, Station, CodeSigning };
 // "device-ca" -> Profile::DeviceCa ... Throws ConfigError(Usage) for any other name.
 Profile profile_from_name(const std::string& name);
 std::string profile_name(Profile p);
+// CA:true (device-ca, service-ca), and the exact extendedKeyUsage each profile issues (empty for CAs).
+bool profile_is_ca(Profile p);
+std::vector<Botan::OID> profile_eku(Profile p);
 // Days of validity when `sign` is not given --days.
 long default_days(Profile p);
 
