@@ -22,6 +22,8 @@ namespace keyline::ceremony {
 namespace {
 
 const char* const kRootKeyLabel = "keyline-root";
+// A P-256 CSR is a few hundred bytes; anything near this is not one (and is not handed to the decoder).
+constexpr std::size_t kMaxCsrBytes = 64 * 1024;
 
 std::string sha256_hex(const core::Bytes& b) {
   return Botan::hex_encode(Botan::HashFunction::create_or_throw("SHA-256")->process(b), false);
@@ -77,7 +79,8 @@ struct Root {
 Root open_root(const CeremonyOptions& opt) {
   if (!files::exists(root_cert_path(opt.dir)))
     throw core::Error(errc::RootMissing, "no " + root_cert_path(opt.dir) + ": run init-root first");
-  auto certs = core::load_certificates_pem(root_cert_path(opt.dir));
+  const auto pem = files::read_all(root_cert_path(opt.dir), 1024 * 1024);
+  auto certs = core::parse_certificates_pem(std::string(pem.begin(), pem.end()));
   Root r{certs.front(), std::unique_ptr<Botan::Public_Key>(certs.front().subject_public_key()), nullptr};
   r.key = std::make_unique<core::Pkcs11EcdsaPrivateKey>(open_root_token(opt), kRootKeyLabel);
   if (Botan::X509::BER_encode(*r.key) != Botan::X509::BER_encode(*r.pub))
@@ -154,7 +157,7 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) 
     throw core::ConfigError(core::ErrorCode::Usage, "--out must name a file that does not exist yet");
   files::check_dir(opt.dir, false);
   files::DirLock lock(opt.dir);
-  const core::Bytes csr = files::read_all(req.csr_file);
+  const core::Bytes csr = files::read_all(req.csr_file, kMaxCsrBytes);
   Root root = open_root(opt);
   Botan::AutoSeeded_RNG rng;
   CeremonyLog log(log_path(opt.dir), *root.pub, *root.key, rng);
@@ -167,7 +170,7 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) 
     const auto subject = check_request(parsed, profile, *root.pub);
     refuse_key_reuse(opt.dir, subject, profile, parsed);
     const auto cert = issue(root.cert, *root.key, parsed, subject, profile, days, req.days == 0, rng);
-    if (!files::exists(opt.dir + "/issued")) files::check_dir(opt.dir + "/issued", true);
+    files::check_dir(opt.dir + "/issued", true);
     files::write_new(opt.dir + "/issued/" + serial_hex(cert) + ".pem", core::to_pem(cert), 0644);
     files::write_new(req.out_file, core::to_pem(cert), 0644);
     const auto done = log.append("sign", "outcome",

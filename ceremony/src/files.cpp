@@ -58,13 +58,20 @@ void write_new(const std::string& path, const std::string& content, unsigned mod
   if (!ok) io_fail("cannot write", path);
 }
 
-core::Bytes read_all(const std::string& path) {
+core::Bytes read_all(const std::string& path, std::size_t max_bytes) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) io_fail("cannot read", path);
   core::Bytes out;
   std::uint8_t buf[65536];
   ssize_t n;
-  while ((n = ::read(fd, buf, sizeof buf)) > 0) out.insert(out.end(), buf, buf + n);
+  while ((n = ::read(fd, buf, sizeof buf)) > 0) {
+    out.insert(out.end(), buf, buf + n);
+    if (out.size() > max_bytes) {
+      ::close(fd);
+      throw core::FormatError(core::ErrorCode::BadCertificate,
+                              path + " is larger than " + std::to_string(max_bytes) + " bytes");
+    }
+  }
   const int err = errno;
   ::close(fd);
   if (n < 0) {

@@ -26,7 +26,7 @@ class DirLock {
 bool exists(const std::string& path);
 // Writes a new file (O_EXCL, O_NOFOLLOW) and fsyncs it. Throws IoError when it exists or cannot be written.
 void write_new(const std::string& path, const std::string& content, unsigned mode);
-// The whole file (O_NOFOLLOW). Throws IoError.
-core::Bytes read_all(const std::string& path);
+// The whole file (O_NOFOLLOW). Throws IoError, and FormatError(BadCertificate) past max_bytes.
+core::Bytes read_all(const std::string& path, std::size_t max_bytes);
 
 }  // namespace keyline::ceremony::files

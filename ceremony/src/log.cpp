@@ -1,6 +1,7 @@
 #include "keyline/ceremony/log.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -178,6 +179,26 @@ LogEntry CeremonyLog::append(const std::string& op, const std::string& phase, co
   return e;
 }
 
+namespace {
+
+// A field as the terminal may show it: control characters and DEL as \xNN, so a value can never move
+// the cursor or rewrite what the officers read above it.
+std::string shown(const std::string& v) {
+  std::string out;
+  for (const unsigned char c : v) {
+    if (c < 0x20 || c == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string show_log_text(const std::string& text) {
   std::ostringstream out;
   bool torn = false;
@@ -189,8 +210,8 @@ std::string show_log_text(const std::string& text) {
       out << "line " << n << ": (not a log line)\n";
       continue;
     }
-    out << "#" << e->seq << "  " << e->time << "  " << e->op << " " << e->phase << "\n";
-    for (const auto& [name, value] : e->fields) out << "    " << name << ": " << value << "\n";
+    out << "#" << e->seq << "  " << shown(e->time) << "  " << shown(e->op) << " " << shown(e->phase) << "\n";
+    for (const auto& [name, value] : e->fields) out << "    " << shown(name) << ": " << shown(value) << "\n";
     out << "    prev: " << e->prev.substr(0, 16) << "...  key: " << e->key.substr(0, 16) << "...\n";
   }
   return out.str();

@@ -67,7 +67,17 @@ std::string single(const Botan::X509_DN& dn, const Botan::OID& oid, bool require
   return values.empty() ? std::string() : values.front();
 }
 
+// Subject values end up in terminals (log show, the officers' screens) and in certificates: printable
+// text only, so no value can carry an escape sequence or hide a second name behind a NUL.
+bool printable(const std::string& v) {
+  for (const unsigned char c : v)
+    if (c < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
 Botan::X509_DN check_subject(const Botan::X509_DN& dn, Profile p) {
+  for (const auto& [oid, value] : dn.dn_info())
+    if (!printable(value.value())) refuse(p, "subject attribute " + oid_label(oid) + " holds a control character");
   const std::set<Botan::OID> allowed = p == Profile::Station ? std::set<Botan::OID>{kOidCommonName, kOidUnit}
                                                              : std::set<Botan::OID>{kOidCommonName, kOidOrganization};
   for (const auto& [oid, value] : dn.dn_info())

@@ -213,3 +213,14 @@ TEST_CASE("field values with quotes, backslashes and control characters round-tr
   dup.fields.emplace_back("seq", "1");
   CHECK_FALSE(parse_line(to_line(dup)));
 }
+
+TEST_CASE("log show prints control characters escaped, never raw to the terminal") {
+  TempLog t;
+  const auto key = new_key();
+  CeremonyLog log(t.path, key, key, rng());
+  log.append("sign", "intent", {{"csr_subject", "CN=\x1b]0;owned\x07x"}});
+  const auto shown = show_log_text(read_log_file(t.path));
+  CHECK(shown.find('\x1b') == std::string::npos);
+  CHECK(shown.find('\x07') == std::string::npos);
+  CHECK(shown.find("CN=\\x1b]0;owned\\x07x") != std::string::npos);
+}

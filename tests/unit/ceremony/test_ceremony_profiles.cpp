@@ -157,6 +157,14 @@ TEST_CASE("a subject attribute the profile does not allow is refused by name") {
   CHECK(why.find("no ") != std::string::npos);
 }
 
+TEST_CASE("a subject value with a control character is refused before it is echoed anywhere") {
+  Fixture f;
+  const auto why = refusal(csr(f.subject_key, dn({{"X520.CommonName", "Device CA\x1b[2J"}})), Profile::DeviceCa,
+                           f.root_key);
+  CHECK(why.find("control character") != std::string::npos);
+  CHECK(why.find('\x1b') == std::string::npos);
+}
+
 TEST_CASE("a CSR for the root's own key is refused") {
   Fixture f;
   const auto why = refusal(csr(f.root_key, dn({{"X520.CommonName", "ca"}})), Profile::DeviceCa, f.root_key);
