@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   FetchOptions fo;
   bool json = false;
   int backoff_ms = 250;
+  int card_wait_s = 10;
 
   auto db_flags = [&](CLI::App* sub, DbOptions& db, bool required) {
     auto* o = sub->add_option("--db", db.url, "public DB base URL, e.g. https://backup.example:8443")
@@ -33,8 +34,15 @@ int main(int argc, char** argv) {
         ->capture_default_str();
   };
 
-  auto* restore = app.add_subcommand("restore", "verify the record of the device's chip, write it as the flash image, boot it");
-  restore->add_option("--device", ro.device, "device link HOST:PORT")->envname("KEYLINE_DEVICE")->required();
+  auto* restore = app.add_subcommand("restore", "verify the record of the device's chip (--device or --reader), write it as the flash image, boot it");
+  auto* device = restore->add_option("--device", ro.device, "device link HOST:PORT (vpcd framing over TCP)")
+                     ->envname("KEYLINE_DEVICE");
+  auto* reader = restore->add_option("--reader", ro.reader,
+                                     "PC/SC reader: a name or pattern (substring, or glob with * ? [) matching exactly one "
+                                     "reader; a reader without a card is waited for up to --card-wait")
+                     ->envname("KEYLINE_READER");
+  device->excludes(reader);
+  restore->add_option("--card-wait", card_wait_s, "seconds to wait for a card in the --reader")->capture_default_str();
   restore->add_option("--trust", ro.trust_file, "manufacturer root certificate(s) (PEM): anchor of device certificates")
       ->envname("KEYLINE_TRUST")->required();
   db_flags(restore, ro.db, false);
@@ -56,6 +64,7 @@ int main(int argc, char** argv) {
   return run_guarded([&]() -> int {
     if (*restore) {
       ro.db.backoff = std::chrono::milliseconds(backoff_ms);
+      ro.card_wait = std::chrono::seconds(card_wait_s);
       if (ro.bundle.empty() && ro.db.url.empty())
         throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage, "restore needs --db URL or --image FILE");
       const auto r = keyline::recovery::restore(ro, &std::cerr);

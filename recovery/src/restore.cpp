@@ -11,7 +11,7 @@
 #include "keyline/core/applet_protocol.h"
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
-#include "keyline/core/device_link.h"
+#include "keyline/core/device_channel.h"
 #include "keyline/core/flash_image.h"
 #include "keyline/core/http.h"
 #include "keyline/recovery/errors.h"
@@ -45,19 +45,27 @@ std::vector<Botan::X509_Certificate> load_anchors(const std::string& path) {
   }
 }
 
+// PC/SC failures keep their own codes (1420-1426, docs/operations.md): "pcscd is not running" or
+// "the card was pulled out" tells the owner more than "device unreachable". Both exit 4.
+bool pcsc_code(core::ErrorCode c) {
+  const int n = static_cast<int>(c);
+  return n >= static_cast<int>(core::ErrorCode::Pcsc) && n <= static_cast<int>(core::ErrorCode::ExtendedLengthRefused);
+}
+
 // The device side of one restore: every exchange goes through here so that a lost link reads as
-// "device unreachable" and not as a protocol error.
+// "device unreachable" (or the PC/SC reason) and not as a protocol error.
 class Device {
  public:
-  Device(const std::string& endpoint, std::chrono::milliseconds timeout) : m_endpoint(endpoint) {
-    const auto [host, port] = core::DeviceLink::parse_endpoint(endpoint);
-    core::DeviceLinkOptions o;
+  Device(const std::string& address, std::chrono::milliseconds timeout)
+      : m_address(address), m_pcsc(address.rfind(core::kPcscScheme, 0) == 0) {
+    core::ChannelOptions o;
     o.io_timeout = timeout;
-    m_link = std::make_unique<core::DeviceLink>(host, port, o);
+    m_channel = core::open_device_channel(address, o);
     try {
-      m_link->connect();
+      m_channel->connect();
     } catch (const core::Error& e) {
-      throw core::IoError(errc::DeviceUnreachable, "the device at " + endpoint + " cannot be reached: " + e.what());
+      const std::string text = "the device at " + address + " cannot be reached: " + e.what();
+      throw core::IoError(pcsc_code(e.code()) ? e.code() : errc::DeviceUnreachable, text);
     }
   }
 
@@ -65,22 +73,32 @@ class Device {
   core::ResponseApdu send(const core::CommandApdu& c, const char* what, std::size_t max_answer) {
     if (c.ins == applet::ins::update_binary) m_wrote = true;
     try {
-      return m_link->transmit(c, max_answer);
+      return m_channel->transmit(c, max_answer);
     } catch (const core::FormatError& e) {
+      // A reader hands back an answer without a status word when the card went away under the
+      // exchange (vpcd does, when the card's socket closes), and the channel closes: a lost link,
+      // not the device refusing. Over TCP such an answer is the device's own, as before.
+      if (m_pcsc && !m_channel->connected()) lost(what, e);
       throw core::Error(errc::DeviceRefused, std::string("the device answered ") + what + " with a malformed response: " + e.what());
     } catch (const core::Error& e) {
-      // BOOT STAGED replaces the image atomically (docs/protocol.md section 5), so a link lost at
-      // any point leaves either the previous image or the restored one, and restore can run again.
-      const std::string writing = m_wrote ? "; the device keeps its previous image unless the boot completed: run "
-                                            "the same restore again" : "; nothing was written";
-      throw core::IoError(errc::DeviceUnreachable,
-                          std::string("lost the device at ") + m_endpoint + " during " + what + ": " + e.what() + writing);
+      lost(what, e);
     }
   }
 
  private:
-  std::string m_endpoint;
-  std::unique_ptr<core::DeviceLink> m_link;
+  [[noreturn]] void lost(const char* what, const core::Error& e) const {
+    // BOOT STAGED replaces the image atomically (docs/protocol.md section 5), so a link lost at
+    // any point (a card pulled out too) leaves either the previous image or the restored one, and
+    // restore can run again.
+    const std::string writing = m_wrote ? "; the device keeps its previous image unless the boot completed: run "
+                                          "the same restore again" : "; nothing was written";
+    throw core::IoError(pcsc_code(e.code()) ? e.code() : errc::DeviceUnreachable,
+                        std::string("lost the device at ") + m_address + " during " + what + ": " + e.what() + writing);
+  }
+
+  std::string m_address;
+  bool m_pcsc = false;
+  std::unique_ptr<core::DeviceChannel> m_channel;
   bool m_wrote = false;
 };
 
@@ -237,7 +255,7 @@ std::string key_fingerprint(const Botan::X509_Certificate& cert) {
 }
 
 RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
-  if (options.device.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--device HOST:PORT is required");
+  check_device_choice(options);
   const bool offline = !options.bundle.empty();
   const auto anchors = load_anchors(options.trust_file);
 
@@ -250,9 +268,10 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   }
 
   if (!offline) make_client(options.db);
-  Device dev(options.device, options.device_timeout);
+  const std::string address = device_address(options, progress);
+  Device dev(address, options.device_timeout);
   const core::ChipId chip = read_chip_id(dev);
-  say(progress, "device " + options.device + " is chip " + chip.str());
+  say(progress, "device " + address + " is chip " + chip.str());
 
   if (!offline) {
     raw = fetch_record_json(options.db, chip);

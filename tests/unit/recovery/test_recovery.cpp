@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -250,4 +251,43 @@ TEST_CASE("a public DB answer past the client's cap is no record (exit 3), and r
   ::close(lfd);
   CHECK(code == static_cast<int>(recovery::errc::VerificationFailed));
   CHECK(sent < (8u << 20));  // the client hung up near its cap, long before the server's 64 MiB
+}
+
+// issue #13: the device is `--device HOST:PORT` or `--reader NAME`, exactly one, checked before the
+// trust file, the bundle or any server is touched.
+TEST_CASE("restore takes exactly one of --device and --reader, before anything else") {
+  auto usage_text = [](recovery::RestoreOptions ro) -> std::string {
+    try {
+      (void)recovery::restore(ro, nullptr);
+    } catch (const core::Error& e) {
+      if (e.code() == core::ErrorCode::Usage) return e.what();
+      return "code " + std::to_string(e.numeric());
+    }
+    return "no error";
+  };
+  recovery::RestoreOptions both;
+  both.device = "127.0.0.1:1";
+  both.reader = "keyline vpcd 0 00 00";
+  CHECK(usage_text(both).find("exactly one of --device HOST:PORT or --reader NAME") != std::string::npos);
+  CHECK(usage_text(recovery::RestoreOptions{}).find("exactly one of") != std::string::npos);
+  recovery::RestoreOptions pcsc_in_device;
+  pcsc_in_device.device = "pcsc:keyline vpcd 0 00 00";
+  CHECK(usage_text(pcsc_in_device).find("a PC/SC reader goes in --reader") != std::string::npos);
+}
+
+// pcscd not running is said as such (1421, exit 4), not as "device unreachable".
+TEST_CASE("restore --reader with no pcscd: PcscNoService, exit 4") {
+  const std::string saved = std::getenv("PCSCLITE_CSOCK_NAME") ? std::getenv("PCSCLITE_CSOCK_NAME") : "";
+  ::setenv("PCSCLITE_CSOCK_NAME", "/nonexistent/keyline-unit/pcscd.comm", 1);
+  recovery::RestoreOptions ro;
+  ro.reader = "keyline vpcd";
+  int code = 0;
+  try {
+    (void)recovery::device_address(ro, nullptr);
+  } catch (const core::Error& e) {
+    code = e.numeric();
+    CHECK(recovery::exit_code_for(e) == 4);
+  }
+  if (saved.empty()) ::unsetenv("PCSCLITE_CSOCK_NAME"); else ::setenv("PCSCLITE_CSOCK_NAME", saved.c_str(), 1);
+  CHECK(code == static_cast<int>(core::ErrorCode::PcscNoService));
 }

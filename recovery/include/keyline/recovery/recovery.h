@@ -30,12 +30,14 @@ struct DbOptions {
 };
 
 struct RestoreOptions {
-  std::string device;      // HOST:PORT of the device link
+  std::string device;      // HOST:PORT of the device link (vpcd framing over TCP); or
+  std::string reader;      // a PC/SC reader: a pattern (core::pcsc::match_readers) matching exactly one reader
   DbOptions db;            // used when bundle is empty
   std::string bundle;      // offline bundle (from fetch); no network then
   std::string trust_file;  // manufacturer root(s), PEM: the anchor of device certificates
   bool dry_run = false;    // verify and print, write nothing
   std::chrono::milliseconds device_timeout{30000};
+  std::chrono::milliseconds card_wait{10000};  // how long a matched reader without a card is waited for
 };
 
 struct RestoreResult {
@@ -67,6 +69,17 @@ struct FetchOptions {
 core::Record fetch(const FetchOptions& options, std::ostream* progress);
 
 // --- parts, public for the tests ----------------------------------------------------------------
+
+// Throws ConfigError(Usage) unless exactly one of options.device / options.reader is given (and
+// --device is no "pcsc:" address): checked before anything is read or reached.
+void check_device_choice(const RestoreOptions& options);
+
+// The device address of exactly one of options.device / options.reader: "HOST:PORT", or
+// "pcsc:READER" for the one reader the pattern matches, once a card is in it (waited for up to
+// card_wait, said on `progress`). Throws ConfigError(Usage) for none, both, or a pattern matching
+// several readers (naming them); IoError(PcscNoService | PcscNoReader | PcscCardMute |
+// PcscReaderRemoved) as core::pcsc says, PcscNoReader naming the readers there are.
+std::string device_address(const RestoreOptions& options, std::ostream* progress);
 
 // GET /v1/records/{chip_id}: the record JSON as served. Throws NoRecord, DbUnavailable, DbRefused.
 std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id);
