@@ -12,6 +12,7 @@
 #include "keyline/core/cplc.h"
 #include "keyline/core/event_log.h"
 #include "keyline/core/http.h"
+#include "keyline/core/http_service.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/record.h"
 
@@ -25,33 +26,9 @@ using http::Request;
 constexpr const char* kImmutable = "public, max-age=31536000, immutable";
 constexpr const char* kProblemBase = "https://keyline.example/problems/";
 
-Reply problem(int status, const std::string& slug, const std::string& detail,
-              const std::vector<std::pair<std::string, std::string>>& extra = {}) {
-  Reply r;
-  r.status = status;
-  r.content_type = http::kProblemContentType;
-  r.body = http::problem_json(status, http::reason_phrase(status), detail, kProblemBase + slug, extra);
-  return r;
-}
-
-Reply plain(int status, std::string content_type, std::string body,
-            std::vector<std::pair<std::string, std::string>> headers = {}, std::string log_detail = {}) {
-  Reply r;
-  r.status = status;
-  r.content_type = std::move(content_type);
-  r.body = std::move(body);
-  r.headers = std::move(headers);
-  r.log_detail = std::move(log_detail);
-  return r;
-}
-
-std::vector<std::string> split_path(const std::string& path) {
-  std::vector<std::string> parts;
-  std::stringstream ss(path);
-  for (std::string p; std::getline(ss, p, '/');)
-    if (!p.empty()) parts.push_back(p);
-  return parts;
-}
+const http::Problems problem{kProblemBase};
+using http::path_segments;
+using http::reply;
 
 bool is_get(const Request& req) { return req.method == "GET" || req.method == "HEAD"; }
 
@@ -82,12 +59,6 @@ Reply cacheable(const Request& req, const std::string& etag, std::string content
   }
   r.content_type = std::move(content_type);
   r.body = std::move(body);
-  return r;
-}
-
-Reply method_not_allowed(const std::string& allow) {
-  Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
-  r.headers.push_back({"Allow", allow});
   return r;
 }
 
@@ -122,7 +93,7 @@ Reply represent(const Request& req, const StoredRecord& rec, const std::string& 
 Reply read_record(Shared& s, const Request& req, const std::vector<std::string>& parts) {
   const std::string sub = parts.size() == 4 ? parts[3] : "";
   if (!sub.empty() && sub != "backup" && sub != "certificate") return problem(404, "not-found", "no such resource");
-  if (!is_get(req)) return method_not_allowed("GET, HEAD");
+  if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
   if (!s.limiter->allow(req.client_address)) return too_many();
   std::string chip;
   try {
@@ -136,7 +107,7 @@ Reply read_record(Shared& s, const Request& req, const std::vector<std::string>&
 }
 
 Reply read_by_imei(Shared& s, const Request& req, const std::string& imei) {
-  if (!is_get(req)) return method_not_allowed("GET, HEAD");
+  if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
   if (!s.limiter->allow(req.client_address)) return too_many();
   if (!core::Imei::is_valid(imei)) return problem(400, "bad-imei", "an IMEI is 15 digits with a Luhn check digit");
   auto rec = s.store->by_imei(imei);
@@ -167,10 +138,10 @@ Reply published(Shared& s, const core::Record& rec, const std::string& hash, con
   switch (res.outcome) {
     case PublishOutcome::Created:
       s.metrics.record_published();
-      return plain(201, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
+      return reply(201, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
                    "station " + station);
     case PublishOutcome::Identical:
-      return plain(200, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
+      return reply(200, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
                    "identical re-publish by station " + station);
     case PublishOutcome::Conflict:
       break;
@@ -194,14 +165,13 @@ Reply publish(Shared& s, const Request& req) {
     r.log_detail = "station " + station;
     return r;
   }
-  const std::string ctype = req.get("content-type");
-  if (ctype.substr(0, ctype.find(';')) != "application/json") {
+  if (!http::has_media_type(req, "application/json")) {
     Reply r = problem(415, "unsupported-media-type", "send the record as application/json");
     r.log_detail = "station " + station;
     return r;
   }
   if (req.body.size() > s.config.body_limit) {  // the server refuses it first; kept for a direct caller
-    Reply r = problem(413, "too-large", "the body exceeds " + std::to_string(s.config.body_limit) + " bytes");
+    Reply r = problem.too_large(s.config.body_limit);
     r.log_detail = "station " + station;
     return r;
   }
@@ -227,45 +197,26 @@ Reply publish(Shared& s, const Request& req) {
 }
 
 Reply dispatch(Shared& s, const Request& req) {
-  const auto parts = split_path(req.path);
+  const auto parts = path_segments(req.path);
   if (parts.size() == 1 && parts[0] == "healthz") {
-    if (!is_get(req)) return method_not_allowed("GET, HEAD");
+    if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
     if (!s.store->healthy()) return problem(503, "unavailable", "database unreachable");
-    return plain(200, "application/json", "{\"status\":\"ok\"}", {{"Cache-Control", "no-store"}});
+    return http::json_reply(200, "{\"status\":\"ok\"}");
   }
   if (parts.empty() || parts[0] != "v1") return problem(404, "not-found", "no such resource");
   if (parts.size() == 2 && parts[1] == "ca") {
-    if (!is_get(req)) return method_not_allowed("GET, HEAD");
+    if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
     if (!s.limiter->allow(req.client_address)) return too_many();
-    return plain(200, "application/pem-certificate-chain", s.anchors_pem, {{"Cache-Control", "public, max-age=3600"}});
+    return reply(200, "application/pem-certificate-chain", s.anchors_pem, {{"Cache-Control", "public, max-age=3600"}});
   }
   if (parts.size() == 2 && parts[1] == "records") {
-    if (req.method != "POST") return method_not_allowed("POST");
+    if (req.method != "POST") return problem.method_not_allowed("POST");
     return publish(s, req);
   }
   if (parts.size() >= 3 && parts.size() <= 4 && parts[1] == "records") return read_record(s, req, parts);
   if (parts.size() == 3 && parts[1] == "imei") return read_by_imei(s, req, parts[2]);
   return problem(404, "not-found", "no such resource");
 }
-
-// Failures a handler did not turn into a problem document itself: the database (503, retry) or
-// anything else (500). Neither says more on the wire than that.
-template <typename F>
-Reply guarded(F&& f) {
-  try {
-    return f();
-  } catch (const core::DbError& e) {
-    Reply r = problem(503, "unavailable", "the database is not available; retry later");
-    r.headers.push_back({"Retry-After", "1"});
-    r.log_detail = std::to_string(e.numeric()) + " " + e.what();
-    return r;
-  } catch (const std::exception& e) {
-    Reply r = problem(500, "internal", "internal error");
-    r.log_detail = e.what();
-    return r;
-  }
-}
-
 
 }  // namespace
 
@@ -288,7 +239,7 @@ const char* record_invalid_detail(core::ErrorCode code) noexcept {
 }
 
 std::string route_of(const Request& req) {
-  const auto parts = split_path(req.path);
+  const auto parts = path_segments(req.path);
   if (parts.size() == 1 && (parts[0] == "healthz" || parts[0] == "metrics")) return parts[0];
   if (parts.empty() || parts[0] != "v1") return "other";
   if (parts.size() == 2 && parts[1] == "ca") return "ca";
@@ -301,16 +252,16 @@ std::string route_of(const Request& req) {
 }
 
 Reply handle_public(Shared& s, const Request& req) {
-  return guarded([&] { return dispatch(s, req); });
+  return problem.guarded([&] { return dispatch(s, req); });
 }
 
 Reply handle_ops(Shared& s, const Request& req) {
-  return guarded([&] {
-    const auto parts = split_path(req.path);
+  return problem.guarded([&] {
+    const auto parts = path_segments(req.path);
     if (parts.size() == 1 && parts[0] == "metrics") {
-      if (!is_get(req)) return method_not_allowed("GET, HEAD");
+      if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
       const auto stats = s.public_stats ? s.public_stats() : http::ServerStats{};
-      return plain(200, "text/plain; version=0.0.4",
+      return reply(200, "text/plain; version=0.0.4",
                    s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats),
                    {{"Cache-Control", "no-store"}});
     }
@@ -321,17 +272,8 @@ Reply handle_ops(Shared& s, const Request& req) {
 
 void log_access(Shared& s, const Request& req, const Reply& reply, std::chrono::microseconds elapsed) {
   const std::string route = route_of(req);
-  const double secs = static_cast<double>(elapsed.count()) / 1e6;
-  s.metrics.observe(route, reply.status, secs);
-  std::ostringstream line;
-  line << "{\"ts\":\"" << http::utc_timestamp() << "\",\"client\":\"" << http::json_escape(req.client_address) << "\"";
-  if (req.client_address != req.peer_address) line << ",\"peer\":\"" << http::json_escape(req.peer_address) << "\"";
-  line << ",\"method\":\"" << http::json_escape(req.method) << "\",\"path\":\"" << http::json_escape(req.target)
-       << "\",\"route\":\"" << route << "\",\"status\":" << reply.status << ",\"bytes\":" << reply.body.size()
-       << ",\"ms\":" << secs * 1000.0;
-  if (!reply.log_detail.empty()) line << ",\"detail\":\"" << http::json_escape(reply.log_detail) << "\"";
-  line << "}";
-  s.log->line(line.str());
+  s.metrics.observe(route, reply.status, static_cast<double>(elapsed.count()) / 1e6);
+  s.log->line(http::access_line(req, reply, elapsed, {{"route", route}}));
 }
 
 void log_event(Shared& s, const http::Event& event, const char* listener) {

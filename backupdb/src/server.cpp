@@ -3,25 +3,18 @@
 // slow, silent and idle clients from taking the server (docs/decisions.md, "The servers' own acceptor").
 #include "keyline/backupdb/server.h"
 
-#include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <pthread.h>
 
 #include "api.h"
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/http_service.h"
 #include "keyline/core/secret_input.h"
 
 namespace keyline::backupdb {
 namespace {
 
 namespace http = core::http;
-
-void require_file(const std::string& path, const char* what) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw core::ConfigError(core::ErrorCode::Config, std::string("cannot read ") + what + " " + path);
-}
 
 void check_settings(const Config& c) {
   if (c.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
@@ -32,8 +25,6 @@ void check_settings(const Config& c) {
     throw core::ConfigError(core::ErrorCode::Config,
                             "HTTPS needs --tls-cert, --tls-key and --station-ca (or --plain-http)");
 }
-
-
 
 void load_anchors(Shared& s, const Config& config) {
   std::vector<Botan::X509_Certificate> anchors;
@@ -47,22 +38,12 @@ void load_anchors(Shared& s, const Config& config) {
   s.validator = std::make_unique<Validator>(std::move(anchors));
 }
 
+// The handshake asks for a client certificate without requiring one: reads stay public, and a
+// wrong certificate gets a problem document from the publish handler, not a handshake failure.
 http::ServerOptions public_options(const Config& config) {
-  http::ServerOptions o;
-  o.name = "keyline-backupdb";
-  o.listen = config.listen;
-  o.trusted_proxies = config.trusted_proxies;
-  o.limits = config.limits(config.body_limit);
-  if (!config.plain_http) {
-    require_file(config.tls_cert, "--tls-cert");
-    require_file(config.tls_key, "--tls-key");
-    o.tls_cert_file = config.tls_cert;
-    o.tls_key_file = config.tls_key;
-    // The handshake asks for a client certificate without requiring one: reads stay public, and a
-    // wrong certificate gets a problem document from the publish handler, not a handshake failure.
-    o.client_ca_file = config.station_ca;
-  }
-  return o;
+  http::TlsFiles tls;
+  if (!config.plain_http) tls = {config.tls_cert, config.tls_key, config.station_ca};
+  return http::public_listener("keyline-backupdb", config.listen, config, config.body_limit, config.trusted_proxies, tls);
 }
 
 void open_store(Shared& s, const Config& config) {
@@ -73,17 +54,6 @@ void open_store(Shared& s, const Config& config) {
     const auto n = s.store->preload(config.cache_entries);
     std::fprintf(stdout, "keyline-backupdb: %zu records preloaded into the cache\n", n);
   }
-}
-
-// Blocks the stop signals in every thread (the servers' threads inherit the mask); serve waits for them.
-sigset_t block_stop_signals() {
-  std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must never kill the server
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  return stop;
 }
 
 }  // namespace
@@ -97,7 +67,7 @@ int serve(const Config& config) {
   s.events = std::make_unique<core::http::EventLog>(*s.log);
   s.limiter = std::make_unique<RateLimiter>(config.rate, config.rate_clients);
   if (!config.plain_http) {
-    require_file(config.station_ca, "--station-ca");
+    http::require_readable(config.station_ca, "--station-ca");
     s.stations = std::make_unique<StationAuthority>(load_station_authority(config.station_ca));
   }
   const auto access = [&s](const http::Request& q, const http::Reply& r, std::chrono::microseconds t) {
@@ -112,18 +82,7 @@ int serve(const Config& config) {
   s.public_stats = [&api] { return api.stats(); };
   open_store(s, config);
 
-  const sigset_t stop = block_stop_signals();
-  api.start();
-  ops.start();
-  std::fprintf(stdout, "keyline-backupdb: serving %s on %s\n", config.plain_http ? "HTTP" : "HTTPS",
-               api.address().c_str());
-  std::fprintf(stdout, "keyline-backupdb: operations (metrics, healthz) on http://%s\n", ops.address().c_str());
-  std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop, &sig);
-  api.stop();
-  ops.stop();
-  return 0;
+  return http::serve_until_stopped("keyline-backupdb", api, config.plain_http ? "HTTP" : "HTTPS", ops);
 }
 
 }  // namespace keyline::backupdb

@@ -12,10 +12,8 @@
 #include <cctype>
 #include <chrono>
 #include <functional>
-#include <csignal>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
 #include <map>
 #include <unordered_set>
 #include <memory>
@@ -24,7 +22,6 @@
 #include <regex>
 #include <sstream>
 #include <string_view>
-#include <pthread.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/cplc.h"
@@ -33,6 +30,7 @@
 #include "keyline/core/event_log.h"
 #include "keyline/core/http.h"
 #include "keyline/core/http_server.h"
+#include "keyline/core/http_service.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/secret_input.h"
@@ -53,27 +51,14 @@ constexpr const char* kProblemBase = "https://keyline.example/problems/kps/";
 constexpr std::size_t kMaxCiphertext = 4096;
 constexpr const char* kTime = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
 
-Reply problem(int status, const std::string& slug, const std::string& detail) {
-  return Reply{status, http::kProblemContentType,
-               http::problem_json(status, http::reason_phrase(status), detail, kProblemBase + slug), {}, {}};
-}
-
-Reply json_reply(int status, std::string body) {
-  return Reply{status, "application/json", std::move(body), {{"Cache-Control", "no-store"}}, {}};
-}
+const http::Problems problem{kProblemBase};
+using http::json_reply;
 
 std::string q(const std::string& s) { return "\"" + http::json_escape(s) + "\""; }
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
-}
-
-
-Reply method_not_allowed(const std::string& allow) {
-  Reply r = problem(405, "method-not-allowed", "allowed: " + allow);
-  r.headers.push_back({"Allow", allow});
-  return r;
 }
 
 std::string ts_col(const char* col) {
@@ -145,15 +130,6 @@ bool is_label(const std::string& s) {
   return std::regex_match(s, re);
 }
 
-std::vector<std::string> split_path(const std::string& uri) {
-  const std::string path = uri.substr(0, uri.find('?'));
-  std::vector<std::string> parts;
-  std::stringstream ss(path);
-  for (std::string p; std::getline(ss, p, '/');)
-    if (!p.empty()) parts.push_back(p);
-  return parts;
-}
-
 class Api {
  public:
   explicit Api(Shared& s) : m_s(s) {}
@@ -161,36 +137,20 @@ class Api {
   // One request: the reply, its log line and its count. Never throws.
   Reply handle(const Request& req) {
     const auto t0 = std::chrono::steady_clock::now();
-    Reply reply;
     std::string who = "-";
-    try {
-      reply = dispatch(req, who);
-    } catch (const core::DbError& e) {
-      reply = problem(503, "unavailable", "the database is not available; retry later");
-      reply.headers.push_back({"Retry-After", "1"});
-      reply.log_detail = std::to_string(e.numeric()) + " " + e.what();
-    } catch (const std::exception& e) {
-      reply = problem(500, "internal", "internal error");
-      reply.log_detail = e.what();
-    }
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const Reply reply = problem.guarded([&] { return dispatch(req, who); });
+    const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
     m_s.metrics.observe(reply.status);
-    std::ostringstream line;
-    line << "{\"ts\":\"" << http::utc_timestamp() << "\",\"client\":" << q(req.client_address) << ",\"chip\":" << q(who)
-         << ",\"method\":" << q(req.method) << ",\"path\":" << q(req.target) << ",\"status\":" << reply.status
-         << ",\"ms\":" << ms;
-    if (!reply.log_detail.empty()) line << ",\"detail\":" << q(reply.log_detail);
-    line << "}";
-    m_s.log->line(line.str());
+    m_s.log->line(http::access_line(req, reply, elapsed, {{"chip", who}}));
     return reply;
   }
 
  private:
   Reply dispatch(const Request& req, std::string& who) {
-    const auto parts = split_path(req.path);
+    const auto parts = http::path_segments(req.path);
     const std::string& method = req.method;
     if (parts.size() == 1 && parts[0] == "healthz") {
-      if (method != "GET") return method_not_allowed("GET");
+      if (method != "GET") return problem.method_not_allowed("GET");
       m_s.pool->acquire()->exec("SELECT 1");
       return json_reply(200, "{\"status\":\"ok\"}");
     }
@@ -200,8 +160,7 @@ class Api {
     // Every /v1 route is a device's: read the (bounded) body, then check the signature over it.
     // The server refuses a larger body before reading it (ServerLimits::max_body_bytes = body_limit).
     const std::string& body = req.body;
-    if (body.size() > m_s.config.body_limit)
-      return problem(413, "too-large", "the body exceeds " + std::to_string(m_s.config.body_limit) + " bytes");
+    if (body.size() > m_s.config.body_limit) return problem.too_large(m_s.config.body_limit);
     core::device_auth::Verified dev;
     const std::int64_t now = std::time(nullptr);
     try {
@@ -220,8 +179,7 @@ class Api {
       return r;
     }
     if (use == NonceCache::Use::Full) {
-      Reply r = problem(503, "unavailable", "too many signed requests in the replay window; retry later");
-      r.headers.push_back({"Retry-After", "5"});
+      Reply r = problem.unavailable("too many signed requests in the replay window; retry later", "5");
       r.log_detail = "nonce cache full";
       return r;
     }
@@ -229,23 +187,23 @@ class Api {
 
     if (parts[1] == "notifications") {
       if (parts.size() == 2) {
-        if (method != "GET") return method_not_allowed("GET");
+        if (method != "GET") return problem.method_not_allowed("GET");
         return notifications(who);
       }
       if (parts.size() == 4 && parts[3] == "read") {
-        if (method != "POST") return method_not_allowed("POST");
+        if (method != "POST") return problem.method_not_allowed("POST");
         return mark_read(who, parts[2]);
       }
       return problem(404, "not-found", "no such resource");
     }
     if (parts.size() == 2) {
-      if (method != "POST") return method_not_allowed("POST");
+      if (method != "POST") return problem.method_not_allowed("POST");
       return request_transfer(req, dev, body);
     }
     if (!is_uuid(parts[2])) return problem(404, "not-found", "no such transfer");
     const std::string& id = parts[2];
     if (parts.size() == 3) {
-      if (method != "GET") return method_not_allowed("GET");
+      if (method != "GET") return problem.method_not_allowed("GET");
       auto c = m_s.pool->acquire();
       auto t = load_transfer(*c, id);
       if (!t || (t->source != who && t->target != who)) return problem(404, "not-found", "no such transfer");
@@ -254,10 +212,10 @@ class Api {
     if (parts.size() == 4 && parts[3] == "key") {
       if (method == "POST") return deliver(req, who, id, body);
       if (method == "GET") return fetch_key(who, id);
-      return method_not_allowed("GET, POST");
+      return problem.method_not_allowed("GET, POST");
     }
     if (parts.size() == 4 && parts[3] == "ack") {
-      if (method != "POST") return method_not_allowed("POST");
+      if (method != "POST") return problem.method_not_allowed("POST");
       return acknowledge(who, id);
     }
     return problem(404, "not-found", "no such resource");
@@ -265,8 +223,7 @@ class Api {
 
   // E1 and E2 (AC1) and E3: the target asks; the policy decides; the source is notified.
   Reply request_transfer(const Request& req, const core::device_auth::Verified& dev, const std::string& body) {
-    const std::string ctype = req.get("content-type");
-    if (ctype.substr(0, ctype.find(';')) != "application/json")
+    if (!http::has_media_type(req, "application/json"))
       return problem(415, "unsupported-media-type", "send the request as application/json");
     std::string source_text, label, chain_pem;
     try {
@@ -331,8 +288,7 @@ class Api {
   // E5 and E6 (AC2) and E7: the source uploads the sealed key; the policy decides again; the target
   // is notified.
   Reply deliver(const Request& req, const std::string& who, const std::string& id, const std::string& body) {
-    const std::string ctype = req.get("content-type");
-    if (ctype.substr(0, ctype.find(';')) != "application/octet-stream")
+    if (!http::has_media_type(req, "application/octet-stream"))
       return problem(415, "unsupported-media-type", "send the sealed key as application/octet-stream");
     if (body.size() < core::hpke::kEncSize + core::hpke::kTagSize + 1 || body.size() > kMaxCiphertext)
       return problem(400, "bad-ciphertext", "the sealed key is HPKE enc (32) || ciphertext || tag (16)");
@@ -381,7 +337,7 @@ class Api {
     if (state == "acknowledged") return problem(410, "gone", "the key was acknowledged and deleted");
     if (state != "delivered") return problem(409, "wrong-state", "the source has not delivered the key yet");
     const auto ct = r.bytea(0, 3);
-    return Reply{200, "application/octet-stream", std::string(ct.begin(), ct.end()), {{"Cache-Control", "no-store"}}, {}};
+    return http::reply(200, "application/octet-stream", std::string(ct.begin(), ct.end()), {{"Cache-Control", "no-store"}});
   }
 
   // After E10: the target has the key; the ciphertext is deleted and the source learns it.
@@ -440,11 +396,6 @@ class Api {
   Shared& m_s;
 };
 
-void require_file(const std::string& path, const char* what) {
-  std::ifstream f(path);
-  if (!f) throw core::ConfigError(core::ErrorCode::Config, std::string("cannot read ") + what + " " + path);
-}
-
 void check_settings(const Config& c) {
   if (c.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
   c.check();
@@ -471,39 +422,22 @@ void load_trust_and_policy(Shared& s, const Config& config) {
 // Devices authenticate by signing each request (core/device_auth.h), not with TLS client certificates,
 // so the handshake asks for none.
 http::ServerOptions public_options(const Config& c) {
-  http::ServerOptions o;
-  o.name = "keyline-kps";
-  o.listen = c.listen;
-  o.tls_cert_file = c.tls_cert;
-  o.tls_key_file = c.tls_key;
-  o.trusted_proxies = c.trusted_proxies;
-  o.limits = c.limits(c.body_limit);
-  return o;
+  return http::public_listener("keyline-kps", c.listen, c, c.body_limit, c.trusted_proxies, {c.tls_cert, c.tls_key, {}});
 }
 
-
 Reply handle_ops(Shared& s, const Request& req) {
-  try {
+  return problem.guarded([&] {
     if (req.path == "/metrics") {
-      if (req.method != "GET" && req.method != "HEAD") return method_not_allowed("GET, HEAD");
-      return Reply{200, "text/plain; version=0.0.4", s.metrics.render(s.public_stats()), {{"Cache-Control", "no-store"}}, {}};
+      if (req.method != "GET" && req.method != "HEAD") return problem.method_not_allowed("GET, HEAD");
+      return http::reply(200, "text/plain; version=0.0.4", s.metrics.render(s.public_stats()), {{"Cache-Control", "no-store"}});
     }
     if (req.path == "/healthz") {
-      if (req.method != "GET" && req.method != "HEAD") return method_not_allowed("GET, HEAD");
+      if (req.method != "GET" && req.method != "HEAD") return problem.method_not_allowed("GET, HEAD");
       s.pool->acquire()->exec("SELECT 1");
       return json_reply(200, "{\"status\":\"ok\"}");
     }
     return problem(404, "not-found", "no such resource");
-  } catch (const core::DbError& e) {
-    Reply r = problem(503, "unavailable", "the database is not available; retry later");
-    r.headers.push_back({"Retry-After", "1"});
-    r.log_detail = e.what();
-    return r;
-  } catch (const std::exception& e) {
-    Reply r = problem(500, "internal", "internal error");
-    r.log_detail = e.what();
-    return r;
-  }
+  });
 }
 
 void log_event(Shared& s, const http::Event& event, const char* listener) {
@@ -518,13 +452,12 @@ int serve(const Config& config) {
   Shared s;
   s.config = config;
   load_trust_and_policy(s, config);
-  require_file(config.tls_cert, "--tls-cert");
-  require_file(config.tls_key, "--tls-key");
+  const http::ServerOptions public_listener = public_options(config);  // the TLS files are readable
   s.log = std::make_unique<Log>(config.log);
   s.events = std::make_unique<http::EventLog>(*s.log);
   Api api_handler(s);
   http::Server api(
-      public_options(config), [&api_handler](const Request& q) { return api_handler.handle(q); },
+      public_listener, [&api_handler](const Request& q) { return api_handler.handle(q); },
       [&s](const http::Event& e) { log_event(s, e, "public"); });
   http::Server ops(
       http::operations_listener("keyline-kps-ops", config.ops_listen), [&s](const Request& q) { return handle_ops(s, q); },
@@ -534,22 +467,7 @@ int serve(const Config& config) {
   s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
   s.pool->acquire()->exec("SELECT 1 FROM transfers LIMIT 1");  // reachable and migrated, or fail now
 
-  std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must never kill the server
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);  // the servers' threads inherit the mask
-  api.start();
-  ops.start();
-  std::fprintf(stdout, "keyline-kps: serving HTTPS on %s\n", api.address().c_str());
-  std::fprintf(stdout, "keyline-kps: operations (metrics, healthz) on http://%s\n", ops.address().c_str());
-  std::fflush(stdout);
-  int sig = 0;
-  sigwait(&stop, &sig);
-  api.stop();
-  ops.stop();
-  return 0;
+  return http::serve_until_stopped("keyline-kps", api, "HTTPS", ops);
 }
 
 }  // namespace keyline::kps
