@@ -22,8 +22,10 @@ const char* const kHelp =
     "     for each CSR a station's `keys init` wrote (profiles: device-ca, service-ca, station, code-signing).\n"
     "  4. Write down the log head printed last; carry the certificates (never the token) to the stations.\n\n"
     "Every operation appends a signed line to D/ceremony.log before (intent) and after (outcome).\n"
-    "Settings: --hsm-module or KEYLINE_HSM_MODULE, --token or KEYLINE_HSM_TOKEN (default keyline-root), the PIN\n"
-    "from --pin-file, KEYLINE_HSM_PIN_FILE or KEYLINE_HSM_PIN, never from a flag.\n\n"
+    "Settings: --dir or KEYLINE_CEREMONY_DIR, --hsm-module or KEYLINE_ROOT_HSM_MODULE, --token or\n"
+    "KEYLINE_ROOT_TOKEN (default keyline-root), the PIN from --pin-file, KEYLINE_ROOT_PIN_FILE or\n"
+    "KEYLINE_ROOT_PIN, never from a flag. The names differ from the station's KEYLINE_HSM_* on purpose: a\n"
+    "station's environment never points the ceremony at a station token, nor the station at the root.\n\n"
     "Exit codes: 0 ok, 1 failure, 2 usage, 3 bad input (a CSR that does not verify, a log that does not\n"
     "verify), 5 refused (a root exists already, a CSR the profile refuses), 6 HSM problem.";
 
@@ -34,10 +36,10 @@ int main(int argc, char** argv) {
   CLI::App app{kHelp, "keyline-ceremony"};
   app.require_subcommand(1);
   CeremonyOptions opt;
-  app.add_option("--dir", opt.dir, "ceremony directory (root.pem, ceremony.log, issued/)")->envname("KEYLINE_CEREMONY_DIR");
-  app.add_option("--hsm-module", opt.hsm_module, "PKCS#11 module of the root token")->envname("KEYLINE_HSM_MODULE");
-  app.add_option("--token", opt.token_label, "root token label")->envname("KEYLINE_HSM_TOKEN")->capture_default_str();
-  app.add_option("--pin-file", opt.pin_file, "file holding the root token's user PIN")->envname("KEYLINE_HSM_PIN_FILE");
+  app.add_option("--dir", opt.dir, "ceremony directory (root.pem, ceremony.log, issued/)")->envname("KEYLINE_CEREMONY_DIR")->required();
+  app.add_option("--hsm-module", opt.hsm_module, "PKCS#11 module of the root token")->envname("KEYLINE_ROOT_HSM_MODULE");
+  app.add_option("--token", opt.token_label, "root token label")->envname("KEYLINE_ROOT_TOKEN")->capture_default_str();
+  app.add_option("--pin-file", opt.pin_file, "file holding the root token's user PIN")->envname("KEYLINE_ROOT_PIN_FILE");
 
   RootRequest root;
   auto* init = app.add_subcommand("init-root", "make the root key on the token and the self-signed root certificate");

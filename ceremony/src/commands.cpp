@@ -30,9 +30,9 @@ std::string sha256_hex(const core::Bytes& b) {
 }
 
 std::shared_ptr<core::Pkcs11Token> open_root_token(const CeremonyOptions& opt) {
-  const auto pin = core::read_secret(opt.pin_file, "KEYLINE_HSM_PIN");
+  const auto pin = core::read_secret(opt.pin_file, "KEYLINE_ROOT_PIN");
   if (pin.empty())
-    throw core::ConfigError(core::ErrorCode::Usage, "no root token PIN: give --pin-file or KEYLINE_HSM_PIN_FILE");
+    throw core::ConfigError(core::ErrorCode::Usage, "no root token PIN: give --pin-file or KEYLINE_ROOT_PIN_FILE");
   if (opt.hsm_module.empty()) throw core::ConfigError(core::ErrorCode::Usage, "no PKCS#11 module: give --hsm-module");
   return core::Pkcs11Token::open(opt.hsm_module, opt.token_label, pin, 1);
 }

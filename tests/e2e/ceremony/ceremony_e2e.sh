@@ -204,6 +204,18 @@ checke "sign on a tampered log is refused (exit 3, 7020)" '[ "$rc" = 3 ] && has 
 checke "  ... nothing issued, nothing appended" \
   '[ ! -e "$work/out/after-tamper.pem" ] && cmp -s "$work/cer-tampered/ceremony.log" "$work/tamper/dropped.log"'
 
+# --- the PIN: from a file or the ceremony's own environment, never a flag, never the station's variables
+plain() { SOFTHSM2_CONF=$work/root-hsm/softhsm2.conf "$bin" --dir "$work/cer" --hsm-module "$module" "$@" >"$work/last.out" 2>&1; rc=$?; }
+plain --pin "$(cat "$work/root-hsm/user.pin")" sign --csr "$work/csr/station.csr" --profile station --out "$work/out/p1.pem"
+check "a --pin flag does not exist (exit 2)" [ "$rc" = 2 ]
+KEYLINE_HSM_PIN=$(cat "$work/root-hsm/user.pin") KEYLINE_HSM_PIN_FILE=$work/root-hsm/user.pin \
+  plain sign --csr "$work/csr/station.csr" --profile station --out "$work/out/p2.pem"
+checke "the station's KEYLINE_HSM_PIN(_FILE) does not open the root token (exit 2)" \
+  '[ "$rc" = 2 ] && [ ! -e "$work/out/p2.pem" ]'
+KEYLINE_ROOT_PIN_FILE=$work/root-hsm/user.pin plain sign --csr "$work/csr/station.csr" --profile station \
+  --out "$work/out/p3.pem"
+checke "KEYLINE_ROOT_PIN_FILE opens it (a renewal: same key, same subject)" '[ "$rc" = 0 ] && [ -s "$work/out/p3.pem" ]'
+
 # --- no run tried a network socket -------------------------------------------------------------
 strace -f -qq -e trace=%network -o "$work/trace/control.trace" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9' 2>/dev/null
 check "strace control: a program that opens a TCP socket shows socket(AF_INET" has 'socket(AF_INET' "$work/trace/control.trace"

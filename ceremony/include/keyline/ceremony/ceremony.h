@@ -8,7 +8,7 @@
 namespace keyline::ceremony {
 
 // Where the ceremony's state lives and how the root token is reached. The PIN comes from pin_file, else
-// KEYLINE_HSM_PIN_FILE / KEYLINE_HSM_PIN (main reads the environment), never from argv.
+// KEYLINE_ROOT_PIN_FILE (main) / KEYLINE_ROOT_PIN, never from argv.
 struct CeremonyOptions {
   std::string dir;                    // ceremony directory: root.pem, ceremony.log, issued/
   std::string hsm_module;             // PKCS#11 module of the root token
