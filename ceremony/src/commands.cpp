@@ -176,7 +176,8 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) 
     const auto done = log.append("sign", "outcome",
                {{"intent", seq}, {"result", "issued"}, {"serial", serial_hex(cert)},
                 {"subject", cert.subject_dn().to_string()}, {"cert_sha256", cert_digest(cert)}});
-    out << "issued " << profile_name(profile) << " certificate " << req.out_file << "\n  subject "
+    out << "issued " << profile_name(profile) << " certificate " << req.out_file << "\n  CSR SHA-256 "
+        << sha256_hex(csr) << "\n  subject "
         << cert.subject_dn().to_string() << "\n  serial " << serial_hex(cert)
         << "\nlog head (write it down): " << line_hash(done) << "\n";
   });

@@ -1,6 +1,8 @@
 #include "files.h"
 
 #include <cerrno>
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include <fcntl.h>
@@ -16,6 +18,24 @@ namespace {
 [[noreturn]] void io_fail(const std::string& what, const std::string& path) {
   throw core::IoError(core::ErrorCode::Io, what + " " + path + ": " + std::strerror(errno));
 }
+// Whoever may rename an ancestor may swap the whole directory: every ancestor must belong to root or
+// to us, and not be writable by others unless sticky (as /tmp is).
+void check_parents(const std::string& dir) {
+  char* real = ::realpath(dir.c_str(), nullptr);
+  if (!real) io_fail("cannot resolve", dir);
+  std::string path(real);
+  std::free(real);
+  while (path.size() > 1) {
+    path = path.substr(0, std::max<std::size_t>(1, path.rfind('/')));
+    struct stat st{};
+    if (::stat(path.c_str(), &st) != 0) io_fail("cannot inspect", path);
+    if (st.st_uid != 0 && st.st_uid != ::geteuid())
+      throw core::Error(errc::DirUnsafe, "ceremony directory " + dir + ": " + path + " belongs to another user");
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+      throw core::Error(errc::DirUnsafe, "ceremony directory " + dir + ": " + path + " is writable by others");
+  }
+}
+
 }  // namespace
 
 void check_dir(const std::string& dir, bool create) {
@@ -28,6 +48,7 @@ void check_dir(const std::string& dir, bool create) {
   if (!S_ISDIR(st.st_mode)) throw core::Error(errc::DirUnsafe, dir + " is not a directory (or is a symlink)");
   if (st.st_uid != ::geteuid()) throw core::Error(errc::DirUnsafe, dir + " belongs to another user");
   if (st.st_mode & (S_IWGRP | S_IWOTH)) throw core::Error(errc::DirUnsafe, dir + " is writable by group or others");
+  check_parents(dir);
 }
 
 DirLock::DirLock(const std::string& dir) {

@@ -204,6 +204,17 @@ checke "sign on a tampered log is refused (exit 3, 7020)" '[ "$rc" = 3 ] && has 
 checke "  ... nothing issued, nothing appended" \
   '[ ! -e "$work/out/after-tamper.pem" ] && cmp -s "$work/cer-tampered/ceremony.log" "$work/tamper/dropped.log"'
 
+# --- a ceremony directory others could change is refused before anything is signed ------------
+cp -a "$work/cer" "$work/cer-open" && chmod 0770 "$work/cer-open"
+cer "$work/root-hsm" "$work/cer-open" sign --csr "$work/csr/station.csr" --profile station --out "$work/out/open.pem"
+checke "a group-writable ceremony directory is refused (exit 2, 7030)" \
+  '[ "$rc" = 2 ] && has "error 7030" "$work/last.out" && [ ! -e "$work/out/open.pem" ]'
+mkdir -p "$work/shared" && cp -a "$work/cer" "$work/shared/cer" && chmod 0777 "$work/shared"
+cer "$work/root-hsm" "$work/shared/cer" sign --csr "$work/csr/station.csr" --profile station --out "$work/out/open.pem"
+checke "a ceremony directory under a world-writable parent is refused (exit 2, 7030)" \
+  '[ "$rc" = 2 ] && has "error 7030" "$work/last.out" && [ ! -e "$work/out/open.pem" ]'
+chmod 0700 "$work/shared"
+
 # --- the PIN: from a file or the ceremony's own environment, never a flag, never the station's variables
 plain() { SOFTHSM2_CONF=$work/root-hsm/softhsm2.conf "$bin" --dir "$work/cer" --hsm-module "$module" "$@" >"$work/last.out" 2>&1; rc=$?; }
 plain --pin "$(cat "$work/root-hsm/user.pin")" sign --csr "$work/csr/station.csr" --profile station --out "$work/out/p1.pem"
