@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   CLI::App app{kHelp, "keyline-ceremony"};
   app.require_subcommand(1);
   CeremonyOptions opt;
-  app.add_option("--dir", opt.dir, "ceremony directory (root.pem, ceremony.log, issued/)")->envname("KEYLINE_CEREMONY_DIR")->required();
+  app.add_option("--dir", opt.dir, "ceremony directory (root.pem, ceremony.log, issued/)")->envname("KEYLINE_CEREMONY_DIR");
   app.add_option("--hsm-module", opt.hsm_module, "PKCS#11 module of the root token")->envname("KEYLINE_ROOT_HSM_MODULE");
   app.add_option("--token", opt.token_label, "root token label")->envname("KEYLINE_ROOT_TOKEN")->capture_default_str();
   app.add_option("--pin-file", opt.pin_file, "file holding the root token's user PIN")->envname("KEYLINE_ROOT_PIN_FILE");
@@ -71,6 +71,8 @@ int main(int argc, char** argv) {
   }
   return run_guarded([&]() -> int {
     forbid_network();  // before the token, the files or anything else is touched
+    if (opt.dir.empty() && (*init || *sign_cmd || log_file.empty() || (*verify && root_cert.empty())))
+      throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage, "--dir (or KEYLINE_CEREMONY_DIR) is required");
     if (log_file.empty()) log_file = log_path(opt.dir);
     if (root_cert.empty()) root_cert = root_cert_path(opt.dir);
     if (*init) return init_root(opt, root, std::cout);

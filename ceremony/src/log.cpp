@@ -74,6 +74,9 @@ std::string sequence_reason(std::uint64_t seq, std::uint64_t expected, const std
     return "sequence " + std::to_string(seq) + " follows " + std::to_string(expected - 1) + ": line(s) with sequence " +
            gap + " dropped";
   }
+  if (seq < expected)
+    return "sequence " + std::to_string(seq) + " where " + std::to_string(expected) +
+           " was expected: a line repeated, or lines reordered";
   return "sequence " + std::to_string(seq) + " where " + std::to_string(expected) + " was expected: lines reordered";
 }
 

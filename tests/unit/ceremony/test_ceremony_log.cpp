@@ -125,6 +125,17 @@ TEST_CASE("reordered lines are named as reordered, not as dropped") {
   CHECK(why.find("reordered") != std::string::npos);
 }
 
+TEST_CASE("a repeated line (a replay of a genuine signed line) is named") {
+  TempLog t;
+  const auto key = new_key();
+  auto lines = lines_of(six_lines(t.path, key));
+  lines.insert(lines.begin() + 3, lines[2]);
+  std::size_t line = 0;
+  const auto why = first_finding(join(lines), key, line);
+  CHECK(line == 4);
+  CHECK(why.find("a line repeated") != std::string::npos);
+}
+
 TEST_CASE("a line signed by another key is named, whatever key id it claims") {
   TempLog t, other;
   const auto key = new_key();
