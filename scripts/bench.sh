@@ -4,6 +4,8 @@
 #   scripts/bench.sh            all
 #   scripts/bench.sh backupdb   public DB reads vs nginx serving the same bodies (issue 4)
 #   scripts/bench.sh line       devices/s end to end vs the crypto floor; concurrency sweep (issue 7)
+#   scripts/bench.sh pcsc       devices/s and station CPU per device through 16 PC/SC readers next to
+#                               TCP, same line, same run (issue 13; part 3 of scripts/bench_line.sh)
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
@@ -15,7 +17,14 @@ rc=0
 if [ "$which" = all ] || [ "$which" = backupdb ]; then
   if [ -x scripts/bench_backupdb.sh ]; then scripts/bench_backupdb.sh || rc=1; else echo "bench: backupdb benchmark missing"; rc=1; fi
 fi
-if [ "$which" = all ] || [ "$which" = line ]; then
-  if [ -x scripts/bench_line.sh ]; then scripts/bench_line.sh || rc=1; else echo "bench: line benchmark missing"; rc=1; fi
+line_parts=""
+case "$which" in
+  all) line_parts="1 2 3" ;;
+  line) line_parts="1 2" ;;
+  pcsc) line_parts="3" ;;
+esac
+if [ -n "$line_parts" ]; then
+  if [ -x scripts/bench_line.sh ]; then KEYLINE_BENCH_LINE_PARTS="$line_parts" scripts/bench_line.sh || rc=1
+  else echo "bench: line benchmark missing"; rc=1; fi
 fi
 exit $rc

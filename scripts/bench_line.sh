@@ -15,6 +15,16 @@
 #    block, 300 ms flash write): devices/s at 16, 64 and 256 devices at once, and the station's peak
 #    RSS at 256 (goal <= 150 MB).
 #
+# 3. PC/SC next to TCP (issue #13), one line, same run: devices/s and the station's CPU ms per device
+#    (a) over TCP, `run --fleet` with as many devices at once as there are readers, and (b) through
+#    PC/SC: a private pcscd (tests/support/pcscd.sh) with 16 vpcd readers (8 reader.conf entries),
+#    `keyline-station run --readers all --count N`, and per reader a card changer that puts the next
+#    device in (`keyline-device serve --vpcd`) as soon as the one in it is published, and pulls the
+#    done one out. Both figures count from the station's start to its exit over the same number of
+#    devices; the ratio PC/SC / TCP is the claim. The PC/SC figure includes the card changes (pcscd
+#    sees a card come and go by polling the vpcd driver), so the CPU per device is the station's own
+#    cost of the PC/SC path; the devices/s is a line's with an instant card changer.
+#
 # Part 1 also prints the CPU time each process of the line spent per device (station, device
 # emulator, public DB, PostgreSQL), which says where a device's cost is.
 #
@@ -27,7 +37,9 @@
 #   peak RSS 28 / 34 / 55 MB.
 #
 # Environment: KEYLINE_BENCH_LINE_DEVICES (devices of part 1, default 2000), KEYLINE_BENCH_DIR
-# (default .keyline/bench/line), KEYLINE_BENCH_LINE_SWEEP ("16 64 256"; empty: part 1 only).
+# (default .keyline/bench/line), KEYLINE_BENCH_LINE_SWEEP ("16 64 256"; empty: no part 2),
+# KEYLINE_BENCH_LINE_PARTS (parts to run, default "1 2 3"), KEYLINE_BENCH_PCSC_READERS (16) and
+# KEYLINE_BENCH_PCSC_PER_READER (devices through each reader, 8) for part 3.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$repo/build}
@@ -39,6 +51,8 @@ done
 n=${KEYLINE_BENCH_LINE_DEVICES:-2000}
 dir=${KEYLINE_BENCH_DIR:-$repo/.keyline/bench/line}
 sweep=${KEYLINE_BENCH_LINE_SWEEP-16 64 256}
+parts=" ${KEYLINE_BENCH_LINE_PARTS:-1 2 3} "
+part() { [[ "$parts" == *" $1 "* ]]; }
 cores=$(nproc)
 mkdir -p "$dir"  # the set-up log below ($dir.e2e.log) is written before line_up makes anything
 # shellcheck source=lib/line.sh
@@ -50,6 +64,7 @@ rate_of() { sed -n 's/^| devices\/s *| *\([0-9.]*\) |$/\1/p' "$1"; }
 # --- 1. end to end vs the crypto floor ------------------------------------------------------------
 # Three runs over three fresh thirds of one fleet; the median is the figure (a 2-core VM's runs
 # spread by ~10%: the root file system is mounted with discard, and neighbours come and go).
+part1() {
 runs=3
 rm -rf "$dir/e2e"
 sync
@@ -94,9 +109,11 @@ printf '  station      %8.1f devices/s (median of %d runs: %s)\n' "$line_rate" "
 printf '  crypto floor %8.1f devices/s (one process, %d threads, same token, same run)\n' "$floor" "$cores"
 printf '  ratio        %8s          goal >= 0.4; goal >= 500 devices/s\n' "$ratio"
 echo "  CPU ms per device: $cpu"
+}
 
 # --- 2. realistic delays: throughput against concurrency, RSS -------------------------------------
-[ -n "$sweep" ] || exit 0
+part2() {
+[ -n "$sweep" ] || return 0
 total=0
 for j in $sweep; do total=$((total + (j * 4 > 200 ? j * 4 : 200))); done
 rm -rf "$dir/delays"
@@ -115,3 +132,126 @@ for j in $sweep; do
     "$(rate_of "$LINE_DIR/run-$j.log")" "$k" "$(( $(tail -1 "$LINE_DIR/rss-$j") / 1024 ))"
 done
 echo "  goal: throughput grows with concurrency up to 256; peak RSS <= 150 MB"
+line_down
+}
+
+# --- 3. PC/SC next to TCP ------------------------------------------------------------------------
+PCSC_DIR=
+CARD_PIDS=()
+part3_down() {
+  local p
+  for p in "${CARD_PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
+  CARD_PIDS=()
+  [ -z "$PCSC_DIR" ] || "$repo/tests/support/pcscd.sh" stop "$PCSC_DIR"
+  PCSC_DIR=
+  line_down
+}
+
+# station_run NAME ARGS...: one timed station run; sets RUN_WALL (s) and RUN_CPU (s, user + system).
+station_run() {
+  local name=$1 t0 t1
+  shift
+  t0=$(date +%s%N)
+  /usr/bin/time -f '%U %S' -o "$LINE_DIR/$name.time" "$LINE_BIN/keyline-station" run "$@" --progress plain \
+    >"$LINE_DIR/$name.log" 2>&1 || { cat "$LINE_DIR/$name.log" >&2; return 1; }
+  t1=$(date +%s%N)
+  RUN_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+  RUN_CPU=$(awk '{ print $1 + $2 }' "$LINE_DIR/$name.time")
+}
+
+# The card changer of part 3, one loop for all readers: every 50 ms one query asks the station's journal
+# which of the cards in the readers are done on the device side (backed_up: no APDU follows; the
+# record waits in the outbox); each of those is pulled out, and the reader's next device put in
+# KEYLINE_BENCH_PCSC_CHANGE_MS (500) later: pcscd polls the vpcd driver for the card every 400 ms, and
+# a card swapped faster than that is never seen to leave (the station rightly takes it for the done
+# card left in). Runs until the station (pid $1) exits.
+card_changer() {
+  local station=$1 r now gap=${KEYLINE_BENCH_PCSC_CHANGE_MS:-500}
+  local -a next=() chip=() pulled=()
+  card_in() {  # READER_INDEX
+    local r=$1 i=$(( $1 * per_reader + next[$1] ))
+    next[$r]=$(( next[$r] + 1 ))
+    chip[$r]=${PCSC_CHIPS[$i]}
+    "$LINE_BIN/keyline-device" serve --dir "${PCSC_DIRS[$i]}" --vpcd "127.0.0.1:${PCSC_PORTS[$r]}" --quiet \
+      >>"$LINE_DIR/card-$r.log" 2>&1 &
+    CARD_PIDS[$r]=$!
+  }
+  for ((r = 0; r < readers; r++)); do next[$r]=0; pulled[$r]=0; card_in "$r"; done
+  while kill -0 "$station" 2>/dev/null; do
+    sleep 0.05
+    now=$(( $(date +%s%N) / 1000000 ))
+    for ((r = 0; r < readers; r++)); do
+      [ -z "${chip[$r]}" ] && [ "${next[$r]}" -lt "$per_reader" ] && [ $((now - pulled[$r])) -ge "$gap" ] && card_in "$r"
+    done
+    local list="" device_done
+    for ((r = 0; r < readers; r++)); do [ -n "${chip[$r]}" ] && list+="${list:+,}'${chip[$r]}'"; done
+    [ -n "$list" ] || continue
+    device_done=" $(line_station_sql "SELECT chip_id FROM journal.device WHERE chip_id IN ($list)
+      AND state IN ('backed_up', 'published')" | tr '\n' ' ') "
+    for ((r = 0; r < readers; r++)); do
+      [ -n "${chip[$r]}" ] && [[ "$device_done" == *" ${chip[$r]} "* ]] || continue
+      kill "${CARD_PIDS[$r]}" 2>/dev/null; wait "${CARD_PIDS[$r]}" 2>/dev/null
+      CARD_PIDS[$r]=
+      chip[$r]=
+      pulled[$r]=$(( $(date +%s%N) / 1000000 ))
+    done
+  done
+}
+
+part3() {
+readers=${KEYLINE_BENCH_PCSC_READERS:-16}
+per_reader=${KEYLINE_BENCH_PCSC_PER_READER:-8}
+local m=$((readers * per_reader))
+trap part3_down EXIT
+rm -rf "$dir/pcsc"
+LINE_DEVICE_FLAGS="--quiet" line_up "$dir/pcsc" $((2 * m)) >/dev/null 2>"$dir.pcsc.log" || { cat "$dir.pcsc.log" >&2; exit 1; }
+line_fleet_file "$LINE_DIR/fleet.txt"
+head -n "$m" "$LINE_DIR/fleet.txt" >"$LINE_DIR/fleet-tcp.txt"
+sync
+# (a) TCP, as many devices at once as there are readers.
+station_run tcp --fleet "$LINE_DIR/fleet-tcp.txt" -j "$readers" || exit 1
+local tcp_wall=$RUN_WALL tcp_cpu=$RUN_CPU
+# (b) PC/SC: the TCP fleet stops; the other half of its devices become cards.
+kill "${LINE_PIDS[-1]}" && wait "${LINE_PIDS[-1]}" 2>/dev/null || true
+unset 'LINE_PIDS[-1]'
+PCSC_DIR="$LINE_DIR/pcscd"
+local rc=0
+"$repo/tests/support/pcscd.sh" start "$PCSC_DIR" "$readers" >"$LINE_DIR/pcscd.out" 2>&1 || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "PC/SC next to TCP: not measured, the private pcscd did not start (exit $rc): $(tail -2 "$LINE_DIR/pcscd.out" | tr '\n' ' ')"
+  PCSC_DIR=
+  part3_down
+  return 0
+fi
+# shellcheck disable=SC1091
+export "$(cat "$PCSC_DIR/env")"
+PCSC_PORTS=() PCSC_DIRS=() PCSC_CHIPS=()
+while read -r line; do PCSC_PORTS+=("${line##* }"); done <"$PCSC_DIR/readers"
+while read -r _ _ c d; do PCSC_CHIPS+=("$c"); PCSC_DIRS+=("$d"); done < <(tail -n "$m" "$LINE_DIR/fleet.txt")
+sync
+local t0 t1
+t0=$(date +%s%N)
+/usr/bin/time -f '%U %S' -o "$LINE_DIR/pcsc.time" "$LINE_BIN/keyline-station" run --readers all --count "$m" \
+  -j "$readers" --idle-exit 60 --progress plain >"$LINE_DIR/pcsc.log" 2>&1 &
+local station=$!
+card_changer "$station"
+wait "$station" || { cat "$LINE_DIR/pcsc.log" >&2; exit 1; }
+t1=$(date +%s%N)
+local pcsc_wall pcsc_cpu published
+pcsc_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+pcsc_cpu=$(awk '{ print $1 + $2 }' "$LINE_DIR/pcsc.time")
+published=$(line_public_sql "SELECT count(*) FROM records")
+part3_down
+trap line_down EXIT
+awk -v m="$m" -v r="$readers" -v tw="$tcp_wall" -v tc="$tcp_cpu" -v pw="$pcsc_wall" -v pc="$pcsc_cpu" -v pub="$published" 'BEGIN {
+  tr = m / tw; pr = m / pw; tcpu = tc * 1000 / m; pcpu = pc * 1000 / m
+  printf "PC/SC next to TCP (%d devices each, %d at once, delays off, same line, same run; %d records published):\n", m, r, pub
+  printf "  TCP    %8.1f devices/s, station CPU %6.2f ms per device\n", tr, tcpu
+  printf "  PC/SC  %8.1f devices/s, station CPU %6.2f ms per device (%d vpcd readers, card changes included)\n", pr, pcpu, r
+  printf "  ratio PC/SC / TCP: devices/s %.3f, station CPU per device %.3f\n", pr / tr, pcpu / tcpu
+}'
+}
+
+if part 1; then part1; fi
+if part 2; then part2; fi
+if part 3; then part3; fi
