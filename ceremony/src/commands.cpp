@@ -52,19 +52,26 @@ std::string line_hash(const LogEntry& e) {
 }
 
 // Runs `op` and, whatever it throws, appends the outcome line naming the error before passing it on:
-// the log says how every operation it announced ended (audit before and after).
+// the log says how every operation it announced ended (audit before and after). `serial` is set by `op`
+// once the root has signed: a failure after that (a file not written) still names what was signed.
 template <typename Op>
-void audited(CeremonyLog& log, const std::string& name, const std::string& intent, Op op) {
+void audited(CeremonyLog& log, const std::string& name, const std::string& intent, const std::string& serial, Op op) {
+  const auto fail = [&](const char* result, const std::string& code, const char* reason) {
+    Fields f{{"intent", intent}, {"result", result}};
+    if (!serial.empty()) f.emplace_back("serial", serial);
+    if (!code.empty()) f.emplace_back("error", code);
+    f.emplace_back("reason", reason);
+    log.append(name, "outcome", f);
+  };
   try {
     op();
   } catch (const core::Error& e) {
     const bool refused = e.code() == errc::CsrRefused || e.code() == core::ErrorCode::BadCertificate ||
                          e.code() == core::ErrorCode::CertificateLint;
-    log.append(name, "outcome", {{"intent", intent}, {"result", refused ? "refused" : "failed"},
-                                 {"error", std::to_string(e.numeric())}, {"reason", e.what()}});
+    fail(refused && serial.empty() ? "refused" : "failed", std::to_string(e.numeric()), e.what());
     throw;
   } catch (const std::exception& e) {
-    log.append(name, "outcome", {{"intent", intent}, {"result", "failed"}, {"reason", e.what()}});
+    fail("failed", "", e.what());
     throw;
   }
 }
@@ -136,8 +143,10 @@ int init_root(const CeremonyOptions& opt, const RootRequest& req, std::ostream& 
                                   {"days", std::to_string(req.days)}, {"token", opt.token_label},
                                   {"root_key", key_id(key)}});
   const std::string seq = std::to_string(intent.seq);
-  audited(log, "init-root", seq, [&] {
+  std::string signed_serial;
+  audited(log, "init-root", seq, signed_serial, [&] {
     const auto cert = make_root(key, req.common_name, req.organization, req.days, rng);
+    signed_serial = serial_hex(cert);
     files::write_new(root_cert_path(opt.dir), core::to_pem(cert), 0644);
     const auto done = log.append("init-root", "outcome",
                                  {{"intent", seq}, {"result", "issued"}, {"serial", serial_hex(cert)},
@@ -165,12 +174,14 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) 
                                  {{"profile", profile_name(profile)}, {"csr_sha256", sha256_hex(csr)},
                                   {"csr_subject", csr_subject_hint(csr)}, {"days", std::to_string(days)}});
   const std::string seq = std::to_string(intent.seq);
-  audited(log, "sign", seq, [&] {
+  std::string signed_serial;
+  audited(log, "sign", seq, signed_serial, [&] {
     const auto parsed = core::parse_csr(csr);
     const auto subject = check_request(parsed, profile, *root.pub);
     refuse_key_reuse(opt.dir, subject, profile, parsed);
-    const auto cert = issue(root.cert, *root.key, parsed, subject, profile, days, req.days == 0, rng);
     files::check_dir(opt.dir + "/issued", true);
+    const auto cert = issue(root.cert, *root.key, parsed, subject, profile, days, req.days == 0, rng);
+    signed_serial = serial_hex(cert);
     files::write_new(opt.dir + "/issued/" + serial_hex(cert) + ".pem", core::to_pem(cert), 0644);
     files::write_new(req.out_file, core::to_pem(cert), 0644);
     const auto done = log.append("sign", "outcome",

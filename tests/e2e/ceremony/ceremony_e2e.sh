@@ -227,6 +227,14 @@ KEYLINE_ROOT_PIN_FILE=$work/root-hsm/user.pin plain sign --csr "$work/csr/statio
   --out "$work/out/p3.pem"
 checke "KEYLINE_ROOT_PIN_FILE opens it (a renewal: same key, same subject)" '[ "$rc" = 0 ] && [ -s "$work/out/p3.pem" ]'
 
+# --- a failure after the root signed still names what it signed -----------------------------------
+root sign --csr "$work/csr/code-signing.csr" --profile code-signing --out "$work/no-such-dir/cs.pem"
+serial=$(tail -n1 "$work/cer/ceremony.log" | sed -n 's/.*"result":"failed","serial":"\([0-9a-f]*\)".*/\1/p')
+checke "an --out that cannot be written: exit 1, the outcome says failed and names the serial" \
+  '[ "$rc" = 1 ] && [ -n "$serial" ] && [ -s "$work/cer/issued/$serial.pem" ]'
+cer "$work/root-hsm" "$work/cer" log verify
+check "  ... and the log still verifies" [ "$rc" = 0 ]
+
 # --- no run tried a network socket -------------------------------------------------------------
 strace -f -qq -e trace=%network -o "$work/trace/control.trace" bash -c 'exec 3<>/dev/tcp/127.0.0.1/9' 2>/dev/null
 check "strace control: a program that opens a TCP socket shows socket(AF_INET" has 'socket(AF_INET' "$work/trace/control.trace"
