@@ -46,6 +46,13 @@ int main(int argc, char** argv) {
   serve->add_option("--fail-rate", serve_config.device.faults.fail_rate, "answer this share of APDUs with 6F00");
   serve->add_flag("--corrupt-backup", serve_config.device.faults.corrupt_backup,
                   "GET DATA DF20 returns the backup with one bit flipped (a damaged chip read-out)");
+  std::string protocol = "t1";
+  serve->add_option("--protocol", protocol,
+                    "t1: the ATR offers T=0 and T=1; t0: T=0 only (case 4 answers by 61XX/GET RESPONSE, 6CXX)")
+      ->check(CLI::IsMember({"t1", "t0"}))->capture_default_str();
+  serve->add_flag("--no-extended", [&](std::int64_t) { serve_config.device.card.extended = false; },
+                  "the ATR says no extended-length APDUs; extended ones are answered 6700");
+  serve->add_flag("--mute", serve_config.device.card.mute, "a card that gives no ATR when powered on (mute)");
   serve->add_flag("--quiet", [](std::int64_t) { set_quiet(true); }, "no log lines");
 
   auto* boot = app.add_subcommand("boot", "boot from flash offline and print the identity");
@@ -99,6 +106,7 @@ int main(int argc, char** argv) {
     if (*make) return cmd_make(dir, count, rom_ca, make->get_option("--count")->count() > 0);
     if (*serve) {
       if (!serve_cut.empty()) serve_config.device.faults.power_cut_at_byte = std::stoull(serve_cut);
+      if (protocol == "t0") serve_config.device.card.protocol = Protocol::t0;
       return cmd_serve(serve_config);
     }
     if (*boot) return cmd_boot(dir);

@@ -279,12 +279,12 @@ ResponseApdu DeviceLink::transmit(const CommandApdu& command, std::size_t max_re
   m_exchange_deadline = std::chrono::steady_clock::now() + m_options.io_timeout;
   // Short APDUs once extended length is off: Ne at most 256 a round (the rest by 61XX), data in
   // chained parts. The command is copied only then, so the usual exchange costs no copy of its data.
+  // A command with `extended` set is sent as it is: its caller forces the extended form.
   const CommandApdu* c = &command;
   CommandApdu shortened;
   std::size_t chunk = m_options.max_chunk;
-  if (!m_extended) {
+  if (!m_extended && !command.extended) {
     shortened = command;
-    shortened.extended = false;
     if (shortened.le && *shortened.le > 256) shortened.le = 256;
     chunk = std::min<std::size_t>(chunk, 255);
     c = &shortened;

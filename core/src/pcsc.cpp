@@ -329,7 +329,10 @@ SecureBytes PcscChannel::transmit_raw(const SecureBytes& apdu, Deadline deadline
   SecureBytes out(m.rbuf.begin(), m.rbuf.begin() + rlen);
   Botan::secure_scrub_memory(m.rbuf.data(), rlen);
   if (out.size() < 2) {
+    // The vpcd driver hands back an empty answer when the card's link broke mid-exchange.
+    const ReaderState s = card_state_after_failure();
     close();
+    if (!s.present || s.gone) throw IoError(ErrorCode::PcscCardRemoved, "card pulled out of reader " + m_reader);
     throw FormatError(ErrorCode::BadApdu, "card in reader " + m_reader + " answered without a status word");
   }
   return out;
@@ -375,13 +378,17 @@ ReaderState PcscChannel::card_state_after_failure() {
 
 ResponseApdu PcscChannel::transmit(const CommandApdu& command, std::size_t max_response) {
   Impl& m = *m_impl;
-  CommandApdu c = command;
+  // Short APDUs once extended length is off: Ne up to 256 a round (the rest comes by 61XX), data in
+  // chained parts. A command with `extended` set is sent as it is: its caller forces the extended
+  // form (the station's probe, docs/readers.md) and learns the answer.
+  const CommandApdu* c = &command;
+  CommandApdu shortened;
   std::size_t chunk = m.options.max_chunk;
-  if (!m.extended) {
-    // Short APDUs only: Ne up to 256 a round (the rest comes by 61XX), data in chained parts.
-    c.extended = false;
-    if (c.le && *c.le > 256) c.le = 256;
+  if (!m.extended && !command.extended) {
+    shortened = command;
+    if (shortened.le && *shortened.le > 256) shortened.le = 256;
     chunk = std::min<std::size_t>(chunk, 255);
+    c = &shortened;
   }
   struct Scope {
     std::string& exchange;
@@ -392,7 +399,7 @@ ResponseApdu PcscChannel::transmit(const CommandApdu& command, std::size_t max_r
   bool sent_extended = false;
   ResponseApdu r;
   try {
-    r = transceive([&](const SecureBytes& apdu) { return transmit_raw(apdu, deadline, sent_extended); }, c, chunk,
+    r = transceive([&](const SecureBytes& apdu) { return transmit_raw(apdu, deadline, sent_extended); }, *c, chunk,
                    max_response);
   } catch (const FormatError&) {
     close();  // the same rule as DeviceLink: a card that broke the dialect is not asked again

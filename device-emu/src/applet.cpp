@@ -114,6 +114,8 @@ void Device::power_restored() {
 
 void Session::reset() noexcept {
   m_selected = false;
+  m_t0_pending.reset();
+  m_t0_pos = 0;
   m_chainer.reset();
   drop_chain();
   drop_store();
@@ -145,7 +147,16 @@ core::SecureBytes Session::process(const std::uint8_t* apdu, std::size_t len) {
   } catch (const std::exception&) {
     r = sw_only(core::sw::wrong_length);
   }
-  if (decoded) r = process(c);
+  if (decoded) {
+    const CardOptions& card = m_device.m_options.card;
+    // ISO 7816-4 section 5.1: an extended Lc/Le field is introduced by 00 in byte 5. A card whose
+    // ATR says it takes none (and every T=0 card here) answers such an APDU 6700.
+    const bool extended = len >= 7 && apdu[4] == 0x00;
+    if (extended && (!card.extended || card.protocol == Protocol::t0))
+      r = sw_only(core::sw::wrong_length);
+    else
+      r = card.protocol == Protocol::t0 ? process_t0(c) : process(c);
+  }
   return core::encode_response(r);
 }
 

@@ -152,7 +152,8 @@ class Connection {
   Connection(Device& device, int fd, std::chrono::milliseconds idle_timeout, std::size_t max_frame,
              MemoryBudget* budget)
       : m_device(device), m_fd(fd), m_idle(idle_timeout), m_who(device.chip().chip_id().str()), m_session(device),
-        m_max_frame(max_frame), m_decoder(max_frame), m_share(budget), m_budget(budget) {}
+        m_max_frame(max_frame), m_decoder(max_frame), m_share(budget), m_budget(budget),
+        m_atr(card_atr(device.options().card)) {}
 
   void run(const std::atomic<bool>& stopping) {
     // recv blocks for at most one receive timeout: the whole idle timeout when there is one (the
@@ -233,14 +234,25 @@ class Connection {
   bool handle(const core::SecureBytes& payload) {
     if (payload.size() == 1) {
       const std::uint8_t ctl = payload[0];
-      if (ctl == core::vpcd::get_atr) return send_frame(m_fd, kAtr, sizeof kAtr);
+      if (ctl == core::vpcd::get_atr) {
+        // A mute card: pcscd's power-on is a power on then a get ATR; closing the link there makes
+        // the power-on fail while presence checks (a get ATR alone) still see a card.
+        if (m_device.options().card.mute && m_last_control == core::vpcd::power_on) {
+          log_line(m_who, "mute card: no ATR after power on, link closed");
+          return false;
+        }
+        m_last_control = ctl;
+        return send_frame(m_fd, m_atr.data(), m_atr.size());
+      }
       if (ctl == core::vpcd::power_off || ctl == core::vpcd::power_on || ctl == core::vpcd::reset) {
+        m_last_control = ctl;
         m_session.reset();
         return true;
       }
       log_line(m_who, "unknown vpcd control byte, connection closed");
       return false;
     }
+    m_last_control = 0;
     core::SecureBytes response;
     try {
       response = m_session.process(payload.data(), payload.size());
@@ -270,6 +282,8 @@ class Connection {
   std::size_t m_received = 0;
   std::chrono::milliseconds m_recv_timeout{-1};
   std::optional<std::chrono::steady_clock::time_point> m_frame_started;  // first byte of a partial frame
+  const core::Bytes m_atr;
+  std::uint8_t m_last_control = 0;  // the vpcd control byte just before, 0 after an APDU
 };
 
 }  // namespace

@@ -81,7 +81,8 @@ CHANNELID    $port
 CONF
     i=$((i + 1))
   done
-  unshare -m sh -c 'mount --bind "$1" /run/pcscd && exec pcscd -f -c "$2"' sh "$DIR/run" "$DIR/conf.d" \
+  # PCSCD_DEBUG=1: pcscd logs every call (DIR/pcscd.log), for a test being debugged.
+  unshare -m sh -c 'mount --bind "$1" /run/pcscd && exec pcscd -f ${3:+-d} -c "$2"' sh "$DIR/run" "$DIR/conf.d" "${PCSCD_DEBUG:+1}" \
     >"$DIR/pcscd.log" 2>&1 &
   local pid=$!
   echo "$pid" >"$DIR/pcscd.pid"

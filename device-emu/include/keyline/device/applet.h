@@ -41,9 +41,29 @@ struct Faults {
   bool corrupt_backup = false;  // GET DATA DF20 answers the backup with one bit flipped (a faulty chip)
 };
 
+// How the device shows itself as a card in a reader (serve --protocol, --no-extended, --mute;
+// docs/readers.md). The defaults are the ATR and behaviour the TCP link has always had.
+enum class Protocol { t1, t0 };
+struct CardOptions {
+  // t1: the ATR offers T=0 and T=1 (kAtr). t0: T=0 only; a case 4 command comes without Le (ISO 7816-3
+  // section 12.2.4), its answer is announced by 61XX and fetched by GET RESPONSE; a case 2 command
+  // with a wrong Le is answered 6CXX (ISO 7816-4 section 5.6); no extended-length APDUs.
+  Protocol protocol = Protocol::t1;
+  // false: the ATR's card capabilities say "no extended Lc/Le" (ISO 7816-4 section 8.1.1.2.7) and
+  // an extended-length APDU is answered 6700.
+  bool extended = true;
+  // A card that gives no ATR once powered on (the link closes at the power-on's get ATR): pcscd
+  // sees a card that does not answer (SCARD_STATE_MUTE).
+  bool mute = false;
+};
+
+// The ATR the device answers vpcd "get ATR" with: kAtr unless the card options change it.
+core::Bytes card_atr(const CardOptions& card);
+
 struct DeviceOptions {
   bool allow_reset = false;  // 80 C8 resets to BLANK only when the device was started with --allow-reset
   Faults faults;
+  CardOptions card;
 };
 
 class Device {
@@ -88,10 +108,15 @@ class Session {
   // Bytes this session holds between commands (chained parts, STORE DATA blocks): the server
   // counts them against its memory budget. Capacity, not size: a vector's clear() keeps its
   // allocation, and an allocation is what the budget bounds (docs/protocol.md section 8).
-  std::size_t held_bytes() const noexcept { return m_chain.capacity() + m_store.capacity(); }
+  std::size_t held_bytes() const noexcept {
+    return m_chain.capacity() + m_store.capacity() + (m_t0_pending ? m_t0_pending->data.capacity() : 0);
+  }
 
  private:
   core::ResponseApdu dispatch(const core::CommandApdu& c);
+  // The T=0 card's rules around process() (CardOptions::protocol t0); in card.cpp.
+  core::ResponseApdu process_t0(const core::CommandApdu& c);
+  core::ResponseApdu t0_get_response(const core::CommandApdu& c);
   core::ResponseApdu gather_chained(const core::CommandApdu& c);
   core::ResponseApdu select(const core::CommandApdu& c);
   core::ResponseApdu get_data(const core::CommandApdu& c);
@@ -121,6 +146,9 @@ class Session {
   core::SecureBytes m_store;
   int m_next_block = 0;
   bool m_storing = false;
+  // T=0: the answer of a case 4 command announced by 61XX, until GET RESPONSE fetches it.
+  std::optional<core::ResponseApdu> m_t0_pending;
+  std::size_t m_t0_pos = 0;  // what GET RESPONSE has taken of it
 };
 
 }  // namespace keyline::device
