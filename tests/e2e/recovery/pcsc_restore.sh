@@ -5,7 +5,8 @@
 # identity. Then what an owner sees when the name matches no reader or several, when the reader is
 # empty, when the card is pulled out mid-restore, and when pcscd is down.
 # Usage: pcsc_restore.sh WORKDIR   (LINE_BIN = directory holding the keyline-* programs)
-# Exit 77 (ctest: skipped) only when the private pcscd cannot start here, and it says why.
+# Exit 77 (ctest: skipped) only when tests/support/pcscd.sh says a private pcscd cannot run here
+# (not root, no unshare, pcscd or vpcd missing), and it says why.
 set -euo pipefail
 
 work=${1:?usage: pcsc_restore.sh WORKDIR}
@@ -15,60 +16,30 @@ top=$(cd "$here/../../.." && pwd)
 source "$top/scripts/lib/line.sh"
 
 rm -rf "$work"
-mkdir -p "$work/pcscd/run" "$work/pcscd/conf"
-PCSCD_PID=
+mkdir -p "$work"
+SERVE_PIDS=()
+PCSCD_DIR=
+pcscd_stop() { [ -z "$PCSCD_DIR" ] || "$top/tests/support/pcscd.sh" stop "$PCSCD_DIR"; PCSCD_DIR=; }
 cleanup() {
   local p
   for p in "${SERVE_PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   pcscd_stop
   line_down
 }
-SERVE_PIDS=()
 trap cleanup EXIT
 
-# --- a private pcscd: its own /run/pcscd in a private mount namespace (docs/readers.md) ---------
-# One reader.conf entry opens two readers, "keyline vpcd 0 00 00" on port P and "... 00 01" on P+1.
-pcscd_start() {
-  local p
-  for ((i = 0; i < 20; i++)); do
-    p=$(line_free_port)
-    (exec 3<>"/dev/tcp/127.0.0.1/$((p + 1))") 2>/dev/null || break
-  done
-  VPCD_PORT=$p
-  cat >"$work/pcscd/conf/vpcd" <<EOF
-FRIENDLYNAME "keyline vpcd 0"
-DEVICENAME   /dev/null:$VPCD_PORT
-LIBPATH      /usr/lib/pcsc/drivers/serial/libifdvpcd.so
-CHANNELID    $VPCD_PORT
-EOF
-  local why=""
-  if [ "$(id -u)" -ne 0 ]; then why="not root (a private mount namespace for /run/pcscd needs it)"
-  elif ! command -v pcscd >/dev/null; then why="pcscd is not installed (scripts/setup.sh installs it)"
-  elif [ ! -e /usr/lib/pcsc/drivers/serial/libifdvpcd.so ]; then why="the vpcd driver (vsmartcard-vpcd) is not installed"
-  fi
-  if [ -z "$why" ]; then
-    unshare -m sh -c 'mount --bind "$1" /run/pcscd && exec pcscd -f -c "$2"' sh "$work/pcscd/run" "$work/pcscd/conf" \
-      >"$work/pcscd/pcscd.log" 2>&1 &
-    PCSCD_PID=$!
-    export PCSCLITE_CSOCK_NAME="$work/pcscd/run/pcscd.comm"
-    for ((i = 0; i < 50; i++)); do [ -S "$PCSCLITE_CSOCK_NAME" ] && break; sleep 0.1; done
-    [ -S "$PCSCLITE_CSOCK_NAME" ] || why="the private pcscd did not start: $(tail -3 "$work/pcscd/pcscd.log" | tr '\n' ' ')"
-  fi
-  if [ -n "$why" ]; then
-    echo "SKIP e2e.recovery.pcsc: $why"
-    exit 77
-  fi
-}
-pcscd_stop() {
-  [ -n "$PCSCD_PID" ] || return 0
-  kill "$PCSCD_PID" 2>/dev/null || true
-  wait "$PCSCD_PID" 2>/dev/null || true
-  PCSCD_PID=
-}
-
-pcscd_start
-READER0="keyline vpcd 0 00 00"
-READER1="keyline vpcd 0 00 01"
+# --- a private pcscd with two vpcd readers (tests/support/pcscd.sh, docs/readers.md) -------------
+rc=0
+"$top/tests/support/pcscd.sh" start "$work/pcscd" 2 >"$work/pcscd.out" 2>&1 || rc=$?
+if [ "$rc" -ne 0 ]; then
+  echo "SKIP e2e.recovery.pcsc: the test's own pcscd cannot start here (exit $rc): $(tr '\n' ' ' <"$work/pcscd.out")"
+  [ "$rc" -eq 77 ] && exit 77
+  exit 1
+fi
+PCSCD_DIR="$work/pcscd"
+export "$(cat "$PCSCD_DIR/env")"
+READER0=$(sed -n '1s/ [0-9]*$//p' "$PCSCD_DIR/readers"); PORT0=$(sed -n '1s/.* //p' "$PCSCD_DIR/readers")
+READER1=$(sed -n '2s/ [0-9]*$//p' "$PCSCD_DIR/readers"); PORT1=$(sed -n '2s/.* //p' "$PCSCD_DIR/readers")
 
 failures=0
 pass() { printf 'PASS %s\n' "$*"; }
@@ -120,10 +91,10 @@ expect() {
 }
 
 # --- the main path: card in, restore by a part of the reader's name --------------------------
-plug 0 "$VPCD_PORT"
+plug 0 "$PORT0"
 p0=$PLUG_PID
 rc=0
-restore --reader "vpcd 0 00 00" --card-wait 15 >"$work/restore-0.out" 2>"$work/restore-0.err" || rc=$?
+restore --reader "${READER0#keyline }" --card-wait 15 >"$work/restore-0.out" 2>"$work/restore-0.err" || rc=$?
 cat "$work/restore-0.err" "$work/restore-0.out"
 if [ "$rc" -eq 0 ] && grep -q "device pcsc:$READER0 is chip" "$work/restore-0.err"; then
   pass "restore --reader: exit 0 through pcsc:$READER0"
@@ -139,7 +110,7 @@ rpid=$!
 for ((i = 0; i < 100; i++)); do grep -q "waiting up to 20 s" "$work/restore-1.err" 2>/dev/null && break; sleep 0.1; done
 grep -q "no card in reader \"$READER1\": waiting up to 20 s" "$work/restore-1.err" && pass "empty reader: the wait is said" ||
   fail "empty reader: no wait message ($(cat "$work/restore-1.err"))"
-plug 1 "$((VPCD_PORT + 1))"
+plug 1 "$PORT1"
 p1=$PLUG_PID
 rc=0; wait "$rpid" || rc=$?
 [ "$rc" -eq 0 ] && pass "the card put in while waiting is restored" || { fail "restore after the wait: exit $rc"; cat "$work/restore-1.err"; }
@@ -165,7 +136,7 @@ elapsed=$(( ($(date +%s%N) - start) / 1000000 ))
 unplug "$p0"
 "$DEV" wipe-flash --dir "$(ddir 0)" >/dev/null
 sleep 0.5
-plug 0 "$VPCD_PORT" --drop-after-bytes 2000
+plug 0 "$PORT0" --drop-after-bytes 2000
 rc=0
 restore --reader "$READER0" --card-wait 15 >"$work/pulled.out" 2>"$work/pulled.err" || rc=$?
 unplug "$PLUG_PID"
@@ -175,7 +146,7 @@ else
   fail "card pulled out mid-restore: exit $rc"; cat "$work/pulled.err"
 fi
 sleep 0.5
-plug 0 "$VPCD_PORT"
+plug 0 "$PORT0"
 restore --reader "$READER0" --card-wait 15 >"$work/again.out" 2>"$work/again.err" || { fail "restore again: exit $?"; cat "$work/again.err"; }
 same_identity 0 "restore again after the card was pulled out"
 
