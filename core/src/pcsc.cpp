@@ -263,7 +263,7 @@ void PcscChannel::connect() {
     throw IoError(ErrorCode::PcscCardRemoved, "no card in reader " + m_reader + " (waited " +
                                                   std::to_string(m.options.connect_timeout.count()) + " ms)");
   if (s.mute) throw IoError(ErrorCode::PcscCardMute, "card in reader " + m_reader + " does not answer (mute)");
-  // T=1 when the card offers it (pcscd would take the ATR's first protocol, often T=0); T=0 else.
+  // T=1 alone when the ATR offers it, not the choice of pcscd and the driver between both; T=0 else.
   const std::optional<AtrInfo> info = parse_atr(s.atr);
   const DWORD wanted = info && info->t1 ? SCARD_PROTOCOL_T1 : SCARD_PROTOCOL_T0 | SCARD_PROTOCOL_T1;
   const auto deadline = std::chrono::steady_clock::now() + m.options.connect_timeout;
