@@ -9,20 +9,27 @@
 // A failure names the chip, the step and the reason. Before STORE DATA succeeds the claim is voided
 // (the IMEI is never given to another device); after it, the journal keeps the device's state so a
 // later run resumes (publish from the outbox).
+// Each step is one function of the flow (station/src/flow.h); route() below is the journal's state
+// machine: which steps a chip still needs. The device is reached through a core::DeviceChannel, the
+// keys come from a KeySource (key_source.h).
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "keyline/core/device_channel.h"
 #include "keyline/core/device_link.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/config.h"
 #include "keyline/core/pq_group.h"
+#include "keyline/station/key_source.h"
 #include "keyline/station/keys.h"
 #include "keyline/station/publisher.h"
 
@@ -30,6 +37,29 @@ namespace keyline::station {
 
 enum class Step { Connect, ReadDevice, Claim, Issue, Store, Backup, Record, Publish, Done };
 const char* step_name(Step s) noexcept;
+
+// A chip's live journal row (journal.device.state; 'stored', written by earlier versions, resumes
+// like 'issued'), None without one. Throws Error(JournalConflict) for a state it does not know.
+enum class JournalState { None, Claimed, Issued, BackedUp, Published };
+JournalState parse_journal_state(const std::string& state);
+
+// Why a device is refused right after read-device, before anything is claimed.
+enum class Refusal {
+  None,
+  Personalized,           // personalized and not left half-done by this station (4011)
+  PersonalizedVoidClaim,  // the same, and the chip's 'claimed' row is voided first
+  LostFlash,              // blank, yet the journal says its record is kept: restore it (4011)
+};
+
+// The journal's state machine (docs/station.md, "Journal states"), the one place that says which
+// steps follow which state: after read-device, a chip's journal state and the device's lifecycle
+// give either a refusal or the steps to run, in order. Claim is always first: a new claim, or the
+// row's own IMEI (and, for a blank device, its keys again).
+struct Route {
+  Refusal refusal = Refusal::None;
+  std::vector<Step> steps;
+};
+const Route& route(JournalState state, bool personalized);
 
 struct DeviceResult {
   std::string endpoint;
@@ -79,23 +109,41 @@ class Personalizer {
  public:
   Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher);
 
-  // Runs all steps for the device at host:port on the caller's thread with its own DB connection.
-  // Never throws for a device problem: the result says what happened.
-  DeviceResult personalize(const std::string& endpoint, core::pq::Connection& db);
+  // Runs all steps for the device at `address` ("HOST:PORT" or "pcsc:READER", core::open_device_channel)
+  // on the caller's thread with its own DB connection. Never throws for a device problem: the result
+  // says what happened.
+  DeviceResult personalize(const std::string& address, core::pq::Connection& db);
   // The same with the journal where the caller keeps it (a line: a pool and its group commit).
-  DeviceResult personalize(const std::string& endpoint, JournalDb& db);
+  DeviceResult personalize(const std::string& address, JournalDb& db);
+  // The same on a channel the caller holds (a line's reader worker); connected here when it is not.
+  // The channel stays open. May be called from several threads at once, each with its own channel.
+  DeviceResult personalize(core::DeviceChannel& channel, JournalDb& db);
 
   void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
   // Application items (DGIs 0F01-0FFF) from the line profile, stored into every device.
   void set_app_items(std::vector<std::pair<std::uint16_t, core::Bytes>> items) { m_app_items = std::move(items); }
+  // Where the flow's notes go (one line each, no secrets); default: stderr with "keyline-station: ".
+  void set_log(std::function<void(const std::string&)> log) { m_log = std::move(log); }
+
+  // The channel settings of the station (chaining chunk for extended or short APDUs): what a caller
+  // that opens its own channel for personalize(channel, db) should pass to core::open_device_channel.
+  core::ChannelOptions channel_options() const;
 
  private:
   void step(Step s, const std::string& chip_id);
+  // The flow's fall back to short APDUs: said once per channel address, however many devices it
+  // concerns (called by the flow, from any worker thread).
+  void note_short_apdus(const std::string& address, const std::string& why);
   const StationConfig& m_config;
   StationKeys& m_keys;
   Publisher* m_publisher;
   StepHook m_hook;
   std::vector<std::pair<std::uint16_t, core::Bytes>> m_app_items;
+  std::function<void(const std::string&)> m_log;
+  std::mutex m_said_mutex;
+  std::set<std::string> m_said_short;  // addresses whose fall back to short APDUs was logged
+
+  friend class Flow;
 };
 
 // The public DB holds the record: outbox row published and journal row 'published', in one statement
