@@ -30,8 +30,6 @@ const http::Problems problem{kProblemBase};
 using http::path_segments;
 using http::reply;
 
-bool is_get(const Request& req) { return req.method == "GET" || req.method == "HEAD"; }
-
 bool etag_matches(const Request& req, const std::string& etag) {
   const std::string inm = req.get("if-none-match");
   if (inm.empty()) return false;
@@ -93,7 +91,7 @@ Reply represent(const Request& req, const StoredRecord& rec, const std::string& 
 Reply read_record(Shared& s, const Request& req, const std::vector<std::string>& parts) {
   const std::string sub = parts.size() == 4 ? parts[3] : "";
   if (!sub.empty() && sub != "backup" && sub != "certificate") return problem(404, "not-found", "no such resource");
-  if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
+  if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
   if (!s.limiter->allow(req.client_address)) return too_many();
   std::string chip;
   try {
@@ -107,7 +105,7 @@ Reply read_record(Shared& s, const Request& req, const std::vector<std::string>&
 }
 
 Reply read_by_imei(Shared& s, const Request& req, const std::string& imei) {
-  if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
+  if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
   if (!s.limiter->allow(req.client_address)) return too_many();
   if (!core::Imei::is_valid(imei)) return problem(400, "bad-imei", "an IMEI is 15 digits with a Luhn check digit");
   auto rec = s.store->by_imei(imei);
@@ -199,13 +197,13 @@ Reply publish(Shared& s, const Request& req) {
 Reply dispatch(Shared& s, const Request& req) {
   const auto parts = path_segments(req.path);
   if (parts.size() == 1 && parts[0] == "healthz") {
-    if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
+    if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
     if (!s.store->healthy()) return problem(503, "unavailable", "database unreachable");
     return http::json_reply(200, "{\"status\":\"ok\"}");
   }
   if (parts.empty() || parts[0] != "v1") return problem(404, "not-found", "no such resource");
   if (parts.size() == 2 && parts[1] == "ca") {
-    if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
+    if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
     if (!s.limiter->allow(req.client_address)) return too_many();
     return reply(200, "application/pem-certificate-chain", s.anchors_pem, {{"Cache-Control", "public, max-age=3600"}});
   }
@@ -259,11 +257,9 @@ Reply handle_ops(Shared& s, const Request& req) {
   return problem.guarded([&] {
     const auto parts = path_segments(req.path);
     if (parts.size() == 1 && parts[0] == "metrics") {
-      if (!is_get(req)) return problem.method_not_allowed("GET, HEAD");
+      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
       const auto stats = s.public_stats ? s.public_stats() : http::ServerStats{};
-      return reply(200, "text/plain; version=0.0.4",
-                   s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats),
-                   {{"Cache-Control", "no-store"}});
+      return http::metrics_reply(s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats));
     }
     if (parts.size() == 1 && parts[0] == "healthz") return dispatch(s, req);
     return problem(404, "not-found", "no such resource");

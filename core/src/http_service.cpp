@@ -64,6 +64,12 @@ Reply json_reply(int status, std::string body, Fields headers) {
   return reply(status, "application/json", std::move(body), std::move(headers));
 }
 
+Reply metrics_reply(std::string text) {
+  return reply(200, "text/plain; version=0.0.4", std::move(text), {{"Cache-Control", "no-store"}});
+}
+
+bool is_read(const Request& request) { return request.method == "GET" || request.method == "HEAD"; }
+
 std::vector<std::string> path_segments(const std::string& path) {
   std::vector<std::string> parts;
   std::stringstream ss(path);

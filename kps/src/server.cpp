@@ -428,11 +428,11 @@ http::ServerOptions public_options(const Config& c) {
 Reply handle_ops(Shared& s, const Request& req) {
   return problem.guarded([&] {
     if (req.path == "/metrics") {
-      if (req.method != "GET" && req.method != "HEAD") return problem.method_not_allowed("GET, HEAD");
-      return http::reply(200, "text/plain; version=0.0.4", s.metrics.render(s.public_stats()), {{"Cache-Control", "no-store"}});
+      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
+      return http::metrics_reply(s.metrics.render(s.public_stats()));
     }
     if (req.path == "/healthz") {
-      if (req.method != "GET" && req.method != "HEAD") return problem.method_not_allowed("GET, HEAD");
+      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
       s.pool->acquire()->exec("SELECT 1");
       return json_reply(200, "{\"status\":\"ok\"}");
     }

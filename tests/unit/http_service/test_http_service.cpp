@@ -98,3 +98,19 @@ TEST_CASE("the public listener: limits from the settings, TLS files checked") {
   CHECK_THROWS_AS(http::public_listener("keyline-x", "127.0.0.1:0", s, 4096, {}, {"/nonexistent/cert.pem", "k", ""}),
                   core::ConfigError);
 }
+
+TEST_CASE("metrics replies and reads") {
+  const auto m = http::metrics_reply("keyline_x 1\n");
+  CHECK(m.status == 200);
+  CHECK(m.content_type == "text/plain; version=0.0.4");
+  CHECK(header(m, "Cache-Control") == "no-store");
+  http::Request q;
+  for (const char* method : {"GET", "HEAD"}) {
+    q.method = method;
+    CHECK(http::is_read(q));
+  }
+  for (const char* method : {"POST", "get", "PUT", ""}) {
+    q.method = method;
+    CHECK_FALSE(http::is_read(q));
+  }
+}

@@ -47,6 +47,12 @@ Reply reply(int status, std::string content_type, std::string body, Fields heade
 // application/json, by default not to be stored by caches (answers about one device or the server now).
 Reply json_reply(int status, std::string body, Fields headers = {{"Cache-Control", "no-store"}});
 
+// The Prometheus text exposition (version 0.0.4) of an operations listener's /metrics, never cached.
+Reply metrics_reply(std::string text);
+
+// GET or HEAD: the methods of a read (the server sends HEAD's headers without the body).
+bool is_read(const Request& request);
+
 // "/v1/records/ABC" -> {"v1", "records", "ABC"}; empty segments are dropped.
 std::vector<std::string> path_segments(const std::string& path);
 
