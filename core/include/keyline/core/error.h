@@ -26,6 +26,12 @@ enum class ErrorCode : int {
   BackupDoesNotOpen = 1151,
   BadFlashImage = 1160,
   BadRecord = 1170,
+  // 1180-1189: transparency log (core merkle, signed_note, checkpoint, tlog_tiles; docs/transparency.md)
+  BadProof = 1180,       // a Merkle inclusion or consistency proof that does not verify, or its arguments
+  BadNote = 1181,        // a signed note that does not parse (C2SP signed-note)
+  NoteNotVerified = 1182,  // no signature by a known key verifies, or a known key's signature fails
+  BadCheckpoint = 1183,  // a checkpoint body that does not parse (C2SP tlog-checkpoint)
+  BadTile = 1184,        // a tile path, tile or entry bundle that does not parse (C2SP tlog-tiles)
   // 1200-1299: crypto, certificates, HSM
   Crypto = 1200,
   BadCertificate = 1210,
