@@ -5,6 +5,8 @@
 #include <fnmatch.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
@@ -201,16 +203,80 @@ std::vector<ReaderState> Context::wait(const std::vector<std::string>& readers, 
 
 void Context::cancel() noexcept { SCardCancel(as_ctx(m_ctx)); }
 
-struct PcscChannel::Impl {
-  ChannelOptions options;
+namespace {
+
+// One connection to a card, shared with the thread that runs its exchanges. SCardTransmit blocks
+// inside pcscd until the reader driver returns, and the vpcd driver never gives up on a card that
+// does not answer: the exchange thread lets io_timeout bound what the caller waits. A timed-out
+// exchange leaves the Link with that thread, which disconnects and releases the context once the
+// call returns (the card is pulled out, pcscd stops).
+struct Link {
   std::unique_ptr<Context> ctx;
   SCARDHANDLE card = 0;
   bool connected = false;
   DWORD protocol = 0;
-  bool extended = false;
-  SecureBytes rbuf;  // a response may carry key material: wiped after each exchange
+  SecureBytes send;  // the APDU being exchanged; a response may carry key material, both are wiped
+  SecureBytes rbuf;
+  DWORD rlen = 0;
+  LONG rv = SCARD_S_SUCCESS;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool job = false, done = false, abandoned = false, quit = false;
 
+  ~Link() {
+    if (connected) SCardDisconnect(card, SCARD_RESET_CARD);
+  }
   const SCARD_IO_REQUEST* pci() const { return protocol == SCARD_PROTOCOL_T0 ? SCARD_PCI_T0 : SCARD_PCI_T1; }
+};
+
+void exchange_loop(std::shared_ptr<Link> link) {
+  std::unique_lock<std::mutex> lock(link->mutex);
+  for (;;) {
+    link->wake.wait(lock, [&] { return link->job || link->quit; });
+    if (link->quit) return;
+    lock.unlock();
+    DWORD rlen = static_cast<DWORD>(link->rbuf.size());
+    const LONG rv = SCardTransmit(link->card, link->pci(), link->send.data(), static_cast<DWORD>(link->send.size()),
+                                  nullptr, link->rbuf.data(), &rlen);
+    lock.lock();
+    link->rv = rv;
+    link->rlen = std::min<DWORD>(rlen, static_cast<DWORD>(link->rbuf.size()));
+    link->job = false;
+    link->done = true;
+    if (link->abandoned) return;  // the last owner: ~Link disconnects, ~Context releases
+    link->wake.notify_all();
+  }
+}
+
+}  // namespace
+
+struct PcscChannel::Impl {
+  ChannelOptions options;
+  std::shared_ptr<Link> link = std::make_shared<Link>();
+  std::thread exchanger;
+  bool extended = false;
+
+  // Stops the exchange thread (idle: it only waits for the next job) and drops the link.
+  void drop() noexcept {
+    if (exchanger.joinable()) {
+      {
+        std::lock_guard<std::mutex> lock(link->mutex);
+        link->quit = true;
+      }
+      link->wake.notify_all();
+      exchanger.join();
+    }
+    link = std::make_shared<Link>();
+  }
+  // After a timed-out exchange: the thread keeps the link until SCardTransmit returns.
+  void abandon() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(link->mutex);
+      link->abandoned = true;
+    }
+    exchanger.detach();
+    link = std::make_shared<Link>();
+  }
 };
 
 PcscChannel::PcscChannel(std::string reader, ChannelOptions options)
@@ -220,18 +286,14 @@ PcscChannel::PcscChannel(std::string reader, ChannelOptions options)
 
 PcscChannel::~PcscChannel() { close(); }
 
-bool PcscChannel::connected() const noexcept { return m_impl->connected; }
-bool PcscChannel::extended_length() const noexcept { return m_impl->connected && m_impl->extended; }
+bool PcscChannel::connected() const noexcept { return m_impl->link->connected; }
+bool PcscChannel::extended_length() const noexcept { return m_impl->link->connected && m_impl->extended; }
 void PcscChannel::disable_extended_length() noexcept { m_impl->extended = false; }
-bool PcscChannel::t0() const noexcept { return m_impl->connected && m_impl->protocol == SCARD_PROTOCOL_T0; }
-
-void PcscChannel::close() noexcept {
-  if (m_impl->connected) SCardDisconnect(m_impl->card, SCARD_RESET_CARD);
-  m_impl->connected = false;
-  m_impl->card = 0;
-  m_impl->rbuf.clear();
-  m_impl->rbuf.shrink_to_fit();
+bool PcscChannel::t0() const noexcept {
+  return m_impl->link->connected && m_impl->link->protocol == SCARD_PROTOCOL_T0;
 }
+
+void PcscChannel::close() noexcept { m_impl->drop(); }
 
 namespace {
 
@@ -256,8 +318,9 @@ ReaderState card_state(Context& ctx, const std::string& reader, std::chrono::mil
 void PcscChannel::connect() {
   close();
   Impl& m = *m_impl;
-  if (!m.ctx) m.ctx = std::make_unique<Context>();
-  const ReaderState s = card_state(*m.ctx, m_reader, m.options.connect_timeout);
+  Link& l = *m.link;
+  l.ctx = std::make_unique<Context>();
+  const ReaderState s = card_state(*l.ctx, m_reader, m.options.connect_timeout);
   if (s.gone) throw IoError(ErrorCode::PcscReaderRemoved, "reader " + m_reader + " was removed");
   if (!s.present)
     throw IoError(ErrorCode::PcscCardRemoved, "no card in reader " + m_reader + " (waited " +
@@ -269,7 +332,7 @@ void PcscChannel::connect() {
   const auto deadline = std::chrono::steady_clock::now() + m.options.connect_timeout;
   LONG rv;
   for (;;) {
-    rv = SCardConnect(as_ctx(m.ctx->native()), m_reader.c_str(), SCARD_SHARE_EXCLUSIVE, wanted, &m.card, &m.protocol);
+    rv = SCardConnect(as_ctx(l.ctx->native()), m_reader.c_str(), SCARD_SHARE_EXCLUSIVE, wanted, &l.card, &l.protocol);
     // Another program holds the card (or our own last session is still being closed): wait a little.
     if (rv != SCARD_E_SHARING_VIOLATION || std::chrono::steady_clock::now() >= deadline) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -277,17 +340,17 @@ void PcscChannel::connect() {
   if (rv == SCARD_E_SHARING_VIOLATION)
     throw IoError(ErrorCode::Pcsc, "reader " + m_reader + " is in use by another program");
   if (rv != SCARD_S_SUCCESS) fail(rv, "SCardConnect", m_reader);
-  m.connected = true;
+  l.connected = true;
   read_card_status();
-  m.extended = m.protocol == SCARD_PROTOCOL_T1 && card_takes_extended();
-  m.rbuf.assign(kMaxReceive, 0);
+  m.extended = l.protocol == SCARD_PROTOCOL_T1 && card_takes_extended();
+  l.rbuf.assign(kMaxReceive, 0);
+  m.exchanger = std::thread(exchange_loop, m.link);
 }
 
 void PcscChannel::read_card_status() {
-  Impl& m = *m_impl;
   BYTE atr[MAX_ATR_SIZE];
   DWORD atr_len = sizeof atr, state = 0, proto = 0, name_len = 0;
-  const LONG rv = SCardStatus(m.card, nullptr, &name_len, &state, &proto, atr, &atr_len);
+  const LONG rv = SCardStatus(m_impl->link->card, nullptr, &name_len, &state, &proto, atr, &atr_len);
   if (rv != SCARD_S_SUCCESS) {
     close();
     fail(rv, "SCardStatus", m_reader);
@@ -302,7 +365,7 @@ bool PcscChannel::card_takes_extended() const {
   if (info && info->extended_length && !*info->extended_length) return false;
   // The reader's own limit where its driver names one (CCID does, vpcd does not).
   DWORD max_in = 0, len = sizeof max_in;
-  if (SCardGetAttrib(m_impl->card, SCARD_ATTR_MAXINPUT, reinterpret_cast<BYTE*>(&max_in), &len) == SCARD_S_SUCCESS &&
+  if (SCardGetAttrib(m_impl->link->card, SCARD_ATTR_MAXINPUT, reinterpret_cast<BYTE*>(&max_in), &len) == SCARD_S_SUCCESS &&
       len == sizeof max_in && max_in > 0 && max_in < 5 + 3 + 256)
     return false;
   return true;
@@ -310,24 +373,29 @@ bool PcscChannel::card_takes_extended() const {
 
 SecureBytes PcscChannel::transmit_raw(const SecureBytes& apdu, Deadline deadline, bool& sent_extended) {
   Impl& m = *m_impl;
-  if (!m.connected) throw IoError(ErrorCode::PcscCardRemoved, "card in reader " + m_reader + " is not connected");
-  // SCardTransmit blocks inside pcscd until the reader driver returns (docs/readers.md, "Deadlines"):
-  // the deadline is checked between the exchanges of one transmit().
-  if (std::chrono::steady_clock::now() >= deadline) {
-    close();
+  Link& l = *m.link;
+  if (!l.connected) throw IoError(ErrorCode::PcscCardRemoved, "card in reader " + m_reader + " is not connected");
+  const bool strip_le = l.protocol == SCARD_PROTOCOL_T0 && is_short_case4(apdu);
+  sent_extended = sent_extended || is_extended(apdu);
+  std::unique_lock<std::mutex> lock(l.mutex);
+  l.send.assign(apdu.begin(), apdu.end() - (strip_le ? 1 : 0));
+  l.job = true;
+  l.done = false;
+  l.wake.notify_all();
+  // One deadline for the whole transmit(): chained parts and GET RESPONSE rounds share it.
+  if (!l.wake.wait_until(lock, deadline, [&] { return l.done; })) {
+    lock.unlock();
+    m.abandon();
     throw LinkTimeout("card in reader " + m_reader + " did not complete " + m_exchange + " within " +
                           std::to_string(m.options.io_timeout.count()) + " ms",
                       m_exchange);
   }
-  const bool strip_le = m.protocol == SCARD_PROTOCOL_T0 && is_short_case4(apdu);
-  const std::size_t send_len = apdu.size() - (strip_le ? 1 : 0);
-  sent_extended = sent_extended || is_extended(apdu);
-  DWORD rlen = static_cast<DWORD>(m.rbuf.size());
-  const LONG rv = SCardTransmit(m.card, m.pci(), apdu.data(), static_cast<DWORD>(send_len), nullptr, m.rbuf.data(), &rlen);
+  const LONG rv = l.rv;
+  SecureBytes out(l.rbuf.begin(), l.rbuf.begin() + l.rlen);
+  Botan::secure_scrub_memory(l.rbuf.data(), l.rlen);
+  Botan::secure_scrub_memory(l.send.data(), l.send.size());
+  lock.unlock();
   if (rv != SCARD_S_SUCCESS) transmit_failed(rv, is_extended(apdu));
-  rlen = std::min<DWORD>(rlen, static_cast<DWORD>(m.rbuf.size()));
-  SecureBytes out(m.rbuf.begin(), m.rbuf.begin() + rlen);
-  Botan::secure_scrub_memory(m.rbuf.data(), rlen);
   if (out.size() < 2) {
     // The vpcd driver hands back an empty answer when the card's link broke mid-exchange.
     const ReaderState s = card_state_after_failure();
@@ -358,12 +426,13 @@ void PcscChannel::transmit_failed(long rv, bool extended) {
 ReaderState PcscChannel::card_state_after_failure() {
   const std::vector<std::string> one{m_reader};
   try {
-    std::vector<ReaderState> s = m_impl->ctx->states(one);
+    Context& ctx = *m_impl->link->ctx;
+    std::vector<ReaderState> s = ctx.states(one);
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(1500);
     // Wait for the event counter or the presence to move; a card still there after that stays.
     while (s[0].present && !s[0].gone && std::chrono::steady_clock::now() < deadline) {
       const auto before = s[0];
-      s = m_impl->ctx->wait(one, s, std::chrono::milliseconds(250));
+      s = ctx.wait(one, s, std::chrono::milliseconds(250));
       if (s[0].event_count != before.event_count) {
         ReaderState r = s[0];
         r.present = false;  // pulled (and maybe put back): this session's card is gone either way

@@ -329,6 +329,31 @@ TEST_CASE("a card pulled out mid-exchange is PcscCardRemoved, a dropped link") {
   CHECK(code_of([&] { channel.connect(); }) == code(ErrorCode::PcscCardRemoved));  // no card to connect to
 }
 
+TEST_CASE("io_timeout bounds an exchange the card does not answer; the card is usable again after") {
+  const auto readers = test_readers();
+  const Made dev = make_device("dev-slow");
+  pcsc::Context ctx;
+  auto card = plug(ctx, dev, readers[0], {"--delay-id-ms", "4000"});
+  ChannelOptions o;
+  o.io_timeout = 1000ms;
+  pcsc::PcscChannel channel(readers[0].name, o);
+  channel.connect();
+  REQUIRE(channel.transmit(applet::select_command()).sw == sw::ok);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string message;
+  CHECK(code_of([&] { channel.transmit(applet::get_cplc_command()); }, &message) == code(ErrorCode::Timeout));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took >= 900ms);
+  CHECK(took < 2500ms);  // not the card's 4 s
+  CHECK(message.find("within 1000 ms") != std::string::npos);
+  CHECK_FALSE(channel.connected());
+  // The exchange left behind ends when the card answers; then the card is free for a new session.
+  o.connect_timeout = 10000ms;
+  pcsc::PcscChannel again(readers[0].name, o);
+  again.connect();
+  CHECK(again.transmit(applet::select_command()).sw == sw::ok);
+}
+
 TEST_CASE("a mute card (no ATR at power on) is PcscCardMute") {
   const auto readers = test_readers();
   const Made dev = make_device("dev-mute");
