@@ -68,9 +68,11 @@ std::string plain_list(const std::vector<std::string>& items) {
     case SCARD_E_READER_UNAVAILABLE:
     case SCARD_E_UNKNOWN_READER:
       throw IoError(ErrorCode::PcscReaderRemoved, "reader " + reader + " was removed");
+    case SCARD_E_NO_SMARTCARD:
+      if (doing == "SCardConnect") throw IoError(ErrorCode::PcscCardMute, "no card in reader " + reader);
+      throw IoError(ErrorCode::PcscCardRemoved, "card pulled out of reader " + reader);
     case SCARD_W_REMOVED_CARD:
     case SCARD_W_RESET_CARD:
-    case SCARD_E_NO_SMARTCARD:
       throw IoError(ErrorCode::PcscCardRemoved, "card pulled out of reader " + reader);
     default:
       throw IoError(ErrorCode::Pcsc, "PC/SC " + doing + (reader.empty() ? "" : " on reader " + reader) +
@@ -322,9 +324,11 @@ void PcscChannel::connect() {
   l.ctx = std::make_unique<Context>();
   const ReaderState s = card_state(*l.ctx, m_reader, m.options.connect_timeout);
   if (s.gone) throw IoError(ErrorCode::PcscReaderRemoved, "reader " + m_reader + " was removed");
+  // SCARD_E_NO_SMARTCARD at connect: PcscCardMute, as pcsc.h maps it (a card that never came is no
+  // dropped link; one pulled out under an exchange is, and is PcscCardRemoved).
   if (!s.present)
-    throw IoError(ErrorCode::PcscCardRemoved, "no card in reader " + m_reader + " (waited " +
-                                                  std::to_string(m.options.connect_timeout.count()) + " ms)");
+    throw IoError(ErrorCode::PcscCardMute, "no card in reader " + m_reader + " (waited " +
+                                               std::to_string(m.options.connect_timeout.count()) + " ms)");
   if (s.mute) throw IoError(ErrorCode::PcscCardMute, "card in reader " + m_reader + " does not answer (mute)");
   // T=1 alone when the ATR offers it, not the choice of pcscd and the driver between both; T=0 else.
   const std::optional<AtrInfo> info = parse_atr(s.atr);
