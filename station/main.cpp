@@ -72,12 +72,26 @@ int main(int argc, char** argv) {
   auto* pool_st = pool->add_subcommand("status", "what the pool holds");
   pool_st->add_flag("--json", json, "machine-readable output");
 
-  std::vector<std::string> devices;
+  PersonalizeRequest pers_req;
+  std::string pers_all, run_all;
   auto* pers = app.add_subcommand(
       "personalize", "personalize devices one after the other (claim, read chip ID, sign, store, check backup, "
-                     "publish); a device is done only when the public DB has its record");
-  pers->add_option("--device", devices, "device address HOST:PORT (repeat for several)")->required();
-  pers->add_flag("--json", json, "one JSON line per device");
+                     "publish); a device is done only when the public DB has its record. Fixtures are emulated "
+                     "devices over TCP (--device) or cards in PC/SC readers (--reader): the TCP devices first, then "
+                     "the readers in the order pcscd lists them");
+  pers->add_option("--device", pers_req.devices, "device address HOST:PORT (repeat for several)");
+  pers->add_option("--reader", pers_req.readers,
+                   "PC/SC reader pattern (repeat for several): a shell glob when it holds * ? or [ (\"*vpcd*\"), "
+                   "else a part of the reader's name (\"Gemalto\"); each matching reader is personalized once, and "
+                   "a reader without a card is waited for (see --card-wait). No reader matching: error 1422, exit 4; "
+                   "pcscd not running: error 1421, exit 4 (`opensc-tool --list-readers` shows the reader names)");
+  pers->add_option("--readers", pers_all, "all: every reader pcscd lists")->check(CLI::IsMember({"all"}));
+  pers->add_option("--card-wait", pers_req.card_wait_s,
+                   "seconds a reader without a card is waited for (a message on stderr says which); then that "
+                   "reader fails and the next one is taken")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  pers->add_flag("--json", pers_req.json, "one JSON line per device");
 
   RunRequest run_req;
   auto* run = app.add_subcommand(
@@ -87,7 +101,19 @@ int main(int argc, char** argv) {
   run->add_option("--device", run_req.devices, "device address HOST:PORT (repeat for several)");
   run->add_option("--fleet", run_req.fleet_file, "file of `keyline-device serve --fleet` lines: listening HOST:PORT CHIPID DIR");
   run->add_option("--fleet-ports", run_req.fleet_ports, "[HOST:]BASE:COUNT consecutive device ports");
-  run->add_option("--concurrency,-j", run_req.concurrency, "devices at once (default: the profile's, else 8)");
+  run->add_option("--reader", run_req.readers,
+                  "a line on PC/SC readers: reader pattern (repeat for several; a shell glob when it holds * ? or "
+                  "[, else a part of the name). Each card put into a matching reader is personalized, one at a "
+                  "time per reader; a card left in after it is done is not taken again until it is pulled out and "
+                  "put back; a card pulled out mid-way keeps its IMEI and resumes when it comes back. Ends on "
+                  "SIGINT/SIGTERM, --count or --idle-exit (docs/line.md)");
+  run->add_option("--readers", run_all, "all: a line on every reader pcscd lists")->check(CLI::IsMember({"all"}));
+  run->add_option("--idle-exit", run_req.idle_exit_s,
+                  "a line on readers: end after this many seconds with no card to do (0: never)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  run->add_option("--concurrency,-j", run_req.concurrency,
+                  "devices at once (default: the profile's, else 8; on readers at least one per reader)");
   run->add_option("--count", run_req.count, "stop once this many devices are done (published)");
   run->add_option("--db-wait", run_req.db_wait_s,
                   "seconds devices wait for an unreachable station database (restart, failover) before they fail")
@@ -143,7 +169,9 @@ int main(int argc, char** argv) {
     if (*pool_gen) return cmd_pool_generate(cfg, tac, count, nkeys);
     if (*pool_imp) return cmd_pool_import(cfg, csv);
     if (*pool_st) return cmd_pool_status(cfg, json);
-    if (*pers) return cmd_personalize(cfg, devices, json);
+    if (!pers_all.empty()) pers_req.readers.push_back(pers_all);
+    if (!run_all.empty()) run_req.readers.push_back(run_all);
+    if (*pers) return cmd_personalize(cfg, pers_req);
     if (*run) return cmd_run(cfg, run_req);
     if (*floor) return cmd_bench_floor(cfg, floor_devices, floor_threads);
     if (*publish) return cmd_publish(cfg, retry_refused_flag, retry_chip);

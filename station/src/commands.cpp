@@ -1,13 +1,17 @@
 #include "keyline/station/commands.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 #include <unistd.h>
 
 #include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
+#include "keyline/core/pcsc.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
@@ -80,33 +84,95 @@ int cmd_pool_status(const StationConfig& config, bool json) {
   return 0;
 }
 
-int cmd_personalize(const StationConfig& config, const std::vector<std::string>& devices, bool json) {
+namespace {
+
+struct PersonalizeTally {
+  int failed = 0, refused = 0, waiting = 0;
+};
+
+void report_device(const std::string& d, const DeviceResult& r, bool json, PersonalizeTally& t) {
+  if (json) {
+    std::cout << "{\"device\":\"" << esc(d) << "\",\"chip_id\":\"" << esc(r.chip_id) << "\",\"imei\":\""
+              << esc(r.imei) << "\",\"done\":" << (r.done ? "true" : "false")
+              << ",\"in_outbox\":" << (r.in_outbox ? "true" : "false") << ",\"step\":\"" << step_name(r.reached)
+              << "\",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\"}\n";
+  } else if (r.done) {
+    std::cout << "personalized " << d << ": chip " << r.chip_id << " IMEI " << r.imei << " published\n";
+  }
+  if (!r.done) {
+    std::cerr << "keyline-station: " << d << ": error " << r.error_code << ": " << r.error << "\n";
+    (r.in_outbox ? t.waiting : is_refusal(r.error_code) ? t.refused : t.failed)++;
+  }
+}
+
+// A reader without a card (or with a mute one) is waited for, saying so on stderr. Returns the
+// error that ends the wait: none (a card that answers is in), no card within `wait_s`, or the reader
+// removed.
+std::optional<core::IoError> wait_for_card(core::pcsc::Context& ctx, const std::string& reader, int wait_s) {
+  const std::vector<std::string> one{reader};
+  auto st = ctx.states(one);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(wait_s);
+  bool said = false;
+  while (!st[0].present || st[0].mute) {
+    if (st[0].gone)
+      return core::IoError(core::ErrorCode::PcscReaderRemoved, "reader \"" + reader + "\" was removed");
+    const auto left = deadline - std::chrono::steady_clock::now();
+    if (left <= std::chrono::steady_clock::duration::zero())
+      return core::IoError(st[0].mute ? core::ErrorCode::PcscCardMute : core::ErrorCode::Timeout,
+                           st[0].mute ? "the card in reader \"" + reader + "\" does not answer (mute)"
+                                      : "no card put into reader \"" + reader + "\" within " +
+                                            std::to_string(wait_s) + " s (--card-wait)");
+    if (!said)
+      std::cerr << "keyline-station: " << (st[0].mute ? "the card in reader \"" + reader + "\" does not answer; " : "")
+                << "waiting for a card in reader \"" << reader << "\" (up to " << wait_s << " s, --card-wait)\n";
+    said = true;
+    st = ctx.wait(one, st, std::min(std::chrono::duration_cast<std::chrono::milliseconds>(left),
+                                    std::chrono::milliseconds(1000)));
+  }
+  return std::nullopt;
+}
+
+void personalize_readers(const PersonalizeRequest& request, core::pcsc::Context& ctx,
+                         const std::vector<std::string>& readers, Personalizer& p, core::pq::Connection& db,
+                         PersonalizeTally& t) {
+  for (const auto& reader : readers) {
+    const std::string address = core::kPcscScheme + reader;
+    if (const auto e = wait_for_card(ctx, reader, request.card_wait_s)) {
+      DeviceResult r;
+      r.error_code = e->numeric();
+      r.error = e->what();
+      report_device(address, r, request.json, t);
+      continue;
+    }
+    report_device(address, p.personalize(address, db), request.json, t);
+  }
+}
+
+}  // namespace
+
+int cmd_personalize(const StationConfig& config, const PersonalizeRequest& request) {
+  if (request.devices.empty() && request.readers.empty())
+    throw core::ConfigError(core::ErrorCode::Usage, "no devices: give --device HOST:PORT or --reader PATTERN");
+  // pcscd away (1421) or no reader matching (1422) is said before anything is opened or claimed.
+  std::unique_ptr<core::pcsc::Context> ctx;
+  std::vector<std::string> readers;
+  if (!request.readers.empty()) {
+    ctx = std::make_unique<core::pcsc::Context>();
+    readers = ctx->require_readers(request.readers);
+  }
   auto db = open_db(config);
   auto keys = StationKeys::open(config, 4);
   std::unique_ptr<Publisher> publisher;
   if (!config.backupdb_url.empty()) publisher = std::make_unique<Publisher>(config);
   Personalizer p(config, keys, publisher.get());
-  int failed = 0, refused = 0, waiting = 0;
-  for (const auto& d : devices) {
-    const auto r = p.personalize(d, db);
-    if (json) {
-      std::cout << "{\"device\":\"" << esc(d) << "\",\"chip_id\":\"" << esc(r.chip_id) << "\",\"imei\":\""
-                << esc(r.imei) << "\",\"done\":" << (r.done ? "true" : "false")
-                << ",\"in_outbox\":" << (r.in_outbox ? "true" : "false") << ",\"step\":\"" << step_name(r.reached)
-                << "\",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\"}\n";
-    } else if (r.done) {
-      std::cout << "personalized " << d << ": chip " << r.chip_id << " IMEI " << r.imei << " published\n";
-    }
-    if (!r.done) {
-      std::cerr << "keyline-station: " << d << ": error " << r.error_code << ": " << r.error << "\n";
-      (r.in_outbox ? waiting : is_refusal(r.error_code) ? refused : failed)++;
-    }
-  }
+  PersonalizeTally t;
+  for (const auto& d : request.devices) report_device(d, p.personalize(d, db), request.json, t);
+  if (ctx) personalize_readers(request, *ctx, readers, p, db, t);
   // docs/operations.md: 5 when a peer answered "no" (device, public DB, another station), 4 when the only
   // trouble is a public DB that did not answer (the outbox holds the records), 1 for anything else.
-  if (failed > 0) return core::exit_code::failure;
-  if (refused > 0) return core::exit_code::refused;
-  return waiting > 0 ? core::exit_code::unavailable : core::exit_code::ok;
+  if (t.failed > 0) return core::exit_code::failure;
+  if (t.refused > 0) return core::exit_code::refused;
+  return t.waiting > 0 ? core::exit_code::unavailable : core::exit_code::ok;
 }
 
 int cmd_publish(const StationConfig& config, bool retry_refused_too, const std::string& chip) {
@@ -179,13 +245,20 @@ int cmd_run(const StationConfig& config, const RunRequest& request) {
     auto more = fleet_ports(request.fleet_ports);
     profile.devices.insert(profile.devices.end(), more.begin(), more.end());
   }
-  if (profile.devices.empty())
-    throw core::ConfigError(core::ErrorCode::Usage, "no devices: give --profile, --fleet, --fleet-ports or --device");
+  profile.readers = request.readers;
+  if (!profile.readers.empty() && !profile.devices.empty())
+    throw core::ConfigError(core::ErrorCode::Usage,
+                            "a line runs on readers (--reader) or on TCP fixtures (--device, --fleet, --fleet-ports, "
+                            "a profile's devices), not both");
+  if (profile.devices.empty() && profile.readers.empty())
+    throw core::ConfigError(core::ErrorCode::Usage,
+                            "no devices: give --profile, --fleet, --fleet-ports, --device or --reader");
   if (request.concurrency > 0) profile.concurrency = request.concurrency;
   LineOptions opt;
   opt.count = request.count;
   opt.publish_wait_ms = request.publish_wait_s * 1000;
   opt.db_wait_ms = request.db_wait_s * 1000;
+  opt.idle_exit_ms = request.idle_exit_s * 1000;
   opt.terminal = request.progress == "tty" || (request.progress == "auto" && ::isatty(1));
   install_line_signal_handlers();
   const auto s = run_line(config, profile, opt, std::cout);

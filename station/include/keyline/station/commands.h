@@ -16,8 +16,15 @@ int cmd_keys_init(const StationConfig& config, const KeysInitOptions& options);
 int cmd_pool_generate(const StationConfig& config, const std::string& tac, std::int64_t count, std::int64_t keys);
 int cmd_pool_import(const StationConfig& config, const std::string& csv);
 int cmd_pool_status(const StationConfig& config, bool json);
-// Personalizes the devices one after the other; prints one line per device (JSON with --json).
-int cmd_personalize(const StationConfig& config, const std::vector<std::string>& devices, bool json);
+// `personalize`: the devices one after the other, then the cards in the readers matching the patterns
+// (core::pcsc::match_readers), each waited for up to card_wait_s; one line per device (JSON with --json).
+struct PersonalizeRequest {
+  std::vector<std::string> devices;  // HOST:PORT
+  std::vector<std::string> readers;  // PC/SC reader patterns ("all": every reader)
+  int card_wait_s = 60;              // how long a reader without a card is waited for
+  bool json = false;
+};
+int cmd_personalize(const StationConfig& config, const PersonalizeRequest& request);
 int cmd_publish(const StationConfig& config, bool retry_refused_too = false, const std::string& chip = {});
 int cmd_status(const StationConfig& config, bool json);
 
@@ -28,6 +35,8 @@ struct RunRequest {
   std::vector<std::string> devices;   // HOST:PORT
   std::string fleet_file;             // "listening HOST:PORT CHIPID DIR" lines
   std::string fleet_ports;            // [HOST:]BASE:COUNT
+  std::vector<std::string> readers;   // PC/SC reader patterns: a line on readers (docs/line.md)
+  int idle_exit_s = 0;                // a line on readers: end after this long with no card to do
   int concurrency = 0;                // 0: the profile's (default 8)
   std::int64_t count = 0;
   int publish_wait_s = 60;

@@ -6,6 +6,8 @@
 //   publishing lanes (2-8)         each: one kept-alive mutual-TLS connection; fresh records first, one lane
 //                                  sweeps the outbox with exponential backoff
 //   progress (the calling thread)  a \r line on a terminal, a plain line every few seconds otherwise
+//   watcher (a line on readers)    waits on the PC/SC readers (SCardGetStatusChange) and hands each card put
+//                                  in to the workers, one device at a time per reader (docs/line.md)
 //
 // A device counts as done only once the public DB holds its record (docs/design.md section 9, invariant 4):
 // a device whose record waits in the outbox is "publishing" until the drainer delivers it.
@@ -24,13 +26,16 @@
 namespace keyline::station {
 
 struct LineDevice {
-  std::string endpoint;  // HOST:PORT of the fixture
+  std::string endpoint;  // HOST:PORT of the fixture, or "pcsc:READER" (core::open_device_channel)
   std::string chip_id;   // when known (fleet file): lets a restart skip devices already published
 };
 
 // The line profile (JSON; see docs/line.md).
 struct LineProfile {
   std::vector<LineDevice> devices;
+  // PC/SC reader patterns (core::pcsc::match_readers; "all": every reader). Not empty: a line on
+  // readers, which takes the cards put in and ends on a stop signal, --count or --idle-exit.
+  std::vector<std::string> readers;
   int concurrency = 8;
   std::string key_source;        // empty: the station's setting
   std::string tac;               // TAC range the pool is topped up from ("" = never top up)
@@ -53,6 +58,17 @@ struct LineOptions {
   int device_attempts = 3;       // tries per device when the link drops (claims stay with the chip)
   int publish_wait_ms = 60000;   // after the last device, how long to wait for the outbox to drain
   int db_wait_ms = 300000;       // how long devices wait for an unreachable station database before failing
+  int idle_exit_ms = 0;          // a line on readers: end after this long with no card to do (0: never)
+  int reader_retry_ms = 1000;    // a line on readers: pause after a dropped link before the same card again
+};
+
+// One reader's line in the progress and the summary.
+struct ReaderSummary {
+  std::string reader;
+  std::int64_t taken = 0;   // cards handed to a worker (a card whose link dropped and came back: twice)
+  std::int64_t done = 0;    // published (counted when the public DB holds the record)
+  std::int64_t failed = 0;
+  std::string state;        // "empty", "queued", "busy", "done, card in", "failed, card in", "mute", "removed"
 };
 
 struct LineSummary {
@@ -70,6 +86,7 @@ struct LineSummary {
   double seconds = 0;
   std::vector<std::string> failures;  // one line per failed device
   std::string halted;  // why the line stopped starting new devices early (empty: it did not)
+  std::vector<ReaderSummary> readers;  // a line on readers: one per reader
 };
 
 // Runs the line. Returns when every device is handled, --count is reached, or a stop was requested
