@@ -36,6 +36,13 @@
 #   2026-11-23: 112.7 devices/s). Delays on: 39.8 / 139.7 / 383.4 devices/s at 16 / 64 / 256 at once,
 #   peak RSS 28 / 34 / 55 MB.
 #
+# Part 3 measured 2026-12-01 on the shared 2-core machine (Release build, load average 4-7 from other
+#   builds; the station of `run --readers` as in the working tree of that day, engineer L's, before its
+#   commit): 128 devices each, 16 at once: TCP 193.1 / 189.1 / 139.6 devices/s, station CPU 2.03 / 2.11 /
+#   1.95 ms per device; PC/SC 7.1 / 11.7 / 10.7 devices/s, station CPU 3.28 / 3.05 / 3.12 ms per device;
+#   ratios devices/s 0.037 / 0.062 / 0.077, CPU per device 1.615 / 1.444 / 1.600. A card took 879 ms
+#   from put in to done (pcscd's 400 ms presence poll of the vpcd driver included), a TCP device ~85 ms.
+#
 # Environment: KEYLINE_BENCH_LINE_DEVICES (devices of part 1, default 2000), KEYLINE_BENCH_DIR
 # (default .keyline/bench/line), KEYLINE_BENCH_LINE_SWEEP ("16 64 256"; empty: no part 2),
 # KEYLINE_BENCH_LINE_PARTS (parts to run, default "1 2 3"), KEYLINE_BENCH_PCSC_READERS (16) and
@@ -175,11 +182,25 @@ card_changer() {
     "$LINE_BIN/keyline-device" serve --dir "${PCSC_DIRS[$i]}" --vpcd "127.0.0.1:${PCSC_PORTS[$r]}" --quiet \
       >>"$LINE_DIR/card-$r.log" 2>&1 &
     CARD_PIDS[$r]=$!
+    echo "$(( $(date +%s%N) / 1000000 )) in $r ${chip[$r]}" >>"$LINE_DIR/changer.log"
   }
   for ((r = 0; r < readers; r++)); do next[$r]=0; pulled[$r]=0; card_in "$r"; done
+  local all_chips
+  all_chips=$(printf "'%s'," "${PCSC_CHIPS[@]}")
+  PCSC_T_DONE=
   while kill -0 "$station" 2>/dev/null; do
     sleep 0.05
     now=$(( $(date +%s%N) / 1000000 ))
+    if [ "$(printf '%s' "${chip[@]}")" = "" ] && [ "$(printf '%s\n' "${next[@]}" | sort -n | head -1)" -ge "$per_reader" ]; then
+      # Every card is through: the figure ends when the last record is published. The station is
+      # stopped then (SIGTERM: nothing new starts) rather than left to notice --count on its own.
+      if [ "$(line_public_sql "SELECT count(*) FROM records WHERE chip_id IN (${all_chips%,})")" -ge "${#PCSC_CHIPS[@]}" ]; then
+        PCSC_T_DONE=$(date +%s%N)
+        kill -TERM $(pgrep -P "$station") 2>/dev/null  # the station under /usr/bin/time
+        break
+      fi
+      continue
+    fi
     for ((r = 0; r < readers; r++)); do
       [ -z "${chip[$r]}" ] && [ "${next[$r]}" -lt "$per_reader" ] && [ $((now - pulled[$r])) -ge "$gap" ] && card_in "$r"
     done
@@ -194,6 +215,7 @@ card_changer() {
       CARD_PIDS[$r]=
       chip[$r]=
       pulled[$r]=$(( $(date +%s%N) / 1000000 ))
+      echo "${pulled[$r]} out $r" >>"$LINE_DIR/changer.log"
     done
   done
 }
@@ -235,19 +257,25 @@ t0=$(date +%s%N)
   -j "$readers" --idle-exit 60 --progress plain >"$LINE_DIR/pcsc.log" 2>&1 &
 local station=$!
 card_changer "$station"
-wait "$station" || { cat "$LINE_DIR/pcsc.log" >&2; exit 1; }
-t1=$(date +%s%N)
+wait "$station" || true
+t1=${PCSC_T_DONE:-$(date +%s%N)}
 local pcsc_wall pcsc_cpu published
 pcsc_wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
 pcsc_cpu=$(awk '{ print $1 + $2 }' "$LINE_DIR/pcsc.time")
 published=$(line_public_sql "SELECT count(*) FROM records")
+# Card put in to its journal row backed_up, as the changer saw it (pcscd's detection included).
+local card_ms
+card_ms=$(awk '$2 == "in" { t[$3] = $1 } $2 == "out" && ($3 in t) { s += $1 - t[$3]; n++ } END { printf "%.0f", n ? s / n : 0 }' \
+  "$LINE_DIR/changer.log")
+[ -n "$PCSC_T_DONE" ] || { echo "bench_line: the PC/SC run ended before its $m records were published" >&2; cat "$LINE_DIR/pcsc.log" >&2; exit 1; }
 part3_down
 trap line_down EXIT
-awk -v m="$m" -v r="$readers" -v tw="$tcp_wall" -v tc="$tcp_cpu" -v pw="$pcsc_wall" -v pc="$pcsc_cpu" -v pub="$published" 'BEGIN {
+awk -v m="$m" -v r="$readers" -v cm="$card_ms" -v gap="${KEYLINE_BENCH_PCSC_CHANGE_MS:-500}" -v tw="$tcp_wall" -v tc="$tcp_cpu" -v pw="$pcsc_wall" -v pc="$pcsc_cpu" -v pub="$published" 'BEGIN {
   tr = m / tw; pr = m / pw; tcpu = tc * 1000 / m; pcpu = pc * 1000 / m
   printf "PC/SC next to TCP (%d devices each, %d at once, delays off, same line, same run; %d records published):\n", m, r, pub
   printf "  TCP    %8.1f devices/s, station CPU %6.2f ms per device\n", tr, tcpu
   printf "  PC/SC  %8.1f devices/s, station CPU %6.2f ms per device (%d vpcd readers, card changes included)\n", pr, pcpu, r
+  printf "         a card in a reader %d ms on average from put in to done on the device side; %d ms to change it\n", cm, gap
   printf "  ratio PC/SC / TCP: devices/s %.3f, station CPU per device %.3f\n", pr / tr, pcpu / tcpu
 }'
 }
