@@ -136,15 +136,18 @@ Context::Context() {
 Context::~Context() { SCardReleaseContext(as_ctx(m_ctx)); }
 
 std::vector<std::string> Context::readers() {
+  std::string buf;
   DWORD len = 0;
-  LONG rv = SCardListReaders(as_ctx(m_ctx), nullptr, nullptr, &len);
+  LONG rv = SCARD_E_INSUFFICIENT_BUFFER;
+  // A reader plugged in between sizing and listing makes the buffer short: size it again, a few times.
+  for (int tries = 0; tries < 4 && rv == SCARD_E_INSUFFICIENT_BUFFER; ++tries) {
+    len = 0;
+    rv = SCardListReaders(as_ctx(m_ctx), nullptr, nullptr, &len);
+    if (rv != SCARD_S_SUCCESS) break;
+    buf.assign(len, '\0');
+    rv = SCardListReaders(as_ctx(m_ctx), nullptr, buf.data(), &len);
+  }
   if (rv == SCARD_E_NO_READERS_AVAILABLE) return {};
-  if (rv != SCARD_S_SUCCESS) fail(rv, "SCardListReaders", "");
-  std::string buf(len, '\0');
-  rv = SCardListReaders(as_ctx(m_ctx), nullptr, buf.data(), &len);
-  if (rv == SCARD_E_NO_READERS_AVAILABLE) return {};
-  // A reader plugged in between the two calls: the buffer is short, ask again next time.
-  if (rv == SCARD_E_INSUFFICIENT_BUFFER) return readers();
   if (rv != SCARD_S_SUCCESS) fail(rv, "SCardListReaders", "");
   // A multi-string: names separated by NUL, ended by an empty one.
   std::vector<std::string> out;
@@ -429,6 +432,7 @@ void PcscChannel::transmit_failed(long rv, bool extended) {
 
 ReaderState PcscChannel::card_state_after_failure() {
   const std::vector<std::string> one{m_reader};
+  if (!m_impl->link->ctx) return gone_state(m_reader);
   try {
     Context& ctx = *m_impl->link->ctx;
     std::vector<ReaderState> s = ctx.states(one);

@@ -53,19 +53,12 @@ print(" ".join(map(str, got)))
 PY
 }
 
-start() {
-  local n=$1
-  [ "$n" -ge 1 ] 2>/dev/null || die "N must be a positive number of readers"
-  [ "$(id -u)" = 0 ] || skip "a private pcscd needs root (a mount namespace binds its socket directory)"
-  command -v unshare >/dev/null || skip "unshare is missing (util-linux)"
-  command -v pcscd >/dev/null || skip "pcscd is not installed (Debian package pcscd)"
-  command -v pcsc_scan >/dev/null || skip "pcsc_scan is not installed (Debian package pcsc-tools)"
-  [ -f "$DRIVER" ] || skip "vpcd driver missing (Debian package vsmartcard-vpcd)"
-  stop
+# Writes the reader.conf entries for $1 entries on fresh ports, starts pcscd, waits for its readers.
+# Sets `ports` and `names`; 1 when the readers did not all come up.
+launch() {
+  local entries=$1 i=0 port
   rm -rf "$DIR/conf.d" "$DIR/run" "$DIR/drivers"
   mkdir -p "$DIR/conf.d" "$DIR/run" "$DIR/drivers" /run/pcscd || die "cannot make $DIR"
-  local entries=$(((n + 1) / 2)) i=0 port
-  local ports
   ports=$(free_port_pairs "$entries") || die "no free ports"
   for port in $ports; do
     # The vpcd driver keeps its sockets in a static array indexed by slot (0, 1), not by reader:
@@ -89,21 +82,39 @@ CONF
   local sock="$DIR/run/pcscd.comm"
   echo "PCSCLITE_CSOCK_NAME=$sock" >"$DIR/env"
   export PCSCLITE_CSOCK_NAME="$sock"
-  local names=""
+  names=""
   for _ in $(seq 100); do
     kill -0 "$pid" 2>/dev/null || { grep -q "Operation not permitted" "$DIR/pcscd.log" &&
-      skip "no mount namespace here: $(tail -n 2 "$DIR/pcscd.log" | tr '\n' ' ')"; die "pcscd exited"; }
+      skip "no mount namespace here: $(tail -n 2 "$DIR/pcscd.log" | tr '\n' ' ')"; return 1; }
     if [ -S "$sock" ]; then
       names=$(timeout 5 pcsc_scan -r 2>/dev/null | sed -n 's/^[0-9]\+: //p')
-      [ "$(printf '%s\n' "$names" | grep -c .)" -ge $((entries * 2)) ] && break
+      [ "$(printf '%s\n' "$names" | grep -c .)" -ge $((entries * 2)) ] && return 0
     fi
     sleep 0.1
   done
-  [ "$(printf '%s\n' "$names" | grep -c .)" -ge $((entries * 2)) ] || die "pcscd did not bring up $((entries * 2)) readers"
+  return 1
+}
+
+start() {
+  local n=$1
+  [ "$n" -ge 1 ] 2>/dev/null || die "N must be a positive number of readers"
+  [ "$(id -u)" = 0 ] || skip "a private pcscd needs root (a mount namespace binds its socket directory)"
+  command -v unshare >/dev/null || skip "unshare is missing (util-linux)"
+  command -v pcscd >/dev/null || skip "pcscd is not installed (Debian package pcscd)"
+  command -v pcsc_scan >/dev/null || skip "pcsc_scan is not installed (Debian package pcsc-tools)"
+  [ -f "$DRIVER" ] || skip "vpcd driver missing (Debian package vsmartcard-vpcd)"
+  stop
+  local entries=$(((n + 1) / 2)) attempt
+  # A port picked free can be taken by another test before the driver binds it; that entry's readers
+  # then never come up, and a second pick is tried.
+  for attempt in 1 2 3; do
+    launch "$entries" && break
+    stop
+    [ "$attempt" -lt 3 ] || die "pcscd did not bring up $((entries * 2)) readers"
+  done
   # "<FRIENDLYNAME> XX SS": entry i's slot 00 listens on its port, slot 01 on the next.
   : >"$DIR/readers"
-  local count=0
-  i=0
+  local count=0 i=0 port
   for port in $ports; do
     for slot in 0 1; do
       [ "$count" -lt "$n" ] || break
