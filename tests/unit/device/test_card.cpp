@@ -6,6 +6,8 @@
 #include "keyline/core/apdu.h"
 #include "keyline/core/applet_protocol.h"
 #include "keyline/core/atr.h"
+#include "keyline/core/backup_package.h"
+#include "keyline/core/data_package.h"
 #include "keyline/device/applet.h"
 
 using namespace keyline;
@@ -106,4 +108,30 @@ TEST_CASE("--no-extended: an extended-length APDU is answered 6700, its short fo
   CHECK(def.raw({0x80, 0xCA, 0x9F, 0x7F, 0x00, 0x00, 0x00}).sw == core::sw::ok);
   // A case 4 command with Le over T=1 is taken whole.
   CHECK(def.raw({0x80, 0xC4, 0x00, 0x00, 0x01, 0x00, 0x00}).sw == core::sw::ok);
+}
+
+TEST_CASE("T=0: a whole personalization with long answers (backup, drill) through 61XX rounds") {
+  CardRig rig(t0_card());
+  // What a T=0 reader sends for an APDU: a case 4 command as its case 3 TPDU (ISO 7816-3 section 12.2).
+  const auto t0_reader = [&](const core::SecureBytes& apdu) {
+    const bool case4 = apdu.size() > 6 && apdu[4] != 0 && apdu.size() == 5u + apdu[4] + 1u;
+    return rig.session->process(apdu.data(), apdu.size() - (case4 ? 1 : 0));
+  };
+  const auto run = [&](const core::CommandApdu& c) { return core::transceive(t0_reader, c); };
+  REQUIRE(run(core::applet::select_command()).sw == core::sw::ok);
+  const core::SecureBytes pkg = rig.pki.package_for(rig.dev->chip().chip_id(), "490154203237518").encode();
+  std::uint8_t block = 0;
+  for (std::size_t off = 0; off < pkg.size(); off += 200, ++block) {
+    const std::size_t n = std::min<std::size_t>(200, pkg.size() - off);
+    const bool last = off + n == pkg.size();
+    const auto r = run(core::applet::store_data_command(block, last, core::SecureBytes(pkg.begin() + off, pkg.begin() + off + n)));
+    REQUIRE(r.sw == core::sw::ok);
+  }
+  const auto backup = run(core::applet::get_backup_command(false));
+  REQUIRE(backup.sw == core::sw::ok);
+  CHECK(backup.data.size() > 256);  // more than one GET RESPONSE round
+  core::CommandApdu drill = core::applet::restore_drill_command(core::Bytes(backup.data.begin(), backup.data.end()), false);
+  const auto d = run(drill);  // case 4: chained data, the 32-byte answer by 61XX / GET RESPONSE
+  REQUIRE(d.sw == core::sw::ok);
+  CHECK(core::Bytes(d.data.begin(), d.data.end()) == core::package_digest(pkg));
 }
