@@ -42,7 +42,9 @@ int main(int argc, char** argv) {
                                      "reader; a reader without a card is waited for up to --card-wait")
                      ->envname("KEYLINE_READER");
   device->excludes(reader);
-  restore->add_option("--card-wait", card_wait_s, "seconds to wait for a card in the --reader")->capture_default_str();
+  restore->add_option("--card-wait", card_wait_s, "seconds to wait for a card in the --reader")
+      ->check(CLI::Range(0, 3600))
+      ->capture_default_str();
   restore->add_option("--trust", ro.trust_file, "manufacturer root certificate(s) (PEM): anchor of device certificates")
       ->envname("KEYLINE_TRUST")->required();
   db_flags(restore, ro.db, false);

@@ -12,7 +12,8 @@ const char* const kExitCodeHelp =
     "  1  other failure (the message says which)\n"
     "  2  usage: bad or missing flags, unreadable --trust/--ca file\n"
     "  3  verification failed: chain, chip ID, IMEI, backup package or bundle; nothing was written\n"
-    "  4  the public DB (after retries) or the device cannot be reached\n"
+    "  4  the public DB (after retries) or the device cannot be reached; over PC/SC also pcscd not running (1421),\n"
+    "     no reader matches --reader (1422), no card or a mute one (1423), the reader or card gone (1424, 1425)\n"
     "  5  the device refused the image; it keeps its previous state\n"
     "  7  no record for this chip in the public DB (HTTP 404)";
 
