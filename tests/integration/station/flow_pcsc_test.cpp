@@ -58,6 +58,10 @@ class Card {
     REQUIRE(std::system(("rm -rf '" + dir + "' && '" + bin + "' make --dir '" + dir + "' --rom-ca '" + rom_ca +
                          "' > '" + dir + ".make.log' 2>&1")
                             .c_str()) == 0);
+    // A card pulled out just before (the previous test's) is still present to pcscd until its next
+    // poll of the vpcd reader: wait for the reader to be empty first, or that card's removal would
+    // reach this one's session.
+    wait_for(reader.name, false);
     m_pid = ::fork();
     REQUIRE(m_pid >= 0);
     if (m_pid == 0) {
@@ -71,13 +75,7 @@ class Card {
       ::execv(argv[0], argv.data());
       ::_exit(127);
     }
-    // pcscd polls the vpcd reader: wait until it sees the card.
-    core::pcsc::Context ctx;
-    const std::vector<std::string> one{reader.name};
-    auto s = ctx.states(one);
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (!s[0].present && std::chrono::steady_clock::now() < deadline) s = ctx.wait(one, s, 500ms);
-    REQUIRE_MESSAGE(s[0].present, "reader " << reader.name << " got no card");
+    wait_for(reader.name, true);  // pcscd polls the vpcd reader
   }
   ~Card() {
     if (m_pid > 0) ::kill(m_pid, SIGKILL), ::waitpid(m_pid, nullptr, 0);
@@ -86,6 +84,15 @@ class Card {
   Card& operator=(const Card&) = delete;
 
  private:
+  static void wait_for(const std::string& reader, bool present) {
+    core::pcsc::Context ctx;
+    const std::vector<std::string> one{reader};
+    auto s = ctx.states(one);
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (s[0].present != present && std::chrono::steady_clock::now() < deadline) s = ctx.wait(one, s, 500ms);
+    REQUIRE_MESSAGE(s[0].present == present, "reader " << reader << (present ? " got no card" : " kept its card"));
+  }
+
   pid_t m_pid = -1;
 };
 
