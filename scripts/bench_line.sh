@@ -36,17 +36,21 @@
 #   2026-11-23: 112.7 devices/s). Delays on: 39.8 / 139.7 / 383.4 devices/s at 16 / 64 / 256 at once,
 #   peak RSS 28 / 34 / 55 MB.
 #
-# Part 3 measured 2026-12-01 on the shared 2-core machine (Release build, load average 4-7 from other
-#   builds; the station of `run --readers` as in the working tree of that day, engineer L's, before its
-#   commit): 128 devices each, 16 at once: TCP 193.1 / 189.1 / 139.6 devices/s, station CPU 2.03 / 2.11 /
-#   1.95 ms per device; PC/SC 7.1 / 11.7 / 10.7 devices/s, station CPU 3.28 / 3.05 / 3.12 ms per device;
-#   ratios devices/s 0.037 / 0.062 / 0.077, CPU per device 1.615 / 1.444 / 1.600. A card took 879 ms
-#   from put in to done (pcscd's 400 ms presence poll of the vpcd driver included), a TCP device ~85 ms.
+# Part 3 measured 2026-12-01 on the shared 2-core machine (Release build, load average 2-7 from other
+#   engineers' builds), 128 devices each, 16 at once, station of commit 88c0c82, and the station of
+#   b882c2e (before the refactor) as KEYLINE_BENCH_STATION_BEFORE, two invocations:
+#   TCP 226.5 / 188.9 devices/s, station CPU 2.11 / 2.11 ms per device; PC/SC 10.0 / 7.0 devices/s,
+#   station CPU 3.28 / 3.36 ms per device; ratio PC/SC / TCP devices/s 0.044 / 0.037, CPU per device
+#   1.556 / 1.593; a card took 915 / 1517 ms from put in to done (pcscd's 400 ms presence poll of the
+#   vpcd driver included), a TCP device ~80 ms. TCP before the refactor 228.0 / 190.9 devices/s, CPU
+#   2.11 / 2.07 ms: after / before 0.994 / 0.990 devices/s, 1.000 / 1.019 CPU (within the noise).
 #
 # Environment: KEYLINE_BENCH_LINE_DEVICES (devices of part 1, default 2000), KEYLINE_BENCH_DIR
 # (default .keyline/bench/line), KEYLINE_BENCH_LINE_SWEEP ("16 64 256"; empty: no part 2),
 # KEYLINE_BENCH_LINE_PARTS (parts to run, default "1 2 3"), KEYLINE_BENCH_PCSC_READERS (16) and
-# KEYLINE_BENCH_PCSC_PER_READER (devices through each reader, 8) for part 3.
+# KEYLINE_BENCH_PCSC_PER_READER (devices through each reader, 8) for part 3, and
+# KEYLINE_BENCH_STATION_BEFORE: a keyline-station built from before issue #13's refactor (e.g. commit
+# b882c2e), run over TCP on the same line too: the refactor may not make the TCP figure worse.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$repo/build}
@@ -159,7 +163,7 @@ station_run() {
   local name=$1 t0 t1
   shift
   t0=$(date +%s%N)
-  /usr/bin/time -f '%U %S' -o "$LINE_DIR/$name.time" "$LINE_BIN/keyline-station" run "$@" --progress plain \
+  /usr/bin/time -f '%U %S' -o "$LINE_DIR/$name.time" "${STATION_PROGRAM:-$LINE_BIN/keyline-station}" run "$@" --progress plain \
     >"$LINE_DIR/$name.log" 2>&1 || { cat "$LINE_DIR/$name.log" >&2; return 1; }
   t1=$(date +%s%N)
   RUN_WALL=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
@@ -223,16 +227,36 @@ card_changer() {
 part3() {
 readers=${KEYLINE_BENCH_PCSC_READERS:-16}
 per_reader=${KEYLINE_BENCH_PCSC_PER_READER:-8}
-local m=$((readers * per_reader))
+local m=$((readers * per_reader)) before=${KEYLINE_BENCH_STATION_BEFORE:-}
+local slices=2
+[ -z "$before" ] || slices=5
 trap part3_down EXIT
 rm -rf "$dir/pcsc"
-LINE_DEVICE_FLAGS="--quiet" line_up "$dir/pcsc" $((2 * m)) >/dev/null 2>"$dir.pcsc.log" || { cat "$dir.pcsc.log" >&2; exit 1; }
+LINE_DEVICE_FLAGS="--quiet" line_up "$dir/pcsc" $((slices * m)) >/dev/null 2>"$dir.pcsc.log" || { cat "$dir.pcsc.log" >&2; exit 1; }
 line_fleet_file "$LINE_DIR/fleet.txt"
-head -n "$m" "$LINE_DIR/fleet.txt" >"$LINE_DIR/fleet-tcp.txt"
+slice() { sed -n "$(($1 * m + 1)),$((($1 + 1) * m))p" "$LINE_DIR/fleet.txt" >"$LINE_DIR/fleet-$1.txt"; echo "$LINE_DIR/fleet-$1.txt"; }
 sync
-# (a) TCP, as many devices at once as there are readers.
-station_run tcp --fleet "$LINE_DIR/fleet-tcp.txt" -j "$readers" || exit 1
-local tcp_wall=$RUN_WALL tcp_cpu=$RUN_CPU
+# (a) TCP, as many devices at once as there are readers. With KEYLINE_BENCH_STATION_BEFORE also the
+# station built from before the refactor of issue #13, on the same line, in the order after, before,
+# before, after (a later run on a warm line is faster; each side gets one early and one late run).
+local tcp_wall=0 tcp_cpu=0 before_wall=0 before_cpu=0 before_line="" k=0 who
+for who in after ${before:+before before after}; do
+  if [ "$who" = after ]; then
+    station_run "tcp-$k" --fleet "$(slice "$k")" -j "$readers" || exit 1
+    tcp_wall=$(awk -v a="$tcp_wall" -v b="$RUN_WALL" 'BEGIN { print a + b }'); tcp_cpu=$(awk -v a="$tcp_cpu" -v b="$RUN_CPU" 'BEGIN { print a + b }')
+  else
+    STATION_PROGRAM=$before station_run "tcp-before-$k" --fleet "$(slice "$k")" -j "$readers" || exit 1
+    before_wall=$(awk -v a="$before_wall" -v b="$RUN_WALL" 'BEGIN { print a + b }'); before_cpu=$(awk -v a="$before_cpu" -v b="$RUN_CPU" 'BEGIN { print a + b }')
+  fi
+  k=$((k + 1))
+done
+local tcp_runs=1
+if [ -n "$before" ]; then
+  tcp_runs=2
+  before_line=$(awk -v n=$((2 * m)) -v w="$before_wall" -v c="$before_cpu" -v tw="$tcp_wall" -v tc="$tcp_cpu" 'BEGIN {
+    printf "  TCP before the refactor %.1f devices/s, station CPU %.2f ms per device; after / before: devices/s %.3f, CPU %.3f",
+      n / w, c * 1000 / n, w / tw, tc / c }')
+fi
 # (b) PC/SC: the TCP fleet stops; the other half of its devices become cards.
 kill "${LINE_PIDS[-1]}" && wait "${LINE_PIDS[-1]}" 2>/dev/null || true
 unset 'LINE_PIDS[-1]'
@@ -249,7 +273,7 @@ fi
 export "$(cat "$PCSC_DIR/env")"
 PCSC_PORTS=() PCSC_DIRS=() PCSC_CHIPS=()
 while read -r line; do PCSC_PORTS+=("${line##* }"); done <"$PCSC_DIR/readers"
-while read -r _ _ c d; do PCSC_CHIPS+=("$c"); PCSC_DIRS+=("$d"); done < <(tail -n "$m" "$LINE_DIR/fleet.txt")
+while read -r _ _ c d; do PCSC_CHIPS+=("$c"); PCSC_DIRS+=("$d"); done < <(tail -n "$m" "$LINE_DIR/fleet.txt")  # the last slice
 sync
 local t0 t1
 t0=$(date +%s%N)
@@ -270,14 +294,15 @@ card_ms=$(awk '$2 == "in" { t[$3] = $1 } $2 == "out" && ($3 in t) { s += $1 - t[
 [ -n "$PCSC_T_DONE" ] || { echo "bench_line: the PC/SC run ended before its $m records were published" >&2; cat "$LINE_DIR/pcsc.log" >&2; exit 1; }
 part3_down
 trap line_down EXIT
-awk -v m="$m" -v r="$readers" -v cm="$card_ms" -v gap="${KEYLINE_BENCH_PCSC_CHANGE_MS:-500}" -v tw="$tcp_wall" -v tc="$tcp_cpu" -v pw="$pcsc_wall" -v pc="$pcsc_cpu" -v pub="$published" 'BEGIN {
-  tr = m / tw; pr = m / pw; tcpu = tc * 1000 / m; pcpu = pc * 1000 / m
+awk -v m="$m" -v tn="$tcp_runs" -v r="$readers" -v cm="$card_ms" -v gap="${KEYLINE_BENCH_PCSC_CHANGE_MS:-500}" -v tw="$tcp_wall" -v tc="$tcp_cpu" -v pw="$pcsc_wall" -v pc="$pcsc_cpu" -v pub="$published" 'BEGIN {
+  tr = m * tn / tw; pr = m / pw; tcpu = tc * 1000 / (m * tn); pcpu = pc * 1000 / m
   printf "PC/SC next to TCP (%d devices each, %d at once, delays off, same line, same run; %d records published):\n", m, r, pub
-  printf "  TCP    %8.1f devices/s, station CPU %6.2f ms per device\n", tr, tcpu
+  printf "  TCP    %8.1f devices/s, station CPU %6.2f ms per device%s\n", tr, tcpu, (tn > 1 ? " (2 runs)" : "")
   printf "  PC/SC  %8.1f devices/s, station CPU %6.2f ms per device (%d vpcd readers, card changes included)\n", pr, pcpu, r
   printf "         a card in a reader %d ms on average from put in to done on the device side; %d ms to change it\n", cm, gap
   printf "  ratio PC/SC / TCP: devices/s %.3f, station CPU per device %.3f\n", pr / tr, pcpu / tcpu
 }'
+[ -z "$before_line" ] || echo "$before_line"
 }
 
 if part 1; then part1; fi
