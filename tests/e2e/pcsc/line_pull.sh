@@ -57,6 +57,14 @@ for _ in $(seq 200); do [ "$(published_count)" -eq "$N" ] && break; sleep 0.05; 
 card_out 0
 wait_card_state 0 absent
 card_in 0 --quiet
+# --idle-exit 6 ends the line once nothing happens; a line that keeps taking the cards left in never
+# goes idle: give it 60 s, then fail with what it did.
+for _ in $(seq 600); do kill -0 "$RUN_PID" 2>/dev/null || break; sleep 0.1; done
+if kill -0 "$RUN_PID" 2>/dev/null; then
+  kill -9 "$RUN_PID"
+  tail -5 "$run_log"
+  fail "the line did not go idle within 60 s: $(grep -c 'was done earlier in this run' "$run_log") cards were taken again"
+fi
 finish_run "$N"
 grep -q '^failed: ' "$run_log" && fail "a device failed"
 grep -q "reader \"${PCSC_READERS[0]}\": chip $(chip_of 0) was done earlier in this run; not personalized again" "$run_log" ||
