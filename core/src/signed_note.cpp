@@ -69,6 +69,18 @@ void check_text(const std::string& text) {
   if (!valid_note_chars(text)) malformed("note text is not UTF-8 without control characters");
 }
 
+// RFC 8032 section 5.1.7: S must be below the group order L. Botan 2.19 does not check it and
+// accepts S + L, a second valid signature for the same text and key (checked: it verifies).
+bool canonical_s(const Bytes& sig) {
+  static const std::uint8_t order_le[32] = {0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7,
+                                            0xa2, 0xde, 0xf9, 0xde, 0x14, 0,    0,    0,    0,    0,    0,
+                                            0,    0,    0,    0,    0,    0,    0,    0,    0,    0x10};
+  for (int i = 31; i >= 0; --i) {
+    if (sig[32 + i] != order_le[i]) return sig[32 + i] < order_le[i];
+  }
+  return false;  // S == L
+}
+
 }  // namespace
 
 bool valid_note_chars(std::string_view text) {
@@ -169,7 +181,7 @@ Ed25519Verifier Ed25519Verifier::parse(std::string_view vkey) {
 }
 
 bool Ed25519Verifier::verify(const std::string& text, const Bytes& signature) const {
-  if (signature.size() != 64) return false;
+  if (signature.size() != 64 || !canonical_s(signature)) return false;
   try {
     const Botan::Ed25519_PublicKey key(m_public);
     Botan::PK_Verifier verifier(key, "Pure");

@@ -33,7 +33,55 @@ Ed25519Signer test_signer(const std::string& name, std::uint8_t fill) {
   return Ed25519Signer(name, SecureBytes(32, fill));
 }
 
+// Accepts every signature: lets a test reach the rules that come before the cryptography.
+class AnySignature : public NoteVerifier {
+ public:
+  AnySignature(std::string name, std::uint32_t id) : m_name(std::move(name)), m_id(id) {}
+  const std::string& name() const override { return m_name; }
+  std::uint32_t key_id() const override { return m_id; }
+  bool verify(const std::string&, const Bytes&) const override { return true; }
+
+ private:
+  std::string m_name;
+  std::uint32_t m_id;
+};
+
+// S + L (little-endian S in bytes 32..63): the same point equation, a different encoding.
+Bytes add_group_order(Bytes sig) {
+  static const std::uint8_t order_le[32] = {0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7,
+                                            0xa2, 0xde, 0xf9, 0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10};
+  unsigned carry = 0;
+  for (int i = 0; i < 32; ++i) {
+    const unsigned v = sig[32 + i] + order_le[i] + carry;
+    sig[32 + i] = static_cast<std::uint8_t>(v);
+    carry = v >> 8;
+  }
+  return sig;
+}
+
 }  // namespace
+
+TEST_CASE("two signatures by one known key are refused, even if both verify") {
+  const AnySignature any("log.example/a", 0x01020304);
+  const std::string text = "t\n";
+  const std::string l1 = Signature{"log.example/a", 0x01020304, Bytes(64, 1)}.line();
+  const std::string l2 = Signature{"log.example/a", 0x01020304, Bytes(64, 2)}.line();
+  CHECK(open_note(text + "\n" + l1 + "\n", {&any}).verified.size() == 1);
+  CHECK_THROWS_CODE(open_note(text + "\n" + l1 + "\n" + l2 + "\n", {&any}), NoteNotVerified);
+}
+
+TEST_CASE("Ed25519: a signature with S + L (RFC 8032 section 5.1.7) is refused") {
+  const auto s = test_signer("log.example/a", 4);
+  const Ed25519Verifier v("log.example/a", s.public_key());
+  const std::string text = "log.example/a\n1\nAAAA\n";
+  const Bytes sig = s.sign(text);
+  REQUIRE(v.verify(text, sig));
+  const Bytes malleated = add_group_order(sig);
+  REQUIRE(malleated != sig);
+  CHECK_FALSE(v.verify(text, malleated));
+  const std::string note = text + "\n" + Signature{s.name(), s.key_id(), malleated}.line() + "\n";
+  CHECK_THROWS_CODE(open_note(note, {&v}), NoteNotVerified);
+}
 
 TEST_CASE("sumdb/note known answer: key ID, verifier key, signature byte for byte, open") {
   const auto signer = peter_signer();
