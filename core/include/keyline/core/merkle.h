@@ -38,9 +38,9 @@ class HashSource {
   virtual Hash subtree(unsigned level, std::uint64_t index) const = 0;
 };
 
-// MTH(D[begin, end)) for a range of the tree's recursive split (begin a multiple of the largest
-// power of two not above end - begin, as every range RFC 9162's recursion visits is). A range
-// that is one complete subtree costs one lookup, any other at most 64.
+// MTH(D[begin, end)), split as RFC 9162 section 2.1.1 splits. A range that is one aligned complete
+// subtree costs one lookup; the ranges the proof recursion visits cost at most one per set bit of
+// their length. MTH({}) for an empty range.
 Hash range_root(const HashSource& source, std::uint64_t begin, std::uint64_t end);
 inline Hash tree_root(const HashSource& source, std::uint64_t size) { return range_root(source, 0, size); }
 
