@@ -161,7 +161,9 @@ int init_root(const CeremonyOptions& opt, const RootRequest& req, std::ostream& 
 int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) {
   const Profile profile = profile_from_name(req.profile);
   const long days = req.days == 0 ? default_days(profile) : req.days;
-  if (days < 1 || days > 36500) throw core::ConfigError(core::ErrorCode::Usage, "--days must be 1..36500");
+  if (days < 1 || days > max_days(profile))
+    throw core::ConfigError(core::ErrorCode::Usage, "--days must be 1.." + std::to_string(max_days(profile)) +
+                                                        " for the " + profile_name(profile) + " profile");
   if (req.out_file.empty() || files::exists(req.out_file))
     throw core::ConfigError(core::ErrorCode::Usage, "--out must name a file that does not exist yet");
   files::check_dir(opt.dir, false);

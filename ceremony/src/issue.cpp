@@ -147,8 +147,17 @@ std::string code_signing_violation(const Botan::X509_Certificate& c) {
 
 }  // namespace
 
+// notAfter - notBefore within the profile's maximum (notBefore is a minute back for clock skew; five minutes of slack).
+std::string validity_violation(const Botan::X509_Certificate& c, Profile p) {
+  const auto span = c.not_after().to_std_timepoint() - c.not_before().to_std_timepoint();
+  if (span > std::chrono::hours(24) * max_days(p) + std::chrono::minutes(5))
+    return "validity longer than the " + profile_name(p) + " profile's " + std::to_string(max_days(p)) + " days";
+  return {};
+}
+
 void lint_issued(const Botan::X509_Certificate& draft, Profile p, const Botan::X509_Certificate& root) {
   std::string v = root_violation(draft, root);
+  if (v.empty()) v = validity_violation(draft, p);
   if (v.empty() && (p == Profile::DeviceCa || p == Profile::ServiceCa)) v = ca_violation(draft);
   if (v.empty() && p == Profile::CodeSigning) v = code_signing_violation(draft);
   if (!v.empty()) lint_fail(p, v);

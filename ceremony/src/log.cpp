@@ -19,6 +19,7 @@
 #include <botan/pubkey.h>
 
 #include "keyline/ceremony/errors.h"
+#include "keyline/core/utf8.h"
 
 namespace keyline::ceremony {
 
@@ -184,17 +185,25 @@ LogEntry CeremonyLog::append(const std::string& op, const std::string& phase, co
 
 namespace {
 
-// A field as the terminal may show it: control characters and DEL as \xNN, so a value can never move
-// the cursor or rewrite what the officers read above it.
+// A field as the terminal may show it: every byte of a code point a terminal would act on (C0, DEL,
+// C1, bidi controls: core::is_terminal_safe) and every byte of invalid UTF-8 as \xNN, so a value can
+// never move the cursor or reorder what the officers read above it.
 std::string shown(const std::string& v) {
   std::string out;
-  for (const unsigned char c : v) {
-    if (c < 0x20 || c == 0x7f) {
+  std::size_t i = 0;
+  while (i < v.size()) {
+    const std::size_t start = i;
+    std::uint32_t cp = 0;
+    const bool ok = core::utf8_next(v, i, cp) && core::is_terminal_safe(cp);
+    if (!ok && i == start) ++i;  // invalid: escape one byte, go on with the next
+    if (ok) {
+      out.append(v, start, i - start);
+      continue;
+    }
+    for (std::size_t k = start; k < i; ++k) {
       char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(v[k]));
       out += buf;
-    } else {
-      out += static_cast<char>(c);
     }
   }
   return out;

@@ -12,6 +12,7 @@
 
 #include "keyline/ceremony/errors.h"
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/utf8.h"
 
 namespace keyline::ceremony {
 
@@ -67,17 +68,14 @@ std::string single(const Botan::X509_DN& dn, const Botan::OID& oid, bool require
   return values.empty() ? std::string() : values.front();
 }
 
-// Subject values end up in terminals (log show, the officers' screens) and in certificates: printable
-// text only, so no value can carry an escape sequence or hide a second name behind a NUL.
-bool printable(const std::string& v) {
-  for (const unsigned char c : v)
-    if (c < 0x20 || c == 0x7f) return false;
-  return true;
-}
+// Subject values end up in terminals (log show, the officers' screens) and in certificates: valid
+// UTF-8 a terminal shows as itself only, so no value can carry an escape sequence (C0, or C1 such as
+// the 8-bit CSI U+009B), reorder what the officers read (bidi controls) or hide a second name behind a NUL.
+bool printable(const std::string& v) { return core::utf8_all(v, core::is_terminal_safe); }
 
 Botan::X509_DN check_subject(const Botan::X509_DN& dn, Profile p) {
   for (const auto& [oid, value] : dn.dn_info())
-    if (!printable(value.value())) refuse(p, "subject attribute " + oid_label(oid) + " holds a control character");
+    if (!printable(value.value())) refuse(p, "subject attribute " + oid_label(oid) + " holds a control character, a bidirectional control or invalid UTF-8");
   const std::set<Botan::OID> allowed = p == Profile::Station ? std::set<Botan::OID>{kOidCommonName, kOidUnit}
                                                              : std::set<Botan::OID>{kOidCommonName, kOidOrganization};
   for (const auto& [oid, value] : dn.dn_info())
@@ -126,7 +124,12 @@ std::string profile_name(Profile p) {
   return "?";
 }
 
-long default_days(Profile p) {
+long default_days(Profile p) { return max_days(p); }
+
+// Nothing revokes a keyline certificate yet (docs/ceremony.md, "Profiles"), so its notAfter is what
+// bounds a leaked key: a CA ten years, a station's TLS client key what core's station profile allows
+// (kTlsValidityDays), a code-signing key one year.
+long max_days(Profile p) {
   if (profile_is_ca(p)) return 3650;
   if (p == Profile::Station) return core::kTlsValidityDays;
   return 365;

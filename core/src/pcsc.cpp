@@ -404,11 +404,17 @@ SecureBytes PcscChannel::transmit_raw(const SecureBytes& apdu, Deadline deadline
   lock.unlock();
   if (rv != SCARD_S_SUCCESS) transmit_failed(rv, is_extended(apdu));
   if (out.size() < 2) {
-    // The vpcd driver hands back an empty answer when the card's link broke mid-exchange.
+    // The vpcd driver hands back an empty answer when the card's link broke mid-exchange, and the
+    // card may be back (powered up afresh, its session state gone) before pcscd's next poll could
+    // see it leave; no genuine card answers without a status word (ISO 7816-4 section 5.1). Either
+    // way this session's card is gone: a dropped link, which the journal resumes and recovery
+    // retries; never a device's refusal.
     const ReaderState s = card_state_after_failure();
     close();
-    if (!s.present || s.gone) throw IoError(ErrorCode::PcscCardRemoved, "card pulled out of reader " + m_reader);
-    throw FormatError(ErrorCode::BadApdu, "card in reader " + m_reader + " answered without a status word");
+    if (s.gone) throw IoError(ErrorCode::PcscReaderRemoved, "reader " + m_reader + " was removed");
+    if (!s.present) throw IoError(ErrorCode::PcscCardRemoved, "card pulled out of reader " + m_reader);
+    throw IoError(ErrorCode::PcscCardRemoved,
+                  "card in reader " + m_reader + " answered without a status word: its link broke (pulled out?)");
   }
   return out;
 }

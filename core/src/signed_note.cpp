@@ -9,7 +9,7 @@
 #include <botan/system_rng.h>
 
 #include "keyline/core/error.h"
-#include "utf8.h"
+#include "keyline/core/utf8.h"
 
 namespace keyline::core::note {
 
@@ -84,13 +84,13 @@ bool canonical_s(const Bytes& sig) {
 }  // namespace
 
 bool valid_note_chars(std::string_view text) {
-  return detail::utf8_all(text, [](std::uint32_t cp) { return cp >= 0x20 || cp == '\n'; });
+  return utf8_all(text, [](std::uint32_t cp) { return cp >= 0x20 || cp == '\n'; });
 }
 
 bool valid_key_name(std::string_view name) {
   if (name.empty() || name.size() > max_name_bytes) return false;
-  return detail::utf8_all(name, [](std::uint32_t cp) {
-    return cp >= 0x20 && cp != '+' && !detail::is_unicode_space(cp);
+  return utf8_all(name, [](std::uint32_t cp) {
+    return cp >= 0x20 && cp != '+' && !is_unicode_space(cp);
   });
 }
 

@@ -57,7 +57,7 @@ bool pcsc_code(core::ErrorCode c) {
 class Device {
  public:
   Device(const std::string& address, std::chrono::milliseconds timeout)
-      : m_address(address), m_pcsc(address.rfind(core::kPcscScheme, 0) == 0) {
+      : m_address(address) {
     core::ChannelOptions o;
     o.io_timeout = timeout;
     m_channel = core::open_device_channel(address, o);
@@ -75,10 +75,9 @@ class Device {
     try {
       return m_channel->transmit(c, max_answer);
     } catch (const core::FormatError& e) {
-      // A reader hands back an answer without a status word when the card went away under the
-      // exchange (vpcd does, when the card's socket closes), and the channel closes: a lost link,
-      // not the device refusing. Over TCP such an answer is the device's own, as before.
-      if (m_pcsc && !m_channel->connected()) lost(what, e);
+      // A malformed or over-long answer is the device's own, over TCP and PC/SC alike: a card pulled
+      // out under the exchange comes back from core::pcsc as IoError(PcscCardRemoved), never as a
+      // FormatError (docs/readers.md), so "run the restore again" is never said to a hostile card.
       throw core::Error(errc::DeviceRefused, std::string("the device answered ") + what + " with a malformed response: " + e.what());
     } catch (const core::Error& e) {
       lost(what, e);
@@ -97,7 +96,6 @@ class Device {
   }
 
   std::string m_address;
-  bool m_pcsc = false;
   std::unique_ptr<core::DeviceChannel> m_channel;
   bool m_wrote = false;
 };

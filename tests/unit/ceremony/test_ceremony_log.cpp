@@ -235,3 +235,14 @@ TEST_CASE("log show prints control characters escaped, never raw to the terminal
   CHECK(shown.find('\x07') == std::string::npos);
   CHECK(shown.find("CN=\\x1b]0;owned\\x07x") != std::string::npos);
 }
+
+TEST_CASE("log show escapes C1 controls, bidi overrides and invalid UTF-8, and keeps printable UTF-8") {
+  TempLog t;
+  const auto key = new_key();
+  CeremonyLog log(t.path, key, key, rng());
+  log.append("sign", "intent", {{"csr_subject", "CN=a\xc2\x9b" "2J b\xe2\x80\xae" "c \xff d \xc3\x9f"}});
+  const auto shown = show_log_text(read_log_file(t.path));
+  CHECK(shown.find("\xc2\x9b") == std::string::npos);
+  CHECK(shown.find("\xe2\x80\xae") == std::string::npos);
+  CHECK(shown.find("CN=a\\xc2\\x9b2J b\\xe2\\x80\\xaec \\xff d \xc3\x9f") != std::string::npos);
+}

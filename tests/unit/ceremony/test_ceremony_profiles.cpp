@@ -165,6 +165,34 @@ TEST_CASE("a subject value with a control character is refused before it is echo
   CHECK(why.find('\x1b') == std::string::npos);
 }
 
+TEST_CASE("a subject value with a C1 control (8-bit CSI), a bidi override or invalid UTF-8 is refused") {
+  Fixture f;
+  for (const char* cn : {"Evil\xc2\x9b" "2J CA", "Device \xe2\x80\xae" "AC", "Device \xff CA"}) {
+    CAPTURE(cn);
+    const auto why = refusal(csr(f.subject_key, dn({{"X520.CommonName", cn}})), Profile::DeviceCa, f.root_key);
+    CHECK(why.find("control character") != std::string::npos);
+  }
+  // Printable non-ASCII text is a name like any other.
+  CHECK_NOTHROW(check_request(csr(f.subject_key, dn({{"X520.CommonName", "Gie\xc3\x9f" "erei CA"}})),
+                              Profile::DeviceCa, f.root_key));
+}
+
+TEST_CASE("each profile has a maximum validity: a longer draft never reaches the root key") {
+  Fixture f;
+  CHECK(max_days(Profile::Station) == core::kTlsValidityDays);
+  CHECK(max_days(Profile::CodeSigning) == 365);
+  CHECK(max_days(Profile::DeviceCa) == 3650);
+  const auto st = csr(f.subject_key, dn({{"X520.CommonName", "station-a"}}));
+  const auto st_subject = check_request(st, Profile::Station, f.root_key);
+  CHECK_NOTHROW(issue(f.root, f.root_key, st, st_subject, Profile::Station, core::kTlsValidityDays, false, rng()));
+  CHECK_THROWS_WITH_AS(issue(f.root, f.root_key, st, st_subject, Profile::Station, 3600, false, rng()),
+                       doctest::Contains("validity longer"), core::Error);
+  const auto cs = csr(f.subject_key, dn({{"X520.CommonName", "signer"}}));
+  const auto cs_subject = check_request(cs, Profile::CodeSigning, f.root_key);
+  CHECK_THROWS_WITH_AS(issue(f.root, f.root_key, cs, cs_subject, Profile::CodeSigning, 366, false, rng()),
+                       doctest::Contains("validity longer"), core::Error);
+}
+
 TEST_CASE("a CSR for the root's own key is refused") {
   Fixture f;
   const auto why = refusal(csr(f.root_key, dn({{"X520.CommonName", "ca"}})), Profile::DeviceCa, f.root_key);

@@ -21,8 +21,11 @@ std::string profile_name(Profile p);
 // CA:true (device-ca, service-ca), and the exact extendedKeyUsage each profile issues (empty for CAs).
 bool profile_is_ca(Profile p);
 std::vector<Botan::OID> profile_eku(Profile p);
-// Days of validity when `sign` is not given --days.
+// Days of validity when `sign` is not given --days: the profile's maximum.
 long default_days(Profile p);
+// The longest validity the profile issues (3650 CA, 730 station, 365 code-signing); lint_issued
+// refuses a draft that lasts longer.
+long max_days(Profile p);
 
 // The root's own certificate: self-signed, basicConstraints CA with pathLenConstraint 1 (critical: root ->
 // Device/service CA (pathLen 0) -> leaf), keyUsage keyCertSign|cRLSign (critical), SKI; notAfter now + days.

@@ -1,11 +1,12 @@
 // Strict UTF-8 (RFC 3629 section 4: no overlong forms, no surrogates, nothing above U+10FFFF) for
-// the signed-note and checkpoint parsers. Private to core.
+// the signed-note and checkpoint parsers, and the test of text an officer reads on a terminal
+// (the ceremony's subjects and log).
 #pragma once
 
 #include <cstdint>
 #include <string_view>
 
-namespace keyline::core::detail {
+namespace keyline::core {
 
 // Decodes the code point at s[i], advancing i; false for an invalid sequence.
 inline bool utf8_next(std::string_view s, std::size_t& i, std::uint32_t& cp) {
@@ -55,4 +56,14 @@ inline bool is_unicode_space(std::uint32_t cp) {
          cp == 0x3000;
 }
 
-}  // namespace keyline::core::detail
+// A code point a terminal shows as itself: not a C0 or C1 control (ISO/IEC 6429: U+0000-001F,
+// U+007F-009F; U+009B is an 8-bit CSI to terminals that honour C1) and not a bidirectional
+// formatting character (Unicode UAX #9 section 2: U+200E/F, U+202A-202E, U+2066-2069), which
+// reorders what the reader sees.
+inline bool is_terminal_safe(std::uint32_t cp) {
+  if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) return false;
+  if (cp == 0x200E || cp == 0x200F || (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069)) return false;
+  return true;
+}
+
+}  // namespace keyline::core
