@@ -22,100 +22,22 @@
 #include "keyline/core/device_channel.h"
 #include "keyline/core/error.h"
 #include "keyline/core/pcsc.h"
+#include "pcsc_cards.h"
 
 using namespace keyline::core;
 using namespace std::chrono_literals;
 
 namespace {
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  REQUIRE_MESSAGE(v != nullptr, name << " is not set: run this test through run.sh");
-  return v;
-}
-
-struct Reader {
-  std::string name;
-  int port = 0;
-};
-
-// DIR/readers of pcscd.sh: "<reader name> <vpcd port>" a line.
-std::vector<Reader> test_readers() {
-  std::ifstream in(env("KEYLINE_PCSC_DIR") + "/readers");
-  std::vector<Reader> out;
-  for (std::string line; std::getline(in, line);) {
-    const auto sp = line.rfind(' ');
-    out.push_back({line.substr(0, sp), std::stoi(line.substr(sp + 1))});
-  }
-  REQUIRE(out.size() == 4);
-  return out;
-}
-
-std::string run(const std::string& cmd) {
-  FILE* p = ::popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[512];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  REQUIRE(::pclose(p) == 0);
-  return out;
-}
-
-// A made device; its chip ID as `keyline-device make` printed it.
-struct Made {
-  std::string dir, chip_id;
-};
+using keyline::test::Card;
+using keyline::test::Reader;
+using keyline::test::wait_for_card;
+using Made = keyline::test::MadeDevice;
+std::string env(const char* name) { return keyline::test::pcsc_env(name); }
+std::vector<Reader> test_readers() { return keyline::test::test_readers(4); }
 
 Made make_device(const std::string& name) {
-  const std::string work = env("KEYLINE_PCSC_WORK");
-  const std::string dir = work + "/" + name;
-  std::system(("rm -rf '" + dir + "'").c_str());
-  const std::string out =
-      run("'" + env("KEYLINE_DEVICE_BIN") + "' make --dir '" + dir + "' --rom-ca '" + work + "/root.pem'");
-  return {dir, out.substr(0, out.find(' '))};
-}
-
-// A card in a reader: `keyline-device serve --vpcd`; pulled out (SIGKILL) when it goes.
-class Card {
- public:
-  Card(const Made& device, const Reader& reader, std::vector<std::string> extra = {}) {
-    m_pid = ::fork();
-    REQUIRE(m_pid >= 0);
-    if (m_pid == 0) {
-      const std::string log = device.dir + ".log";
-      if (!std::freopen(log.c_str(), "a", stderr) || !std::freopen(log.c_str(), "a", stdout)) ::_exit(126);
-      std::vector<std::string> all{env("KEYLINE_DEVICE_BIN"), "serve", "--dir", device.dir,
-                                   "--vpcd", "127.0.0.1:" + std::to_string(reader.port)};
-      all.insert(all.end(), extra.begin(), extra.end());
-      std::vector<char*> argv;
-      for (auto& a : all) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-  }
-  ~Card() { pull(); }
-  void pull() {
-    if (m_pid <= 0) return;
-    ::kill(m_pid, SIGKILL);
-    ::waitpid(m_pid, nullptr, 0);
-    m_pid = -1;
-  }
-  pid_t pid() const { return m_pid; }
-
- private:
-  pid_t m_pid = -1;
-};
-
-// Waits until pcscd reports a card in `reader` (or, with present = false, none).
-pcsc::ReaderState wait_for_card(pcsc::Context& ctx, const std::string& reader, bool present,
-                                std::chrono::milliseconds limit = 20s) {
-  const std::vector<std::string> one{reader};
-  std::vector<pcsc::ReaderState> s = ctx.states(one);
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  while (s[0].present != present && std::chrono::steady_clock::now() < deadline) s = ctx.wait(one, s, 500ms);
-  REQUIRE_MESSAGE(s[0].present == present, "reader " << reader << (present ? " got no card" : " kept its card"));
-  return s[0];
+  return keyline::test::make_device(name, env("KEYLINE_PCSC_WORK") + "/root.pem");
 }
 
 // A card put into `reader` once the one before it is seen gone: pcscd polls the vpcd reader

@@ -17,6 +17,7 @@
 #include "keyline/core/device_channel.h"
 #include "keyline/core/pcsc.h"
 #include "keyline/station/personalize.h"
+#include "pcsc_cards.h"
 #include "station_fixture.h"
 
 using namespace keyline;
@@ -26,74 +27,14 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  REQUIRE_MESSAGE(v != nullptr, name << " is not set: run this test through flow_pcsc.sh");
-  return v;
-}
+using keyline::test::Reader;
+std::vector<Reader> test_readers() { return keyline::test::test_readers(4); }
 
-struct Reader {
-  std::string name;
-  int port = 0;
-};
-
-std::vector<Reader> test_readers() {
-  std::ifstream in(env("KEYLINE_PCSC_DIR") + "/readers");
-  std::vector<Reader> out;
-  for (std::string line; std::getline(in, line);) {
-    const auto sp = line.rfind(' ');
-    out.push_back({line.substr(0, sp), std::stoi(line.substr(sp + 1))});
-  }
-  REQUIRE(out.size() == 4);
-  return out;
-}
-
-// A device made for this station's root and put into a reader (`keyline-device serve --vpcd`);
-// pulled out when it goes.
-class Card {
- public:
-  Card(const std::string& name, const std::string& rom_ca, const Reader& reader, std::vector<std::string> extra) {
-    const std::string dir = env("KEYLINE_PCSC_WORK") + "/" + name;
-    const std::string bin = env("KEYLINE_DEVICE_BIN");
-    REQUIRE(std::system(("rm -rf '" + dir + "' && '" + bin + "' make --dir '" + dir + "' --rom-ca '" + rom_ca +
-                         "' > '" + dir + ".make.log' 2>&1")
-                            .c_str()) == 0);
-    // A card pulled out just before (the previous test's) is still present to pcscd until its next
-    // poll of the vpcd reader: wait for the reader to be empty first, or that card's removal would
-    // reach this one's session.
-    wait_for(reader.name, false);
-    m_pid = ::fork();
-    REQUIRE(m_pid >= 0);
-    if (m_pid == 0) {
-      const std::string log = dir + ".log";
-      if (!std::freopen(log.c_str(), "a", stderr) || !std::freopen(log.c_str(), "a", stdout)) ::_exit(126);
-      std::vector<std::string> all{bin, "serve", "--dir", dir, "--vpcd", "127.0.0.1:" + std::to_string(reader.port)};
-      all.insert(all.end(), extra.begin(), extra.end());
-      std::vector<char*> argv;
-      for (auto& a : all) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    wait_for(reader.name, true);  // pcscd polls the vpcd reader
-  }
-  ~Card() {
-    if (m_pid > 0) ::kill(m_pid, SIGKILL), ::waitpid(m_pid, nullptr, 0);
-  }
-  Card(const Card&) = delete;
-  Card& operator=(const Card&) = delete;
-
- private:
-  static void wait_for(const std::string& reader, bool present) {
-    core::pcsc::Context ctx;
-    const std::vector<std::string> one{reader};
-    auto s = ctx.states(one);
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (s[0].present != present && std::chrono::steady_clock::now() < deadline) s = ctx.wait(one, s, 500ms);
-    REQUIRE_MESSAGE(s[0].present == present, "reader " << reader << (present ? " got no card" : " kept its card"));
-  }
-
-  pid_t m_pid = -1;
+// A device made for this station's root and put into a reader, once the reader is empty.
+struct Card {
+  Card(const std::string& name, const std::string& rom_ca, const Reader& reader, std::vector<std::string> extra)
+      : card(keyline::test::make_device(name, rom_ca), reader, std::move(extra), true) {}
+  keyline::test::Card card;
 };
 
 std::string journal_state(core::pq::Connection& db, const std::string& chip) {
