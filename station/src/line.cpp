@@ -25,12 +25,17 @@ Line::Line(const StationConfig& config, const LineProfile& profile, const LineOp
   if (!profile.key_source.empty()) m_config.key_source = profile.key_source;
 }
 
+// Called with m_mutex held: --count devices are done, in flight or waiting in the outbox.
+bool Line::count_reached() const {
+  return m_options.count > 0 && static_cast<std::int64_t>(m_done.size()) + m_in_flight +
+                                        static_cast<std::int64_t>(m_waiting.size()) >=
+                                    m_options.count;
+}
+
 bool Line::want_more() const {
   if (g_stop.load() || m_halt.load() || m_readers_end.load()) return false;
-  if (m_options.count <= 0) return true;
   std::lock_guard<std::mutex> l(m_mutex);
-  return static_cast<std::int64_t>(m_done.size()) + m_in_flight + static_cast<std::int64_t>(m_waiting.size()) <
-         m_options.count;
+  return !count_reached();
 }
 
 int Line::worker_count() const {

@@ -97,6 +97,7 @@ class Line {
   void watch_until_workers_end(core::pq::Connection& ctl, std::vector<std::thread>& workers);
   void wait_for_outbox(core::pq::Connection& ctl);
   bool want_more() const;
+  bool count_reached() const;
 
   // line_workers.cpp
   void worker();

@@ -68,7 +68,8 @@ bool Line::next_item(WorkItem& item) {
   while (true) {
     if (!want_more()) return false;
     std::unique_lock<std::mutex> l(m_mutex);
-    while (m_queue.empty() && (m_in_flight > 0 || reader_mode()) && !g_stop.load() && !m_readers_end.load())
+    while (m_queue.empty() && (m_in_flight > 0 || reader_mode()) && !g_stop.load() && !m_readers_end.load() &&
+           !count_reached())
       m_cv.wait_for(l, std::chrono::milliseconds(100));
     if (m_queue.empty()) return false;
     if (!wait_for_db(l)) continue;

@@ -1,7 +1,7 @@
 # The errors a person meets on PC/SC readers (issue #13), each with its message and exit code:
 # pcscd not running (1421, exit 4), no reader matching (1422, exit 4) - both before anything is opened or
 # claimed -; a line on readers and TCP fixtures at once (exit 2); a reader without a card, waited for and
-# then given up (exit 1, nothing claimed); pcscd going away under a running line (said once, the line
+# then given up (exit 1, nothing claimed); --count ending a line on readers; pcscd going away under a running line (said once, the line
 # drains on SIGTERM).
 source "$(dirname "$0")/common.sh"
 dir=${1:?work dir}
@@ -42,6 +42,15 @@ expect 1 "error 1402: no card put into reader \"${PCSC_READERS[0]}\" within 1 s 
   "$st" personalize --reader "${PCSC_READERS[0]}" --card-wait 1
 grep -q "waiting for a card in reader \"${PCSC_READERS[0]}\" (up to 1 s, --card-wait)" "$dir/err" || fail "no word of the wait"
 [ "$(line_station_sql "SELECT count(*) FROM journal.device")" -eq 0 ] || fail "something was claimed"
+
+# --count ends a line on readers by itself: one card in, --count 1 (a line that waits on for more
+# cards is killed after 60 s and fails).
+card_in 0 --quiet
+rc=0; timeout 60 "$st" run --readers all --count 1 --progress plain >"$dir/count.log" 2>&1 || rc=$?
+[ "$rc" -eq 0 ] || fail "run --readers all --count 1 exited $rc (124: it did not end): $(tail -5 "$dir/count.log")"
+grep -Eq '\| done \(published\) +\| +1 \|' "$dir/count.log" || fail "--count 1: summary does not show 1 done"
+card_out 0
+ok "--count 1 on readers: ended by itself with the card done"
 
 # pcscd goes away under a running line: said once, the line goes on waiting, and drains on SIGTERM.
 run_in_background --readers all
