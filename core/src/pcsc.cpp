@@ -62,6 +62,13 @@ std::string plain_list(const std::vector<std::string>& items) {
     case SCARD_E_SERVICE_STOPPED:
       throw IoError(ErrorCode::PcscNoService,
                     "pcscd is not running (no PC/SC service at " + socket_path() + "): start pcscd");
+    case SCARD_F_COMM_ERROR:
+      // pcsc-lite's "RPC transport error": the client's socket to pcscd broke (pcscd stopped under
+      // a context). Only SCardTransmit also uses it for a failed transfer to the card.
+      if (doing != "SCardTransmit")
+        throw IoError(ErrorCode::PcscNoService, "pcscd went away (the PC/SC service at " + socket_path() +
+                                                    " stopped answering): start pcscd");
+      throw IoError(ErrorCode::Pcsc, "PC/SC SCardTransmit on reader " + reader + " failed: " + scard_text(rv));
     case SCARD_W_UNRESPONSIVE_CARD:
     case SCARD_W_UNPOWERED_CARD:
       throw IoError(ErrorCode::PcscCardMute, "card in reader " + reader + " does not answer (mute)");

@@ -63,4 +63,5 @@ rc=0; wait "$RUN_PID" || rc=$?
 cat "$LINE_DIR/logs/run.log"
 [ "$rc" -eq 0 ] || fail "the line exited $rc after SIGTERM"
 [ "$(grep -c 'line: PC/SC: ' "$LINE_DIR/logs/run.log")" -eq 1 ] || fail "pcscd's end not said exactly once"
+grep -q 'line: PC/SC: .*pcscd' "$LINE_DIR/logs/run.log" || fail "the line did not say that pcscd went away"
 ok "pcscd gone under a running line: said once, drained on SIGTERM"
