@@ -589,6 +589,79 @@ Bytes Pkcs11Token::sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::ui
   return der;
 }
 
+namespace {
+// CKA_EC_PARAMS for edwards25519. PKCS #11 v3.0 section 2.3.10 allows the RFC 8410 OID
+// (1.3.101.112, id-Ed25519) or the PrintableString "edwards25519"; SoftHSM 2.6.1 takes both and
+// keeps what it was given (tests/integration/pkcs11/test_ed25519.cpp). Keys are made with the OID.
+const CK_BYTE kEd25519Oid[] = {0x06, 0x03, 0x2B, 0x65, 0x70};
+const CK_BYTE kEd25519Name[] = {0x13, 0x0C, 'e', 'd', 'w', 'a', 'r', 'd', 's', '2', '5', '5', '1', '9'};
+
+bool is_ed25519_params(const Bytes& p) {
+  return p == Bytes(std::begin(kEd25519Oid), std::end(kEd25519Oid)) ||
+         p == Bytes(std::begin(kEd25519Name), std::end(kEd25519Name));
+}
+}  // namespace
+
+Pkcs11KeyPair Pkcs11Token::generate_ed25519(const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_PRIVATE_KEY, label).empty() || !s->find_objects(CKO_PUBLIC_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_MECHANISM mech{CKM_EC_EDWARDS_KEY_PAIR_GEN, nullptr, 0};
+  auto* lbl = const_cast<char*>(label.data());
+  auto* idp = const_cast<std::uint8_t*>(id.data());
+  // Every usage named, for the reason given at generate_ec_p256.
+  CK_ATTRIBUTE pub[] = {
+      {CKA_TOKEN, &yes, sizeof yes},          {CKA_PRIVATE, &no, sizeof no},
+      {CKA_MODIFIABLE, &no, sizeof no},       {CKA_VERIFY, &yes, sizeof yes},
+      {CKA_VERIFY_RECOVER, &no, sizeof no},   {CKA_ENCRYPT, &no, sizeof no},
+      {CKA_WRAP, &no, sizeof no},             {CKA_DERIVE, &no, sizeof no},
+      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kEd25519Oid), sizeof kEd25519Oid},
+      {CKA_LABEL, lbl, label.size()},         {CKA_ID, idp, id.size()},
+  };
+  CK_ATTRIBUTE priv[] = {
+      {CKA_TOKEN, &yes, sizeof yes},     {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes}, {CKA_EXTRACTABLE, &no, sizeof no}, {CKA_SIGN, &yes, sizeof yes},
+      {CKA_SIGN_RECOVER, &no, sizeof no}, {CKA_DECRYPT, &no, sizeof no},    {CKA_UNWRAP, &no, sizeof no},
+      {CKA_DERIVE, &no, sizeof no},      {CKA_LABEL, lbl, label.size()},    {CKA_ID, idp, id.size()},
+  };
+  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
+  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
+        "C_GenerateKeyPair(Ed25519)");
+  return {hpub, hpriv};
+}
+
+Bytes Pkcs11Token::ed25519_public_key(const std::string& label) {
+  auto s = session();
+  const auto found = s->find_objects(CKO_PUBLIC_KEY, label);
+  if (found.empty()) throw Pkcs11Error(ErrorCode::Pkcs11KeyNotFound, "no public key labelled '" + label + "' on the token");
+  if (found.size() > 1) throw Pkcs11Error(ErrorCode::Pkcs11, "several public keys labelled '" + label + "'");
+  if (!is_ed25519_params(s->attribute(found.front(), CKA_EC_PARAMS)))
+    throw Pkcs11Error(ErrorCode::Pkcs11, "key '" + label + "' is not an Ed25519 key");
+  const Bytes point = s->attribute(found.front(), CKA_EC_POINT);
+  // PKCS #11 v3.0 section 2.3.10: CKA_EC_POINT is the DER OCTET STRING around the 32-byte RFC 8032
+  // key (SoftHSM 2.6.1); some tokens hand out the bare key.
+  if (point.size() == 32) return point;
+  if (point.size() == 34 && point[0] == 0x04 && point[1] == 0x20) return Bytes(point.begin() + 2, point.end());
+  throw Pkcs11Error(ErrorCode::Pkcs11, "CKA_EC_POINT of '" + label + "' is not a 32-byte Ed25519 key");
+}
+
+Bytes Pkcs11Token::sign_eddsa(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len) {
+  auto s = session();
+  auto* fn = fns(m_module);
+  // No CK_EDDSA_PARAMS: pure Ed25519 without context (PKCS #11 v3.0 section 2.3.14), which is what
+  // C2SP signed-note signature type 0x01 is.
+  CK_MECHANISM mech{CKM_EDDSA, nullptr, 0};
+  check(fn->C_SignInit(s->handle(), &mech, private_key), "C_SignInit(CKM_EDDSA)");
+  Bytes sig(64);
+  CK_ULONG n = sig.size();
+  CK_BYTE empty = 0;  // a null pData for an empty message is CKR_ARGUMENTS_BAD in SoftHSM 2.6
+  CK_BYTE_PTR in = len == 0 ? &empty : const_cast<std::uint8_t*>(msg);
+  check(fn->C_Sign(s->handle(), in, len, sig.data(), &n), "C_Sign(CKM_EDDSA)");
+  if (n != 64) throw Pkcs11Error(ErrorCode::Pkcs11, "token returned an Ed25519 signature of " + std::to_string(n) + " bytes");
+  return sig;
+}
+
 // A 32-byte secret key on the token, sensitive and never extractable, with exactly the usages in `use`
 // (every other usage attribute named false, for the reason given at generate_ec_p256).
 Pkcs11Handle Pkcs11Token::generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,

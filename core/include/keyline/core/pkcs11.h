@@ -142,6 +142,17 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   Bytes sign_digest_raw(Pkcs11Handle private_key, const std::uint8_t* digest, std::size_t len);
   Bytes sign_ecdsa_sha256_der(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len);
 
+  // --- Ed25519 signing keys (the transparency log key, docs/transparency.md) -----------------
+  // CKM_EC_EDWARDS_KEY_PAIR_GEN over edwards25519 with the same attributes as generate_ec_p256:
+  // private half sensitive, never extractable, CKA_SIGN only; public half CKA_VERIFY only.
+  // Throws Pkcs11Error(Pkcs11) when a private or public key with this label already exists.
+  Pkcs11KeyPair generate_ed25519(const std::string& label, const Bytes& id);
+  // The 32-byte RFC 8032 public key of the CKO_PUBLIC_KEY labelled `label`, after checking that
+  // its CKA_EC_PARAMS name edwards25519. Throws Pkcs11KeyNotFound, Pkcs11Error(Pkcs11).
+  Bytes ed25519_public_key(const std::string& label);
+  // Pure Ed25519 (CKM_EDDSA without parameters, RFC 8032 section 5.1.6): the 64-byte signature.
+  Bytes sign_eddsa(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len);
+
   // --- secret keys that stay on the token --------------------------------------------------
   // CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN only (for CKM_SHA256_HMAC), sensitive, never extractable.
   Pkcs11Handle generate_hmac_key(const std::string& label);
