@@ -3,6 +3,7 @@
 // and the signatures are RFC 8032 Ed25519 for keyline's verifier and for OpenSSL alike.
 #include <doctest/doctest.h>
 
+#include <dlfcn.h>
 #include <p11-kit/pkcs11.h>
 #include <unistd.h>
 
@@ -193,4 +194,46 @@ TEST_CASE("a P-256 key is not taken for an Ed25519 log key") {
   CHECK_THROWS_AS(t->ed25519_public_key(label), Pkcs11Error);
   CHECK_THROWS_AS(note::TokenNoteSigner(t, label, "keyline.test/log"), Pkcs11Error);
   CHECK_THROWS_AS(note::TokenNoteSigner(t, unique("absent"), "keyline.test/log"), Pkcs11Error);
+}
+
+TEST_CASE("a private half that does not match the public half under its label never yields a signature") {
+  // The public object labelled `label` is replaced by another Ed25519 public key (as on a token that
+  // was tampered with, or after a botched key roll): the token signs, but the signature does not
+  // verify under the key the signer announces, so sign() throws instead of returning it.
+  const auto env = keyline::test::hsm_env();
+  auto t = token();
+  const auto label = unique("mismatch");
+  const auto pair = t->generate_ed25519(label, Bytes{0x18});
+  t->destroy_object(pair.public_key);
+  const auto other = note::Ed25519Signer::generate("x");
+  {
+    // The module is already loaded and initialized by the token; its function list works on the
+    // token's sessions (pkcs11-tool 0.23 cannot import an Ed25519 public key).
+    void* dl = ::dlopen(env.module.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    REQUIRE(dl != nullptr);
+    auto get_list = reinterpret_cast<CK_C_GetFunctionList>(::dlsym(dl, "C_GetFunctionList"));
+    REQUIRE(static_cast<bool>(get_list));
+    CK_FUNCTION_LIST_PTR fn = nullptr;
+    REQUIRE(get_list(&fn) == CKR_OK);
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+    CK_BBOOL yes = CK_TRUE;
+    CK_BYTE params[] = {0x06, 0x03, 0x2B, 0x65, 0x70};
+    Bytes point{0x04, 0x20};
+    point.insert(point.end(), other.public_key().begin(), other.public_key().end());
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},
+        {CKA_TOKEN, &yes, sizeof yes},     {CKA_VERIFY, &yes, sizeof yes},
+        {CKA_EC_PARAMS, params, sizeof params}, {CKA_EC_POINT, point.data(), point.size()},
+        {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+    };
+    auto s = t->session();
+    CK_OBJECT_HANDLE h = 0;
+    REQUIRE(fn->C_CreateObject(s->handle(), tmpl, std::size(tmpl), &h) == CKR_OK);
+    ::dlclose(dl);
+  }
+  const std::string origin = "keyline.test/log/" + label;
+  const note::TokenNoteSigner signer(t, label, origin);
+  REQUIRE(signer.public_key() == other.public_key());
+  CHECK_THROWS_AS((void)signer.sign(tlog::checkpoint_text(checkpoint(origin))), CryptoError);
 }
