@@ -50,6 +50,17 @@ int main(int argc, char** argv) {
               "the token and of the certificates in --pki-dir; keys already on the token are reused, so an "
               "interrupted init is finished by running it again");
   keys_init->add_option("--organization", keys_opt.organization, "O= of the CA certificates")->capture_default_str();
+  keys_init->add_flag("--offline-root", keys_opt.offline_root,
+                      "the root stays on the ceremony's token: make only the Device CA, station TLS, master and "
+                      "wrapping keys and write device-ca.csr and station.csr into --pki-dir (docs/station.md)");
+  std::string install_root;
+  std::vector<std::string> install_certs;
+  auto* install_cert = keys->add_subcommand(
+      "install-cert", "install the certificates keyline-ceremony signed from the CSRs of `keys init --offline-root`");
+  install_cert->add_option("--root", install_root, "the offline root certificate (PEM), the station's trust anchor")
+      ->required()->check(CLI::ExistingFile);
+  install_cert->add_option("--cert", install_certs, "a signed certificate (PEM; repeatable)")
+      ->required()->check(CLI::ExistingFile);
   auto* server_cert = keys->add_subcommand(
       "server-cert", "make new public DB and KPS server keys and certificates (e.g. for new --dns/--ip)");
   for (auto* sub : {keys_init, server_cert}) {
@@ -162,6 +173,7 @@ int main(int argc, char** argv) {
     if (app.get_option("--station-id")->count() > 0) cfg.station_id = flags.station_id;
     if (app.get_option("--key-source")->count() > 0) cfg.key_source = flags.key_source;
     if (*keys_init) return cmd_keys_init(cfg, keys_opt);
+    if (*install_cert) return cmd_keys_install_cert(cfg, install_root, install_certs);
     if (*server_cert) {
       keys_opt.reissue_server_certs = true;
       return cmd_keys_init(cfg, keys_opt);

@@ -43,7 +43,17 @@ bool is_refusal(int code) {
 }  // namespace
 
 int cmd_keys_init(const StationConfig& config, const KeysInitOptions& options) {
-  keys_init(config, options, std::cout);
+  if (options.offline_root) {
+    keys_csr(config, options, std::cout);
+  } else {
+    keys_init(config, options, std::cout);
+  }
+  return 0;
+}
+
+int cmd_keys_install_cert(const StationConfig& config, const std::string& root_pem,
+                          const std::vector<std::string>& cert_files) {
+  keys_install_cert(config, root_pem, cert_files, std::cout);
   return 0;
 }
 

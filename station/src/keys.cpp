@@ -20,9 +20,12 @@
 #include <botan/data_src.h>
 #include <botan/ec_group.h>
 #include <botan/ecdsa.h>
+#include <botan/hash.h>
+#include <botan/hex.h>
 #include <botan/pkcs8.h>
 
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/csr.h"
 #include "keyline/core/error.h"
 #include "keyline/station/errors.h"
 
@@ -493,6 +496,115 @@ void remove_stale_temps(Init& in) {
   }
 }
 
+// ---- The offline root (docs/station.md, "Keys under an offline root") ----
+
+// The two modes do not mix: a station whose token made its own root trusts that root, and a certificate
+// installed from the ceremony would sit beside a Device CA the local root signed.
+void refuse_local_root(core::Pkcs11Token& token, const StationConfig& config) {
+  if (token.has_private_key(key_label::root))
+    throw core::Error(errc::KeysExist, "token '" + config.token_label + "' holds a root key (" + key_label::root +
+                                           ", made by `keys init` without --offline-root): its station keeps its "
+                                           "own root; use a fresh token for a station under the offline root");
+}
+
+std::string device_ca_cn(const StationConfig& config) { return config.station_id + " Device CA"; }
+
+// A CSR is rewritten only when missing or no longer for the token's key, so a repeated run changes nothing.
+void ensure_csr(Init& in, const char* file, const core::Pkcs11EcdsaPrivateKey& key, const Botan::X509_DN& subject) {
+  const auto present = read_pki_file(in.path(file));
+  if (present) {
+    try {
+      const auto req = core::parse_csr(core::Bytes(present->bytes.begin(), present->bytes.end()));
+      if (req.raw_public_key() == key.subject_public_key() && req.subject_dn() == subject) return;
+    } catch (const core::Error&) {
+      // does not parse: re-made below
+    }
+  }
+  write_file(in.path(file), core::make_csr_pem(key, subject, in.rng), 0644);
+  in.wrote(file, present ? "did not match the token's key" : "missing");
+}
+
+std::string key_id(const Botan::Public_Key& key) {
+  const auto spki = key.subject_public_key();
+  return Botan::hex_encode(Botan::HashFunction::create_or_throw("SHA-256")->process(spki)).substr(0, 16);
+}
+
+[[noreturn]] void refuse_cert(const std::string& file, const std::string& why) {
+  throw core::Error(errc::CertRefused, file + " refused: " + why + "; nothing installed");
+}
+
+bool expired(const Botan::X509_Certificate& cert) {
+  return cert.not_after() <= Botan::X509_Time(std::chrono::system_clock::now());
+}
+
+// The Device CA profile the ceremony issues (docs/ceremony.md, "Profiles"): CA, path length 0,
+// keyCertSign, and the subject its CSR asked for.
+void check_device_ca_profile(const std::string& file, const Botan::X509_Certificate& cert, const StationConfig& config) {
+  if (!cert.is_CA_cert() || cert.path_limit() != 0)
+    refuse_cert(file, "it carries the Device CA key but is not a CA certificate with path length 0 (profile device-ca)");
+  if (!cert.allowed_usage(Botan::KEY_CERT_SIGN)) refuse_cert(file, "its keyUsage lacks keyCertSign (profile device-ca)");
+  const auto cn = cert.subject_dn().get_first_attribute("X520.CommonName");
+  if (cn != device_ca_cn(config)) refuse_cert(file, "its CN '" + cn + "' is not '" + device_ca_cn(config) + "'");
+}
+
+void check_station_profile(const std::string& file, const Botan::X509_Certificate& cert, const StationConfig& config) {
+  try {
+    core::lint_station_certificate(cert);
+    const auto id = core::read_station_id(cert);
+    if (id != config.station_id) refuse_cert(file, "it names station '" + id + "', not '" + config.station_id + "'");
+  } catch (const core::Error& e) {
+    if (e.code() == errc::CertRefused) throw;
+    refuse_cert(file, std::string("it carries the station TLS key but is not of the station profile: ") + e.what());
+  }
+}
+
+struct Installing {
+  std::optional<Botan::X509_Certificate> device_ca, station;
+};
+
+// One --cert file: its key decides its role, then chain and profile.
+void classify(Installing& inst, const std::string& file, const Botan::X509_Certificate& root,
+              const core::Pkcs11EcdsaPrivateKey& ca_key, const core::Pkcs11EcdsaPrivateKey& tls_key,
+              const StationConfig& config) {
+  const auto certs = core::load_certificates_pem(file);
+  const auto& cert = certs.front();
+  const bool is_ca = holds_key(cert, ca_key), is_tls = holds_key(cert, tls_key);
+  if (!is_ca && !is_tls)
+    refuse_cert(file, "it certifies key " + key_id(*cert.subject_public_key()) + ", neither " + key_label::device_ca +
+                          " (" + key_id(ca_key) + ") nor " + key_label::station_tls + " (" + key_id(tls_key) +
+                          ") of token '" + config.token_label + "'");
+  try {
+    core::verify_chain(cert, {}, {root});
+  } catch (const core::Error&) {
+    refuse_cert(file, "it does not verify under the given root (issuer " + cert.issuer_dn().to_string() + ")");
+  }
+  if (expired(cert)) refuse_cert(file, "it expired " + cert.not_after().readable_string());
+  auto& slot = is_ca ? inst.device_ca : inst.station;
+  if (slot) refuse_cert(file, "a second certificate for the same key");
+  is_ca ? check_device_ca_profile(file, cert, config) : check_station_profile(file, cert, config);
+  slot = cert;
+}
+
+Botan::X509_Certificate load_root(const std::string& file) {
+  const auto certs = core::load_certificates_pem(file);
+  const auto& root = certs.front();
+  if (certs.size() != 1 || !root.is_self_signed() || !root.is_CA_cert() ||
+      !signed_by(root, *root.subject_public_key()))
+    refuse_cert(file, "the root must be one self-signed CA certificate");
+  return root;
+}
+
+// A certificate not given now stays only when it still chains to the root being installed.
+void check_kept(Init& in, const char* file, const Botan::X509_Certificate& root) {
+  const auto present = read_pem(in.path(file));
+  if (present.empty()) return;
+  try {
+    core::verify_chain(present.front(), {}, {root});
+  } catch (const core::Error&) {
+    refuse_cert(in.path(file), "it stays installed but does not verify under the new root: give its new certificate too");
+  }
+}
+
 }  // namespace
 
 std::string pki_path(const StationConfig& config, const char* file) {
@@ -542,6 +654,59 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
       << "keys: station TLS client  " << in.path(pki_file::station_tls) << " (key on the token)\n"
       << "keys: public DB server    " << in.path(pki_file::backupdb_cert) << "\n"
       << "keys: KPS server          " << in.path(pki_file::kps_cert) << "\n";
+}
+
+void keys_csr(const StationConfig& config, const KeysInitOptions& options, std::ostream& out) {
+  if (!core::is_valid_station_id(config.station_id))
+    throw core::ConfigError(core::ErrorCode::Config, "station id is not 1-64 letters, digits, '-', '_', '.'");
+  const PkiLock lock(make_pki_dir(config.pki_dir), out);
+  const core::SecureBytes pin = read_pin(config);
+  Init in{config, options, core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, 4), out, {}, false};
+  refuse_local_root(*in.token, config);
+  remove_stale_temps(in);
+  const auto device_ca_key = ensure_ec_key(in, key_label::device_ca, 2);
+  const auto station_tls_key = ensure_ec_key(in, key_label::station_tls, 4);
+  ensure_secret_keys(in);
+  Botan::X509_DN ca_dn, station_dn;
+  ca_dn.add_attribute("X520.CommonName", device_ca_cn(config));
+  ca_dn.add_attribute("X520.Organization", options.organization);
+  station_dn.add_attribute("X520.CommonName", config.station_id);
+  station_dn.add_attribute("X520.OrganizationalUnit", core::kStationUnit);
+  ensure_csr(in, csr_file::device_ca, *device_ca_key, ca_dn);
+  ensure_csr(in, csr_file::station, *station_tls_key, station_dn);
+  if (!in.changed) out << "keys: everything present on token '" << config.token_label << "': nothing changed\n";
+  out << "keys: Device CA CSR    " << in.path(csr_file::device_ca) << " (keyline-ceremony sign --profile device-ca)\n"
+      << "keys: station CSR      " << in.path(csr_file::station) << " (keyline-ceremony sign --profile station)\n"
+      << "keys: then             keyline-station keys install-cert --root ROOT.pem --cert ...\n";
+}
+
+void keys_install_cert(const StationConfig& config, const std::string& root_pem,
+                       const std::vector<std::string>& cert_files, std::ostream& out) {
+  if (cert_files.empty()) throw core::ConfigError(core::ErrorCode::Usage, "give at least one --cert");
+  const auto root = load_root(root_pem);
+  const PkiLock lock(make_pki_dir(config.pki_dir), out);
+  const core::SecureBytes pin = read_pin(config);
+  Init in{config, {}, core::Pkcs11Token::open(config.hsm_module, config.token_label, pin, 2), out, {}, false};
+  refuse_local_root(*in.token, config);
+  for (const char* label : {key_label::device_ca, key_label::station_tls})
+    if (!in.token->has_private_key(label))
+      throw core::Error(errc::KeysMissing, "token '" + config.token_label + "' holds no " + label +
+                                               ": run `keyline-station keys init --offline-root` first");
+  const core::Pkcs11EcdsaPrivateKey ca_key(in.token, key_label::device_ca), tls_key(in.token, key_label::station_tls);
+  Installing inst;
+  for (const auto& file : cert_files) classify(inst, file, root, ca_key, tls_key, config);
+  if (!inst.device_ca) check_kept(in, pki_file::device_ca, root);
+  if (!inst.station) check_kept(in, pki_file::station_tls, root);
+  // Everything checked before anything is written; a crash between the files is finished by running
+  // the same install-cert again.
+  remove_stale_temps(in);
+  if (inst.device_ca) write_file(in.path(pki_file::device_ca), core::to_pem(*inst.device_ca), 0644);
+  if (inst.station) write_file(in.path(pki_file::station_tls), core::to_pem(*inst.station), 0644);
+  write_file(in.path(pki_file::root), core::to_pem(root), 0644);
+  if (inst.device_ca)
+    out << "keys: installed " << in.path(pki_file::device_ca) << " SHA-256 " << fingerprint(*inst.device_ca) << "\n";
+  if (inst.station) out << "keys: installed " << in.path(pki_file::station_tls) << "\n";
+  out << "keys: installed " << in.path(pki_file::root) << " (trust anchor) SHA-256 " << fingerprint(root) << "\n";
 }
 
 StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessions) {

@@ -13,6 +13,8 @@ namespace keyline::station {
 
 // keys init (and keys server-cert, with options.reissue_server_certs): docs/station.md "Keys".
 int cmd_keys_init(const StationConfig& config, const KeysInitOptions& options);
+int cmd_keys_install_cert(const StationConfig& config, const std::string& root_pem,
+                          const std::vector<std::string>& cert_files);
 int cmd_pool_generate(const StationConfig& config, const std::string& tac, std::int64_t count, std::int64_t keys);
 int cmd_pool_import(const StationConfig& config, const std::string& csv);
 int cmd_pool_status(const StationConfig& config, bool json);

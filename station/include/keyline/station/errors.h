@@ -18,5 +18,8 @@ constexpr auto KeysMissing = static_cast<core::ErrorCode>(4031);
 // The PKI directory (or a directory above it, or a file in it) may be changed by another user: nothing
 // in it is trusted or written (docs/station.md, "Keys").
 constexpr auto PkiUnsafe = static_cast<core::ErrorCode>(4032);
+// `keys install-cert`: a certificate not for the token's key, not from the given root or of another
+// profile than its key's role: nothing is installed.
+constexpr auto CertRefused = static_cast<core::ErrorCode>(4033);
 constexpr auto JournalConflict = static_cast<core::ErrorCode>(4040);    // the chip is being handled elsewhere
 }  // namespace keyline::station::errc

@@ -53,7 +53,16 @@ struct KeysInitOptions {
   // `keys server-cert`: make new server keys and certificates even when the present ones are fine
   // (new names, or a server key to replace).
   bool reissue_server_certs = false;
+  // `keys init --offline-root`: the root stays on the ceremony's token (docs/ceremony.md); the station
+  // makes its Device CA and TLS keys (and master, wrap) and writes CSRs for the ceremony to sign.
+  bool offline_root = false;
 };
+
+// CSRs written by `keys init --offline-root` into the PKI directory.
+namespace csr_file {
+constexpr const char* device_ca = "device-ca.csr";  // CN "<station id> Device CA", O organization
+constexpr const char* station = "station.csr";      // CN <station id>, OU keyline station
+}  // namespace csr_file
 
 // The SAN names the server certificates get: ip_addresses then dns_names, or the default pair.
 // Throws ConfigError(Usage) naming a --dns that is not a host name or an --ip that is not IPv4.
@@ -70,6 +79,21 @@ std::vector<std::string> server_names(const KeysInitOptions& options);
 // change is refused with errc::PkiUnsafe before the token is opened (see pki_path). The whole run holds
 // an exclusive flock on <pki_dir>/.keys.lock: a concurrent run waits, saying so on `out`.
 void keys_init(const StationConfig& config, const KeysInitOptions& options, std::ostream& out);
+
+// `keys init --offline-root`: as keys_init (lock, checks, atomic files, reuse) but no root, service CA
+// or server keys: the Device CA, station TLS, master and wrapping keys on the token, then the two CSRs
+// (csr_file) signed by their token keys. Throws errc::KeysExist when the token holds a root key (a
+// single-token station: the two modes do not mix).
+void keys_csr(const StationConfig& config, const KeysInitOptions& options, std::ostream& out);
+
+// `keys install-cert`: certificates the ceremony signed from those CSRs. Each must hold the public key
+// of the token's Device CA or station TLS key (that decides its role), verify up to `root_pem` (a
+// self-signed CA) and match the role's profile (Device CA: CA, keyCertSign, path length 0; station:
+// core::lint_station_certificate with this station's id). All are checked before any is written: one
+// refused (errc::CertRefused, naming the file and why) installs nothing. Then device-ca.pem,
+// station-tls.pem and root.pem (the station's trust anchor) are written atomically, under the lock.
+void keys_install_cert(const StationConfig& config, const std::string& root_pem,
+                       const std::vector<std::string>& cert_files, std::ostream& out);
 
 // What a running station needs: the token, the Device CA key on it, and the certificates.
 struct StationKeys {
