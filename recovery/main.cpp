@@ -6,6 +6,7 @@
 
 #include "keyline/core/error.h"
 #include "keyline/recovery/errors.h"
+#include "keyline/recovery/log_verify.h"
 #include "keyline/recovery/recovery.h"
 
 int main(int argc, char** argv) {
@@ -58,12 +59,35 @@ int main(int argc, char** argv) {
   fetch->add_option("--out", fo.out, "bundle file to write")->required();
   fetch->add_option("--trust", fo.trust_file, "also verify the record against this root before writing the bundle");
 
+  // Offline: nothing here opens a socket or a device (docs/recovery.md section 6).
+  auto* log = app.add_subcommand("log", "check transparency-log proofs offline, from files (issue #18)");
+  log->require_subcommand(1);
+  log->footer(
+      "A proof file is one JSON object in the transparency-dev test-data form (tests/vectors/merkle/README.md):\n"
+      "  inclusion:   {\"leafIdx\": 0, \"treeSize\": 8, \"root\": B64, \"leafHash\": B64, \"proof\": [B64, ...]}\n"
+      "  consistency: {\"size1\": 3, \"size2\": 8, \"root1\": B64, \"root2\": B64, \"proof\": [B64, ...]}\n"
+      "B64 is standard base64 with padding; leafHash is SHA-256(0x00 || leaf); leafIdx is 0-based; proof may be\n"
+      "null or []. \"desc\" and \"wantErr\" may be present and are printed, never trusted. Any other field, a\n"
+      "repeated key, a negative or fractional number or one above 2^64-1 makes the file malformed.\n"
+      "Exit codes: 0 the proof verifies, 3 it does not or the file is malformed, 2 usage or unreadable file.");
+  std::string proof_file;
+  auto* incl = log->add_subcommand("verify-inclusion", "does leafHash sit at leafIdx in the tree of treeSize leaves with that root? (RFC 9162 2.1.3.2)");
+  incl->add_option("--proof", proof_file, "inclusion proof file (JSON, see `log --help`)")->required();
+  auto* cons = log->add_subcommand("verify-consistency", "is the tree of size1 with root1 a prefix of the tree of size2 with root2? (RFC 9162 2.1.4.2)");
+  cons->add_option("--proof", proof_file, "consistency proof file (JSON, see `log --help`)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
   }
   return run_guarded([&]() -> int {
+    if (*log) {
+      namespace lv = keyline::recovery::log_verify;
+      const auto r = *incl ? lv::check_inclusion_file(proof_file) : lv::check_consistency_file(proof_file);
+      std::cout << lv::format_report(r);
+      return r.valid ? exit_code::ok : exit_code::verification_failed;
+    }
     if (*restore) {
       ro.db.backoff = std::chrono::milliseconds(backoff_ms);
       ro.card_wait = std::chrono::seconds(card_wait_s);
