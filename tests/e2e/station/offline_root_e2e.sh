@@ -3,7 +3,9 @@
 # CSRs, keyline-ceremony signs them with the root token (its own SoftHSM directory), `keys install-cert`
 # installs them, and openssl verifies the station's certificates against the root. Refused, each leaving
 # the PKI directory byte for byte as it was: a certificate for another key, one from another root, a
-# certificate of another profile than its key's role, a station token that made its own root.
+# certificate of another profile than its key's role, a station token that made its own root. Then a device
+# whose ROM trusts only the offline root is personalized (no public DB: its record waits in the outbox)
+# and its identity certificate verifies with openssl through the installed Device CA.
 # Environment: LINE_BIN (keyline-station, keyline-ceremony), E2E_DIR (scratch, wiped first).
 set -uo pipefail
 top=${KEYLINE_SOURCE_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)}
@@ -117,5 +119,37 @@ checke "(a single-token station made with keys init)" '[ "$rc" = 0 ]'
 sta "$work/local-hsm" "$work/pki-local" keys install-cert --root cer/root.pem --cert out/device-ca.pem
 checke "install-cert on a token holding its own root: refused (4030)" '[ "$rc" != 0 ] && has "error 4030" last.out'
 
+# --- a device personalized by the station under the offline root -----------------------------------
+pids=()
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  "$top/scripts/pg.sh" stop "$work/pg" >/dev/null 2>&1
+}
+trap cleanup EXIT
+"$top/scripts/pg.sh" start "$work/pg" >/dev/null 2>&1 || { fail "PostgreSQL did not start"; exit 1; }
+ci=$(cat "$work/pg/conninfo")
+psql "$ci" -qc "CREATE DATABASE keyline_station" >/dev/null
+export KEYLINE_STATION_DB=${ci/dbname=postgres/dbname=keyline_station}
+st pool generate --tac 35780502 --count 2
+checke "(pool of IMEIs)" '[ "$rc" = 0 ]'
+"$bin/keyline-device" make --dir fleet --count 1 --rom-ca cer/root.pem >make.log 2>&1
+"$bin/keyline-device" serve --fleet fleet --listen 127.0.0.1:0 >fleet.out 2>fleet.log &
+pids+=($!)
+for _ in $(seq 100); do grep -q '^listening' fleet.out && break; sleep 0.1; done
+read -r _ addr _ ddir < <(grep '^listening' fleet.out)
+st personalize --json --device "$addr"
+cp last.out personalize.out
+# No public DB in this test: the device is personalized and its record waits in the outbox (4021).
+checke "a device whose ROM trusts only the offline root is personalized (record in the outbox)" \
+  'has "\"in_outbox\":true" personalize.out && has "\"step\":\"publish\"" personalize.out'
+chip=$(sed -n 's/.*"chip_id":"\([0-9A-F]*\)".*/\1/p' personalize.out | head -n1)
+psql "$KEYLINE_STATION_DB" -tAc "SELECT encode(identity_cert, 'base64') FROM journal.device WHERE chip_id = '$chip'" |
+  tr -d '\n' | base64 -d >identity.der 2>/dev/null
+checke "its identity certificate verifies with openssl: offline root -> installed Device CA -> device" \
+  '[ -s identity.der ] && openssl x509 -inform DER -in identity.der -out identity.pem &&
+   [ "$(openssl verify -CAfile cer/root.pem -untrusted pki/device-ca.pem identity.pem 2>&1)" = "identity.pem: OK" ]'
+checke "and not under the other root" \
+  '! openssl verify -CAfile cer-other/root.pem -untrusted pki/device-ca.pem identity.pem >/dev/null 2>&1'
 echo "offline root e2e: $fails failure(s)"
 [ "$fails" = 0 ]
