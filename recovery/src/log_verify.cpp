@@ -58,7 +58,7 @@ class StrictHandler : public Poco::JSON::ParseHandler {
 
 // Poco 1.11 reads 18446744073709551616 (2^64) as 0: its overflow check misses the first value past
 // UInt64's range, while larger ones throw. So the integer tokens are checked in the text itself
-// before Poco sees them. Outside strings a JSON number is the only token with a digit
+// before Poco sees them, and so are signs. Outside strings a JSON number is the only token with a digit
 // (RFC 8259 section 6); anything else wrong is left to Poco.
 void check_integer_tokens(std::string_view json) {
   constexpr std::string_view max = "18446744073709551615";
@@ -79,6 +79,8 @@ void check_integer_tokens(std::string_view json) {
     while (end < json.size() && json[end] >= '0' && json[end] <= '9') ++end;
     const std::string_view digits = json.substr(i, end - i);
     const bool fraction = end < json.size() && (json[end] == '.' || json[end] == 'e' || json[end] == 'E');
+    // Every number of this form is a size or an index; "-0" would otherwise pass as 0.
+    if (!fraction && i > 0 && json[i - 1] == '-') bad("integer -" + std::string(digits.substr(0, 24)) + " is negative");
     if (!fraction && (digits.size() > max.size() || (digits.size() == max.size() && digits > max)))
       bad("integer " + std::string(digits.substr(0, 24)) + (digits.size() > 24 ? "..." : "") + " is above 2^64-1");
     i = end - 1;

@@ -72,6 +72,7 @@ TEST_CASE("log_verify: integers are 0..2^64-1 written as integers") {
   CHECK(lv::parse_inclusion(incl("9223372036854775808", "8")).leaf_index == 9223372036854775808ULL);
   refused(incl("-1"), "negative");
   refused(incl("0", "-8"), "negative");
+  refused(incl("-0"), "negative");
   refused(incl("0", "8.0"), "not an integer");
   refused(incl("0", "8e0"), "not an integer");
   refused(incl("0.5"), "not an integer");
