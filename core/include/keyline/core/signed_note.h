@@ -45,8 +45,8 @@ struct Note {
 // Throws FormatError(BadNote).
 Note parse_note(std::string_view message);
 
-// Signs note text. Implementations: Ed25519Signer (software key, tests and tools) and, later, a
-// PKCS#11 CKM_EDDSA signer (docs/decisions.md: SoftHSM 2.6.1 here does Ed25519).
+// Signs note text. Implementations: Ed25519Signer (software key, tests and tools) and
+// TokenNoteSigner (core/token_note_signer.h: the log key on a PKCS#11 token, CKM_EDDSA).
 class NoteSigner {
  public:
   virtual ~NoteSigner() = default;
