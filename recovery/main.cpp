@@ -9,57 +9,67 @@
 #include "keyline/recovery/log_verify.h"
 #include "keyline/recovery/recovery.h"
 
-int main(int argc, char** argv) {
-  using namespace keyline::recovery;
-  CLI::App app{"keyline-recovery: bring back a device whose flash was lost, from its public backup record.\n"
-               "Everything is verified (chain to --trust, chip ID, IMEI, backup package) before the first write.\n"
-               "Settings come from flags, KEYLINE_* environment variables or --config FILE."};
-  app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
-  app.require_subcommand(1);
-  app.footer(kExitCodeHelp);
+namespace {
 
+using namespace keyline::recovery;
+
+// What the command line fills in, for all three subcommands.
+struct Cli {
   RestoreOptions ro;
   FetchOptions fo;
   bool json = false;
   int backoff_ms = 250;
   int card_wait_s = 10;
+  std::string proof_file;
+  CLI::App* restore = nullptr;
+  CLI::App* fetch = nullptr;
+  CLI::App* log = nullptr;
+  CLI::App* inclusion = nullptr;
+};
 
-  auto db_flags = [&](CLI::App* sub, DbOptions& db, bool required) {
-    auto* o = sub->add_option("--db", db.url, "public DB base URL, e.g. https://backup.example:8443")
-                  ->envname("KEYLINE_BACKUPDB_URL");
-    if (required) o->required();
-    sub->add_option("--ca", db.ca_file, "TLS trust file (PEM) for the public DB's server certificate")
-        ->envname("KEYLINE_BACKUPDB_CA");
-    sub->add_option("--attempts", db.attempts, "connection attempts before giving up")->capture_default_str();
-    sub->add_option("--backoff-ms", backoff_ms, "wait after the first failed attempt, doubled each time")
-        ->capture_default_str();
-  };
+void add_db_flags(CLI::App* sub, DbOptions& db, int& backoff_ms, bool required) {
+  auto* o = sub->add_option("--db", db.url, "public DB base URL, e.g. https://backup.example:8443")
+                ->envname("KEYLINE_BACKUPDB_URL");
+  if (required) o->required();
+  sub->add_option("--ca", db.ca_file, "TLS trust file (PEM) for the public DB's server certificate")
+      ->envname("KEYLINE_BACKUPDB_CA");
+  sub->add_option("--attempts", db.attempts, "connection attempts before giving up")->capture_default_str();
+  sub->add_option("--backoff-ms", backoff_ms, "wait after the first failed attempt, doubled each time")
+      ->capture_default_str();
+}
 
+void add_restore(CLI::App& app, Cli& c) {
   auto* restore = app.add_subcommand("restore", "verify the record of the device's chip (--device or --reader), write it as the flash image, boot it");
-  auto* device = restore->add_option("--device", ro.device, "device link HOST:PORT (vpcd framing over TCP)")
+  auto* device = restore->add_option("--device", c.ro.device, "device link HOST:PORT (vpcd framing over TCP)")
                      ->envname("KEYLINE_DEVICE");
-  auto* reader = restore->add_option("--reader", ro.reader,
+  auto* reader = restore->add_option("--reader", c.ro.reader,
                                      "PC/SC reader: a name or pattern (substring, or glob with * ? [) matching exactly one "
                                      "reader; a reader without a card is waited for up to --card-wait")
                      ->envname("KEYLINE_READER");
   device->excludes(reader);
-  restore->add_option("--card-wait", card_wait_s, "seconds to wait for a card in the --reader")
+  restore->add_option("--card-wait", c.card_wait_s, "seconds to wait for a card in the --reader")
       ->check(CLI::Range(0, 3600))
       ->capture_default_str();
-  restore->add_option("--trust", ro.trust_file, "manufacturer root certificate(s) (PEM): anchor of device certificates")
+  restore->add_option("--trust", c.ro.trust_file, "manufacturer root certificate(s) (PEM): anchor of device certificates")
       ->envname("KEYLINE_TRUST")->required();
-  db_flags(restore, ro.db, false);
-  restore->add_option("--image", ro.bundle, "offline bundle from `fetch`; when given, --db is not used (no network)");
-  restore->add_flag("--dry-run", ro.dry_run, "verify everything and print, write nothing");
-  restore->add_flag("--json", json, "print the result as one JSON object");
+  add_db_flags(restore, c.ro.db, c.backoff_ms, false);
+  restore->add_option("--image", c.ro.bundle, "offline bundle from `fetch`; when given, --db is not used (no network)");
+  restore->add_flag("--dry-run", c.ro.dry_run, "verify everything and print, write nothing");
+  restore->add_flag("--json", c.json, "print the result as one JSON object");
+  c.restore = restore;
+}
 
+void add_fetch(CLI::App& app, Cli& c) {
   auto* fetch = app.add_subcommand("fetch", "fetch a chip's record into an offline bundle for `restore --image`");
-  fetch->add_option("--chip-id", fo.chip_id, "chip ID (20 hex digits, as keyline-device status prints it)")->required();
-  db_flags(fetch, fo.db, true);
-  fetch->add_option("--out", fo.out, "bundle file to write")->required();
-  fetch->add_option("--trust", fo.trust_file, "also verify the record against this root before writing the bundle");
+  fetch->add_option("--chip-id", c.fo.chip_id, "chip ID (20 hex digits, as keyline-device status prints it)")->required();
+  add_db_flags(fetch, c.fo.db, c.backoff_ms, true);
+  fetch->add_option("--out", c.fo.out, "bundle file to write")->required();
+  fetch->add_option("--trust", c.fo.trust_file, "also verify the record against this root before writing the bundle");
+  c.fetch = fetch;
+}
 
-  // Offline: nothing here opens a socket or a device (docs/recovery.md section 6).
+// Offline: nothing here opens a socket or a device (docs/recovery.md section 6).
+void add_log(CLI::App& app, Cli& c) {
   auto* log = app.add_subcommand("log", "check transparency-log proofs offline, from files (issue #18)");
   log->require_subcommand(1);
   log->footer(
@@ -70,35 +80,52 @@ int main(int argc, char** argv) {
       "null or []. \"desc\" and \"wantErr\" may be present and are printed, never trusted. Any other field, a\n"
       "repeated key, a negative or fractional number or one above 2^64-1 makes the file malformed.\n"
       "Exit codes: 0 the proof verifies, 3 it does not or the file is malformed, 2 usage or unreadable file.");
-  std::string proof_file;
   auto* incl = log->add_subcommand("verify-inclusion", "does leafHash sit at leafIdx in the tree of treeSize leaves with that root? (RFC 9162 2.1.3.2)");
-  incl->add_option("--proof", proof_file, "inclusion proof file (JSON, see `log --help`)")->required();
+  incl->add_option("--proof", c.proof_file, "inclusion proof file (JSON, see `log --help`)")->required();
   auto* cons = log->add_subcommand("verify-consistency", "is the tree of size1 with root1 a prefix of the tree of size2 with root2? (RFC 9162 2.1.4.2)");
-  cons->add_option("--proof", proof_file, "consistency proof file (JSON, see `log --help`)")->required();
+  cons->add_option("--proof", c.proof_file, "consistency proof file (JSON, see `log --help`)")->required();
+  c.log = log;
+  c.inclusion = incl;
+}
 
+int run(Cli& c) {
+  if (*c.log) {
+    namespace lv = keyline::recovery::log_verify;
+    const auto r = *c.inclusion ? lv::check_inclusion_file(c.proof_file) : lv::check_consistency_file(c.proof_file);
+    std::cout << lv::format_report(r);
+    return r.valid ? exit_code::ok : exit_code::verification_failed;
+  }
+  if (*c.restore) {
+    c.ro.db.backoff = std::chrono::milliseconds(c.backoff_ms);
+    c.ro.card_wait = std::chrono::seconds(c.card_wait_s);
+    if (c.ro.bundle.empty() && c.ro.db.url.empty())
+      throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage, "restore needs --db URL or --image FILE");
+    const auto r = keyline::recovery::restore(c.ro, &std::cerr);
+    std::cout << format_result(r, c.json);
+    return exit_code::ok;
+  }
+  c.fo.db.backoff = std::chrono::milliseconds(c.backoff_ms);
+  keyline::recovery::fetch(c.fo, &std::cerr);
+  return exit_code::ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"keyline-recovery: bring back a device whose flash was lost, from its public backup record.\n"
+               "Everything is verified (chain to --trust, chip ID, IMEI, backup package) before the first write.\n"
+               "Settings come from flags, KEYLINE_* environment variables or --config FILE."};
+  app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
+  app.require_subcommand(1);
+  app.footer(kExitCodeHelp);
+  Cli c;
+  add_restore(app, c);
+  add_fetch(app, c);
+  add_log(app, c);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
   }
-  return run_guarded([&]() -> int {
-    if (*log) {
-      namespace lv = keyline::recovery::log_verify;
-      const auto r = *incl ? lv::check_inclusion_file(proof_file) : lv::check_consistency_file(proof_file);
-      std::cout << lv::format_report(r);
-      return r.valid ? exit_code::ok : exit_code::verification_failed;
-    }
-    if (*restore) {
-      ro.db.backoff = std::chrono::milliseconds(backoff_ms);
-      ro.card_wait = std::chrono::seconds(card_wait_s);
-      if (ro.bundle.empty() && ro.db.url.empty())
-        throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage, "restore needs --db URL or --image FILE");
-      const auto r = keyline::recovery::restore(ro, &std::cerr);
-      std::cout << format_result(r, json);
-      return exit_code::ok;
-    }
-    fo.db.backoff = std::chrono::milliseconds(backoff_ms);
-    keyline::recovery::fetch(fo, &std::cerr);
-    return exit_code::ok;
-  });
+  return run_guarded([&]() -> int { return run(c); });
 }
