@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Shared by the PC/SC end-to-end tests: a whole line (tests/e2e/line/common.sh) whose devices are cards in
-# the vpcd readers of a private pcscd (pcscd_env.sh) instead of TCP fixtures.
+# the vpcd readers of a private pcscd (tests/support/pcscd_env.sh) instead of TCP fixtures.
 #   pcsc_line_up DIR N   line_up with N devices, the TCP fleet stopped, a private pcscd with N readers;
 #                        exits 77 (ctest: skipped, and says why) when a private pcscd cannot run here
 #   card_in I [FLAGS]    `keyline-device serve --vpcd` of device I into reader I (the card put in)
@@ -9,8 +9,8 @@
 here_pcsc=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=../line/common.sh
 source "$here_pcsc/../line/common.sh"
-# shellcheck source=pcscd_env.sh
-source "$here_pcsc/pcscd_env.sh"
+# shellcheck source=../../support/pcscd_env.sh
+source "$here_pcsc/../../support/pcscd_env.sh"
 CARD_PIDS=()
 
 pcsc_line_cleanup() {

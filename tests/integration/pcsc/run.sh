@@ -6,17 +6,14 @@ set -u
 TEST=$1
 export KEYLINE_DEVICE_BIN=$2
 WORK=$3
-PCSCD="$(dirname "$0")/../../support/pcscd.sh"
+source "$(dirname "$0")/../../support/pcscd_env.sh"
 rm -rf "$WORK"
 mkdir -p "$WORK"
-export KEYLINE_PCSC_DIR="$WORK/pcscd" KEYLINE_PCSC_WORK="$WORK"
-trap '"$PCSCD" stop "$KEYLINE_PCSC_DIR"' EXIT
-"$PCSCD" start "$KEYLINE_PCSC_DIR" 4 >"$WORK/pcscd.out" 2>&1
-rc=$?
-if [ $rc -ne 0 ]; then cat "$WORK/pcscd.out"; exit $rc; fi
-export "$(cat "$KEYLINE_PCSC_DIR/env")"
+trap pcsc_down EXIT
+pcsc_up "$WORK/pcscd" 4 || exit $?
+export KEYLINE_PCSC_DIR="$PCSC_DIR" KEYLINE_PCSC_WORK="$WORK"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=pcsc test root" \
   -keyout "$WORK/root.key" -out "$WORK/root.pem" -days 1 2>/dev/null || { echo "FAIL: openssl"; exit 1; }
 "$TEST" -tce="no service*" || { echo "FAIL: see the device logs in $WORK"; exit 1; }
-"$PCSCD" stop "$KEYLINE_PCSC_DIR"
+pcsc_down
 KEYLINE_PCSC_STOPPED=1 "$TEST" -tc="no service*"

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The test's own pcscd (tests/support/pcscd.sh: a private mount namespace, N vpcd readers), as shell
-# variables for the PC/SC end-to-end tests. Source it, then:
+# variables for the PC/SC tests (integration and end to end). Source it, then:
 #   pcsc_up DIR N   start it; sets PCSC_READERS (reader names) and PCSC_PORTS (the vpcd port of each, for
 #                   `keyline-device serve --vpcd 127.0.0.1:PORT`) and exports PCSCLITE_CSOCK_NAME.
 #                   Returns 77 when a private pcscd cannot run here (pcscd.sh says why).
@@ -8,7 +8,7 @@
 PCSC_DIR=
 PCSC_READERS=()
 PCSC_PORTS=()
-pcsc_script=$(cd "$(dirname "${BASH_SOURCE[0]}")/../../support" && pwd)/pcscd.sh
+pcsc_script=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pcscd.sh
 
 pcsc_up() {
   local rc=0 name port
