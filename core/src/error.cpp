@@ -11,6 +11,8 @@ int exit_code_for(ErrorCode code) noexcept {
   // device that cannot be reached; the card refusing extended length is the peer refusing.
   if (n >= 1420 && n <= 1425) return exit_code::unavailable;
   if (code == ErrorCode::ExtendedLengthRefused) return exit_code::refused;
+  // docs/channel.md: a chip that is not genuine or breaks the channel is the peer refusing.
+  if (n >= 1191 && n <= 1195) return exit_code::refused;
   if (code == ErrorCode::DbUniqueViolation || code == ErrorCode::Http) return exit_code::refused;
   if (n >= 1250 && n < 1300) return exit_code::hsm;
   // keyline-device: an empty flash (2002) or an image a boot check rejects (2004) is bad input.

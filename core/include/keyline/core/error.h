@@ -32,6 +32,13 @@ enum class ErrorCode : int {
   NoteNotVerified = 1182,  // no signature by a known key verifies, or a known key's signature fails
   BadCheckpoint = 1183,  // a checkpoint body that does not parse (C2SP tlog-checkpoint)
   BadTile = 1184,        // a tile path, tile or entry bundle that does not parse (C2SP tlog-tiles)
+  // 1190-1199: the chip's identity and the personalization channel (docs/channel.md)
+  BadCertificateStore = 1190,  // GET DATA BF21 that does not parse (GP Amendment F section 7.4.2)
+  SecureChannel = 1191,        // a wrong MAC or receipt, bad padding, a command outside the session
+  ChipNotGenuine = 1192,       // the chip's certificates do not chain to a listed chip vendor
+  ChipIdMismatch = 1193,       // the chip's certificates name another chip ID than its CPLC
+  BadAttestation = 1194,       // a key attestation statement that does not parse or verify
+  AttestationMismatch = 1195,  // a valid statement for another challenge, context, key type or an old counter
   // 1200-1299: crypto, certificates, HSM
   Crypto = 1200,
   BadCertificate = 1210,
