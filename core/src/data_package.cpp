@@ -66,8 +66,13 @@ void check_fields(const DataPackage& p) {
   if (p.ca_chain.empty()) bad("CA chain (DGI 0203) is empty");
   for (const auto& c : p.ca_chain)
     if (c.empty()) bad("CA chain (DGI 0203) holds an empty certificate");
-  if (p.identity_key.empty()) bad("identity key (DGI 8101) is empty");
-  if (p.transport_key.size() != kX25519KeySize) bad("transport key (DGI 8102) must be 32 bytes");
+  const bool keys_absent = p.keys_in_device && p.identity_key.empty() && p.transport_key.empty();
+  if (p.keys_in_device && !keys_absent && (p.identity_key.empty() || p.transport_key.empty()))
+    bad("version 2 package holds one of DGIs 8101/8102 without the other");
+  if (!keys_absent) {
+    if (p.identity_key.empty()) bad("identity key (DGI 8101) is empty");
+    if (p.transport_key.size() != kX25519KeySize) bad("transport key (DGI 8102) must be 32 bytes");
+  }
   if (p.comm_key.size() != kAes256KeySize) bad("communication key (DGI 8103) must be 32 bytes");
   std::set<std::uint16_t> seen;
   for (const auto& [tag, value] : p.app_items) {
@@ -84,7 +89,7 @@ std::uint32_t get_u32(const std::uint8_t* p) {
 
 SecureBytes encode_header(const DataPackage& p) {
   SecureBytes v;
-  v.push_back(kDataPackageVersion);
+  v.push_back(p.keys_in_device ? kDataPackageVersionDeviceKeys : kDataPackageVersion);
   const std::string& imei = p.imei.str();
   v.insert(v.end(), imei.begin(), imei.end());
   v.push_back(static_cast<std::uint8_t>(p.station_id.size()));
@@ -96,7 +101,9 @@ SecureBytes encode_header(const DataPackage& p) {
 void decode_header(const SecureBytes& v, DataPackage& p) {
   // version (1) || IMEI (15) || station id length (1) || station id || time (8)
   if (v.size() < 1 + 15 + 1 + 8) bad("header (DGI 0101) too short");
-  if (v[0] != kDataPackageVersion) bad("unsupported format version " + std::to_string(v[0]));
+  if (v[0] != kDataPackageVersion && v[0] != kDataPackageVersionDeviceKeys)
+    bad("unsupported format version " + std::to_string(v[0]));
+  p.keys_in_device = v[0] == kDataPackageVersionDeviceKeys;
   const std::string imei(v.begin() + 1, v.begin() + 16);
   try {
     p.imei = Imei::parse(imei);
@@ -156,6 +163,14 @@ Bytes package_digest(const SecureBytes& encoded) {
   return sha->final_stdvec();
 }
 
+Bytes station_digest(const DataPackage& p) {
+  if (!p.keys_in_device) return package_digest(p.encode());
+  DataPackage sent = p;
+  sent.identity_key.clear();
+  sent.transport_key.clear();
+  return package_digest(sent.encode());
+}
+
 SecureBytes DataPackage::encode() const {
   check_fields(*this);
   SecureBytes out;
@@ -169,8 +184,11 @@ SecureBytes DataPackage::encode() const {
   add(dgi_tag::transport_cert, transport_cert.data(), transport_cert.size());
   const SecureBytes chain = encode_chain(ca_chain);
   add(dgi_tag::ca_chain, chain.data(), chain.size());
-  add(dgi_tag::identity_key, identity_key.data(), identity_key.size());
-  add(dgi_tag::transport_key, transport_key.data(), transport_key.size());
+  // check_fields let a version 2 package through without its keys only when both are absent.
+  if (!identity_key.empty()) {
+    add(dgi_tag::identity_key, identity_key.data(), identity_key.size());
+    add(dgi_tag::transport_key, transport_key.data(), transport_key.size());
+  }
   add(dgi_tag::comm_key, comm_key.data(), comm_key.size());
   Bytes kcv;
   put_u16(kcv, dgi_tag::comm_key);
@@ -199,18 +217,23 @@ DataPackage DataPackage::decode(const SecureBytes& bytes) {
     if (!seen.insert(d.tag).second) bad(tag_name(d.tag) + " appears twice");
   }
   for (std::uint16_t tag : {dgi_tag::header, dgi_tag::identity_cert, dgi_tag::transport_cert, dgi_tag::ca_chain,
-                            dgi_tag::identity_key, dgi_tag::transport_key, dgi_tag::comm_key, dgi_tag::kcv})
+                            dgi_tag::comm_key, dgi_tag::kcv})
     if (seen.count(tag) == 0) bad("required " + tag_name(tag) + " is missing");
 
   DataPackage p;
   decode_header(find_dgi(dgis, dgi_tag::header)->value, p);
+  const std::size_t keys = seen.count(dgi_tag::identity_key) + seen.count(dgi_tag::transport_key);
+  if (keys == 1) bad("DGIs 8101 and 8102 come together: one of them is missing");
+  if (keys == 0 && !p.keys_in_device) bad("required DGIs 8101/8102 are missing");
   const auto& ic = find_dgi(dgis, dgi_tag::identity_cert)->value;
   p.identity_cert.assign(ic.begin(), ic.end());
   const auto& tc = find_dgi(dgis, dgi_tag::transport_cert)->value;
   p.transport_cert.assign(tc.begin(), tc.end());
   p.ca_chain = decode_chain(find_dgi(dgis, dgi_tag::ca_chain)->value);
-  p.identity_key = find_dgi(dgis, dgi_tag::identity_key)->value;
-  p.transport_key = find_dgi(dgis, dgi_tag::transport_key)->value;
+  if (keys == 2) {
+    p.identity_key = find_dgi(dgis, dgi_tag::identity_key)->value;
+    p.transport_key = find_dgi(dgis, dgi_tag::transport_key)->value;
+  }
   p.comm_key = find_dgi(dgis, dgi_tag::comm_key)->value;
   for (const auto& d : dgis)
     if (is_app_tag(d.tag)) p.app_items.emplace_back(d.tag, Bytes(d.value.begin(), d.value.end()));
