@@ -38,6 +38,23 @@ void add_db_flags(CLI::App* sub, DbOptions& db, int& backoff_ms, bool required) 
       ->capture_default_str();
 }
 
+// The transparency-log check of a record fetched from --db (docs/recovery.md section 7).
+void add_log_flags(CLI::App* sub, LogOptions& log) {
+  auto* key = sub->add_option("--log-key", log.log_key,
+                              "the public DB log's verifier key (C2SP vkey: NAME+KEYID+BASE64, from `keyline-backupdb log key`)")
+                  ->envname("KEYLINE_LOG_KEY");
+  auto* file = sub->add_option("--log-key-file", log.log_key_file, "a file holding that verifier key")
+                   ->envname("KEYLINE_LOG_KEY_FILE");
+  key->excludes(file);
+  sub->add_option("--log-state", log.state_file,
+                  "the last checkpoint seen per log, for the consistency check (default "
+                  "$XDG_STATE_HOME/keyline/log-state or ~/.local/state/keyline/log-state)")
+      ->envname("KEYLINE_LOG_STATE");
+  auto* skip = sub->add_flag("--no-log-check", log.skip,
+                             "do NOT check that the record is in the transparency log (loud warning; for a DB without a log)");
+  skip->excludes(key)->excludes(file);
+}
+
 void add_restore(CLI::App& app, Cli& c) {
   auto* restore = app.add_subcommand("restore", "verify the record of the device's chip (--device or --reader), write it as the flash image, boot it");
   auto* device = restore->add_option("--device", c.ro.device, "device link HOST:PORT (vpcd framing over TCP)")
@@ -53,6 +70,7 @@ void add_restore(CLI::App& app, Cli& c) {
   restore->add_option("--trust", c.ro.trust_file, "manufacturer root certificate(s) (PEM): anchor of device certificates")
       ->envname("KEYLINE_TRUST")->required();
   add_db_flags(restore, c.ro.db, c.backoff_ms, false);
+  add_log_flags(restore, c.ro.log);
   restore->add_option("--image", c.ro.bundle, "offline bundle from `fetch`; when given, --db is not used (no network)");
   restore->add_flag("--dry-run", c.ro.dry_run, "verify everything and print, write nothing");
   restore->add_flag("--json", c.json, "print the result as one JSON object");
@@ -63,6 +81,7 @@ void add_fetch(CLI::App& app, Cli& c) {
   auto* fetch = app.add_subcommand("fetch", "fetch a chip's record into an offline bundle for `restore --image`");
   fetch->add_option("--chip-id", c.fo.chip_id, "chip ID (20 hex digits, as keyline-device status prints it)")->required();
   add_db_flags(fetch, c.fo.db, c.backoff_ms, true);
+  add_log_flags(fetch, c.fo.log);
   fetch->add_option("--out", c.fo.out, "bundle file to write")->required();
   fetch->add_option("--trust", c.fo.trust_file, "also verify the record against this root before writing the bundle");
   c.fetch = fetch;
@@ -113,7 +132,8 @@ int run(Cli& c) {
 
 int main(int argc, char** argv) {
   CLI::App app{"keyline-recovery: bring back a device whose flash was lost, from its public backup record.\n"
-               "Everything is verified (chain to --trust, chip ID, IMEI, backup package) before the first write.\n"
+               "Everything is verified (chain to --trust, chip ID, IMEI, backup package, and that the record is in the\n"
+               "public DB's transparency log under the pinned --log-key) before the first write.\n"
                "Settings come from flags, KEYLINE_* environment variables or --config FILE."};
   app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
   app.require_subcommand(1);

@@ -158,11 +158,9 @@ void write_file_atomic(const std::string& path, const std::string& text) {
 
 }  // namespace
 
-namespace {
-
 // Builds the client, which checks the URL and reads the TLS trust file: bad settings are reported
 // before the device is touched.
-std::unique_ptr<core::http::Client> make_client(const DbOptions& db) {
+std::unique_ptr<core::http::Client> make_db_client(const DbOptions& db) {
   if (db.url.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--db (public DB URL) is required");
   core::http::ClientOptions o;
   o.base_url = db.url;
@@ -174,10 +172,8 @@ std::unique_ptr<core::http::Client> make_client(const DbOptions& db) {
   return std::make_unique<core::http::Client>(o);
 }
 
-}  // namespace
-
 std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id) {
-  const auto client = make_client(db);
+  const auto client = make_db_client(db);
   core::http::Response r;
   try {
     r = client->get("/v1/records/" + chip_id.str(), {{"Accept", "application/json"}});
@@ -265,7 +261,10 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
     record = parse_bundle(raw, options.bundle);
   }
 
-  if (!offline) make_client(options.db);
+  if (!offline) {
+    make_db_client(options.db);
+    if (!options.log.skip) load_log_key(options.log);  // a missing or bad --log-key is said before the device is touched
+  }
   const std::string address = device_address(options, progress);
   Device dev(address, options.device_timeout);
   const core::ChipId chip = read_chip_id(dev);
@@ -279,6 +278,9 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
       throw core::Error(errc::VerificationFailed, std::string("the public DB served a record that does not parse: ") + e.what());
     }
     say(progress, "fetched the record of chip " + chip.str() + " from " + options.db.url);
+    check_record_in_log(options.db, options.log, *record, progress);
+  } else {
+    say(progress, "offline bundle: its log inclusion was checked when `fetch` wrote it, not now");
   }
 
   // Invariant 6 (docs/design.md section 9): every check comes before the first UPDATE BINARY.
@@ -386,6 +388,7 @@ core::Record fetch(const FetchOptions& options, std::ostream* progress) {
     verify_record(record, chip, load_anchors(options.trust_file));
     say(progress, "verified against " + options.trust_file);
   }
+  check_record_in_log(options.db, options.log, record, progress);
   // The bundle is the record exactly as served: self-describing, and its record_hash still checks.
   write_file_atomic(options.out, raw);
   say(progress, "wrote the offline bundle of chip " + chip.str() + " (IMEI " + record.imei.str() + ") to " + options.out);

@@ -24,6 +24,17 @@ constexpr auto BadBundle = static_cast<core::ErrorCode>(5006);
 constexpr auto DbRefused = static_cast<core::ErrorCode>(5007);
 // The device booted the image but reports an identity other than the record's: exit 1.
 constexpr auto IdentityMismatch = static_cast<core::ErrorCode>(5008);
+// The record is not proved in the transparency log: the checkpoint is not signed by the pinned log
+// key, the inclusion proof does not verify for the leaf computed from the record, or the log's
+// answers do not parse (docs/recovery.md section 7): exit 3, nothing written.
+constexpr auto LogNotVerified = static_cast<core::ErrorCode>(5009);
+// The log's checkpoint does not extend the one this tool saw last (smaller tree, another root at the
+// same size, or a consistency proof that fails): someone is shown another tree. Exit 5, nothing written.
+constexpr auto LogFork = static_cast<core::ErrorCode>(5010);
+// The record is published but not yet in a checkpoint (integration runs every few seconds): exit 4.
+constexpr auto LogNotIntegrated = static_cast<core::ErrorCode>(5011);
+// The log state file cannot be read or does not parse: exit 2 (a local file to fix or remove).
+constexpr auto LogStateBad = static_cast<core::ErrorCode>(5012);
 }  // namespace errc
 
 // Exit codes of keyline-recovery. 0-5 keep the meaning shared by every keyline program
@@ -35,6 +46,7 @@ constexpr int usage = 2;
 constexpr int verification_failed = 3;  // nothing was written
 constexpr int unavailable = 4;          // public DB or device cannot be reached
 constexpr int device_refused = 5;       // the device kept its previous state
+constexpr int log_fork = 5;             // the log forked from the one seen before; nothing written
 constexpr int no_record = 7;            // the public DB has no record for this chip
 }  // namespace exit_code
 

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -17,6 +18,11 @@
 #include "keyline/core/cplc.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/record.h"
+#include "keyline/recovery/log_check.h"
+
+namespace keyline::core::http {
+class Client;
+}
 
 namespace keyline::recovery {
 
@@ -33,6 +39,7 @@ struct RestoreOptions {
   std::string device;      // HOST:PORT of the device link (vpcd framing over TCP); or
   std::string reader;      // a PC/SC reader: a pattern (core::pcsc::match_readers) matching exactly one reader
   DbOptions db;            // used when bundle is empty
+  LogOptions log;          // the transparency-log check of a record fetched from db (not of a bundle)
   std::string bundle;      // offline bundle (from fetch); no network then
   std::string trust_file;  // manufacturer root(s), PEM: the anchor of device certificates
   bool dry_run = false;    // verify and print, write nothing
@@ -63,6 +70,7 @@ struct FetchOptions {
   DbOptions db;
   std::string out;         // bundle file to write
   std::string trust_file;  // optional: verify the record before writing the bundle
+  LogOptions log;          // the record must be in the log before the bundle is written
 };
 
 // Fetches the record of a chip and writes it, exactly as served, to `out` (the offline bundle).
@@ -80,6 +88,9 @@ void check_device_choice(const RestoreOptions& options);
 // several readers (naming them); IoError(PcscNoService | PcscNoReader | PcscCardMute |
 // PcscReaderRemoved) as core::pcsc says, PcscNoReader naming the readers there are.
 std::string device_address(const RestoreOptions& options, std::ostream* progress);
+
+// The public DB client (checks the URL, reads the TLS trust file). Throws ConfigError.
+std::unique_ptr<core::http::Client> make_db_client(const DbOptions& db);
 
 // GET /v1/records/{chip_id}: the record JSON as served. Throws NoRecord, DbUnavailable, DbRefused.
 std::string fetch_record_json(const DbOptions& db, const core::ChipId& chip_id);

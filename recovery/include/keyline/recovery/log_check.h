@@ -1,0 +1,76 @@
+// The online log check of `restore` and `fetch` (issue #18, docs/recovery.md section 7): before
+// anything is written, the record must be in the public DB's transparency log (an inclusion proof
+// against a checkpoint signed by the pinned log key), and that checkpoint must extend the last one
+// this tool saw (a consistency proof, RFC 9162 section 2.1.4). Leaf hashes are computed here from
+// the record, never taken from the server.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "keyline/core/checkpoint.h"
+#include "keyline/core/http.h"
+#include "keyline/core/merkle.h"
+#include "keyline/core/record.h"
+#include "keyline/core/signed_note.h"
+
+namespace keyline::recovery {
+
+struct DbOptions;
+
+struct LogOptions {
+  std::string log_key;       // the log's verifier key (C2SP signed-note vkey text), or
+  std::string log_key_file;  // a file holding it (one line)
+  std::string state_file;    // empty: default_state_path()
+  bool skip = false;         // --no-log-check: nothing is checked (a loud warning is printed)
+};
+
+// What the tool last saw of a log (one origin): its size and root.
+struct LogHead {
+  std::uint64_t size = 0;
+  core::merkle::Hash root{};
+};
+using LogState = std::map<std::string, LogHead>;  // by origin
+
+// $XDG_STATE_HOME/keyline/log-state, or ~/.local/state/keyline/log-state (XDG Base Directory 0.8).
+std::string default_state_path();
+
+// The pinned key from --log-key or --log-key-file (exactly one). Throws ConfigError(Usage) for
+// none or both, ConfigError(Config) for an unreadable file or a text that is no Ed25519 vkey.
+core::note::Ed25519Verifier load_log_key(const LogOptions& options);
+
+// The state file: one line per origin, "<size> <base64 root> <origin>" (the origin last, since it
+// may hold spaces). A missing file is an empty state; a malformed one throws Error(LogStateBad).
+LogState read_log_state(const std::string& path);
+std::string format_log_state(const LogState& state);
+// Temporary file, fsync, rename; creates the directory. Throws IoError(Io).
+void write_log_state(const std::string& path, const LogState& state);
+
+// The consistency decision between what was seen and a newly verified checkpoint. Throws
+// Error(LogFork) naming both sizes and roots when `seen` is larger, or has another root at the same
+// size, or when the proof (for seen.size < next.size) does not verify.
+void check_consistent(const std::string& origin, const LogHead& seen, const LogHead& next,
+                      const std::vector<core::Bytes>& proof);
+
+// The answer of GET /v1/records/{chip}/proof, strictly parsed. Throws Error(LogNotVerified).
+struct InclusionAnswer {
+  std::uint64_t leaf_index = 0;
+  std::uint64_t tree_size = 0;
+  core::Bytes leaf_hash;
+  std::vector<core::Bytes> proof;
+};
+InclusionAnswer parse_inclusion_answer(const std::string& json);
+// The answer of GET /v1/log/consistency. Throws Error(LogNotVerified).
+std::vector<core::Bytes> parse_consistency_answer(const std::string& json, std::uint64_t size1, std::uint64_t size2);
+
+// The whole check against the public DB: checkpoint, inclusion of `record`, consistency with the
+// state file, then the state file written. Throws Error(LogNotVerified | LogNotIntegrated | LogFork
+// | LogStateBad) or the DB errors of fetch_record_json. With options.skip, prints the warning and
+// returns.
+void check_record_in_log(const DbOptions& db, const LogOptions& options, const core::Record& record,
+                         std::ostream* progress);
+
+}  // namespace keyline::recovery
