@@ -771,6 +771,249 @@ SecureBytes Pkcs11Token::unwrap_data(const std::string& key_label, const Bytes& 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Custody: keys that move between tokens under dual control (docs/custody.md)
+
+Pkcs11Handle Pkcs11Token::find_public_key(const std::string& label) {
+  auto s = session();
+  const auto found = s->find_objects(CKO_PUBLIC_KEY, label);
+  if (found.empty()) throw Pkcs11Error(ErrorCode::Pkcs11KeyNotFound, "no public key labelled '" + label + "' on the token");
+  if (found.size() > 1) throw Pkcs11Error(ErrorCode::Pkcs11, "several public keys labelled '" + label + "'");
+  return found.front();
+}
+
+std::string Pkcs11Token::serial() const {
+  CK_TOKEN_INFO info{};
+  check(fns(m_module)->C_GetTokenInfo(m_slot, &info), "C_GetTokenInfo");
+  return trim_label(info.serialNumber, sizeof info.serialNumber);
+}
+
+namespace {
+
+const char* class_name(CK_OBJECT_CLASS c) {
+  return c == CKO_PRIVATE_KEY ? "private" : c == CKO_PUBLIC_KEY ? "public" : "secret";
+}
+
+std::string key_type_name(CK_KEY_TYPE t) {
+  switch (t) {
+    case CKK_EC: return "EC";
+    case CKK_EC_EDWARDS: return "EC_EDWARDS";
+    case CKK_RSA: return "RSA";
+    case CKK_AES: return "AES";
+    case CKK_GENERIC_SECRET: return "GENERIC_SECRET";
+    default: {
+      char buf[24];
+      std::snprintf(buf, sizeof buf, "0x%lX", t);
+      return buf;
+    }
+  }
+}
+
+// A CK_BBOOL attribute, false when the class has none (CKA_SENSITIVE of a public key).
+bool flag(CK_FUNCTION_LIST_PTR fn, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE h, CK_ATTRIBUTE_TYPE type) {
+  CK_BBOOL v = CK_FALSE;
+  CK_ATTRIBUTE a{type, &v, sizeof v};
+  return fn->C_GetAttributeValue(s, h, &a, 1) == CKR_OK && v == CK_TRUE;
+}
+
+std::vector<CK_OBJECT_HANDLE> objects_of_class(CK_FUNCTION_LIST_PTR fn, CK_SESSION_HANDLE s, CK_OBJECT_CLASS c) {
+  CK_ATTRIBUTE tmpl{CKA_CLASS, &c, sizeof c};
+  check(fn->C_FindObjectsInit(s, &tmpl, 1), "C_FindObjectsInit");
+  std::vector<CK_OBJECT_HANDLE> out;
+  CK_OBJECT_HANDLE buf[16];
+  CK_ULONG n = 0;
+  CK_RV rv;
+  while ((rv = fn->C_FindObjects(s, buf, 16, &n)) == CKR_OK && n > 0) out.insert(out.end(), buf, buf + n);
+  fn->C_FindObjectsFinal(s);
+  check(rv, "C_FindObjects");
+  return out;
+}
+
+// CKM_RSA_PKCS_OAEP with SHA-1 and MGF1-SHA-1, no label (PKCS #11 v2.40 section 2.1.8): SoftHSM 2.6.1
+// wraps with no other hash (docs/design.md section 4). `p` must outlive the mechanism.
+CK_MECHANISM oaep_sha1(CK_RSA_PKCS_OAEP_PARAMS& p) {
+  p = CK_RSA_PKCS_OAEP_PARAMS{CKM_SHA_1, CKG_MGF1_SHA1, CKZ_DATA_SPECIFIED, nullptr, 0};
+  return CK_MECHANISM{CKM_RSA_PKCS_OAEP, &p, sizeof p};
+}
+
+// The usage attributes of a secret key that only signs (HMAC), every other one named false, for the
+// reason given at generate_ec_p256.
+void add_sign_only(std::vector<CK_ATTRIBUTE>& t, CK_BBOOL* yes, CK_BBOOL* no) {
+  for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE})
+    t.push_back({u, u == CKA_SIGN ? yes : no, sizeof(CK_BBOOL)});
+}
+
+}  // namespace
+
+std::vector<Pkcs11KeyInfo> Pkcs11Token::list_keys() {
+  static const std::pair<CK_ATTRIBUTE_TYPE, const char*> kUsages[] = {
+      {CKA_ENCRYPT, "encrypt"}, {CKA_DECRYPT, "decrypt"}, {CKA_SIGN, "sign"},    {CKA_VERIFY, "verify"},
+      {CKA_WRAP, "wrap"},       {CKA_UNWRAP, "unwrap"},   {CKA_DERIVE, "derive"}};
+  auto s = session();
+  auto* fn = fns(m_module);
+  std::vector<Pkcs11KeyInfo> out;
+  for (const CK_OBJECT_CLASS c : {CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY})
+    for (const auto h : objects_of_class(fn, s->handle(), c)) {
+      Pkcs11KeyInfo k;
+      const Bytes label = s->attribute(h, CKA_LABEL);
+      k.label.assign(label.begin(), label.end());
+      k.object_class = class_name(c);
+      const Bytes kt = s->attribute(h, CKA_KEY_TYPE);
+      CK_KEY_TYPE t = 0;
+      if (kt.size() == sizeof t) std::memcpy(&t, kt.data(), sizeof t);
+      k.key_type = key_type_name(t);
+      k.id = s->attribute(h, CKA_ID);
+      for (const auto& [type, name] : kUsages)
+        if (flag(fn, s->handle(), h, type)) k.usages.push_back(name);
+      k.sensitive = flag(fn, s->handle(), h, CKA_SENSITIVE);
+      k.extractable = flag(fn, s->handle(), h, CKA_EXTRACTABLE);
+      k.wrap_with_trusted = flag(fn, s->handle(), h, CKA_WRAP_WITH_TRUSTED);
+      k.never_extractable = flag(fn, s->handle(), h, CKA_NEVER_EXTRACTABLE);
+      k.trusted = flag(fn, s->handle(), h, CKA_TRUSTED);
+      k.local = flag(fn, s->handle(), h, CKA_LOCAL);
+      out.push_back(std::move(k));
+    }
+  return out;
+}
+
+Pkcs11Handle Pkcs11Token::generate_mirrorable_hmac_key(const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+  CK_ULONG len = 32;  // RFC 2104 section 3, as generate_hmac_key
+  std::vector<CK_ATTRIBUTE> tmpl = {
+      {CKA_CLASS, &cls, sizeof cls},      {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &yes, sizeof yes},      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes},  {CKA_EXTRACTABLE, &yes, sizeof yes},
+      {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
+  };
+  add_sign_only(tmpl, &yes, &no);
+  CK_MECHANISM mech{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE h = 0;
+  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl.data(), tmpl.size(), &h), "C_GenerateKey(mirrorable)");
+  return h;
+}
+
+Pkcs11KeyPair Pkcs11Token::generate_rsa_receiving_pair(const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_PRIVATE_KEY, label).empty() || !s->find_objects(CKO_PUBLIC_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_ULONG bits = 3072;  // NIST SP 800-57 part 1 table 2: 128-bit security, as the AES-256 and P-256 keys
+  CK_BYTE exponent[] = {0x01, 0x00, 0x01};
+  auto* lbl = const_cast<char*>(label.data());
+  auto* idp = const_cast<std::uint8_t*>(id.data());
+  CK_ATTRIBUTE pub[] = {
+      {CKA_TOKEN, &yes, sizeof yes},        {CKA_PRIVATE, &no, sizeof no},       {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_WRAP, &yes, sizeof yes},         {CKA_ENCRYPT, &no, sizeof no},       {CKA_VERIFY, &no, sizeof no},
+      {CKA_VERIFY_RECOVER, &no, sizeof no}, {CKA_DERIVE, &no, sizeof no},        {CKA_MODULUS_BITS, &bits, sizeof bits},
+      {CKA_PUBLIC_EXPONENT, exponent, sizeof exponent}, {CKA_LABEL, lbl, label.size()}, {CKA_ID, idp, id.size()},
+  };
+  CK_ATTRIBUTE priv[] = {
+      {CKA_TOKEN, &yes, sizeof yes},       {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes},   {CKA_EXTRACTABLE, &no, sizeof no}, {CKA_UNWRAP, &yes, sizeof yes},
+      {CKA_DECRYPT, &no, sizeof no},       {CKA_SIGN, &no, sizeof no},        {CKA_SIGN_RECOVER, &no, sizeof no},
+      {CKA_DERIVE, &no, sizeof no},        {CKA_LABEL, lbl, label.size()},    {CKA_ID, idp, id.size()},
+  };
+  CK_MECHANISM mech{CKM_RSA_PKCS_KEY_PAIR_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
+  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
+        "C_GenerateKeyPair(RSA-3072)");
+  return {hpub, hpriv};
+}
+
+std::pair<Bytes, Bytes> Pkcs11Token::rsa_public_key(const std::string& label) {
+  const Pkcs11Handle h = find_public_key(label);
+  auto s = session();
+  return {s->attribute(h, CKA_MODULUS), s->attribute(h, CKA_PUBLIC_EXPONENT)};
+}
+
+Bytes Pkcs11Token::wrap_key_rsa_oaep(Pkcs11Handle wrapping_public_key, Pkcs11Handle key) {
+  auto s = session();
+  auto* fn = fns(m_module);
+  CK_RSA_PKCS_OAEP_PARAMS params{};
+  CK_MECHANISM mech = oaep_sha1(params);
+  CK_ULONG n = 0;
+  check(fn->C_WrapKey(s->handle(), &mech, wrapping_public_key, key, nullptr, &n), "C_WrapKey(CKM_RSA_PKCS_OAEP)");
+  Bytes out(n);
+  check(fn->C_WrapKey(s->handle(), &mech, wrapping_public_key, key, out.data(), &n), "C_WrapKey(CKM_RSA_PKCS_OAEP)");
+  out.resize(n);
+  return out;
+}
+
+Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
+                                                   const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+  std::vector<CK_ATTRIBUTE> tmpl = {
+      {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_TOKEN, &yes, sizeof yes},
+      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},  {CKA_SENSITIVE, &yes, sizeof yes},
+      {CKA_EXTRACTABLE, &yes, sizeof yes}, {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
+  };
+  add_sign_only(tmpl, &yes, &no);
+  CK_RSA_PKCS_OAEP_PARAMS params{};
+  CK_MECHANISM mech = oaep_sha1(params);
+  CK_OBJECT_HANDLE h = 0;
+  const CK_RV rv = fns(m_module)->C_UnwrapKey(s->handle(), &mech, unwrapping_private_key,
+                                              const_cast<std::uint8_t*>(wrapped.data()), wrapped.size(), tmpl.data(),
+                                              tmpl.size(), &h);
+  // A blob for another key, or changed, fails OAEP decoding (PKCS #1 v2.2 section 7.1.2: "decryption error").
+  if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
+      rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED || rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
+    throw CryptoError(ErrorCode::Crypto, "the wrapped key does not open under this token's receiving key (" +
+                                             pkcs11_rv_name(rv) + ")");
+  check(rv, "C_UnwrapKey(CKM_RSA_PKCS_OAEP)");
+  return h;
+}
+
+void Pkcs11Token::so_create_trusted_rsa_wrap_key(const std::string& module_path, const std::string& token_label,
+                                                 const SecureBytes& so_pin, const std::string& label, const Bytes& id,
+                                                 const Bytes& modulus, const Bytes& exponent) {
+  const Pkcs11Module module(module_path);
+  const Pkcs11Handle slot = module.find_slot(token_label);
+  auto* fn = fns(module);
+  CK_SESSION_HANDLE h = 0;
+  check(fn->C_OpenSession(slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, nullptr, nullptr, &h), "C_OpenSession");
+  struct Closer {
+    CK_FUNCTION_LIST_PTR fn;
+    CK_SESSION_HANDLE h;
+    ~Closer() {
+      fn->C_Logout(h);
+      fn->C_CloseSession(h);
+    }
+  } closer{fn, h};
+  const CK_RV rv = fn->C_Login(h, CKU_SO, const_cast<CK_UTF8CHAR_PTR>(so_pin.data()), so_pin.size());
+  if (rv == CKR_PIN_INCORRECT || rv == CKR_PIN_INVALID || rv == CKR_PIN_LEN_RANGE || rv == CKR_PIN_LOCKED)
+    fail(ErrorCode::Pkcs11LoginFailed, "Security Officer login refused", rv);
+  check(rv, "C_Login(CKU_SO)");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+  CK_KEY_TYPE kt = CKK_RSA;
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof cls},       {CKA_KEY_TYPE, &kt, sizeof kt},      {CKA_TOKEN, &yes, sizeof yes},
+      {CKA_PRIVATE, &no, sizeof no},       {CKA_MODIFIABLE, &no, sizeof no},    {CKA_TRUSTED, &yes, sizeof yes},
+      {CKA_WRAP, &yes, sizeof yes},        {CKA_ENCRYPT, &no, sizeof no},       {CKA_VERIFY, &no, sizeof no},
+      {CKA_VERIFY_RECOVER, &no, sizeof no}, {CKA_DERIVE, &no, sizeof no},
+      {CKA_MODULUS, const_cast<std::uint8_t*>(modulus.data()), modulus.size()},
+      {CKA_PUBLIC_EXPONENT, const_cast<std::uint8_t*>(exponent.data()), exponent.size()},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
+  };
+  CK_OBJECT_HANDLE obj = 0;
+  check(fn->C_CreateObject(h, tmpl, std::size(tmpl), &obj), "C_CreateObject(trusted RSA public key)");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Botan adapter
 
 namespace {

@@ -78,6 +78,17 @@ class Pkcs11Session {
   Pkcs11Handle m_session = 0;
 };
 
+// One key object as docs/custody.md ("keys status") lists it.
+struct Pkcs11KeyInfo {
+  std::string label;
+  std::string object_class;  // "private", "public", "secret"
+  std::string key_type;      // "EC", "EC_EDWARDS", "RSA", "AES", "GENERIC_SECRET", or "0x..."
+  Bytes id;
+  std::vector<std::string> usages;  // as Pkcs11Token::key_usages
+  bool sensitive = false, extractable = false, wrap_with_trusted = false, never_extractable = false;
+  bool trusted = false, local = false;
+};
+
 // Token-side public part of a generated EC key pair.
 struct Pkcs11KeyPair {
   Pkcs11Handle public_key = 0;
@@ -169,7 +180,33 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   SecureBytes unwrap_data(const std::string& key_label, const Bytes& wrapped, const Bytes& aad);
 
   Pkcs11Handle find_secret_key(const std::string& label);  // Throws Pkcs11KeyNotFound
+  Pkcs11Handle find_public_key(const std::string& label);  // Throws Pkcs11KeyNotFound
   void destroy_object(Pkcs11Handle object);
+
+  // --- custody: keys that move between tokens under dual control (docs/custody.md) ----------
+  // CK_TOKEN_INFO.serialNumber, blanks trimmed.
+  std::string serial() const;
+  // Every key object on the token (private, public, secret) with what docs/custody.md lists.
+  std::vector<Pkcs11KeyInfo> list_keys();
+  // CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN only (HMAC-SHA-256), sensitive, CKA_EXTRACTABLE true but
+  // CKA_WRAP_WITH_TRUSTED true: it leaves the token only wrapped under a key the SO marked trusted.
+  Pkcs11Handle generate_mirrorable_hmac_key(const std::string& label, const Bytes& id);
+  // RSA-3072 receiving pair: private half sensitive, never extractable, CKA_UNWRAP only; public half
+  // CKA_WRAP only (it is exported, and a trusted copy of it made on the sending token).
+  Pkcs11KeyPair generate_rsa_receiving_pair(const std::string& label, const Bytes& id);
+  // Modulus and public exponent of the CKO_PUBLIC_KEY labelled `label` (CKK_RSA). Throws Pkcs11KeyNotFound.
+  std::pair<Bytes, Bytes> rsa_public_key(const std::string& label);
+  // C_WrapKey with CKM_RSA_PKCS_OAEP (SHA-1, MGF1-SHA-1: all SoftHSM 2.6.1 offers) of a secret key.
+  Bytes wrap_key_rsa_oaep(Pkcs11Handle wrapping_public_key, Pkcs11Handle key);
+  // C_UnwrapKey into a token HMAC key of the same attributes as generate_mirrorable_hmac_key.
+  Pkcs11Handle unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
+                                        const std::string& label, const Bytes& id);
+  // Logs in as Security Officer on its own (no Pkcs11Token of this process may be logged in to the
+  // token: login state is the application's, PKCS #11 v2.40 section 5.6) and creates a token RSA
+  // public key with CKA_TRUSTED and CKA_WRAP only, not modifiable. Only the SO may set CKA_TRUSTED.
+  static void so_create_trusted_rsa_wrap_key(const std::string& module_path, const std::string& token_label,
+                                             const SecureBytes& so_pin, const std::string& label, const Bytes& id,
+                                             const Bytes& modulus, const Bytes& exponent);
 
  private:
   Pkcs11Token(Pkcs11Module module, Pkcs11Handle slot, SecureBytes pin, std::size_t max_sessions);
