@@ -25,6 +25,12 @@ namespace keyline::core::scp11 {
 constexpr std::uint8_t kSdKidScp11a = 0x11;
 constexpr std::uint8_t kOceKid = 0x10;
 constexpr std::uint8_t kKeyVersion = 0x01;  // keyline's KVN for both (docs/channel.md)
+// The SCP11 parameter "i" in tag 90 of MUTUAL AUTHENTICATE (Amendment F section 7.6.2.3): 01 SCP11a,
+// 03 SCP11c. keyline's card takes SCP11a only; the host can build SCP11c for the known answers.
+constexpr std::uint8_t kScp11aParameter = 0x01;
+constexpr std::uint8_t kScp11cParameter = 0x03;
+// Plain command data per secured piece: 223 padded is 224, plus a 16-byte MAC (S16) is 240 <= 255.
+constexpr std::size_t kMaxPlainPiece = 223;
 
 struct KeyRef {
   std::uint8_t kid = kSdKidScp11a;
@@ -55,6 +61,7 @@ std::vector<CommandApdu> perform_security_operation_commands(const std::vector<B
 // 80 82 KVN KID Lc A6 0D {90 02 11 01, 95 01 3C, 80 01 88, 81 01 10} 5F49 41 ePK.OCE 00
 // (AES-128 session keys, key usage 3C). `ephemeral_point` is the 65-byte uncompressed P-256 point.
 CommandApdu mutual_authenticate_command(KeyRef sd, const Bytes& ephemeral_point);
+CommandApdu mutual_authenticate_command(KeyRef sd, const Bytes& ephemeral_point, std::uint8_t scp_parameter);
 struct MutualAuthRequest {
   KeyRef sd;
   Bytes control_reference;  // the A6 TLV, whole (the receipt covers it)
@@ -97,6 +104,7 @@ struct HostParams {
   // Fixed ephemeral scalar for known-answer tests only; empty: a fresh one from the system RNG.
   SecureBytes ephemeral_scalar_for_test;
   std::size_t mac_len = 8;
+  std::uint8_t scp_parameter = kScp11aParameter;  // kScp11cParameter for the SCP11c known answers only
 };
 
 // What the station learnt from the chip before the handshake: the SD certificate chain as the chip
@@ -119,7 +127,10 @@ CardHandshake card_handshake(const MutualAuthRequest& request, const Bytes& comm
 // A DeviceChannel that sends everything through an open session: every command wrapped (C-MAC,
 // C-DEC), every answer unwrapped (R-MAC, R-ENC); long command data is chained in plain pieces of at
 // most 223 bytes (255 less padding and MAC) before wrapping, each piece its own secured command;
-// 61XX is fetched inside (GET RESPONSE goes wrapped). A SecureChannelError closes the inner link.
+// 61XX is below the secure messaging: the card wraps its whole answer once (one R-MAC, one R-ENC
+// over all of it) and the inner channel's transceive fetches it in 61XX pieces with plain GET
+// RESPONSE, as a transport does (docs/channel.md); the pieces are ciphertext and the R-MAC covers
+// their join. A SecureChannelError closes the inner link.
 // extended_length() is false: secured commands are short (Amendment D section 6.2.4).
 class SecureChannel final : public DeviceChannel {
  public:
