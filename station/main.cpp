@@ -5,6 +5,7 @@
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
 #include "keyline/station/commands.h"
+#include "keyline/station/outbox_log.h"
 
 int main(int argc, char** argv) {
   using namespace keyline::station;
@@ -150,6 +151,18 @@ int main(int argc, char** argv) {
                     "also send the records the public DB refused for good (409, 422, ...) again, once the cause is "
                     "fixed; without it they stay parked");
   publish->add_option("--chip", retry_chip, "with --retry-refused: only this chip's record")->needs("--retry-refused");
+  // The transparency log's proofs of the published records (docs/transparency.md "Clients").
+  auto* outbox = app.add_subcommand("outbox", "the outbox's records in the public DB's transparency log");
+  auto* check_log = outbox->add_subcommand("check-log", "verify and keep the inclusion proof of every published record "
+                                                        "not yet proved (exit 3: the log does not prove one)");
+  outbox->require_subcommand(1);
+  keyline::station::LogCheckOptions log_opt;
+  auto* log_key = check_log->add_option("--log-key", log_opt.log_key, "the log's verifier key (C2SP vkey, from "
+                                                                     "`keyline-backupdb log key`)")->envname("KEYLINE_LOG_KEY");
+  check_log->add_option("--log-key-file", log_opt.log_key_file, "a file holding it")
+      ->envname("KEYLINE_LOG_KEY_FILE")->excludes(log_key);
+  check_log->add_option("--limit", log_opt.limit, "records checked in this run")->capture_default_str();
+  check_log->add_option("--rate", log_opt.rate, "requests per second at most")->check(CLI::Range(1, 10000))->capture_default_str();
   auto* status = app.add_subcommand("status", "journal states, outbox and pool");
   status->add_flag("--json", json, "machine-readable output");
 
@@ -188,6 +201,7 @@ int main(int argc, char** argv) {
     if (*floor) return cmd_bench_floor(cfg, floor_devices, floor_threads);
     if (*publish) return cmd_publish(cfg, retry_refused_flag, retry_chip);
     if (*status) return cmd_status(cfg, json);
+    if (*check_log) return keyline::station::cmd_outbox_check_log(cfg, log_opt);
     return 2;
   });
 }

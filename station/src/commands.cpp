@@ -219,12 +219,22 @@ int cmd_status(const StationConfig& config, bool json) {
   const auto parked = db.exec(
       "SELECT o.chip_id, d.imei, coalesce(o.last_error, '') FROM journal.outbox o JOIN journal.device d ON d.id = o.device_id"
       " WHERE o.published_at IS NULL AND o.refused_at IS NOT NULL ORDER BY o.refused_at DESC LIMIT 20");
+  // Published, not yet proved in a log checkpoint (docs/transparency.md "Clients"): the backlog
+  // `outbox check-log` works off; its oldest is how long the log has kept a record out of a checkpoint.
+  const auto lg = db.exec(
+      "SELECT count(*) FILTER (WHERE log_proof IS NULL),"
+      " coalesce(to_char(min(published_at) FILTER (WHERE log_proof IS NULL) AT TIME ZONE 'UTC',"
+      " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), ''),"
+      " coalesce(extract(epoch FROM now() - min(published_at) FILTER (WHERE log_proof IS NULL))::bigint, 0),"
+      " count(*) FILTER (WHERE log_proof IS NOT NULL) FROM journal.outbox WHERE published_at IS NOT NULL");
   const auto s = pool_status(db);
   if (json) {
     std::cout << "{\"journal\":{";
     for (int i = 0; i < r.rows(); ++i) std::cout << (i ? "," : "") << "\"" << r.text(i, 0) << "\":" << r.int64(i, 1);
     std::cout << "},\"outbox\":{\"pending\":" << ob.int64(0, 0) << ",\"refused\":" << ob.int64(0, 3)
-              << ",\"published\":" << ob.int64(0, 1) << "},\"pool\":{\"imeis\":" << s.imeis << ",\"keys\":" << s.keys << "}}\n";
+              << ",\"published\":" << ob.int64(0, 1) << "},\"log\":{\"not_in_checkpoint\":" << lg.int64(0, 0)
+              << ",\"oldest_not_in_checkpoint\":" << (lg.text(0, 1).empty() ? "null" : "\"" + lg.text(0, 1) + "\"")
+              << ",\"oldest_age_s\":" << lg.int64(0, 2) << ",\"proved\":" << lg.int64(0, 3) << "},\"pool\":{\"imeis\":" << s.imeis << ",\"keys\":" << s.keys << "}}\n";
   } else {
     std::cout << "journal (devices by state):\n";
     if (r.empty()) std::cout << "  (empty)\n";
@@ -238,6 +248,9 @@ int cmd_status(const StationConfig& config, bool json) {
     if (ob.int64(0, 3) > 0)
       std::cout << "  a refused record waits for an operator: fix the cause, then `keyline-station publish "
                    "--retry-refused`\n";
+    std::cout << "log: " << lg.int64(0, 0) << " published but not yet in a checkpoint";
+    if (lg.int64(0, 0) > 0) std::cout << " (oldest " << lg.text(0, 1) << ", " << lg.int64(0, 2) << " s ago)";
+    std::cout << ", " << lg.int64(0, 3) << " proved (keyline-station outbox check-log)\n";
     std::cout << "pool: " << s.imeis << " IMEIs, " << s.keys << " key sets\n";
   }
   return 0;

@@ -1,13 +1,51 @@
 // The line's publishing lanes: kept-alive mutual-TLS connections that send the workers' fresh records,
 // one of them also sweeping the outbox; and the marker that marks what the public DB accepted.
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 
 #include "keyline/core/error.h"
 #include "keyline/station/fault_hook.h"
+#include "keyline/station/outbox_log.h"
 #include "keyline/station/publisher.h"
 #include "line_engine.h"
 
 namespace keyline::station::line_detail {
+
+namespace {
+
+// The leaf indexes the public DB answered (docs/transparency.md "Clients"), from the lanes to the
+// marker, which writes them with its batch: a lane's mark carries only the chip and the journal row.
+// Keyed by chip ID, so lines in one process (the tests) cannot mix them up.
+class LeafIndexes {
+ public:
+  void put(const std::string& chip, std::uint64_t leaf) {
+    std::lock_guard<std::mutex> l(m_mutex);
+    m_leaves[chip] = leaf;
+  }
+  std::vector<std::pair<std::string, std::uint64_t>> take(const std::vector<std::pair<std::string, std::int64_t>>& batch) {
+    std::vector<std::pair<std::string, std::uint64_t>> out;
+    std::lock_guard<std::mutex> l(m_mutex);
+    for (const auto& mark : batch) {
+      const auto it = m_leaves.find(mark.first);
+      if (it == m_leaves.end()) continue;
+      out.emplace_back(it->first, it->second);
+      m_leaves.erase(it);
+    }
+    return out;
+  }
+
+ private:
+  std::mutex m_mutex;
+  std::unordered_map<std::string, std::uint64_t> m_leaves;
+};
+
+LeafIndexes& leaf_indexes() {
+  static LeafIndexes l;
+  return l;
+}
+
+}  // namespace
 
 // Lanes: enough kept-alive connections to keep up, few enough for the public DB's threads.
 void Line::start_lanes(int workers) {
@@ -46,10 +84,11 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
   bool ok = false, refused = false;
   try {
     const auto r = client.post("/v1/records", record_json, "application/json");
-    const auto outcome = publish_outcome(r.status);
+    const auto outcome = publish_outcome(r.status, r.body);
     ok = outcome == PublishOutcome::Published || outcome == PublishOutcome::AlreadyPublished;
     refused = outcome == PublishOutcome::Refused;
     if (!ok) detail = problem_summary(r.status, r.body);
+    if (const auto leaf = ok ? publish_leaf_index(r.body) : std::nullopt) leaf_indexes().put(chip, *leaf);
   } catch (const core::Error& e) {
     detail = e.what();
   }
@@ -171,6 +210,8 @@ void Line::marker() {
     try {
       if (!db) db = std::make_unique<core::pq::Connection>(m_config.db);
       mark_published(*db, batch);
+      // A leaf index not written here (the database went away) is read back by `outbox check-log`.
+      store_leaf_indexes(*db, leaf_indexes().take(batch));
       std::lock_guard<std::mutex> l(m_mutex);
       for (const auto& [chip, id] : batch) {
         m_publishing.erase(chip);

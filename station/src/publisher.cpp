@@ -20,6 +20,25 @@ PublishOutcome publish_outcome(int http_status) noexcept {
   }
 }
 
+std::optional<std::uint64_t> publish_leaf_index(const std::string& body) noexcept {
+  try {
+    Poco::JSON::Parser parser;
+    parser.setDepth(4);
+    const auto obj = parser.parse(body).extract<Poco::JSON::Object::Ptr>();
+    if (obj.isNull() || !obj->has("leaf_index")) return std::nullopt;
+    const Poco::Dynamic::Var v = obj->get("leaf_index");
+    if (!v.isInteger() || (v.isSigned() && v.convert<std::int64_t>() < 0)) return std::nullopt;
+    return v.convert<std::uint64_t>();
+  } catch (const std::exception&) {
+    return std::nullopt;  // Poco::Exception too: not a publish answer with a leaf index
+  }
+}
+
+PublishOutcome publish_outcome(int http_status, const std::string& body) noexcept {
+  if (http_status == 409 && publish_leaf_index(body)) return PublishOutcome::AlreadyPublished;
+  return publish_outcome(http_status);
+}
+
 std::string problem_summary(int http_status, const std::string& body) {
   std::string out = "HTTP " + std::to_string(http_status);
   try {
@@ -56,14 +75,24 @@ PublishResult Publisher::publish(const std::string& record_json) {
     core::http::Client client(opt);
     const auto r = client.post("/v1/records", record_json, "application/json");
     result.status = r.status;
-    result.outcome = publish_outcome(r.status);
+    result.outcome = publish_outcome(r.status, r.body);
     if (result.outcome != PublishOutcome::Published && result.outcome != PublishOutcome::AlreadyPublished)
       result.detail = problem_summary(r.status, r.body);
+    else
+      result.leaf_index = publish_leaf_index(r.body);
   } catch (const core::Error& e) {
     result.outcome = PublishOutcome::Unreachable;
     result.detail = e.what();
   }
   return result;
+}
+
+std::unique_ptr<core::http::Client> Publisher::client() const {
+  core::http::ClientOptions opt;
+  opt.base_url = m_url;
+  opt.context = m_context;
+  opt.connect_attempts = 2;
+  return std::make_unique<core::http::Client>(opt);
 }
 
 }  // namespace keyline::station

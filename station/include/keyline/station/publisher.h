@@ -1,12 +1,15 @@
 // Publishing records to keyline-backupdb over mutual TLS with the station's token-held client key.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include <Poco/Net/Context.h>
 
+#include "keyline/core/http.h"
 #include "keyline/station/config.h"
 
 namespace keyline::station {
@@ -21,11 +24,20 @@ enum class PublishOutcome { Published, AlreadyPublished, Rejected, Refused, Unre
 // The outcome an HTTP answer to POST /v1/records means (the one classification the publisher and the
 // line's lanes share).
 PublishOutcome publish_outcome(int http_status) noexcept;
+// The same with the answer's body: a 409 that names the record's leaf_index is the public DB's
+// idempotent repeat of the same record (docs/api.md), not a conflict.
+PublishOutcome publish_outcome(int http_status, const std::string& body) noexcept;
+
+// The "leaf_index" of a publish answer (201, 200 or the idempotent 409; docs/transparency.md
+// "Clients"): the record's place in the public DB's transparency log. Nothing when the body has
+// none (a public DB without the log) or it is not a non-negative integer.
+std::optional<std::uint64_t> publish_leaf_index(const std::string& body) noexcept;
 
 struct PublishResult {
   PublishOutcome outcome = PublishOutcome::Unreachable;
   int status = 0;
   std::string detail;  // problem document title/detail or the network error
+  std::optional<std::uint64_t> leaf_index;  // when published and the public DB keeps a log
 };
 
 // "HTTP <status>" and, when the body is a problem document (RFC 9457), its title and detail.
@@ -37,6 +49,9 @@ class Publisher {
   explicit Publisher(const StationConfig& config);
   // Safe to call from many threads: each call uses its own HTTP session over the shared context.
   PublishResult publish(const std::string& record_json);
+  // A kept-alive client of the public DB over the same TLS context, for its read API (the
+  // transparency log's endpoints, docs/transparency.md "Clients"); one thread at a time.
+  std::unique_ptr<core::http::Client> client() const;
   const std::string& url() const { return m_url; }
 
  private:
