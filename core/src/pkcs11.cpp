@@ -662,6 +662,68 @@ Bytes Pkcs11Token::sign_eddsa(Pkcs11Handle private_key, const std::uint8_t* msg,
   return sig;
 }
 
+Pkcs11KeyPair Pkcs11Token::generate_ec_p256_ecdh(const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_PRIVATE_KEY, label).empty() || !s->find_objects(CKO_PUBLIC_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
+  auto* lbl = const_cast<char*>(label.data());
+  auto* idp = const_cast<std::uint8_t*>(id.data());
+  // Every usage named, for the reason given at generate_ec_p256; DERIVE is the one usage.
+  CK_ATTRIBUTE pub[] = {
+      {CKA_TOKEN, &yes, sizeof yes},          {CKA_PRIVATE, &no, sizeof no},
+      {CKA_MODIFIABLE, &no, sizeof no},       {CKA_VERIFY, &no, sizeof no},
+      {CKA_VERIFY_RECOVER, &no, sizeof no},   {CKA_ENCRYPT, &no, sizeof no},
+      {CKA_WRAP, &no, sizeof no},             {CKA_DERIVE, &no, sizeof no},
+      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256Params), sizeof kP256Params},
+      {CKA_LABEL, lbl, label.size()},         {CKA_ID, idp, id.size()},
+  };
+  CK_ATTRIBUTE priv[] = {
+      {CKA_TOKEN, &yes, sizeof yes},     {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes}, {CKA_EXTRACTABLE, &no, sizeof no}, {CKA_SIGN, &no, sizeof no},
+      {CKA_SIGN_RECOVER, &no, sizeof no}, {CKA_DECRYPT, &no, sizeof no},    {CKA_UNWRAP, &no, sizeof no},
+      {CKA_DERIVE, &yes, sizeof yes},    {CKA_LABEL, lbl, label.size()},    {CKA_ID, idp, id.size()},
+  };
+  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
+  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
+        "C_GenerateKeyPair(P-256 ECDH)");
+  return {hpub, hpriv};
+}
+
+SecureBytes Pkcs11Token::ecdh_derive(const std::string& private_label, const Bytes& peer_point) {
+  if (peer_point.size() != 65 || peer_point[0] != 0x04)
+    throw Pkcs11Error(ErrorCode::Pkcs11, "ECDH peer key is not an uncompressed P-256 point");
+  const Pkcs11Handle key = find_private_key(private_label);
+  auto s = session();
+  auto* fn = fns(m_module);
+  CK_ECDH1_DERIVE_PARAMS params{CKD_NULL, 0, nullptr, peer_point.size(), const_cast<CK_BYTE*>(peer_point.data())};
+  CK_MECHANISM mech{CKM_ECDH1_DERIVE, &params, sizeof params};
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
+  CK_ULONG len = 32;
+  // A session object that is readable (the caller needs the value for the SCP11 KDF) and good for
+  // nothing on the token itself; it lives only until the C_DestroyObject below.
+  CK_ATTRIBUTE tmpl[] = {
+      {CKA_CLASS, &cls, sizeof cls},         {CKA_KEY_TYPE, &kt, sizeof kt},     {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &no, sizeof no},           {CKA_SENSITIVE, &no, sizeof no},    {CKA_EXTRACTABLE, &yes, sizeof yes},
+      {CKA_ENCRYPT, &no, sizeof no},         {CKA_DECRYPT, &no, sizeof no},      {CKA_SIGN, &no, sizeof no},
+      {CKA_VERIFY, &no, sizeof no},          {CKA_WRAP, &no, sizeof no},         {CKA_UNWRAP, &no, sizeof no},
+      {CKA_DERIVE, &no, sizeof no},
+  };
+  CK_OBJECT_HANDLE secret = 0;
+  check(fn->C_DeriveKey(s->handle(), &mech, key, tmpl, std::size(tmpl), &secret), "C_DeriveKey(CKM_ECDH1_DERIVE)");
+  SecureBytes value(32);
+  CK_ATTRIBUTE a{CKA_VALUE, value.data(), value.size()};
+  const CK_RV read = fn->C_GetAttributeValue(s->handle(), secret, &a, 1);
+  const CK_RV destroyed = fn->C_DestroyObject(s->handle(), secret);
+  check(read, "C_GetAttributeValue(ECDH secret)");
+  check(destroyed, "C_DestroyObject(ECDH secret)");
+  if (a.ulValueLen != value.size()) throw Pkcs11Error(ErrorCode::Pkcs11, "token returned an ECDH secret that is not 32 bytes");
+  return value;
+}
+
 // A 32-byte secret key on the token, sensitive and never extractable, with exactly the usages in `use`
 // (every other usage attribute named false, for the reason given at generate_ec_p256).
 Pkcs11Handle Pkcs11Token::generate_secret_key(const std::string& label, Pkcs11Ulong key_type, Pkcs11Ulong mechanism,

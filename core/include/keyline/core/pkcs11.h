@@ -164,6 +164,20 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   // Pure Ed25519 (CKM_EDDSA without parameters, RFC 8032 section 5.1.6): the 64-byte signature.
   Bytes sign_eddsa(Pkcs11Handle private_key, const std::uint8_t* msg, std::size_t len);
 
+  // --- P-256 key agreement (the station's SCP11 OCE key, docs/channel.md) --------------------
+  // CKM_EC_KEY_PAIR_GEN over P-256 for ECDH only: private half CKA_DERIVE true, sensitive, never
+  // extractable, not modifiable, SIGN, SIGN_RECOVER, DECRYPT, UNWRAP false; public half with no usage
+  // (VERIFY, VERIFY_RECOVER, ENCRYPT, WRAP, DERIVE false). Its public point: ec_public_key(label).
+  // Throws Pkcs11Error(Pkcs11) when a private or public key with this label already exists.
+  Pkcs11KeyPair generate_ec_p256_ecdh(const std::string& label, const Bytes& id);
+  // ECDH of the private key labelled `private_label` with `peer_point` (65-byte uncompressed):
+  // CKM_ECDH1_DERIVE with CKD_NULL (PKCS #11 v2.40 section 2.3.7) into a session object
+  // (CKK_GENERIC_SECRET, 32 bytes, CKA_TOKEN false, no usage), whose CKA_VALUE is read and which is
+  // destroyed before returning: the x-coordinate of the shared point (SEC 1 section 3.3.1), what
+  // scp11::StaticEcdh returns. Throws Pkcs11KeyNotFound, Pkcs11Error(Pkcs11) (also for a point the
+  // token refuses as not on the curve).
+  SecureBytes ecdh_derive(const std::string& private_label, const Bytes& peer_point);
+
   // --- secret keys that stay on the token --------------------------------------------------
   // CKK_GENERIC_SECRET, 32 bytes, CKA_SIGN only (for CKM_SHA256_HMAC), sensitive, never extractable.
   Pkcs11Handle generate_hmac_key(const std::string& label);
