@@ -12,12 +12,18 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer("Exit codes: 0 ok, 1 failure, 2 usage, 3 bad input, 4 unavailable, 5 refused.");
 
-  std::string dir, rom_ca, fleet_dir;
+  std::string dir, rom_ca, fleet_dir, vendor_dir, vendor_name = "keyline emulated chip vendor";
   std::size_t count = 0;
   auto* make = app.add_subcommand("make", "chip fab: make one device (--dir) or a fleet (--dir with --count)");
   make->add_option("--dir", dir, "device directory, or fleet directory with --count")->required();
   make->add_option("--count", count, "make a fleet of N devices as DIR/dev-0000 ...");
   make->add_option("--rom-ca", rom_ca, "manufacturer root certificate (PEM) burnt into ROM")->required()->check(CLI::ExistingFile);
+  make->add_option("--vendor", vendor_dir, "chip vendor directory (vendor-init): SD and attestation keys with certificates")
+      ->check(CLI::ExistingDirectory);
+
+  auto* vendor_init = app.add_subcommand("vendor-init", "make an emulated chip vendor: its CA key and certificate in DIR");
+  vendor_init->add_option("DIR", vendor_dir, "vendor directory (vendor.key mode 0600, vendor.crt)")->required();
+  vendor_init->add_option("--name", vendor_name, "the vendor's name (CA subject CN and O)")->capture_default_str();
 
   ServeConfig serve_config;
   std::string serve_cut;
@@ -103,7 +109,8 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
   }
   return keyline::core::run_guarded("keyline-device", [&]() -> int {
-    if (*make) return cmd_make(dir, count, rom_ca, make->get_option("--count")->count() > 0);
+    if (*make) return cmd_make(dir, count, rom_ca, make->get_option("--count")->count() > 0, vendor_dir);
+    if (*vendor_init) return cmd_vendor_init(vendor_dir, vendor_name);
     if (*serve) {
       if (!serve_cut.empty()) serve_config.device.faults.power_cut_at_byte = std::stoull(serve_cut);
       if (protocol == "t0") serve_config.device.card.protocol = Protocol::t0;

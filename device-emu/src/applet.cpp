@@ -13,6 +13,7 @@
 
 #include "keyline/core/applet_protocol.h"
 #include "keyline/core/backup_package.h"
+#include "keyline/core/chip_identity.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/flash_image.h"
 #include "keyline/device/log.h"
@@ -76,7 +77,8 @@ bool is_cla(std::uint8_t cla, std::uint8_t want) { return (cla & ~0x10) == want;
 bool is_applet_ins(std::uint8_t i) {
   return i == ins::select || i == ins::get_data || i == ins::get_response || i == ins::store_data ||
          i == ins::update_binary || i == ins::boot_staged || i == ins::status || i == ins::restore_drill ||
-         i == ins::reset_blank;
+         i == ins::reset_blank || i == channel_ins::perform_security_operation ||
+         i == channel_ins::generate_key;
 }
 
 bool same_time(const timespec& a, const timespec& b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
@@ -113,6 +115,7 @@ void Device::power_restored() {
 }
 
 void Session::reset() noexcept {
+  end_channel();
   m_selected = false;
   m_t0_pending.reset();
   m_t0_pos = 0;
@@ -165,7 +168,10 @@ core::ResponseApdu Session::process(const core::CommandApdu& command) {
   const double rate = m_device.m_options.faults.fail_rate;
   if (rate > 0 && std::uniform_real_distribution<double>(0, 1)(m_device.m_rng) < rate)
     return sw_only(core::sw::unknown_error);
+  m_secured = false;
   try {
+    // Amendment D section 6.2.4 / ISO 7816-4 section 5.4.2: CLA bit 3 (04) marks secure messaging.
+    if (command.cla & 0x04) return process_secured(command);
     return dispatch(command);
   } catch (const core::Error& e) {
     if (e.code() == error::PowerCut) throw;
@@ -180,11 +186,18 @@ core::ResponseApdu Session::process(const core::CommandApdu& command) {
 core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
   if (c.ins == ins::get_response && is_cla(c.cla, 0x00)) {
     if (!m_chainer.pending()) return sw_only(core::sw::conditions_not_satisfied);
-    return m_chainer.next(c.le.value_or(256));
+    const std::size_t le = c.le.value_or(256);
+    return m_chainer.next(m_secured ? std::min(le, kMaxSecuredPiece) : le);
   }
   m_chainer.reset();
   const std::uint8_t base = c.cla & static_cast<std::uint8_t>(~0x10);
   if (base != 0x00 && base != 0x80) return sw_only(core::sw::cla_not_supported);
+  // A vendor chip runs personalization only under the channel (docs/channel.md): refused before any
+  // chained part is gathered.
+  if (m_device.m_chip.vendor() && !m_secured && needs_channel(c)) {
+    drop_chain();
+    return sw_only(core::sw::security_not_satisfied);
+  }
 
   if (c.chained()) return gather_chained(c);
   core::CommandApdu whole;
@@ -206,6 +219,12 @@ core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
       return base == 0x00 ? finish(select(*cmd), *cmd) : sw_only(core::sw::cla_not_supported);
     case ins::get_data:
       return finish(get_data(*cmd), *cmd);
+    case channel_ins::perform_security_operation:
+      return base == 0x80 ? perform_security_operation(*cmd) : sw_only(core::sw::cla_not_supported);
+    case channel_ins::mutual_authenticate:
+      return base == 0x80 ? mutual_authenticate(*cmd) : sw_only(core::sw::cla_not_supported);
+    case channel_ins::generate_key:
+      return base == 0x80 ? finish(generate_key(*cmd), *cmd) : sw_only(core::sw::cla_not_supported);
     case ins::store_data:
       return base == 0x80 ? store_data(*cmd) : sw_only(core::sw::cla_not_supported);
     case ins::update_binary:
@@ -249,12 +268,15 @@ core::ResponseApdu Session::gather_chained(const core::CommandApdu& c) {
 }
 
 core::ResponseApdu Session::finish(core::ResponseApdu r, const core::CommandApdu& c) {
-  const std::size_t limit = c.le ? *c.le : 256;
+  const std::size_t cap = m_secured ? kMaxSecuredPiece : 256;
+  const std::size_t limit = std::min<std::size_t>(c.le ? *c.le : 256, m_secured ? cap : SIZE_MAX);
   if (r.data.size() <= limit) return r;
-  return m_chainer.start(std::move(r), std::min<std::size_t>(limit == 0 ? 256 : limit, 256));
+  return m_chainer.start(std::move(r), std::min<std::size_t>(limit == 0 ? 256 : limit, cap));
 }
 
 core::ResponseApdu Session::select(const core::CommandApdu& c) {
+  // SELECT ends the secure channel (docs/channel.md): the next personalization needs a new handshake.
+  end_channel();
   drop_store();
   if (c.p1 != core::applet::kSelectByName) {
     m_selected = false;
@@ -276,6 +298,7 @@ core::ResponseApdu Session::get_data(const core::CommandApdu& c) {
     const auto body = m_device.m_chip.cplc().encode_tagged();
     return with_data(body.data(), body.size());
   }
+  if (tag == kCertificateStoreTag || tag == core::chip::kAttestationCertTag) return get_chip_data(tag, c);
   if (tag == core::applet::tag::backup) {
     if (!m_selected) return sw_only(core::sw::conditions_not_satisfied);
     const core::Bytes* image = flash_image();
@@ -322,6 +345,7 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
   std::optional<core::DataPackage> pkg;
   try {
     pkg = core::DataPackage::decode(gathered);
+    if (pkg->keys_in_device) insert_generated_keys(*pkg);
     chip.check_identity(pkg->identity_cert, pkg->ca_chain, pkg->imei);
     check_keys_match_certificates(*pkg);
   } catch (const core::Error& e) {
@@ -329,7 +353,10 @@ core::ResponseApdu Session::store_data(const core::CommandApdu& c) {
     return sw_only(core::sw::wrong_data);
   }
   core::FlashImage image;
-  image.backup = chip.seal(gathered);
+  // Version 2: the package as sent plus the keys generated here, at their usual place (encode order).
+  image.backup = chip.seal(pkg->keys_in_device ? pkg->encode() : gathered);
+  core::SecureBytes().swap(m_generated_identity);
+  core::SecureBytes().swap(m_generated_transport);
   image.certificates.push_back(pkg->identity_cert);
   for (const auto& ca : pkg->ca_chain) image.certificates.push_back(ca);
   write_flash(image.encode());
@@ -450,8 +477,10 @@ core::ResponseApdu Session::restore_drill(const core::CommandApdu& c) {
   }
   try {
     const core::SecureBytes plain = chip.open(backup);
-    core::DataPackage::decode(plain);
-    return with_data(core::applet::encode_drill_answer(core::package_digest(plain)));
+    const auto pkg = core::DataPackage::decode(plain);
+    // Version 2: the station never knew the keys generated here, so it can only compare this digest.
+    const core::Bytes digest = pkg.keys_in_device ? core::station_digest(pkg) : core::package_digest(plain);
+    return with_data(core::applet::encode_drill_answer(digest));
   } catch (const core::Error& e) {
     log_line(chip.chip_id().str(), std::string("restore drill failed: ") + e.what());
     return sw_only(core::sw::wrong_data);

@@ -11,6 +11,7 @@
 #include <iterator>
 #include <sstream>
 
+#include <botan/base64.h>
 #include <botan/data_src.h>
 #include <botan/curve25519.h>
 #include <botan/hash.h>
@@ -20,6 +21,7 @@
 
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/chip_identity.h"
 
 namespace keyline::device {
 
@@ -116,7 +118,104 @@ bool burn_in_place(const fs::path& otp, const core::Imei& imei) {
 }
 
 
+// A secret file read straight into SecureBytes (never a std::string). Empty when it does not exist.
+core::SecureBytes read_secret(const fs::path& path, std::size_t max) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return {};
+  const Fd f(fd);
+  core::SecureBytes out(max + 1);
+  std::size_t got = 0;
+  for (;;) {
+    const ssize_t n = ::read(f.fd, out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+    if (got == out.size()) break;
+  }
+  if (got > max) throw core::IoError(core::ErrorCode::Io, path.string() + " is larger than allowed");
+  out.resize(got);
+  return out;
+}
+
+// PKCS#8 PEM (RFC 7468 section 10) built in SecureBytes: Botan's PEM_encode returns a std::string.
+core::SecureBytes pkcs8_pem(const Botan::Private_Key& key) {
+  const core::SecureBytes der = Botan::PKCS8::BER_encode(key);
+  const std::string head = "-----BEGIN PRIVATE KEY-----\n", tail = "-----END PRIVATE KEY-----\n";
+  core::SecureBytes b64(Botan::base64_encode_max_output(der.size()));
+  std::size_t consumed = 0;
+  const std::size_t n = Botan::base64_encode(reinterpret_cast<char*>(b64.data()), der.data(), der.size(), consumed, true);
+  core::SecureBytes pem(head.begin(), head.end());
+  for (std::size_t i = 0; i < n; i += 64) {
+    pem.insert(pem.end(), b64.begin() + static_cast<std::ptrdiff_t>(i),
+               b64.begin() + static_cast<std::ptrdiff_t>(std::min(n, i + 64)));
+    pem.push_back('\n');
+  }
+  pem.insert(pem.end(), tail.begin(), tail.end());
+  return pem;
+}
+
+void write_counter(const fs::path& path, std::uint32_t v, bool durable) {
+  const std::uint8_t b[4] = {static_cast<std::uint8_t>(v >> 24), static_cast<std::uint8_t>(v >> 16),
+                             static_cast<std::uint8_t>(v >> 8), static_cast<std::uint8_t>(v)};
+  write_atomic(path, b, sizeof b, std::nullopt, 0600, durable);
+}
+
+// The vendor part of chip fab: an SD and an attestation key, each certified by the vendor for this chip.
+void make_vendor_identity(const DevicePaths& p, const core::ChipId& id, const ChipVendor& vendor,
+                          Botan::RandomNumberGenerator& rng) {
+  const Botan::EC_Group p256("secp256r1");
+  const Botan::ECDSA_PrivateKey sd(rng, p256), att(rng, p256);
+  const auto sd_cert = core::chip::issue_chip_certificate(vendor.ca, *vendor.key, sd, core::chip::ChipKeyRole::Sd, id,
+                                                          core::kDefaultHwType, rng);
+  const auto att_cert = core::chip::issue_chip_certificate(vendor.ca, *vendor.key, att,
+                                                           core::chip::ChipKeyRole::Attestation, id,
+                                                           core::kDefaultHwType, rng);
+  const auto vendor_der = vendor.ca.BER_encode();
+  write_atomic(p.vendor_cert(), vendor_der.data(), vendor_der.size(), std::nullopt, 0444, false);
+  write_atomic(p.sd_cert(), sd_cert.data(), sd_cert.size(), std::nullopt, 0444, false);
+  write_atomic(p.attestation_cert(), att_cert.data(), att_cert.size(), std::nullopt, 0444, false);
+  const core::SecureBytes sd_der = Botan::PKCS8::BER_encode(sd), att_der = Botan::PKCS8::BER_encode(att);
+  write_atomic(p.sd_key(), sd_der.data(), sd_der.size(), std::nullopt, 0600, false);
+  write_atomic(p.attestation_key(), att_der.data(), att_der.size(), std::nullopt, 0600, false);
+  write_counter(p.attestation_counter(), 0, false);
+}
+
+constexpr std::size_t kMaxKeyFile = 4096;
+
 }  // namespace
+
+ChipVendor vendor_init(const fs::path& dir, const std::string& name) {
+  if (name.empty()) throw core::ConfigError(core::ErrorCode::Usage, "the vendor needs a name");
+  if (fs::exists(dir / "vendor.key") || fs::exists(dir / "vendor.crt"))
+    throw core::ConfigError(core::ErrorCode::Config, dir.string() + " already holds a chip vendor");
+  fs::create_directories(dir);
+  Botan::System_RNG rng;
+  auto key = std::make_shared<Botan::ECDSA_PrivateKey>(rng, Botan::EC_Group("secp256r1"));
+  const auto ca = core::chip::make_vendor_ca(*key, name, rng);
+  const core::SecureBytes pem = pkcs8_pem(*key);
+  write_atomic(dir / "vendor.key", pem.data(), pem.size(), std::nullopt, 0600);
+  const std::string cert = core::to_pem(ca);
+  write_atomic(dir / "vendor.crt", reinterpret_cast<const std::uint8_t*>(cert.data()), cert.size(), std::nullopt, 0644);
+  return ChipVendor{ca, std::move(key)};
+}
+
+ChipVendor ChipVendor::load(const fs::path& dir) {
+  const core::SecureBytes pem = read_secret(dir / "vendor.key", kMaxKeyFile);
+  if (pem.empty() || !fs::exists(dir / "vendor.crt"))
+    throw core::ConfigError(core::ErrorCode::Config, dir.string() + " holds no chip vendor (vendor-init makes one)");
+  try {
+    const auto certs = core::load_certificates_pem((dir / "vendor.crt").string());
+    Botan::DataSource_Memory src(pem);
+    std::shared_ptr<const Botan::Private_Key> key(Botan::PKCS8::load_key(src).release());
+    if (certs.size() != 1 || key->public_key_bits() != certs[0].subject_public_key_bitstring())
+      throw core::ConfigError(core::ErrorCode::Config, "vendor.key and vendor.crt do not belong together");
+    return ChipVendor{certs[0], std::move(key)};
+  } catch (const core::ConfigError&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw core::ConfigError(core::ErrorCode::Config, "chip vendor in " + dir.string() + ": " + e.what());
+  }
+}
 
 const char* lifecycle_name(Lifecycle l) noexcept {
   return l == Lifecycle::Personalized ? "PERSONALIZED" : "BLANK";
@@ -171,7 +270,8 @@ bool write_in_place(const fs::path& path, const std::uint8_t* data, std::size_t 
 
 StorageCounters storage_counters() noexcept { return {g_bytes_written.load(), g_syncs.load()}; }
 
-core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::set<std::string>& taken) {
+core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::set<std::string>& taken,
+                         const ChipVendor* vendor) {
   const auto roots = core::load_certificates_pem(rom_ca_pem.string());
   if (roots.empty()) throw core::ConfigError(core::ErrorCode::Config, "no certificate in " + rom_ca_pem.string());
   const DevicePaths p{dir};
@@ -205,10 +305,12 @@ core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::s
 
   const std::uint8_t otp[5] = {'K', 'L', 'O', 'T', static_cast<std::uint8_t>(Lifecycle::Blank)};
   write_atomic(p.otp(), otp, sizeof otp, std::nullopt, 0600, false);
+  if (vendor) make_vendor_identity(p, cplc.chip_id(), *vendor, rng);
   return cplc.chip_id();
 }
 
-std::vector<core::ChipId> make_fleet(const fs::path& dir, std::size_t count, const fs::path& rom_ca_pem) {
+std::vector<core::ChipId> make_fleet(const fs::path& dir, std::size_t count, const fs::path& rom_ca_pem,
+                                     const ChipVendor* vendor) {
   std::set<std::string> taken;
   for (const auto& d : list_fleet(dir)) taken.insert(Chip::load(d).chip_id().str());
   std::vector<core::ChipId> ids;
@@ -217,7 +319,7 @@ std::vector<core::ChipId> make_fleet(const fs::path& dir, std::size_t count, con
     char name[32];
     std::snprintf(name, sizeof name, "dev-%04zu", index++);
     if (fs::exists(dir / name)) continue;
-    ids.push_back(make_device(dir / name, rom_ca_pem, taken));
+    ids.push_back(make_device(dir / name, rom_ca_pem, taken, vendor));
   }
   ::sync();  // one flush for the whole fab run instead of one per file
   return ids;
@@ -277,6 +379,7 @@ Chip Chip::load(const fs::path& dir) {
   } else if (otp) {
     throw no_device(dir, "secure/otp.bin is malformed");
   }
+  if (fs::exists(p.sd_cert())) c.load_vendor_identity();
   // A crash between the flash rename and the fuse write leaves an image with a blank fuse:
   // the image decides, so the device never accepts a second personalization.
   if (c.m_lifecycle == Lifecycle::Blank && fs::exists(p.image())) {
@@ -288,6 +391,51 @@ Chip Chip::load(const fs::path& dir) {
     }
   }
   return c;
+}
+
+void Chip::load_vendor_identity() {
+  const auto& p = m_paths;
+  VendorIdentity v;
+  const auto vendor = read_bytes(p.vendor_cert(), kMaxKeyFile * 4);
+  const auto sd = read_bytes(p.sd_cert(), kMaxKeyFile * 4);
+  const auto att = read_bytes(p.attestation_cert(), kMaxKeyFile * 4);
+  const auto ctr = read_bytes(p.attestation_counter(), 8);
+  if (!vendor || !sd || !att || !ctr || ctr->size() != 4) throw no_device(p.dir, "vendor identity incomplete");
+  v.vendor_cert = *vendor;
+  v.sd_cert = *sd;
+  v.attestation_cert = *att;
+  try {
+    const core::SecureBytes sd_der = read_secret(p.sd_key(), kMaxKeyFile);
+    Botan::DataSource_Memory sd_src(sd_der);
+    const auto sd_key = Botan::PKCS8::load_key(sd_src);
+    const auto* ec = dynamic_cast<const Botan::EC_PrivateKey*>(sd_key.get());
+    if (!ec) throw no_device(p.dir, "secure/sd.key is not an EC key");
+    v.sd_scalar = Botan::BigInt::encode_1363(ec->private_value(), 32);
+    const core::SecureBytes att_der = read_secret(p.attestation_key(), kMaxKeyFile);
+    Botan::DataSource_Memory att_src(att_der);
+    auto att_key = Botan::PKCS8::load_key(att_src);
+    auto* ecdsa = dynamic_cast<Botan::ECDSA_PrivateKey*>(att_key.get());
+    if (!ecdsa) throw no_device(p.dir, "secure/attest.key is not an ECDSA key");
+    att_key.release();
+    v.attestation_key.reset(ecdsa);
+  } catch (const core::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw no_device(p.dir, std::string("vendor keys: ") + e.what());
+  }
+  m_attestation_counter = (std::uint32_t{(*ctr)[0]} << 24) | (std::uint32_t{(*ctr)[1]} << 16) |
+                          (std::uint32_t{(*ctr)[2]} << 8) | (*ctr)[3];
+  m_vendor = std::move(v);
+}
+
+std::uint32_t Chip::next_attestation_counter() {
+  if (!m_vendor) throw core::Error(error::NoDevice, "chip " + m_chip_id.str() + " has no vendor identity");
+  if (m_attestation_counter == UINT32_MAX)
+    throw core::Error(error::NoDevice, "chip " + m_chip_id.str() + ": attestation counter exhausted");
+  const std::uint32_t next = m_attestation_counter + 1;
+  write_counter(m_paths.attestation_counter(), next, true);
+  m_attestation_counter = next;
+  return next;
 }
 
 void Chip::set_personalized(const core::Imei& imei) {
@@ -366,7 +514,7 @@ BootIdentity Chip::verify_image(const core::Bytes& image) const {
       }
       id.transport_fingerprint = sha256_hex(transport.subject_public_key_bitstring());
     }
-    id.package_digest = core::package_digest(plain);
+    id.package_digest = pkg.keys_in_device ? core::station_digest(pkg) : core::package_digest(plain);
     return id;
   } catch (const core::Error& e) {
     if (e.code() == error::ImageRejected) throw;

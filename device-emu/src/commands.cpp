@@ -29,18 +29,28 @@ void install_signals() {
 
 }  // namespace
 
-int cmd_make(const std::string& dir, std::size_t count, const std::string& rom_ca, bool fleet) {
+int cmd_make(const std::string& dir, std::size_t count, const std::string& rom_ca, bool fleet,
+             const std::string& vendor_dir) {
+  std::optional<ChipVendor> vendor;
+  if (!vendor_dir.empty()) vendor = ChipVendor::load(vendor_dir);
+  const ChipVendor* v = vendor ? &*vendor : nullptr;
   if (!fleet) {
     std::set<std::string> taken;
-    const auto id = make_device(dir, rom_ca, taken);
+    const auto id = make_device(dir, rom_ca, taken, v);
     ::sync();
     std::cout << id.str() << " " << dir << "\n";
     return core::exit_code::ok;
   }
-  const auto ids = make_fleet(dir, count, rom_ca);
+  const auto ids = make_fleet(dir, count, rom_ca, v);
   const auto dirs = list_fleet(dir);
   for (const auto& d : dirs) std::cout << Chip::load(d).chip_id().str() << " " << d.string() << "\n";
   std::cerr << "made " << ids.size() << " devices in " << dir << "\n";
+  return core::exit_code::ok;
+}
+
+int cmd_vendor_init(const std::string& dir, const std::string& name) {
+  vendor_init(dir, name);
+  std::cout << (fs::path(dir) / "vendor.crt").string() << "\n";
   return core::exit_code::ok;
 }
 

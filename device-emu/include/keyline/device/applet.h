@@ -13,9 +13,21 @@
 
 #include "keyline/core/apdu.h"
 #include "keyline/core/applet_protocol.h"
+#include "keyline/core/scp03.h"
 #include "keyline/device/chip.h"
 
 namespace keyline::device {
+
+// The personalization channel's INS codes (GlobalPlatform Card Specification v2.3 Amendment F
+// sections 7.5 and 7.6; ISO 7816-8 GENERATE ASYMMETRIC KEY PAIR for GENERATE KEY, docs/protocol.md
+// section 9).
+namespace channel_ins {
+constexpr std::uint8_t perform_security_operation = 0x2A;
+constexpr std::uint8_t mutual_authenticate = 0x82;
+constexpr std::uint8_t generate_key = 0x47;
+}  // namespace channel_ins
+// GET DATA BF21: the certificate store (Amendment F section 7.4.2).
+constexpr std::uint16_t kCertificateStoreTag = 0xBF21;
 
 // The applet's AID and INS codes are core's (core/include/keyline/core/applet_protocol.h), shared
 // with the station and the recovery tool.
@@ -26,6 +38,9 @@ constexpr std::uint8_t kAtr[] = {0x3B, 0x80, 0x80, 0x01, 0x01};
 
 // ISO 7816-4 section 5.6: "wrong parameters P1-P2: offset outside the EF".
 constexpr std::uint16_t kSwOffsetOutside = 0x6B00;
+// The largest answer piece under the channel: R-ENC pads 239 bytes to 240 (ISO 9797-1 method 2), and
+// with a 16-byte R-MAC the wrapped answer still fits a short response (256 bytes).
+constexpr std::size_t kMaxSecuredPiece = 239;
 // Data gathered by STORE DATA or UPDATE BINARY before it is refused.
 constexpr std::size_t kMaxGathered = core::kFlashMaxSize;
 // UPDATE BINARY offsets are 15 bits (P1 bit 8 = 0, ISO 7816-4 section 7.2.2): the staging area ends here.
@@ -109,11 +124,28 @@ class Session {
   // counts them against its memory budget. Capacity, not size: a vector's clear() keeps its
   // allocation, and an allocation is what the budget bounds (docs/protocol.md section 8).
   std::size_t held_bytes() const noexcept {
-    return m_chain.capacity() + m_store.capacity() + (m_t0_pending ? m_t0_pending->data.capacity() : 0);
+    std::size_t oce = 0;
+    for (const auto& c : m_oce_chain) oce += c.capacity();
+    return m_chain.capacity() + m_store.capacity() + (m_t0_pending ? m_t0_pending->data.capacity() : 0) + oce;
   }
+  // Whether a secure channel (SCP11a, docs/channel.md) is open on this connection.
+  bool channel_open() const noexcept { return m_channel.has_value(); }
 
  private:
   core::ResponseApdu dispatch(const core::CommandApdu& c);
+  // The channel (channel.cpp): unwraps a secured command, runs it, wraps its answer.
+  core::ResponseApdu process_secured(const core::CommandApdu& c);
+  // Whether a vendor chip refuses this (plain) command outside the channel (docs/channel.md).
+  bool needs_channel(const core::CommandApdu& c) const;
+  core::ResponseApdu get_chip_data(std::uint16_t tag, const core::CommandApdu& c);
+  core::ResponseApdu perform_security_operation(const core::CommandApdu& c);
+  core::ResponseApdu mutual_authenticate(const core::CommandApdu& c);
+  core::ResponseApdu generate_key(const core::CommandApdu& c);
+  // Puts the keys GENERATE KEY made into a version 2 package as sent (docs/protocol.md section 9).
+  // Throws core::Error(BadDataPackage) when there are none or they arrived from the station.
+  void insert_generated_keys(core::DataPackage& pkg) const;
+  // Ends the secure channel: session keys, the verified OCE key and generated keys are wiped.
+  void end_channel() noexcept;
   // The T=0 card's rules around process() (CardOptions::protocol t0); in card.cpp.
   core::ResponseApdu process_t0(const core::CommandApdu& c);
   core::ResponseApdu t0_get_response(const core::CommandApdu& c);
@@ -149,6 +181,16 @@ class Session {
   // T=0: the answer of a case 4 command announced by 61XX, until GET RESPONSE fetches it.
   std::optional<core::ResponseApdu> m_t0_pending;
   std::size_t m_t0_pos = 0;  // what GET RESPONSE has taken of it
+  // The channel: OCE certificates gathered by PERFORM SECURITY OPERATION, the OCE public point once
+  // the chain verified, the secure messaging after MUTUAL AUTHENTICATE, and whether the command being
+  // run arrived under it.
+  std::vector<core::Bytes> m_oce_chain;
+  std::optional<core::Bytes> m_oce_point;
+  std::optional<core::scp::SecureMessaging> m_channel;
+  bool m_secured = false;
+  // GENERATE KEY's private halves for this session, sealed into the next version 2 package.
+  core::SecureBytes m_generated_identity;   // PKCS#8 DER
+  core::SecureBytes m_generated_transport;  // 32-byte X25519 scalar
 };
 
 }  // namespace keyline::device

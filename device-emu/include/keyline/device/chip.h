@@ -6,6 +6,14 @@
 //   secure/otp.bin     lifecycle fuse: "KLOT" || state || IMEI (15 digits or empty)
 //   flash/image.bin    KLFL flash image (absent when the flash is empty)   flash
 //   flash/staging.bin  recovery staging area written by UPDATE BINARY
+// A chip made with a vendor identity (make --vendor, docs/channel.md "The chip: vendor identity,
+// certificate store, attestation") also holds:
+//   rom/vendor.crt     the vendor CA certificate (DER)                      read-only storage
+//   rom/sd.crt         SCP11 SD key certificate (DER, keyAgreement)         read-only storage
+//   rom/attest.crt     attestation key certificate (DER, digitalSignature)  read-only storage
+//   secure/sd.key      SD private key (PKCS#8 DER, P-256), mode 0600         secret storage
+//   secure/attest.key  attestation private key (PKCS#8 DER, P-256), 0600     secret storage
+//   secure/attest.ctr  attestation counter (u32 big-endian), 0600, written atomically and durably
 #pragma once
 
 #include <cstdint>
@@ -15,7 +23,10 @@
 #include <string>
 #include <vector>
 
+#include <botan/ecdsa.h>
 #include <botan/x509cert.h>
+
+#include <memory>
 
 #include "keyline/core/bytes.h"
 #include "keyline/core/cplc.h"
@@ -47,12 +58,32 @@ struct DevicePaths {
   fs::path otp() const { return dir / "secure" / "otp.bin"; }
   fs::path image() const { return dir / "flash" / "image.bin"; }
   fs::path staging() const { return dir / "flash" / "staging.bin"; }
+  fs::path vendor_cert() const { return dir / "rom" / "vendor.crt"; }
+  fs::path sd_cert() const { return dir / "rom" / "sd.crt"; }
+  fs::path attestation_cert() const { return dir / "rom" / "attest.crt"; }
+  fs::path sd_key() const { return dir / "secure" / "sd.key"; }
+  fs::path attestation_key() const { return dir / "secure" / "attest.key"; }
+  fs::path attestation_counter() const { return dir / "secure" / "attest.ctr"; }
 };
 
-// "Chip fab": writes one device. Chip IDs in `taken` are avoided and the new one is added.
-core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::set<std::string>& taken);
+// The emulated chip vendor (keyline-device vendor-init): DIR/vendor.key (PKCS#8 PEM, mode 0600) and
+// DIR/vendor.crt (PEM, core::chip::make_vendor_ca).
+struct ChipVendor {
+  Botan::X509_Certificate ca;
+  std::shared_ptr<const Botan::Private_Key> key;
+  // Throws ConfigError(Config) for a directory that holds no vendor.
+  static ChipVendor load(const fs::path& dir);
+};
+// Makes a vendor in `dir` (created). Throws ConfigError(Config) when it already holds one.
+ChipVendor vendor_init(const fs::path& dir, const std::string& name);
+
+// "Chip fab": writes one device. Chip IDs in `taken` are avoided and the new one is added. With a
+// vendor, the chip also gets its SD and attestation keys and their certificates naming its chip ID.
+core::ChipId make_device(const fs::path& dir, const fs::path& rom_ca_pem, std::set<std::string>& taken,
+                         const ChipVendor* vendor = nullptr);
 // Writes `count` devices as dir/dev-0000, dir/dev-0001, ... with chip IDs unique within the fleet.
-std::vector<core::ChipId> make_fleet(const fs::path& dir, std::size_t count, const fs::path& rom_ca_pem);
+std::vector<core::ChipId> make_fleet(const fs::path& dir, std::size_t count, const fs::path& rom_ca_pem,
+                                     const ChipVendor* vendor = nullptr);
 // Device directories of a fleet (dev-* subdirectories holding rom/cplc.bin), sorted by name.
 std::vector<fs::path> list_fleet(const fs::path& dir);
 
@@ -85,7 +116,14 @@ struct BootIdentity {
   core::ChipId chip_id;
   std::string identity_fingerprint;
   std::string transport_fingerprint;
-  core::Bytes package_digest;  // core::package_digest of the data package inside the backup
+  core::Bytes package_digest;  // core::station_digest of the data package inside the backup
+};
+
+// What a chip made with a vendor identity holds (docs/channel.md). Keys only in SecureBytes / Botan keys.
+struct VendorIdentity {
+  core::Bytes vendor_cert, sd_cert, attestation_cert;  // DER
+  core::SecureBytes sd_scalar;                         // 32-byte P-256 private scalar (SCP11 SK.SD.ECKA)
+  std::shared_ptr<const Botan::ECDSA_PrivateKey> attestation_key;
 };
 
 class Chip {
@@ -97,6 +135,12 @@ class Chip {
   const core::Cplc& cplc() const noexcept { return m_cplc; }
   const core::ChipId& chip_id() const noexcept { return m_chip_id; }
   const std::vector<Botan::X509_Certificate>& roots() const noexcept { return m_roots; }
+  // Empty for a chip made without --vendor: it works plain, as before the channel existed.
+  const std::optional<VendorIdentity>& vendor() const noexcept { return m_vendor; }
+  // Steps the attestation counter by one and makes it durable (write_atomic) before returning the
+  // new value, so no statement is ever answered with a counter a restart could hand out again.
+  // Throws Error(NoDevice) for a chip without a vendor identity or a counter at its maximum.
+  std::uint32_t next_attestation_counter();
 
   Lifecycle lifecycle() const noexcept { return m_lifecycle; }
   const std::optional<core::Imei>& imei() const noexcept { return m_imei; }
@@ -124,6 +168,9 @@ class Chip {
   core::SecureBytes m_chip_key;
   Lifecycle m_lifecycle = Lifecycle::Blank;
   std::optional<core::Imei> m_imei;
+  std::optional<VendorIdentity> m_vendor;
+  std::uint32_t m_attestation_counter = 0;
+  void load_vendor_identity();
 };
 
 // Reads a whole file as bytes; std::nullopt when it does not exist. Throws IoError(Io) otherwise.

@@ -20,7 +20,11 @@ struct ServeConfig {
   DeviceOptions device;
 };
 
-int cmd_make(const std::string& dir, std::size_t count, const std::string& rom_ca, bool fleet);
+// vendor: a chip vendor directory (vendor-init), or empty for chips without a vendor identity.
+int cmd_make(const std::string& dir, std::size_t count, const std::string& rom_ca, bool fleet,
+             const std::string& vendor = {});
+// Makes the emulated chip vendor's CA in `dir`; prints the certificate's path.
+int cmd_vendor_init(const std::string& dir, const std::string& name);
 // Runs until SIGINT/SIGTERM. Prints "listening HOST:PORT CHIPID DIR" per device on stdout.
 int cmd_serve(ServeConfig config);
 int cmd_boot(const std::string& dir);
