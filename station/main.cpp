@@ -1,11 +1,74 @@
 // keyline-station: options only; the work is in keyline_station (station/src).
+#include <iostream>
+
 #include <CLI/CLI.hpp>
 
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
 #include "keyline/station/commands.h"
+#include "keyline/station/custody.h"
 #include "keyline/station/outbox_log.h"
+
+namespace {
+
+// `keys roll|mirror|export|import|status|check` (docs/custody.md): their options, then their run.
+struct CustodyCommands {
+  CLI::App *roll, *receive_init, *trust, *send, *receive, *export_, *import, *status, *check;
+  keyline::station::CustodyRequest request;
+  std::string what;
+};
+
+void add_custody_commands(CLI::App* keys, CustodyCommands& c) {
+  auto& r = c.request;
+  c.roll = keys->add_subcommand("roll", "make the next version of a key beside the old one (docs/custody.md)");
+  c.roll->add_option("what", c.what, "master (its next version is mirrorable; earlier devices keep theirs)")
+      ->required()->check(CLI::IsMember({"master"}));
+  auto* mirror = keys->add_subcommand("mirror", "mirror the master to another station's token under dual control");
+  mirror->require_subcommand(1);
+  c.receive_init = mirror->add_subcommand("receive-init", "receiving token: make a receiving key, write its request");
+  c.receive_init->add_option("--out", r.out_file, "request file to hand to the sending station")->required();
+  c.trust = mirror->add_subcommand("trust", "sending token's Security Officer: trust a request's receiving key");
+  c.trust->add_option("--request", r.request_file, "request file from receive-init")->required()->check(CLI::ExistingFile);
+  c.trust->add_option("--so-pin-file", r.so_pin_file, "file holding the token's SO PIN (else KEYLINE_HSM_SO_PIN_FILE, "
+                                                      "KEYLINE_HSM_SO_PIN; never a flag)");
+  c.send = mirror->add_subcommand("send", "sending token's user: wrap the master to a trusted receiving key");
+  c.export_ = keys->add_subcommand("export", "wrap the master for a new host's token (the steps of mirror send)");
+  for (auto* sub : {c.send, c.export_}) {
+    sub->add_option("--to", r.request_file, "request file of the receiving token")->required()->check(CLI::ExistingFile);
+    sub->add_option("--out", r.out_file, "wrapped master and signed manifest")->required();
+    sub->add_option("--version", r.version, "master version (default: the newest)");
+  }
+  c.receive = mirror->add_subcommand("receive", "receiving token: check the manifest and unwrap the master");
+  c.import = keys->add_subcommand("import", "import an exported master (the steps of mirror receive)");
+  for (auto* sub : {c.receive, c.import}) {
+    sub->add_option("--in", r.in_file, "wrapped master and manifest")->required()->check(CLI::ExistingFile);
+    sub->add_option("--from", r.from_cert, "the sending station's certificate (PEM)")->required()->check(CLI::ExistingFile);
+  }
+  c.status = keys->add_subcommand("status", "every key on the token, certificate in --pki-dir, and the mirror state");
+  c.status->add_flag("--json", r.json, "machine-readable output");
+  c.check = keys->add_subcommand("check", "the communication key check value of one IMEI (compare two mirrors)");
+  c.check->add_option("--imei", r.imei, "IMEI")->required();
+  c.check->add_option("--version", r.version, "master version (default: the newest)");
+}
+
+// -1 when none of them was given.
+int run_custody(const CustodyCommands& c, const keyline::station::StationConfig& cfg) {
+  using namespace keyline::station;
+  if (*c.roll) keys_roll_master(cfg, std::cout);
+  else if (*c.receive_init) mirror_receive_init(cfg, c.request, std::cout);
+  else if (*c.trust) mirror_trust(cfg, c.request, std::cout);
+  else if (*c.send) mirror_send(cfg, c.request, "mirror", std::cout);
+  else if (*c.export_) mirror_send(cfg, c.request, "export", std::cout);
+  else if (*c.receive) mirror_receive(cfg, c.request, "mirror", std::cout);
+  else if (*c.import) mirror_receive(cfg, c.request, "export", std::cout);
+  else if (*c.status) keys_status(cfg, c.request.json, std::cout);
+  else if (*c.check) keys_check(cfg, c.request, std::cout);
+  else return -1;
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace keyline::station;
@@ -36,9 +99,20 @@ int main(int argc, char** argv) {
   app.add_option("--backupdb", cfg.backupdb_url, "public DB URL, https://host:port");
   app.add_option("--station-id", cfg.station_id, "this station's name in journals and packages")->capture_default_str();
   app.add_option("--hw-type", cfg.hw_type, "HardwareModuleName hwType OID (default 1.3.6.1.4.1.59999.1.1)");
-  app.add_option("--key-source", cfg.key_source, "generate: keys made per device; pool: pre-generated keys")
-      ->check(CLI::IsMember({"generate", "pool"}))
+  app.add_option("--key-source", cfg.key_source,
+                 "generate: keys made per device on the station; pool: pre-generated keys; device: made and "
+                 "attested in the chip (GENERATE KEY; needs --channel scp11a). Config key_source, env KEYLINE_KEY_SOURCE")
+      ->check(CLI::IsMember({"generate", "pool", "device"}))
       ->capture_default_str();
+  app.add_option("--channel", cfg.channel,
+                 "scp11a: check each chip's vendor identity (--chip-vendors) and personalize over GlobalPlatform "
+                 "SCP11a; plain: devices without a vendor identity, said for every device. Config channel, env "
+                 "KEYLINE_CHANNEL")
+      ->check(CLI::IsMember({"scp11a", "plain"}))
+      ->capture_default_str();
+  app.add_option("--chip-vendors", cfg.chip_vendors,
+                 "PEM file of the chip vendor CA certificates whose chips are genuine (needed by --channel scp11a). "
+                 "Config chip_vendors, env KEYLINE_CHIP_VENDORS");
   app.add_flag("--short-apdus", cfg.short_apdus,
                "only short APDUs (240-byte STORE DATA blocks, 256-byte answers) for readers without extended "
                "length; default: one extended APDU per package (env KEYLINE_SHORT_APDUS=1)");
@@ -68,6 +142,9 @@ int main(int argc, char** argv) {
     sub->add_option("--dns", keys_opt.dns_names, "server certificate DNS name (repeatable; default localhost)");
     sub->add_option("--ip", keys_opt.ip_addresses, "server certificate IPv4 address (repeatable; default 127.0.0.1)");
   }
+
+  CustodyCommands custody;
+  add_custody_commands(keys, custody);
 
   auto* pool = app.add_subcommand("pool", "the temporary secure DB of IMEIs and pre-generated keys");
   pool->require_subcommand(1);
@@ -185,8 +262,10 @@ int main(int argc, char** argv) {
     if (app.get_option("--pki-dir")->count() > 0) cfg.pki_dir = flags.pki_dir;
     if (app.get_option("--station-id")->count() > 0) cfg.station_id = flags.station_id;
     if (app.get_option("--key-source")->count() > 0) cfg.key_source = flags.key_source;
+    if (app.get_option("--channel")->count() > 0) cfg.channel = flags.channel;
     if (*keys_init) return cmd_keys_init(cfg, keys_opt);
     if (*install_cert) return cmd_keys_install_cert(cfg, install_root, install_certs);
+    if (const int rc = run_custody(custody, cfg); rc >= 0) return rc;
     if (*server_cert) {
       keys_opt.reissue_server_certs = true;
       return cmd_keys_init(cfg, keys_opt);

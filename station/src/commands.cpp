@@ -35,7 +35,9 @@ std::string esc(const std::string& s) { return core::http::json_escape(s); }
 
 bool is_refusal(int code) {
   for (const auto c : {errc::DeviceRefused, errc::AlreadyPersonalized, errc::BackupMismatch, errc::PublishRejected,
-                       errc::JournalConflict})
+                       errc::JournalConflict, core::ErrorCode::SecureChannel, core::ErrorCode::ChipNotGenuine,
+                       core::ErrorCode::ChipIdMismatch, core::ErrorCode::BadAttestation,
+                       core::ErrorCode::AttestationMismatch})
     if (code == static_cast<int>(c)) return true;
   return false;
 }
@@ -105,9 +107,12 @@ void report_device(const std::string& d, const DeviceResult& r, bool json, Perso
     std::cout << "{\"device\":\"" << esc(d) << "\",\"chip_id\":\"" << esc(r.chip_id) << "\",\"imei\":\""
               << esc(r.imei) << "\",\"done\":" << (r.done ? "true" : "false")
               << ",\"in_outbox\":" << (r.in_outbox ? "true" : "false") << ",\"step\":\"" << step_name(r.reached)
-              << "\",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\"}\n";
+              << "\",\"channel\":\"" << esc(r.channel) << "\",\"key_source\":\"" << esc(r.key_source)
+              << "\",\"chip_vendor\":\"" << esc(r.chip_vendor) << "\",\"chip_refused\":" << (r.chip_refused ? "true" : "false")
+              << ",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\"}\n";
   } else if (r.done) {
-    std::cout << "personalized " << d << ": chip " << r.chip_id << " IMEI " << r.imei << " published\n";
+    std::cout << "personalized " << d << ": chip " << r.chip_id << " IMEI " << r.imei << " published (channel "
+              << r.channel << ", key source " << r.key_source << ")\n";
   }
   if (!r.done) {
     std::cerr << "keyline-station: " << d << ": error " << r.error_code << ": " << r.error << "\n";

@@ -39,6 +39,7 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   unset_if_default(c.token_label, defaults.token_label);
   unset_if_default(c.pki_dir, defaults.pki_dir);
   unset_if_default(c.key_source, defaults.key_source);
+  unset_if_default(c.channel, defaults.channel);
 
   from_env(c.station_id, "KEYLINE_STATION_ID");
   from_env(c.db, "KEYLINE_STATION_DB");
@@ -49,6 +50,8 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   from_env(c.backupdb_url, "KEYLINE_BACKUPDB_URL");
   from_env(c.hw_type, "KEYLINE_HW_TYPE");
   from_env(c.key_source, "KEYLINE_KEY_SOURCE");
+  from_env(c.channel, "KEYLINE_CHANNEL");
+  from_env(c.chip_vendors, "KEYLINE_CHIP_VENDORS");
   if (const char* v = std::getenv("KEYLINE_SHORT_APDUS"); v && std::string(v) == "1") c.short_apdus = true;
 
   if (!config_file.empty()) {
@@ -79,16 +82,22 @@ void complete_config(StationConfig& c, const std::string& config_file) {
     from_file(c.backupdb_url, "backupdb_url");
     from_file(c.hw_type, "hw_type");
     from_file(c.key_source, "key_source");
+    from_file(c.channel, "channel");
+    from_file(c.chip_vendors, "chip_vendors");
   }
 
   if (c.station_id.empty()) c.station_id = defaults.station_id;
   if (c.token_label.empty()) c.token_label = defaults.token_label;
   if (c.pki_dir.empty()) c.pki_dir = defaults.pki_dir;
   if (c.key_source.empty()) c.key_source = defaults.key_source;
+  if (c.channel.empty()) c.channel = defaults.channel;
   if (c.hsm_module.empty()) c.hsm_module = default_hsm_module();
   if (c.hw_type.empty()) c.hw_type = core::kDefaultHwType;
-  if (c.key_source != "generate" && c.key_source != "pool")
-    throw core::ConfigError(core::ErrorCode::Config, "key source must be \"generate\" or \"pool\", not \"" + c.key_source + "\"");
+  if (c.key_source != "generate" && c.key_source != "pool" && c.key_source != "device")
+    throw core::ConfigError(core::ErrorCode::Config,
+                            "key source must be \"generate\", \"pool\" or \"device\", not \"" + c.key_source + "\"");
+  if (c.channel != "scp11a" && c.channel != "plain")
+    throw core::ConfigError(core::ErrorCode::Config, "channel must be \"scp11a\" or \"plain\", not \"" + c.channel + "\"");
   // The hwType goes into every certificate (RFC 4108 HardwareModuleName): a bad one must stop the station
   // here, not void an IMEI at the first lint. X.690 8.19: at least two arcs, the first 0-2.
   {
@@ -102,6 +111,17 @@ void complete_config(StationConfig& c, const std::string& config_file) {
     if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'))
       throw core::ConfigError(core::ErrorCode::Config, "station id may hold letters, digits, '-', '_' and '.' only");
   if (c.station_id.size() > 64) throw core::ConfigError(core::ErrorCode::Config, "station id longer than 64 characters");
+}
+
+void check_personalization_config(const StationConfig& c) {
+  if (c.channel == "scp11a" && c.chip_vendors.empty())
+    throw core::ConfigError(core::ErrorCode::Usage,
+                            "channel scp11a checks every chip against its vendor: give --chip-vendors FILE (the chip "
+                            "vendor CA certificates), or --channel plain for devices without a vendor identity");
+  if (c.key_source == "device" && c.channel != "scp11a")
+    throw core::ConfigError(core::ErrorCode::Usage,
+                            "--key-source device needs --channel scp11a: only a genuine chip's attestation is "
+                            "worth certifying, and its keys never cross a plain link");
 }
 
 core::SecureBytes read_pin(const StationConfig& c) {

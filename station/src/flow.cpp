@@ -22,29 +22,35 @@ namespace {
 // COMMIT: on a line the database's per-statement and per-commit work is what bounds devices/s.
 //
 // Claim: the IMEI comes from the CTE "i"; the spent list, the journal row and both "sign.begin" rows
-// commit with it ($1 chip, $2 station, $3..$6 wrapped keys and public halves, $7/$8 audit details).
+// commit with it ($1 chip, $2 station, $3..$6 wrapped keys and public halves, $7/$8 audit details, $9
+// channel, $10 key source). Keys generated in the device are not known yet: no sign.begin rows then
+// ($7 empty), the issue step writes them once the statements are checked.
 #define KEYLINE_CLAIM_TAIL                                                                                           \
   " s AS (INSERT INTO pool.imei_spent (imei) SELECT imei FROM i ON CONFLICT DO NOTHING),"                          \
   " d AS (INSERT INTO journal.device (chip_id, imei, station_id, state, identity_wrapped, transport_wrapped,"      \
-  "  identity_public, transport_public)"                                                                            \
-  "  SELECT $1::text, imei, $2::text, 'claimed', $3::bytea, $4::bytea, $5::bytea, $6::bytea FROM i RETURNING id, imei)," \
+  "  identity_public, transport_public, channel, key_source)"                                                       \
+  "  SELECT $1::text, imei, $2::text, 'claimed', $3::bytea, $4::bytea, $5::bytea, $6::bytea, $9::text, $10::text"   \
+  "  FROM i RETURNING id, imei),"                                                                                    \
   " a AS (INSERT INTO journal.audit (station_id, event, chip_id, imei, cert_kind, detail)"                         \
   "  SELECT $2::text, 'sign.begin', $1::text, d.imei, k.kind, k.detail FROM d,"                                     \
-  "  (VALUES (1, 'identity', $7::text), (2, 'transport', $8::text)) AS k (n, kind, detail) ORDER BY k.n)"            \
+  "  (VALUES (1, 'identity', $7::text), (2, 'transport', $8::text)) AS k (n, kind, detail)"                          \
+  "  WHERE $7::text <> '' ORDER BY k.n)"                                                                              \
   " SELECT id, imei FROM d"
 // The lowest free IMEI leaves the pool in the same statement (SKIP LOCKED: two stations never wait
 // on, or take, the same row).
 constexpr const char* kClaimNextImei =
     "WITH c AS (SELECT imei FROM pool.imei ORDER BY imei LIMIT 1 FOR UPDATE SKIP LOCKED),"
     " i AS (DELETE FROM pool.imei p USING c WHERE p.imei = c.imei RETURNING p.imei)," KEYLINE_CLAIM_TAIL;
-// The key source took the IMEI ($9) earlier in the same transaction.
-constexpr const char* kClaimGivenImei = "WITH i AS (SELECT $9::text AS imei)," KEYLINE_CLAIM_TAIL;
+// The key source took the IMEI ($11) earlier in the same transaction.
+constexpr const char* kClaimGivenImei = "WITH i AS (SELECT $11::text AS imei)," KEYLINE_CLAIM_TAIL;
 #undef KEYLINE_CLAIM_TAIL
 
 std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
   const auto r = db.step(
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
-      " identity_cert, transport_cert, package_digest FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
+      " identity_cert, transport_cert, package_digest, coalesce(key_source, ''),"
+      " coalesce(identity_statement_sha256, ''), coalesce(transport_statement_sha256, '')"
+      " FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
   if (r.empty()) return std::nullopt;
   JournalRow j;
@@ -58,6 +64,9 @@ std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
   j.identity_cert = r.bytea(0, 7);
   j.transport_cert = r.bytea(0, 8);
   j.package_digest = r.bytea(0, 9);
+  j.key_source = r.text(0, 10);
+  j.identity_statement_sha256 = r.text(0, 11);
+  j.transport_statement_sha256 = r.text(0, 12);
   return j;
 }
 
@@ -147,7 +156,12 @@ void Flow::run() {
   read_device();
   m_p.step(Step::ReadDevice, m_res.chip_id);
   const Route& r = route(m_row ? parse_journal_state(m_row->state) : JournalState::None, m_personalized);
-  for (const Step s : r.steps) run_step(s);
+  for (const Step s : r.steps) {
+    run_step(s);
+    // Keys made in the chip: generated and attested under this claim before anything is issued
+    // (again on a resume: a session that is gone took its keys' use with it, docs/station.md).
+    if (s == Step::Claim && m_source->keys_in_device() && !m_personalized) run_step(Step::Attest);
+  }
   m_res.reached = Step::Done;
   m_res.done = true;
 }
@@ -156,6 +170,7 @@ void Flow::run_step(Step s) {
   m_cur = s;
   switch (s) {
     case Step::Claim: claim(); break;
+    case Step::Attest: attest(); break;
     case Step::Issue: issue(); break;
     case Step::Store: store(); break;
     case Step::Backup: check_backup(); break;
@@ -170,6 +185,8 @@ void Flow::run_step(Step s) {
 
 void Flow::connect() {
   m_source = make_key_source(m_p.m_config.key_source, *m_p.m_keys.token);
+  m_res.key_source = m_source->name();
+  m_res.channel = m_p.m_config.channel;
   if (!m_channel.connected()) m_channel.connect();
 }
 
@@ -188,6 +205,8 @@ void Flow::read_device() {
   m_chip = core::Cplc::parse(cplc_r.data.data(), cplc_r.data.size()).chip_id();
   m_res.chip_id = m_chip->str();
   if (status.chip_id != *m_chip) throw core::Error(errc::DeviceRefused, "STATUS and CPLC name different chips");
+  // Before the journal is even read: a chip that is not genuine gets nothing, not even a look-up.
+  open_channel();
   m_personalized = status.personalized();
   m_row = live_row(m_db, m_res.chip_id);
   const Route& r = route(m_row ? parse_journal_state(m_row->state) : JournalState::None, m_personalized);
@@ -230,7 +249,16 @@ void Flow::refuse(Refusal why, const std::optional<std::string>& device_imei) {
 
 // --- claim (step 3): IMEI and keys leave the pool in the statement that journals them ----------
 void Flow::claim() {
-  if (m_row && !m_personalized && m_row->identity_wrapped.empty()) {
+  if (m_row && !m_personalized && m_row->key_source != m_source->name() &&
+      (m_row->key_source == "device" || m_source->keys_in_device())) {
+    // Keys the chip made cannot become keys the station holds, nor the other way round.
+    m_db.with([&](core::pq::Connection& c) {
+      void_claim(c, m_row->id, "claimed with key source " + m_row->key_source + ", resumed with " + m_source->name() +
+                                   "; a new IMEI was claimed");
+    });
+    m_row.reset();
+  }
+  if (m_row && !m_personalized && m_row->identity_wrapped.empty() && m_row->key_source != "device") {
     // Migration 0006 wiped the blobs wrapped before rows were bound (docs/decisions.md): a blank
     // device cannot get those keys back, so this claim can never complete and a new one is made.
     m_db.with([&](core::pq::Connection& c) {
@@ -253,7 +281,9 @@ void Flow::resume_claim() {
   m_transport_der = m_row->transport_cert;
   // A personalized device goes on to the backup check; a blank one needs its keys again: they stay
   // with this chip, unwrapped for this chip's row (the wrapping key never leaves the token).
-  if (m_personalized) return;
+  m_statement_sha256[0] = m_row->identity_statement_sha256;
+  m_statement_sha256[1] = m_row->transport_statement_sha256;
+  if (m_personalized || m_source->keys_in_device()) return;  // the attest step generates them again
   try {
     m_keys = m_source->reopen(*m_chip, {m_row->id, m_row->identity_wrapped, m_row->transport_wrapped,
                                         m_row->identity_public, m_row->transport_public});
@@ -268,8 +298,9 @@ void Flow::new_claim() {
   m_keys = m_source->claim(m_db, [this](const ClaimExec& exec, const std::string& imei, const DeviceKeys& keys) {
     write_claim(exec, imei, keys);
   });
-  m_begin_logged = true;
+  m_begin_logged = !m_source->keys_in_device();
   m_row = JournalRow{};
+  m_row->key_source = m_source->name();
   m_row->id = *m_claim_id;
   m_row->imei = m_res.imei;
   m_row->state = "claimed";
@@ -279,13 +310,26 @@ void Flow::new_claim() {
 
 void Flow::write_claim(const ClaimExec& exec, const std::string& imei, const DeviceKeys& keys) {
   // The journal's blobs are bound to this chip's row (a pool blob is bound to its pool row).
+  // Keys made in the chip have no private half here: nothing is wrapped, and the public halves come
+  // with the attest step.
   core::Pkcs11Token& token = *m_p.m_keys.token;
-  const core::Bytes idw = token.wrap_data(key_label::wrap, keys.identity_pkcs8,
-                                          journal_key_aad(*m_chip, KeyKind::Identity, keys.pub.identity));
-  const core::Bytes trw = token.wrap_data(key_label::wrap, keys.transport_raw,
-                                          journal_key_aad(*m_chip, KeyKind::Transport, keys.pub.transport));
-  core::pq::Params p{m_res.chip_id,     m_p.m_config.station_id,          idw, trw, keys.pub.identity, keys.pub.transport,
-                     subject_detail(keys.pub.identity), subject_detail(keys.pub.transport)};
+  const bool held = !m_source->keys_in_device();
+  const core::Bytes idw = held ? token.wrap_data(key_label::wrap, keys.identity_pkcs8,
+                                                 journal_key_aad(*m_chip, KeyKind::Identity, keys.pub.identity))
+                               : core::Bytes{};
+  const core::Bytes trw = held ? token.wrap_data(key_label::wrap, keys.transport_raw,
+                                                 journal_key_aad(*m_chip, KeyKind::Transport, keys.pub.transport))
+                               : core::Bytes{};
+  core::pq::Params p{m_res.chip_id,
+                     m_p.m_config.station_id,
+                     idw,
+                     trw,
+                     keys.pub.identity,
+                     keys.pub.transport,
+                     held ? subject_detail(keys.pub.identity) : std::string(),
+                     held ? subject_detail(keys.pub.transport) : std::string(),
+                     m_res.channel,
+                     m_res.key_source};
   if (!imei.empty()) p.push_back(imei);
   try {
     const auto r = exec(imei.empty() ? kClaimNextImei : kClaimGivenImei, std::move(p));
@@ -310,7 +354,7 @@ core::ResponseApdu Flow::send(const core::CommandApdu& c, std::size_t max_answer
   // A channel without extended length (or told so) chains long data in 255-byte parts and asks for
   // at most 256 bytes a round itself (core::DeviceChannel); the flow builds the short form of the
   // commands whose form it chooses (STORE DATA blocks, GET DATA backup, the drill).
-  return m_channel.transmit(c, max_answer);
+  return link().transmit(c, max_answer);
 }
 
 core::ResponseApdu Flow::expect_ok(const core::CommandApdu& c, const char* what, std::size_t max_answer) {

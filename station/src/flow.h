@@ -1,6 +1,7 @@
 // One device's personalization as the steps of seed 002 (personalize.h): each step one member
 // function, the state between them members, and route() (flow.cpp) choosing which steps run.
 //   flow.cpp        run(), the route table, read-device and claim
+//   flow_channel.cpp  the chip's vendor identity, the SCP11a session, attest (--key-source device)
 //   flow_steps.cpp  issue, store, check backup, record, publish
 // Private to the station library.
 #pragma once
@@ -12,6 +13,8 @@
 #include <vector>
 
 #include "keyline/core/apdu.h"
+#include "keyline/core/chip_identity.h"
+#include "keyline/core/scp11.h"
 #include "keyline/core/cplc.h"
 #include "keyline/core/device_channel.h"
 #include "keyline/core/error.h"
@@ -40,6 +43,8 @@ struct JournalRow {
   std::string state;
   core::Bytes identity_wrapped, transport_wrapped, identity_public, transport_public;
   core::Bytes identity_cert, transport_cert, package_digest;
+  std::string key_source;  // empty for rows journaled before migration 0007
+  std::string identity_statement_sha256, transport_statement_sha256;  // --key-source device
 };
 
 // One audit row. A "sign.begin" row is durable before the CA key signs; its "sign.done" rides in the
@@ -67,13 +72,16 @@ class Flow {
   void run();
   Step current() const noexcept { return m_cur; }
   // A definite refusal now means this claim can never complete: the caller voids it.
-  bool may_void() const noexcept { return m_cur == Step::Issue || m_cur == Step::Store || m_cur == Step::Backup; }
+  bool may_void() const noexcept {
+    return m_cur == Step::Attest || m_cur == Step::Issue || m_cur == Step::Store || m_cur == Step::Backup;
+  }
   const std::optional<std::int64_t>& claim_id() const noexcept { return m_claim_id; }
 
  private:
   void connect();
   void read_device();
   void claim();
+  void attest();
   void issue();
   void store();
   void check_backup();
@@ -84,6 +92,13 @@ class Flow {
   // read_device's parts.
   core::ResponseApdu read_cplc(std::size_t max_answer);
   void refuse(Refusal why, const std::optional<std::string>& device_imei);
+  // read_device's last part (flow_channel.cpp): the chip's vendor identity checked and the SCP11a
+  // session opened, or the plain channel said for this device.
+  void open_channel();
+  core::chip::VerifiedChip verify_vendor_identity();
+  // attest's part: one GENERATE KEY and its statement checked; returns the statement.
+  core::chip::Statement attest_key(core::chip::KeyKind kind, const core::Bytes& context, std::uint32_t last_counter,
+                                   std::string& statement_sha256);
   // claim's parts.
   void new_claim();
   void resume_claim();
@@ -95,6 +110,8 @@ class Flow {
   // APDUs or the channel says no; dropped for the rest of the session when the device or reader refuses.
   void fall_back_to_short(const std::string& why);
   core::ResponseApdu send(const core::CommandApdu& c, std::size_t max_answer);
+  // The link every command after open_channel goes over: the SCP11a session, or the plain channel.
+  core::DeviceChannel& link() noexcept { return m_secure ? static_cast<core::DeviceChannel&>(*m_secure) : m_channel; }
   core::ResponseApdu expect_ok(const core::CommandApdu& c, const char* what, std::size_t max_answer);
   // A command that changes nothing on the device, built by `make(extended)`: refused for its
   // extended length (core ErrorCode::ExtendedLengthRefused), it is sent again in short form.
@@ -107,6 +124,8 @@ class Flow {
   std::unique_ptr<KeySource> m_source;
   Step m_cur = Step::Connect;
   bool m_extended = false;
+  std::unique_ptr<core::scp11::SecureChannel> m_secure;  // scp11a, once open_channel ran
+  std::optional<core::chip::VerifiedChip> m_verified;    // the chip's vendor identity (scp11a)
 
   // What the steps hand on.
   std::optional<core::ChipId> m_chip;
@@ -119,6 +138,7 @@ class Flow {
   core::Bytes m_identity_der, m_transport_der;
   core::SecureBytes m_package;  // the encoded data package, from issue to store
   std::string m_kcv_hex;        // the communication key's check value, for the secret DB
+  std::string m_statement_sha256[2];  // identity, transport: SHA-256 of the attestation statements
   core::Bytes m_backup;
   std::string m_record_json;    // set when this call writes the outbox row
 };

@@ -42,7 +42,8 @@ constexpr const char* kBackedUp =
     "WITH u AS (UPDATE journal.device SET state = 'backed_up', identity_wrapped = NULL, transport_wrapped = NULL,"
     " updated_at = now() WHERE id = $1),"
     " s AS (INSERT INTO secret.device (chip_id, imei, identity_cert_sha256, transport_cert_sha256, comm_key_kcv,"
-    " station_id) VALUES ($2, $3, $4, $5, $6, $7) ON CONFLICT (chip_id) DO NOTHING)"
+    " station_id, key_source, identity_statement_sha256, transport_statement_sha256)"
+    " VALUES ($2, $3, $4, $5, $6, $7, $10, nullif($11, ''), nullif($12, '')) ON CONFLICT (chip_id) DO NOTHING)"
     " INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($2, $1, $8, $9)"
     " ON CONFLICT (chip_id) DO NOTHING";
 
@@ -66,7 +67,9 @@ void Flow::issue() {
   pkg.comm_key = comm_key;
   pkg.app_items = m_p.m_app_items;
   m_package = pkg.encode();
-  const core::Bytes digest = core::package_digest(m_package);
+  // Keys made in the chip: the device seals a package the station never sees whole, so the drill
+  // is checked against the digest of the part the station sent (core::station_digest).
+  const core::Bytes digest = pkg.keys_in_device ? core::station_digest(pkg) : core::package_digest(m_package);
   m_db.step(kIssued, {*m_claim_id, m_identity_der, m_transport_der, digest, config.station_id, m_res.chip_id, m_res.imei,
                       "certificate SHA-256 " + sha256_hex(m_identity_der),
                       "certificate SHA-256 " + sha256_hex(m_transport_der)});
@@ -119,7 +122,9 @@ void Flow::sign_certificates() {
 
 // --- store (step 5): STORE DATA of the package -------------------------------------------------
 void Flow::store() {
-  const std::size_t block = m_extended ? kExtendedStoreBlock : kShortStoreBlock;
+  // Under SCP11a each block is one secured command: at most core::scp11::kMaxPlainPiece bytes.
+  const std::size_t block =
+      m_secure ? core::scp11::kMaxPlainPiece : m_extended ? kExtendedStoreBlock : kShortStoreBlock;
   const std::size_t blocks = (m_package.size() + block - 1) / block;
   if (blocks > 256) throw core::Error(core::ErrorCode::BadDataPackage, "data package too large for STORE DATA");
   try {
@@ -182,7 +187,8 @@ void Flow::record() {
   const std::string record_hash = record.hash();
   m_record_json = record.to_json_hashed(record_hash);
   m_db.step(kBackedUp, {*m_claim_id, m_res.chip_id, m_res.imei, sha256_hex(m_identity_der), sha256_hex(m_transport_der),
-                        m_kcv_hex, config.station_id, m_record_json, record_hash});
+                        m_kcv_hex, config.station_id, m_record_json, record_hash, m_source->name(),
+                        m_statement_sha256[0], m_statement_sha256[1]});
 }
 
 // --- publish (step 8): the public DB holds the record ------------------------------------------

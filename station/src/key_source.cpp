@@ -155,7 +155,9 @@ class PooledKeys : public StationHeldKeys {
 std::unique_ptr<KeySource> make_key_source(const std::string& name, core::Pkcs11Token& token) {
   if (name == "generate") return std::make_unique<GeneratedKeys>(token);
   if (name == "pool") return std::make_unique<PooledKeys>(token);
-  throw core::ConfigError(core::ErrorCode::Config, "key source must be \"generate\" or \"pool\", not \"" + name + "\"");
+  if (name == "device") return make_device_key_source();
+  throw core::ConfigError(core::ErrorCode::Config,
+                          "key source must be \"generate\", \"pool\" or \"device\", not \"" + name + "\"");
 }
 
 }  // namespace keyline::station

@@ -28,6 +28,7 @@
 #include "keyline/core/csr.h"
 #include "keyline/core/error.h"
 #include "keyline/station/errors.h"
+#include "oce.h"
 
 namespace keyline::station {
 
@@ -364,6 +365,29 @@ std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_ec_key(Init& in, const char*
   return std::make_unique<core::Pkcs11EcdsaPrivateKey>(in.token, label);
 }
 
+// The SCP11a OCE key (docs/station.md, "The channel"): ECDH only, so it can never sign a certificate
+// or a note however the token is asked.
+void ensure_oce_key(Init& in) {
+  if (in.token->has_private_key(key_label::oce)) {
+    in.out << "keys: reused " << key_label::oce << " (already on the token)\n";
+    note_wider_usage(in, key_label::oce, {"derive"});
+    return;
+  }
+  in.token->generate_ec_p256_ecdh(key_label::oce, core::Bytes{5});
+  in.changed = true;
+  in.out << "keys: generated " << key_label::oce << " (P-256 ECDH only, the SCP11a OCE key) on the token\n";
+}
+
+// Kept while it is this profile's certificate for the token's OCE key from this Device CA.
+void ensure_oce_cert(Init& in, const Botan::X509_Certificate& device_ca, const core::Pkcs11EcdsaPrivateKey& ca_key) {
+  const auto oce_key = in.token->ec_public_key(key_label::oce);
+  const auto found = read_pem(in.path(pki_file::oce));
+  if (found.size() == 1 && is_current_oce_certificate(found[0], device_ca, *oce_key, in.config.station_id)) return;
+  const auto cert = issue_oce_certificate(device_ca, ca_key, *oce_key, in.config.station_id, in.rng);
+  write_file(in.path(pki_file::oce), core::to_pem(cert), 0644);
+  in.wrote(pki_file::oce, found.empty() ? "missing" : "not for this OCE key, Device CA and station id");
+}
+
 void ensure_secret_keys(Init& in) {
   if (in.token->has_secret_key(key_label::master)) {
     in.out << "keys: reused " << key_label::master << " (already on the token)\n";
@@ -634,12 +658,14 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
   const auto service_ca_key = ensure_ec_key(in, key_label::service_ca, 3);
   const auto station_tls_key = ensure_ec_key(in, key_label::station_tls, 4);
   ensure_secret_keys(in);
+  ensure_oce_key(in);
 
   const auto root = ensure_root(in, *root_key);
   const auto device_ca =
       ensure_ca(in, pki_file::device_ca, root, *root_key, *device_ca_key, "Manufacturer Device CA");
   const auto service_ca =
       ensure_ca(in, pki_file::service_ca, root, *root_key, *service_ca_key, "Manufacturer Service CA");
+  ensure_oce_cert(in, device_ca, *device_ca_key);
   ensure_text(in, pki_file::tls_trust, core::to_pem(service_ca) + core::to_pem(root));
   ensure_station_cert(in, service_ca, *service_ca_key, *station_tls_key);
   ensure_server(in, pki_file::backupdb_cert, pki_file::backupdb_key, "keyline-backupdb", service_ca, *service_ca_key);
@@ -653,7 +679,8 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
       << "keys: service CA          " << in.path(pki_file::service_ca) << "\n"
       << "keys: station TLS client  " << in.path(pki_file::station_tls) << " (key on the token)\n"
       << "keys: public DB server    " << in.path(pki_file::backupdb_cert) << "\n"
-      << "keys: KPS server          " << in.path(pki_file::kps_cert) << "\n";
+      << "keys: KPS server          " << in.path(pki_file::kps_cert) << "\n"
+      << "keys: SCP11a OCE          " << in.path(pki_file::oce) << " (key " << key_label::oce << " on the token)\n";
 }
 
 void keys_csr(const StationConfig& config, const KeysInitOptions& options, std::ostream& out) {
@@ -667,6 +694,8 @@ void keys_csr(const StationConfig& config, const KeysInitOptions& options, std::
   const auto device_ca_key = ensure_ec_key(in, key_label::device_ca, 2);
   const auto station_tls_key = ensure_ec_key(in, key_label::station_tls, 4);
   ensure_secret_keys(in);
+  // Its certificate comes from the Device CA once the ceremony's certificate is installed.
+  ensure_oce_key(in);
   Botan::X509_DN ca_dn, station_dn;
   ca_dn.add_attribute("X520.CommonName", device_ca_cn(config));
   ca_dn.add_attribute("X520.Organization", options.organization);
@@ -706,8 +735,28 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   if (inst.device_ca)
     out << "keys: installed " << in.path(pki_file::device_ca) << " SHA-256 " << fingerprint(*inst.device_ca) << "\n";
   if (inst.station) out << "keys: installed " << in.path(pki_file::station_tls) << "\n";
+  // The OCE certificate is the station's own Device CA's to issue, not the ceremony's.
+  const auto device_ca = inst.device_ca ? std::vector<Botan::X509_Certificate>{*inst.device_ca}
+                                        : read_pem(in.path(pki_file::device_ca));
+  if (device_ca.size() == 1 && in.token->has_private_key(key_label::oce)) ensure_oce_cert(in, device_ca[0], ca_key);
   out << "keys: installed " << in.path(pki_file::root) << " (trust anchor) SHA-256 " << fingerprint(root) << "\n";
 }
+
+namespace {
+
+// The OCE chain only when oce.pem is for the token's OCE key under this Device CA: a mismatch is
+// the same as none (scp11a then says to run `keys init`).
+void load_oce_chain(const StationConfig& config, StationKeys& keys) {
+  const auto pem = read_pki_file(join(config, pki_file::oce));
+  if (!pem || !keys.token->has_public_key(key_label::oce)) return;
+  const auto certs = core::parse_certificates_pem(text_of(*pem));
+  const auto oce_key = keys.token->ec_public_key(key_label::oce);
+  if (certs.size() != 1 || !is_current_oce_certificate(certs[0], keys.device_ca_cert, *oce_key, config.station_id))
+    return;
+  keys.oce_chain = {keys.device_ca_cert.BER_encode(), certs[0].BER_encode()};
+}
+
+}  // namespace
 
 StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessions) {
   checked_pki_dir(config.pki_dir);  // a missing directory is the KeysMissing below
@@ -727,7 +776,9 @@ StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessi
   // certificates that no device accepts.
   if (ca_cert.subject_public_key_info() != ca_key->subject_public_key())
     throw core::Error(errc::KeysMissing, ca_path + " does not match the Device CA key on token '" + config.token_label + "'");
-  return StationKeys{std::move(token), std::move(ca_key), std::move(ca_cert), std::move(root_cert)};
+  StationKeys keys{std::move(token), std::move(ca_key), std::move(ca_cert), std::move(root_cert), {}};
+  load_oce_chain(config, keys);
+  return keys;
 }
 
 }  // namespace keyline::station

@@ -172,6 +172,7 @@ class Line {
   std::atomic<bool> m_marker_stop{false};
   std::int64_t m_in_flight = 0;
   std::int64_t m_failed = 0;
+  std::int64_t m_chips_refused = 0;  // of m_failed: not genuine chips (nothing claimed)
   std::int64_t m_refused = 0;  // records the public DB refused for good during this run (parked)
   std::int64_t m_already = 0;
   std::vector<std::string> m_failures;

@@ -109,6 +109,9 @@ LineSummary Line::summarize(core::pq::Connection& ctl) {
   s.done = static_cast<std::int64_t>(m_done.size()) + m_already;
   s.already_done = m_already;
   s.failed = m_failed;
+  s.chips_refused = m_chips_refused;
+  s.channel = m_config.channel;
+  s.key_source = m_config.key_source;
   s.refused = m_refused;
   s.publishing = static_cast<std::int64_t>(m_waiting.size());
   s.skipped = static_cast<std::int64_t>(m_queue.size());
@@ -154,6 +157,9 @@ void print_summary(const LineSummary& s, std::ostream& out) {
   row("done (published)", std::to_string(s.done));
   row("  of which before this run", std::to_string(s.already_done));
   row("failed", std::to_string(s.failed));
+  row("  of which chips refused", std::to_string(s.chips_refused));
+  row("channel", s.channel);
+  row("key source", s.key_source);
   row("waiting in the outbox", std::to_string(s.publishing));
   row("refused by the public DB", std::to_string(s.refused));
   row("outbox backlog (all)", std::to_string(s.backlog));

@@ -99,6 +99,7 @@ void Line::note_done(const std::string& chip) {
 // Called with m_mutex held: a device that failed for good.
 void Line::count_failure(const WorkItem& item, const DeviceResult& r) {
   ++m_failed;
+  if (r.chip_refused) ++m_chips_refused;
   m_failures.push_back(item.device.endpoint + ": error " + std::to_string(r.error_code) + ": " + r.error);
   if (item.reader >= 0) ++m_readers[static_cast<std::size_t>(item.reader)].failed;
   if (r.error_code == static_cast<int>(errc::PoolEmpty) && !m_halt) {

@@ -4,6 +4,7 @@
 #include <memory>
 
 #include "flow.h"
+#include "keyline/core/chip_identity.h"
 #include "keyline/core/error.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/fault_hook.h"
@@ -15,6 +16,7 @@ const char* step_name(Step s) noexcept {
     case Step::Connect: return "connect";
     case Step::ReadDevice: return "read-device";
     case Step::Claim: return "claim";
+    case Step::Attest: return "attest";
     case Step::Issue: return "issue";
     case Step::Store: return "store";
     case Step::Backup: return "backup";
@@ -54,6 +56,15 @@ Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publi
     const std::string l = "keyline-station: " + line + "\n";
     std::fwrite(l.data(), 1, l.size(), stderr);  // one write: lines of concurrent workers never interleave
   };
+  check_personalization_config(config);
+  if (config.channel == "scp11a") {
+    m_vendors = core::chip::load_vendor_list(config.chip_vendors);
+    if (keys.oce_chain.empty())
+      throw core::Error(errc::KeysMissing, "channel scp11a needs the station's OCE certificate (" +
+                                               std::string(pki_file::oce) + " for token key " + key_label::oce +
+                                               "): run `keyline-station keys init` (after install-cert with an "
+                                               "offline root)");
+  }
   // Crash tests (fault_hook.h): a no-op unless the test program installed a fault hook.
   if (fault_hook_installed()) m_hook = [](Step s, const std::string&) { fault_point(step_name(s)); };
 }
@@ -101,9 +112,14 @@ DeviceResult Personalizer::personalize(core::DeviceChannel& channel, JournalDb& 
                 e.what();
     // A definite refusal (status word, backup mismatch) before the record is kept means this claim can
     // never complete: void it, so the IMEI is accounted for and never handed to another device.
+    // A statement that fails its checks (wrong challenge, replayed, another chip's, another key type)
+    // is the chip answering "no" for this claim: docs/station.md voids its IMEI.
     const bool definite = dynamic_cast<const DeviceRefusal*>(&e) ||
                           (ke && (ke->code() == errc::BackupMismatch || ke->code() == core::ErrorCode::BadBackupPackage ||
-                                  ke->code() == core::ErrorCode::CertificateLint));
+                                  ke->code() == core::ErrorCode::CertificateLint ||
+                                  ke->code() == core::ErrorCode::BadAttestation ||
+                                  ke->code() == core::ErrorCode::AttestationMismatch));
+    res.chip_refused = ke && (ke->code() == core::ErrorCode::ChipNotGenuine || ke->code() == core::ErrorCode::ChipIdMismatch);
     if (flow.claim_id() && flow.may_void() && definite) {
       try {
         db.with([&](core::pq::Connection& c) { void_claim(c, *flow.claim_id(), res.error); });

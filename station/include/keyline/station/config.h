@@ -16,7 +16,12 @@ struct StationConfig {
   std::string pki_dir = ".keyline/pki";  // certificates written by `keys init`
   std::string backupdb_url;       // https://host:port of keyline-backupdb
   std::string hw_type;            // HardwareModuleName hwType OID (default core::kDefaultHwType)
-  std::string key_source = "generate";  // "generate" (in process) or "pool" (pre-generated, wrapped)
+  // "generate" (in process), "pool" (pre-generated, wrapped) or "device" (made and attested in the chip)
+  std::string key_source = "generate";
+  // The personalization channel (docs/station.md, "The channel"): "scp11a" (GlobalPlatform SCP11a to a
+  // genuine chip) or "plain" (devices without a vendor identity, logged as such for every device).
+  std::string channel = "scp11a";
+  std::string chip_vendors;       // PEM file of the chip vendor CAs the station trusts (scp11a)
   bool short_apdus = false;       // only short APDUs (readers without extended length support)
   int publish_attempts = 5;       // attempts before a record is left to the outbox
 };
@@ -24,6 +29,10 @@ struct StationConfig {
 // Fills unset fields from the environment and then from a JSON config file (when path is not empty),
 // and applies defaults. Throws ConfigError naming the bad setting.
 void complete_config(StationConfig& config, const std::string& config_file);
+
+// What personalizing needs on top of complete_config: scp11a needs --chip-vendors, --key-source device
+// needs scp11a. Throws ConfigError(Usage) saying which (other commands run without them).
+void check_personalization_config(const StationConfig& config);
 
 // The token user PIN from pin_file or $KEYLINE_HSM_PIN. Throws ConfigError when neither is set.
 core::SecureBytes read_pin(const StationConfig& config);

@@ -2,8 +2,9 @@
 // that differs between key sources, behind one interface (docs/station.md, "Key sources").
 //   generate  P-256 identity and X25519 transport keys made on the station for each device
 //   pool      pre-generated key sets, wrapped by the token, claimed from the temporary secure DB
-// A later device-attested source (issue #15: the chip makes its keys and gives their public halves)
-// is a third implementation here and a case in make_key_source(); the flow does not change.
+//   device    the chip makes both keys (GENERATE KEY) and attests their public halves; the claim
+//             takes only an IMEI and the flow's attest step fills the public halves
+//             (key_source_device.cpp, docs/station.md)
 #pragma once
 
 #include <functional>
@@ -25,6 +26,7 @@ namespace keyline::station {
 class JournalDb;
 
 // A device's private keys and the public halves derived from them: the only halves ever certified.
+// With keys made in the device the private halves stay empty and the halves are the attested ones.
 struct DeviceKeys {
   core::SecureBytes identity_pkcs8;  // P-256, PKCS#8
   core::SecureBytes transport_raw;   // X25519, 32 bytes
@@ -47,6 +49,8 @@ class KeySource {
  public:
   virtual ~KeySource() = default;
   virtual const char* name() const noexcept = 0;
+  // The chip makes the keys: no private half on the station, a version 2 package (keys_in_device).
+  virtual bool keys_in_device() const noexcept { return false; }
 
   // A new claim: takes a key set and has `write` journal it, all or nothing: when `write` or the
   // source fails, no IMEI and no key set has left the pool. Throws Error(PoolEmpty) when the pool
@@ -64,7 +68,8 @@ class KeySource {
   virtual void fill_package(core::DataPackage& package, const DeviceKeys& keys) const = 0;
 };
 
-// "generate" or "pool" (StationConfig::key_source). Throws ConfigError(Config) for another name.
+// "generate", "pool" or "device" (StationConfig::key_source). Throws ConfigError(Config) for another name.
 std::unique_ptr<KeySource> make_key_source(const std::string& name, core::Pkcs11Token& token);
+std::unique_ptr<KeySource> make_device_key_source();  // key_source_device.cpp
 
 }  // namespace keyline::station

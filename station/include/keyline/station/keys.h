@@ -7,6 +7,8 @@
 //                        PKCS#11 engine, so it stays on the token)
 //   keyline-master       HMAC key: communication keys are HMAC-SHA256(master, "keyline/comm/v1" || IMEI)
 //   keyline-wrap         AES-256: wraps pre-generated device keys in the pool and in the journal
+//   station-oce          P-256, ECDH only: the station's static SCP11a key (OCE), certified by the
+//                        Device CA (oce.pem) and used through CKM_ECDH1_DERIVE (docs/station.md)
 // and writes PEM certificates to the PKI directory (see pki_file()).
 #pragma once
 
@@ -29,6 +31,7 @@ constexpr const char* service_ca = "keyline-service-ca";
 constexpr const char* station_tls = "keyline-station-tls";
 constexpr const char* master = "keyline-master";
 constexpr const char* wrap = "keyline-wrap";
+constexpr const char* oce = "station-oce";
 }  // namespace key_label
 
 // Files in the PKI directory.
@@ -42,6 +45,7 @@ constexpr const char* backupdb_cert = "backupdb-tls.pem";  // public DB server c
 constexpr const char* backupdb_key = "backupdb-tls.key";   // its key (a server key, not a manufacturer key)
 constexpr const char* kps_cert = "kps-tls.pem";
 constexpr const char* kps_key = "kps-tls.key";
+constexpr const char* oce = "oce.pem";  // the station's SCP11a OCE certificate (from the Device CA)
 }  // namespace pki_file
 
 struct KeysInitOptions {
@@ -101,6 +105,9 @@ struct StationKeys {
   std::unique_ptr<core::Pkcs11EcdsaPrivateKey> device_ca_key;
   Botan::X509_Certificate device_ca_cert;
   Botan::X509_Certificate root_cert;
+  // The chain PERFORM SECURITY OPERATION sends (DER): Device CA certificate, OCE certificate. Empty
+  // when oce.pem is missing or not for the token's OCE key (a plain-channel station needs none).
+  std::vector<core::Bytes> oce_chain;
 
   // Opens the token and loads the certificates from the PKI directory. Throws errc::KeysMissing with
   // what to run when `keys init` has not been run, errc::PkiUnsafe as pki_path does (before the token

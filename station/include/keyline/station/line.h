@@ -75,6 +75,9 @@ struct LineSummary {
   std::int64_t done = 0;          // published (this run, or found already published)
   std::int64_t already_done = 0;  // of which were published before this run
   std::int64_t failed = 0;
+  std::int64_t chips_refused = 0;  // of failed: chips refused as not genuine before any claim (scp11a)
+  std::string channel;             // "scp11a" or "plain": every device of the run
+  std::string key_source;          // "generate", "pool" or "device"
   std::int64_t publishing = 0;    // records still in the outbox at the end
   std::int64_t refused = 0;       // records the public DB refused for good (parked; counted in failed)
   std::int64_t skipped = 0;       // not started (stop signal or --count reached)

@@ -35,7 +35,8 @@
 
 namespace keyline::station {
 
-enum class Step { Connect, ReadDevice, Claim, Issue, Store, Backup, Record, Publish, Done };
+// Attest runs after Claim for --key-source device only (GENERATE KEY, docs/station.md).
+enum class Step { Connect, ReadDevice, Claim, Attest, Issue, Store, Backup, Record, Publish, Done };
 const char* step_name(Step s) noexcept;
 
 // A chip's live journal row (journal.device.state; 'stored', written by earlier versions, resumes
@@ -73,6 +74,10 @@ struct DeviceResult {
   int error_code = 0;
   std::int64_t journal_id = 0;  // journal.device id, once claimed
   std::string record_json;      // with in_outbox: the record this call wrote to the outbox, for a publisher
+  std::string channel;          // "scp11a" or "plain" (docs/station.md, "The channel")
+  std::string key_source;       // "generate", "pool" or "device"
+  std::string chip_vendor;      // scp11a: the vendor CA's CN the chip's certificates chain to
+  bool chip_refused = false;    // not a genuine chip (ChipNotGenuine, ChipIdMismatch): nothing claimed
 };
 
 // Where a personalization gets its database connection: the caller's own, or one leased from a pool
@@ -107,6 +112,8 @@ using StepHook = std::function<void(Step, const std::string& chip_id)>;
 
 class Personalizer {
  public:
+  // Throws ConfigError(Usage) as check_personalization_config does, ConfigError(Config) for a vendor
+  // list that does not load, errc::KeysMissing for scp11a without an OCE certificate (keys init).
   Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher);
 
   // Runs all steps for the device at `address` ("HOST:PORT" or "pcsc:READER", core::open_device_channel)
@@ -142,6 +149,7 @@ class Personalizer {
   std::function<void(const std::string&)> m_log;
   std::mutex m_said_mutex;
   std::set<std::string> m_said_short;  // addresses whose fall back to short APDUs was logged
+  std::vector<Botan::X509_Certificate> m_vendors;  // --chip-vendors, loaded once (scp11a)
 
   friend class Flow;
 };
