@@ -96,7 +96,8 @@ SecureBytes scp03_kdf(const SecureBytes& key, std::uint8_t constant, const Bytes
   if (bits == 0 || bits % 64 != 0 || bits > 256) crypto_fail("KDF output is a multiple of 64 bits up to 256");
   SecureBytes out;
   for (std::uint8_t i = 1; out.size() * 8 < bits; ++i) {
-    // Amendment D section 6.2.2: label (11 zero bytes || constant), separator 00, L, counter, context.
+    // Amendment D section 4.1.5 (data derivation scheme): label (11 zero bytes || constant), separator
+    // 00, L, counter, context.
     SecureBytes input(11, 0x00);
     input.push_back(constant);
     input.push_back(0x00);

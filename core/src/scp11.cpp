@@ -25,7 +25,7 @@ constexpr std::size_t kMaxCertificates = 8;
 constexpr std::size_t kPointSize = 65;
 constexpr std::size_t kReceiptSize = 16;
 constexpr std::size_t kPsoChunk = 255;
-// Amendment F section 7.6.2.3 table 7-12: control reference template for SCP11 with key usage 3C
+// Amendment F section 7.6 (MUTUAL AUTHENTICATE): the control reference template for SCP11 with key usage 3C
 // (C-MAC, C-DEC, R-MAC, R-ENC), key type 88 (AES) and key length 10 (AES-128).
 constexpr std::uint8_t kControlReference[] = {0xA6, 0x0D, 0x90, 0x02, 0x11, kScp11aParameter, 0x95, 0x01,
                                               0x3C, 0x80, 0x01, 0x88, 0x81, 0x01, 0x10};

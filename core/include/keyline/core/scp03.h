@@ -32,12 +32,13 @@ struct SessionKeys {
   SecureBytes enc, mac, rmac, dek;
 };
 
-// Amendment D section 6.2.2: the KDF of NIST SP 800-108 in counter mode with AES-CMAC as PRF, the
-// input `00`x11 || constant || `00` || L (2 bytes, bits) || counter (1 byte) || context. `bits` is a
-// multiple of 64 up to 256. Throws CryptoError(Crypto) for a key that is not 16 or 32 bytes.
+// Amendment D section 4.1.5 (data derivation scheme): the KDF of NIST SP 800-108 in counter mode
+// with AES-CMAC as PRF, the input `00`x11 || constant || `00` || L (2 bytes, bits) || counter
+// (1 byte) || context. `bits` is a multiple of 64 up to 256. Throws CryptoError(Crypto) for a key
+// that is not 16 or 32 bytes.
 SecureBytes scp03_kdf(const SecureBytes& key, std::uint8_t constant, const Bytes& context, std::size_t bits);
 
-// The derivation constants of Amendment D table 6-1.
+// The derivation constants of Amendment D section 4.1.5 (used in sections 6.2.1 and 6.2.2).
 namespace kdf_constant {
 constexpr std::uint8_t card_cryptogram = 0x00;
 constexpr std::uint8_t host_cryptogram = 0x01;
