@@ -11,7 +11,6 @@
 #include <botan/kdf.h>
 #include <botan/mac.h>
 #include <botan/mem_ops.h>
-#include <botan/pubkey.h>
 #include <botan/system_rng.h>
 
 namespace keyline::core::scp11 {
@@ -287,11 +286,15 @@ SecureBytes ecdh_p256(const SecureBytes& private_scalar, const Bytes& peer_point
     if (q.is_zero() || !q.on_the_curve()) crypto_fail("peer point is not on P-256");
     const Botan::BigInt d(private_scalar.data(), private_scalar.size());
     if (d.is_zero() || d >= p256().get_order()) crypto_fail("private scalar out of range");
+    // SEC 1 section 3.3.1: the shared secret is the x-coordinate of d * Q (P-256 has cofactor 1). The
+    // point multiplication directly: an ECDH_PrivateKey would first compute d * G, doubling the cost.
     Botan::System_RNG rng;
-    const Botan::ECDH_PrivateKey key(rng, p256(), d);
-    Botan::PK_Key_Agreement ka(key, rng, "Raw");
-    // SEC 1 section 3.3.1: the shared secret is the x-coordinate of d * Q.
-    return ka.derive_key(0, peer_point).bits_of();
+    std::vector<Botan::BigInt> ws;
+    const Botan::PointGFp shared = p256().blinded_var_point_multiply(q, d, rng, ws);
+    if (shared.is_zero()) crypto_fail("ECDH gave the point at infinity");
+    SecureBytes x(32);
+    shared.get_affine_x().binary_encode(x.data(), x.size());
+    return x;
   } catch (const Botan::Exception& e) {
     crypto_fail(std::string("ECDH: ") + e.what());
   }
