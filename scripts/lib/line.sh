@@ -4,6 +4,9 @@
 #   line_up DIR N [TAC]   start everything under DIR with N devices (ports in LINE_DEVICES)
 #   line_personalize      personalize every device of the fleet (one station process)
 #   line_down             stop every process line_up started (also called from an EXIT trap)
+# LINE_CHANNEL=scp11a before line_up: the chips get a vendor identity (keyline-device vendor-init, make
+# --vendor) and the station checks them (KEYLINE_CHIP_VENDORS) and personalizes over SCP11a; default
+# plain (chips without a vendor). LINE_KEY_SOURCE (generate, pool, device) sets KEYLINE_KEY_SOURCE.
 # Variables set by line_up: LINE_DIR, LINE_BIN, LINE_BACKUPDB_URL, LINE_DEVICES (array of HOST:PORT),
 # LINE_DEVICE_DIRS (array), LINE_PG_CONNINFO, plus the KEYLINE_* environment the programs read.
 
@@ -44,6 +47,9 @@ line_up() {
   export SOFTHSM2_CONF="$LINE_DIR/hsm/softhsm2.conf"
   export KEYLINE_HSM_PIN_FILE="$LINE_DIR/hsm/user.pin"
   export KEYLINE_PKI_DIR="$LINE_DIR/pki"
+  # A --channel flag wins over this.
+  export KEYLINE_CHANNEL=${LINE_CHANNEL:-${KEYLINE_CHANNEL:-plain}}
+  [ -z "${LINE_KEY_SOURCE:-}" ] || export KEYLINE_KEY_SOURCE=$LINE_KEY_SOURCE
 
   local ci port
   ci=$(cat "$LINE_DIR/pg/conninfo")
@@ -94,7 +100,14 @@ line_up() {
 
   # Chip fab and the fleet server.
   rm -rf "$LINE_DIR/fleet"
-  "$LINE_BIN/keyline-device" make --dir "$LINE_DIR/fleet" --count "$n" --rom-ca "$LINE_DIR/pki/root.pem" >"$LINE_DIR/logs/make.log"
+  local make_flags=()
+  if [ "$KEYLINE_CHANNEL" = scp11a ]; then
+    [ -f "$LINE_DIR/vendor/vendor.crt" ] || "$LINE_BIN/keyline-device" vendor-init "$LINE_DIR/vendor" >"$LINE_DIR/logs/vendor.log"
+    make_flags=(--vendor "$LINE_DIR/vendor")
+    export KEYLINE_CHIP_VENDORS="$LINE_DIR/vendor/vendor.crt"
+  fi
+  "$LINE_BIN/keyline-device" make --dir "$LINE_DIR/fleet" --count "$n" --rom-ca "$LINE_DIR/pki/root.pem" \
+    "${make_flags[@]}" >"$LINE_DIR/logs/make.log"
   : >"$LINE_DIR/logs/fleet.out"
   # Port 0: every device gets its own ephemeral port (printed on its "listening" line), so no range can
   # collide with another test's servers.

@@ -28,7 +28,7 @@ void crash_hook(const std::string& step) {
 
 // Steps the station's fault points name (step_name() in station/src/personalize.cpp, and "drain").
 bool known_step(const std::string& s) {
-  for (const char* k : {"connect", "read-device", "claim", "issue", "store", "backup", "record", "publish", "done",
+  for (const char* k : {"connect", "read-device", "claim", "attest", "issue", "store", "backup", "record", "publish", "done",
                         "drain"})
     if (s == k) return true;
   return false;
@@ -69,7 +69,7 @@ int main(int argc, char** argv) {
   if (!spec.empty() && !arm(spec)) {
     std::fprintf(stderr,
                  "keyline-station-faulty: --crash-at wants STEP[:N], STEP one of connect, read-device, claim, "
-                 "issue, store, backup, record, publish, done, drain, and N >= 1\n");
+                 "attest, issue, store, backup, record, publish, done, drain, and N >= 1\n");
     return 2;
   }
   rest.push_back(nullptr);

@@ -27,6 +27,7 @@ rc=0
 [ "$rc" -eq 134 ] || fail "no crash in the drainer (exit $rc)"
 echo "run: crash at drain:3 -> exit $rc"
 steps=(read-device claim issue store backup record drain)
+[ "${LINE_KEY_SOURCE:-}" = device ] && steps+=(attest)  # the e2e.line.crash.scp11a_device variant
 RANDOM=${LINE_CRASH_SEED:-7}
 kills=0
 for ((i = 0; i < KILLS; i++)); do

@@ -37,7 +37,7 @@ sta() {  # HSMDIR PKIDIR args...
   local hsm=$1 pki=$2
   shift 2
   SOFTHSM2_CONF=$hsm/softhsm2.conf "$bin/keyline-station" --hsm-module "$module" --token "$(basename "$hsm")" \
-    --pin-file "$hsm/user.pin" --pki-dir "$pki" --station-id station-7 "$@" >"$work/last.out" 2>&1
+    --pin-file "$hsm/user.pin" --pki-dir "$pki" --station-id station-7 --channel plain "$@" >"$work/last.out" 2>&1
   rc=$?
 }
 st() { sta "$work/station-hsm" "$work/pki" "$@"; }

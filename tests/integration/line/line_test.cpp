@@ -42,6 +42,7 @@ StationConfig line_config() {
     cfg.hsm_module = hsm.module;
     cfg.token_label = hsm.label;
     cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
+    cfg.channel = "plain";  // fixture devices are made without a chip vendor
     cfg.pki_dir = test::testenv_dir() + "/station-pki";
     cfg.station_id = "itest-line";
     complete_config(cfg, "");

@@ -59,7 +59,10 @@ TEST_CASE("cards in PC/SC readers, T=1 and T=0, with and without extended length
 
   Personalizer p(cfg, keys, nullptr);
   std::vector<std::string> log;
-  p.set_log([&log](const std::string& l) { log.push_back(l); });
+  // The plain channel is said for every device; these tests count the other notes.
+  p.set_log([&log](const std::string& l) {
+    if (l.find("plain channel") == std::string::npos) log.push_back(l);
+  });
   for (std::size_t i = 0; i < kinds.size(); ++i) {
     CAPTURE(i);
     const std::string address = core::kPcscScheme + readers[i].name;

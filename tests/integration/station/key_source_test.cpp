@@ -175,9 +175,12 @@ TEST_CASE_TEMPLATE("concurrent claims of a key source never share an IMEI or a k
   CHECK(s.key_sets() == (Source::uses_key_pool ? 0 : 4));
 }
 
-TEST_CASE("make_key_source names the two sources and refuses any other") {
+TEST_CASE("make_key_source names the three sources and refuses any other") {
   const auto cfg = station_config();
   auto keys = StationKeys::open(cfg, 1);
-  CHECK_THROWS_AS(make_key_source("device", *keys.token), core::ConfigError);
+  for (const char* name : {"generate", "pool", "device"}) CHECK(std::string(make_key_source(name, *keys.token)->name()) == name);
+  CHECK(make_key_source("device", *keys.token)->keys_in_device());
+  CHECK_FALSE(make_key_source("generate", *keys.token)->keys_in_device());
+  CHECK_THROWS_AS(make_key_source("chip", *keys.token), core::ConfigError);
   CHECK_THROWS_AS(make_key_source("", *keys.token), core::ConfigError);
 }

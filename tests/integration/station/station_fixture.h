@@ -49,6 +49,7 @@ inline StationConfig station_config() {
     cfg.hsm_module = hsm.module;
     cfg.token_label = hsm.label;
     cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
+    cfg.channel = "plain";  // fixture devices are made without a chip vendor
     cfg.pki_dir = test::testenv_dir() + "/station-pki";
     cfg.station_id = "itest-flow";
     complete_config(cfg, "");

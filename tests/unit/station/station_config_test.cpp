@@ -21,7 +21,7 @@ namespace {
 const char* const kEnv[] = {"KEYLINE_STATION_ID", "KEYLINE_STATION_DB",   "KEYLINE_HSM_MODULE",
                             "KEYLINE_HSM_TOKEN",  "KEYLINE_HSM_PIN_FILE", "KEYLINE_PKI_DIR",
                             "KEYLINE_BACKUPDB_URL", "KEYLINE_HW_TYPE",    "KEYLINE_KEY_SOURCE",
-                            "KEYLINE_HSM_PIN"};
+                            "KEYLINE_HSM_PIN", "KEYLINE_CHANNEL", "KEYLINE_CHIP_VENDORS"};
 
 // Each test starts from an empty KEYLINE_* environment.
 struct CleanEnv {
@@ -145,7 +145,74 @@ TEST_CASE("the PIN comes from the PIN file (first line only) or the environment,
 TEST_CASE("step names are the ones errors and docs quote") {
   CHECK(std::string(step_name(Step::ReadDevice)) == "read-device");
   CHECK(std::string(step_name(Step::Claim)) == "claim");
+  CHECK(std::string(step_name(Step::Attest)) == "attest");
   CHECK(std::string(step_name(Step::Backup)) == "backup");
   CHECK(std::string(step_name(Step::Publish)) == "publish");
   CHECK(std::string(step_name(Step::Done)) == "done");
+}
+
+TEST_CASE("the channel: scp11a by default, from flag, environment or file, only scp11a or plain") {
+  CleanEnv env;
+  {
+    StationConfig c;
+    complete_config(c, "");
+    CHECK(c.channel == "scp11a");
+    CHECK(c.chip_vendors.empty());
+  }
+  const auto file = temp_file("channel.json", R"({"channel":"plain","chip_vendors":"/file/vendors.pem"})");
+  {
+    StationConfig c;
+    complete_config(c, file);
+    CHECK(c.channel == "plain");
+    CHECK(c.chip_vendors == "/file/vendors.pem");
+  }
+  ::setenv("KEYLINE_CHANNEL", "scp11a", 1);
+  ::setenv("KEYLINE_CHIP_VENDORS", "/env/vendors.pem", 1);
+  {
+    StationConfig c;
+    complete_config(c, file);
+    CHECK(c.channel == "scp11a");
+    CHECK(c.chip_vendors == "/env/vendors.pem");
+  }
+  for (const char* bad : {"SCP11a", "scp03", "tls", " plain"}) {
+    StationConfig c;
+    c.channel = bad;
+    INFO(bad);
+    try {
+      complete_config(c, "");
+      FAIL("channel accepted");
+    } catch (const core::ConfigError& e) {
+      CHECK(std::string(e.what()).find("channel") != std::string::npos);
+    }
+  }
+  fs::remove(file);
+}
+
+TEST_CASE("personalizing: scp11a needs a vendor list, the device key source needs scp11a (usage errors)") {
+  CleanEnv env;
+  StationConfig c;
+  complete_config(c, "");
+  try {
+    check_personalization_config(c);
+    FAIL("scp11a without --chip-vendors accepted");
+  } catch (const core::ConfigError& e) {
+    CHECK(e.code() == core::ErrorCode::Usage);
+    CHECK(core::exit_code_for(e.code()) == 2);
+    CHECK(std::string(e.what()).find("--chip-vendors") != std::string::npos);
+  }
+  c.chip_vendors = "/some/vendors.pem";
+  check_personalization_config(c);
+  c.key_source = "device";
+  check_personalization_config(c);
+  c.channel = "plain";
+  try {
+    check_personalization_config(c);
+    FAIL("device keys over the plain channel accepted");
+  } catch (const core::ConfigError& e) {
+    CHECK(e.code() == core::ErrorCode::Usage);
+    CHECK(std::string(e.what()).find("scp11a") != std::string::npos);
+  }
+  c.key_source = "generate";
+  c.chip_vendors.clear();
+  check_personalization_config(c);  // plain needs no vendor list
 }
