@@ -158,59 +158,73 @@ Bytes join_parts(const std::vector<Bytes>& rapdus) {
   return joined;
 }
 
-void check_scp11(const std::string& file, std::uint8_t scp_parameter) {
-  const Transcript t = load(file);
-  const scp11::KeyRef sd{t["sd.key_ref.kid"].at(0), t["sd.key_ref.kvn"].at(0)};
-  const scp11::KeyRef oce{t["oce.key_ref.kid"].at(0), t["oce.key_ref.kvn"].at(0)};
+scp11::KeyRef key_ref(const Transcript& t, const std::string& who) {
+  return {t[who + ".key_ref.kid"].at(0), t[who + ".key_ref.kvn"].at(0)};
+}
 
-  // GET DATA BF21 and the store it answers (the caller's part of the handshake).
-  CHECK(encoded(scp11::get_certificate_store_command(sd)) == t["get_data.capdu"]);
+// GET DATA BF21 and the store it answers (the caller's part of the handshake).
+void check_scp11_store(const Transcript& t) {
+  CHECK(encoded(scp11::get_certificate_store_command(key_ref(t, "sd"))) == t["get_data.capdu"]);
   const Bytes store = join_parts({t["get_data.rapdu"], t["get_response_1.rapdu"], t["get_response_2.rapdu"]});
   CHECK(store == t["get_data.response_data"]);
   const auto certificates = scp11::parse_certificate_store(secure(store));
   REQUIRE(certificates.size() == 1);
   CHECK(certificates[0] == t["sd.certificate"]);
+}
 
-  // The pieces, each against its derived value, so that a failure names the step.
-  const SecureBytes sk_oce = secure(t["oce.sk.scalar"]);
-  const SecureBytes esk_oce = secure(t["oce.esk.scalar"]);
+// The pieces, each against its value in the transcript, so that a failure names the step.
+void check_scp11_pieces(const Transcript& t, std::uint8_t scp_parameter) {
+  const auto pso = scp11::perform_security_operation_commands({t["oce.certificate"]}, key_ref(t, "oce"));
+  REQUIRE(pso.size() == 3);
+  for (std::size_t i = 0; i < pso.size(); ++i)
+    CHECK(to_hex(encoded(pso[i])) == to_hex(t["perform_security_operation_" + std::to_string(i + 1) + ".capdu"]));
+  const CommandApdu ma = scp11::mutual_authenticate_command(key_ref(t, "sd"), t["oce.epk.point"], scp_parameter);
+  CHECK(to_hex(encoded(ma)) == to_hex(t["mutual_authenticate.capdu"]));
+
   const Bytes epk_sd = t["mutual_authenticate.rapdu.epk_sd"];
-  CHECK(plain(scp11::ecdh_p256(esk_oce, epk_sd)) == t["derived.sh_see"]);
-  CHECK(plain(scp11::ecdh_p256(sk_oce, t["sd.pk.point"])) == t["derived.sh_sss"]);
+  CHECK(plain(scp11::ecdh_p256(secure(t["oce.esk.scalar"]), epk_sd)) == t["derived.sh_see"]);
+  CHECK(plain(scp11::ecdh_p256(secure(t["oce.sk.scalar"]), t["sd.pk.point"])) == t["derived.sh_sss"]);
   const scp11::Scp11Keys keys = scp11::derive_scp11_keys(secure(t["derived.sh_see"]), secure(t["derived.sh_sss"]));
   CHECK(plain(keys.receipt_key) == t["derived.receipt_key"]);
   CHECK(plain(keys.session.enc) == t["derived.s_enc"]);
   CHECK(plain(keys.session.mac) == t["derived.s_mac"]);
   CHECK(plain(keys.session.rmac) == t["derived.s_rmac"]);
   CHECK(plain(keys.session.dek) == t["derived.s_dek"]);
-  const Bytes ma_capdu = t["mutual_authenticate.capdu"];
-  const Bytes ma_data(ma_capdu.begin() + 5, ma_capdu.end() - 1);
   const Bytes epk_sd_tlv = head(t["mutual_authenticate.rapdu"], 3 + 65);
-  CHECK(scp11::scp11_receipt(keys.receipt_key, ma_data, epk_sd_tlv) == t["mutual_authenticate.rapdu.receipt"]);
+  CHECK(scp11::scp11_receipt(keys.receipt_key, plain(ma.data), epk_sd_tlv) == t["mutual_authenticate.rapdu.receipt"]);
   const Bytes ma_answer = head(t["mutual_authenticate.rapdu"], 86);
   const auto answer = scp11::parse_mutual_authenticate_answer(ma_answer.data(), ma_answer.size());
   CHECK(answer.ephemeral_point == epk_sd);
   CHECK(answer.receipt == t["mutual_authenticate.rapdu.receipt"]);
   CHECK(scp11::encode_mutual_authenticate_answer(answer) == ma_answer);
+}
 
-  // The whole host handshake over a channel replaying the card's answers, then one secured command.
+// The whole host handshake over a channel replaying the card's answers, then one secured command.
+void check_scp11_session(const Transcript& t, std::uint8_t scp_parameter) {
   ReplayChannel card;
   for (const char* step : {"perform_security_operation_1", "perform_security_operation_2", "perform_security_operation_3",
                            "mutual_authenticate", "get_status_packages"})
     card.expect(t[std::string(step) + ".capdu"], t[std::string(step) + ".rapdu"]);
   scp11::HostParams params;
-  params.sd = sd;
-  params.oce = oce;
+  params.sd = key_ref(t, "sd");
+  params.oce = key_ref(t, "oce");
   params.oce_chain = {t["oce.certificate"]};
+  const SecureBytes sk_oce = secure(t["oce.sk.scalar"]);
   params.static_ecdh = [&](const Bytes& point) { return scp11::ecdh_p256(sk_oce, point); };
-  params.ephemeral_scalar_for_test = esk_oce;
+  params.ephemeral_scalar_for_test = secure(t["oce.esk.scalar"]);
   params.scp_parameter = scp_parameter;
-  scp::SecureMessaging session = scp11::open_host_session(card, params, t["sd.pk.point"]);
-  scp11::SecureChannel channel(card, std::move(session));
+  scp11::SecureChannel channel(card, scp11::open_host_session(card, params, t["sd.pk.point"]));
   const ResponseApdu status = channel.transmit(decode_command(t["get_status_packages.plain_capdu"]));
   CHECK(status.sw == sw::ok);
   CHECK(to_hex(plain(status.data)) == to_hex(t["get_status_packages.plain_rapdu_data"]));
   CHECK(card.done());
+}
+
+void check_scp11(const std::string& file, std::uint8_t scp_parameter) {
+  const Transcript t = load(file);
+  check_scp11_store(t);
+  check_scp11_pieces(t, scp_parameter);
+  check_scp11_session(t, scp_parameter);
 }
 
 TEST_CASE("SCP11a P-256 AES-128 S8 transcript") {
@@ -411,7 +425,7 @@ TEST_CASE("host refuses a card that is not the SD key's holder") {
   CHECK_THROWS_CODE(scp11::open_host_session(p.card, p.params(), fresh_key().point), SecureChannel);
 }
 
-TEST_CASE("card refuses a station whose static key is not the certified one") {
+TEST_CASE("a station without the certified SK.OCE gets no session: the receipt does not match") {
   Parties p;
   scp11::HostParams params = p.params();
   const SecureBytes other = fresh_key().scalar;
