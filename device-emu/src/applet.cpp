@@ -120,6 +120,7 @@ void Session::reset() noexcept {
   m_t0_pending.reset();
   m_t0_pos = 0;
   m_chainer.reset();
+  m_announced.reset();
   drop_chain();
   drop_store();
 }
@@ -185,11 +186,16 @@ core::ResponseApdu Session::process(const core::CommandApdu& command) {
 
 core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
   if (c.ins == ins::get_response && is_cla(c.cla, 0x00)) {
+    if (m_announced) {
+      core::ResponseApdu full = std::move(*m_announced);
+      m_announced.reset();
+      return m_chainer.start(std::move(full), c.le.value_or(256));
+    }
     if (!m_chainer.pending()) return sw_only(core::sw::conditions_not_satisfied);
-    const std::size_t le = c.le.value_or(256);
-    return m_chainer.next(m_secured ? std::min(le, kMaxSecuredPiece) : le);
+    return m_chainer.next(c.le.value_or(256));
   }
   m_chainer.reset();
+  m_announced.reset();
   const std::uint8_t base = c.cla & static_cast<std::uint8_t>(~0x10);
   if (base != 0x00 && base != 0x80) return sw_only(core::sw::cla_not_supported);
   // A vendor chip runs personalization only under the channel (docs/channel.md): refused before any
@@ -268,10 +274,11 @@ core::ResponseApdu Session::gather_chained(const core::CommandApdu& c) {
 }
 
 core::ResponseApdu Session::finish(core::ResponseApdu r, const core::CommandApdu& c) {
-  const std::size_t cap = m_secured ? kMaxSecuredPiece : 256;
-  const std::size_t limit = std::min<std::size_t>(c.le ? *c.le : 256, m_secured ? cap : SIZE_MAX);
+  // Under the channel the whole answer is wrapped first and then served in pieces (process_secured).
+  if (m_secured) return r;
+  const std::size_t limit = c.le ? *c.le : 256;
   if (r.data.size() <= limit) return r;
-  return m_chainer.start(std::move(r), std::min<std::size_t>(limit == 0 ? 256 : limit, cap));
+  return m_chainer.start(std::move(r), std::min<std::size_t>(limit == 0 ? 256 : limit, 256));
 }
 
 core::ResponseApdu Session::select(const core::CommandApdu& c) {

@@ -38,9 +38,6 @@ constexpr std::uint8_t kAtr[] = {0x3B, 0x80, 0x80, 0x01, 0x01};
 
 // ISO 7816-4 section 5.6: "wrong parameters P1-P2: offset outside the EF".
 constexpr std::uint16_t kSwOffsetOutside = 0x6B00;
-// The largest answer piece under the channel: R-ENC pads 239 bytes to 240 (ISO 9797-1 method 2), and
-// with a 16-byte R-MAC the wrapped answer still fits a short response (256 bytes).
-constexpr std::size_t kMaxSecuredPiece = 239;
 // Data gathered by STORE DATA or UPDATE BINARY before it is refused.
 constexpr std::size_t kMaxGathered = core::kFlashMaxSize;
 // UPDATE BINARY offsets are 15 bits (P1 bit 8 = 0, ISO 7816-4 section 7.2.2): the staging area ends here.
@@ -126,7 +123,8 @@ class Session {
   std::size_t held_bytes() const noexcept {
     std::size_t oce = 0;
     for (const auto& c : m_oce_chain) oce += c.capacity();
-    return m_chain.capacity() + m_store.capacity() + (m_t0_pending ? m_t0_pending->data.capacity() : 0) + oce;
+    return m_chain.capacity() + m_store.capacity() + (m_t0_pending ? m_t0_pending->data.capacity() : 0) + oce +
+           (m_announced ? m_announced->data.capacity() : 0);
   }
   // Whether a secure channel (SCP11a, docs/channel.md) is open on this connection.
   bool channel_open() const noexcept { return m_channel.has_value(); }
@@ -188,6 +186,9 @@ class Session {
   std::optional<core::Bytes> m_oce_point;
   std::optional<core::scp::SecureMessaging> m_channel;
   bool m_secured = false;
+  // A wrapped answer to a command without Le (Ne = 0, ISO 7816-4 section 5.1): announced by 61XX
+  // with no data, served from the next GET RESPONSE on.
+  std::optional<core::ResponseApdu> m_announced;
   // GENERATE KEY's private halves for this session, sealed into the next version 2 package.
   core::SecureBytes m_generated_identity;   // PKCS#8 DER
   core::SecureBytes m_generated_transport;  // 32-byte X25519 scalar
