@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "keyline/backupdb/log.h"
 #include "keyline/backupdb/migrate.h"
 #include "keyline/backupdb/server.h"
 #include "keyline/core/error.h"
@@ -45,11 +46,34 @@ void add_server_limits(CLI::App* serve, Config& cfg) {
       ->envname("KEYLINE_BACKUPDB_BODY_LIMIT")->capture_default_str();
 }
 
+// The log key's token (docs/transparency.md, "The public DB's log"), for serve and `log init|key`.
+void add_log_key_options(CLI::App* cmd, keyline::backupdb::LogSettings& log) {
+  cmd->add_option("--log-token-module", log.token_module, "PKCS#11 module of the token holding the log key")
+      ->envname("KEYLINE_BACKUPDB_LOG_TOKEN_MODULE");
+  cmd->add_option("--log-token-label", log.token_label, "label of that token")->envname("KEYLINE_BACKUPDB_LOG_TOKEN_LABEL");
+  cmd->add_option("--log-token-pin-file", log.token_pin_file, "the token's user PIN (else KEYLINE_BACKUPDB_LOG_TOKEN_PIN)")
+      ->envname("KEYLINE_BACKUPDB_LOG_TOKEN_PIN_FILE");
+  cmd->add_option("--log-key-label", log.key_label, "label of the Ed25519 log key on the token")
+      ->envname("KEYLINE_BACKUPDB_LOG_KEY_LABEL")->capture_default_str();
+  cmd->add_option("--log-origin", log.origin, "the log's origin, also the key name (no spaces)")
+      ->envname("KEYLINE_BACKUPDB_LOG_ORIGIN")->capture_default_str();
+}
+
+void add_log_serve_options(CLI::App* serve, keyline::backupdb::LogSettings& log) {
+  add_log_key_options(serve, log);
+  serve->add_flag("--no-log", log.disabled, "serve without the transparency log (records are still sequenced)")
+      ->envname("KEYLINE_BACKUPDB_NO_LOG");
+  serve->add_option("--log-batch", log.batch_entries, "a checkpoint once this many entries wait")
+      ->envname("KEYLINE_BACKUPDB_LOG_BATCH")->capture_default_str();
+  serve->add_option("--log-batch-ms", log.batch_ms, "... or this many milliseconds after the last one")
+      ->envname("KEYLINE_BACKUPDB_LOG_BATCH_MS")->capture_default_str();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Config cfg;
-  CLI::App app{"keyline-backupdb: the permanent public backup database (migrate | serve).\n"
+  CLI::App app{"keyline-backupdb: the permanent public backup database (migrate | serve | log).\n"
                "Settings come from flags, KEYLINE_BACKUPDB_* environment variables or --config FILE (TOML/INI).\n"
                "Passwords come from files or the environment, never from the command line.\n"
                "Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 database unreachable."};
@@ -90,6 +114,14 @@ int main(int argc, char** argv) {
   serve->add_flag("--preload", cfg.preload, "fill the cache (up to --cache records, newest first) before listening")
       ->envname("KEYLINE_BACKUPDB_PRELOAD");
   serve->add_option("--log", cfg.log, "request log: a path, stderr or off")->envname("KEYLINE_BACKUPDB_LOG")->capture_default_str();
+  add_log_serve_options(serve, cfg.tlog);
+
+  auto* log = app.add_subcommand("log", "the transparency log's key on the token (init | key)");
+  log->require_subcommand(1);
+  auto* log_init = log->add_subcommand("init", "generate the Ed25519 log key on the token; prints its verifier key");
+  add_log_key_options(log_init, cfg.tlog);
+  auto* log_key = log->add_subcommand("key", "print the log's verifier key (C2SP signed-note vkey) to pin");
+  add_log_key_options(log_key, cfg.tlog);
 
   try {
     app.parse(argc, argv);
@@ -108,6 +140,14 @@ int main(int argc, char** argv) {
     if (*migrate) {
       const int n = keyline::backupdb::migrate(cfg);
       std::printf("keyline-backupdb: %d migration(s) applied\n", n);
+      return 0;
+    }
+    if (*log_init) {
+      std::printf("%s\n", keyline::backupdb::log_init(cfg.tlog).c_str());
+      return 0;
+    }
+    if (*log_key) {
+      std::printf("%s\n", keyline::backupdb::log_key(cfg.tlog).c_str());
       return 0;
     }
     return keyline::backupdb::serve(cfg);

@@ -15,6 +15,7 @@
 #include "keyline/core/http_service.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/record.h"
+#include "log_api.h"
 
 namespace keyline::backupdb {
 namespace {
@@ -129,13 +130,21 @@ std::optional<Reply> check_station(Shared& s, const Request& req, std::string& s
   return std::nullopt;
 }
 
+// A problem document gains "leaf_index" as a number (Problems adds its extension members as strings).
+void add_leaf_index(Reply& r, std::int64_t leaf_index) {
+  if (leaf_index < 0 || r.body.empty() || r.body.back() != '}') return;
+  r.body.insert(r.body.size() - 1, ",\"leaf_index\":" + std::to_string(leaf_index));
+}
+
 Reply published(Shared& s, const core::Record& rec, const std::string& hash, const std::string& station) {
   const auto res = s.store->publish(rec, hash);
   const std::string location = "/v1/records/" + rec.chip_id.str();
-  const std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash + "\"}";
+  const std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash +
+                           "\",\"leaf_index\":" + std::to_string(res.leaf_index) + "}";
   switch (res.outcome) {
     case PublishOutcome::Created:
       s.metrics.record_published();
+      if (s.integrator) s.integrator->notify();
       return reply(201, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
                    "station " + station);
     case PublishOutcome::Identical:
@@ -151,6 +160,7 @@ Reply published(Shared& s, const core::Record& rec, const std::string& hash, con
                      {"submitted_hash", hash},
                      {"conflict_on", res.conflict_on},
                      {"code", std::to_string(static_cast<int>(errc::PublishConflict))}});
+  add_leaf_index(r, res.leaf_index);
   r.log_detail = "station " + station;
   return r;
 }
@@ -211,7 +221,9 @@ Reply dispatch(Shared& s, const Request& req) {
     if (req.method != "POST") return problem.method_not_allowed("POST");
     return publish(s, req);
   }
+  if (parts.size() == 4 && parts[1] == "records" && parts[3] == "proof") return handle_proof(s, req, parts[2]);
   if (parts.size() >= 3 && parts.size() <= 4 && parts[1] == "records") return read_record(s, req, parts);
+  if (parts.size() >= 2 && parts[1] == "log") return handle_log(s, req);
   if (parts.size() == 3 && parts[1] == "imei") return read_by_imei(s, req, parts[2]);
   return problem(404, "not-found", "no such resource");
 }
@@ -245,6 +257,8 @@ std::string route_of(const Request& req) {
   if (parts.size() == 3 && parts[1] == "records") return "record";
   if (parts.size() == 4 && parts[1] == "records" && parts[3] == "backup") return "record_backup";
   if (parts.size() == 4 && parts[1] == "records" && parts[3] == "certificate") return "record_certificate";
+  if (parts.size() == 4 && parts[1] == "records" && parts[3] == "proof") return "record_proof";
+  if (parts.size() >= 2 && parts[1] == "log") return log_route_of(parts);
   if (parts.size() == 3 && parts[1] == "imei") return "imei";
   return "other";
 }
@@ -259,7 +273,16 @@ Reply handle_ops(Shared& s, const Request& req) {
     if (parts.size() == 1 && parts[0] == "metrics") {
       if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
       const auto stats = s.public_stats ? s.public_stats() : http::ServerStats{};
-      return http::metrics_reply(s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats));
+      LogStatus log;
+      if (s.tlog) {
+        log.enabled = true;
+        log.integrator = s.integrator && s.integrator->holds_lock();
+        if (const auto cp = s.tlog->latest()) {
+          log.signed_at = cp->signed_at;
+          s.metrics.log_checkpoint(cp->size);
+        }
+      }
+      return http::metrics_reply(s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats, log));
     }
     if (parts.size() == 1 && parts[0] == "healthz") return dispatch(s, req);
     return problem(404, "not-found", "no such resource");

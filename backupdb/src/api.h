@@ -13,6 +13,8 @@
 #include "keyline/core/http_server.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/event_log.h"
+#include "integrator.h"
+#include "log_store.h"
 #include "metrics.h"
 #include "rate_limiter.h"
 #include "station_auth.h"
@@ -30,6 +32,8 @@ struct Shared {
   std::string anchors_pem;
   std::unique_ptr<StationAuthority> stations;  // the --station-ca issuers; null on plain HTTP
   std::function<core::http::ServerStats()> public_stats;  // for /metrics
+  std::unique_ptr<LogReader> tlog;            // the transparency log's reads; null with --no-log
+  std::unique_ptr<Integrator> integrator;     // null with --no-log
 };
 
 // The route label of a request (metrics and log), from its path alone.

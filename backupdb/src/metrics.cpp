@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include <cstdio>
+#include <ctime>
 #include <sstream>
 
 namespace keyline::backupdb {
@@ -26,8 +27,60 @@ void Metrics::observe(const std::string& route, int status, double seconds) {
   m_sum_us += static_cast<unsigned long long>(seconds * 1e6);
 }
 
+void Metrics::log_integrated(std::size_t n, double latency) {
+  m_log_integrated += n;
+  ++m_log_checkpoints;
+  if (latency < 0) return;
+  std::size_t i = 0;
+  while (i < kLogBounds.size() && latency > kLogBounds[i]) ++i;
+  ++m_log_buckets[i];
+  ++m_log_latency_count;
+  m_log_latency_sum_us += static_cast<unsigned long long>(latency * 1e6);
+}
+
+void Metrics::log_checkpoint(std::uint64_t size) {
+  auto cur = m_log_size.load();
+  while (size > cur && !m_log_size.compare_exchange_weak(cur, size)) {
+  }
+}
+
+void Metrics::render_log(std::ostringstream& o, const LogStatus& log) const {
+  if (!log.enabled) return;
+  o << "# HELP keyline_backupdb_log_integrator 1 while this process holds the integrator lock.\n"
+       "# TYPE keyline_backupdb_log_integrator gauge\n"
+    << "keyline_backupdb_log_integrator " << (log.integrator ? 1 : 0) << "\n";
+  o << "# HELP keyline_backupdb_log_entries_integrated_total Log entries this process put into checkpoints.\n"
+       "# TYPE keyline_backupdb_log_entries_integrated_total counter\n"
+    << "keyline_backupdb_log_entries_integrated_total " << m_log_integrated.load() << "\n";
+  o << "# HELP keyline_backupdb_log_checkpoints_total Checkpoints this process signed with new entries.\n"
+       "# TYPE keyline_backupdb_log_checkpoints_total counter\n"
+    << "keyline_backupdb_log_checkpoints_total " << m_log_checkpoints.load() << "\n";
+  o << "# HELP keyline_backupdb_log_checkpoint_size Tree size of the newest checkpoint seen.\n"
+       "# TYPE keyline_backupdb_log_checkpoint_size gauge\n"
+    << "keyline_backupdb_log_checkpoint_size " << m_log_size.load() << "\n";
+  const auto now = static_cast<long long>(std::time(nullptr));
+  o << "# HELP keyline_backupdb_log_checkpoint_age_seconds Seconds since the newest checkpoint was signed.\n"
+       "# TYPE keyline_backupdb_log_checkpoint_age_seconds gauge\n"
+    << "keyline_backupdb_log_checkpoint_age_seconds " << (log.signed_at > 0 ? now - log.signed_at : -1) << "\n";
+  o << "# HELP keyline_backupdb_log_integration_latency_seconds First publish of a batch to its checkpoint stored.\n"
+       "# TYPE keyline_backupdb_log_integration_latency_seconds histogram\n";
+  unsigned long long cumulative = 0;
+  for (std::size_t i = 0; i < kLogBounds.size(); ++i) {
+    cumulative += m_log_buckets[i].load();
+    char le[32];
+    std::snprintf(le, sizeof le, "%g", kLogBounds[i]);
+    o << "keyline_backupdb_log_integration_latency_seconds_bucket{le=\"" << le << "\"} " << cumulative << "\n";
+  }
+  cumulative += m_log_buckets[kLogBounds.size()].load();
+  o << "keyline_backupdb_log_integration_latency_seconds_bucket{le=\"+Inf\"} " << cumulative << "\n";
+  char sum[32];
+  std::snprintf(sum, sizeof sum, "%.6f", static_cast<double>(m_log_latency_sum_us.load()) / 1e6);
+  o << "keyline_backupdb_log_integration_latency_seconds_sum " << sum << "\n";
+  o << "keyline_backupdb_log_integration_latency_seconds_count " << m_log_latency_count.load() << "\n";
+}
+
 std::string Metrics::render(std::size_t cache_hits, std::size_t cache_misses,
-                            const core::http::ServerStats& stats) const {
+                            const core::http::ServerStats& stats, const LogStatus& log) const {
   std::ostringstream o;
   o << "# HELP keyline_backupdb_requests_total HTTP requests by route and status.\n"
        "# TYPE keyline_backupdb_requests_total counter\n";
@@ -63,6 +116,7 @@ std::string Metrics::render(std::size_t cache_hits, std::size_t cache_misses,
   o << "# HELP keyline_backupdb_cache_misses_total Reads that went to PostgreSQL.\n"
        "# TYPE keyline_backupdb_cache_misses_total counter\n"
     << "keyline_backupdb_cache_misses_total " << cache_misses << "\n";
+  render_log(o, log);
   m_connections.render(o, stats);
   return o.str();
 }

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "api.h"
+#include "keyline/backupdb/log.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/http_service.h"
 #include "keyline/core/secret_input.h"
@@ -21,6 +22,14 @@ void check_settings(const Config& c) {
   c.check();
   if (c.db_pool < 1 || c.rate_clients < 1)
     throw core::ConfigError(core::ErrorCode::Config, "--db-pool and --rate-clients must be positive");
+  if (c.tlog.disabled && c.tlog.configured())
+    throw core::ConfigError(core::ErrorCode::Config, "--no-log and --log-token-* options together: choose one");
+  if (!c.tlog.disabled && !c.tlog.configured())
+    throw core::ConfigError(core::ErrorCode::Config,
+                            "serve keeps the transparency log: give --log-token-module, --log-token-label and "
+                            "--log-token-pin-file (docs/transparency.md), or --no-log");
+  if (c.tlog.batch_entries < 1 || c.tlog.batch_ms < 1 || c.tlog.max_batch < c.tlog.batch_entries)
+    throw core::ConfigError(core::ErrorCode::Config, "the log batch settings must be positive");
   if (!c.plain_http && (c.tls_cert.empty() || c.tls_key.empty() || c.station_ca.empty()))
     throw core::ConfigError(core::ErrorCode::Config,
                             "HTTPS needs --tls-cert, --tls-key and --station-ca (or --plain-http)");
@@ -56,6 +65,20 @@ void open_store(Shared& s, const Config& config) {
   }
 }
 
+// The log key on its token, the log's reader and the integrator thread (docs/transparency.md, "The
+// public DB's log"). After open_store: the integrator's session takes the same password.
+void open_log(Shared& s, const Config& config) {
+  if (config.tlog.disabled) return;
+  auto signer = open_log_signer(config.tlog);
+  constexpr std::size_t kLogReadSessions = 4;
+  constexpr std::size_t kCachedTiles = 4096;  // at most 64 MiB (bundles of 256 entries of 62 bytes are 16 KiB)
+  s.tlog = std::make_unique<LogReader>(config.db, kLogReadSessions, kCachedTiles);
+  s.integrator = std::make_unique<Integrator>(config.db, config.tlog, std::move(signer), *s.tlog, s.metrics, *s.log);
+  s.integrator->start();
+  std::fprintf(stdout, "keyline-backupdb: transparency log %s, key %s\n", config.tlog.origin.c_str(),
+               config.tlog.key_label.c_str());
+}
+
 }  // namespace
 
 int serve(const Config& config) {
@@ -81,6 +104,7 @@ int serve(const Config& config) {
       [&s](const http::Event& e) { log_event(s, e, "ops"); }, access);
   s.public_stats = [&api] { return api.stats(); };
   open_store(s, config);
+  open_log(s, config);
 
   return http::serve_until_stopped("keyline-backupdb", api, config.plain_http ? "HTTP" : "HTTPS", ops);
 }

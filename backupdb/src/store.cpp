@@ -2,6 +2,8 @@
 
 #include <ctime>
 
+#include "keyline/core/record_leaf.h"
+
 namespace keyline::backupdb {
 namespace {
 
@@ -25,12 +27,15 @@ PublishResult existing_outcome(core::pq::Connection& conn, const std::string& ch
   PublishResult result;
   // A fixed text whose plan cannot depend on the values (a lookup by the two unique keys): prepared
   // once per session.
-  const auto existing =
-      conn.exec_prepared("SELECT chip_id, imei, record_hash FROM records WHERE chip_id = $1 OR imei = $2 ORDER BY seq",
-                         {chip, imei});
+  const auto existing = conn.exec_prepared(
+      "SELECT r.chip_id, r.imei, r.record_hash, e.leaf_index FROM records r LEFT JOIN log_entries e ON e.record_seq = r.seq "
+      "WHERE r.chip_id = $1 OR r.imei = $2 ORDER BY r.seq",
+      {chip, imei});
+  const auto index_of = [&existing](int row) { return existing.is_null(row, 3) ? -1 : existing.int64(row, 3); };
   for (int i = 0; i < existing.rows(); ++i) {
     if (existing.text(i, 2) == hash && existing.text(i, 0) == chip && existing.text(i, 1) == imei) {
       result.outcome = PublishOutcome::Identical;
+      result.leaf_index = index_of(i);
       return result;
     }
   }
@@ -38,9 +43,33 @@ PublishResult existing_outcome(core::pq::Connection& conn, const std::string& ch
   if (existing.rows() > 0) {
     result.existing_hash = existing.text(0, 2);
     result.conflict_on = existing.text(0, 0) == chip ? "chip_id" : "imei";
+    result.leaf_index = index_of(0);
   }
   return result;
 }
+
+// The GET body gains the record's log index: the index is drawn by the publish statement itself, so
+// the body stored before it (body_json) cannot hold it. Added here, as the last member.
+std::string with_leaf_index(std::string json, const core::pq::Result& r, int row, int col) {
+  if (r.is_null(row, col) || json.empty() || json.back() != '}') return json;
+  json.insert(json.size() - 1, ",\"leaf_index\":" + std::to_string(r.int64(row, col)));
+  return json;
+}
+
+std::shared_ptr<StoredRecord> stored_record(const core::pq::Result& r, int i) {
+  auto rec = std::make_shared<StoredRecord>();
+  rec->chip_id = r.text(i, 0);
+  rec->imei = r.text(i, 1);
+  rec->record_hash = r.text(i, 2);
+  rec->json = with_leaf_index(r.text(i, 3), r, i, 6);
+  rec->backup = r.bytea(i, 4);
+  rec->identity_der = r.bytea(i, 5);
+  return rec;
+}
+
+constexpr const char* kRecordColumns =
+    "SELECT r.chip_id, r.imei, r.record_hash, r.body_json, r.backup, r.identity_der, e.leaf_index "
+    "FROM records r LEFT JOIN log_entries e ON e.record_seq = r.seq ";
 
 }  // namespace
 
@@ -78,8 +107,7 @@ void Store::cache_put(const RecordPtr& r) {
 RecordPtr Store::load(const std::string& column, const std::string& value) {
   // column is one of two fixed names chosen by the caller, never request data: two fixed texts, each
   // a lookup by a unique key whose plan does not depend on the value, prepared once per session.
-  const std::string sql = "SELECT chip_id, imei, record_hash, body_json, backup, identity_der FROM records WHERE " +
-                          column + " = $1";
+  const std::string sql = std::string(kRecordColumns) + "WHERE r." + column + " = $1";
   auto lease = m_pool.acquire();
   core::pq::Result r;
   try {
@@ -91,13 +119,7 @@ RecordPtr Store::load(const std::string& column, const std::string& value) {
     r = lease->exec_prepared(sql, {value});
   }
   if (r.empty()) return nullptr;
-  auto rec = std::make_shared<StoredRecord>();
-  rec->chip_id = r.text(0, 0);
-  rec->imei = r.text(0, 1);
-  rec->record_hash = r.text(0, 2);
-  rec->json = r.text(0, 3);
-  rec->backup = r.bytea(0, 4);
-  rec->identity_der = r.bytea(0, 5);
+  auto rec = stored_record(r, 0);
   cache_put(rec);
   return rec;
 }
@@ -115,6 +137,7 @@ PublishResult Store::publish(const core::Record& record, const std::string& hash
   const std::string published_at = utc_now_iso();
   const std::string json = record.to_json_hashed(hash, published_at);
   const core::Bytes identity = record.certificates.empty() ? core::Bytes{} : record.certificates.front();
+  const core::Bytes entry = core::encode_record_leaf(record.chip_id, record.imei, hash);
   // One statement, no BEGIN/COMMIT around it: a single INSERT is atomic by itself, and the unique
   // constraints on chip_id and imei make the first writer win. It goes through the group commit, so
   // inserts arriving together share a transaction: when one of them fails, the batch rolls back and
@@ -126,15 +149,24 @@ PublishResult Store::publish(const core::Record& record, const std::string& hash
   // Safe to re-run after a lost connection: if the first attempt committed but its answer was lost,
   // the retry finds the identical row and reports Identical (200), never a duplicate. The retries
   // (core::pq::retry_transient, as run_transaction's) need no reconnect: the pool reopens a lost session.
+  // The log index is drawn in the same statement, and only when the record row was inserted: the
+  // counter row's lock is held to the commit, which is what keeps indexes dense and in commit
+  // order (0003_log.sql). Two batches that each wait for the other (one on the counter, the other
+  // on a chip ID the first inserted) are a deadlock PostgreSQL breaks; the batch is then re-run.
   PublishResult result;
   core::pq::retry_transient(core::pq::RetryPolicy{}, [&] {
     const auto ins = m_group.exec(
-        "INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq",
-        {chip, imei, hash, record.backup, identity, json, published_at});
+        "WITH ins AS (INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq), "
+        "idx AS (UPDATE log_sequence SET next_index = next_index + 1 WHERE EXISTS (SELECT 1 FROM ins) "
+        "RETURNING next_index - 1 AS leaf_index) "
+        "INSERT INTO log_entries (leaf_index, record_seq, entry) SELECT idx.leaf_index, ins.seq, $8 FROM ins, idx "
+        "RETURNING leaf_index",
+        {chip, imei, hash, record.backup, identity, json, published_at, entry});
     if (ins.rows() == 1) {
       result = PublishResult{};
       result.outcome = PublishOutcome::Created;
+      result.leaf_index = ins.int64(0, 0);
       return;
     }
     auto lease = m_pool.acquire();
@@ -149,21 +181,11 @@ std::size_t Store::preload(std::size_t max) {
   std::size_t loaded = 0;
   core::pq::Transaction tx(*lease, core::pq::Isolation::RepeatableRead);
   tx.exec(
-      "DECLARE preload NO SCROLL CURSOR FOR SELECT chip_id, imei, record_hash, body_json, backup, identity_der "
-      "FROM records ORDER BY seq DESC");
+      std::string("DECLARE preload NO SCROLL CURSOR FOR ") + kRecordColumns + "ORDER BY r.seq DESC");
   while (loaded < max) {
     const auto r = tx.exec("FETCH 5000 FROM preload");
     if (r.empty()) break;
-    for (int i = 0; i < r.rows() && loaded < max; ++i, ++loaded) {
-      auto rec = std::make_shared<StoredRecord>();
-      rec->chip_id = r.text(i, 0);
-      rec->imei = r.text(i, 1);
-      rec->record_hash = r.text(i, 2);
-      rec->json = r.text(i, 3);
-      rec->backup = r.bytea(i, 4);
-      rec->identity_der = r.bytea(i, 5);
-      cache_put(rec);
-    }
+    for (int i = 0; i < r.rows() && loaded < max; ++i, ++loaded) cache_put(stored_record(r, i));
   }
   tx.commit();
   return loaded;

@@ -252,7 +252,9 @@ struct Server {
     std::vector<std::string> args = {test::binary_dir() + "/bin/keyline-backupdb", "serve", "--db", role_nopw,
                                      "--db-password-file", d + "/role.pass",
                                      "--listen", "127.0.0.1:" + std::to_string(port), "--trust", d + "/root.pem",
-                                     "--ops-listen", "127.0.0.1:" + std::to_string(ops_port), "--log", log};
+                                     "--ops-listen", "127.0.0.1:" + std::to_string(ops_port), "--log", log,
+                                     // The log has its own tests (tlog_test.cpp, with the key on the token).
+                                     "--no-log"};
     if (plain) {
       args.push_back("--plain-http");
     } else {

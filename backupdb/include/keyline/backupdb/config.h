@@ -18,7 +18,25 @@ namespace keyline::backupdb {
 namespace errc {
 constexpr auto PublishConflict = static_cast<core::ErrorCode>(3001);  // different content for a chip/IMEI
 constexpr auto Tls = static_cast<core::ErrorCode>(3020);              // TLS material unusable
+constexpr auto LogCorrupt = static_cast<core::ErrorCode>(3030);  // stored tiles disagree with the last checkpoint
 }  // namespace errc
+
+// The transparency log (docs/transparency.md, "The public DB's log"): the log key on a PKCS#11
+// token, the origin it signs checkpoints for, and the integrator's batching.
+struct LogSettings {
+  std::string token_module;    // PKCS#11 module of the public DB's token
+  std::string token_label;
+  std::string token_pin_file;  // the user PIN, read from this file (else KEYLINE_BACKUPDB_LOG_TOKEN_PIN)
+  std::string key_label = "keyline-log";
+  // The checkpoint origin and key name: no spaces or '+' (C2SP signed-note key names), no host name
+  // (mirrors serve the same log under other names).
+  std::string origin = "keyline-public-db";
+  bool disabled = false;       // serve --no-log: no integrator and no log routes (records are still sequenced)
+  std::size_t batch_entries = 256;   // a checkpoint once this many entries wait ...
+  int batch_ms = 250;                // ... or this long after the first one arrived
+  std::size_t max_batch = 16384;     // entries per checkpoint while catching up
+  bool configured() const { return !token_module.empty() || !token_label.empty(); }
+};
 
 // The connection settings (threads, caps, deadlines) are core::http::ListenerSettings: connections
 // cost a descriptor, not a thread, so threads only bound the requests handled at once.
@@ -45,6 +63,7 @@ struct Config : core::http::ListenerSettings {
   std::size_t cache_entries = 200000;   // immutable records, so the LRU is always correct
   bool preload = false;             // fill the cache from the database before listening
   std::string log = "stderr";       // access/error log: a path, "stderr" or "off"
+  LogSettings tlog;                 // the transparency log
 };
 
 }  // namespace keyline::backupdb

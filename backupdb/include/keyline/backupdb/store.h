@@ -23,7 +23,7 @@ struct StoredRecord {
   std::string chip_id;
   std::string imei;
   std::string record_hash;
-  std::string json;  // the GET body, made once at publish time
+  std::string json;  // the GET body: made once at publish time, with "leaf_index" added when read
   core::Bytes backup;
   core::Bytes identity_der;
 };
@@ -34,6 +34,9 @@ struct PublishResult {
   PublishOutcome outcome = PublishOutcome::Created;
   std::string existing_hash;  // on Conflict: the hash of the record already published
   std::string conflict_on;    // on Conflict: "chip_id" or "imei"
+  // The log index of the record now published (Created, Identical) or of the one in the way
+  // (Conflict); -1 when there is none (a conflict whose row could not be read).
+  std::int64_t leaf_index = -1;
 };
 
 
@@ -45,7 +48,8 @@ class Store {
   RecordPtr by_imei(const std::string& imei);
   // Inserts unless a record with the same chip ID or IMEI exists (one atomic INSERT); the first
   // writer wins, later ones learn whether their content was identical. `hash` is record.hash(),
-  // which the caller has already computed.
+  // which the caller has already computed. The same statement gives the record its transparency
+  // log index (backupdb/migrations/0003_log.sql: dense, in commit order).
   PublishResult publish(const core::Record& record, const std::string& hash);
   bool healthy();  // SELECT 1 round trip
   // Fills the cache with up to `max` records, newest first, streamed through a cursor. Returns the
