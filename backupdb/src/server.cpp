@@ -22,8 +22,6 @@ void check_settings(const Config& c) {
   c.check();
   if (c.db_pool < 1 || c.rate_clients < 1)
     throw core::ConfigError(core::ErrorCode::Config, "--db-pool and --rate-clients must be positive");
-  if (c.tlog.disabled && c.tlog.configured())
-    throw core::ConfigError(core::ErrorCode::Config, "--no-log and --log-token-* options together: choose one");
   if (!c.tlog.disabled && !c.tlog.configured())
     throw core::ConfigError(core::ErrorCode::Config,
                             "serve keeps the transparency log: give --log-token-module, --log-token-label and "

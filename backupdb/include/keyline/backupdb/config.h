@@ -31,7 +31,8 @@ struct LogSettings {
   // The checkpoint origin and key name: no spaces or '+' (C2SP signed-note key names), no host name
   // (mirrors serve the same log under other names).
   std::string origin = "keyline-public-db";
-  bool disabled = false;       // serve --no-log: no integrator and no log routes (records are still sequenced)
+  bool disabled = false;       // serve --no-log (wins over the token settings): no integrator, no log routes;
+                               // records are still sequenced, so a later serve with the log integrates them
   std::size_t batch_entries = 256;   // a checkpoint once this many entries wait ...
   int batch_ms = 250;                // ... or this long after the first one arrived
   std::size_t max_batch = 16384;     // entries per checkpoint while catching up
