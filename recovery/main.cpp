@@ -6,6 +6,7 @@
 
 #include "keyline/core/error.h"
 #include "keyline/recovery/errors.h"
+#include "keyline/recovery/log_monitor.h"
 #include "keyline/recovery/log_verify.h"
 #include "keyline/recovery/recovery.h"
 
@@ -25,6 +26,8 @@ struct Cli {
   CLI::App* fetch = nullptr;
   CLI::App* log = nullptr;
   CLI::App* inclusion = nullptr;
+  CLI::App* monitor = nullptr;
+  MonitorOptions mo;
 };
 
 void add_db_flags(CLI::App* sub, DbOptions& db, int& backoff_ms, bool required) {
@@ -38,8 +41,8 @@ void add_db_flags(CLI::App* sub, DbOptions& db, int& backoff_ms, bool required) 
       ->capture_default_str();
 }
 
-// The transparency-log check of a record fetched from --db (docs/recovery.md section 7).
-void add_log_flags(CLI::App* sub, LogOptions& log) {
+// The pinned log key and the state file (docs/recovery.md section 7).
+void add_log_key_flags(CLI::App* sub, LogOptions& log) {
   auto* key = sub->add_option("--log-key", log.log_key,
                               "the public DB log's verifier key (C2SP vkey: NAME+KEYID+BASE64, from `keyline-backupdb log key`)")
                   ->envname("KEYLINE_LOG_KEY");
@@ -50,9 +53,15 @@ void add_log_flags(CLI::App* sub, LogOptions& log) {
                   "the last checkpoint seen per log, for the consistency check (default "
                   "$XDG_STATE_HOME/keyline/log-state or ~/.local/state/keyline/log-state)")
       ->envname("KEYLINE_LOG_STATE");
-  auto* skip = sub->add_flag("--no-log-check", log.skip,
-                             "do NOT check that the record is in the transparency log (loud warning; for a DB without a log)");
-  skip->excludes(key)->excludes(file);
+}
+
+// The transparency-log check of a record fetched from --db.
+void add_log_flags(CLI::App* sub, LogOptions& log) {
+  add_log_key_flags(sub, log);
+  // Not exclusive with the key: a key pinned in the environment or a config file stays there.
+  sub->add_flag("--no-log-check", log.skip,
+                "do NOT check that the record is in the transparency log (loud warning; for a DB without a log); "
+                "wins over --log-key");
 }
 
 void add_restore(CLI::App& app, Cli& c) {
@@ -87,9 +96,9 @@ void add_fetch(CLI::App& app, Cli& c) {
   c.fetch = fetch;
 }
 
-// Offline: nothing here opens a socket or a device (docs/recovery.md section 6).
+// verify-*: offline, nothing opens a socket or a device (docs/recovery.md section 6); monitor: section 8.
 void add_log(CLI::App& app, Cli& c) {
-  auto* log = app.add_subcommand("log", "check transparency-log proofs offline, from files (issue #18)");
+  auto* log = app.add_subcommand("log", "check transparency-log proofs offline, from files, or monitor a log (issue #18)");
   log->require_subcommand(1);
   log->footer(
       "A proof file is one JSON object in the transparency-dev test-data form (tests/vectors/merkle/README.md):\n"
@@ -98,16 +107,30 @@ void add_log(CLI::App& app, Cli& c) {
       "B64 is standard base64 with padding; leafHash is SHA-256(0x00 || leaf); leafIdx is 0-based; proof may be\n"
       "null or []. \"desc\" and \"wantErr\" may be present and are printed, never trusted. Any other field, a\n"
       "repeated key, a negative or fractional number or one above 2^64-1 makes the file malformed.\n"
-      "Exit codes: 0 the proof verifies, 3 it does not or the file is malformed, 2 usage or unreadable file.");
+      "Exit codes: 0 the proof verifies, 3 it does not or the file is malformed, 2 usage or unreadable file.\n"
+      "monitor: 0 the log verified, 3 it does not (5009) or a chip ID or IMEI is logged twice, 5 it forked (5010),\n"
+      "4 the public DB cannot be reached.");
   auto* incl = log->add_subcommand("verify-inclusion", "does leafHash sit at leafIdx in the tree of treeSize leaves with that root? (RFC 9162 2.1.3.2)");
   incl->add_option("--proof", c.proof_file, "inclusion proof file (JSON, see `log --help`)")->required();
   auto* cons = log->add_subcommand("verify-consistency", "is the tree of size1 with root1 a prefix of the tree of size2 with root2? (RFC 9162 2.1.4.2)");
   cons->add_option("--proof", c.proof_file, "consistency proof file (JSON, see `log --help`)")->required();
+  auto* mon = log->add_subcommand("monitor", "follow a public DB's log: checkpoint under --log-key, consistent with "
+                                             "--log-state, every tile and entry recomputed, chip IDs and IMEIs logged twice (online)");
+  add_db_flags(mon, c.mo.db, c.backoff_ms, true);
+  add_log_key_flags(mon, c.mo.log);
+  mon->add_flag("!--no-entries", c.mo.entries, "check the hash tiles only, not the entry bundles (no duplicate scan)");
   c.log = log;
   c.inclusion = incl;
+  c.monitor = mon;
 }
 
 int run(Cli& c) {
+  if (*c.monitor) {
+    c.mo.db.backoff = std::chrono::milliseconds(c.backoff_ms);
+    const auto r = monitor_log(c.mo, &std::cerr);
+    std::cout << format_monitor_report(r);
+    return r.duplicates.empty() ? exit_code::ok : exit_code::verification_failed;
+  }
   if (*c.log) {
     namespace lv = keyline::recovery::log_verify;
     const auto r = *c.inclusion ? lv::check_inclusion_file(c.proof_file) : lv::check_consistency_file(c.proof_file);

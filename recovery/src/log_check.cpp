@@ -86,37 +86,6 @@ Poco::JSON::Object::Ptr parse_object(const std::string& json) {
   }
 }
 
-// One GET of the log API; the DB's reachability errors are those of fetch_record_json.
-core::http::Response log_get(core::http::Client& client, const DbOptions& db, const std::string& path) {
-  try {
-    auto r = client.get(path);
-    if (r.status >= 500 || r.status == 429)
-      throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " answered HTTP " + std::to_string(r.status) +
-                                                   " for " + path + "; try again later");
-    return r;
-  } catch (const core::ConfigError&) {
-    throw;
-  } catch (const core::IoError&) {
-    throw;
-  } catch (const core::Error& e) {
-    if (e.code() == core::ErrorCode::Http) not_verified("the public DB sent no usable answer for " + path + ": " + e.what());
-    throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " cannot be reached for " + path + ": " + e.what());
-  }
-}
-
-// Step 1: the latest checkpoint, opened with the pinned key (its name is the origin).
-tlog::Checkpoint fetch_checkpoint(core::http::Client& client, const DbOptions& db, const core::note::Ed25519Verifier& key) {
-  const auto r = log_get(client, db, "/v1/log/checkpoint");
-  if (r.status != 200)
-    not_verified("the public DB serves no log checkpoint (HTTP " + std::to_string(r.status) +
-                 "): it keeps no transparency log, or this is not the DB the log key belongs to");
-  try {
-    return tlog::open_checkpoint(r.body, key, key.name()).checkpoint;
-  } catch (const core::Error& e) {
-    not_verified("the log's checkpoint is not signed by the pinned log key " + key.text() + ": " + e.what());
-  }
-}
-
 // Step 2: the inclusion proof at exactly that checkpoint's size, checked for the leaf computed here.
 std::uint64_t check_inclusion(core::http::Client& client, const DbOptions& db, const tlog::Checkpoint& cp,
                               const core::Record& record) {
@@ -145,8 +114,41 @@ std::uint64_t check_inclusion(core::http::Client& client, const DbOptions& db, c
   return a.leaf_index;
 }
 
+}  // namespace
+
+// One GET of the log API; the DB's reachability errors are those of fetch_record_json.
+core::http::Response log_get(core::http::Client& client, const DbOptions& db, const std::string& path) {
+  try {
+    auto r = client.get(path);
+    if (r.status >= 500 || r.status == 429)
+      throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " answered HTTP " + std::to_string(r.status) +
+                                                   " for " + path + "; try again later");
+    return r;
+  } catch (const core::ConfigError&) {
+    throw;
+  } catch (const core::IoError&) {
+    throw;
+  } catch (const core::Error& e) {
+    if (e.code() == core::ErrorCode::Http) not_verified("the public DB sent no usable answer for " + path + ": " + e.what());
+    throw core::IoError(errc::DbUnavailable, "the public DB at " + db.url + " cannot be reached for " + path + ": " + e.what());
+  }
+}
+
+// Step 1: the latest checkpoint, opened with the pinned key (its name is the origin).
+tlog::Checkpoint fetch_log_checkpoint(core::http::Client& client, const DbOptions& db, const core::note::Ed25519Verifier& key) {
+  const auto r = log_get(client, db, "/v1/log/checkpoint");
+  if (r.status != 200)
+    not_verified("the public DB serves no log checkpoint (HTTP " + std::to_string(r.status) +
+                 "): it keeps no transparency log, or this is not the DB the log key belongs to");
+  try {
+    return tlog::open_checkpoint(r.body, key, key.name()).checkpoint;
+  } catch (const core::Error& e) {
+    not_verified("the log's checkpoint is not signed by the pinned log key " + key.text() + ": " + e.what());
+  }
+}
+
 // Step 3: the consistency proof from the last head seen, when the tree grew.
-void check_against_seen(core::http::Client& client, const DbOptions& db, const std::string& origin, const LogHead& seen,
+void check_log_extends(core::http::Client& client, const DbOptions& db, const std::string& origin, const LogHead& seen,
                         const LogHead& next) {
   std::vector<core::Bytes> proof;
   if (seen.size < next.size) {
@@ -165,7 +167,6 @@ void check_against_seen(core::http::Client& client, const DbOptions& db, const s
   check_consistent(origin, seen, next, proof);
 }
 
-}  // namespace
 
 std::string default_state_path() {
   const char* xdg = std::getenv("XDG_STATE_HOME");
@@ -301,7 +302,7 @@ void check_record_in_log(const DbOptions& db, const LogOptions& options, const c
   LogState state = read_log_state(state_path);
   const auto client = make_db_client(db);
 
-  const tlog::Checkpoint cp = fetch_checkpoint(*client, db, key);
+  const tlog::Checkpoint cp = fetch_log_checkpoint(*client, db, key);
   const std::uint64_t index = check_inclusion(*client, db, cp, record);
   say(progress, "the record is leaf " + std::to_string(index) + " of the log " + cp.origin + " (checkpoint " +
                     head_text({cp.size, cp.root}) + ", signed by the pinned log key)");
@@ -310,7 +311,7 @@ void check_record_in_log(const DbOptions& db, const LogOptions& options, const c
   if (seen == state.end()) {
     say(progress, "first checkpoint seen of this log: kept in " + state_path + " for the next consistency check");
   } else {
-    check_against_seen(*client, db, cp.origin, seen->second, next);
+    check_log_extends(*client, db, cp.origin, seen->second, next);
     say(progress, "the checkpoint extends the one seen before (" + head_text(seen->second) + ")");
   }
   state[cp.origin] = next;

@@ -278,9 +278,6 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
       throw core::Error(errc::VerificationFailed, std::string("the public DB served a record that does not parse: ") + e.what());
     }
     say(progress, "fetched the record of chip " + chip.str() + " from " + options.db.url);
-    check_record_in_log(options.db, options.log, *record, progress);
-  } else {
-    say(progress, "offline bundle: its log inclusion was checked when `fetch` wrote it, not now");
   }
 
   // Invariant 6 (docs/design.md section 9): every check comes before the first UPDATE BINARY.
@@ -328,6 +325,13 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   result.image_size = image.size();
   result.source = offline ? options.bundle : options.db.url;
   if (st.flash == applet::FlashState::Boots) say(progress, "note: the device's current flash image boots; it will be replaced by the record's");
+
+  // Last of the checks, so that a record the device or the trust anchor refuses is named for that;
+  // still before the first write (docs/recovery.md section 7).
+  if (offline)
+    say(progress, "offline bundle: its log inclusion was checked when `fetch` wrote it, not now");
+  else
+    check_record_in_log(options.db, options.log, *record, progress);
 
   if (options.dry_run) {
     say(progress, "dry run: verified, nothing written (" + std::to_string(image.size()) + "-byte image)");

@@ -19,8 +19,10 @@
 #include "keyline/core/http_server.h"
 #include "keyline/core/merkle.h"
 #include "keyline/core/record_leaf.h"
+#include "keyline/core/tlog_tiles.h"
 #include "keyline/recovery/errors.h"
 #include "keyline/recovery/log_check.h"
+#include "keyline/recovery/log_monitor.h"
 #include "keyline/recovery/recovery.h"
 
 using namespace keyline;
@@ -30,12 +32,25 @@ namespace {
 
 const std::string kOrigin = "keyline.test/log";
 
-core::Record record_of(int n) {
+// A Luhn-valid IMEI per n (ISO/IEC 7812-1 Annex B check digit over the first 14 digits).
+core::Imei imei_of(int n) {
+  char body[15];
+  std::snprintf(body, sizeof body, "357805%08d", n);
+  int sum = 0;
+  for (int i = 13; i >= 0; --i) {
+    int d = body[i] - '0';
+    if ((13 - i) % 2 == 0) d = d * 2 > 9 ? d * 2 - 9 : d * 2;
+    sum += d;
+  }
+  return core::Imei::parse(std::string(body) + static_cast<char>('0' + (10 - sum % 10) % 10));
+}
+
+core::Record record_of(int n, bool shared_imei = false) {
   core::Record r;
   char chip[21];
   std::snprintf(chip, sizeof chip, "4B4C0001%012X", n);
   r.chip_id = core::ChipId::parse(chip);
-  r.imei = core::Imei::parse("357805023984942");
+  r.imei = shared_imei ? core::Imei::parse("357805023984942") : imei_of(n);
   r.backup = core::Bytes(40, static_cast<std::uint8_t>(n));
   r.certificates = {core::Bytes(20, 0x30)};
   return r;
@@ -58,6 +73,8 @@ struct TestLog {
   std::mutex m;
   merkle::MemoryTree tree;
   std::map<std::string, std::uint64_t> index;  // chip ID -> leaf
+  std::vector<core::Bytes> entries;            // what the tiles' entry bundles hold
+  bool tamper_tile = false;                    // one bit of the first level-0 tile flipped
   core::note::Ed25519Signer key = core::note::Ed25519Signer::generate(kOrigin);
   core::note::Ed25519Signer other = core::note::Ed25519Signer::generate(kOrigin);
   bool sign_with_other = false;
@@ -69,7 +86,8 @@ struct TestLog {
 
   void add(const core::Record& r) {
     index[r.chip_id.str()] = tree.size();
-    tree.append(leaf_of(r));
+    entries.push_back(core::encode_record_leaf(r.chip_id, r.imei, r.hash()));
+    tree.append(merkle::leaf_hash(entries.back()));
   }
   const merkle::MemoryTree& shown() const { return serve_tree ? *serve_tree : tree; }
 
@@ -100,6 +118,18 @@ struct TestLog {
     return {200, "application/json", body, {}, {}, false, false};
   }
 
+  core::http::Reply tile(const core::tlog::TileId& id) {
+    core::Bytes data;
+    if (id.entries) {
+      const auto first = entries.begin() + static_cast<std::ptrdiff_t>(id.index * 256);
+      data = core::tlog::encode_entry_bundle(std::vector<core::Bytes>(first, first + id.width));
+    } else {
+      data = core::tlog::tile_data(shown(), id);
+    }
+    if (tamper_tile && !id.entries && id.level == 0 && id.index == 0) data[40] ^= 1;
+    return {200, "application/octet-stream", std::string(data.begin(), data.end()), {}, {}, false, false};
+  }
+
   core::http::Reply handle(const core::http::Request& req) {
     std::lock_guard<std::mutex> l(m);
     const std::string& t = req.target;
@@ -111,6 +141,7 @@ struct TestLog {
       const std::uint64_t size = query.rfind("tree_size=", 0) == 0 ? std::stoull(query.substr(10)) : shown().size();
       return proof(chip, size);
     }
+    if (req.path.rfind("/v1/log/tile/", 0) == 0) return tile(core::tlog::parse_tile_path(req.path.substr(8)));
     if (req.path == "/v1/log/consistency") {
       const auto amp = query.find('&');
       return consistency(std::stoull(query.substr(5, amp - 5)), std::stoull(query.substr(amp + 4)));
@@ -323,4 +354,60 @@ TEST_CASE("log answers: wrong types, negative or missing fields, non-base64 hash
   }
   CHECK_THROWS_AS(recovery::parse_consistency_answer("{\"size1\":1,\"size2\":3,\"proof\":[]}", 2, 3), core::Error);
   CHECK(recovery::parse_consistency_answer("{\"size1\":2,\"size2\":3,\"proof\":[\"AA==\"]}", 2, 3).size() == 1);
+}
+
+TEST_CASE("log monitor: every tile and entry recomputed, then growth followed; a tampered tile and a fork are refused") {
+  Served s;
+  for (int i = 0; i < 600; ++i) s.log.add(record_of(i));  // two full level-0 tiles and a partial one
+  recovery::MonitorOptions mo{s.db, s.opts, true};
+  auto r = recovery::monitor_log(mo, nullptr);
+  CHECK(r.head.size == 600);
+  CHECK(r.entries_read == 600);
+  CHECK(r.duplicates.empty());
+  CHECK(!r.seen);
+  CHECK(s.state() == "600 " + b64(s.log.tree.root()) + " " + kOrigin + "\n");
+
+  for (int i = 600; i < 700; ++i) s.log.add(record_of(i));
+  r = recovery::monitor_log(mo, nullptr);
+  REQUIRE(r.seen);
+  CHECK(r.seen->size == 600);
+  CHECK(s.log.consistency_requests == 1);
+
+  s.log.tamper_tile = true;
+  mo.entries = false;  // the hash tiles alone: level 1 no longer matches the tampered level 0
+  const std::string before = s.state();
+  CHECK_THROWS_WITH_AS(recovery::monitor_log(mo, nullptr), doctest::Contains("tiles"), core::Error);
+  mo.entries = true;  // from the entries: the tampered level-0 tile itself differs
+  CHECK_THROWS_WITH_AS(recovery::monitor_log(mo, nullptr), doctest::Contains("tile/0/000"), core::Error);
+  s.log.tamper_tile = false;
+
+  merkle::MemoryTree fork;
+  for (int i = 0; i < 700; ++i) fork.append(leaf_of(record_of(i == 650 ? 9999 : i)));
+  s.log.serve_tree = &fork;
+  try {
+    recovery::monitor_log(mo, nullptr);
+    FAIL("the monitor took a fork");
+  } catch (const core::Error& e) {
+    CHECK(e.code() == recovery::errc::LogFork);
+  }
+  CHECK(s.state() == before);
+}
+
+TEST_CASE("log monitor: a chip ID logged twice and an IMEI logged twice are reported") {
+  Served s;
+  for (int i = 0; i < 8; ++i) s.log.add(record_of(i));
+  s.log.add(record_of(100, true));
+  s.log.add(record_of(101, true));  // another chip with the same IMEI
+  core::Record again = record_of(3);
+  again.backup[0] ^= 0x55;  // a second, different record for chip 3
+  s.log.add(again);
+  const auto r = recovery::monitor_log(recovery::MonitorOptions{s.db, s.opts, true}, nullptr);
+  bool chip_twice = false;
+  for (const auto& d : r.duplicates) chip_twice = chip_twice || d.find("chip ID " + record_of(3).chip_id.str() + " is logged twice: leaves 3 and 10") != std::string::npos;
+  CHECK(chip_twice);
+  CHECK(r.duplicates.size() == 3);  // chip 3 (and its IMEI, the same record's) at leaf 10, the IMEI of leaves 8 and 9
+  bool imei_twice = false;
+  for (const auto& d : r.duplicates) imei_twice = imei_twice || d.find("IMEI 357805023984942 is logged twice: leaves 8 and 9") != std::string::npos;
+  CHECK(imei_twice);
+  CHECK(recovery::format_monitor_report(r).find("DUPLICATE chip ID") != std::string::npos);
 }

@@ -66,6 +66,17 @@ InclusionAnswer parse_inclusion_answer(const std::string& json);
 // The answer of GET /v1/log/consistency. Throws Error(LogNotVerified).
 std::vector<core::Bytes> parse_consistency_answer(const std::string& json, std::uint64_t size1, std::uint64_t size2);
 
+// The steps, public for the monitor (log_monitor.h):
+// One GET of the log API; reachability errors as fetch_record_json's (DbUnavailable), an answer past
+// the client's cap is LogNotVerified. HTTP statuses below 500 (but 429) are returned.
+core::http::Response log_get(core::http::Client& client, const DbOptions& db, const std::string& path);
+// GET /v1/log/checkpoint opened with the pinned key (its name is the origin). Throws LogNotVerified.
+core::tlog::Checkpoint fetch_log_checkpoint(core::http::Client& client, const DbOptions& db,
+                                            const core::note::Ed25519Verifier& key);
+// check_consistent, with the consistency proof fetched when the tree grew. Throws LogFork.
+void check_log_extends(core::http::Client& client, const DbOptions& db, const std::string& origin,
+                       const LogHead& seen, const LogHead& next);
+
 // The whole check against the public DB: checkpoint, inclusion of `record`, consistency with the
 // state file, then the state file written. Throws Error(LogNotVerified | LogNotIntegrated | LogFork
 // | LogStateBad) or the DB errors of fetch_record_json. With options.skip, prints the warning and
