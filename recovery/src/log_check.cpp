@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -112,6 +113,24 @@ std::uint64_t check_inclusion(core::http::Client& client, const DbOptions& db, c
                  head_text({cp.size, cp.root}) + "): " + e.what());
   }
   return a.leaf_index;
+}
+
+// Steps 1 and 2, again each second while the record waits for its first checkpoint.
+std::pair<tlog::Checkpoint, std::uint64_t> included_checkpoint(core::http::Client& client, const DbOptions& db,
+                                                               const core::note::Ed25519Verifier& key,
+                                                               const core::Record& record, std::chrono::milliseconds wait,
+                                                               std::ostream* progress) {
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  for (bool said = false;; said = true) {
+    const tlog::Checkpoint cp = fetch_log_checkpoint(client, db, key);
+    try {
+      return {cp, check_inclusion(client, db, cp, record)};
+    } catch (const core::Error& e) {
+      if (e.code() != errc::LogNotIntegrated || std::chrono::steady_clock::now() >= deadline) throw;
+      if (!said) say(progress, "the record is not yet in a log checkpoint; waiting for the next one");
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
 }
 
 }  // namespace
@@ -302,8 +321,7 @@ void check_record_in_log(const DbOptions& db, const LogOptions& options, const c
   LogState state = read_log_state(state_path);
   const auto client = make_db_client(db);
 
-  const tlog::Checkpoint cp = fetch_log_checkpoint(*client, db, key);
-  const std::uint64_t index = check_inclusion(*client, db, cp, record);
+  const auto [cp, index] = included_checkpoint(*client, db, key, record, options.integration_wait, progress);
   say(progress, "the record is leaf " + std::to_string(index) + " of the log " + cp.origin + " (checkpoint " +
                     head_text({cp.size, cp.root}) + ", signed by the pinned log key)");
   const LogHead next{cp.size, cp.root};

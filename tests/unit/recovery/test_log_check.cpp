@@ -13,6 +13,7 @@
 #include <mutex>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "keyline/core/checkpoint.h"
 #include "keyline/core/http.h"
@@ -279,15 +280,27 @@ TEST_CASE("log check: a forked tree after a good checkpoint is refused (exit 5) 
   CHECK(s.state() == "40 " + b64(s.log.tree.root()) + " " + kOrigin + "\n");
 }
 
-TEST_CASE("log check: not yet integrated is exit 4; --no-log-check checks nothing and writes no state") {
+TEST_CASE("log check: a record not yet integrated is waited for, then exit 4; --no-log-check checks nothing") {
   Served s;
   s.log.add(record_of(0));
   s.log.not_integrated = true;
+  s.opts.integration_wait = std::chrono::milliseconds(1500);
+  std::thread integrate([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    std::lock_guard<std::mutex> l(s.log.m);
+    s.log.not_integrated = false;
+  });
+  s.check(record_of(0));  // waited for the checkpoint that holds it
+  integrate.join();
+  CHECK(s.state().find("1 ") == 0);
+  s.log.not_integrated = true;
+  s.opts.integration_wait = std::chrono::milliseconds(0);
   CHECK(s.refusal(record_of(0)) == recovery::errc::LogNotIntegrated);
   CHECK(recovery::exit_code_for(core::Error(recovery::errc::LogNotIntegrated, "x")) == 4);
   s.opts.skip = true;
+  const std::string before = s.state();
   s.check(record_of(0));
-  CHECK(s.state().empty());
+  CHECK(s.state() == before);
 }
 
 TEST_CASE("log key: exactly one of --log-key / --log-key-file, a vkey text, a file with a newline") {

@@ -5,6 +5,7 @@
 // the record, never taken from the server.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <ostream>
@@ -26,6 +27,9 @@ struct LogOptions {
   std::string log_key_file;  // a file holding it (one line)
   std::string state_file;    // empty: default_state_path()
   bool skip = false;         // --no-log-check: nothing is checked (a loud warning is printed)
+  // A record published moments ago is in a checkpoint within seconds (docs/transparency.md): wait
+  // this long for it, asking again every second, before LogNotIntegrated.
+  std::chrono::milliseconds integration_wait{10000};
 };
 
 // What the tool last saw of a log (one origin): its size and root.
