@@ -264,7 +264,9 @@ TEST_CASE("certificate store: the four GET DATA BF21 cases") {
       {"x509_chain", {"cert.x509_first", "cert.x509_last"}},
   };
   CHECK(encoded(scp11::get_certificate_store_command({0x11, 0x03})) == t["get_data.capdu"]);
-  for (const auto& [name, expected] : cases) {
+  for (const auto& entry : cases) {
+    const std::string& name = entry.first;  // not a structured binding: INFO captures it (clang, C++17)
+    const std::vector<std::string>& expected = entry.second;
     INFO(name);
     std::vector<Bytes> parts;
     for (int i = 0; t.has("case." + name + ".rapdu." + std::to_string(i)); ++i)
