@@ -1017,12 +1017,16 @@ Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_priva
   CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
   std::vector<CK_ATTRIBUTE> tmpl = {
       {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_TOKEN, &yes, sizeof yes},
-      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},  {CKA_SENSITIVE, &yes, sizeof yes},
+      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_SENSITIVE, &yes, sizeof yes},
       {CKA_EXTRACTABLE, &yes, sizeof yes}, {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
       {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
   };
   add_sign_only(tmpl, &yes, &no);
+  // Last: SoftHSM 2.6.1 applies an unwrap template in order, so CKA_MODIFIABLE false earlier makes every
+  // later attribute CKR_ATTRIBUTE_READ_ONLY, and the failed call leaves a half-made, unlabelled key behind
+  // (measured; docs/decisions.md "The master mirrored under dual control").
+  tmpl.push_back({CKA_MODIFIABLE, &no, sizeof no});
   CK_RSA_PKCS_OAEP_PARAMS params{};
   CK_MECHANISM mech = oaep_sha1(params);
   CK_OBJECT_HANDLE h = 0;
