@@ -1,5 +1,5 @@
 // The public DB's transparency log end to end (docs/transparency.md, "The public DB's log"): the real
-// server program on the fixture PostgreSQL cluster with its log key on the fixture SoftHSM token,
+// server program on the fixture PostgreSQL cluster with its log key on a SoftHSM token of its own,
 // real TLS, and the verifiers a recovery or a monitor runs (core merkle, checkpoint, tlog_tiles).
 #include <doctest/doctest.h>
 
@@ -105,8 +105,16 @@ struct Pki {
     write_file(dir + "/station.pem", to_pem(issue_station_certificate(svc, *svc_key, *st_key, "station-1", rng)));
     write_file(dir + "/station.key", Botan::PKCS8::PEM_encode(*st_key));
     write_file(dir + "/role.pass", std::string(kRolePassword) + "\n");
-    write_file(dir + "/user.pin", test::hsm_env().user_pin + "\n");
+    // A token of its own (not the hsm fixture's): the OpenSSL PKCS#11 engine other tests use for TLS
+    // keys cannot list a token's keys once it holds an Ed25519 key. The servers and the CLI inherit
+    // SOFTHSM2_CONF.
+    int rc = -1;
+    const auto out = sh(test::source_dir() + "/scripts/hsm.sh init " + dir + "/hsm keyline-log-test 2>&1", &rc);
+    REQUIRE_MESSAGE(rc == 0, out);
+    setenv("SOFTHSM2_CONF", (dir + "/hsm/softhsm2.conf").c_str(), 1);
+    module = test::read_file(dir + "/hsm/module");
   }
+  std::string module;
   ~Pki() {
     std::error_code ec;
     std::filesystem::remove_all(dir, ec);
@@ -139,16 +147,15 @@ Pki& pki() {
 
 std::string bin() { return test::binary_dir() + "/bin/keyline-backupdb"; }
 
-// A fresh log key on the fixture token for each test (labels are unique per process and call).
+// A fresh log key on the test's token for each test (labels are unique per process and call).
 std::string new_key_label() {
   static std::atomic<int> n{0};
   return "tlog-test-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
 }
 
 std::vector<std::string> log_args(const std::string& key_label) {
-  const auto hsm = test::hsm_env();
-  return {"--log-token-module", hsm.module, "--log-token-label", hsm.label, "--log-token-pin-file",
-          pki().dir + "/user.pin", "--log-key-label", key_label, "--log-origin", kOrigin};
+  return {"--log-token-module", pki().module, "--log-token-label", "keyline-log-test", "--log-token-pin-file",
+          pki().dir + "/hsm/user.pin", "--log-key-label", key_label, "--log-origin", kOrigin};
 }
 
 std::string joined(const std::vector<std::string>& args) {
