@@ -362,7 +362,13 @@ ResponseApdu SecureChannel::transmit(const CommandApdu& command, std::size_t max
   try {
     ResponseApdu r;
     for (const auto& piece : chain_command(command, kMaxPlainPiece)) {
-      r = m_session.unwrap_response(m_inner.transmit(m_session.wrap_command(piece), wrapped_max));
+      CommandApdu wrapped = m_session.wrap_command(piece);
+      // Every answer under R-MAC carries data, its R-MAC at least, and the inner channel holds an
+      // answer to the command's Ne (ISO 7816-4 section 5.1: none without Le): so each secured command
+      // asks for up to 256 bytes, the most a short APDU can, and the rest comes in 61XX pieces. Le is
+      // outside the C-MAC (Amendment D section 6.2.4), so this changes no MAC.
+      wrapped.le = 256;
+      r = m_session.unwrap_response(m_inner.transmit(wrapped, wrapped_max));
       if (piece.chained() && r.sw != sw::ok) return r;
     }
     if (r.data.size() > max_response) bad_apdu("answer to " + command_header(command) + " longer than asked for");
