@@ -73,12 +73,22 @@ line_up() {
   # Connection strings with a password go through the environment, never argv (docs/operations.md).
   KEYLINE_BACKUPDB_ROLE_PASSWORD_FILE="$LINE_DIR/backupdb.pass" \
     KEYLINE_BACKUPDB_DB="${ci/dbname=postgres/dbname=keyline_backupdb}" "$LINE_BIN/keyline-backupdb" migrate >&2
+  # The public DB's transparency log key (docs/transparency.md, "The public DB's log") on a token of
+  # its own: the OpenSSL PKCS#11 engine the station's TLS key goes through cannot list the keys of a
+  # token that also holds an Ed25519 key. serve and `keyline-backupdb log key` take it from these.
+  "$top/scripts/hsm.sh" init "$LINE_DIR/hsm-log" keyline-log >&2
+  export KEYLINE_BACKUPDB_LOG_TOKEN_MODULE KEYLINE_BACKUPDB_LOG_TOKEN_LABEL=keyline-log
+  KEYLINE_BACKUPDB_LOG_TOKEN_MODULE=$(cat "$LINE_DIR/hsm-log/module")
+  export KEYLINE_BACKUPDB_LOG_TOKEN_PIN_FILE="$LINE_DIR/hsm-log/user.pin"
+  export LINE_LOG_SOFTHSM2_CONF="$LINE_DIR/hsm-log/softhsm2.conf"
+  [ -s "$LINE_DIR/log.vkey" ] || SOFTHSM2_CONF=$LINE_LOG_SOFTHSM2_CONF "$LINE_BIN/keyline-backupdb" log init >"$LINE_DIR/log.vkey"
+  export LINE_LOG_KEY_FILE="$LINE_DIR/log.vkey"
   local bport attempt
   for attempt in 1 2 3; do
     # A free port can be taken between the probe and the bind: then try another one.
     bport=$(line_free_port)
     KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$port dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
-      "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" --ops-listen 127.0.0.1:0 \
+      SOFTHSM2_CONF=$LINE_LOG_SOFTHSM2_CONF "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" --ops-listen 127.0.0.1:0 \
       --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
       --station-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
       --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
@@ -174,7 +184,7 @@ line_backupdb_start() {
   local port=${LINE_BACKUPDB_URL##*:} pgport
   pgport=$(cat "$LINE_DIR/pg/port")
   KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$pgport dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
-    "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$port" --ops-listen 127.0.0.1:0 \
+    SOFTHSM2_CONF=$LINE_LOG_SOFTHSM2_CONF "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$port" --ops-listen 127.0.0.1:0 \
     --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
     --station-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
     --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &

@@ -60,7 +60,7 @@ start_server() {
 
 start_backupdb() {
   "$LINE_BIN/keyline-backupdb" migrate --db "$OWNER" >/dev/null
-  start_server BDB "$work/backupdb.out" "$LINE_BIN/keyline-backupdb" serve --db "$OWNER" \
+  start_server BDB "$work/backupdb.out" "$LINE_BIN/keyline-backupdb" serve --no-log --db "$OWNER" \
     --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --tls-cert "$work/server.pem" --tls-key "$work/server.key" \
     --station-ca "$work/service_ca.pem" --trust "$work/root.pem" --log "$work/backupdb.log"
   local code
