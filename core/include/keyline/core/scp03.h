@@ -73,7 +73,8 @@ class SecureMessaging {
   SecureMessaging(SessionKeys keys, Bytes chain, std::size_t mac_len, std::uint8_t level = kFullLevel);
 
   // --- host side ---
-  // C-MAC only, no encryption and no counter step: SCP03's EXTERNAL AUTHENTICATE.
+  // C-MAC only, no encryption and no counter step: SCP03's EXTERNAL AUTHENTICATE. Its answer has
+  // no R-MAC and is not passed to unwrap_response.
   CommandApdu mac_command(const CommandApdu& plain);
   // CLA | 04, data encrypted (AES-CBC, ICV = AES(S-ENC, counter), ISO 9797-1 method 2 padding) when
   // C-DEC is on and data is present, then C-MAC over the header with the final Lc. The counter steps
@@ -91,7 +92,8 @@ class SecureMessaging {
   CommandApdu unwrap_command(const CommandApdu& wrapped);
   // The inverse of unwrap_response for the command unwrap_command last accepted.
   ResponseApdu wrap_response(const ResponseApdu& plain);
-  // Checks EXTERNAL AUTHENTICATE's C-MAC (mac_command's inverse).
+  // Checks EXTERNAL AUTHENTICATE's C-MAC (mac_command's inverse). The card answers it plain
+  // (9000), not through wrap_response.
   CommandApdu unmac_command(const CommandApdu& wrapped);
 
   std::size_t mac_len() const noexcept { return m_mac_len; }

@@ -126,11 +126,12 @@ CardHandshake card_handshake(const MutualAuthRequest& request, const Bytes& comm
 
 // A DeviceChannel that sends everything through an open session: every command wrapped (C-MAC,
 // C-DEC), every answer unwrapped (R-MAC, R-ENC); long command data is chained in plain pieces of at
-// most 223 bytes (255 less padding and MAC) before wrapping, each piece its own secured command;
-// 61XX is below the secure messaging: the card wraps its whole answer once (one R-MAC, one R-ENC
-// over all of it) and the inner channel's transceive fetches it in 61XX pieces with plain GET
-// RESPONSE, as a transport does (docs/channel.md); the pieces are ciphertext and the R-MAC covers
-// their join. A SecureChannelError closes the inner link.
+// most 223 bytes (255 less padding and MAC) before wrapping, each piece its own secured command
+// with Le 00 (its answer carries at least an R-MAC). 61XX is below the secure messaging: the card
+// wraps its whole answer once (one R-MAC, one R-ENC over all of it) and the inner channel's
+// transceive fetches it in 61XX pieces with plain GET RESPONSE, as a transport does
+// (docs/channel.md); the pieces are ciphertext and the R-MAC covers their join. Any failure inside
+// an exchange closes the inner link and every later transmit throws SecureChannelError.
 // extended_length() is false: secured commands are short (Amendment D section 6.2.4).
 class SecureChannel final : public DeviceChannel {
  public:
