@@ -79,7 +79,8 @@ echo "device $addr0 no longer boots"
 
 step "4/6 keyline-recovery restores it from the public DB"
 "$LINE_BIN/keyline-recovery" restore --device "$addr0" --db "$LINE_BACKUPDB_URL" \
-  --ca "$demo/pki/tls-ca.pem" --trust "$demo/pki/root.pem" | tee "$demo/recovery.txt"
+  --ca "$demo/pki/tls-ca.pem" --trust "$demo/pki/root.pem" \
+  --log-key-file "$LINE_LOG_KEY_FILE" --log-state "$demo/log-state" | tee "$demo/recovery.txt"
 "$LINE_BIN/keyline-device" boot --dir "$dev0" >"$demo/boot-after.txt"
 cat "$demo/boot-after.txt"
 

@@ -70,7 +70,8 @@ plug() {
   SERVE_PIDS+=("$PLUG_PID")
 }
 unplug() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
-restore() { "$REC" restore --db "$LINE_BACKUPDB_URL" --ca "$CA" --trust "$ROOT" "$@"; }
+restore() { "$REC" restore --db "$LINE_BACKUPDB_URL" --ca "$CA" --trust "$ROOT" --log-key-file "$LINE_LOG_KEY_FILE" \
+  --log-state "$work/log-state" "$@"; }
 same_identity() {  # INDEX NAME
   if "$DEV" boot --dir "$(ddir "$1")" >"$work/after-$1.txt" && cmp -s "$work/before-$1.txt" "$work/after-$1.txt"; then
     pass "$2: device $1 boots with the same IMEI, key fingerprints and package"
