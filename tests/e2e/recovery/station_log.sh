@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The station's side of the transparency log (issue #18, docs/transparency.md "Clients") on a whole
+# line (scripts/lib/line.sh): `keyline-station run` keeps the leaf index the public DB answers with
+# each outbox row; `status` shows the records published but not yet proved in a checkpoint, then 0
+# after `outbox check-log`; every stored proof verifies offline (`keyline-recovery log
+# verify-inclusion`); a row whose record the log does not hold, or whose leaf moved, raises an ALARM
+# (exit 3) and stays unproved.
+# Usage: station_log.sh WORKDIR   (LINE_BIN = directory holding the keyline-* programs)
+set -euo pipefail
+
+work=${1:?usage: station_log.sh WORKDIR}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+top=$(cd "$here/../../.." && pwd)
+# shellcheck source=../../../scripts/lib/line.sh
+source "$top/scripts/lib/line.sh"
+trap line_down EXIT
+
+rm -rf "$work"
+mkdir -p "$work"
+N=6
+line_up "$work/line" "$N"
+ST="$LINE_BIN/keyline-station"
+VKEY=${LINE_LOG_KEY_FILE:?line_up keeps the log key}
+sdb() { psql "$KEYLINE_STATION_DB" -tAq -v ON_ERROR_STOP=1 "$@"; }
+
+failures=0
+pass() { printf 'PASS %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*"; failures=$((failures + 1)); }
+json_field() { python3 -c 'import json,sys; d=json.load(sys.stdin); print(eval("d" + sys.argv[1]))' "$1"; }
+
+line_fleet_file "$work/fleet.txt"
+"$ST" run --fleet "$work/fleet.txt" -j 3 --progress plain --publish-wait 30 >"$work/run.log" 2>&1 ||
+  { fail "run: exit $?"; tail -20 "$work/run.log"; }
+
+# --- leaf indexes from the publish answers ---------------------------------------------------------
+published=$(sdb -c "SELECT count(*) FROM journal.outbox WHERE published_at IS NOT NULL")
+with_leaf=$(sdb -c "SELECT count(DISTINCT leaf_index) FROM journal.outbox WHERE published_at IS NOT NULL AND leaf_index < $N")
+[ "$published" -eq "$N" ] && [ "$with_leaf" -eq "$N" ] &&
+  pass "run: $N records published, each with its own leaf index (0..$((N - 1))) from the public DB's answer" ||
+  fail "run: $published published, $with_leaf distinct leaf indexes"
+
+# --- the backlog, then check-log -------------------------------------------------------------------
+"$ST" status --json >"$work/status-1.json"
+[ "$(json_field '["log"]["not_in_checkpoint"]' <"$work/status-1.json")" -eq "$N" ] &&
+  [ "$(json_field '["log"]["oldest_not_in_checkpoint"]' <"$work/status-1.json")" != None ] &&
+  pass "status: $N published but not yet in a checkpoint, with the oldest" || fail "status: $(cat "$work/status-1.json")"
+"$ST" status | grep -q "log: $N published but not yet in a checkpoint (oldest" && pass "status text names the backlog" ||
+  fail "status text: $("$ST" status | grep '^log')"
+
+for _ in $(seq 1 40); do
+  rc=0; "$ST" outbox check-log --log-key-file "$VKEY" >"$work/check.out" 2>"$work/check.err" || rc=$?
+  [ "$(sdb -c "SELECT count(*) FROM journal.outbox WHERE published_at IS NOT NULL AND log_proof IS NULL")" -eq 0 ] && break
+  sleep 0.25
+done
+[ "$rc" -eq 0 ] && pass "check-log: exit 0 ($(cat "$work/check.out"))" || { fail "check-log: exit $rc"; cat "$work/check.err"; }
+"$ST" status --json >"$work/status-2.json"
+[ "$(json_field '["log"]["not_in_checkpoint"]' <"$work/status-2.json")" -eq 0 ] &&
+  [ "$(json_field '["log"]["proved"]' <"$work/status-2.json")" -eq "$N" ] &&
+  pass "status after check-log: 0 not in a checkpoint, $N proved" || fail "status after: $(cat "$work/status-2.json")"
+
+# --- every stored proof checks offline, in the transparency-dev form ---------------------------------
+ok=0
+while IFS= read -r proof; do
+  python3 - "$proof" >"$work/probe.json" <<'PY'
+import base64, json, sys
+p = json.loads(sys.argv[1])
+root = p["checkpoint"].split("\n")[2]
+print(json.dumps({"leafIdx": p["leaf_index"], "treeSize": p["tree_size"], "root": root,
+                  "leafHash": p["leaf_hash"], "proof": p["proof"]}))
+PY
+  "$LINE_BIN/keyline-recovery" log verify-inclusion --proof "$work/probe.json" >/dev/null && ok=$((ok + 1))
+done < <(sdb -c "SELECT log_proof FROM journal.outbox WHERE log_proof IS NOT NULL")
+[ "$ok" -eq "$N" ] && pass "all $N stored proofs verify with keyline-recovery log verify-inclusion" || fail "$ok of $N stored proofs verify"
+
+# --- the log does not hold what the station published --------------------------------------------
+# As if the public DB had logged another record for chip A, and had moved chip B to another leaf.
+read -r chipA chipB < <(sdb -c "SELECT string_agg(chip_id, ' ' ORDER BY leaf_index) FROM (SELECT chip_id, leaf_index FROM journal.outbox ORDER BY leaf_index LIMIT 2) t")
+sdb -c "UPDATE journal.outbox SET log_proof = NULL, record_hash = repeat('AB', 32) WHERE chip_id = '$chipA'"
+sdb -c "UPDATE journal.outbox SET log_proof = NULL, leaf_index = leaf_index + 1 WHERE chip_id = '$chipB'"
+rc=0; "$ST" outbox check-log --log-key-file "$VKEY" >"$work/alarm.out" 2>"$work/alarm.err" || rc=$?
+if [ "$rc" -eq 3 ] && grep -q "ALARM: the log does not prove chip $chipA.*another record" "$work/alarm.err" &&
+   grep -q "ALARM: the log does not prove chip $chipB.*moved" "$work/alarm.err"; then
+  pass "check-log: another record and a moved leaf raise an ALARM each, exit 3"
+else
+  fail "check-log alarm: exit $rc"; cat "$work/alarm.err" "$work/alarm.out"
+fi
+[ "$(sdb -c "SELECT count(*) FROM journal.outbox WHERE log_proof IS NULL")" -eq 2 ] && pass "the two rows stay unproved" ||
+  fail "rows proved despite the alarm"
+
+# The wrong key: nothing is checked, nothing stored.
+python3 - "$(cut -d+ -f1 "$VKEY")" >"$work/other.vkey" <<'EOF'
+import base64, hashlib, os, sys
+name = sys.argv[1].encode(); pub = os.urandom(32)
+kid = hashlib.sha256(name + b"\n" + b"\x01" + pub).digest()[:4]
+print(name.decode() + "+" + kid.hex() + "+" + base64.b64encode(b"\x01" + pub).decode())
+EOF
+rc=0; "$ST" outbox check-log --log-key-file "$work/other.vkey" >/dev/null 2>"$work/wrong-key.err" || rc=$?
+[ "$rc" -eq 3 ] && grep -q "1182" "$work/wrong-key.err" && pass "check-log with another key: refused (1182), exit 3" ||
+  { fail "check-log with another key: exit $rc"; cat "$work/wrong-key.err"; }
+
+echo "failures: $failures"
+[ "$failures" -eq 0 ]
