@@ -9,6 +9,7 @@ HTTPS to the real keyline-backupdb out, and on the way back it does what the fil
   flip-root       change the checkpoint's root line (its signature then covers other text)
   no-proof        answer every proof request with 404 (a record the log does not hold)
   flip-consistency flip one bit of the first hash of every consistency proof
+  flip-tile       flip one bit of every level-0 hash tile
 
 Usage: log_proxy.py UPSTREAM_URL CA_FILE MODE_FILE PORT_FILE
 """
@@ -59,6 +60,10 @@ def rewrite(path, status, body, m):
         if doc["proof"]:
             doc["proof"][0] = flip_b64(doc["proof"][0])
         return status, json.dumps(doc).encode()
+    if path.startswith("/v1/log/tile/0/") and status == 200 and m == "flip-tile":
+        raw = bytearray(body)
+        raw[0] ^= 1
+        return status, bytes(raw)
     return status, body
 
 

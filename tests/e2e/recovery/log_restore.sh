@@ -147,6 +147,17 @@ rc=0; "$REC" fetch --chip-id "$c2" --db "$PROXY" --out "$work/bundle-2b.json" 2>
 [ "$rc" -eq 3 ] && [ ! -e "$work/bundle-2b.json" ] && pass "fetch through a tampering proxy: exit 3, no bundle written" ||
   { fail "fetch through the proxy: exit $rc"; cat "$work/fetch-proxy.err"; }
 
+# --- the monitor: the real log verifies; level-0 tiles changed on the way are found -------------
+echo pass >"$MODE"
+rc=0; "$REC" log monitor --db "$LINE_BACKUPDB_URL" --ca "$CA" --log-state "$work/monitor-state" >"$work/monitor.out" 2>"$work/monitor.err" || rc=$?
+[ "$rc" -eq 0 ] && grep -q "^entries_read $size0" "$work/monitor.out" && grep -q "^duplicates 0" "$work/monitor.out" &&
+  pass "log monitor: $size0 entries recomputed from the tiles, no duplicates" || { fail "log monitor: exit $rc"; cat "$work/monitor.err" "$work/monitor.out"; }
+echo flip-tile >"$MODE"
+rc=0; "$REC" log monitor --db "$PROXY" --log-state "$work/monitor-state" --no-entries >/dev/null 2>"$work/monitor-tile.err" || rc=$?
+[ "$rc" -eq 3 ] && grep -q "error 5009" "$work/monitor-tile.err" && pass "log monitor: a changed level-0 tile is refused (exit 3)" ||
+  { fail "log monitor through flip-tile: exit $rc"; cat "$work/monitor-tile.err"; }
+echo pass >"$MODE"
+
 # --no-log-check says loudly what it skips, and still restores.
 "$DEV" wipe-flash --dir "$(ddir 2)" >/dev/null
 expect no-log-check 0 "WARNING: --no-log-check" 2 -- \
