@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/chip_identity.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
 #include "keyline/station/publisher.h"
@@ -580,4 +581,44 @@ TEST_CASE("concurrent keys init runs on a fresh token make exactly one set of ke
   INFO(again.out);
   CHECK(again.status == 0);
   CHECK(again.out.find("nothing changed") != npos);
+}
+
+// Issue #15: the station's SCP11a OCE key and certificate (docs/station.md, "The channel").
+TEST_CASE("keys init makes the OCE key (derive only) and an OCE certificate from the Device CA, kept when run again") {
+  Station s;
+  REQUIRE(s.station("keys init").status == 0);
+  const auto priv = s.objects_labelled("Private Key Object", "station-oce");
+  REQUIRE(priv.size() == 1);
+  CHECK(priv[0].find("Usage:      derive\n") != npos);
+  CHECK(priv[0].find("never extractable") != npos);
+  const auto oce = first_cert(s.pki("oce.pem"));
+  const auto ca = first_cert(s.pki("device-ca.pem"));
+  CHECK(oce.issuer_dn() == ca.subject_dn());
+  CHECK(oce.verify_signature(*ca.subject_public_key()) == Botan::Certificate_Status_Code::VERIFIED);
+  CHECK_FALSE(oce.is_CA_cert());
+  CHECK(oce.constraints() == Botan::KEY_AGREEMENT);  // it can sign nothing, not even as a TLS client
+  REQUIRE(oce.certificate_policy_oids().size() == 1);
+  CHECK(oce.certificate_policy_oids()[0] == Botan::OID(core::chip::kOcePolicyOid));
+  CHECK(oce.subject_dn().get_first_attribute("X520.CommonName") == s.station_id);
+  CHECK(oce.not_after() <= ca.not_after());
+  const std::string issued = slurp(s.pki("oce.pem"));
+  REQUIRE(s.station("keys init").status == 0);
+  CHECK(slurp(s.pki("oce.pem")) == issued);
+
+  const auto cfg = config_of(s);  // before TokenEnv (config_of reads the fixture's environment)
+  TokenEnv env(s);
+  {
+    auto keys = station::StationKeys::open(cfg, 1);
+    REQUIRE(keys.oce_chain.size() == 2);  // what PSO sends: Device CA certificate, OCE certificate
+    CHECK(keys.oce_chain[0] == ca.BER_encode());
+    CHECK(keys.oce_chain[1] == oce.BER_encode());
+  }
+  // A certificate for another key in oce.pem (the station's TLS one) is not sent, and keys init re-issues.
+  const auto tls = first_cert(s.pki("station-tls.pem"));
+  std::ofstream(s.pki("oce.pem"), std::ios::trunc) << core::to_pem(tls);
+  CHECK(station::StationKeys::open(cfg, 1).oce_chain.empty());
+  const auto again = s.station("keys init");
+  CHECK(again.out.find("oce.pem") != npos);
+  CHECK(first_cert(s.pki("oce.pem")).subject_public_key_info() == oce.subject_public_key_info());
+  CHECK(station::StationKeys::open(cfg, 1).oce_chain.size() == 2);
 }
