@@ -53,7 +53,7 @@ st() {
   d=$(db "$s")
   [ -n "${NODB:-}" ] && d=""
   SOFTHSM2_CONF=$work/$s-hsm/softhsm2.conf KEYLINE_STATION_DB=$d "$bin/keyline-station" --hsm-module "$module" \
-    --token "$s-hsm" --pin-file "$work/$s-hsm/user.pin" --pki-dir "$work/pki-$s" --station-id "station-$s" "$@" \
+    --token "$s-hsm" --pin-file "$work/$s-hsm/user.pin" --pki-dir "$work/pki-$s" --station-id "station-$s" --channel plain "$@" \
     >"$work/last.out" 2>&1
   rc=$?
 }
