@@ -70,8 +70,8 @@ serve_one() {
   SERVED=$(awk '$1 == "listening" {print $2; exit}' "$out")
 }
 
-# no_secret_in CAPTURE DEVICE_DIR CHIP: none of the device's secrets and none of its package plaintext
-# (the identity certificate, a part of the package the device stores) in any 16-byte window.
+# The device's secrets and a piece of its package plaintext (the identity certificate, which the package
+# carries), searched for in the captures 16 bytes at a time.
 secrets_of() {  # DEVICE_DIR CHIP -> "name hex" lines: 8101 8102 8103 (as the device holds them) and the identity certificate
   # 8101 is PKCS#8: its header and the public point in it are public, so its private scalar is searched.
   "$LINE_BIN/keyline-test-unseal" "$1" | awk '$2 == "hex" {print $1, $3}' | python3 -c '
@@ -83,7 +83,9 @@ for line in sys.stdin:
         at = b.find(bytes.fromhex("0201010420"))  # ECPrivateKey: version 1, privateKey OCTET STRING (RFC 5915)
         v = b[at + 5:at + 37].hex() if at >= 0 else ""
     print(name, v)'
-  echo "identity-certificate $(sql "SELECT encode(identity_cert, 'hex') FROM journal.device WHERE chip_id = '$2' AND state <> 'void'")"
+  # The certificate's last 40 bytes (in its signature: random) stand for the package plaintext; the rest
+  # of it shares issuer names and extensions with the certificates PSO and GET DATA carry in clear.
+  echo "identity-certificate $(sql "SELECT encode(substring(identity_cert FROM length(identity_cert) - 39), 'hex') FROM journal.device WHERE chip_id = '$2' AND state <> 'void'")"
 }
 windows_found() {  # CAPTURE SECRETS_FILE -> names of the secrets with a 16-byte window in the capture
   python3 - "$1" "$2" <<'PY'
