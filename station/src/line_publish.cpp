@@ -84,7 +84,7 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
   bool ok = false, refused = false;
   try {
     const auto r = client.post("/v1/records", record_json, "application/json");
-    const auto outcome = publish_outcome(r.status, r.body);
+    const auto outcome = publish_outcome(r.status);
     ok = outcome == PublishOutcome::Published || outcome == PublishOutcome::AlreadyPublished;
     refused = outcome == PublishOutcome::Refused;
     if (!ok) detail = problem_summary(r.status, r.body);

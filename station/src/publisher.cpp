@@ -34,11 +34,6 @@ std::optional<std::uint64_t> publish_leaf_index(const std::string& body) noexcep
   }
 }
 
-PublishOutcome publish_outcome(int http_status, const std::string& body) noexcept {
-  if (http_status == 409 && publish_leaf_index(body)) return PublishOutcome::AlreadyPublished;
-  return publish_outcome(http_status);
-}
-
 std::string problem_summary(int http_status, const std::string& body) {
   std::string out = "HTTP " + std::to_string(http_status);
   try {
@@ -75,7 +70,7 @@ PublishResult Publisher::publish(const std::string& record_json) {
     core::http::Client client(opt);
     const auto r = client.post("/v1/records", record_json, "application/json");
     result.status = r.status;
-    result.outcome = publish_outcome(r.status, r.body);
+    result.outcome = publish_outcome(r.status);
     if (result.outcome != PublishOutcome::Published && result.outcome != PublishOutcome::AlreadyPublished)
       result.detail = problem_summary(r.status, r.body);
     else

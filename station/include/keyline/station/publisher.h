@@ -24,13 +24,10 @@ enum class PublishOutcome { Published, AlreadyPublished, Rejected, Refused, Unre
 // The outcome an HTTP answer to POST /v1/records means (the one classification the publisher and the
 // line's lanes share).
 PublishOutcome publish_outcome(int http_status) noexcept;
-// The same with the answer's body: a 409 that names the record's leaf_index is the public DB's
-// idempotent repeat of the same record (docs/api.md), not a conflict.
-PublishOutcome publish_outcome(int http_status, const std::string& body) noexcept;
-
-// The "leaf_index" of a publish answer (201, 200 or the idempotent 409; docs/transparency.md
-// "Clients"): the record's place in the public DB's transparency log. Nothing when the body has
-// none (a public DB without the log) or it is not a non-negative integer.
+// The "leaf_index" of a publish answer (docs/transparency.md "Clients"): the record's place in the
+// public DB's transparency log. Read from 201 and 200 (the same record again) only: a 409 names the
+// leaf of the *other* record that holds the chip or IMEI. Nothing when the body has none (a public
+// DB without the log) or it is not a non-negative integer.
 std::optional<std::uint64_t> publish_leaf_index(const std::string& body) noexcept;
 
 struct PublishResult {
