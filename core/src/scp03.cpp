@@ -1,14 +1,14 @@
 #include "keyline/core/scp03.h"
 
-#include <algorithm>
-#include <memory>
-#include <string>
-
 #include <botan/block_cipher.h>
 #include <botan/cipher_mode.h>
 #include <botan/exceptn.h>
 #include <botan/mac.h>
 #include <botan/mem_ops.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
 
 namespace keyline::core::scp {
 
@@ -17,7 +17,9 @@ namespace {
 constexpr std::size_t kBlock = 16;
 constexpr std::size_t kMaxShortLc = 255;
 
-[[noreturn]] void crypto_fail(const std::string& why) { throw CryptoError(ErrorCode::Crypto, "SCP03: " + why); }
+[[noreturn]] void crypto_fail(const std::string& why) {
+  throw CryptoError(ErrorCode::Crypto, "SCP03: " + why);
+}
 
 bool aes_key_size(std::size_t n) { return n == 16 || n == 32; }
 
@@ -112,11 +114,13 @@ SecureBytes scp03_kdf(const SecureBytes& key, std::uint8_t constant, const Bytes
   return out;
 }
 
-SessionKeys derive_scp03_session(const Scp03StaticKeys& keys, const Bytes& host_challenge, const Bytes& card_challenge) {
+SessionKeys derive_scp03_session(const Scp03StaticKeys& keys, const Bytes& host_challenge,
+                                 const Bytes& card_challenge) {
   const std::size_t n = keys.enc.size();
   if (!aes_key_size(n) || keys.mac.size() != n || keys.dek.size() != n)
     crypto_fail("static keys are all AES-128 or all AES-256");
-  if ((host_challenge.size() != 8 && host_challenge.size() != 16) || card_challenge.size() != host_challenge.size())
+  if ((host_challenge.size() != 8 && host_challenge.size() != 16) ||
+      card_challenge.size() != host_challenge.size())
     crypto_fail("challenges are 8 (S8) or 16 (S16) bytes each");
   Bytes context = host_challenge;
   context.insert(context.end(), card_challenge.begin(), card_challenge.end());
@@ -182,7 +186,8 @@ CommandApdu SecureMessaging::wrap_command(const CommandApdu& plain) {
   if (m_counter == 0xFFFFFFFFu) fail("the encryption counter has run out");
   CommandApdu enc = plain;
   if ((m_level & level::c_dec) && !plain.data.empty())
-    enc.data = cbc(m_keys.enc, counter_icv(m_keys.enc, m_counter, false), pad_m2(plain.data), Botan::ENCRYPTION);
+    enc.data =
+        cbc(m_keys.enc, counter_icv(m_keys.enc, m_counter, false), pad_m2(plain.data), Botan::ENCRYPTION);
   CommandApdu out = mac_command(enc);
   // Amendment D section 6.2.6: the counter steps for every command, with data or without.
   m_answer_counter = m_counter++;
@@ -255,7 +260,8 @@ ResponseApdu SecureMessaging::wrap_response(const ResponseApdu& plain) {
   out.sw = plain.sw;
   out.data = plain.data;
   if ((m_level & level::r_enc) && !plain.data.empty())
-    out.data = cbc(m_keys.enc, counter_icv(m_keys.enc, m_answer_counter, true), pad_m2(plain.data), Botan::ENCRYPTION);
+    out.data = cbc(m_keys.enc, counter_icv(m_keys.enc, m_answer_counter, true), pad_m2(plain.data),
+                   Botan::ENCRYPTION);
   SecureBytes input(m_chain.begin(), m_chain.end());
   input.insert(input.end(), out.data.begin(), out.data.end());
   input.push_back(plain.sw1());

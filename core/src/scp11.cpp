@@ -1,9 +1,5 @@
 #include "keyline/core/scp11.h"
 
-#include <algorithm>
-#include <cstdint>
-#include <string>
-
 #include <botan/bigint.h>
 #include <botan/ec_group.h>
 #include <botan/ecdh.h>
@@ -12,6 +8,10 @@
 #include <botan/mac.h>
 #include <botan/mem_ops.h>
 #include <botan/system_rng.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
 
 namespace keyline::core::scp11 {
 
@@ -26,8 +26,8 @@ constexpr std::size_t kReceiptSize = 16;
 constexpr std::size_t kPsoChunk = 255;
 // Amendment F section 7.6 (MUTUAL AUTHENTICATE): the control reference template for SCP11 with key usage 3C
 // (C-MAC, C-DEC, R-MAC, R-ENC), key type 88 (AES) and key length 10 (AES-128).
-constexpr std::uint8_t kControlReference[] = {0xA6, 0x0D, 0x90, 0x02, 0x11, kScp11aParameter, 0x95, 0x01,
-                                              0x3C, 0x80, 0x01, 0x88, 0x81, 0x01, 0x10};
+constexpr std::uint8_t kControlReference[] = {
+    0xA6, 0x0D, 0x90, 0x02, 0x11, kScp11aParameter, 0x95, 0x01, 0x3C, 0x80, 0x01, 0x88, 0x81, 0x01, 0x10};
 constexpr std::size_t kParameterOffset = 5;
 // Amendment F section 6.5.2.3: SharedInfo = key usage || key type || key length.
 constexpr std::uint8_t kSharedInfo[] = {0x3C, 0x88, 0x10};
@@ -38,7 +38,9 @@ constexpr std::uint8_t kReceiptTag[] = {0x86, 0x10};
   throw FormatError(ErrorCode::BadCertificateStore, "certificate store: " + why);
 }
 [[noreturn]] void bad_apdu(const std::string& why) { throw FormatError(ErrorCode::BadApdu, why); }
-[[noreturn]] void crypto_fail(const std::string& why) { throw CryptoError(ErrorCode::Crypto, "SCP11: " + why); }
+[[noreturn]] void crypto_fail(const std::string& why) {
+  throw CryptoError(ErrorCode::Crypto, "SCP11: " + why);
+}
 [[noreturn]] void channel_fail(const std::string& why) {
   throw scp::SecureChannelError(ErrorCode::SecureChannel, "SCP11: " + why);
 }
@@ -108,9 +110,9 @@ bool starts_with(const std::uint8_t* p, const std::uint8_t* prefix, std::size_t 
 SecureBytes ephemeral_key(const SecureBytes& fixed, Bytes& point) {
   try {
     Botan::System_RNG rng;
-    const Botan::ECDH_PrivateKey key = fixed.empty()
-                                           ? Botan::ECDH_PrivateKey(rng, p256())
-                                           : Botan::ECDH_PrivateKey(rng, p256(), Botan::BigInt(fixed.data(), fixed.size()));
+    const Botan::ECDH_PrivateKey key =
+        fixed.empty() ? Botan::ECDH_PrivateKey(rng, p256())
+                      : Botan::ECDH_PrivateKey(rng, p256(), Botan::BigInt(fixed.data(), fixed.size()));
     point = key.public_value(Botan::PointGFp::UNCOMPRESSED);
     SecureBytes scalar(32);
     key.private_value().binary_encode(scalar.data(), scalar.size());
@@ -162,11 +164,13 @@ Bytes encode_certificate_store(const std::vector<Bytes>& certificates) {
   put_length(out, body.size());
   out.insert(out.end(), body.begin(), body.end());
   // What keyline sends, it must be able to read back: each entry one whole certificate TLV.
-  if (parse_certificate_store(out.data(), out.size()) != certificates) bad_store("entries are not whole certificates");
+  if (parse_certificate_store(out.data(), out.size()) != certificates)
+    bad_store("entries are not whole certificates");
   return out;
 }
 
-std::vector<CommandApdu> perform_security_operation_commands(const std::vector<Bytes>& oce_chain, KeyRef oce) {
+std::vector<CommandApdu> perform_security_operation_commands(const std::vector<Bytes>& oce_chain,
+                                                             KeyRef oce) {
   if (oce_chain.empty()) bad_store("the OCE chain is empty");
   std::vector<CommandApdu> out;
   for (std::size_t i = 0; i < oce_chain.size(); ++i) {
@@ -182,7 +186,8 @@ std::vector<CommandApdu> perform_security_operation_commands(const std::vector<B
       // answers (tests/vectors/globalplatform) have them.
       c.p1 = static_cast<std::uint8_t>(last_part ? oce.kvn : (oce.kvn | 0x80));
       c.p2 = static_cast<std::uint8_t>(more_certificates ? (oce.kid | 0x80) : oce.kid);
-      c.data.assign(cert.begin() + static_cast<std::ptrdiff_t>(pos), cert.begin() + static_cast<std::ptrdiff_t>(pos + n));
+      c.data.assign(cert.begin() + static_cast<std::ptrdiff_t>(pos),
+                    cert.begin() + static_cast<std::ptrdiff_t>(pos + n));
       c.le = 256;
       out.push_back(std::move(c));
     }
@@ -229,7 +234,8 @@ MutualAuthRequest parse_mutual_authenticate(const CommandApdu& c) {
 
 MutualAuthAnswer parse_mutual_authenticate_answer(const std::uint8_t* data, std::size_t len) {
   constexpr std::size_t point_end = sizeof kEpkTag + kPointSize;
-  if (len != point_end + sizeof kReceiptTag + kReceiptSize) bad_apdu("MUTUAL AUTHENTICATE answer: not 86 bytes");
+  if (len != point_end + sizeof kReceiptTag + kReceiptSize)
+    bad_apdu("MUTUAL AUTHENTICATE answer: not 86 bytes");
   if (!starts_with(data, kEpkTag, sizeof kEpkTag) || data[sizeof kEpkTag] != 0x04)
     bad_apdu("MUTUAL AUTHENTICATE answer: no uncompressed ePK.SD in 5F49");
   if (!starts_with(data + point_end, kReceiptTag, sizeof kReceiptTag))
@@ -241,7 +247,8 @@ MutualAuthAnswer parse_mutual_authenticate_answer(const std::uint8_t* data, std:
 }
 
 Bytes encode_mutual_authenticate_answer(const MutualAuthAnswer& a) {
-  if (a.ephemeral_point.size() != kPointSize || a.ephemeral_point[0] != 0x04 || a.receipt.size() != kReceiptSize)
+  if (a.ephemeral_point.size() != kPointSize || a.ephemeral_point[0] != 0x04 ||
+      a.receipt.size() != kReceiptSize)
     crypto_fail("answer needs a 65-byte uncompressed point and a 16-byte receipt");
   Bytes out = epk_tlv(a.ephemeral_point);
   out.insert(out.end(), std::begin(kReceiptTag), std::end(kReceiptTag));
@@ -256,7 +263,8 @@ Scp11Keys derive_scp11_keys(const SecureBytes& sh_see, const SecureBytes& sh_ss)
   // Amendment F section 6.5.2.3: the X9.63 KDF with SHA-256, which Botan names KDF2 (hash of
   // Z || 32-bit counter from 1 || SharedInfo).
   const auto kdf = Botan::KDF::create_or_throw("KDF2(SHA-256)");
-  const SecureBytes out = kdf->derive_key(5 * 16, z.data(), z.size(), kSharedInfo, sizeof kSharedInfo, nullptr, 0);
+  const SecureBytes out =
+      kdf->derive_key(5 * 16, z.data(), z.size(), kSharedInfo, sizeof kSharedInfo, nullptr, 0);
   auto key = [&](std::size_t i) { return SecureBytes(out.begin() + 16 * i, out.begin() + 16 * (i + 1)); };
   Scp11Keys k;
   k.receipt_key = key(0);
@@ -280,7 +288,8 @@ Bytes scp11_receipt(const SecureBytes& receipt_key, const Bytes& command_data, c
 SecureBytes ecdh_p256(const SecureBytes& private_scalar, const Bytes& peer_point) {
   if (private_scalar.size() != 32) crypto_fail("a P-256 private scalar is 32 bytes");
   // SEC 1 section 3.2.2.1: the peer's point must be a point of the curve, not the point at infinity.
-  if (peer_point.size() != kPointSize || peer_point[0] != 0x04) crypto_fail("peer key is not an uncompressed P-256 point");
+  if (peer_point.size() != kPointSize || peer_point[0] != 0x04)
+    crypto_fail("peer key is not an uncompressed P-256 point");
   try {
     const Botan::PointGFp q = p256().OS2ECP(peer_point);
     if (q.is_zero() || !q.on_the_curve()) crypto_fail("peer point is not on P-256");
@@ -309,7 +318,8 @@ void send_certificates(DeviceChannel& inner, const HostParams& params) {
 
 }  // namespace
 
-scp::SecureMessaging open_host_session(DeviceChannel& inner, const HostParams& params, const Bytes& sd_public_point) {
+scp::SecureMessaging open_host_session(DeviceChannel& inner, const HostParams& params,
+                                       const Bytes& sd_public_point) {
   if (!params.static_ecdh) crypto_fail("no static OCE key agreement");
   send_certificates(inner, params);
   Bytes epk_oce;
@@ -319,20 +329,24 @@ scp::SecureMessaging open_host_session(DeviceChannel& inner, const HostParams& p
   expect_ok(r, "MUTUAL AUTHENTICATE");
   const MutualAuthAnswer answer = parse_mutual_authenticate_answer(r.data.data(), r.data.size());
   // Amendment F section 6.5.2.3: ShSee = ECDH(eSK.OCE, ePK.SD), ShSss = ECDH(SK.OCE, PK.SD).
-  const Scp11Keys keys = derive_scp11_keys(ecdh_p256(esk_oce, answer.ephemeral_point), params.static_ecdh(sd_public_point));
-  const Bytes receipt =
-      scp11_receipt(keys.receipt_key, Bytes(command.data.begin(), command.data.end()), epk_tlv(answer.ephemeral_point));
-  if (!Botan::constant_time_compare(receipt.data(), answer.receipt.data(), kReceiptSize)) channel_fail("wrong receipt");
+  const Scp11Keys keys =
+      derive_scp11_keys(ecdh_p256(esk_oce, answer.ephemeral_point), params.static_ecdh(sd_public_point));
+  const Bytes receipt = scp11_receipt(keys.receipt_key, Bytes(command.data.begin(), command.data.end()),
+                                      epk_tlv(answer.ephemeral_point));
+  if (!Botan::constant_time_compare(receipt.data(), answer.receipt.data(), kReceiptSize))
+    channel_fail("wrong receipt");
   return scp::SecureMessaging(keys.session, receipt, params.mac_len);
 }
 
 CardHandshake card_handshake(const MutualAuthRequest& request, const Bytes& command_data,
-                             const SecureBytes& sd_private_scalar, const Bytes& oce_public_point, std::size_t mac_len) {
+                             const SecureBytes& sd_private_scalar, const Bytes& oce_public_point,
+                             std::size_t mac_len) {
   Bytes epk_sd;
   const SecureBytes esk_sd = ephemeral_key({}, epk_sd);
-  // The card's side of Amendment F section 6.5.2.3: ShSee = ECDH(eSK.SD, ePK.OCE), ShSss = ECDH(SK.SD, PK.OCE).
-  const Scp11Keys keys =
-      derive_scp11_keys(ecdh_p256(esk_sd, request.ephemeral_point), ecdh_p256(sd_private_scalar, oce_public_point));
+  // The card's side of Amendment F section 6.5.2.3: ShSee = ECDH(eSK.SD, ePK.OCE), ShSss = ECDH(SK.SD,
+  // PK.OCE).
+  const Scp11Keys keys = derive_scp11_keys(ecdh_p256(esk_sd, request.ephemeral_point),
+                                           ecdh_p256(sd_private_scalar, oce_public_point));
   const Bytes receipt = scp11_receipt(keys.receipt_key, command_data, epk_tlv(epk_sd));
   return CardHandshake{encode_mutual_authenticate_answer({epk_sd, receipt}),
                        scp::SecureMessaging(keys.session, receipt, mac_len)};
@@ -344,8 +358,9 @@ SecureChannel::SecureChannel(DeviceChannel& inner, scp::SecureMessaging session)
     : m_inner(inner), m_session(std::move(session)) {}
 
 void SecureChannel::connect() {
-  throw scp::SecureChannelError(ErrorCode::SecureChannel,
-                                "a secure channel opens over a connected link (open_host_session), not by connect");
+  throw scp::SecureChannelError(
+      ErrorCode::SecureChannel,
+      "a secure channel opens over a connected link (open_host_session), not by connect");
 }
 
 void SecureChannel::close() noexcept {
@@ -371,7 +386,8 @@ ResponseApdu SecureChannel::transmit(const CommandApdu& command, std::size_t max
       r = m_session.unwrap_response(m_inner.transmit(wrapped, wrapped_max));
       if (piece.chained() && r.sw != sw::ok) return r;
     }
-    if (r.data.size() > max_response) bad_apdu("answer to " + command_header(command) + " longer than asked for");
+    if (r.data.size() > max_response)
+      bad_apdu("answer to " + command_header(command) + " longer than asked for");
     return r;
   } catch (...) {
     // Whatever broke the exchange (a MAC, the link, a malformed answer), the two sides' counters

@@ -2,6 +2,12 @@
 // of tests/vectors/globalplatform as known answers (host side byte for byte, and the card side
 // answering them), then a host <-> card round trip with fresh keys and the attacks the card and the
 // host must refuse.
+#include <botan/block_cipher.h>
+#include <botan/cipher_mode.h>
+#include <botan/ec_group.h>
+#include <botan/ecdh.h>
+#include <botan/mac.h>
+#include <botan/system_rng.h>
 #include <doctest/doctest.h>
 
 #include <deque>
@@ -9,13 +15,6 @@
 #include <map>
 #include <optional>
 #include <string>
-
-#include <botan/block_cipher.h>
-#include <botan/cipher_mode.h>
-#include <botan/ec_group.h>
-#include <botan/ecdh.h>
-#include <botan/mac.h>
-#include <botan/system_rng.h>
 
 #include "keyline/core/apdu.h"
 #include "keyline/core/scp03.h"
@@ -52,7 +51,9 @@ SecureBytes secure(const Bytes& b) { return SecureBytes(b.begin(), b.end()); }
 Bytes plain(const SecureBytes& b) { return Bytes(b.begin(), b.end()); }
 Bytes encoded(const CommandApdu& c) { return plain(encode_command(c)); }
 Bytes encoded(const ResponseApdu& r) { return plain(encode_response(r)); }
-Bytes head(const Bytes& b, std::size_t n) { return Bytes(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n)); }
+Bytes head(const Bytes& b, std::size_t n) {
+  return Bytes(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n));
+}
 
 // A DeviceChannel that replays a transcript: each command must be the recorded C-APDU, byte for
 // byte, and gets the recorded R-APDU.
@@ -89,18 +90,20 @@ void check_scp03(const std::string& file, std::size_t n) {
   const Bytes host = t["host_challenge"];
   const Bytes card = t["initialize_update.rapdu.card_challenge"];
   REQUIRE(host.size() == n);
-  // INITIALIZE UPDATE's answer: diversification data (10) || key info (3) || card challenge || card cryptogram.
+  // INITIALIZE UPDATE's answer: diversification data (10) || key info (3) || card challenge || card
+  // cryptogram.
   const Bytes iu = t["initialize_update.rapdu"];
   CHECK(Bytes(iu.begin() + 13, iu.begin() + 13 + static_cast<std::ptrdiff_t>(n)) == card);
 
-  const scp::SessionKeys keys =
-      scp::derive_scp03_session({secure(t["static.enc"]), secure(t["static.mac"]), secure(t["static.dek"])}, host, card);
+  const scp::SessionKeys keys = scp::derive_scp03_session(
+      {secure(t["static.enc"]), secure(t["static.mac"]), secure(t["static.dek"])}, host, card);
   CHECK(plain(keys.enc) == t["derived.s_enc"]);
   CHECK(plain(keys.mac) == t["derived.s_mac"]);
   CHECK(plain(keys.rmac) == t["derived.s_rmac"]);
   CHECK(scp::scp03_cryptogram(keys.mac, scp::kdf_constant::card_cryptogram, host, card, n) ==
         t["initialize_update.rapdu.card_cryptogram"]);
-  const Bytes host_cryptogram = scp::scp03_cryptogram(keys.mac, scp::kdf_constant::host_cryptogram, host, card, n);
+  const Bytes host_cryptogram =
+      scp::scp03_cryptogram(keys.mac, scp::kdf_constant::host_cryptogram, host, card, n);
   CHECK(host_cryptogram == t["derived.host_cryptogram"]);
 
   scp::SecureMessaging host_side(keys, Bytes(16, 0), n);
@@ -177,21 +180,25 @@ void check_scp11_pieces(const Transcript& t, std::uint8_t scp_parameter) {
   const auto pso = scp11::perform_security_operation_commands({t["oce.certificate"]}, key_ref(t, "oce"));
   REQUIRE(pso.size() == 3);
   for (std::size_t i = 0; i < pso.size(); ++i)
-    CHECK(to_hex(encoded(pso[i])) == to_hex(t["perform_security_operation_" + std::to_string(i + 1) + ".capdu"]));
-  const CommandApdu ma = scp11::mutual_authenticate_command(key_ref(t, "sd"), t["oce.epk.point"], scp_parameter);
+    CHECK(to_hex(encoded(pso[i])) ==
+          to_hex(t["perform_security_operation_" + std::to_string(i + 1) + ".capdu"]));
+  const CommandApdu ma =
+      scp11::mutual_authenticate_command(key_ref(t, "sd"), t["oce.epk.point"], scp_parameter);
   CHECK(to_hex(encoded(ma)) == to_hex(t["mutual_authenticate.capdu"]));
 
   const Bytes epk_sd = t["mutual_authenticate.rapdu.epk_sd"];
   CHECK(plain(scp11::ecdh_p256(secure(t["oce.esk.scalar"]), epk_sd)) == t["derived.sh_see"]);
   CHECK(plain(scp11::ecdh_p256(secure(t["oce.sk.scalar"]), t["sd.pk.point"])) == t["derived.sh_sss"]);
-  const scp11::Scp11Keys keys = scp11::derive_scp11_keys(secure(t["derived.sh_see"]), secure(t["derived.sh_sss"]));
+  const scp11::Scp11Keys keys =
+      scp11::derive_scp11_keys(secure(t["derived.sh_see"]), secure(t["derived.sh_sss"]));
   CHECK(plain(keys.receipt_key) == t["derived.receipt_key"]);
   CHECK(plain(keys.session.enc) == t["derived.s_enc"]);
   CHECK(plain(keys.session.mac) == t["derived.s_mac"]);
   CHECK(plain(keys.session.rmac) == t["derived.s_rmac"]);
   CHECK(plain(keys.session.dek) == t["derived.s_dek"]);
   const Bytes epk_sd_tlv = head(t["mutual_authenticate.rapdu"], 3 + 65);
-  CHECK(scp11::scp11_receipt(keys.receipt_key, plain(ma.data), epk_sd_tlv) == t["mutual_authenticate.rapdu.receipt"]);
+  CHECK(scp11::scp11_receipt(keys.receipt_key, plain(ma.data), epk_sd_tlv) ==
+        t["mutual_authenticate.rapdu.receipt"]);
   const Bytes ma_answer = head(t["mutual_authenticate.rapdu"], 86);
   const auto answer = scp11::parse_mutual_authenticate_answer(ma_answer.data(), ma_answer.size());
   CHECK(answer.ephemeral_point == epk_sd);
@@ -202,8 +209,8 @@ void check_scp11_pieces(const Transcript& t, std::uint8_t scp_parameter) {
 // The whole host handshake over a channel replaying the card's answers, then one secured command.
 void check_scp11_session(const Transcript& t, std::uint8_t scp_parameter) {
   ReplayChannel card;
-  for (const char* step : {"perform_security_operation_1", "perform_security_operation_2", "perform_security_operation_3",
-                           "mutual_authenticate"})
+  for (const char* step : {"perform_security_operation_1", "perform_security_operation_2",
+                           "perform_security_operation_3", "mutual_authenticate"})
     card.expect(t[std::string(step) + ".capdu"], t[std::string(step) + ".rapdu"]);
   // SecureChannel asks for the answer (Le 00) of every secured command, which carries at least its
   // R-MAC; Le is outside the C-MAC, so the recorded command is otherwise byte for byte the same.
@@ -247,7 +254,8 @@ TEST_CASE("SCP11c P-256 AES-128 S8 transcript") {
   check_scp11("scp11c_p256_aes128_s8.txt", scp11::kScp11cParameter);
   // keyline's card runs SCP11a only: parameter 03 is refused.
   const Transcript t = load("scp11c_p256_aes128_s8.txt");
-  CHECK_THROWS_CODE(scp11::parse_mutual_authenticate(decode_command(t["mutual_authenticate.capdu"])), BadApdu);
+  CHECK_THROWS_CODE(scp11::parse_mutual_authenticate(decode_command(t["mutual_authenticate.capdu"])),
+                    BadApdu);
 }
 
 TEST_CASE("PERFORM SECURITY OPERATION parts of a two-certificate chain") {
@@ -289,17 +297,21 @@ TEST_CASE("certificate store: strict TLV") {
   const Bytes cert = from_hex("3003020101");
   auto parse = [](const Bytes& b) { return scp11::parse_certificate_store(b.data(), b.size()); };
   CHECK(parse(from_hex("BF21053003020101")).size() == 1);
-  CHECK_THROWS_CODE(parse(from_hex("BF2105300302010100")), BadCertificateStore);    // a byte after BF21
-  CHECK_THROWS_CODE(parse(from_hex("BF22053003020101")), BadCertificateStore);      // another tag
-  CHECK_THROWS_CODE(parse(from_hex("BF2106300302010100")), BadCertificateStore);    // a byte after the certificate
-  CHECK_THROWS_CODE(parse(from_hex("BF2104300302010")), BadHex);                    // (odd hex: the helper)
-  CHECK_THROWS_CODE(parse(from_hex("BF210430030201")), BadCertificateStore);        // certificate runs past BF21
-  CHECK_THROWS_CODE(parse(from_hex("BF2105308102" "0101")), BadCertificateStore);    // 81 with a short length
-  CHECK_THROWS_CODE(parse(from_hex("BF2181053003020101")), BadCertificateStore);    // 81 05: not the shortest form
-  CHECK_THROWS_CODE(parse(from_hex("BF2180")), BadCertificateStore);                // indefinite length
-  CHECK_THROWS_CODE(parse(from_hex("BF2183000005")), BadCertificateStore);          // 83: longer than keyline reads
-  CHECK_THROWS_CODE(parse(from_hex("BF2100")), BadCertificateStore);                // no certificate
-  CHECK_THROWS_CODE(parse(from_hex("BF21053103020101")), BadCertificateStore);      // SET, not SEQUENCE
+  CHECK_THROWS_CODE(parse(from_hex("BF2105300302010100")), BadCertificateStore);  // a byte after BF21
+  CHECK_THROWS_CODE(parse(from_hex("BF22053003020101")), BadCertificateStore);    // another tag
+  CHECK_THROWS_CODE(parse(from_hex("BF2106300302010100")),
+                    BadCertificateStore);                                     // a byte after the certificate
+  CHECK_THROWS_CODE(parse(from_hex("BF2104300302010")), BadHex);              // (odd hex: the helper)
+  CHECK_THROWS_CODE(parse(from_hex("BF210430030201")), BadCertificateStore);  // certificate runs past BF21
+  CHECK_THROWS_CODE(parse(from_hex("BF2105308102"
+                                   "0101")),
+                    BadCertificateStore);  // 81 with a short length
+  CHECK_THROWS_CODE(parse(from_hex("BF2181053003020101")),
+                    BadCertificateStore);                                   // 81 05: not the shortest form
+  CHECK_THROWS_CODE(parse(from_hex("BF2180")), BadCertificateStore);        // indefinite length
+  CHECK_THROWS_CODE(parse(from_hex("BF2183000005")), BadCertificateStore);  // 83: longer than keyline reads
+  CHECK_THROWS_CODE(parse(from_hex("BF2100")), BadCertificateStore);        // no certificate
+  CHECK_THROWS_CODE(parse(from_hex("BF21053103020101")), BadCertificateStore);  // SET, not SEQUENCE
   CHECK_THROWS_CODE(parse(from_hex("BF21")), BadCertificateStore);
   CHECK_THROWS_CODE(parse(Bytes{}), BadCertificateStore);
   std::vector<Bytes> eight(8, cert), nine(9, cert);
@@ -507,7 +519,7 @@ TEST_CASE("card refuses a replayed command") {
   host.unwrap_response(card.wrap_response(ResponseApdu{}));
   const CommandApdu second = host.wrap_command(command_with(20));
   scp::SecureMessaging before_second = card;
-  CHECK_THROWS_CODE(card.unwrap_command(first), SecureChannel);  // the earlier command again
+  CHECK_THROWS_CODE(card.unwrap_command(first), SecureChannel);   // the earlier command again
   CHECK_THROWS_CODE(card.unwrap_command(second), SecureChannel);  // dead after it
   before_second.unwrap_command(second);
   before_second.wrap_response(ResponseApdu{});
@@ -575,7 +587,8 @@ TEST_CASE("bad padding under a right MAC is refused on both sides") {
   scp::SecureMessaging host(keys, chain, 8);
   const CommandApdu sent = host.wrap_command(command_with(3));
   SecureBytes host_chain(chain.begin(), chain.end());  // the full C-MAC of `sent`, recomputed
-  host_chain.insert(host_chain.end(), {sent.cla, sent.ins, sent.p1, sent.p2, static_cast<std::uint8_t>(sent.data.size())});
+  host_chain.insert(host_chain.end(),
+                    {sent.cla, sent.ins, sent.p1, sent.p2, static_cast<std::uint8_t>(sent.data.size())});
   host_chain.insert(host_chain.end(), sent.data.begin(), sent.data.end() - 8);
   SecureBytes r_icv = counter1;
   r_icv[0] = 0x80;

@@ -14,7 +14,8 @@ namespace {
 using namespace keyline::core;
 
 scp::SecureMessaging session(std::size_t mac_len) {
-  scp::SessionKeys keys{SecureBytes(16, 0x11), SecureBytes(16, 0x22), SecureBytes(16, 0x33), SecureBytes(16, 0x44)};
+  scp::SessionKeys keys{SecureBytes(16, 0x11), SecureBytes(16, 0x22), SecureBytes(16, 0x33),
+                        SecureBytes(16, 0x44)};
   return scp::SecureMessaging(keys, Bytes(16, 0x00), mac_len);
 }
 

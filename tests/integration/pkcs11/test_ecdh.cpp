@@ -1,18 +1,16 @@
 // The station's SCP11 OCE key on the SoftHSM fixture token (core/pkcs11.h, docs/channel.md): a P-256
 // pair whose private half can only derive, and CKM_ECDH1_DERIVE giving the same shared secret as
 // keyline's in-process ECDH (core/scp11.h ecdh_p256) computed from the peer's side.
+#include <botan/ec_group.h>
+#include <botan/ecdh.h>
+#include <botan/ecdsa.h>
+#include <botan/system_rng.h>
 #include <doctest/doctest.h>
-
 #include <p11-kit/pkcs11.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <string>
-
-#include <botan/ec_group.h>
-#include <botan/ecdh.h>
-#include <botan/ecdsa.h>
-#include <botan/system_rng.h>
 
 #include "keyline/core/error.h"
 #include "keyline/core/pkcs11.h"
@@ -79,7 +77,8 @@ TEST_CASE("the ECDH key derives and does nothing else; its secret objects do not
     CHECK(s->bool_attribute(pair.private_key, CKA_ALWAYS_SENSITIVE));
     CHECK(s->bool_attribute(pair.private_key, CKA_NEVER_EXTRACTABLE));
     CHECK(s->bool_attribute(pair.private_key, CKA_TOKEN));
-    for (CK_ATTRIBUTE_TYPE off : {CKA_EXTRACTABLE, CKA_MODIFIABLE, CKA_SIGN, CKA_SIGN_RECOVER, CKA_DECRYPT, CKA_UNWRAP})
+    for (CK_ATTRIBUTE_TYPE off :
+         {CKA_EXTRACTABLE, CKA_MODIFIABLE, CKA_SIGN, CKA_SIGN_RECOVER, CKA_DECRYPT, CKA_UNWRAP})
       CHECK_FALSE(s->bool_attribute(pair.private_key, off));
     for (CK_ATTRIBUTE_TYPE off : {CKA_VERIFY, CKA_VERIFY_RECOVER, CKA_ENCRYPT, CKA_WRAP, CKA_DERIVE})
       CHECK_FALSE(s->bool_attribute(pair.public_key, off));

@@ -108,10 +108,10 @@ class SecureMessaging {
   Bytes m_chain;  // the full 16-byte CMAC of the last command
   std::size_t m_mac_len;
   std::uint8_t m_level;
-  std::uint32_t m_counter = 1;           // the encryption counter of the next command
-  std::uint32_t m_answer_counter = 0;    // the counter of the command whose answer is due
-  bool m_answer_due = false;             // a wrapped command was sent (host) or accepted (card)
-  bool m_dead = false;                   // a SecureChannelError happened: every later call throws
+  std::uint32_t m_counter = 1;         // the encryption counter of the next command
+  std::uint32_t m_answer_counter = 0;  // the counter of the command whose answer is due
+  bool m_answer_due = false;           // a wrapped command was sent (host) or accepted (card)
+  bool m_dead = false;                 // a SecureChannelError happened: every later call throws
 };
 
 }  // namespace keyline::core::scp
