@@ -3,6 +3,8 @@
 # absolute numbers depend on the machine, ratios much less.
 #   scripts/bench.sh            all
 #   scripts/bench.sh backupdb   public DB reads vs nginx serving the same bodies (issue 4)
+#   scripts/bench.sh tlog       the public DB's transparency log: publish with the log vs --no-log, proof
+#                               p99 at 1M leaves, tile reads vs nginx (issue 18, scripts/bench_tlog.sh)
 #   scripts/bench.sh line       devices/s end to end vs the crypto floor; concurrency sweep (issue 7)
 #   scripts/bench.sh pcsc       devices/s and station CPU per device through 16 PC/SC readers next to
 #                               TCP, same line, same run (issue 13; part 3 of scripts/bench_line.sh)
@@ -16,6 +18,9 @@ which=${1:-all}
 rc=0
 if [ "$which" = all ] || [ "$which" = backupdb ]; then
   if [ -x scripts/bench_backupdb.sh ]; then scripts/bench_backupdb.sh || rc=1; else echo "bench: backupdb benchmark missing"; rc=1; fi
+fi
+if [ "$which" = all ] || [ "$which" = tlog ]; then
+  if [ -x scripts/bench_tlog.sh ]; then scripts/bench_tlog.sh || rc=1; else echo "bench: tlog benchmark missing"; rc=1; fi
 fi
 line_parts=""
 case "$which" in

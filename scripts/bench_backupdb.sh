@@ -154,7 +154,7 @@ start_server() {  # extra serve flags...; sets server_pid, waits until healthy
   "$bin" serve --listen "127.0.0.1:$bport" --ops-listen "127.0.0.1:$oport" --log off --cache "$cache" $preload \
     --threads 16 --db-pool 16 --db "host=127.0.0.1 port=$port user=keyline_backupdb dbname=postgres" \
     --db-password-file "$dir/role.pass" \
-    --trust "$dir/sample.pem" "$@" >"$dir/server.out" 2>&1 &
+    --trust "$dir/sample.pem" --no-log "$@" >"$dir/server.out" 2>&1 &
   server_pid=$!
   for _ in $(seq 600); do curl -skf "$base/healthz" >/dev/null && return; sleep 0.2; done
   echo "bench_backupdb: server did not start: $(cat "$dir/server.out")" >&2

@@ -94,7 +94,7 @@ void Integrator::round() {
     return;
   }
   if (!m_resumed) resume();
-  wait_for_batch();
+  if (!m_behind) wait_for_batch();
   std::chrono::steady_clock::time_point first;
   {
     std::lock_guard<std::mutex> g(m_mutex);
@@ -104,6 +104,8 @@ void Integrator::round() {
     m_first_waiting = {};
   }
   const auto entries = log_sql::entries_from(*m_conn, m_range.size(), m_settings.max_batch);
+  // A full batch means more are waiting (a backlog after a restart, a migrated database): no pause.
+  m_behind = entries.size() == m_settings.max_batch;
   if (entries.empty()) return;
   integrate(entries);
   if (first != std::chrono::steady_clock::time_point{})

@@ -61,6 +61,7 @@ class Integrator {
   // Integrator thread only.
   std::unique_ptr<core::pq::Connection> m_conn;  // the session holding the advisory lock
   bool m_resumed = false;
+  bool m_behind = false;  // the last read filled a whole batch
   core::merkle::CompactRange m_range;
   core::tlog::TileBuilder m_builder;
   std::vector<core::Bytes> m_bundle;  // the entries of the rightmost, partial entry bundle

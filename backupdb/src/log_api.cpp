@@ -7,7 +7,9 @@
 #include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http_service.h"
+#include "keyline/core/imei.h"
 #include "keyline/core/merkle.h"
+#include "keyline/core/record_leaf.h"
 #include "keyline/core/tlog_tiles.h"
 
 namespace keyline::backupdb {
@@ -197,17 +199,21 @@ Reply handle_proof(Shared& s, const Request& req, const std::string& chip_segmen
   const auto size_param = query_param(req, "tree_size");
   const auto cp = checkpoint_for(s, size_param, "tree_size", refusal);
   if (!cp) return *refusal;
-  const auto entry = s.tlog->entry_of_chip(chip);
-  if (!entry) return problem(404, "not-found", "no record for this chip ID");
-  if (entry->leaf_index >= cp->size) {
+  // The record cache answers the lookup (records and their indexes never change); the entry is
+  // rebuilt from the record's own columns, so a proof is for the record the API serves.
+  const auto rec = s.store->by_chip_id(chip);
+  if (!rec) return problem(404, "not-found", "no record for this chip ID");
+  if (rec->leaf_index < 0 || static_cast<std::uint64_t>(rec->leaf_index) >= cp->size) {
     Reply r = problem(404, "not-integrated", "the record is published but not yet in a checkpoint");
     r.headers.push_back({"Retry-After", "1"});
     return r;
   }
   const tlog::TileHashSource source(s.tlog->tile_reader(), cp->size);
-  const auto proof = merkle::inclusion_proof(source, entry->leaf_index, cp->size);
-  const auto leaf = merkle::leaf_hash(entry->entry);
-  const std::string body = "{\"leaf_index\":" + std::to_string(entry->leaf_index) +
+  const auto index = static_cast<std::uint64_t>(rec->leaf_index);
+  const auto proof = merkle::inclusion_proof(source, index, cp->size);
+  const auto leaf = merkle::leaf_hash(
+      core::encode_record_leaf(core::ChipId::parse(rec->chip_id), core::Imei::parse(rec->imei), rec->record_hash));
+  const std::string body = "{\"leaf_index\":" + std::to_string(index) +
                            ",\"tree_size\":" + std::to_string(cp->size) + ",\"leaf_hash\":\"" +
                            core::to_base64(leaf.data(), leaf.size()) + "\",\"proof\":" + hash_list(proof) +
                            ",\"checkpoint\":" + json_string(cp->note) + "}";

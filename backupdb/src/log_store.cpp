@@ -55,13 +55,6 @@ std::vector<LogEntry> entries_from(core::pq::Connection& conn, std::uint64_t fro
   return out;
 }
 
-std::optional<LogEntry> entry_of_chip(core::pq::Connection& conn, const std::string& chip_id) {
-  const auto r = conn.exec_prepared(
-      "SELECT e.leaf_index, e.entry FROM records r JOIN log_entries e ON e.record_seq = r.seq WHERE r.chip_id = $1",
-      {chip_id});
-  if (r.empty()) return std::nullopt;
-  return LogEntry{static_cast<std::uint64_t>(r.int64(0, 0)), r.bytea(0, 1)};
-}
 
 }  // namespace log_sql
 
@@ -140,8 +133,5 @@ core::tlog::TileReader LogReader::tile_reader() {
   };
 }
 
-std::optional<LogEntry> LogReader::entry_of_chip(const std::string& chip_id) {
-  return with_session([&chip_id](core::pq::Connection& c) { return log_sql::entry_of_chip(c, chip_id); });
-}
 
 }  // namespace keyline::backupdb

@@ -44,8 +44,6 @@ std::optional<LogCheckpoint> checkpoint_of_size(core::pq::Connection& conn, std:
 std::optional<core::Bytes> tile(core::pq::Connection& conn, const std::string& path);
 // Entries with leaf_index >= from, in index order, at most `limit`.
 std::vector<LogEntry> entries_from(core::pq::Connection& conn, std::uint64_t from, std::size_t limit);
-// The log entry of the record of a chip (its leaf index), when the record exists.
-std::optional<LogEntry> entry_of_chip(core::pq::Connection& conn, const std::string& chip_id);
 }  // namespace log_sql
 
 // What the public listener reads, on a pool of its own: tiles through a bounded cache (a tile path
@@ -61,7 +59,6 @@ class LogReader {
   std::shared_ptr<const StoredTile> tile(const std::string& path);  // nullptr when not stored
   // For core::tlog::TileHashSource: throws FormatError(BadTile) for a tile that is not stored.
   core::tlog::TileReader tile_reader();
-  std::optional<LogEntry> entry_of_chip(const std::string& chip_id);
 
  private:
   template <typename F>

@@ -3,6 +3,7 @@
 // slow, silent and idle clients from taking the server (docs/decisions.md, "The servers' own acceptor").
 #include "keyline/backupdb/server.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 
@@ -68,9 +69,11 @@ void open_store(Shared& s, const Config& config) {
 void open_log(Shared& s, const Config& config) {
   if (config.tlog.disabled) return;
   auto signer = open_log_signer(config.tlog);
-  constexpr std::size_t kLogReadSessions = 4;
+  // Proof requests each take a session for the leaf lookup: half the record pool keeps them from
+  // queueing behind one another under load (scripts/bench_tlog.sh measures the p99).
+  const auto sessions = static_cast<std::size_t>(std::max(4, config.db_pool / 2));
   constexpr std::size_t kCachedTiles = 4096;  // at most 64 MiB (bundles of 256 entries of 62 bytes are 16 KiB)
-  s.tlog = std::make_unique<LogReader>(config.db, kLogReadSessions, kCachedTiles);
+  s.tlog = std::make_unique<LogReader>(config.db, sessions, kCachedTiles);
   s.integrator = std::make_unique<Integrator>(config.db, config.tlog, std::move(signer), *s.tlog, s.metrics, *s.log);
   s.integrator->start();
   std::fprintf(stdout, "keyline-backupdb: transparency log %s, key %s\n", config.tlog.origin.c_str(),

@@ -64,6 +64,7 @@ std::shared_ptr<StoredRecord> stored_record(const core::pq::Result& r, int i) {
   rec->json = with_leaf_index(r.text(i, 3), r, i, 6);
   rec->backup = r.bytea(i, 4);
   rec->identity_der = r.bytea(i, 5);
+  rec->leaf_index = r.is_null(i, 6) ? -1 : r.int64(i, 6);
   return rec;
 }
 

@@ -26,6 +26,7 @@ struct StoredRecord {
   std::string json;  // the GET body: made once at publish time, with "leaf_index" added when read
   core::Bytes backup;
   core::Bytes identity_der;
+  std::int64_t leaf_index = -1;  // its transparency log index (-1: none, a row inserted around the server)
 };
 using RecordPtr = std::shared_ptr<const StoredRecord>;
 
