@@ -49,8 +49,12 @@ std::uint64_t get_u64(const Poco::JSON::Object& o, const char* key) {
   if (!o.has(key)) not_verified(std::string("the log's answer has no \"") + key + "\"");
   const Poco::Dynamic::Var v = o.get(key);
   if (!v.isInteger() || v.isString()) not_verified(std::string("\"") + key + "\" in the log's answer is not an integer");
-  if (v.isSigned() && v.convert<std::int64_t>() < 0) not_verified(std::string("\"") + key + "\" in the log's answer is negative");
-  return v.convert<std::uint64_t>();
+  try {
+    if (v.isSigned() && v.convert<std::int64_t>() < 0) not_verified(std::string("\"") + key + "\" in the log's answer is negative");
+    return v.convert<std::uint64_t>();
+  } catch (const Poco::Exception& e) {
+    not_verified(std::string("\"") + key + "\" in the log's answer is out of range: " + e.displayText());
+  }
 }
 
 core::Bytes get_b64(const Poco::Dynamic::Var& v, const std::string& what) {

@@ -54,9 +54,13 @@ core::note::Ed25519Verifier load_key(const LogCheckOptions& o) {
 
 std::uint64_t get_u64(const Poco::JSON::Object& o, const char* key) {
   const Poco::Dynamic::Var v = o.has(key) ? o.get(key) : Poco::Dynamic::Var();
-  if (v.isEmpty() || !v.isInteger() || v.isString() || (v.isSigned() && v.convert<std::int64_t>() < 0))
-    bad_proof(std::string("\"") + key + "\" is not a non-negative integer");
-  return v.convert<std::uint64_t>();
+  try {
+    if (v.isEmpty() || !v.isInteger() || v.isString() || (v.isSigned() && v.convert<std::int64_t>() < 0))
+      bad_proof(std::string("\"") + key + "\" is not a non-negative integer");
+    return v.convert<std::uint64_t>();
+  } catch (const Poco::Exception& e) {
+    bad_proof(std::string("\"") + key + "\" is out of range: " + e.displayText());
+  }
 }
 
 core::Bytes get_b64(const Poco::Dynamic::Var& v, const std::string& what) {
