@@ -119,6 +119,13 @@ echo "key check values: source $kcv_source, target $kcv_target"
 
 step "6/6 summary"
 certs_json=$(printf '"%s",' "${certs[@]}")
+# The public DB's transparency log as a monitor sees it: the latest signed checkpoint and the pinned key.
+# Step 4's restore verified the record's inclusion proof against a checkpoint signed by that key
+# (the demo stops there otherwise).
+mkdir -p "$demo/log"
+curl -sf --cacert "$demo/pki/tls-ca.pem" "$LINE_BACKUPDB_URL/v1/log/checkpoint" -o "$demo/log/checkpoint.txt"
+log_origin=$(cut -d+ -f1 "$LINE_LOG_KEY_FILE")
+records_logged=$(sed -n 2p "$demo/log/checkpoint.txt")
 cat >"$demo/summary.json" <<JSON
 {
   "devices_personalized": $personalized,
@@ -127,13 +134,15 @@ cat >"$demo/summary.json" <<JSON
   "device_ca": "$demo/pki/device-ca.pem",
   "identity_certs": [${certs_json%,}],
   "recovery": {"chip_id": "$chip", "imei_before": "$imei_before", "imei_after": "$imei_after", "key_fingerprints_match": $match},
-  "kps_transfer": {"ok": $kps_ok, "source": "$kps_source", "target": "$kps_target", "label": "$kps_label", "kcv_source": "$kcv_source", "kcv_target": "$kcv_target"}
+  "kps_transfer": {"ok": $kps_ok, "source": "$kps_source", "target": "$kps_target", "label": "$kps_label", "kcv_source": "$kcv_source", "kcv_target": "$kcv_target"},
+  "log": {"origin": "$log_origin", "checkpoint": "$demo/log/checkpoint.txt", "log_key": "$LINE_LOG_KEY_FILE", "records_logged": $records_logged, "recovery_inclusion_verified": true}
 }
 JSON
 printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in the public DB" "$published" \
   "root certificate" "$demo/pki/root.pem" "Device CA certificate" "$demo/pki/device-ca.pem" \
   "identity certificates" "$demo/certs/" "restored device" "chip $chip, IMEI $imei_before -> $imei_after" \
   "keys identical after restore" "$match" \
-  "key moved through the KPS" "$kps_ok ($kps_label, KCV $kcv_source -> $kcv_target)" "summary" "$demo/summary.json"
+  "key moved through the KPS" "$kps_ok ($kps_label, KCV $kcv_source -> $kcv_target)" \
+  "transparency log" "$records_logged records in $log_origin ($demo/log/checkpoint.txt)" "summary" "$demo/summary.json"
 [ "$match" = true ] || { echo "demo: the restored device differs from the original" >&2; exit 1; }
 [ "$kps_ok" = true ] || { echo "demo: the key transfer through the KPS failed (see $demo/kps.txt, $demo/logs/kps.log)" >&2; exit 1; }
