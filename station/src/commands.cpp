@@ -107,9 +107,9 @@ void report_device(const std::string& d, const DeviceResult& r, bool json, Perso
     std::cout << "{\"device\":\"" << esc(d) << "\",\"chip_id\":\"" << esc(r.chip_id) << "\",\"imei\":\""
               << esc(r.imei) << "\",\"done\":" << (r.done ? "true" : "false")
               << ",\"in_outbox\":" << (r.in_outbox ? "true" : "false") << ",\"step\":\"" << step_name(r.reached)
-              << "\",\"channel\":\"" << esc(r.channel) << "\",\"key_source\":\"" << esc(r.key_source)
-              << "\",\"chip_vendor\":\"" << esc(r.chip_vendor) << "\",\"chip_refused\":" << (r.chip_refused ? "true" : "false")
-              << ",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\"}\n";
+              << "\",\"error_code\":" << r.error_code << ",\"error\":\"" << esc(r.error) << "\",\"channel\":\""
+              << esc(r.channel) << "\",\"key_source\":\"" << esc(r.key_source) << "\",\"chip_vendor\":\""
+              << esc(r.chip_vendor) << "\",\"chip_refused\":" << (r.chip_refused ? "true" : "false") << "}\n";
   } else if (r.done) {
     std::cout << "personalized " << d << ": chip " << r.chip_id << " IMEI " << r.imei << " published (channel "
               << r.channel << ", key source " << r.key_source << ")\n";
