@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -91,18 +92,8 @@ Poco::JSON::Object::Ptr parse_object(const std::string& json) {
   }
 }
 
-// Step 2: the inclusion proof at exactly that checkpoint's size, checked for the leaf computed here.
-std::uint64_t check_inclusion(core::http::Client& client, const DbOptions& db, const tlog::Checkpoint& cp,
-                              const core::Record& record) {
-  const std::string path = "/v1/records/" + record.chip_id.str() + "/proof?tree_size=" + std::to_string(cp.size);
-  const auto r = log_get(client, db, path);
-  if (r.status == 404 && r.body.find("not-integrated") != std::string::npos)
-    throw core::Error(errc::LogNotIntegrated, "the record of chip " + record.chip_id.str() +
-                                                  " is published but not yet in a log checkpoint; try again in a few seconds");
-  if (r.status != 200)
-    not_verified("the log holds no entry for chip " + record.chip_id.str() + " at tree size " + std::to_string(cp.size) +
-                 " (HTTP " + std::to_string(r.status) + "): the DB serves a record its log does not prove");
-  const InclusionAnswer a = parse_inclusion_answer(r.body);
+// The leaf computed here from the record must be the answer's, and its proof must lead to the root.
+void verify_inclusion_answer(const tlog::Checkpoint& cp, const InclusionAnswer& a, const core::Record& record) {
   if (a.tree_size != cp.size)
     not_verified("the inclusion proof is for tree size " + std::to_string(a.tree_size) + ", the checkpoint's is " +
                  std::to_string(cp.size));
@@ -116,19 +107,35 @@ std::uint64_t check_inclusion(core::http::Client& client, const DbOptions& db, c
     not_verified("the inclusion proof of leaf " + std::to_string(a.leaf_index) + " does not verify against the checkpoint (" +
                  head_text({cp.size, cp.root}) + "): " + e.what());
   }
-  return a.leaf_index;
+}
+
+// Step 2: the inclusion proof at exactly that checkpoint's size, checked for the leaf computed here.
+InclusionAnswer check_inclusion(core::http::Client& client, const DbOptions& db, const tlog::Checkpoint& cp,
+                              const core::Record& record) {
+  const std::string path = "/v1/records/" + record.chip_id.str() + "/proof?tree_size=" + std::to_string(cp.size);
+  const auto r = log_get(client, db, path);
+  if (r.status == 404 && r.body.find("not-integrated") != std::string::npos)
+    throw core::Error(errc::LogNotIntegrated, "the record of chip " + record.chip_id.str() +
+                                                  " is published but not yet in a log checkpoint; try again in a few seconds");
+  if (r.status != 200)
+    not_verified("the log holds no entry for chip " + record.chip_id.str() + " at tree size " + std::to_string(cp.size) +
+                 " (HTTP " + std::to_string(r.status) + "): the DB serves a record its log does not prove");
+  const InclusionAnswer a = parse_inclusion_answer(r.body);
+  verify_inclusion_answer(cp, a, record);
+  return a;
 }
 
 // Steps 1 and 2, again each second while the record waits for its first checkpoint.
-std::pair<tlog::Checkpoint, std::uint64_t> included_checkpoint(core::http::Client& client, const DbOptions& db,
+std::pair<SignedCheckpoint, InclusionAnswer> included_checkpoint(core::http::Client& client, const DbOptions& db,
                                                                const core::note::Ed25519Verifier& key,
                                                                const core::Record& record, std::chrono::milliseconds wait,
                                                                std::ostream* progress) {
   const auto deadline = std::chrono::steady_clock::now() + wait;
   for (bool said = false;; said = true) {
-    const tlog::Checkpoint cp = fetch_log_checkpoint(client, db, key);
+    SignedCheckpoint cp = fetch_log_checkpoint(client, db, key);
     try {
-      return {cp, check_inclusion(client, db, cp, record)};
+      InclusionAnswer a = check_inclusion(client, db, cp.checkpoint, record);
+      return {std::move(cp), std::move(a)};
     } catch (const core::Error& e) {
       if (e.code() != errc::LogNotIntegrated || std::chrono::steady_clock::now() >= deadline) throw;
       if (!said) say(progress, "the record is not yet in a log checkpoint; waiting for the next one");
@@ -157,17 +164,22 @@ core::http::Response log_get(core::http::Client& client, const DbOptions& db, co
   }
 }
 
-// Step 1: the latest checkpoint, opened with the pinned key (its name is the origin).
-tlog::Checkpoint fetch_log_checkpoint(core::http::Client& client, const DbOptions& db, const core::note::Ed25519Verifier& key) {
-  const auto r = log_get(client, db, "/v1/log/checkpoint");
-  if (r.status != 200)
-    not_verified("the public DB serves no log checkpoint (HTTP " + std::to_string(r.status) +
-                 "): it keeps no transparency log, or this is not the DB the log key belongs to");
+tlog::Checkpoint open_log_checkpoint(const std::string& note, const core::note::Ed25519Verifier& key) {
   try {
-    return tlog::open_checkpoint(r.body, key, key.name()).checkpoint;
+    return tlog::open_checkpoint(note, key, key.name()).checkpoint;
   } catch (const core::Error& e) {
     not_verified("the log's checkpoint is not signed by the pinned log key " + key.text() + ": " + e.what());
   }
+}
+
+// Step 1: the latest checkpoint, opened with the pinned key (its name is the origin).
+SignedCheckpoint fetch_log_checkpoint(core::http::Client& client, const DbOptions& db, const core::note::Ed25519Verifier& key) {
+  auto r = log_get(client, db, "/v1/log/checkpoint");
+  if (r.status != 200)
+    not_verified("the public DB serves no log checkpoint (HTTP " + std::to_string(r.status) +
+                 "): it keeps no transparency log, or this is not the DB the log key belongs to");
+  tlog::Checkpoint cp = open_log_checkpoint(r.body, key);
+  return {std::move(cp), std::move(r.body)};
 }
 
 // Step 3: the consistency proof from the last head seen, when the tree grew.
@@ -314,19 +326,21 @@ std::vector<core::Bytes> parse_consistency_answer(const std::string& json, std::
   return get_hashes(*o, "proof");
 }
 
-void check_record_in_log(const DbOptions& db, const LogOptions& options, const core::Record& record, std::ostream* progress) {
+std::optional<LogEvidence> check_record_in_log(const DbOptions& db, const LogOptions& options, const core::Record& record,
+                                               std::ostream* progress) {
   if (options.skip) {
     say(progress, "WARNING: --no-log-check: the record is NOT checked against the transparency log; a record swapped "
                   "in the public DB, or shown only to you, would not be noticed");
-    return;
+    return std::nullopt;
   }
   const auto key = load_log_key(options);
   const std::string state_path = options.state_file.empty() ? default_state_path() : options.state_file;
   LogState state = read_log_state(state_path);
   const auto client = make_db_client(db);
 
-  const auto [cp, index] = included_checkpoint(*client, db, key, record, options.integration_wait, progress);
-  say(progress, "the record is leaf " + std::to_string(index) + " of the log " + cp.origin + " (checkpoint " +
+  auto [signed_cp, answer] = included_checkpoint(*client, db, key, record, options.integration_wait, progress);
+  const tlog::Checkpoint& cp = signed_cp.checkpoint;
+  say(progress, "the record is leaf " + std::to_string(answer.leaf_index) + " of the log " + cp.origin + " (checkpoint " +
                     head_text({cp.size, cp.root}) + ", signed by the pinned log key)");
   const LogHead next{cp.size, cp.root};
   const auto seen = state.find(cp.origin);
@@ -338,6 +352,60 @@ void check_record_in_log(const DbOptions& db, const LogOptions& options, const c
   }
   state[cp.origin] = next;
   write_log_state(state_path, state);
+  return LogEvidence{std::move(signed_cp.note), std::move(answer)};
+}
+
+std::string bundle_with_log(const std::string& record_json, const LogEvidence& ev) {
+  const auto end = record_json.find_last_of('}');
+  if (end == std::string::npos) not_verified("the record is not a JSON object");
+  std::string proof = "[";
+  for (const auto& h : ev.proof.proof) proof += (proof.size() > 1 ? ",\"" : "\"") + core::to_base64(h) + "\"";
+  return record_json.substr(0, end) + ",\"log\":{\"leaf_index\":" + std::to_string(ev.proof.leaf_index) +
+         ",\"tree_size\":" + std::to_string(ev.proof.tree_size) + ",\"leaf_hash\":\"" + core::to_base64(ev.proof.leaf_hash) +
+         "\",\"proof\":" + proof + "],\"checkpoint\":\"" + core::http::json_escape(ev.checkpoint_note) + "\"}" +
+         record_json.substr(end);
+}
+
+std::optional<LogEvidence> parse_bundle_log(const std::string& bundle_text) {
+  const auto o = parse_object(bundle_text);
+  if (!o->has("log")) return std::nullopt;
+  const auto log = o->getObject("log");
+  if (log.isNull()) not_verified("the bundle's \"log\" is not an object");
+  std::ostringstream text;
+  log->stringify(text);
+  LogEvidence ev;
+  ev.proof = parse_inclusion_answer(text.str());
+  const Poco::Dynamic::Var note = log->has("checkpoint") ? log->get("checkpoint") : Poco::Dynamic::Var();
+  if (!note.isString()) not_verified("the bundle's \"log\" has no \"checkpoint\" text");
+  ev.checkpoint_note = note.extract<std::string>();
+  return ev;
+}
+
+void check_bundle_in_log(const LogOptions& options, const std::string& bundle_text, const core::Record& record,
+                         std::ostream* progress) {
+  if (options.skip) {
+    say(progress, "WARNING: --no-log-check: the bundle's record is NOT checked against the transparency log");
+    return;
+  }
+  const auto key = load_log_key(options);
+  const auto ev = parse_bundle_log(bundle_text);
+  if (!ev)
+    not_verified("the bundle carries no log proof (not written by `fetch` with the log check): fetch it again, or give "
+                 "--no-log-check");
+  const tlog::Checkpoint cp = open_log_checkpoint(ev->checkpoint_note, key);
+  verify_inclusion_answer(cp, ev->proof, record);
+  say(progress, "the bundle proves the record is leaf " + std::to_string(ev->proof.leaf_index) + " of the log " + cp.origin +
+                    " (checkpoint " + head_text({cp.size, cp.root}) + ", signed by the pinned log key)");
+  const std::string state_path = options.state_file.empty() ? default_state_path() : options.state_file;
+  const LogState state = read_log_state(state_path);
+  const auto seen = state.find(cp.origin);
+  // Offline there is no consistency proof: only the same size can be compared, and nothing is kept.
+  if (seen != state.end() && seen->second.size == cp.size) {
+    check_consistent(cp.origin, seen->second, {cp.size, cp.root}, {});
+  } else {
+    say(progress, "offline: the bundle's checkpoint is not checked for consistency with the one seen before "
+                  "(the next online run does that); the state file is left as it is");
+  }
 }
 
 }  // namespace keyline::recovery

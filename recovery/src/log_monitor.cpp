@@ -93,7 +93,7 @@ MonitorReport monitor_log(const MonitorOptions& options, std::ostream* progress)
   const auto client = make_db_client(options.db);
 
   MonitorReport report;
-  const tlog::Checkpoint cp = fetch_log_checkpoint(*client, options.db, key);
+  const tlog::Checkpoint cp = fetch_log_checkpoint(*client, options.db, key).checkpoint;
   report.origin = cp.origin;
   report.head = {cp.size, cp.root};
   say(progress, "checkpoint of " + cp.origin + " at size " + std::to_string(cp.size) + ", signed by the pinned log key");

@@ -261,10 +261,8 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
     record = parse_bundle(raw, options.bundle);
   }
 
-  if (!offline) {
-    make_db_client(options.db);
-    if (!options.log.skip) load_log_key(options.log);  // a missing or bad --log-key is said before the device is touched
-  }
+  if (!offline) make_db_client(options.db);
+  if (!options.log.skip) load_log_key(options.log);  // a missing or bad --log-key is said before the device is touched
   const std::string address = device_address(options, progress);
   Device dev(address, options.device_timeout);
   const core::ChipId chip = read_chip_id(dev);
@@ -329,7 +327,7 @@ RestoreResult restore(const RestoreOptions& options, std::ostream* progress) {
   // Last of the checks, so that a record the device or the trust anchor refuses is named for that;
   // still before the first write (docs/recovery.md section 7).
   if (offline)
-    say(progress, "offline bundle: its log inclusion was checked when `fetch` wrote it, not now");
+    check_bundle_in_log(options.log, raw, *record, progress);
   else
     check_record_in_log(options.db, options.log, *record, progress);
 
@@ -392,9 +390,10 @@ core::Record fetch(const FetchOptions& options, std::ostream* progress) {
     verify_record(record, chip, load_anchors(options.trust_file));
     say(progress, "verified against " + options.trust_file);
   }
-  check_record_in_log(options.db, options.log, record, progress);
-  // The bundle is the record exactly as served: self-describing, and its record_hash still checks.
-  write_file_atomic(options.out, raw);
+  const auto evidence = check_record_in_log(options.db, options.log, record, progress);
+  // The bundle is the record exactly as served (self-describing, its record_hash still checks), with
+  // the log's evidence added as a member the record's parser ignores (docs/recovery.md section 3).
+  write_file_atomic(options.out, evidence ? bundle_with_log(raw, *evidence) : raw);
   say(progress, "wrote the offline bundle of chip " + chip.str() + " (IMEI " + record.imei.str() + ") to " + options.out);
   return record;
 }

@@ -1,6 +1,7 @@
 // The public DB's log answers as keyline-recovery reads them (issue #18, docs/recovery.md section 7):
 // GET /v1/records/{chip}/proof and GET /v1/log/consistency come from a server the tool does not
-// trust. The first byte picks the parser, the rest is the body. Whatever the bytes, the parser
+// trust, and an offline bundle's "log" member comes from a file. The first byte picks the parser,
+// the rest is the body. Whatever the bytes, the parser
 // gives an answer or throws Error(LogNotVerified); an inclusion answer that parses, written back,
 // parses to the same answer.
 #include <cstdint>
@@ -36,8 +37,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size == 0) return 0;
   const std::string body(reinterpret_cast<const char*>(data + 1), size - 1);
   try {
-    if (data[0] % 2 == 0) inclusion(body);
-    else (void)recovery::parse_consistency_answer(body, 2, 5);
+    if (data[0] % 3 == 0) inclusion(body);
+    else if (data[0] % 3 == 1) (void)recovery::parse_consistency_answer(body, 2, 5);
+    else (void)recovery::parse_bundle_log(body);
   } catch (const core::Error& e) {
     if (e.code() != recovery::errc::LogNotVerified) std::abort();
   }

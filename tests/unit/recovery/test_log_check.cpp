@@ -424,3 +424,48 @@ TEST_CASE("log monitor: a chip ID logged twice and an IMEI logged twice are repo
   CHECK(imei_twice);
   CHECK(recovery::format_monitor_report(r).find("DUPLICATE chip ID") != std::string::npos);
 }
+
+TEST_CASE("offline bundle: fetch's evidence travels with the record and is checked with the pinned key, no network") {
+  Served s;
+  for (int i = 0; i < 12; ++i) s.log.add(record_of(i));
+  const core::Record rec = record_of(7);
+  const auto ev = recovery::check_record_in_log(s.db, s.opts, rec, nullptr);
+  REQUIRE(ev);
+  CHECK(ev->proof.leaf_index == 7);
+  const std::string bundle = recovery::bundle_with_log(rec.to_json(), *ev);
+  CHECK(core::Record::from_json(bundle).hash() == rec.hash());  // still the record
+  const std::string state = s.state();
+  s.server.stop();  // offline from here
+  recovery::check_bundle_in_log(s.opts, bundle, rec, nullptr);
+  CHECK(s.state() == state);
+
+  auto refused = [&](const std::string& b, const core::Record& r, recovery::LogOptions o) {
+    try {
+      recovery::check_bundle_in_log(o, b, r, nullptr);
+    } catch (const core::Error& e) {
+      return e.code();
+    }
+    FAIL("the bundle passed");
+    return core::ErrorCode::Io;
+  };
+  CHECK(refused(rec.to_json(), rec, s.opts) == recovery::errc::LogNotVerified);  // no evidence
+  auto bad = *ev;
+  bad.proof.proof[0][3] ^= 1;
+  CHECK(refused(recovery::bundle_with_log(rec.to_json(), bad), rec, s.opts) == recovery::errc::LogNotVerified);
+  core::Record other = record_of(7);
+  other.backup[1] ^= 1;  // the same chip's evidence put on another record
+  CHECK(refused(recovery::bundle_with_log(other.to_json(), *ev), other, s.opts) == recovery::errc::LogNotVerified);
+  auto another_key = s.opts;
+  another_key.log_key = core::note::Ed25519Verifier(kOrigin, s.log.other.public_key()).text();
+  CHECK(refused(bundle, rec, another_key) == recovery::errc::LogNotVerified);
+  // The state saw another tree of the same size: a fork, even offline.
+  recovery::LogState forked;
+  merkle::Hash root{};
+  root[0] = 1;
+  forked[kOrigin] = {12, root};
+  recovery::write_log_state(s.opts.state_file, forked);
+  CHECK(refused(bundle, rec, s.opts) == recovery::errc::LogFork);
+  auto skip = s.opts;
+  skip.skip = true;
+  CHECK_NOTHROW(recovery::check_bundle_in_log(skip, rec.to_json(), rec, nullptr));
+}

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -74,18 +75,43 @@ std::vector<core::Bytes> parse_consistency_answer(const std::string& json, std::
 // One GET of the log API; reachability errors as fetch_record_json's (DbUnavailable), an answer past
 // the client's cap is LogNotVerified. HTTP statuses below 500 (but 429) are returned.
 core::http::Response log_get(core::http::Client& client, const DbOptions& db, const std::string& path);
-// GET /v1/log/checkpoint opened with the pinned key (its name is the origin). Throws LogNotVerified.
-core::tlog::Checkpoint fetch_log_checkpoint(core::http::Client& client, const DbOptions& db,
-                                            const core::note::Ed25519Verifier& key);
+// A checkpoint note opened with the pinned key (its name is the origin). Throws LogNotVerified.
+core::tlog::Checkpoint open_log_checkpoint(const std::string& note, const core::note::Ed25519Verifier& key);
+struct SignedCheckpoint {
+  core::tlog::Checkpoint checkpoint;
+  std::string note;  // the signed note as served
+};
+// GET /v1/log/checkpoint, opened as above.
+SignedCheckpoint fetch_log_checkpoint(core::http::Client& client, const DbOptions& db,
+                                      const core::note::Ed25519Verifier& key);
 // check_consistent, with the consistency proof fetched when the tree grew. Throws LogFork.
 void check_log_extends(core::http::Client& client, const DbOptions& db, const std::string& origin,
                        const LogHead& seen, const LogHead& next);
 
+// What proves a record is in the log: the signed checkpoint and the inclusion proof against it.
+struct LogEvidence {
+  std::string checkpoint_note;
+  InclusionAnswer proof;
+};
+
 // The whole check against the public DB: checkpoint, inclusion of `record`, consistency with the
 // state file, then the state file written. Throws Error(LogNotVerified | LogNotIntegrated | LogFork
 // | LogStateBad) or the DB errors of fetch_record_json. With options.skip, prints the warning and
-// returns.
-void check_record_in_log(const DbOptions& db, const LogOptions& options, const core::Record& record,
+// returns nothing.
+std::optional<LogEvidence> check_record_in_log(const DbOptions& db, const LogOptions& options, const core::Record& record,
+                                               std::ostream* progress);
+
+// The offline bundle `fetch` writes: the record JSON as served, with a "log" member holding the
+// evidence ({"leaf_index","tree_size","leaf_hash","proof","checkpoint"}); core::Record::from_json
+// ignores it, so the bundle is still the record.
+std::string bundle_with_log(const std::string& record_json, const LogEvidence& evidence);
+// The "log" member of a bundle, or nothing. Throws LogNotVerified when it does not parse.
+std::optional<LogEvidence> parse_bundle_log(const std::string& bundle_text);
+// `restore --image`: the bundle's checkpoint opened with the pinned key and its proof verified for
+// the leaf computed from the record; with no network, consistency is only checked against a state
+// entry of the same size (another root there is LogFork), and the state file is not written. A
+// bundle without evidence is LogNotVerified (unless options.skip).
+void check_bundle_in_log(const LogOptions& options, const std::string& bundle_text, const core::Record& record,
                          std::ostream* progress);
 
 }  // namespace keyline::recovery

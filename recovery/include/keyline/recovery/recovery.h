@@ -73,7 +73,8 @@ struct FetchOptions {
   LogOptions log;          // the record must be in the log before the bundle is written
 };
 
-// Fetches the record of a chip and writes it, exactly as served, to `out` (the offline bundle).
+// Fetches the record of a chip, checks it is in the log (options.log), and writes it as served, with
+// the log's evidence as a "log" member (bundle_with_log), to `out` (the offline bundle).
 core::Record fetch(const FetchOptions& options, std::ostream* progress);
 
 // --- parts, public for the tests ----------------------------------------------------------------
