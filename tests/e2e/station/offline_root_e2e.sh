@@ -112,6 +112,9 @@ checke "root.pem is the offline root" 'cmp -s <(openssl x509 -in pki/root.pem -o
 checke "device-ca.pem verifies against the root (openssl)" 'openssl verify -CAfile cer/root.pem pki/device-ca.pem >/dev/null'
 checke "station-tls.pem verifies against the root, purpose sslclient (openssl)" \
   'openssl verify -purpose sslclient -CAfile cer/root.pem pki/station-tls.pem >/dev/null'
+checke "install-cert issues the SCP11a OCE certificate from the installed Device CA (openssl)" \
+  'openssl verify -partial_chain -CAfile pki/device-ca.pem pki/oce.pem >/dev/null &&
+   openssl x509 -in pki/oce.pem -noout -ext keyUsage | grep -qx "    Key Agreement"'
 checke "installed files are written 0644, no temp file left" \
   '[ "$(stat -c %a pki/device-ca.pem)" = 644 ] && ! ls pki | grep -q tmp-'
 sta "$work/local-hsm" "$work/pki-local" keys init
