@@ -36,6 +36,7 @@
 #include "keyline/core/checkpoint.h"
 #include "keyline/core/http.h"
 #include "keyline/core/merkle.h"
+#include "keyline/core/migrate.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/record.h"
 #include "keyline/core/record_leaf.h"
@@ -180,13 +181,16 @@ std::string dbname_of(const std::string& conninfo) {
 struct Database {
   std::string owner;
   std::string role_nopw;  // what serve gets (its password from --db-password-file)
-  Database() {
+  Database() : Database(test::pg_env().create_database("tlog"), true) {}
+  // A database the caller made (and migrated, unless `migrate`).
+  Database(std::string owner_conninfo, bool migrate) : owner(std::move(owner_conninfo)) {
     const auto env = test::pg_env();
-    owner = env.create_database("tlog");
-    backupdb::Config cfg;
-    cfg.db = owner;
-    cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
-    REQUIRE(backupdb::migrate(cfg) == static_cast<int>(backupdb::embedded_migrations().size()));
+    if (migrate) {
+      backupdb::Config cfg;
+      cfg.db = owner;
+      cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
+      REQUIRE(backupdb::migrate(cfg) == static_cast<int>(backupdb::embedded_migrations().size()));
+    }
     role_nopw = "host=" + env.host + " port=" + std::to_string(env.port) + " user=keyline_backupdb dbname=" +
                 dbname_of(owner) + " connect_timeout=5";
   }
@@ -575,4 +579,40 @@ TEST_CASE("--no-log: publishing still sequences, the log routes answer 404") {
   const auto clash = s.client(true)->post("/v1/records", other.to_json(), "application/json");
   CHECK(clash.status == 409);
   CHECK(clash.body.find("\"leaf_index\":" + std::to_string(idx.at(5001))) != std::string::npos);
+}
+
+TEST_CASE("records published before the log existed are logged by the migration, in publish order") {
+  const auto env = test::pg_env();
+  const auto owner = env.create_database("tlogold");
+  pq::Connection c(owner);
+  const auto& all = backupdb::embedded_migrations();
+  REQUIRE(std::string(all.at(2).file) == "0003_log.sql");
+  REQUIRE(apply_migrations(c, "schema_migrations", {all[0], all[1]}) == 2);
+  // Three records as the public DB wrote them before issue #18, in seq order 6002, 6000, 6001.
+  std::vector<Record> recs = {pki().record(6002), pki().record(6000), pki().record(6001)};
+  for (const auto& r : recs)
+    c.exec("INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+           "VALUES ($1, $2, $3, $4, $5, $6, now())",
+           {r.chip_id.str(), r.imei.str(), r.hash(), r.backup, r.certificates[0], r.to_json()});
+  backupdb::Config cfg;
+  cfg.db = owner;
+  cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
+  REQUIRE(backupdb::migrate(cfg) == static_cast<int>(all.size()) - 2);
+  // The SQL-built entries are byte for byte what core::encode_record_leaf makes.
+  const auto rows = c.exec("SELECT leaf_index, entry FROM log_entries ORDER BY leaf_index");
+  REQUIRE(rows.rows() == 3);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(rows.int64(i, 0) == i);
+    CHECK(rows.bytea(i, 1) == encode_record_leaf(recs[i].chip_id, recs[i].imei, recs[i].hash()));
+  }
+  CHECK(c.exec("SELECT next_index FROM log_sequence").int64(0, 0) == 3);
+
+  const Database db_view(owner, false);
+  const auto label = new_key_label();
+  const auto key = init_key(label);
+  Server s(db_view, log_args(label));
+  const auto idx = publish_all(s, 6003, 1, 1);
+  CHECK(idx.at(6003) == 3);  // the next index after the migrated ones
+  const auto cp = checkpoint_of(s, key, 4);
+  for (int i = 0; i < 3; ++i) check_proof(s, recs[i], i, cp, key);
 }
