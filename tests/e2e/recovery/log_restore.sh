@@ -158,6 +158,26 @@ rc=0; "$REC" log monitor --db "$PROXY" --log-state "$work/monitor-state" --no-en
   { fail "log monitor through flip-tile: exit $rc"; cat "$work/monitor-tile.err"; }
 echo pass >"$MODE"
 
+# --- offline: the bundle carries the log's evidence, checked with the pinned key and no network ---
+"$DEV" wipe-flash --dir "$(ddir 2)" >/dev/null
+python3 - "$work/bundle-2.json" "$work/bundle-2-nolog.json" "$work/bundle-2-badproof.json" <<'PY'
+import base64, json, sys
+b = json.load(open(sys.argv[1]))
+assert "log" in b, "fetch wrote no log evidence"
+nolog = dict(b); del nolog["log"]
+json.dump(nolog, open(sys.argv[2], "w"))
+bad = json.loads(json.dumps(b))
+h = bytearray(base64.b64decode(bad["log"]["proof"][0])); h[0] ^= 1
+bad["log"]["proof"][0] = base64.b64encode(bytes(h)).decode()
+json.dump(bad, open(sys.argv[3], "w"))
+PY
+expect bundle-without-log 3 "carries no log proof" 2 -- \
+  env -u KEYLINE_BACKUPDB_URL "$REC" restore --device "$(addr 2)" --image "$work/bundle-2-nolog.json" --trust "$ROOT"
+expect bundle-bad-proof 3 "does not verify against the checkpoint" 2 -- \
+  env -u KEYLINE_BACKUPDB_URL "$REC" restore --device "$(addr 2)" --image "$work/bundle-2-badproof.json" --trust "$ROOT"
+expect bundle-offline-restore 0 "the bundle proves the record is leaf" 2 -- \
+  env -u KEYLINE_BACKUPDB_URL "$REC" restore --device "$(addr 2)" --image "$work/bundle-2.json" --trust "$ROOT"
+
 # --no-log-check says loudly what it skips, and still restores.
 "$DEV" wipe-flash --dir "$(ddir 2)" >/dev/null
 expect no-log-check 0 "WARNING: --no-log-check" 2 -- \
