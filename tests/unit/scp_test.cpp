@@ -676,6 +676,7 @@ TEST_CASE("SecureChannel closes the link at the first bad answer and stays close
   scp11::SecureChannel over_forged(forged, s);
   CHECK_THROWS_CODE(over_forged.transmit(command_with(1)), SecureChannel);
   CHECK_FALSE(over_forged.connected());
+  CHECK_FALSE(forged.connected());  // the inner link is closed too
   CHECK_THROWS_CODE(over_forged.transmit(command_with(1)), SecureChannel);
 }
 
