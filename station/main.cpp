@@ -121,8 +121,8 @@ int main(int argc, char** argv) {
   keys->require_subcommand(1);
   KeysInitOptions keys_opt;
   auto* keys_init = keys->add_subcommand(
-      "init", "create what is missing of the root, Device CA, service CA, station TLS, master and wrapping keys on "
-              "the token and of the certificates in --pki-dir; keys already on the token are reused, so an "
+      "init", "create what is missing of the root, Device CA, service CA, station TLS, master, wrapping and SCP11a "
+              "OCE keys on the token and of the certificates in --pki-dir; keys already on the token are reused, so an "
               "interrupted init is finished by running it again");
   keys_init->add_option("--organization", keys_opt.organization, "O= of the CA certificates")->capture_default_str();
   keys_init->add_flag("--offline-root", keys_opt.offline_root,
