@@ -14,11 +14,14 @@
 #include <botan/auto_rng.h>
 #include <botan/curve25519.h>
 #include <botan/ecdsa.h>
+#include <botan/data_src.h>
 #include <botan/hash.h>
+#include <botan/pkcs8.h>
 #include <botan/pubkey.h>
 #include <botan/x509_ca.h>
 #include <botan/x509_ext.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +32,8 @@
 #include "keyline/core/chip_identity.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/device_link.h"
+#include "keyline/core/flash_image.h"
+#include "keyline/device/chip.h"
 #include "keyline/core/scp11.h"
 #include "testenv.h"
 
@@ -308,14 +313,15 @@ TEST_CASE("vendor chip: vendor-init and make --vendor write the keys 0600 and th
   CHECK(link.transmit(scp11::get_certificate_store_command({0x13, 0x01})).sw == core::sw::referenced_data_not_found);
 }
 
-TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed with the chip's own keys, drill and boot") {
+TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed with the chip's own keys, drill, boot, recovery") {
   Fab fab;
   core::ChipId id;
-  core::Bytes identity_point, backup_bytes;
+  core::Bytes identity_point, backup_bytes, wire;
   core::DataPackage sent;
   {
     Served served(fab.dev);
     core::DeviceLink link("127.0.0.1", served.port());
+    link.set_capture([&wire](bool, const std::uint8_t* d, std::size_t n) { wire.insert(wire.end(), d, d + n); });
     link.connect();
     const auto seen = look_at_chip(link, fab.vendor);
     id = seen.id;
@@ -359,11 +365,64 @@ TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed wit
     }
     CHECK(core::applet::parse_drill_answer(r.data) == core::station_digest(sent));
   }
+  // The capture of the personalization holds none of the secrets the chip sealed, nor the package's
+  // plaintext: the keys were made in the chip, the communication key and the package went encrypted.
+  {
+    const auto chip_now = device::Chip::load(fab.dev);
+    std::ifstream in(fab.dev / "flash" / "image.bin", std::ios::binary);
+    const core::Bytes image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const core::SecureBytes plain = chip_now.open(core::FlashImage::decode(image).backup);
+    const auto sealed = core::DataPackage::decode(plain);
+    REQUIRE(sealed.keys_in_device);
+    Botan::DataSource_Memory src(sealed.identity_key);
+    const auto key = Botan::PKCS8::load_key(src);
+    const auto* ec = dynamic_cast<const Botan::EC_PrivateKey*>(key.get());
+    REQUIRE(ec != nullptr);
+    auto on_wire = [&wire](const core::SecureBytes& secret) {
+      return std::search(wire.begin(), wire.end(), secret.begin(), secret.end()) != wire.end();
+    };
+    CHECK(wire.size() > 2000);
+    CHECK_FALSE(on_wire(Botan::BigInt::encode_1363(ec->private_value(), 32)));
+    CHECK_FALSE(on_wire(sealed.identity_key));
+    CHECK_FALSE(on_wire(sealed.transport_key));
+    CHECK_FALSE(on_wire(sealed.comm_key));
+    // The header DGI (IMEI, station id) and the KCV DGI, as they stand in the plaintext.
+    const core::SecureBytes head(plain.begin(), plain.begin() + 24);
+    CHECK_FALSE(on_wire(head));
+    // The capture does see what goes plain: the SD certificate of GET DATA BF21 (its first 100
+    // bytes lie in the first 61XX piece).
+    const auto& sd_cert = chip_now.vendor()->sd_cert;
+    CHECK(on_wire(core::SecureBytes(sd_cert.begin(), sd_cert.begin() + 100)));
+  }
   // The device boots from what it sealed: the identity key is the one it generated and attested.
   std::string out;
   REQUIRE(run({"boot", "--dir", fab.dev.string()}, &out) == 0);
   CHECK(out.find("identity_key_sha256 " + sha256_hex(identity_point)) != std::string::npos);
   CHECK(out.find("package_sha256 " + core::to_hex(core::station_digest(sent))) != std::string::npos);
+
+  // Recovery after a flash loss, plain as recovery runs it (it holds no station certificate): the
+  // drill on the record's backup, UPDATE BINARY of the image, BOOT STAGED (docs/channel.md).
+  std::ifstream in(fab.dev / "flash" / "image.bin", std::ios::binary);
+  const core::Bytes image((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(run({"wipe-flash", "--dir", fab.dev.string()}) == 0);
+  Served served(fab.dev);
+  core::DeviceLink link("127.0.0.1", served.port());
+  link.connect();
+  REQUIRE(link.transmit(core::applet::select_command()).sw == core::sw::ok);
+  const auto drill = link.transmit(core::applet::restore_drill_command(backup_bytes, false));
+  REQUIRE(drill.sw == core::sw::ok);
+  CHECK(core::applet::parse_drill_answer(drill.data) == core::station_digest(sent));
+  for (std::size_t off = 0; off < image.size(); off += 255) {
+    const std::size_t n = std::min<std::size_t>(255, image.size() - off);
+    REQUIRE(link.transmit(core::applet::update_binary_command(
+                              off, core::SecureBytes(image.begin() + static_cast<std::ptrdiff_t>(off),
+                                                     image.begin() + static_cast<std::ptrdiff_t>(off + n))))
+                .sw == core::sw::ok);
+  }
+  const auto booted = link.transmit(core::applet::boot_staged_command());
+  REQUIRE(booted.sw == core::sw::ok);
+  const auto answer = core::applet::parse_boot_answer(booted.data);
+  CHECK(core::to_hex(answer.identity_key_sha256.data(), 32) == sha256_hex(identity_point));
 }
 
 TEST_CASE("vendor chip: a v2 package whose certificates are not for the generated keys is refused 6A80") {
