@@ -348,21 +348,16 @@ TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed wit
           core::sw::conditions_not_satisfied);
   }
   {
-    // RESTORE DRILL with the backup as data: chained secured pieces (each wrapped on its own, with
-    // Le 00 so that each piece's R-MAC may come back), the digest the station knows.
+    // RESTORE DRILL with the backup as data, as the station sends it: chained secured pieces, each
+    // wrapped on its own; the digest the station knows.
     Served served(fab.dev);
     core::DeviceLink link("127.0.0.1", served.port());
     link.connect();
     const auto seen = look_at_chip(link, fab.vendor);
-    auto session = scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point);
-    const auto drill = core::applet::restore_drill_command(backup_bytes, false);
-    core::ResponseApdu r;
-    for (const auto& piece : core::chain_command(drill, scp11::kMaxPlainPiece)) {
-      auto wrapped = session.wrap_command(piece);
-      wrapped.le = 256;
-      r = session.unwrap_response(link.transmit(wrapped));
-      REQUIRE(r.sw == core::sw::ok);
-    }
+    scp11::SecureChannel ch(link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
+    REQUIRE(backup_bytes.size() > 2 * scp11::kMaxPlainPiece);
+    const auto r = ch.transmit(core::applet::restore_drill_command(backup_bytes, false));
+    REQUIRE(r.sw == core::sw::ok);
     CHECK(core::applet::parse_drill_answer(r.data) == core::station_digest(sent));
   }
   // The capture of the personalization holds none of the secrets the chip sealed, nor the package's
