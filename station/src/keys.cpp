@@ -751,8 +751,7 @@ void load_oce_chain(const StationConfig& config, StationKeys& keys) {
   if (!pem || !keys.token->has_public_key(key_label::oce)) return;
   const auto certs = core::parse_certificates_pem(text_of(*pem));
   const auto oce_key = keys.token->ec_public_key(key_label::oce);
-  if (certs.size() != 1 || !is_current_oce_certificate(certs[0], keys.device_ca_cert, *oce_key, config.station_id))
-    return;
+  if (certs.size() != 1 || !is_oce_certificate_for(certs[0], keys.device_ca_cert, *oce_key)) return;
   keys.oce_chain = {keys.device_ca_cert.BER_encode(), certs[0].BER_encode()};
 }
 

@@ -50,8 +50,8 @@ Botan::X509_Certificate issue_oce_certificate(const Botan::X509_Certificate& dev
                                    Botan::X509_Time(now), not_after, device_ca.subject_dn(), dn, ext);
 }
 
-bool is_current_oce_certificate(const Botan::X509_Certificate& cert, const Botan::X509_Certificate& device_ca,
-                                const Botan::Public_Key& oce_key, const std::string& station_id) {
+bool is_oce_certificate_for(const Botan::X509_Certificate& cert, const Botan::X509_Certificate& device_ca,
+                            const Botan::Public_Key& oce_key) {
   try {
     if (cert.subject_public_key_info() != oce_key.subject_public_key()) return false;
     if (cert.issuer_dn() != device_ca.subject_dn()) return false;
@@ -60,12 +60,18 @@ bool is_current_oce_certificate(const Botan::X509_Certificate& cert, const Botan
     if (cert.is_CA_cert() || cert.constraints() != Botan::KEY_AGREEMENT) return false;
     const auto policies = cert.certificate_policy_oids();
     if (policies.size() != 1 || policies[0] != Botan::OID(core::chip::kOcePolicyOid)) return false;
-    if (cert.subject_dn().get_first_attribute("X520.CommonName") != station_id) return false;
-    return cert.not_after() >
-           Botan::X509_Time(std::chrono::system_clock::now() + std::chrono::hours(24 * 30));
+    return cert.not_after() > Botan::X509_Time(std::chrono::system_clock::now());
   } catch (const Botan::Exception&) {
     return false;
   }
+}
+
+bool is_current_oce_certificate(const Botan::X509_Certificate& cert, const Botan::X509_Certificate& device_ca,
+                                const Botan::Public_Key& oce_key, const std::string& station_id) {
+  // Renewed a month before it lapses, like the TLS certificates (station/src/keys.cpp).
+  return is_oce_certificate_for(cert, device_ca, oce_key) &&
+         cert.subject_dn().get_first_attribute("X520.CommonName") == station_id &&
+         cert.not_after() > Botan::X509_Time(std::chrono::system_clock::now() + std::chrono::hours(24 * 30));
 }
 
 }  // namespace keyline::station

@@ -29,8 +29,13 @@ Botan::X509_Certificate issue_oce_certificate(const Botan::X509_Certificate& dev
                                               const Botan::Public_Key& oce_key, const std::string& station_id,
                                               Botan::RandomNumberGenerator& rng);
 
-// Whether `cert` is an OCE certificate of this profile for `oce_key` and `station_id` that the
-// Device CA `device_ca` signed and that lasts 30 more days: the test keys init keeps a present one by.
+// Whether `cert` is an OCE certificate of this profile for `oce_key` that the Device CA `device_ca`
+// signed and that has not expired: what a running station sends. The station id in its CN is not
+// checked here (stations of several ids may share one token and PKI directory; the device checks the
+// chain and the profile, docs/channel.md).
+bool is_oce_certificate_for(const Botan::X509_Certificate& cert, const Botan::X509_Certificate& device_ca,
+                            const Botan::Public_Key& oce_key);
+// The same, naming `station_id` and lasting 30 more days: the test keys init keeps a present one by.
 bool is_current_oce_certificate(const Botan::X509_Certificate& cert, const Botan::X509_Certificate& device_ca,
                                 const Botan::Public_Key& oce_key, const std::string& station_id);
 
