@@ -14,8 +14,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <optional>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -66,8 +66,9 @@ Botan::X509_Certificate sign(const Botan::Private_Key& signer_key, const Botan::
                              Botan::RandomNumberGenerator& rng) {
   Botan::AlgorithmIdentifier sig_algo;
   std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(signer_key, rng, "SHA-256", sig_algo));
-  return Botan::X509_CA::make_cert(signer.get(), rng, random_serial(rng), sig_algo, subject_key.subject_public_key(),
-                                   minute_ago(), not_after, issuer, subject, ext);
+  return Botan::X509_CA::make_cert(signer.get(), rng, random_serial(rng), sig_algo,
+                                   subject_key.subject_public_key(), minute_ago(), not_after, issuer, subject,
+                                   ext);
 }
 
 std::string common_name(const Botan::X509_DN& dn) {
@@ -121,8 +122,8 @@ Botan::X509_Certificate validate_path(const std::vector<Botan::X509_Certificate>
   const auto result = Botan::x509_path_validate(path, restrictions, store, "", Botan::Usage_Type::UNSPECIFIED,
                                                 std::chrono::system_clock::now());
   if (!result.successful_validation())
-    not_genuine(chip, std::string(what) + " certificate does not chain to a listed vendor (" + result.result_string() +
-                          ")");
+    not_genuine(chip, std::string(what) + " certificate does not chain to a listed vendor (" +
+                          result.result_string() + ")");
   return result.trust_root();
 }
 
@@ -179,9 +180,12 @@ Botan::X509_Certificate make_vendor_ca(const Botan::Private_Key& key, const std:
   dn.add_attribute("X520.CommonName", vendor_name);
   Botan::Extensions ext;
   ext.add(new Botan::Cert_Extension::Basic_Constraints(true, 0), true);
-  ext.add(new Botan::Cert_Extension::Key_Usage(Botan::Key_Constraints(Botan::KEY_CERT_SIGN | Botan::CRL_SIGN)), true);
+  ext.add(
+      new Botan::Cert_Extension::Key_Usage(Botan::Key_Constraints(Botan::KEY_CERT_SIGN | Botan::CRL_SIGN)),
+      true);
   ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(key)), false);
-  const Botan::X509_Time not_after(std::chrono::system_clock::now() + std::chrono::hours(24 * 365 * kVendorYears));
+  const Botan::X509_Time not_after(std::chrono::system_clock::now() +
+                                   std::chrono::hours(24 * 365 * kVendorYears));
   return sign(key, dn, dn, key, ext, not_after, rng);
 }
 
@@ -196,13 +200,15 @@ Bytes issue_chip_certificate(const Botan::X509_Certificate& vendor_ca, const Bot
   ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
   ext.add(new Botan::Cert_Extension::Key_Usage(role_usage(role)), true);
   if (role == ChipKeyRole::Attestation)
-    ext.add(new Botan::Cert_Extension::Certificate_Policies(std::vector<Botan::OID>{Botan::OID(kAttestationPolicyOid)}),
+    ext.add(new Botan::Cert_Extension::Certificate_Policies(
+                std::vector<Botan::OID>{Botan::OID(kAttestationPolicyOid)}),
             false);
   ext.add(new Botan::Cert_Extension::Subject_Key_ID(key_id(chip_key)), false);
   ext.add(new Botan::Cert_Extension::Authority_Key_ID(vendor_ca.subject_key_id()), false);
   ext.add(new HardwareModuleNameExtension(Botan::OID(hw_type), chip), false);
   // A chip certificate lives as long as its vendor CA: a chip is not re-certified in the field.
-  return sign(vendor_key, vendor_ca.subject_dn(), subject, chip_key, ext, vendor_ca.not_after(), rng).BER_encode();
+  return sign(vendor_key, vendor_ca.subject_dn(), subject, chip_key, ext, vendor_ca.not_after(), rng)
+      .BER_encode();
 }
 
 // --- the station's check ------------------------------------------------------------------------
@@ -218,7 +224,8 @@ std::vector<Botan::X509_Certificate> load_vendor_list(const std::string& path) {
   } catch (const Error& e) {
     throw ConfigError(ErrorCode::Config, "chip vendor list " + path + ": " + e.what());
   }
-  if (vendors.empty()) throw ConfigError(ErrorCode::Config, "chip vendor list " + path + " holds no certificate");
+  if (vendors.empty())
+    throw ConfigError(ErrorCode::Config, "chip vendor list " + path + " holds no certificate");
   for (const auto& v : vendors)
     if (!v.is_CA_cert())
       throw ConfigError(ErrorCode::Config, "chip vendor list " + path + ": " + common_name(v.subject_dn()) +
@@ -238,7 +245,8 @@ VerifiedChip verify_chip(const std::vector<Bytes>& store, const Bytes& attestati
   const auto sd_root = validate_path(sd_path, vendors, cplc_chip, "SD");
   const auto att_root = validate_path(att_path, vendors, cplc_chip, "attestation");
   // Both keys of one chip come from one vendor: a second vendor's attestation key is another chip.
-  if (sd_root != att_root) not_genuine(cplc_chip, "SD and attestation certificates come from different vendors");
+  if (sd_root != att_root)
+    not_genuine(cplc_chip, "SD and attestation certificates come from different vendors");
   VerifiedChip out;
   out.sd_public_point = check_role(sd_path.front(), ChipKeyRole::Sd, cplc_chip);
   out.attestation_public_point = check_role(att.front(), ChipKeyRole::Attestation, cplc_chip);
@@ -263,9 +271,11 @@ CommandApdu generate_key_command(KeyKind kind, const Bytes& challenge, const Byt
   return c;
 }
 
-Bytes context_hash(const ChipId& chip, const std::string& imei, const std::string& station_id, std::int64_t claim_id) {
+Bytes context_hash(const ChipId& chip, const std::string& imei, const std::string& station_id,
+                   std::int64_t claim_id) {
   if (imei.size() != 15) throw Error(ErrorCode::BadImei, "attestation context: IMEI must be 15 digits");
-  if (station_id.size() > 255) throw Error(ErrorCode::Usage, "attestation context: station id longer than 255 bytes");
+  if (station_id.size() > 255)
+    throw Error(ErrorCode::Usage, "attestation context: station id longer than 255 bytes");
   Bytes m;
   const std::string label = "keyline attest context v1";
   m.insert(m.end(), label.begin(), label.end());
@@ -327,7 +337,8 @@ Statement parse_statement(const std::uint8_t* data, std::size_t len) {
 }
 
 Bytes encode_signed_statement(const SignedStatement& s) {
-  if (s.statement.empty() || s.statement.size() > 0xFFFF || s.signature.empty() || s.signature.size() > kMaxSignature)
+  if (s.statement.empty() || s.statement.size() > 0xFFFF || s.signature.empty() ||
+      s.signature.size() > kMaxSignature)
     bad_statement("signed statement fields out of range");
   Bytes out;
   put_u16(out, static_cast<std::uint16_t>(s.statement.size()));
@@ -357,8 +368,9 @@ SignedStatement sign_statement(const Statement& s, const Botan::Private_Key& att
   return out;
 }
 
-Statement verify_statement(const SignedStatement& signed_statement, const VerifiedChip& chip, const ChipId& chip_id,
-                           KeyKind kind, const Bytes& challenge, const Bytes& context, std::uint32_t last_counter) {
+Statement verify_statement(const SignedStatement& signed_statement, const VerifiedChip& chip,
+                           const ChipId& chip_id, KeyKind kind, const Bytes& challenge, const Bytes& context,
+                           std::uint32_t last_counter) {
   bool valid = false;
   try {
     const Botan::EC_Group p256("secp256r1");
@@ -368,7 +380,9 @@ Statement verify_statement(const SignedStatement& signed_statement, const Verifi
   } catch (const std::exception&) {
     valid = false;
   }
-  if (!valid) throw Error(ErrorCode::BadAttestation, "chip " + chip_id.str() + ": attestation signature does not verify");
+  if (!valid)
+    throw Error(ErrorCode::BadAttestation,
+                "chip " + chip_id.str() + ": attestation signature does not verify");
   Statement s;
   try {
     s = parse_statement(signed_statement.statement.data(), signed_statement.statement.size());

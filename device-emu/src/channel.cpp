@@ -21,7 +21,8 @@ namespace keyline::device {
 namespace {
 
 // Amendment F section 7.4.2: GET DATA BF21 names the SD key: A6 04 { 83 02 KID KVN }.
-constexpr std::uint8_t kStoreKeyRef[] = {0xA6, 0x04, 0x83, 0x02, core::scp11::kSdKidScp11a, core::scp11::kKeyVersion};
+constexpr std::uint8_t kStoreKeyRef[] = {
+    0xA6, 0x04, 0x83, 0x02, core::scp11::kSdKidScp11a, core::scp11::kKeyVersion};
 // An OCE chain longer than this is refused: keyline's is Station CA certificate + OCE certificate.
 constexpr std::size_t kMaxOceChain = 4;
 
@@ -42,7 +43,8 @@ core::ResponseApdu with_data(const core::Bytes& data) {
 core::Bytes oce_point(const Botan::X509_Certificate& leaf) {
   if (leaf.is_CA_cert() || leaf.constraints() != Botan::KEY_AGREEMENT) return {};
   const auto policies = leaf.certificate_policy_oids();
-  if (std::find(policies.begin(), policies.end(), Botan::OID(core::chip::kOcePolicyOid)) == policies.end()) return {};
+  if (std::find(policies.begin(), policies.end(), Botan::OID(core::chip::kOcePolicyOid)) == policies.end())
+    return {};
   const auto key = leaf.load_subject_public_key();
   const auto* ec = dynamic_cast<const Botan::EC_PublicKey*>(key.get());
   if (!ec || ec->domain() != Botan::EC_Group("secp256r1")) return {};
@@ -150,7 +152,9 @@ core::ResponseApdu Session::perform_security_operation(const core::CommandApdu& 
     chain.pop_back();
     core::verify_chain(leaf, chain, m_device.m_chip.roots());
     core::Bytes point = oce_point(leaf);
-    if (point.empty()) throw core::Error(core::ErrorCode::ChainInvalid, "the OCE certificate is not an OCE key-agreement certificate");
+    if (point.empty())
+      throw core::Error(core::ErrorCode::ChainInvalid,
+                        "the OCE certificate is not an OCE key-agreement certificate");
     m_oce_point = std::move(point);
   } catch (const std::exception& e) {
     log_line(chip, std::string("OCE certificate chain refused: ") + e.what());
@@ -175,7 +179,8 @@ core::ResponseApdu Session::mutual_authenticate(const core::CommandApdu& c) {
     return sw_only(core::sw::referenced_data_not_found);
   const core::Bytes oce = *m_oce_point;
   end_channel();
-  auto handshake = core::scp11::card_handshake(request, core::Bytes(c.data.begin(), c.data.end()), vendor->sd_scalar, oce);
+  auto handshake =
+      core::scp11::card_handshake(request, core::Bytes(c.data.begin(), c.data.end()), vendor->sd_scalar, oce);
   m_channel.emplace(std::move(handshake.session));
   log_line(m_device.m_chip.chip_id().str(), "secure channel open (SCP11a)");
   return with_data(handshake.answer_data);
@@ -219,9 +224,11 @@ core::ResponseApdu Session::generate_key(const core::CommandApdu& c) {
 
 void Session::insert_generated_keys(core::DataPackage& pkg) const {
   if (!pkg.identity_key.empty() || !pkg.transport_key.empty())
-    throw core::Error(core::ErrorCode::BadDataPackage, "a version 2 package came with private keys from the station");
+    throw core::Error(core::ErrorCode::BadDataPackage,
+                      "a version 2 package came with private keys from the station");
   if (m_generated_identity.empty() || m_generated_transport.empty())
-    throw core::Error(core::ErrorCode::BadDataPackage, "version 2 package, but no keys were generated in this session");
+    throw core::Error(core::ErrorCode::BadDataPackage,
+                      "version 2 package, but no keys were generated in this session");
   pkg.identity_key = m_generated_identity;
   pkg.transport_key = m_generated_transport;
 }

@@ -3,6 +3,8 @@
 // chains (certificates parsed from the input), MUTUAL AUTHENTICATE, secured commands (CLA bit 04)
 // and GENERATE KEY meet whatever state the earlier APDUs left. Every answer must be a response APDU
 // with a status word; nothing may throw.
+#include <botan/auto_rng.h>
+#include <botan/ecdsa.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -10,9 +12,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-
-#include <botan/auto_rng.h>
-#include <botan/ecdsa.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/device/applet.h"
@@ -30,7 +29,8 @@ keyline::device::Device& device() {
     fs::create_directories(dir);
     Botan::AutoSeeded_RNG rng;
     Botan::ECDSA_PrivateKey key(rng, Botan::EC_Group("secp256r1"));
-    std::ofstream(dir / "root.pem") << core::to_pem(core::make_root_certificate(key, "fuzz root", "fuzz", rng));
+    std::ofstream(dir / "root.pem") << core::to_pem(
+        core::make_root_certificate(key, "fuzz root", "fuzz", rng));
     const auto vendor = device::vendor_init(dir / "vendor", "fuzz vendor");
     std::set<std::string> taken;
     device::make_device(dir / "dev", dir / "root.pem", taken, &vendor);

@@ -3,23 +3,21 @@
 // with `keyline-device vendor-init` / `make --vendor`, then the attacks: an OCE chain from another
 // root or with the wrong key usage, a changed byte, a replay, plain personalization commands, and
 // the attestation counter across a restart.
-#include <doctest/doctest.h>
-
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <botan/auto_rng.h>
 #include <botan/curve25519.h>
-#include <botan/ecdsa.h>
 #include <botan/data_src.h>
+#include <botan/ecdsa.h>
 #include <botan/hash.h>
 #include <botan/pkcs8.h>
 #include <botan/pubkey.h>
 #include <botan/x509_ca.h>
 #include <botan/x509_ext.h>
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -33,8 +31,8 @@
 #include "keyline/core/data_package.h"
 #include "keyline/core/device_link.h"
 #include "keyline/core/flash_image.h"
-#include "keyline/device/chip.h"
 #include "keyline/core/scp11.h"
+#include "keyline/device/chip.h"
 #include "testenv.h"
 
 using namespace keyline;
@@ -72,7 +70,8 @@ class Served {
       ::dup2(fds[1], 1);
       ::close(fds[0]);
       ::close(fds[1]);
-      std::vector<std::string> all{program(), "serve", "--dir", dir.string(), "--listen", "127.0.0.1:0", "--quiet"};
+      std::vector<std::string> all{program(),  "serve",       "--dir",  dir.string(),
+                                   "--listen", "127.0.0.1:0", "--quiet"};
       std::vector<char*> argv;
       for (auto& a : all) argv.push_back(a.data());
       argv.push_back(nullptr);
@@ -113,7 +112,8 @@ class Scratch {
  public:
   Scratch() {
     static int n = 0;
-    m_path = fs::temp_directory_path() / ("keyline-channel-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    m_path = fs::temp_directory_path() /
+             ("keyline-channel-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
     fs::remove_all(m_path);
     fs::create_directories(m_path);
   }
@@ -127,18 +127,22 @@ class Scratch {
   fs::path m_path;
 };
 
-Botan::X509_Time hours_from_now(int h) { return Botan::X509_Time(std::chrono::system_clock::now() + std::chrono::hours(h)); }
+Botan::X509_Time hours_from_now(int h) {
+  return Botan::X509_Time(std::chrono::system_clock::now() + std::chrono::hours(h));
+}
 
 // The manufacturer's side for these tests: the ROM root, a Device CA for identity certificates, a
 // Station CA and the station's OCE certificate (keyAgreement, kOcePolicyOid) with its static key.
 class Manufacturer {
  public:
   Manufacturer()
-      : m_root_key(m_rng, p256()), m_device_ca_key(m_rng, p256()), m_station_ca_key(m_rng, p256()),
+      : m_root_key(m_rng, p256()),
+        m_device_ca_key(m_rng, p256()),
+        m_station_ca_key(m_rng, p256()),
         m_oce_key(m_rng, p256()),
         m_root(core::make_root_certificate(m_root_key, "test root", "Test Manufacturer", m_rng)),
-        m_device_ca(core::make_ca_certificate(m_root, m_root_key, m_device_ca_key, "test device CA", "Test Manufacturer",
-                                              0, m_rng)),
+        m_device_ca(core::make_ca_certificate(m_root, m_root_key, m_device_ca_key, "test device CA",
+                                              "Test Manufacturer", 0, m_rng)),
         m_station_ca(core::make_ca_certificate(m_root, m_root_key, m_station_ca_key, "test station CA",
                                                "Test Manufacturer", 0, m_rng)) {}
 
@@ -147,25 +151,29 @@ class Manufacturer {
   Botan::RandomNumberGenerator& rng() { return m_rng; }
 
   // The OCE certificate from the Station CA; usage and policy as given (an attacker's variants).
-  core::Bytes oce_cert(Botan::Key_Constraints usage = Botan::KEY_AGREEMENT, const char* policy = chip::kOcePolicyOid) {
+  core::Bytes oce_cert(Botan::Key_Constraints usage = Botan::KEY_AGREEMENT,
+                       const char* policy = chip::kOcePolicyOid) {
     Botan::Extensions ext;
     ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
     ext.add(new Botan::Cert_Extension::Key_Usage(usage), true);
-    ext.add(new Botan::Cert_Extension::Certificate_Policies(std::vector<Botan::OID>{Botan::OID(policy)}), false);
+    ext.add(new Botan::Cert_Extension::Certificate_Policies(std::vector<Botan::OID>{Botan::OID(policy)}),
+            false);
     ext.add(new Botan::Cert_Extension::Authority_Key_ID(m_station_ca.subject_key_id()), false);
     Botan::X509_DN dn;
     dn.add_attribute("X520.CommonName", "station-1 OCE");
     Botan::AlgorithmIdentifier algo;
-    std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(m_station_ca_key, m_rng, "SHA-256", algo));
+    std::unique_ptr<Botan::PK_Signer> signer(
+        Botan::choose_sig_format(m_station_ca_key, m_rng, "SHA-256", algo));
     return Botan::X509_CA::make_cert(signer.get(), m_rng, Botan::BigInt(m_serial++), algo,
-                                     m_oce_key.subject_public_key(), hours_from_now(-1), hours_from_now(24 * 365),
-                                     m_station_ca.subject_dn(), dn, ext)
+                                     m_oce_key.subject_public_key(), hours_from_now(-1),
+                                     hours_from_now(24 * 365), m_station_ca.subject_dn(), dn, ext)
         .BER_encode();
   }
 
   scp11::HostParams host_params(std::vector<core::Bytes> chain = {}) {
     scp11::HostParams p;
-    p.oce_chain = chain.empty() ? std::vector<core::Bytes>{m_station_ca.BER_encode(), oce_cert()} : std::move(chain);
+    p.oce_chain =
+        chain.empty() ? std::vector<core::Bytes>{m_station_ca.BER_encode(), oce_cert()} : std::move(chain);
     const core::SecureBytes scalar = Botan::BigInt::encode_1363(m_oce_key.private_value(), 32);
     p.static_ecdh = [scalar](const core::Bytes& peer) { return scp11::ecdh_p256(scalar, peer); };
     return p;
@@ -184,8 +192,8 @@ class Manufacturer {
     p.issued_at = 1700000000;
     p.identity_cert = core::issue_identity_certificate_der(m_device_ca, m_device_ca_key, identity, imei, id,
                                                            core::kDefaultHwType, m_rng);
-    p.transport_cert = core::issue_transport_certificate_der(m_device_ca, m_device_ca_key, transport, imei, id,
-                                                             core::kDefaultHwType, m_rng);
+    p.transport_cert = core::issue_transport_certificate_der(m_device_ca, m_device_ca_key, transport, imei,
+                                                             id, core::kDefaultHwType, m_rng);
     p.ca_chain = {m_device_ca.BER_encode()};
     p.comm_key.resize(32);
     m_rng.randomize(p.comm_key.data(), p.comm_key.size());
@@ -208,7 +216,8 @@ struct Fab {
   Fab(bool with_vendor = true) {
     std::ofstream(tmp.path() / "root.pem") << core::to_pem(maker.root());
     REQUIRE(run({"vendor-init", vendor.string(), "--name", "Test Chip Vendor"}) == 0);
-    std::vector<std::string> make{"make", "--dir", dev.string(), "--rom-ca", (tmp.path() / "root.pem").string()};
+    std::vector<std::string> make{"make", "--dir", dev.string(), "--rom-ca",
+                                  (tmp.path() / "root.pem").string()};
     if (with_vendor) make.insert(make.end(), {"--vendor", vendor.string()});
     REQUIRE(run(make) == 0);
   }
@@ -242,7 +251,8 @@ ChipSeen look_at_chip(core::DeviceLink& link, const fs::path& vendor_dir) {
   REQUIRE(store.sw == core::sw::ok);
   const auto att = link.transmit(apdu(0x80, 0xCA, 0xDF, 0x21));
   REQUIRE(att.sw == core::sw::ok);
-  seen.verified = chip::verify_chip(scp11::parse_certificate_store(store.data), core::Bytes(att.data.begin(), att.data.end()),
+  seen.verified = chip::verify_chip(scp11::parse_certificate_store(store.data),
+                                    core::Bytes(att.data.begin(), att.data.end()),
                                     chip::load_vendor_list((vendor_dir / "vendor.crt").string()), seen.id);
   return seen;
 }
@@ -253,8 +263,8 @@ core::Bytes random_bytes(Botan::RandomNumberGenerator& rng, std::size_t n) {
   return b;
 }
 
-chip::Statement generate(core::DeviceChannel& ch, const ChipSeen& seen, chip::KeyKind kind, const core::Bytes& challenge,
-                         const core::Bytes& context, std::uint32_t last) {
+chip::Statement generate(core::DeviceChannel& ch, const ChipSeen& seen, chip::KeyKind kind,
+                         const core::Bytes& challenge, const core::Bytes& context, std::uint32_t last) {
   const auto r = ch.transmit(chip::generate_key_command(kind, challenge, context));
   REQUIRE(r.sw == core::sw::ok);
   const auto st = chip::parse_signed_statement(r.data.data(), r.data.size());
@@ -268,8 +278,9 @@ std::uint16_t store_package(core::DeviceChannel& ch, const core::SecureBytes& pk
     const std::size_t len = std::min(block, pkg.size() - off);
     const bool last = off + len == pkg.size();
     const auto r = ch.transmit(core::applet::store_data_command(
-        n, last, core::SecureBytes(pkg.begin() + static_cast<std::ptrdiff_t>(off),
-                                   pkg.begin() + static_cast<std::ptrdiff_t>(off + len))));
+        n, last,
+        core::SecureBytes(pkg.begin() + static_cast<std::ptrdiff_t>(off),
+                          pkg.begin() + static_cast<std::ptrdiff_t>(off + len))));
     if (r.sw != core::sw::ok || last) return r.sw;
   }
   return 0;
@@ -296,7 +307,8 @@ unsigned mode_of(const fs::path& p) {
 
 }  // namespace
 
-TEST_CASE("vendor chip: vendor-init and make --vendor write the keys 0600 and the certificates naming the chip") {
+TEST_CASE(
+    "vendor chip: vendor-init and make --vendor write the keys 0600 and the certificates naming the chip") {
   Fab fab;
   CHECK(mode_of(fab.vendor / "vendor.key") == 0600);
   CHECK(mode_of(fab.dev / "secure" / "sd.key") == 0600);
@@ -310,10 +322,13 @@ TEST_CASE("vendor chip: vendor-init and make --vendor write the keys 0600 and th
   const auto seen = look_at_chip(link, fab.vendor);
   CHECK(seen.verified.vendor == "Test Chip Vendor");
   // Another SD key reference than KID 11 KVN 01 is not there.
-  CHECK(link.transmit(scp11::get_certificate_store_command({0x13, 0x01})).sw == core::sw::referenced_data_not_found);
+  CHECK(link.transmit(scp11::get_certificate_store_command({0x13, 0x01})).sw ==
+        core::sw::referenced_data_not_found);
 }
 
-TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed with the chip's own keys, drill, boot, recovery") {
+TEST_CASE(
+    "vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed with the chip's own keys, drill, "
+    "boot, recovery") {
   Fab fab;
   core::ChipId id;
   core::Bytes identity_point, backup_bytes, wire;
@@ -321,7 +336,8 @@ TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed wit
   {
     Served served(fab.dev);
     core::DeviceLink link("127.0.0.1", served.port());
-    link.set_capture([&wire](bool, const std::uint8_t* d, std::size_t n) { wire.insert(wire.end(), d, d + n); });
+    link.set_capture(
+        [&wire](bool, const std::uint8_t* d, std::size_t n) { wire.insert(wire.end(), d, d + n); });
     link.connect();
     const auto seen = look_at_chip(link, fab.vendor);
     id = seen.id;
@@ -330,7 +346,8 @@ TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed wit
     auto& rng = fab.maker.rng();
     const auto context = chip::context_hash(seen.id, "490154203237518", "station-1", 1);
     const auto identity = generate(ch, seen, chip::KeyKind::Identity, random_bytes(rng, 32), context, 0);
-    const auto transport = generate(ch, seen, chip::KeyKind::Transport, random_bytes(rng, 32), context, identity.counter);
+    const auto transport =
+        generate(ch, seen, chip::KeyKind::Transport, random_bytes(rng, 32), context, identity.counter);
     CHECK(transport.counter == identity.counter + 1);
     identity_point = identity.public_key;
 
@@ -344,8 +361,9 @@ TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed wit
     CHECK(core::applet::parse_drill_answer(drill.data) == core::station_digest(sent));
     backup_bytes.assign(backup.data.begin(), backup.data.end());
     // A second personalization is refused, also under the channel.
-    CHECK(ch.transmit(chip::generate_key_command(chip::KeyKind::Identity, random_bytes(rng, 32), context)).sw ==
-          core::sw::conditions_not_satisfied);
+    CHECK(
+        ch.transmit(chip::generate_key_command(chip::KeyKind::Identity, random_bytes(rng, 32), context)).sw ==
+        core::sw::conditions_not_satisfied);
   }
   {
     // RESTORE DRILL with the backup as data, as the station sends it: chained secured pieces, each
@@ -354,7 +372,8 @@ TEST_CASE("vendor chip: SCP11a round trip, GENERATE KEY, a v2 package sealed wit
     core::DeviceLink link("127.0.0.1", served.port());
     link.connect();
     const auto seen = look_at_chip(link, fab.vendor);
-    scp11::SecureChannel ch(link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
+    scp11::SecureChannel ch(
+        link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
     REQUIRE(backup_bytes.size() > 2 * scp11::kMaxPlainPiece);
     const auto r = ch.transmit(core::applet::restore_drill_command(backup_bytes, false));
     REQUIRE(r.sw == core::sw::ok);
@@ -426,7 +445,8 @@ TEST_CASE("vendor chip: a v2 package whose certificates are not for the generate
   core::DeviceLink link("127.0.0.1", served.port());
   link.connect();
   const auto seen = look_at_chip(link, fab.vendor);
-  scp11::SecureChannel ch(link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
+  scp11::SecureChannel ch(
+      link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
   auto& rng = fab.maker.rng();
   const auto context = random_bytes(rng, 32);
   generate(ch, seen, chip::KeyKind::Identity, random_bytes(rng, 32), context, 0);
@@ -447,26 +467,31 @@ TEST_CASE("vendor chip: an OCE chain from another root, or with the wrong usage 
   look_at_chip(link, fab.vendor);
   auto last_sw = [&](const std::vector<core::Bytes>& chain) {
     std::uint16_t sw = 0;
-    for (const auto& c : scp11::perform_security_operation_commands(chain, {scp11::kOceKid, scp11::kKeyVersion}))
+    for (const auto& c :
+         scp11::perform_security_operation_commands(chain, {scp11::kOceKid, scp11::kKeyVersion}))
       sw = link.transmit(c, 0).sw;
     return sw;
   };
   Manufacturer stranger;  // same profile, another root
   CHECK(last_sw(stranger.host_params().oce_chain) == core::sw::security_not_satisfied);
   const auto station_ca = fab.maker.host_params().oce_chain.front();
-  CHECK(last_sw({station_ca, fab.maker.oce_cert(Botan::DIGITAL_SIGNATURE)}) == core::sw::security_not_satisfied);
+  CHECK(last_sw({station_ca, fab.maker.oce_cert(Botan::DIGITAL_SIGNATURE)}) ==
+        core::sw::security_not_satisfied);
   CHECK(last_sw({station_ca, fab.maker.oce_cert(Botan::KEY_AGREEMENT, core::kStationPolicy)}) ==
         core::sw::security_not_satisfied);
   // The leaf alone, without the Station CA between it and the root.
   CHECK(last_sw({fab.maker.oce_cert()}) == core::sw::security_not_satisfied);
   // None of them lets MUTUAL AUTHENTICATE run.
   const Botan::ECDSA_PrivateKey eph(fab.maker.rng(), Manufacturer::p256());
-  CHECK(link.transmit(scp11::mutual_authenticate_command({}, eph.public_point().encode(Botan::PointGFp::UNCOMPRESSED))).sw ==
-        core::sw::conditions_not_satisfied);
+  CHECK(link.transmit(scp11::mutual_authenticate_command(
+                          {}, eph.public_point().encode(Botan::PointGFp::UNCOMPRESSED)))
+            .sw == core::sw::conditions_not_satisfied);
   // The host side sees the refusal too.
-  CHECK_THROWS(scp11::open_host_session(link, stranger.host_params(), look_at_chip(link, fab.vendor).verified.sd_public_point));
+  CHECK_THROWS(scp11::open_host_session(link, stranger.host_params(),
+                                        look_at_chip(link, fab.vendor).verified.sd_public_point));
   // The genuine chain still opens the channel afterwards.
-  CHECK_NOTHROW(scp11::open_host_session(link, fab.maker.host_params(), look_at_chip(link, fab.vendor).verified.sd_public_point));
+  CHECK_NOTHROW(scp11::open_host_session(link, fab.maker.host_params(),
+                                         look_at_chip(link, fab.vendor).verified.sd_public_point));
 }
 
 TEST_CASE("vendor chip: personalization commands outside the channel are refused 6982") {
@@ -476,12 +501,14 @@ TEST_CASE("vendor chip: personalization commands outside the channel are refused
   link.connect();
   const auto seen = look_at_chip(link, fab.vendor);
   auto& rng = fab.maker.rng();
-  const auto pkg = fab.maker.package_for(seen.id, Botan::ECDSA_PrivateKey(rng, Manufacturer::p256())
-                                                      .public_point().encode(Botan::PointGFp::UNCOMPRESSED),
-                                         random_bytes(rng, 32));
+  const auto pkg = fab.maker.package_for(
+      seen.id,
+      Botan::ECDSA_PrivateKey(rng, Manufacturer::p256()).public_point().encode(Botan::PointGFp::UNCOMPRESSED),
+      random_bytes(rng, 32));
   CHECK(store_package(link, pkg.encode()) == core::sw::security_not_satisfied);
-  CHECK(link.transmit(chip::generate_key_command(chip::KeyKind::Identity, random_bytes(rng, 32), random_bytes(rng, 32))).sw ==
-        core::sw::security_not_satisfied);
+  CHECK(link.transmit(chip::generate_key_command(chip::KeyKind::Identity, random_bytes(rng, 32),
+                                                 random_bytes(rng, 32)))
+            .sw == core::sw::security_not_satisfied);
   CHECK(link.transmit(core::applet::get_backup_command(false)).sw == core::sw::security_not_satisfied);
   CHECK(link.transmit(core::applet::restore_drill_command({}, false)).sw == core::sw::security_not_satisfied);
   // A secured command without a session.
@@ -516,7 +543,8 @@ TEST_CASE("vendor chip: a changed byte in a secured command gets 6982 and ends t
   CHECK(link.transmit(spare.wrap_command(command)).sw == core::sw::security_not_satisfied);
   CHECK(counter_on_disk(fab.dev) == 0);
   // A new handshake opens a new session.
-  scp11::SecureChannel fresh(link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
+  scp11::SecureChannel fresh(
+      link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
   CHECK(fresh.transmit(core::applet::status_command()).sw == core::sw::ok);
 }
 
@@ -535,7 +563,8 @@ TEST_CASE("vendor chip: a replayed secured command is refused, and SELECT ends t
 
   auto again = scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point);
   REQUIRE(link.transmit(core::applet::select_command()).sw == core::sw::ok);
-  CHECK(link.transmit(again.wrap_command(core::applet::status_command())).sw == core::sw::security_not_satisfied);
+  CHECK(link.transmit(again.wrap_command(core::applet::status_command())).sw ==
+        core::sw::security_not_satisfied);
 }
 
 TEST_CASE("vendor chip: the attestation counter grows across a restart of the emulator") {
@@ -547,8 +576,10 @@ TEST_CASE("vendor chip: the attestation counter grows across a restart of the em
     core::DeviceLink link("127.0.0.1", served.port());
     link.connect();
     const auto seen = look_at_chip(link, fab.vendor);
-    scp11::SecureChannel ch(link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
-    const auto st = generate(ch, seen, chip::KeyKind::Transport, random_bytes(fab.maker.rng(), 32), ctx, first);
+    scp11::SecureChannel ch(
+        link, scp11::open_host_session(link, fab.maker.host_params(), seen.verified.sd_public_point));
+    const auto st =
+        generate(ch, seen, chip::KeyKind::Transport, random_bytes(fab.maker.rng(), 32), ctx, first);
     if (round == 0) first = st.counter;
     if (round == 1) CHECK(st.counter == first + 1);
     CHECK(counter_on_disk(fab.dev) == st.counter);
@@ -564,8 +595,10 @@ TEST_CASE("chip without a vendor identity: no certificate store, plain as before
   link.connect();
   REQUIRE(link.transmit(core::applet::select_command()).sw == core::sw::ok);
   CHECK(link.transmit(scp11::get_certificate_store_command({})).sw == core::sw::referenced_data_not_found);
-  CHECK(link.transmit(core::applet::get_backup_command(false)).sw == core::sw::referenced_data_not_found);  // plain, empty flash
+  CHECK(link.transmit(core::applet::get_backup_command(false)).sw ==
+        core::sw::referenced_data_not_found);  // plain, empty flash
   // GENERATE KEY needs the channel, which this chip cannot open.
-  CHECK(link.transmit(chip::generate_key_command(chip::KeyKind::Identity, core::Bytes(32, 1), core::Bytes(32, 2))).sw ==
-        core::sw::security_not_satisfied);
+  CHECK(link.transmit(
+                chip::generate_key_command(chip::KeyKind::Identity, core::Bytes(32, 1), core::Bytes(32, 2)))
+            .sw == core::sw::security_not_satisfied);
 }

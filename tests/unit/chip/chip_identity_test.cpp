@@ -1,12 +1,10 @@
 // core/chip_identity.h: the station's check of a chip's vendor identity and of its attestation
 // statements, against counterfeit chips and tampered, replayed or misdirected statements.
-#include <doctest/doctest.h>
-
-#include <unistd.h>
-
 #include <botan/pubkey.h>
 #include <botan/x509_ca.h>
 #include <botan/x509_ext.h>
+#include <doctest/doctest.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -56,7 +54,8 @@ struct Setup {
   std::vector<Botan::X509_Certificate> vendors{vendor.ca()};
   VerifiedChip verified() { return verify_chip({chip.sd_cert}, chip.attestation_cert, vendors, chip.id); }
 
-  Statement statement(KeyKind kind, const core::Bytes& challenge, const core::Bytes& context, std::uint32_t counter) {
+  Statement statement(KeyKind kind, const core::Bytes& challenge, const core::Bytes& context,
+                      std::uint32_t counter) {
     Statement s;
     s.chip = chip.id;
     s.kind = kind;
@@ -86,9 +85,10 @@ core::Bytes expired_sd_cert(TestVendor& v, const TestChip& c) {
   Botan::AlgorithmIdentifier algo;
   std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(v.key(), v.rng(), "SHA-256", algo));
   const auto now = std::chrono::system_clock::now();
-  return Botan::X509_CA::make_cert(signer.get(), v.rng(), Botan::BigInt(77), algo, c.sd_key->subject_public_key(),
-                                   Botan::X509_Time(now - std::chrono::hours(48)),
-                                   Botan::X509_Time(now - std::chrono::hours(24)), v.ca().subject_dn(), dn, ext)
+  return Botan::X509_CA::make_cert(
+             signer.get(), v.rng(), Botan::BigInt(77), algo, c.sd_key->subject_public_key(),
+             Botan::X509_Time(now - std::chrono::hours(48)), Botan::X509_Time(now - std::chrono::hours(24)),
+             v.ca().subject_dn(), dn, ext)
       .BER_encode();
 }
 
@@ -98,12 +98,13 @@ TEST_CASE("verify_chip: a genuine chip yields its SD and attestation points and 
   Setup s;
   const auto v = s.verified();
   CHECK(v.sd_public_point == s.chip.sd_key->public_point().encode(Botan::PointGFp::UNCOMPRESSED));
-  CHECK(v.attestation_public_point == s.chip.attestation_key->public_point().encode(Botan::PointGFp::UNCOMPRESSED));
+  CHECK(v.attestation_public_point ==
+        s.chip.attestation_key->public_point().encode(Botan::PointGFp::UNCOMPRESSED));
   CHECK(v.vendor == "Test Chip Vendor");
   CHECK(v.vendor_ca_sha256.size() == 64);
   // The vendor CA itself in the store (issuer side first) changes nothing.
-  const auto v2 = verify_chip({s.vendor.ca().BER_encode(), s.chip.sd_cert}, s.chip.attestation_cert, s.vendors,
-                              s.chip.id);
+  const auto v2 = verify_chip({s.vendor.ca().BER_encode(), s.chip.sd_cert}, s.chip.attestation_cert,
+                              s.vendors, s.chip.id);
   CHECK(v2.sd_public_point == v.sd_public_point);
 }
 
@@ -138,11 +139,13 @@ TEST_CASE("verify_chip: SD and attestation certificates swapped fail on their ke
         core::ErrorCode::ChipNotGenuine);
   CHECK(code_of([&] { verify_chip({s.chip.sd_cert}, s.chip.sd_cert, s.vendors, s.chip.id); }) ==
         core::ErrorCode::ChipNotGenuine);
-  CHECK(code_of([&] { verify_chip({s.chip.attestation_cert}, s.chip.attestation_cert, s.vendors, s.chip.id); }) ==
-        core::ErrorCode::ChipNotGenuine);
+  CHECK(code_of([&] {
+          verify_chip({s.chip.attestation_cert}, s.chip.attestation_cert, s.vendors, s.chip.id);
+        }) == core::ErrorCode::ChipNotGenuine);
   // The vendor CA's own certificate as the SD certificate.
-  CHECK(code_of([&] { verify_chip({s.vendor.ca().BER_encode()}, s.chip.attestation_cert, s.vendors, s.chip.id); }) ==
-        core::ErrorCode::ChipNotGenuine);
+  CHECK(code_of([&] {
+          verify_chip({s.vendor.ca().BER_encode()}, s.chip.attestation_cert, s.vendors, s.chip.id);
+        }) == core::ErrorCode::ChipNotGenuine);
 }
 
 TEST_CASE("verify_chip: an expired certificate, an empty store or bytes that are no certificate") {
@@ -151,8 +154,9 @@ TEST_CASE("verify_chip: an expired certificate, an empty store or bytes that are
   CHECK(code_of([&] { verify_chip({expired}, s.chip.attestation_cert, s.vendors, s.chip.id); }) ==
         core::ErrorCode::ChipNotGenuine);
   // Refused for its validity, not for some other flaw of the hand-made certificate.
-  CHECK(message_of([&] { verify_chip({expired}, s.chip.attestation_cert, s.vendors, s.chip.id); }).find("expired") !=
-        std::string::npos);
+  CHECK(message_of([&] {
+          verify_chip({expired}, s.chip.attestation_cert, s.vendors, s.chip.id);
+        }).find("expired") != std::string::npos);
   CHECK(code_of([&] { verify_chip({}, s.chip.attestation_cert, s.vendors, s.chip.id); }) ==
         core::ErrorCode::ChipNotGenuine);
   core::Bytes broken = s.chip.sd_cert;
@@ -163,7 +167,8 @@ TEST_CASE("verify_chip: an expired certificate, an empty store or bytes that are
 
 TEST_CASE("load_vendor_list: CA certificates only") {
   Setup s;
-  const auto dir = std::filesystem::temp_directory_path() / ("keyline-chip-vendors-" + std::to_string(::getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("keyline-chip-vendors-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "ok.pem") << core::to_pem(s.vendor.ca());
   CHECK(load_vendor_list((dir / "ok.pem").string()).size() == 1);
@@ -188,16 +193,16 @@ TEST_CASE("attestation: a statement verifies and round-trips") {
   CHECK(got.counter == 7);
   const auto tr = s.statement(KeyKind::Transport, challenge, context, 8);
   const auto tr_signed = sign_statement(tr, *s.chip.attestation_key, s.vendor.rng());
-  CHECK(verify_statement(tr_signed, s.verified(), s.chip.id, KeyKind::Transport, challenge, context, 7).public_key ==
-        tr.public_key);
+  CHECK(verify_statement(tr_signed, s.verified(), s.chip.id, KeyKind::Transport, challenge, context, 7)
+            .public_key == tr.public_key);
 }
 
 TEST_CASE("attestation: every byte of the statement and the signature is covered") {
   Setup s;
   const auto challenge = random_bytes(s.vendor.rng(), 32);
   const auto context = random_bytes(s.vendor.rng(), 32);
-  const auto good = sign_statement(s.statement(KeyKind::Identity, challenge, context, 3), *s.chip.attestation_key,
-                                   s.vendor.rng());
+  const auto good = sign_statement(s.statement(KeyKind::Identity, challenge, context, 3),
+                                   *s.chip.attestation_key, s.vendor.rng());
   const auto chip = s.verified();
   for (std::size_t i = 0; i < good.statement.size(); ++i) {
     auto t = good;
@@ -219,17 +224,20 @@ TEST_CASE("attestation: a replayed counter, another challenge, context or key ki
   Setup s;
   const auto challenge = random_bytes(s.vendor.rng(), 32);
   const auto context = random_bytes(s.vendor.rng(), 32);
-  const auto st = sign_statement(s.statement(KeyKind::Identity, challenge, context, 10), *s.chip.attestation_key,
-                                 s.vendor.rng());
+  const auto st = sign_statement(s.statement(KeyKind::Identity, challenge, context, 10),
+                                 *s.chip.attestation_key, s.vendor.rng());
   const auto chip = s.verified();
   auto verify = [&](KeyKind kind, const core::Bytes& ch, const core::Bytes& ctx, std::uint32_t last) {
     return code_of([&] { verify_statement(st, chip, s.chip.id, kind, ch, ctx, last); });
   };
   CHECK(verify(KeyKind::Identity, challenge, context, 10) == core::ErrorCode::AttestationMismatch);  // replay
   CHECK(verify(KeyKind::Identity, challenge, context, 11) == core::ErrorCode::AttestationMismatch);
-  CHECK(verify(KeyKind::Identity, random_bytes(s.vendor.rng(), 32), context, 9) == core::ErrorCode::AttestationMismatch);
-  CHECK(verify(KeyKind::Identity, challenge, random_bytes(s.vendor.rng(), 32), 9) == core::ErrorCode::AttestationMismatch);
-  CHECK(verify(KeyKind::Transport, challenge, context, 9) == core::ErrorCode::AttestationMismatch);  // wrong kind
+  CHECK(verify(KeyKind::Identity, random_bytes(s.vendor.rng(), 32), context, 9) ==
+        core::ErrorCode::AttestationMismatch);
+  CHECK(verify(KeyKind::Identity, challenge, random_bytes(s.vendor.rng(), 32), 9) ==
+        core::ErrorCode::AttestationMismatch);
+  CHECK(verify(KeyKind::Transport, challenge, context, 9) ==
+        core::ErrorCode::AttestationMismatch);  // wrong kind
   CHECK_NOTHROW(verify_statement(st, chip, s.chip.id, KeyKind::Identity, challenge, context, 9));
 }
 
@@ -254,7 +262,8 @@ TEST_CASE("attestation: another chip's statement is refused") {
 
 TEST_CASE("attestation: the statement layout is exact") {
   Setup s;
-  const auto st = s.statement(KeyKind::Transport, random_bytes(s.vendor.rng(), 32), random_bytes(s.vendor.rng(), 32), 5);
+  const auto st =
+      s.statement(KeyKind::Transport, random_bytes(s.vendor.rng(), 32), random_bytes(s.vendor.rng(), 32), 5);
   const auto bytes = encode_statement(st);
   CHECK(bytes.size() == 4 + 1 + 10 + 3 + 32 + 32 + 32 + 4);
   const auto back = parse_statement(bytes.data(), bytes.size());
