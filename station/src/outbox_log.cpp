@@ -134,6 +134,43 @@ std::pair<tlog::Checkpoint, std::string> latest_checkpoint(core::http::Client& c
   return {tlog::open_checkpoint(r.body, key, key.name()).checkpoint, r.body};
 }
 
+// Step 1b: the newest checkpoint a stored proof was checked against must be a prefix of this one
+// (RFC 9162 section 2.1.4.2): otherwise the public DB shows this station another tree than before.
+// Returns the alarm's text, or "" when it extends (or there is nothing stored yet).
+std::string fork_alarm(core::pq::Connection& db, core::http::Client& client, const tlog::Checkpoint& cp) {
+  const auto r = db.exec("SELECT log_proof FROM journal.outbox WHERE log_proof IS NOT NULL"
+                         " ORDER BY log_tree_size DESC, log_checked_at DESC, chip_id LIMIT 1");
+  if (r.empty()) return {};
+  tlog::Checkpoint seen;
+  try {
+    const auto o = Poco::JSON::Parser().parse(r.text(0, 0)).extract<Poco::JSON::Object::Ptr>();
+    // Verified when it was stored; the station's own database is trusted.
+    seen = tlog::parse_checkpoint(core::note::parse_note(o->getValue<std::string>("checkpoint")).text);
+  } catch (const std::exception& e) {
+    return std::string("a stored proof's checkpoint does not parse: ") + e.what();
+  }
+  const auto head = [](const tlog::Checkpoint& c) {
+    return "size " + std::to_string(c.size) + " root " + core::to_base64(c.root.data(), c.root.size());
+  };
+  const std::string both = "stored proofs were checked against " + head(seen) + ", the log now shows " + head(cp);
+  if (cp.size < seen.size) return "the log forked: its tree is smaller than before (" + both + ")";
+  if (cp.size == seen.size) return cp.root == seen.root ? "" : "the log forked: another root at the same size (" + both + ")";
+  const auto a = client.get("/v1/log/consistency?from=" + std::to_string(seen.size) + "&to=" + std::to_string(cp.size));
+  if (a.status >= 500 || a.status == 429)
+    throw core::IoError(core::ErrorCode::Http, "the public DB answered HTTP " + std::to_string(a.status));
+  std::vector<core::Bytes> proof;
+  try {
+    const auto o = Poco::JSON::Parser().parse(a.body).extract<Poco::JSON::Object::Ptr>();
+    const auto arr = o->getArray("proof");
+    if (a.status != 200 || arr.isNull() || arr->size() > 128) return "the log gives no consistency proof (" + both + ")";
+    for (unsigned i = 0; i < arr->size(); ++i) proof.push_back(get_b64(arr->get(i), "\"proof\""));
+    merkle::verify_consistency(seen.size, cp.size, proof, merkle::to_bytes(seen.root), merkle::to_bytes(cp.root));
+  } catch (const std::exception& e) {
+    return "the log forked: the tree seen before is not a prefix of the new one (" + both + "): " + e.what();
+  }
+  return {};
+}
+
 enum class RowOutcome { Proved, Waiting };
 
 // Step 2, one row: its proof at the checkpoint's size, for the leaf computed from the row. Throws
@@ -185,6 +222,12 @@ LogCheckResult check_outbox_log(const StationConfig& config, const LogCheckOptio
   const auto [cp, note] = latest_checkpoint(*client, key);
   LogCheckResult res;
   res.tree_size = cp.size;
+  if (const std::string alarm = fork_alarm(db, *client, cp); !alarm.empty()) {
+    // Nothing is stored from a tree that does not extend the one the stored proofs hold.
+    res.forked = true;
+    out << "keyline-station: ALARM: " << alarm << "\n";
+    return res;
+  }
   const auto pause = std::chrono::microseconds(1000000 / std::max(1, options.rate));
   for (const Row& row : unproved_rows(db, std::max(1, options.limit))) {
     try {
@@ -205,6 +248,7 @@ int cmd_outbox_check_log(const StationConfig& config, const LogCheckOptions& opt
   const auto r = check_outbox_log(config, options, std::cerr);
   std::cout << "check-log: checkpoint of " << r.tree_size << " entries; " << r.proved << " records proved now, " << r.waiting
             << " not yet in a checkpoint, " << r.failed << " NOT proved by the log\n";
+  if (r.forked) return core::exit_code::refused;
   return r.failed > 0 ? core::exit_code::bad_input : core::exit_code::ok;
 }
 

@@ -87,6 +87,25 @@ fi
 [ "$(sdb -c "SELECT count(*) FROM journal.outbox WHERE log_proof IS NULL")" -eq 2 ] && pass "the two rows stay unproved" ||
   fail "rows proved despite the alarm"
 
+# A fork: the newest stored proof's checkpoint names another root than the log shows at that size
+# (as if the public DB had shown this station another tree before). Nothing is checked or stored.
+newest=$(sdb -c "SELECT chip_id FROM journal.outbox WHERE log_proof IS NOT NULL ORDER BY log_tree_size DESC, log_checked_at DESC, chip_id LIMIT 1")
+sdb -c "SELECT log_proof FROM journal.outbox WHERE chip_id = '$newest'" >"$work/newest.json"
+python3 - "$work/newest.json" >"$work/forked.json" <<'PY'
+import base64, json, os, sys
+p = json.load(open(sys.argv[1]))
+lines = p["checkpoint"].split("\n")
+lines[2] = base64.b64encode(os.urandom(32)).decode()
+p["checkpoint"] = "\n".join(lines)
+print(json.dumps(p))
+PY
+sdb -v proof="$(cat "$work/forked.json")" <<<"UPDATE journal.outbox SET log_proof = :'proof' WHERE chip_id = '$newest'"
+rc=0; "$ST" outbox check-log --log-key-file "$VKEY" >"$work/fork.out" 2>"$work/fork.err" || rc=$?
+[ "$rc" -eq 5 ] && grep -q "ALARM: the log forked: another root at the same size" "$work/fork.err" &&
+  grep -q "0 records proved now" "$work/fork.out" && pass "check-log: a fork against the stored proofs is an ALARM, exit 5, nothing checked" ||
+  { fail "check-log fork: exit $rc"; cat "$work/fork.err" "$work/fork.out"; }
+sdb -v proof="$(cat "$work/newest.json")" <<<"UPDATE journal.outbox SET log_proof = :'proof' WHERE chip_id = '$newest'"
+
 # The wrong key: nothing is checked, nothing stored.
 python3 - "$(cut -d+ -f1 "$VKEY")" >"$work/other.vkey" <<'EOF'
 import base64, hashlib, os, sys

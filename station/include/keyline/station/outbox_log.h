@@ -29,16 +29,18 @@ struct LogCheckResult {
   long proved = 0;       // in a checkpoint now, proof verified and stored
   long waiting = 0;      // published, not yet in a checkpoint
   long failed = 0;       // the log does not prove the record the station published: an alarm
+  bool forked = false;   // the checkpoint does not extend the one stored proofs hold: nothing checked
   std::uint64_t tree_size = 0;
 };
 
-// One pass: the latest checkpoint (opened with the pinned key), then every published row without a
+// One pass: the latest checkpoint (opened with the pinned key), checked to extend the newest one a
+// stored proof holds (a consistency proof; a fork is an alarm and ends the pass), then every published row without a
 // proof (oldest first, up to limit): its inclusion proof at that checkpoint, for the leaf computed
 // from the row's chip, IMEI and record hash. Lines for the failures go to `out`.
 LogCheckResult check_outbox_log(const StationConfig& config, const LogCheckOptions& options, std::ostream& out);
 
 // `keyline-station outbox check-log`: exit 0 when nothing failed (records may still wait), 3 when
-// the log does not prove a record the station published.
+// the log does not prove a record the station published, 5 when the log forked.
 int cmd_outbox_check_log(const StationConfig& config, const LogCheckOptions& options);
 
 }  // namespace keyline::station
