@@ -279,7 +279,8 @@ void write_log_state(const std::string& path, const LogState& state) {
       if (::mkdir(path.substr(0, p).c_str(), 0700) != 0 && errno != EEXIST)
         throw core::IoError(core::ErrorCode::Io, "cannot create the directory of " + path);
   }
-  const std::string tmp = path + ".tmp";
+  // Per process, so two runs at once never write one temporary file (the last rename wins whole).
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const std::string text = format_log_state(state);
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (!f) throw core::IoError(core::ErrorCode::Io, "cannot write " + tmp);
