@@ -44,8 +44,9 @@ std::string trim(const std::string& s) {
   return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
 }
 
-// Poco reads integers past 2^64 - 1 as something else; sizes this large are refused before that by
-// the length of their digits (20 at most) and the range check here.
+// Poco 1.11 misreads integers past 2^64 - 1 (2^64 as 0, docs/recovery.md section 6). Harmless here:
+// the tree size read must equal the signed checkpoint's, and a leaf index must make the proof lead
+// to the signed root for the leaf computed from the record.
 std::uint64_t get_u64(const Poco::JSON::Object& o, const char* key) {
   if (!o.has(key)) not_verified(std::string("the log's answer has no \"") + key + "\"");
   const Poco::Dynamic::Var v = o.get(key);
@@ -71,7 +72,8 @@ std::vector<core::Bytes> get_hashes(const Poco::JSON::Object& o, const char* key
   if (!o.has(key)) not_verified(std::string("the log's answer has no \"") + key + "\"");
   const auto arr = o.getArray(key);
   if (arr.isNull()) not_verified(std::string("\"") + key + "\" in the log's answer is not an array");
-  // RFC 9162 section 2.1.4.2's proofs are at most 128 hashes (core::merkle refuses more too).
+  // core::merkle refuses proofs of more than 64 (inclusion) or 128 (consistency) hashes
+  // (docs/transparency.md); more are not even decoded.
   if (arr->size() > 128) not_verified(std::string("\"") + key + "\" in the log's answer has more than 128 hashes");
   std::vector<core::Bytes> out;
   for (unsigned i = 0; i < arr->size(); ++i) out.push_back(get_b64(arr->get(i), std::string(key) + "[" + std::to_string(i) + "]"));

@@ -86,6 +86,10 @@ Proof parse_proof(const std::string& body) {
     o = root.extract<Poco::JSON::Object::Ptr>();
   } catch (const Poco::Exception& e) {
     bad_proof("the answer does not parse: " + e.displayText());
+  } catch (const core::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    bad_proof(std::string("the answer does not parse: ") + e.what());  // Poco's parser can throw std exceptions
   }
   Proof p;
   p.leaf_index = get_u64(*o, "leaf_index");
