@@ -121,7 +121,8 @@ void print_text(std::ostream& o, const StationConfig& config, const std::string&
   for (const auto& k : keys) {
     const int v = custody::version_of_label(k.label);
     o << "  key " << k.label << " " << k.object_class << " " << k.key_type << (v ? " v" + std::to_string(v) : "")
-      << " usages " << join(k.usages) << (k.sensitive ? " sensitive" : "") << (k.extractable ? " extractable" : "")
+      << " usages " << (k.usages.empty() ? "none" : join(k.usages)) << (k.sensitive ? " sensitive" : "")
+      << (k.extractable ? " extractable" : "")
       << (k.wrap_with_trusted ? " wrap-with-trusted" : "") << (k.never_extractable ? " never-extractable" : "")
       << (k.trusted ? " trusted" : "") << "\n";
   }
