@@ -6,7 +6,6 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
-#include <sstream>
 
 #include <botan/auto_rng.h>
 #include <botan/base64.h>
@@ -49,13 +48,15 @@ std::string key_fingerprint(const core::Bytes& modulus, const core::Bytes& expon
   return sha256_hex(both);
 }
 
+// At most one byte past the format's limit is read, so a huge file costs nothing (parse_signed_text refuses it).
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw core::IoError(core::ErrorCode::Io, "cannot read " + path);
-  std::ostringstream s;
-  s << in.rdbuf();
-  if (s.str().size() > 64 * 1024) throw core::FormatError(errc::CustodyBadFile, path + " is larger than 64 KiB");
-  return s.str();
+  std::string text(64 * 1024 + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (in.bad()) throw core::IoError(core::ErrorCode::Io, "cannot read " + path);
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  return text;
 }
 
 // Written whole or not at all: a temp file beside it (O_EXCL), fsync, rename.
@@ -166,18 +167,16 @@ void mirror_trust(const StationConfig& config, const CustodyRequest& request, st
   const Request r = read_request(config, request.request_file);
   const std::string fp = key_fingerprint(r.modulus, r.exponent);
   const auto pin = so_pin(request);
-  custody::audited(db, config, "custody.trust",
-                   "receiving key " + r.key_label + " of station " + r.station + " token " + r.serial + " fingerprint " + fp,
-                   [&] {
-                     core::Pkcs11Token::so_create_trusted_rsa_wrap_key(config.hsm_module, config.token_label, pin,
-                                                                       r.trusted_label(), core::from_hex(r.rx_id()),
-                                                                       r.modulus, r.exponent);
-                     out << "keys: the Security Officer of token '" << config.token_label << "' trusts "
-                         << r.trusted_label() << " (station " << r.station << ", token serial " << r.serial
-                         << ", fingerprint " << fp << ")\n"
-                         << "keys: next, the sending station's user runs `keys mirror send --to FILE --out WRAPPED`\n";
-                     return r.trusted_label();
-                   });
+  const std::string what =
+      "receiving key " + r.key_label + " of station " + r.station + " token " + r.serial + " fingerprint " + fp;
+  custody::audited(db, config, "custody.trust", what, [&] {
+    core::Pkcs11Token::so_create_trusted_rsa_wrap_key(config.hsm_module, config.token_label, pin, r.trusted_label(),
+                                                      core::from_hex(r.rx_id()), r.modulus, r.exponent);
+    out << "keys: the Security Officer of token '" << config.token_label << "' trusts " << r.trusted_label()
+        << " (station " << r.station << ", token serial " << r.serial << ", fingerprint " << fp << ")\n"
+        << "keys: next, the sending station's user runs `keys mirror send --to FILE --out WRAPPED`\n";
+    return r.trusted_label();
+  });
 }
 
 namespace {
@@ -323,16 +322,16 @@ void mirror_receive(const StationConfig& config, const CustodyRequest& request, 
                     std::ostream& out) {
   auto db = custody::open_db(config, ("keys " + op + " receive").c_str());
   auto token = custody::open_token(config);
-  custody::audited(db, config, "custody." + op + ".receive", "file " + request.in_file + " from " + request.from_cert,
-                   [&] {
-                     const Incoming in = check_incoming(config, request, *token, op);
-                     check_fresh(db, *token, in);
-                     import_key(db, *token, in, op);
-                     out << "keys: imported " << in.label << " (master version " << in.version << ", check "
-                         << in.text.field("check") << ") from station " << in.text.field("from_station")
-                         << " token " << in.text.field("from_serial") << " (manifest " << in.id << ")\n";
-                     return in.label + " manifest " + in.id + " from " + in.text.field("from_serial");
-                   });
+  const std::string what = "file " + request.in_file + " from " + request.from_cert;
+  custody::audited(db, config, "custody." + op + ".receive", what, [&] {
+    const Incoming in = check_incoming(config, request, *token, op);
+    check_fresh(db, *token, in);
+    import_key(db, *token, in, op);
+    out << "keys: imported " << in.label << " (master version " << in.version << ", check " << in.text.field("check")
+        << ") from station " << in.text.field("from_station") << " token " << in.text.field("from_serial")
+        << " (manifest " << in.id << ")\n";
+    return in.label + " manifest " + in.id + " from " + in.text.field("from_serial");
+  });
 }
 
 }  // namespace keyline::station

@@ -87,7 +87,7 @@ st a pool generate --tac 35780502 --count 4
 "$bin/keyline-device" make --dir fleet --count 2 --rom-ca cer/root.pem >make.log 2>&1
 "$bin/keyline-device" serve --fleet fleet --listen 127.0.0.1:0 >fleet.out 2>fleet.log &
 pids+=($!)
-for _ in $(seq 100); do [ "$(grep -c '^listening' fleet.out)" = 2 ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ "$(grep -c '^listening' fleet.out 2>/dev/null)" = 2 ] && break; sleep 0.1; done
 read -r _ addr _ _ < <(grep '^listening' fleet.out | sed -n 1p)
 read -r _ addr_after _ _ < <(grep '^listening' fleet.out | sed -n 2p)
 st a personalize --json --device "$addr"
