@@ -537,6 +537,11 @@ std::string status_text(const fs::path& dir) {
   o << "chip_id " << chip.chip_id().str() << "\n";
   o << "lifecycle " << lifecycle_name(chip.lifecycle()) << "\n";
   if (chip.imei()) o << "imei " << chip.imei()->str() << "\n";
+  if (chip.vendor()) {
+    const auto cns = Botan::X509_Certificate(chip.vendor()->vendor_cert).subject_dn().get_attribute("X520.CommonName");
+    o << "vendor " << (cns.empty() ? std::string("?") : cns.front()) << "\n";
+    o << "attestation_counter " << chip.attestation_counter() << "\n";
+  }
   const auto image = read_bytes(chip.paths().image());
   if (!image) {
     o << "flash empty\n";

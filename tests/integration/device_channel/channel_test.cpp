@@ -585,6 +585,10 @@ TEST_CASE("vendor chip: the attestation counter grows across a restart of the em
     CHECK(counter_on_disk(fab.dev) == st.counter);
   }
   CHECK(first == 1);
+  std::string status;
+  REQUIRE(run({"status", "--dir", fab.dev.string()}, &status) == 0);
+  CHECK(status.find("vendor Test Chip Vendor\n") != std::string::npos);
+  CHECK(status.find("attestation_counter 2\n") != std::string::npos);
 }
 
 TEST_CASE("chip without a vendor identity: no certificate store, plain as before") {

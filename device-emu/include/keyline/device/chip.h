@@ -141,6 +141,7 @@ class Chip {
   // new value, so no statement is ever answered with a counter a restart could hand out again.
   // Throws Error(NoDevice) for a chip without a vendor identity or a counter at its maximum.
   std::uint32_t next_attestation_counter();
+  std::uint32_t attestation_counter() const noexcept { return m_attestation_counter; }
 
   Lifecycle lifecycle() const noexcept { return m_lifecycle; }
   const std::optional<core::Imei>& imei() const noexcept { return m_imei; }
