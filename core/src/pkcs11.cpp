@@ -960,6 +960,85 @@ Pkcs11Handle Pkcs11Token::generate_mirrorable_hmac_key(const std::string& label,
   return h;
 }
 
+Pkcs11Handle Pkcs11Token::generate_mirrorable_aes_derive_key(const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_ULONG len = 32;
+  std::vector<CK_ATTRIBUTE> tmpl = {
+      {CKA_CLASS, &cls, sizeof cls},      {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &yes, sizeof yes},      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes},  {CKA_EXTRACTABLE, &yes, sizeof yes},
+      {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
+  };
+  // DERIVE only: the master is never an encryption, MAC or wrapping key itself (docs/service.md).
+  for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE})
+    tmpl.push_back({u, u == CKA_DERIVE ? &yes : &no, sizeof(CK_BBOOL)});
+  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
+  CK_OBJECT_HANDLE h = 0;
+  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl.data(), tmpl.size(), &h), "C_GenerateKey(AES derive)");
+  return h;
+}
+
+Pkcs11Handle Pkcs11Token::derive_aes_ecb(Pkcs11Handle base, const Bytes& data, const DerivedAesKey& attributes) {
+  if (data.empty() || data.size() % 16 != 0)
+    throw Pkcs11Error(ErrorCode::Pkcs11, "CKM_AES_ECB_ENCRYPT_DATA needs a multiple of 16 bytes");
+  if (attributes.length != 16 && attributes.length != 32)
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a derived AES key is 16 or 32 bytes");
+  auto s = session();
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = CKK_AES;
+  CK_ULONG len = attributes.length;
+  CK_BBOOL* extractable = attributes.extractable ? &yes : &no;
+  // An extractable result is one the caller reads (secret_value), so it is not sensitive either.
+  CK_BBOOL* sensitive = attributes.extractable ? &no : &yes;
+  std::vector<CK_ATTRIBUTE> tmpl = {
+      {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},        {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &no, sizeof no},       {CKA_PRIVATE, &yes, sizeof yes},       {CKA_SENSITIVE, sensitive, sizeof yes},
+      {CKA_EXTRACTABLE, extractable, sizeof yes},
+  };
+  for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP})
+    tmpl.push_back({u, &no, sizeof no});
+  tmpl.push_back({CKA_SIGN, attributes.sign ? &yes : &no, sizeof yes});
+  tmpl.push_back({CKA_DERIVE, attributes.derive ? &yes : &no, sizeof yes});
+  CK_KEY_DERIVATION_STRING_DATA params{const_cast<std::uint8_t*>(data.data()), data.size()};
+  CK_MECHANISM mech{CKM_AES_ECB_ENCRYPT_DATA, &params, sizeof params};
+  CK_OBJECT_HANDLE h = 0;
+  check(fns(m_module)->C_DeriveKey(s->handle(), &mech, base, tmpl.data(), tmpl.size(), &h),
+        "C_DeriveKey(CKM_AES_ECB_ENCRYPT_DATA)");
+  return h;
+}
+
+Bytes Pkcs11Token::cmac(Pkcs11Handle key, const Bytes& data) {
+  auto s = session();
+  auto* fn = fns(m_module);
+  CK_MECHANISM mech{CKM_AES_CMAC, nullptr, 0};
+  check(fn->C_SignInit(s->handle(), &mech, key), "C_SignInit(CKM_AES_CMAC)");
+  Bytes out(16);
+  CK_ULONG n = out.size();
+  check(fn->C_Sign(s->handle(), const_cast<std::uint8_t*>(data.data()), data.size(), out.data(), &n),
+        "C_Sign(CKM_AES_CMAC)");
+  if (n != 16) throw Pkcs11Error(ErrorCode::Pkcs11, "the token's AES-CMAC is not 16 bytes");
+  return out;
+}
+
+SecureBytes Pkcs11Token::secret_value(Pkcs11Handle key) {
+  auto s = session();
+  CK_ATTRIBUTE a{CKA_VALUE, nullptr, 0};
+  check(fns(m_module)->C_GetAttributeValue(s->handle(), key, &a, 1), "C_GetAttributeValue(CKA_VALUE)");
+  SecureBytes value(a.ulValueLen);
+  a.pValue = value.data();
+  check(fns(m_module)->C_GetAttributeValue(s->handle(), key, &a, 1), "C_GetAttributeValue(CKA_VALUE)");
+  value.resize(a.ulValueLen);
+  return value;
+}
+
 Pkcs11KeyPair Pkcs11Token::generate_rsa_receiving_pair(const std::string& label, const Bytes& id) {
   auto s = session();
   if (!s->find_objects(CKO_PRIVATE_KEY, label).empty() || !s->find_objects(CKO_PUBLIC_KEY, label).empty())

@@ -193,6 +193,26 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   Bytes wrap_data(const std::string& key_label, const SecureBytes& plain, const Bytes& aad);
   SecureBytes unwrap_data(const std::string& key_label, const Bytes& wrapped, const Bytes& aad);
 
+  // --- AES derivation and CMAC on the token (the service channel's static keys, docs/service.md) ---
+  // What a key made by derive_aes_ecb is: a session object (CKA_TOKEN false) unless `token`, sensitive,
+  // CKA_EXTRACTABLE as `extractable` (the station reads a derived comm key; the service never does), with
+  // only the usages named true. `length` is CKA_VALUE_LEN: 16 or 32.
+  struct DerivedAesKey {
+    std::size_t length = 32;
+    bool derive = false, sign = false, extractable = false;
+  };
+  // C_DeriveKey with CKM_AES_ECB_ENCRYPT_DATA (PKCS #11 v2.40 current mechanisms section 2.16): the
+  // value is the first `length` bytes of AES-ECB(base, data); `data` is a multiple of 16 bytes. The base
+  // needs CKA_DERIVE. The caller destroys the object (destroy_object) when done with it.
+  Pkcs11Handle derive_aes_ecb(Pkcs11Handle base, const Bytes& data, const DerivedAesKey& attributes);
+  // AES-CMAC (CKM_AES_CMAC, NIST SP 800-38B), the 16-byte tag, with a key that has CKA_SIGN.
+  Bytes cmac(Pkcs11Handle key, const Bytes& data);
+  // CKA_VALUE of an extractable, non-sensitive session key (the station's derived comm key).
+  SecureBytes secret_value(Pkcs11Handle key);
+  // CKK_AES 256-bit master for derivation version 2: CKA_DERIVE only, sensitive, CKA_EXTRACTABLE true
+  // but CKA_WRAP_WITH_TRUSTED true (it leaves the token only wrapped under a trusted key).
+  Pkcs11Handle generate_mirrorable_aes_derive_key(const std::string& label, const Bytes& id);
+
   Pkcs11Handle find_secret_key(const std::string& label);  // Throws Pkcs11KeyNotFound
   Pkcs11Handle find_public_key(const std::string& label);  // Throws Pkcs11KeyNotFound
   void destroy_object(Pkcs11Handle object);
