@@ -22,6 +22,7 @@ enum class ErrorCode : int {
   FrameTooLarge = 1121,
   BadCplc = 1130,
   BadDataPackage = 1140,
+  BadServiceModule = 1145,  // a software module that does not parse (core/service_module.h)
   BadBackupPackage = 1150,
   BackupDoesNotOpen = 1151,
   BadFlashImage = 1160,
@@ -44,6 +45,7 @@ enum class ErrorCode : int {
   BadCertificate = 1210,
   CertificateLint = 1211,
   ChainInvalid = 1212,
+  ModuleNotTrusted = 1213,  // a module's signer does not chain to the root with EKU codeSigning, or its signature fails
   Pkcs11 = 1250,
   Pkcs11NoToken = 1251,
   Pkcs11LoginFailed = 1252,
