@@ -29,8 +29,18 @@ using StaticCmac = std::function<Bytes(StaticKey which, const Bytes& data)>;
 
 // scp03_kdf/derive_scp03_session with the static keys behind `cmac` (the KDF's PRF is AES-CMAC keyed
 // with the static key, Amendment D section 4.1.5; for AES-256 static keys the PRF runs twice).
+// `dek` of the result is the session DEK below (not the static DEK, which the host never holds).
 SessionKeys derive_scp03_session(const StaticCmac& cmac, std::size_t key_len, const Bytes& host_challenge,
                                  const Bytes& card_challenge);
+// keyline's key transport key for PUT KEY (docs/service.md "The device side"): SCP03 has no session
+// DEK, and the host cannot encrypt under the static DEK it never holds, so S-DEK =
+// scp03_kdf(K-DEK, kdf_constant_s_dek, host challenge || card challenge, 8 * key_len) - computable
+// through StaticCmac. 0x80 is outside the constants Amendment D section 4.1.5 assigns.
+constexpr std::uint8_t kdf_constant_s_dek = 0x80;
+SecureBytes derive_session_dek(const StaticCmac& cmac, std::size_t key_len, const Bytes& host_challenge,
+                               const Bytes& card_challenge);
+// The software StaticCmac over static keys held in memory (the device; derivation version 1 hosts).
+StaticCmac software_cmac(const Scp03StaticKeys& keys);
 
 // --- derivation of a device's static keys (docs/service.md "Key derivation") ------------------
 // Version 1: comm = HMAC-SHA-256(master v1, "keyline/comm/v1" || IMEI) (the station's DGI 8103 since
@@ -88,5 +98,18 @@ CardInitialize card_initialize(const Scp03StaticKeys& keys, std::uint8_t kvn, co
 // returns the session. Throws SecureChannelError.
 SecureMessaging card_authenticate(const CardInitialize& init, const Bytes& host_challenge,
                                   const CommandApdu& external_authenticate, std::size_t mac_len);
+
+// --- PUT KEY of a new communication key (docs/protocol.md "Service channel commands") ------------
+// 80 D8 <current KVN> 81 Lc  new KVN || 88 || 20 || AES-CBC(S-DEK, zero ICV, comm) (32) || 03 || KCV (3),
+// KCV = core::key_check_value(comm) (first 3 bytes of AES-256-ECB(comm, 00..00)). Sent wrapped.
+constexpr std::uint8_t kInsPutKey = 0xD8;
+CommandApdu put_comm_key_command(const SecureBytes& s_dek, std::uint8_t current_kvn, std::uint8_t new_kvn,
+                                 const SecureBytes& new_comm);
+struct PutCommKey {
+  std::uint8_t new_kvn = 0;
+  SecureBytes comm;  // 32 bytes
+};
+// The card's parse of the unwrapped command: exact layout, KCV checked. Throws FormatError(BadApdu).
+PutCommKey parse_put_comm_key(const SecureBytes& s_dek, const CommandApdu& plain);
 
 }  // namespace keyline::core::scp
