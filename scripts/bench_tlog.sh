@@ -14,7 +14,7 @@
 #    At most 1,000,000 leaves (the synthetic IMEIs have a 6-digit serial).
 # 3. Tile reads: wrk, 64 connections, random full level-0 tiles from keyline-backupdb against a private
 #    nginx serving the same tile files (exported from the database), same run; req/s of both and the ratio.
-# Environment: KEYLINE_BENCH_TLOG_LEAVES, KEYLINE_BENCH_TLOG_PUBLISH (records per round, 1000),
+# Environment: KEYLINE_BENCH_TLOG_LEAVES, KEYLINE_BENCH_TLOG_PUBLISH (records per round, 1500),
 # KEYLINE_BENCH_SECONDS (10 here), KEYLINE_BENCH_TLOG_DIR (.keyline/bench/tlog).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ build=${1:-$repo/build}
 bin=$build/bin/keyline-backupdb
 driver=$build/bin/bench_tlog_publish
 leaves=${KEYLINE_BENCH_TLOG_LEAVES:-1000000}
-per_round=${KEYLINE_BENCH_TLOG_PUBLISH:-1000}
+per_round=${KEYLINE_BENCH_TLOG_PUBLISH:-1500}
 seconds=${KEYLINE_BENCH_SECONDS:-10}
 dir=${KEYLINE_BENCH_TLOG_DIR:-$repo/.keyline/bench/tlog}
 for f in "$bin" "$driver"; do [ -x "$f" ] || { echo "bench_tlog: $f not built" >&2; exit 2; }; done
@@ -173,7 +173,8 @@ run() {  # connections lua url -> "req/s p99_ms"
 }
 chip0=$(printf '%020X' 0)
 curl -sf "http://127.0.0.1:$big_port/v1/records/$chip0/proof" >/dev/null || { echo "bench_tlog: no proof for leaf 0" >&2; exit 1; }
-wrk -t2 -c16 -d2s -s "$dir/proof.lua" "http://127.0.0.1:$big_port/" >/dev/null
+# Warm the tile cache (3,906 level-0 tiles at 1M leaves) as the nginx side has its page cache warm.
+wrk -t2 -c16 -d"${seconds}s" -s "$dir/proof.lua" "http://127.0.0.1:$big_port/" >/dev/null
 read -r p_rps p_p99 < <(run 16 "$dir/proof.lua" "http://127.0.0.1:$big_port/")
 
 # --- 3. tile reads vs nginx ---------------------------------------------------------------------

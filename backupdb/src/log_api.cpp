@@ -95,6 +95,8 @@ Reply checkpoint_reply(Shared& s) {
 Reply tile_reply(Shared& s, const Request& req) {
   tlog::TileId id;
   try {
+    // The raw path, not its segments: "tile//0/000" or a trailing slash is not a canonical tile path.
+    if (req.path.compare(0, kLogPrefix.size(), kLogPrefix) != 0) throw core::FormatError(core::ErrorCode::BadTile, "prefix");
     id = tlog::parse_tile_path(std::string_view(req.path).substr(kLogPrefix.size()));
   } catch (const core::FormatError&) {
     return problem(400, "bad-tile-path", "not a C2SP tlog-tiles path (tile/<L>/<N>[.p/<W>], tile/entries/<N>[.p/<W>])");

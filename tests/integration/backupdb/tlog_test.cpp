@@ -404,6 +404,11 @@ TEST_CASE("4 stations x 75 records at once: dense indexes, every proof verifies,
 
   const auto cp = checkpoint_of(s, key, 300);
   REQUIRE(cp.checkpoint.size == 300);
+  const auto m = s.metrics();
+  CHECK(m.find("keyline_backupdb_log_checkpoint_size 300") != std::string::npos);
+  CHECK(m.find("keyline_backupdb_log_entries_integrated_total 300") != std::string::npos);
+  CHECK(m.find("keyline_backupdb_log_integration_latency_seconds_count 0") == std::string::npos);
+  CHECK(m.find("keyline_backupdb_log_checkpoint_age_seconds -1") == std::string::npos);
   const auto head = s.get("/v1/log/checkpoint");
   CHECK(head.header("content-type") == "text/plain; charset=utf-8");
   CHECK(head.header("cache-control") == "no-cache");
