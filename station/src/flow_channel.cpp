@@ -76,6 +76,12 @@ void Flow::open_channel() {
 
 chip::VerifiedChip Flow::verify_vendor_identity() {
   const auto store = m_channel.transmit(core::scp11::get_certificate_store_command({}), kMaxCertificateStore);
+  // ISO 7816-4 section 5.6: 6A88 is "referenced data not found": a chip made without a vendor.
+  if (store.sw == core::sw::referenced_data_not_found)
+    throw core::Error(core::ErrorCode::ChipNotGenuine,
+                      "chip " + m_res.chip_id + " has no chip vendor identity (GET DATA BF21 answered " +
+                          core::sw_text(store.sw) + "); nothing claimed. Devices made without a chip vendor take "
+                          "--channel plain");
   if (store.sw != core::sw::ok) throw DeviceRefusal("GET DATA BF21 (certificate store)", store.sw);
   const auto att = m_channel.transmit(get_attestation_certificate_command(), kMaxAttestationCert);
   if (att.sw != core::sw::ok) throw DeviceRefusal("GET DATA DF21 (attestation certificate)", att.sw);

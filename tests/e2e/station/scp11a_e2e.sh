@@ -145,6 +145,10 @@ check "the identity certificate certifies the key the chip generated" test -n "$
 "$DEV" make --dir "$work/plain-dev" --rom-ca "$LINE_DIR/pki/root.pem" >/dev/null
 serve_one "$work/plain-dev"
 plain_chip=$("$DEV" status --dir "$work/plain-dev" | awk '$1 == "chip_id" {print $2}')
+before=$(pool_imeis)
+"$ST" personalize --json --device "$SERVED" >"$work/novendor.json" 2>&1
+check "over scp11a a chip without a vendor identity is refused before any claim (1192)" \
+  bash -c "grep -q '\"error_code\":1192' '$work/novendor.json' && grep -q -- '--channel plain' '$work/novendor.json' && [ $(pool_imeis) = $before ]"
 proxy plain "$SERVED"
 "$ST" --channel plain personalize --json --device "$PROXY" >"$work/plain.json" 2>"$work/plain.err"
 check "plain channel: a chip without a vendor identity personalized" has '"done":true' "$work/plain.json"
