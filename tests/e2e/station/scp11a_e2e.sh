@@ -229,7 +229,19 @@ check "... the device is not personalized" test "$(lifecycle "${LINE_DEVICE_DIRS
 check "... and the claim is voided" \
   test "$(sql "SELECT state FROM journal.device WHERE chip_id = '${chips[4]}'")" = void
 
-# --- 8. usage errors --------------------------------------------------------------------------------
+# --- 8. a statement no newer than one seen for the chip is a replay --------------------------------
+# The station has seen counter 1000 for this chip: the chip's fresh statements (counter 1, 2) are replays.
+"$DEV" make --dir "$work/replay" --rom-ca "$LINE_DIR/pki/root.pem" --vendor "$LINE_DIR/vendor" >/dev/null
+replay_chip=$("$DEV" status --dir "$work/replay" | awk '$1 == "chip_id" {print $2}')
+serve_one "$work/replay"
+sql "INSERT INTO journal.chip_attestation (chip_id, last_counter) VALUES ('$replay_chip', 1000)" >/dev/null
+"$ST" --key-source device personalize --json --device "$SERVED" >"$work/replay.json" 2>&1
+check "a replayed statement (counter not above the highest seen) is refused at attest (1195): $(head -c 300 "$work/replay.json")" \
+  bash -c "grep -q '\"step\":\"attest\",\"error_code\":1195' '$work/replay.json'"
+check "... the IMEI voided, the device blank, the counter kept" \
+  test "$(sql "SELECT state FROM journal.device WHERE chip_id = '$replay_chip'") $(lifecycle "$work/replay") $(sql "SELECT last_counter FROM journal.chip_attestation WHERE chip_id = '$replay_chip'")" = "void BLANK 1000"
+
+# --- 9. usage errors --------------------------------------------------------------------------------
 "$ST" --key-source device --channel plain personalize --device "${LINE_DEVICES[3]}" >"$work/usage1.out" 2>&1
 check "--key-source device over the plain channel: exit 2" test $? -eq 2
 env -u KEYLINE_CHIP_VENDORS "$ST" --channel scp11a personalize --device "${LINE_DEVICES[3]}" >"$work/usage2.out" 2>&1
