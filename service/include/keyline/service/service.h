@@ -1,0 +1,67 @@
+// keyline-service: the device service server (issue #16, docs/service.md). Shipped devices call out
+// over HTTPS; the server answers with SCP03 APDU scripts (Amendment D, level 33, S16) keyed by static
+// keys it derives on its token from the master and the chip ID, applies the device's pending campaign
+// jobs (configuration items, software modules) and reads the device's status back.
+#pragma once
+
+#include <cstdint>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "keyline/core/http_server.h"
+#include "keyline/core/migrate.h"
+
+namespace keyline::service {
+
+// Where the service's master versions live: the service token (a mirror of the station's master,
+// docs/custody.md). Version 1 is "keyline-master" (HMAC), version N >= 2 "keyline-master-vN" (AES-256).
+struct TokenConfig {
+  std::string module;                // PKCS#11 module path
+  std::string label;                 // token label
+  std::string pin_file;              // user PIN file (else KEYLINE_SERVICE_PIN)
+  std::string master_label = "keyline-master";
+};
+
+struct Config : core::http::ListenerSettings {
+  std::string db;                    // libpq conninfo of the service DB (no password)
+  std::string db_password_file;
+  std::string public_db;             // https URL of the public backup DB
+  std::string public_db_ca;          // CA of the public DB's TLS certificate
+  std::vector<std::string> trust;    // manufacturer root(s): device records and module signers
+  std::string listen = "127.0.0.1:8445";
+  std::string ops_listen = "127.0.0.1:9445";
+  std::vector<std::string> trusted_proxies;
+  std::string tls_cert, tls_key;
+  TokenConfig token;
+  int db_pool = 4;
+  int token_sessions = 8;
+  std::size_t body_limit = 64 * 1024;
+  int session_ttl_s = 60;
+  std::string log = "stderr";
+};
+
+const std::vector<core::Migration>& embedded_migrations();
+int migrate(const Config& config);
+int serve(const Config& config);  // until SIGINT/SIGTERM
+
+// `keyline-service campaign`: queue one job per IMEI (idempotent: rerunning resumes; docs/service.md).
+struct CampaignRequest {
+  std::string name;
+  std::string item;                  // "0F01=FILE": a configuration item (DGI 0Fxx)
+  std::string module;                // or a signed module file (checked against --trust first)
+  std::vector<std::string> trust;    // manufacturer root(s), for --module
+  std::string imeis_file;            // one IMEI a line
+};
+void campaign_enqueue(const Config& config, const CampaignRequest& request, std::ostream& out);
+// Progress and per-device results; returns 0 when every job is done (applied or failed), 1 otherwise.
+int campaign_status(const Config& config, const std::string& name, bool json, std::ostream& out);
+
+// `keyline-service module sign`: the module format of core/service_module.h, signed on the token.
+struct ModuleSignRequest {
+  std::string in, name, out, certificate, key_label = "keyline-code-signing";
+  std::uint32_t version = 0;
+};
+void module_sign(const TokenConfig& token, const ModuleSignRequest& request, std::ostream& out);
+
+}  // namespace keyline::service

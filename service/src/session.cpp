@@ -1,0 +1,160 @@
+#include "session.h"
+
+#include "commands.h"
+#include "keyline/core/applet_protocol.h"
+#include "keyline/core/http.h"
+#include "keyline/service/errors.h"
+#include "static_keys.h"
+
+namespace keyline::service {
+namespace {
+
+constexpr std::size_t kS16 = 16;  // S16: 16-byte challenges, cryptograms and MACs (docs/service.md)
+constexpr std::size_t kNoJob = static_cast<std::size_t>(-1);
+
+std::string sw_hex(std::uint16_t sw) { return core::to_hex(Bytes{static_cast<std::uint8_t>(sw >> 8), static_cast<std::uint8_t>(sw)}); }
+std::string q(const std::string& s) { return "\"" + core::http::json_escape(s) + "\""; }
+
+}  // namespace
+
+HostSession::HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge)
+    : m_chip(chip), m_kvn(kvn), m_jobs(std::move(jobs)), m_host_challenge(std::move(host_challenge)) {}
+
+std::vector<core::CommandApdu> HostSession::first_batch() const {
+  return {core::applet::select_command(),
+          core::scp::initialize_update_command(static_cast<std::uint8_t>(m_kvn), m_host_challenge)};
+}
+
+std::optional<std::vector<core::CommandApdu>> HostSession::second_batch(const std::vector<core::ResponseApdu>& answers,
+                                                                         const KeyOpener& open_keys) {
+  if (answers.size() != 2 || answers[0].sw != core::sw::ok || answers[1].sw != core::sw::ok) {
+    fail(answers.empty() || answers[0].sw != core::sw::ok ? "select refused" : "initialize update refused");
+    return std::nullopt;
+  }
+  core::scp::InitializeUpdateAnswer init;
+  try {
+    init = core::scp::parse_initialize_update_answer(answers[1].data.data(), answers[1].data.size());
+  } catch (const core::FormatError&) {
+    fail("initialize update answer does not parse");
+    return std::nullopt;
+  }
+  // The KDD names the chip: an answer from another chip (a relay) is refused before any key is used.
+  if (init.kdd != Bytes(m_chip.bytes().begin(), m_chip.bytes().end()) || init.card_challenge.size() != kS16 ||
+      init.i != 0x71) {
+    fail("initialize update answer is not this chip's S16 channel");
+    return std::nullopt;
+  }
+  if ((m_kvn != 0 && init.kvn != m_kvn) || (init.kvn != 1 && init.kvn != 2)) {
+    fail("key version " + std::to_string(init.kvn) + " refused");
+    return std::nullopt;
+  }
+  m_result.kvn = init.kvn;
+  auto keys = open_keys(init.kvn);
+  const auto session = core::scp::derive_scp03_session(keys->cmac(), 16, m_host_challenge, init.card_challenge);
+  keys.reset();  // the static keys' token objects go now; only the session keys stay
+  try {
+    auto auth = core::scp::host_authenticate(session, m_host_challenge, init, kS16);
+    m_sm.emplace(std::move(auth.session));
+    std::vector<core::CommandApdu> batch{auth.external_authenticate};
+    for (auto& c : wrapped_commands()) batch.push_back(std::move(c));
+    return batch;
+  } catch (const core::scp::SecureChannelError&) {
+    fail("bad card cryptogram");
+    return std::nullopt;
+  }
+}
+
+std::vector<core::CommandApdu> HostSession::wrapped_commands() {
+  std::vector<core::CommandApdu> out;
+  for (std::size_t j = 0; j < m_jobs.size(); ++j) {
+    const auto& job = m_jobs[j];
+    const auto plain = job.kind == "item" ? store_item_commands(job.dgi, job.payload) : load_module_commands(job.payload);
+    for (const auto& c : plain) {
+      out.push_back(m_sm->wrap_command(c));
+      m_owner.push_back(j);
+    }
+  }
+  out.push_back(m_sm->wrap_command(get_status_command()));
+  m_owner.push_back(kNoJob);
+  return out;
+}
+
+void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
+  if (answers.empty() || answers[0].sw != core::sw::ok) {
+    fail("external authenticate refused");
+    return;
+  }
+  std::vector<bool> refused(m_jobs.size(), false);
+  std::size_t i = 1;
+  bool complete = true;
+  for (; i < answers.size() && i - 1 < m_owner.size(); ++i) {
+    core::ResponseApdu plain;
+    try {
+      plain = m_sm->unwrap_response(answers[i]);
+    } catch (const core::scp::SecureChannelError&) {
+      // Nothing after a bad R-MAC is believed; the jobs of this answer and later stay pending.
+      fail("bad R-MAC");
+      complete = false;
+      break;
+    }
+    const std::size_t owner = m_owner[i - 1];
+    if (plain.sw != core::sw::ok) {
+      if (owner != kNoJob) {
+        refused[owner] = true;
+        m_result.jobs.push_back({m_jobs[owner].id, false, sw_hex(plain.sw)});
+      }
+      fail((owner == kNoJob ? "get status refused " : m_jobs[owner].kind + " refused ") + sw_hex(plain.sw));
+      complete = false;
+      break;
+    }
+    if (owner == kNoJob) read_status(plain.data);
+    else if (m_owner[i] != owner)  // GET STATUS is last, so m_owner[i] exists
+      m_result.jobs.push_back({m_jobs[owner].id, true, "9000"});  // the job's last piece answered 9000
+  }
+  if (complete && i - 1 < m_owner.size()) {
+    fail("the device answered " + std::to_string(answers.size() - 1) + " of " + std::to_string(m_owner.size()) + " commands");
+    complete = false;
+  }
+  if (complete) m_result.ok = true;
+}
+
+// BER-TLV (ISO/IEC 7816-4 section 5.2), one level: tag of one or two bytes, definite length.
+void HostSession::read_status(const core::SecureBytes& tlv) {
+  std::size_t p = 0;
+  while (p < tlv.size()) {
+    std::size_t tag_len = (tlv[p] & 0x1F) == 0x1F ? 2 : 1;
+    if (p + tag_len + 1 > tlv.size()) break;
+    const std::string tag = core::to_hex(&tlv[p], tag_len);
+    p += tag_len;
+    std::size_t len = tlv[p++];
+    if (len == 0x81 && p < tlv.size()) len = tlv[p++];
+    else if (len == 0x82 && p + 1 < tlv.size()) len = (std::size_t{tlv[p]} << 8) | tlv[p + 1], p += 2;
+    else if (len > 0x80) break;
+    if (p + len > tlv.size()) break;
+    m_result.status.emplace_back(tag, core::to_hex(&tlv[p], len));
+    p += len;
+  }
+}
+
+std::string SessionResult::json(const std::vector<Job>& all) const {
+  std::string j = std::string("{\"ok\":") + (ok ? "true" : "false") + ",\"kvn\":" + std::to_string(kvn) + ",\"applied\":[";
+  bool first = true;
+  for (const auto& o : jobs) {
+    if (!o.applied) continue;
+    for (const auto& job : all)
+      if (job.id == o.id) {
+        j += std::string(first ? "" : ",") + "{\"job\":" + std::to_string(job.id) + ",\"kind\":" + q(job.kind);
+        if (job.kind == "item") j += ",\"dgi\":" + q(core::to_hex(Bytes{static_cast<std::uint8_t>(job.dgi >> 8), static_cast<std::uint8_t>(job.dgi)}));
+        else j += ",\"name\":" + q(job.module_name) + ",\"version\":" + std::to_string(job.module_version);
+        j += "}";
+        first = false;
+      }
+  }
+  j += "],\"status\":{";
+  for (std::size_t i = 0; i < status.size(); ++i) j += (i ? "," : "") + q(status[i].first) + ":" + q(status[i].second);
+  j += "}";
+  if (!ok) j += ",\"error\":" + q(error);
+  return j + "}";
+}
+
+}  // namespace keyline::service

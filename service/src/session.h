@@ -1,0 +1,80 @@
+// One device's session, host side (docs/service.md "A session"): the first batch is SELECT and
+// INITIALIZE UPDATE; the second EXTERNAL AUTHENTICATE (level 33) followed by the wrapped commands of the
+// device's pending jobs and GET STATUS; the answers to the second batch end the session. Pure logic:
+// no database, no HTTP; the server (server.cpp) keeps sessions and records their results.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "keyline/core/apdu.h"
+#include "keyline/core/cplc.h"
+#include "keyline/core/imei.h"
+#include "keyline/core/scp03.h"
+#include "keyline/core/scp03_session.h"
+
+namespace keyline::service {
+
+struct Job {
+  std::int64_t id = 0;
+  std::string kind;                 // "item" or "module"
+  std::uint16_t dgi = 0;            // item
+  core::Bytes payload;              // item value, or the encoded module
+  std::string module_name;          // module
+  std::uint32_t module_version = 0;
+};
+
+struct JobOutcome {
+  std::int64_t id = 0;
+  bool applied = false;
+  std::string detail;  // "9000", or the status word / failure that refused it
+};
+
+struct SessionResult {
+  bool ok = false;
+  std::string error;                // short, public
+  std::vector<JobOutcome> jobs;     // every job whose commands reached the device
+  std::vector<std::pair<std::string, std::string>> status;  // GET STATUS: tag (hex) -> value (hex)
+  int kvn = 0;
+  std::string json(const std::vector<Job>& jobs) const;
+};
+
+// The static-key CMAC of derivation version `kvn` for this device (a DeviceStaticKeys behind it).
+using KeyOpener = std::function<std::unique_ptr<class DeviceStaticKeys>(int kvn)>;
+
+class HostSession {
+ public:
+  // `kvn`: the version the service DB recorded for the device, 0 when none (INITIALIZE UPDATE P1 00:
+  // the card answers its own, docs/service.md "Which version").
+  HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge);
+
+  std::vector<core::CommandApdu> first_batch() const;
+  // The answers to the first batch. Returns the second batch, or nullopt when the session ended
+  // (result() says why).
+  std::optional<std::vector<core::CommandApdu>> second_batch(const std::vector<core::ResponseApdu>& answers,
+                                                             const KeyOpener& open_keys);
+  // The answers to the second batch: the session's end.
+  void finish(const std::vector<core::ResponseApdu>& answers);
+
+  const SessionResult& result() const noexcept { return m_result; }
+  const std::vector<Job>& jobs() const noexcept { return m_jobs; }
+
+ private:
+  std::vector<core::CommandApdu> wrapped_commands();
+  void fail(const std::string& why) { m_result.ok = false, m_result.error = why; }
+  void read_status(const core::SecureBytes& tlv);
+
+  core::ChipId m_chip;
+  int m_kvn;
+  std::vector<Job> m_jobs;
+  core::Bytes m_host_challenge;
+  std::optional<core::scp::SecureMessaging> m_sm;
+  std::vector<std::size_t> m_owner;  // per wrapped command: the index into m_jobs, or npos for GET STATUS
+  SessionResult m_result;
+};
+
+}  // namespace keyline::service

@@ -1,0 +1,79 @@
+#include "store.h"
+
+#include "keyline/core/http.h"
+#include "keyline/core/record.h"
+#include "keyline/service/errors.h"
+
+namespace keyline::service {
+
+std::optional<Device> find_device(core::pq::Connection& db, const core::ChipId& chip) {
+  const auto r = db.exec("SELECT imei, coalesce(key_version, 0) FROM device WHERE chip_id = $1", {chip.str()});
+  if (r.empty()) return std::nullopt;
+  Device d{chip, core::Imei::parse(r.text(0, 0)), static_cast<int>(r.int64(0, 1))};
+  return d;
+}
+
+void save_device(core::pq::Connection& db, const Device& device, const std::string& record_hash) {
+  db.exec("INSERT INTO device (chip_id, imei, record_hash) VALUES ($1, $2, $3) ON CONFLICT (chip_id) DO NOTHING",
+          {device.chip.str(), device.imei.str(), record_hash});
+}
+
+std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei) {
+  // Oldest first; a batch carries at most 64 KiB, so a session takes a few jobs and leaves the rest
+  // for the next one (docs/service.md "Jobs").
+  const auto r = db.exec(
+      "SELECT id, kind, coalesce(dgi, 0), payload, coalesce(module_name, ''), coalesce(module_version, 0)"
+      " FROM job WHERE imei = $1 AND state = 'pending' ORDER BY id LIMIT 4",
+      {imei.str()});
+  std::vector<Job> jobs;
+  std::size_t bytes = 0;
+  for (int i = 0; i < r.rows(); ++i) {
+    Job j{r.int64(i, 0), r.text(i, 1), static_cast<std::uint16_t>(r.int64(i, 2)), r.bytea(i, 3), r.text(i, 4),
+          static_cast<std::uint32_t>(r.int64(i, 5))};
+    bytes += j.payload.size();
+    // Hex doubles the bytes and each 223-byte piece gains 33 bytes of padding and MAC: 24 KiB of
+    // payload stays under the 64 KiB answer.
+    if (!jobs.empty() && bytes > 24 * 1024) break;
+    jobs.push_back(std::move(j));
+  }
+  return jobs;
+}
+
+void record_session(core::pq::Connection& db, const Device& device, const std::string& started_at,
+                    const SessionResult& result, const std::string& result_json) {
+  core::pq::Transaction tx(db);
+  for (const auto& o : result.jobs)
+    tx.exec("UPDATE job SET state = $2, detail = $3, updated_at = now() WHERE id = $1 AND state = 'pending'",
+            {o.id, std::string(o.applied ? "applied" : "failed"), o.detail});
+  tx.exec("INSERT INTO session_log (chip_id, started_at, ok, kvn, result) VALUES ($1, $2::timestamptz, $3, $4, $5::jsonb)",
+          {device.chip.str(), started_at, std::string(result.ok ? "true" : "false"),
+           result.kvn == 0 ? core::pq::Param::null() : core::pq::Param(result.kvn), result_json});
+  if (result.ok && result.kvn != 0)
+    tx.exec("UPDATE device SET key_version = GREATEST(coalesce(key_version, 0), $2), last_session = now()"
+            " WHERE chip_id = $1",
+            {device.chip.str(), result.kvn});
+  tx.commit();
+}
+
+std::optional<std::pair<Device, std::string>> fetch_device(const PublicDb& public_db, const core::ChipId& chip) {
+  core::http::ClientOptions o;
+  o.base_url = public_db.url;
+  o.ca_file = public_db.ca_file;
+  o.connect_attempts = 2;
+  o.max_body = 4 * 1024 * 1024;
+  core::http::Client client(o);
+  const auto r = client.get("/v1/records/" + chip.str(), {{"Accept", "application/json"}});
+  if (r.status == 404) return std::nullopt;
+  if (r.status != 200) throw core::Error(errc::PublicDb, "the public DB answered " + std::to_string(r.status));
+  std::string hash;
+  const auto record = core::Record::from_json(r.body, &hash);
+  if (record.chip_id != chip) throw core::Error(errc::RecordInvalid, "the public DB answered another chip's record");
+  try {
+    core::validate_record(record, public_db.trust);
+  } catch (const core::Error& e) {
+    throw core::Error(errc::RecordInvalid, std::string("the device's record does not verify: ") + e.what());
+  }
+  return std::make_pair(Device{chip, record.imei, 0}, hash);
+}
+
+}  // namespace keyline::service
