@@ -95,11 +95,15 @@ SecureBytes encode_header(const DataPackage& p) {
   v.push_back(static_cast<std::uint8_t>(p.station_id.size()));
   v.insert(v.end(), p.station_id.begin(), p.station_id.end());
   for (int shift = 56; shift >= 0; shift -= 8) v.push_back(static_cast<std::uint8_t>(p.issued_at >> shift));
+  // docs/protocol.md "Data package header": master version 1 is the absent byte, so every package
+  // made before key versions encodes (and digests) exactly as it did.
+  if (p.master_version == 0) bad("master version 0");
+  if (p.master_version != 1) v.push_back(p.master_version);
   return v;
 }
 
 void decode_header(const SecureBytes& v, DataPackage& p) {
-  // version (1) || IMEI (15) || station id length (1) || station id || time (8)
+  // version (1) || IMEI (15) || station id length (1) || station id || time (8) [|| master version (1)]
   if (v.size() < 1 + 15 + 1 + 8) bad("header (DGI 0101) too short");
   if (v[0] != kDataPackageVersion && v[0] != kDataPackageVersionDeviceKeys)
     bad("unsupported format version " + std::to_string(v[0]));
@@ -111,7 +115,10 @@ void decode_header(const SecureBytes& v, DataPackage& p) {
     bad("header (DGI 0101) holds an invalid IMEI");
   }
   const std::size_t sid_len = v[16];
-  if (v.size() != 1 + 15 + 1 + sid_len + 8) bad("header (DGI 0101) length does not match its station id");
+  const std::size_t base = 1 + 15 + 1 + sid_len + 8;
+  if (v.size() != base && v.size() != base + 1) bad("header (DGI 0101) length does not match its station id");
+  p.master_version = v.size() == base ? 1 : v[base];
+  if (v.size() != base && p.master_version < 2) bad("header (DGI 0101) names master version 1 explicitly or 0");
   p.station_id.assign(v.begin() + 17, v.begin() + 17 + static_cast<std::ptrdiff_t>(sid_len));
   p.issued_at = 0;
   for (std::size_t i = 0; i < 8; ++i) p.issued_at = (p.issued_at << 8) | v[17 + sid_len + i];

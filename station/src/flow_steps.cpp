@@ -65,6 +65,7 @@ void Flow::issue() {
   pkg.ca_chain.push_back(m_p.m_keys.device_ca_cert.BER_encode());
   m_source->fill_package(pkg, m_keys);
   pkg.comm_key = comm_key;
+  pkg.master_version = 1;  // derive_comm_key above derives with master version 1: the device's SCP03 KVN
   pkg.app_items = m_p.m_app_items;
   m_package = pkg.encode();
   // Keys made in the chip: the device seals a package the station never sees whole, so the drill

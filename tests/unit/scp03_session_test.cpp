@@ -10,6 +10,8 @@
 #include <string>
 
 #include "keyline/core/apdu.h"
+#include "keyline/core/data_package.h"
+#include "keyline/core/dgi.h"
 #include "keyline/core/scp03_session.h"
 #include "vector_file.h"
 
@@ -203,4 +205,37 @@ TEST_CASE("PUT KEY of a new communication key: round trip, wrong S-DEK or change
   auto changed = cmd;
   changed.data.back() ^= 0x01;
   CHECK_THROWS_CODE(parse_put_comm_key(dek, changed), BadApdu);
+}
+
+TEST_CASE("data package header: master version 1 is the absent byte, 2 one more byte, an explicit 01 refused") {
+  DataPackage p;
+  p.imei = Imei::parse("357805023984942");
+  p.station_id = "line-1";
+  p.issued_at = 1795000000;
+  p.identity_cert = Bytes(40, 0x30);
+  p.transport_cert = Bytes(30, 0x31);
+  p.ca_chain = {Bytes(50, 0x32)};
+  p.identity_key = SecureBytes(138, 0x41);
+  p.transport_key = SecureBytes(32, 0x42);
+  p.comm_key = SecureBytes(32, 0x43);
+  const SecureBytes v1 = p.encode();
+  CHECK(DataPackage::decode(v1).master_version == 1);
+  const auto header_of = [](const SecureBytes& pkg) {
+    for (const auto& d : decode_dgis(pkg))
+      if (d.tag == dgi_tag::header) return plain(d.value);
+    return Bytes{};
+  };
+  const Bytes h1 = header_of(v1);
+  CHECK(h1.size() == 1 + 15 + 1 + 6 + 8);
+  p.master_version = 2;
+  const SecureBytes v2 = p.encode();
+  const Bytes h2 = header_of(v2);
+  REQUIRE(h2.size() == h1.size() + 1);
+  CHECK(h2.back() == 0x02);
+  CHECK(DataPackage::decode(v2).master_version == 2);
+  // The same header with an explicit 01 would give one package two encodings: refused.
+  std::vector<Dgi> dgis = decode_dgis(v2);
+  for (auto& d : dgis)
+    if (d.tag == dgi_tag::header) d.value.back() = 0x01;
+  CHECK_THROWS_CODE(DataPackage::decode(encode_dgis(dgis)), BadDataPackage);
 }

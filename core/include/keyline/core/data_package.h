@@ -1,5 +1,7 @@
 // The data package the station stores into a device (docs/design.md section 5): a sequence of DGIs.
 //   0101 header: format version (1 or 2) || IMEI (15 ASCII digits) || station id (u8 len || UTF-8) || time (u64 Unix s, BE)
+//        [|| master version (u8, 2..255): absent for version 1] - the derivation version of DGI 8103, the
+//        device's SCP03 KVN (docs/protocol.md "Data package header", docs/design.md section 10)
 //   0201 identity certificate (DER)   0202 transport certificate (DER)   0203 CA chain (u16 count || {u32 len || DER}*)
 //   8101 identity private key (PKCS#8 DER, P-256)   8102 transport private key (32-byte X25519 scalar)
 //   8103 manufacturer communication key (32 bytes AES-256)
@@ -53,6 +55,8 @@ struct DataPackage {
   // Header version 2: the identity and transport keys were generated in the device. identity_key and
   // transport_key are then both empty (as the station sends it) or both set (as the device seals it).
   bool keys_in_device = false;
+  // The master (derivation) version comm_key was derived with; the device's SCP03 KVN (docs/service.md).
+  std::uint8_t master_version = 1;
 
   // Encodes the DGIs in the order above, computing DGI 9103 from comm_key; a version 2 package without
   // its keys has no DGIs 8101/8102.
