@@ -158,4 +158,97 @@ Module sign_module(const std::string& name, std::uint32_t version, const Bytes& 
   return m;
 }
 
+namespace {
+
+void put_tlv(Bytes& out, std::uint8_t tag, const Bytes& value) {
+  out.push_back(tag);
+  if (value.size() < 0x80) {
+    out.push_back(static_cast<std::uint8_t>(value.size()));
+  } else if (value.size() <= 0xFF) {
+    out.insert(out.end(), {0x81, static_cast<std::uint8_t>(value.size())});
+  } else {
+    out.push_back(0x82);
+    put_u16(out, static_cast<std::uint16_t>(value.size()));
+  }
+  out.insert(out.end(), value.begin(), value.end());
+}
+
+// One TLV of the status answer: its tag and value, advancing `r`.
+std::pair<std::uint8_t, Bytes> get_tlv(Reader& r) {
+  const auto tag = static_cast<std::uint8_t>(r.u(1, "status tag"));
+  std::uint32_t len = r.u(1, "status length");
+  if (len == 0x81) {
+    len = r.u(1, "status length");
+    if (len < 0x80) bad("status length not in its shortest form");
+  } else if (len == 0x82) {
+    len = r.u(2, "status length");
+    if (len <= 0xFF) bad("status length not in its shortest form");
+  } else if (len >= 0x80) {
+    bad("status length form not supported");
+  }
+  return {tag, r.bytes(len, "status value")};
+}
+
+Bytes expect(Reader& r, std::uint8_t tag) {
+  auto [t, v] = get_tlv(r);
+  if (t != tag) bad("status: unexpected tag");
+  return v;
+}
+
+}  // namespace
+
+Bytes encode_device_status(const DeviceStatus& s) {
+  Bytes out;
+  put_tlv(out, 0xC0, Bytes(s.imei.begin(), s.imei.end()));
+  put_tlv(out, 0xC1, {s.lifecycle});
+  put_tlv(out, 0xC2, {s.kvn});
+  for (const auto& m : s.modules) {
+    Bytes inner, version;
+    put_tlv(inner, 0xC4, Bytes(m.name.begin(), m.name.end()));
+    put_u32(version, m.version);
+    put_tlv(inner, 0xC5, version);
+    put_tlv(out, 0xE1, inner);
+  }
+  for (const auto& i : s.items) {
+    Bytes v;
+    put_u16(v, i.tag);
+    v.insert(v.end(), i.sha256.begin(), i.sha256.end());
+    Bytes inner;
+    put_tlv(inner, 0xC6, v);
+    put_tlv(out, 0xE2, inner);
+  }
+  return out;
+}
+
+DeviceStatus parse_device_status(const std::uint8_t* data, std::size_t len) {
+  Reader r(data, len);
+  DeviceStatus s;
+  const Bytes imei = expect(r, 0xC0);
+  if (imei.size() != 15) bad("status: IMEI is not 15 digits");
+  s.imei.assign(imei.begin(), imei.end());
+  const Bytes lc = expect(r, 0xC1), kvn = expect(r, 0xC2);
+  if (lc.size() != 1 || kvn.size() != 1) bad("status: lifecycle and KVN are one byte");
+  s.lifecycle = lc[0];
+  s.kvn = kvn[0];
+  while (!r.done()) {
+    auto [tag, value] = get_tlv(r);
+    Reader in(value.data(), value.size());
+    if (tag == 0xE1) {
+      const Bytes name = expect(in, 0xC4), version = expect(in, 0xC5);
+      if (name.empty() || name.size() > kMaxModuleName || version.size() != 4) bad("status: bad module entry");
+      s.modules.push_back({std::string(name.begin(), name.end()),
+                           (std::uint32_t{version[0]} << 24) | (std::uint32_t{version[1]} << 16) |
+                               (std::uint32_t{version[2]} << 8) | version[3]});
+    } else if (tag == 0xE2) {
+      const Bytes v = expect(in, 0xC6);
+      if (v.size() != 34) bad("status: bad item entry");
+      s.items.push_back({static_cast<std::uint16_t>((v[0] << 8) | v[1]), Bytes(v.begin() + 2, v.end())});
+    } else {
+      bad("status: unknown tag");
+    }
+    if (!in.done()) bad("status: bytes after an entry");
+  }
+  return s;
+}
+
 }  // namespace keyline::core::service

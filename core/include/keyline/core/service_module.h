@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <botan/rng.h>
 #include <botan/x509cert.h>
@@ -65,5 +66,29 @@ void verify_module(const Module& m, const Botan::X509_Certificate& root);
 // P-256 private key (PKCS#8 PEM or DER in `pkcs8`).
 Module sign_module(const std::string& name, std::uint32_t version, const Bytes& body, const SecureBytes& pkcs8,
                    const Bytes& certificate_der, Botan::RandomNumberGenerator& rng);
+
+// --- GET STATUS under the service channel (80 F2 00 00, docs/protocol.md "Service channel commands") --
+// The answer, TLVs in this order (1-byte tags, lengths one byte < 128 or 81 XX / 82 XX XX):
+//   C0 IMEI (15 ASCII digits)   C1 lifecycle (1: 01 BLANK, 0F PERSONALIZED)   C2 KVN (1)
+//   E1 { C4 name, C5 version u32 }     once per installed module, sorted by name
+//   E2 { C6 DGI tag (2) || SHA-256 of the item's value (32) }   once per configuration item, by tag
+struct ModuleVersion {
+  std::string name;
+  std::uint32_t version = 0;
+};
+struct ItemDigest {
+  std::uint16_t tag = 0;
+  Bytes sha256;  // 32 bytes
+};
+struct DeviceStatus {
+  std::string imei;
+  std::uint8_t lifecycle = 0;
+  std::uint8_t kvn = 0;
+  std::vector<ModuleVersion> modules;
+  std::vector<ItemDigest> items;
+};
+Bytes encode_device_status(const DeviceStatus& s);
+// Exact parse. Throws FormatError(BadServiceModule).
+DeviceStatus parse_device_status(const std::uint8_t* data, std::size_t len);
 
 }  // namespace keyline::core::service
