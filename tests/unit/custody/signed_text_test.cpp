@@ -23,7 +23,7 @@ int code_of(const std::string& text) {
 
 }  // namespace
 
-TEST_CASE("the signed part ends before the signature line; the trailer is outside it") {
+TEST_CASE("the signed part ends before the signature line, the trailer is outside it") {
   const std::string body = kMagic + "\nid=ab\nversion=2\n";
   const auto t = parse_signed_text(body + "signature=AAEC\nwrapped=AwQ=\n", kMagic);
   CHECK(t.signed_part == body);
