@@ -1,5 +1,7 @@
 #include "log_api.h"
 
+#include "log_query.h"
+
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -52,35 +54,6 @@ std::string hash_list(const std::vector<merkle::Hash>& hashes) {
   return out + "]";
 }
 
-// The value of `name` in the query, when present. Only the query parameters of this API are
-// decimal numbers, so nothing needs percent-decoding.
-std::optional<std::string> query_param(const Request& req, std::string_view name) {
-  const auto q = req.target.find('?');
-  if (q == std::string::npos) return std::nullopt;
-  std::string_view rest(req.target);
-  rest.remove_prefix(q + 1);
-  while (!rest.empty()) {
-    const auto amp = rest.find('&');
-    const auto item = rest.substr(0, amp);
-    const auto eq = item.find('=');
-    if (item.substr(0, eq) == name) return std::string(eq == std::string_view::npos ? std::string_view{} : item.substr(eq + 1));
-    if (amp == std::string_view::npos) break;
-    rest.remove_prefix(amp + 1);
-  }
-  return std::nullopt;
-}
-
-// A tree size as ASCII decimal without leading zeroes (as in a checkpoint), below 2^63.
-std::optional<std::uint64_t> parse_size(const std::string& s) {
-  if (s.empty() || s.size() > 18 || (s.size() > 1 && s[0] == '0')) return std::nullopt;
-  std::uint64_t v = 0;
-  for (const char c : s) {
-    if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + static_cast<std::uint64_t>(c - '0');
-  }
-  return v;
-}
-
 Reply log_disabled() { return problem(404, "log-disabled", "this public DB serves no transparency log"); }
 
 Reply no_checkpoint_yet() { return problem.unavailable("the log has no checkpoint yet", "1"); }
@@ -125,7 +98,7 @@ std::optional<LogCheckpoint> checkpoint_for(Shared& s, const std::optional<std::
     return std::nullopt;
   }
   if (!param) return latest;
-  const auto size = parse_size(*param);
+  const auto size = log_query::tree_size(*param);
   if (!size) {
     refusal = problem(400, "bad-tree-size", std::string(name) + " is a tree size in decimal");
     return std::nullopt;
@@ -140,11 +113,11 @@ std::optional<LogCheckpoint> checkpoint_for(Shared& s, const std::optional<std::
 }
 
 Reply consistency_reply(Shared& s, const Request& req) {
-  const auto from_param = query_param(req, "from");
-  const auto from = from_param ? parse_size(*from_param) : std::nullopt;
+  const auto from_param = log_query::param(req.target, "from");
+  const auto from = from_param ? log_query::tree_size(*from_param) : std::nullopt;
   if (!from) return problem(400, "bad-tree-size", "from is a tree size in decimal");
   std::optional<Reply> refusal;
-  const auto to_param = query_param(req, "to");
+  const auto to_param = log_query::param(req.target, "to");
   const auto cp = checkpoint_for(s, to_param, "to", refusal);
   if (!cp) return *refusal;
   if (*from > cp->size) return problem(400, "bad-tree-size", "from is larger than to");
@@ -198,7 +171,7 @@ Reply handle_proof(Shared& s, const Request& req, const std::string& chip_segmen
     return problem(400, "bad-chip-id", "a chip ID is 20 hexadecimal digits");
   }
   std::optional<Reply> refusal;
-  const auto size_param = query_param(req, "tree_size");
+  const auto size_param = log_query::param(req.target, "tree_size");
   const auto cp = checkpoint_for(s, size_param, "tree_size", refusal);
   if (!cp) return *refusal;
   // The record cache answers the lookup (records and their indexes never change); the entry is
