@@ -22,7 +22,9 @@ int exit_code_for(ErrorCode code) noexcept {
   // exist are the peer refusing; 4001 = the pool is empty (nothing to claim: unavailable).
   if (n == 4021 || n == 4001) return exit_code::unavailable;
   // 4033: a certificate `keys install-cert` refuses (another key, another root, another profile).
-  if ((n >= 4010 && n <= 4012) || n == 4020 || n == 4030 || n == 4033 || n == 4040) return exit_code::refused;
+  // 4034 (a custody step refused: docs/custody.md), 4035 (a custody file that does not verify).
+  if ((n >= 4010 && n <= 4012) || n == 4020 || n == 4030 || (n >= 4033 && n <= 4035) || n == 4040)
+    return exit_code::refused;
   // 4031 keys missing: run `keys init` first; 4032 a PKI directory others can change: fix its owner or mode.
   if (n == 4031 || n == 4032) return exit_code::usage;
   if (n >= 1000 && n < 1250) return exit_code::bad_input;
