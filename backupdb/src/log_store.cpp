@@ -20,7 +20,7 @@ LogCheckpoint checkpoint_row(const core::pq::Result& r) {
   return cp;
 }
 
-constexpr const char* kCheckpointColumns = "SELECT tree_size, root, note, extract(epoch FROM signed_at)::bigint FROM log_checkpoints ";
+constexpr const char* kCheckpointColumns = "SELECT tree_size, root, note, floor(extract(epoch FROM signed_at))::bigint FROM log_checkpoints ";
 
 }  // namespace
 

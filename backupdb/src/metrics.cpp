@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <ctime>
 #include <sstream>
@@ -61,7 +63,8 @@ void Metrics::render_log(std::ostringstream& o, const LogStatus& log) const {
   const auto now = static_cast<long long>(std::time(nullptr));
   o << "# HELP keyline_backupdb_log_checkpoint_age_seconds Seconds since the newest checkpoint was signed.\n"
        "# TYPE keyline_backupdb_log_checkpoint_age_seconds gauge\n"
-    << "keyline_backupdb_log_checkpoint_age_seconds " << (log.signed_at > 0 ? now - log.signed_at : -1) << "\n";
+    << "keyline_backupdb_log_checkpoint_age_seconds "
+    << (log.signed_at > 0 ? std::max(0LL, now - static_cast<long long>(log.signed_at)) : -1) << "\n";
   o << "# HELP keyline_backupdb_log_integration_latency_seconds First publish of a batch to its checkpoint stored.\n"
        "# TYPE keyline_backupdb_log_integration_latency_seconds histogram\n";
   unsigned long long cumulative = 0;
