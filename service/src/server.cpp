@@ -249,31 +249,61 @@ void check_settings(const Config& c) {
 
 }  // namespace
 
+struct Server::Impl {
+  explicit Impl(const Config& config)
+      : listener(prepare(shared, config)),
+        handler(shared),
+        api(listener, [this](const Request& r) { return handler.handle(r); },
+            [this](const http::Event& e) {
+              shared.metrics.observe_event(e);
+              shared.events->write(e, "public");
+            }),
+        ops(http::operations_listener("keyline-service-ops", config.ops_listen),
+            [this](const Request& r) { return handle_ops(shared, r); },
+            [this](const http::Event& e) { shared.events->write(e, "ops"); }) {
+    shared.public_stats = [this] { return api.stats(); };
+  }
+
+  static http::ServerOptions prepare(Shared& s, const Config& config) {
+    check_settings(config);
+    s.config = config;
+    s.public_db = {config.public_db, config.public_db_ca, load_trust(config.trust)};
+    auto listener = http::public_listener("keyline-service", config.listen, config, config.body_limit,
+                                          config.trusted_proxies, {config.tls_cert, config.tls_key, {}});
+    s.log = std::make_unique<core::LogSink>(config.log);
+    s.events = std::make_unique<http::EventLog>(*s.log);
+    s.sessions = std::make_unique<SessionTable>(std::chrono::seconds(config.session_ttl_s));
+    s.token = open_token(config.token, static_cast<std::size_t>(config.token_sessions));
+    if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
+    s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
+    s.pool->acquire()->exec("SELECT 1 FROM job LIMIT 1");  // reachable and migrated, or fail now
+    return listener;
+  }
+
+  Shared shared;
+  http::ServerOptions listener;
+  Api handler;
+  http::Server api;
+  http::Server ops;
+};
+
+Server::Server(const Config& config) : m_impl(std::make_unique<Impl>(config)) {}
+Server::~Server() = default;
+void Server::start() {
+  m_impl->api.start();
+  m_impl->ops.start();
+}
+void Server::stop() {
+  m_impl->api.stop();
+  m_impl->ops.stop();
+}
+std::uint16_t Server::port() const { return m_impl->api.port(); }
+std::uint16_t Server::ops_port() const { return m_impl->ops.port(); }
+int Server::run_until_stopped() { return http::serve_until_stopped("keyline-service", m_impl->api, "HTTPS", m_impl->ops); }
+
 int serve(const Config& config) {
-  check_settings(config);
-  Shared s;
-  s.config = config;
-  s.public_db = {config.public_db, config.public_db_ca, load_trust(config.trust)};
-  const auto listener = http::public_listener("keyline-service", config.listen, config, config.body_limit,
-                                              config.trusted_proxies, {config.tls_cert, config.tls_key, {}});
-  s.log = std::make_unique<core::LogSink>(config.log);
-  s.events = std::make_unique<http::EventLog>(*s.log);
-  s.sessions = std::make_unique<SessionTable>(std::chrono::seconds(config.session_ttl_s));
-  s.token = open_token(config.token, static_cast<std::size_t>(config.token_sessions));
-  if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
-  s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
-  s.pool->acquire()->exec("SELECT 1 FROM job LIMIT 1");  // reachable and migrated, or fail now
-  Api api_handler(s);
-  http::Server api(listener, [&api_handler](const Request& r) { return api_handler.handle(r); },
-                   [&s](const http::Event& e) {
-                     s.metrics.observe_event(e);
-                     s.events->write(e, "public");
-                   });
-  http::Server ops(http::operations_listener("keyline-service-ops", config.ops_listen),
-                   [&s](const Request& r) { return handle_ops(s, r); },
-                   [&s](const http::Event& e) { s.events->write(e, "ops"); });
-  s.public_stats = [&api] { return api.stats(); };
-  return http::serve_until_stopped("keyline-service", api, "HTTPS", ops);
+  Server server(config);
+  return server.run_until_stopped();
 }
 
 }  // namespace keyline::service

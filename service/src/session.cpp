@@ -71,10 +71,12 @@ std::vector<core::CommandApdu> HostSession::wrapped_commands() {
     const auto plain = job.kind == "item" ? store_item_commands(job.dgi, job.payload) : load_module_commands(job.payload);
     for (const auto& c : plain) {
       out.push_back(m_sm->wrap_command(c));
+      m_answer_state.push_back(*m_sm);
       m_owner.push_back(j);
     }
   }
   out.push_back(m_sm->wrap_command(get_status_command()));
+  m_answer_state.push_back(*m_sm);
   m_owner.push_back(kNoJob);
   return out;
 }
@@ -90,7 +92,7 @@ void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
   for (; i < answers.size() && i - 1 < m_owner.size(); ++i) {
     core::ResponseApdu plain;
     try {
-      plain = m_sm->unwrap_response(answers[i]);
+      plain = m_answer_state[i - 1].unwrap_response(answers[i]);
     } catch (const core::scp::SecureChannelError&) {
       // Nothing after a bad R-MAC is believed; the jobs of this answer and later stay pending.
       fail("bad R-MAC");

@@ -74,6 +74,9 @@ class HostSession {
   core::Bytes m_host_challenge;
   std::optional<core::scp::SecureMessaging> m_sm;
   std::vector<std::size_t> m_owner;  // per wrapped command: the index into m_jobs, or npos for GET STATUS
+  // The batch is wrapped before any answer comes back, so each answer is checked against the state
+  // right after its own command was wrapped (its C-MAC chaining value and counter, Amendment D 6.2.5).
+  std::vector<core::scp::SecureMessaging> m_answer_state;
   SessionResult m_result;
 };
 

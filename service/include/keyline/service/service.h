@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <iosfwd>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -44,6 +45,24 @@ struct Config : core::http::ListenerSettings {
 const std::vector<core::Migration>& embedded_migrations();
 int migrate(const Config& config);
 int serve(const Config& config);  // until SIGINT/SIGTERM
+
+// The server without the signal loop (serve() wraps it; tests and the bench start it in process).
+class Server {
+ public:
+  explicit Server(const Config& config);  // opens the token and the DB; throws ConfigError, DbError, Pkcs11Error
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+  void start();
+  void stop();
+  std::uint16_t port() const;
+  std::uint16_t ops_port() const;
+  int run_until_stopped();  // serve_until_stopped over both listeners
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> m_impl;
+};
 
 // `keyline-service campaign`: queue one job per IMEI (idempotent: rerunning resumes; docs/service.md).
 struct CampaignRequest {

@@ -1,0 +1,104 @@
+#include "service_card.h"
+
+#include "keyline/core/applet_protocol.h"
+#include "keyline/core/dgi.h"
+#include "keyline/core/service_module.h"
+
+namespace keyline::test {
+
+using namespace keyline::core;
+
+namespace {
+ResponseApdu sw_only(std::uint16_t sw) {
+  ResponseApdu r;
+  r.sw = sw;
+  return r;
+}
+}  // namespace
+
+ServiceCard::ServiceCard(ChipId chip, std::uint8_t kvn, SecureBytes comm, Botan::X509_Certificate root)
+    : m_chip(chip), m_kvn(kvn), m_comm(std::move(comm)), m_root(std::move(root)) {}
+
+ResponseApdu ServiceCard::transmit(const CommandApdu& c) {
+  if ((c.cla & 0x04) != 0 && c.ins != scp::kInsExternalAuthenticate) return secured(c);
+  return plain_command(c);
+}
+
+ResponseApdu ServiceCard::plain_command(const CommandApdu& c) {
+  const Bytes aid(std::begin(applet::kAid), std::end(applet::kAid));
+  if (c.ins == applet::ins::select) return sw_only(sw::ok);
+  if (c.ins == scp::kInsInitializeUpdate) {
+    if (c.p1 != 0 && c.p1 != m_kvn) return sw_only(0x6A88);
+    m_host_challenge.assign(c.data.begin(), c.data.end());
+    m_init = scp::card_initialize(scp::static_keys_from_comm(m_comm), m_kvn, m_chip, m_host_challenge, ++counter,
+                                  aid, 16);
+    m_sm.reset();
+    ResponseApdu r;
+    const Bytes a = scp::encode_initialize_update_answer(m_init->answer);
+    r.data.assign(a.begin(), a.end());
+    return r;
+  }
+  if (c.ins == scp::kInsExternalAuthenticate && m_init) {
+    try {
+      m_sm.emplace(scp::card_authenticate(*m_init, m_host_challenge, c, 16));
+      return sw_only(sw::ok);
+    } catch (const Error&) {
+      m_init.reset();
+      return sw_only(0x6982);
+    }
+  }
+  return sw_only(0x6985);
+}
+
+ResponseApdu ServiceCard::secured(const CommandApdu& wrapped) {
+  if (!m_sm) return sw_only(0x6982);
+  CommandApdu c;
+  try {
+    c = m_sm->unwrap_command(wrapped);
+  } catch (const Error&) {
+    // A broken channel ends the session: nothing staged is kept (Amendment D section 6.2.4 / docs/service.md).
+    m_sm.reset();
+    m_staged.clear();
+    return sw_only(0x6982);
+  }
+  ResponseApdu plain;
+  const bool last = (c.p1 & 0x80) != 0;
+  if (c.ins == 0xE2 || c.ins == 0xE8) {
+    m_staged.insert(m_staged.end(), c.data.begin(), c.data.end());
+    if (last) {
+      const Bytes all = std::move(m_staged);
+      m_staged.clear();
+      if (c.ins == 0xE2) {
+        for (const auto& d : decode_dgis(all.data(), all.size())) items[d.tag] = Bytes(d.value.begin(), d.value.end());
+      } else {
+        try {
+          const auto m = service::parse_module(all);
+          service::verify_module(m, m_root);
+          if (modules.count(m.name) && modules[m.name] >= m.version) plain.sw = 0x6985;
+          else modules[m.name] = m.version;
+        } catch (const Error&) {
+          plain.sw = 0x6982;
+        }
+      }
+    }
+  } else if (c.ins == 0xF2) {
+    // 5A chip ID, C1 one module (name '=' version), C2 the item count: enough for the test to read back.
+    auto put = [&](std::uint8_t tag, const Bytes& v) {
+      plain.data.push_back(tag);
+      plain.data.push_back(static_cast<std::uint8_t>(v.size()));
+      plain.data.insert(plain.data.end(), v.begin(), v.end());
+    };
+    put(0x5A, Bytes(m_chip.bytes().begin(), m_chip.bytes().end()));
+    for (const auto& [name, version] : modules) {
+      const std::string s = name + "=" + std::to_string(version);
+      put(0xC1, Bytes(s.begin(), s.end()));
+    }
+    put(0xC2, Bytes{static_cast<std::uint8_t>(items.size())});
+    put(0xC3, Bytes{m_kvn});
+  } else {
+    plain.sw = 0x6D00;
+  }
+  return m_sm->wrap_response(plain);
+}
+
+}  // namespace keyline::test
