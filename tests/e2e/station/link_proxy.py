@@ -2,11 +2,12 @@
 """A TCP proxy between keyline-station and one `keyline-device serve` (vpcd framing: u16 length ||
 payload, docs/readers.md) that records every byte of both directions, for e2e.station.scp11a.
 
-  link_proxy.py PORT_FILE TARGET_HOST:PORT CAPTURE_FILE [--flip-secured-store N]
+  link_proxy.py PORT_FILE TARGET_HOST:PORT CAPTURE_FILE [--flip-secured-store N | --replay-secured-store N]
 
 Listens on an ephemeral 127.0.0.1 port (written to PORT_FILE once it listens) and serves connections
 until killed. --flip-secured-store N changes one byte (the first data byte) of the N-th secured STORE
-DATA (CLA bit 04, INS E2) the station sends: an attacker on the link.
+DATA (CLA bit 04, INS E2) the station sends; --replay-secured-store N sends the (N-1)-th one again in
+place of the N-th: an attacker on the link.
 """
 import socket
 import sys
@@ -14,6 +15,8 @@ import threading
 
 port_file, target, capture_path = sys.argv[1], sys.argv[2], sys.argv[3]
 flip_at = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] == "--flip-secured-store" else 0
+replay_at = int(sys.argv[5]) if len(sys.argv) > 5 and sys.argv[4] == "--replay-secured-store" else 0
+previous_store = None
 host, port = target.rsplit(":", 1)
 lock = threading.Lock()
 capture = open(capture_path, "ab")
@@ -41,7 +44,7 @@ def recv_exact(sock, n):
 
 def station_to_device(src, dst):
     """Frame by frame, so that one APDU can be changed."""
-    global secured_stores
+    global secured_stores, previous_store
     try:
         while True:
             head = recv_exact(src, 2)
@@ -56,6 +59,9 @@ def station_to_device(src, dst):
                     n = secured_stores
                 if n == flip_at:
                     body = body[:5] + bytes([body[5] ^ 0x01]) + body[6:]
+                if n == replay_at and previous_store is not None:
+                    head, body = previous_store
+                previous_store = (head, body)
             record(head + body, ">")
             dst.sendall(head + body)
     except OSError:

@@ -229,6 +229,17 @@ check "... the device is not personalized" test "$(lifecycle "${LINE_DEVICE_DIRS
 check "... and the claim is voided" \
   test "$(sql "SELECT state FROM journal.device WHERE chip_id = '${chips[4]}'")" = void
 
+# --- 7b. a replayed secured command ---------------------------------------------------------------
+"$DEV" make --dir "$work/replayed" --rom-ca "$LINE_DIR/pki/root.pem" --vendor "$LINE_DIR/vendor" >/dev/null
+serve_one "$work/replayed"
+replayed_chip=$("$DEV" status --dir "$work/replayed" | awk '$1 == "chip_id" {print $2}')
+proxy replay "$SERVED" --replay-secured-store 3
+"$ST" personalize --json --device "$PROXY" >"$work/replayed.json" 2>&1
+check "a replayed secured STORE DATA: 6982 at the store step: $(head -c 300 "$work/replayed.json")" \
+  bash -c "grep -q '\"step\":\"store\"' '$work/replayed.json' && grep -qi '6982' '$work/replayed.json'"
+check "... the device is not personalized and the claim is voided" \
+  test "$(lifecycle "$work/replayed") $(sql "SELECT state FROM journal.device WHERE chip_id = '$replayed_chip'")" = "BLANK void"
+
 # --- 8. a statement no newer than one seen for the chip is a replay --------------------------------
 # The station has seen counter 1000 for this chip: the chip's fresh statements (counter 1, 2) are replays.
 "$DEV" make --dir "$work/replay" --rom-ca "$LINE_DIR/pki/root.pem" --vendor "$LINE_DIR/vendor" >/dev/null
