@@ -5,6 +5,7 @@
 #include "keyline/device/commands.h"
 #include "keyline/device/kps_agent.h"
 #include "keyline/device/log.h"
+#include "keyline/device/service_agent.h"
 
 int main(int argc, char** argv) {
   using namespace keyline::device;
@@ -103,6 +104,18 @@ int main(int argc, char** argv) {
   kps_open_cmd->add_option("--transfer", transfer_id, "transfer id the key was sealed for")->required();
   kps_open_cmd->add_option("--label", label, "label to store the key under")->required();
 
+  // The service channel (docs/service.md "The device side").
+  ServiceAgentConfig agent_config;
+  std::string out_file;
+  auto* agent = app.add_subcommand("service-agent", "call keyline-service over HTTPS and run its APDU batches on this device");
+  agent->add_option("--dir", agent_config.dir, "device directory");
+  agent->add_option("--service", agent_config.url, "keyline-service base URL, https://HOST:PORT")->envname("KEYLINE_SERVICE_URL");
+  agent->add_option("--ca", agent_config.ca, "CA file (PEM) that issued the service's TLS certificate")->envname("KEYLINE_SERVICE_CA");
+  auto* agent_open = agent->add_subcommand("open", "open a message a third party sealed to this device's transport key");
+  agent_open->add_option("--dir", agent_config.dir, "device directory")->required();
+  agent_open->add_option("--in", in_file, "sealed message (HPKE enc || ciphertext)")->required()->check(CLI::ExistingFile);
+  agent_open->add_option("--out", out_file, "where the opened message goes (mode 0600)")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -125,6 +138,12 @@ int main(int argc, char** argv) {
     if (*kps_serve_cmd) return cmd_kps_serve_once(kps_config);
     if (*kps_receive_cmd) return cmd_kps_receive(kps_config);
     if (*kps_open_cmd) return cmd_kps_open_file(kps_config.dir, in_file, transfer_id, label);
+    if (*agent_open) return cmd_service_open(agent_config.dir, in_file, out_file);
+    if (*agent) {
+      if (agent_config.dir.empty() || agent_config.url.empty() || agent_config.ca.empty())
+        throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage, "service-agent needs --dir, --service and --ca");
+      return cmd_service_agent(agent_config);
+    }
     return cmd_corrupt_flash(dir);
   });
 }

@@ -16,6 +16,7 @@
 #include "keyline/core/chip_identity.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/flash_image.h"
+#include "keyline/core/scp03_session.h"
 #include "keyline/device/log.h"
 
 namespace keyline::device {
@@ -231,6 +232,8 @@ core::ResponseApdu Session::dispatch(const core::CommandApdu& c) {
       return base == 0x80 ? mutual_authenticate(*cmd) : sw_only(core::sw::cla_not_supported);
     case channel_ins::generate_key:
       return base == 0x80 ? finish(generate_key(*cmd), *cmd) : sw_only(core::sw::cla_not_supported);
+    case core::scp::kInsInitializeUpdate:  // the service channel (service.cpp)
+      return base == 0x80 ? finish(initialize_update(*cmd), *cmd) : sw_only(core::sw::cla_not_supported);
     case ins::store_data:
       return base == 0x80 ? store_data(*cmd) : sw_only(core::sw::cla_not_supported);
     case ins::update_binary:

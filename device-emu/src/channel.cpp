@@ -12,6 +12,7 @@
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/chip_identity.h"
+#include "keyline/core/scp03_session.h"
 #include "keyline/core/scp11.h"
 #include "keyline/device/applet.h"
 #include "keyline/device/log.h"
@@ -55,6 +56,8 @@ core::Bytes oce_point(const Botan::X509_Certificate& leaf) {
 
 void Session::end_channel() noexcept {
   m_channel.reset();
+  m_scp03.reset();
+  m_service = false;
   m_oce_chain.clear();
   m_oce_point.reset();
   core::SecureBytes().swap(m_generated_identity);
@@ -81,6 +84,8 @@ bool Session::needs_channel(const core::CommandApdu& c) const {
 
 core::ResponseApdu Session::process_secured(const core::CommandApdu& c) {
   const std::string& chip = m_device.m_chip.chip_id().str();
+  // SCP03's EXTERNAL AUTHENTICATE carries a C-MAC before any channel is open (service.cpp).
+  if (!m_channel && m_scp03 && c.ins == core::scp::kInsExternalAuthenticate) return external_authenticate(c);
   if (!m_channel) return sw_only(core::sw::security_not_satisfied);
   core::CommandApdu plain;
   try {
@@ -95,7 +100,7 @@ core::ResponseApdu Session::process_secured(const core::CommandApdu& c) {
   }
   plain.cla = static_cast<std::uint8_t>(plain.cla & ~0x04);
   m_secured = true;
-  core::ResponseApdu r = dispatch(plain);
+  core::ResponseApdu r = m_service ? service_dispatch(plain) : dispatch(plain);
   m_secured = false;
   // A SELECT under the channel ended it: its answer goes plain.
   if (!m_channel) return r;

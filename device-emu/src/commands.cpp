@@ -9,6 +9,7 @@
 #include "keyline/core/device_link.h"
 #include "keyline/core/error.h"
 #include "keyline/device/log.h"
+#include "keyline/device/service_store.h"
 
 namespace keyline::device {
 
@@ -116,6 +117,16 @@ int cmd_boot(const std::string& dir) {
             << "identity_key_sha256 " << id.identity_fingerprint << "\n"
             << "transport_key_sha256 " << id.transport_fingerprint << "\n"
             << "package_sha256 " << core::to_hex(id.package_digest) << "\n";
+  // What the service channel applied (docs/service.md "The device side"): re-verified at every boot.
+  const auto chip = Chip::load(dir);
+  const auto status = service_status(chip);
+  std::cout << "kvn " << int{status.kvn} << "\n";
+  const auto modules = installed_modules(chip);
+  for (const auto& m : modules.modules) std::cout << "module " << m.name << " " << m.version << "\n";
+  for (const auto& r : modules.rejected) std::cout << "module_rejected " << r << "\n";
+  for (const auto& i : status.items)
+    std::cout << "item " << core::to_hex(core::Bytes{static_cast<std::uint8_t>(i.tag >> 8), static_cast<std::uint8_t>(i.tag)})
+              << " " << core::to_hex(i.sha256) << "\n";
   return core::exit_code::ok;
 }
 

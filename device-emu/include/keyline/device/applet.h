@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -128,6 +129,8 @@ class Session {
   }
   // Whether a secure channel (SCP11a, docs/channel.md) is open on this connection.
   bool channel_open() const noexcept { return m_channel.has_value(); }
+  // Whether that channel is the service channel (SCP03, docs/service.md "The device side").
+  bool service_channel_open() const noexcept { return m_channel.has_value() && m_service; }
 
  private:
   core::ResponseApdu dispatch(const core::CommandApdu& c);
@@ -144,6 +147,17 @@ class Session {
   void insert_generated_keys(core::DataPackage& pkg) const;
   // Ends the secure channel: session keys, the verified OCE key and generated keys are wiped.
   void end_channel() noexcept;
+  // The service channel (service.cpp, docs/service.md "The device side"): SCP03's handshake, then
+  // STORE DATA of items, LOAD MODULE, PUT KEY and GET STATUS under it.
+  core::ResponseApdu initialize_update(const core::CommandApdu& c);
+  core::ResponseApdu external_authenticate(const core::CommandApdu& c);
+  core::ResponseApdu service_dispatch(const core::CommandApdu& c);
+  // STORE DATA and LOAD MODULE come in blocks (P1 b8 = last block, P2 = block number from 00).
+  core::ResponseApdu service_gather(const core::CommandApdu& c);
+  core::ResponseApdu service_store_items(const core::SecureBytes& dgis);
+  core::ResponseApdu service_load_module(const core::Bytes& module);
+  core::ResponseApdu service_put_key(const core::CommandApdu& c);
+  core::ResponseApdu service_get_status(const core::CommandApdu& c);
   // The T=0 card's rules around process() (CardOptions::protocol t0); in card.cpp.
   core::ResponseApdu process_t0(const core::CommandApdu& c);
   core::ResponseApdu t0_get_response(const core::CommandApdu& c);
@@ -189,6 +203,12 @@ class Session {
   // A wrapped answer to a command without Le (Ne = 0, ISO 7816-4 section 5.1): announced by 61XX
   // with no data, served from the next GET RESPONSE on.
   std::optional<core::ResponseApdu> m_announced;
+  // The service channel: INITIALIZE UPDATE's state until EXTERNAL AUTHENTICATE, the KVN it opened
+  // with, and whether m_channel is SCP03's.
+  struct Scp03Pending;
+  std::shared_ptr<Scp03Pending> m_scp03;
+  std::uint8_t m_service_kvn = 0;
+  bool m_service = false;
   // GENERATE KEY's private halves for this session, sealed into the next version 2 package.
   core::SecureBytes m_generated_identity;   // PKCS#8 DER
   core::SecureBytes m_generated_transport;  // 32-byte X25519 scalar
