@@ -8,6 +8,8 @@
 #   scripts/bench.sh line       devices/s end to end vs the crypto floor; concurrency sweep (issue 7)
 #   scripts/bench.sh pcsc       devices/s and station CPU per device through 16 PC/SC readers next to
 #                               TCP, same line, same run (issue 13; part 3 of scripts/bench_line.sh)
+#   scripts/bench.sh service    device service sessions/s with 32 agents, one item push each, p50/p99,
+#                               against a session's three bare HTTPS round trips (issue 16, bench_service.sh)
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
@@ -21,6 +23,9 @@ if [ "$which" = all ] || [ "$which" = backupdb ]; then
 fi
 if [ "$which" = all ] || [ "$which" = tlog ]; then
   if [ -x scripts/bench_tlog.sh ]; then scripts/bench_tlog.sh || rc=1; else echo "bench: tlog benchmark missing"; rc=1; fi
+fi
+if [ "$which" = all ] || [ "$which" = service ]; then
+  if [ -x scripts/bench_service.sh ]; then scripts/bench_service.sh || rc=1; else echo "bench: service benchmark missing"; rc=1; fi
 fi
 line_parts=""
 case "$which" in

@@ -53,6 +53,7 @@ void add_serve(CLI::App* serve, Config& cfg) {
   serve->add_option("--max-queued", cfg.max_queued, "requests waiting for a worker (503 beyond)")->capture_default_str();
   serve->add_option("--body-limit", cfg.body_limit, "largest request body in bytes (413 beyond)")->capture_default_str();
   serve->add_option("--session-ttl", cfg.session_ttl_s, "seconds a session lives from its start")->capture_default_str();
+  serve->add_option("--jobs-per-session", cfg.jobs_per_session, "pending jobs one session applies")->capture_default_str();
   serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")->envname("KEYLINE_SERVICE_DB_POOL")->capture_default_str();
   serve->add_option("--token-sessions", cfg.token_sessions, "PKCS#11 sessions")->capture_default_str();
   serve->add_option("--log", cfg.log, "request log: a path, stderr or off")->envname("KEYLINE_SERVICE_LOG")->capture_default_str();

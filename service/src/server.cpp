@@ -145,7 +145,7 @@ class Api {
     std::vector<Job> jobs;
     {
       auto c = m_s.pool->acquire();
-      jobs = pending_jobs(*c, device->imei);
+      jobs = pending_jobs(*c, device->imei, m_s.config.jobs_per_session);
     }
     Bytes challenge(16);
     Botan::system_rng().randomize(challenge.data(), challenge.size());
@@ -243,8 +243,9 @@ void check_settings(const Config& c) {
   if (c.public_db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--public-db is required");
   if (c.tls_cert.empty() || c.tls_key.empty())
     throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
-  if (c.db_pool < 1 || c.token_sessions < 1 || c.session_ttl_s < 1)
-    throw core::ConfigError(core::ErrorCode::Config, "--db-pool, --token-sessions and --session-ttl must be positive");
+  if (c.db_pool < 1 || c.token_sessions < 1 || c.session_ttl_s < 1 || c.jobs_per_session < 1)
+    throw core::ConfigError(core::ErrorCode::Config,
+                            "--db-pool, --token-sessions, --session-ttl and --jobs-per-session must be positive");
 }
 
 }  // namespace

@@ -18,13 +18,13 @@ void save_device(core::pq::Connection& db, const Device& device, const std::stri
           {device.chip.str(), device.imei.str(), record_hash});
 }
 
-std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei) {
+std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei, int limit) {
   // Oldest first; a batch carries at most 64 KiB, so a session takes a few jobs and leaves the rest
   // for the next one (docs/service.md "Jobs").
   const auto r = db.exec(
       "SELECT id, kind, coalesce(dgi, 0), payload, coalesce(module_name, ''), coalesce(module_version, 0)"
-      " FROM job WHERE imei = $1 AND state = 'pending' ORDER BY id LIMIT 4",
-      {imei.str()});
+      " FROM job WHERE imei = $1 AND state = 'pending' ORDER BY id LIMIT $2",
+      {imei.str(), limit});
   std::vector<Job> jobs;
   std::size_t bytes = 0;
   for (int i = 0; i < r.rows(); ++i) {

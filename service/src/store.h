@@ -22,7 +22,7 @@ struct Device {
 
 std::optional<Device> find_device(core::pq::Connection& db, const core::ChipId& chip);
 void save_device(core::pq::Connection& db, const Device& device, const std::string& record_hash);
-std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei);
+std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei, int limit);
 // One transaction: the jobs' outcomes, the session's line, the device's version (never lowered).
 void record_session(core::pq::Connection& db, const Device& device, const std::string& started_at,
                     const SessionResult& result, const std::string& result_json);

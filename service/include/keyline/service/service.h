@@ -39,6 +39,7 @@ struct Config : core::http::ListenerSettings {
   int token_sessions = 8;
   std::size_t body_limit = 64 * 1024;
   int session_ttl_s = 60;
+  int jobs_per_session = 4;         // pending jobs one session applies, oldest first
   std::string log = "stderr";
 };
 
