@@ -249,22 +249,12 @@ void Flow::refuse(Refusal why, const std::optional<std::string>& device_imei) {
 
 // --- claim (step 3): IMEI and keys leave the pool in the statement that journals them ----------
 void Flow::claim() {
-  if (m_row && !m_personalized && m_row->key_source != m_source->name() &&
-      (m_row->key_source == "device" || m_source->keys_in_device())) {
-    // Keys the chip made cannot become keys the station holds, nor the other way round.
-    m_db.with([&](core::pq::Connection& c) {
-      void_claim(c, m_row->id, "claimed with key source " + m_row->key_source + ", resumed with " + m_source->name() +
-                                   "; a new IMEI was claimed");
-    });
-    m_row.reset();
-  }
-  if (m_row && !m_personalized && m_row->identity_wrapped.empty() && m_row->key_source != "device") {
-    // Migration 0006 wiped the blobs wrapped before rows were bound (docs/decisions.md): a blank
-    // device cannot get those keys back, so this claim can never complete and a new one is made.
-    m_db.with([&](core::pq::Connection& c) {
-      void_claim(c, m_row->id, "its keys were wrapped before migration 0006 and are void; a new IMEI was claimed");
-    });
-    m_row.reset();
+  if (m_row && !m_personalized) {
+    const std::string why = unresumable_reason();
+    if (!why.empty()) {
+      m_db.with([&](core::pq::Connection& c) { void_claim(c, m_row->id, why + "; a new IMEI was claimed"); });
+      m_row.reset();
+    }
   }
   if (m_row)
     resume_claim();
@@ -272,6 +262,17 @@ void Flow::claim() {
     new_claim();
   m_imei = core::Imei::parse(m_res.imei);
   if (m_personalized) m_res.identity_cert_pem = Botan::PEM_Code::encode(m_identity_der, "CERTIFICATE");
+}
+
+std::string Flow::unresumable_reason() const {
+  // Keys the chip made cannot become keys the station holds, nor the other way round.
+  if (m_row->key_source != m_source->name() && (m_row->key_source == "device" || m_source->keys_in_device()))
+    return "claimed with key source " + m_row->key_source + ", resumed with " + m_source->name();
+  // Migration 0006 wiped the blobs wrapped before rows were bound (docs/decisions.md): a blank
+  // device cannot get those keys back, so this claim can never complete and a new one is made.
+  if (m_row->identity_wrapped.empty() && m_row->key_source != "device")
+    return "its keys were wrapped before migration 0006 and are void";
+  return {};
 }
 
 void Flow::resume_claim() {

@@ -102,6 +102,8 @@ class Flow {
   // claim's parts.
   void new_claim();
   void resume_claim();
+  // Why a blank device's live row cannot be resumed (its IMEI is voided, a new one claimed); empty: it can.
+  std::string unresumable_reason() const;
   void write_claim(const ClaimExec& exec, const std::string& imei, const DeviceKeys& keys);
   // issue's part: the two certificates, with their audit rows on failure.
   void sign_certificates();
