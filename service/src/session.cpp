@@ -3,6 +3,7 @@
 #include "commands.h"
 #include "keyline/core/applet_protocol.h"
 #include "keyline/core/http.h"
+#include "keyline/core/service_module.h"
 #include "keyline/service/errors.h"
 #include "static_keys.h"
 
@@ -14,6 +15,7 @@ constexpr std::size_t kNoJob = static_cast<std::size_t>(-1);
 
 std::string sw_hex(std::uint16_t sw) { return core::to_hex(Bytes{static_cast<std::uint8_t>(sw >> 8), static_cast<std::uint8_t>(sw)}); }
 std::string q(const std::string& s) { return "\"" + core::http::json_escape(s) + "\""; }
+std::string dgi_hex(std::uint16_t dgi) { return sw_hex(dgi); }
 
 }  // namespace
 
@@ -109,7 +111,10 @@ void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
       complete = false;
       break;
     }
-    if (owner == kNoJob) read_status(plain.data);
+    if (owner == kNoJob) {
+      read_status(plain.data);
+      if (!m_result.error.empty()) complete = false;
+    }
     else if (m_owner[i] != owner)  // GET STATUS is last, so m_owner[i] exists
       m_result.jobs.push_back({m_jobs[owner].id, true, "9000"});  // the job's last piece answered 9000
   }
@@ -120,22 +125,26 @@ void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
   if (complete) m_result.ok = true;
 }
 
-// BER-TLV (ISO/IEC 7816-4 section 5.2), one level: tag of one or two bytes, definite length.
+// core/service_module.h's layout; an answer that does not parse is the device's fault and ends the
+// session as not ok (its jobs were applied already and stay so).
 void HostSession::read_status(const core::SecureBytes& tlv) {
-  std::size_t p = 0;
-  while (p < tlv.size()) {
-    std::size_t tag_len = (tlv[p] & 0x1F) == 0x1F ? 2 : 1;
-    if (p + tag_len + 1 > tlv.size()) break;
-    const std::string tag = core::to_hex(&tlv[p], tag_len);
-    p += tag_len;
-    std::size_t len = tlv[p++];
-    if (len == 0x81 && p < tlv.size()) len = tlv[p++];
-    else if (len == 0x82 && p + 1 < tlv.size()) len = (std::size_t{tlv[p]} << 8) | tlv[p + 1], p += 2;
-    else if (len > 0x80) break;
-    if (p + len > tlv.size()) break;
-    m_result.status.emplace_back(tag, core::to_hex(&tlv[p], len));
-    p += len;
+  core::service::DeviceStatus st;
+  try {
+    st = core::service::parse_device_status(tlv.data(), tlv.size());
+  } catch (const core::FormatError&) {
+    fail("get status answer does not parse");
+    return;
   }
+  std::string j = "{\"imei\":" + q(st.imei) + ",\"lifecycle\":" + std::to_string(st.lifecycle) +
+                  ",\"kvn\":" + std::to_string(st.kvn) + ",\"modules\":[";
+  for (std::size_t i = 0; i < st.modules.size(); ++i)
+    j += std::string(i ? "," : "") + "{\"name\":" + q(st.modules[i].name) + ",\"version\":" +
+         std::to_string(st.modules[i].version) + "}";
+  j += "],\"items\":[";
+  for (std::size_t i = 0; i < st.items.size(); ++i)
+    j += std::string(i ? "," : "") + "{\"dgi\":" + q(dgi_hex(st.items[i].tag)) + ",\"sha256\":" +
+         q(core::to_hex(st.items[i].sha256)) + "}";
+  m_result.status = j + "]}";
 }
 
 std::string SessionResult::json(const std::vector<Job>& all) const {
@@ -146,15 +155,13 @@ std::string SessionResult::json(const std::vector<Job>& all) const {
     for (const auto& job : all)
       if (job.id == o.id) {
         j += std::string(first ? "" : ",") + "{\"job\":" + std::to_string(job.id) + ",\"kind\":" + q(job.kind);
-        if (job.kind == "item") j += ",\"dgi\":" + q(core::to_hex(Bytes{static_cast<std::uint8_t>(job.dgi >> 8), static_cast<std::uint8_t>(job.dgi)}));
+        if (job.kind == "item") j += ",\"dgi\":" + q(dgi_hex(job.dgi));
         else j += ",\"name\":" + q(job.module_name) + ",\"version\":" + std::to_string(job.module_version);
         j += "}";
         first = false;
       }
   }
-  j += "],\"status\":{";
-  for (std::size_t i = 0; i < status.size(); ++i) j += (i ? "," : "") + q(status[i].first) + ":" + q(status[i].second);
-  j += "}";
+  j += "],\"status\":" + status;
   if (!ok) j += ",\"error\":" + q(error);
   return j + "}";
 }

@@ -38,7 +38,7 @@ struct SessionResult {
   bool ok = false;
   std::string error;                // short, public
   std::vector<JobOutcome> jobs;     // every job whose commands reached the device
-  std::vector<std::pair<std::string, std::string>> status;  // GET STATUS: tag (hex) -> value (hex)
+  std::string status = "{}";        // GET STATUS as JSON (imei, lifecycle, kvn, modules, items)
   int kvn = 0;
   std::string json(const std::vector<Job>& jobs) const;
 };

@@ -1,5 +1,7 @@
 #include "service_card.h"
 
+#include <botan/hash.h>
+
 #include "keyline/core/applet_protocol.h"
 #include "keyline/core/dgi.h"
 #include "keyline/core/service_module.h"
@@ -82,19 +84,17 @@ ResponseApdu ServiceCard::secured(const CommandApdu& wrapped) {
       }
     }
   } else if (c.ins == 0xF2) {
-    // 5A chip ID, C1 one module (name '=' version), C2 the item count: enough for the test to read back.
-    auto put = [&](std::uint8_t tag, const Bytes& v) {
-      plain.data.push_back(tag);
-      plain.data.push_back(static_cast<std::uint8_t>(v.size()));
-      plain.data.insert(plain.data.end(), v.begin(), v.end());
-    };
-    put(0x5A, Bytes(m_chip.bytes().begin(), m_chip.bytes().end()));
-    for (const auto& [name, version] : modules) {
-      const std::string s = name + "=" + std::to_string(version);
-      put(0xC1, Bytes(s.begin(), s.end()));
+    service::DeviceStatus st;
+    st.imei = imei;
+    st.lifecycle = 0x0F;
+    st.kvn = m_kvn;
+    for (const auto& [name, version] : modules) st.modules.push_back({name, version});
+    for (const auto& [tag, value] : items) {
+      const auto d = Botan::HashFunction::create_or_throw("SHA-256")->process(value);
+      st.items.push_back({tag, Bytes(d.begin(), d.end())});
     }
-    put(0xC2, Bytes{static_cast<std::uint8_t>(items.size())});
-    put(0xC3, Bytes{m_kvn});
+    const Bytes enc = service::encode_device_status(st);
+    plain.data.assign(enc.begin(), enc.end());
   } else {
     plain.sw = 0x6D00;
   }

@@ -26,6 +26,7 @@ class ServiceCard {
   std::map<std::uint16_t, core::Bytes> items;
   std::map<std::string, std::uint32_t> modules;
   std::uint32_t counter = 0;
+  std::string imei = "490154203237518";
   void reboot() { m_sm.reset(), m_init.reset(), m_staged.clear(); }
 
  private:

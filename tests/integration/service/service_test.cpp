@@ -265,8 +265,13 @@ TEST_CASE("a whole session: an item and a module applied, they survive a reboot,
   CHECK(second->getValue<bool>("ok"));
   CHECK(second->getArray("applied")->size() == 0);
   const auto status = second->getObject("status");
-  CHECK(status->getValue<std::string>("C1") == core::to_hex(Bytes{'r', 'a', 'd', 'i', 'o', '=', '3'}));
-  CHECK(status->getValue<std::string>("5A") == kChipV2.str());
+  CHECK(status->getValue<std::string>("imei") == kImeiV2);
+  CHECK(status->getValue<int>("kvn") == 2);
+  REQUIRE(status->getArray("modules")->size() == 1);
+  CHECK(status->getArray("modules")->getObject(0)->getValue<std::string>("name") == "radio");
+  CHECK(status->getArray("modules")->getObject(0)->getValue<int>("version") == 3);
+  REQUIRE(status->getArray("items")->size() == 1);
+  CHECK(status->getArray("items")->getObject(0)->getValue<std::string>("dgi") == "0F01");
   core::pq::Connection c(f.db);
   CHECK(c.exec("SELECT key_version FROM device WHERE chip_id = $1", {kChipV2.str()}).int64(0, 0) == 2);
   CHECK(c.exec("SELECT count(*) FROM session_log WHERE chip_id = $1 AND ok", {kChipV2.str()}).int64(0, 0) == 2);
