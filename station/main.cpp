@@ -22,8 +22,9 @@ struct CustodyCommands {
 void add_custody_commands(CLI::App* keys, CustodyCommands& c) {
   auto& r = c.request;
   c.roll = keys->add_subcommand("roll", "make the next version of a key beside the old one (docs/custody.md)");
-  c.roll->add_option("what", c.what, "master (its next version is mirrorable; earlier devices keep theirs)")
-      ->required()->check(CLI::IsMember({"master"}));
+  c.roll->add_option("what", c.what, "master (its next version is mirrorable; earlier devices keep theirs), device-ca "
+                                     "or station-tls (a CSR under the offline root, else certified at once)")
+      ->required()->check(CLI::IsMember({"master", "device-ca", "station-tls"}));
   auto* mirror = keys->add_subcommand("mirror", "mirror the master to another station's token under dual control");
   mirror->require_subcommand(1);
   c.receive_init = mirror->add_subcommand("receive-init", "receiving token: make a receiving key, write its request");
@@ -55,7 +56,7 @@ void add_custody_commands(CLI::App* keys, CustodyCommands& c) {
 // -1 when none of them was given.
 int run_custody(const CustodyCommands& c, const keyline::station::StationConfig& cfg) {
   using namespace keyline::station;
-  if (*c.roll) keys_roll_master(cfg, std::cout);
+  if (*c.roll) keys_roll(cfg, c.what, std::cout);
   else if (*c.receive_init) mirror_receive_init(cfg, c.request, std::cout);
   else if (*c.trust) mirror_trust(cfg, c.request, std::cout);
   else if (*c.send) mirror_send(cfg, c.request, "mirror", std::cout);

@@ -28,6 +28,7 @@
 #include "keyline/core/csr.h"
 #include "keyline/core/error.h"
 #include "keyline/station/errors.h"
+#include "keys_internal.h"
 #include "oce.h"
 
 namespace keyline::station {
@@ -533,6 +534,13 @@ void refuse_local_root(core::Pkcs11Token& token, const StationConfig& config) {
 
 std::string device_ca_cn(const StationConfig& config) { return config.station_id + " Device CA"; }
 
+// A rolled Device CA is named apart from the one before (docs/custody.md, "Roll"): an issuer found by
+// name alone is then never the other version.
+std::string device_ca_cn(const StationConfig& config, const std::string& key_label) {
+  const int version = key_version_of(key_label::device_ca, key_label);
+  return version > 1 ? device_ca_cn(config) + " v" + std::to_string(version) : device_ca_cn(config);
+}
+
 // A CSR is rewritten only when missing or no longer for the token's key, so a repeated run changes nothing.
 void ensure_csr(Init& in, const char* file, const core::Pkcs11EcdsaPrivateKey& key, const Botan::X509_DN& subject) {
   const auto present = read_pki_file(in.path(file));
@@ -563,12 +571,14 @@ bool expired(const Botan::X509_Certificate& cert) {
 
 // The Device CA profile the ceremony issues (docs/ceremony.md, "Profiles"): CA, path length 0,
 // keyCertSign, and the subject its CSR asked for.
-void check_device_ca_profile(const std::string& file, const Botan::X509_Certificate& cert, const StationConfig& config) {
+void check_device_ca_profile(const std::string& file, const Botan::X509_Certificate& cert, const StationConfig& config,
+                             const std::string& key_label) {
   if (!cert.is_CA_cert() || cert.path_limit() != 0)
     refuse_cert(file, "it carries the Device CA key but is not a CA certificate with path length 0 (profile device-ca)");
   if (!cert.allowed_usage(Botan::KEY_CERT_SIGN)) refuse_cert(file, "its keyUsage lacks keyCertSign (profile device-ca)");
   const auto cn = cert.subject_dn().get_first_attribute("X520.CommonName");
-  if (cn != device_ca_cn(config)) refuse_cert(file, "its CN '" + cn + "' is not '" + device_ca_cn(config) + "'");
+  const auto want = device_ca_cn(config, key_label);
+  if (cn != want) refuse_cert(file, "its CN '" + cn + "' is not '" + want + "'");
 }
 
 void check_station_profile(const std::string& file, const Botan::X509_Certificate& cert, const StationConfig& config) {
@@ -605,7 +615,7 @@ void classify(Installing& inst, const std::string& file, const Botan::X509_Certi
   if (expired(cert)) refuse_cert(file, "it expired " + cert.not_after().readable_string());
   auto& slot = is_ca ? inst.device_ca : inst.station;
   if (slot) refuse_cert(file, "a second certificate for the same key");
-  is_ca ? check_device_ca_profile(file, cert, config) : check_station_profile(file, cert, config);
+  is_ca ? check_device_ca_profile(file, cert, config, ca_key.label()) : check_station_profile(file, cert, config);
   slot = cert;
 }
 
@@ -627,6 +637,20 @@ void check_kept(Init& in, const char* file, const Botan::X509_Certificate& root)
   } catch (const core::Error&) {
     refuse_cert(in.path(file), "it stays installed but does not verify under the new root: give its new certificate too");
   }
+}
+
+// The certificate an install replaces stays as <name>-v<N>.pem when it was another version's: the
+// devices it certified keep chaining through it (keys status lists it).
+void archive_replaced(Init& in, const char* file, const char* base, const Botan::X509_Certificate& next) {
+  const auto present = read_pem(in.path(file));
+  if (present.empty() || holds_key(present[0], *next.subject_public_key())) return;
+  const auto label = key_label_for(*in.token, base, present[0]);
+  if (label.empty()) return;
+  const std::string name = fs::path(file).stem().string() + "-v" + std::to_string(key_version_of(base, label)) + ".pem";
+  std::string text;
+  for (const auto& c : present) text += core::to_pem(c);
+  write_file(join(in.config, name.c_str()), text, 0644);
+  in.out << "keys: kept the replaced certificate as " << join(in.config, name.c_str()) << "\n";
 }
 
 }  // namespace
@@ -721,7 +745,9 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
     if (!in.token->has_private_key(label))
       throw core::Error(errc::KeysMissing, "token '" + config.token_label + "' holds no " + label +
                                                ": run `keyline-station keys init --offline-root` first");
-  const core::Pkcs11EcdsaPrivateKey ca_key(in.token, key_label::device_ca), tls_key(in.token, key_label::station_tls);
+  // A roll's certificate is for the newest version (docs/custody.md, "Roll").
+  const core::Pkcs11EcdsaPrivateKey ca_key(in.token, newest_key_label(*in.token, key_label::device_ca)),
+      tls_key(in.token, newest_key_label(*in.token, key_label::station_tls));
   Installing inst;
   for (const auto& file : cert_files) classify(inst, file, root, ca_key, tls_key, config);
   if (!inst.device_ca) check_kept(in, pki_file::device_ca, root);
@@ -729,6 +755,8 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   // Everything checked before anything is written; a crash between the files is finished by running
   // the same install-cert again.
   remove_stale_temps(in);
+  if (inst.device_ca) archive_replaced(in, pki_file::device_ca, key_label::device_ca, *inst.device_ca);
+  if (inst.station) archive_replaced(in, pki_file::station_tls, key_label::station_tls, *inst.station);
   if (inst.device_ca) write_file(in.path(pki_file::device_ca), core::to_pem(*inst.device_ca), 0644);
   if (inst.station) write_file(in.path(pki_file::station_tls), core::to_pem(*inst.station), 0644);
   write_file(in.path(pki_file::root), core::to_pem(root), 0644);
@@ -738,7 +766,9 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   // The OCE certificate is the station's own Device CA's to issue, not the ceremony's.
   const auto device_ca = inst.device_ca ? std::vector<Botan::X509_Certificate>{*inst.device_ca}
                                         : read_pem(in.path(pki_file::device_ca));
-  if (device_ca.size() == 1 && in.token->has_private_key(key_label::oce)) ensure_oce_cert(in, device_ca[0], ca_key);
+  const auto ca_label = device_ca.size() == 1 ? key_label_for(*in.token, key_label::device_ca, device_ca[0]) : "";
+  if (!ca_label.empty() && in.token->has_private_key(key_label::oce))
+    ensure_oce_cert(in, device_ca[0], core::Pkcs11EcdsaPrivateKey(in.token, ca_label));
   out << "keys: installed " << in.path(pki_file::root) << " (trust anchor) SHA-256 " << fingerprint(root) << "\n";
 }
 
@@ -768,16 +798,50 @@ StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessi
   const auto ca_pem = read_pki_file(ca_path), root_pem = read_pki_file(join(config, pki_file::root));
   if (!ca_pem || !root_pem)
     throw core::Error(errc::KeysMissing, "no certificates in " + config.pki_dir + ": run `keyline-station keys init` first");
-  auto ca_key = std::make_unique<core::Pkcs11EcdsaPrivateKey>(token, key_label::device_ca);
   auto ca_cert = core::parse_certificates_pem(text_of(*ca_pem)).at(0);
+  // The installed certificate decides which version signs (docs/custody.md, "Roll"): a rolled key
+  // waiting for its certificate is not used yet.
+  const auto ca_label = key_label_for(*token, key_label::device_ca, ca_cert);
+  if (ca_label.empty())
+    throw core::Error(errc::KeysMissing, ca_path + " does not match any Device CA key on token '" + config.token_label + "'");
+  auto ca_key = std::make_unique<core::Pkcs11EcdsaPrivateKey>(token, ca_label);
   auto root_cert = core::parse_certificates_pem(text_of(*root_pem)).at(0);
   // The certificate on disk must belong to the key on the token: a mismatched PKI dir would issue
   // certificates that no device accepts.
   if (ca_cert.subject_public_key_info() != ca_key->subject_public_key())
     throw core::Error(errc::KeysMissing, ca_path + " does not match the Device CA key on token '" + config.token_label + "'");
   StationKeys keys{std::move(token), std::move(ca_key), std::move(ca_cert), std::move(root_cert), {}};
+  const auto tls = read_pem(join(config, pki_file::station_tls));
+  const auto tls_label = tls.empty() ? "" : key_label_for(*keys.token, key_label::station_tls, tls[0]);
+  if (!tls_label.empty()) keys.station_tls_label = tls_label;
   load_oce_chain(config, keys);
   return keys;
 }
+
+namespace pki_detail {
+
+void locked(const StationConfig& config, std::ostream& out, const std::function<void()>& step) {
+  const PkiLock lock(make_pki_dir(config.pki_dir), out);
+  step();
+}
+
+void write_public(const StationConfig& config, const std::string& file, const std::string& text) {
+  write_file(join(config, file.c_str()), text, 0644);
+}
+
+std::vector<Botan::X509_Certificate> read_certs(const StationConfig& config, const std::string& file) {
+  return read_pem(join(config, file.c_str()));
+}
+
+void renew_oce_cert(const StationConfig& config, const std::shared_ptr<core::Pkcs11Token>& token,
+                    const Botan::X509_Certificate& device_ca, const core::Pkcs11EcdsaPrivateKey& ca_key,
+                    std::ostream& out) {
+  if (!token->has_private_key(key_label::oce)) return;
+  static const KeysInitOptions none;
+  Init in{config, none, token, out, {}, false};
+  ensure_oce_cert(in, device_ca, ca_key);
+}
+
+}  // namespace pki_detail
 
 }  // namespace keyline::station

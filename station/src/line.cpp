@@ -52,7 +52,7 @@ void Line::open() {
     if (m_config.backupdb_url.rfind("https://", 0) != 0)
       throw core::ConfigError(core::ErrorCode::Config, "the public DB URL must be https:// (publishing uses mutual TLS)");
     m_tls = make_token_client_context(pki_path(m_config, pki_file::tls_trust), pki_path(m_config, pki_file::station_tls),
-                                      TokenKeyRef{m_config.hsm_module, m_config.token_label, key_label::station_tls,
+                                      TokenKeyRef{m_config.hsm_module, m_config.token_label, m_keys->station_tls_label,
                                                   read_pin(m_config)});
   }
   // No publisher for the workers: a record goes to the outbox and a publishing lane sends it.

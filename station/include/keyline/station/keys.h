@@ -108,12 +108,33 @@ struct StationKeys {
   // The chain PERFORM SECURITY OPERATION sends (DER): Device CA certificate, OCE certificate. Empty
   // when oce.pem is missing or not for the token's OCE key (a plain-channel station needs none).
   std::vector<core::Bytes> oce_chain;
+  // The version of the station TLS key station-tls.pem certifies (docs/custody.md, "Roll").
+  std::string station_tls_label = key_label::station_tls;
 
   // Opens the token and loads the certificates from the PKI directory. Throws errc::KeysMissing with
   // what to run when `keys init` has not been run, errc::PkiUnsafe as pki_path does (before the token
   // is opened).
   static StationKeys open(const StationConfig& config, std::size_t max_sessions = 8);
 };
+
+// Versions of the Device CA and station TLS keys (docs/custody.md, "Roll"): version 1 is the label
+// itself ("keyline-device-ca"), version N >= 2 "<label>-vN" with CKA_ID the role's byte (2, 4) then N in
+// 4 bytes big-endian. The installed certificate decides which version is used.
+std::string key_version_label(const std::string& base, int version);
+int key_version_of(const std::string& base, const std::string& label);  // 0: not a version of `base`
+std::string newest_key_label(core::Pkcs11Token& token, const std::string& base);  // of the private keys
+// The version of `base` on the token whose public key `cert` certifies, or "" when none does.
+std::string key_label_for(core::Pkcs11Token& token, const std::string& base, const Botan::X509_Certificate& cert);
+
+// The station TLS key version station-tls.pem certifies (opens the token; the base label when the file
+// is missing or matches none): what a TLS context built outside StationKeys must name.
+std::string station_tls_label(const StationConfig& config);
+
+// `keys roll device-ca|station-tls`: the next version beside the old on the token, then (a token with
+// its own root) its certificate installed at once, or (under the offline root) a CSR for the ceremony,
+// `device-ca-vN.csr` / `station-vN.csr`, which `keys install-cert` completes. Audited before and after
+// (custody.roll.*); refused without a station database.
+void keys_roll(const StationConfig& config, const std::string& what, std::ostream& out);
 
 // The path of `file` in the PKI directory, for a reader that trusts it (tls-ca.pem for publishing).
 // Throws errc::PkiUnsafe when another user could change it: the directory not this user's or writable
