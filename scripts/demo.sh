@@ -29,6 +29,8 @@ mkdir -p "$demo/certs"
 
 # shellcheck source=lib/line.sh
 source "$top/scripts/lib/line.sh"
+# shellcheck source=lib/service.sh
+source "$top/scripts/lib/service.sh"
 finish() {
   local rc=$?
   line_down
@@ -41,11 +43,11 @@ trap 'exit 130' INT TERM
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "1/6 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
+step "1/7 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
 line_up "$demo" "$n"
 printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
 
-step "2/6 personalizing $n devices through keyline-station"
+step "2/7 personalizing $n devices through keyline-station"
 line_personalize | tee "$demo/personalize.jsonl"
 personalized=$(grep -c '"done":true' "$demo/personalize.jsonl" || true)
 [ "$personalized" -eq "$n" ] || { echo "demo: only $personalized of $n devices personalized" >&2; exit 1; }
@@ -65,7 +67,7 @@ for c in "${certs[@]}"; do
 done
 echo "public DB holds $published records; every identity certificate verifies with openssl against the root"
 
-step "3/6 the owner of device 0 loses its flash"
+step "3/7 the owner of device 0 loses its flash"
 dev0=${LINE_DEVICE_DIRS[0]}
 addr0=${LINE_DEVICES[0]}
 "$LINE_BIN/keyline-device" boot --dir "$dev0" >"$demo/boot-before.txt"
@@ -77,7 +79,7 @@ if "$LINE_BIN/keyline-device" boot --dir "$dev0" >/dev/null 2>&1; then
 fi
 echo "device $addr0 no longer boots"
 
-step "4/6 keyline-recovery restores it from the public DB"
+step "4/7 keyline-recovery restores it from the public DB"
 "$LINE_BIN/keyline-recovery" restore --device "$addr0" --db "$LINE_BACKUPDB_URL" \
   --ca "$demo/pki/tls-ca.pem" --trust "$demo/pki/root.pem" \
   --log-key-file "$LINE_LOG_KEY_FILE" --log-state "$demo/log-state" | tee "$demo/recovery.txt"
@@ -94,7 +96,7 @@ if [ -n "$imei_before" ] && [ "$imei_before" = "$imei_after" ] &&
   match=true
 fi
 
-step "5/6 a key moves from device 0 to device 1 through keyline-kps, which never sees it"
+step "5/7 a key moves from device 0 to device 1 through keyline-kps, which never sees it"
 dev1=${LINE_DEVICE_DIRS[1]}
 kps_label=user-key
 kps_source=$(field chip_id <("$LINE_BIN/keyline-device" status --dir "$dev0"))
@@ -117,7 +119,35 @@ kcv_target=$("$LINE_BIN/keyline-device" key-kcv --dir "$dev1" --label "$kps_labe
 [ -n "$kcv_source" ] && [ "$kcv_source" = "$kcv_target" ] || kps_ok=false
 echo "key check values: source $kcv_source, target $kcv_target"
 
-step "6/6 summary"
+step "6/7 keyline-service: an item and a module pushed to a shipped device over SCP03 (docs/service.md)"
+svc_dev=${LINE_DEVICE_DIRS[$((n - 1))]}
+svc_chip=$(field chip_id <("$LINE_BIN/keyline-device" status --dir "$svc_dev"))
+svc_ok=false
+svc_module_version=0
+service_session() {
+  service_up || return 1
+  printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
+  service_code_signing "$demo/service/cs" || return 1
+  printf 'apn=internet.example\n' >"$demo/service/apn.bin"
+  printf 'radio firmware 3\n' >"$demo/service/radio.body"
+  field imei <("$LINE_BIN/keyline-device" status --dir "$svc_dev") >"$demo/service/imeis.txt"
+  service_cli module sign --in "$demo/service/radio.body" --name radio --version 3 --cert "$demo/service/cs/cs.pem" \
+    --out "$demo/service/radio.mod" || return 1
+  service_cli campaign --name demo-apn --item "0F01=$demo/service/apn.bin" --imeis "$demo/service/imeis.txt" || return 1
+  service_cli campaign --name demo-radio --module "$demo/service/radio.mod" --trust "$demo/pki/root.pem" \
+    --imeis "$demo/service/imeis.txt" || return 1
+  "$LINE_BIN/keyline-device" service-agent --dir "$svc_dev" --service "$LINE_SERVICE_URL" --ca "$demo/pki/tls-ca.pem" \
+    >"$demo/service/session.json" || return 1
+  "$LINE_BIN/keyline-device" boot --dir "$svc_dev" >"$demo/service/boot.txt"
+}
+mkdir -p "$demo/service"
+if service_session 2>>"$demo/logs/service-demo.log"; then
+  grep -q '"ok":true' "$demo/service/session.json" && svc_ok=true
+  grep -q '"name":"radio","version":3' "$demo/service/session.json" && svc_module_version=3
+fi
+echo "service session: ok $svc_ok, chip $svc_chip, module radio version $svc_module_version"
+
+step "7/7 summary"
 certs_json=$(printf '"%s",' "${certs[@]}")
 # The public DB's transparency log as a monitor sees it: the latest signed checkpoint and the pinned key.
 # Step 4's restore verified the record's inclusion proof against a checkpoint signed by that key
@@ -135,7 +165,8 @@ cat >"$demo/summary.json" <<JSON
   "identity_certs": [${certs_json%,}],
   "recovery": {"chip_id": "$chip", "imei_before": "$imei_before", "imei_after": "$imei_after", "key_fingerprints_match": $match},
   "kps_transfer": {"ok": $kps_ok, "source": "$kps_source", "target": "$kps_target", "label": "$kps_label", "kcv_source": "$kcv_source", "kcv_target": "$kcv_target"},
-  "log": {"origin": "$log_origin", "checkpoint": "$demo/log/checkpoint.txt", "log_key": "$LINE_LOG_KEY_FILE", "records_logged": $records_logged, "recovery_inclusion_verified": true}
+  "log": {"origin": "$log_origin", "checkpoint": "$demo/log/checkpoint.txt", "log_key": "$LINE_LOG_KEY_FILE", "records_logged": $records_logged, "recovery_inclusion_verified": true},
+  "service_session": {"ok": $svc_ok, "chip_id": "$svc_chip", "module_version": $svc_module_version}
 }
 JSON
 printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in the public DB" "$published" \
@@ -143,6 +174,9 @@ printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in t
   "identity certificates" "$demo/certs/" "restored device" "chip $chip, IMEI $imei_before -> $imei_after" \
   "keys identical after restore" "$match" \
   "key moved through the KPS" "$kps_ok ($kps_label, KCV $kcv_source -> $kcv_target)" \
-  "transparency log" "$records_logged records in $log_origin ($demo/log/checkpoint.txt)" "summary" "$demo/summary.json"
+  "transparency log" "$records_logged records in $log_origin ($demo/log/checkpoint.txt)" \
+  "service session" "$svc_ok (chip $svc_chip, module radio $svc_module_version, $demo/service/session.json)" \
+  "summary" "$demo/summary.json"
 [ "$match" = true ] || { echo "demo: the restored device differs from the original" >&2; exit 1; }
 [ "$kps_ok" = true ] || { echo "demo: the key transfer through the KPS failed (see $demo/kps.txt, $demo/logs/kps.log)" >&2; exit 1; }
+[ "$svc_ok" = true ] || { echo "demo: the service session failed (see $demo/logs/service-demo.log, $demo/logs/service.out)" >&2; exit 1; }
