@@ -10,10 +10,12 @@
 #include <iterator>
 #include <sstream>
 
+#include "keyline/core/applet_protocol.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/flash_image.h"
 #include "keyline/core/hpke.h"
 #include "keyline/core/http.h"
+#include "keyline/core/scp03_session.h"
 
 namespace keyline::device {
 
@@ -82,12 +84,33 @@ std::string stringify(const Poco::Dynamic::Var& v) {
   return o.str();
 }
 
+// What the agent lets the network reach (docs/service.md "The device side"): SELECT of the applet,
+// INITIALIZE UPDATE, and commands under secure messaging (CLA bit 04: EXTERNAL AUTHENTICATE and the
+// wrapped ones). Plain personalization, recovery or reset commands from the network never reach the
+// applet: the service channel is the only thing this link is for.
+bool allowed(const core::Bytes& raw) {
+  core::CommandApdu c;
+  try {
+    c = core::decode_command(raw);
+  } catch (const core::FormatError&) {
+    return true;  // the applet answers a malformed APDU with its own status word
+  }
+  if (c.cla & 0x04) return true;
+  if (c.cla == 0x80 && c.ins == core::scp::kInsInitializeUpdate) return true;
+  const core::CommandApdu select = core::applet::select_command();
+  return c.cla == select.cla && c.ins == select.ins && c.p1 == select.p1 && c.p2 == select.p2 && c.data == select.data;
+}
+
 }  // namespace
 
 std::vector<std::string> run_batch(Session& session, const std::vector<std::string>& commands) {
   std::vector<std::string> out;
   for (const auto& hex : commands) {
     const core::Bytes raw = core::from_hex(hex);
+    if (!allowed(raw)) {
+      out.push_back("6982");
+      break;
+    }
     const auto r = run_one(session, core::SecureBytes(raw.begin(), raw.end()));
     const core::SecureBytes wire = core::encode_response(r);
     out.push_back(core::to_hex(wire.data(), wire.size()));

@@ -374,6 +374,25 @@ TEST_CASE("service-agent's batch runner stops at the first answer that is not 90
   CHECK(answers[1] == "6700");
 }
 
+TEST_CASE("service-agent passes no plain personalization, recovery or reset command from the network") {
+  Rig rig;
+  device::Session s(*rig.dev);
+  const auto hex = [](const core::CommandApdu& c) {
+    const SecureBytes e = core::encode_command(c);
+    return core::to_hex(e.data(), e.size());
+  };
+  const auto before = *device::read_bytes(rig.dev->chip().paths().image());
+  // UPDATE BINARY of a staged image, then BOOT STAGED: what a hostile server would try.
+  core::CommandApdu update = cmd(0xD6, 0x00, 0x00, SecureBytes(before.begin(), before.begin() + 100));
+  update.cla = 0x00;
+  const auto answers = device::run_batch(s, {hex(core::applet::select_command()), hex(update), hex(cmd(0xC2, 0, 0))});
+  REQUIRE(answers.size() == 2);
+  CHECK(answers[1] == "6982");
+  CHECK(!device::read_bytes(device::DevicePaths{rig.dir}.staging()));
+  CHECK(device::run_batch(s, {hex(cmd(0xC8, 0x00, 0x00))}) == std::vector<std::string>{"6982"});  // RESET TO BLANK
+  CHECK(device::Chip::load(rig.dir).lifecycle() == device::Lifecycle::Personalized);
+}
+
 TEST_CASE("service-agent open: a message sealed to this device's transport key opens; another device's does not") {
   Rig rig;
   const Botan::X509_Certificate transport(rig.pkg.transport_cert);

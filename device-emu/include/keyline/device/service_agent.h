@@ -22,7 +22,9 @@ struct ServiceAgentConfig {
 };
 
 // Runs each hex C-APDU in order and returns the hex answers (data || SW, upper case). Stops after the
-// first answer whose SW is not 9000; a 61XX is fetched whole with GET RESPONSE first. Throws
+// first answer whose SW is not 9000; a 61XX is fetched whole with GET RESPONSE first. Only SELECT of
+// the applet, INITIALIZE UPDATE and commands with CLA bit 04 reach the applet; any other plain
+// command is answered 6982 by the agent and ends the batch. Throws
 // FormatError(BadHex / BadApdu) for a command that is not hex or not an APDU.
 std::vector<std::string> run_batch(Session& session, const std::vector<std::string>& commands);
 
