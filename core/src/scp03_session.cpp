@@ -43,7 +43,8 @@ SecureBytes kdf(const StaticCmac& cmac, StaticKey which, std::uint8_t constant, 
   SecureBytes out;
   for (std::uint8_t i = 1; out.size() * 8 < bits; ++i) {
     Bytes input(11, 0x00);
-    input.insert(input.end(), {constant, 0x00, static_cast<std::uint8_t>(bits >> 8), static_cast<std::uint8_t>(bits), i});
+    input.insert(input.end(),
+                 {constant, 0x00, static_cast<std::uint8_t>(bits >> 8), static_cast<std::uint8_t>(bits), i});
     input.insert(input.end(), context.begin(), context.end());
     const Bytes block = cmac(which, input);
     if (block.size() != 16) throw CryptoError(ErrorCode::Crypto, "SCP03: a CMAC is 16 bytes");
@@ -85,8 +86,10 @@ std::uint8_t i_for(std::size_t mac_len) {
 
 SessionKeys derive_scp03_session(const StaticCmac& cmac, std::size_t key_len, const Bytes& host_challenge,
                                  const Bytes& card_challenge) {
-  if (key_len != 16 && key_len != 32) throw CryptoError(ErrorCode::Crypto, "SCP03: static keys are 16 or 32 bytes");
-  if ((host_challenge.size() != 8 && host_challenge.size() != 16) || card_challenge.size() != host_challenge.size())
+  if (key_len != 16 && key_len != 32)
+    throw CryptoError(ErrorCode::Crypto, "SCP03: static keys are 16 or 32 bytes");
+  if ((host_challenge.size() != 8 && host_challenge.size() != 16) ||
+      card_challenge.size() != host_challenge.size())
     throw CryptoError(ErrorCode::Crypto, "SCP03: challenges are 8 (S8) or 16 (S16) bytes each");
   const Bytes context = concat(host_challenge, card_challenge);
   SessionKeys s;
@@ -104,9 +107,11 @@ SecureBytes derive_session_dek(const StaticCmac& cmac, std::size_t key_len, cons
 
 StaticCmac software_cmac(const Scp03StaticKeys& keys) {
   return [keys](StaticKey which, const Bytes& data) {
-    const SecureBytes& key = which == StaticKey::Enc ? keys.enc : which == StaticKey::Mac ? keys.mac : keys.dek;
+    const SecureBytes& key = which == StaticKey::Enc   ? keys.enc
+                             : which == StaticKey::Mac ? keys.mac
+                                                       : keys.dek;
     auto mac = Botan::MessageAuthenticationCode::create_or_throw(key.size() == 32 ? "CMAC(AES-256)"
-                                                                                   : "CMAC(AES-128)");
+                                                                                  : "CMAC(AES-128)");
     mac->set_key(key);
     const auto tag = mac->process(data);
     return Bytes(tag.begin(), tag.end());
@@ -131,13 +136,16 @@ Bytes static_key_diversifier(StaticKey which) {
 }
 
 Scp03StaticKeys static_keys_from_comm(const SecureBytes& comm) {
-  if (comm.size() != kCommLen) throw CryptoError(ErrorCode::Crypto, "SCP03: the communication key is 32 bytes");
-  return {aes_ecb(comm, static_key_diversifier(StaticKey::Enc)), aes_ecb(comm, static_key_diversifier(StaticKey::Mac)),
+  if (comm.size() != kCommLen)
+    throw CryptoError(ErrorCode::Crypto, "SCP03: the communication key is 32 bytes");
+  return {aes_ecb(comm, static_key_diversifier(StaticKey::Enc)),
+          aes_ecb(comm, static_key_diversifier(StaticKey::Mac)),
           aes_ecb(comm, static_key_diversifier(StaticKey::Dek))};
 }
 
 CommandApdu initialize_update_command(std::uint8_t kvn, const Bytes& host_challenge) {
-  if (host_challenge.size() != 8 && host_challenge.size() != 16) bad_apdu("the host challenge is 8 or 16 bytes");
+  if (host_challenge.size() != 8 && host_challenge.size() != 16)
+    bad_apdu("the host challenge is 8 or 16 bytes");
   CommandApdu c;
   c.cla = 0x80;
   c.ins = kInsInitializeUpdate;
@@ -188,13 +196,13 @@ HostAuthenticate host_authenticate(const SessionKeys& keys, const Bytes& host_ch
     channel_fail("the card's \"i\" parameter does not offer R-MAC, R-ENC and the agreed mode");
   if (answer.card_challenge.size() != mac_len || host_challenge.size() != mac_len)
     channel_fail("challenges do not fit the mode");
-  const Bytes expected =
-      scp03_cryptogram(keys.mac, kdf_constant::card_cryptogram, host_challenge, answer.card_challenge, mac_len);
+  const Bytes expected = scp03_cryptogram(keys.mac, kdf_constant::card_cryptogram, host_challenge,
+                                          answer.card_challenge, mac_len);
   if (answer.card_cryptogram.size() != mac_len ||
       !Botan::constant_time_compare(expected.data(), answer.card_cryptogram.data(), mac_len))
     channel_fail("wrong card cryptogram");
-  const Bytes host =
-      scp03_cryptogram(keys.mac, kdf_constant::host_cryptogram, host_challenge, answer.card_challenge, mac_len);
+  const Bytes host = scp03_cryptogram(keys.mac, kdf_constant::host_cryptogram, host_challenge,
+                                      answer.card_challenge, mac_len);
   SecureMessaging session(keys, Bytes(16, 0x00), mac_len, kFullLevel);
   CommandApdu plain;
   plain.cla = 0x80;
@@ -222,8 +230,8 @@ CardInitialize card_initialize(const Scp03StaticKeys& keys, std::uint8_t kvn, co
       scp03_kdf(keys.enc, kdf_constant::card_challenge, concat(a.sequence_counter, aid), 8 * mac_len);
   a.card_challenge.assign(challenge.begin(), challenge.end());
   out.keys = derive_scp03_session(software_cmac(keys), keys.enc.size(), host_challenge, a.card_challenge);
-  a.card_cryptogram =
-      scp03_cryptogram(out.keys.mac, kdf_constant::card_cryptogram, host_challenge, a.card_challenge, mac_len);
+  a.card_cryptogram = scp03_cryptogram(out.keys.mac, kdf_constant::card_cryptogram, host_challenge,
+                                       a.card_challenge, mac_len);
   return out;
 }
 
@@ -238,14 +246,16 @@ SecureMessaging card_authenticate(const CardInitialize& init, const Bytes& host_
   const CommandApdu plain = session.unmac_command(c);
   const Bytes expected = scp03_cryptogram(init.keys.mac, kdf_constant::host_cryptogram, host_challenge,
                                           init.answer.card_challenge, mac_len);
-  if (plain.data.size() != mac_len || !Botan::constant_time_compare(expected.data(), plain.data.data(), mac_len))
+  if (plain.data.size() != mac_len ||
+      !Botan::constant_time_compare(expected.data(), plain.data.data(), mac_len))
     channel_fail("wrong host cryptogram");
   return session;
 }
 
 CommandApdu put_comm_key_command(const SecureBytes& s_dek, std::uint8_t current_kvn, std::uint8_t new_kvn,
                                  const SecureBytes& new_comm) {
-  if (new_comm.size() != kCommLen) throw CryptoError(ErrorCode::Crypto, "PUT KEY: the communication key is 32 bytes");
+  if (new_comm.size() != kCommLen)
+    throw CryptoError(ErrorCode::Crypto, "PUT KEY: the communication key is 32 bytes");
   CommandApdu c;
   c.cla = 0x80;
   c.ins = kInsPutKey;

@@ -21,7 +21,9 @@ const Bytes kMagic = {'K', 'L', 'M', 0x01};
 const Botan::OID kOidCodeSigning("1.3.6.1.5.5.7.3.3");  // RFC 5280 section 4.2.1.12 id-kp-codeSigning
 constexpr const char* kEmsa = "EMSA1(SHA-256)";
 
-[[noreturn]] void bad(const std::string& why) { throw FormatError(ErrorCode::BadServiceModule, "module: " + why); }
+[[noreturn]] void bad(const std::string& why) {
+  throw FormatError(ErrorCode::BadServiceModule, "module: " + why);
+}
 [[noreturn]] void untrusted(const std::string& why) {
   throw Error(ErrorCode::ModuleNotTrusted, "module not trusted: " + why);
 }
@@ -67,8 +69,9 @@ void check_certificate(const Botan::X509_Certificate& cert, const Botan::X509_Ce
   Botan::Certificate_Store_In_Memory store;
   store.add_certificate(root);
   const Botan::Path_Validation_Restrictions restrictions(false, 110);
-  const auto result = Botan::x509_path_validate(std::vector<Botan::X509_Certificate>{cert}, restrictions, store, "",
-                                                Botan::Usage_Type::UNSPECIFIED, std::chrono::system_clock::now());
+  const auto result =
+      Botan::x509_path_validate(std::vector<Botan::X509_Certificate>{cert}, restrictions, store, "",
+                                Botan::Usage_Type::UNSPECIFIED, std::chrono::system_clock::now());
   if (!result.successful_validation())
     untrusted("the signer's certificate does not chain to the root (" + result.result_string() + ")");
   if (cert.is_CA_cert()) untrusted("the signer's certificate is a CA");
@@ -97,7 +100,8 @@ Bytes module_digest(const std::string& name, std::uint32_t version, const Bytes&
 
 Bytes encode_module(const Module& m) {
   if (m.signature.size() != kModuleSignatureLen) bad("signature is not 64 bytes");
-  if (m.certificate.empty() || m.certificate.size() > kMaxModuleCertificate) bad("certificate length out of range");
+  if (m.certificate.empty() || m.certificate.size() > kMaxModuleCertificate)
+    bad("certificate length out of range");
   Bytes out = module_signed_part(m.name, m.version, m.body);
   out.insert(out.end(), m.signature.begin(), m.signature.end());
   put_u16(out, static_cast<std::uint16_t>(m.certificate.size()));
@@ -147,8 +151,9 @@ void verify_module(const Module& m, const Botan::X509_Certificate& root) {
     untrusted("the signature does not verify");
 }
 
-Module sign_module(const std::string& name, std::uint32_t version, const Bytes& body, const SecureBytes& pkcs8,
-                   const Bytes& certificate_der, Botan::RandomNumberGenerator& rng) {
+Module sign_module(const std::string& name, std::uint32_t version, const Bytes& body,
+                   const SecureBytes& pkcs8, const Bytes& certificate_der,
+                   Botan::RandomNumberGenerator& rng) {
   Botan::DataSource_Memory src(pkcs8);
   const auto key = Botan::PKCS8::load_key(src);
   Botan::PK_Signer signer(*key, rng, kEmsa, Botan::IEEE_1363);
@@ -235,7 +240,8 @@ DeviceStatus parse_device_status(const std::uint8_t* data, std::size_t len) {
     Reader in(value.data(), value.size());
     if (tag == 0xE1) {
       const Bytes name = expect(in, 0xC4), version = expect(in, 0xC5);
-      if (name.empty() || name.size() > kMaxModuleName || version.size() != 4) bad("status: bad module entry");
+      if (name.empty() || name.size() > kMaxModuleName || version.size() != 4)
+        bad("status: bad module entry");
       s.modules.push_back({std::string(name.begin(), name.end()),
                            (std::uint32_t{version[0]} << 24) | (std::uint32_t{version[1]} << 16) |
                                (std::uint32_t{version[2]} << 8) | version[3]});

@@ -21,7 +21,8 @@ constexpr std::uint8_t kInsGetStatus = 0xF2;
 constexpr std::uint8_t kLastBlock = 0x80;
 constexpr std::uint8_t kStoreDataDgiFormat = 0x08;
 // A whole module with its header, signature and certificate.
-constexpr std::size_t kMaxModuleBytes = core::service::kMaxModuleBody + core::service::kMaxModuleCertificate + 256;
+constexpr std::size_t kMaxModuleBytes =
+    core::service::kMaxModuleBody + core::service::kMaxModuleCertificate + 256;
 
 core::ResponseApdu sw_only(std::uint16_t sw) {
   core::ResponseApdu r;
@@ -54,9 +55,9 @@ core::ResponseApdu Session::initialize_update(const core::CommandApdu& c) {
   auto pending = std::make_shared<Scp03Pending>();
   pending->host_challenge.assign(c.data.begin(), c.data.end());
   pending->kvn = key->kvn;
-  pending->init = core::scp::card_initialize(statics, key->kvn, chip.chip_id(), pending->host_challenge, counter,
-                                             core::Bytes(std::begin(core::applet::kAid), std::end(core::applet::kAid)),
-                                             kS16);
+  pending->init = core::scp::card_initialize(
+      statics, key->kvn, chip.chip_id(), pending->host_challenge, counter,
+      core::Bytes(std::begin(core::applet::kAid), std::end(core::applet::kAid)), kS16);
   const core::Bytes answer = core::scp::encode_initialize_update_answer(pending->init.answer);
   m_scp03 = std::move(pending);
   core::ResponseApdu r;
@@ -77,7 +78,8 @@ core::ResponseApdu Session::external_authenticate(const core::CommandApdu& c) {
   }
   m_service = true;
   m_service_kvn = pending->kvn;
-  log_line(m_device.m_chip.chip_id().str(), "service channel open (SCP03, KVN " + std::to_string(pending->kvn) + ")");
+  log_line(m_device.m_chip.chip_id().str(),
+           "service channel open (SCP03, KVN " + std::to_string(pending->kvn) + ")");
   return sw_only(core::sw::ok);
 }
 
@@ -177,7 +179,8 @@ core::ResponseApdu Session::service_put_key(const core::CommandApdu& c) {
   // No key roll-back: a KVN is a derivation version, and versions only go up (docs/service.md).
   if (put.new_kvn <= m_service_kvn) return sw_only(core::sw::wrong_data);
   store_comm_key(m_device.m_chip.paths().dir, {put.new_kvn, put.comm});
-  log_line(m_device.m_chip.chip_id().str(), "communication key rotated to KVN " + std::to_string(put.new_kvn));
+  log_line(m_device.m_chip.chip_id().str(),
+           "communication key rotated to KVN " + std::to_string(put.new_kvn));
   core::ResponseApdu r;
   const core::Bytes kcv = core::key_check_value(put.comm);
   r.data.push_back(put.new_kvn);

@@ -55,14 +55,16 @@ Poco::JSON::Object::Ptr expect(const core::http::Response& r, int want, const st
       detail = parse_object(r.body)->optValue<std::string>("detail", "");
     } catch (const core::Error&) {
     }
-    throw core::Error(core::ErrorCode::Http, what + ": HTTP " + std::to_string(r.status) + (detail.empty() ? "" : ": " + detail));
+    throw core::Error(core::ErrorCode::Http,
+                      what + ": HTTP " + std::to_string(r.status) + (detail.empty() ? "" : ": " + detail));
   }
   return parse_object(r.body);
 }
 
 std::vector<std::string> commands_of(const Poco::JSON::Object::Ptr& o) {
   const auto arr = o->getArray("commands");
-  if (!arr || arr->size() > kMaxCommands) throw core::Error(core::ErrorCode::Http, "the service sent no command list");
+  if (!arr || arr->size() > kMaxCommands)
+    throw core::Error(core::ErrorCode::Http, "the service sent no command list");
   std::vector<std::string> out;
   for (std::size_t i = 0; i < arr->size(); ++i) {
     const auto v = arr->get(static_cast<unsigned>(i));
@@ -98,7 +100,8 @@ bool allowed(const core::Bytes& raw) {
   if (c.cla & 0x04) return true;
   if (c.cla == 0x80 && c.ins == core::scp::kInsInitializeUpdate) return true;
   const core::CommandApdu select = core::applet::select_command();
-  return c.cla == select.cla && c.ins == select.ins && c.p1 == select.p1 && c.p2 == select.p2 && c.data == select.data;
+  return c.cla == select.cla && c.ins == select.ins && c.p1 == select.p1 && c.p2 == select.p2 &&
+         c.data == select.data;
 }
 
 }  // namespace
@@ -128,19 +131,23 @@ std::string run_service_session(const ServiceAgentConfig& config) {
   o.max_body = kMaxBody;
   core::http::Client client(o);
   const std::string chip = device.chip().chip_id().str();
-  auto answer = expect(client.post("/v1/device/sessions", "{\"chip_id\":\"" + chip + "\"}", kJson), 201, "open session");
+  auto answer = expect(client.post("/v1/device/sessions", "{\"chip_id\":\"" + chip + "\"}", kJson), 201,
+                       "open session");
   const std::string id = answer->optValue<std::string>("session", "");
   if (id.empty() || id.size() > 128 || id.find_first_of("/?#% ") != std::string::npos)
     throw core::Error(core::ErrorCode::Http, "the service named no usable session id");
   for (int round = 0; round < config.max_rounds; ++round) {
     const auto answers = run_batch(session, commands_of(answer));
-    answer = expect(client.post("/v1/device/sessions/" + id, responses_body(answers), kJson), 200, "session step");
+    answer =
+        expect(client.post("/v1/device/sessions/" + id, responses_body(answers), kJson), 200, "session step");
     if (answer->optValue<bool>("done", false)) {
-      if (!answer->has("result")) throw core::Error(core::ErrorCode::Http, "a finished session without its result");
+      if (!answer->has("result"))
+        throw core::Error(core::ErrorCode::Http, "a finished session without its result");
       return stringify(answer->get("result"));
     }
   }
-  throw core::Error(core::ErrorCode::Http, "the session did not finish within " + std::to_string(config.max_rounds) + " rounds");
+  throw core::Error(core::ErrorCode::Http,
+                    "the session did not finish within " + std::to_string(config.max_rounds) + " rounds");
 }
 
 core::SecureBytes open_message(const std::string& dir, const core::Bytes& sealed) {
@@ -151,8 +158,8 @@ core::SecureBytes open_message(const std::string& dir, const core::Bytes& sealed
   const auto flash = core::FlashImage::decode(*image);
   const auto pkg = core::DataPackage::decode(chip.open(flash.backup));
   const std::string info = kMessageInfo, imei = pkg.imei.str();
-  return core::hpke::open(pkg.transport_key, core::Bytes(info.begin(), info.end()), core::Bytes(imei.begin(), imei.end()),
-                          sealed);
+  return core::hpke::open(pkg.transport_key, core::Bytes(info.begin(), info.end()),
+                          core::Bytes(imei.begin(), imei.end()), sealed);
 }
 
 int cmd_service_agent(const ServiceAgentConfig& config) {

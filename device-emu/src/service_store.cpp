@@ -1,9 +1,8 @@
 #include "keyline/device/service_store.h"
 
+#include <botan/hash.h>
 #include <fcntl.h>
 #include <unistd.h>
-
-#include <botan/hash.h>
 
 #include <algorithm>
 
@@ -49,7 +48,8 @@ std::optional<CommKey> current_comm_key(const Chip& chip) {
   const ServicePaths sp{chip.paths().dir};
   const core::SecureBytes rotated = read_secret_file(sp.comm_key(), 1 + kCommLen);
   if (!rotated.empty()) {
-    if (rotated.size() != 1 + kCommLen) throw core::Error(error::NoDevice, "secure/comm.key is not KVN || 32 bytes");
+    if (rotated.size() != 1 + kCommLen)
+      throw core::Error(error::NoDevice, "secure/comm.key is not KVN || 32 bytes");
     return CommKey{rotated[0], core::SecureBytes(rotated.begin() + 1, rotated.end())};
   }
   const auto image = read_bytes(chip.paths().image());
@@ -74,7 +74,8 @@ std::uint32_t next_sequence_counter(const fs::path& dir) {
   std::uint32_t v = 0;
   if (b) {
     if (b->size() != 4) throw core::Error(error::NoDevice, "secure/scp03.ctr is not 4 bytes");
-    v = (std::uint32_t{(*b)[0]} << 24) | (std::uint32_t{(*b)[1]} << 16) | (std::uint32_t{(*b)[2]} << 8) | (*b)[3];
+    v = (std::uint32_t{(*b)[0]} << 24) | (std::uint32_t{(*b)[1]} << 16) | (std::uint32_t{(*b)[2]} << 8) |
+        (*b)[3];
   }
   if (v >= kMaxCounter) throw core::Error(error::NoDevice, "the SCP03 sequence counter has run out");
   ++v;
@@ -89,7 +90,8 @@ std::map<std::uint16_t, core::Bytes> load_items(const fs::path& dir) {
   std::map<std::uint16_t, core::Bytes> out;
   const auto b = read_bytes(ServicePaths{dir}.items(), kMaxItemsFile);
   if (!b) return out;
-  for (const auto& d : core::decode_dgis(b->data(), b->size())) out[d.tag] = core::Bytes(d.value.begin(), d.value.end());
+  for (const auto& d : core::decode_dgis(b->data(), b->size()))
+    out[d.tag] = core::Bytes(d.value.begin(), d.value.end());
   return out;
 }
 
@@ -127,7 +129,8 @@ InstalledModules installed_modules(const Chip& chip) {
         } catch (const core::Error&) {
         }
       }
-      if (!trusted || f.stem().string() != m.name) throw core::Error(core::ErrorCode::ModuleNotTrusted, "refused");
+      if (!trusted || f.stem().string() != m.name)
+        throw core::Error(core::ErrorCode::ModuleNotTrusted, "refused");
       out.modules.push_back(std::move(m));
     } catch (const core::Error&) {
       out.rejected.push_back(f.filename().string());
@@ -136,7 +139,8 @@ InstalledModules installed_modules(const Chip& chip) {
   return out;
 }
 
-ModuleRefusal install_module(const Chip& chip, const core::Bytes& module_bytes, core::service::Module* installed) {
+ModuleRefusal install_module(const Chip& chip, const core::Bytes& module_bytes,
+                             core::service::Module* installed) {
   core::service::Module m;
   try {
     m = core::service::parse_module(module_bytes);

@@ -3,6 +3,8 @@
 // StaticCmac path, derivation version 2 against tests/vectors/service/derivation_v2.txt (openssl), then
 // card <-> host with the attacks the card must refuse: a wrong host cryptogram, another security
 // level, a replayed EXTERNAL AUTHENTICATE, a PUT KEY under the wrong key.
+#include "keyline/core/scp03_session.h"
+
 #include <botan/block_cipher.h>
 #include <doctest/doctest.h>
 
@@ -12,7 +14,6 @@
 #include "keyline/core/apdu.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/dgi.h"
-#include "keyline/core/scp03_session.h"
 #include "vector_file.h"
 
 using namespace keyline::core;
@@ -30,7 +31,9 @@ std::map<std::string, Bytes> load(const std::string& name) {
 }
 SecureBytes secure(const Bytes& b) { return SecureBytes(b.begin(), b.end()); }
 Bytes plain(const SecureBytes& b) { return Bytes(b.begin(), b.end()); }
-Bytes head(const Bytes& b, std::size_t n) { return Bytes(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n)); }
+Bytes head(const Bytes& b, std::size_t n) {
+  return Bytes(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n));
+}
 
 const ChipId kChip = ChipId::parse("4090612312345678ABCD");
 const Bytes kAid = from_hex("F04B45594C494E4501");
@@ -64,7 +67,8 @@ TEST_CASE("INITIALIZE UPDATE answer of the S16 transcript parses to its fields a
   CHECK(a.card_cryptogram == t["initialize_update.rapdu.card_cryptogram"]);
   CHECK(a.sequence_counter == t["initialize_update.rapdu.sequence_counter"]);
   CHECK(encode_initialize_update_answer(a) == head(rapdu, rapdu.size() - 2));
-  CHECK(plain(encode_command(initialize_update_command(0x30, t["host_challenge"]))) == t["initialize_update.capdu"]);
+  CHECK(plain(encode_command(initialize_update_command(0x30, t["host_challenge"]))) ==
+        t["initialize_update.capdu"]);
   CHECK_THROWS_CODE(parse_initialize_update_answer(rapdu.data(), rapdu.size() - 3), BadApdu);
   Bytes scp02 = head(rapdu, rapdu.size() - 2);
   scp02[11] = 0x02;
@@ -145,11 +149,14 @@ TEST_CASE("card <-> host round trip at level 33 in S16 and the card challenge fo
   CHECK(next.answer.card_challenge != card.answer.card_challenge);
 }
 
-TEST_CASE("the card refuses a wrong host cryptogram, another level, another key and a replayed EXTERNAL AUTHENTICATE") {
+TEST_CASE(
+    "the card refuses a wrong host cryptogram, another level, another key and a replayed EXTERNAL "
+    "AUTHENTICATE") {
   const auto statics = fresh_keys(9);
   const Bytes host_challenge(16, 0x3C);
   const auto card = card_initialize(statics, 1, kChip, host_challenge, 100, kAid, 16);
-  const auto keys = derive_scp03_session(software_cmac(statics), 16, host_challenge, card.answer.card_challenge);
+  const auto keys =
+      derive_scp03_session(software_cmac(statics), 16, host_challenge, card.answer.card_challenge);
   const auto good = host_authenticate(keys, host_challenge, card.answer, 16).external_authenticate;
 
   SUBCASE("a correct C-MAC over a wrong host cryptogram") {
@@ -178,8 +185,8 @@ TEST_CASE("the card refuses a wrong host cryptogram, another level, another key 
     CHECK_THROWS_CODE(card_authenticate(card, host_challenge, bad, 16), SecureChannel);
   }
   SUBCASE("a host with other static keys fails the card cryptogram") {
-    const auto other = derive_scp03_session(software_cmac(fresh_keys(10)), 16, host_challenge,
-                                            card.answer.card_challenge);
+    const auto other =
+        derive_scp03_session(software_cmac(fresh_keys(10)), 16, host_challenge, card.answer.card_challenge);
     CHECK_THROWS_CODE(host_authenticate(other, host_challenge, card.answer, 16), SecureChannel);
   }
   SUBCASE("replay: the recorded EXTERNAL AUTHENTICATE against the next session (counter 101)") {
@@ -207,7 +214,8 @@ TEST_CASE("PUT KEY of a new communication key: round trip, wrong S-DEK or change
   CHECK_THROWS_CODE(parse_put_comm_key(dek, changed), BadApdu);
 }
 
-TEST_CASE("data package header: master version 1 is the absent byte, 2 one more byte, an explicit 01 refused") {
+TEST_CASE(
+    "data package header: master version 1 is the absent byte, 2 one more byte, an explicit 01 refused") {
   DataPackage p;
   p.imei = Imei::parse("357805023984942");
   p.station_id = "line-1";

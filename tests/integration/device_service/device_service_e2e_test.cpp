@@ -3,10 +3,9 @@
 // database; a real device directory personalized with the comm key the station would derive; the
 // device's own agent (device::run_service_session) talking to it. An item and a module applied and
 // there after a reboot, devices of derivation versions 1 and 2 served, an unknown chip refused.
-#include <doctest/doctest.h>
-
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <doctest/doctest.h>
 
 #include <set>
 #include <sstream>
@@ -39,7 +38,8 @@ const std::string kBase = "devsvc-master-" + std::to_string(::getpid());
 std::shared_ptr<core::Pkcs11Token> token() {
   static auto t = [] {
     const auto env = test::hsm_env();
-    auto tok = core::Pkcs11Token::open(env.module, env.label, SecureBytes(env.user_pin.begin(), env.user_pin.end()), 4);
+    auto tok = core::Pkcs11Token::open(env.module, env.label,
+                                       SecureBytes(env.user_pin.begin(), env.user_pin.end()), 4);
     tok->generate_hmac_key(kBase);                                         // version 1: HMAC
     tok->generate_mirrorable_aes_derive_key(kBase + "-v2", {0, 0, 0, 2});  // version 2: AES-256 DERIVE only
     return tok;
@@ -53,15 +53,16 @@ SecureBytes comm_v1(const std::string& imei) {
 }
 SecureBytes comm_v2(const core::ChipId& chip) {
   auto t = token();
-  const auto h = t->derive_aes_ecb(t->find_secret_key(kBase + "-v2"), core::scp::comm_derivation_data_v2(chip),
-                                   {32, false, false, true});
+  const auto h = t->derive_aes_ecb(t->find_secret_key(kBase + "-v2"),
+                                   core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
   auto v = t->secret_value(h);
   t->destroy_object(h);
   return v;
 }
 
 std::string write_file(const std::string& path, const Bytes& b) {
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
   return path;
 }
 
@@ -77,7 +78,8 @@ struct EmptyPublicDb {
               return o;
             }(),
             [](const core::http::Request&) {
-              return core::http::Problems("https://keyline.example/problems/backupdb/")(404, "not-found", "no record");
+              return core::http::Problems("https://keyline.example/problems/backupdb/")(404, "not-found",
+                                                                                        "no record");
             }) {
     server.start();
   }
@@ -146,7 +148,8 @@ struct Fixture {
     return dir;
   }
 
-  void enqueue(const std::string& name, const std::string& item, const std::string& module, const std::string& imei) {
+  void enqueue(const std::string& name, const std::string& item, const std::string& module,
+               const std::string& imei) {
     service::CampaignRequest r;
     r.name = name;
     r.item = item;
@@ -200,7 +203,9 @@ TEST_CASE("keyline-service and the device's agent: an item and a module applied,
   CHECK(again->getArray("applied")->size() == 0);
 }
 
-TEST_CASE("keyline-service and the device's agent: a derivation v1 device is served beside v2, an unknown chip is 404") {
+TEST_CASE(
+    "keyline-service and the device's agent: a derivation v1 device is served beside v2, an unknown chip is "
+    "404") {
   Fixture f;
   const auto v1 = f.device("v1", "356938035643809", 1);
   const auto r1 = f.agent(v1);

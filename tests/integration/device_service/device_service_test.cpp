@@ -4,19 +4,16 @@
 // a module, survive a reboot, GET STATUS), then the attacks: a recorded script replayed, one changed
 // byte, a module from another signer, without codeSigning, older or equal; PUT KEY, after which the
 // old key opens nothing; KVN from the package header's master version.
-#include <doctest/doctest.h>
-
 #include <botan/auto_rng.h>
 #include <botan/curve25519.h>
 #include <botan/ecdsa.h>
 #include <botan/pkcs8.h>
+#include <botan/pubkey.h>
 #include <botan/x509_ca.h>
 #include <botan/x509_ext.h>
 #include <botan/x509self.h>
-
+#include <doctest/doctest.h>
 #include <unistd.h>
-
-#include <botan/pubkey.h>
 
 #include <cstdio>
 #include <fstream>
@@ -107,8 +104,8 @@ struct Rig {
   }
 
   // SELECT, INITIALIZE UPDATE and EXTERNAL AUTHENTICATE with `comm`'s static keys, as the service does.
-  std::optional<core::scp::SecureMessaging> open(device::Session& s, const SecureBytes& comm, std::uint8_t kvn,
-                                                 std::uint16_t* iu_sw = nullptr) {
+  std::optional<core::scp::SecureMessaging> open(device::Session& s, const SecureBytes& comm,
+                                                 std::uint8_t kvn, std::uint16_t* iu_sw = nullptr) {
     REQUIRE(send(s, core::applet::select_command()).sw == core::sw::ok);
     Bytes host(16);
     maker.rng().randomize(host.data(), host.size());
@@ -118,7 +115,8 @@ struct Rig {
     const auto answer = core::scp::parse_initialize_update_answer(iu.data.data(), iu.data.size());
     CHECK(answer.kdd == Bytes(dev->chip().chip_id().bytes().begin(), dev->chip().chip_id().bytes().end()));
     const auto statics = core::scp::static_keys_from_comm(comm);
-    const auto keys = core::scp::derive_scp03_session(core::scp::software_cmac(statics), 16, host, answer.card_challenge);
+    const auto keys =
+        core::scp::derive_scp03_session(core::scp::software_cmac(statics), 16, host, answer.card_challenge);
     try {
       auto auth = core::scp::host_authenticate(keys, host, answer, 16);
       REQUIRE(send(s, auth.external_authenticate).sw == core::sw::ok);
@@ -130,29 +128,33 @@ struct Rig {
   }
 
   // Sends `plain` wrapped; returns the unwrapped answer.
-  core::ResponseApdu secured(device::Session& s, core::scp::SecureMessaging& sm, const core::CommandApdu& plain) {
+  core::ResponseApdu secured(device::Session& s, core::scp::SecureMessaging& sm,
+                             const core::CommandApdu& plain) {
     return sm.unwrap_response(send(s, sm.wrap_command(plain)));
   }
   // Blocks as keyline-service cuts them (service/src/commands.cpp): P1 b8 on the last, P2 = number.
-  std::uint16_t blocks(device::Session& s, core::scp::SecureMessaging& sm, std::uint8_t ins, std::uint8_t format,
-                       const Bytes& all) {
+  std::uint16_t blocks(device::Session& s, core::scp::SecureMessaging& sm, std::uint8_t ins,
+                       std::uint8_t format, const Bytes& all) {
     std::uint16_t sw = 0;
     for (std::size_t off = 0, n = 0; off < all.size(); off += 200, ++n) {
       const std::size_t len = std::min<std::size_t>(200, all.size() - off);
       const bool last = off + len == all.size();
-      sw = secured(s, sm, cmd(ins, static_cast<std::uint8_t>(format | (last ? 0x80 : 0)), static_cast<std::uint8_t>(n),
-                             SecureBytes(all.begin() + off, all.begin() + off + len)))
+      sw = secured(s, sm,
+                   cmd(ins, static_cast<std::uint8_t>(format | (last ? 0x80 : 0)),
+                       static_cast<std::uint8_t>(n), SecureBytes(all.begin() + off, all.begin() + off + len)))
                .sw;
       if (sw != core::sw::ok) break;
     }
     return sw;
   }
-  std::uint16_t store_item(device::Session& s, core::scp::SecureMessaging& sm, std::uint16_t tag, const Bytes& value) {
+  std::uint16_t store_item(device::Session& s, core::scp::SecureMessaging& sm, std::uint16_t tag,
+                           const Bytes& value) {
     SecureBytes dgi;
     core::encode_dgi(dgi, tag, value.data(), value.size());
     return blocks(s, sm, 0xE2, 0x08, Bytes(dgi.begin(), dgi.end()));
   }
-  Bytes module(const std::string& name, std::uint32_t version, const Manufacturer::Signer& signer, std::size_t size = 700) {
+  Bytes module(const std::string& name, std::uint32_t version, const Manufacturer::Signer& signer,
+               std::size_t size = 700) {
     Bytes body(size);
     for (std::size_t i = 0; i < size; ++i) body[i] = static_cast<std::uint8_t>(i * 7 + version);
     return core::service::encode_module(
@@ -386,21 +388,25 @@ TEST_CASE("service-agent passes no plain personalization, recovery or reset comm
   // UPDATE BINARY of a staged image, then BOOT STAGED: what a hostile server would try.
   core::CommandApdu update = cmd(0xD6, 0x00, 0x00, SecureBytes(before.begin(), before.begin() + 100));
   update.cla = 0x00;
-  const auto answers = device::run_batch(s, {hex(core::applet::select_command()), hex(update), hex(cmd(0xC2, 0, 0))});
+  const auto answers =
+      device::run_batch(s, {hex(core::applet::select_command()), hex(update), hex(cmd(0xC2, 0, 0))});
   REQUIRE(answers.size() == 2);
   CHECK(answers[1] == "6982");
   CHECK(!device::read_bytes(device::DevicePaths{rig.dir}.staging()));
-  CHECK(device::run_batch(s, {hex(cmd(0xC8, 0x00, 0x00))}) == std::vector<std::string>{"6982"});  // RESET TO BLANK
+  CHECK(device::run_batch(s, {hex(cmd(0xC8, 0x00, 0x00))}) ==
+        std::vector<std::string>{"6982"});  // RESET TO BLANK
   CHECK(device::Chip::load(rig.dir).lifecycle() == device::Lifecycle::Personalized);
 }
 
-TEST_CASE("service-agent open: a message sealed to this device's transport key opens; another device's does not") {
+TEST_CASE(
+    "service-agent open: a message sealed to this device's transport key opens; another device's does not") {
   Rig rig;
   const Botan::X509_Certificate transport(rig.pkg.transport_cert);
   const auto pk = transport.subject_public_key_bitstring();
   const std::string info = device::kMessageInfo, imei = rig.pkg.imei.str();
   const Bytes msg = {'h', 'e', 'l', 'l', 'o'};
-  const Bytes sealed = core::hpke::seal(pk, Bytes(info.begin(), info.end()), Bytes(imei.begin(), imei.end()), msg);
+  const Bytes sealed =
+      core::hpke::seal(pk, Bytes(info.begin(), info.end()), Bytes(imei.begin(), imei.end()), msg);
   CHECK(device::open_message(rig.dir.string(), sealed) == SecureBytes(msg.begin(), msg.end()));
   Bytes changed = sealed;
   changed.back() ^= 0x01;

@@ -2,8 +2,6 @@
 // code-signing certificates under the root, and data packages for a chip; and a scratch directory.
 #pragma once
 
-#include <unistd.h>
-
 #include <botan/auto_rng.h>
 #include <botan/curve25519.h>
 #include <botan/ecdsa.h>
@@ -12,6 +10,7 @@
 #include <botan/x509_ca.h>
 #include <botan/x509_ext.h>
 #include <botan/x509self.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -28,14 +27,19 @@ namespace fs = std::filesystem;
 using core::Bytes;
 using core::SecureBytes;
 
-inline Botan::X509_Time not_before() { return Botan::X509_Time(std::chrono::system_clock::now() - std::chrono::hours(1)); }
-inline Botan::X509_Time not_after() { return Botan::X509_Time("21991231235959Z", Botan::ASN1_Tag::GENERALIZED_TIME); }
+inline Botan::X509_Time not_before() {
+  return Botan::X509_Time(std::chrono::system_clock::now() - std::chrono::hours(1));
+}
+inline Botan::X509_Time not_after() {
+  return Botan::X509_Time("21991231235959Z", Botan::ASN1_Tag::GENERALIZED_TIME);
+}
 inline const Botan::OID kCodeSigning("1.3.6.1.5.5.7.3.3");
 
 // A manufacturer: root (in the device ROM), Device CA, and code-signing certificates under the root.
 class Manufacturer {
  public:
-  Manufacturer() : m_root_key(m_rng, Botan::EC_Group("secp256r1")), m_ca_key(m_rng, Botan::EC_Group("secp256r1")) {
+  Manufacturer()
+      : m_root_key(m_rng, Botan::EC_Group("secp256r1")), m_ca_key(m_rng, Botan::EC_Group("secp256r1")) {
     Botan::X509_Cert_Options o("service test root/DE/Test Manufacturer");
     o.CA_key(1);
     o.start = not_before();
@@ -84,8 +88,8 @@ class Manufacturer {
     Botan::X509_CA root_ca(m_root, m_root_key, "SHA-256", m_rng);
     return root_ca.sign_request(req, m_rng, not_before(), not_after());
   }
-  Botan::X509_Certificate issue(const std::vector<std::uint8_t>& spki, const core::ChipId& chip, const std::string& imei,
-                                bool transport) {
+  Botan::X509_Certificate issue(const std::vector<std::uint8_t>& spki, const core::ChipId& chip,
+                                const std::string& imei, bool transport) {
     Botan::AlgorithmIdentifier alg;
     std::unique_ptr<Botan::PK_Signer> signer(Botan::choose_sig_format(m_ca_key, m_rng, "SHA-256", alg));
     Botan::X509_DN subject;
@@ -94,13 +98,13 @@ class Manufacturer {
     Botan::Extensions ext;
     ext.add(new Botan::Cert_Extension::Basic_Constraints(false), true);
     ext.add(new Botan::Cert_Extension::Key_Usage(transport ? Botan::Key_Constraints::KEY_AGREEMENT
-                                                            : Botan::Key_Constraints::DIGITAL_SIGNATURE),
+                                                           : Botan::Key_Constraints::DIGITAL_SIGNATURE),
             true);
     ext.add(new Botan::Cert_Extension::Authority_Key_ID(m_ca.subject_key_id()));
     ext.add(new Botan::Cert_Extension::Subject_Key_ID(spki, "SHA-256"));
     ext.add(new core::HardwareModuleNameExtension(Botan::OID(core::kDefaultHwType), chip));
-    return Botan::X509_CA::make_cert(signer.get(), m_rng, alg, spki, not_before(), not_after(), m_ca.subject_dn(),
-                                     subject, ext);
+    return Botan::X509_CA::make_cert(signer.get(), m_rng, alg, spki, not_before(), not_after(),
+                                     m_ca.subject_dn(), subject, ext);
   }
 
   Botan::AutoSeeded_RNG m_rng;
@@ -114,7 +118,8 @@ class Scratch {
  public:
   Scratch() {
     static int n = 0;
-    m_path = fs::temp_directory_path() / ("keyline-devsvc-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
+    m_path = fs::temp_directory_path() /
+             ("keyline-devsvc-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
     fs::remove_all(m_path);
     fs::create_directories(m_path);
   }

@@ -18,13 +18,13 @@
 // Nothing may follow the certificate.
 #pragma once
 
+#include <botan/rng.h>
+#include <botan/x509cert.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <botan/rng.h>
-#include <botan/x509cert.h>
 
 #include "keyline/core/bytes.h"
 
@@ -64,8 +64,8 @@ void verify_module(const Module& m, const Botan::X509_Certificate& root);
 
 // Software signing, for tests and tools without a token: the signature over module_signed_part with a
 // P-256 private key (PKCS#8 PEM or DER in `pkcs8`).
-Module sign_module(const std::string& name, std::uint32_t version, const Bytes& body, const SecureBytes& pkcs8,
-                   const Bytes& certificate_der, Botan::RandomNumberGenerator& rng);
+Module sign_module(const std::string& name, std::uint32_t version, const Bytes& body,
+                   const SecureBytes& pkcs8, const Bytes& certificate_der, Botan::RandomNumberGenerator& rng);
 
 // --- GET STATUS under the service channel (80 F2 00 00, docs/protocol.md "Service channel commands") --
 // The answer, TLVs in this order (1-byte tags, lengths one byte < 128 or 81 XX / 82 XX XX):

@@ -61,7 +61,8 @@ InstalledModules installed_modules(const Chip& chip);
 enum class ModuleRefusal { None, Malformed, NotTrusted, Downgrade };
 // Parses, verifies to the ROM root and checks the version against the installed one, then stores the
 // module durably. Returns the refusal (nothing stored) or None.
-ModuleRefusal install_module(const Chip& chip, const core::Bytes& module_bytes, core::service::Module* installed);
+ModuleRefusal install_module(const Chip& chip, const core::Bytes& module_bytes,
+                             core::service::Module* installed);
 
 // GET STATUS: what the service channel reads back.
 core::service::DeviceStatus service_status(const Chip& chip);
