@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   camp->add_option("--name", campaign.name, "campaign name [A-Za-z0-9._-]{1,64}");
   camp->add_option("--item", campaign.item, "DGI=FILE: a configuration item (DGI 0Fxx)");
   camp->add_option("--module", campaign.module, "a signed module (keyline-service module sign)");
+  camp->add_option("--put-key", campaign.put_key, "rotate the communication key to derivation version 2 (PUT KEY)");
   camp->add_option("--trust", campaign.trust, "manufacturer root(s) the module's signer chains to");
   camp->add_option("--imeis", campaign.imeis_file, "file with one IMEI a line");
   auto* camp_status = camp->add_subcommand("status", "progress and per-device results");

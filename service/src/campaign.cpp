@@ -99,9 +99,13 @@ core::pq::Connection connect(const Config& config) {
 }  // namespace
 
 void campaign_enqueue(const Config& config, const CampaignRequest& request, std::ostream& out) {
-  if (request.item.empty() == request.module.empty())
-    throw core::ConfigError(core::ErrorCode::Usage, "give exactly one of --item and --module");
-  const Payload p = request.item.empty() ? module_payload(request) : item_payload(request.item);
+  if (!request.item.empty() + !request.module.empty() + (request.put_key != 0) != 1)
+    throw core::ConfigError(core::ErrorCode::Usage, "give exactly one of --item, --module and --put-key");
+  if (request.put_key != 0 && request.put_key != 2)
+    throw core::ConfigError(core::ErrorCode::Usage, "--put-key: devices rotate to derivation version 2");
+  const Payload p = request.put_key != 0 ? Payload{"put_key", 0, Bytes{static_cast<std::uint8_t>(request.put_key)}, {}, 0}
+                    : request.item.empty() ? module_payload(request)
+                                           : item_payload(request.item);
   const auto imeis = read_imeis(request.imeis_file);
   auto db = connect(config);
   core::pq::Transaction tx(db);

@@ -149,8 +149,11 @@ class Api {
     }
     Bytes challenge(16);
     Botan::system_rng().randomize(challenge.data(), challenge.size());
-    auto live = std::make_shared<LiveSession>(*device, HostSession(chip, device->key_version, std::move(jobs), challenge),
-                                              now_iso());
+    auto comm = [this, chip](int version) {
+      return comm_for_rotation(*m_s.token, m_s.config.token.master_label, version, chip);
+    };
+    auto live = std::make_shared<LiveSession>(
+        *device, HostSession(chip, device->key_version, std::move(jobs), challenge, comm), now_iso());
     const std::string commands = commands_json(live->host.first_batch());
     const std::string id = m_s.sessions->add(live);
     return http::json_reply(201, "{\"session\":" + q(id) + ",\"commands\":" + commands + "}");

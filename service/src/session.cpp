@@ -19,8 +19,8 @@ std::string dgi_hex(std::uint16_t dgi) { return sw_hex(dgi); }
 
 }  // namespace
 
-HostSession::HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge)
-    : m_chip(chip), m_kvn(kvn), m_jobs(std::move(jobs)), m_host_challenge(std::move(host_challenge)) {}
+HostSession::HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge, CommSource comm)
+    : m_chip(chip), m_kvn(kvn), m_jobs(std::move(jobs)), m_host_challenge(std::move(host_challenge)), m_comm(std::move(comm)) {}
 
 std::vector<core::CommandApdu> HostSession::first_batch() const {
   return {core::applet::select_command(),
@@ -70,7 +70,9 @@ std::vector<core::CommandApdu> HostSession::wrapped_commands() {
   std::vector<core::CommandApdu> out;
   for (std::size_t j = 0; j < m_jobs.size(); ++j) {
     const auto& job = m_jobs[j];
-    const auto plain = job.kind == "item" ? store_item_commands(job.dgi, job.payload) : load_module_commands(job.payload);
+    const auto plain = job.kind == "item"     ? store_item_commands(job.dgi, job.payload)
+                       : job.kind == "module" ? load_module_commands(job.payload)
+                                              : put_key_commands(job);
     for (const auto& c : plain) {
       out.push_back(m_sm->wrap_command(c));
       m_answer_state.push_back(*m_sm);
@@ -81,6 +83,21 @@ std::vector<core::CommandApdu> HostSession::wrapped_commands() {
   m_answer_state.push_back(*m_sm);
   m_owner.push_back(kNoJob);
   return out;
+}
+
+// PUT KEY last among the jobs would be simpler, but jobs run oldest first; the card takes later
+// commands of this session under the session keys it has, so order does not matter to it.
+std::vector<core::CommandApdu> HostSession::put_key_commands(const Job& job) {
+  const int target = job.payload.empty() ? 0 : job.payload[0];
+  // A device already at (or past) the target has nothing to rotate: the job is sent nothing and ends
+  // 'failed' with that reason, as the device would refuse it (6A80) anyway.
+  if (target <= m_result.kvn || !m_comm) {
+    m_result.jobs.push_back({job.id, false, "already at version " + std::to_string(m_result.kvn)});
+    return {};
+  }
+  const core::SecureBytes comm = m_comm(target);
+  return {core::scp::put_comm_key_command(m_sm->dek(), static_cast<std::uint8_t>(m_result.kvn),
+                                          static_cast<std::uint8_t>(target), comm)};
 }
 
 void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
@@ -115,8 +132,10 @@ void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
       read_status(plain.data);
       if (!m_result.error.empty()) complete = false;
     }
-    else if (m_owner[i] != owner)  // GET STATUS is last, so m_owner[i] exists
+    else if (m_owner[i] != owner) {  // GET STATUS is last, so m_owner[i] exists
       m_result.jobs.push_back({m_jobs[owner].id, true, "9000"});  // the job's last piece answered 9000
+      if (m_jobs[owner].kind == "put_key") m_result.new_kvn = m_jobs[owner].payload[0];
+    }
   }
   if (complete && i - 1 < m_owner.size()) {
     fail("the device answered " + std::to_string(answers.size() - 1) + " of " + std::to_string(m_owner.size()) + " commands");
@@ -156,7 +175,8 @@ std::string SessionResult::json(const std::vector<Job>& all) const {
       if (job.id == o.id) {
         j += std::string(first ? "" : ",") + "{\"job\":" + std::to_string(job.id) + ",\"kind\":" + q(job.kind);
         if (job.kind == "item") j += ",\"dgi\":" + q(dgi_hex(job.dgi));
-        else j += ",\"name\":" + q(job.module_name) + ",\"version\":" + std::to_string(job.module_version);
+        else if (job.kind == "module") j += ",\"name\":" + q(job.module_name) + ",\"version\":" + std::to_string(job.module_version);
+        else j += ",\"new_kvn\":" + std::to_string(job.payload.empty() ? 0 : job.payload[0]);
         j += "}";
         first = false;
       }

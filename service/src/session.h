@@ -21,9 +21,9 @@ namespace keyline::service {
 
 struct Job {
   std::int64_t id = 0;
-  std::string kind;                 // "item" or "module"
+  std::string kind;                 // "item", "module" or "put_key"
   std::uint16_t dgi = 0;            // item
-  core::Bytes payload;              // item value, or the encoded module
+  core::Bytes payload;              // item value, the encoded module, or put_key's new version (1 byte)
   std::string module_name;          // module
   std::uint32_t module_version = 0;
 };
@@ -40,17 +40,21 @@ struct SessionResult {
   std::vector<JobOutcome> jobs;     // every job whose commands reached the device
   std::string status = "{}";        // GET STATUS as JSON (imei, lifecycle, kvn, modules, items)
   int kvn = 0;
+  int new_kvn = 0;                  // set when a PUT KEY was applied: the device's version from now on
   std::string json(const std::vector<Job>& jobs) const;
 };
 
 // The static-key CMAC of derivation version `kvn` for this device (a DeviceStaticKeys behind it).
 using KeyOpener = std::function<std::unique_ptr<class DeviceStaticKeys>(int kvn)>;
+// The communication key of derivation version `kvn` for this device, for PUT KEY (docs/service.md
+// "Key rotation": the one place a comm key is in the server's memory, to be encrypted under S-DEK).
+using CommSource = std::function<core::SecureBytes(int kvn)>;
 
 class HostSession {
  public:
   // `kvn`: the version the service DB recorded for the device, 0 when none (INITIALIZE UPDATE P1 00:
   // the card answers its own, docs/service.md "Which version").
-  HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge);
+  HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge, CommSource comm = {});
 
   std::vector<core::CommandApdu> first_batch() const;
   // The answers to the first batch. Returns the second batch, or nullopt when the session ended
@@ -65,6 +69,7 @@ class HostSession {
 
  private:
   std::vector<core::CommandApdu> wrapped_commands();
+  std::vector<core::CommandApdu> put_key_commands(const Job& job);
   void fail(const std::string& why) { m_result.ok = false, m_result.error = why; }
   void read_status(const core::SecureBytes& tlv);
 
@@ -72,6 +77,7 @@ class HostSession {
   int m_kvn;
   std::vector<Job> m_jobs;
   core::Bytes m_host_challenge;
+  CommSource m_comm;
   std::optional<core::scp::SecureMessaging> m_sm;
   std::vector<std::size_t> m_owner;  // per wrapped command: the index into m_jobs, or npos for GET STATUS
   // The batch is wrapped before any answer comes back, so each answer is checked against the state

@@ -12,6 +12,22 @@ std::string master_label(const std::string& base, int version) {
   return version == 1 ? base : base + "-v" + std::to_string(version);
 }
 
+core::SecureBytes comm_for_rotation(core::Pkcs11Token& token, const std::string& base_label, int version,
+                                    const core::ChipId& chip) {
+  if (version != 2) throw core::Error(errc::BadKeyVersion, "a key is rotated to derivation version 2 only");
+  const auto h = token.derive_aes_ecb(token.find_secret_key(master_label(base_label, version)),
+                                      core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
+  core::SecureBytes comm;
+  try {
+    comm = token.secret_value(h);
+  } catch (...) {
+    token.destroy_object(h);
+    throw;
+  }
+  token.destroy_object(h);
+  return comm;
+}
+
 DeviceStaticKeys::DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, const std::string& base_label,
                                    int version, const core::ChipId& chip, const core::Imei& imei)
     : m_token(std::move(token)), m_version(version) {

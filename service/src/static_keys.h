@@ -43,6 +43,11 @@ class DeviceStaticKeys {
   std::optional<core::scp::Scp03StaticKeys> m_soft;  // version 1 only
 };
 
+// comm of version 2 for PUT KEY (docs/service.md "Key rotation"): derived into an extractable session
+// object, read and destroyed; the caller encrypts it under S-DEK and forgets it.
+core::SecureBytes comm_for_rotation(core::Pkcs11Token& token, const std::string& master_label, int version,
+                                    const core::ChipId& chip);
+
 // The token label of master version `version` (docs/custody.md: "keyline-master", "keyline-master-vN").
 std::string master_label(const std::string& base, int version);
 

@@ -48,10 +48,13 @@ void record_session(core::pq::Connection& db, const Device& device, const std::s
   tx.exec("INSERT INTO session_log (chip_id, started_at, ok, kvn, result) VALUES ($1, $2::timestamptz, $3, $4, $5::jsonb)",
           {device.chip.str(), started_at, std::string(result.ok ? "true" : "false"),
            result.kvn == 0 ? core::pq::Param::null() : core::pq::Param(result.kvn), result_json});
-  if (result.ok && result.kvn != 0)
+  // After a PUT KEY the device opens only with the new version (the old key no longer works), so the
+  // version is set even when a later command of the session failed.
+  const int version = result.new_kvn != 0 ? result.new_kvn : result.ok ? result.kvn : 0;
+  if (version != 0)
     tx.exec("UPDATE device SET key_version = GREATEST(coalesce(key_version, 0), $2), last_session = now()"
             " WHERE chip_id = $1",
-            {device.chip.str(), result.kvn});
+            {device.chip.str(), version});
   tx.commit();
 }
 

@@ -95,6 +95,15 @@ ResponseApdu ServiceCard::secured(const CommandApdu& wrapped) {
     }
     const Bytes enc = service::encode_device_status(st);
     plain.data.assign(enc.begin(), enc.end());
+  } else if (c.ins == scp::kInsPutKey) {
+    // The new key replaces the old one durably; the session keeps running under its session keys.
+    try {
+      auto put = scp::parse_put_comm_key(m_init->keys.dek, c);
+      if (c.p1 != m_kvn || put.new_kvn <= m_kvn) plain.sw = 0x6A80;
+      else m_kvn = put.new_kvn, m_comm = std::move(put.comm), plain.data.push_back(m_kvn);
+    } catch (const Error&) {
+      plain.sw = 0x6A80;
+    }
   } else {
     plain.sw = 0x6D00;
   }

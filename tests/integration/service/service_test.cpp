@@ -467,3 +467,42 @@ TEST_CASE("the token's master and derived keys are never extractable; logs and t
     CHECK(dump.find(lower) == std::string::npos);
   }
 }
+
+TEST_CASE("PUT KEY rotates a version 1 device to version 2: the old key opens nothing afterwards") {
+  Fixture f;
+  test::ServiceCard card(kChipV1, 1, comm_v1(kImeiV1), f.signing.root);
+  card.imei = kImeiV1;
+  service::CampaignRequest r;
+  r.name = "rotate-2";
+  r.put_key = 2;
+  r.imeis_file = write_file(f.tls.dir + "/rotate.imeis", Bytes(kImeiV1.begin(), kImeiV1.end()));
+  std::ostringstream out;
+  service::campaign_enqueue(f.config, r, out);
+  Agent a1;
+  const auto r1 = a1.run(f, card, kChipV1);
+  REQUIRE(r1);
+  CHECK(r1->getValue<bool>("ok"));
+  CHECK(r1->getValue<int>("kvn") == 1);
+  CHECK(r1->getObject("status")->getValue<int>("kvn") == 2);  // GET STATUS after the PUT KEY
+  CHECK(f.job_state("rotate-2") == "applied 9000");
+  core::pq::Connection c(f.db);
+  CHECK(c.exec("SELECT key_version FROM device WHERE chip_id = $1", {kChipV1.str()}).int64(0, 0) == 2);
+  // The card now holds version 2's comm, the one the station would derive for this chip.
+  test::ServiceCard expected(kChipV1, 2, comm_v2(kChipV1), f.signing.root);
+  Agent a2;
+  const auto r2 = a2.run(f, card, kChipV1);
+  REQUIRE(r2);
+  CHECK(r2->getValue<bool>("ok"));
+  CHECK(r2->getValue<int>("kvn") == 2);
+  // A copy of the device made before the rotation (the old key, KVN 1) no longer opens a session.
+  test::ServiceCard old(kChipV1, 1, comm_v1(kImeiV1), f.signing.root);
+  Agent a3;
+  const auto r3 = a3.run(f, old, kChipV1);
+  REQUIRE(r3);
+  CHECK_FALSE(r3->getValue<bool>("ok"));
+  // And the rotated card answers exactly what a card made with version 2's comm answers.
+  Agent a4;
+  const auto r4 = a4.run(f, expected, kChipV1);
+  REQUIRE(r4);
+  CHECK(r4->getValue<bool>("ok"));
+}

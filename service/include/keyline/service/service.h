@@ -71,6 +71,7 @@ struct CampaignRequest {
   std::string item;                  // "0F01=FILE": a configuration item (DGI 0Fxx)
   std::string module;                // or a signed module file (checked against --trust first)
   std::vector<std::string> trust;    // manufacturer root(s), for --module
+  int put_key = 0;                   // or rotate the devices' communication key to this version (2)
   std::string imeis_file;            // one IMEI a line
 };
 void campaign_enqueue(const Config& config, const CampaignRequest& request, std::ostream& out);
