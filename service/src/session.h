@@ -44,8 +44,15 @@ struct SessionResult {
   std::string json(const std::vector<Job>& jobs) const;
 };
 
-// The static-key CMAC of derivation version `kvn` for this device (a DeviceStaticKeys behind it).
-using KeyOpener = std::function<std::unique_ptr<class DeviceStaticKeys>(int kvn)>;
+// Where a handshake's static-key CMACs come from: the token (DeviceStaticKeys) or, in the fuzz
+// target, software keys. Destroying it forgets the keys.
+class StaticKeySource {
+ public:
+  virtual ~StaticKeySource() = default;
+  virtual core::scp::StaticCmac cmac() = 0;
+};
+// The static keys of derivation version `kvn` for this device.
+using KeyOpener = std::function<std::unique_ptr<StaticKeySource>(int kvn)>;
 // The communication key of derivation version `kvn` for this device, for PUT KEY (docs/service.md
 // "Key rotation": the one place a comm key is in the server's memory, to be encrypted under S-DEK).
 using CommSource = std::function<core::SecureBytes(int kvn)>;

@@ -14,22 +14,23 @@
 #include "keyline/core/pkcs11.h"
 #include "keyline/core/scp03.h"
 #include "keyline/core/scp03_session.h"
+#include "session.h"
 
 namespace keyline::service {
 
 using core::Bytes;
 
-class DeviceStaticKeys {
+class DeviceStaticKeys : public StaticKeySource {
  public:
   // Throws Error(errc::NoMaster) when the token lacks that version's master, Error(BadKeyVersion)
   // for a version other than 1 or 2.
   DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, const std::string& master_label, int version,
                    const core::ChipId& chip, const core::Imei& imei);
-  ~DeviceStaticKeys();
+  ~DeviceStaticKeys() override;
   DeviceStaticKeys(const DeviceStaticKeys&) = delete;
   DeviceStaticKeys& operator=(const DeviceStaticKeys&) = delete;
 
-  core::scp::StaticCmac cmac();
+  core::scp::StaticCmac cmac() override;
   int version() const noexcept { return m_version; }
 
  private:
