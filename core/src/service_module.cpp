@@ -242,12 +242,17 @@ DeviceStatus parse_device_status(const std::uint8_t* data, std::size_t len) {
       const Bytes name = expect(in, 0xC4), version = expect(in, 0xC5);
       if (name.empty() || name.size() > kMaxModuleName || version.size() != 4)
         bad("status: bad module entry");
+      // One encoding per status: modules before items, each list strictly ascending (name, tag).
+      if (!s.items.empty() ||
+          (!s.modules.empty() && !(s.modules.back().name < std::string(name.begin(), name.end()))))
+        bad("status: modules out of order");
       s.modules.push_back({std::string(name.begin(), name.end()),
                            (std::uint32_t{version[0]} << 24) | (std::uint32_t{version[1]} << 16) |
                                (std::uint32_t{version[2]} << 8) | version[3]});
     } else if (tag == 0xE2) {
       const Bytes v = expect(in, 0xC6);
       if (v.size() != 34) bad("status: bad item entry");
+      if (!s.items.empty() && s.items.back().tag >= ((v[0] << 8) | v[1])) bad("status: items out of order");
       s.items.push_back({static_cast<std::uint16_t>((v[0] << 8) | v[1]), Bytes(v.begin() + 2, v.end())});
     } else {
       bad("status: unknown tag");

@@ -136,6 +136,9 @@ InstalledModules installed_modules(const Chip& chip) {
       out.rejected.push_back(f.filename().string());
     }
   }
+  // By name, as GET STATUS lists them (file names sort "a-b.mod" before "a.mod").
+  std::sort(out.modules.begin(), out.modules.end(),
+            [](const core::service::Module& a, const core::service::Module& b) { return a.name < b.name; });
   return out;
 }
 

@@ -414,3 +414,17 @@ TEST_CASE(
   const Bytes other = core::hpke::seal(pk, Bytes(info.begin(), info.end()), Bytes(15, '0'), msg);
   CHECK_THROWS_AS(device::open_message(rig.dir.string(), other), core::CryptoError);
 }
+
+TEST_CASE("GET STATUS lists modules by name whatever their file names' order") {
+  Rig rig;
+  const auto signer = rig.maker.code_signer();
+  device::Session s(*rig.dev);
+  auto sm = rig.open(s, rig.pkg.comm_key, 1);
+  REQUIRE(sm);
+  REQUIRE(rig.load(s, *sm, rig.module("fw-x", 1, signer)) == core::sw::ok);
+  REQUIRE(rig.load(s, *sm, rig.module("fw", 2, signer)) == core::sw::ok);  // "fw-x.mod" sorts before "fw.mod"
+  const auto st = rig.status(s, *sm);
+  REQUIRE(st.modules.size() == 2);
+  CHECK(st.modules[0].name == "fw");
+  CHECK(st.modules[1].name == "fw-x");
+}

@@ -88,7 +88,8 @@ struct DeviceStatus {
   std::vector<ItemDigest> items;
 };
 Bytes encode_device_status(const DeviceStatus& s);
-// Exact parse. Throws FormatError(BadServiceModule).
+// Exact parse: the order above, names and tags strictly ascending (one encoding per status).
+// Throws FormatError(BadServiceModule).
 DeviceStatus parse_device_status(const std::uint8_t* data, std::size_t len);
 
 }  // namespace keyline::core::service
