@@ -52,7 +52,15 @@ std::optional<std::vector<core::CommandApdu>> HostSession::second_batch(const st
   }
   m_result.kvn = init.kvn;
   auto keys = open_keys(init.kvn);
-  const auto session = core::scp::derive_scp03_session(keys->cmac(), 16, m_host_challenge, init.card_challenge);
+  // S-DEK is only for PUT KEY: without one queued, K-DEK is not derived on the token at all (three
+  // token calls fewer per session) and the session's dek is filler nothing uses.
+  bool rotation = false;
+  for (const auto& j : m_jobs) rotation = rotation || j.kind == "put_key";
+  auto token_cmac = keys->cmac();
+  const core::scp::StaticCmac cmac = [&](core::scp::StaticKey which, const Bytes& data) {
+    return which == core::scp::StaticKey::Dek && !rotation ? Bytes(16, 0) : token_cmac(which, data);
+  };
+  const auto session = core::scp::derive_scp03_session(cmac, 16, m_host_challenge, init.card_challenge);
   keys.reset();  // the static keys' token objects go now; only the session keys stay
   try {
     auto auth = core::scp::host_authenticate(session, m_host_challenge, init, kS16);

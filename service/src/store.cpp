@@ -39,23 +39,46 @@ std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei, 
   return jobs;
 }
 
+namespace {
+
+// A PostgreSQL array literal of text elements, each double-quoted (section 8.15.2 of the manual).
+std::string text_array(const std::vector<std::string>& v) {
+  std::string out = "{";
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    out += i ? ",\"" : "\"";
+    for (char c : v[i]) {
+      if (c == '"' || c == '\\') out += '\\';
+      out += c;
+    }
+    out += '"';
+  }
+  return out + "}";
+}
+
+}  // namespace
+
 void record_session(core::pq::Connection& db, const Device& device, const std::string& started_at,
                     const SessionResult& result, const std::string& result_json) {
-  core::pq::Transaction tx(db);
-  for (const auto& o : result.jobs)
-    tx.exec("UPDATE job SET state = $2, detail = $3, updated_at = now() WHERE id = $1 AND state = 'pending'",
-            {o.id, std::string(o.applied ? "applied" : "failed"), o.detail});
-  tx.exec("INSERT INTO session_log (chip_id, started_at, ok, kvn, result) VALUES ($1, $2::timestamptz, $3, $4, $5::jsonb)",
-          {device.chip.str(), started_at, std::string(result.ok ? "true" : "false"),
-           result.kvn == 0 ? core::pq::Param::null() : core::pq::Param(result.kvn), result_json});
+  std::vector<std::string> ids, states, details;
+  for (const auto& o : result.jobs) {
+    ids.push_back(std::to_string(o.id));
+    states.push_back(o.applied ? "applied" : "failed");
+    details.push_back(o.detail);
+  }
   // After a PUT KEY the device opens only with the new version (the old key no longer works), so the
   // version is set even when a later command of the session failed.
   const int version = result.new_kvn != 0 ? result.new_kvn : result.ok ? result.kvn : 0;
-  if (version != 0)
-    tx.exec("UPDATE device SET key_version = GREATEST(coalesce(key_version, 0), $2), last_session = now()"
-            " WHERE chip_id = $1",
-            {device.chip.str(), version});
-  tx.commit();
+  // One statement (one round trip): the jobs' outcomes, the device's version (never lowered) and the
+  // session's line commit together.
+  db.exec("WITH x AS (SELECT unnest($1::bigint[]) AS id, unnest($2::text[]) AS state, unnest($3::text[]) AS detail),"
+          " j AS (UPDATE job SET state = x.state, detail = x.detail, updated_at = now() FROM x"
+          "       WHERE job.id = x.id AND job.state = 'pending'),"
+          " d AS (UPDATE device SET key_version = GREATEST(coalesce(key_version, 0), $7::int), last_session = now()"
+          "       WHERE chip_id = $4 AND $7::int > 0)"
+          " INSERT INTO session_log (chip_id, started_at, ok, kvn, result)"
+          " VALUES ($4, $5::timestamptz, $6::boolean, nullif($8::int, 0), $9::jsonb)",
+          {text_array(ids), text_array(states), text_array(details), device.chip.str(), started_at,
+           std::string(result.ok ? "true" : "false"), version, result.kvn, result_json});
 }
 
 std::optional<std::pair<Device, std::string>> fetch_device(const PublicDb& public_db, const core::ChipId& chip) {
