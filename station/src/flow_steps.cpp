@@ -16,6 +16,7 @@
 #include "keyline/core/data_package.h"
 #include "keyline/core/flash_image.h"
 #include "keyline/core/record.h"
+#include "keyline/station/outbox_log.h"
 
 namespace keyline::station {
 
@@ -219,7 +220,10 @@ void Flow::publish() {
     if (attempt < attempts) std::this_thread::sleep_for(backoff), backoff *= 2;
   }
   if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
-    m_db.with([&](core::pq::Connection& c) { mark_published(c, m_res.chip_id, *m_claim_id); });
+    m_db.with([&](core::pq::Connection& c) {
+      mark_published(c, m_res.chip_id, *m_claim_id);
+      if (pr.leaf_index) store_leaf_indexes(c, {{m_res.chip_id, *pr.leaf_index}});
+    });
     return;
   }
   const bool refused = pr.outcome == PublishOutcome::Refused;

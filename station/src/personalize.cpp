@@ -8,6 +8,7 @@
 #include "keyline/core/error.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/fault_hook.h"
+#include "keyline/station/outbox_log.h"
 
 namespace keyline::station {
 
@@ -175,6 +176,7 @@ DrainResult drain_outbox(core::pq::Connection& db, Publisher& publisher, int lim
     const auto pr = publisher.publish(rows.text(i, 2));
     if (pr.outcome == PublishOutcome::Published || pr.outcome == PublishOutcome::AlreadyPublished) {
       mark_published(db, rows.text(i, 0), rows.int64(i, 1));
+      if (pr.leaf_index) store_leaf_indexes(db, {{rows.text(i, 0), *pr.leaf_index}});
       ++d.published;
     } else {
       const bool refused = pr.outcome == PublishOutcome::Refused;
