@@ -2,11 +2,59 @@
 
 #include <botan/mac.h>
 
+#include <map>
+#include <mutex>
+
 #include "keyline/service/errors.h"
 
 namespace keyline::service {
 
 using core::scp::StaticKey;
+
+namespace {
+
+// A search makes SoftHSM pass over every token object file (core/src/pkcs11.cpp, cached_secret_key),
+// dearer than the derivation it precedes, so each master's handle is found once per process. A
+// master destroyed and made again under its label gives a stale handle: derive() finds it again once.
+class MasterHandles {
+ public:
+  template <typename Op>
+  auto derive(core::Pkcs11Token& token, const std::string& label, Op op) -> decltype(op(core::Pkcs11Handle{})) {
+    try {
+      return op(handle(token, label, false));
+    } catch (const core::Pkcs11Error&) {
+      return op(handle(token, label, true));
+    }
+  }
+
+ private:
+  core::Pkcs11Handle handle(core::Pkcs11Token& token, const std::string& label, bool fresh) {
+    const auto key = std::make_pair(&token, label);
+    {
+      std::lock_guard<std::mutex> g(m_mutex);
+      const auto it = m_handles.find(key);
+      if (!fresh && it != m_handles.end()) return it->second;
+    }
+    core::Pkcs11Handle h = 0;
+    try {
+      h = token.find_secret_key(label);
+    } catch (const core::Pkcs11Error&) {
+      throw core::Error(errc::NoMaster, "the token has no master '" + label + "'");
+    }
+    std::lock_guard<std::mutex> g(m_mutex);
+    m_handles[key] = h;
+    return h;
+  }
+  std::mutex m_mutex;
+  std::map<std::pair<core::Pkcs11Token*, std::string>, core::Pkcs11Handle> m_handles;
+};
+
+MasterHandles& masters() {
+  static MasterHandles m;
+  return m;
+}
+
+}  // namespace
 
 std::string master_label(const std::string& base, int version) {
   return version == 1 ? base : base + "-v" + std::to_string(version);
@@ -15,8 +63,10 @@ std::string master_label(const std::string& base, int version) {
 core::SecureBytes comm_for_rotation(core::Pkcs11Token& token, const std::string& base_label, int version,
                                     const core::ChipId& chip) {
   if (version != 2) throw core::Error(errc::BadKeyVersion, "a key is rotated to derivation version 2 only");
-  const auto h = token.derive_aes_ecb(token.find_secret_key(master_label(base_label, version)),
-                                      core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
+  const Bytes data = core::scp::comm_derivation_data_v2(chip);
+  const auto h = masters().derive(token, master_label(base_label, version), [&](core::Pkcs11Handle master) {
+    return token.derive_aes_ecb(master, data, {32, false, false, true});
+  });
   core::SecureBytes comm;
   try {
     comm = token.secret_value(h);
@@ -34,8 +84,6 @@ DeviceStaticKeys::DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, con
   if (version != 1 && version != 2)
     throw core::Error(errc::BadKeyVersion, "derivation version " + std::to_string(version) + " is not 1 or 2");
   const std::string label = master_label(base_label, version);
-  if (!m_token->has_secret_key(label))
-    throw core::Error(errc::NoMaster, "the token has no master of version " + std::to_string(version));
   if (version == 1) {
     // The legacy path (docs/service.md): version 1's comm is HMAC-SHA-256 on the token, so it comes
     // out; the static keys are then computed here and forgotten with this object.
@@ -45,7 +93,9 @@ DeviceStaticKeys::DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, con
     return;
   }
   const Bytes data = core::scp::comm_derivation_data_v2(chip);
-  m_comm = m_token->derive_aes_ecb(m_token->find_secret_key(label), data, {32, true, false, false});
+  m_comm = masters().derive(*m_token, label, [&](core::Pkcs11Handle master) {
+    return m_token->derive_aes_ecb(master, data, {32, true, false, false});
+  });
 }
 
 DeviceStaticKeys::~DeviceStaticKeys() {
