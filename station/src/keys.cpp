@@ -593,17 +593,30 @@ void check_station_profile(const std::string& file, const Botan::X509_Certificat
 }
 
 struct Installing {
-  std::optional<Botan::X509_Certificate> device_ca, station;
+  std::optional<Botan::X509_Certificate> device_ca, station, service_ca;
 };
+
+std::string service_ca_cn(const StationConfig& config) { return config.station_id + " Service CA"; }
+
+// The station's service CA (docs/ceremony.md, profile service-ca): it issues the public DB's and the
+// KPS's server certificates here, so the root never has to sign a server key.
+void check_service_ca_profile(const std::string& file, const Botan::X509_Certificate& cert, const StationConfig& config) {
+  if (!cert.is_CA_cert() || cert.path_limit() != 0 || !cert.allowed_usage(Botan::KEY_CERT_SIGN))
+    refuse_cert(file, "it carries the service CA key but is not a CA certificate with path length 0 and keyCertSign "
+                      "(profile service-ca)");
+  const auto cn = cert.subject_dn().get_first_attribute("X520.CommonName");
+  if (cn != service_ca_cn(config)) refuse_cert(file, "its CN '" + cn + "' is not '" + service_ca_cn(config) + "'");
+}
 
 // One --cert file: its key decides its role, then chain and profile.
 void classify(Installing& inst, const std::string& file, const Botan::X509_Certificate& root,
               const core::Pkcs11EcdsaPrivateKey& ca_key, const core::Pkcs11EcdsaPrivateKey& tls_key,
-              const StationConfig& config) {
+              const core::Pkcs11EcdsaPrivateKey* service_key, const StationConfig& config) {
   const auto certs = core::load_certificates_pem(file);
   const auto& cert = certs.front();
   const bool is_ca = holds_key(cert, ca_key), is_tls = holds_key(cert, tls_key);
-  if (!is_ca && !is_tls)
+  const bool is_service = !is_ca && !is_tls && service_key != nullptr && holds_key(cert, *service_key);
+  if (!is_ca && !is_tls && !is_service)
     refuse_cert(file, "it certifies key " + key_id(*cert.subject_public_key()) + ", neither " + key_label::device_ca +
                           " (" + key_id(ca_key) + ") nor " + key_label::station_tls + " (" + key_id(tls_key) +
                           ") of token '" + config.token_label + "'");
@@ -613,6 +626,12 @@ void classify(Installing& inst, const std::string& file, const Botan::X509_Certi
     refuse_cert(file, "it does not verify under the given root (issuer " + cert.issuer_dn().to_string() + ")");
   }
   if (expired(cert)) refuse_cert(file, "it expired " + cert.not_after().readable_string());
+  if (is_service) {
+    if (inst.service_ca) refuse_cert(file, "a second certificate for the same key");
+    check_service_ca_profile(file, cert, config);
+    inst.service_ca = cert;
+    return;
+  }
   auto& slot = is_ca ? inst.device_ca : inst.station;
   if (slot) refuse_cert(file, "a second certificate for the same key");
   is_ca ? check_device_ca_profile(file, cert, config, ca_key.label()) : check_station_profile(file, cert, config);
@@ -626,6 +645,16 @@ Botan::X509_Certificate load_root(const std::string& file) {
       !signed_by(root, *root.subject_public_key()))
     refuse_cert(file, "the root must be one self-signed CA certificate");
   return root;
+}
+
+// With the service CA's certificate installed: the TLS trust file and the servers' keys and certificates,
+// made as plain `keys init` makes them (kept while they are fine).
+void install_servers(Init& in, const Botan::X509_Certificate& root, const core::Pkcs11EcdsaPrivateKey& service_key) {
+  const auto service_ca = read_pem(in.path(pki_file::service_ca));
+  if (service_ca.size() != 1 || !holds_key(service_ca[0], service_key)) return;
+  ensure_text(in, pki_file::tls_trust, core::to_pem(service_ca[0]) + core::to_pem(root));
+  ensure_server(in, pki_file::backupdb_cert, pki_file::backupdb_key, "keyline-backupdb", service_ca[0], service_key);
+  ensure_server(in, pki_file::kps_cert, pki_file::kps_key, "keyline-kps", service_ca[0], service_key);
 }
 
 // A certificate not given now stays only when it still chains to the root being installed.
@@ -717,19 +746,25 @@ void keys_csr(const StationConfig& config, const KeysInitOptions& options, std::
   remove_stale_temps(in);
   const auto device_ca_key = ensure_ec_key(in, key_label::device_ca, 2);
   const auto station_tls_key = ensure_ec_key(in, key_label::station_tls, 4);
+  // Under the offline root too: the ceremony certifies it (profile service-ca), it certifies the servers here.
+  const auto service_ca_key = ensure_ec_key(in, key_label::service_ca, 3);
   ensure_secret_keys(in);
   // Its certificate comes from the Device CA once the ceremony's certificate is installed.
   ensure_oce_key(in);
-  Botan::X509_DN ca_dn, station_dn;
+  Botan::X509_DN ca_dn, station_dn, service_dn;
   ca_dn.add_attribute("X520.CommonName", device_ca_cn(config));
   ca_dn.add_attribute("X520.Organization", options.organization);
+  service_dn.add_attribute("X520.CommonName", service_ca_cn(config));
+  service_dn.add_attribute("X520.Organization", options.organization);
   station_dn.add_attribute("X520.CommonName", config.station_id);
   station_dn.add_attribute("X520.OrganizationalUnit", core::kStationUnit);
   ensure_csr(in, csr_file::device_ca, *device_ca_key, ca_dn);
   ensure_csr(in, csr_file::station, *station_tls_key, station_dn);
+  ensure_csr(in, csr_file::service_ca, *service_ca_key, service_dn);
   if (!in.changed) out << "keys: everything present on token '" << config.token_label << "': nothing changed\n";
   out << "keys: Device CA CSR    " << in.path(csr_file::device_ca) << " (keyline-ceremony sign --profile device-ca)\n"
       << "keys: station CSR      " << in.path(csr_file::station) << " (keyline-ceremony sign --profile station)\n"
+      << "keys: service CA CSR   " << in.path(csr_file::service_ca) << " (keyline-ceremony sign --profile service-ca)\n"
       << "keys: then             keyline-station keys install-cert --root ROOT.pem --cert ...\n";
 }
 
@@ -748,10 +783,14 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   // A roll's certificate is for the newest version (docs/custody.md, "Roll").
   const core::Pkcs11EcdsaPrivateKey ca_key(in.token, newest_key_label(*in.token, key_label::device_ca)),
       tls_key(in.token, newest_key_label(*in.token, key_label::station_tls));
+  // A station initialized before the service CA was part of --offline-root has no such key.
+  std::optional<core::Pkcs11EcdsaPrivateKey> service_key;
+  if (in.token->has_private_key(key_label::service_ca)) service_key.emplace(in.token, key_label::service_ca);
   Installing inst;
-  for (const auto& file : cert_files) classify(inst, file, root, ca_key, tls_key, config);
+  for (const auto& file : cert_files) classify(inst, file, root, ca_key, tls_key, service_key ? &*service_key : nullptr, config);
   if (!inst.device_ca) check_kept(in, pki_file::device_ca, root);
   if (!inst.station) check_kept(in, pki_file::station_tls, root);
+  if (!inst.service_ca) check_kept(in, pki_file::service_ca, root);
   // Everything checked before anything is written; a crash between the files is finished by running
   // the same install-cert again.
   remove_stale_temps(in);
@@ -759,16 +798,19 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   if (inst.station) archive_replaced(in, pki_file::station_tls, key_label::station_tls, *inst.station);
   if (inst.device_ca) write_file(in.path(pki_file::device_ca), core::to_pem(*inst.device_ca), 0644);
   if (inst.station) write_file(in.path(pki_file::station_tls), core::to_pem(*inst.station), 0644);
+  if (inst.service_ca) write_file(in.path(pki_file::service_ca), core::to_pem(*inst.service_ca), 0644);
   write_file(in.path(pki_file::root), core::to_pem(root), 0644);
   if (inst.device_ca)
     out << "keys: installed " << in.path(pki_file::device_ca) << " SHA-256 " << fingerprint(*inst.device_ca) << "\n";
   if (inst.station) out << "keys: installed " << in.path(pki_file::station_tls) << "\n";
+  if (inst.service_ca) out << "keys: installed " << in.path(pki_file::service_ca) << "\n";
   // The OCE certificate is the station's own Device CA's to issue, not the ceremony's.
   const auto device_ca = inst.device_ca ? std::vector<Botan::X509_Certificate>{*inst.device_ca}
                                         : read_pem(in.path(pki_file::device_ca));
   const auto ca_label = device_ca.size() == 1 ? key_label_for(*in.token, key_label::device_ca, device_ca[0]) : "";
   if (!ca_label.empty() && in.token->has_private_key(key_label::oce))
     ensure_oce_cert(in, device_ca[0], core::Pkcs11EcdsaPrivateKey(in.token, ca_label));
+  if (service_key) install_servers(in, root, *service_key);
   out << "keys: installed " << in.path(pki_file::root) << " (trust anchor) SHA-256 " << fingerprint(root) << "\n";
 }
 

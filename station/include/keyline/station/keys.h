@@ -66,6 +66,7 @@ struct KeysInitOptions {
 namespace csr_file {
 constexpr const char* device_ca = "device-ca.csr";  // CN "<station id> Device CA", O organization
 constexpr const char* station = "station.csr";      // CN <station id>, OU keyline station
+constexpr const char* service_ca = "service-ca.csr";  // CN "<station id> Service CA", O organization
 }  // namespace csr_file
 
 // The SAN names the server certificates get: ip_addresses then dns_names, or the default pair.
