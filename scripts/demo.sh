@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job (docs/design.md section 8): a whole line on this machine.
-#   installs what is missing and builds; starts a private PostgreSQL and a SoftHSM2 token under
-#   .keyline/demo/; creates the manufacturer keys in the token; starts the public DB server; makes N
+#   installs what is missing and builds; starts a private PostgreSQL and SoftHSM2 tokens under
+#   .keyline/demo/; runs the ceremony on a root token of its own (keyline-ceremony init-root, then signs
+#   the station's Device CA, station and service CA CSRs), the station's keys on its own token under that
+#   root (keys init --offline-root, keys install-cert); starts the public DB server; makes N
 #   emulated devices and personalizes them through the station; wipes one device's flash and restores it
 #   with the recovery tool; moves a key from device 0 to device 1 through keyline-kps; prints a summary
 #   and writes .keyline/demo/summary.json; stops everything.
@@ -44,7 +46,9 @@ trap 'exit 130' INT TERM
 step() { printf '\n== %s\n' "$*"; }
 
 step "1/7 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
-line_up "$demo" "$n"
+# The root on a root token of its own under $demo/root-hsm, opened only by keyline-ceremony; the station's
+# token and processes never see it (docs/ceremony.md).
+LINE_ROOT=ceremony line_up "$demo" "$n"
 printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
 
 step "2/7 personalizing $n devices through keyline-station"
@@ -127,7 +131,7 @@ svc_module_version=0
 service_session() {
   service_up || return 1
   printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
-  service_code_signing "$demo/service/cs" || return 1
+  line_code_signing_ceremony "$demo/service/cs" || return 1
   printf 'apn=internet.example\n' >"$demo/service/apn.bin"
   printf 'radio firmware 3\n' >"$demo/service/radio.body"
   field imei <("$LINE_BIN/keyline-device" status --dir "$svc_dev") >"$demo/service/imeis.txt"
@@ -148,6 +152,9 @@ fi
 echo "service session: ok $svc_ok, chip $svc_chip, module radio version $svc_module_version"
 
 step "7/7 summary"
+ceremony_ok=false
+line_ceremony log verify >"$demo/ceremony-verify.txt" 2>&1 && ceremony_ok=true
+ceremony_head=$(sed -n 's/.*head[^0-9a-f]*\([0-9a-f]\{64\}\).*/\1/p' "$demo/ceremony-verify.txt" | tail -n1)
 certs_json=$(printf '"%s",' "${certs[@]}")
 # The public DB's transparency log as a monitor sees it: the latest signed checkpoint and the pinned key.
 # Step 4's restore verified the record's inclusion proof against a checkpoint signed by that key
@@ -162,6 +169,7 @@ cat >"$demo/summary.json" <<JSON
   "devices_published": $published,
   "root_ca": "$demo/pki/root.pem",
   "device_ca": "$demo/pki/device-ca.pem",
+  "ceremony": {"root_token": "$LINE_ROOT_HSM", "dir": "$LINE_CEREMONY_DIR", "log": "$LINE_CEREMONY_DIR/ceremony.log", "log_head": "$ceremony_head", "log_verified": $ceremony_ok},
   "identity_certs": [${certs_json%,}],
   "recovery": {"chip_id": "$chip", "imei_before": "$imei_before", "imei_after": "$imei_after", "key_fingerprints_match": $match},
   "kps_transfer": {"ok": $kps_ok, "source": "$kps_source", "target": "$kps_target", "label": "$kps_label", "kcv_source": "$kcv_source", "kcv_target": "$kcv_target"},
@@ -170,7 +178,8 @@ cat >"$demo/summary.json" <<JSON
 }
 JSON
 printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in the public DB" "$published" \
-  "root certificate" "$demo/pki/root.pem" "Device CA certificate" "$demo/pki/device-ca.pem" \
+  "root certificate" "$demo/pki/root.pem (root key on $LINE_ROOT_HSM, never on the station)" \
+  "Device CA certificate" "$demo/pki/device-ca.pem" "ceremony log" "$LINE_CEREMONY_DIR/ceremony.log (verified $ceremony_ok)" \
   "identity certificates" "$demo/certs/" "restored device" "chip $chip, IMEI $imei_before -> $imei_after" \
   "keys identical after restore" "$match" \
   "key moved through the KPS" "$kps_ok ($kps_label, KCV $kcv_source -> $kcv_target)" \
