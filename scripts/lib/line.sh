@@ -7,8 +7,14 @@
 # LINE_CHANNEL=scp11a before line_up: the chips get a vendor identity (keyline-device vendor-init, make
 # --vendor) and the station checks them (KEYLINE_CHIP_VENDORS) and personalizes over SCP11a; default
 # plain (chips without a vendor). LINE_KEY_SOURCE (generate, pool, device) sets KEYLINE_KEY_SOURCE.
+# LINE_ROOT=ceremony before line_up: the root on a root token of its own (DIR/root-hsm, its own
+# SOFTHSM2_CONF, opened only by keyline-ceremony with DIR/ceremony), the station under it (keys init
+# --offline-root, the ceremony signs its Device CA, station and service CA CSRs, keys install-cert);
+# line_ceremony ARGS runs keyline-ceremony there. Default (station): `keys init`, the root on the station's token.
 # Variables set by line_up: LINE_DIR, LINE_BIN, LINE_BACKUPDB_URL, LINE_DEVICES (array of HOST:PORT),
-# LINE_DEVICE_DIRS (array), LINE_PG_CONNINFO, plus the KEYLINE_* environment the programs read.
+# LINE_DEVICE_DIRS (array), LINE_PG_CONNINFO, LINE_STATION_ISSUERS (who may publish: the public DB's
+# --station-ca), with LINE_ROOT=ceremony LINE_ROOT_HSM and LINE_CEREMONY_DIR, plus the KEYLINE_* environment
+# the programs read.
 
 LINE_PIDS=()
 
@@ -31,6 +37,45 @@ line_free_port() {
     p=$(( 10000 + RANDOM % 22000 ))
     (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
   done
+}
+
+# keyline-ceremony on the root token: its own SOFTHSM2_CONF, never the station's (docs/ceremony.md).
+line_ceremony() {
+  SOFTHSM2_CONF="$LINE_ROOT_HSM/softhsm2.conf" "$LINE_BIN/keyline-ceremony" --dir "$LINE_CEREMONY_DIR" \
+    --hsm-module "$(cat "$LINE_ROOT_HSM/module")" --token "$(cat "$LINE_ROOT_HSM/label")" \
+    --pin-file "$LINE_ROOT_HSM/user.pin" "$@"
+}
+
+# The station's keys under the offline root: its CSRs signed in a ceremony, then installed.
+line_keys_ceremony() {
+  local top=$1 out=$LINE_DIR/ceremony-out
+  "$top/scripts/hsm.sh" init "$LINE_ROOT_HSM" keyline-root-token >&2 || return 1
+  line_ceremony init-root --subject-cn "keyline demo Root" --organization "keyline demo manufacturer" --days 7300 || return 1
+  "$LINE_BIN/keyline-station" keys init --offline-root || return 1
+  mkdir -p "$out"
+  local csr
+  for csr in device-ca:device-ca station:station service-ca:service-ca; do
+    line_ceremony sign --csr "$LINE_DIR/pki/${csr%%:*}.csr" --profile "${csr#*:}" --out "$out/${csr%%:*}.pem" || return 1
+  done
+  "$LINE_BIN/keyline-station" keys install-cert --root "$LINE_CEREMONY_DIR/root.pem" --cert "$out/device-ca.pem" \
+    --cert "$out/station.pem" --cert "$out/service-ca.pem"
+}
+
+# LINE_ROOT=ceremony: a code-signing key on the station's token (keyline-code-signing) and its certificate
+# from the ceremony (profile code-signing), DIR/cs.pem: what service_code_signing makes with the root on the
+# station's token.
+line_code_signing_ceremony() {
+  local dir=$1 module label pin
+  mkdir -p "$dir"
+  module=$(cat "$LINE_DIR/hsm/module")
+  label=$(cat "$LINE_DIR/hsm/label")
+  pin=$(cat "$LINE_DIR/hsm/user.pin")
+  pkcs11-tool --module "$module" --token-label "$label" --login --pin "$pin" --keypairgen --key-type EC:prime256v1 \
+    --label keyline-code-signing --id C5C5 --usage-sign >"$dir/keygen.log" 2>&1 || return 1
+  OPENSSL_CONF=/dev/null PKCS11_MODULE_PATH=$module openssl req -new -engine pkcs11 -keyform engine \
+    -key "pkcs11:token=$label;type=private;object=keyline-code-signing?pin-value=$pin" \
+    -subj "/O=keyline demo/CN=keyline code signing" -out "$dir/cs.csr" >"$dir/csr.log" 2>&1 || return 1
+  line_ceremony sign --csr "$dir/cs.csr" --profile code-signing --days 30 --out "$dir/cs.pem" >"$dir/sign.log" 2>&1
 }
 
 line_up() {
@@ -61,9 +106,23 @@ line_up() {
   done
   export KEYLINE_STATION_DB="${ci/dbname=postgres/dbname=keyline_station}"
 
-  if [ ! -f "$LINE_DIR/pki/root.pem" ]; then
-    "$LINE_BIN/keyline-station" keys init >"$LINE_DIR/logs/keys-init.log"
-    line_log "keys created on the SoftHSM token (see $LINE_DIR/logs/keys-init.log)"
+  LINE_ROOT_HSM=$LINE_DIR/root-hsm LINE_CEREMONY_DIR=$LINE_DIR/ceremony
+  if [ "${LINE_ROOT:-station}" = ceremony ]; then
+    if [ ! -f "$LINE_DIR/pki/root.pem" ]; then
+      line_keys_ceremony "$top" >"$LINE_DIR/logs/keys-init.log" 2>&1 ||
+        { line_log "the ceremony failed"; cat "$LINE_DIR/logs/keys-init.log" >&2; return 1; }
+      line_log "root on its own token ($LINE_ROOT_HSM), station keys certified in a ceremony (see $LINE_DIR/logs/keys-init.log)"
+    fi
+    # The station's certificate is the root's (profile station); the service CA stays accepted as today.
+    LINE_STATION_ISSUERS=$LINE_DIR/station-issuers.pem
+    cat "$LINE_DIR/pki/root.pem" "$LINE_DIR/pki/service-ca.pem" >"$LINE_STATION_ISSUERS"
+  else
+    unset LINE_ROOT_HSM LINE_CEREMONY_DIR
+    if [ ! -f "$LINE_DIR/pki/root.pem" ]; then
+      "$LINE_BIN/keyline-station" keys init >"$LINE_DIR/logs/keys-init.log"
+      line_log "keys created on the SoftHSM token (see $LINE_DIR/logs/keys-init.log)"
+    fi
+    LINE_STATION_ISSUERS=$LINE_DIR/pki/service-ca.pem
   fi
 
   # The public DB: migrate as owner, serve as the restricted role.
@@ -90,7 +149,7 @@ line_up() {
     KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$port dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
       SOFTHSM2_CONF=$LINE_LOG_SOFTHSM2_CONF "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$bport" --ops-listen 127.0.0.1:0 \
       --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
-      --station-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+      --station-ca "$LINE_STATION_ISSUERS" --trust "$LINE_DIR/pki/root.pem" \
       --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
     local bpid=$!
     if line_wait_port 127.0.0.1 "$bport" 20 && kill -0 "$bpid" 2>/dev/null; then
@@ -186,7 +245,7 @@ line_backupdb_start() {
   KEYLINE_BACKUPDB_DB="host=127.0.0.1 port=$pgport dbname=keyline_backupdb user=keyline_backupdb password=$(cat "$LINE_DIR/backupdb.pass")" \
     SOFTHSM2_CONF=$LINE_LOG_SOFTHSM2_CONF "$LINE_BIN/keyline-backupdb" serve --listen "127.0.0.1:$port" --ops-listen 127.0.0.1:0 \
     --tls-cert "$LINE_DIR/pki/backupdb-tls.pem" --tls-key "$LINE_DIR/pki/backupdb-tls.key" \
-    --station-ca "$LINE_DIR/pki/service-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
+    --station-ca "$LINE_STATION_ISSUERS" --trust "$LINE_DIR/pki/root.pem" \
     --log "$LINE_DIR/logs/backupdb.log" >>"$LINE_DIR/logs/backupdb.out" 2>&1 &
   LINE_PIDS+=($!)
   line_wait_port 127.0.0.1 "$port" 20 || { line_log "public DB did not restart"; return 1; }
