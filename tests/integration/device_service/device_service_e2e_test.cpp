@@ -7,6 +7,7 @@
 #include <Poco/JSON/Parser.h>
 #include <doctest/doctest.h>
 
+#include <cstdio>
 #include <set>
 #include <sstream>
 
@@ -201,6 +202,18 @@ TEST_CASE("keyline-service and the device's agent: an item and a module applied,
   const auto again = f.agent(dir);
   CHECK(again->getValue<bool>("ok"));
   CHECK(again->getArray("applied")->size() == 0);
+
+  // The same through the program an operator runs: keyline-device service-agent, exit 0, the result printed.
+  const std::string cmd = test::binary_dir() + "/bin/keyline-device service-agent --dir " + dir.string() +
+                          " --service https://127.0.0.1:" + std::to_string(f.server->port()) + " --ca " +
+                          f.tls.ca_file;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[512];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  CHECK(::pclose(p) == 0);
+  CHECK(out.find("\"ok\":true") != std::string::npos);
 }
 
 TEST_CASE(
