@@ -3,8 +3,9 @@
 // docs/service.md). The secure messaging after the handshake is core/scp03.h's SecureMessaging.
 //
 // keyline's choices (docs/service.md): AES-128 static keys, S16 mode (16-byte challenges, cryptograms
-// and MACs; "i" = 71: R-MAC, R-ENC, S16 and a pseudo-random card challenge (Amendment D section 6.2.2.1, the sequence counter makes a recorded script useless),
-// security level 33, KVN = the derivation version (1 or 2), KDD = the chip ID (10 bytes).
+// and MACs), "i" = 71 (R-MAC, R-ENC, S16 and a pseudo-random card challenge, Amendment D section
+// 6.2.2.1: the card's sequence counter makes a recorded script useless), security level 33,
+// KVN = the derivation version (1 or 2), KDD = the chip ID (10 bytes).
 //
 // The host never needs the static keys in memory: every CMAC the host computes with a static key goes
 // through `StaticCmac`, which the service server runs on its token (CKM_AES_CMAC with a key derived in
