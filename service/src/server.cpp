@@ -112,16 +112,19 @@ class Api {
     return parts.size() == 3 ? open_session(req, chip) : step(req, parts[3], chip);
   }
 
-  std::optional<Device> known_device(const core::ChipId& chip) {
+  // The device and its pending jobs; a device the service DB has not seen is fetched from the public
+  // DB (verified to the root) and cached first.
+  std::optional<std::pair<Device, std::vector<Job>>> known_device(const core::ChipId& chip) {
+    const int limit = m_s.config.jobs_per_session;
     {
       auto c = m_s.pool->acquire();
-      if (auto d = find_device(*c, chip)) return d;
+      if (auto d = find_device_with_jobs(*c, chip, limit)) return d;
     }
     auto fetched = fetch_device(m_s.public_db, chip);
     if (!fetched) return std::nullopt;
     auto c = m_s.pool->acquire();
     save_device(*c, fetched->first, fetched->second);
-    return find_device(*c, chip);  // another session may have saved it first
+    return find_device_with_jobs(*c, chip, limit);  // another session may have saved it first
   }
 
   Reply open_session(const Request& req, std::string& who) {
@@ -132,21 +135,18 @@ class Api {
     if (!core::ChipId::is_valid(chip_hex)) return problem(400, "bad-chip-id", "chip_id is 20 upper-case hex digits");
     const auto chip = core::ChipId::parse(chip_hex);
     who = chip.str();
-    std::optional<Device> device;
+    std::optional<std::pair<Device, std::vector<Job>>> found;
     try {
-      device = known_device(chip);
+      found = known_device(chip);
     } catch (const core::Error& e) {
       if (e.code() != errc::RecordInvalid) throw;
       Reply r = problem(403, "record-invalid", "the device's public record does not verify to the manufacturer root");
       r.log_detail = e.what();
       return r;
     }
-    if (!device) return problem(404, "unknown-device", "the public DB has no record of this chip");
-    std::vector<Job> jobs;
-    {
-      auto c = m_s.pool->acquire();
-      jobs = pending_jobs(*c, device->imei, m_s.config.jobs_per_session);
-    }
+    if (!found) return problem(404, "unknown-device", "the public DB has no record of this chip");
+    const Device* device = &found->first;
+    std::vector<Job> jobs = std::move(found->second);
     Bytes challenge(16);
     Botan::system_rng().randomize(challenge.data(), challenge.size());
     auto comm = [this, chip](int version) {

@@ -6,37 +6,45 @@
 
 namespace keyline::service {
 
-std::optional<Device> find_device(core::pq::Connection& db, const core::ChipId& chip) {
-  const auto r = db.exec("SELECT imei, coalesce(key_version, 0) FROM device WHERE chip_id = $1", {chip.str()});
-  if (r.empty()) return std::nullopt;
-  Device d{chip, core::Imei::parse(r.text(0, 0)), static_cast<int>(r.int64(0, 1))};
-  return d;
-}
-
 void save_device(core::pq::Connection& db, const Device& device, const std::string& record_hash) {
   db.exec("INSERT INTO device (chip_id, imei, record_hash) VALUES ($1, $2, $3) ON CONFLICT (chip_id) DO NOTHING",
           {device.chip.str(), device.imei.str(), record_hash});
 }
 
-std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei, int limit) {
-  // Oldest first; a batch carries at most 64 KiB, so a session takes a few jobs and leaves the rest
-  // for the next one (docs/service.md "Jobs").
-  const auto r = db.exec(
-      "SELECT id, kind, coalesce(dgi, 0), payload, coalesce(module_name, ''), coalesce(module_version, 0)"
-      " FROM job WHERE imei = $1 AND state = 'pending' ORDER BY id LIMIT $2",
-      {imei.str(), limit});
+namespace {
+
+constexpr const char* kJobColumns = "j.id, j.kind, coalesce(j.dgi, 0), j.payload, coalesce(j.module_name, ''),"
+                                    " coalesce(j.module_version, 0)";
+
+// Rows of kJobColumns from column `first` on, oldest first; a batch carries at most 64 KiB, so a
+// session takes a few jobs and leaves the rest for the next one (docs/service.md "A session"). Hex
+// doubles the bytes and each 223-byte piece gains 33 bytes of padding and MAC: 24 KiB of payload
+// stays under the 64 KiB answer.
+std::vector<Job> jobs_of(const core::pq::Result& r, int first) {
   std::vector<Job> jobs;
   std::size_t bytes = 0;
   for (int i = 0; i < r.rows(); ++i) {
-    Job j{r.int64(i, 0), r.text(i, 1), static_cast<std::uint16_t>(r.int64(i, 2)), r.bytea(i, 3), r.text(i, 4),
-          static_cast<std::uint32_t>(r.int64(i, 5))};
+    if (r.is_null(i, first)) continue;
+    Job j{r.int64(i, first), r.text(i, first + 1), static_cast<std::uint16_t>(r.int64(i, first + 2)),
+          r.bytea(i, first + 3), r.text(i, first + 4), static_cast<std::uint32_t>(r.int64(i, first + 5))};
     bytes += j.payload.size();
-    // Hex doubles the bytes and each 223-byte piece gains 33 bytes of padding and MAC: 24 KiB of
-    // payload stays under the 64 KiB answer.
     if (!jobs.empty() && bytes > 24 * 1024) break;
     jobs.push_back(std::move(j));
   }
   return jobs;
+}
+
+}  // namespace
+
+std::optional<std::pair<Device, std::vector<Job>>> find_device_with_jobs(core::pq::Connection& db,
+                                                                         const core::ChipId& chip, int limit) {
+  const auto r = db.exec(std::string("SELECT d.imei, coalesce(d.key_version, 0), ") + kJobColumns +
+                             " FROM device d LEFT JOIN LATERAL (SELECT * FROM job WHERE imei = d.imei AND state = 'pending'"
+                             " ORDER BY id LIMIT $2) j ON true WHERE d.chip_id = $1 ORDER BY j.id",
+                         {chip.str(), limit});
+  if (r.empty()) return std::nullopt;
+  Device d{chip, core::Imei::parse(r.text(0, 0)), static_cast<int>(r.int64(0, 1))};
+  return std::make_pair(d, jobs_of(r, 2));
 }
 
 namespace {

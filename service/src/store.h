@@ -20,9 +20,11 @@ struct Device {
   int key_version = 0;  // 0: none recorded yet
 };
 
-std::optional<Device> find_device(core::pq::Connection& db, const core::ChipId& chip);
 void save_device(core::pq::Connection& db, const Device& device, const std::string& record_hash);
-std::vector<Job> pending_jobs(core::pq::Connection& db, const core::Imei& imei, int limit);
+// The device and its pending jobs (oldest first, at most `limit`, at most 24 KiB of payload) in one
+// round trip; nullopt when the service DB has no such device.
+std::optional<std::pair<Device, std::vector<Job>>> find_device_with_jobs(core::pq::Connection& db,
+                                                                         const core::ChipId& chip, int limit);
 // One transaction: the jobs' outcomes, the session's line, the device's version (never lowered).
 void record_session(core::pq::Connection& db, const Device& device, const std::string& started_at,
                     const SessionResult& result, const std::string& result_json);
