@@ -506,3 +506,41 @@ TEST_CASE("PUT KEY rotates a version 1 device to version 2: the old key opens no
   REQUIRE(r4);
   CHECK(r4->getValue<bool>("ok"));
 }
+
+TEST_CASE("campaigns: a rerun queues nothing new, another payload under the same name is refused, status counts") {
+  Fixture f;
+  const std::string item = "0F06=" + write_file(f.tls.dir + "/item6", Bytes{6});
+  const std::string both = kImeiV2 + "\n" + kImeiV1 + "\n";
+  const std::string imeis = write_file(f.tls.dir + "/two.imeis", Bytes(both.begin(), both.end()));
+  service::CampaignRequest r;
+  r.name = "cfg-6";
+  r.item = item;
+  r.imeis_file = imeis;
+  std::ostringstream out;
+  service::campaign_enqueue(f.config, r, out);
+  CHECK(out.str() == "campaign cfg-6: 2 job(s) queued, 0 already queued\n");
+  std::ostringstream again;
+  service::campaign_enqueue(f.config, r, again);
+  CHECK(again.str() == "campaign cfg-6: 0 job(s) queued, 2 already queued\n");
+  r.item = "0F06=" + write_file(f.tls.dir + "/item6b", Bytes{7});
+  try {
+    service::campaign_enqueue(f.config, r, out);
+    FAIL("another payload under the same name was queued");
+  } catch (const core::Error& e) {
+    CHECK(e.numeric() == 8021);
+  }
+  r.name = "cfg-bad";
+  r.item = "8101=" + write_file(f.tls.dir + "/secret", Bytes{1});  // not a configuration DGI
+  CHECK_THROWS_AS(service::campaign_enqueue(f.config, r, out), core::Error);
+  r.item = item;
+  r.imeis_file = write_file(f.tls.dir + "/bad.imeis", Bytes{'1', '2', '3'});
+  CHECK_THROWS_AS(service::campaign_enqueue(f.config, r, out), core::Error);
+  std::ostringstream status;
+  CHECK(service::campaign_status(f.config, "cfg-6", true, status) == 1);  // both pending
+  auto card = card_v2(f);
+  Agent agent;
+  REQUIRE(agent.run(f, card, kChipV2));
+  std::ostringstream after;
+  CHECK(service::campaign_status(f.config, "cfg-6", false, after) == 1);  // the v1 device is still pending
+  CHECK(after.str().rfind("campaign cfg-6: 1 applied, 0 failed, 1 pending\n", 0) == 0);
+}
