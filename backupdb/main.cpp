@@ -6,6 +6,7 @@
 #include "keyline/backupdb/log.h"
 #include "keyline/backupdb/migrate.h"
 #include "keyline/backupdb/server.h"
+#include "keyline/backupdb/witness.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
@@ -123,6 +124,32 @@ int main(int argc, char** argv) {
   auto* log_key = log->add_subcommand("key", "print the log's verifier key (C2SP signed-note vkey) to pin");
   add_log_key_options(log_key, cfg.tlog);
 
+  keyline::backupdb::WitnessConfig wcfg;
+  auto* witness = app.add_subcommand("witness", "cosign checkpoints verified consistent (C2SP tlog-witness); init | key");
+  witness->add_option("--log-key", wcfg.log_keys, "verifier key of a log to witness (vkey), repeatable");
+  witness->add_option("--log-key-file", wcfg.log_key_files, "a file holding such a key, repeatable");
+  witness->add_option("--witness-key-file", wcfg.key_file, "the witness's Ed25519 key (PRIVATE+KEY+..., mode 0600)")
+      ->envname("KEYLINE_WITNESS_KEY_FILE");
+  witness->add_option("--state", wcfg.state_dir, "directory of the last checkpoint cosigned per log");
+  witness->add_option("--listen", wcfg.listen, "address:port")->capture_default_str();
+  witness->add_option("--tls-cert", wcfg.tls_cert, "server certificate chain (PEM); plain HTTP without");
+  witness->add_option("--tls-key", wcfg.tls_key, "server private key (PEM)");
+  auto* witness_init = witness->add_subcommand("init", "create the witness key file (0600); prints its verifier key");
+  witness_init->add_option("--witness-key-file", wcfg.key_file, "the key file to create")->required();
+  witness_init->add_option("--name", wcfg.name, "the witness's name (a schema-less URL)")->required();
+  auto* witness_key = witness->add_subcommand("key", "print the witness's verifier key (type 0x04) to pin");
+  witness_key->add_option("--witness-key-file", wcfg.key_file, "the key file")->required();
+
+  keyline::backupdb::PushConfig pcfg;
+  auto* push = app.add_subcommand("witness-push", "have a witness cosign a public DB's latest checkpoint");
+  push->add_option("--url", pcfg.db_url, "the public DB or mirror")->required();
+  push->add_option("--ca", pcfg.db_ca, "CA of its server certificate (PEM)");
+  push->add_option("--witness", pcfg.witness_url, "the witness's URL")->required();
+  push->add_option("--witness-ca", pcfg.witness_ca, "CA of the witness's certificate (PEM)");
+  push->add_option("--log-key", pcfg.log_key, "the log's verifier key (vkey)");
+  push->add_option("--log-key-file", pcfg.log_key_file, "a file holding it");
+  push->add_option("--out", pcfg.out, "where the cosigned checkpoint is written (default stdout)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -150,6 +177,16 @@ int main(int argc, char** argv) {
       std::printf("%s\n", keyline::backupdb::log_key(cfg.tlog).c_str());
       return 0;
     }
+    if (*witness_init) {
+      std::printf("%s\n", keyline::backupdb::witness_init(wcfg).c_str());
+      return 0;
+    }
+    if (*witness_key) {
+      std::printf("%s\n", keyline::backupdb::witness_key(wcfg).c_str());
+      return 0;
+    }
+    if (*witness) return keyline::backupdb::witness_serve(wcfg);
+    if (*push) return keyline::backupdb::witness_push(pcfg);
     return keyline::backupdb::serve(cfg);
   });
 }
