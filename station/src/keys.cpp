@@ -366,6 +366,18 @@ std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_ec_key(Init& in, const char*
   return std::make_unique<core::Pkcs11EcdsaPrivateKey>(in.token, label);
 }
 
+// After a roll the certificate installed names the version in use (docs/custody.md, "Roll"): a run of
+// `keys init` keeps it rather than certifying version 1 again.
+std::unique_ptr<core::Pkcs11EcdsaPrivateKey> ensure_active_key(Init& in, const char* base, std::uint8_t id,
+                                                               const char* cert_file) {
+  auto key = ensure_ec_key(in, base, id);
+  const auto present = read_pem(in.path(cert_file));
+  const auto label = present.empty() ? std::string() : key_label_for(*in.token, base, present[0]);
+  if (label.empty() || label == base) return key;
+  in.out << "keys: " << in.path(cert_file) << " is for " << label << " (rolled)\n";
+  return std::make_unique<core::Pkcs11EcdsaPrivateKey>(in.token, label);
+}
+
 // The SCP11a OCE key (docs/station.md, "The channel"): ECDH only, so it can never sign a certificate
 // or a note however the token is asked.
 void ensure_oce_key(Init& in) {
@@ -707,9 +719,9 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
   remove_stale_temps(in);
 
   const auto root_key = ensure_ec_key(in, key_label::root, 1);
-  const auto device_ca_key = ensure_ec_key(in, key_label::device_ca, 2);
+  const auto device_ca_key = ensure_active_key(in, key_label::device_ca, 2, pki_file::device_ca);
   const auto service_ca_key = ensure_ec_key(in, key_label::service_ca, 3);
-  const auto station_tls_key = ensure_ec_key(in, key_label::station_tls, 4);
+  const auto station_tls_key = ensure_active_key(in, key_label::station_tls, 4, pki_file::station_tls);
   ensure_secret_keys(in);
   ensure_oce_key(in);
 

@@ -6,9 +6,12 @@
 # wiped and restored. A roll without a station database is refused and makes no key; the rolls are audited.
 # Under the offline root (line.sh's ceremony) the roll writes a CSR, the ceremony signs it and install-cert
 # installs it; a certificate for the old key given as the roll's is refused.
-# Usage: roll_e2e.sh WORKDIR   (LINE_BIN = directory holding the keyline-* programs)
+# The line's root: ceremony (default: line.sh's LINE_ROOT=ceremony, the root token apart, which this test
+# also checks) or station (plain `keys init`: the station's own root certifies the new versions at once).
+# Usage: roll_e2e.sh WORKDIR [ceremony|station]   (LINE_BIN = directory holding the keyline-* programs)
 set -uo pipefail
-work=${1:?usage: roll_e2e.sh WORKDIR}
+work=${1:?usage: roll_e2e.sh WORKDIR [ceremony|station]}
+export LINE_ROOT=${2:-ceremony}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../../.." && pwd)
 # shellcheck source=../../../scripts/lib/line.sh
@@ -54,6 +57,17 @@ ceremony_install() {  # csr-file profile
 }
 offline() { [ -n "${LINE_CEREMONY_DIR:-}" ]; }
 
+if offline; then
+  tokendir=$(sed -n 's/^directories.tokendir *= *//p' "$SOFTHSM2_CONF")
+  checke "the station's SoftHSM configuration names only its own token directory, not the root token's" \
+    '[ "$(grep -c tokendir "$SOFTHSM2_CONF")" = 1 ] && [ "$tokendir" = "$LINE_DIR/hsm/tokens" ] &&
+     ! ls "$tokendir" | grep -qxF "$(ls "$LINE_ROOT_HSM/tokens")"'
+  checke "the station's token list has no root key and its processes see no root token" \
+    '! objects | grep -q "label: *keyline-root" && ! softhsm2-util --show-slots 2>/dev/null | grep -q keyline-root-token'
+  checke "the root token holds the root key (keyline-ceremony's)" \
+    'SOFTHSM2_CONF=$LINE_ROOT_HSM/softhsm2.conf softhsm2-util --show-slots 2>/dev/null | grep -q keyline-root-token'
+fi
+
 # --- device 0, before the rolls -----------------------------------------------------------------------
 personalize_one 0
 checke "device 0 personalized and published before the roll" 'grep -q "\"done\":true" "$work/personalize-0.json"'
@@ -93,6 +107,13 @@ checke "the new Device CA is named apart (CN ... v2) and verifies against the ro
    openssl verify -CAfile "$pki/root.pem" "$pki/device-ca.pem" >/dev/null'
 checke "station-tls.pem holds the new TLS key (it differs), the old kept as station-tls-v1.pem" \
   '! cmp -s "$pki/station-tls.pem" "$work/certs/tls-before.pem" && cmp -s "$pki/station-tls-v1.pem" "$work/certs/tls-before.pem"'
+if ! offline; then
+  cp "$pki/device-ca.pem" "$work/certs/ca-rolled.pem"
+  cp "$pki/station-tls.pem" "$work/certs/tls-rolled.pem"
+  "$ST" keys init >"$work/init-again.out" 2>&1
+  checke "keys init after the rolls keeps the rolled certificates (does not certify version 1 again)" \
+    '[ $? = 0 ] && cmp -s "$pki/device-ca.pem" "$work/certs/ca-rolled.pem" && cmp -s "$pki/station-tls.pem" "$work/certs/tls-rolled.pem"'
+fi
 rows=$(line_station_sql "SELECT string_agg(event, ',' ORDER BY id) FROM journal.audit WHERE event LIKE 'custody.roll%'")
 checke "both rolls audited before and after ($rows)" \
   '[ "$rows" = "custody.roll.begin,custody.roll.done,custody.roll.begin,custody.roll.done" ]'
