@@ -10,6 +10,9 @@
 #                               TCP, same line, same run (issue 13; part 3 of scripts/bench_line.sh)
 #   scripts/bench.sh service    device service sessions/s with 32 agents, one item push each, p50/p99,
 #                               against a session's three bare HTTPS round trips (issue 16, bench_service.sh)
+#   scripts/bench.sh channel    the chip-bound channel's cost: devices/s and CPU per device (station, device)
+#                               for generate+plain, generate+scp11a, device+scp11a, ratios to plain
+#                               (issue 15, scripts/bench_channel.sh)
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
@@ -26,6 +29,10 @@ if [ "$which" = all ] || [ "$which" = tlog ]; then
 fi
 if [ "$which" = all ] || [ "$which" = service ]; then
   if [ -x scripts/bench_service.sh ]; then scripts/bench_service.sh || rc=1; else echo "bench: service benchmark missing"; rc=1; fi
+fi
+if [ "$which" = all ] || [ "$which" = channel ]; then
+  if [ -x scripts/bench_channel.sh ]; then scripts/bench_channel.sh || rc=1
+  else echo "bench: channel benchmark missing"; rc=1; fi
 fi
 line_parts=""
 case "$which" in
