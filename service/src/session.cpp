@@ -51,7 +51,15 @@ std::optional<std::vector<core::CommandApdu>> HostSession::second_batch(const st
     return std::nullopt;
   }
   m_result.kvn = init.kvn;
-  auto keys = open_keys(init.kvn);
+  std::unique_ptr<StaticKeySource> keys;
+  try {
+    keys = open_keys(init.kvn);
+  } catch (const core::Error& e) {
+    // A version this server holds no master of: the session ends as not ok instead of a 500.
+    if (e.code() != errc::NoMaster && e.code() != errc::BadKeyVersion) throw;
+    fail("no key of version " + std::to_string(init.kvn));
+    return std::nullopt;
+  }
   // S-DEK is only for PUT KEY: without one queued, K-DEK is not derived on the token at all (three
   // token calls fewer per session) and the session's dek is filler nothing uses.
   bool rotation = false;

@@ -88,7 +88,13 @@ DeviceStaticKeys::DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, con
     // The legacy path (docs/service.md): version 1's comm is HMAC-SHA-256 on the token, so it comes
     // out; the static keys are then computed here and forgotten with this object.
     const std::string input = "keyline/comm/v1" + imei.str();
-    const auto comm = m_token->derive_hmac_sha256(label, Bytes(input.begin(), input.end()));
+    core::SecureBytes comm;
+    try {
+      comm = m_token->derive_hmac_sha256(label, Bytes(input.begin(), input.end()));
+    } catch (const core::Pkcs11Error& e) {
+      if (e.code() != core::ErrorCode::Pkcs11KeyNotFound) throw;
+      throw core::Error(errc::NoMaster, "the token has no master '" + label + "'");
+    }
     m_soft = core::scp::static_keys_from_comm(comm);
     return;
   }

@@ -544,3 +544,21 @@ TEST_CASE("campaigns: a rerun queues nothing new, another payload under the same
   CHECK(service::campaign_status(f.config, "cfg-6", false, after) == 1);  // the v1 device is still pending
   CHECK(after.str().rfind("campaign cfg-6: 1 applied, 0 failed, 1 pending\n", 0) == 0);
 }
+
+TEST_CASE("a device whose version the token holds no master of: the session ends not ok, no 500") {
+  Fixture f;
+  f.server->stop();
+  f.config.token.master_label = "svc-no-such-master";
+  f.server = std::make_unique<service::Server>(f.config);
+  f.server->start();
+  for (int version : {1, 2}) {
+    test::ServiceCard card(version == 2 ? kChipV2 : kChipV1, static_cast<std::uint8_t>(version),
+                           version == 2 ? comm_v2(kChipV2) : comm_v1(kImeiV1), f.signing.root);
+    Agent agent;
+    int status = 0;
+    const auto result = agent.run(f, card, version == 2 ? kChipV2 : kChipV1, &status);
+    REQUIRE(result);
+    CHECK_FALSE(result->getValue<bool>("ok"));
+    CHECK(result->getValue<std::string>("error") == "no key of version " + std::to_string(version));
+  }
+}
