@@ -58,6 +58,10 @@ void add_log_key_flags(CLI::App* sub, LogOptions& log) {
 // The transparency-log check of a record fetched from --db.
 void add_log_flags(CLI::App* sub, LogOptions& log) {
   add_log_key_flags(sub, log);
+  sub->add_option("--witness-key", log.witness_keys,
+                  "a witness's cosigner key (C2SP vkey of type 0x04, from `keyline-backupdb witness key`), repeatable");
+  sub->add_option("--witnesses", log.witnesses, "refuse a checkpoint without this many valid cosignatures by those keys")
+      ->capture_default_str();
   // Not exclusive with the key: a key pinned in the environment or a config file stays there.
   sub->add_flag("--no-log-check", log.skip,
                 "do NOT check that the record is in the transparency log (loud warning; for a DB without a log); "

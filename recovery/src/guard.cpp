@@ -23,7 +23,8 @@ const char* const kExitCodeHelp =
 int exit_code_for(const core::Error& e) noexcept {
   const auto c = e.code();
   if (c == errc::NoRecord) return exit_code::no_record;
-  if (c == errc::VerificationFailed || c == errc::BadBundle || c == errc::LogNotVerified)
+  if (c == errc::VerificationFailed || c == errc::BadBundle || c == errc::LogNotVerified ||
+      c == errc::LogNotWitnessed)
     return exit_code::verification_failed;
   if (c == errc::LogFork) return exit_code::log_fork;
   if (c == errc::LogNotIntegrated) return exit_code::unavailable;
@@ -44,7 +45,7 @@ int run_guarded(const std::function<int()>& body) noexcept {
     const bool verify = e.code() == errc::VerificationFailed;
     std::fprintf(stderr, "keyline-recovery: error %d: %s%s\n", e.numeric(), verify ? "verification failed: " : "", e.what());
     if (e.code() == errc::VerificationFailed || e.code() == errc::BadBundle || e.code() == errc::LogNotVerified ||
-        e.code() == errc::LogFork || e.code() == errc::LogNotIntegrated)
+        e.code() == errc::LogFork || e.code() == errc::LogNotIntegrated || e.code() == errc::LogNotWitnessed)
       std::fprintf(stderr, "keyline-recovery: nothing was written to the device\n");
     return code;
   } catch (const std::exception& e) {

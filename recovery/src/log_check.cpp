@@ -18,6 +18,7 @@
 
 #include "keyline/core/error.h"
 #include "keyline/core/record_leaf.h"
+#include "keyline/core/tlog_cosignature.h"
 #include "keyline/recovery/errors.h"
 #include "keyline/recovery/recovery.h"
 
@@ -205,6 +206,32 @@ void check_log_extends(core::http::Client& client, const DbOptions& db, const st
 }
 
 
+void check_witnessed(const LogOptions& options, const std::string& checkpoint_note) {
+  if (options.witnesses == 0) return;
+  if (options.witnesses > options.witness_keys.size())
+    throw core::ConfigError(core::ErrorCode::Usage, "--witnesses " + std::to_string(options.witnesses) + " asks for more "
+                                                    "cosignatures than the --witness-key keys given");
+  std::vector<tlog::CosignerKey> keys;
+  for (const auto& k : options.witness_keys) {
+    try {
+      keys.push_back(tlog::CosignerKey::parse(trim(k)));
+    } catch (const core::Error& e) {
+      throw core::ConfigError(core::ErrorCode::Usage, std::string("a --witness-key is not a cosigner key: ") + e.what());
+    }
+  }
+  std::vector<std::string> valid;
+  try {
+    valid = tlog::verified_cosigners(checkpoint_note, keys);
+  } catch (const core::Error& e) {
+    throw core::Error(errc::LogNotWitnessed, std::string("a pinned witness's cosignature on the log's checkpoint fails: ") + e.what());
+  }
+  if (valid.size() < options.witnesses)
+    throw core::Error(errc::LogNotWitnessed,
+                      "the log's checkpoint carries " + std::to_string(valid.size()) + " valid cosignature(s) by the pinned "
+                      "witnesses, " + std::to_string(options.witnesses) + " required (--witnesses): no witness vouches "
+                      "that this is the tree everyone else sees");
+}
+
 std::string default_state_path() {
   const char* xdg = std::getenv("XDG_STATE_HOME");
   if (xdg && *xdg == '/') return std::string(xdg) + "/keyline/log-state";
@@ -343,6 +370,7 @@ std::optional<LogEvidence> check_record_in_log(const DbOptions& db, const LogOpt
 
   auto [signed_cp, answer] = included_checkpoint(*client, db, key, record, options.integration_wait, progress);
   const tlog::Checkpoint& cp = signed_cp.checkpoint;
+  check_witnessed(options, signed_cp.note);
   say(progress, "the record is leaf " + std::to_string(answer.leaf_index) + " of the log " + cp.origin + " (checkpoint " +
                     head_text({cp.size, cp.root}) + ", signed by the pinned log key)");
   const LogHead next{cp.size, cp.root};
@@ -396,6 +424,7 @@ void check_bundle_in_log(const LogOptions& options, const std::string& bundle_te
     not_verified("the bundle carries no log proof (not written by `fetch` with the log check): fetch it again, or give "
                  "--no-log-check");
   const tlog::Checkpoint cp = open_log_checkpoint(ev->checkpoint_note, key);
+  check_witnessed(options, ev->checkpoint_note);
   verify_inclusion_answer(cp, ev->proof, record);
   say(progress, "the bundle proves the record is leaf " + std::to_string(ev->proof.leaf_index) + " of the log " + cp.origin +
                     " (checkpoint " + head_text({cp.size, cp.root}) + ", signed by the pinned log key)");

@@ -35,6 +35,9 @@ constexpr auto LogFork = static_cast<core::ErrorCode>(5010);
 constexpr auto LogNotIntegrated = static_cast<core::ErrorCode>(5011);
 // The log state file cannot be read or does not parse: exit 2 (a local file to fix or remove).
 constexpr auto LogStateBad = static_cast<core::ErrorCode>(5012);
+// The checkpoint lacks the --witnesses N valid cosignatures by the pinned --witness-key witnesses
+// (docs/transparency.md, "Witness"): exit 3, nothing written.
+constexpr auto LogNotWitnessed = static_cast<core::ErrorCode>(5013);
 }  // namespace errc
 
 // Exit codes of keyline-recovery. 0-5 keep the meaning shared by every keyline program

@@ -31,7 +31,16 @@ struct LogOptions {
   // A record published moments ago is in a checkpoint within seconds (docs/transparency.md): wait
   // this long for it, asking again every second, before LogNotIntegrated.
   std::chrono::milliseconds integration_wait{10000};
+  // --witness-key VKEY (type 0x04, repeatable) and --witnesses N: the checkpoint must carry N valid
+  // cosignatures by distinct listed witnesses (docs/transparency.md, "Witness"); 0 asks for none.
+  std::vector<std::string> witness_keys;
+  unsigned witnesses = 0;
 };
+
+// Throws ConfigError(Usage) when N exceeds the keys given or a key does not parse, and
+// Error(LogNotWitnessed) when the checkpoint note has fewer than N valid cosignatures by them (or a
+// listed witness's line fails to verify).
+void check_witnessed(const LogOptions& options, const std::string& checkpoint_note);
 
 // What the tool last saw of a log (one origin): its size and root.
 struct LogHead {
