@@ -35,7 +35,7 @@ core::Bytes version_id(int version);  // CKA_ID: 4 bytes big-endian
 namespace keyline::station::custody {
 
 // "signature=<base64 DER ECDSA>\n" over `signed_part` by the station TLS key on the token.
-std::string signature_line(core::Pkcs11Token& token, const std::string& signed_part);
+std::string signature_line(core::Pkcs11Token& token, const StationConfig& config, const std::string& signed_part);
 core::Bytes decode_base64(const std::string& text, const char* what);  // throws FormatError
 // station-tls.pem of this station's PKI directory (leaf first).
 std::vector<Botan::X509_Certificate> own_station_chain(const StationConfig& config);

@@ -150,7 +150,7 @@ void mirror_receive_init(const StationConfig& config, const CustodyRequest& requ
                        line("key_label", label) + line("rsa_modulus", core::to_hex(modulus)) +
                        line("rsa_exponent", core::to_hex(exponent)) + line("created", now_utc());
     const std::string pem = chain_pem(chain);
-    body += custody::signature_line(*token, body) +
+    body += custody::signature_line(*token, config, body) +
             line("certificate", Botan::base64_encode(reinterpret_cast<const std::uint8_t*>(pem.data()), pem.size()));
     write_text(request.out_file, body, 0644);
     const std::string fp = key_fingerprint(modulus, exponent);
@@ -197,7 +197,7 @@ std::string manifest(const StationConfig& config, core::Pkcs11Token& token, cons
                   line("to_serial", o.to.serial) + line("to_key", o.to.key_label) +
                   line("to_key_sha256", key_fingerprint(o.to.modulus, o.to.exponent)) +
                   line("wrapped_sha256", sha256_hex(o.wrapped)) + line("created", now_utc());
-  return m + custody::signature_line(token, m) + line("wrapped", Botan::base64_encode(o.wrapped));
+  return m + custody::signature_line(token, config, m) + line("wrapped", Botan::base64_encode(o.wrapped));
 }
 
 // The trusted copy of the request's key that this token's SO made, and that it is the same key.

@@ -76,8 +76,13 @@ SignedText parse_signed_text(const std::string& text, const std::string& magic) 
 
 namespace custody {
 
-std::string signature_line(core::Pkcs11Token& token, const std::string& signed_part) {
-  const auto key = token.find_private_key(key_label::station_tls);
+// Signed by the station TLS key version station-tls.pem certifies (a rolled key: docs/custody.md "Roll"),
+// so the receiver's check against that certificate holds.
+std::string signature_line(core::Pkcs11Token& token, const StationConfig& config, const std::string& signed_part) {
+  const auto chain = own_station_chain(config);
+  const std::string label =
+      chain.empty() ? std::string(key_label::station_tls) : key_label_for(token, key_label::station_tls, chain.front());
+  const auto key = token.find_private_key(label);
   const core::Bytes der = token.sign_ecdsa_sha256_der(key, reinterpret_cast<const std::uint8_t*>(signed_part.data()),
                                                signed_part.size());
   return "signature=" + Botan::base64_encode(der) + "\n";

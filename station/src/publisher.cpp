@@ -52,7 +52,7 @@ Publisher::Publisher(const StationConfig& config) : m_url(config.backupdb_url) {
     throw core::ConfigError(core::ErrorCode::Config, "no public DB URL: set --backupdb or KEYLINE_BACKUPDB_URL");
   if (m_url.rfind("https://", 0) == 0) {
     m_context = make_token_client_context(pki_path(config, pki_file::tls_trust), pki_path(config, pki_file::station_tls),
-                                          TokenKeyRef{config.hsm_module, config.token_label, key_label::station_tls,
+                                          TokenKeyRef{config.hsm_module, config.token_label, station_tls_label(config),
                                                       read_pin(config)});
   } else {
     // Publishing needs the station's client certificate; plain HTTP is refused rather than degraded.
