@@ -1,6 +1,5 @@
 // keyline-service: parses options and calls the library (service/include/keyline/service/).
 #include <CLI/CLI.hpp>
-
 #include <cstdio>
 #include <iostream>
 
@@ -15,15 +14,20 @@ using keyline::service::Config;
 
 void add_db(CLI::App* cmd, Config& cfg) {
   cmd->add_option("--db", cfg.db, "libpq conninfo of the service DB, without a password")
-      ->envname("KEYLINE_SERVICE_DB")->required();
-  cmd->add_option("--db-password-file", cfg.db_password_file, "the database password (else PGPASSWORD or PGPASSFILE)")
+      ->envname("KEYLINE_SERVICE_DB")
+      ->required();
+  cmd->add_option("--db-password-file", cfg.db_password_file,
+                  "the database password (else PGPASSWORD or PGPASSFILE)")
       ->envname("KEYLINE_SERVICE_DB_PASSWORD_FILE");
 }
 
 void add_token(CLI::App* cmd, keyline::service::TokenConfig& t) {
   cmd->add_option("--pkcs11-module", t.module, "PKCS#11 module of the service token")
-      ->envname("KEYLINE_SERVICE_PKCS11_MODULE")->required();
-  cmd->add_option("--token-label", t.label, "the service token's label")->envname("KEYLINE_SERVICE_TOKEN_LABEL")->required();
+      ->envname("KEYLINE_SERVICE_PKCS11_MODULE")
+      ->required();
+  cmd->add_option("--token-label", t.label, "the service token's label")
+      ->envname("KEYLINE_SERVICE_TOKEN_LABEL")
+      ->required();
   cmd->add_option("--pin-file", t.pin_file, "the token's user PIN (else KEYLINE_SERVICE_PIN)")
       ->envname("KEYLINE_SERVICE_PIN_FILE");
 }
@@ -31,32 +35,60 @@ void add_token(CLI::App* cmd, keyline::service::TokenConfig& t) {
 void add_serve(CLI::App* serve, Config& cfg) {
   add_db(serve, cfg);
   add_token(serve, cfg.token);
-  serve->add_option("--master-label", cfg.token.master_label, "label of master version 1; version N is LABEL-vN")
-      ->envname("KEYLINE_SERVICE_MASTER_LABEL")->capture_default_str();
+  serve
+      ->add_option("--master-label", cfg.token.master_label,
+                   "label of master version 1; version N is LABEL-vN")
+      ->envname("KEYLINE_SERVICE_MASTER_LABEL")
+      ->capture_default_str();
   serve->add_option("--public-db", cfg.public_db, "https URL of the public backup DB")
-      ->envname("KEYLINE_SERVICE_PUBLIC_DB")->required();
+      ->envname("KEYLINE_SERVICE_PUBLIC_DB")
+      ->required();
   serve->add_option("--public-db-ca", cfg.public_db_ca, "CA of the public DB's TLS certificate (PEM)")
       ->envname("KEYLINE_SERVICE_PUBLIC_DB_CA");
   serve->add_option("--trust", cfg.trust, "manufacturer root(s) (PEM) device records chain to; repeatable")
-      ->envname("KEYLINE_SERVICE_TRUST")->required();
-  serve->add_option("--listen", cfg.listen, "address:port of the device API")->envname("KEYLINE_SERVICE_LISTEN")->capture_default_str();
-  serve->add_option("--ops-listen", cfg.ops_listen, "address:port of /metrics and /healthz (plain HTTP; port 0: any)")
-      ->envname("KEYLINE_SERVICE_OPS_LISTEN")->capture_default_str();
-  serve->add_option("--trusted-proxy", cfg.trusted_proxies, "peer whose X-Forwarded-For names the client; repeatable");
+      ->envname("KEYLINE_SERVICE_TRUST")
+      ->required();
+  serve->add_option("--listen", cfg.listen, "address:port of the device API")
+      ->envname("KEYLINE_SERVICE_LISTEN")
+      ->capture_default_str();
+  serve
+      ->add_option("--ops-listen", cfg.ops_listen,
+                   "address:port of /metrics and /healthz (plain HTTP; port 0: any)")
+      ->envname("KEYLINE_SERVICE_OPS_LISTEN")
+      ->capture_default_str();
+  serve->add_option("--trusted-proxy", cfg.trusted_proxies,
+                    "peer whose X-Forwarded-For names the client; repeatable");
   serve->add_option("--tls-cert", cfg.tls_cert, "server certificate chain (PEM), from the service CA")
-      ->envname("KEYLINE_SERVICE_TLS_CERT")->required();
-  serve->add_option("--tls-key", cfg.tls_key, "server private key (PEM)")->envname("KEYLINE_SERVICE_TLS_KEY")->required();
-  serve->add_option("--threads", cfg.threads, "worker threads")->envname("KEYLINE_SERVICE_THREADS")->capture_default_str();
-  serve->add_option("--io-threads", cfg.io_threads, "epoll loops")->envname("KEYLINE_SERVICE_IO_THREADS")->capture_default_str();
-  serve->add_option("--max-connections", cfg.max_connections, "open connections in total")->capture_default_str();
-  serve->add_option("--max-per-client", cfg.max_per_client, "open connections per peer address")->capture_default_str();
-  serve->add_option("--max-queued", cfg.max_queued, "requests waiting for a worker (503 beyond)")->capture_default_str();
-  serve->add_option("--body-limit", cfg.body_limit, "largest request body in bytes (413 beyond)")->capture_default_str();
-  serve->add_option("--session-ttl", cfg.session_ttl_s, "seconds a session lives from its start")->capture_default_str();
-  serve->add_option("--jobs-per-session", cfg.jobs_per_session, "pending jobs one session applies")->capture_default_str();
-  serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")->envname("KEYLINE_SERVICE_DB_POOL")->capture_default_str();
+      ->envname("KEYLINE_SERVICE_TLS_CERT")
+      ->required();
+  serve->add_option("--tls-key", cfg.tls_key, "server private key (PEM)")
+      ->envname("KEYLINE_SERVICE_TLS_KEY")
+      ->required();
+  serve->add_option("--threads", cfg.threads, "worker threads")
+      ->envname("KEYLINE_SERVICE_THREADS")
+      ->capture_default_str();
+  serve->add_option("--io-threads", cfg.io_threads, "epoll loops")
+      ->envname("KEYLINE_SERVICE_IO_THREADS")
+      ->capture_default_str();
+  serve->add_option("--max-connections", cfg.max_connections, "open connections in total")
+      ->capture_default_str();
+  serve->add_option("--max-per-client", cfg.max_per_client, "open connections per peer address")
+      ->capture_default_str();
+  serve->add_option("--max-queued", cfg.max_queued, "requests waiting for a worker (503 beyond)")
+      ->capture_default_str();
+  serve->add_option("--body-limit", cfg.body_limit, "largest request body in bytes (413 beyond)")
+      ->capture_default_str();
+  serve->add_option("--session-ttl", cfg.session_ttl_s, "seconds a session lives from its start")
+      ->capture_default_str();
+  serve->add_option("--jobs-per-session", cfg.jobs_per_session, "pending jobs one session applies")
+      ->capture_default_str();
+  serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")
+      ->envname("KEYLINE_SERVICE_DB_POOL")
+      ->capture_default_str();
   serve->add_option("--token-sessions", cfg.token_sessions, "PKCS#11 sessions")->capture_default_str();
-  serve->add_option("--log", cfg.log, "request log: a path, stderr or off")->envname("KEYLINE_SERVICE_LOG")->capture_default_str();
+  serve->add_option("--log", cfg.log, "request log: a path, stderr or off")
+      ->envname("KEYLINE_SERVICE_LOG")
+      ->capture_default_str();
 }
 
 }  // namespace
@@ -67,26 +99,30 @@ int main(int argc, char** argv) {
   keyline::service::ModuleSignRequest sign;
   std::string status_name;
   bool status_json = false;
-  CLI::App app{"keyline-service: the device service server (migrate | serve | campaign | module sign).\n"
-               "Shipped devices call out over HTTPS; sessions run SCP03 (level 33, S16) keyed on the service token.\n"
-               "See docs/service.md."};
+  CLI::App app{
+      "keyline-service: the device service server (migrate | serve | campaign | module sign).\n"
+      "Shipped devices call out over HTTPS; sessions run SCP03 (level 33, S16) keyed on the service token.\n"
+      "See docs/service.md."};
   app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
   app.require_subcommand(1);
-  app.footer("Exit codes: 0 ok, 1 failure (campaign status: jobs pending), 2 usage/config, 3 bad input, "
-             "4 database unreachable, 6 token.");
+  app.footer(
+      "Exit codes: 0 ok, 1 failure (campaign status: jobs pending), 2 usage/config, 3 bad input, "
+      "4 database unreachable, 6 token.");
 
   auto* migrate = app.add_subcommand("migrate", "apply the numbered SQL migrations (idempotent)");
   add_db(migrate, cfg);
   auto* serve = app.add_subcommand("serve", "serve the device API until SIGINT/SIGTERM");
   add_serve(serve, cfg);
 
-  auto* camp = app.add_subcommand("campaign", "queue an item or a module for a list of IMEIs (rerun resumes)");
+  auto* camp =
+      app.add_subcommand("campaign", "queue an item or a module for a list of IMEIs (rerun resumes)");
   camp->require_subcommand(0, 1);
   add_db(camp, cfg);
   camp->add_option("--name", campaign.name, "campaign name [A-Za-z0-9._-]{1,64}");
   camp->add_option("--item", campaign.item, "DGI=FILE: a configuration item (DGI 0Fxx)");
   camp->add_option("--module", campaign.module, "a signed module (keyline-service module sign)");
-  camp->add_option("--put-key", campaign.put_key, "rotate the communication key to derivation version 2 (PUT KEY)");
+  camp->add_option("--put-key", campaign.put_key,
+                   "rotate the communication key to derivation version 2 (PUT KEY)");
   camp->add_option("--trust", campaign.trust, "manufacturer root(s) the module's signer chains to");
   camp->add_option("--imeis", campaign.imeis_file, "file with one IMEI a line");
   auto* camp_status = camp->add_subcommand("status", "progress and per-device results");
@@ -101,7 +137,8 @@ int main(int argc, char** argv) {
   msign->add_option("--name", sign.name, "module name [a-z0-9._-]{1,64}")->required();
   msign->add_option("--version", sign.version, "module version (u32)")->required();
   msign->add_option("--cert", sign.certificate, "the code-signing certificate (PEM)")->required();
-  msign->add_option("--key-label", sign.key_label, "the code-signing key's label on the token")->capture_default_str();
+  msign->add_option("--key-label", sign.key_label, "the code-signing key's label on the token")
+      ->capture_default_str();
   msign->add_option("--out", sign.out, "the signed module")->required();
 
   try {

@@ -5,6 +5,7 @@
 #include <ostream>
 #include <sstream>
 
+#include "commands.h"
 #include "keyline/core/error.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/pq.h"
@@ -12,7 +13,6 @@
 #include "keyline/core/service_module.h"
 #include "keyline/service/errors.h"
 #include "keyline/service/service.h"
-#include "commands.h"
 #include "token.h"
 
 namespace keyline::service {
@@ -35,7 +35,8 @@ std::vector<std::string> read_imeis(const std::string& path) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
     if (line.empty() || line[0] == '#') continue;
     if (!core::Imei::is_valid(line))
-      throw core::Error(errc::BadCampaign, "--imeis line " + std::to_string(n) + " is not an IMEI with its Luhn digit");
+      throw core::Error(errc::BadCampaign,
+                        "--imeis line " + std::to_string(n) + " is not an IMEI with its Luhn digit");
     out.push_back(line);
   }
   return out;
@@ -54,7 +55,8 @@ Payload item_payload(const std::string& spec) {
   if (eq != 4) throw core::Error(errc::BadCampaign, "--item is DGI=FILE with a 4-digit hex DGI 0Fxx");
   const Bytes tag = core::from_hex(spec.substr(0, 4));
   const int dgi = (tag[0] << 8) | tag[1];
-  if (!is_config_dgi(static_cast<std::uint16_t>(dgi))) throw core::Error(errc::BadCampaign, "--item: the DGI is not 0Fxx");
+  if (!is_config_dgi(static_cast<std::uint16_t>(dgi)))
+    throw core::Error(errc::BadCampaign, "--item: the DGI is not 0Fxx");
   Payload p{"item", dgi, read_bytes(spec.substr(5), "--item"), {}, 0};
   if (p.bytes.empty() || p.bytes.size() > 4096) throw core::Error(errc::BadCampaign, "--item: 1..4096 bytes");
   return p;
@@ -77,7 +79,8 @@ Payload module_payload(const CampaignRequest& request) {
     } catch (const core::Error&) {
     }
   }
-  if (!trusted) throw core::Error(errc::BadModule, "--module is not signed by a code-signing key under --trust");
+  if (!trusted)
+    throw core::Error(errc::BadModule, "--module is not signed by a code-signing key under --trust");
   p.module_name = m.name;
   p.module_version = m.version;
   return p;
@@ -92,7 +95,8 @@ std::string digest(const Payload& p) {
 }
 
 core::pq::Connection connect(const Config& config) {
-  if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
+  if (!config.db_password_file.empty())
+    core::export_pgpassword(core::read_secret_file(config.db_password_file));
   return core::pq::Connection(config.db);
 }
 
@@ -103,24 +107,28 @@ void campaign_enqueue(const Config& config, const CampaignRequest& request, std:
     throw core::ConfigError(core::ErrorCode::Usage, "give exactly one of --item, --module and --put-key");
   if (request.put_key != 0 && request.put_key != 2)
     throw core::ConfigError(core::ErrorCode::Usage, "--put-key: devices rotate to derivation version 2");
-  const Payload p = request.put_key != 0 ? Payload{"put_key", 0, Bytes{static_cast<std::uint8_t>(request.put_key)}, {}, 0}
+  const Payload p = request.put_key != 0
+                        ? Payload{"put_key", 0, Bytes{static_cast<std::uint8_t>(request.put_key)}, {}, 0}
                     : request.item.empty() ? module_payload(request)
                                            : item_payload(request.item);
   const auto imeis = read_imeis(request.imeis_file);
   auto db = connect(config);
   core::pq::Transaction tx(db);
-  tx.exec("INSERT INTO campaign (name, kind, payload_sha256) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-          {request.name, p.kind, digest(p)});
+  tx.exec(
+      "INSERT INTO campaign (name, kind, payload_sha256) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+      {request.name, p.kind, digest(p)});
   const auto existing = tx.exec("SELECT payload_sha256 FROM campaign WHERE name = $1", {request.name});
   if (existing.text(0, 0) != digest(p))
     throw core::Error(errc::CampaignConflict, "campaign '" + request.name + "' exists with another payload");
   long added = 0;
   for (const auto& imei : imeis)
-    added += tx.exec("INSERT INTO job (campaign, imei, kind, dgi, payload, module_name, module_version)"
-                     " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (campaign, imei) DO NOTHING",
-                     {request.name, imei, p.kind, p.kind == "item" ? core::pq::Param(p.dgi) : core::pq::Param::null(),
-                      p.bytes, p.kind == "module" ? core::pq::Param(p.module_name) : core::pq::Param::null(),
-                      p.kind == "module" ? core::pq::Param(p.module_version) : core::pq::Param::null()})
+    added += tx.exec(
+                   "INSERT INTO job (campaign, imei, kind, dgi, payload, module_name, module_version)"
+                   " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (campaign, imei) DO NOTHING",
+                   {request.name, imei, p.kind,
+                    p.kind == "item" ? core::pq::Param(p.dgi) : core::pq::Param::null(), p.bytes,
+                    p.kind == "module" ? core::pq::Param(p.module_name) : core::pq::Param::null(),
+                    p.kind == "module" ? core::pq::Param(p.module_version) : core::pq::Param::null()})
                  .affected();
   tx.commit();
   out << "campaign " << request.name << ": " << added << " job(s) queued, " << (imeis.size() - added)
@@ -129,17 +137,18 @@ void campaign_enqueue(const Config& config, const CampaignRequest& request, std:
 
 int campaign_status(const Config& config, const std::string& name, bool json, std::ostream& out) {
   auto db = connect(config);
-  const auto r = db.exec("SELECT imei, state, coalesce(detail, ''), to_char(updated_at AT TIME ZONE 'UTC',"
-                         " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM job WHERE campaign = $1 ORDER BY imei",
-                         {name});
+  const auto r = db.exec(
+      "SELECT imei, state, coalesce(detail, ''), to_char(updated_at AT TIME ZONE 'UTC',"
+      " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM job WHERE campaign = $1 ORDER BY imei",
+      {name});
   int pending = 0, applied = 0, failed = 0;
   std::ostringstream devices;
   for (int i = 0; i < r.rows(); ++i) {
     const std::string state = r.text(i, 1);
     (state == "pending" ? pending : state == "applied" ? applied : failed)++;
     if (json)
-      devices << (i ? "," : "") << "{\"imei\":\"" << r.text(i, 0) << "\",\"state\":\"" << state << "\",\"detail\":\""
-              << r.text(i, 2) << "\",\"updated_at\":\"" << r.text(i, 3) << "\"}";
+      devices << (i ? "," : "") << "{\"imei\":\"" << r.text(i, 0) << "\",\"state\":\"" << state
+              << "\",\"detail\":\"" << r.text(i, 2) << "\",\"updated_at\":\"" << r.text(i, 3) << "\"}";
     else
       devices << r.text(i, 0) << " " << state << (r.text(i, 2).empty() ? "" : " " + r.text(i, 2)) << "\n";
   }
@@ -147,7 +156,8 @@ int campaign_status(const Config& config, const std::string& name, bool json, st
     out << "{\"campaign\":\"" << name << "\",\"pending\":" << pending << ",\"applied\":" << applied
         << ",\"failed\":" << failed << ",\"devices\":[" << devices.str() << "]}\n";
   else
-    out << "campaign " << name << ": " << applied << " applied, " << failed << " failed, " << pending << " pending\n"
+    out << "campaign " << name << ": " << applied << " applied, " << failed << " failed, " << pending
+        << " pending\n"
         << devices.str();
   return pending == 0 ? 0 : 1;
 }

@@ -14,7 +14,8 @@ std::vector<core::CommandApdu> pieces(std::uint8_t ins, std::uint8_t p1_base, co
   constexpr std::size_t kPiece = core::scp11::kMaxPlainPiece;
   const std::size_t count = (all.size() + kPiece - 1) / kPiece;
   // P2 numbers the pieces: 256 of 223 bytes is past the 64 KiB batch a session carries.
-  if (count == 0 || count > 256) throw core::FormatError(core::ErrorCode::BadApdu, "a command sequence of 1..256 pieces");
+  if (count == 0 || count > 256)
+    throw core::FormatError(core::ErrorCode::BadApdu, "a command sequence of 1..256 pieces");
   std::vector<core::CommandApdu> out;
   for (std::size_t i = 0; i < count; ++i) {
     core::CommandApdu c;
@@ -24,7 +25,8 @@ std::vector<core::CommandApdu> pieces(std::uint8_t ins, std::uint8_t p1_base, co
     c.p1 = static_cast<std::uint8_t>(p1_base | (last ? core::applet::kStoreLastBlock : 0));
     c.p2 = static_cast<std::uint8_t>(i);
     const std::size_t from = i * kPiece, to = std::min(all.size(), from + kPiece);
-    c.data.assign(all.begin() + static_cast<std::ptrdiff_t>(from), all.begin() + static_cast<std::ptrdiff_t>(to));
+    c.data.assign(all.begin() + static_cast<std::ptrdiff_t>(from),
+                  all.begin() + static_cast<std::ptrdiff_t>(to));
     out.push_back(std::move(c));
   }
   return out;

@@ -25,7 +25,8 @@ void module_sign(const TokenConfig& token_config, const ModuleSignRequest& reque
   m.certificate = certs.front().BER_encode();
   const Bytes digest = core::service::module_digest(m.name, m.version, m.body);  // checks name and size
   auto token = open_token(token_config);
-  m.signature = token->sign_digest_raw(token->find_private_key(request.key_label), digest.data(), digest.size());
+  m.signature =
+      token->sign_digest_raw(token->find_private_key(request.key_label), digest.data(), digest.size());
   const Bytes encoded = core::service::encode_module(m);
   std::ofstream o(request.out, std::ios::binary | std::ios::trunc);
   o.write(reinterpret_cast<const char*>(encoded.data()), static_cast<std::streamsize>(encoded.size()));

@@ -4,7 +4,6 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
-
 #include <botan/hash.h>
 #include <botan/system_rng.h>
 
@@ -12,8 +11,8 @@
 #include <ctime>
 #include <memory>
 
-#include "keyline/core/http.h"
 #include "keyline/core/event_log.h"
+#include "keyline/core/http.h"
 #include "keyline/core/http_service.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/pq.h"
@@ -92,7 +91,8 @@ class Api {
     const auto t0 = std::chrono::steady_clock::now();
     std::string chip = "-";
     const Reply reply = problem.guarded([&] { return dispatch(req, chip); });
-    const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+    const auto elapsed =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
     m_s.metrics.observe(reply.status);
     m_s.log->line(http::access_line(req, reply, elapsed, {{"chip", chip}}));
     return reply;
@@ -105,7 +105,8 @@ class Api {
       if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
       return http::json_reply(200, "{\"status\":\"ok\"}");
     }
-    if (parts.size() < 3 || parts.size() > 4 || parts[0] != "v1" || parts[1] != "device" || parts[2] != "sessions")
+    if (parts.size() < 3 || parts.size() > 4 || parts[0] != "v1" || parts[1] != "device" ||
+        parts[2] != "sessions")
       return problem(404, "not-found", "no such resource");
     if (req.method != "POST") return problem.method_not_allowed("POST");
     if (req.body.size() > m_s.config.body_limit) return problem.too_large(m_s.config.body_limit);
@@ -132,7 +133,8 @@ class Api {
     const auto body = json_body(req, error);
     if (!body) return error;
     const std::string chip_hex = body->optValue<std::string>("chip_id", "");
-    if (!core::ChipId::is_valid(chip_hex)) return problem(400, "bad-chip-id", "chip_id is 20 upper-case hex digits");
+    if (!core::ChipId::is_valid(chip_hex))
+      return problem(400, "bad-chip-id", "chip_id is 20 upper-case hex digits");
     const auto chip = core::ChipId::parse(chip_hex);
     who = chip.str();
     std::optional<std::pair<Device, std::vector<Job>>> found;
@@ -140,7 +142,8 @@ class Api {
       found = known_device(chip);
     } catch (const core::Error& e) {
       if (e.code() != errc::RecordInvalid) throw;
-      Reply r = problem(403, "record-invalid", "the device's public record does not verify to the manufacturer root");
+      Reply r = problem(403, "record-invalid",
+                        "the device's public record does not verify to the manufacturer root");
       r.log_detail = e.what();
       return r;
     }
@@ -176,7 +179,8 @@ class Api {
     std::shared_ptr<LiveSession> s;
     const auto found = m_s.sessions->find(id, s);
     if (found == SessionTable::Found::Unknown) return problem(404, "no-session", "no such session");
-    if (found == SessionTable::Found::Expired) return problem(410, "session-expired", "the session expired; open a new one");
+    if (found == SessionTable::Found::Expired)
+      return problem(410, "session-expired", "the session expired; open a new one");
     std::lock_guard<std::mutex> g(s->mutex);
     who = s->device.chip.str();
     auto digest = Botan::HashFunction::create_or_throw("SHA-256")->process(req.body);
@@ -195,8 +199,8 @@ class Api {
     if (!list) return problem(400, "bad-responses", "responses is an array of hex R-APDUs (data || SW)");
     if (s->step == 1) {
       auto next = s->host.second_batch(*list, [&](int kvn) {
-        return std::make_unique<DeviceStaticKeys>(m_s.token, m_s.config.token.master_label, kvn, s->device.chip,
-                                                  s->device.imei);
+        return std::make_unique<DeviceStaticKeys>(m_s.token, m_s.config.token.master_label, kvn,
+                                                  s->device.chip, s->device.imei);
       });
       if (next) {
         s->step = 2;
@@ -247,8 +251,9 @@ void check_settings(const Config& c) {
   if (c.tls_cert.empty() || c.tls_key.empty())
     throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
   if (c.db_pool < 1 || c.token_sessions < 1 || c.session_ttl_s < 1 || c.jobs_per_session < 1)
-    throw core::ConfigError(core::ErrorCode::Config,
-                            "--db-pool, --token-sessions, --session-ttl and --jobs-per-session must be positive");
+    throw core::ConfigError(
+        core::ErrorCode::Config,
+        "--db-pool, --token-sessions, --session-ttl and --jobs-per-session must be positive");
 }
 
 }  // namespace
@@ -257,12 +262,14 @@ struct Server::Impl {
   explicit Impl(const Config& config)
       : listener(prepare(shared, config)),
         handler(shared),
-        api(listener, [this](const Request& r) { return handler.handle(r); },
+        api(
+            listener, [this](const Request& r) { return handler.handle(r); },
             [this](const http::Event& e) {
               shared.metrics.observe_event(e);
               shared.events->write(e, "public");
             }),
-        ops(http::operations_listener("keyline-service-ops", config.ops_listen),
+        ops(
+            http::operations_listener("keyline-service-ops", config.ops_listen),
             [this](const Request& r) { return handle_ops(shared, r); },
             [this](const http::Event& e) { shared.events->write(e, "ops"); }) {
     shared.public_stats = [this] { return api.stats(); };
@@ -278,7 +285,8 @@ struct Server::Impl {
     s.events = std::make_unique<http::EventLog>(*s.log);
     s.sessions = std::make_unique<SessionTable>(std::chrono::seconds(config.session_ttl_s));
     s.token = open_token(config.token, static_cast<std::size_t>(config.token_sessions));
-    if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
+    if (!config.db_password_file.empty())
+      core::export_pgpassword(core::read_secret_file(config.db_password_file));
     s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
     s.pool->acquire()->exec("SELECT 1 FROM job LIMIT 1");  // reachable and migrated, or fail now
     return listener;
@@ -303,7 +311,9 @@ void Server::stop() {
 }
 std::uint16_t Server::port() const { return m_impl->api.port(); }
 std::uint16_t Server::ops_port() const { return m_impl->ops.port(); }
-int Server::run_until_stopped() { return http::serve_until_stopped("keyline-service", m_impl->api, "HTTPS", m_impl->ops); }
+int Server::run_until_stopped() {
+  return http::serve_until_stopped("keyline-service", m_impl->api, "HTTPS", m_impl->ops);
+}
 
 int serve(const Config& config) {
   Server server(config);

@@ -13,22 +13,29 @@ namespace {
 constexpr std::size_t kS16 = 16;  // S16: 16-byte challenges, cryptograms and MACs (docs/service.md)
 constexpr std::size_t kNoJob = static_cast<std::size_t>(-1);
 
-std::string sw_hex(std::uint16_t sw) { return core::to_hex(Bytes{static_cast<std::uint8_t>(sw >> 8), static_cast<std::uint8_t>(sw)}); }
+std::string sw_hex(std::uint16_t sw) {
+  return core::to_hex(Bytes{static_cast<std::uint8_t>(sw >> 8), static_cast<std::uint8_t>(sw)});
+}
 std::string q(const std::string& s) { return "\"" + core::http::json_escape(s) + "\""; }
 std::string dgi_hex(std::uint16_t dgi) { return sw_hex(dgi); }
 
 }  // namespace
 
-HostSession::HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge, CommSource comm)
-    : m_chip(chip), m_kvn(kvn), m_jobs(std::move(jobs)), m_host_challenge(std::move(host_challenge)), m_comm(std::move(comm)) {}
+HostSession::HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge,
+                         CommSource comm)
+    : m_chip(chip),
+      m_kvn(kvn),
+      m_jobs(std::move(jobs)),
+      m_host_challenge(std::move(host_challenge)),
+      m_comm(std::move(comm)) {}
 
 std::vector<core::CommandApdu> HostSession::first_batch() const {
   return {core::applet::select_command(),
           core::scp::initialize_update_command(static_cast<std::uint8_t>(m_kvn), m_host_challenge)};
 }
 
-std::optional<std::vector<core::CommandApdu>> HostSession::second_batch(const std::vector<core::ResponseApdu>& answers,
-                                                                         const KeyOpener& open_keys) {
+std::optional<std::vector<core::CommandApdu>> HostSession::second_batch(
+    const std::vector<core::ResponseApdu>& answers, const KeyOpener& open_keys) {
   if (answers.size() != 2 || answers[0].sw != core::sw::ok || answers[1].sw != core::sw::ok) {
     fail(answers.empty() || answers[0].sw != core::sw::ok ? "select refused" : "initialize update refused");
     return std::nullopt;
@@ -147,14 +154,14 @@ void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
     if (owner == kNoJob) {
       read_status(plain.data);
       if (!m_result.error.empty()) complete = false;
-    }
-    else if (m_owner[i] != owner) {  // GET STATUS is last, so m_owner[i] exists
+    } else if (m_owner[i] != owner) {                             // GET STATUS is last, so m_owner[i] exists
       m_result.jobs.push_back({m_jobs[owner].id, true, "9000"});  // the job's last piece answered 9000
       if (m_jobs[owner].kind == "put_key") m_result.new_kvn = m_jobs[owner].payload[0];
     }
   }
   if (complete && i - 1 < m_owner.size()) {
-    fail("the device answered " + std::to_string(answers.size() - 1) + " of " + std::to_string(m_owner.size()) + " commands");
+    fail("the device answered " + std::to_string(answers.size() - 1) + " of " +
+         std::to_string(m_owner.size()) + " commands");
     complete = false;
   }
   if (complete) m_result.ok = true;
@@ -173,26 +180,31 @@ void HostSession::read_status(const core::SecureBytes& tlv) {
   std::string j = "{\"imei\":" + q(st.imei) + ",\"lifecycle\":" + std::to_string(st.lifecycle) +
                   ",\"kvn\":" + std::to_string(st.kvn) + ",\"modules\":[";
   for (std::size_t i = 0; i < st.modules.size(); ++i)
-    j += std::string(i ? "," : "") + "{\"name\":" + q(st.modules[i].name) + ",\"version\":" +
-         std::to_string(st.modules[i].version) + "}";
+    j += std::string(i ? "," : "") + "{\"name\":" + q(st.modules[i].name) +
+         ",\"version\":" + std::to_string(st.modules[i].version) + "}";
   j += "],\"items\":[";
   for (std::size_t i = 0; i < st.items.size(); ++i)
-    j += std::string(i ? "," : "") + "{\"dgi\":" + q(dgi_hex(st.items[i].tag)) + ",\"sha256\":" +
-         q(core::to_hex(st.items[i].sha256)) + "}";
+    j += std::string(i ? "," : "") + "{\"dgi\":" + q(dgi_hex(st.items[i].tag)) +
+         ",\"sha256\":" + q(core::to_hex(st.items[i].sha256)) + "}";
   m_result.status = j + "]}";
 }
 
 std::string SessionResult::json(const std::vector<Job>& all) const {
-  std::string j = std::string("{\"ok\":") + (ok ? "true" : "false") + ",\"kvn\":" + std::to_string(kvn) + ",\"applied\":[";
+  std::string j = std::string("{\"ok\":") + (ok ? "true" : "false") + ",\"kvn\":" + std::to_string(kvn) +
+                  ",\"applied\":[";
   bool first = true;
   for (const auto& o : jobs) {
     if (!o.applied) continue;
     for (const auto& job : all)
       if (job.id == o.id) {
-        j += std::string(first ? "" : ",") + "{\"job\":" + std::to_string(job.id) + ",\"kind\":" + q(job.kind);
-        if (job.kind == "item") j += ",\"dgi\":" + q(dgi_hex(job.dgi));
-        else if (job.kind == "module") j += ",\"name\":" + q(job.module_name) + ",\"version\":" + std::to_string(job.module_version);
-        else j += ",\"new_kvn\":" + std::to_string(job.payload.empty() ? 0 : job.payload[0]);
+        j +=
+            std::string(first ? "" : ",") + "{\"job\":" + std::to_string(job.id) + ",\"kind\":" + q(job.kind);
+        if (job.kind == "item")
+          j += ",\"dgi\":" + q(dgi_hex(job.dgi));
+        else if (job.kind == "module")
+          j += ",\"name\":" + q(job.module_name) + ",\"version\":" + std::to_string(job.module_version);
+        else
+          j += ",\"new_kvn\":" + std::to_string(job.payload.empty() ? 0 : job.payload[0]);
         j += "}";
         first = false;
       }

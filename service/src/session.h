@@ -21,10 +21,10 @@ namespace keyline::service {
 
 struct Job {
   std::int64_t id = 0;
-  std::string kind;                 // "item", "module" or "put_key"
-  std::uint16_t dgi = 0;            // item
-  core::Bytes payload;              // item value, the encoded module, or put_key's new version (1 byte)
-  std::string module_name;          // module
+  std::string kind;         // "item", "module" or "put_key"
+  std::uint16_t dgi = 0;    // item
+  core::Bytes payload;      // item value, the encoded module, or put_key's new version (1 byte)
+  std::string module_name;  // module
   std::uint32_t module_version = 0;
 };
 
@@ -36,11 +36,11 @@ struct JobOutcome {
 
 struct SessionResult {
   bool ok = false;
-  std::string error;                // short, public
-  std::vector<JobOutcome> jobs;     // every job whose commands reached the device
-  std::string status = "{}";        // GET STATUS as JSON (imei, lifecycle, kvn, modules, items)
+  std::string error;             // short, public
+  std::vector<JobOutcome> jobs;  // every job whose commands reached the device
+  std::string status = "{}";     // GET STATUS as JSON (imei, lifecycle, kvn, modules, items)
   int kvn = 0;
-  int new_kvn = 0;                  // set when a PUT KEY was applied: the device's version from now on
+  int new_kvn = 0;  // set when a PUT KEY was applied: the device's version from now on
   std::string json(const std::vector<Job>& jobs) const;
 };
 
@@ -61,7 +61,8 @@ class HostSession {
  public:
   // `kvn`: the version the service DB recorded for the device, 0 when none (INITIALIZE UPDATE P1 00:
   // the card answers its own, docs/service.md "Which version").
-  HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge, CommSource comm = {});
+  HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge,
+              CommSource comm = {});
 
   std::vector<core::CommandApdu> first_batch() const;
   // The answers to the first batch. Returns the second batch, or nullopt when the session ended

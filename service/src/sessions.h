@@ -23,7 +23,7 @@ struct LiveSession {
   HostSession host;
   std::string started_at;  // ISO 8601 UTC, for session_log
   std::chrono::steady_clock::time_point expires;
-  int step = 1;            // the next batch of answers expected: 1 (first batch's) or 2
+  int step = 1;  // the next batch of answers expected: 1 (first batch's) or 2
   bool done = false;
   std::set<std::string> seen;  // SHA-256 of the bodies taken
 };

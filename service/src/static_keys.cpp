@@ -19,7 +19,8 @@ namespace {
 class MasterHandles {
  public:
   template <typename Op>
-  auto derive(core::Pkcs11Token& token, const std::string& label, Op op) -> decltype(op(core::Pkcs11Handle{})) {
+  auto derive(core::Pkcs11Token& token, const std::string& label, Op op)
+      -> decltype(op(core::Pkcs11Handle{})) {
     try {
       return op(handle(token, label, false));
     } catch (const core::Pkcs11Error&) {
@@ -82,7 +83,8 @@ DeviceStaticKeys::DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, con
                                    int version, const core::ChipId& chip, const core::Imei& imei)
     : m_token(std::move(token)), m_version(version) {
   if (version != 1 && version != 2)
-    throw core::Error(errc::BadKeyVersion, "derivation version " + std::to_string(version) + " is not 1 or 2");
+    throw core::Error(errc::BadKeyVersion,
+                      "derivation version " + std::to_string(version) + " is not 1 or 2");
   const std::string label = master_label(base_label, version);
   if (version == 1) {
     // The legacy path (docs/service.md): version 1's comm is HMAC-SHA-256 on the token, so it comes
@@ -107,20 +109,29 @@ DeviceStaticKeys::DeviceStaticKeys(std::shared_ptr<core::Pkcs11Token> token, con
 DeviceStaticKeys::~DeviceStaticKeys() {
   for (auto h : m_keys)
     if (h != 0) {
-      try { m_token->destroy_object(h); } catch (...) {}  // the session's close frees it anyway
+      try {
+        m_token->destroy_object(h);
+      } catch (...) {
+      }  // the session's close frees it anyway
     }
   if (m_comm != 0) {
-    try { m_token->destroy_object(m_comm); } catch (...) {}
+    try {
+      m_token->destroy_object(m_comm);
+    } catch (...) {
+    }
   }
 }
 
 core::scp::StaticCmac DeviceStaticKeys::cmac() {
-  return [this](StaticKey which, const Bytes& data) { return m_version == 1 ? cmac_v1(which, data) : cmac_v2(which, data); };
+  return [this](StaticKey which, const Bytes& data) {
+    return m_version == 1 ? cmac_v1(which, data) : cmac_v2(which, data);
+  };
 }
 
 Bytes DeviceStaticKeys::cmac_v1(StaticKey which, const Bytes& data) const {
   const auto& k = which == StaticKey::Enc ? m_soft->enc : which == StaticKey::Mac ? m_soft->mac : m_soft->dek;
-  auto mac = Botan::MessageAuthenticationCode::create_or_throw("CMAC(AES-" + std::to_string(k.size() * 8) + ")");
+  auto mac =
+      Botan::MessageAuthenticationCode::create_or_throw("CMAC(AES-" + std::to_string(k.size() * 8) + ")");
   mac->set_key(k);
   mac->update(data);
   const auto tag = mac->final();
@@ -129,7 +140,8 @@ Bytes DeviceStaticKeys::cmac_v1(StaticKey which, const Bytes& data) const {
 
 Bytes DeviceStaticKeys::cmac_v2(StaticKey which, const Bytes& data) {
   auto& h = m_keys[static_cast<int>(which)];
-  if (h == 0) h = m_token->derive_aes_ecb(m_comm, core::scp::static_key_diversifier(which), {16, false, true, false});
+  if (h == 0)
+    h = m_token->derive_aes_ecb(m_comm, core::scp::static_key_diversifier(which), {16, false, true, false});
   return m_token->cmac(h, data);
 }
 

@@ -40,7 +40,7 @@ class DeviceStaticKeys : public StaticKeySource {
   std::shared_ptr<core::Pkcs11Token> m_token;
   int m_version;
   core::Pkcs11Handle m_comm = 0;
-  core::Pkcs11Handle m_keys[3] = {0, 0, 0};  // Enc, Mac, Dek, derived on first use
+  core::Pkcs11Handle m_keys[3] = {0, 0, 0};          // Enc, Mac, Dek, derived on first use
   std::optional<core::scp::Scp03StaticKeys> m_soft;  // version 1 only
 };
 

@@ -1,11 +1,11 @@
 // The service DB (migrations/0001_service.sql): devices, jobs, session results. SQL only through parameters.
 #pragma once
 
+#include <botan/x509cert.h>
+
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <botan/x509cert.h>
 
 #include "keyline/core/cplc.h"
 #include "keyline/core/imei.h"
@@ -17,7 +17,7 @@ namespace keyline::service {
 struct Device {
   core::ChipId chip;
   core::Imei imei = core::Imei::parse("490154203237518");  // always overwritten
-  int key_version = 0;  // 0: none recorded yet
+  int key_version = 0;                                     // 0: none recorded yet
 };
 
 void save_device(core::pq::Connection& db, const Device& device, const std::string& record_hash);
@@ -36,6 +36,7 @@ struct PublicDb {
   std::string url, ca_file;
   std::vector<Botan::X509_Certificate> trust;
 };
-std::optional<std::pair<Device, std::string>> fetch_device(const PublicDb& public_db, const core::ChipId& chip);
+std::optional<std::pair<Device, std::string>> fetch_device(const PublicDb& public_db,
+                                                           const core::ChipId& chip);
 
 }  // namespace keyline::service

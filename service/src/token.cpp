@@ -10,8 +10,10 @@ std::shared_ptr<core::Pkcs11Token> open_token(const TokenConfig& config, std::si
   if (config.module.empty() || config.label.empty())
     throw core::ConfigError(core::ErrorCode::Config, "--pkcs11-module and --token-label are required");
   const auto pin = core::read_secret(config.pin_file, "KEYLINE_SERVICE_PIN");
-  if (pin.empty()) throw core::ConfigError(core::ErrorCode::Config, "the token PIN: give --pin-file or KEYLINE_SERVICE_PIN");
-  return core::Pkcs11Token::open(config.module, config.label, core::SecureBytes(pin.begin(), pin.end()), sessions);
+  if (pin.empty())
+    throw core::ConfigError(core::ErrorCode::Config, "the token PIN: give --pin-file or KEYLINE_SERVICE_PIN");
+  return core::Pkcs11Token::open(config.module, config.label, core::SecureBytes(pin.begin(), pin.end()),
+                                 sessions);
 }
 
 std::vector<Botan::X509_Certificate> load_trust(const std::vector<std::string>& files) {

@@ -1,11 +1,11 @@
 // What several keyline-service commands share: the service token and the trust anchors.
 #pragma once
 
+#include <botan/x509cert.h>
+
 #include <memory>
 #include <string>
 #include <vector>
-
-#include <botan/x509cert.h>
 
 #include "keyline/core/pkcs11.h"
 #include "keyline/service/service.h"

@@ -4,8 +4,8 @@
 // than its SW is given as SW 6F00. Whatever comes back, the session ends without a crash, and an
 // answer list that is not the card's own never yields "ok" with jobs applied beyond what 9000s with a
 // valid R-MAC allow (checked: ok implies every command was answered).
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 
@@ -42,7 +42,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   core::ResponseApdu select, answer;
   const auto enc = core::scp::encode_initialize_update_answer(init.answer);
   answer.data.assign(enc.begin(), enc.end());
-  const auto second = host.second_batch({select, answer}, [&](int) { return std::make_unique<SoftKeys>(keys); });
+  const auto second =
+      host.second_batch({select, answer}, [&](int) { return std::make_unique<SoftKeys>(keys); });
   if (!second) std::abort();  // the genuine card must open the channel
   std::vector<core::ResponseApdu> answers;
   for (std::size_t p = 0; p < size;) {

@@ -47,7 +47,8 @@ std::string answer(const Poco::JSON::Object::Ptr& o, test::ServiceCard& card) {
   const auto arr = o->getArray("commands");
   std::string j = "{\"responses\":[";
   for (std::size_t i = 0; i < arr->size(); ++i) {
-    const auto r = card.transmit(core::decode_command(core::from_hex(arr->getElement<std::string>(static_cast<unsigned>(i)))));
+    const auto r = card.transmit(
+        core::decode_command(core::from_hex(arr->getElement<std::string>(static_cast<unsigned>(i)))));
     const auto b = core::encode_response(r);
     j += (i ? ",\"" : "\"") + core::to_hex(b.data(), b.size()) + "\"";
     if (r.sw != core::sw::ok) break;
@@ -106,7 +107,8 @@ int main(int argc, char** argv) {
   const int seconds = argc > 1 ? std::atoi(argv[1]) : 10;
   const auto hsm = test::hsm_env();
   const std::string base = "bench-master-" + std::to_string(::getpid());
-  auto token = core::Pkcs11Token::open(hsm.module, hsm.label, SecureBytes(hsm.user_pin.begin(), hsm.user_pin.end()), 4);
+  auto token = core::Pkcs11Token::open(hsm.module, hsm.label,
+                                       SecureBytes(hsm.user_pin.begin(), hsm.user_pin.end()), 4);
   token->generate_mirrorable_aes_derive_key(base + "-v2", {0, 0, 0, 2});
   test::TlsMaterial tls;
   Botan::AutoSeeded_RNG rng;
@@ -133,18 +135,23 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<test::ServiceCard>> cards;
   {
     core::pq::Connection c(config.db);
-    c.exec("INSERT INTO campaign (name, kind, payload_sha256) SELECT 'bench-' || k, 'item', 'x'"
-           " FROM generate_series(1, $1::int) k", {kJobsPerDevice});
+    c.exec(
+        "INSERT INTO campaign (name, kind, payload_sha256) SELECT 'bench-' || k, 'item', 'x'"
+        " FROM generate_series(1, $1::int) k",
+        {kJobsPerDevice});
     for (int a = 0; a < kAgents; ++a) {
       char hex[21];
       std::snprintf(hex, sizeof hex, "B0B0B0B0B0B0B0B000%02X", a);
       const auto chip = core::ChipId::parse(hex);
       const auto imei = core::Imei::from_tac_serial("35693803", static_cast<std::uint32_t>(a)).str();
       c.exec("INSERT INTO device (chip_id, imei, record_hash) VALUES ($1, $2, 'bench')", {chip.str(), imei});
-      c.exec("INSERT INTO job (campaign, imei, kind, dgi, payload) SELECT 'bench-' || k, $1, 'item', 3841,"
-             " '\\x0102030405060708'::bytea FROM generate_series(1, $2::int) k", {imei, kJobsPerDevice});
-      const auto h = token->derive_aes_ecb(token->find_secret_key(base + "-v2"), core::scp::comm_derivation_data_v2(chip),
-                                           {32, false, false, true});
+      c.exec(
+          "INSERT INTO job (campaign, imei, kind, dgi, payload) SELECT 'bench-' || k, $1, 'item', 3841,"
+          " '\\x0102030405060708'::bytea FROM generate_series(1, $2::int) k",
+          {imei, kJobsPerDevice});
+      const auto h =
+          token->derive_aes_ecb(token->find_secret_key(base + "-v2"),
+                                core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
       cards.push_back(std::make_unique<test::ServiceCard>(chip, 2, token->secret_value(h), root));
       token->destroy_object(h);
       chips.push_back(chip);
@@ -169,12 +176,14 @@ int main(int argc, char** argv) {
   core::pq::Connection c(config.db);
   const long applied = c.exec("SELECT count(*) FROM job WHERE state = 'applied'").int64(0, 0);
   server.stop();
-  std::printf("service: %.0f sessions/s (32 agents, one item each; p50 %.1f ms, p99 %.1f ms; %ld failed; %ld items applied)\n",
-              run.per_second, run.p50_ms, run.p99_ms, run.failed, applied);
-  std::printf("service: reference %.0f triples of HTTPS round trips/s (p50 %.1f ms, p99 %.1f ms)\n", ref.per_second,
-              ref.p50_ms, ref.p99_ms);
-  std::printf("service: ratio %.2f of the transport's ceiling; goal 500 sessions/s: %s\n", run.per_second / ref.per_second,
-              run.per_second >= 500 ? "met" : "NOT met");
+  std::printf(
+      "service: %.0f sessions/s (32 agents, one item each; p50 %.1f ms, p99 %.1f ms; %ld failed; %ld items "
+      "applied)\n",
+      run.per_second, run.p50_ms, run.p99_ms, run.failed, applied);
+  std::printf("service: reference %.0f triples of HTTPS round trips/s (p50 %.1f ms, p99 %.1f ms)\n",
+              ref.per_second, ref.p50_ms, ref.p99_ms);
+  std::printf("service: ratio %.2f of the transport's ceiling; goal 500 sessions/s: %s\n",
+              run.per_second / ref.per_second, run.per_second >= 500 ? "met" : "NOT met");
   token->destroy_object(token->find_secret_key(base + "-v2"));
   return run.failed == 0 ? 0 : 1;
 }

@@ -32,8 +32,8 @@ ResponseApdu ServiceCard::plain_command(const CommandApdu& c) {
   if (c.ins == scp::kInsInitializeUpdate) {
     if (c.p1 != 0 && c.p1 != m_kvn) return sw_only(0x6A88);
     m_host_challenge.assign(c.data.begin(), c.data.end());
-    m_init = scp::card_initialize(scp::static_keys_from_comm(m_comm), m_kvn, m_chip, m_host_challenge, ++counter,
-                                  aid, 16);
+    m_init = scp::card_initialize(scp::static_keys_from_comm(m_comm), m_kvn, m_chip, m_host_challenge,
+                                  ++counter, aid, 16);
     m_sm.reset();
     ResponseApdu r;
     const Bytes a = scp::encode_initialize_update_answer(m_init->answer);
@@ -58,7 +58,8 @@ ResponseApdu ServiceCard::secured(const CommandApdu& wrapped) {
   try {
     c = m_sm->unwrap_command(wrapped);
   } catch (const Error&) {
-    // A broken channel ends the session: nothing staged is kept (Amendment D section 6.2.4 / docs/service.md).
+    // A broken channel ends the session: nothing staged is kept (Amendment D section 6.2.4 /
+    // docs/service.md).
     m_sm.reset();
     m_staged.clear();
     return sw_only(0x6982);
@@ -71,13 +72,16 @@ ResponseApdu ServiceCard::secured(const CommandApdu& wrapped) {
       const Bytes all = std::move(m_staged);
       m_staged.clear();
       if (c.ins == 0xE2) {
-        for (const auto& d : decode_dgis(all.data(), all.size())) items[d.tag] = Bytes(d.value.begin(), d.value.end());
+        for (const auto& d : decode_dgis(all.data(), all.size()))
+          items[d.tag] = Bytes(d.value.begin(), d.value.end());
       } else {
         try {
           const auto m = service::parse_module(all);
           service::verify_module(m, m_root);
-          if (modules.count(m.name) && modules[m.name] >= m.version) plain.sw = 0x6985;
-          else modules[m.name] = m.version;
+          if (modules.count(m.name) && modules[m.name] >= m.version)
+            plain.sw = 0x6985;
+          else
+            modules[m.name] = m.version;
         } catch (const Error&) {
           plain.sw = 0x6982;
         }
@@ -99,8 +103,10 @@ ResponseApdu ServiceCard::secured(const CommandApdu& wrapped) {
     // The new key replaces the old one durably; the session keeps running under its session keys.
     try {
       auto put = scp::parse_put_comm_key(m_init->keys.dek, c);
-      if (c.p1 != m_kvn || put.new_kvn <= m_kvn) plain.sw = 0x6A80;
-      else m_kvn = put.new_kvn, m_comm = std::move(put.comm), plain.data.push_back(m_kvn);
+      if (c.p1 != m_kvn || put.new_kvn <= m_kvn)
+        plain.sw = 0x6A80;
+      else
+        m_kvn = put.new_kvn, m_comm = std::move(put.comm), plain.data.push_back(m_kvn);
     } catch (const Error&) {
       plain.sw = 0x6A80;
     }

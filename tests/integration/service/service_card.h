@@ -4,11 +4,11 @@
 // for keyline-device's applet until the service commands land there (docs/service.md "Tests").
 #pragma once
 
+#include <botan/x509cert.h>
+
 #include <map>
 #include <optional>
 #include <string>
-
-#include <botan/x509cert.h>
 
 #include "keyline/core/apdu.h"
 #include "keyline/core/cplc.h"

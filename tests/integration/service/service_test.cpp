@@ -1,7 +1,7 @@
 // keyline-service end to end in process (docs/service.md "Tests"): a real HTTPS listener, the hsm
 // fixture's SoftHSM token holding masters of versions 1 and 2, a fresh PostgreSQL database, and the
 // device's side of SCP03 (service_card.h) answering the batches as keyline-device's agent would.
-#include <doctest/doctest.h>
+#include "keyline/service/service.h"
 
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
@@ -13,6 +13,7 @@
 #include <botan/pkcs8.h>
 #include <botan/x509_ca.h>
 #include <botan/x509self.h>
+#include <doctest/doctest.h>
 #include <p11-kit/pkcs11.h>
 #include <unistd.h>
 
@@ -30,7 +31,6 @@
 #include "keyline/core/pq.h"
 #include "keyline/core/scp03_session.h"
 #include "keyline/core/service_module.h"
-#include "keyline/service/service.h"
 #include "service_card.h"
 #include "testenv.h"
 #include "tls_material.h"
@@ -53,7 +53,8 @@ const std::string kImeiV1 = "356938035643809";
 struct CodeSigning {
   Botan::AutoSeeded_RNG rng;
   Botan::ECDSA_PrivateKey root_key{rng, Botan::EC_Group("secp256r1")};
-  Botan::X509_Certificate root = core::make_root_certificate(root_key, "Service Test Root", "keyline test", rng);
+  Botan::X509_Certificate root =
+      core::make_root_certificate(root_key, "Service Test Root", "keyline test", rng);
   SecureBytes signer_pkcs8;
   Bytes signer_der;
   std::string root_pem_file;
@@ -75,20 +76,23 @@ struct CodeSigning {
   }
   Bytes module(const std::string& name, std::uint32_t version) {
     const Bytes body(300, static_cast<std::uint8_t>(version));  // two LOAD MODULE pieces
-    return core::service::encode_module(core::service::sign_module(name, version, body, signer_pkcs8, signer_der, rng));
+    return core::service::encode_module(
+        core::service::sign_module(name, version, body, signer_pkcs8, signer_der, rng));
   }
 };
 
 std::string write_file(const std::string& path, const Bytes& b) {
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
   return path;
 }
 
 std::shared_ptr<core::Pkcs11Token> token() {
   static auto t = [] {
     const auto env = test::hsm_env();
-    auto tok = core::Pkcs11Token::open(env.module, env.label, SecureBytes(env.user_pin.begin(), env.user_pin.end()), 4);
-    tok->generate_hmac_key(kBase);                                   // version 1: HMAC
+    auto tok = core::Pkcs11Token::open(env.module, env.label,
+                                       SecureBytes(env.user_pin.begin(), env.user_pin.end()), 4);
+    tok->generate_hmac_key(kBase);                                         // version 1: HMAC
     tok->generate_mirrorable_aes_derive_key(kBase + "-v2", {0, 0, 0, 2});  // version 2: AES-256 DERIVE only
     return tok;
   }();
@@ -102,8 +106,8 @@ SecureBytes comm_v1(const std::string& imei) {
 }
 SecureBytes comm_v2(const core::ChipId& chip) {
   auto t = token();
-  const auto h = t->derive_aes_ecb(t->find_secret_key(kBase + "-v2"), core::scp::comm_derivation_data_v2(chip),
-                                   {32, false, false, true});
+  const auto h = t->derive_aes_ecb(t->find_secret_key(kBase + "-v2"),
+                                   core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
   auto v = t->secret_value(h);
   t->destroy_object(h);
   return v;
@@ -113,15 +117,17 @@ SecureBytes comm_v2(const core::ChipId& chip) {
 struct EmptyPublicDb {
   core::http::Server server;
   EmptyPublicDb()
-      : server([] {
-          core::http::ServerOptions o;
-          o.name = "svc-test-pdb";
-          o.listen = "127.0.0.1:0";
-          return o;
-        }(),
-               [](const core::http::Request&) {
-                 return core::http::Problems("https://keyline.example/problems/backupdb/")(404, "not-found", "no record");
-               }) {
+      : server(
+            [] {
+              core::http::ServerOptions o;
+              o.name = "svc-test-pdb";
+              o.listen = "127.0.0.1:0";
+              return o;
+            }(),
+            [](const core::http::Request&) {
+              return core::http::Problems("https://keyline.example/problems/backupdb/")(404, "not-found",
+                                                                                        "no record");
+            }) {
     server.start();
   }
 };
@@ -169,7 +175,8 @@ struct Fixture {
     o.ca_file = tls.ca_file;
     return core::http::Client(o);
   }
-  void enqueue(const std::string& name, const std::string& item_or_module, bool module, const std::string& imei) {
+  void enqueue(const std::string& name, const std::string& item_or_module, bool module,
+               const std::string& imei) {
     service::CampaignRequest r;
     r.name = name;
     (module ? r.module : r.item) = item_or_module;
@@ -180,7 +187,8 @@ struct Fixture {
   }
   std::string job_state(const std::string& campaign) {
     core::pq::Connection c(db);
-    return c.exec("SELECT state || ' ' || coalesce(detail, '') FROM job WHERE campaign = $1", {campaign}).text(0, 0);
+    return c.exec("SELECT state || ' ' || coalesce(detail, '') FROM job WHERE campaign = $1", {campaign})
+        .text(0, 0);
   }
 };
 
@@ -192,7 +200,9 @@ Poco::JSON::Object::Ptr parse(const std::string& body) {
 std::vector<core::CommandApdu> commands_of(const Poco::JSON::Object::Ptr& o) {
   std::vector<core::CommandApdu> out;
   const auto arr = o->getArray("commands");
-  for (std::size_t i = 0; i < arr->size(); ++i) out.push_back(core::decode_command(core::from_hex(arr->getElement<std::string>(static_cast<unsigned>(i)))));
+  for (std::size_t i = 0; i < arr->size(); ++i)
+    out.push_back(
+        core::decode_command(core::from_hex(arr->getElement<std::string>(static_cast<unsigned>(i)))));
   return out;
 }
 
@@ -220,7 +230,8 @@ struct Agent {
   }
 
   // The session's result object (or nullptr with `status` set when the server refused a step).
-  Poco::JSON::Object::Ptr run(Fixture& f, test::ServiceCard& card, const core::ChipId& chip, int* status = nullptr) {
+  Poco::JSON::Object::Ptr run(Fixture& f, test::ServiceCard& card, const core::ChipId& chip,
+                              int* status = nullptr) {
     auto client = f.client();
     auto r = client.post("/v1/device/sessions", "{\"chip_id\":\"" + chip.str() + "\"}", "application/json");
     if (status) *status = r.status;
@@ -238,13 +249,16 @@ struct Agent {
   }
 };
 
-test::ServiceCard card_v2(Fixture& f) { return test::ServiceCard(kChipV2, 2, comm_v2(kChipV2), f.signing.root); }
+test::ServiceCard card_v2(Fixture& f) {
+  return test::ServiceCard(kChipV2, 2, comm_v2(kChipV2), f.signing.root);
+}
 
 }  // namespace
 
 TEST_CASE("a whole session: an item and a module applied, they survive a reboot, status read back") {
   Fixture f;
-  f.enqueue("cfg-1", "0F01=" + write_file(f.tls.dir + "/item", Bytes{'a', 'p', 'n', '=', 'x'}), false, kImeiV2);
+  f.enqueue("cfg-1", "0F01=" + write_file(f.tls.dir + "/item", Bytes{'a', 'p', 'n', '=', 'x'}), false,
+            kImeiV2);
   f.enqueue("mod-1", write_file(f.tls.dir + "/m3", f.signing.module("radio", 3)), true, kImeiV2);
   auto card = card_v2(f);
   Agent agent;
@@ -274,10 +288,12 @@ TEST_CASE("a whole session: an item and a module applied, they survive a reboot,
   CHECK(status->getArray("items")->getObject(0)->getValue<std::string>("dgi") == "0F01");
   core::pq::Connection c(f.db);
   CHECK(c.exec("SELECT key_version FROM device WHERE chip_id = $1", {kChipV2.str()}).int64(0, 0) == 2);
-  CHECK(c.exec("SELECT count(*) FROM session_log WHERE chip_id = $1 AND ok", {kChipV2.str()}).int64(0, 0) == 2);
+  CHECK(c.exec("SELECT count(*) FROM session_log WHERE chip_id = $1 AND ok", {kChipV2.str()}).int64(0, 0) ==
+        2);
 }
 
-TEST_CASE("a step is taken once: the same body again is 409; a recorded script replayed to the device is refused") {
+TEST_CASE(
+    "a step is taken once: the same body again is 409; a recorded script replayed to the device is refused") {
   Fixture f;
   f.enqueue("cfg-r", "0F02=" + write_file(f.tls.dir + "/item", Bytes{1, 2, 3}), false, kImeiV2);
   auto card = card_v2(f);
@@ -302,7 +318,9 @@ TEST_CASE("a step is taken once: the same body again is 409; a recorded script r
   CHECK(client.post("/v1/device/sessions/0123", body, "application/json").status == 404);
 }
 
-TEST_CASE("a changed byte in a wrapped command: the device ends the session, nothing applied, the job stays pending") {
+TEST_CASE(
+    "a changed byte in a wrapped command: the device ends the session, nothing applied, the job stays "
+    "pending") {
   Fixture f;
   f.enqueue("cfg-t", "0F03=" + write_file(f.tls.dir + "/item", Bytes{9, 9}), false, kImeiV2);
   auto card = card_v2(f);
@@ -319,7 +337,8 @@ TEST_CASE("a changed byte in a wrapped command: the device ends the session, not
   CHECK(f.job_state("cfg-t").rfind("failed 6982", 0) == 0);
 }
 
-TEST_CASE("a changed byte in the device's answer: bad R-MAC, the session ends, the job is not marked applied") {
+TEST_CASE(
+    "a changed byte in the device's answer: bad R-MAC, the session ends, the job is not marked applied") {
   Fixture f;
   f.enqueue("cfg-m", "0F04=" + write_file(f.tls.dir + "/item", Bytes{7}), false, kImeiV2);
   auto card = card_v2(f);
@@ -378,7 +397,8 @@ TEST_CASE("a module signed by another key, or not newer than the installed one, 
 TEST_CASE("an unknown chip is 404; a malformed chip ID 400; a session past its TTL 410") {
   Fixture f(1);
   auto client = f.client();
-  CHECK(client.post("/v1/device/sessions", "{\"chip_id\":\"" + kChipUnknown.str() + "\"}", "application/json").status == 404);
+  CHECK(client.post("/v1/device/sessions", "{\"chip_id\":\"" + kChipUnknown.str() + "\"}", "application/json")
+            .status == 404);
   CHECK(client.post("/v1/device/sessions", "{\"chip_id\":\"xyz\"}", "application/json").status == 400);
   auto r = client.post("/v1/device/sessions", "{\"chip_id\":\"" + kChipV2.str() + "\"}", "application/json");
   REQUIRE(r.status == 201);
@@ -420,8 +440,10 @@ TEST_CASE("the token's master and derived keys are never extractable; logs and t
   CHECK_FALSE(s->bool_attribute(master, CKA_SIGN));
   CHECK_FALSE(s->bool_attribute(master, CKA_ENCRYPT));
   CHECK(s->bool_attribute(master, CKA_WRAP_WITH_TRUSTED));
-  const auto comm = t->derive_aes_ecb(master, core::scp::comm_derivation_data_v2(kChipV2), {32, true, false, false});
-  const auto kmac = t->derive_aes_ecb(comm, core::scp::static_key_diversifier(core::scp::StaticKey::Mac), {16, false, true, false});
+  const auto comm =
+      t->derive_aes_ecb(master, core::scp::comm_derivation_data_v2(kChipV2), {32, true, false, false});
+  const auto kmac = t->derive_aes_ecb(comm, core::scp::static_key_diversifier(core::scp::StaticKey::Mac),
+                                      {16, false, true, false});
   for (const auto h : {comm, kmac}) {
     CHECK(s->bool_attribute(h, CKA_SENSITIVE));
     CHECK_FALSE(s->bool_attribute(h, CKA_EXTRACTABLE));
@@ -507,7 +529,8 @@ TEST_CASE("PUT KEY rotates a version 1 device to version 2: the old key opens no
   CHECK(r4->getValue<bool>("ok"));
 }
 
-TEST_CASE("campaigns: a rerun queues nothing new, another payload under the same name is refused, status counts") {
+TEST_CASE(
+    "campaigns: a rerun queues nothing new, another payload under the same name is refused, status counts") {
   Fixture f;
   const std::string item = "0F06=" + write_file(f.tls.dir + "/item6", Bytes{6});
   const std::string both = kImeiV2 + "\n" + kImeiV1 + "\n";

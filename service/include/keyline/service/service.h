@@ -18,18 +18,18 @@ namespace keyline::service {
 // Where the service's master versions live: the service token (a mirror of the station's master,
 // docs/custody.md). Version 1 is "keyline-master" (HMAC), version N >= 2 "keyline-master-vN" (AES-256).
 struct TokenConfig {
-  std::string module;                // PKCS#11 module path
-  std::string label;                 // token label
-  std::string pin_file;              // user PIN file (else KEYLINE_SERVICE_PIN)
+  std::string module;    // PKCS#11 module path
+  std::string label;     // token label
+  std::string pin_file;  // user PIN file (else KEYLINE_SERVICE_PIN)
   std::string master_label = "keyline-master";
 };
 
 struct Config : core::http::ListenerSettings {
-  std::string db;                    // libpq conninfo of the service DB (no password)
+  std::string db;  // libpq conninfo of the service DB (no password)
   std::string db_password_file;
-  std::string public_db;             // https URL of the public backup DB
-  std::string public_db_ca;          // CA of the public DB's TLS certificate
-  std::vector<std::string> trust;    // manufacturer root(s): device records and module signers
+  std::string public_db;           // https URL of the public backup DB
+  std::string public_db_ca;        // CA of the public DB's TLS certificate
+  std::vector<std::string> trust;  // manufacturer root(s): device records and module signers
   std::string listen = "127.0.0.1:8445";
   std::string ops_listen = "127.0.0.1:9445";
   std::vector<std::string> trusted_proxies;
@@ -39,7 +39,7 @@ struct Config : core::http::ListenerSettings {
   int token_sessions = 8;
   std::size_t body_limit = 64 * 1024;
   int session_ttl_s = 60;
-  int jobs_per_session = 4;         // pending jobs one session applies, oldest first
+  int jobs_per_session = 4;  // pending jobs one session applies, oldest first
   std::string log = "stderr";
 };
 
@@ -50,7 +50,8 @@ int serve(const Config& config);  // until SIGINT/SIGTERM
 // The server without the signal loop (serve() wraps it; tests and the bench start it in process).
 class Server {
  public:
-  explicit Server(const Config& config);  // opens the token and the DB; throws ConfigError, DbError, Pkcs11Error
+  explicit Server(
+      const Config& config);  // opens the token and the DB; throws ConfigError, DbError, Pkcs11Error
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
@@ -68,11 +69,11 @@ class Server {
 // `keyline-service campaign`: queue one job per IMEI (idempotent: rerunning resumes; docs/service.md).
 struct CampaignRequest {
   std::string name;
-  std::string item;                  // "0F01=FILE": a configuration item (DGI 0Fxx)
-  std::string module;                // or a signed module file (checked against --trust first)
-  std::vector<std::string> trust;    // manufacturer root(s), for --module
-  int put_key = 0;                   // or rotate the devices' communication key to this version (2)
-  std::string imeis_file;            // one IMEI a line
+  std::string item;                // "0F01=FILE": a configuration item (DGI 0Fxx)
+  std::string module;              // or a signed module file (checked against --trust first)
+  std::vector<std::string> trust;  // manufacturer root(s), for --module
+  int put_key = 0;                 // or rotate the devices' communication key to this version (2)
+  std::string imeis_file;          // one IMEI a line
 };
 void campaign_enqueue(const Config& config, const CampaignRequest& request, std::ostream& out);
 // Progress and per-device results; returns 0 when every job is done (applied or failed), 1 otherwise.
