@@ -27,6 +27,7 @@ enum class ErrorCode : int {
   BackupDoesNotOpen = 1151,
   BadFlashImage = 1160,
   BadRecord = 1170,
+  // (4000-4099 station, 5000-5099 recovery, 7001-7040 ceremony, 8000-8099 service: in their parts)
   // 1180-1189: transparency log (core merkle, signed_note, checkpoint, tlog_tiles; docs/transparency.md)
   BadProof = 1180,       // a Merkle inclusion or consistency proof that does not verify, or its arguments
   BadNote = 1181,        // a signed note that does not parse (C2SP signed-note)
