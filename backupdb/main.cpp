@@ -5,6 +5,7 @@
 
 #include "keyline/backupdb/log.h"
 #include "keyline/backupdb/migrate.h"
+#include "keyline/backupdb/monitor.h"
 #include "keyline/backupdb/server.h"
 #include "keyline/backupdb/witness.h"
 #include "keyline/core/error.h"
@@ -124,6 +125,18 @@ int main(int argc, char** argv) {
   auto* log_key = log->add_subcommand("key", "print the log's verifier key (C2SP signed-note vkey) to pin");
   add_log_key_options(log_key, cfg.tlog);
 
+  keyline::backupdb::MonitorConfig mcfg;
+  auto* mon = app.add_subcommand("monitor", "follow a public DB's log: consistency, tree, entries, records (exit 0 clean, "
+                                            "3 findings, 5 fork; one JSON line per finding on stdout)");
+  mon->add_option("--url", mcfg.url, "the public DB or mirror")->required();
+  mon->add_option("--ca", mcfg.ca, "CA of its server certificate (PEM)");
+  mon->add_option("--log-key", mcfg.log_key, "the log's verifier key (vkey)");
+  mon->add_option("--log-key-file", mcfg.log_key_file, "a file holding it");
+  mon->add_option("--state", mcfg.state_dir, "directory of the verified tree and the entries seen")->required();
+  mon->add_option("--trust", mcfg.trust, "manufacturer root certificate(s) (PEM), repeatable")->required();
+  auto* once = mon->add_flag("--once", mcfg.once, "one pass");
+  mon->add_option("--interval", mcfg.interval_s, "seconds between passes")->capture_default_str()->excludes(once);
+
   keyline::backupdb::WitnessConfig wcfg;
   auto* witness = app.add_subcommand("witness", "cosign checkpoints verified consistent (C2SP tlog-witness); init | key");
   witness->add_option("--log-key", wcfg.log_keys, "verifier key of a log to witness (vkey), repeatable");
@@ -177,6 +190,7 @@ int main(int argc, char** argv) {
       std::printf("%s\n", keyline::backupdb::log_key(cfg.tlog).c_str());
       return 0;
     }
+    if (*mon) return keyline::backupdb::monitor(mcfg);
     if (*witness_init) {
       std::printf("%s\n", keyline::backupdb::witness_init(wcfg).c_str());
       return 0;
