@@ -1086,14 +1086,15 @@ Bytes Pkcs11Token::wrap_key_rsa_oaep(Pkcs11Handle wrapping_public_key, Pkcs11Han
   return out;
 }
 
-Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
-                                                   const std::string& label, const Bytes& id) {
-  auto s = session();
-  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
-    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+namespace {
+
+// The unwrap template of a mirrorable master: `kt` with `usage` its only usage, the attributes
+// generate_mirrorable_hmac_key / generate_mirrorable_aes_derive_key give.
+CK_OBJECT_HANDLE unwrap_mirrorable(CK_FUNCTION_LIST_PTR fn, CK_SESSION_HANDLE session, CK_OBJECT_HANDLE unwrapping_key,
+                                   const Bytes& wrapped, const std::string& label, const Bytes& id, CK_KEY_TYPE kt,
+                                   CK_ATTRIBUTE_TYPE usage) {
   CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
   CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
   std::vector<CK_ATTRIBUTE> tmpl = {
       {CKA_CLASS, &cls, sizeof cls},     {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_TOKEN, &yes, sizeof yes},
       {CKA_PRIVATE, &yes, sizeof yes},   {CKA_SENSITIVE, &yes, sizeof yes},
@@ -1101,7 +1102,8 @@ Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_priva
       {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
       {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
   };
-  add_sign_only(tmpl, &yes, &no);
+  for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE})
+    tmpl.push_back({u, u == usage ? &yes : &no, sizeof(CK_BBOOL)});
   // Last: SoftHSM 2.6.1 applies an unwrap template in order, so CKA_MODIFIABLE false earlier makes every
   // later attribute CKR_ATTRIBUTE_READ_ONLY, and the failed call leaves a half-made, unlabelled key behind
   // (measured; docs/decisions.md "The master mirrored under dual control").
@@ -1109,9 +1111,8 @@ Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_priva
   CK_RSA_PKCS_OAEP_PARAMS params{};
   CK_MECHANISM mech = oaep_sha1(params);
   CK_OBJECT_HANDLE h = 0;
-  const CK_RV rv = fns(m_module)->C_UnwrapKey(s->handle(), &mech, unwrapping_private_key,
-                                              const_cast<std::uint8_t*>(wrapped.data()), wrapped.size(), tmpl.data(),
-                                              tmpl.size(), &h);
+  const CK_RV rv = fn->C_UnwrapKey(session, &mech, unwrapping_key, const_cast<std::uint8_t*>(wrapped.data()),
+                                   wrapped.size(), tmpl.data(), tmpl.size(), &h);
   // A blob for another key, or changed, fails OAEP decoding (PKCS #1 v2.2 section 7.1.2: "decryption error").
   if (rv == CKR_ENCRYPTED_DATA_INVALID || rv == CKR_WRAPPED_KEY_INVALID || rv == CKR_WRAPPED_KEY_LEN_RANGE ||
       rv == CKR_GENERAL_ERROR || rv == CKR_FUNCTION_FAILED || rv == CKR_ENCRYPTED_DATA_LEN_RANGE)
@@ -1119,6 +1120,25 @@ Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_priva
                                              pkcs11_rv_name(rv) + ")");
   check(rv, "C_UnwrapKey(CKM_RSA_PKCS_OAEP)");
   return h;
+}
+
+}  // namespace
+
+Pkcs11Handle Pkcs11Token::unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
+                                                   const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  return unwrap_mirrorable(fns(m_module), s->handle(), unwrapping_private_key, wrapped, label, id, CKK_GENERIC_SECRET,
+                           CKA_SIGN);
+}
+
+Pkcs11Handle Pkcs11Token::unwrap_aes_derive_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
+                                                         const std::string& label, const Bytes& id) {
+  auto s = session();
+  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  return unwrap_mirrorable(fns(m_module), s->handle(), unwrapping_private_key, wrapped, label, id, CKK_AES, CKA_DERIVE);
 }
 
 void Pkcs11Token::so_create_trusted_rsa_wrap_key(const std::string& module_path, const std::string& token_label,

@@ -235,6 +235,10 @@ class Pkcs11Token : public std::enable_shared_from_this<Pkcs11Token> {
   // C_UnwrapKey into a token HMAC key of the same attributes as generate_mirrorable_hmac_key.
   Pkcs11Handle unwrap_hmac_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
                                         const std::string& label, const Bytes& id);
+  // The same into a token AES-256 key of the attributes generate_mirrorable_aes_derive_key gives
+  // (CKA_DERIVE only): master version 2 and later (docs/custody.md).
+  Pkcs11Handle unwrap_aes_derive_key_rsa_oaep(Pkcs11Handle unwrapping_private_key, const Bytes& wrapped,
+                                              const std::string& label, const Bytes& id);
   // Logs in as Security Officer on its own (no Pkcs11Token of this process may be logged in to the
   // token: login state is the application's, PKCS #11 v2.40 section 5.6) and creates a token RSA
   // public key with CKA_TRUSTED and CKA_WRAP only, not modifiable. Only the SO may set CKA_TRUSTED.
