@@ -51,6 +51,7 @@ void add_custody_commands(CLI::App* keys, CustodyCommands& c) {
   c.check = keys->add_subcommand("check", "the communication key check value of one IMEI (compare two mirrors)");
   c.check->add_option("--imei", r.imei, "IMEI")->required();
   c.check->add_option("--version", r.version, "master version (default: the newest)");
+  c.check->add_option("--chip", r.chip, "chip ID, 20 hex digits (master version 2 and later derive from it)");
 }
 
 // -1 when none of them was given.

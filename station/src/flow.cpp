@@ -49,8 +49,8 @@ std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
   const auto r = db.step(
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
       " identity_cert, transport_cert, package_digest, coalesce(key_source, ''),"
-      " coalesce(identity_statement_sha256, ''), coalesce(transport_statement_sha256, '')"
-      " FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
+      " coalesce(identity_statement_sha256, ''), coalesce(transport_statement_sha256, ''),"
+      " coalesce(master_version, 1) FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
   if (r.empty()) return std::nullopt;
   JournalRow j;
@@ -67,6 +67,7 @@ std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
   j.key_source = r.text(0, 10);
   j.identity_statement_sha256 = r.text(0, 11);
   j.transport_statement_sha256 = r.text(0, 12);
+  j.master_version = static_cast<int>(r.int64(0, 13));
   return j;
 }
 
@@ -94,13 +95,6 @@ void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& re
       "UPDATE journal.device SET state = 'void', void_reason = $2, identity_wrapped = NULL,"
       " transport_wrapped = NULL, updated_at = now() WHERE id = $1 AND state IN ('claimed','issued','stored')",
       {id, reason.substr(0, 500)});
-}
-
-core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei) {
-  // Seed 002: symmetric keys are derived from one master key and the device identity, so no secret
-  // database of per-device keys is needed. The derivation runs inside the token.
-  const std::string input = "keyline/comm/v1" + imei;
-  return token.derive_hmac_sha256(key_label::master, core::Bytes(input.begin(), input.end()));
 }
 
 JournalState parse_journal_state(const std::string& state) {
@@ -280,6 +274,8 @@ void Flow::resume_claim() {
   m_claim_id = m_row->id;
   m_identity_der = m_row->identity_cert;
   m_transport_der = m_row->transport_cert;
+  // An issued device holds the comm key of the version it was issued with, whatever the token's newest.
+  m_master_version = m_row->master_version;
   // A personalized device goes on to the backup check; a blank one needs its keys again: they stay
   // with this chip, unwrapped for this chip's row (the wrapping key never leaves the token).
   m_statement_sha256[0] = m_row->identity_statement_sha256;

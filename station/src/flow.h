@@ -45,6 +45,7 @@ struct JournalRow {
   core::Bytes identity_cert, transport_cert, package_digest;
   std::string key_source;  // empty for rows journaled before migration 0007
   std::string identity_statement_sha256, transport_statement_sha256;  // --key-source device
+  int master_version = 1;  // of the comm key issued (journal.device.master_version, migration 0010)
 };
 
 // One audit row. A "sign.begin" row is durable before the CA key signs; its "sign.done" rides in the
@@ -60,8 +61,6 @@ std::string subject_detail(const core::Bytes& subject_key);
 void audit(core::pq::Connection& db, const std::string& station, const std::string& chip, const std::string& imei,
            const std::vector<AuditRow>& rows);
 void void_claim(core::pq::Connection& db, std::int64_t id, const std::string& reason);
-// Seed 002: the communication key, derived in the token from the master key and the IMEI.
-core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei);
 
 class Flow {
  public:
@@ -140,6 +139,7 @@ class Flow {
   core::Bytes m_identity_der, m_transport_der;
   core::SecureBytes m_package;  // the encoded data package, from issue to store
   std::string m_kcv_hex;        // the communication key's check value, for the secret DB
+  int m_master_version = 1;     // the master version of the comm key (package header, secret DB)
   std::string m_statement_sha256[2];  // identity, transport: SHA-256 of the attestation statements
   core::Bytes m_backup;
   std::string m_record_json;    // set when this call writes the outbox row

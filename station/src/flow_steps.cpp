@@ -16,6 +16,7 @@
 #include "keyline/core/data_package.h"
 #include "keyline/core/flash_image.h"
 #include "keyline/core/record.h"
+#include "keyline/station/custody.h"
 #include "keyline/station/outbox_log.h"
 
 namespace keyline::station {
@@ -34,7 +35,7 @@ constexpr std::size_t kExtendedStoreBlock = 65535;
 // Issued: certificates and package digest, with both "sign.done" rows.
 constexpr const char* kIssued =
     "WITH u AS (UPDATE journal.device SET state = 'issued', identity_cert = $2, transport_cert = $3,"
-    " package_digest = $4, updated_at = now() WHERE id = $1)"
+    " package_digest = $4, master_version = $10, updated_at = now() WHERE id = $1)"
     " INSERT INTO journal.audit (station_id, event, chip_id, imei, cert_kind, detail)"
     " VALUES ($5, 'sign.done', $6, $7, 'identity', $8), ($5, 'sign.done', $6, $7, 'transport', $9)";
 
@@ -43,8 +44,8 @@ constexpr const char* kBackedUp =
     "WITH u AS (UPDATE journal.device SET state = 'backed_up', identity_wrapped = NULL, transport_wrapped = NULL,"
     " updated_at = now() WHERE id = $1),"
     " s AS (INSERT INTO secret.device (chip_id, imei, identity_cert_sha256, transport_cert_sha256, comm_key_kcv,"
-    " station_id, key_source, identity_statement_sha256, transport_statement_sha256)"
-    " VALUES ($2, $3, $4, $5, $6, $7, $10, nullif($11, ''), nullif($12, '')) ON CONFLICT (chip_id) DO NOTHING)"
+    " station_id, key_source, identity_statement_sha256, transport_statement_sha256, master_version)"
+    " VALUES ($2, $3, $4, $5, $6, $7, $10, nullif($11, ''), nullif($12, ''), $13) ON CONFLICT (chip_id) DO NOTHING)"
     " INSERT INTO journal.outbox (chip_id, device_id, record_json, record_hash) VALUES ($2, $1, $8, $9)"
     " ON CONFLICT (chip_id) DO NOTHING";
 
@@ -53,7 +54,10 @@ constexpr const char* kBackedUp =
 // --- issue (step 4): communication key, both certificates, the package -------------------------
 void Flow::issue() {
   const StationConfig& config = m_p.m_config;
-  const core::SecureBytes comm_key = derive_comm_key(*m_p.m_keys.token, m_res.imei);
+  // The version taken once at the line's start (StationKeys::open): a roll mid-run takes effect on
+  // the next run, so one run's devices share one version.
+  m_master_version = m_p.m_keys.master_version;
+  const core::SecureBytes comm_key = derive_comm_key(*m_p.m_keys.token, m_res.imei, *m_chip, m_master_version);
   m_kcv_hex = core::to_hex(core::key_check_value(comm_key));
   sign_certificates();
 
@@ -66,7 +70,7 @@ void Flow::issue() {
   pkg.ca_chain.push_back(m_p.m_keys.device_ca_cert.BER_encode());
   m_source->fill_package(pkg, m_keys);
   pkg.comm_key = comm_key;
-  pkg.master_version = 1;  // derive_comm_key above derives with master version 1: the device's SCP03 KVN
+  pkg.master_version = static_cast<std::uint8_t>(m_master_version);  // the device's SCP03 KVN
   pkg.app_items = m_p.m_app_items;
   m_package = pkg.encode();
   // Keys made in the chip: the device seals a package the station never sees whole, so the drill
@@ -74,7 +78,7 @@ void Flow::issue() {
   const core::Bytes digest = pkg.keys_in_device ? core::station_digest(pkg) : core::package_digest(m_package);
   m_db.step(kIssued, {*m_claim_id, m_identity_der, m_transport_der, digest, config.station_id, m_res.chip_id, m_res.imei,
                       "certificate SHA-256 " + sha256_hex(m_identity_der),
-                      "certificate SHA-256 " + sha256_hex(m_transport_der)});
+                      "certificate SHA-256 " + sha256_hex(m_transport_der), m_master_version});
   m_row->package_digest = digest;
 }
 
@@ -185,12 +189,12 @@ void Flow::record() {
   record.certificates = {m_identity_der, m_p.m_keys.device_ca_cert.BER_encode()};
   // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
   if (m_kcv_hex.empty())
-    m_kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_p.m_keys.token, m_res.imei)));
+    m_kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_p.m_keys.token, m_res.imei, *m_chip, m_master_version)));
   const std::string record_hash = record.hash();
   m_record_json = record.to_json_hashed(record_hash);
   m_db.step(kBackedUp, {*m_claim_id, m_res.chip_id, m_res.imei, sha256_hex(m_identity_der), sha256_hex(m_transport_der),
                         m_kcv_hex, config.station_id, m_record_json, record_hash, m_source->name(),
-                        m_statement_sha256[0], m_statement_sha256[1]});
+                        m_statement_sha256[0], m_statement_sha256[1], m_master_version});
 }
 
 // --- publish (step 8): the public DB holds the record ------------------------------------------

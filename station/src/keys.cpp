@@ -27,6 +27,7 @@
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/csr.h"
 #include "keyline/core/error.h"
+#include "keyline/station/custody.h"
 #include "keyline/station/errors.h"
 #include "keys_internal.h"
 #include "oce.h"
@@ -868,6 +869,7 @@ StationKeys StationKeys::open(const StationConfig& config, std::size_t max_sessi
   const auto tls = read_pem(join(config, pki_file::station_tls));
   const auto tls_label = tls.empty() ? "" : key_label_for(*keys.token, key_label::station_tls, tls[0]);
   if (!tls_label.empty()) keys.station_tls_label = tls_label;
+  keys.master_version = std::max(1, newest_master_version(*keys.token));
   load_oce_chain(config, keys);
   return keys;
 }

@@ -3,12 +3,14 @@
 #include <chrono>
 #include <filesystem>
 
+#include <botan/hash.h>
 #include <botan/hex.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/data_package.h"
 #include "keyline/core/http.h"
 #include "keyline/core/imei.h"
+#include "keyline/core/scp03_session.h"
 #include "keys_custody_internal.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
@@ -84,14 +86,46 @@ int newest_master_version(core::Pkcs11Token& token) {
   return newest;
 }
 
-core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei, int version) {
-  // The input is the one version 1 always used: the version lives in the key, so a device made before
-  // the roll derives exactly what it did.
+namespace {
+
+// CKM_AES_ECB_ENCRYPT_DATA from an AES derive-only master into a readable session key, read, destroyed.
+core::SecureBytes derive_aes_value(core::Pkcs11Token& token, int version, const core::Bytes& data) {
+  const auto key = token.derive_aes_ecb(token.find_secret_key(master_label(version)), data,
+                                        core::Pkcs11Token::DerivedAesKey{32, false, false, true});
+  core::SecureBytes value;
+  try {
+    value = token.secret_value(key);
+  } catch (...) {
+    token.destroy_object(key);
+    throw;
+  }
+  token.destroy_object(key);
+  return value;
+}
+
+core::Bytes sha256_of(const std::string& text) {
+  auto h = Botan::HashFunction::create_or_throw("SHA-256");
+  h->update(text);
+  const auto d = h->final();
+  return core::Bytes(d.begin(), d.end());
+}
+
+}  // namespace
+
+core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei, const core::ChipId& chip,
+                                  int version) {
+  if (version >= 2) return derive_aes_value(token, version, core::scp::comm_derivation_data_v2(chip));
+  // Version 1 (HMAC over the IMEI) is what every device made before the roll holds: it never changes.
   const std::string input = "keyline/comm/v1" + imei;
   return token.derive_hmac_sha256(master_label(version), core::Bytes(input.begin(), input.end()));
 }
 
 std::string master_check_value(core::Pkcs11Token& token, int version) {
+  if (version >= 2) {
+    // Its own input, so the value is no device's comm key (those hash "keyline/comm/v2" first).
+    const auto v = derive_aes_value(token, version, sha256_of("keyline/master-check/v2"));
+    return core::to_hex(v.data(), 8);
+  }
   static const std::string input = "keyline/master-check/v1";
   const auto mac = token.derive_hmac_sha256(master_label(version), core::Bytes(input.begin(), input.end()));
   return core::to_hex(mac.data(), 8);
@@ -119,14 +153,16 @@ void keys_roll_master(const StationConfig& config, std::ostream& out) {
   auto token = custody::open_token(config);
   record_local_version(db, *token);
   const int version = std::max(2, next_version(db, *token));
+  // The data package header (DGI 0101) and the SCP03 key version number carry it in one byte.
+  if (version > 255) custody::refuse("master version " + std::to_string(version) + " does not fit the one-byte KVN");
   const std::string label = master_label(version);
   custody::audited(db, config, "custody.roll", "master version " + std::to_string(version) + " (" + label + ")", [&] {
-    token->generate_mirrorable_hmac_key(label, custody::version_id(version));
+    token->generate_mirrorable_aes_derive_key(label, custody::version_id(version));
     const std::string check = master_check_value(*token, version);
     db.exec("INSERT INTO secret.master_key (version, label, check_value, origin) VALUES ($1, $2, $3, 'rolled')",
             {version, label, check});
     out << "keys: generated " << label << " (master version " << version
-        << ": HMAC-SHA256, sensitive, extractable only wrapped under a trusted key) check " << check << "\n"
+        << ": AES-256, derive only, sensitive, extractable only wrapped under a trusted key) check " << check << "\n"
         << "keys: new devices derive their communication key with version " << version
         << "; devices made before keep theirs\n";
     return label + " check " + check;
@@ -140,7 +176,11 @@ void keys_check(const StationConfig& config, const CustodyRequest& request, std:
   const int version = request.version > 0 ? request.version : newest_master_version(*token);
   if (version == 0 || !token->has_secret_key(master_label(version)))
     throw core::Error(errc::KeysMissing, "token '" + config.token_label + "' holds no " + master_label(std::max(1, version)));
-  const auto kcv = core::key_check_value(derive_comm_key(*token, request.imei, version));
+  if (version >= 2 && request.chip.empty())
+    throw core::ConfigError(core::ErrorCode::Usage, "master version " + std::to_string(version) +
+                                                        " derives from the chip ID: give --chip");
+  const auto chip = version >= 2 ? core::ChipId::parse(request.chip) : core::ChipId{};
+  const auto kcv = core::key_check_value(derive_comm_key(*token, request.imei, chip, version));
   out << "version " << version << " check " << master_check_value(*token, version) << " kcv " << core::to_hex(kcv)
       << "\n";
 }

@@ -26,6 +26,9 @@ constexpr const char* kRequestMagic = "keyline-mirror-request-v1";
 constexpr const char* kManifestMagic = "keyline-mirror-v1";
 constexpr const char* kMechanism = "CKM_RSA_PKCS_OAEP-SHA1";
 const std::string kRxPrefix = "keyline-mirror-rx-";
+// Only versions 2 and later move, and they are AES-256 derive-only keys (docs/custody.md "Files").
+constexpr const char* kKeyType = "AES";
+constexpr const char* kUsage = "derive";
 
 std::string now_utc() {
   const std::time_t t = std::time(nullptr);
@@ -190,7 +193,7 @@ struct Outgoing {
 
 std::string manifest(const StationConfig& config, core::Pkcs11Token& token, const Outgoing& o) {
   std::string m = std::string(kManifestMagic) + "\n" + line("op", o.op) + line("id", o.id) + line("kind", "master") +
-                  line("key_type", "GENERIC_SECRET") + line("usage", "sign") + line("label", master_label(o.version)) +
+                  line("key_type", kKeyType) + line("usage", kUsage) + line("label", master_label(o.version)) +
                   line("version", std::to_string(o.version)) + line("check", o.check) + line("mechanism", kMechanism) +
                   line("from_station", config.station_id) + line("from_token", config.token_label) +
                   line("from_serial", token.serial()) + line("to_station", o.to.station) +
@@ -266,7 +269,7 @@ Incoming check_incoming(const StationConfig& config, const CustodyRequest& reque
   if (f.field("to_serial") != token.serial())
     custody::refuse("the manifest is for token serial " + f.field("to_serial") + ", this token is " + token.serial());
   if (f.field("op") != op) custody::refuse("the manifest is for `keys " + f.field("op") + "`, not " + op);
-  if (f.field("kind") != "master" || f.field("key_type") != "GENERIC_SECRET" || f.field("usage") != "sign" ||
+  if (f.field("kind") != "master" || f.field("key_type") != kKeyType || f.field("usage") != kUsage ||
       f.field("mechanism") != kMechanism)
     custody::refuse("the manifest names a key or mechanism this station does not import");
   in.wrapped = custody::decode_base64(f.trailer.count("wrapped") ? f.trailer.at("wrapped") : "", "wrapped");
@@ -296,8 +299,8 @@ void check_fresh(core::pq::Connection& db, core::Pkcs11Token& token, const Incom
 // Unwrapped, checked against the manifest's check value, recorded; any failure leaves nothing behind.
 void import_key(core::pq::Connection& db, core::Pkcs11Token& token, const Incoming& in, const std::string& op) {
   const auto& f = in.text;
-  const auto h = token.unwrap_hmac_key_rsa_oaep(token.find_private_key(f.field("to_key")), in.wrapped, in.label,
-                                                custody::version_id(in.version));
+  const auto h = token.unwrap_aes_derive_key_rsa_oaep(token.find_private_key(f.field("to_key")), in.wrapped,
+                                                      in.label, custody::version_id(in.version));
   try {
     if (master_check_value(token, in.version) != f.field("check"))
       custody::refuse("the unwrapped key's check value is not the manifest's");

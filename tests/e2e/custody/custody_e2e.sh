@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Issue #14, custody of the master (docs/custody.md): three station tokens A, B, C under one offline root
-# (its own token), each station its own database. A rolls the master (version 2: extractable only wrapped
-# under a trusted key), B asks for it (receive-init), A's Security Officer trusts B's receiving key, A's user
-# wraps, B imports: both derive the same communication key for one IMEI. Refused, each importing nothing:
+# (its own token), each station its own database. A rolls the master (version 2: AES-256, derive only, extractable
+# only wrapped under a trusted key), B asks for it (receive-init), A's Security Officer trusts B's receiving key, A's user
+# wraps, B imports: both derive the same v2 communication key for one chip. Refused, each importing nothing:
 # the file given to C (a manifest for another serial), a changed byte in the wrapped key or in the manifest,
 # the same file twice (a replay), another station's certificate as --from, a mirror file through `keys import`,
 # version 1, a send before the SO trusted, every custody step without a database. pkcs11-tool on every token:
 # private and secret keys sensitive, signing keys never extractable, no usage beyond the role. A device
-# personalized before the roll: its secret DB check value is version 1's; one after: its recorded version's.
+# personalized before the roll: its secret DB check value is version 1's; one after: version 2 (secret DB and journal), its chip's v2 key.
 # Environment: LINE_BIN (keyline-station, keyline-ceremony, keyline-device), E2E_DIR (scratch, wiped first).
 set -uo pipefail
 top=${KEYLINE_SOURCE_DIR:-$(cd "$(dirname "$0")/../../.." && pwd)}
@@ -105,30 +105,37 @@ st a keys roll master
 checke "keys roll master on A: version 2" '[ "$rc" = 0 ] && has "keyline-master-v2" last.out'
 st a keys status --json
 cp last.out a-status.json
-checke "keys status: v2 sensitive, extractable only with wrap-with-trusted, sign only; v1 never extractable" \
+checke "keys status: v2 AES, sensitive, extractable only with wrap-with-trusted, derive only; v1 never extractable" \
   'python3 - a-status.json <<PY
 import json, sys
 keys = {k["label"]: k for k in json.load(open(sys.argv[1]))["keys"] if k["class"] == "secret"}
 v2, v1 = keys["keyline-master-v2"], keys["keyline-master"]
-ok = v2["version"] == 2 and v2["sensitive"] and v2["extractable"] and v2["wrap_with_trusted"] and v2["usages"] == ["sign"]
+ok = v2["version"] == 2 and v2["type"] == "AES" and v2["sensitive"] and v2["extractable"] and v2["wrap_with_trusted"]
+ok = ok and v2["usages"] == ["derive"]
 ok = ok and v1["version"] == 1 and not v1["extractable"] and v1["never_extractable"]
 sys.exit(0 if ok else 1)
 PY'
 st a keys check --imei "$imei0" --version 1
 k1=$(awk '{print $NF}' last.out)
 st a keys check --imei "$imei0"
+checke "keys check of version 2 without --chip: refused (v2 derives from the chip ID)" 'refused "give --chip"'
+st a keys check --imei "$imei0" --chip "$chip"
 k2=$(awk '{print $NF}' last.out)
 checke "after the roll the newest version is 2, and the earlier device still derives its own (v1) key" \
   'has "^version 2 " last.out && [ "$k1" != "$k2" ] && [ "${k1,,}" = "${kcv0,,}" ]'
-# A device personalized after the roll: whatever version the line recorded for it, its check value is that
-# version's (the line takes the newest version once docs/decisions.md "What the line still needs" is wired).
+# A device personalized after the roll gets version 2 (the line takes the newest version at its start).
 st a personalize --json --device "$addr_after"
 chip1=$(sed -n 's/.*"chip_id":"\([0-9A-F]*\)".*/\1/p' last.out | head -n1)
 read -r imei1 kcv1 mv1 < <(psql "$(db a)" -tAF' ' -c "SELECT imei, comm_key_kcv, master_version FROM secret.device WHERE chip_id = '$chip1'")
-st a keys check --imei "${imei1:-0}" --version "${mv1:-0}"
-echo "(the device after the roll was made with master version ${mv1:-?})"
-checke "a device personalized after the roll: its secret DB check value is its recorded version's" \
+jmv1=$(psql "$(db a)" -tAc "SELECT master_version FROM journal.device WHERE chip_id = '$chip1' AND state <> 'void'")
+checke "a device personalized after the roll: its secret DB row and journal row record master version 2" \
+  '[ "${mv1:-}" = 2 ] && [ "${jmv1:-}" = 2 ]'
+st a keys check --imei "${imei1:-0}" --chip "${chip1:-0}" --version 2
+checke "its secret DB check value is version 2's for its chip" \
   '[ -n "${kcv1:-}" ] && (has "kcv ${kcv1^^}" last.out || has "kcv ${kcv1,,}" last.out)'
+st a keys check --imei "${imei1:-0}" --chip "$chip" --version 2
+checke "and another chip's ID with the same IMEI derives another key (v2 binds the chip)" \
+  '[ "$rc" = 0 ] && ! has "kcv ${kcv1^^}" last.out && ! has "kcv ${kcv1,,}" last.out'
 roll_audit=$(psql "$(db a)" -tAc "SELECT string_agg(event, ',' ORDER BY id) FROM journal.audit WHERE event LIKE 'custody.roll%'")
 checke "the roll is audited before and after" '[ "$roll_audit" = "custody.roll.begin,custody.roll.done" ]'
 
@@ -188,11 +195,17 @@ checke "a mirror file through keys import: refused, nothing imported" \
 # --- B imports; both derive the same key ----------------------------------------------------------------
 st b keys mirror receive --in out/a2b.wrapped --from out/a-station.pem
 checke "B imports master v2 from A" '[ "$rc" = 0 ] && has "imported keyline-master-v2" last.out'
-st a keys check --imei 490154203237518 --version 2
+v2chip=0123456789ABCDEF0123
+st a keys check --imei 490154203237518 --chip "$v2chip" --version 2
 a2=$(cat last.out)
-st b keys check --imei 490154203237518 --version 2
+st b keys check --imei 490154203237518 --chip "$v2chip" --version 2
 b2=$(cat last.out)
-checke "A and B derive the same communication key for one IMEI with v2" '[ -n "$a2" ] && [ "$a2" = "$b2" ]'
+checke "A and B derive the same v2 communication key (and v2 check value) for one chip" \
+  '[ "$rc" = 0 ] && has "^version 2 check [0-9A-F]* kcv " last.out && [ "$a2" = "$b2" ]'
+a2check=$(psql "$(db a)" -tAc "SELECT check_value FROM secret.master_key WHERE version = 2")
+b2check=$(psql "$(db b)" -tAc "SELECT check_value FROM secret.master_key WHERE version = 2")
+checke "the v2 check value A recorded at the roll is B's, and keys check names it" \
+  '[ -n "$a2check" ] && [ "$a2check" = "$b2check" ] && has "check $a2check " last.out'
 st a keys check --imei 490154203237518 --version 1
 a1=$(cat last.out)
 st b keys check --imei 490154203237518 --version 1
@@ -228,7 +241,7 @@ checke "A: keys export to C's token" '[ "$rc" = 0 ]'
 st b keys import --in out/a2c.export --from out/a-station.pem
 checke "the export given to B: refused (another serial)" 'refused "is for token serial"'
 st c keys import --in out/a2c.export --from out/a-station.pem
-st c keys check --imei 490154203237518 --version 2
+st c keys check --imei 490154203237518 --chip "$v2chip" --version 2
 checke "C imports it and derives what A derives" '[ "$(cat last.out)" = "$a2" ]'
 
 # --- attributes on every token (pkcs11-tool) ---------------------------------------------------------------
@@ -253,6 +266,8 @@ done
 checke "A, B, C: master v2 extractable (only under a trusted key: keys status) and not never-extractable" \
   'for s in a b c; do grep -E "^Secret\|keyline-master-v2\|" objects-$s.txt | grep -q "extractable" || exit 1;
      grep -E "^Secret\|keyline-master-v2\|" objects-$s.txt | grep -q "never extractable" && exit 1; done; true'
+checke "A, B, C: master v2 a secret key of usage derive only" \
+  'for s in a b c; do grep -E "^Secret\|keyline-master-v2\|derive\|" objects-$s.txt | grep -q . || exit 1; done; true'
 checke "A: the trusted key of B is public, wrap only" \
   'grep -E "^Public\|keyline-mirror-to-$b_serial-" objects-a.txt | grep -q "|wrap|"'
 echo "custody e2e: $fails failure(s)"

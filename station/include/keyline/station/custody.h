@@ -3,7 +3,8 @@
 //
 //   version 1     "keyline-master": the token's own HMAC key, CKA_EXTRACTABLE false (final), never moves
 //   version N>=2  "keyline-master-vN" (CKA_ID = N, 4 bytes big-endian): made by `keys roll master`,
-//                 sensitive, CKA_EXTRACTABLE true with CKA_WRAP_WITH_TRUSTED true, CKA_SIGN only
+//                 AES-256, sensitive, CKA_EXTRACTABLE true with CKA_WRAP_WITH_TRUSTED true, CKA_DERIVE only
+//                 (derivation v2, core/scp03_session.h "Version 2", docs/service.md)
 //
 // Mirroring (docs/custody.md "Dual control"): the receiving token's user makes an RSA-3072 receiving
 // key and writes a request signed by its station key; the sending token's Security Officer checks that
@@ -18,6 +19,7 @@
 #include <string>
 
 #include "keyline/core/bytes.h"
+#include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/pkcs11.h"
 #include "keyline/station/config.h"
@@ -36,11 +38,15 @@ constexpr auto CustodyBadFile = static_cast<core::ErrorCode>(4035);
 std::string master_label(int version);
 // The highest master version on the token (1 when only "keyline-master" is there, 0 when none).
 int newest_master_version(core::Pkcs11Token& token);
-// Seed 002 communication key, HMAC-SHA-256(master version `version`, "keyline/comm/v1" || IMEI), inside
-// the token. Version 1 gives what the station always derived; a device keeps the version it was made with.
-core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei, int version);
-// HMAC-SHA-256(master, "keyline/master-check/v1"), first 8 bytes in hex: names a master version without
-// revealing it, so two tokens (and the secret DB) can be compared.
+// Seed 002 communication key, inside the token; a device keeps the version it was made with.
+//   version 1:  HMAC-SHA-256(keyline-master, "keyline/comm/v1" || IMEI) (`chip` unused)
+//   version 2+: AES-256-ECB(master vN, core::scp::comm_derivation_data_v2(chip)) by CKM_AES_ECB_ENCRYPT_DATA
+//               into a session object whose value is read and which is destroyed before returning.
+core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& imei, const core::ChipId& chip,
+                                  int version);
+// First 8 bytes in hex of HMAC-SHA-256(master v1, "keyline/master-check/v1"), or for version 2+ of
+// AES-256-ECB(master vN, SHA-256("keyline/master-check/v2")): names a master version without revealing
+// it, so two tokens (and the secret DB) can be compared.
 std::string master_check_value(core::Pkcs11Token& token, int version);
 
 // The signed text files of a mirror (docs/custody.md "Files"): a magic first line, `name=value` lines
@@ -64,6 +70,7 @@ struct CustodyRequest {
   std::string from_cert;    // the sending station's certificate (PEM, chain allowed)
   int version = 0;          // 0: the newest mirrorable one
   std::string imei;         // `keys check`
+  std::string chip;         // `keys check` of version 2+: the chip ID (20 hex digits)
   bool json = false;
 };
 
@@ -78,7 +85,7 @@ void mirror_receive(const StationConfig& config, const CustodyRequest& request, 
                     std::ostream& out);
 void keys_status(const StationConfig& config, bool json, std::ostream& out);
 // The communication key check value (core::key_check_value, what secret.device.comm_key_kcv holds) of
-// one IMEI under one master version: compares two stations' mirrors without a device.
+// one IMEI (version 1) or chip (version 2+, --chip) under one master version: compares two stations' mirrors without a device.
 void keys_check(const StationConfig& config, const CustodyRequest& request, std::ostream& out);
 
 }  // namespace keyline::station

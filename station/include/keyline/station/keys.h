@@ -111,6 +111,9 @@ struct StationKeys {
   std::vector<core::Bytes> oce_chain;
   // The version of the station TLS key station-tls.pem certifies (docs/custody.md, "Roll").
   std::string station_tls_label = key_label::station_tls;
+  // The newest master version on the token when the line started (newest_master_version): the one
+  // new devices derive their communication key with (docs/custody.md "Roll").
+  int master_version = 1;
 
   // Opens the token and loads the certificates from the PKI directory. Throws errc::KeysMissing with
   // what to run when `keys init` has not been run, errc::PkiUnsafe as pki_path does (before the token
