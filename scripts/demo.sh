@@ -48,7 +48,9 @@ step() { printf '\n== %s\n' "$*"; }
 step "1/7 starting PostgreSQL, SoftHSM, keys, the public DB and $n emulated devices"
 # The root on a root token of its own under $demo/root-hsm, opened only by keyline-ceremony; the station's
 # token and processes never see it (docs/ceremony.md).
-LINE_ROOT=ceremony line_up "$demo" "$n"
+# Genuine chips only (docs/channel.md): the fleet's chips get a vendor identity, the station checks it,
+# personalizes over SCP11a and has the chip generate and attest its own keys.
+LINE_ROOT=ceremony LINE_CHANNEL=scp11a LINE_KEY_SOURCE=device line_up "$demo" "$n"
 printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
 
 step "2/7 personalizing $n devices through keyline-station"
@@ -163,12 +165,18 @@ mkdir -p "$demo/log"
 curl -sf --cacert "$demo/pki/tls-ca.pem" "$LINE_BACKUPDB_URL/v1/log/checkpoint" -o "$demo/log/checkpoint.txt"
 log_origin=$(cut -d+ -f1 "$LINE_LOG_KEY_FILE")
 records_logged=$(sed -n 2p "$demo/log/checkpoint.txt")
+# The channel and key source every device was personalized with, as the station reported them.
+channel=$(sed -n 's/.*"channel":"\([a-z0-9]*\)".*/\1/p' "$demo/personalize.jsonl" | sort -u | paste -sd, -)
+key_source=$(sed -n 's/.*"key_source":"\([a-z]*\)".*/\1/p' "$demo/personalize.jsonl" | sort -u | paste -sd, -)
 cat >"$demo/summary.json" <<JSON
 {
   "devices_personalized": $personalized,
   "devices_published": $published,
   "root_ca": "$demo/pki/root.pem",
   "device_ca": "$demo/pki/device-ca.pem",
+  "channel": "$channel",
+  "key_source": "$key_source",
+  "chip_vendor_ca": "$KEYLINE_CHIP_VENDORS",
   "ceremony": {"root_token": "$LINE_ROOT_HSM", "dir": "$LINE_CEREMONY_DIR", "log": "$LINE_CEREMONY_DIR/ceremony.log", "log_head": "$ceremony_head", "log_verified": $ceremony_ok},
   "identity_certs": [${certs_json%,}],
   "recovery": {"chip_id": "$chip", "imei_before": "$imei_before", "imei_after": "$imei_after", "key_fingerprints_match": $match},
@@ -181,11 +189,14 @@ printf '  %-28s %s\n' "devices personalized" "$personalized of $n" "records in t
   "root certificate" "$demo/pki/root.pem (root key on $LINE_ROOT_HSM, never on the station)" \
   "Device CA certificate" "$demo/pki/device-ca.pem" "ceremony log" "$LINE_CEREMONY_DIR/ceremony.log (verified $ceremony_ok)" \
   "identity certificates" "$demo/certs/" "restored device" "chip $chip, IMEI $imei_before -> $imei_after" \
+  "channel, key source" "$channel, $key_source (chip vendor ${KEYLINE_CHIP_VENDORS:-none})" \
   "keys identical after restore" "$match" \
   "key moved through the KPS" "$kps_ok ($kps_label, KCV $kcv_source -> $kcv_target)" \
   "transparency log" "$records_logged records in $log_origin ($demo/log/checkpoint.txt)" \
   "service session" "$svc_ok (chip $svc_chip, module radio $svc_module_version, $demo/service/session.json)" \
   "summary" "$demo/summary.json"
+[ "$channel" = scp11a ] && [ "$key_source" = device ] ||
+  { echo "demo: devices were personalized over '$channel' with key source '$key_source', not scp11a/device" >&2; exit 1; }
 [ "$match" = true ] || { echo "demo: the restored device differs from the original" >&2; exit 1; }
 [ "$kps_ok" = true ] || { echo "demo: the key transfer through the KPS failed (see $demo/kps.txt, $demo/logs/kps.log)" >&2; exit 1; }
 [ "$svc_ok" = true ] || { echo "demo: the service session failed (see $demo/logs/service-demo.log, $demo/logs/service.out)" >&2; exit 1; }

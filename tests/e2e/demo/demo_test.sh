@@ -39,6 +39,18 @@ check(kps.get("ok") is True, "kps_transfer.ok: a key moved between two devices t
 check(len(kps["source"]) == 20 and len(kps["target"]) == 20 and kps["source"] != kps["target"],
       "kps_transfer names two different chips")
 check(len(kps["kcv_source"]) == 6 and kps["kcv_source"] == kps["kcv_target"], "source and target key check values equal")
+check(s.get("channel") == "scp11a" and s.get("key_source") == "device",
+      "every device personalized over scp11a with keys generated in the chip")
+check(os.path.isfile(s.get("chip_vendor_ca", "")), "chip_vendor_ca names the vendor CA file")
+cer = s.get("ceremony", {})
+check(cer.get("log_verified") is True and not os.path.exists(os.path.join(cer.get("root_token", "/nonexistent"), "..", "hsm", "root")),
+      "the ceremony log verifies")
+log = s.get("log", {})
+check(log.get("recovery_inclusion_verified") is True and int(log.get("records_logged", 0)) >= 3,
+      "the log holds the records and the restore checked its inclusion")
+check(os.path.isfile(log.get("checkpoint", "")) and os.path.isfile(log.get("log_key", "")), "log checkpoint and key files")
+svc = s.get("service_session", {})
+check(svc.get("ok") is True and len(svc.get("chip_id", "")) == 20, "service_session.ok for a named chip")
 PY
 # The demo stopped everything it started: nothing listens from its directory any more.
 if pgrep -f "$KEYLINE_DEMO_TEST_DIR/" >/dev/null; then
