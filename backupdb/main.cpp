@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
   mon->add_option("--state", mcfg.state_dir, "directory of the verified tree and the entries seen")->required();
   mon->add_option("--trust", mcfg.trust, "manufacturer root certificate(s) (PEM), repeatable")->required();
   auto* once = mon->add_flag("--once", mcfg.once, "one pass");
+  mon->add_flag("--recheck", mcfg.recheck, "each pass also fetches and checks the records of entries checked before");
   mon->add_option("--interval", mcfg.interval_s, "seconds between passes")->capture_default_str()->excludes(once);
 
   keyline::backupdb::WitnessConfig wcfg;

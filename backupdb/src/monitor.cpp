@@ -84,6 +84,7 @@ struct State {
   merkle::Hash root = merkle::empty_root();
   merkle::CompactRange edge;
   std::map<std::string, std::uint64_t> chips, imeis;
+  std::vector<std::pair<std::string, std::string>> logged;  // per leaf below size: chip ID, record hash (hex)
 };
 
 State read_state(const std::string& dir) {
@@ -100,10 +101,15 @@ State read_state(const std::string& dir) {
   if (s.edge.root() != s.root) throw core::ConfigError(core::ErrorCode::Config, "the monitor state's edge does not give its root");
   std::ifstream entries(dir + "/entries");
   std::uint64_t leaf;
-  std::string chip, imei;
+  std::string chip, imei, hash;
+  s.logged.resize(s.size);
   // Lines past the head's size were written by a run that stopped before its head: read again.
-  while (entries >> leaf >> chip >> imei)
-    if (leaf < s.size) s.chips.emplace(chip, leaf), s.imeis.emplace(imei, leaf);
+  while (entries >> leaf >> chip >> imei >> hash) {
+    if (leaf >= s.size) continue;
+    s.chips.emplace(chip, leaf);
+    s.imeis.emplace(imei, leaf);
+    s.logged[leaf] = {chip, hash};
+  }
   return s;
 }
 
@@ -171,8 +177,7 @@ bool consistent(Ctx& c, const State& s, const tlog::Checkpoint& cp) {
 
 // The record the API serves for the entry's chip: its hash must be the entry's, and it must pass
 // core's record validation under the manufacturer root.
-void check_record(Ctx& c, std::uint64_t leaf, const core::RecordLeaf& e) {
-  const std::string chip = e.chip_id.str();
+void check_record(Ctx& c, std::uint64_t leaf, const std::string& chip, const std::string& logged_hash) {
   const auto r = c.get("/v1/records/" + chip);
   if (r.status != 200) return c.finding("record-missing", leaf, chip, "the log holds it, the API answers HTTP " + std::to_string(r.status));
   core::Record rec;
@@ -182,8 +187,8 @@ void check_record(Ctx& c, std::uint64_t leaf, const core::RecordLeaf& e) {
   } catch (const core::Error& err) {
     return c.finding("record-bad", leaf, chip, std::string("the served record does not parse: ") + err.what());
   }
-  if (hash != e.record_hash_hex())
-    return c.finding("record-mismatch", leaf, chip, "the served record's hash " + hash + " is not the logged " + e.record_hash_hex());
+  if (hash != logged_hash)
+    return c.finding("record-mismatch", leaf, chip, "the served record's hash " + hash + " is not the logged " + logged_hash);
   try {
     core::validate_record(rec, c.trust);
   } catch (const core::Error& err) {
@@ -201,12 +206,29 @@ void check_entry(Ctx& c, State& s, std::uint64_t leaf, const core::Bytes& bytes)
     return c.finding("entry-bad", leaf, "", std::string("not a record entry: ") + err.what());
   }
   const std::string chip = e.chip_id.str(), imei = e.imei.str();
-  c.entries << leaf << " " << chip << " " << imei << "\n";
+  c.entries << leaf << " " << chip << " " << imei << " " << e.record_hash_hex() << "\n";
   if (const auto [it, fresh] = s.chips.emplace(chip, leaf); !fresh)
     c.finding("duplicate-chip", leaf, chip, "chip ID also logged at leaf " + std::to_string(it->second));
   if (const auto [it, fresh] = s.imeis.emplace(imei, leaf); !fresh)
     c.finding("duplicate-imei", leaf, chip, "IMEI " + imei + " also logged at leaf " + std::to_string(it->second));
-  check_record(c, leaf, e);
+  check_record(c, leaf, chip, e.record_hash_hex());
+}
+
+// The level-0 hash tile the log serves for bundle `id` must hold exactly the bundle's leaf hashes:
+// it is what clients' proofs are built from (C2SP tlog-tiles).
+bool check_level0_tile(Ctx& c, const tlog::TileId& bundle, const std::vector<core::Bytes>& entries) {
+  tlog::TileId id = bundle;
+  id.entries = false;
+  std::string want;
+  for (const auto& e : entries) {
+    const auto h = merkle::leaf_hash(e);
+    want.append(reinterpret_cast<const char*>(h.data()), h.size());
+  }
+  const auto r = c.get("/v1/log/" + tlog::tile_path(id));
+  if (r.status == 200 && r.body == want) return true;
+  c.finding("tree-mismatch", bundle.index * tlog::tile_width, "",
+            "the hash tile " + tlog::tile_path(id) + " is not its entries' leaf hashes (HTTP " + std::to_string(r.status) + ")");
+  return false;
 }
 
 // The entries from s.size to cp.size, bundle by bundle; then the recomputed root must be cp's.
@@ -223,6 +245,7 @@ bool check_new_entries(Ctx& c, State& s, const tlog::Checkpoint& cp) {
       c.finding("tree-mismatch", b * tlog::tile_width, "", "entry bundle " + tlog::tile_path(id) + ": " + e.what());
       return false;
     }
+    if (!check_level0_tile(c, id, entries)) return false;
     for (std::uint64_t i = std::max(s.size, b * tlog::tile_width); i < end; ++i) check_entry(c, s, i, entries[i - b * tlog::tile_width]);
   }
   if (s.edge.root() != cp.root) {
@@ -273,6 +296,9 @@ MonitorRun monitor_once(const MonitorConfig& cfg, std::ostream& out) {
   const tlog::Checkpoint cp = fetch_checkpoint(c, key);
   c.run.previous_size = s.size;
   c.run.size = cp.size;
+  // --recheck: the records of the entries checked before, fetched again (one changed since is found).
+  for (std::uint64_t leaf = 0; cfg.recheck && leaf < s.logged.size(); ++leaf)
+    if (!s.logged[leaf].first.empty()) check_record(c, leaf, s.logged[leaf].first, s.logged[leaf].second);
   if (!consistent(c, s, cp) || !check_new_entries(c, s, cp)) {
     c.run.fork = true;
     return c.run;  // the state stays at the last verified tree

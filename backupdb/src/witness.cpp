@@ -160,11 +160,15 @@ Witness::Answer Witness::decide(const std::string& body, std::uint64_t now) {
   const auto it = m_heads.find(cp.origin);
   const WitnessedHead known = it == m_heads.end() ? WitnessedHead{} : it->second;
   if (req.old_size != known.size) return conflict(known.size);
-  if (it != m_heads.end() && cp.size == known.size && cp.root != known.root) return conflict(known.size);
+  if (it != m_heads.end() && cp.size == known.size && cp.root != known.root) {
+    keep_evidence(req.note, now);
+    return conflict(known.size);
+  }
   if (it != m_heads.end() && cp.size > known.size && known.size > 0) {
     try {
       merkle::verify_consistency(known.size, cp.size, req.proof, merkle::to_bytes(known.root), merkle::to_bytes(cp.root));
     } catch (const core::Error&) {
+      keep_evidence(body, now);
       return text(422, "the consistency proof does not verify from the last cosigned checkpoint");
     }
   }
@@ -172,6 +176,14 @@ Witness::Answer Witness::decide(const std::string& body, std::uint64_t now) {
   persist(cp.origin, req.note, next);
   m_heads[cp.origin] = next;
   return {200, "text/plain; charset=utf-8", m_key.cosign(tlog::checkpoint_text(cp), now) + "\n"};
+}
+
+// The spec's MAY: a request signed by the log that the witness refuses as a fork is kept, since it
+// may prove the log's misbehaviour (two signed checkpoints that cannot both be true).
+void Witness::keep_evidence(const std::string& request, std::uint64_t now) {
+  const std::string dir = m_dir + "/evidence";
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return;
+  write_durably(dir, dir + "/" + std::to_string(now) + "-" + std::to_string(++m_evidence), request);
 }
 
 void Witness::persist(const std::string& origin, const std::string& note, const WitnessedHead&) {

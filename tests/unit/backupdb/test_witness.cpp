@@ -102,6 +102,8 @@ TEST_CASE("witness: a forked tree is refused: another root at its size (409), a 
   p[0][3] ^= 1;
   CHECK(w.add_checkpoint(Fixture::body(9, p, f.note(f.tree, f.log_key)), 4).status == 422);
   CHECK(w.head(kOrigin)->size == 9);  // nothing moved
+  // The three signed fork attempts are kept as evidence (the spec's MAY).
+  CHECK(std::system(("test $(ls " + f.dir + "/evidence | wc -l) -eq 3").c_str()) == 0);
   CHECK(w.add_checkpoint(Fixture::body(9, merkle::consistency_proof(f.tree, 9, 20), f.note(f.tree, f.log_key)), 5).status == 200);
 }
 

@@ -22,6 +22,7 @@ struct MonitorConfig {
   std::string state_dir;                  // --state DIR
   std::vector<std::string> trust;         // manufacturer root(s), PEM
   bool once = false;
+  bool recheck = false;                   // fetch the records of earlier entries again too
   unsigned interval_s = 60;
 };
 

@@ -53,6 +53,8 @@ class Witness {
  private:
   Answer decide(const std::string& body, std::uint64_t now);
   void persist(const std::string& origin, const std::string& note, const WitnessedHead& head);
+  void keep_evidence(const std::string& request, std::uint64_t now);  // in DIR/evidence/, under m_mutex
+  unsigned m_evidence = 0;
   std::map<std::string, core::note::Ed25519Verifier> m_logs;  // by origin (= key name)
   core::tlog::Cosigner m_key;
   std::string m_dir;
