@@ -139,7 +139,9 @@ int main(int argc, char** argv) {
   install_cert->add_option("--cert", install_certs, "a signed certificate (PEM; repeatable)")
       ->required()->check(CLI::ExistingFile);
   auto* server_cert = keys->add_subcommand(
-      "server-cert", "make new public DB and KPS server keys and certificates (e.g. for new --dns/--ip)");
+      "server-cert", "make new public DB, KPS and service server keys and certificates (e.g. for new --dns/--ip)");
+  server_cert->add_option("--for", keys_opt.reissue_for, "only this server's (repeatable; default all)")
+      ->check(CLI::IsMember({"backupdb", "kps", "service"}));
   for (auto* sub : {keys_init, server_cert}) {
     sub->add_option("--dns", keys_opt.dns_names, "server certificate DNS name (repeatable; default localhost)");
     sub->add_option("--ip", keys_opt.ip_addresses, "server certificate IPv4 address (repeatable; default 127.0.0.1)");

@@ -1,13 +1,14 @@
 # keyline-service on a line started by scripts/lib/line.sh (sourced after it): the demo and
 # tests/e2e/service use these.
 #   service_up                 database keyline_service, migrate, serve on the station's token (it holds
-#                              the line's master, version 1: docs/service.md "Version 1 (legacy)");
+#                              the line's masters: version 1 (docs/service.md "Version 1 (legacy)") and
+#                              any version `keys roll master` made (derivation v2);
 #                              sets LINE_SERVICE_URL and LINE_SERVICE_DB
 #   service_cli ARGS...        keyline-service with the token's module, label and PIN file
 #   service_code_signing DIR   a P-256 key on the token (keyline-code-signing) and its certificate under
 #                              the line's root, EKU codeSigning (DIR/cs.pem), through OpenSSL's PKCS#11 engine
-# The server's TLS certificate is the KPS's (the same service CA, 127.0.0.1) until `keyline-station keys
-# init` makes one of its own for the service.
+# The server's TLS certificate is its own, service-tls.pem/.key, made by `keyline-station keys init` (and
+# `keys server-cert --for service`) from the service CA, like the public DB's and the KPS's.
 
 service_token_args() {
   printf '%s\n' --pkcs11-module "$(cat "$LINE_DIR/hsm/module")" --token-label "$(cat "$LINE_DIR/hsm/label")" \
@@ -41,7 +42,7 @@ service_up() {
     sport=$(line_free_port)
     KEYLINE_SERVICE_DB="$LINE_SERVICE_DB" "$LINE_BIN/keyline-service" serve "${tok[@]}" \
       --listen "127.0.0.1:$sport" --ops-listen 127.0.0.1:0 \
-      --tls-cert "$LINE_DIR/pki/kps-tls.pem" --tls-key "$LINE_DIR/pki/kps-tls.key" \
+      --tls-cert "$LINE_DIR/pki/service-tls.pem" --tls-key "$LINE_DIR/pki/service-tls.key" \
       --public-db "$LINE_BACKUPDB_URL" --public-db-ca "$LINE_DIR/pki/tls-ca.pem" --trust "$LINE_DIR/pki/root.pem" \
       --log "$LINE_DIR/logs/service.log" >>"$LINE_DIR/logs/service.out" 2>&1 &
     spid=$!

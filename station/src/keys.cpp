@@ -508,7 +508,10 @@ std::string server_pair_problem(Init& in, const char* cert_file, const char* key
 // the embedded default and handed to those servers as files (0600 from the first byte).
 void ensure_server(Init& in, const char* cert_file, const char* key_file, const std::string& cn,
                    const Botan::X509_Certificate& service_ca, const core::Pkcs11EcdsaPrivateKey& service_key) {
-  std::string why = in.options.reissue_server_certs ? "re-issued on request"
+  const auto& only = in.options.reissue_for;
+  const bool reissue = in.options.reissue_server_certs &&
+                       (only.empty() || std::find(only.begin(), only.end(), cn.substr(cn.find('-') + 1)) != only.end());
+  std::string why = reissue ? "re-issued on request"
                                                     : server_pair_problem(in, cert_file, key_file, service_ca,
                                                                           service_key);
   if (why.empty()) return;
@@ -668,6 +671,7 @@ void install_servers(Init& in, const Botan::X509_Certificate& root, const core::
   ensure_text(in, pki_file::tls_trust, core::to_pem(service_ca[0]) + core::to_pem(root));
   ensure_server(in, pki_file::backupdb_cert, pki_file::backupdb_key, "keyline-backupdb", service_ca[0], service_key);
   ensure_server(in, pki_file::kps_cert, pki_file::kps_key, "keyline-kps", service_ca[0], service_key);
+  ensure_server(in, pki_file::service_cert, pki_file::service_key, "keyline-service", service_ca[0], service_key);
 }
 
 // A certificate not given now stays only when it still chains to the root being installed.
@@ -736,6 +740,7 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
   ensure_station_cert(in, service_ca, *service_ca_key, *station_tls_key);
   ensure_server(in, pki_file::backupdb_cert, pki_file::backupdb_key, "keyline-backupdb", service_ca, *service_ca_key);
   ensure_server(in, pki_file::kps_cert, pki_file::kps_key, "keyline-kps", service_ca, *service_ca_key);
+  ensure_server(in, pki_file::service_cert, pki_file::service_key, "keyline-service", service_ca, *service_ca_key);
 
   if (!in.changed)
     out << "keys: everything present on token '" << config.token_label << "' and in " << config.pki_dir
@@ -746,6 +751,7 @@ void keys_init(const StationConfig& config, const KeysInitOptions& options, std:
       << "keys: station TLS client  " << in.path(pki_file::station_tls) << " (key on the token)\n"
       << "keys: public DB server    " << in.path(pki_file::backupdb_cert) << "\n"
       << "keys: KPS server          " << in.path(pki_file::kps_cert) << "\n"
+      << "keys: service server      " << in.path(pki_file::service_cert) << "\n"
       << "keys: SCP11a OCE          " << in.path(pki_file::oce) << " (key " << key_label::oce << " on the token)\n";
 }
 

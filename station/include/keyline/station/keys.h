@@ -45,18 +45,22 @@ constexpr const char* backupdb_cert = "backupdb-tls.pem";  // public DB server c
 constexpr const char* backupdb_key = "backupdb-tls.key";   // its key (a server key, not a manufacturer key)
 constexpr const char* kps_cert = "kps-tls.pem";
 constexpr const char* kps_key = "kps-tls.key";
+constexpr const char* service_cert = "service-tls.pem";  // keyline-service's server certificate (+ service CA)
+constexpr const char* service_key = "service-tls.key";
 constexpr const char* oce = "oce.pem";  // the station's SCP11a OCE certificate (from the Device CA)
 }  // namespace pki_file
 
 struct KeysInitOptions {
   std::string organization = "keyline demo manufacturer";
-  // Names of the public DB's and the KPS's server certificates (SAN): --dns (valid host names) and
+  // Names of the public DB's, the KPS's and keyline-service's server certificates (SAN): --dns (valid host names) and
   // --ip (IPv4 literals). When both are empty: 127.0.0.1 and localhost.
   std::vector<std::string> dns_names;
   std::vector<std::string> ip_addresses;
   // `keys server-cert`: make new server keys and certificates even when the present ones are fine
   // (new names, or a server key to replace).
   bool reissue_server_certs = false;
+  // `keys server-cert --for NAME` (repeatable: backupdb, kps, service): re-issue only these; empty: all.
+  std::vector<std::string> reissue_for;
   // `keys init --offline-root`: the root stays on the ceremony's token (docs/ceremony.md); the station
   // makes its Device CA and TLS keys (and master, wrap) and writes CSRs for the ceremony to sign.
   bool offline_root = false;
