@@ -15,6 +15,9 @@
 #include <chrono>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -111,16 +114,104 @@ bool has_policy(const Botan::X509_Certificate& cert, const char* oid) {
   return std::find(policies.begin(), policies.end(), Botan::OID(oid)) != policies.end();
 }
 
+const Botan::Path_Validation_Restrictions& restrictions() {
+  static const Botan::Path_Validation_Restrictions r(false, 110);
+  return r;
+}
+
+// A vendor CA as Botan's path validation saw it on its own (self-signature, strength, extensions):
+// its key, parsed once. Only the time range changes between two chips, so only that is checked again.
+struct VendorAnchor {
+  std::shared_ptr<const Botan::X509_Certificate> cert;
+  std::shared_ptr<const Botan::Public_Key> key;
+};
+
+// A vendor CA's own checks, done once per process and vendor certificate (docs/channel.md, "Cost": its
+// self-signature was verified again for every chip, twice). Empty when the vendor CA does not pass on
+// its own, or carries an extension that constrains the certificates below it (name constraints,
+// policy constraints): those are checked by the full path validation only.
+std::optional<VendorAnchor> vendor_anchor(const Botan::X509_Certificate& vendor) {
+  static std::mutex mutex;
+  static std::map<std::vector<std::uint8_t>, std::optional<VendorAnchor>> verified;
+  const std::vector<std::uint8_t> der = vendor.BER_encode();
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (const auto it = verified.find(der); it != verified.end()) return it->second;
+  std::optional<VendorAnchor> anchor;
+  const Botan::OID kBasic("2.5.29.19"), kUsage("2.5.29.15"), kSkid("2.5.29.14"), kAkid("2.5.29.35");
+  const auto& oids = vendor.v3_extensions().get_extension_oids();
+  const bool plain_ca = std::all_of(oids.begin(), oids.end(), [&](const Botan::OID& o) {
+    return o == kBasic || o == kUsage || o == kSkid || o == kAkid;
+  });
+  if (plain_ca && vendor.is_CA_cert() && vendor.is_self_signed()) {
+    const auto self = std::make_shared<const Botan::X509_Certificate>(vendor);
+    // The time range is left to each chip's check (ignored here: a vendor CA not yet valid today is
+    // remembered as sound, and refused per chip until it is).
+    const auto status = Botan::PKIX::check_chain(
+        {self}, vendor.not_before().to_std_timepoint(), "", Botan::Usage_Type::UNSPECIFIED,
+        restrictions().minimum_key_strength(), restrictions().trusted_hashes());
+    if (Botan::PKIX::overall_status(status) == Botan::Certificate_Status_Code::OK)
+      anchor = VendorAnchor{self, std::shared_ptr<const Botan::Public_Key>(vendor.load_subject_public_key())};
+  }
+  verified.emplace(der, anchor);
+  return anchor;
+}
+
+// RFC 5280 section 6.1.3 for a chip certificate issued directly by a vendor CA whose own checks are
+// done (vendor_anchor): what Botan's PKIX::check_chain does for the first certificate of the path
+// [leaf, vendor CA], in its order: names chain, serial, DN lengths, both time ranges, an issuing CA,
+// the signature, its strength and hash, the leaf's extensions (unknown critical ones refused). Path length:
+// no intermediate, so a vendor CA's path length 0 allows it. Returns the failure, or OK.
+Botan::Certificate_Status_Code check_leaf(const Botan::X509_Certificate& leaf, const VendorAnchor& vendor,
+                                          std::chrono::system_clock::time_point now) {
+  using Code = Botan::Certificate_Status_Code;
+  const Botan::X509_Certificate& ca = *vendor.cert;
+  if (leaf.issuer_dn() != ca.subject_dn()) return Code::CHAIN_NAME_MISMATCH;
+  if (leaf.is_serial_negative()) return Code::CERT_SERIAL_NEGATIVE;
+  for (const auto& [oid, value] : leaf.subject_dn().dn_info()) {
+    const std::size_t ub = Botan::X509_DN::lookup_ub(oid);
+    if (ub > 0 && value.size() > ub) return Code::DN_TOO_LONG;
+  }
+  const Botan::X509_Time at(now);
+  for (const Botan::X509_Certificate* c : {&leaf, &ca}) {
+    if (at < c->not_before()) return Code::CERT_NOT_YET_VALID;
+    if (at > c->not_after()) return Code::CERT_HAS_EXPIRED;
+  }
+  if (!ca.is_CA_cert() || !ca.allowed_usage(Botan::KEY_CERT_SIGN)) return Code::CA_CERT_NOT_FOR_CERT_ISSUER;
+  const Code sig = leaf.verify_signature(*vendor.key);
+  if (sig != Code::VERIFIED) return sig;
+  if (vendor.key->estimated_strength() < restrictions().minimum_key_strength())
+    return Code::SIGNATURE_METHOD_TOO_WEAK;
+  if (restrictions().trusted_hashes().count(leaf.hash_used_for_signature()) == 0) return Code::UNTRUSTED_HASH;
+  const Botan::Extensions& ext = leaf.v3_extensions();
+  const auto list = ext.extensions();
+  if (leaf.x509_version() < 3 && !list.empty()) return Code::EXT_IN_V1_V2_CERT;
+  if (list.size() != ext.get_extension_oids().size()) return Code::DUPLICATE_CERT_EXTENSION;
+  const std::vector<std::shared_ptr<const Botan::X509_Certificate>> path = {
+      std::make_shared<const Botan::X509_Certificate>(leaf), vendor.cert};
+  std::vector<std::set<Code>> status(path.size());
+  for (const auto& e : list) e.first->validate(leaf, ca, path, status, 0);
+  return status[0].empty() ? Code::OK : *status[0].begin();
+}
+
 // Path validation (RFC 5280 section 6 as Botan implements it) of leaf + intermediates to a vendor CA.
-// Returns the vendor CA it chained to.
+// Returns the vendor CA it chained to. A leaf straight under a listed vendor (keyline's chips: the
+// store holds the SD certificate only) takes check_leaf with the vendor's own checks done once; any
+// other path, and a leaf that fails there, goes through Botan's whole path validation, which then
+// names the failure.
 Botan::X509_Certificate validate_path(const std::vector<Botan::X509_Certificate>& path,
                                       const std::vector<Botan::X509_Certificate>& vendors, const ChipId& chip,
                                       const char* what) {
+  const auto now = std::chrono::system_clock::now();
+  if (path.size() == 1)
+    for (const auto& v : vendors) {
+      if (path.front().issuer_dn() != v.subject_dn()) continue;
+      const auto anchor = vendor_anchor(v);
+      if (anchor && check_leaf(path.front(), *anchor, now) == Botan::Certificate_Status_Code::OK) return v;
+    }
   Botan::Certificate_Store_In_Memory store;
   for (const auto& v : vendors) store.add_certificate(v);
-  const Botan::Path_Validation_Restrictions restrictions(false, 110);
-  const auto result = Botan::x509_path_validate(path, restrictions, store, "", Botan::Usage_Type::UNSPECIFIED,
-                                                std::chrono::system_clock::now());
+  const auto result =
+      Botan::x509_path_validate(path, restrictions(), store, "", Botan::Usage_Type::UNSPECIFIED, now);
   if (!result.successful_validation())
     not_genuine(chip, std::string(what) + " certificate does not chain to a listed vendor (" +
                           result.result_string() + ")");

@@ -123,6 +123,28 @@ TEST_CASE("verify_chip: a chip of an unlisted vendor is not genuine") {
         core::ErrorCode::ChipNotGenuine);
 }
 
+TEST_CASE("verify_chip: a vendor's name with another key, or a changed signature, is not genuine") {
+  // The check of a chip certificate straight under a listed vendor (its CA's own checks done once,
+  // docs/channel.md "Cost"): a counterfeit vendor CA with the listed vendor's exact name signs a chip.
+  Setup s;
+  s.verified();  // the listed vendor's checks are now remembered
+  TestVendor twin("Test Chip Vendor");
+  REQUIRE(twin.ca().subject_dn() == s.vendor.ca().subject_dn());
+  const auto fake = twin.chip(s.chip.id);
+  CHECK(code_of([&] { verify_chip({fake.sd_cert}, s.chip.attestation_cert, s.vendors, s.chip.id); }) ==
+        core::ErrorCode::ChipNotGenuine);
+  CHECK(code_of([&] { verify_chip({s.chip.sd_cert}, fake.attestation_cert, s.vendors, s.chip.id); }) ==
+        core::ErrorCode::ChipNotGenuine);
+  // The last byte of the DER is inside the signature value: the certificate still parses.
+  for (core::Bytes* cert : {&s.chip.sd_cert, &s.chip.attestation_cert}) {
+    core::Bytes original = *cert;
+    cert->back() ^= 0x01;
+    CHECK(code_of([&] { s.verified(); }) == core::ErrorCode::ChipNotGenuine);
+    *cert = original;
+  }
+  CHECK(s.verified().vendor == "Test Chip Vendor");
+}
+
 TEST_CASE("verify_chip: certificates naming another chip than the CPLC are a mismatch") {
   Setup s;
   CHECK(code_of([&] { verify_chip({s.chip.sd_cert}, s.chip.attestation_cert, s.vendors, test::chip_b()); }) ==
