@@ -481,9 +481,19 @@ TEST_CASE("monitor: follows the log of two stations' records, resumes, and finds
   CHECK(second.out.find("\"finding\":\"record-mismatch\"") != std::string::npos);
   CHECK(second.out.find(pki().record(30000 + half + 7).chip_id.str()) != std::string::npos);
 
-  // Nothing new: a clean pass over nothing.
+  // Nothing new: the swap was reported once, the tree is clean.
   const auto third = run(monitor_cmd(*s, key.text(), state));
   CHECK_MESSAGE(third.rc == 0, third.out << third.err);
+
+  // A record of the first half, checked clean long ago, swapped now: only --recheck looks again.
+  swap_record_by_sql(db, 30000 + 3);
+  s.reset();
+  s = std::make_unique<Server>(db, log_args(label));
+  CHECK(run(monitor_cmd(*s, key.text(), state)).rc == 0);
+  const auto recheck = run(monitor_cmd(*s, key.text(), state) + " --recheck");
+  CHECK(recheck.rc == 3);
+  CHECK(recheck.out.find(pki().record(30000 + 3).chip_id.str()) != std::string::npos);
+  CHECK(recheck.out.find(pki().record(30000 + half + 7).chip_id.str()) != std::string::npos);  // and the first swap
 }
 
 TEST_CASE("witness: cosigns the public DB's checkpoints as it grows, refuses a second tree under the same key") {
