@@ -5,7 +5,9 @@
 # record 2, its communication key is AES-256-ECB(master v2, SHA-256("keyline/comm/v2" || chip ID)) (its
 # check value is what `keys check --chip` derives for its chip, not for device 0's chip), and
 # keyline-service on the station's token serves device 0 with KVN 1 (legacy) and device 1 with KVN 2. The
-# service answers TLS with its own certificate (service-tls.pem from `keys init`), not the KPS's.
+# service answers TLS with its own certificate (service-tls.pem from `keys init`), not the KPS's. Device 2's
+# claim crashes after STORE DATA before the roll (keyline-station-faulty) and resumes after it: it stays at
+# version 1 (the journal's), its secret DB check value is its v1 key's, and the service serves it with KVN 1.
 # Usage: service_roll_e2e.sh WORKDIR   (LINE_BIN = directory holding the keyline-* programs)
 set -uo pipefail
 
@@ -25,7 +27,7 @@ pass() { printf 'ok   %s\n' "$*"; }
 fail() { printf 'FAIL %s\n' "$*"; fails=$((fails + 1)); }
 checke() { if eval "$2"; then pass "$1"; else fail "$1"; fi; }
 
-line_up "$work/line" 2 || exit 1
+line_up "$work/line" 3 || exit 1
 ST="$LINE_BIN/keyline-station"
 DEV="$LINE_BIN/keyline-device"
 CA="$LINE_DIR/pki/tls-ca.pem"
@@ -51,6 +53,13 @@ lower() { tr 'A-F' 'a-f'; }
 
 personalize_one 0
 checke "device 0 personalized before the roll" 'grep -q "\"done\":true" "$work/personalize-0.json"'
+rc=0
+KEYLINE_STATION_CRASH_AT=store "$LINE_BIN/keyline-station-faulty" personalize --json --device "${all[2]}" \
+  >"$work/crash-2.out" 2>"$work/crash-2.err" || rc=$?
+c2=$("$DEV" status --dir "$(ddir 2)" | awk '$1 == "chip_id" {print $2}')
+checke "device 2: the station died after STORE DATA, its claim issued at version 1" \
+  '[ "$rc" -ge 128 ] && [ "$(sql_of state journal.device "$c2" "state <> '"'void'"'")" = issued ] &&
+   [ "$(sql_of master_version journal.device "$c2" "state <> '"'void'"'")" = 1 ]'
 "$ST" keys roll master >"$work/roll.out" 2>&1
 checke "keys roll master: keyline-master-v2, AES-256 derive only" \
   'grep -q "generated keyline-master-v2 (master version 2: AES-256, derive only" "$work/roll.out"'
@@ -58,6 +67,12 @@ personalize_one 1
 checke "device 1 personalized after the roll" 'grep -q "\"done\":true" "$work/personalize-1.json"'
 c0=$(chip_of 0)
 c1=$(chip_of 1)
+personalize_one 2
+checke "device 2 resumed after the roll and done" 'grep -q "\"done\":true" "$work/personalize-2.json"'
+kcv2=$(sql_of comm_key_kcv secret.device "$c2" | lower)
+checke "the resumed claim stays at version 1 (secret DB, device KVN) and its check value is its device's key" \
+  '[ "$(sql_of master_version secret.device "$c2")" = 1 ] && [ "$(kvn_of 2)" = 1 ] && [ -n "$kcv2" ] &&
+   [ "$(device_kcv 2)" = "$kcv2" ]'
 
 checke "device 0's package header says version 1, device 1's says 2 (their SCP03 KVN)" \
   '[ "$(kvn_of 0)" = 1 ] && [ "$(kvn_of 1)" = 2 ]'
@@ -80,7 +95,7 @@ subject=$(openssl s_client -connect "${LINE_SERVICE_URL#https://}" -CAfile "$CA"
   openssl x509 -noout -subject 2>/dev/null)
 checke "keyline-service answers TLS with its own certificate (CN keyline-service)" \
   'grep -q "keyline-service" <<<"$subject" && [ -s "$LINE_DIR/pki/service-tls.pem" ]'
-for i in 0 1; do
+for i in 0 1 2; do
   rc=0
   "$DEV" service-agent --dir "$(ddir "$i")" --service "$LINE_SERVICE_URL" --ca "$CA" >"$work/session-$i.json" \
     2>"$work/session-$i.err" || rc=$?
@@ -90,6 +105,8 @@ checke "keyline-service serves device 0 (made before the roll) with KVN 1" \
   'grep -q "\"ok\":true" "$work/session-0.json" && grep -q "\"kvn\":1[,}]" "$work/session-0.json"'
 checke "keyline-service serves device 1 (made after the roll) with KVN 2" \
   'grep -q "\"ok\":true" "$work/session-1.json" && grep -q "\"kvn\":2[,}]" "$work/session-1.json"'
+checke "keyline-service serves device 2 (resumed after the roll) with KVN 1" \
+  'grep -q "\"ok\":true" "$work/session-2.json" && grep -q "\"kvn\":1[,}]" "$work/session-2.json"'
 
 # The v2 master on the token: sensitive, extractable only with wrap-with-trusted, CKA_DERIVE only. pkcs11-tool
 # prints no CKA_WRAP_WITH_TRUSTED, so that one is read from `keys status --json`.
