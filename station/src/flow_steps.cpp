@@ -189,7 +189,8 @@ void Flow::record() {
   record.certificates = {m_identity_der, m_p.m_keys.device_ca_cert.BER_encode()};
   // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
   if (m_kcv_hex.empty())
-    m_kcv_hex = core::to_hex(core::key_check_value(derive_comm_key(*m_p.m_keys.token, m_res.imei, *m_chip, m_master_version)));
+    m_kcv_hex = core::to_hex(
+        core::key_check_value(derive_comm_key(*m_p.m_keys.token, m_res.imei, *m_chip, m_master_version)));
   const std::string record_hash = record.hash();
   m_record_json = record.to_json_hashed(record_hash);
   m_db.step(kBackedUp, {*m_claim_id, m_res.chip_id, m_res.imei, sha256_hex(m_identity_der), sha256_hex(m_transport_der),
