@@ -4,6 +4,7 @@
 #include <botan/ed25519.h>
 #include <botan/system_rng.h>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "keyline/core/error.h"
@@ -138,6 +139,7 @@ std::string Cosigner::cosign(std::string_view checkpoint_text, std::uint64_t tim
 std::vector<std::string> verified_cosigners(std::string_view signed_note, const std::vector<CosignerKey>& witnesses) {
   const note::Note n = note::parse_note(signed_note);
   std::vector<std::string> out;
+  std::vector<Bytes> counted;  // one witness is one key, whatever names or repeats list it
   for (const auto& w : witnesses) {
     bool found = false;
     for (const auto& s : n.signatures) {
@@ -146,7 +148,9 @@ std::vector<std::string> verified_cosigners(std::string_view signed_note, const 
       w.verify(n.text, s);
       found = true;
     }
-    if (found) out.push_back(w.name());
+    if (!found || std::find(counted.begin(), counted.end(), w.public_key()) != counted.end()) continue;
+    counted.push_back(w.public_key());
+    out.push_back(w.name());
   }
   return out;
 }

@@ -218,6 +218,11 @@ void check_witnessed(const LogOptions& options, const std::string& checkpoint_no
     } catch (const core::Error& e) {
       throw core::ConfigError(core::ErrorCode::Usage, std::string("a --witness-key is not a cosigner key: ") + e.what());
     }
+    // --witnesses counts witnesses, and a witness is its key: a key given twice would meet the count alone.
+    for (std::size_t i = 0; i + 1 < keys.size(); ++i)
+      if (keys[i].public_key() == keys.back().public_key())
+        throw core::ConfigError(core::ErrorCode::Usage, "the --witness-key " + keys.back().name() +
+                                                        " repeats the key of " + keys[i].name());
   }
   std::vector<std::string> valid;
   try {

@@ -143,3 +143,15 @@ TEST_CASE("log witness: an unlisted witness or a cosignature over another tree d
   s.cosigners = {&s.w1, &s.w2};
   recovery::check_record_in_log(s.db, s.opts, record_of(1), nullptr);
 }
+
+TEST_CASE("log witness: one --witness-key given twice (or under another name) is usage, never two witnesses") {
+  WitnessedLog s;
+  s.cosigners = {&s.w1};
+  s.opts.witnesses = 2;
+  s.opts.witness_keys = {s.w1.key().text(), s.w1.key().text()};
+  CHECK(s.refusal() == core::ErrorCode::Usage);
+  const tlog::CosignerKey alias("witness.test/alias", s.w1.key().public_key());
+  s.opts.witness_keys = {s.w1.key().text(), alias.text()};
+  CHECK(s.refusal() == core::ErrorCode::Usage);
+  CHECK_FALSE(s.state_written());
+}

@@ -101,3 +101,16 @@ TEST_CASE("cosignature: verifies, and a changed text, timestamp, name or key is 
   CHECK(verified_cosigners(note_with({line, other.cosign(kText, 5)}), {w.key(), other.key()}).size() == 2);
   CHECK_THROWS_CODE(w.cosign(kText, 0x8000000000000000ull), BadNote);
 }
+
+TEST_CASE("cosignature: one key pinned twice, or under a second name, is one witness") {
+  const auto w = witness("witness.test/w1", 1);
+  const auto good = note_with({w.cosign(kText, 1700000000)});
+  CHECK(verified_cosigners(good, {w.key(), w.key()}) == std::vector<std::string>{"witness.test/w1"});
+  // The signed message holds no name, so the same key under another name verifies its own line too.
+  const auto alias = Cosigner("witness.test/alias", SecureBytes(32, 1));
+  const auto both = note_with({w.cosign(kText, 1700000000), alias.cosign(kText, 1700000000)});
+  CHECK(verified_cosigners(both, {w.key(), alias.key()}).size() == 1);
+  const auto other = witness("witness.test/w2", 2);
+  CHECK(verified_cosigners(note_with({w.cosign(kText, 1), other.cosign(kText, 1)}), {w.key(), w.key(), other.key()})
+            .size() == 2);
+}

@@ -57,7 +57,8 @@ class Cosigner {
   CosignerKey m_key;
 };
 
-// The names of the listed witnesses whose cosignature on the checkpoint note verifies. Lines of
+// The names of the listed witnesses whose cosignature on the checkpoint note verifies, one per
+// distinct public key (a key listed twice, or under two names, is one witness). Lines of
 // unknown (name, key ID) are ignored ("Format": clients ignore lines that do not match); a listed
 // key's line that fails throws CryptoError(NoteNotVerified); the note's syntax, FormatError(BadNote).
 std::vector<std::string> verified_cosigners(std::string_view signed_note, const std::vector<CosignerKey>& witnesses);
