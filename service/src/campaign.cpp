@@ -139,7 +139,7 @@ int campaign_status(const Config& config, const std::string& name, bool json, st
   auto db = connect(config);
   const auto r = db.exec(
       "SELECT imei, state, coalesce(detail, ''), to_char(updated_at AT TIME ZONE 'UTC',"
-      " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') FROM job WHERE campaign = $1 ORDER BY imei",
+      " 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), refusals FROM job WHERE campaign = $1 ORDER BY imei",
       {name});
   int pending = 0, applied = 0, failed = 0;
   std::ostringstream devices;
@@ -148,7 +148,8 @@ int campaign_status(const Config& config, const std::string& name, bool json, st
     (state == "pending" ? pending : state == "applied" ? applied : failed)++;
     if (json)
       devices << (i ? "," : "") << "{\"imei\":\"" << r.text(i, 0) << "\",\"state\":\"" << state
-              << "\",\"detail\":\"" << r.text(i, 2) << "\",\"updated_at\":\"" << r.text(i, 3) << "\"}";
+              << "\",\"detail\":\"" << r.text(i, 2) << "\",\"updated_at\":\"" << r.text(i, 3)
+              << "\",\"refusals\":" << r.int64(i, 4) << "}";
     else
       devices << r.text(i, 0) << " " << state << (r.text(i, 2).empty() ? "" : " " + r.text(i, 2)) << "\n";
   }

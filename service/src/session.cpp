@@ -19,6 +19,14 @@ std::string sw_hex(std::uint16_t sw) {
 std::string q(const std::string& s) { return "\"" + core::http::json_escape(s) + "\""; }
 std::string dgi_hex(std::uint16_t dgi) { return sw_hex(dgi); }
 
+// GP Amendment D section 6.2.5 (core/scp03.h unwrap_response): an answer with no data and a status
+// word other than 9000, 62XX or 63XX carries no R-MAC, so the device and anyone relaying its answers
+// (the agent, a TLS-terminating proxy) could equally have written it.
+bool carries_rmac(const core::ResponseApdu& wrapped) {
+  const auto sw1 = static_cast<std::uint8_t>(wrapped.sw >> 8);
+  return !wrapped.data.empty() || wrapped.sw == core::sw::ok || sw1 == 0x62 || sw1 == 0x63;
+}
+
 }  // namespace
 
 HostSession::HostSession(core::ChipId chip, int kvn, std::vector<Job> jobs, core::Bytes host_challenge,
@@ -145,7 +153,7 @@ void HostSession::finish(const std::vector<core::ResponseApdu>& answers) {
     if (plain.sw != core::sw::ok) {
       if (owner != kNoJob) {
         refused[owner] = true;
-        m_result.jobs.push_back({m_jobs[owner].id, false, sw_hex(plain.sw)});
+        m_result.jobs.push_back({m_jobs[owner].id, false, sw_hex(plain.sw), carries_rmac(answers[i])});
       }
       fail((owner == kNoJob ? "get status refused " : m_jobs[owner].kind + " refused ") + sw_hex(plain.sw));
       complete = false;

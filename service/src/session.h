@@ -32,6 +32,9 @@ struct JobOutcome {
   std::int64_t id = 0;
   bool applied = false;
   std::string detail;  // "9000", or the status word / failure that refused it
+  // false for a refusal answered without an R-MAC (an error status word, GP Amendment D section
+  // 6.2.5): the device or anyone on the path wrote it, so it does not end the job (store.cpp).
+  bool authenticated = true;
 };
 
 struct SessionResult {

@@ -53,6 +53,11 @@ std::optional<std::pair<Device, std::vector<Job>>> find_device_with_jobs(core::p
 
 namespace {
 
+// A refusal without an R-MAC may be the device's or a relay's (session.cpp carries_rmac). Five
+// sessions each answered so, over the TLS link the agent opens, is no longer one relay's lie worth
+// retrying for: the job fails with that count (docs/decisions.md).
+constexpr int kMaxUnauthenticatedRefusals = 5;
+
 // A PostgreSQL array literal of text elements, each double-quoted (section 8.15.2 of the manual).
 std::string text_array(const std::vector<std::string>& v) {
   std::string out = "{";
@@ -74,7 +79,7 @@ void record_session(core::pq::Connection& db, const Device& device, const std::s
   std::vector<std::string> ids, states, details;
   for (const auto& o : result.jobs) {
     ids.push_back(std::to_string(o.id));
-    states.push_back(o.applied ? "applied" : "failed");
+    states.push_back(o.applied ? "applied" : o.authenticated ? "failed" : "refused");
     details.push_back(o.detail);
   }
   // After a PUT KEY the device opens only with the new version (the old key no longer works), so the
@@ -85,7 +90,16 @@ void record_session(core::pq::Connection& db, const Device& device, const std::s
   db.exec(
       "WITH x AS (SELECT unnest($1::bigint[]) AS id, unnest($2::text[]) AS state, unnest($3::text[]) AS "
       "detail),"
-      " j AS (UPDATE job SET state = x.state, detail = x.detail, updated_at = now() FROM x"
+      // A refusal without an R-MAC ('refused') keeps the job pending and counts; the bound-th fails it.
+      " j AS (UPDATE job SET refusals = job.refusals + (x.state = 'refused')::int,"
+      "       state = CASE WHEN x.state <> 'refused' THEN x.state"
+      "                    WHEN job.refusals + 1 >= $10::int THEN 'failed' ELSE 'pending' END,"
+      "       detail = CASE WHEN x.state <> 'refused' THEN x.detail"
+      "                     WHEN job.refusals + 1 >= $10::int THEN 'refused ' || (job.refusals + 1) ||"
+      "                          ' times (unauthenticated status word), last ' || x.detail"
+      "                     ELSE x.detail || ' unauthenticated, refusal ' || (job.refusals + 1) || ' of ' || $10::int"
+      "                END,"
+      "       updated_at = now() FROM x"
       "       WHERE job.id = x.id AND job.state = 'pending'),"
       " d AS (UPDATE device SET key_version = GREATEST(coalesce(key_version, 0), $7::int), last_session = "
       "now()"
@@ -93,7 +107,7 @@ void record_session(core::pq::Connection& db, const Device& device, const std::s
       " INSERT INTO session_log (chip_id, started_at, ok, kvn, result)"
       " VALUES ($4, $5::timestamptz, $6::boolean, nullif($8::int, 0), $9::jsonb)",
       {text_array(ids), text_array(states), text_array(details), device.chip.str(), started_at,
-       std::string(result.ok ? "true" : "false"), version, result.kvn, result_json});
+       std::string(result.ok ? "true" : "false"), version, result.kvn, result_json, kMaxUnauthenticatedRefusals});
 }
 
 std::optional<std::pair<Device, std::string>> fetch_device(const PublicDb& public_db,

@@ -333,8 +333,44 @@ TEST_CASE(
   CHECK_FALSE(result->getValue<bool>("ok"));
   CHECK(result->getValue<std::string>("error") == "item refused 6982");
   CHECK(card.items.empty());
-  // 6982 ends the job (the device refused it); a new campaign run would have to re-queue it.
-  CHECK(f.job_state("cfg-t").rfind("failed 6982", 0) == 0);
+  // 6982 carries no R-MAC: the device or the relay wrote it, so the job stays pending and counts it.
+  CHECK(f.job_state("cfg-t") == "pending 6982 unauthenticated, refusal 1 of 5");
+}
+
+TEST_CASE(
+    "a relay answers a bare 6982 for the job's command: the job stays pending, the next session applies it") {
+  Fixture f;
+  f.enqueue("cfg-f", "0F05=" + write_file(f.tls.dir + "/item", Bytes{5, 5}), false, kImeiV2);
+  auto card = card_v2(f);
+  Agent agent;
+  auto client = f.client();
+  auto r = client.post("/v1/device/sessions", "{\"chip_id\":\"" + kChipV2.str() + "\"}", "application/json");
+  REQUIRE(r.status == 201);
+  auto o = parse(r.body);
+  const std::string id = o->getValue<std::string>("session");
+  r = client.post("/v1/device/sessions/" + id, agent.answers(1, commands_of(o), card), "application/json");
+  REQUIRE(r.status == 200);
+  // The device-side agent passes EXTERNAL AUTHENTICATE to the card (its genuine 9000) and answers the
+  // job's STORE DATA itself with 6982, a status word no R-MAC covers.
+  const auto second = commands_of(parse(r.body));
+  const auto auth = core::encode_response(card.transmit(second[0]));
+  const std::string forged = "{\"responses\":[\"" + core::to_hex(Bytes(auth.begin(), auth.end())) + "\",\"6982\"]}";
+  r = client.post("/v1/device/sessions/" + id, forged, "application/json");
+  REQUIRE(r.status == 200);
+  REQUIRE(parse(r.body)->has("done"));
+  CHECK(card.items.empty());
+  CHECK(f.job_state("cfg-f") == "pending 6982 unauthenticated, refusal 1 of 5");
+  std::ostringstream status;
+  CHECK(service::campaign_status(f.config, "cfg-f", true, status) == 1);
+  CHECK(status.str().find("\"state\":\"pending\",\"detail\":\"6982 unauthenticated, refusal 1 of 5\"") !=
+        std::string::npos);
+  CHECK(status.str().find("\"refusals\":1}") != std::string::npos);
+  Agent honest;
+  const auto result = honest.run(f, card, kChipV2);
+  REQUIRE(result);
+  CHECK(result->getValue<bool>("ok"));
+  CHECK(f.job_state("cfg-f") == "applied 9000");
+  CHECK(card.items.at(0x0F05) == Bytes{5, 5});
 }
 
 TEST_CASE(
@@ -373,7 +409,13 @@ TEST_CASE("a module signed by another key, or not newer than the installed one, 
   auto r1 = a1.run(f, card, kChipV2);
   REQUIRE(r1);
   CHECK(r1->getValue<std::string>("error") == "module refused 6985");
-  CHECK(f.job_state("mod-old") == "failed 6985");
+  CHECK(f.job_state("mod-old") == "pending 6985 unauthenticated, refusal 1 of 5");
+  // 6985 has no R-MAC, so it is believed only once five sessions have answered it; then the job fails.
+  for (int n = 2; n <= 5; ++n) {
+    Agent again;
+    REQUIRE(again.run(f, card, kChipV2));
+  }
+  CHECK(f.job_state("mod-old") == "failed refused 5 times (unauthenticated status word), last 6985");
   CHECK(card.modules.at("radio") == 5);
   // Another manufacturer's code-signing key: the campaign refuses it before any device sees it...
   CodeSigning other(f.tls.dir, "other");
