@@ -244,6 +244,10 @@ int main(int argc, char** argv) {
       ->envname("KEYLINE_LOG_KEY_FILE")->excludes(log_key);
   check_log->add_option("--limit", log_opt.limit, "records checked in this run")->capture_default_str();
   check_log->add_option("--rate", log_opt.rate, "requests per second at most")->check(CLI::Range(1, 10000))->capture_default_str();
+  check_log->add_option("--max-wait", log_opt.max_wait_s, "seconds a published record may stay out of every checkpoint "
+                                                          "before it is an alarm")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   auto* status = app.add_subcommand("status", "journal states, outbox and pool");
   status->add_flag("--json", json, "machine-readable output");
 

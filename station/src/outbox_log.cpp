@@ -114,17 +114,23 @@ struct Row {
   std::string imei;
   std::string record_hash;
   std::optional<std::uint64_t> leaf_index;
+  std::int64_t waited_s = 0;  // since it was published
 };
 
 std::vector<Row> unproved_rows(core::pq::Connection& db, int limit) {
   const auto r = db.exec(
-      "SELECT o.chip_id, d.imei, o.record_hash, o.leaf_index FROM journal.outbox o JOIN journal.device d ON d.id = o.device_id"
-      " WHERE o.published_at IS NOT NULL AND o.log_proof IS NULL ORDER BY o.published_at LIMIT $1",
+      "SELECT o.chip_id, d.imei, o.record_hash, o.leaf_index, extract(epoch FROM now() - o.published_at)::bigint"
+      " FROM journal.outbox o JOIN journal.device d ON d.id = o.device_id"
+      " WHERE o.published_at IS NOT NULL AND o.log_proof IS NULL"
+      // Rows never asked about first, then the ones asked about longest ago: waiting rows go to the
+      // back, so a backlog the public DB holds back cannot keep --limit from reaching newer rows.
+      " ORDER BY o.log_checked_at NULLS FIRST, o.published_at LIMIT $1",
       {limit});
   std::vector<Row> rows;
   for (int i = 0; i < r.rows(); ++i) {
     Row row{r.text(i, 0), r.text(i, 1), r.text(i, 2), std::nullopt};
     if (!r.is_null(i, 3)) row.leaf_index = static_cast<std::uint64_t>(r.int64(i, 3));
+    row.waited_s = r.int64(i, 4);
     rows.push_back(std::move(row));
   }
   return rows;
@@ -177,12 +183,27 @@ std::string fork_alarm(core::pq::Connection& db, core::http::Client& client, con
 
 enum class RowOutcome { Proved, Waiting };
 
+// A "not-integrated" answer. The public DB itself says so only for a leaf at or past the checkpoint's
+// size (docs/transparency.md "Clients"), so for a leaf index it answered at publish that the
+// checkpoint holds, it hides the record; a row waiting longer than the log's integration delay allows
+// is held back. Both throw FormatError(BadProof); otherwise the row goes to the back of the queue.
+RowOutcome waiting(core::pq::Connection& db, const Row& row, const tlog::Checkpoint& cp, int max_wait_s) {
+  if (row.leaf_index && *row.leaf_index < cp.size)
+    bad_proof("the public DB calls it not yet integrated, but it was published as leaf " + std::to_string(*row.leaf_index) +
+              " and the checkpoint holds " + std::to_string(cp.size) + " entries");
+  if (row.waited_s > max_wait_s)
+    bad_proof("not in a checkpoint " + std::to_string(row.waited_s) + " s after it was published (--max-wait " +
+              std::to_string(max_wait_s) + ")");
+  db.exec("UPDATE journal.outbox SET log_checked_at = now() WHERE chip_id = $1 AND log_proof IS NULL", {row.chip});
+  return RowOutcome::Waiting;
+}
+
 // Step 2, one row: its proof at the checkpoint's size, for the leaf computed from the row. Throws
 // FormatError(BadProof) naming why the log does not prove it.
 RowOutcome check_row(core::pq::Connection& db, core::http::Client& client, const Row& row, const tlog::Checkpoint& cp,
-                     const std::string& note) {
+                     const std::string& note, int max_wait_s) {
   const auto r = client.get("/v1/records/" + row.chip + "/proof?tree_size=" + std::to_string(cp.size));
-  if (r.status == 404 && r.body.find("not-integrated") != std::string::npos) return RowOutcome::Waiting;
+  if (r.status == 404 && r.body.find("not-integrated") != std::string::npos) return waiting(db, row, cp, max_wait_s);
   if (r.status >= 500 || r.status == 429)
     throw core::IoError(core::ErrorCode::Http, "the public DB answered HTTP " + std::to_string(r.status));
   if (r.status != 200) bad_proof("the log has no entry for it (HTTP " + std::to_string(r.status) + ")");
@@ -235,7 +256,7 @@ LogCheckResult check_outbox_log(const StationConfig& config, const LogCheckOptio
   const auto pause = std::chrono::microseconds(1000000 / std::max(1, options.rate));
   for (const Row& row : unproved_rows(db, std::max(1, options.limit))) {
     try {
-      if (check_row(db, *client, row, cp, note) == RowOutcome::Proved) ++res.proved;
+      if (check_row(db, *client, row, cp, note, options.max_wait_s) == RowOutcome::Proved) ++res.proved;
       else ++res.waiting;
     } catch (const core::FormatError& e) {
       // Not a network problem: the log the public DB shows does not hold what this station published.

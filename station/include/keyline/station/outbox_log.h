@@ -23,6 +23,7 @@ struct LogCheckOptions {
   std::string log_key_file;  // a file holding it
   int limit = 1000;          // rows checked in one run
   int rate = 50;             // requests per second at most (the public DB serves lines too)
+  int max_wait_s = 3600;     // a record published longer ago and still not in a checkpoint is an alarm
 };
 
 struct LogCheckResult {
@@ -35,12 +36,13 @@ struct LogCheckResult {
 
 // One pass: the latest checkpoint (opened with the pinned key), checked to extend the newest one a
 // stored proof holds (a consistency proof; a fork is an alarm and ends the pass), then every published row without a
-// proof (oldest first, up to limit): its inclusion proof at that checkpoint, for the leaf computed
+// proof (never asked about first, then asked about longest ago, up to limit): its inclusion proof at that checkpoint, for the leaf computed
 // from the row's chip, IMEI and record hash. Lines for the failures go to `out`.
 LogCheckResult check_outbox_log(const StationConfig& config, const LogCheckOptions& options, std::ostream& out);
 
 // `keyline-station outbox check-log`: exit 0 when nothing failed (records may still wait), 3 when
-// the log does not prove a record the station published, 5 when the log forked.
+// the log does not prove a record the station published (a record called not integrated at a
+// leaf the checkpoint holds, or waiting past max_wait_s, included), 5 when the log forked.
 int cmd_outbox_check_log(const StationConfig& config, const LogCheckOptions& options);
 
 }  // namespace keyline::station
