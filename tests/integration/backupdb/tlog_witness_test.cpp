@@ -528,6 +528,14 @@ TEST_CASE("witness: cosigns the public DB's checkpoints as it grows, refuses a s
   const auto p3 = w.push(forked, key.text(), pki().dir + "/cosigned-" + label + "-3");
   CHECK(p3.rc == 3);
   CHECK_MESSAGE(p3.err.find("HTTP 422") != std::string::npos, p3.err);
+  // A monitor that followed the first tree sees the second as a fork (exit 5), again on every pass.
+  const std::string mstate = pki().dir + "/monitor-fork-" + label;
+  REQUIRE(run(monitor_cmd(s, key.text(), mstate)).rc == 0);
+  for (int pass = 0; pass < 2; ++pass) {
+    const auto m = run(monitor_cmd(forked, key.text(), mstate));
+    CHECK(m.rc == 5);
+    CHECK(m.out.find("\"finding\":\"log-fork\"") != std::string::npos);
+  }
 
   // A checkpoint under another log key (another label: same origin, other key): 403, never cosigned.
   const auto label2 = new_key_label();
