@@ -106,8 +106,9 @@ int main(int argc, char** argv) {
   app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
   app.require_subcommand(1);
   app.footer(
-      "Exit codes: 0 ok, 1 failure (campaign status: jobs pending), 2 usage/config, 3 bad input, "
-      "4 database unreachable, 6 token.");
+      "Exit codes: 0 ok, 1 failure (campaign status: jobs pending), 2 usage/config, 3 bad input (a campaign "
+      "input or module), 4 database or public DB unreachable, 5 refused (a campaign name reused with another "
+      "payload), 6 token.");
 
   auto* migrate = app.add_subcommand("migrate", "apply the numbered SQL migrations (idempotent)");
   add_db(migrate, cfg);
@@ -126,6 +127,8 @@ int main(int argc, char** argv) {
   camp->add_option("--trust", campaign.trust, "manufacturer root(s) the module's signer chains to");
   camp->add_option("--imeis", campaign.imeis_file, "file with one IMEI a line");
   auto* camp_status = camp->add_subcommand("status", "progress and per-device results");
+  // `campaign status --db ...`: the database options are campaign's; let them follow `status` too.
+  camp_status->fallthrough();
   camp_status->add_option("--name", status_name, "campaign name")->required();
   camp_status->add_flag("--json", status_json, "one JSON object");
 

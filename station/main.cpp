@@ -129,7 +129,7 @@ int main(int argc, char** argv) {
   keys_init->add_option("--organization", keys_opt.organization, "O= of the CA certificates")->capture_default_str();
   keys_init->add_flag("--offline-root", keys_opt.offline_root,
                       "the root stays on the ceremony's token: make only the Device CA, station TLS, master and "
-                      "wrapping keys and write device-ca.csr and station.csr into --pki-dir (docs/station.md)");
+                      "wrapping keys and write device-ca.csr, station.csr and service-ca.csr into --pki-dir (docs/station.md)");
   std::string install_root;
   std::vector<std::string> install_certs;
   auto* install_cert = keys->add_subcommand(

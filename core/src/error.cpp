@@ -27,6 +27,12 @@ int exit_code_for(ErrorCode code) noexcept {
     return exit_code::refused;
   // 4031 keys missing: run `keys init` first; 4032 a PKI directory others can change: fix its owner or mode.
   if (n == 4031 || n == 4032) return exit_code::usage;
+  // keyline-service (service/include/keyline/service/errors.h): a campaign input or module that does not
+  // parse or verify is bad input; a campaign name reused with another payload is refused; the public DB
+  // answering an error is a server that cannot serve.
+  if (n == 8020 || n == 8030) return exit_code::bad_input;
+  if (n == 8021) return exit_code::refused;
+  if (n == 8040) return exit_code::unavailable;
   if (n >= 1000 && n < 1250) return exit_code::bad_input;
   return exit_code::failure;
 }
