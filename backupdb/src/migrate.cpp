@@ -1,5 +1,8 @@
 #include "keyline/backupdb/migrate.h"
 
+#include <chrono>
+#include <thread>
+
 #include "keyline/core/pq.h"
 #include "keyline/core/secret_input.h"
 
@@ -13,8 +16,21 @@ int migrate(const Config& config) {
   core::pq::Connection conn(config.db);
   const int applied = core::apply_migrations(conn, "schema_migrations", embedded_migrations());
   // The statement parameter is the one copy outside secure memory libpq needs; it lives for one call.
-  if (!password.empty())
-    conn.exec("SELECT keyline_backupdb_set_password($1)", {std::string(password.begin(), password.end())});
+  // The role is cluster-wide: two databases of one cluster migrated at once (two public DBs, the test
+  // suite) update its catalog row concurrently, and PostgreSQL answers XX000 "tuple concurrently
+  // updated" to the second instead of waiting. The statement is idempotent, so it is simply run again.
+  if (!password.empty()) {
+    const std::string pw(password.begin(), password.end());
+    for (int attempt = 1;; ++attempt) {
+      try {
+        conn.exec("SELECT keyline_backupdb_set_password($1)", {pw});
+        break;
+      } catch (const core::DbError& e) {
+        if (e.sqlstate() != "XX000" || attempt == 5) throw;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20 * attempt));
+      }
+    }
+  }
   return applied;
 }
 

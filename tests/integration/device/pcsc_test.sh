@@ -49,5 +49,5 @@ CPLC=${HEX:6:84}
 GOT="${CPLC:0:8}${CPLC:24:12}"
 [ "$GOT" = "$CHIP" ] || fail "chip ID in the CPLC ($GOT) differs from the device's ($CHIP)"
 # A probe the tools send: an unknown INS must answer 6D00 quickly.
-opensc-tool -r "$READER" -s 80500000 2>&1 | grep -q "SW1=0x6D, SW2=0x00" || fail "unknown INS did not answer 6D00"
+opensc-tool -r "$READER" -s 803C0000 2>&1 | grep -q "SW1=0x6D, SW2=0x00" || fail "unknown INS did not answer 6D00"
 echo "PASS: CPLC $CHIP and 9000 through pcscd/vpcd"

@@ -209,7 +209,8 @@ TEST_CASE("malformed frames close the connection; the server keeps serving") {
   link.connect();
   // Short garbage APDUs get a status word.
   CHECK(core::decode_response(link.transmit_raw({0x80, 0xCA, 0x9F})).sw == core::sw::wrong_length);
-  CHECK(link.transmit(cmd(0x80, 0x50, 0x00, 0x00, {}, 256)).sw == core::sw::ins_not_supported);
+  // 3C: no INS of the applet (50 is INITIALIZE UPDATE since the service channel, docs/protocol.md 10).
+  CHECK(link.transmit(cmd(0x80, 0x3C, 0x00, 0x00, {}, 256)).sw == core::sw::ins_not_supported);
   CHECK(link.transmit(cmd(0x80, 0xCA, 0x9F, 0x7F, {}, 256)).sw == core::sw::ok);
 }
 
