@@ -7,7 +7,7 @@
 #   scripts/test.sh -R regex   only tests matching regex (main build only)
 #   KEYLINE_SKIP_SANITIZE=1    skip the sanitizer build (local iteration)
 #   KEYLINE_SKIP_FUZZ=1        skip the libFuzzer runs
-#   KEYLINE_FUZZ_SECONDS=N     seconds per fuzz target (default 15; two targets run at a time)
+#   KEYLINE_FUZZ_SECONDS=N     seconds per fuzz target (default 10; two targets run at a time)
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
@@ -37,7 +37,7 @@ fi
 # (the first corpus directory, the only one libFuzzer writes), never into the source tree
 # (docs/decisions.md, "Fuzzing in the test command"); the seed corpus is read only.
 run_fuzz() {
-  local secs=${KEYLINE_FUZZ_SECONDS:-15} out=build-fuzz/fuzz-run
+  local secs=${KEYLINE_FUZZ_SECONDS:-10} out=build-fuzz/fuzz-run
   if [ ! -f build-fuzz/build.ninja ]; then
     CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEYLINE_FUZZ=ON \
       -DKEYLINE_UNIT_ONLY=ON >/dev/null
