@@ -69,6 +69,8 @@ void add_log_serve_options(CLI::App* serve, keyline::backupdb::LogSettings& log)
       ->envname("KEYLINE_BACKUPDB_LOG_BATCH")->capture_default_str();
   serve->add_option("--log-batch-ms", log.batch_ms, "... or this many milliseconds after the last one")
       ->envname("KEYLINE_BACKUPDB_LOG_BATCH_MS")->capture_default_str();
+  serve->add_option("--witness", log.witnesses, "a C2SP tlog-witness URL to push each checkpoint to, repeatable");
+  serve->add_option("--witness-ca", log.witness_ca, "CA of the witnesses' certificates (PEM)");
 }
 
 }  // namespace

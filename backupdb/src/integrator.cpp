@@ -3,6 +3,7 @@
 #include "keyline/core/checkpoint.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
+#include "keyline/backupdb/witness.h"
 
 namespace keyline::backupdb {
 namespace {
@@ -14,6 +15,9 @@ namespace merkle = core::merkle;
 // one cluster each have their own integrator.
 constexpr std::int64_t kIntegratorLock = 0x6b6c6c6f67;
 constexpr auto kRetry = std::chrono::milliseconds(1000);
+// A witness that hangs delays the next checkpoint by at most this much; it never stops one.
+constexpr auto kWitnessConnectTimeout = std::chrono::milliseconds(2000);
+constexpr auto kWitnessTimeout = std::chrono::milliseconds(5000);
 
 // For a log line's JSON string: the error texts here are the program's own, this only keeps a quote
 // or control character from breaking the line.
@@ -32,7 +36,16 @@ Integrator::Integrator(std::string conninfo, LogSettings settings, std::shared_p
       m_signer(std::move(signer)),
       m_reader(reader),
       m_metrics(metrics),
-      m_log(log) {}
+      m_log(log) {
+  for (const auto& url : m_settings.witnesses) {
+    core::http::ClientOptions o;
+    o.base_url = url;
+    o.ca_file = m_settings.witness_ca;
+    o.connect_timeout = kWitnessConnectTimeout;
+    o.io_timeout = kWitnessTimeout;
+    m_witnesses.emplace_back(url, std::make_unique<core::http::Client>(o));
+  }
+}
 
 Integrator::~Integrator() {
   {
@@ -165,6 +178,7 @@ void Integrator::resume() {
 void Integrator::store_first_checkpoint() {
   const auto cp = sign(0, m_range.root());
   store({}, cp);
+  cosign(cp);
 }
 
 void Integrator::wait_for_batch() {
@@ -195,8 +209,10 @@ void Integrator::integrate(const std::vector<LogEntry>& entries) {
   for (auto& t : m_builder.partial()) tiles.push_back(std::move(t));
   // From here a failure leaves the memory ahead of the database: resume() reads it back.
   m_resumed = false;
-  store(tiles, sign(m_range.size(), m_range.root()));
+  const auto cp = sign(m_range.size(), m_range.root());
+  store(tiles, cp);
   m_resumed = true;
+  cosign(cp);
 }
 
 LogCheckpoint Integrator::sign(std::uint64_t size, const merkle::Hash& root) const {
@@ -224,6 +240,69 @@ void Integrator::store(const std::vector<std::pair<tlog::TileId, core::Bytes>>& 
   tx.commit();
   m_reader.published(cp);
   m_metrics.log_checkpoint(cp.size);
+}
+
+// After the commit, so that a witness that is down or refuses never holds a checkpoint back: the
+// checkpoint is served without that witness's line, and the log line says why (docs/transparency.md,
+// "Witness").
+void Integrator::cosign(const LogCheckpoint& cp) {
+  if (m_witnesses.empty()) return;
+  const auto read = db_tile_reader();
+  const ProofLines proof = [&](std::uint64_t from) {
+    std::string out;
+    if (from == 0 || from == cp.size) return out;
+    const tlog::TileHashSource source(read, cp.size);
+    for (const auto& h : merkle::consistency_proof(source, from, cp.size)) out += core::to_base64(h.data(), h.size()) + "\n";
+    return out;
+  };
+  bool added = false;
+  for (const auto& [url, client] : m_witnesses) {
+    std::string why;
+    try {
+      const auto lines = request_cosignature(*client, cp.note, cp.size, proof, why);
+      if (lines && store_cosignature(cp, *lines)) {
+        m_metrics.log_witness_cosigned();
+        added = true;
+        continue;
+      }
+      if (lines) why = "the witness's answer is not signature lines";
+    } catch (const core::DbError&) {
+      throw;
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    m_metrics.log_witness_failed();
+    m_log.line("{\"event\":\"log_witness\",\"witness\":\"" + printable(url) + "\",\"tree_size\":" +
+               std::to_string(cp.size) + ",\"detail\":\"" + printable(why) + "\"}");
+  }
+  if (!added) return;
+  if (auto stored = log_sql::checkpoint_of_size(*m_conn, cp.size)) m_reader.published(*stored);
+}
+
+// Keeps a witness's lines only if each one is a signature line the note still parses with (C2SP
+// signed-note): a witness must not be able to make the served checkpoint unreadable. Their
+// cosignatures are checked by the readers that pin the witness keys (recovery --witness-key).
+bool Integrator::store_cosignature(const LogCheckpoint& cp, const std::string& lines) {
+  std::vector<std::string> each;
+  for (std::size_t at = 0; at < lines.size();) {
+    const auto nl = lines.find('\n', at);
+    if (nl == std::string::npos || nl == at) return false;
+    each.push_back(lines.substr(at, nl + 1 - at));
+    at = nl + 1;
+  }
+  if (each.empty()) return false;
+  try {
+    const auto before = core::note::parse_note(cp.note).signatures.size();
+    if (core::note::parse_note(cp.note + lines).signatures.size() != before + each.size()) return false;
+  } catch (const core::Error&) {
+    return false;
+  }
+  core::pq::Transaction tx(*m_conn);
+  for (const auto& line : each)
+    m_conn->exec_prepared("INSERT INTO log_cosignatures (tree_size, line) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                          {static_cast<std::int64_t>(cp.size), line});
+  tx.commit();
+  return true;
 }
 
 }  // namespace keyline::backupdb

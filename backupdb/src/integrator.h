@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "keyline/backupdb/config.h"
+#include "keyline/core/http.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/merkle.h"
 #include "keyline/core/pq.h"
@@ -48,6 +49,8 @@ class Integrator {
   void integrate(const std::vector<LogEntry>& entries);
   LogCheckpoint sign(std::uint64_t size, const core::merkle::Hash& root) const;
   void store(const std::vector<std::pair<core::tlog::TileId, core::Bytes>>& tiles, const LogCheckpoint& cp);
+  void cosign(const LogCheckpoint& cp);
+  bool store_cosignature(const LogCheckpoint& cp, const std::string& lines);
   core::tlog::TileReader db_tile_reader();
   void pause(std::chrono::milliseconds d);
 
@@ -55,6 +58,8 @@ class Integrator {
   const LogSettings m_settings;
   const std::shared_ptr<const core::note::NoteSigner> m_signer;
   LogReader& m_reader;
+  // serve --witness, in order: each new checkpoint is pushed to every one after it is committed.
+  std::vector<std::pair<std::string, std::unique_ptr<core::http::Client>>> m_witnesses;
   Metrics& m_metrics;
   core::LogSink& m_log;
 

@@ -20,7 +20,11 @@ LogCheckpoint checkpoint_row(const core::pq::Result& r) {
   return cp;
 }
 
-constexpr const char* kCheckpointColumns = "SELECT tree_size, root, note, floor(extract(epoch FROM signed_at))::bigint FROM log_checkpoints ";
+// The note with every stored cosignature line appended (0004_log_cosignatures.sql): extra signature
+// lines after the log's (C2SP signed-note), in a fixed order so one size always reads the same.
+constexpr const char* kCheckpointColumns =
+    "SELECT tree_size, root, note || coalesce((SELECT string_agg(c.line, '' ORDER BY c.line) FROM log_cosignatures c "
+    "WHERE c.tree_size = log_checkpoints.tree_size), ''), floor(extract(epoch FROM signed_at))::bigint FROM log_checkpoints ";
 
 }  // namespace
 

@@ -60,6 +60,12 @@ void Metrics::render_log(std::ostringstream& o, const LogStatus& log) const {
   o << "# HELP keyline_backupdb_log_checkpoint_size Tree size of the newest checkpoint seen.\n"
        "# TYPE keyline_backupdb_log_checkpoint_size gauge\n"
     << "keyline_backupdb_log_checkpoint_size " << m_log_size.load() << "\n";
+  o << "# HELP keyline_backupdb_log_witness_cosignatures_total Witness cosignatures stored (serve --witness).\n"
+       "# TYPE keyline_backupdb_log_witness_cosignatures_total counter\n"
+    << "keyline_backupdb_log_witness_cosignatures_total " << m_log_witness_cosigned.load() << "\n";
+  o << "# HELP keyline_backupdb_log_witness_failures_total Pushes to a witness that got no cosignature.\n"
+       "# TYPE keyline_backupdb_log_witness_failures_total counter\n"
+    << "keyline_backupdb_log_witness_failures_total " << m_log_witness_failed.load() << "\n";
   const auto now = static_cast<long long>(std::time(nullptr));
   o << "# HELP keyline_backupdb_log_checkpoint_age_seconds Seconds since the newest checkpoint was signed.\n"
        "# TYPE keyline_backupdb_log_checkpoint_age_seconds gauge\n"

@@ -32,6 +32,9 @@ class Metrics {
   // was published by this process (negative when none was).
   void log_integrated(std::size_t n, double latency);
   void log_checkpoint(std::uint64_t size);  // the newest checkpoint this process signed or read
+  // serve --witness: a cosignature stored, or a push that got none (down, refused, bad answer).
+  void log_witness_cosigned() { ++m_log_witness_cosigned; }
+  void log_witness_failed() { ++m_log_witness_failed; }
   std::string render(std::size_t cache_hits, std::size_t cache_misses, const core::http::ServerStats& stats,
                      const LogStatus& log = LogStatus{}) const;
 
@@ -60,6 +63,8 @@ class Metrics {
   std::atomic<unsigned long long> m_log_integrated{0};
   std::atomic<unsigned long long> m_log_checkpoints{0};
   std::atomic<unsigned long long> m_log_size{0};
+  std::atomic<unsigned long long> m_log_witness_cosigned{0};
+  std::atomic<unsigned long long> m_log_witness_failed{0};
   core::http::ConnectionMetrics m_connections{"keyline_backupdb"};
 };
 

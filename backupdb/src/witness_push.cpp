@@ -76,34 +76,43 @@ int witness_push(const PushConfig& cfg) {
   if (r.status != 200) refused("the DB serves no checkpoint (HTTP " + std::to_string(r.status) + ")");
   const tlog::Checkpoint cp = tlog::open_checkpoint(r.body, key, key.name()).checkpoint;
 
+  std::string why;
+  const auto lines = request_cosignature(*witness, r.body, cp.size,
+                                         [&db, &cp](std::uint64_t from) { return proof_lines(*db, from, cp.size); }, why);
+  if (!lines) {
+    std::fprintf(stderr, "keyline-backupdb: %s\n", why.c_str());
+    return 3;
+  }
+  const std::string note = r.body + *lines;
+  if (cfg.out.empty() || cfg.out == "-") {
+    std::cout << note << std::flush;
+  } else {
+    std::ofstream out(cfg.out, std::ios::binary | std::ios::trunc);
+    if (!(out << note)) throw core::IoError(core::ErrorCode::Io, "cannot write " + cfg.out);
+  }
+  return 0;
+}
+
+std::optional<std::string> request_cosignature(http::Client& witness, const std::string& note, std::uint64_t size,
+                                               const ProofLines& proof, std::string& why) {
   // First "old 0" (the spec's way to learn the witness's size), then from the size it names.
   std::uint64_t old = 0;
   for (int attempt = 0; attempt < 2; ++attempt) {
-    const std::string body = "old " + std::to_string(old) + "\n" + proof_lines(*db, old, cp.size) + "\n" + r.body;
-    const auto a = witness->post("/add-checkpoint", body, "text/plain; charset=utf-8");
-    if (a.status == 200) {
-      const std::string note = r.body + a.body;
-      if (cfg.out.empty() || cfg.out == "-") {
-        std::cout << note << std::flush;
-      } else {
-        std::ofstream out(cfg.out, std::ios::binary | std::ios::trunc);
-        if (!(out << note)) throw core::IoError(core::ErrorCode::Io, "cannot write " + cfg.out);
-      }
-      return 0;
-    }
+    const std::string body = "old " + std::to_string(old) + "\n" + proof(old) + "\n" + note;
+    const auto a = witness.post("/add-checkpoint", body, "text/plain; charset=utf-8");
+    if (a.status == 200) return a.body;
     if (a.status != 409 || attempt == 1) {
-      std::fprintf(stderr, "keyline-backupdb: the witness refused the checkpoint of size %llu: HTTP %d %s\n",
-                   static_cast<unsigned long long>(cp.size), a.status, trim(a.body).c_str());
-      return 3;
+      why = "the witness refused the checkpoint of size " + std::to_string(size) + ": HTTP " + std::to_string(a.status) +
+            " " + trim(a.body);
+      return std::nullopt;
     }
     old = parse_size(a.body);
-    if (old > cp.size) {
-      std::fprintf(stderr, "keyline-backupdb: the witness cosigned a larger tree (%llu) than the DB serves (%llu)\n",
-                   static_cast<unsigned long long>(old), static_cast<unsigned long long>(cp.size));
-      return 3;
+    if (old > size) {
+      why = "the witness cosigned a larger tree (" + std::to_string(old) + ") than the DB serves (" + std::to_string(size) + ")";
+      return std::nullopt;
     }
   }
-  return 3;
+  return std::nullopt;
 }
 
 }  // namespace keyline::backupdb

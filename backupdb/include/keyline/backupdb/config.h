@@ -36,6 +36,10 @@ struct LogSettings {
   std::size_t batch_entries = 256;   // a checkpoint once this many entries wait ...
   int batch_ms = 250;                // ... or this long after the first one arrived
   std::size_t max_batch = 16384;     // entries per checkpoint while catching up
+  // serve --witness: C2SP tlog-witness URLs each new checkpoint is pushed to (docs/transparency.md,
+  // "Witness"); --witness-ca: the CA of their https certificates.
+  std::vector<std::string> witnesses;
+  std::string witness_ca;
   bool configured() const { return !token_module.empty() || !token_label.empty(); }
 };
 

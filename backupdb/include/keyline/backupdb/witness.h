@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "keyline/core/checkpoint.h"
+#include "keyline/core/http.h"
 #include "keyline/core/signed_note.h"
 #include "keyline/core/tlog_cosignature.h"
 
@@ -81,5 +83,14 @@ struct PushConfig {
 // witness names, with the DB's consistency proof) and writes the note with the cosignature lines.
 // Returns the exit code: 0 cosigned, 3 refused by the witness.
 int witness_push(const PushConfig& cfg);
+
+// The consistency proof from tree size `from` to the pushed checkpoint, as request proof lines.
+using ProofLines = std::function<std::string(std::uint64_t from)>;
+// One C2SP tlog-witness add-checkpoint exchange for `note` (a checkpoint of `size`): "old 0" first,
+// then once from the size a 409 names. Returns the witness's cosignature lines (each ending in a
+// newline), or nullopt with `why` set when the witness refuses. Shared by witness-push and serve
+// --witness (docs/transparency.md, "Witness").
+std::optional<std::string> request_cosignature(core::http::Client& witness, const std::string& note, std::uint64_t size,
+                                               const ProofLines& proof, std::string& why);
 
 }  // namespace keyline::backupdb
