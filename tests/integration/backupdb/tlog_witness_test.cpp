@@ -45,6 +45,9 @@
 #include "keyline/core/record_leaf.h"
 #include "keyline/core/tlog_cosignature.h"
 #include "keyline/core/tlog_tiles.h"
+#include "keyline/recovery/errors.h"
+#include "keyline/recovery/log_check.h"
+#include "keyline/recovery/recovery.h"
 #include "testenv.h"
 
 using namespace keyline;
@@ -445,6 +448,44 @@ void swap_record_by_sql(const Database& db, std::uint32_t n) {
   c.exec("ALTER TABLE records ENABLE TRIGGER records_no_update_delete");
 }
 
+// The latest checkpoint once it is of `size` and (when `cosigner` is given) carries its valid
+// cosignature: serve --witness cosigns after the commit, so it may lag the checkpoint a little.
+std::string cosigned_of(const Server& s, const note::Ed25519Verifier& key, std::uint64_t size,
+                        const std::vector<tlog::CosignerKey>& cosigners) {
+  std::string last;
+  for (int i = 0; i < 100; ++i) {
+    const auto r = s.get("/v1/log/checkpoint");
+    if (r.status == 200 && tlog::open_checkpoint(r.body, key, kOrigin).checkpoint.size == size) {
+      last = r.body;
+      if (tlog::verified_cosigners(r.body, cosigners).size() == cosigners.size()) return r.body;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  FAIL("no checkpoint of size " << size << " with " << cosigners.size() << " cosignature(s); last: " << last);
+  throw std::logic_error("unreachable");
+}
+
+// recovery's own log check (the one `keyline-recovery --witness-key K --witnesses 1` runs) of record
+// n against a live DB; the error code it refuses with, 0 when it accepts.
+int recovery_check(const Server& s, const std::string& log_vkey, const std::string& witness_vkey, std::uint32_t n,
+                   const std::string& state) {
+  recovery::DbOptions db;
+  db.url = s.url;
+  db.ca_file = pki().dir + "/service_ca.pem";
+  recovery::LogOptions lo;
+  lo.log_key = log_vkey;
+  lo.state_file = state;
+  lo.witness_keys = {witness_vkey};
+  lo.witnesses = 1;
+  try {
+    recovery::check_record_in_log(db, lo, pki().record(n), nullptr);
+    return 0;
+  } catch (const Error& e) {
+    MESSAGE(e.what());
+    return e.numeric();
+  }
+}
+
 }  // namespace
 
 // KEYLINE_TLOG_MONITOR_RECORDS (default 400, half before the first monitor pass and half after):
@@ -549,4 +590,61 @@ TEST_CASE("witness: cosigns the public DB's checkpoints as it grows, refuses a s
   const auto cp = other.get("/v1/log/checkpoint");
   REQUIRE(cp.status == 200);
   CHECK(http::Client(o).post("/add-checkpoint", "old 50\n\n" + cp.body, "text/plain").status == 403);
+}
+
+TEST_CASE("witness: serve --witness serves the cosigned checkpoint; recovery --witnesses 1 accepts it, and refuses one "
+          "the witness would not cosign (a fork) or that no witness saw") {
+  Database db;
+  const auto label = new_key_label();
+  const auto key = init_key(label);
+  auto w = std::make_unique<WitnessProc>(key.text(), "witness.test/w2");
+  const auto wkey = tlog::CosignerKey::parse(w->vkey);
+  auto args = log_args(label);
+  args.insert(args.end(), {"--witness", w->url});
+  Server s(db, args);
+
+  publish_all(s, 70000, 10, 2);
+  const auto note10 = cosigned_of(s, key, 10, {wkey});
+  CHECK(tlog::verified_cosigners(note10, {wkey}) == std::vector<std::string>{"witness.test/w2"});
+  // The proof answer's checkpoint carries it too, and the served note still opens under the log key.
+  const auto proof = s.get("/v1/records/" + pki().record(70003).chip_id.str() + "/proof?tree_size=10");
+  REQUIRE(proof.status == 200);
+  CHECK(tlog::verified_cosigners(json(proof.body)->getValue<std::string>("checkpoint"), {wkey}).size() == 1);
+  const std::string state = pki().dir + "/recovery-state-" + label;
+  CHECK(recovery_check(s, key.text(), w->vkey, 70003, state) == 0);
+
+  // Growth: the witness answers "old 0" with 409 (10), the integrator sends its own proof 10 -> 25.
+  publish_all(s, 70010, 15, 2);
+  cosigned_of(s, key, 25, {wkey});
+  CHECK(recovery_check(s, key.text(), w->vkey, 70020, state) == 0);
+  CHECK(s.metrics().find("keyline_backupdb_log_witness_cosignatures_total 0\n") == std::string::npos);
+
+  // Another witness's key pinned: this cosignature does not count (5013).
+  WitnessProc other(key.text(), "witness.test/w3");
+  CHECK(recovery_check(s, key.text(), other.vkey, 70020, state) == 5013);
+
+  // The same log key over another database, pushed to the same witness: a fork it refuses. That DB
+  // still integrates and serves its checkpoint, uncosigned, and recovery refuses it.
+  Database db2;
+  Server forked(db2, args);
+  publish_all(forked, 71000, 30, 2);
+  checkpoint_of(forked, key, 30);
+  CHECK(recovery_check(forked, key.text(), w->vkey, 71004, pki().dir + "/recovery-fork-" + label) == 5013);
+  CHECK(slurp(forked.log).find("\"event\":\"log_witness\"") != std::string::npos);
+
+  // A serve without --witness: its checkpoints carry no cosignature, recovery --witnesses 1 refuses.
+  Database db3;
+  Server plain(db3, log_args(label));
+  publish_all(plain, 72000, 3, 1);
+  checkpoint_of(plain, key, 3);
+  CHECK(recovery_check(plain, key.text(), w->vkey, 72001, pki().dir + "/recovery-plain-" + label) == 5013);
+
+  // The witness down: integration goes on, the new checkpoint is served without a cosignature.
+  w.reset();
+  publish_all(s, 70025, 5, 1);
+  const auto cp30 = checkpoint_of(s, key, 30);
+  CHECK(cp30.checkpoint.size == 30);
+  CHECK(tlog::verified_cosigners(s.get("/v1/log/checkpoint").body, {wkey}).empty());
+  CHECK(s.metrics().find("keyline_backupdb_log_witness_failures_total 0\n") == std::string::npos);
+  CHECK(recovery_check(s, key.text(), wkey.text(), 70027, state) == 5013);
 }
