@@ -494,48 +494,51 @@ void Pkcs11Token::destroy_object(Pkcs11Handle object) {
     it = it->second == object ? m_secret_handles.erase(it) : std::next(it);
 }
 
+namespace {
+// Which one usage an EC key pair gets (every other usage is named false, see generate_ec_p256).
+enum class EcUsage { Sign, Derive };
+
+// One template for every EC key pair the token makes: token object, not modifiable, the private half
+// sensitive and never extractable, exactly one usage on.
+Pkcs11KeyPair generate_ec_pair(const Pkcs11Module& module, Pkcs11Session& s, CK_MECHANISM_TYPE mechanism,
+                               const CK_BYTE* params, std::size_t params_len, EcUsage usage,
+                               const std::string& label, const Bytes& id, const char* what) {
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_BBOOL sign = usage == EcUsage::Sign ? CK_TRUE : CK_FALSE;
+  CK_BBOOL derive = usage == EcUsage::Derive ? CK_TRUE : CK_FALSE;
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  auto* lbl = const_cast<char*>(label.data());
+  auto* idp = const_cast<std::uint8_t*>(id.data());
+  CK_ATTRIBUTE pub[] = {
+      {CKA_TOKEN, &yes, sizeof yes},          {CKA_PRIVATE, &no, sizeof no},
+      {CKA_MODIFIABLE, &no, sizeof no},       {CKA_VERIFY, &sign, sizeof sign},
+      {CKA_VERIFY_RECOVER, &no, sizeof no},   {CKA_ENCRYPT, &no, sizeof no},
+      {CKA_WRAP, &no, sizeof no},             {CKA_DERIVE, &no, sizeof no},
+      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(params), params_len},
+      {CKA_LABEL, lbl, label.size()},         {CKA_ID, idp, id.size()},
+  };
+  CK_ATTRIBUTE priv[] = {
+      {CKA_TOKEN, &yes, sizeof yes},     {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes}, {CKA_EXTRACTABLE, &no, sizeof no}, {CKA_SIGN, &sign, sizeof sign},
+      {CKA_SIGN_RECOVER, &no, sizeof no}, {CKA_DECRYPT, &no, sizeof no},    {CKA_UNWRAP, &no, sizeof no},
+      {CKA_DERIVE, &derive, sizeof derive}, {CKA_LABEL, lbl, label.size()}, {CKA_ID, idp, id.size()},
+  };
+  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
+  check(fns(module)->C_GenerateKeyPair(s.handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
+        (std::string("C_GenerateKeyPair(") + what + ")").c_str());
+  return {hpub, hpriv};
+}
+}  // namespace
+
 Pkcs11KeyPair Pkcs11Token::generate_ec_p256(const std::string& label, const Bytes& id) {
   auto s = session();
   if (!s->find_objects(CKO_PRIVATE_KEY, label).empty())
     throw Pkcs11Error(ErrorCode::Pkcs11, "a private key labelled '" + label + "' already exists");
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  auto* lbl = const_cast<char*>(label.data());
-  auto* idp = const_cast<std::uint8_t*>(id.data());
   // Every usage attribute is named: SoftHSM 2.6 turns on what a template leaves out (PKCS #11 v2.40
   // section 4.8 leaves the defaults to the token), which made each signing key a decryption, unwrap
   // and ECDH key as well. CKA_MODIFIABLE false: nobody holding the PIN can switch a usage on later.
-  CK_ATTRIBUTE pub[] = {
-      {CKA_TOKEN, &yes, sizeof yes},
-      {CKA_PRIVATE, &no, sizeof no},
-      {CKA_MODIFIABLE, &no, sizeof no},
-      {CKA_VERIFY, &yes, sizeof yes},
-      {CKA_VERIFY_RECOVER, &no, sizeof no},
-      {CKA_ENCRYPT, &no, sizeof no},
-      {CKA_WRAP, &no, sizeof no},
-      {CKA_DERIVE, &no, sizeof no},
-      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256Params), sizeof kP256Params},
-      {CKA_LABEL, lbl, label.size()},
-      {CKA_ID, idp, id.size()},
-  };
-  CK_ATTRIBUTE priv[] = {
-      {CKA_TOKEN, &yes, sizeof yes},
-      {CKA_PRIVATE, &yes, sizeof yes},
-      {CKA_MODIFIABLE, &no, sizeof no},
-      {CKA_SENSITIVE, &yes, sizeof yes},
-      {CKA_EXTRACTABLE, &no, sizeof no},
-      {CKA_SIGN, &yes, sizeof yes},
-      {CKA_SIGN_RECOVER, &no, sizeof no},
-      {CKA_DECRYPT, &no, sizeof no},
-      {CKA_UNWRAP, &no, sizeof no},
-      {CKA_DERIVE, &no, sizeof no},
-      {CKA_LABEL, lbl, label.size()},
-      {CKA_ID, idp, id.size()},
-  };
-  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
-  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
-        "C_GenerateKeyPair(P-256)");
-  return {hpub, hpriv};
+  return generate_ec_pair(m_module, *s, CKM_EC_KEY_PAIR_GEN, kP256Params, sizeof kP256Params, EcUsage::Sign, label, id,
+                          "P-256");
 }
 
 std::unique_ptr<Botan::ECDSA_PublicKey> Pkcs11Token::ec_public_key(const std::string& label) {
@@ -606,29 +609,9 @@ Pkcs11KeyPair Pkcs11Token::generate_ed25519(const std::string& label, const Byte
   auto s = session();
   if (!s->find_objects(CKO_PRIVATE_KEY, label).empty() || !s->find_objects(CKO_PUBLIC_KEY, label).empty())
     throw Pkcs11Error(ErrorCode::Pkcs11, "a key labelled '" + label + "' already exists");
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_MECHANISM mech{CKM_EC_EDWARDS_KEY_PAIR_GEN, nullptr, 0};
-  auto* lbl = const_cast<char*>(label.data());
-  auto* idp = const_cast<std::uint8_t*>(id.data());
   // Every usage named, for the reason given at generate_ec_p256.
-  CK_ATTRIBUTE pub[] = {
-      {CKA_TOKEN, &yes, sizeof yes},          {CKA_PRIVATE, &no, sizeof no},
-      {CKA_MODIFIABLE, &no, sizeof no},       {CKA_VERIFY, &yes, sizeof yes},
-      {CKA_VERIFY_RECOVER, &no, sizeof no},   {CKA_ENCRYPT, &no, sizeof no},
-      {CKA_WRAP, &no, sizeof no},             {CKA_DERIVE, &no, sizeof no},
-      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kEd25519Oid), sizeof kEd25519Oid},
-      {CKA_LABEL, lbl, label.size()},         {CKA_ID, idp, id.size()},
-  };
-  CK_ATTRIBUTE priv[] = {
-      {CKA_TOKEN, &yes, sizeof yes},     {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
-      {CKA_SENSITIVE, &yes, sizeof yes}, {CKA_EXTRACTABLE, &no, sizeof no}, {CKA_SIGN, &yes, sizeof yes},
-      {CKA_SIGN_RECOVER, &no, sizeof no}, {CKA_DECRYPT, &no, sizeof no},    {CKA_UNWRAP, &no, sizeof no},
-      {CKA_DERIVE, &no, sizeof no},      {CKA_LABEL, lbl, label.size()},    {CKA_ID, idp, id.size()},
-  };
-  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
-  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
-        "C_GenerateKeyPair(Ed25519)");
-  return {hpub, hpriv};
+  return generate_ec_pair(m_module, *s, CKM_EC_EDWARDS_KEY_PAIR_GEN, kEd25519Oid, sizeof kEd25519Oid, EcUsage::Sign,
+                          label, id, "Ed25519");
 }
 
 Bytes Pkcs11Token::ed25519_public_key(const std::string& label) {
@@ -666,29 +649,9 @@ Pkcs11KeyPair Pkcs11Token::generate_ec_p256_ecdh(const std::string& label, const
   auto s = session();
   if (!s->find_objects(CKO_PRIVATE_KEY, label).empty() || !s->find_objects(CKO_PUBLIC_KEY, label).empty())
     throw Pkcs11Error(ErrorCode::Pkcs11, "a key labelled '" + label + "' already exists");
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_MECHANISM mech{CKM_EC_KEY_PAIR_GEN, nullptr, 0};
-  auto* lbl = const_cast<char*>(label.data());
-  auto* idp = const_cast<std::uint8_t*>(id.data());
   // Every usage named, for the reason given at generate_ec_p256; DERIVE is the one usage.
-  CK_ATTRIBUTE pub[] = {
-      {CKA_TOKEN, &yes, sizeof yes},          {CKA_PRIVATE, &no, sizeof no},
-      {CKA_MODIFIABLE, &no, sizeof no},       {CKA_VERIFY, &no, sizeof no},
-      {CKA_VERIFY_RECOVER, &no, sizeof no},   {CKA_ENCRYPT, &no, sizeof no},
-      {CKA_WRAP, &no, sizeof no},             {CKA_DERIVE, &no, sizeof no},
-      {CKA_EC_PARAMS, const_cast<CK_BYTE*>(kP256Params), sizeof kP256Params},
-      {CKA_LABEL, lbl, label.size()},         {CKA_ID, idp, id.size()},
-  };
-  CK_ATTRIBUTE priv[] = {
-      {CKA_TOKEN, &yes, sizeof yes},     {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
-      {CKA_SENSITIVE, &yes, sizeof yes}, {CKA_EXTRACTABLE, &no, sizeof no}, {CKA_SIGN, &no, sizeof no},
-      {CKA_SIGN_RECOVER, &no, sizeof no}, {CKA_DECRYPT, &no, sizeof no},    {CKA_UNWRAP, &no, sizeof no},
-      {CKA_DERIVE, &yes, sizeof yes},    {CKA_LABEL, lbl, label.size()},    {CKA_ID, idp, id.size()},
-  };
-  CK_OBJECT_HANDLE hpub = 0, hpriv = 0;
-  check(fns(m_module)->C_GenerateKeyPair(s->handle(), &mech, pub, std::size(pub), priv, std::size(priv), &hpub, &hpriv),
-        "C_GenerateKeyPair(P-256 ECDH)");
-  return {hpub, hpriv};
+  return generate_ec_pair(m_module, *s, CKM_EC_KEY_PAIR_GEN, kP256Params, sizeof kP256Params, EcUsage::Derive, label,
+                          id, "P-256 ECDH");
 }
 
 SecureBytes Pkcs11Token::ecdh_derive(const std::string& private_label, const Bytes& peer_point) {
