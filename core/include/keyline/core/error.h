@@ -23,10 +23,12 @@ enum class ErrorCode : int {
   BadCplc = 1130,
   BadDataPackage = 1140,
   BadServiceModule = 1145,  // a software module that does not parse (core/service_module.h)
+  BadKeyEnvelope = 1146,    // a KLKE source-signed sealed key that does not parse (core/kps_envelope.h)
   BadBackupPackage = 1150,
   BackupDoesNotOpen = 1151,
   BadFlashImage = 1160,
   BadRecord = 1170,
+  BadSignatureField = 1175,  // Signature-Input, Signature or Content-Digest that does not parse (core/http_signature.h)
   // (4000-4099 station, 5000-5099 recovery, 7001-7040 ceremony, 8000-8099 service: in their parts)
   // 1180-1189: transparency log (core merkle, signed_note, checkpoint, tlog_tiles; docs/transparency.md)
   BadProof = 1180,       // a Merkle inclusion or consistency proof that does not verify, or its arguments
@@ -47,6 +49,7 @@ enum class ErrorCode : int {
   CertificateLint = 1211,
   ChainInvalid = 1212,
   ModuleNotTrusted = 1213,  // a module's signer does not chain to the root with EKU codeSigning, or its signature fails
+  BadTransportCertificate = 1214,  // a record's transport certificate fails its profile (core/record.h)
   Pkcs11 = 1250,
   Pkcs11NoToken = 1251,
   Pkcs11LoginFailed = 1252,
