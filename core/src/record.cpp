@@ -1,5 +1,7 @@
 #include "keyline/core/record.h"
 
+#include <chrono>
+#include <memory>
 #include <sstream>
 #include <string>
 
@@ -7,8 +9,10 @@
 #include <Poco/JSON/Array.h>
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
+#include <botan/asn1_time.h>
 #include <botan/hash.h>
 #include <botan/pem.h>
+#include <botan/x509_ext.h>
 
 #include "keyline/core/backup_package.h"
 #include "keyline/core/cert_profile.h"
@@ -185,6 +189,107 @@ Record Record::from_json(const std::string& json, std::string* hash) {
   return r;
 }
 
+namespace {
+
+[[noreturn]] void bad_transport(const std::string& what) {
+  throw FormatError(ErrorCode::BadTransportCertificate, "record: transport certificate " + what);
+}
+
+// X25519 (RFC 8410 section 3) and how far ahead of this clock a station's notBefore may lie.
+const Botan::OID kOidX25519("1.3.101.110");
+constexpr std::chrono::hours kClockSkew(24);
+
+// The cA flag itself: Botan's is_CA_cert() also wants keyCertSign.
+bool says_ca(const Botan::X509_Certificate& cert) {
+  const auto* bc = cert.v3_extensions().get_extension_object_as<Botan::Cert_Extension::Basic_Constraints>();
+  return bc && bc->get_is_ca();
+}
+
+void check_transport(const Record& record, const Botan::X509_Certificate& identity,
+                     const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
+  if (!(transport.issuer_dn() == identity.issuer_dn())) bad_transport("issuer differs from the identity certificate's");
+  bool signed_ok = false;
+  try {
+    const std::unique_ptr<Botan::Public_Key> key(device_ca.subject_public_key());
+    signed_ok = device_ca.subject_dn() == transport.issuer_dn() &&
+                transport.verify_signature(*key) == Botan::Certificate_Status_Code::VERIFIED;
+  } catch (const Botan::Exception&) {
+    signed_ok = false;
+  }
+  if (!signed_ok) bad_transport("is not signed by the Device CA");
+  if (!(transport.subject_public_key_algo().get_oid() == kOidX25519) ||
+      transport.subject_public_key_bitstring().size() != 32)
+    bad_transport("key is not X25519");
+  if (transport.constraints() != Botan::KEY_AGREEMENT) bad_transport("keyUsage is not exactly keyAgreement");
+  if (says_ca(transport)) bad_transport("is a CA certificate");
+  const IdentityFacts facts = [&] {
+    try {
+      return read_identity(transport);
+    } catch (const FormatError& e) {
+      bad_transport(std::string("names no chip ID and IMEI: ") + e.what());
+    }
+  }();
+  if (facts.chip_id != record.chip_id)
+    bad_transport("chip ID " + facts.chip_id.str() + " differs from record chip ID " + record.chip_id.str());
+  if (facts.imei != record.imei)
+    bad_transport("IMEI " + facts.imei.str() + " differs from record IMEI " + record.imei.str());
+  const auto now = std::chrono::system_clock::now();
+  if (!(Botan::X509_Time(now) < transport.not_after()) || Botan::X509_Time(now + kClockSkew) < transport.not_before())
+    bad_transport("is not valid now");
+}
+
+// The certificate that issued `leaf` once verify_chain passed: the one of that subject DN, or when
+// several share it, the one whose key verifies the leaf.
+const Botan::X509_Certificate& identity_issuer(const Botan::X509_Certificate& leaf,
+                                               const std::vector<Botan::X509_Certificate>& intermediates,
+                                               const std::vector<Botan::X509_Certificate>& anchors) {
+  std::vector<const Botan::X509_Certificate*> named;
+  for (const auto* set : {&anchors, &intermediates})
+    for (const auto& c : *set)
+      if (c.subject_dn() == leaf.issuer_dn()) named.push_back(&c);
+  if (named.size() == 1) return *named.front();
+  for (const auto* c : named) {
+    try {
+      const std::unique_ptr<Botan::Public_Key> key(c->subject_public_key());
+      if (leaf.verify_signature(*key) == Botan::Certificate_Status_Code::VERIFIED) return *c;
+    } catch (const Botan::Exception&) {
+    }
+  }
+  throw Error(ErrorCode::ChainInvalid, "chain does not lead to a trusted root: no issuer of the identity certificate");
+}
+
+}  // namespace
+
+std::optional<Botan::X509_Certificate> transport_certificate(const Record& record) {
+  std::optional<Botan::X509_Certificate> found;
+  for (std::size_t i = 1; i < record.certificates.size(); ++i) {
+    std::optional<Botan::X509_Certificate> cert;
+    try {
+      cert.emplace(record.certificates[i]);
+    } catch (const Botan::Exception&) {
+      throw FormatError(ErrorCode::BadCertificate, "record: certificate " + std::to_string(i) + " is not DER X.509");
+    }
+    if (cert->is_CA_cert()) continue;
+    // Two would leave readers to choose: one rule for all of them is to refuse the record.
+    if (found) bad_transport("is not the only end-entity certificate after the identity certificate");
+    found = std::move(cert);
+  }
+  return found;
+}
+
+void check_transport_certificate(const Record& record, const Botan::X509_Certificate& device_ca) {
+  if (record.certificates.empty()) bad_transport("is missing: the record has no certificates");
+  std::optional<Botan::X509_Certificate> identity;
+  try {
+    identity.emplace(record.certificates.front());
+  } catch (const Botan::Exception&) {
+    throw FormatError(ErrorCode::BadCertificate, "record: certificate 0 is not DER X.509");
+  }
+  const auto transport = transport_certificate(record);
+  if (!transport) bad_transport("is missing: the record has none");
+  check_transport(record, *identity, *transport, device_ca);
+}
+
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors) {
   if (record.certificates.empty()) bad("no certificates");
   std::vector<Botan::X509_Certificate> chain;
@@ -206,6 +311,8 @@ void validate_record(const Record& record, const std::vector<Botan::X509_Certifi
   }
 
   check_record_facts(record, leaf);
+  if (const auto transport = transport_certificate(record))
+    check_transport(record, leaf, *transport, identity_issuer(leaf, intermediates, trust_anchors));
 }
 
 void check_record_facts(const Record& record, const Botan::X509_Certificate& leaf) {

@@ -2,6 +2,7 @@
 // recovery (before writing) must agree on.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -17,7 +18,9 @@ struct Record {
   ChipId chip_id;
   Imei imei = Imei::parse("490154203237518");
   Bytes backup;                    // the backup package
-  std::vector<Bytes> certificates; // DER: identity certificate first, then the Device CA (not the root)
+  // DER: identity certificate first, then the Device CA (not the root), then the transport certificate
+  // (docs/decisions.md, "The transport certificate in the public record"; records of before have none).
+  std::vector<Bytes> certificates;
 
   // SHA-256 over a canonical encoding ("KLRC" || version 1 || chip ID || IMEI ASCII || u32 len backup ||
   // backup || u16 count || {u32 len || DER}*), upper-case hex. Equal content <=> equal hash.
@@ -47,6 +50,8 @@ struct Record {
 //   FormatError(BadRecord)         "certificate chip ID X differs from record chip ID Y",
 //                                  "certificate IMEI X differs from record IMEI Y"
 //   FormatError(BadBackupPackage)  header does not parse, or "backup package names chip X, record names chip Y"
+//   FormatError(BadTransportCertificate)  when the record has a transport certificate (transport_certificate):
+//                                  check_transport_certificate's errors, with the identity's issuer as device_ca
 // The backup is not opened: only the device holding the chip key can do that.
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors);
 
@@ -54,5 +59,25 @@ void validate_record(const Record& record, const std::vector<Botan::X509_Certifi
 // chip ID and IMEI comparisons, the backup header (the last three errors above). For a caller that
 // verified the chain its own way (the public DB's remembered Device CAs).
 void check_record_facts(const Record& record, const Botan::X509_Certificate& leaf);
+
+// The record's transport certificate (X25519, keyUsage keyAgreement: a third party seals messages to
+// the device with it, core/hpke.h): the first certificate after the identity certificate that is not a
+// CA certificate. The station publishes it third, after the Device CA; a record without one (published
+// before, or a chain of CA certificates only) gives nullopt. Not checked here: use it from a record
+// that passed validate_record, which checks it. Throws FormatError(BadCertificate) when a certificate
+// after the first is not DER X.509, FormatError(BadTransportCertificate) when there are two candidates.
+std::optional<Botan::X509_Certificate> transport_certificate(const Record& record);
+
+// The transport certificate's profile against the record and the Device CA that issued the record's
+// identity certificate (the caller verified that chain). Throws, for the first that fails:
+//   FormatError(BadCertificate)           the identity certificate is not DER X.509
+//   FormatError(BadCertificate)           a certificate after the first is not DER X.509
+//   FormatError(BadTransportCertificate)  "record: transport certificate " and: "is missing", "is not the
+//     only end-entity certificate ...", "issuer differs from the identity certificate's", "is not signed
+//     by the Device CA", "key is not X25519", "keyUsage is not exactly keyAgreement", "is a CA
+//     certificate", "names no chip ID and IMEI", "chip ID X differs from record chip ID Y"
+//     (HardwareModuleName, RFC 4108 section 5), "IMEI X differs from record IMEI Y", "is not valid now"
+//     (notAfter passed, or notBefore more than a day ahead: the station's clock set it)
+void check_transport_certificate(const Record& record, const Botan::X509_Certificate& device_ca);
 
 }  // namespace keyline::core
