@@ -187,6 +187,9 @@ void Flow::record() {
   record.imei = *m_imei;
   record.backup = m_backup;
   record.certificates = {m_identity_der, m_p.m_keys.device_ca_cert.BER_encode()};
+  // Third, where readers of before see one more certificate off the chain (docs/decisions.md, "The
+  // transport certificate in the public record"): a third party seals to the device with it.
+  if (!m_transport_der.empty()) record.certificates.push_back(m_transport_der);
   // The secret DB keeps the communication key's check value; the key itself is re-derived on demand.
   if (m_kcv_hex.empty())
     m_kcv_hex = core::to_hex(
