@@ -1,6 +1,9 @@
 #include "keyline/kps/policy.h"
 
+#include <fnmatch.h>
+
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "keyline/core/cplc.h"
@@ -11,7 +14,8 @@ namespace keyline::kps {
 namespace {
 
 core::FormatError bad(std::size_t line, const std::string& what) {
-  return core::FormatError(errc::BadPolicy, "policy line " + std::to_string(line) + ": " + what);
+  const std::string where = line ? "policy line " + std::to_string(line) : "--allow";
+  return core::FormatError(errc::BadPolicy, where + ": " + what);
 }
 
 // Chip IDs are compared in their printed form (upper-case hex), whatever case the file uses.
@@ -22,6 +26,23 @@ std::string chip_or_star(const std::string& word, std::size_t line) {
   } catch (const core::Error&) {
     throw bad(line, "'" + word + "' is neither a chip ID (20 hex digits) nor *");
   }
+}
+
+std::string label_glob(const std::string& word, std::size_t line) {
+  static const std::regex re("^[A-Za-z0-9._*?-]{1,64}$");
+  if (!std::regex_match(word, re)) throw bad(line, "'" + word + "' is not a label glob ([A-Za-z0-9._-] with * and ?)");
+  return word;
+}
+
+// A v1 rule (no label) is refused with the fix spelled out: the v1 meaning, every key of the source,
+// is what issue #17's attack used, so it must be written out as '*' if it is really meant.
+core::FormatError needs_label(std::size_t line, const std::string& verb) {
+  return bad(line, verb + " takes SOURCE TARGET LABELGLOB: name the key label(s) this rule allows, e.g. '" + verb +
+                       " SOURCE TARGET user-key' (or '*' for every key of the source)");
+}
+
+bool glob_match(const std::string& glob, const std::string& label) {
+  return ::fnmatch(glob.c_str(), label.c_str(), 0) == 0;
 }
 
 }  // namespace
@@ -41,10 +62,11 @@ Policy Policy::parse(const std::string& text) {
     if (w.empty()) continue;
     const std::string& verb = w[0];
     if (verb == "request" || verb == "deliver" || verb == "allow") {
-      if (w.size() != 3) throw bad(n, verb + " takes SOURCE TARGET");
-      const auto rule = std::make_pair(chip_or_star(w[1], n), chip_or_star(w[2], n));
-      if (verb != "deliver") p.m_request.insert(rule);
-      if (verb != "request") p.m_deliver.insert(rule);
+      if (w.size() == 3) throw needs_label(n, verb);
+      if (w.size() != 4) throw bad(n, verb + " takes SOURCE TARGET LABELGLOB");
+      const Rule rule{chip_or_star(w[1], n), chip_or_star(w[2], n), label_glob(w[3], n)};
+      if (verb != "deliver") p.m_request.push_back(rule);
+      if (verb != "request") p.m_deliver.push_back(rule);
     } else if (verb == "group") {
       if (w.size() < 3) throw bad(n, "group takes NAME CHIP...");
       auto& members = p.m_groups[w[1]];
@@ -54,14 +76,17 @@ Policy Policy::parse(const std::string& text) {
         members.insert(c);
       }
     } else if (verb == "allow-group") {
-      if (w.size() != 2) throw bad(n, "allow-group takes NAME");
-      p.m_groups_allowed.insert(w[1]);
+      if (w.size() == 2) throw bad(n, "allow-group takes NAME LABELGLOB: name the key label(s), e.g. 'allow-group " +
+                                          w[1] + " user-key' (or '*')");
+      if (w.size() != 3) throw bad(n, "allow-group takes NAME LABELGLOB");
+      p.m_groups_allowed.emplace_back(w[1], label_glob(w[2], n));
     } else {
       throw bad(n, "unknown rule '" + verb + "' (request, deliver, allow, group, allow-group)");
     }
   }
   for (const auto& g : p.m_groups_allowed)
-    if (!p.m_groups.count(g)) throw core::FormatError(errc::BadPolicy, "policy: allow-group " + g + " names no group");
+    if (!p.m_groups.count(g.first))
+      throw core::FormatError(errc::BadPolicy, "policy: allow-group " + g.first + " names no group");
   return p;
 }
 
@@ -73,35 +98,41 @@ Policy Policy::load(const std::string& path) {
   return parse(ss.str());
 }
 
-void Policy::allow(const std::string& pair) {
-  const auto colon = pair.find(':');
-  if (colon == std::string::npos) throw core::FormatError(errc::BadPolicy, "--allow takes SOURCE:TARGET");
-  const auto rule = std::make_pair(chip_or_star(pair.substr(0, colon), 0), chip_or_star(pair.substr(colon + 1), 0));
-  m_request.insert(rule);
-  m_deliver.insert(rule);
+void Policy::allow(const std::string& rule) {
+  const auto c1 = rule.find(':');
+  const auto c2 = c1 == std::string::npos ? c1 : rule.find(':', c1 + 1);
+  if (c1 == std::string::npos) throw bad(0, "--allow takes SOURCE:TARGET:LABELGLOB");
+  if (c2 == std::string::npos)
+    throw bad(0, "--allow takes SOURCE:TARGET:LABELGLOB: name the key label(s), e.g. --allow " + rule +
+                     ":user-key (or :* for every key of the source)");
+  const Rule r{chip_or_star(rule.substr(0, c1), 0), chip_or_star(rule.substr(c1 + 1, c2 - c1 - 1), 0),
+               label_glob(rule.substr(c2 + 1), 0)};
+  m_request.push_back(r);
+  m_deliver.push_back(r);
 }
 
-bool Policy::match(const std::set<std::pair<std::string, std::string>>& rules, const std::string& s,
-                   const std::string& t) {
-  return rules.count({s, t}) || rules.count({"*", t}) || rules.count({s, "*"}) || rules.count({"*", "*"});
+bool Policy::match(const std::vector<Rule>& rules, const std::string& s, const std::string& t, const std::string& l) {
+  for (const auto& [rs, rt, rl] : rules)
+    if ((rs == "*" || rs == s) && (rt == "*" || rt == t) && glob_match(rl, l)) return true;
+  return false;
 }
 
-bool Policy::same_group(const std::string& s, const std::string& t) const {
-  for (const auto& g : m_groups_allowed) {
+bool Policy::same_group(const std::string& s, const std::string& t, const std::string& l) const {
+  for (const auto& [g, glob] : m_groups_allowed) {
     const auto& m = m_groups.at(g);
-    if (m.count(s) && m.count(t)) return true;
+    if (m.count(s) && m.count(t) && glob_match(glob, l)) return true;
   }
   return false;
 }
 
-bool Policy::may_request(const std::string& source, const std::string& target) const {
+bool Policy::may_request(const std::string& source, const std::string& target, const std::string& label) const {
   if (source == target) return false;
-  return match(m_request, source, target) || same_group(source, target);
+  return match(m_request, source, target, label) || same_group(source, target, label);
 }
 
-bool Policy::may_deliver(const std::string& source, const std::string& target) const {
+bool Policy::may_deliver(const std::string& source, const std::string& target, const std::string& label) const {
   if (source == target) return false;
-  return match(m_deliver, source, target) || same_group(source, target);
+  return match(m_deliver, source, target, label) || same_group(source, target, label);
 }
 
 }  // namespace keyline::kps

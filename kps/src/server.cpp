@@ -1,410 +1,134 @@
 // The KPS HTTP API (docs/kps.md). Modules of the transfer seed, mapped: TMM (transfer management) is
-// the handler's transfer routes, ACM (access control) is Policy, NM (notifications) is the
-// notifications table and its routes, DB is PostgreSQL, and the crypto module is only signature and
-// chain verification: the KPS holds no key that opens a transferred key.
-// The transport is core::http::Server (deadlines and caps against slow and idle clients); /metrics and
-// a second /healthz are on the operations listener (--ops-listen), never on the API's.
-#include <Poco/JSON/Object.h>
-#include <Poco/JSON/Parser.h>
+// transfers.cpp, ACM (access control) is Policy, NM (notifications) is notifications.cpp and
+// webhooks.cpp, DB is PostgreSQL, and the crypto module is signing.cpp (answers signed on a token) plus
+// signature and chain checks: the KPS holds no key that opens a transferred key.
+// This file authenticates the caller (a device's signed request, or an owner's Bearer token), routes,
+// signs the answer, and runs the instance: listeners and background loops.
+#include <pthread.h>
 
-#include <botan/x509cert.h>
-
-#include <cctype>
 #include <chrono>
-#include <functional>
+#include <csignal>
+#include <set>
+#include <condition_variable>
 #include <cstdio>
 #include <ctime>
-#include <map>
-#include <unordered_set>
-#include <memory>
-#include <mutex>
-#include <optional>
-#include <regex>
-#include <sstream>
-#include <string_view>
+#include <thread>
 
-#include "keyline/core/cert_profile.h"
-#include "keyline/core/cplc.h"
+#include "background.h"
+#include "context.h"
 #include "keyline/core/device_auth.h"
-#include "keyline/core/hpke.h"
-#include "keyline/core/event_log.h"
 #include "keyline/core/http.h"
-#include "keyline/core/http_server.h"
-#include "keyline/core/http_service.h"
-#include "keyline/core/log_sink.h"
-#include "keyline/core/pq.h"
 #include "keyline/core/secret_input.h"
-#include "keyline/kps/kps.h"
-#include "keyline/kps/policy.h"
-#include "nonce_cache.h"
-#include "metrics.h"
+#include "signing.h"
 
 namespace keyline::kps {
 namespace {
 
-namespace http = core::http;
-using http::Reply;
-using http::Request;
-
-constexpr const char* kProblemBase = "https://keyline.example/problems/kps/";
-// enc || 32-byte key || tag is 80 bytes; a little room for longer application keys, no more.
-constexpr std::size_t kMaxCiphertext = 4096;
-constexpr const char* kTime = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
-
-const http::Problems problem{kProblemBase};
-using http::json_reply;
-
-std::string q(const std::string& s) { return "\"" + http::json_escape(s) + "\""; }
-
 std::string lower(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   return s;
 }
 
-std::string ts_col(const char* col) {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, kTime, col);
-  return buf;
-}
-
-using Log = core::LogSink;  // one JSON object per line
-
-struct Shared {
-  Config config;
-  Policy policy;
-  std::vector<Botan::X509_Certificate> anchors;
-  std::unique_ptr<core::pq::Pool> pool;
-  NonceCache nonces;
-  std::unique_ptr<Log> log;
-  std::unique_ptr<http::EventLog> events;  // connection-layer events, rate-limited into `log`
-  Metrics metrics;
-  std::function<http::ServerStats()> public_stats;  // for /metrics
-};
-
-struct Transfer {
-  std::string id, source, target, label, state, chain_pem, requested_at, delivered_at, acknowledged_at;
-  std::string json() const {
-    std::string j = "{\"id\":" + q(id) + ",\"source\":" + q(source) + ",\"target\":" + q(target) +
-                    ",\"label\":" + q(label) + ",\"state\":" + q(state) + ",\"transport_certificates\":" +
-                    q(chain_pem) + ",\"requested_at\":" + q(requested_at);
-    if (!delivered_at.empty()) j += ",\"delivered_at\":" + q(delivered_at);
-    if (!acknowledged_at.empty()) j += ",\"acknowledged_at\":" + q(acknowledged_at);
-    return j + ",\"key_uri\":" + q("/v1/transfers/" + id + "/key") + "}";
+// A device (signed request) or an owner (Bearer token); a reply when neither holds.
+std::optional<Reply> authenticate(Context& c, const Request& req, Caller& who) {
+  const std::string auth = req.get("authorization");
+  const bool device = !req.get("keyline-signature").empty();
+  if (!auth.empty()) {
+    if (device) return problem(400, "bad-request", "a request is either signed by a device or carries a token, not both");
+    const auto account = auth.rfind("Bearer ", 0) == 0 ? account_of_token(c, auth.substr(7)) : std::nullopt;
+    if (!account) return refused(401, "token-refused", "the token is not valid", "owner token refused");
+    who.account = account->first;
+    who.name = "account:" + account->second;
+    return std::nullopt;
   }
-};
-
-std::string transfer_select() {
-  return "SELECT id::text, source_chip, target_chip, label, state, transport_chain, " + ts_col("requested_at") +
-         ", " + ts_col("delivered_at") + ", " + ts_col("acknowledged_at") + " FROM transfers WHERE id = $1::uuid";
-}
-
-std::optional<Transfer> load_transfer(core::pq::Connection& c, const std::string& id, bool for_update = false) {
-  auto r = c.exec(transfer_select() + (for_update ? " FOR UPDATE" : ""), {id});
-  if (r.empty()) return std::nullopt;
-  Transfer t;
-  t.id = r.text(0, 0);
-  t.source = r.text(0, 1);
-  t.target = r.text(0, 2);
-  t.label = r.text(0, 3);
-  t.state = r.text(0, 4);
-  t.chain_pem = r.text(0, 5);
-  t.requested_at = r.text(0, 6);
-  t.delivered_at = r.text(0, 7);
-  t.acknowledged_at = r.text(0, 8);
-  return t;
-}
-
-void notify(core::pq::Transaction& tx, const std::string& chip, const std::string& reason, const std::string& uri,
-            const std::string& transfer_id) {
-  tx.exec("INSERT INTO notifications (chip, reason, uri, transfer_id) VALUES ($1, $2, $3, $4::uuid)",
-          {chip, reason, uri, transfer_id});
-}
-
-bool is_uuid(const std::string& s) {
-  static const std::regex re("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$");
-  return std::regex_match(s, re);
-}
-
-bool is_label(const std::string& s) {
-  static const std::regex re("^[A-Za-z0-9._-]{1,64}$");
-  return std::regex_match(s, re);
-}
-
-class Api {
- public:
-  explicit Api(Shared& s) : m_s(s) {}
-
-  // One request: the reply, its log line and its count. Never throws.
-  Reply handle(const Request& req) {
-    const auto t0 = std::chrono::steady_clock::now();
-    std::string who = "-";
-    const Reply reply = problem.guarded([&] { return dispatch(req, who); });
-    const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
-    m_s.metrics.observe(reply.status);
-    m_s.log->line(http::access_line(req, reply, elapsed, {{"chip", who}}));
-    return reply;
+  const std::int64_t now = c.now();
+  core::device_auth::Verified dev;
+  try {
+    dev = core::device_auth::verify_request([&](const std::string& h) { return req.get(lower(h)); }, req.method,
+                                            req.target, req.body, c.anchors, now, c.config.max_skew);
+  } catch (const core::Error& e) {
+    return refused(401, "device-auth-failed",
+                   "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)",
+                   std::to_string(e.numeric()) + " " + e.what());
   }
+  // Kept in PostgreSQL for the whole window the timestamp is accepted in: a replay to a restarted KPS,
+  // or to another KPS on the same database, is refused as well.
+  if (!first_use_of_nonce(c, dev.chip_id.str(), dev.nonce, dev.timestamp + c.config.max_skew))
+    return refused(401, "device-auth-failed", "a request is signed once: this nonce was seen already", "replayed nonce");
+  who.chip = dev.chip_id.str();
+  who.name = who.chip;
+  return std::nullopt;
+}
 
- private:
-  Reply dispatch(const Request& req, std::string& who) {
-    const auto parts = http::path_segments(req.path);
-    const std::string& method = req.method;
-    if (parts.size() == 1 && parts[0] == "healthz") {
-      if (method != "GET") return problem.method_not_allowed("GET");
-      m_s.pool->acquire()->exec("SELECT 1");
-      return json_reply(200, "{\"status\":\"ok\"}");
-    }
-    if (parts.size() < 2 || parts[0] != "v1" || (parts[1] != "transfers" && parts[1] != "notifications"))
-      return problem(404, "not-found", "no such resource");
+Reply dispatch(Context& c, const Request& req, std::string& who_name) {
+  const auto parts = http::path_segments(req.path);
+  if (parts.size() == 1 && parts[0] == "healthz") {
+    if (req.method != "GET") return problem.method_not_allowed("GET");
+    c.pool->acquire()->exec("SELECT 1");
+    return http::json_reply(200, "{\"status\":\"ok\"}");
+  }
+  static const std::set<std::string> kRoutes = {"transfers", "groups", "notifications", "devices"};
+  if (parts.size() < 2 || parts[0] != "v1" || !kRoutes.count(parts[1])) return problem(404, "not-found", "no such resource");
+  // The server refuses a larger body before reading it (ServerLimits::max_body_bytes = body_limit).
+  if (req.body.size() > c.config.body_limit) return problem.too_large(c.config.body_limit);
+  Caller who;
+  if (auto bad = authenticate(c, req, who)) return *bad;
+  who_name = who.name;
+  if (parts[1] == "transfers") return transfers_route(c, req, who, parts);
+  if (parts[1] == "groups") return groups_route(c, req, who, parts);
+  if (parts[1] == "notifications") return notifications_route(c, req, who, parts);
+  return devices_route(c, req, who, parts);
+}
 
-    // Every /v1 route is a device's: read the (bounded) body, then check the signature over it.
-    // The server refuses a larger body before reading it (ServerLimits::max_body_bytes = body_limit).
-    const std::string& body = req.body;
-    if (body.size() > m_s.config.body_limit) return problem.too_large(m_s.config.body_limit);
-    core::device_auth::Verified dev;
-    const std::int64_t now = std::time(nullptr);
+// One request: the reply (signed under /v1), its log line and its count. Never throws.
+Reply handle(Context& c, const Request& req) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string who = "-";
+  Reply reply = problem.guarded([&] { return dispatch(c, req, who); });
+  if (c.signer && req.path.rfind("/v1/", 0) == 0) {
     try {
-      dev = core::device_auth::verify_request([&](const std::string& h) { return req.get(lower(h)); }, method,
-                                              req.target, body, m_s.anchors, now, m_s.config.max_skew);
-    } catch (const core::Error& e) {
-      Reply r = problem(401, "device-auth-failed",
-                        "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)");
-      r.log_detail = std::to_string(e.numeric()) + " " + e.what();
-      return r;
+      c.signer->sign_answer(reply, req, c.now());
+    } catch (const std::exception& e) {
+      // An answer the device cannot authenticate is refused by it anyway; say so plainly.
+      reply = problem.unavailable("the KPS cannot sign its answer now; retry later", "5");
+      reply.log_detail = std::string("signing failed: ") + e.what();
     }
-    const auto use = m_s.nonces.first_use(dev.nonce, dev.timestamp + m_s.config.max_skew, now);
-    if (use == NonceCache::Use::Replayed) {
-      Reply r = problem(401, "device-auth-failed", "a request is signed once: this nonce was seen already");
-      r.log_detail = "replayed nonce";
-      return r;
-    }
-    if (use == NonceCache::Use::Full) {
-      Reply r = problem.unavailable("too many signed requests in the replay window; retry later", "5");
-      r.log_detail = "nonce cache full";
-      return r;
-    }
-    who = dev.chip_id.str();
+  }
+  const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  c.metrics.observe(reply.status);
+  c.log->line(http::access_line(req, reply, elapsed, {{"chip", who}}));
+  return reply;
+}
 
-    if (parts[1] == "notifications") {
-      if (parts.size() == 2) {
-        if (method != "GET") return problem.method_not_allowed("GET");
-        return notifications(who);
-      }
-      if (parts.size() == 4 && parts[3] == "read") {
-        if (method != "POST") return problem.method_not_allowed("POST");
-        return mark_read(who, parts[2]);
-      }
-      return problem(404, "not-found", "no such resource");
+Reply handle_ops(Context& c, const Request& req) {
+  return problem.guarded([&] {
+    if (req.path == "/metrics") {
+      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
+      return http::metrics_reply(c.metrics.render(c.public_stats()));
     }
-    if (parts.size() == 2) {
-      if (method != "POST") return problem.method_not_allowed("POST");
-      return request_transfer(req, dev, body);
-    }
-    if (!is_uuid(parts[2])) return problem(404, "not-found", "no such transfer");
-    const std::string& id = parts[2];
-    if (parts.size() == 3) {
-      if (method != "GET") return problem.method_not_allowed("GET");
-      auto c = m_s.pool->acquire();
-      auto t = load_transfer(*c, id);
-      if (!t || (t->source != who && t->target != who)) return problem(404, "not-found", "no such transfer");
-      return json_reply(200, t->json());
-    }
-    if (parts.size() == 4 && parts[3] == "key") {
-      if (method == "POST") return deliver(req, who, id, body);
-      if (method == "GET") return fetch_key(who, id);
-      return problem.method_not_allowed("GET, POST");
-    }
-    if (parts.size() == 4 && parts[3] == "ack") {
-      if (method != "POST") return problem.method_not_allowed("POST");
-      return acknowledge(who, id);
+    if (req.path == "/healthz") {
+      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
+      c.pool->acquire()->exec("SELECT 1");
+      return http::json_reply(200, "{\"status\":\"ok\"}");
     }
     return problem(404, "not-found", "no such resource");
-  }
-
-  // E1 and E2 (AC1) and E3: the target asks; the policy decides; the source is notified.
-  Reply request_transfer(const Request& req, const core::device_auth::Verified& dev, const std::string& body) {
-    if (!http::has_media_type(req, "application/json"))
-      return problem(415, "unsupported-media-type", "send the request as application/json");
-    std::string source_text, label, chain_pem;
-    try {
-      Poco::JSON::Parser parser;
-      const auto obj = parser.parse(body).extract<Poco::JSON::Object::Ptr>();
-      source_text = obj->getValue<std::string>("source");
-      label = obj->getValue<std::string>("label");
-      chain_pem = obj->getValue<std::string>("transport_certificates");
-    } catch (const std::exception&) {
-      return problem(400, "bad-request", "expected {\"source\", \"label\", \"transport_certificates\"} as strings");
-    }
-    std::string source;
-    try {
-      source = core::ChipId::parse(source_text).str();
-    } catch (const core::Error&) {
-      return problem(400, "bad-chip-id", "source is a chip ID of 20 hexadecimal digits");
-    }
-    if (!is_label(label)) return problem(400, "bad-label", "a label is 1-64 of A-Z a-z 0-9 . _ -");
-    const std::string target = dev.chip_id.str();
-    if (!m_s.policy.may_request(source, target)) {
-      Reply r = problem(403, "access-denied", "the access policy does not let this device request from that source");
-      r.log_detail = "AC1 refused " + source + " -> " + target;
-      return r;
-    }
-    // Transport key information (S2): the target's own transport certificate, checked here as the
-    // source will check it again (the source trusts only its ROM root, not the KPS).
-    std::string canonical;
-    try {
-      const auto certs = core::parse_certificates_pem(chain_pem);
-      if (certs.size() > 4) throw core::FormatError(core::ErrorCode::BadCertificate, "too many certificates");
-      core::verify_chain(certs[0], {certs.begin() + 1, certs.end()}, m_s.anchors);
-      std::unique_ptr<Botan::Public_Key> key(certs[0].subject_public_key());
-      if (key->algo_name() != "Curve25519")
-        throw core::FormatError(core::ErrorCode::BadCertificate, "not an X25519 transport certificate");
-      if (core::read_identity(certs[0]).chip_id.str() != target)
-        throw core::FormatError(core::ErrorCode::BadCertificate, "the transport certificate names another chip");
-      for (const auto& c : certs) canonical += core::to_pem(c);
-    } catch (const std::exception& e) {
-      Reply r = problem(422, "bad-transport-certificate",
-                        "transport_certificates must be this device's X25519 transport certificate and its issuers");
-      r.log_detail = e.what();
-      return r;
-    }
-    auto c = m_s.pool->acquire();
-    Transfer t;
-    core::pq::run_transaction(*c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-      auto r = tx.exec(
-          "INSERT INTO transfers (id, source_chip, target_chip, label, state, transport_chain) "
-          "VALUES (gen_random_uuid(), $1, $2, $3, 'requested', $4) RETURNING id::text",
-          {source, target, label, canonical});
-      const std::string id = r.text(0, 0);
-      notify(tx, source, "transfer-requested", "/v1/transfers/" + id, id);
-      tx.commit();
-      t = *load_transfer(*c, id);
-    });
-    Reply r = json_reply(201, t.json());
-    r.headers.push_back({"Location", "/v1/transfers/" + t.id});
-    r.log_detail = "requested " + source + " -> " + target + " label " + label;
-    return r;
-  }
-
-  // E5 and E6 (AC2) and E7: the source uploads the sealed key; the policy decides again; the target
-  // is notified.
-  Reply deliver(const Request& req, const std::string& who, const std::string& id, const std::string& body) {
-    if (!http::has_media_type(req, "application/octet-stream"))
-      return problem(415, "unsupported-media-type", "send the sealed key as application/octet-stream");
-    if (body.size() < core::hpke::kEncSize + core::hpke::kTagSize + 1 || body.size() > kMaxCiphertext)
-      return problem(400, "bad-ciphertext", "the sealed key is HPKE enc (32) || ciphertext || tag (16)");
-    auto c = m_s.pool->acquire();
-    std::optional<Reply> refusal;
-    std::string target;
-    core::pq::run_transaction(*c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-      refusal.reset();
-      auto t = load_transfer(tx.connection(), id, true);
-      if (!t || (t->source != who && t->target != who)) {
-        refusal = problem(404, "not-found", "no such transfer");
-        return;
-      }
-      if (t->source != who) {
-        refusal = problem(403, "not-the-source", "only the source device delivers the key");
-        return;
-      }
-      if (t->state != "requested") {
-        refusal = problem(409, "wrong-state", "the key was delivered already (state " + t->state + ")");
-        return;
-      }
-      if (!m_s.policy.may_deliver(t->source, t->target)) {
-        refusal = problem(403, "access-denied", "the access policy does not let this device deliver to that target");
-        refusal->log_detail = "AC2 refused " + t->source + " -> " + t->target;
-        return;
-      }
-      tx.exec("UPDATE transfers SET state = 'delivered', ciphertext = $2, delivered_at = now() WHERE id = $1::uuid",
-              {id, core::Bytes(body.begin(), body.end())});
-      notify(tx, t->target, "key-delivered", "/v1/transfers/" + id + "/key", id);
-      tx.commit();
-      target = t->target;
-    });
-    if (refusal) return *refusal;
-    Reply r = json_reply(200, "{\"id\":" + q(id) + ",\"state\":\"delivered\"}");
-    r.log_detail = "delivered to " + target + " (" + std::to_string(body.size()) + " bytes sealed)";
-    return r;
-  }
-
-  // E8 and E9: the target fetches the sealed key.
-  Reply fetch_key(const std::string& who, const std::string& id) {
-    auto c = m_s.pool->acquire();
-    auto r = c->exec("SELECT target_chip, source_chip, state, ciphertext FROM transfers WHERE id = $1::uuid", {id});
-    if (r.empty() || (r.text(0, 0) != who && r.text(0, 1) != who)) return problem(404, "not-found", "no such transfer");
-    if (r.text(0, 0) != who) return problem(403, "not-the-target", "only the target device fetches the key");
-    const std::string state = r.text(0, 2);
-    if (state == "acknowledged") return problem(410, "gone", "the key was acknowledged and deleted");
-    if (state != "delivered") return problem(409, "wrong-state", "the source has not delivered the key yet");
-    const auto ct = r.bytea(0, 3);
-    return http::reply(200, "application/octet-stream", std::string(ct.begin(), ct.end()), {{"Cache-Control", "no-store"}});
-  }
-
-  // After E10: the target has the key; the ciphertext is deleted and the source learns it.
-  Reply acknowledge(const std::string& who, const std::string& id) {
-    auto c = m_s.pool->acquire();
-    std::optional<Reply> refusal;
-    core::pq::run_transaction(*c, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
-      refusal.reset();
-      auto t = load_transfer(tx.connection(), id, true);
-      if (!t || (t->source != who && t->target != who)) {
-        refusal = problem(404, "not-found", "no such transfer");
-        return;
-      }
-      if (t->target != who) {
-        refusal = problem(403, "not-the-target", "only the target device acknowledges");
-        return;
-      }
-      if (t->state == "acknowledged") return;  // a repeated acknowledgement changes nothing
-      if (t->state != "delivered") {
-        refusal = problem(409, "wrong-state", "nothing was delivered yet");
-        return;
-      }
-      tx.exec("UPDATE transfers SET state = 'acknowledged', ciphertext = NULL, acknowledged_at = now() "
-              "WHERE id = $1::uuid", {id});
-      notify(tx, t->source, "key-acknowledged", "/v1/transfers/" + id, id);
-      tx.commit();
-    });
-    if (refusal) return *refusal;
-    return json_reply(200, "{\"id\":" + q(id) + ",\"state\":\"acknowledged\"}");
-  }
-
-  Reply notifications(const std::string& who) {
-    auto c = m_s.pool->acquire();
-    auto r = c->exec("SELECT id, reason, uri, COALESCE(transfer_id::text, ''), " + ts_col("created_at") +
-                         " FROM notifications WHERE chip = $1 AND read_at IS NULL ORDER BY id LIMIT 100",
-                     {who});
-    std::string j = "{\"notifications\":[";
-    for (int i = 0; i < r.rows(); ++i) {
-      if (i) j += ",";
-      j += "{\"id\":" + r.text(i, 0) + ",\"reason\":" + q(r.text(i, 1)) + ",\"uri\":" + q(r.text(i, 2)) +
-           ",\"transfer_id\":" + q(r.text(i, 3)) + ",\"created_at\":" + q(r.text(i, 4)) + "}";
-    }
-    return json_reply(200, j + "]}");
-  }
-
-  Reply mark_read(const std::string& who, const std::string& id) {
-    if (id.empty() || id.size() > 18 || id.find_first_not_of("0123456789") != std::string::npos)
-      return problem(404, "not-found", "no such notification");
-    auto c = m_s.pool->acquire();
-    auto r = c->exec("UPDATE notifications SET read_at = COALESCE(read_at, now()) WHERE id = $1::bigint AND chip = $2",
-                     {id, who});
-    if (r.affected() == 0) return problem(404, "not-found", "no such notification");
-    return json_reply(200, "{\"id\":" + id + ",\"read\":true}");
-  }
-
-  Shared& m_s;
-};
-
-void check_settings(const Config& c) {
-  if (c.db.empty()) throw core::ConfigError(core::ErrorCode::Config, "--db is required");
-  c.check();
-  if (c.db_pool < 1) throw core::ConfigError(core::ErrorCode::Config, "--db-pool must be positive");
-  if (c.tls_cert.empty() || c.tls_key.empty())
-    throw core::ConfigError(core::ErrorCode::Config, "HTTPS needs --tls-cert and --tls-key");
+  });
 }
 
-void load_trust_and_policy(Shared& s, const Config& config) {
+void check_settings(const Config& c) {
+  auto bad = [](const std::string& m) { return core::ConfigError(core::ErrorCode::Config, m); };
+  if (c.db.empty()) throw bad("--db is required");
+  c.check();
+  if (c.db_pool < 1) throw bad("--db-pool must be positive");
+  if (c.tls_cert.empty() || c.tls_key.empty()) throw bad("HTTPS needs --tls-cert and --tls-key");
+  if (c.transfer_ttl < 60 || c.transfer_ttl > 30 * 24 * 3600) throw bad("--transfer-ttl is 60 to 2592000 seconds");
+  if (c.purge_interval_s < 1 || c.purge_interval_s > 60) throw bad("--purge-interval-s is 1 to 60");
+  if (c.webhook_tries < 1 || c.webhook_tries > 20) throw bad("--webhook-tries is 1 to 20");
+  if (!c.backupdb.empty() && c.backupdb.rfind("https://", 0) == 0 && c.backupdb_ca.empty())
+    throw bad("--backupdb over https needs --backupdb-ca");
+}
+
+void load_trust_and_policy(Context& s, const Config& config) {
   for (const auto& t : config.trust)
     for (auto& c : core::load_certificates_pem(t)) s.anchors.push_back(std::move(c));
   if (s.anchors.empty()) throw core::ConfigError(core::ErrorCode::Config, "--trust: no manufacturer root given");
@@ -419,55 +143,114 @@ void load_trust_and_policy(Shared& s, const Config& config) {
     std::fprintf(stderr, "keyline-kps: warning: the policy allows nothing (give --policy or --allow)\n");
 }
 
-// Devices authenticate by signing each request (core/device_auth.h), not with TLS client certificates,
-// so the handshake asks for none.
-http::ServerOptions public_options(const Config& c) {
-  return http::public_listener("keyline-kps", c.listen, c, c.body_limit, c.trusted_proxies, {c.tls_cert, c.tls_key, {}});
-}
-
-Reply handle_ops(Shared& s, const Request& req) {
-  return problem.guarded([&] {
-    if (req.path == "/metrics") {
-      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
-      return http::metrics_reply(s.metrics.render(s.public_stats()));
-    }
-    if (req.path == "/healthz") {
-      if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
-      s.pool->acquire()->exec("SELECT 1");
-      return json_reply(200, "{\"status\":\"ok\"}");
-    }
-    return problem(404, "not-found", "no such resource");
-  });
-}
-
-void log_event(Shared& s, const http::Event& event, const char* listener) {
-  if (std::string_view(listener) == "public") s.metrics.observe_event(event);
-  s.events->write(event, listener);
-}
-
 }  // namespace
 
-int serve(const Config& config) {
-  check_settings(config);
-  Shared s;
-  s.config = config;
-  load_trust_and_policy(s, config);
-  const http::ServerOptions public_listener = public_options(config);  // the TLS files are readable
-  s.log = std::make_unique<Log>(config.log);
-  s.events = std::make_unique<http::EventLog>(*s.log);
-  Api api_handler(s);
-  http::Server api(
-      public_listener, [&api_handler](const Request& q) { return api_handler.handle(q); },
-      [&s](const http::Event& e) { log_event(s, e, "public"); });
-  http::Server ops(
-      http::operations_listener("keyline-kps-ops", config.ops_listen), [&s](const Request& q) { return handle_ops(s, q); },
-      [&s](const http::Event& e) { log_event(s, e, "ops"); });
-  s.public_stats = [&api] { return api.stats(); };
-  if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
-  s.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
-  s.pool->acquire()->exec("SELECT 1 FROM transfers LIMIT 1");  // reachable and migrated, or fail now
+struct Instance::Impl {
+  Context c;
+  std::unique_ptr<http::Server> api, ops;
+  std::atomic<bool> stop{false};
+  std::mutex mutex;
+  std::condition_variable cv;
+  std::vector<std::thread> loops;
 
-  return http::serve_until_stopped("keyline-kps", api, "HTTPS", ops);
+  explicit Impl(const Config& config) {
+    check_settings(config);
+    c.config = config;
+    if (c.config.max_waiters <= 0) c.config.max_waiters = std::max(1, static_cast<int>(config.threads) / 2);
+    load_trust_and_policy(c, config);
+    if (config.sign.enabled()) c.signer = std::make_shared<AnswerSigner>(config.sign);
+    const auto public_listener = http::public_listener("keyline-kps", config.listen, config, config.body_limit,
+                                                       config.trusted_proxies, {config.tls_cert, config.tls_key, {}});
+    c.log = std::make_unique<core::LogSink>(config.log);
+    c.events = std::make_unique<http::EventLog>(*c.log);
+    api = std::make_unique<http::Server>(
+        public_listener, [this](const Request& q) { return handle(c, q); },
+        [this](const http::Event& e) {
+          c.metrics.observe_event(e);
+          c.events->write(e, "public");
+        });
+    ops = std::make_unique<http::Server>(
+        http::operations_listener("keyline-kps-ops", config.ops_listen), [this](const Request& q) { return handle_ops(c, q); },
+        [this](const http::Event& e) { c.events->write(e, "ops"); });
+    c.public_stats = [this] { return api->stats(); };
+    if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
+    c.pool = std::make_unique<core::pq::Pool>(config.db, static_cast<std::size_t>(config.db_pool));
+    c.pool->acquire()->exec("SELECT 1 FROM audit LIMIT 1");  // reachable and migrated to v2, or fail now
+  }
+
+  // Runs pass every `period` until stop; a failing pass is logged and tried again next period.
+  void every(std::chrono::milliseconds period, const char* name, std::function<void()> pass) {
+    loops.emplace_back([this, period, name, pass] {
+      while (!stop) {
+        try {
+          pass();
+        } catch (const std::exception& e) {
+          c.log->line("{\"event\":\"" + std::string(name) + "-failed\",\"detail\":" + q(e.what()) + "}");
+        }
+        std::unique_lock<std::mutex> lock(mutex);
+        cv.wait_for(lock, period, [this] { return stop.load(); });
+      }
+    });
+  }
+
+  void start() {
+    stop = false;
+    c.stopping = false;
+    api->start();
+    ops->start();
+    loops.emplace_back([this] { listen_for_notices(c, stop); });
+    every(std::chrono::seconds(c.config.purge_interval_s), "purge", [this] { purge_pass(c); });
+    every(std::chrono::milliseconds(250), "webhook", [this] { webhook_pass(c); });
+  }
+
+  void halt() {
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      stop = true;
+      c.stopping = true;
+    }
+    cv.notify_all();
+    c.waiters.wake();
+    api->stop();
+    ops->stop();
+    for (auto& t : loops) t.join();
+    loops.clear();
+  }
+};
+
+Instance::Instance(const Config& config) : m_impl(std::make_unique<Impl>(config)) {}
+Instance::~Instance() {
+  if (m_impl && !m_impl->loops.empty()) m_impl->halt();
+}
+void Instance::start() { m_impl->start(); }
+void Instance::stop() {
+  if (!m_impl->loops.empty()) m_impl->halt();
+}
+std::uint16_t Instance::port() const { return m_impl->api->port(); }
+std::uint16_t Instance::ops_port() const { return m_impl->ops->port(); }
+
+// As core::http::serve_until_stopped, but the long polls and loops are told to stop before the
+// listeners wait for their handlers (a held poll would otherwise keep a worker up to 30 s).
+int Instance::serve_until_stopped() {
+  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // every thread started below inherits the mask
+  start();
+  std::fprintf(stdout, "keyline-kps: serving HTTPS on %s\n", m_impl->api->address().c_str());
+  std::fprintf(stdout, "keyline-kps: operations (metrics, healthz) on http://%s\n", m_impl->ops->address().c_str());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  stop();
+  return 0;
+}
+
+int serve(const Config& config) {
+  Instance instance(config);
+  return instance.serve_until_stopped();
 }
 
 }  // namespace keyline::kps
