@@ -88,6 +88,10 @@ int main(int argc, char** argv) {
     sub->add_option("--kps", kps_config.url, "KPS base URL, https://HOST:PORT")->envname("KEYLINE_KPS_URL")->required();
     sub->add_option("--ca", kps_config.ca, "CA file (PEM) that issued the KPS server certificate")
         ->envname("KEYLINE_KPS_CA")->required();
+    sub->add_option("--kps-key", kps_config.kps_key, "the KPS signing public key (PEM): every answer must verify with it")
+        ->envname("KEYLINE_KPS_KEY")->required();
+    sub->add_option("--clock-offset-s", kps_config.clock_offset_s, "test only: shift this device's clock (seconds)")
+        ->envname("KEYLINE_DEVICE_CLOCK_OFFSET");
   };
   auto* kps_request_cmd = kps->add_subcommand("request", "target: ask for a key held by another device");
   kps_common(kps_request_cmd);
@@ -100,9 +104,24 @@ int main(int argc, char** argv) {
   kps_common(kps_receive_cmd);
   auto* kps_open_cmd = kps->add_subcommand("open-file", "target, offline: open a sealed key from a file and store it");
   kps_open_cmd->add_option("--dir", kps_config.dir, "device directory")->required();
-  kps_open_cmd->add_option("--in", in_file, "sealed key (HPKE enc || ciphertext)")->required();
+  kps_open_cmd->add_option("--in", in_file, "KLKE envelope (source-signed sealed key)")->required();
   kps_open_cmd->add_option("--transfer", transfer_id, "transfer id the key was sealed for")->required();
   kps_open_cmd->add_option("--label", label, "label to store the key under")->required();
+  kps_open_cmd->add_option("--from", from_chip, "chip ID of the source (default: the envelope's, still verified)");
+  KpsAgentOptions agent_options;
+  auto* kps_agent_cmd = kps->add_subcommand("agent", "daemon: long-poll notices, serve and receive, reconnect; SIGTERM stops it");
+  kps_common(kps_agent_cmd);
+  kps_agent_cmd->add_option("--wait", agent_options.wait_s, "long-poll wait in seconds (0..30)")->check(CLI::Range(0, 30));
+  kps_agent_cmd->add_flag("--once", agent_options.once, "one poll and its notices, then exit");
+  kps_agent_cmd->add_option("--max-backoff-ms", agent_options.max_backoff_ms, "reconnect backoff ceiling")
+      ->check(CLI::Range(250, 600000));
+  auto* kps_policy_cmd = kps->add_subcommand("policy", "the source's own policy (D/secure/kps-policy)");
+  kps_policy_cmd->require_subcommand(1);
+  std::string policy_target;
+  auto* kps_policy_add = kps_policy_cmd->add_subcommand("add", "allow a target (chip ID or *) keys whose label matches a glob");
+  kps_policy_add->add_option("--dir", kps_config.dir, "device directory")->required();
+  kps_policy_add->add_option("--target", policy_target, "target chip ID, or * for any")->required();
+  kps_policy_add->add_option("--label", label, "label glob (* and ?)")->required();
 
   // The service channel (docs/service.md "The device side").
   ServiceAgentConfig agent_config;
@@ -137,7 +156,9 @@ int main(int argc, char** argv) {
     if (*kps_request_cmd) return cmd_kps_request(kps_config, from_chip, label);
     if (*kps_serve_cmd) return cmd_kps_serve_once(kps_config);
     if (*kps_receive_cmd) return cmd_kps_receive(kps_config);
-    if (*kps_open_cmd) return cmd_kps_open_file(kps_config.dir, in_file, transfer_id, label);
+    if (*kps_open_cmd) return cmd_kps_open_file(kps_config.dir, in_file, transfer_id, label, from_chip);
+    if (*kps_agent_cmd) return cmd_kps_agent(kps_config, agent_options);
+    if (*kps_policy_add) return cmd_kps_policy_add(kps_config.dir, policy_target, label);
     if (*agent_open) return cmd_service_open(agent_config.dir, in_file, out_file);
     if (*agent) {
       if (agent_config.dir.empty() || agent_config.url.empty() || agent_config.ca.empty())

@@ -10,6 +10,7 @@
 #include <botan/data_src.h>
 #include <botan/pkcs8.h>
 #include <botan/system_rng.h>
+#include <botan/x509_key.h>
 
 #include <cerrno>
 #include <ctime>
@@ -27,7 +28,10 @@
 #include "keyline/core/flash_image.h"
 #include "keyline/core/hpke.h"
 #include "keyline/core/http.h"
+#include "keyline/core/http_signature.h"
+#include "keyline/core/kps_envelope.h"
 #include "keyline/device/chip.h"
+#include "kps_session.h"
 
 namespace keyline::device {
 
@@ -62,63 +66,10 @@ std::optional<core::SecureBytes> read_secret(const fs::path& path, std::size_t m
   return out;
 }
 
-// What the agent needs from the personalized device: opened from flash with the chip key, exactly as
-// at boot (every boot check runs first).
-struct DeviceKeys {
-  core::ChipId chip_id;
-  std::vector<Botan::X509_Certificate> roots;
-  core::DataPackage pkg;
-  std::unique_ptr<Botan::Private_Key> identity_key;
-  std::vector<core::Bytes> chain_der;  // identity certificate, then its issuers
-};
-
-DeviceKeys open_device(const fs::path& dir) {
-  const auto chip = Chip::load(dir);
-  const auto image = read_bytes(chip.paths().image());
-  if (!image) throw core::Error(error::FlashEmpty, "flash is empty: the device is not personalized");
-  chip.verify_image(*image);
-  const auto flash = core::FlashImage::decode(*image);
-  DeviceKeys k;
-  k.chip_id = chip.chip_id();
-  k.roots = chip.roots();
-  k.pkg = core::DataPackage::decode(chip.open(flash.backup));
-  Botan::DataSource_Memory src(k.pkg.identity_key);
-  k.identity_key = Botan::PKCS8::load_key(src);
-  k.chain_der.push_back(k.pkg.identity_cert);
-  for (const auto& c : k.pkg.ca_chain) k.chain_der.push_back(c);
-  if (k.pkg.transport_cert.empty() || k.pkg.transport_key.size() != core::hpke::kSecretKeySize)
-    throw core::Error(error::ImageRejected, "the device holds no transport key");
-  return k;
+bool is_uuid(const std::string& s) {
+  static const std::regex re("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$");
+  return std::regex_match(s, re);
 }
-
-class KpsSession {
- public:
-  KpsSession(const KpsClientConfig& c, const DeviceKeys& keys) : m_keys(keys), m_client(options(c)) {}
-
-  core::http::Response get(const std::string& path) {
-    return m_client.get(path, sign("GET", path, ""));
-  }
-  core::http::Response post(const std::string& path, const std::string& body, const std::string& ctype) {
-    return m_client.post(path, body, ctype, sign("POST", path, body));
-  }
-
- private:
-  static core::http::ClientOptions options(const KpsClientConfig& c) {
-    if (c.url.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--kps URL is required");
-    core::http::ClientOptions o;
-    o.base_url = c.url;
-    o.ca_file = c.ca;
-    return o;
-  }
-  std::map<std::string, std::string> sign(const std::string& method, const std::string& path, const std::string& body) {
-    return core::device_auth::sign_request(*m_keys.identity_key, m_keys.chain_der, method, path, body,
-                                           static_cast<std::int64_t>(std::time(nullptr)), m_rng);
-  }
-
-  const DeviceKeys& m_keys;
-  Botan::System_RNG m_rng;
-  core::http::Client m_client;
-};
 
 // A 4xx/5xx answer becomes Error(Http) with the problem document's detail (exit 5, "refused").
 void expect(const core::http::Response& r, int status, const std::string& what) {
@@ -143,63 +94,59 @@ Poco::JSON::Object::Ptr parse_object(const std::string& body) {
 }
 
 std::string str(const Poco::JSON::Object::Ptr& o, const char* name) {
-  if (!o->has(name)) throw core::Error(error::KpsProtocol, std::string("the KPS answer lacks ") + name);
+  if (!o || !o->has(name) || !o->get(name).isString())
+    throw core::Error(error::KpsProtocol, std::string("the KPS answer lacks ") + name);
   return o->getValue<std::string>(name);
 }
 
-struct Notice {
-  std::string id, reason, uri, transfer_id;
-};
-
-std::vector<Notice> unread(KpsSession& s) {
-  const auto r = s.get("/v1/notifications");
-  expect(r, 200, "notifications");
-  std::vector<Notice> out;
-  const auto arr = parse_object(r.body)->getArray("notifications");
-  if (!arr) throw core::Error(error::KpsProtocol, "the KPS answer lacks notifications");
-  for (std::size_t i = 0; i < arr->size(); ++i) {
-    const auto o = arr->getObject(static_cast<unsigned>(i));
-    out.push_back({o->getValue<std::string>("id"), str(o, "reason"), str(o, "uri"), str(o, "transfer_id")});
+// The source's own check of the transport key information (S2/S3): the certificate chains to this
+// device's ROM root, is an X25519 key-agreement certificate and names the requesting chip. The KPS
+// checked it too, but the source trusts only its ROM.
+core::Bytes target_transport_key(const kps::DeviceKeys& k, const std::string& chain_pem, const core::ChipId& target) {
+  try {
+    const auto certs = core::parse_certificates_pem(chain_pem);
+    if (certs.empty()) throw core::CryptoError(core::ErrorCode::Crypto, "no certificate");
+    core::verify_chain(certs[0], {certs.begin() + 1, certs.end()}, k.roots);
+    std::unique_ptr<Botan::Public_Key> pub(certs[0].subject_public_key());
+    if (pub->algo_name() != "Curve25519") throw core::CryptoError(core::ErrorCode::Crypto, "not an X25519 key");
+    if (!certs[0].allowed_usage(Botan::Key_Constraints::KEY_AGREEMENT))
+      throw core::CryptoError(core::ErrorCode::Crypto, "keyUsage lacks keyAgreement");
+    if (core::read_identity(certs[0]).chip_id != target)
+      throw core::CryptoError(core::ErrorCode::Crypto, "the certificate names another chip");
+    const auto bits = certs[0].subject_public_key_bitstring();
+    if (bits.size() != core::hpke::kPublicKeySize) throw core::CryptoError(core::ErrorCode::Crypto, "bad key size");
+    return core::Bytes(bits.begin(), bits.end());
+  } catch (const std::exception& e) {
+    throw core::Error(core::ErrorCode::ChainInvalid, "target transport certificate refused: " + std::string(e.what()));
   }
-  return out;
 }
 
-// Runs `handle` on every unread notice; returns how many it handled. One transfer that fails (a missing
-// key, a refusal) does not stop the others: the first failure is rethrown at the end, and its
-// notification stays unread, so the next pass retries it.
-int handle_unread(KpsSession& s, const std::function<bool(const Notice&)>& handle) {
-  int handled = 0;
-  std::optional<core::Error> first;
-  for (const auto& n : unread(s)) {
-    try {
-      if (handle(n)) ++handled;
-    } catch (const core::Error& e) {
-      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
-      if (!first) first = e;
-    }
-  }
-  if (first) throw *first;
-  return handled;
+std::string kcv_hex(const core::SecureBytes& key) { return core::to_hex(core::key_check_value(key)); }
+
+// D/secure/kps-requests/ID: "SOURCE LABEL", written by `kps request`, so the target checks a delivered
+// envelope against what it asked for, not only against what the KPS says the transfer is.
+fs::path request_record(const fs::path& dir, const std::string& id) { return dir / "secure" / "kps-requests" / id; }
+
+void write_request_record(const fs::path& dir, const std::string& id, const std::string& source,
+                          const std::string& label) {
+  if (!is_uuid(id)) throw core::Error(error::KpsProtocol, "the KPS gave a transfer id that is not a UUID");
+  const auto path = request_record(dir, id);
+  fs::create_directories(path.parent_path());
+  const std::string line = source + " " + label + "\n";
+  write_atomic(path, reinterpret_cast<const std::uint8_t*>(line.data()), line.size(), std::nullopt, 0600);
 }
 
-void mark_read(KpsSession& s, const Notice& n) {
-  expect(s.post("/v1/notifications/" + n.id + "/read", "", "application/json"), 200, "mark notification read");
+void check_request_record(const fs::path& dir, const std::string& id, const std::string& source,
+                          const std::string& label) {
+  const auto rec = read_bytes(request_record(dir, id), 256);
+  if (!rec) return;  // an owner's transfer (group): nothing asked locally; the source's signature decides
+  if (std::string(rec->begin(), rec->end()) != source + " " + label + "\n")
+    throw core::CryptoError(core::ErrorCode::Crypto, "transfer " + id + " is not what this device asked for");
 }
 
-bool is_uuid(const std::string& s) {
-  static const std::regex re("^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$");
-  return std::regex_match(s, re);
-}
-
-// The transfer a notice is about, when the notice has `reason` and the transfer names this device as
-// `role` ("source" or "target"); any other notice is printed, marked read and answered with null.
-Poco::JSON::Object::Ptr own_transfer(KpsSession& s, const DeviceKeys& keys, const Notice& n, const char* reason,
+// The transfer a notice is about, read from the KPS; it must name this device in `role`.
+Poco::JSON::Object::Ptr own_transfer(kps::Session& s, const kps::DeviceKeys& keys, const kps::Notice& n,
                                      const char* role) {
-  if (n.reason != reason || !is_uuid(n.transfer_id)) {
-    std::cout << "notice " << n.reason << " " << n.uri << std::endl;
-    mark_read(s, n);
-    return nullptr;
-  }
   const auto r = s.get("/v1/transfers/" + n.transfer_id);
   expect(r, 200, "transfer " + n.transfer_id);
   auto t = parse_object(r.body);
@@ -208,34 +155,186 @@ Poco::JSON::Object::Ptr own_transfer(KpsSession& s, const DeviceKeys& keys, cons
   return t;
 }
 
-// The source's own check of the transport key information (S2/S3): the certificate chains to this
-// device's ROM root, is an X25519 key-agreement certificate and names the requesting chip. The KPS
-// checked it too, but the source trusts only its ROM.
-core::Bytes target_transport_key(const DeviceKeys& k, const std::string& chain_pem, const std::string& target) {
-  try {
-    const auto certs = core::parse_certificates_pem(chain_pem);
-    core::verify_chain(certs[0], {certs.begin() + 1, certs.end()}, k.roots);
-    std::unique_ptr<Botan::Public_Key> pub(certs[0].subject_public_key());
-    if (pub->algo_name() != "Curve25519") throw core::CryptoError(core::ErrorCode::Crypto, "not an X25519 key");
-    if (!certs[0].allowed_usage(Botan::Key_Constraints::KEY_AGREEMENT))
-      throw core::CryptoError(core::ErrorCode::Crypto, "keyUsage lacks keyAgreement");
-    if (core::read_identity(certs[0]).chip_id.str() != target)
-      throw core::CryptoError(core::ErrorCode::Crypto, "the certificate names another chip");
-    const auto bits = certs[0].subject_public_key_bitstring();
-    if (bits.size() != core::hpke::kPublicKeySize) throw core::CryptoError(core::ErrorCode::Crypto, "bad key size");
-    return core::Bytes(bits.begin(), bits.end());
-  } catch (const core::Error& e) {
-    throw core::Error(core::ErrorCode::ChainInvalid, "target transport certificate refused: " + std::string(e.what()));
-  } catch (const std::exception& e) {
-    throw core::Error(core::ErrorCode::ChainInvalid, "target transport certificate refused: " + std::string(e.what()));
+std::string serve(kps::Session& s, const kps::DeviceKeys& keys, const KpsClientConfig& c, const kps::Notice& n) {
+  const auto t = own_transfer(s, keys, n, "source");
+  if (str(t, "state") != "requested") return "skipped";
+  const std::string label = str(t, "label");
+  check_label(label);
+  const auto target = core::ChipId::parse(str(t, "target"));
+  // The source's own access control comes before it looks at the transport key: the KPS cannot
+  // widen what this device gives away.
+  if (!device_policy_allows(c.dir, target, label)) {
+    std::cout << "refused " << n.transfer_id << " " << label << " to " << target.str()
+              << ": not allowed by " << (fs::path(c.dir) / "secure" / "kps-policy").string() << std::endl;
+    return "refused";
   }
+  const auto pk = target_transport_key(keys, str(t, "transport_certificates"), target);
+  const auto key = load_user_key(c.dir, label);
+  Botan::System_RNG rng;
+  const auto envelope = core::kps_envelope::build({n.transfer_id, label, keys.chip_id, target}, pk, key,
+                                                  keys.chain_der,
+                                                  core::kps_envelope::botan_identity_signer(*keys.identity_key, rng));
+  const auto up = s.post("/v1/transfers/" + n.transfer_id + "/key", std::string(envelope.begin(), envelope.end()),
+                         "application/octet-stream");
+  expect(up, 200, "deliver " + n.transfer_id);
+  std::cout << "delivered " << n.transfer_id << " " << label << " to " << target.str() << std::endl;
+  return "delivered";
 }
 
-core::Bytes aad_of(const std::string& transfer_id) { return core::Bytes(transfer_id.begin(), transfer_id.end()); }
+std::string receive(kps::Session& s, const kps::DeviceKeys& keys, const KpsClientConfig& c, const kps::Notice& n) {
+  const auto t = own_transfer(s, keys, n, "target");
+  if (str(t, "state") != "delivered") return "skipped";
+  const std::string path = "/v1/transfers/" + n.transfer_id;
+  const std::string label = str(t, "label");
+  check_label(label);
+  const auto source = core::ChipId::parse(str(t, "source"));
+  check_request_record(c.dir, n.transfer_id, source.str(), label);
+  const auto k = s.get(path + "/key");
+  expect(k, 200, "fetch " + n.transfer_id);
+  const auto envelope = core::kps_envelope::parse(reinterpret_cast<const std::uint8_t*>(k.body.data()), k.body.size());
+  const auto key = core::kps_envelope::verify_and_open(envelope, {n.transfer_id, label, source, keys.chip_id},
+                                                       keys.roots, keys.pkg.transport_key);
+  if (key.size() != kUserKeySize) throw core::Error(error::KpsProtocol, "the transferred key is not 32 bytes");
+  store_user_key(c.dir, label, key);
+  // Acknowledge only once the key is durable here: the KPS deletes its copy on this answer.
+  expect(s.post(path + "/ack", "", "application/json"), 200, "acknowledge " + n.transfer_id);
+  fs::remove(request_record(c.dir, n.transfer_id));
+  std::cout << "received " << n.transfer_id << " " << label << " from " << source.str() << " kcv " << kcv_hex(key)
+            << std::endl;
+  return "received";
+}
 
-std::string kcv_hex(const core::SecureBytes& key) { return core::to_hex(core::key_check_value(key)); }
+// Run `handle` on every pending notice; returns how many ended in `counted`. One transfer that fails
+// does not stop the others: the first failure is rethrown at the end, and its notice stays.
+int one_pass(const KpsClientConfig& c, unsigned roles, const std::string& counted) {
+  const auto keys = kps::open_device(c.dir);
+  kps::Session s(c, keys);
+  int n_counted = 0;
+  std::optional<core::Error> first;
+  for (const auto& n : kps::pending(s, 0)) {
+    try {
+      if (kps::handle(s, keys, c, n, roles) == counted) ++n_counted;
+    } catch (const core::Error& e) {
+      std::cerr << "transfer " << n.transfer_id << " failed: " << e.what() << std::endl;
+      if (!first) first = e;
+    }
+  }
+  if (first) throw *first;
+  return n_counted;
+}
 
 }  // namespace
+
+namespace kps {
+
+DeviceKeys open_device(const fs::path& dir) {
+  const auto chip = Chip::load(dir);
+  const auto image = read_bytes(chip.paths().image());
+  if (!image) throw core::Error(error::FlashEmpty, "flash is empty: the device is not personalized");
+  chip.verify_image(*image);
+  const auto flash = core::FlashImage::decode(*image);
+  DeviceKeys k;
+  k.chip_id = chip.chip_id();
+  k.roots = chip.roots();
+  k.pkg = core::DataPackage::decode(chip.open(flash.backup));
+  Botan::DataSource_Memory src(k.pkg.identity_key);
+  k.identity_key = Botan::PKCS8::load_key(src);
+  k.chain_der.push_back(k.pkg.identity_cert);
+  for (const auto& c : k.pkg.ca_chain) k.chain_der.push_back(c);
+  if (k.pkg.transport_cert.empty() || k.pkg.transport_key.size() != core::hpke::kSecretKeySize)
+    throw core::Error(error::ImageRejected, "the device holds no transport key");
+  return k;
+}
+
+namespace {
+core::http::ClientOptions client_options(const KpsClientConfig& c, int io_timeout_s) {
+  if (c.url.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--kps URL is required");
+  core::http::ClientOptions o;
+  o.base_url = c.url;
+  o.ca_file = c.ca;
+  o.io_timeout = std::chrono::seconds(io_timeout_s);
+  return o;
+}
+
+std::unique_ptr<Botan::Public_Key> load_kps_key(const std::string& path) {
+  if (path.empty())
+    throw core::ConfigError(core::ErrorCode::Usage, "--kps-key FILE is required: the KPS signing public key (PEM)");
+  try {
+    return std::unique_ptr<Botan::Public_Key>(Botan::X509::load_key(path));
+  } catch (const std::exception& e) {
+    throw core::ConfigError(core::ErrorCode::Config, "--kps-key " + path + " is not a public key: " + e.what());
+  }
+}
+}  // namespace
+
+Session::Session(const KpsClientConfig& c, const DeviceKeys& keys, int io_timeout_s)
+    : m_keys(keys), m_clock_offset_s(c.clock_offset_s), m_kps_key(load_kps_key(c.kps_key)),
+      m_client(client_options(c, io_timeout_s)) {}
+
+std::int64_t Session::now() const { return static_cast<std::int64_t>(std::time(nullptr)) + m_clock_offset_s; }
+
+core::http::Response Session::get(const std::string& path) { return checked("GET", path, nullptr, ""); }
+
+core::http::Response Session::post(const std::string& path, const std::string& body, const std::string& ctype) {
+  return checked("POST", path, &body, ctype);
+}
+
+core::http::Response Session::checked(const std::string& method, const std::string& path, const std::string* body,
+                                      const std::string& ctype) {
+  const std::int64_t t = now();
+  const auto headers = core::device_auth::sign_request(*m_keys.identity_key, m_keys.chain_der, method, path,
+                                                       body ? *body : "", t, m_rng);
+  auto r = body ? m_client.post(path, *body, ctype, headers) : m_client.get(path, headers);
+  core::http_signature::Headers req(headers.begin(), headers.end());
+  core::http_signature::Headers resp(r.headers.begin(), r.headers.end());
+  try {
+    // The answer is checked against now at its arrival (a long poll may hold it up to 30 s).
+    core::http_signature::verify_kps_response(r.status, resp, r.body, req, *m_kps_key,
+                                              core::http_signature::Algorithm::EcdsaP256Sha256, now());
+  } catch (const core::Error& e) {
+    throw core::Error(error::KpsNotAuthentic, "KPS answer not authentic (" + method + " " + path + "): " + e.what());
+  }
+  return r;
+}
+
+std::vector<Notice> pending(Session& s, int wait_s) {
+  const auto r = s.get(wait_s > 0 ? "/v1/notifications?wait=" + std::to_string(wait_s) : "/v1/notifications");
+  expect(r, 200, "notifications");
+  std::vector<Notice> out;
+  const auto arr = parse_object(r.body)->getArray("notifications");
+  if (!arr) throw core::Error(error::KpsProtocol, "the KPS answer lacks notifications");
+  for (std::size_t i = 0; i < arr->size(); ++i) {
+    const auto o = arr->getObject(static_cast<unsigned>(i));
+    Notice n{str(o, "id"), str(o, "reason"), o->optValue<std::string>("uri", ""),
+             o->optValue<std::string>("transfer_id", "")};
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+void ack(Session& s, const Notice& n) {
+  if (!is_uuid(n.id) && n.id.find_first_not_of("0123456789") != std::string::npos)
+    throw core::Error(error::KpsProtocol, "the KPS gave a notice id that is neither a UUID nor a number");
+  expect(s.post("/v1/notifications/" + n.id + "/ack", "", "application/json"), 200, "acknowledge notice");
+}
+
+std::string handle(Session& s, const DeviceKeys& keys, const KpsClientConfig& c, const Notice& n, unsigned roles) {
+  std::string outcome;
+  const bool transfer = is_uuid(n.transfer_id);
+  if (n.reason == "transfer-requested" && (roles & Source) && transfer) outcome = serve(s, keys, c, n);
+  else if (n.reason == "key-delivered" && (roles & Target) && transfer) outcome = receive(s, keys, c, n);
+  else if ((n.reason == "key-acknowledged" && (roles & Source)) || (n.reason == "transfer-refused" && (roles & Target)) ||
+           n.reason == "transfer-expired")
+    outcome = "noted";
+  else
+    return "";  // another command's notice: left for it
+  if (outcome == "noted" || outcome == "skipped")
+    std::cout << "notice " << n.reason << " " << n.transfer_id << " " << outcome << std::endl;
+  ack(s, n);
+  return outcome;
+}
+
+}  // namespace kps
 
 fs::path user_key_path(const fs::path& dir, const std::string& label) {
   check_label(label);
@@ -274,86 +373,34 @@ void store_user_key(const fs::path& dir, const std::string& label, const core::S
 std::string kps_request(const KpsClientConfig& c, const std::string& source_chip, const std::string& label) {
   check_label(label);
   const auto source = core::ChipId::parse(source_chip).str();
-  const auto keys = open_device(c.dir);
-  std::string chain_pem = core::to_pem(Botan::X509_Certificate(keys.pkg.transport_cert));
-  for (const auto& der : keys.pkg.ca_chain) chain_pem += core::to_pem(Botan::X509_Certificate(der));
-  KpsSession s(c, keys);
-  const std::string body = "{\"source\":\"" + source + "\",\"label\":\"" + label +
-                           "\",\"transport_certificates\":\"" + core::http::json_escape(chain_pem) + "\"}";
+  const auto keys = kps::open_device(c.dir);
+  kps::Session s(c, keys);
+  const std::string body = "{\"source\":\"" + source + "\",\"label\":\"" + label + "\"}";
   const auto r = s.post("/v1/transfers", body, "application/json");
   expect(r, 201, "transfer request");
   const std::string id = str(parse_object(r.body), "id");
+  write_request_record(c.dir, id, source, label);
   std::cout << "requested " << id << " " << label << " from " << source << " to " << keys.chip_id.str() << std::endl;
   return id;
 }
 
-int kps_serve_once(const KpsClientConfig& c) {
-  const auto keys = open_device(c.dir);
-  KpsSession s(c, keys);
-  const auto handle = [&](const Notice& n) -> bool {
-    const auto t = own_transfer(s, keys, n, "transfer-requested", "source");
-    if (!t) return false;
-    const std::string path = "/v1/transfers/" + n.transfer_id;
-    if (str(t, "state") != "requested") {
-      mark_read(s, n);
-      return false;
-    }
-    const std::string label = str(t, "label");
-    const std::string target = str(t, "target");
-    const auto pk = target_transport_key(keys, str(t, "transport_certificates"), target);
-    const auto key = load_user_key(c.dir, label);
-    const core::Bytes info(kKpsHpkeInfo, kKpsHpkeInfo + std::char_traits<char>::length(kKpsHpkeInfo));
-    const auto sealed = core::hpke::seal(pk, info, aad_of(n.transfer_id), key);
-    const auto up = s.post(path + "/key", std::string(sealed.begin(), sealed.end()), "application/octet-stream");
-    expect(up, 200, "deliver " + n.transfer_id);
-    mark_read(s, n);
-    std::cout << "delivered " << n.transfer_id << " " << label << " to " << target << std::endl;
-    return true;
-  };
-  return handle_unread(s, handle);
-}
+int kps_serve_once(const KpsClientConfig& c) { return one_pass(c, kps::Source, "delivered"); }
 
-int kps_receive(const KpsClientConfig& c) {
-  const auto keys = open_device(c.dir);
-  KpsSession s(c, keys);
-  const auto handle = [&](const Notice& n) -> bool {
-    const auto t = own_transfer(s, keys, n, "key-delivered", "target");
-    if (!t) return false;
-    const std::string path = "/v1/transfers/" + n.transfer_id;
-    if (str(t, "state") == "acknowledged") {
-      mark_read(s, n);
-      return false;
-    }
-    const std::string label = str(t, "label");
-    check_label(label);
-    const auto k = s.get(path + "/key");
-    expect(k, 200, "fetch " + n.transfer_id);
-    const core::Bytes info(kKpsHpkeInfo, kKpsHpkeInfo + std::char_traits<char>::length(kKpsHpkeInfo));
-    const auto key = core::hpke::open(keys.pkg.transport_key, info, aad_of(n.transfer_id),
-                                      core::Bytes(k.body.begin(), k.body.end()));
-    if (key.size() != kUserKeySize) throw core::Error(error::KpsProtocol, "the transferred key is not 32 bytes");
-    store_user_key(c.dir, label, key);
-    // Acknowledge only once the key is durable here: the KPS deletes its copy on this answer.
-    expect(s.post(path + "/ack", "", "application/json"), 200, "acknowledge " + n.transfer_id);
-    mark_read(s, n);
-    std::cout << "received " << n.transfer_id << " " << label << " from " << str(t, "source") << " kcv "
-              << kcv_hex(key) << std::endl;
-    return true;
-  };
-  return handle_unread(s, handle);
-}
+int kps_receive(const KpsClientConfig& c) { return one_pass(c, kps::Target, "received"); }
 
 void kps_open_file(const std::string& dir, const std::string& file, const std::string& transfer_id,
-                   const std::string& label) {
+                   const std::string& label, const std::string& source_chip) {
   check_label(label);
-  const auto keys = open_device(dir);
-  const auto wire = read_bytes(file, 4096);
+  const auto keys = kps::open_device(dir);
+  const auto wire = read_bytes(file, core::kps_envelope::kMaxSize);
   if (!wire) throw core::IoError(core::ErrorCode::Io, "cannot read " + file);
-  const core::Bytes info(kKpsHpkeInfo, kKpsHpkeInfo + std::char_traits<char>::length(kKpsHpkeInfo));
-  const auto key = core::hpke::open(keys.pkg.transport_key, info, aad_of(transfer_id), *wire);
+  const auto envelope = core::kps_envelope::parse(*wire);
+  const auto source = source_chip.empty() ? envelope.header.source : core::ChipId::parse(source_chip);
+  const auto key = core::kps_envelope::verify_and_open(envelope, {transfer_id, label, source, keys.chip_id},
+                                                       keys.roots, keys.pkg.transport_key);
   if (key.size() != kUserKeySize) throw core::Error(error::KpsProtocol, "the sealed key is not 32 bytes");
   store_user_key(dir, label, key);
-  std::cout << "opened " << label << " kcv " << kcv_hex(key) << std::endl;
+  std::cout << "opened " << label << " from " << source.str() << " kcv " << kcv_hex(key) << std::endl;
 }
 
 int cmd_key_new(const std::string& dir, const std::string& label) {
@@ -385,8 +432,8 @@ int cmd_kps_receive(const KpsClientConfig& c) {
 }
 
 int cmd_kps_open_file(const std::string& dir, const std::string& file, const std::string& transfer_id,
-                      const std::string& label) {
-  kps_open_file(dir, file, transfer_id, label);
+                      const std::string& label, const std::string& source_chip) {
+  kps_open_file(dir, file, transfer_id, label, source_chip);
   return core::exit_code::ok;
 }
 
