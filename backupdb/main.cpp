@@ -108,6 +108,10 @@ int main(int argc, char** argv) {
   serve->add_flag("--plain-http", cfg.plain_http, "plain HTTP behind a TLS-terminating proxy (publishing disabled)")
       ->envname("KEYLINE_BACKUPDB_PLAIN_HTTP");
   add_server_limits(serve, cfg);
+  serve->add_option("--replica", cfg.replicas.conninfos, "libpq conninfo of a streaming replica of --db that takes reads, repeatable")
+      ->envname("KEYLINE_BACKUPDB_REPLICA");
+  serve->add_option("--max-replica-lag-ms", cfg.replicas.max_lag_ms, "a replica further behind the primary is skipped")
+      ->envname("KEYLINE_BACKUPDB_MAX_REPLICA_LAG_MS")->capture_default_str();
   serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")->envname("KEYLINE_BACKUPDB_DB_POOL")->capture_default_str();
   serve->add_option("--rate", cfg.rate, "requests per second per client (0 = no limit)")
       ->envname("KEYLINE_BACKUPDB_RATE")->capture_default_str();
@@ -175,6 +179,8 @@ int main(int argc, char** argv) {
     keyline::core::refuse_password_on_command_line(argc, argv, "--role-password", false,
                                                    "--role-password-file or KEYLINE_BACKUPDB_ROLE_PASSWORD");
     keyline::core::refuse_password_on_command_line(argc, argv, "--db", true,
+                                                   "--db-password-file, PGPASSWORD or PGPASSFILE");
+    keyline::core::refuse_password_on_command_line(argc, argv, "--replica", true,
                                                    "--db-password-file, PGPASSWORD or PGPASSFILE");
     // From a config file the old key would otherwise be dropped without a word.
     if (!refused.empty())

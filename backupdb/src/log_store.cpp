@@ -62,8 +62,9 @@ std::vector<LogEntry> entries_from(core::pq::Connection& conn, std::uint64_t fro
 
 }  // namespace log_sql
 
-LogReader::LogReader(const std::string& conninfo, std::size_t pool_size, std::size_t cached_tiles)
-    : m_pool(conninfo, pool_size), m_cached_tiles(cached_tiles) {}
+LogReader::LogReader(const std::string& conninfo, std::size_t pool_size, std::size_t cached_tiles,
+                     ReadPool* replicas)
+    : m_pool(conninfo, pool_size), m_replicas(replicas), m_cached_tiles(cached_tiles) {}
 
 template <typename F>
 auto LogReader::with_session(F&& f) {
@@ -111,7 +112,13 @@ std::shared_ptr<const StoredTile> LogReader::tile(const std::string& path) {
     const auto it = m_tiles.find(path);
     if (it != m_tiles.end()) return it->second;
   }
-  auto data = with_session([&path](core::pq::Connection& c) { return log_sql::tile(c, path); });
+  std::optional<core::Bytes> data;
+  const auto lookup = [&path, &data](core::pq::Connection& c) { return (data = log_sql::tile(c, path)).has_value(); };
+  if (m_replicas) {
+    m_replicas->read(lookup);
+  } else {
+    with_session(lookup);
+  }
   if (!data) return nullptr;
   auto stored = std::make_shared<StoredTile>();
   const auto digest = Botan::HashFunction::create_or_throw("SHA-256")->process(*data);

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "keyline/backupdb/read_pool.h"
 #include "keyline/core/merkle.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/tlog_tiles.h"
@@ -51,7 +52,11 @@ std::vector<LogEntry> entries_from(core::pq::Connection& conn, std::uint64_t fro
 // from the in-process integrator when there is one and otherwise re-read at most every 200 ms.
 class LogReader {
  public:
-  LogReader(const std::string& conninfo, std::size_t pool_size, std::size_t cached_tiles);
+  // Checkpoints are read on the primary (`conninfo`); tiles, when `replicas` is given, through it:
+  // a tile a replica has is the primary's (a path names its bytes), one it lacks yet is read on the
+  // primary, so every tile of the primary's latest checkpoint is found.
+  LogReader(const std::string& conninfo, std::size_t pool_size, std::size_t cached_tiles,
+            ReadPool* replicas = nullptr);
 
   std::optional<LogCheckpoint> latest();
   void published(const LogCheckpoint& cp);  // the in-process integrator's newest checkpoint
@@ -65,6 +70,7 @@ class LogReader {
   auto with_session(F&& f);
 
   core::pq::Pool m_pool;
+  ReadPool* m_replicas;
   std::size_t m_cached_tiles;
   std::mutex m_tiles_mutex;
   std::unordered_map<std::string, std::shared_ptr<const StoredTile>> m_tiles;

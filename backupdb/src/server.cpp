@@ -56,7 +56,8 @@ http::ServerOptions public_options(const Config& config) {
 
 void open_store(Shared& s, const Config& config) {
   if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
-  s.store = std::make_unique<Store>(config.db, static_cast<std::size_t>(config.db_pool), config.cache_entries);
+  s.store = std::make_unique<Store>(config.db, static_cast<std::size_t>(config.db_pool), config.cache_entries,
+                                    config.replicas);
   if (!s.store->healthy()) throw core::DbError(core::ErrorCode::DbConnection, "database unreachable at start");
   if (config.preload) {
     const auto n = s.store->preload(config.cache_entries);
@@ -73,7 +74,7 @@ void open_log(Shared& s, const Config& config) {
   // queueing behind one another under load (scripts/bench_tlog.sh measures the p99).
   const auto sessions = static_cast<std::size_t>(std::max(4, config.db_pool / 2));
   constexpr std::size_t kCachedTiles = 4096;  // at most 64 MiB (bundles of 256 entries of 62 bytes are 16 KiB)
-  s.tlog = std::make_unique<LogReader>(config.db, sessions, kCachedTiles);
+  s.tlog = std::make_unique<LogReader>(config.db, sessions, kCachedTiles, &s.store->reads());
   s.integrator = std::make_unique<Integrator>(config.db, config.tlog, std::move(signer), *s.tlog, s.metrics, *s.log);
   s.integrator->start();
   std::fprintf(stdout, "keyline-backupdb: transparency log %s, key %s\n", config.tlog.origin.c_str(),

@@ -74,8 +74,10 @@ constexpr const char* kRecordColumns =
 
 }  // namespace
 
-Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries)
+Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries,
+             const ReplicaSettings& replicas)
     : m_pool(conninfo, pool_size),
+      m_reads(m_pool, conninfo, replicas, pool_size),
       m_group(m_pool, kInsertFlushers, kInsertBatch),
       m_shard_capacity(cache_entries == 0 ? 0 : (cache_entries + kShards - 1) / kShards) {}
 
@@ -109,19 +111,15 @@ RecordPtr Store::load(const std::string& column, const std::string& value) {
   // column is one of two fixed names chosen by the caller, never request data: two fixed texts, each
   // a lookup by a unique key whose plan does not depend on the value, prepared once per session.
   const std::string sql = std::string(kRecordColumns) + "WHERE r." + column + " = $1";
-  auto lease = m_pool.acquire();
-  core::pq::Result r;
-  try {
-    r = lease->exec_prepared(sql, {value});
-  } catch (const core::DbError& e) {
-    // A read is idempotent: one retry on a fresh connection covers a restarted server.
-    if (e.code() != core::ErrorCode::DbConnection) throw;
-    lease->reconnect();
-    r = lease->exec_prepared(sql, {value});
-  }
-  if (r.empty()) return nullptr;
-  auto rec = stored_record(r, 0);
-  cache_put(rec);
+  // m_reads picks the session (a replica, else the primary) and retries a lost one.
+  RecordPtr rec;
+  m_reads.read([&](core::pq::Connection& c) {
+    const auto r = c.exec_prepared(sql, {value});
+    if (r.empty()) return false;
+    rec = stored_record(r, 0);
+    return true;
+  });
+  if (rec) cache_put(rec);
   return rec;
 }
 
@@ -155,15 +153,23 @@ PublishResult Store::publish(const core::Record& record, const std::string& hash
   // order (0003_log.sql). Two batches that each wait for the other (one on the counter, the other
   // on a chip ID the first inserted) are a deadlock PostgreSQL breaks; the batch is then re-run.
   PublishResult result;
+  // With the records partitioned (0005_records_partitioned.sql) a taken IMEI is not skipped by ON
+  // CONFLICT: record_imei's key refuses it (23505) and the statement rolls back whole, record row and
+  // log index included; the lookup below then names the record in the way, as for a taken chip ID.
   core::pq::retry_transient(core::pq::RetryPolicy{}, [&] {
-    const auto ins = m_group.exec(
-        "WITH ins AS (INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq), "
-        "idx AS (UPDATE log_sequence SET next_index = next_index + 1 WHERE EXISTS (SELECT 1 FROM ins) "
-        "RETURNING next_index - 1 AS leaf_index) "
-        "INSERT INTO log_entries (leaf_index, record_seq, entry) SELECT idx.leaf_index, ins.seq, $8 FROM ins, idx "
-        "RETURNING leaf_index",
-        {chip, imei, hash, record.backup, identity, json, published_at, entry});
+    core::pq::Result ins;
+    try {
+      ins = m_group.exec(
+            "WITH ins AS (INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7::timestamptz) ON CONFLICT DO NOTHING RETURNING seq), "
+            "idx AS (UPDATE log_sequence SET next_index = next_index + 1 WHERE EXISTS (SELECT 1 FROM ins) "
+            "RETURNING next_index - 1 AS leaf_index) "
+            "INSERT INTO log_entries (leaf_index, record_seq, entry) SELECT idx.leaf_index, ins.seq, $8 FROM ins, idx "
+            "RETURNING leaf_index",
+            {chip, imei, hash, record.backup, identity, json, published_at, entry});
+    } catch (const core::DbError& e) {
+      if (e.code() != core::ErrorCode::DbUniqueViolation) throw;
+    }
     if (ins.rows() == 1) {
       result = PublishResult{};
       result.outcome = PublishOutcome::Created;

@@ -9,6 +9,7 @@
 
 #include <botan/secmem.h>
 
+#include "keyline/backupdb/read_pool.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http_server.h"
 
@@ -47,6 +48,9 @@ struct LogSettings {
 // cost a descriptor, not a thread, so threads only bound the requests handled at once.
 struct Config : core::http::ListenerSettings {
   std::string db;                   // libpq conninfo (no password: see db_password_file)
+  // serve --replica / --max-replica-lag-ms: streaming replicas of `db` that take the reads
+  // (read_pool.h); they share its roles, so the same password.
+  ReplicaSettings replicas;
   std::string db_password_file;     // the database password, read from this file (else PGPASSWORD/PGPASSFILE)
   // migrate: the keyline_backupdb role's password (enables LOGIN). Set here by a library caller, or
   // read by migrate() from role_password_file, else KEYLINE_BACKUPDB_ROLE_PASSWORD.

@@ -12,6 +12,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "keyline/backupdb/read_pool.h"
 #include "keyline/core/bytes.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/pq_group.h"
@@ -43,7 +44,10 @@ struct PublishResult {
 
 class Store {
  public:
-  Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries);
+  // `conninfo` is the primary, which takes every write; reads go through `replicas` (read_pool.h)
+  // when there are any, each with a pool of `pool_size` sessions as the primary's.
+  Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries,
+        const ReplicaSettings& replicas = {});
 
   RecordPtr by_chip_id(const std::string& chip_id);  // nullptr when absent
   RecordPtr by_imei(const std::string& imei);
@@ -58,6 +62,7 @@ class Store {
   std::size_t preload(std::size_t max);
   std::size_t cache_hits() const { return m_hits; }
   std::size_t cache_misses() const { return m_misses; }
+  ReadPool& reads() { return m_reads; }  // also the log's tile reads (log_store.h)
 
  private:
   RecordPtr cache_get(const std::string& chip_id);
@@ -74,7 +79,8 @@ class Store {
   };
   Shard& shard_of(const std::string& chip_id) { return m_shards[std::hash<std::string>{}(chip_id) % kShards]; }
 
-  core::pq::Pool m_pool;
+  core::pq::Pool m_pool;  // the primary
+  ReadPool m_reads;       // record lookups: replicas, then m_pool
   core::pq::GroupCommit m_group;  // record inserts of concurrent requests, committed together
   std::size_t m_shard_capacity;
   std::array<Shard, kShards> m_shards;

@@ -1,0 +1,223 @@
+// Reads on streaming replicas (backupdb/include/keyline/backupdb/read_pool.h): two local clusters,
+// a primary and its hot standby, started by this test through scripts/pg.sh (start, start-replica).
+// Reads are answered by the replica (its counters and its pg_stat_activity say so), a publish is read
+// back at once, a replica whose replay is paused is skipped once it lags past the bound, and a
+// replica stopped in the middle of a read load costs no read; the real server program serves
+// through --replica and shows the nodes in /metrics.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "keyline/backupdb/migrate.h"
+#include "keyline/backupdb/store.h"
+#include "keyline/core/cplc.h"
+#include "keyline/core/imei.h"
+#include "keyline/core/pq.h"
+#include "keyline/core/record.h"
+#include "testenv.h"
+
+using namespace keyline;
+using namespace std::chrono_literals;
+
+namespace {
+
+int sh(const std::string& cmd) {
+  const int st = std::system(cmd.c_str());
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+std::string pg_script() { return test::source_dir() + "/scripts/pg.sh"; }
+
+// The two clusters, once per process; stopped and removed at exit.
+struct Clusters {
+  std::string dir, primary, replica;  // primary/replica: conninfo of database kl_repl, superuser
+  std::string primary_dir() const { return dir + "/primary"; }
+  std::string replica_dir() const { return dir + "/replica"; }
+
+  Clusters() {
+    char tmpl[] = "/tmp/kl-replica-test.XXXXXX";
+    dir = mkdtemp(tmpl);
+    REQUIRE(sh(pg_script() + " start " + primary_dir() + " >/dev/null") == 0);
+    const auto admin = test::read_file(primary_dir() + "/conninfo");
+    core::pq::Connection(admin).exec("CREATE DATABASE kl_repl");
+    primary = with_db(admin);
+    backupdb::Config cfg;
+    cfg.db = primary;
+    backupdb::migrate(cfg);
+    REQUIRE(sh(pg_script() + " start-replica " + primary_dir() + " " + replica_dir() + " >/dev/null") == 0);
+    replica = with_db(test::read_file(replica_dir() + "/conninfo"));
+  }
+  ~Clusters() {
+    for (const auto& d : {replica_dir(), primary_dir()}) {
+      sh(pg_script() + " stop " + d + " >/dev/null 2>&1");
+      std::error_code ec;
+      const auto data = std::filesystem::read_symlink(d + "/data", ec);
+      if (!ec) std::filesystem::remove_all(data, ec);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+  static std::string with_db(std::string conninfo) {
+    const auto at = conninfo.find("dbname=postgres");
+    REQUIRE(at != std::string::npos);
+    return conninfo.replace(at, 15, "dbname=kl_repl");
+  }
+  void start_replica() const { REQUIRE(sh(pg_script() + " start-replica " + primary_dir() + " " + replica_dir() + " >/dev/null") == 0); }
+  void stop_replica() const { REQUIRE(sh(pg_script() + " stop " + replica_dir() + " >/dev/null") == 0); }
+};
+
+Clusters& clusters() {
+  static Clusters c;
+  return c;
+}
+
+// Checks every 100 ms, skipped beyond 300 ms behind.
+backupdb::ReplicaSettings settings() {
+  backupdb::ReplicaSettings s;
+  s.conninfos = {clusters().replica};
+  s.max_lag_ms = 300;
+  s.check_ms = 100;
+  return s;
+}
+
+core::Record record_of(int n) {
+  char chip[24];
+  std::snprintf(chip, sizeof chip, "E%019X", n);
+  core::Record r;
+  r.chip_id = core::ChipId::parse(chip);
+  r.imei = core::Imei::from_tac_serial("86100000", static_cast<std::uint32_t>(n));
+  r.backup = core::Bytes{0x4b, 0x4c, static_cast<std::uint8_t>(n)};
+  r.certificates = {core::Bytes{0x30, 0x00}};
+  return r;
+}
+
+backupdb::NodeStats node(backupdb::Store& s, const std::string& name) {
+  for (const auto& n : s.reads().stats())
+    if (n.name == name) return n;
+  FAIL("no node " << name);
+  return {};
+}
+
+bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds limit = 10s) {
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < end) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return cond();
+}
+
+// Waits until the replica has replayed everything the primary has written so far.
+void wait_replayed() {
+  core::pq::Connection p(clusters().primary), r(clusters().replica);
+  const auto lsn = p.exec("SELECT pg_current_wal_lsn()::text").text(0, 0);
+  REQUIRE(wait_for([&] { return r.exec("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", {lsn}).text(0, 0) == "t"; }));
+}
+
+void publish_range(backupdb::Store& store, int from, int to) {
+  for (int i = from; i < to; ++i) {
+    const auto rec = record_of(i);
+    REQUIRE(store.publish(rec, rec.hash()).outcome == backupdb::PublishOutcome::Created);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("reads are answered by the replica; a publish is read back at once (a miss goes to the primary)") {
+  backupdb::Store store(clusters().primary, 8, 0, settings());  // no cache: every read reaches a database
+  CHECK(node(store, "replica0").state == backupdb::NodeState::Up);
+  for (int i = 0; i < 30; ++i) {
+    const auto rec = record_of(i);
+    REQUIRE(store.publish(rec, rec.hash()).outcome == backupdb::PublishOutcome::Created);
+    // Right after the commit: the replica may not have replayed it yet, the answer is never a 404.
+    const auto back = store.by_chip_id(rec.chip_id.str());
+    REQUIRE(static_cast<bool>(back));
+    CHECK(back->record_hash == rec.hash());
+  }
+  wait_replayed();
+  const auto before = store.reads().stats();
+  for (int i = 0; i < 30; ++i) {
+    REQUIRE(static_cast<bool>(store.by_chip_id(record_of(i).chip_id.str())));
+    REQUIRE(static_cast<bool>(store.by_imei(record_of(i).imei.str())));
+  }
+  const auto after = store.reads().stats();
+  CHECK(after[1].reads - before[1].reads == 60);  // replica0
+  CHECK(after[0].reads == before[0].reads);       // the primary took none of them
+  CHECK_FALSE(static_cast<bool>(store.by_chip_id("EFFFFFFFFFFFFFFFFFFF")));  // absent: the replica's "no" is checked on the primary
+  CHECK(store.reads().stats()[0].reads == before[0].reads + 1);
+  core::pq::Connection r(clusters().replica);
+  CHECK(r.exec("SELECT count(*) FROM pg_stat_activity WHERE datname = 'kl_repl' AND query LIKE 'SELECT r.chip_id%'")
+            .int64(0, 0) >= 1);
+  MESSAGE(store.reads().render_metrics());
+}
+
+TEST_CASE("a replica whose replay is paused is skipped once it lags past the bound, and used again after") {
+  backupdb::Store store(clusters().primary, 8, 0, settings());
+  publish_range(store, 100, 110);
+  wait_replayed();
+  core::pq::Connection r(clusters().replica);
+  r.exec("SELECT pg_wal_replay_pause()");
+  publish_range(store, 110, 111);  // new WAL the replica does not replay
+  REQUIRE(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Lagging; }, 5s));
+  CHECK(node(store, "replica0").lag_seconds > 0.3);
+  const auto skipped = node(store, "replica0").reads;
+  const auto primary = node(store, "primary").reads;
+  for (int i = 100; i < 111; ++i) REQUIRE(static_cast<bool>(store.by_chip_id(record_of(i).chip_id.str())));
+  CHECK(node(store, "replica0").reads == skipped);
+  CHECK(node(store, "primary").reads == primary + 11);
+  r.exec("SELECT pg_wal_replay_resume()");
+  REQUIRE(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Up; }, 5s));
+  REQUIRE(static_cast<bool>(store.by_chip_id(record_of(110).chip_id.str())));
+  CHECK(node(store, "replica0").reads == skipped + 1);
+}
+
+TEST_CASE("the replica stopped in the middle of a read load: no read fails; it takes reads again once back") {
+  backupdb::Store store(clusters().primary, 8, 0, settings());
+  publish_range(store, 200, 240);
+  wait_replayed();
+  std::atomic<bool> stop{false};
+  std::atomic<long> reads{0}, failed{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 6; ++t) {
+    readers.emplace_back([&, t] {
+      for (int i = 0; !stop; ++i) {
+        try {
+          const auto rec = record_of(200 + (i * 7 + t) % 40);
+          const bool ok = (i % 2) ? static_cast<bool>(store.by_chip_id(rec.chip_id.str()))
+                                  : static_cast<bool>(store.by_imei(rec.imei.str()));
+          if (!ok) ++failed;
+        } catch (const std::exception&) {
+          ++failed;
+        }
+        ++reads;
+      }
+    });
+  }
+  std::this_thread::sleep_for(700ms);
+  const auto on_replica = node(store, "replica0").reads;
+  CHECK(on_replica > 0);
+  clusters().stop_replica();  // fast shutdown: its sessions end under the readers
+  std::this_thread::sleep_for(700ms);
+  const auto replica_after_stop = node(store, "replica0");
+  stop = true;
+  for (auto& th : readers) th.join();
+  CHECK(failed == 0);
+  CHECK(replica_after_stop.state == backupdb::NodeState::Down);
+  MESSAGE(reads.load() << " reads, " << replica_after_stop.failures << " failed over from the replica");
+  clusters().start_replica();
+  REQUIRE(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Up; }));
+  const auto back = node(store, "replica0").reads;
+  REQUIRE(static_cast<bool>(store.by_chip_id(record_of(201).chip_id.str())));
+  CHECK(node(store, "replica0").reads == back + 1);
+}
