@@ -1,0 +1,381 @@
+// keyline-kps v2 in process (docs/kps.md "Tests"): two KPS instances on one PostgreSQL database, real
+// TLS and sockets, the public DB as the directory of transport certificates, the KPS signing key on
+// SoftHSM. Each test is an attack or a failure the issue names (#17), now refused or survived.
+#include <Poco/JSON/Array.h>
+#include <Poco/JSON/Object.h>
+#include <Poco/JSON/Parser.h>
+#include <botan/hex.h>
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <thread>
+
+#include "keyline/core/cert_profile.h"
+#include "keyline/core/http_service.h"
+#include "keyline/core/http_signature.h"
+#include "keyline/core/kps_envelope.h"
+#include "kps_fixture.h"
+#include "testenv.h"
+
+using namespace keyline;
+using test::Answer;
+using test::Device;
+using test::World;
+
+namespace {
+
+const std::string kLabel = "user-key";
+
+World& world() {
+  static World w;
+  return w;
+}
+
+Poco::JSON::Object::Ptr json(const std::string& body) {
+  Poco::JSON::Parser p;
+  return p.parse(body).extract<Poco::JSON::Object::Ptr>();
+}
+
+std::string str(const Poco::JSON::Object::Ptr& o, const std::string& k) { return o->getValue<std::string>(k); }
+
+struct Kps {
+  std::unique_ptr<kps::Instance> instance;
+  int port = 0;
+  explicit Kps(const kps::Config& c) : instance(std::make_unique<kps::Instance>(c)) {
+    instance->start();
+    port = instance->port();
+  }
+};
+
+kps::Config config(const std::vector<std::string>& allow) { return world().config(allow); }
+
+Answer ask(const Device& target, int port, const Device& source, const std::string& label = kLabel,
+           std::map<std::string, std::string> headers = {}) {
+  return world().call(target, port, "POST", "/v1/transfers",
+                      "{\"source\":\"" + source.str() + "\",\"label\":\"" + label + "\"}", "application/json", headers);
+}
+
+std::string requested(const Device& target, int port, const Device& source, const std::string& label = kLabel) {
+  const auto a = ask(target, port, source, label);
+  REQUIRE_MESSAGE(a.status == 201, a.body);
+  world().verify_answer(a);
+  return str(json(a.body), "id");
+}
+
+core::SecureBytes a_key(std::uint8_t fill) { return core::SecureBytes(32, fill); }
+
+// S1-E5 as the source agent does them: the transport certificate must be the target's from its record.
+Answer serve(const Device& source, const Device& target, int port, const std::string& id,
+             const std::string& label = kLabel, std::uint8_t fill = 0x42) {
+  const auto got = world().call(source, port, "GET", "/v1/transfers/" + id);
+  REQUIRE_MESSAGE(got.status == 200, got.body);
+  world().verify_answer(got);
+  const auto certs = core::parse_certificates_pem(str(json(got.body), "transport_certificates"));
+  REQUIRE(certs.size() == 2);
+  CHECK(certs[0] == target.transport);
+  const auto env = world().envelope(source, target, id, label, a_key(fill));
+  return world().call(source, port, "POST", "/v1/transfers/" + id + "/key", std::string(env.begin(), env.end()),
+                      "application/octet-stream");
+}
+
+// E8-E10 as the target agent does them; returns the key.
+core::SecureBytes receive(const Device& target, const Device& source, int port, const std::string& id,
+                          const std::string& label = kLabel) {
+  const auto got = world().call(target, port, "GET", "/v1/transfers/" + id + "/key");
+  REQUIRE_MESSAGE(got.status == 200, got.body);
+  world().verify_answer(got);
+  const auto env = core::kps_envelope::parse(core::Bytes(got.body.begin(), got.body.end()));
+  const auto tk = target.transport_key->get_x();
+  const auto key = core::kps_envelope::verify_and_open(env, {id, label, source.chip, target.chip},
+                                                       core::load_certificates_pem(world().dir() + "/root.pem"),
+                                                       core::SecureBytes(tk.begin(), tk.end()));
+  const auto ack = world().call(target, port, "POST", "/v1/transfers/" + id + "/ack");
+  REQUIRE_MESSAGE(ack.status == 200, ack.body);
+  return key;
+}
+
+bool eventually(const std::function<bool()>& done, int seconds = 10) {
+  for (int i = 0; i < seconds * 10; ++i) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return done();
+}
+
+std::string state_of(const std::string& id) { return world().sql("SELECT state FROM transfers WHERE id = $1::uuid", {id}); }
+
+std::vector<std::string> notice_reasons(const Device& d, int port) {
+  const auto a = world().call(d, port, "GET", "/v1/notifications");
+  REQUIRE(a.status == 200);
+  std::vector<std::string> out;
+  const auto arr = json(a.body)->getArray("notifications");
+  for (std::size_t i = 0; i < arr->size(); ++i)
+    out.push_back(arr->getObject(static_cast<unsigned>(i))->getValue<std::string>("reason"));
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a key moves A -> B with the transport certificate from the public DB; the DB keeps no key, after ack no envelope") {
+  auto& w = world();
+  test::PublicDb pdb;
+  for (int i = 0; i < 6; ++i) pdb.put(w.device(i).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(1).str() + ":" + kLabel});
+  cfg.backupdb = pdb.url();
+  Kps k(cfg);
+  const auto id = requested(w.device(1), k.port, w.device(0));
+  const auto up = serve(w.device(0), w.device(1), k.port, id);
+  REQUIRE_MESSAGE(up.status == 200, up.body);
+  w.verify_answer(up);
+  const std::string envelope_hex = w.sql("SELECT encode(ciphertext, 'hex') FROM transfers WHERE id = $1::uuid", {id});
+  CHECK(envelope_hex.size() > 100);
+  CHECK(receive(w.device(1), w.device(0), k.port, id) == a_key(0x42));
+  CHECK(state_of(id) == "acknowledged");
+  CHECK(w.sql("SELECT count(*) FROM transfers WHERE ciphertext IS NOT NULL AND id = $1::uuid", {id}) == "0");
+  CHECK(w.sql("SELECT string_agg(step, ',' ORDER BY id) FROM audit WHERE transfer_id = $1::uuid", {id}) ==
+        "ac1,requested,ac2-early,ac2,delivered,acknowledged");
+
+  // pg_dump of the whole database: neither the key nor the envelope.
+  const std::string dump = w.dir() + "/kps.dump";
+  const std::string cmd = "/usr/lib/postgresql/15/bin/pg_dump '" + w.db() + "' > '" + dump + "'";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  const std::string text = test::read_file(dump);
+  CHECK(text.find("audit") != std::string::npos);
+  CHECK(text.find(Botan::hex_encode(a_key(0x42).data(), 32, false)) == std::string::npos);
+  CHECK(text.find(Botan::hex_encode(a_key(0x42).data(), 32, true)) == std::string::npos);
+  CHECK(text.find(envelope_hex.substr(0, 64)) == std::string::npos);
+}
+
+TEST_CASE("a signed request replayed to the other KPS on the same database is refused") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(1).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(1).str() + ":*"});
+  cfg.backupdb = pdb.url();
+  Kps k1(cfg), k2(cfg);
+  const std::string body = "{\"source\":\"" + w.device(0).str() + "\",\"label\":\"replayed\"}";
+  const auto first = w.call(w.device(1), k1.port, "POST", "/v1/transfers", body, "application/json");
+  REQUIRE(first.status == 201);
+  const auto again = w.replay(first, k2.port, "POST", "/v1/transfers", body, "application/json");
+  CHECK(again.status == 401);
+  w.verify_answer(again);  // errors are signed too, and bound to the request
+  const auto restarted = w.replay(first, k1.port, "POST", "/v1/transfers", body, "application/json");
+  CHECK(restarted.status == 401);
+  CHECK(w.sql("SELECT count(*) FROM transfers WHERE label = 'replayed'") == "1");
+}
+
+TEST_CASE("a Request-Id retry returns the first transfer, on either KPS, and never makes a second") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(2).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(2).str() + ":*"});
+  cfg.backupdb = pdb.url();
+  Kps k1(cfg), k2(cfg);
+  const std::map<std::string, std::string> rid = {{"Request-Id", "0b7c1c8e-2f3a-4d5e-8f90-a1b2c3d4e5f6"}};
+  const auto a = ask(w.device(2), k1.port, w.device(0), "idem", rid);
+  REQUIRE(a.status == 201);
+  const auto b = ask(w.device(2), k2.port, w.device(0), "idem", rid);
+  CHECK(b.status == 201);
+  CHECK(str(json(b.body), "id") == str(json(a.body), "id"));
+  w.verify_answer(b);
+  CHECK(w.sql("SELECT count(*) FROM transfers WHERE label = 'idem'") == "1");
+  CHECK(ask(w.device(2), k1.port, w.device(0), "other", rid).status == 422);  // same Request-Id, other body
+  CHECK(ask(w.device(2), k1.port, w.device(0), "idem", {{"Request-Id", "not-a-uuid"}}).status == 400);
+  // Another caller's Request-Id space is its own.
+  pdb.put(w.device(3).record);
+}
+
+TEST_CASE("the KPS killed between delivery and acknowledgement: the other delivers it once") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(3).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(3).str() + ":*"});
+  cfg.backupdb = pdb.url();
+  auto k1 = std::make_unique<Kps>(cfg);
+  Kps k2(cfg);
+  const auto id = requested(w.device(3), k1->port, w.device(0), "crash");
+  REQUIRE(serve(w.device(0), w.device(3), k1->port, id, "crash", 0x33).status == 200);
+  k1.reset();  // gone before the target came
+  CHECK(receive(w.device(3), w.device(0), k2.port, id, "crash") == a_key(0x33));
+  const auto again = w.call(w.device(3), k2.port, "GET", "/v1/transfers/" + id + "/key");
+  CHECK(again.status == 410);
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE transfer_id = $1::uuid AND step = 'delivered'", {id}) == "1");
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE transfer_id = $1::uuid AND step = 'acknowledged'", {id}) == "1");
+}
+
+TEST_CASE("the policy covers labels: a target allowed one key of a source does not get its other key") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(1).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(1).str() + ":" + kLabel});
+  cfg.backupdb = pdb.url();
+  Kps k(cfg);
+  const auto refused = ask(w.device(1), k.port, w.device(0), "root-key");
+  CHECK(refused.status == 403);
+  w.verify_answer(refused);
+  CHECK(w.sql("SELECT count(*) FROM transfers WHERE label = 'root-key'") == "0");
+  // A v1 rule without a label does not start.
+  CHECK_THROWS_AS(kps::Instance(config({w.device(0).str() + ":" + w.device(1).str()})), core::ConfigError);
+}
+
+TEST_CASE("AC2 refused before the transport certificate: the source never sees it, nor can it deliver") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(4).record);
+  auto cfg = config({});
+  cfg.backupdb = pdb.url();
+  cfg.policy = w.dir() + "/ac1-only.policy";
+  std::FILE* f = std::fopen(cfg.policy.c_str(), "w");
+  std::fprintf(f, "request %s %s *\n", w.device(0).str().c_str(), w.device(4).str().c_str());
+  std::fclose(f);
+  Kps k(cfg);
+  const auto id = requested(w.device(4), k.port, w.device(0), "ac2");
+  const auto shown = w.call(w.device(0), k.port, "GET", "/v1/transfers/" + id);
+  CHECK(shown.status == 403);
+  w.verify_answer(shown);
+  CHECK(shown.body.find("BEGIN CERTIFICATE") == std::string::npos);
+  CHECK(state_of(id) == "refused");
+  const auto again = w.call(w.device(0), k.port, "GET", "/v1/transfers/" + id);
+  CHECK(again.status == 200);
+  CHECK(again.body.find("BEGIN CERTIFICATE") == std::string::npos);
+  const auto env = w.envelope(w.device(0), w.device(4), id, "ac2", a_key(1));
+  const auto up = w.call(w.device(0), k.port, "POST", "/v1/transfers/" + id + "/key", std::string(env.begin(), env.end()),
+                         "application/octet-stream");
+  CHECK(up.status == 409);
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE transfer_id = $1::uuid AND step = 'ac2-early' AND detail LIKE 'refused%'",
+              {id}) == "1");
+  const auto reasons = notice_reasons(w.device(4), k.port);
+  CHECK(std::find(reasons.begin(), reasons.end(), "transfer-refused") != reasons.end());
+}
+
+TEST_CASE("an envelope for another transfer or signed by another device is refused at upload") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(1).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(1).str() + ":*"});
+  cfg.backupdb = pdb.url();
+  Kps k(cfg);
+  const auto id = requested(w.device(1), k.port, w.device(0), "env");
+  REQUIRE(w.call(w.device(0), k.port, "GET", "/v1/transfers/" + id).status == 200);
+  auto post = [&](const core::Bytes& e) {
+    return w.call(w.device(0), k.port, "POST", "/v1/transfers/" + id + "/key", std::string(e.begin(), e.end()),
+                  "application/octet-stream")
+        .status;
+  };
+  CHECK(post(w.envelope(w.device(0), w.device(1), id, "other-label", a_key(1))) == 422);
+  CHECK(post(w.envelope(w.device(5), w.device(1), id, "env", a_key(1))) == 422);  // another source's envelope
+  CHECK(post(core::Bytes{'K', 'L', 'K', 'E', 9}) == 400);
+  CHECK(state_of(id) == "requested");
+}
+
+TEST_CASE("expiry with a simulated clock: the purge expires the envelope, with audit rows and notices to both") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(5).record);
+  auto cfg = config({w.device(0).str() + ":" + w.device(5).str() + ":*"});
+  cfg.backupdb = pdb.url();
+  cfg.transfer_ttl = 3600;
+  std::string id;
+  {
+    Kps k(cfg);
+    id = requested(w.device(5), k.port, w.device(0), "expiring");
+    REQUIRE(serve(w.device(0), w.device(5), k.port, id, "expiring").status == 200);
+  }
+  cfg.clock_offset_s = 2 * 3600;  // two hours later
+  cfg.max_skew = 3 * 3600;        // the devices' clocks stay where they are
+  Kps later(cfg);
+  CHECK(eventually([&] { return state_of(id) == "expired"; }));
+  CHECK(w.sql("SELECT count(*) FROM transfers WHERE id = $1::uuid AND ciphertext IS NULL", {id}) == "1");
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE transfer_id = $1::uuid AND step = 'expired'", {id}) == "1");
+  CHECK(w.sql("SELECT count(*) FROM notifications WHERE transfer_id = $1::uuid AND reason = 'transfer-expired'", {id}) ==
+        "2");
+  CHECK(w.call(w.device(5), later.port, "GET", "/v1/transfers/" + id + "/key").status == 410);
+  CHECK_THROWS_AS(kps::Instance([&] {
+                    auto c = cfg;
+                    c.transfer_ttl = 31 * 24 * 3600;
+                    return c;
+                  }()),
+                  core::ConfigError);
+}
+
+TEST_CASE("an owner's group transfer to 3 targets; a forged or foreign owner token is refused") {
+  auto& w = world();
+  test::PublicDb pdb;
+  for (int i = 1; i <= 3; ++i) pdb.put(w.device(i).record);
+  auto cfg = config({w.device(0).str() + ":*:shared"});
+  cfg.backupdb = pdb.url();
+  Kps k(cfg);
+  const auto token_bytes = kps::account_add(cfg, "alice-" + std::to_string(k.port),
+                                            {w.device(0).str(), w.device(1).str(), w.device(2).str(), w.device(3).str()});
+  const std::string token(token_bytes.begin(), token_bytes.end());
+  const std::string body = "{\"source\":\"" + w.device(0).str() + "\",\"label\":\"shared\",\"targets\":[\"" +
+                           w.device(1).str() + "\",\"" + w.device(2).str() + "\",\"" + w.device(3).str() + "\"]}";
+  const auto made = w.owner(k.port, token, "/v1/transfers", body);
+  REQUIRE_MESSAGE(made.status == 201, made.body);
+  const auto group = json(made.body);
+  const auto transfers = group->getArray("transfers");
+  REQUIRE(transfers->size() == 3);
+  for (unsigned i = 0; i < 3; ++i) {
+    const auto t = transfers->getObject(i);
+    const auto& target = w.device(static_cast<int>(i) + 1);
+    REQUIRE(str(t, "target") == target.str());
+    REQUIRE(serve(w.device(0), target, k.port, str(t, "id"), "shared", 0x60).status == 200);
+    if (i < 2) CHECK(receive(target, w.device(0), k.port, str(t, "id"), "shared") == a_key(0x60));
+  }
+  const auto status = w.owner(k.port, token, "/v1/groups/" + str(group, "group_id"), "");
+  REQUIRE(status.status == 200);
+  CHECK(status.body.find("\"state\":\"acknowledged\"") != std::string::npos);
+  CHECK(status.body.find("\"state\":\"delivered\"") != std::string::npos);  // the third, on its own
+
+  std::string forged = token;
+  forged[10] = forged[10] == 'A' ? 'B' : 'A';
+  CHECK(w.owner(k.port, forged, "/v1/transfers", body).status == 401);
+  CHECK(w.owner(k.port, "not-a-token", "/v1/transfers", body).status == 401);
+  const std::string foreign = "{\"source\":\"" + w.device(0).str() + "\",\"label\":\"shared\",\"targets\":[\"" +
+                              w.device(5).str() + "\"]}";
+  CHECK(w.owner(k.port, token, "/v1/transfers", foreign).status == 403);
+  kps::account_remove(cfg, "alice-" + std::to_string(k.port));
+  CHECK(w.owner(k.port, token, "/v1/transfers", body).status == 401);
+  CHECK(w.sql("SELECT count(*) FROM accounts WHERE token_sha256 = $1", {token}) == "0");
+}
+
+TEST_CASE("notices: acking one leaves the others; another device cannot ack; a long poll wakes on a notice") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(2).record);
+  pdb.put(w.device(3).record);
+  auto cfg = config({w.device(4).str() + ":*:*"});
+  cfg.backupdb = pdb.url();
+  Kps k1(cfg), k2(cfg);
+  // Drain the source's notices from earlier tests.
+  for (;;) {
+    const auto a = w.call(w.device(4), k1.port, "GET", "/v1/notifications");
+    const auto arr = json(a.body)->getArray("notifications");
+    if (arr->size() == 0) break;
+    for (std::size_t i = 0; i < arr->size(); ++i)
+      w.call(w.device(4), k1.port, "POST",
+             "/v1/notifications/" + std::to_string(arr->getObject(static_cast<unsigned>(i))->getValue<long>("id")) + "/ack");
+  }
+  std::atomic<int> polled{-1};
+  std::thread poller([&] {
+    const auto a = w.call(w.device(4), k2.port, "GET", "/v1/notifications?wait=20");
+    polled = a.status == 200 ? static_cast<int>(json(a.body)->getArray("notifications")->size()) : -2;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  requested(w.device(2), k1.port, w.device(4), "poll-1");  // on the other KPS
+  poller.join();
+  CHECK(polled == 1);
+  requested(w.device(3), k1.port, w.device(4), "poll-2");
+  const auto list = w.call(w.device(4), k1.port, "GET", "/v1/notifications");
+  const auto arr = json(list.body)->getArray("notifications");
+  REQUIRE(arr->size() == 2);
+  const auto first = std::to_string(arr->getObject(0)->getValue<long>("id"));
+  CHECK(w.call(w.device(2), k1.port, "POST", "/v1/notifications/" + first + "/ack").status == 404);  // not its own
+  CHECK(w.call(w.device(4), k1.port, "POST", "/v1/notifications/" + first + "/ack").status == 200);
+  CHECK(w.call(w.device(4), k1.port, "POST", "/v1/notifications/" + first + "/read").status == 200);  // v1 alias, again
+  CHECK(notice_reasons(w.device(4), k1.port).size() == 1);
+  CHECK(w.call(w.device(4), k1.port, "GET", "/v1/notifications?wait=31").status == 400);
+}
