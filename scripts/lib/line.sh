@@ -256,8 +256,10 @@ line_station_sql() { psql "$KEYLINE_STATION_DB" -tAc "$1"; }
 line_public_sql() { psql "${LINE_PG_CONNINFO/dbname=postgres/dbname=keyline_backupdb}" -tAc "$1"; }
 
 # --- the key provisioning server (docs/kps.md) ----------------------------------------------------
-#   line_kps_up [POLICY_FILE | --allow SRC:TGT ...]   migrate a keyline_kps database and start keyline-kps
-#     on a free port with the line's KPS TLS certificate; sets LINE_KPS_URL, adds the pid to LINE_PIDS.
+#   line_kps_up [POLICY_FILE | --allow SRC:TGT:LABELGLOB ...] [SERVE ARGS...]   migrate a keyline_kps
+#     database, create the answer-signing key on the line's token (LINE_KPS_KEY: its public key, the
+#     agents' --kps-key) and start keyline-kps on a free port with the line's KPS TLS certificate and the
+#     line's public DB as the directory of transport certificates; sets LINE_KPS_URL, adds the pid to LINE_PIDS.
 #   line_kps_sql SQL   one query on the KPS database, unaligned tuples only
 line_kps_up() {
   local ci kport attempt kpid policy_args=()
@@ -268,11 +270,17 @@ line_kps_up() {
     psql "$ci" -qc "CREATE DATABASE keyline_kps" >/dev/null
   LINE_KPS_DB="${ci/dbname=postgres/dbname=keyline_kps}"
   KEYLINE_KPS_DB="$LINE_KPS_DB" "$LINE_BIN/keyline-kps" migrate >&2
+  local sign=(--sign-module "$(cat "$LINE_DIR/hsm/module")" --sign-token-label "$(cat "$LINE_DIR/hsm/label")"
+              --sign-key-label keyline-kps-sign --sign-pin-file "$LINE_DIR/hsm/user.pin")
+  LINE_KPS_KEY="$LINE_DIR/pki/kps-sign.pub.pem"
+  export LINE_KPS_KEY
+  "$LINE_BIN/keyline-kps" sign-key init "${sign[@]}" --out "$LINE_KPS_KEY" >&2 || return 1
   for attempt in 1 2 3; do
     kport=$(line_free_port)
     KEYLINE_KPS_DB="$LINE_KPS_DB" "$LINE_BIN/keyline-kps" serve --listen "127.0.0.1:$kport" --ops-listen 127.0.0.1:0 \
       --tls-cert "$LINE_DIR/pki/kps-tls.pem" --tls-key "$LINE_DIR/pki/kps-tls.key" \
-      --trust "$LINE_DIR/pki/root.pem" "${policy_args[@]}" \
+      --trust "$LINE_DIR/pki/root.pem" "${policy_args[@]}" "${sign[@]}" \
+      --backupdb "$LINE_BACKUPDB_URL" --backupdb-ca "$LINE_DIR/pki/tls-ca.pem" \
       --log "$LINE_DIR/logs/kps.log" >>"$LINE_DIR/logs/kps.out" 2>&1 &
     kpid=$!
     if line_wait_port 127.0.0.1 "$kport" 20 && kill -0 "$kpid" 2>/dev/null; then
