@@ -240,6 +240,8 @@ const char* record_invalid_detail(core::ErrorCode code) noexcept {
       return "the chip ID or IMEI in the identity certificate does not match the record";
     case core::ErrorCode::BadBackupPackage:
       return "the backup package does not name the record's chip ID";
+    case core::ErrorCode::BadTransportCertificate:
+      return "the transport certificate is not this device's keyAgreement certificate from its Device CA";
     case core::ErrorCode::BadChipId:
     case core::ErrorCode::BadImei:
       return "the identity certificate does not carry a well-formed chip ID and IMEI";

@@ -38,6 +38,15 @@ namespace keyline::backupdb {
 // When the leaf is not CA's, the full validation runs and its answer (or its error, with core's
 // message) is what the caller gets. The leaf's signature is verified for every record;
 // what is saved is CA's own verification and parsing its DER again.
+//
+// A record [leaf, CA, T] (T the transport certificate, docs/decisions.md "The transport certificate
+// in the public record") takes the same path: verify_chain tries the intermediates in order, so CA
+// is taken at depth 0 before T whatever T is, and T plays no part in the chain. After the record's
+// facts validate_record checks T when it is not a CA certificate (core::transport_certificate), with
+// the identity's issuer, which is CA (no anchor has CA's DN, and among certificates of that DN the
+// first that verifies the leaf, CA, comes first); the short path makes that check on the same
+// certificates. T is parsed with the leaf, before any check, so that a T that is not DER leaves the
+// error (validate_record's first) to the full validation.
 
 Validator::Validator(std::vector<Botan::X509_Certificate> anchors) : m_anchors(std::move(anchors)) {}
 
@@ -127,26 +136,30 @@ bool Validator::leaf_signed_by(const Botan::X509_Certificate& leaf, KnownCa& ca)
 // is not CA's (the full validation then decides); once CA's key verified the leaf, the full
 // validation's chain would pass too, so the record's own checks run here and throw what it would.
 bool Validator::leaf_passes_under(const core::Record& record, KnownCa& ca) {
-  std::optional<Botan::X509_Certificate> leaf;
+  std::optional<Botan::X509_Certificate> leaf, third;
   try {
     leaf.emplace(record.certificates.front());
+    if (record.certificates.size() == 3) third.emplace(record.certificates[2]);
     if (!(leaf->issuer_dn() == ca.as_anchors.front().subject_dn())) return false;
     if (!leaf_signed_by(*leaf, ca)) return false;
   } catch (const std::exception&) {
     return false;
   }
   core::check_record_facts(record, *leaf);
+  if (third && !third->is_CA_cert()) core::check_transport_certificate(record, *leaf, *third, ca.as_anchors.front());
   return true;
 }
 
 void Validator::validate(const core::Record& record) {
-  if (record.certificates.size() == 2) {
+  // [identity, Device CA] as published before, or [identity, Device CA, transport].
+  const bool short_shape = record.certificates.size() == 2 || record.certificates.size() == 3;
+  if (short_shape) {
     // A failure here is not necessarily a verdict (another chain shape may still verify): the full
     // check below decides and names the failure.
     if (const KnownCaPtr ca = lookup(record.certificates[1]); ca && leaf_passes_under(record, *ca)) return;
   }
   core::validate_record(record, m_anchors);
-  if (record.certificates.size() == 2) remember(record);
+  if (short_shape) remember(record);
 }
 
 void Validator::remember(const core::Record& record) {

@@ -290,6 +290,11 @@ void check_transport_certificate(const Record& record, const Botan::X509_Certifi
   check_transport(record, *identity, *transport, device_ca);
 }
 
+void check_transport_certificate(const Record& record, const Botan::X509_Certificate& identity,
+                                 const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
+  check_transport(record, identity, transport, device_ca);
+}
+
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors) {
   if (record.certificates.empty()) bad("no certificates");
   std::vector<Botan::X509_Certificate> chain;

@@ -79,5 +79,9 @@ std::optional<Botan::X509_Certificate> transport_certificate(const Record& recor
 //     (HardwareModuleName, RFC 4108 section 5), "IMEI X differs from record IMEI Y", "is not valid now"
 //     (notAfter passed, or notBefore more than a day ahead: the station's clock set it)
 void check_transport_certificate(const Record& record, const Botan::X509_Certificate& device_ca);
+// The same on certificates the caller parsed already (identity = certificates[0], transport = what
+// transport_certificate gave): for the public DB's remembered-CA path.
+void check_transport_certificate(const Record& record, const Botan::X509_Certificate& identity,
+                                 const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca);
 
 }  // namespace keyline::core
