@@ -97,18 +97,19 @@ int main(int argc, char** argv) {
   Config cfg;
   keyline::service::CampaignRequest campaign;
   keyline::service::ModuleSignRequest sign;
+  keyline::service::MessageRequest message;
   std::string status_name;
   bool status_json = false;
   CLI::App app{
-      "keyline-service: the device service server (migrate | serve | campaign | module sign).\n"
+      "keyline-service: the device service server (migrate | serve | campaign | module sign | message).\n"
       "Shipped devices call out over HTTPS; sessions run SCP03 (level 33, S16) keyed on the service token.\n"
       "See docs/service.md."};
   app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
   app.require_subcommand(1);
   app.footer(
       "Exit codes: 0 ok, 1 failure (campaign status: jobs pending), 2 usage/config, 3 bad input (a campaign "
-      "input or module), 4 database or public DB unreachable, 5 refused (a campaign name reused with another "
-      "payload), 6 token.");
+      "input or module; message: an unknown IMEI, a record that does not verify), 4 database or public DB "
+      "unreachable, 5 refused (a campaign name reused with another payload), 6 token.");
 
   auto* migrate = app.add_subcommand("migrate", "apply the numbered SQL migrations (idempotent)");
   add_db(migrate, cfg);
@@ -144,6 +145,20 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   msign->add_option("--out", sign.out, "the signed module")->required();
 
+  auto* msg = app.add_subcommand(
+      "message", "seal a file to a device's transport key from the public DB (it opens with service-agent open)");
+  msg->add_option("--imei", message.imei, "the device's IMEI")->required();
+  msg->add_option("--in", message.in, "the message (at most 1 MiB less 48 bytes)")->required();
+  msg->add_option("--out", message.out, "the sealed message, enc || ciphertext (mode 0644)")->required();
+  msg->add_option("--backupdb", message.backupdb, "https URL of the public backup DB")
+      ->envname("KEYLINE_BACKUPDB_URL")
+      ->required();
+  msg->add_option("--backupdb-ca", message.backupdb_ca, "CA of the public DB's TLS certificate (PEM)")
+      ->envname("KEYLINE_BACKUPDB_CA");
+  msg->add_option("--trust", message.trust, "manufacturer root(s) (PEM) the record chains to; repeatable")
+      ->envname("KEYLINE_SERVICE_TRUST")
+      ->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -159,6 +174,10 @@ int main(int argc, char** argv) {
     if (*serve) return keyline::service::serve(cfg);
     if (*msign) {
       keyline::service::module_sign(cfg.token, sign, std::cout);
+      return 0;
+    }
+    if (*msg) {
+      keyline::service::message_seal(message, std::cout);
       return 0;
     }
     if (*camp_status) return keyline::service::campaign_status(cfg, status_name, status_json, std::cout);

@@ -30,7 +30,9 @@ int exit_code_for(ErrorCode code) noexcept {
   // keyline-service (service/include/keyline/service/errors.h): a campaign input or module that does not
   // parse or verify is bad input; a campaign name reused with another payload is refused; the public DB
   // answering an error is a server that cannot serve.
-  if (n == 8020 || n == 8030) return exit_code::bad_input;
+  // message (docs/service.md "Messages from a third party"): a record that does not verify, an unknown
+  // IMEI or a message too large for the device are bad input.
+  if (n == 8020 || n == 8030 || n == 8002 || n == 8050 || n == 8051) return exit_code::bad_input;
   if (n == 8021) return exit_code::refused;
   if (n == 8040) return exit_code::unavailable;
   if (n >= 1000 && n < 1250) return exit_code::bad_input;

@@ -24,5 +24,9 @@ constexpr core::ErrorCode CampaignConflict = static_cast<core::ErrorCode>(8021);
 constexpr core::ErrorCode BadModule =
     static_cast<core::ErrorCode>(8030);  // a module that does not verify to the root
 constexpr core::ErrorCode PublicDb = static_cast<core::ErrorCode>(8040);  // the public DB answered an error
+constexpr core::ErrorCode UnknownImei =
+    static_cast<core::ErrorCode>(8050);  // message: the public DB has no record of this IMEI
+constexpr core::ErrorCode MessageTooLarge =
+    static_cast<core::ErrorCode>(8051);  // message: over what the device opens (1 MiB sealed)
 
 }  // namespace keyline::service::errc

@@ -79,6 +79,21 @@ void campaign_enqueue(const Config& config, const CampaignRequest& request, std:
 // Progress and per-device results; returns 0 when every job is done (applied or failed), 1 otherwise.
 int campaign_status(const Config& config, const std::string& name, bool json, std::ostream& out);
 
+// `keyline-service message` (docs/service.md "Messages from a third party"): seals a file to a device's
+// transport key with HPKE (core/hpke.h, base mode; info kMessageInfo, aad the IMEI's 15 ASCII digits) and
+// writes enc || ciphertext to `out`, whole or not at all. The key is the transport certificate of the
+// device's record, fetched by IMEI from the public DB and validated to `trust` (core::validate_record).
+// Throws Error(UnknownImei) for a 404, Error(RecordInvalid) for a record that does not verify or has no
+// transport certificate, Error(PublicDb) for another answer, core's Network error when it cannot connect.
+constexpr const char* kMessageInfo = "keyline/service/message/v1";
+struct MessageRequest {
+  std::string imei;
+  std::string in, out;                 // the message; the sealed file (mode 0644)
+  std::string backupdb, backupdb_ca;   // https URL of the public DB, the CA of its TLS certificate
+  std::vector<std::string> trust;      // manufacturer root(s)
+};
+void message_seal(const MessageRequest& request, std::ostream& out);
+
 // `keyline-service module sign`: the module format of core/service_module.h, signed on the token.
 struct ModuleSignRequest {
   std::string in, name, out, certificate, key_label = "keyline-code-signing";
