@@ -15,6 +15,7 @@
 #include "keyline/core/kps_envelope.h"
 #include "keyline/core/pkcs11.h"
 #include "keyline/core/pq.h"
+#include "client.h"
 #include "testenv.h"
 
 namespace keyline::test {
@@ -146,6 +147,16 @@ Answer World::replay(const Answer& first, int port, const std::string& method, c
   const auto r = method == "GET" ? client.get(path, first.request_headers)
                                  : client.post(path, body, content_type, first.request_headers);
   return to_answer(r, first.request_headers);
+}
+
+int World::put(const Device& d, int port, const std::string& path, const std::string& body) const {
+  std::string req = "PUT " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: " +
+                    std::to_string(body.size()) + "\r\n";
+  for (auto& [k, v] : core::device_auth::sign_request(*d.identity_key, d.chain, "PUT", path, body,
+                                                      static_cast<std::int64_t>(std::time(nullptr)), m_rng))
+    req += k + ": " + v + "\r\n";
+  TlsClient client(port);
+  return client.exchange(req + "\r\n" + body).status;
 }
 
 Answer World::owner(int port, const std::string& token, const std::string& path, const std::string& body,

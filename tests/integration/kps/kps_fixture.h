@@ -78,6 +78,8 @@ class World {
   // The same request sent again byte for byte (a replay).
   Answer replay(const Answer& first, int port, const std::string& method, const std::string& path,
                 const std::string& body, const std::string& content_type) const;
+  // A signed PUT (the core client has GET and POST only).
+  int put(const Device& d, int port, const std::string& path, const std::string& body) const;
   // An owner's request (Bearer token).
   Answer owner(int port, const std::string& token, const std::string& path, const std::string& body,
                std::map<std::string, std::string> headers = {}) const;

@@ -379,3 +379,78 @@ TEST_CASE("notices: acking one leaves the others; another device cannot ack; a l
   CHECK(notice_reasons(w.device(4), k1.port).size() == 1);
   CHECK(w.call(w.device(4), k1.port, "GET", "/v1/notifications?wait=31").status == 400);
 }
+
+namespace {
+
+// A webhook receiver on a fixed port (HTTPS, the test CA), recording what it got.
+struct Receiver {
+  std::mutex mutex;
+  std::vector<core::http::Request> got;
+  std::unique_ptr<core::http::Server> server;
+  explicit Receiver(int port) {
+    core::http::ServerOptions o;
+    o.name = "kps-test-hook";
+    o.listen = "127.0.0.1:" + std::to_string(port);
+    o.tls_cert_file = world().tls().cert_file;
+    o.tls_key_file = world().tls().key_file;
+    server = std::make_unique<core::http::Server>(o, [this](const core::http::Request& r) {
+      std::lock_guard<std::mutex> lock(mutex);
+      got.push_back(r);
+      return core::http::json_reply(200, "{}");
+    });
+    server->start();
+  }
+  std::size_t count() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return got.size();
+  }
+};
+
+std::string delivery_state(const std::string& chip) {
+  return world().sql("SELECT state || ':' || attempts FROM webhook_deliveries WHERE chip = $1 ORDER BY id DESC LIMIT 1",
+                     {chip});
+}
+
+}  // namespace
+
+TEST_CASE("a webhook receiver down then up gets the signed notice after retries; one never up is dead-lettered") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(1).record);
+  pdb.put(w.device(2).record);
+  auto cfg = config({w.device(5).str() + ":*:hook*", w.device(3).str() + ":*:hook*"});
+  cfg.backupdb = pdb.url();
+  cfg.webhook_tries = 3;
+  Kps k(cfg);
+  const int port = test::free_port();
+  const std::string uri = "https://127.0.0.1:" + std::to_string(port) + "/hook";
+  REQUIRE(w.put(w.device(5), k.port, "/v1/devices/self/webhook", "{\"uri\":\"" + uri + "\"}") == 200);
+  CHECK(w.put(w.device(5), k.port, "/v1/devices/self/webhook", "{\"uri\":\"http://127.0.0.1/\"}") == 400);
+  const auto id = requested(w.device(1), k.port, w.device(5), "hook-1");
+  CHECK(eventually([&] { return delivery_state(w.device(5).str()) == "pending:2"; }));  // down: tried twice
+  Receiver receiver(port);
+  REQUIRE(eventually([&] { return receiver.count() == 1; }));
+  CHECK(delivery_state(w.device(5).str()) == "done:3");
+  const auto& r = receiver.got[0];
+  CHECK(r.path == "/hook");
+  CHECK(r.body.find(id) != std::string::npos);
+  namespace hs = core::http_signature;
+  hs::Message m;
+  m.method = "POST";
+  m.authority = "127.0.0.1:" + std::to_string(port);
+  m.path = "/hook";
+  m.headers = hs::Headers(r.headers.begin(), r.headers.end());
+  const auto params = hs::verify_message("kps", m, nullptr, w.sign_key(), hs::Algorithm::EcdsaP256Sha256);
+  CHECK(params.components.size() == 3);
+  hs::verify_content_digest(r.get("content-digest"), r.body);
+  // The webhook did not acknowledge: the notice is still there for the device.
+  CHECK(notice_reasons(w.device(5), k.port).size() >= 1);
+
+  const int dead_port = test::free_port();
+  REQUIRE(w.put(w.device(3), k.port, "/v1/devices/self/webhook",
+                "{\"uri\":\"https://127.0.0.1:" + std::to_string(dead_port) + "/\"}") == 200);
+  requested(w.device(2), k.port, w.device(3), "hook-2");
+  CHECK(eventually([&] { return delivery_state(w.device(3).str()) == "dead:3"; }));
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE step = 'webhook-dead' AND detail LIKE $1", {"%" + w.device(3).str() + "%"}) ==
+        "1");
+}
