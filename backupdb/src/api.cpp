@@ -265,8 +265,24 @@ std::string route_of(const Request& req) {
   return "other";
 }
 
+namespace {
+
+// An error answers for this moment only: a record published after a 404 must be seen at once, and a
+// 429 or 503 says nothing about the next try. RFC 9111 section 4.2.2 lets a cache store a 404 it was
+// given no freshness for (heuristic freshness; CDNs do), so every error says no-store itself.
+void no_store_on_error(Reply& r) {
+  if (r.status < 400) return;
+  for (const auto& h : r.headers)
+    if (h.first == "Cache-Control") return;
+  r.headers.push_back({"Cache-Control", "no-store"});
+}
+
+}  // namespace
+
 Reply handle_public(Shared& s, const Request& req) {
-  return problem.guarded([&] { return dispatch(s, req); });
+  Reply r = problem.guarded([&] { return dispatch(s, req); });
+  no_store_on_error(r);
+  return r;
 }
 
 Reply handle_ops(Shared& s, const Request& req) {

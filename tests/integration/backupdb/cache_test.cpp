@@ -1,0 +1,149 @@
+// A standard HTTP cache in front of the public DB (docs/scale.md, "Caches in front"): a private nginx
+// with proxy_cache, configured as a CDN is (every answer kept 10 minutes unless the origin says
+// otherwise), proxying to the real server program over TLS. Records and log tiles are immutable with
+// strong ETags, so the cache answers them after one miss and answers If-None-Match with 304 on its
+// own; errors carry Cache-Control: no-store, so a record published after a 404 is seen at once.
+
+#include "tlog_fixture.h"
+
+namespace {
+
+// A private nginx (its own prefix, config and port, as scripts/bench_backupdb.sh starts one) caching
+// what it proxies to `upstream` (https).
+struct CachingProxy {
+  std::string dir;
+  std::string url;
+
+  explicit CachingProxy(const std::string& upstream) {
+    dir = pki().dir + "/nginx" + std::to_string(test::free_port());
+    std::filesystem::create_directories(dir + "/logs");
+    std::filesystem::create_directories(dir + "/cache");
+    const int port = test::free_port();
+    url = "http://127.0.0.1:" + std::to_string(port);
+    std::ostringstream c;
+    if (::geteuid() == 0) c << "user root;\n";
+    c << "worker_processes 1;\npid " << dir << "/nginx.pid;\nerror_log " << dir << "/logs/error.log warn;\n"
+      << "events { worker_connections 256; }\nhttp {\n  access_log off;\n"
+      << "  client_body_temp_path " << dir << "/tmp_body;\n  proxy_temp_path " << dir << "/tmp_proxy;\n"
+      << "  fastcgi_temp_path " << dir << "/tmp_fcgi;\n  uwsgi_temp_path " << dir << "/tmp_uwsgi;\n"
+      << "  scgi_temp_path " << dir << "/tmp_scgi;\n"
+      << "  proxy_cache_path " << dir << "/cache keys_zone=kl:1m;\n"
+      << "  server {\n    listen 127.0.0.1:" << port << ";\n    location / {\n"
+      << "      proxy_pass " << upstream << ";\n      proxy_http_version 1.1;\n"
+      << "      proxy_set_header Connection \"\";\n"
+      // nginx 1.22 matches an upstream certificate against DNS names only, and the fixture's server
+      // certificate names 127.0.0.1 as an IP address: the loopback upstream is not verified here (the
+      // test is about what the cache keeps; TLS to the public DB has its own tests).
+      << "      proxy_ssl_verify off;\n"
+      << "      proxy_cache kl;\n"
+      // What a CDN does with an answer that names no lifetime: keep it. Only the origin's own
+      // Cache-Control (which nginx puts above proxy_cache_valid) keeps an error out of the cache.
+      << "      proxy_cache_valid any 10m;\n"
+      << "      add_header X-Cache-Status $upstream_cache_status always;\n    }\n  }\n}\n";
+    write_file(dir + "/nginx.conf", c.str());
+    int rc = -1;
+    const auto out = sh("nginx -p " + dir + " -c " + dir + "/nginx.conf 2>&1", &rc);
+    REQUIRE_MESSAGE(rc == 0, "nginx (scripts/setup.sh installs it): " << out);
+  }
+  ~CachingProxy() { sh("nginx -p " + dir + " -c " + dir + "/nginx.conf -s stop 2>&1"); }
+
+  http::Response get(const std::string& path, const std::map<std::string, std::string>& h = {}) const {
+    http::ClientOptions o;
+    o.base_url = url;
+    o.connect_attempts = 3;
+    return http::Client(o).get(path, h);
+  }
+};
+
+// The public listener's requests the server counted for one route and status, from /metrics.
+long served(const Server& s, const std::string& route, int status) {
+  const std::string key = "keyline_backupdb_requests_total{route=\"" + route + "\",status=\"" +
+                          std::to_string(status) + "\"} ";
+  const auto m = s.metrics();
+  const auto p = m.find(key);
+  return p == std::string::npos ? 0 : std::stol(m.substr(p + key.size()));
+}
+
+}  // namespace
+
+TEST_CASE("nginx proxy_cache in front: records and tiles hit after one miss, 304 from the cache, errors never cached") {
+  static_cast<void>(&check_proof);  // the shared fixture's, for the proof tests
+  static_cast<void>(&http_tiles);
+  Database db;
+  const auto label = new_key_label();
+  const auto key = init_key(label);
+  Server s(db, log_args(label));
+  constexpr std::uint32_t kRecords = 20;
+  publish_all(s, 5000, kRecords, 2);
+  checkpoint_of(s, key, kRecords);
+  CachingProxy proxy(s.url);
+
+  // Warm-up: one miss each, then every read of every representation a hit the server never sees.
+  const std::vector<std::string> subs = {"", "/backup", "/certificate"};
+  for (std::uint32_t i = 0; i < kRecords; ++i)
+    for (const auto& sub : subs) {
+      const auto r = proxy.get("/v1/records/" + pki().record(5000 + i).chip_id.str() + sub);
+      REQUIRE_MESSAGE(r.status == 200, slurp(proxy.dir + "/logs/error.log"));
+      CHECK(r.header("x-cache-status") == "MISS");
+    }
+  const long origin_before = served(s, "record", 200);
+  int hits = 0, reads = 0;
+  for (int round = 0; round < 3; ++round)
+    for (std::uint32_t i = 0; i < kRecords; ++i)
+      for (const auto& sub : subs) {
+        const auto r = proxy.get("/v1/records/" + pki().record(5000 + i).chip_id.str() + sub);
+        ++reads;
+        if (r.status == 200 && r.header("x-cache-status") == "HIT") ++hits;
+      }
+  CHECK(hits == reads);  // hit ratio 1.0 after warm-up
+  CHECK(served(s, "record", 200) == origin_before);
+
+  // If-None-Match with the strong ETag: the cache answers 304 itself; a wrong tag gets the body.
+  const std::string chip0 = "/v1/records/" + pki().record(5000).chip_id.str();
+  const auto full = proxy.get(chip0);
+  const auto etag = full.header("etag");
+  REQUIRE(etag.size() > 2);
+  CHECK(etag.front() == '"');
+  const auto nm = proxy.get(chip0, {{"If-None-Match", etag}});
+  CHECK(nm.status == 304);
+  CHECK(nm.header("x-cache-status") == "HIT");
+  CHECK(nm.body.empty());
+  CHECK(proxy.get(chip0, {{"If-None-Match", "\"0000\""}}).status == 200);
+
+  // Tiles: immutable too.
+  const std::string tile = "/v1/log/tile/0/000.p/" + std::to_string(kRecords);
+  CHECK(proxy.get(tile).header("x-cache-status") == "MISS");
+  const auto t = proxy.get(tile);
+  CHECK(t.status == 200);
+  CHECK(t.header("x-cache-status") == "HIT");
+  CHECK(proxy.get(tile, {{"If-None-Match", t.header("etag")}}).status == 304);
+
+  // Errors are the origin's answer each time: a 404 for a record not yet published, a 404 for a tile
+  // beyond the tree, a 400; then the record is published (to the server, as stations do) and the
+  // very next read through the cache has it, as has the tile once the checkpoint covers it.
+  const auto late = pki().record(5000 + kRecords);
+  const std::string late_path = "/v1/records/" + late.chip_id.str();
+  const std::string next_tile = "/v1/log/tile/0/000.p/" + std::to_string(kRecords + 1);
+  for (int i = 0; i < 2; ++i) {
+    const auto missing = proxy.get(late_path);
+    CHECK(missing.status == 404);
+    CHECK(missing.header("cache-control") == "no-store");
+    CHECK(missing.header("x-cache-status") == "MISS");
+    CHECK(proxy.get(next_tile).status == 404);
+    const auto bad = proxy.get("/v1/records/not-a-chip");
+    CHECK(bad.status == 400);
+    CHECK(bad.header("x-cache-status") == "MISS");
+  }
+  const auto pub = s.client("station")->post("/v1/records", late.to_json(), "application/json");
+  REQUIRE(pub.status == 201);
+  const auto now = proxy.get(late_path);
+  CHECK(now.status == 200);
+  CHECK(now.header("x-cache-status") == "MISS");
+  checkpoint_of(s, key, kRecords + 1);
+  CHECK(proxy.get(next_tile).status == 200);
+  // The checkpoint moves: no-cache, so the cache asks the origin every time and never serves an old one.
+  const auto cp = proxy.get("/v1/log/checkpoint");
+  CHECK(cp.status == 200);
+  CHECK(cp.header("x-cache-status") != "HIT");
+  CHECK(tlog::open_checkpoint(cp.body, key, kOrigin).checkpoint.size == kRecords + 1);
+}
