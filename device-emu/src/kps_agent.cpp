@@ -297,6 +297,14 @@ core::http::Response Session::checked(const std::string& method, const std::stri
   return r;
 }
 
+namespace {
+// A notice id is a JSON number (a bigserial) or a string.
+std::string notice_id(const Poco::JSON::Object::Ptr& o) {
+  if (o && o->has("id") && o->get("id").isInteger()) return std::to_string(o->get("id").convert<std::int64_t>());
+  return str(o, "id");
+}
+}  // namespace
+
 std::vector<Notice> pending(Session& s, int wait_s) {
   const auto r = s.get(wait_s > 0 ? "/v1/notifications?wait=" + std::to_string(wait_s) : "/v1/notifications");
   expect(r, 200, "notifications");
@@ -305,7 +313,7 @@ std::vector<Notice> pending(Session& s, int wait_s) {
   if (!arr) throw core::Error(error::KpsProtocol, "the KPS answer lacks notifications");
   for (std::size_t i = 0; i < arr->size(); ++i) {
     const auto o = arr->getObject(static_cast<unsigned>(i));
-    Notice n{str(o, "id"), str(o, "reason"), o->optValue<std::string>("uri", ""),
+    Notice n{notice_id(o), str(o, "reason"), o->optValue<std::string>("uri", ""),
              o->optValue<std::string>("transfer_id", "")};
     out.push_back(std::move(n));
   }

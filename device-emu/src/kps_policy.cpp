@@ -78,7 +78,9 @@ bool device_policy_allows(const fs::path& dir, const core::ChipId& target, const
 
 void add_device_policy(const fs::path& dir, const std::string& target, const std::string& label_glob) {
   Chip::load(dir);  // a device directory, not any directory
-  const std::string t = target == "*" ? target : core::ChipId::parse(target).str();
+  if (target != "*" && !core::ChipId::is_valid(target))
+    throw core::ConfigError(core::ErrorCode::Usage, "--target is a chip ID (20 upper-case hex digits) or *");
+  const std::string& t = target;
   if (!valid_glob(label_glob))
     throw core::ConfigError(core::ErrorCode::Usage, "--label is a glob of 1-64 of A-Z a-z 0-9 . _ - * ?");
   const auto path = policy_path(dir);
