@@ -300,7 +300,9 @@ Reply handle_ops(Shared& s, const Request& req) {
           s.metrics.log_checkpoint(cp->size);
         }
       }
-      return http::metrics_reply(s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats, log));
+      // The database nodes' read counters and states (read_pool.h) after the server's own series.
+      return http::metrics_reply(s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats, log) +
+                                 s.store->reads().render_metrics());
     }
     if (parts.size() == 1 && parts[0] == "healthz") return dispatch(s, req);
     return problem(404, "not-found", "no such resource");

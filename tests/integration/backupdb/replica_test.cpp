@@ -6,7 +6,9 @@
 // through --replica and shows the nodes in /metrics.
 #include <doctest/doctest.h>
 
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -15,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -132,6 +135,72 @@ void publish_range(backupdb::Store& store, int from, int to) {
   }
 }
 
+std::string run(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+// A conninfo without its password (serve refuses one on the command line), the password to `file`.
+std::string without_password(std::string conninfo, const std::string& file) {
+  const auto at = conninfo.find(" password=");
+  REQUIRE(at != std::string::npos);
+  const auto end = conninfo.find(' ', at + 1);
+  std::ofstream(file) << conninfo.substr(at + 10, end - at - 10) << "\n";
+  return conninfo.erase(at, end - at);
+}
+
+// keyline-backupdb serve --plain-http --no-log over the primary and the replica; killed by its PID.
+struct Server {
+  pid_t pid = -1;
+  int port = test::free_port(), ops_port = test::free_port();
+  std::string log = clusters().dir + "/serve.log";
+
+  Server() {
+    const auto& c = clusters();
+    REQUIRE(sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=kl-root -days 2 -keyout " +
+               c.dir + "/root.key -out " + c.dir + "/root.pem 2>/dev/null") == 0);
+    std::vector<std::string> args{test::binary_dir() + "/bin/keyline-backupdb", "serve", "--plain-http", "--no-log",
+                                  "--db", without_password(c.primary, c.dir + "/db.pw"), "--db-password-file", c.dir + "/db.pw",
+                                  "--replica", without_password(c.replica, c.dir + "/db.pw"), "--max-replica-lag-ms", "500",
+                                  "--cache", "0", "--trust", c.dir + "/root.pem", "--log", log,
+                                  "--listen", "127.0.0.1:" + std::to_string(port),
+                                  "--ops-listen", "127.0.0.1:" + std::to_string(ops_port)};
+    pid = fork();
+    if (pid == 0) {
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      if (!freopen((log + ".out").c_str(), "w", stdout) || !freopen((log + ".out").c_str(), "a", stderr)) _exit(127);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    REQUIRE(wait_for([this] { return status("/healthz", ops_port) == "200"; }));
+  }
+  ~Server() {
+    kill(pid, SIGTERM);
+    int st = 0;
+    waitpid(pid, &st, 0);
+  }
+  std::string status(const std::string& path, int on) const {
+    return run("curl -s -o /dev/null -w '%{http_code}' 'http://127.0.0.1:" + std::to_string(on) + path + "'");
+  }
+  std::string metrics() const { return run("curl -s 'http://127.0.0.1:" + std::to_string(ops_port) + "/metrics'"); }
+};
+
+// The value of one series in a Prometheus text, -1 when it is not there.
+double series(const std::string& text, const std::string& name) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+  return -1;
+}
+
 }  // namespace
 
 TEST_CASE("reads are answered by the replica; a publish is read back at once (a miss goes to the primary)") {
@@ -159,7 +228,6 @@ TEST_CASE("reads are answered by the replica; a publish is read back at once (a 
   core::pq::Connection r(clusters().replica);
   CHECK(r.exec("SELECT count(*) FROM pg_stat_activity WHERE datname = 'kl_repl' AND query LIKE 'SELECT r.chip_id%'")
             .int64(0, 0) >= 1);
-  MESSAGE(store.reads().render_metrics());
 }
 
 TEST_CASE("a replica whose replay is paused is skipped once it lags past the bound, and used again after") {
@@ -220,4 +288,28 @@ TEST_CASE("the replica stopped in the middle of a read load: no read fails; it t
   const auto back = node(store, "replica0").reads;
   REQUIRE(static_cast<bool>(store.by_chip_id(record_of(201).chip_id.str())));
   CHECK(node(store, "replica0").reads == back + 1);
+}
+
+TEST_CASE("serve --replica: the server program reads on the replica and shows each node in /metrics") {
+  {
+    backupdb::Store store(clusters().primary, 2, 0);
+    publish_range(store, 300, 310);
+  }
+  wait_replayed();
+  Server srv;
+  for (int i = 300; i < 310; ++i) CHECK(srv.status("/v1/records/" + record_of(i).chip_id.str(), srv.port) == "200");
+  CHECK(srv.status("/v1/imei/" + record_of(305).imei.str(), srv.port) == "200");
+  CHECK(srv.status("/v1/records/EFFFFFFFFFFFFFFFFFFE", srv.port) == "404");
+  auto m = srv.metrics();
+  CHECK(series(m, "keyline_backupdb_db_reads_total{node=\"replica0\"}") == 11);
+  CHECK(series(m, "keyline_backupdb_db_reads_total{node=\"primary\"}") == 1);  // the 404, asked again
+  CHECK(series(m, "keyline_backupdb_db_read_misses_total{node=\"replica0\"}") == 1);
+  CHECK(series(m, "keyline_backupdb_db_replica_state{node=\"replica0\",state=\"up\"}") == 1);
+  // The replica goes away under the server: reads go on from the primary, the node shows down.
+  clusters().stop_replica();
+  for (int i = 300; i < 310; ++i) CHECK(srv.status("/v1/records/" + record_of(i).chip_id.str(), srv.port) == "200");
+  m = srv.metrics();
+  CHECK(series(m, "keyline_backupdb_db_reads_total{node=\"primary\"}") >= 10);
+  CHECK(series(m, "keyline_backupdb_db_replica_state{node=\"replica0\",state=\"down\"}") == 1);
+  clusters().start_replica();
 }
