@@ -109,13 +109,15 @@ kps_source=$(field chip_id <("$LINE_BIN/keyline-device" status --dir "$dev0"))
 kps_target=$(field chip_id <("$LINE_BIN/keyline-device" status --dir "$dev1"))
 kps_ok=false
 kps_transfer() {
-  local dev="$LINE_BIN/keyline-device" kps=(--kps "$LINE_KPS_URL" --ca "$demo/pki/tls-ca.pem")
+  local dev="$LINE_BIN/keyline-device" kps=(--kps "$LINE_KPS_URL" --ca "$demo/pki/tls-ca.pem" --kps-key "$LINE_KPS_KEY")
   "$dev" key-new --dir "$dev0" --label "$kps_label" || return 1
+  # The source's own policy: it seals this label for this target only (the KPS's policy is checked too).
+  "$dev" kps policy add --dir "$dev0" --target "$kps_target" --label "$kps_label" || return 1
   "$dev" kps request --dir "$dev1" "${kps[@]}" --from "$kps_source" --label "$kps_label" || return 1
   "$dev" kps serve-once --dir "$dev0" "${kps[@]}" || return 1
   "$dev" kps receive --dir "$dev1" "${kps[@]}"
 }
-if line_kps_up --allow "$kps_source:$kps_target"; then
+if line_kps_up --allow "$kps_source:$kps_target:$kps_label"; then
   printf '%s\n' "${LINE_PIDS[@]}" >"$demo/pids"
   if kps_transfer 2>&1 | tee "$demo/kps.txt"; then kps_ok=true; fi
 fi
