@@ -12,6 +12,7 @@ packages=(
   postgresql-15 softhsm2 libp11-kit-dev opensc
   openssl curl python3 libengine-pkcs11-openssl time
   strace  # integration_station_keys: the modes key files are created with
+  chromium prometheus  # e2e.linepage: the line page in headless Chromium; promtool check metrics
   pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev  # PC/SC readers (docs/readers.md)
   clang libclang-rt-14-dev
 )

@@ -214,6 +214,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_option("--publish-wait", run_req.publish_wait_s, "seconds to wait for the outbox after the last device")
       ->capture_default_str();
+  run->add_option("--ops-listen", run_req.ops_listen,
+                  "operations listener, plain HTTP: /metrics (Prometheus text) and /healthz; PORT binds 127.0.0.1 "
+                  "(docs/station.md, \"Metrics and the line page\")");
+  run->add_option("--status-listen", run_req.status_listen,
+                  "the line page, plain HTTP and read-only: / and its server-sent events at /events; PORT binds "
+                  "127.0.0.1");
   run->add_option("--progress", run_req.progress, "auto | tty | plain")
       ->check(CLI::IsMember({"auto", "tty", "plain"}))
       ->capture_default_str();

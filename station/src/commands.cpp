@@ -287,6 +287,8 @@ int cmd_run(const StationConfig& config, const RunRequest& request) {
   opt.publish_wait_ms = request.publish_wait_s * 1000;
   opt.db_wait_ms = request.db_wait_s * 1000;
   opt.idle_exit_ms = request.idle_exit_s * 1000;
+  opt.ops_listen = request.ops_listen;
+  opt.status_listen = request.status_listen;
   opt.terminal = request.progress == "tty" || (request.progress == "auto" && ::isatty(1));
   install_line_signal_handlers();
   const auto s = run_line(config, profile, opt, std::cout);

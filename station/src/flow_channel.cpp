@@ -7,6 +7,7 @@
 
 #include "flow.h"
 #include "keyline/core/error.h"
+#include "line_metrics.h"  // token operation latency
 
 namespace keyline::station {
 
@@ -67,7 +68,9 @@ void Flow::open_channel() {
   core::Pkcs11Token& token = *m_p.m_keys.token;
   core::scp11::HostParams params;
   params.oce_chain = m_p.m_keys.oce_chain;
-  params.static_ecdh = [&token](const core::Bytes& point) { return token.ecdh_derive(key_label::oce, point); };
+  params.static_ecdh = [&token](const core::Bytes& point) {
+    return line_detail::timed(line_detail::TokenOp::Ecdh, [&] { return token.ecdh_derive(key_label::oce, point); });
+  };
   m_secure = std::make_unique<core::scp11::SecureChannel>(
       m_channel, core::scp11::open_host_session(m_channel, params, m_verified->sd_public_point));
   // Secured commands are short (GP Amendment D section 6.2.4): STORE DATA goes in secured blocks.

@@ -18,6 +18,7 @@
 #include "keyline/core/record.h"
 #include "keyline/station/custody.h"
 #include "keyline/station/outbox_log.h"
+#include "line_metrics.h"  // token operation latency (docs/station.md, "Metrics and the line page")
 
 namespace keyline::station {
 
@@ -57,7 +58,9 @@ void Flow::issue() {
   // The version taken once at the line's start (StationKeys::open): a roll mid-run takes effect on
   // the next run, so one run's devices share one version.
   m_master_version = m_p.m_keys.master_version;
-  const core::SecureBytes comm_key = derive_comm_key(*m_p.m_keys.token, m_res.imei, *m_chip, m_master_version);
+  const core::SecureBytes comm_key = line_detail::timed(line_detail::TokenOp::Derive, [&] {
+    return derive_comm_key(*m_p.m_keys.token, m_res.imei, *m_chip, m_master_version);
+  });
   m_kcv_hex = core::to_hex(core::key_check_value(comm_key));
   sign_certificates();
 
@@ -111,15 +114,19 @@ void Flow::sign_certificates() {
     }
   };
   try {
-    m_identity_der = core::issue_identity_certificate_der(keys.device_ca_cert, *keys.device_ca_key, *identity_key, imei,
-                                                          *m_chip, config.hw_type, rng);
+    m_identity_der = line_detail::timed(line_detail::TokenOp::Sign, [&] {
+      return core::issue_identity_certificate_der(keys.device_ca_cert, *keys.device_ca_key, *identity_key,
+                                                  imei, *m_chip, config.hw_type, rng);
+    });
   } catch (const std::exception& e) {
     sign_failed("identity", e, {{"sign.failed", "transport", "not signed: the identity certificate failed first"}});
     throw;
   }
   try {
-    m_transport_der = core::issue_transport_certificate_der(keys.device_ca_cert, *keys.device_ca_key, transport_pub,
-                                                            imei, *m_chip, config.hw_type, rng);
+    m_transport_der = line_detail::timed(line_detail::TokenOp::Sign, [&] {
+      return core::issue_transport_certificate_der(keys.device_ca_cert, *keys.device_ca_key, transport_pub,
+                                                   imei, *m_chip, config.hw_type, rng);
+    });
   } catch (const std::exception& e) {
     sign_failed("transport", e, {{"sign.done", "identity", "certificate SHA-256 " + sha256_hex(m_identity_der)}});
     throw;

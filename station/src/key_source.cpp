@@ -14,6 +14,7 @@
 #include "keyline/station/errors.h"
 #include "keyline/station/keys.h"
 #include "keyline/station/personalize.h"
+#include "line_metrics.h"  // token operation latency
 
 namespace keyline::station {
 
@@ -28,9 +29,12 @@ using AadFor = std::function<core::Bytes(KeyKind, const core::Bytes&)>;
 DeviceKeys open_row_keys(core::Pkcs11Token& token, const std::string& where, const JournalKeys& row, const AadFor& aad) {
   DeviceKeys k;
   try {
-    k.identity_pkcs8 = token.unwrap_data(key_label::wrap, row.identity_wrapped, aad(KeyKind::Identity, row.identity_public));
-    k.transport_raw =
-        token.unwrap_data(key_label::wrap, row.transport_wrapped, aad(KeyKind::Transport, row.transport_public));
+    k.identity_pkcs8 = line_detail::timed(line_detail::TokenOp::Unwrap, [&] {
+      return token.unwrap_data(key_label::wrap, row.identity_wrapped, aad(KeyKind::Identity, row.identity_public));
+    });
+    k.transport_raw = line_detail::timed(line_detail::TokenOp::Unwrap, [&] {
+      return token.unwrap_data(key_label::wrap, row.transport_wrapped, aad(KeyKind::Transport, row.transport_public));
+    });
   } catch (const core::CryptoError&) {
     throw core::Error(errc::KeyMismatch, where + ": a wrapped key does not open for this row and its public half");
   }

@@ -63,7 +63,10 @@ void Line::open() {
   m_group = std::make_unique<core::pq::GroupCommit>(*m_db, kCommitFlushers, kCommitBatch);
   m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, nullptr);
   m_personalizer->set_app_items(m_profile.app_items);
-  m_personalizer->set_step_hook([](Step s, const std::string&) { fault_point(step_name(s)); });
+  m_personalizer->set_step_hook([this](Step s, const std::string& chip) {
+    fault_point(step_name(s));
+    m_metrics.step_done(s, chip);
+  });
 }
 
 // Resume first: chips this database holds unfinished rows for go to the front of the queue; chips
@@ -131,6 +134,7 @@ LineSummary Line::run() {
   if (reader_mode()) open_readers();
   core::pq::Connection ctl(m_config.db);
   migrate_station_db(ctl);
+  start_status();
   open();
   fill_queue(ctl);
   const int workers = worker_count();

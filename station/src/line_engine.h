@@ -5,6 +5,7 @@
 //   line_publish.cpp   the publishing lanes, the outbox sweep and the marker
 //   line_progress.cpp  the progress line, pool top-ups and the summary
 //   line_readers.cpp   PC/SC readers: the watcher that hands inserted cards to the workers
+//   line_metrics.cpp   counts and latencies for /metrics; status_server.cpp its listeners and the page
 #pragma once
 
 #include <atomic>
@@ -31,6 +32,8 @@
 #include "keyline/station/keys.h"
 #include "keyline/station/line.h"
 #include "keyline/station/personalize.h"
+#include "line_metrics.h"
+#include "status_server.h"
 
 namespace keyline::station::line_detail {
 
@@ -127,6 +130,10 @@ class Line {
   std::string readers_progress() const;
   std::vector<std::int64_t> reader_done() const;
   LineSummary summarize(core::pq::Connection& ctl);
+  void start_status();  // --ops-listen, --status-listen (status_server.h)
+  void publish_status(std::int64_t backlog);
+  std::string status_json(std::int64_t backlog, std::int64_t& ended) const;
+  std::string status_fixtures() const;
 
   // line_readers.cpp
   bool reader_mode() const { return !m_profile.readers.empty(); }
@@ -212,6 +219,10 @@ class Line {
   bool m_pcsc_away = false;  // the watcher lost pcscd; it tries again every second
   Clock::time_point m_last_activity;
   std::thread m_watcher;
+
+  LineMetrics m_metrics;  // its own lock; the workers never wait for a reader of it
+  // Declared last, so destroyed first: its handlers read m_metrics.
+  std::unique_ptr<StatusServers> m_status;
 };
 
 }  // namespace keyline::station::line_detail

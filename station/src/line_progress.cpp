@@ -1,9 +1,12 @@
 // The line's progress line, pool top-ups and summary.
 #include <algorithm>
+#include <cctype>
 #include <iomanip>
 #include <sstream>
 
 #include "keyline/core/error.h"
+#include "keyline/core/event_log.h"
+#include "keyline/core/http.h"
 #include "keyline/station/pool.h"
 #include "line_engine.h"
 
@@ -55,6 +58,7 @@ void Line::progress(core::pq::Connection& db, bool final_line) {
            << " s: devices wait, up to --db-wait " << m_options.db_wait_ms / 1000 << " s)";
   }
   if (g_stop.load()) line << "  (stopping: finishing in-flight devices)";
+  publish_status(m_backlog.load());
   line << readers_progress();
   std::vector<std::string> notes;
   {
@@ -93,6 +97,137 @@ std::string Line::readers_progress() const {
     o << (i ? " |" : "") << " " << r.name << " " << done[i] << "/" << r.failed << " " << reader_state(r);
   }
   return o.str();
+}
+
+// Before anything is opened: a listener that cannot bind ends the run before any claim.
+void Line::start_status() {
+  set_token_metrics(&m_metrics);
+  if (m_options.ops_listen.empty() && m_options.status_listen.empty()) return;
+  m_status = std::make_unique<StatusServers>(m_options.ops_listen, m_options.status_listen, m_metrics, m_out);
+}
+
+namespace {
+
+std::string q(const std::string& s) { return "\"" + core::http::json_escape(s) + "\""; }
+
+// The error code a failure line names ("...: error 4011: ..."), or "" (a refused record: 4020).
+std::string failure_reason(const std::string& line) {
+  if (line.find("public DB refused the record") != std::string::npos) return "4020";
+  const auto at = line.find("error ");
+  if (at == std::string::npos) return {};
+  std::string code;
+  for (std::size_t i = at + 6; i < line.size() && std::isdigit(static_cast<unsigned char>(line[i])); ++i)
+    code += line[i];
+  return code;
+}
+
+void gauge(std::ostream& o, const char* name, const char* text, double value) {
+  o << "# HELP " << name << " " << text << "\n# TYPE " << name << " gauge\n" << name << " " << value << "\n";
+}
+
+}  // namespace
+
+// The fixtures as JSON objects: a line on readers shows every reader, a TCP line the fixtures its
+// workers took (busiest first, at most 256).
+std::string Line::status_fixtures() const {
+  std::vector<FixtureView> list;
+  if (reader_mode()) {
+    std::lock_guard<std::mutex> l(m_mutex);
+    const auto done = reader_done();
+    for (std::size_t i = 0; i < m_readers.size(); ++i)
+      list.push_back(
+          {m_readers[i].name, reader_state(m_readers[i]), "", "", "", done[i], m_readers[i].failed});
+  } else {
+    list = m_metrics.fixtures(256);
+  }
+  std::ostringstream o;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto& f = list[i];
+    o << (i ? "," : "") << "{\"name\":" << q(f.name) << ",\"state\":" << q(f.state)
+      << ",\"step\":" << q(f.step) << ",\"chip\":" << q(f.chip) << ",\"imei\":" << q(f.imei)
+      << ",\"done\":" << f.done << ",\"failed\":" << f.failed << "}";
+  }
+  return o.str();
+}
+
+// The page's snapshot: counts, rate and ETA as the progress line has them, the fixtures and the last
+// failures with their reasons. Chip IDs and IMEIs only: no key, PIN or package ever reaches it.
+std::string Line::status_json(std::int64_t backlog, std::int64_t& ended) const {
+  std::int64_t done, failed, in_flight, waiting, left;
+  std::vector<std::string> failures;
+  std::string halted;
+  double db_down = 0;
+  {
+    std::lock_guard<std::mutex> l(m_mutex);
+    done = static_cast<std::int64_t>(m_done.size());
+    failed = m_failed;
+    in_flight = m_in_flight;
+    waiting = static_cast<std::int64_t>(m_waiting.size());
+    left = static_cast<std::int64_t>(m_queue.size());
+    const std::size_t from = m_failures.size() > 20 ? m_failures.size() - 20 : 0;
+    failures.assign(m_failures.begin() + static_cast<std::ptrdiff_t>(from), m_failures.end());
+    halted = m_halted;
+    if (m_db_down_since != Clock::time_point{})
+      db_down = std::chrono::duration<double>(Clock::now() - m_db_down_since).count();
+  }
+  ended = done + failed;
+  const double secs = std::chrono::duration<double>(Clock::now() - m_start).count();
+  const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
+  // Every device of the run, the failed ones too (the progress line counts what can still be done).
+  const std::int64_t target =
+      m_options.count > 0 ? m_options.count : done + failed + in_flight + waiting + left;
+  std::ostringstream o;
+  o << std::fixed << std::setprecision(2);
+  o << "{\"time\":" << q(core::http::utc_timestamp()) << ",\"elapsed_s\":" << secs << ",\"done\":" << done
+    << ",\"failed\":" << failed << ",\"in_flight\":" << in_flight << ",\"waiting\":" << waiting
+    << ",\"queued\":" << left << ",\"target\":" << target << ",\"rate\":" << rate << ",\"eta_s\":";
+  if (rate > 0 && target > done + failed)
+    o << static_cast<double>(target - done - failed) / rate;
+  else
+    o << "null";
+  o << ",\"outbox\":" << backlog << ",\"stopping\":" << (g_stop.load() ? "true" : "false")
+    << ",\"db_down_s\":" << db_down << ",\"halted\":" << q(halted)
+    << ",\"readers\":" << (reader_mode() ? "true" : "false") << ",\"fixtures\":[" << status_fixtures()
+    << "],\"failures\":[";
+  // Newest first.
+  for (std::size_t i = 0; i < failures.size(); ++i) {
+    const auto& f = failures[failures.size() - 1 - i];
+    o << (i ? "," : "") << "{\"reason\":" << q(failure_reason(f)) << ",\"text\":" << q(f.substr(0, 600))
+      << "}";
+  }
+  o << "]}";
+  return o.str();
+}
+
+// From progress() (the line's own thread, every 200 ms or so): the page and /metrics read this copy.
+void Line::publish_status(std::int64_t backlog) {
+  if (!m_status) return;
+  std::int64_t ended = 0;
+  std::string json = status_json(backlog, ended);
+  std::int64_t in_flight, waiting, left;
+  bool halted, db_down;
+  {
+    std::lock_guard<std::mutex> l(m_mutex);
+    in_flight = m_in_flight;
+    waiting = static_cast<std::int64_t>(m_waiting.size());
+    left = static_cast<std::int64_t>(m_queue.size());
+    halted = !m_halted.empty();
+    db_down = m_db_down_since != Clock::time_point{};
+  }
+  std::ostringstream g;
+  gauge(g, "keyline_station_devices_in_flight", "Devices a worker has in hand.",
+        static_cast<double>(in_flight));
+  gauge(g, "keyline_station_devices_waiting", "Devices of this run whose record waits in the outbox.",
+        static_cast<double>(waiting));
+  gauge(g, "keyline_station_devices_queued", "Devices not started yet.", static_cast<double>(left));
+  gauge(g, "keyline_station_outbox_backlog",
+        "Unpublished, unparked outbox rows (every station of the database).", static_cast<double>(backlog));
+  gauge(g, "keyline_station_line_halted", "1 when the line stopped starting devices (pool empty, key sets).",
+        halted ? 1 : 0);
+  gauge(g, "keyline_station_db_unreachable", "1 while the station database is away.", db_down ? 1 : 0);
+  gauge(g, "keyline_station_line_stopping", "1 after SIGINT or SIGTERM: in-flight devices finish.",
+        g_stop.load() ? 1 : 0);
+  m_status->publish(std::move(json), g.str(), ended);
 }
 
 LineSummary Line::summarize(core::pq::Connection& ctl) {

@@ -5,6 +5,7 @@
 #include <unordered_map>
 
 #include "keyline/core/error.h"
+#include "keyline/station/errors.h"
 #include "keyline/station/fault_hook.h"
 #include "keyline/station/outbox_log.h"
 #include "keyline/station/publisher.h"
@@ -45,6 +46,20 @@ LeafIndexes& leaf_indexes() {
   return l;
 }
 
+// The label of keyline_station_publish_total (docs/station.md, "Metrics and the line page").
+const char* outcome_name(PublishOutcome o) {
+  switch (o) {
+    case PublishOutcome::Published: return "published";
+    case PublishOutcome::AlreadyPublished: return "already-published";
+    case PublishOutcome::Rejected: return "rejected";
+    case PublishOutcome::Refused: return "refused";
+    case PublishOutcome::Unreachable: return "unreachable";
+  }
+  return "unreachable";
+}
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
 }  // namespace
 
 // Lanes: enough kept-alive connections to keep up, few enough for the public DB's threads.
@@ -82,15 +97,18 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
                        std::int64_t device_id, const std::string& record_json) {
   std::string detail;
   bool ok = false, refused = false;
+  const auto sent_at = Clock::now();
   try {
     const auto r = client.post("/v1/records", record_json, "application/json");
     const auto outcome = publish_outcome(r.status);
+    m_metrics.publish_answered(r.status, outcome_name(outcome), seconds_since(sent_at));
     ok = outcome == PublishOutcome::Published || outcome == PublishOutcome::AlreadyPublished;
     refused = outcome == PublishOutcome::Refused;
     if (!ok) detail = problem_summary(r.status, r.body);
     if (const auto leaf = ok ? publish_leaf_index(r.body) : std::nullopt) leaf_indexes().put(chip, *leaf);
   } catch (const core::Error& e) {
     detail = e.what();
+    m_metrics.publish_answered(0, outcome_name(PublishOutcome::Unreachable), seconds_since(sent_at));
   }
   if (ok) {
     fault_point("drain");  // crash tests (fault_hook.h)
@@ -112,6 +130,7 @@ bool Line::publish_one(core::pq::Connection& db, core::http::Client& client, con
     if (refused) ++m_refused;
     if (refused && m_waiting.erase(chip)) {
       ++m_failed;
+      m_metrics.device_failed(static_cast<int>(errc::PublishRejected), chip);
       const auto it = m_chip_reader.find(chip);
       if (it != m_chip_reader.end()) ++m_readers[static_cast<std::size_t>(it->second)].failed;
       m_failures.push_back("chip " + chip + ": step publish: public DB refused the record: " + detail +

@@ -86,6 +86,7 @@ void Line::worker() {
     // Never throws: a station database that is away comes back as the device's error (DbConnection),
     // and the device is tried again.
     JournalDb db(*m_db, m_group.get());
+    m_metrics.device_started(item.device.endpoint);
     settle(item, m_personalizer->personalize(item.device.endpoint, db));
   }
 }
@@ -94,11 +95,13 @@ void Line::worker() {
 void Line::note_done(const std::string& chip) {
   m_done.insert(chip);
   m_waiting.erase(chip);
+  m_metrics.device_published(chip);
 }
 
 // Called with m_mutex held: a device that failed for good.
 void Line::count_failure(const WorkItem& item, const DeviceResult& r) {
   ++m_failed;
+  m_metrics.device_failed(r.error_code, r.chip_id);
   if (r.chip_refused) ++m_chips_refused;
   m_failures.push_back(item.device.endpoint + ": error " + std::to_string(r.error_code) + ": " + r.error);
   if (item.reader >= 0) ++m_readers[static_cast<std::size_t>(item.reader)].failed;
@@ -175,6 +178,7 @@ void Line::keep_record(DeviceResult& r) {
 
 void Line::settle(WorkItem item, DeviceResult r) {
   std::lock_guard<std::mutex> l(m_mutex);
+  m_metrics.device_ended(r);
   --m_in_flight;
   m_cv.notify_all();
   m_last_activity = Clock::now();

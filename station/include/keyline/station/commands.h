@@ -44,6 +44,8 @@ struct RunRequest {
   int publish_wait_s = 60;
   int db_wait_s = 300;
   std::string progress = "auto";      // auto | tty | plain
+  std::string ops_listen;             // --ops-listen: /metrics, /healthz (docs/station.md)
+  std::string status_listen;          // --status-listen: the line page
 };
 int cmd_run(const StationConfig& config, const RunRequest& request);
 // The line benchmark's crypto floor (scripts/bench_line.sh): prints "floor_devices_per_s <x>".

@@ -60,6 +60,8 @@ struct LineOptions {
   int db_wait_ms = 300000;       // how long devices wait for an unreachable station database before failing
   int idle_exit_ms = 0;          // a line on readers: end after this long with no card to do (0: never)
   int reader_retry_ms = 1000;    // a line on readers: pause after a dropped link before the same card again
+  std::string ops_listen;        // --ops-listen: /metrics and /healthz (docs/station.md); empty: none
+  std::string status_listen;     // --status-listen: the line page; empty: none
 };
 
 // One reader's line in the progress and the summary.
