@@ -2,7 +2,8 @@
 # End-to-end test of `keyline-service message` (docs/service.md "Messages from a third party") on a
 # whole line (scripts/lib/line.sh): the station publishes each record with its transport certificate
 # third; a message sealed by IMEI with the key from the public DB opens on that device only (bytes
-# equal), not on another; an unknown IMEI is exit 3 (8050), a public DB that does not answer exit 4; a
+# equal), not on another, and again after device 0 is restored from that record by keyline-recovery
+# (log check included); an unknown IMEI is exit 3 (8050), a public DB that does not answer exit 4; a
 # rewriting proxy in front of the public DB (rewrite_proxy.py, holding its TLS key) that swaps the
 # record's transport certificate for another device's, or strips it, is refused: exit 3, nothing written.
 # Usage: message_e2e.sh WORKDIR   (LINE_BIN = directory holding the keyline-* programs)
@@ -51,6 +52,17 @@ rc=0
 "$DEV" service-agent open --dir "$(ddir 0)" --in "$work/msg.sealed" --out "$work/opened.bin" >"$work/open.out" 2>&1 || rc=$?
 [ "$rc" -eq 0 ] && cmp -s "$work/msg.bin" "$work/opened.bin" && [ "$(stat -c %a "$work/opened.bin")" = 600 ] &&
   pass "device 0 opens it, bytes equal" || fail "device 0 open: exit $rc $(cat "$work/open.out")"
+# Recovery from the 3-certificate record: device 0 wiped, restored from the public DB, boots and opens
+# the message again (the restored flash image carries the transport certificate as a third certificate).
+"$DEV" wipe-flash --dir "$(ddir 0)" >/dev/null
+rc=0
+KEYLINE_LOG_STATE="$work/log-state" "$LINE_BIN/keyline-recovery" restore --device "${LINE_DEVICES[0]}" \
+  --db "$LINE_BACKUPDB_URL" --ca "$CA" --trust "$ROOT" --log-key-file "$LINE_LOG_KEY_FILE" >"$work/restore.out" 2>&1 || rc=$?
+rm -f "$work/opened.bin"
+[ "$rc" -eq 0 ] && "$DEV" boot --dir "$(ddir 0)" >/dev/null 2>&1 &&
+  "$DEV" service-agent open --dir "$(ddir 0)" --in "$work/msg.sealed" --out "$work/opened.bin" >/dev/null 2>&1 &&
+  cmp -s "$work/msg.bin" "$work/opened.bin" && pass "restored from the 3-certificate record, device 0 boots and opens it" ||
+  fail "restore: exit $rc $(tail -3 "$work/restore.out")"
 rc=0
 "$DEV" service-agent open --dir "$(ddir 1)" --in "$work/msg.sealed" --out "$work/wrong.bin" >"$work/open1.out" 2>&1 || rc=$?
 [ "$rc" -eq 3 ] && [ ! -e "$work/wrong.bin" ] && pass "device 1 cannot open it (exit 3)" ||
