@@ -57,7 +57,7 @@ http::ServerOptions public_options(const Config& config) {
 void open_store(Shared& s, const Config& config) {
   if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
   s.store = std::make_unique<Store>(config.db, static_cast<std::size_t>(config.db_pool), config.cache_entries,
-                                    config.replicas);
+                                    config.replicas, config.read_batch);
   if (!s.store->healthy()) throw core::DbError(core::ErrorCode::DbConnection, "database unreachable at start");
   if (config.preload) {
     const auto n = s.store->preload(config.cache_entries);

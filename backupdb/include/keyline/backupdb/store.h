@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "keyline/backupdb/read_pool.h"
 #include "keyline/core/bytes.h"
@@ -42,12 +43,19 @@ struct PublishResult {
 };
 
 
+class ReadBatcher;  // backupdb/src/read_batch.h
+
 class Store {
  public:
   // `conninfo` is the primary, which takes every write; reads go through `replicas` (read_pool.h)
   // when there are any, each with a pool of `pool_size` sessions as the primary's.
   Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries,
-        const ReplicaSettings& replicas = {});
+        const ReplicaSettings& replicas = {}, std::size_t read_batch = kDefaultReadBatch);
+  ~Store();
+
+  // Cache misses that reach the database together share one statement, up to this many lookups
+  // (serve --read-batch; 1: one statement per lookup). docs/scale.md, "Cold reads".
+  static constexpr std::size_t kDefaultReadBatch = 32;
 
   RecordPtr by_chip_id(const std::string& chip_id);  // nullptr when absent
   RecordPtr by_imei(const std::string& imei);
@@ -68,6 +76,7 @@ class Store {
   RecordPtr cache_get(const std::string& chip_id);
   void cache_put(const RecordPtr& r);
   RecordPtr load(const std::string& column, const std::string& value);
+  std::unordered_map<std::string, RecordPtr> fetch(const std::string& column, const std::vector<std::string>& keys);
 
   // The cache is split into shards with a lock each, so 64 reader threads on 2 cores rarely wait on
   // one another (a preempted lock holder would otherwise stall every reader: the p99 tail).
@@ -86,6 +95,8 @@ class Store {
   std::array<Shard, kShards> m_shards;
   std::atomic<std::size_t> m_hits{0};
   std::atomic<std::size_t> m_misses{0};
+  std::unique_ptr<ReadBatcher> m_chip_reads;  // null with read_batch 1
+  std::unique_ptr<ReadBatcher> m_imei_reads;
 };
 
 }  // namespace keyline::backupdb
