@@ -7,6 +7,10 @@
 #include <botan/hex.h>
 #include <doctest/doctest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -97,6 +101,13 @@ core::SecureBytes receive(const Device& target, const Device& source, int port, 
   return key;
 }
 
+std::string pg_dump() {
+  const std::string dump = world().dir() + "/kps.dump";
+  const std::string cmd = "/usr/lib/postgresql/15/bin/pg_dump '" + world().db() + "' > '" + dump + "'";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  return test::read_file(dump);
+}
+
 bool eventually(const std::function<bool()>& done, int seconds = 10) {
   for (int i = 0; i < seconds * 10; ++i) {
     if (done()) return true;
@@ -139,10 +150,7 @@ TEST_CASE("a key moves A -> B with the transport certificate from the public DB;
         "ac1,requested,ac2-early,ac2,delivered,acknowledged");
 
   // pg_dump of the whole database: neither the key nor the envelope.
-  const std::string dump = w.dir() + "/kps.dump";
-  const std::string cmd = "/usr/lib/postgresql/15/bin/pg_dump '" + w.db() + "' > '" + dump + "'";
-  REQUIRE(std::system(cmd.c_str()) == 0);
-  const std::string text = test::read_file(dump);
+  const std::string text = pg_dump();
   CHECK(text.find("audit") != std::string::npos);
   CHECK(text.find(Botan::hex_encode(a_key(0x42).data(), 32, false)) == std::string::npos);
   CHECK(text.find(Botan::hex_encode(a_key(0x42).data(), 32, true)) == std::string::npos);
@@ -311,6 +319,8 @@ TEST_CASE("an owner's group transfer to 3 targets; a forged or foreign owner tok
   const auto token_bytes = kps::account_add(cfg, "alice-" + std::to_string(k.port),
                                             {w.device(0).str(), w.device(1).str(), w.device(2).str(), w.device(3).str()});
   const std::string token(token_bytes.begin(), token_bytes.end());
+  CHECK(token.size() == 47);
+  CHECK(pg_dump().find(token.substr(4)) == std::string::npos);  // only its SHA-256 is kept
   const std::string body = "{\"source\":\"" + w.device(0).str() + "\",\"label\":\"shared\",\"targets\":[\"" +
                            w.device(1).str() + "\",\"" + w.device(2).str() + "\",\"" + w.device(3).str() + "\"]}";
   const auto made = w.owner(k.port, token, "/v1/transfers", body);
@@ -453,4 +463,80 @@ TEST_CASE("a webhook receiver down then up gets the signed notice after retries;
   CHECK(eventually([&] { return delivery_state(w.device(3).str()) == "dead:3"; }));
   CHECK(w.sql("SELECT count(*) FROM audit WHERE step = 'webhook-dead' AND detail LIKE $1", {"%" + w.device(3).str() + "%"}) ==
         "1");
+}
+
+namespace {
+
+// keyline-kps serve as a process of its own (the binary of this build), so it can be SIGKILLed.
+std::string read_or_empty(const std::string& path) {
+  try {
+    return test::read_file(path);
+  } catch (const std::exception&) {
+    return {};
+  }
+}
+
+struct KpsProcess {
+  pid_t pid = -1;
+  int port = 0;
+  std::string out;
+  explicit KpsProcess(const kps::Config& c) {
+    port = test::free_port();
+    out = world().dir() + "/kps-" + std::to_string(port) + ".out";
+    std::vector<std::string> args = {test::binary_dir() + "/bin/keyline-kps", "serve", "--listen",
+                                     "127.0.0.1:" + std::to_string(port), "--ops-listen", "127.0.0.1:0", "--tls-cert",
+                                     c.tls_cert, "--tls-key", c.tls_key, "--trust", c.trust[0], "--backupdb", c.backupdb,
+                                     "--sign-module", c.sign.module, "--sign-token-label", c.sign.token_label,
+                                     "--sign-key-label", c.sign.key_label, "--sign-pin-file", c.sign.pin_file, "--log",
+                                     c.log, "--threads", "4"};
+    for (const auto& a : c.allow) args.insert(args.end(), {"--allow", a});
+    pid = ::fork();
+    if (pid == 0) {
+      ::setenv("KEYLINE_KPS_DB", c.db.c_str(), 1);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      if (!std::freopen(out.c_str(), "w", stdout) || !std::freopen(out.c_str(), "a", stderr)) _exit(127);
+      ::execv(argv[0], argv.data());
+      _exit(127);
+    }
+    const bool up = eventually([&] { return read_or_empty(out).find("serving HTTPS") != std::string::npos; }, 20);
+    REQUIRE_MESSAGE(up, read_or_empty(out));
+  }
+  void kill9() {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    pid = -1;
+  }
+  ~KpsProcess() {
+    if (pid <= 0) return;
+    int st = 0;
+    ::kill(pid, SIGTERM);
+    ::waitpid(pid, &st, 0);
+    CHECK_MESSAGE((WIFEXITED(st) && WEXITSTATUS(st) == 0), "keyline-kps did not stop cleanly: " << test::read_file(out));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("two keyline-kps processes on one database: a replay to the other refused; one SIGKILLed between delivery and ack") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(2).record);
+  auto cfg = config({w.device(1).str() + ":" + w.device(2).str() + ":proc-*"});
+  cfg.backupdb = pdb.url();
+  KpsProcess p1(cfg);
+  KpsProcess p2(cfg);
+  const std::string body = "{\"source\":\"" + w.device(1).str() + "\",\"label\":\"proc-key\"}";
+  const auto first = w.call(w.device(2), p1.port, "POST", "/v1/transfers", body, "application/json");
+  REQUIRE_MESSAGE(first.status == 201, first.body);
+  w.verify_answer(first);
+  CHECK(w.replay(first, p2.port, "POST", "/v1/transfers", body, "application/json").status == 401);
+  const std::string id = str(json(first.body), "id");
+  REQUIRE(serve(w.device(1), w.device(2), p1.port, id, "proc-key", 0x77).status == 200);
+  p1.kill9();  // delivered, not yet acknowledged
+  CHECK(receive(w.device(2), w.device(1), p2.port, id, "proc-key") == a_key(0x77));
+  CHECK(w.call(w.device(2), p2.port, "GET", "/v1/transfers/" + id + "/key").status == 410);
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE transfer_id = $1::uuid AND step IN ('delivered', 'acknowledged')", {id}) ==
+        "2");
 }
