@@ -205,8 +205,8 @@ bool says_ca(const Botan::X509_Certificate& cert) {
   return bc && bc->get_is_ca();
 }
 
-void check_transport(const Record& record, const Botan::X509_Certificate& identity,
-                     const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
+void check_transport_fields(const Record& record, const Botan::X509_Certificate& identity,
+                            const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
   if (!(transport.issuer_dn() == identity.issuer_dn())) bad_transport("issuer differs from the identity certificate's");
   bool signed_ok = false;
   try {
@@ -236,6 +236,17 @@ void check_transport(const Record& record, const Botan::X509_Certificate& identi
   const auto now = std::chrono::system_clock::now();
   if (!(Botan::X509_Time(now) < transport.not_after()) || Botan::X509_Time(now + kClockSkew) < transport.not_before())
     bad_transport("is not valid now");
+}
+
+// Botan decodes lazily in places (an extension of an unexpected type): any of its errors is this
+// certificate not decoding, a typed error like the rest.
+void check_transport(const Record& record, const Botan::X509_Certificate& identity,
+                     const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
+  try {
+    check_transport_fields(record, identity, transport, device_ca);
+  } catch (const Botan::Exception& e) {
+    bad_transport(std::string("does not decode: ") + e.what());
+  }
 }
 
 // The certificate that issued `leaf` once verify_chain passed: the one of that subject DN, or when

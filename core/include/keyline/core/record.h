@@ -75,7 +75,7 @@ std::optional<Botan::X509_Certificate> transport_certificate(const Record& recor
 //   FormatError(BadTransportCertificate)  "record: transport certificate " and: "is missing", "is not the
 //     only end-entity certificate ...", "issuer differs from the identity certificate's", "is not signed
 //     by the Device CA", "key is not X25519", "keyUsage is not exactly keyAgreement", "is a CA
-//     certificate", "names no chip ID and IMEI", "chip ID X differs from record chip ID Y"
+//     certificate", "names no chip ID and IMEI", "does not decode", "chip ID X differs from record chip ID Y"
 //     (HardwareModuleName, RFC 4108 section 5), "IMEI X differs from record IMEI Y", "is not valid now"
 //     (notAfter passed, or notBefore more than a day ahead: the station's clock set it)
 void check_transport_certificate(const Record& record, const Botan::X509_Certificate& device_ca);
