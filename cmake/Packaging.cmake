@@ -151,6 +151,10 @@ foreach(row ${KEYLINE_SERVICES})
   string(APPEND CPACK_DEBIAN_${C}_PACKAGE_DEPENDS ", adduser")
 endforeach()
 
+# The ceremony opens its root token through a PKCS#11 module; the recovery tool reaches cards through pcscd.
+set(CPACK_DEBIAN_CEREMONY_PACKAGE_RECOMMENDS softhsm2)
+set(CPACK_DEBIAN_RECOVERY_PACKAGE_SUGGESTS pcscd)
+
 # keyline-common: docs and the migrations, architecture-independent.
 keyline_package_docs(common)
 file(GLOB keyline_docs ${CMAKE_SOURCE_DIR}/docs/*.md ${CMAKE_SOURCE_DIR}/docs/openapi.yaml)

@@ -26,6 +26,9 @@ for d in "${debs[@]}"; do
   mkdir -p "$work/control/$name" && dpkg-deb -e "$d" "$work/control/$name"
   [ -f "$work/root/usr/share/doc/$name/copyright" ] || fail "$name: no copyright"
   [ -f "$work/root/usr/share/doc/$name/changelog.Debian.gz" ] || fail "$name: no changelog.Debian.gz"
+  for script in postinst prerm postrm; do
+    [ ! -f "$work/control/$name/$script" ] || sh -n "$work/control/$name/$script" || fail "$name: $script is not sh"
+  done
   # Every file under /etc is a conffile, so an upgrade keeps what the operator changed.
   while read -r f; do
     grep -qx "${f#.}" "$work/control/$name/conffiles" 2>/dev/null || fail "$name: ${f#.} is not a conffile"
