@@ -223,6 +223,20 @@ int main(int argc, char** argv) {
   run->add_option("--progress", run_req.progress, "auto | tty | plain")
       ->check(CLI::IsMember({"auto", "tty", "plain"}))
       ->capture_default_str();
+  run->add_option("--summary-json", run_req.summary_json, "also write the summary as one JSON object to FILE");
+  // Failover (docs/custody.md "Failover"): a second token, a station of its own under the same root.
+  run->add_option("--secondary-token-label", run_req.secondary_token,
+                  "failover: the secondary token (its own Device CA and station key under the same root, the master "
+                  "mirrored); the line switches to it when the primary token fails")
+      ->envname("KEYLINE_SECONDARY_HSM_TOKEN");
+  run->add_option("--secondary-module", run_req.secondary_module, "failover: its PKCS#11 module (default: the primary's)")
+      ->envname("KEYLINE_SECONDARY_HSM_MODULE");
+  run->add_option("--secondary-pin-file", run_req.secondary_pin_file,
+                  "failover: file holding its user PIN (default: the primary's PIN)")
+      ->envname("KEYLINE_SECONDARY_HSM_PIN_FILE");
+  run->add_option("--secondary-pki", run_req.secondary_pki,
+                  "failover: its PKI directory (device-ca.pem, station-tls.pem, root.pem, tls-ca.pem)")
+      ->envname("KEYLINE_SECONDARY_PKI_DIR");
 
   std::int64_t floor_devices = 2000;
   int floor_threads = 2;

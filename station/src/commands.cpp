@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <optional>
 
@@ -290,9 +291,18 @@ int cmd_run(const StationConfig& config, const RunRequest& request) {
   opt.ops_listen = request.ops_listen;
   opt.status_listen = request.status_listen;
   opt.terminal = request.progress == "tty" || (request.progress == "auto" && ::isatty(1));
+  opt.secondary_token = request.secondary_token;
+  opt.secondary_module = request.secondary_module;
+  opt.secondary_pin_file = request.secondary_pin_file;
+  opt.secondary_pki_dir = request.secondary_pki;
   install_line_signal_handlers();
   const auto s = run_line(config, profile, opt, std::cout);
   print_summary(s, std::cout);
+  if (!request.summary_json.empty()) {
+    std::ofstream f(request.summary_json, std::ios::trunc);
+    f << summary_json(s) << "\n";
+    if (!f) throw core::ConfigError(core::ErrorCode::Config, "cannot write " + request.summary_json);
+  }
   if (s.failed > 0) return core::exit_code::failure;
   // Exit 4: everything else went through, but some records still wait for the public DB.
   return s.publishing > 0 ? core::exit_code::unavailable : core::exit_code::ok;

@@ -50,7 +50,7 @@ std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
       "SELECT id, imei, state, identity_wrapped, transport_wrapped, identity_public, transport_public,"
       " identity_cert, transport_cert, package_digest, coalesce(key_source, ''),"
       " coalesce(identity_statement_sha256, ''), coalesce(transport_statement_sha256, ''),"
-      " coalesce(master_version, 1) FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
+      " coalesce(master_version, 1), station_id FROM journal.device WHERE chip_id = $1 AND state <> 'void'",
       {chip});
   if (r.empty()) return std::nullopt;
   JournalRow j;
@@ -68,6 +68,7 @@ std::optional<JournalRow> live_row(JournalDb& db, const std::string& chip) {
   j.identity_statement_sha256 = r.text(0, 11);
   j.transport_statement_sha256 = r.text(0, 12);
   j.master_version = static_cast<int>(r.int64(0, 13));
+  j.station_id = r.text(0, 14);
   return j;
 }
 
@@ -266,6 +267,11 @@ std::string Flow::unresumable_reason() const {
   // device cannot get those keys back, so this claim can never complete and a new one is made.
   if (m_row->identity_wrapped.empty() && m_row->key_source != "device")
     return "its keys were wrapped before migration 0006 and are void";
+  // The wrapping key never leaves its token: keys another station wrapped (the primary, after a
+  // failover; docs/custody.md "Failover") do not open here. Said as such, not as a 4013, so the
+  // line's halt on key sets that do not open never counts them.
+  if (m_row->station_id != m_p.m_config.station_id && m_row->key_source != "device")
+    return "its keys were wrapped by station " + m_row->station_id + "'s token";
   return {};
 }
 

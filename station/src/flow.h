@@ -46,6 +46,7 @@ struct JournalRow {
   std::string key_source;  // empty for rows journaled before migration 0007
   std::string identity_statement_sha256, transport_statement_sha256;  // --key-source device
   int master_version = 1;  // of the comm key issued (journal.device.master_version, migration 0010)
+  std::string station_id;  // the station that claimed it: its token wrapped the keys
 };
 
 // One audit row. A "sign.begin" row is durable before the CA key signs; its "sign.done" rides in the

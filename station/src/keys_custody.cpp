@@ -34,22 +34,34 @@ std::shared_ptr<core::Pkcs11Token> open_token(const StationConfig& config) {
   return core::Pkcs11Token::open(config.hsm_module, config.token_label, read_pin(config), 2);
 }
 
-void audit(core::pq::Connection& db, const StationConfig& config, const std::string& event, const std::string& detail) {
-  db.exec("INSERT INTO journal.audit (station_id, event, cert_kind, detail) VALUES ($1, $2, 'custody', $3)",
-          {config.station_id, event, detail.substr(0, 1000)});
+std::int64_t audit(core::pq::Connection& db, const StationConfig& config, const std::string& event,
+                   const std::string& detail) {
+  return db
+      .exec("INSERT INTO journal.audit (station_id, event, cert_kind, detail) VALUES ($1, $2, 'custody', $3)"
+            " RETURNING id",
+            {config.station_id, event, detail.substr(0, 1000)})
+      .int64(0, 0);
 }
 
+// Also a signed custody statement for the ceremony log (keys_custody_statement.cpp), once the
+// operation ended either way.
 void audited(core::pq::Connection& db, const StationConfig& config, const std::string& event,
              const std::string& detail, const std::function<std::string()>& step) {
-  audit(db, config, event + ".begin", detail);
-  std::string done;
+  Statement st{event, detail, {}, {}, utc_now_text(), {}, audit(db, config, event + ".begin", detail), 0};
   try {
-    done = step();
+    st.outcome = step();
   } catch (const std::exception& e) {
-    audit(db, config, event + ".failed", detail + "; " + e.what());
+    st.result = "failed";
+    st.outcome = e.what();
+    st.end = utc_now_text();
+    st.audit_end = audit(db, config, event + ".failed", detail + "; " + e.what());
+    write_statement(config, st);
     throw;
   }
-  audit(db, config, event + ".done", done);
+  st.result = "done";
+  st.end = utc_now_text();
+  st.audit_end = audit(db, config, event + ".done", st.outcome);
+  write_statement(config, st);
 }
 
 void refuse(const std::string& why) { throw core::Error(errc::CustodyRefused, why + "; nothing imported or changed"); }

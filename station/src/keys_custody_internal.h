@@ -1,6 +1,7 @@
 // What the custody files (keys_custody*.cpp) share. Private to the station library.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -15,8 +16,24 @@ namespace keyline::station::custody {
 // The station database, migrated. Custody is audited there: without one, nothing is done.
 core::pq::Connection open_db(const StationConfig& config, const char* what);
 std::shared_ptr<core::Pkcs11Token> open_token(const StationConfig& config);
-// One journal.audit row (cert_kind "custody", no chip, no IMEI). Never key material in `detail`.
-void audit(core::pq::Connection& db, const StationConfig& config, const std::string& event, const std::string& detail);
+// One journal.audit row (cert_kind "custody", no chip, no IMEI); returns its id. Never key material in
+// `detail`.
+std::int64_t audit(core::pq::Connection& db, const StationConfig& config, const std::string& event,
+                   const std::string& detail);
+// A custody operation as the ceremony log takes it (docs/ceremony.md "Custody statements").
+struct Statement {
+  std::string event, detail;
+  std::string result, outcome;  // done | failed; what it did, or why it failed
+  std::string begin, end;       // UTC
+  std::int64_t audit_begin = 0, audit_end = 0;  // its journal.audit rows
+};
+std::string utc_now_text();
+// <pki_dir>/custody/<time>-<event>-<id>.stmt, signed by the station TLS key (keyline-custody-statement-v1).
+// A statement that cannot be signed or written is said on stderr: the operation itself is done and
+// audited in the station database.
+void write_statement(const StationConfig& config, const Statement& st);
+std::string statement_text(core::Pkcs11Token& token, const StationConfig& config, const Statement& st,
+                           const std::string& id);
 // Runs `step` between "<event>.begin" and "<event>.done" rows; when it throws, a "<event>.failed" row
 // names why and the error goes on.
 void audited(core::pq::Connection& db, const StationConfig& config, const std::string& event,

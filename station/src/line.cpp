@@ -44,29 +44,22 @@ int Line::worker_count() const {
   return reader_mode() ? std::max(n, static_cast<int>(m_readers.size())) : n;
 }
 
-// The station database, the token, the TLS context of the lanes and the personalizer.
+// The station database, the token(s), the TLS context of the lanes and the personalizer(s).
 void Line::open() {
   const int workers = worker_count();
-  m_keys = std::make_unique<StationKeys>(StationKeys::open(m_config, static_cast<std::size_t>(workers) + 2));
-  if (!m_config.backupdb_url.empty()) {
-    if (m_config.backupdb_url.rfind("https://", 0) != 0)
-      throw core::ConfigError(core::ErrorCode::Config, "the public DB URL must be https:// (publishing uses mutual TLS)");
-    m_tls = make_token_client_context(pki_path(m_config, pki_file::tls_trust), pki_path(m_config, pki_file::station_tls),
-                                      TokenKeyRef{m_config.hsm_module, m_config.token_label, m_keys->station_tls_label,
-                                                  read_pin(m_config)});
-  }
+  if (!m_config.backupdb_url.empty() && m_config.backupdb_url.rfind("https://", 0) != 0)
+    throw core::ConfigError(core::ErrorCode::Config, "the public DB URL must be https:// (publishing uses mutual TLS)");
+  m_publishing_on = !m_config.backupdb_url.empty();
+  const auto sessions = static_cast<std::size_t>(workers) + 2;
+  m_station = open_station(0, m_config, sessions);
+  if (!m_options.secondary_token.empty()) open_secondary(sessions);
+  m_tls = m_station->tls;
   // No publisher for the workers: a record goes to the outbox and a publishing lane sends it.
   // A worker holds a session only for the length of a statement (most of a device's time is spent on
   // the device), so a few sessions serve any number of workers, and a line of 256 fixtures fits a
   // server's default max_connections (100). Measured: 16 sessions for 64 workers cost no throughput.
   m_db = std::make_unique<core::pq::Pool>(m_config.db, static_cast<std::size_t>(std::min(workers, kDbSessions)));
   m_group = std::make_unique<core::pq::GroupCommit>(*m_db, kCommitFlushers, kCommitBatch);
-  m_personalizer = std::make_unique<Personalizer>(m_config, *m_keys, nullptr);
-  m_personalizer->set_app_items(m_profile.app_items);
-  m_personalizer->set_step_hook([this](Step s, const std::string& chip) {
-    fault_point(step_name(s));
-    m_metrics.step_done(s, chip);
-  });
 }
 
 // Resume first: chips this database holds unfinished rows for go to the front of the queue; chips
@@ -117,7 +110,7 @@ void Line::wait_for_outbox(core::pq::Connection& ctl) {
   const auto wait = std::chrono::milliseconds(m_options.publish_wait_ms);
   const auto deadline = Clock::now() + wait;
   const auto stop_deadline = Clock::now() + std::min(wait, std::chrono::milliseconds(5000));
-  while (m_tls && Clock::now() < (g_stop.load() ? stop_deadline : deadline)) {
+  while (m_publishing_on && Clock::now() < (g_stop.load() ? stop_deadline : deadline)) {
     {
       std::lock_guard<std::mutex> l(m_mutex);
       if (m_waiting.empty()) break;

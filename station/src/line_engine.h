@@ -5,6 +5,7 @@
 //   line_publish.cpp   the publishing lanes, the outbox sweep and the marker
 //   line_progress.cpp  the progress line, pool top-ups and the summary
 //   line_readers.cpp   PC/SC readers: the watcher that hands inserted cards to the workers
+//   failover.cpp       the secondary token: opened beside the primary, the probe, the switch
 //   line_metrics.cpp   counts and latencies for /metrics; status_server.cpp its listeners and the page
 #pragma once
 
@@ -87,6 +88,22 @@ struct ReaderSlot {
 // quarantined or its journal row voided, so the retry claims a sound one; docs/station.md, 4013).
 bool link_trouble(int code);
 
+// One token's station identity on the line (failover.cpp): the primary, or the secondary under the
+// same root with its own Device CA, station TLS key and the mirrored master. Workers take the current
+// one per device under Line::m_mutex; one replaced stays alive while a worker still uses it.
+struct LineStation {
+  int index = 0;           // 0 primary, 1 secondary
+  StationConfig config;    // its token, PIN, PKI directory and station id (Personalizer keeps a reference)
+  std::string ca_label;    // the Device CA key the probe looks for
+  std::unique_ptr<StationKeys> keys;
+  Poco::Net::Context::Ptr tls;  // mutual TLS with its station key, when publishing is configured
+  std::unique_ptr<Personalizer> personalizer;
+};
+
+// A token error at a step that uses the token (claim, attest, issue, record): 1250 Pkcs11, 1251
+// NoToken, 1253 KeyNotFound. It only triggers the probe: the same codes also mean an ordinary bug.
+bool token_trouble(const DeviceResult& r);
+
 class Line {
  public:
   Line(const StationConfig& config, const LineProfile& profile, const LineOptions& options, std::ostream& out);
@@ -104,8 +121,9 @@ class Line {
 
   // line_workers.cpp
   void worker();
-  bool next_item(WorkItem& item);
-  void settle(WorkItem item, DeviceResult r);
+  bool next_item(WorkItem& item, std::shared_ptr<LineStation>& station);
+  void settle(WorkItem item, DeviceResult r, const LineStation& station);
+  void settle_locked(WorkItem item, DeviceResult r);
   void note_health(const DeviceResult& r, bool db_away);
   void keep_record(DeviceResult& r);
   bool retry_or_fail(WorkItem& item, const DeviceResult& r);
@@ -123,6 +141,15 @@ class Line {
                    std::int64_t device_id, const std::string& record_json);
   int sweep(core::pq::Connection& db, core::http::Client& client);
   std::unique_ptr<core::http::Client> make_client() const;
+
+  // failover.cpp
+  std::shared_ptr<LineStation> open_station(int index, const StationConfig& config, std::size_t sessions);
+  void open_secondary(std::size_t sessions);
+  bool failover_holds(const WorkItem& item, const DeviceResult& r, const LineStation& station);
+  bool wait_for_token(std::unique_lock<std::mutex>& l);
+  void switch_to_secondary();
+  void failover_audit(const char* event, const std::string& detail);
+  void summarize_failover(LineSummary& s) const;
 
   // line_progress.cpp
   void top_up_pool(core::pq::Connection& db);
@@ -161,9 +188,23 @@ class Line {
   const LineOptions& m_options;
   std::ostream& m_out;
 
-  std::unique_ptr<StationKeys> m_keys;
-  Poco::Net::Context::Ptr m_tls;  // mutual TLS with the token-held station key, shared by the lanes
-  std::unique_ptr<Personalizer> m_personalizer;
+  // The station the workers use now (guarded by m_mutex), and the secondary waiting for a failover.
+  std::shared_ptr<LineStation> m_station;
+  std::shared_ptr<LineStation> m_secondary;
+  // The current station's TLS context, shared by the lanes (guarded by m_mutex; a lane whose client
+  // was made before the last switch makes a new one: m_tls_switches).
+  Poco::Net::Context::Ptr m_tls;
+  bool m_publishing_on = false;  // a public DB is configured (set once in open)
+  std::atomic<int> m_tls_switches{0};
+  // Failover (failover.cpp), all under m_mutex: a token error asks for a probe; while it runs no new
+  // device starts; the devices that failed on the token wait in m_token_held for its answer.
+  bool m_probe_wanted = false;
+  bool m_probing = false;
+  std::vector<std::pair<WorkItem, DeviceResult>> m_token_held;
+  std::string m_failover_at;         // UTC of the switch, empty: none
+  std::int64_t m_failover_after = 0;  // devices published when it switched
+  std::int64_t m_probes = 0;
+  std::int64_t m_by_token[2] = {0, 0};  // devices personalized (record kept) by each token
   std::unique_ptr<core::pq::Pool> m_db;            // the workers' station-database sessions
   std::unique_ptr<core::pq::GroupCommit> m_group;  // the workers' journal steps, committed in batches
 

@@ -260,6 +260,7 @@ LineSummary Line::summarize(core::pq::Connection& ctl) {
   const auto done = reader_done();
   for (std::size_t i = 0; i < m_readers.size(); ++i)
     s.readers.push_back({m_readers[i].name, m_readers[i].taken, done[i], m_readers[i].failed, reader_state(m_readers[i])});
+  summarize_failover(s);
   return s;
 }
 
@@ -306,6 +307,7 @@ void print_summary(const LineSummary& s, std::ostream& out) {
   row("devices/s", r.str());
   out << "+----------------------------+------------+\n";
   print_reader_table(s.readers, out);
+  print_failover_summary(s, out);
   for (const auto& f : s.failures) out << "failed: " << f << "\n";
   if (!s.halted.empty()) out << "line halted: " << s.halted << "\n";
   if (s.unfinished > 0)

@@ -82,7 +82,10 @@ void Line::stop_lanes() {
 std::unique_ptr<core::http::Client> Line::make_client() const {
   core::http::ClientOptions opt;
   opt.base_url = m_config.backupdb_url;
-  opt.context = m_tls;
+  {
+    std::lock_guard<std::mutex> l(m_mutex);  // a failover replaces it (failover.cpp)
+    opt.context = m_tls;
+  }
   opt.connect_attempts = 1;  // the lane's own backoff decides when to try again
   opt.connect_timeout = std::chrono::milliseconds(2000);
   opt.io_timeout = std::chrono::milliseconds(10000);
@@ -170,10 +173,15 @@ void Line::lane(bool sweeper) {
   std::unique_ptr<core::http::Client> client;
   std::chrono::milliseconds pause(100);
   auto next_sweep = Clock::now();
+  int tls_switches = 0;
   while (!m_drainer_stop.load()) {
     try {
       if (!db) db = std::make_unique<core::pq::Connection>(m_config.db);
-      if (!client) client = make_client();
+      if (client && tls_switches != m_tls_switches.load()) client.reset();  // the secondary's identity now
+      if (!client) {
+        tls_switches = m_tls_switches.load();
+        client = make_client();
+      }
       FreshRecord fresh;
       {
         std::unique_lock<std::mutex> l(m_mutex);

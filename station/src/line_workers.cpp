@@ -62,32 +62,39 @@ bool Line::wait_for_db(std::unique_lock<std::mutex>& l) {
   return false;
 }
 
-// Takes the next device; false when the worker should end. An empty queue with devices in flight may
-// still get a retry back, and a line on readers gets its cards from the watcher: both wait.
-bool Line::next_item(WorkItem& item) {
+// Takes the next device and the station (token) to personalize it with; false when the worker should
+// end. An empty queue with devices in flight (or waiting for a probe of the token) may still get a
+// retry back, and a line on readers gets its cards from the watcher: both wait. While the token is
+// probed no device starts (wait_for_token).
+bool Line::next_item(WorkItem& item, std::shared_ptr<LineStation>& station) {
   while (true) {
     if (!want_more()) return false;
     std::unique_lock<std::mutex> l(m_mutex);
-    while (m_queue.empty() && (m_in_flight > 0 || reader_mode()) && !g_stop.load() && !m_readers_end.load() &&
-           !count_reached())
+    if (!wait_for_token(l)) continue;
+    while (m_queue.empty() && (m_in_flight > 0 || !m_token_held.empty() || reader_mode()) && !g_stop.load() &&
+           !m_readers_end.load() && !count_reached() && !m_probe_wanted)
       m_cv.wait_for(l, std::chrono::milliseconds(100));
+    if (m_probe_wanted) continue;
     if (m_queue.empty()) return false;
     if (!wait_for_db(l)) continue;
     item = m_queue.front();
     m_queue.pop_front();
     ++m_in_flight;
+    station = m_station;
     return true;
   }
 }
 
 void Line::worker() {
   WorkItem item;
-  while (next_item(item)) {
+  std::shared_ptr<LineStation> station;
+  while (next_item(item, station)) {
     // Never throws: a station database that is away comes back as the device's error (DbConnection),
     // and the device is tried again.
     JournalDb db(*m_db, m_group.get());
     m_metrics.device_started(item.device.endpoint);
-    settle(item, m_personalizer->personalize(item.device.endpoint, db));
+    settle(item, station->personalizer->personalize(item.device.endpoint, db), *station);
+    station.reset();
   }
 }
 
@@ -176,12 +183,18 @@ void Line::keep_record(DeviceResult& r) {
   m_cv.notify_all();
 }
 
-void Line::settle(WorkItem item, DeviceResult r) {
+void Line::settle(WorkItem item, DeviceResult r, const LineStation& station) {
   std::lock_guard<std::mutex> l(m_mutex);
   m_metrics.device_ended(r);
   --m_in_flight;
   m_cv.notify_all();
   m_last_activity = Clock::now();
+  if (failover_holds(item, r, station)) return;
+  settle_locked(std::move(item), std::move(r));
+}
+
+// Called with m_mutex held: what a device's result does to the counts and the queue.
+void Line::settle_locked(WorkItem item, DeviceResult r) {
   const bool db_away = r.error_code == static_cast<int>(core::ErrorCode::DbConnection);
   note_health(r, db_away);
   const bool card = item.reader >= 0;

@@ -46,6 +46,9 @@ struct RunRequest {
   std::string progress = "auto";      // auto | tty | plain
   std::string ops_listen;             // --ops-listen: /metrics, /healthz (docs/station.md)
   std::string status_listen;          // --status-listen: the line page
+  std::string summary_json;           // also write the summary as JSON to this file
+  // Failover (docs/custody.md "Failover"): the secondary token and its PKI directory.
+  std::string secondary_token, secondary_module, secondary_pin_file, secondary_pki;
 };
 int cmd_run(const StationConfig& config, const RunRequest& request);
 // The line benchmark's crypto floor (scripts/bench_line.sh): prints "floor_devices_per_s <x>".

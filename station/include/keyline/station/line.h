@@ -62,6 +62,21 @@ struct LineOptions {
   int reader_retry_ms = 1000;    // a line on readers: pause after a dropped link before the same card again
   std::string ops_listen;        // --ops-listen: /metrics and /healthz (docs/station.md); empty: none
   std::string status_listen;     // --status-listen: the line page; empty: none
+  // Failover (docs/custody.md "Failover"): a secondary token, a station of its own under the same root
+  // (its PKI directory: Device CA, station TLS certificate, root.pem) holding the mirrored master. Empty
+  // secondary_token: no failover. An empty module or PIN file is the primary's.
+  std::string secondary_token;
+  std::string secondary_module;
+  std::string secondary_pin_file;
+  std::string secondary_pki_dir;
+};
+
+// Which token personalized how many devices (a line with a secondary token).
+struct TokenSummary {
+  std::string role;        // "primary" or "secondary"
+  std::string token;       // the token label
+  std::string station_id;  // the station identity it signs and publishes as
+  std::int64_t devices = 0;  // personalized by it (record kept: published or in the outbox)
 };
 
 // One reader's line in the progress and the summary.
@@ -92,6 +107,12 @@ struct LineSummary {
   std::vector<std::string> failures;  // one line per failed device
   std::string halted;  // why the line stopped starting new devices early (empty: it did not)
   std::vector<ReaderSummary> readers;  // a line on readers: one per reader
+  // A line with a secondary token: each token's devices; when the line switched (UTC, empty: it did
+  // not) and how many devices were published before; how many probes of the primary ran.
+  std::vector<TokenSummary> tokens;
+  std::string failover_at;
+  std::int64_t failover_after_devices = 0;
+  std::int64_t failover_probes = 0;
 };
 
 // Runs the line. Returns when every device is handled, --count is reached, or a stop was requested
@@ -105,6 +126,10 @@ void request_line_stop() noexcept;
 void install_line_signal_handlers();
 
 void print_summary(const LineSummary& s, std::ostream& out);
+// The failover lines of the summary (print_summary calls it; nothing without a secondary token).
+void print_failover_summary(const LineSummary& s, std::ostream& out);
+// The summary as one JSON object (`run --summary-json FILE`), "failover" included when configured.
+std::string summary_json(const LineSummary& s);
 
 // The benchmark's crypto floor: devices/s of one process doing per device only the cryptography
 // (P-256 and X25519 key generation, the two certificate signatures on the token, data package
