@@ -1,9 +1,9 @@
-// Reads on streaming replicas (backupdb/include/keyline/backupdb/read_pool.h): two local clusters,
-// a primary and its hot standby, started by this test through scripts/pg.sh (start, start-replica).
-// Reads are answered by the replica (its counters and its pg_stat_activity say so), a publish is read
-// back at once, a replica whose replay is paused is skipped once it lags past the bound, and a
-// replica stopped in the middle of a read load costs no read; the real server program serves
-// through --replica and shows the nodes in /metrics.
+// Reads on streaming replicas (backupdb/include/keyline/backupdb/read_pool.h): three local clusters,
+// a primary and two hot standbys, started by this test through scripts/pg.sh (start, start-replica).
+// Reads are answered by the standby (its counters and its pg_stat_activity say so), a publish is read
+// back at once, a standby whose replay is paused is skipped once it lags past the bound (reads go to
+// the other one in the meantime), a standby stopped in the middle of a read load costs no read, and
+// the real server program serves through --replica and shows the nodes in /metrics.
 #include <doctest/doctest.h>
 
 #include <signal.h>
@@ -42,11 +42,12 @@ int sh(const std::string& cmd) {
 
 std::string pg_script() { return test::source_dir() + "/scripts/pg.sh"; }
 
-// The two clusters, once per process; stopped and removed at exit.
+// The three clusters (a primary, two standbys), once per process; stopped and removed at exit.
 struct Clusters {
-  std::string dir, primary, replica;  // primary/replica: conninfo of database kl_repl, superuser
+  std::string dir, primary, replica, replica2;  // conninfo of database kl_repl, superuser
   std::string primary_dir() const { return dir + "/primary"; }
   std::string replica_dir() const { return dir + "/replica"; }
+  std::string replica2_dir() const { return dir + "/replica2"; }
 
   Clusters() {
     char tmpl[] = "/tmp/kl-replica-test.XXXXXX";
@@ -60,9 +61,11 @@ struct Clusters {
     backupdb::migrate(cfg);
     REQUIRE(sh(pg_script() + " start-replica " + primary_dir() + " " + replica_dir() + " >/dev/null") == 0);
     replica = with_db(test::read_file(replica_dir() + "/conninfo"));
+    REQUIRE(sh(pg_script() + " start-replica " + primary_dir() + " " + replica2_dir() + " >/dev/null") == 0);
+    replica2 = with_db(test::read_file(replica2_dir() + "/conninfo"));
   }
   ~Clusters() {
-    for (const auto& d : {replica_dir(), primary_dir()}) {
+    for (const auto& d : {replica_dir(), replica2_dir(), primary_dir()}) {
       sh(pg_script() + " stop " + d + " >/dev/null 2>&1");
       std::error_code ec;
       const auto data = std::filesystem::read_symlink(d + "/data", ec);
@@ -85,10 +88,11 @@ Clusters& clusters() {
   return c;
 }
 
-// Checks every 100 ms, skipped beyond 300 ms behind.
-backupdb::ReplicaSettings settings() {
+// Checks every 100 ms, skipped beyond 300 ms behind; one standby, or both.
+backupdb::ReplicaSettings settings(bool both = false) {
   backupdb::ReplicaSettings s;
   s.conninfos = {clusters().replica};
+  if (both) s.conninfos.push_back(clusters().replica2);
   s.max_lag_ms = 300;
   s.check_ms = 100;
   return s;
@@ -121,12 +125,16 @@ bool wait_for(const std::function<bool()>& cond, std::chrono::milliseconds limit
   return cond();
 }
 
-// Waits until the replica has replayed everything the primary has written so far.
-void wait_replayed() {
-  core::pq::Connection p(clusters().primary), r(clusters().replica);
+// Waits until the standbys have replayed everything the primary has written so far.
+void wait_replayed(const std::vector<std::string>& standbys) {
+  core::pq::Connection p(clusters().primary);
   const auto lsn = p.exec("SELECT pg_current_wal_lsn()::text").text(0, 0);
-  REQUIRE(wait_for([&] { return r.exec("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", {lsn}).text(0, 0) == "t"; }));
+  for (const auto& conninfo : standbys) {
+    core::pq::Connection r(conninfo);
+    REQUIRE(wait_for([&] { return r.exec("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", {lsn}).text(0, 0) == "t"; }));
+  }
 }
+void wait_replayed() { wait_replayed({clusters().replica}); }
 
 void publish_range(backupdb::Store& store, int from, int to) {
   for (int i = from; i < to; ++i) {
@@ -230,24 +238,29 @@ TEST_CASE("reads are answered by the replica; a publish is read back at once (a 
             .int64(0, 0) >= 1);
 }
 
-TEST_CASE("a replica whose replay is paused is skipped once it lags past the bound, and used again after") {
-  backupdb::Store store(clusters().primary, 8, 0, settings());
+TEST_CASE("a standby whose replay is paused is skipped once it lags past the bound: reads go to the other") {
+  backupdb::Store store(clusters().primary, 8, 0, settings(true));
   publish_range(store, 100, 110);
-  wait_replayed();
+  wait_replayed({clusters().replica, clusters().replica2});
+  for (int i = 100; i < 110; ++i) REQUIRE(static_cast<bool>(store.by_chip_id(record_of(i).chip_id.str())));
+  CHECK(node(store, "replica0").reads == 5);  // in turn
+  CHECK(node(store, "replica1").reads == 5);
   core::pq::Connection r(clusters().replica);
   r.exec("SELECT pg_wal_replay_pause()");
-  publish_range(store, 110, 111);  // new WAL the replica does not replay
+  publish_range(store, 110, 111);  // new WAL replica0 does not replay
   REQUIRE(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Lagging; }, 5s));
   CHECK(node(store, "replica0").lag_seconds > 0.3);
-  const auto skipped = node(store, "replica0").reads;
+  CHECK(node(store, "replica1").state == backupdb::NodeState::Up);
+  wait_replayed({clusters().replica2});  // replica1 has record 110 too
   const auto primary = node(store, "primary").reads;
   for (int i = 100; i < 111; ++i) REQUIRE(static_cast<bool>(store.by_chip_id(record_of(i).chip_id.str())));
-  CHECK(node(store, "replica0").reads == skipped);
-  CHECK(node(store, "primary").reads == primary + 11);
+  CHECK(node(store, "replica0").reads == 5);
+  CHECK(node(store, "replica1").reads == 5 + 11);
+  CHECK(node(store, "primary").reads == primary);
   r.exec("SELECT pg_wal_replay_resume()");
   REQUIRE(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Up; }, 5s));
-  REQUIRE(static_cast<bool>(store.by_chip_id(record_of(110).chip_id.str())));
-  CHECK(node(store, "replica0").reads == skipped + 1);
+  for (int i = 0; i < 4; ++i) REQUIRE(static_cast<bool>(store.by_chip_id(record_of(110).chip_id.str())));
+  CHECK(node(store, "replica0").reads == 5 + 2);
 }
 
 TEST_CASE("the replica stopped in the middle of a read load: no read fails; it takes reads again once back") {
@@ -311,5 +324,4 @@ TEST_CASE("serve --replica: the server program reads on the replica and shows ea
   m = srv.metrics();
   CHECK(series(m, "keyline_backupdb_db_reads_total{node=\"primary\"}") >= 10);
   CHECK(series(m, "keyline_backupdb_db_replica_state{node=\"replica0\",state=\"down\"}") == 1);
-  clusters().start_replica();
 }
