@@ -13,6 +13,8 @@
 #   scripts/bench.sh channel    the chip-bound channel's cost: devices/s and CPU per device (station, device)
 #                               for generate+plain, generate+scp11a, device+scp11a, ratios to plain
 #                               (issue 15, scripts/bench_channel.sh)
+#   scripts/bench.sh kps        KPS transfers/s with 32 device agents (daemons), notification latency
+#                               p50/p99, against the crypto floor of one transfer (issue 17, bench_kps.sh)
 set -euo pipefail
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$top"
@@ -33,6 +35,9 @@ fi
 if [ "$which" = all ] || [ "$which" = channel ]; then
   if [ -x scripts/bench_channel.sh ]; then scripts/bench_channel.sh || rc=1
   else echo "bench: channel benchmark missing"; rc=1; fi
+fi
+if [ "$which" = all ] || [ "$which" = kps ]; then
+  if [ -x scripts/bench_kps.sh ]; then scripts/bench_kps.sh || rc=1; else echo "bench: kps benchmark missing"; rc=1; fi
 fi
 line_parts=""
 case "$which" in

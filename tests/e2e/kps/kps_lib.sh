@@ -29,7 +29,7 @@ kps_start() {
   KEYLINE_KPS_DB="$KPS_DB" "$LINE_BIN/keyline-kps" serve --listen "127.0.0.1:$KPS_PORT" --ops-listen 127.0.0.1:0 \
     --tls-cert "$LINE_DIR/pki/kps-tls.pem" --tls-key "$LINE_DIR/pki/kps-tls.key" --trust "$LINE_DIR/pki/root.pem" \
     --policy "$KPS_POLICY" --backupdb "$LINE_BACKUPDB_URL" --backupdb-ca "$KPS_CA" "${KPS_SIGN_ARGS[@]}" \
-    --log "$LINE_DIR/logs/kps.log" "$@" >>"$LINE_DIR/logs/kps.out" 2>&1 &
+    --log "${KPS_LOG:-$LINE_DIR/logs/kps.log}" "$@" >>"$LINE_DIR/logs/kps.out" 2>&1 &
   KPS_PID=$!
   LINE_PIDS+=("$KPS_PID")
   line_wait_port 127.0.0.1 "$KPS_PORT" 20 && kill -0 "$KPS_PID" 2>/dev/null ||
