@@ -83,9 +83,10 @@ Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cac
       m_group(m_pool, kInsertFlushers, kInsertBatch),
       m_shard_capacity(cache_entries == 0 ? 0 : (cache_entries + kShards - 1) / kShards) {
   if (read_batch <= 1) return;
-  // Half the sessions may carry batches: the rest stay for writes and the log's reads. While they
-  // are out the next batch gathers, so under load batches grow instead of round trips queueing.
-  const std::size_t flushers = std::max<std::size_t>(1, pool_size / 2);
+  // As many batches in flight as sessions: a lookup waits for company only when every session is
+  // out, so batching never takes parallelism away (with fewer flushers than sessions it measured
+  // slower on 2 cores); while all are out the next batch gathers instead of lookups queueing.
+  const std::size_t flushers = std::max<std::size_t>(1, pool_size);
   m_chip_reads = std::make_unique<ReadBatcher>(flushers, read_batch, [this](const std::vector<std::string>& keys) {
     return fetch("chip_id", keys);
   });
@@ -138,30 +139,50 @@ RecordPtr Store::load(const std::string& column, const std::string& value) {
   return rec;
 }
 
-// A batch of lookups as one statement, the keys one array parameter. Not "chip_id = ANY($1)": with
-// the array a parameter, PostgreSQL 15 cannot prune hash partitions and probes all sixteen for every
-// key. A nested loop over the keys prunes per key at run time (manual 5.11.4), so each key costs one
-// index probe in its one partition. An IMEI finds its chip ID in record_imei (0005) first.
-constexpr const char* kBatchByChip =
-    "SELECT r.chip_id, r.imei, r.record_hash, r.body_json, r.backup, r.identity_der, e.leaf_index "
-    "FROM unnest($1::text[]) k(key) JOIN LATERAL (SELECT * FROM records WHERE chip_id = k.key) r ON true "
-    "LEFT JOIN log_entries e ON e.record_seq = r.seq";
+// A batch of chip-ID lookups: one pipeline (one round trip, one Sync, PostgreSQL 15 manual 34.5) of
+// the single lookup `chip_id = $1`, whose generic plan prunes the fifteen other partitions before the
+// executor opens them ("Subplans Removed: 15"). One statement over all the keys cannot do that: with
+// the keys an array parameter, `chip_id = ANY($1)` or a nested loop over unnest($1) leave all sixteen
+// partitions and their indexes to be opened and locked on every execution, which measured more
+// database CPU per lookup than one statement each (docs/scale.md, "Cold reads").
+// An IMEI is not the partition key, so its lookup reads record_imei first, in one statement.
 constexpr const char* kBatchByImei =
     "SELECT r.chip_id, r.imei, r.record_hash, r.body_json, r.backup, r.identity_der, e.leaf_index "
     "FROM unnest($1::text[]) k(key) JOIN record_imei i ON i.imei = k.key "
     "JOIN LATERAL (SELECT * FROM records WHERE chip_id = i.chip_id) r ON true "
     "LEFT JOIN log_entries e ON e.record_seq = r.seq";
 
+namespace {
+
+// One statement alone needs no pipeline (entering and leaving it is two more library calls).
+std::vector<core::pq::Result> run_batch(core::pq::Connection& c, const std::vector<const core::pq::Statement*>& batch) {
+  if (batch.size() != 1) return c.exec_pipeline(batch);
+  std::vector<core::pq::Result> one;
+  one.push_back(c.exec_prepared(batch[0]->sql, batch[0]->params));
+  return one;
+}
+
+}  // namespace
+
 std::unordered_map<std::string, RecordPtr> Store::fetch(const std::string& column, const std::vector<std::string>& keys) {
   const bool by_chip = column == "chip_id";
-  const std::string sql = by_chip ? kBatchByChip : kBatchByImei;
+  const std::string by_chip_sql = std::string(kRecordColumns) + "WHERE r.chip_id = $1";
+  std::vector<core::pq::Statement> statements;
+  if (by_chip) {
+    for (const auto& k : keys) statements.push_back({by_chip_sql, {k}});
+  } else {
+    statements.push_back({kBatchByImei, {array_literal(keys)}});
+  }
+  std::vector<const core::pq::Statement*> batch;
+  for (const auto& st : statements) batch.push_back(&st);
   std::unordered_map<std::string, RecordPtr> found;
   m_reads.read([&](core::pq::Connection& c) {
     found.clear();
-    const auto r = c.exec_prepared(sql, {array_literal(keys)});
-    for (int i = 0; i < r.rows(); ++i) {
-      auto rec = stored_record(r, i);
-      found.emplace(by_chip ? rec->chip_id : rec->imei, rec);
+    for (const auto& r : run_batch(c, batch)) {
+      for (int i = 0; i < r.rows(); ++i) {
+        auto rec = stored_record(r, i);
+        found.emplace(by_chip ? rec->chip_id : rec->imei, rec);
+      }
     }
     // Not all found: the read pool asks the primary for the batch (a replica's "absent" is not trusted).
     return found.size() == keys.size();

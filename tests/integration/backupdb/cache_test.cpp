@@ -147,3 +147,41 @@ TEST_CASE("nginx proxy_cache in front: records and tiles hit after one miss, 304
   CHECK(cp.header("x-cache-status") != "HIT");
   CHECK(tlog::open_checkpoint(cp.body, key, kOrigin).checkpoint.size == kRecords + 1);
 }
+
+// The other side of a cache: the cold read path (docs/scale.md, "Cold reads"). With no record cache
+// and one database session for 32 workers, concurrent misses can only be answered in batches
+// (backupdb/src/read_batch.h: a pipeline of lookups by chip ID, one statement for IMEIs); each reader
+// must still get its own record, and an absent one its 404, in the same batch as the others.
+TEST_CASE("cold reads in batches: --cache 0 --db-pool 1, 16 readers at once, each gets its own record or 404") {
+  Database db;
+  constexpr std::uint32_t kRecords = 24;
+  {
+    Server writer(db, {"--no-log"});
+    publish_all(writer, 7000, kRecords, 2);
+  }
+  Server s(db, {"--no-log", "--cache", "0", "--db-pool", "1", "--threads", "32"});
+  std::atomic<int> wrong{0}, reads{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 16; ++t) {
+    ts.emplace_back([&, t] {
+      auto c = s.client();
+      for (std::uint32_t round = 0; round < 3; ++round)
+        for (std::uint32_t i = 0; i <= kRecords; ++i) {  // i == kRecords: never published
+          const auto n = 7000 + (i + static_cast<std::uint32_t>(t)) % (kRecords + 1);
+          const auto rec = pki().record(n);
+          const bool by_imei = (i + round) % 3 == 0;
+          const auto r = c->get(by_imei ? "/v1/imei/" + rec.imei.str() : "/v1/records/" + rec.chip_id.str());
+          ++reads;
+          if (n == 7000 + kRecords) {
+            if (r.status != 404) ++wrong;
+          } else if (r.status != 200 || json(r.body)->getValue<std::string>("chip_id") != rec.chip_id.str() ||
+                     json(r.body)->getValue<std::string>("imei") != rec.imei.str()) {
+            ++wrong;
+          }
+        }
+    });
+  }
+  for (auto& t : ts) t.join();
+  CHECK(reads == 16 * 3 * (kRecords + 1));
+  CHECK(wrong == 0);
+}
