@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <sstream>
+#include <thread>
 
 #include "keyline/core/error.h"
 #include "keyline/core/http_service.h"
@@ -26,17 +27,6 @@ const http::Fields kPageHeaders{
     {"Referrer-Policy", "no-referrer"},
 };
 
-// "SEQ.ENDED" as this server sent it in `id:`; anything else reads as no id (answered at once).
-bool parse_event_id(const std::string& id, std::uint64_t& seq, std::int64_t& ended) {
-  const auto dot = id.find('.');
-  if (dot == std::string::npos || dot == 0 || dot + 1 >= id.size() || id.size() > 40) return false;
-  for (std::size_t i = 0; i < id.size(); ++i)
-    if (i != dot && (id[i] < '0' || id[i] > '9')) return false;
-  seq = std::stoull(id.substr(0, dot));
-  ended = std::stoll(id.substr(dot + 1));
-  return true;
-}
-
 // The page's listener: a few handler threads (waiting /events hold them) and few connections.
 http::ServerOptions page_listener(const std::string& listen) {
   auto o = http::operations_listener("station-page", listen);
@@ -51,6 +41,18 @@ http::ServerOptions page_listener(const std::string& listen) {
 }
 
 }  // namespace
+
+bool parse_event_id(const std::string& id, std::uint64_t& seq, std::int64_t& ended) {
+  const auto dot = id.find('.');
+  // 18 digits each at most: both fit their types, so the conversions below cannot throw.
+  if (dot == std::string::npos || dot == 0 || dot > 18 || id.size() - dot - 1 == 0 || id.size() - dot - 1 > 18)
+    return false;
+  for (std::size_t i = 0; i < id.size(); ++i)
+    if (i != dot && (id[i] < '0' || id[i] > '9')) return false;
+  seq = std::stoull(id.substr(0, dot));
+  ended = std::stoll(id.substr(dot + 1));
+  return true;
+}
 
 std::string listen_address(const std::string& spec) {
   if (!spec.empty() && spec.find(':') == std::string::npos) return "127.0.0.1:" + spec;
@@ -79,6 +81,14 @@ StatusServers::StatusServers(const std::string& ops_listen, const std::string& s
 }
 
 StatusServers::~StatusServers() {
+  if (m_page) {
+    {
+      std::lock_guard<std::mutex> l(m_mutex);
+      m_final = true;
+    }
+    m_cv.notify_all();
+    std::this_thread::sleep_for(std::chrono::milliseconds(kFinalGraceMs));
+  }
   {
     std::lock_guard<std::mutex> l(m_mutex);
     m_stop = true;
@@ -148,12 +158,12 @@ http::Reply StatusServers::events(const http::Request& request) {
   std::shared_ptr<const Snapshot> s;
   {
     std::unique_lock<std::mutex> l(m_mutex);
-    if (known && m_waiting < kMaxWaiting) {
+    if (known && m_waiting < kMaxWaiting && !m_final) {
       ++m_waiting;
       m_cv.wait_until(l, std::chrono::steady_clock::now() + std::chrono::seconds(1),
-                      [&] { return m_stop || m_latest->ended != seen_ended; });
+                      [&] { return m_stop || m_final || m_latest->ended != seen_ended; });
       --m_waiting;
-    } else if (known) {
+    } else if (known && !m_final) {
       retry = kRetryOverCapMs;
       ++m_events_over_cap;
     }

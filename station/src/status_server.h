@@ -31,18 +31,25 @@ namespace keyline::station::line_detail {
 // "8080" -> "127.0.0.1:8080" (loopback unless a host is named); "HOST:PORT" as given.
 std::string listen_address(const std::string& spec);
 
+// A Last-Event-ID header (untrusted): "SEQ.ENDED" as this server sends it in `id:`, each at most 18
+// digits. False for anything else, which is answered at once like a new page.
+bool parse_event_id(const std::string& id, std::uint64_t& seq, std::int64_t& ended);
+
 class StatusServers {
  public:
   static constexpr int kMaxWaiting = 6;  // /events responses waiting at once (of kWorkers)
   static constexpr int kWorkers = 8;
   static constexpr int kRetryMs = 250;  // EventSource reconnection time
   static constexpr int kRetryOverCapMs = 2000;
+  // After the line's end the page listener stays this long, answering at once, so that open pages
+  // get the final counts before it goes.
+  static constexpr int kFinalGraceMs = 1500;
 
   // Empty addresses: that listener is not started. Throws ConfigError for a bad address, IoError when
   // one cannot bind (before the line claims anything). Prints each bound address on `out`.
   StatusServers(const std::string& ops_listen, const std::string& status_listen, const LineMetrics& metrics,
                 std::ostream& out);
-  ~StatusServers();  // stops both (waiting /events responses end at once)
+  ~StatusServers();  // the final grace (kFinalGraceMs), then stops both
   StatusServers(const StatusServers&) = delete;
   StatusServers& operator=(const StatusServers&) = delete;
 
@@ -68,6 +75,7 @@ class StatusServers {
   std::condition_variable m_cv;
   std::shared_ptr<const Snapshot> m_latest;
   int m_waiting = 0;
+  bool m_final = false;  // the line has ended: every /events is answered at once
   bool m_stop = false;
   std::atomic<std::uint64_t> m_events_sent{0};
   std::atomic<std::uint64_t> m_events_over_cap{0};

@@ -198,6 +198,29 @@ def listeners(run_log, seconds=60):
     raise AssertionError("the run did not name its listeners in " + run_log)
 
 
+HOSTILE = """(() => {
+  show({time: "t", elapsed_s: 1, done: 1, failed: 1, in_flight: 0, waiting: 0, queued: 0, target: 2, rate: 1,
+        eta_s: null, outbox: 0, stopping: false, db_down_s: 0, halted: "<i>halted</i>", readers: false,
+        failures: [{reason: "<b>4012</b>", text: '<img src=x onerror="window.pwned=1">'}],
+        fixtures: [{name: "<script>window.pwned=2</script>", state: "busy", step: "<u>claim</u>", chip: "",
+                    imei: "", done: 0, failed: 0}]});
+  return {markup: document.querySelectorAll("main img, main script, main b, main i, main u").length,
+          failure: document.querySelector("#failures tbody tr").innerText,
+          fixture: document.querySelector("#fixtures tbody tr").innerText};
+})()"""
+
+
+def hostile(browser):
+    """Text a device or a failure could carry is shown as text, never made markup."""
+    r = browser.eval(HOSTILE)
+    if not r or r["markup"] != 0 or "<img src=x" not in r["failure"] or "<script>" not in r["fixture"]:
+        raise AssertionError("the page made markup of a snapshot's text: " + json.dumps(r))
+    time.sleep(0.5)
+    if browser.eval("window.pwned || 0") != 0:
+        raise AssertionError("a snapshot's text ran as script")
+    print("ok: markup in a snapshot (failure text, fixture name) is shown as text")
+
+
 def browse(run_log, out_dir, total):
     total = int(total)
     browser = Browser(out_dir)  # before the line starts: Chromium takes a few seconds to come up
@@ -226,6 +249,7 @@ def browse(run_log, out_dir, total):
         shot = browser.screenshot(os.path.join(out_dir, "linepage.png"))
         print(f"ok: {end['done']} done, {end['failed']} failed on the page, {end['fixtures']} fixtures")
         print("screenshot: " + shot)
+        hostile(browser)
     finally:
         browser.close()
 
