@@ -24,6 +24,7 @@
 
 #include "keyline/backupdb/migrate.h"
 #include "keyline/backupdb/store.h"
+#include "log_store.h"
 #include "keyline/core/cplc.h"
 #include "keyline/core/imei.h"
 #include "keyline/core/pq.h"
@@ -261,6 +262,39 @@ TEST_CASE("a standby whose replay is paused is skipped once it lags past the bou
   REQUIRE(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Up; }, 5s));
   for (int i = 0; i < 4; ++i) REQUIRE(static_cast<bool>(store.by_chip_id(record_of(110).chip_id.str())));
   CHECK(node(store, "replica0").reads == 5 + 2);
+}
+
+TEST_CASE("log tiles come from the standby when it has them, else from the primary; the checkpoint from the primary") {
+  auto lax = settings();
+  lax.max_lag_ms = 60000;  // the paused standby stays in use, so its misses show
+  backupdb::Store store(clusters().primary, 4, 0, lax);
+  backupdb::LogReader log(clusters().primary, 2, 0, &store.reads());  // no tile cache: every read reaches a node
+  core::pq::Connection p(clusters().primary);
+  const auto add_tile = [&](const std::string& path, std::uint8_t fill) {
+    p.exec("INSERT INTO log_tiles (path, data) VALUES ($1, $2)", {path, core::Bytes(32, fill)});
+  };
+  add_tile("tile/0/000.p/1", 1);
+  wait_replayed();
+  const auto replica = node(store, "replica0").reads;
+  const auto primary = node(store, "primary").reads;
+  const auto a = log.tile("tile/0/000.p/1");
+  REQUIRE(a != nullptr);
+  CHECK(a->data == core::Bytes(32, 1));
+  CHECK(node(store, "replica0").reads == replica + 1);
+  CHECK(node(store, "primary").reads == primary);
+  core::pq::Connection r(clusters().replica);
+  r.exec("SELECT pg_wal_replay_pause()");
+  add_tile("tile/0/000.p/2", 2);
+  p.exec("INSERT INTO log_checkpoints (tree_size, root, note) VALUES (2, $1, 'kl-test\n2\n')", {core::Bytes(32, 7)});
+  const auto b = log.tile("tile/0/000.p/2");  // the standby lacks it: asked again of the primary
+  REQUIRE(b != nullptr);
+  CHECK(b->data == core::Bytes(32, 2));
+  CHECK(node(store, "replica0").misses >= 1);
+  CHECK(node(store, "primary").reads == primary + 1);
+  const auto cp = log.latest();  // the primary's, though the standby has not replayed it
+  REQUIRE(cp.has_value());
+  CHECK(cp->size == 2);
+  r.exec("SELECT pg_wal_replay_resume()");
 }
 
 TEST_CASE("the replica stopped in the middle of a read load: no read fails; it takes reads again once back") {
