@@ -104,7 +104,7 @@ Reply handle_ops(Context& c, const Request& req) {
   return problem.guarded([&] {
     if (req.path == "/metrics") {
       if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
-      return http::metrics_reply(c.metrics.render(c.public_stats()));
+      return http::metrics_reply(c.metrics.render(c.public_stats(), std::max(0, c.waiting.load())));
     }
     if (req.path == "/healthz") {
       if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
@@ -199,7 +199,8 @@ struct Instance::Impl {
     api->start();
     ops->start();
     loops.emplace_back([this] { listen_for_notices(c, stop); });
-    every(std::chrono::seconds(c.config.purge_interval_s), "purge", [this] { purge_pass(c); });
+    every(std::chrono::seconds(c.config.purge_interval_s), "purge",
+          [this] { c.metrics.expired += static_cast<std::uint64_t>(purge_pass(c)); });
     every(std::chrono::milliseconds(250), "webhook", [this] { webhook_pass(c); });
   }
 

@@ -159,8 +159,10 @@ Reply idempotent(Context& c, const Request& req, const Caller& who, const std::f
     }
     tx.commit();
   });
-  if (raced)
+  if (raced) {
     if (auto again = stored()) return *again;
+    return problem.unavailable("a request with this Request-Id is being answered; retry", "1");
+  }
   return out;
 }
 

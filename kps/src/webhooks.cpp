@@ -69,6 +69,7 @@ void settle(Context& c, const Due& d, int status) {
   const std::int64_t now = c.now();
   auto conn = c.pool->acquire();
   if (status >= 200 && status < 300) {
+    ++c.metrics.webhook_done;
     conn->exec("UPDATE webhook_deliveries SET state = 'done', attempts = attempts + 1, last_status = $2 WHERE id = $1::bigint",
                {d.id, status});
     return;
@@ -76,11 +77,13 @@ void settle(Context& c, const Due& d, int status) {
   const int tries = d.attempts + 1;
   core::pq::run_transaction(*conn, core::pq::Isolation::ReadCommitted, [&](core::pq::Transaction& tx) {
     if (tries >= c.config.webhook_tries) {
+      ++c.metrics.webhook_dead;
       tx.exec("UPDATE webhook_deliveries SET state = 'dead', attempts = $2, last_status = $3 WHERE id = $1::bigint",
               {d.id, tries, status});
       audit(tx, now, "", "webhook-dead", "kps",
             "notice " + d.notification + " to " + d.chip + " after " + std::to_string(tries) + " tries");
     } else {
+      ++c.metrics.webhook_retried;
       const std::int64_t backoff = std::int64_t{1} << (tries - 1);  // 1, 2, 4, 8, 16 s
       tx.exec("UPDATE webhook_deliveries SET attempts = $2, last_status = $3, next_at = to_timestamp($4) WHERE id = $1::bigint",
               {d.id, tries, status, now + backoff});

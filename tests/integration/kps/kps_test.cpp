@@ -463,6 +463,12 @@ TEST_CASE("a webhook receiver down then up gets the signed notice after retries;
   CHECK(eventually([&] { return delivery_state(w.device(3).str()) == "dead:3"; }));
   CHECK(w.sql("SELECT count(*) FROM audit WHERE step = 'webhook-dead' AND detail LIKE $1", {"%" + w.device(3).str() + "%"}) ==
         "1");
+  core::http::ClientOptions o;
+  o.base_url = "http://127.0.0.1:" + std::to_string(k.instance->ops_port());
+  const auto metrics = core::http::Client(o).get("/metrics").body;
+  CHECK(metrics.find("keyline_kps_webhook_deliveries_total{result=\"done\"} 1") != std::string::npos);
+  CHECK(metrics.find("keyline_kps_webhook_deliveries_total{result=\"dead\"} 1") != std::string::npos);
+  CHECK(metrics.find("keyline_kps_long_polls 0") != std::string::npos);
 }
 
 namespace {
