@@ -45,7 +45,8 @@ http::ServerOptions page_listener(const std::string& listen) {
 bool parse_event_id(const std::string& id, std::uint64_t& seq, std::int64_t& ended) {
   const auto dot = id.find('.');
   // 18 digits each at most: both fit their types, so the conversions below cannot throw.
-  if (dot == std::string::npos || dot == 0 || dot > 18 || id.size() - dot - 1 == 0 || id.size() - dot - 1 > 18)
+  if (dot == std::string::npos || dot == 0 || dot > 18 || id.size() - dot - 1 == 0 ||
+      id.size() - dot - 1 > 18)
     return false;
   for (std::size_t i = 0; i < id.size(); ++i)
     if (i != dot && (id[i] < '0' || id[i] > '9')) return false;

@@ -174,7 +174,8 @@ TEST_CASE("the listeners over loopback: page, events, metrics, read-only, the wa
   CHECK(first.find("\r\n\r\nretry: 250\nid: 1.1\ndata: {\"done\":1}\n\n") != std::string::npos);
 
   // A page that saw 1.1 gets the snapshot of the next device end.
-  auto waiting = std::async(std::launch::async, [&] { return get(page, "/events", "Last-Event-ID: 1.1\r\n"); });
+  auto waiting =
+      std::async(std::launch::async, [&] { return get(page, "/events", "Last-Event-ID: 1.1\r\n"); });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   s.publish("{\"done\":2}", "# HELP g a gauge.\n# TYPE g gauge\ng 2\n", 2);
   CHECK(waiting.get().find("id: 2.2\ndata: {\"done\":2}") != std::string::npos);
@@ -182,7 +183,8 @@ TEST_CASE("the listeners over loopback: page, events, metrics, read-only, the wa
   // More pages waiting than the cap: the others are answered at once with the longer retry.
   std::vector<std::future<std::string>> many;
   for (int i = 0; i < StatusServers::kMaxWaiting + 2; ++i)
-    many.push_back(std::async(std::launch::async, [&] { return get(page, "/events", "Last-Event-ID: 2.2\r\n"); }));
+    many.push_back(
+        std::async(std::launch::async, [&] { return get(page, "/events", "Last-Event-ID: 2.2\r\n"); }));
   int over_cap = 0;
   for (auto& f : many) over_cap += f.get().find("retry: 2000\n") != std::string::npos;
   CHECK(over_cap >= 1);
