@@ -124,6 +124,9 @@ void check_settings(const Config& c) {
   if (c.transfer_ttl < 60 || c.transfer_ttl > 30 * 24 * 3600) throw bad("--transfer-ttl is 60 to 2592000 seconds");
   if (c.purge_interval_s < 1 || c.purge_interval_s > 60) throw bad("--purge-interval-s is 1 to 60");
   if (c.webhook_tries < 1 || c.webhook_tries > 20) throw bad("--webhook-tries is 1 to 20");
+  // A long poll holds a worker: at least one worker must stay free for everything else.
+  if (c.max_waiters < 0 || (c.max_waiters > 0 && c.max_waiters >= c.threads))
+    throw bad("--max-waiters must be below --threads");
   if (!c.backupdb.empty() && c.backupdb.rfind("https://", 0) == 0 && c.backupdb_ca.empty())
     throw bad("--backupdb over https needs --backupdb-ca");
 }
