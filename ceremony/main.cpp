@@ -1,5 +1,7 @@
 // keyline-ceremony: options only; the work is in keyline_ceremony (ceremony/src).
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -63,6 +65,11 @@ int main(int argc, char** argv) {
   verify->add_option("--head", head, "SHA-256 of the last line as written down after the last ceremony");
   auto* show = log_cmd->add_subcommand("show", "print the log readably");
   show->add_option("--log", log_file, "the log (default: DIR/ceremony.log)");
+  std::vector<std::string> statements;
+  auto* import = log_cmd->add_subcommand("import", "append stations' custody statements (keys roll, mirror, export, "
+                                                   "import, a line's failover: <pki-dir>/custody/*.stmt), each checked "
+                                                   "against the root: chain, station profile, signature, no replay");
+  import->add_option("--statement", statements, "a custody statement file (repeat for several, oldest first)")->required();
 
   try {
     app.parse(argc, argv);
@@ -71,13 +78,14 @@ int main(int argc, char** argv) {
   }
   return run_guarded([&]() -> int {
     forbid_network();  // before the token, the files or anything else is touched
-    if (opt.dir.empty() && (*init || *sign_cmd || log_file.empty() || (*verify && root_cert.empty())))
+    if (opt.dir.empty() && (*init || *sign_cmd || *import || log_file.empty() || (*verify && root_cert.empty())))
       throw keyline::core::ConfigError(keyline::core::ErrorCode::Usage, "--dir (or KEYLINE_CEREMONY_DIR) is required");
     if (log_file.empty()) log_file = log_path(opt.dir);
     if (root_cert.empty()) root_cert = root_cert_path(opt.dir);
     if (*init) return init_root(opt, root, std::cout);
     if (*sign_cmd) return sign(opt, req, std::cout);
     if (*verify) return log_verify(log_file, root_cert, head, std::cout);
+    if (*import) return import_statements(opt, statements, std::cout);
     return log_show(log_file, std::cout);
   });
 }

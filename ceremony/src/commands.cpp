@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <sstream>
 
 #include <botan/auto_rng.h>
 #include <botan/hash.h>
@@ -12,6 +13,7 @@
 #include "keyline/ceremony/errors.h"
 #include "keyline/ceremony/log.h"
 #include "keyline/ceremony/profiles.h"
+#include "keyline/ceremony/statement.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/csr.h"
 #include "keyline/core/pkcs11.h"
@@ -67,7 +69,8 @@ void audited(CeremonyLog& log, const std::string& name, const std::string& inten
     op();
   } catch (const core::Error& e) {
     const bool refused = e.code() == errc::CsrRefused || e.code() == core::ErrorCode::BadCertificate ||
-                         e.code() == core::ErrorCode::CertificateLint;
+                         e.code() == core::ErrorCode::CertificateLint || e.code() == errc::StatementRefused ||
+                         e.code() == errc::StatementBadFile;
     fail(refused && serial.empty() ? "refused" : "failed", std::to_string(e.numeric()), e.what());
     throw;
   } catch (const std::exception& e) {
@@ -197,6 +200,71 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out) 
   return 0;
 }
 
+namespace {
+
+// A statement id the log already records as imported.
+bool imported_before(const std::string& log_file, const std::string& id) {
+  std::istringstream lines(read_log_file(log_file));
+  for (std::string line; std::getline(lines, line);) {
+    const auto e = parse_line(line);
+    if (!e || e->op != "import" || e->phase != "outcome") continue;
+    bool imported = false, same = false;
+    for (const auto& [name, value] : e->fields) {
+      imported = imported || (name == "result" && value == "imported");
+      same = same || (name == "id" && value == id);
+    }
+    if (imported && same) return true;
+  }
+  return false;
+}
+
+// The intent line names the statement before anything in it is trusted.
+Fields statement_hint(const std::string& text, const std::string& digest) {
+  Fields f{{"statement_sha256", digest}};
+  try {
+    const auto st = parse_statement(text);
+    f.emplace_back("station_claimed", st.field("station_id"));
+    f.emplace_back("event_claimed", st.field("event"));
+  } catch (const core::Error&) {
+    f.emplace_back("station_claimed", "(does not parse)");
+  }
+  return f;
+}
+
+void import_one(CeremonyLog& log, const Root& root, const std::string& file, std::ostream& out) {
+  const core::Bytes bytes = files::read_all(file, 64 * 1024);
+  const std::string text(bytes.begin(), bytes.end());
+  const auto intent = log.append("import", "intent", statement_hint(text, sha256_hex(bytes)));
+  const std::string seq = std::to_string(intent.seq);
+  audited(log, "import", seq, "", [&] {
+    const auto st = parse_statement(text);
+    const auto cert = check_statement(st, root.cert);
+    if (imported_before(log.path(), st.field("id")))
+      throw core::Error(errc::StatementRefused, "custody statement refused: statement " + st.field("id") +
+                                                    " was imported before (a replay)");
+    Fields f{{"intent", seq}, {"result", "imported"}};
+    for (const auto& m : statement_members()) f.emplace_back(m == "result" ? "op_result" : m, st.field(m));
+    f.emplace_back("cert_sha256", cert_digest(cert));
+    const auto done = log.append("import", "outcome", f);
+    out << "imported " << file << ": " << st.field("event") << " " << st.field("result") << " at station "
+        << st.field("station_id") << " (" << st.field("begin") << " .. " << st.field("end") << ")\nlog head (write it down): "
+        << line_hash(done) << "\n";
+  });
+}
+
+}  // namespace
+
+int import_statements(const CeremonyOptions& opt, const std::vector<std::string>& files, std::ostream& out) {
+  if (files.empty()) throw core::ConfigError(core::ErrorCode::Usage, "give --statement FILE (repeatable)");
+  files::check_dir(opt.dir, false);
+  files::DirLock lock(opt.dir);
+  Root root = open_root(opt);
+  Botan::AutoSeeded_RNG rng;
+  CeremonyLog log(log_path(opt.dir), *root.pub, *root.key, rng);
+  for (const auto& f : files) import_one(log, root, f, out);
+  return 0;
+}
+
 int log_verify(const std::string& log_file, const std::string& root_cert, const std::string& head, std::ostream& out) {
   const auto certs = core::load_certificates_pem(root_cert);
   std::unique_ptr<Botan::Public_Key> pub(certs.front().subject_public_key());
@@ -223,7 +291,8 @@ int log_show(const std::string& log_file, std::ostream& out) {
 
 int exit_code_for(core::ErrorCode code) noexcept {
   switch (static_cast<int>(code)) {
-    case 7001: case 7010: return core::exit_code::refused;
+    case 7001: case 7010: case 7050: return core::exit_code::refused;
+    case 7051: return core::exit_code::bad_input;
     case 7002: case 7030: return core::exit_code::usage;
     case 7003: return core::exit_code::hsm;
     case 7020: return core::exit_code::bad_input;

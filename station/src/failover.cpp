@@ -159,11 +159,17 @@ bool Line::wait_for_token(std::unique_lock<std::mutex>& l) {
   const auto primary = m_station;
   const std::string why = m_token_held.empty() ? std::string() : m_token_held.front().second.error.substr(0, 300);
   l.unlock();
-  failover_audit("custody.failover.begin", "probe of primary token '" + primary->config.token_label + "' after: " + why);
+  custody::Statement st{"custody.failover", "probe of primary token '" + primary->config.token_label + "' after: " + why,
+                        "", "", custody::utc_now_text(), "", 0, 0};
+  st.audit_begin = failover_audit("custody.failover.begin", st.detail);
   const bool alive = primary_answers(*primary);
-  if (alive)
-    failover_audit("custody.failover.failed", "primary token '" + primary->config.token_label +
-                                                  "' answers (its Device CA key is there): no switch");
+  if (alive) {
+    st.result = "failed";
+    st.outcome = "primary token '" + primary->config.token_label + "' answers (its keys are there): no switch";
+    st.end = custody::utc_now_text();
+    st.audit_end = failover_audit("custody.failover.failed", st.outcome);
+    custody::write_statement(primary->config, st);
+  }
   l.lock();
   m_probing = false;
   auto held = std::move(m_token_held);
@@ -190,8 +196,14 @@ bool Line::wait_for_token(std::unique_lock<std::mutex>& l) {
                                m_secondary->config.station_id + ") after " + std::to_string(m_failover_after) +
                                " devices published";
     m_reader_notes.push_back("failover: " + detail);  // said once on the progress output
+    const auto secondary = m_secondary;
     l.unlock();
-    failover_audit("custody.failover.done", detail);
+    st.result = "done";
+    st.outcome = detail;
+    st.end = custody::utc_now_text();
+    st.audit_end = failover_audit("custody.failover.done", detail);
+    // Signed by the secondary: the primary's token is gone.
+    custody::write_statement(secondary->config, st);
     l.lock();
   }
   return false;
@@ -208,11 +220,12 @@ void Line::switch_to_secondary() {
 
 // journal.audit, as every custody step (cert_kind custody); a database that is away loses the row, not
 // the switch (the summary and the log line still say it).
-void Line::failover_audit(const char* event, const std::string& detail) {
+std::int64_t Line::failover_audit(const char* event, const std::string& detail) {
   try {
     auto lease = m_db->acquire();
-    custody::audit(*lease, m_config, event, detail);
+    return custody::audit(*lease, m_config, event, detail);
   } catch (const core::Error&) {
+    return 0;
   }
 }
 

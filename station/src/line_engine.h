@@ -148,7 +148,7 @@ class Line {
   bool failover_holds(const WorkItem& item, const DeviceResult& r, const LineStation& station);
   bool wait_for_token(std::unique_lock<std::mutex>& l);
   void switch_to_secondary();
-  void failover_audit(const char* event, const std::string& detail);
+  std::int64_t failover_audit(const char* event, const std::string& detail);  // the audit row's id, 0: not written
   void summarize_failover(LineSummary& s) const;
 
   // line_progress.cpp

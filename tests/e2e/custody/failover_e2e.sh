@@ -139,7 +139,8 @@ PY
 cat "$pki/device-ca.pem" "$pkib/device-ca.pem" >"$work/both-cas.pem"
 verified=$(openssl verify -CAfile "$pki/root.pem" -untrusted "$work/both-cas.pem" "$work"/certs/*.pem 2>&1 | grep -c ': OK$')
 checke "every identity certificate ($verified of $n) verifies with openssl against the one root" '[ "$verified" = "$n" ]'
-by_a=$(for c in "$work"/certs/*.pem; do openssl x509 -in "$c" -noout -issuer; done | sort | uniq -c)
+cat "$work"/certs/*.pem >"$work/all-identity.pem"
+by_a=$(openssl storeutl -noout -text -certs "$work/all-identity.pem" 2>/dev/null | grep "Issuer:" | sort | uniq -c)
 checke "both Device CAs signed devices (station-1's and station-b's)" \
   'echo "$by_a" | grep -q "station-1 Device CA" && echo "$by_a" | grep -q "station-b Device CA"'
 checke "none verifies without its own Device CA (the two chains differ)" \
@@ -162,6 +163,12 @@ checke "no key set refused as a 4013 (the halt counter never saw those rows)" '!
 audit=$(line_station_sql "SELECT string_agg(event, ',' ORDER BY id) FROM journal.audit WHERE event LIKE 'custody.failover%'")
 checke "the switch audited before and after ($audit)" \
   'echo "$audit" | grep -q "custody.failover.begin" && echo "$audit" | grep -q "custody.failover.done$"'
+
+fst=$(ls "$pkib"/custody/*custody-failover*.stmt 2>/dev/null | head -n1)
+line_ceremony log import --statement "$fst" >"$work/import.out" 2>&1
+checke "the switch left a custody statement signed by the secondary; the ceremony imports it into its log" \
+  '[ -n "$fst" ] && grep -q "^result=done$" "$fst" && grep -q "^station_id=station-b$" "$fst" &&
+   grep -q "custody.failover done at station station-b" "$work/import.out" && line_ceremony log verify >/dev/null 2>&1'
 
 # --- a device of each token restores --------------------------------------------------------------------------
 for s in station-1 station-b; do

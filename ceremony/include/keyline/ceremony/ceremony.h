@@ -4,6 +4,7 @@
 #include <functional>
 #include <ostream>
 #include <string>
+#include <vector>
 
 namespace keyline::ceremony {
 
@@ -42,6 +43,10 @@ int sign(const CeremonyOptions& opt, const SignRequest& req, std::ostream& out);
 // as written down at the end of the previous ceremony, which also catches lines cut off at the end.
 int log_verify(const std::string& log_file, const std::string& root_cert, const std::string& head, std::ostream& out);
 int log_show(const std::string& log_file, std::ostream& out);
+// log import: each station custody statement (statement.h) appended as an "import" intent line (its
+// SHA-256) and an outcome line (imported: the statement's members; refused: why). A statement whose id
+// the log already holds as imported is refused (a replay). Stops at the first one refused.
+int import_statements(const CeremonyOptions& opt, const std::vector<std::string>& files, std::ostream& out);
 
 // The one catch at the boundary: prints "keyline-ceremony: error <code>: <reason>", returns the exit code.
 int run_guarded(const std::function<int()>& body) noexcept;

@@ -12,6 +12,8 @@ constexpr auto LogInvalid = static_cast<core::ErrorCode>(7020);    // the ceremo
 constexpr auto LogWrite = static_cast<core::ErrorCode>(7021);      // a log line could not be made durable
 constexpr auto DirUnsafe = static_cast<core::ErrorCode>(7030);     // the ceremony directory is not ours alone
 constexpr auto Sandbox = static_cast<core::ErrorCode>(7040);       // the no-network filter could not be installed
+constexpr auto StatementRefused = static_cast<core::ErrorCode>(7050);  // a custody statement that does not check
+constexpr auto StatementBadFile = static_cast<core::ErrorCode>(7051);  // a custody statement that does not parse
 }  // namespace keyline::ceremony::errc
 
 namespace keyline::ceremony {
