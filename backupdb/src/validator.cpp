@@ -146,7 +146,11 @@ bool Validator::leaf_passes_under(const core::Record& record, KnownCa& ca) {
     return false;
   }
   core::check_record_facts(record, *leaf);
-  if (third && !third->is_CA_cert()) core::check_transport_certificate(record, *leaf, *third, ca.as_anchors.front());
+  // The transport certificate's signature on CA's kept verifier too (leaf_signed_by is signed_by of
+  // core::verify_chain for any certificate CA signed).
+  if (third && !third->is_CA_cert())
+    core::check_transport_certificate(record, *leaf, *third, ca.as_anchors.front(),
+                                      [&ca](const Botan::X509_Certificate& c) { return leaf_signed_by(c, ca); });
   return true;
 }
 

@@ -205,17 +205,21 @@ bool says_ca(const Botan::X509_Certificate& cert) {
   return bc && bc->get_is_ca();
 }
 
-void check_transport_fields(const Record& record, const Botan::X509_Certificate& identity,
-                            const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
-  if (!(transport.issuer_dn() == identity.issuer_dn())) bad_transport("issuer differs from the identity certificate's");
-  bool signed_ok = false;
+bool signed_by_fresh_key(const Botan::X509_Certificate& cert, const Botan::X509_Certificate& device_ca) {
   try {
     const std::unique_ptr<Botan::Public_Key> key(device_ca.subject_public_key());
-    signed_ok = device_ca.subject_dn() == transport.issuer_dn() &&
-                transport.verify_signature(*key) == Botan::Certificate_Status_Code::VERIFIED;
+    return cert.verify_signature(*key) == Botan::Certificate_Status_Code::VERIFIED;
   } catch (const Botan::Exception&) {
-    signed_ok = false;
+    return false;
   }
+}
+
+void check_transport_fields(const Record& record, const Botan::X509_Certificate& identity,
+                            const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca,
+                            const SignedByDeviceCa& signed_by) {
+  if (!(transport.issuer_dn() == identity.issuer_dn())) bad_transport("issuer differs from the identity certificate's");
+  const bool signed_ok = device_ca.subject_dn() == transport.issuer_dn() &&
+                         (signed_by ? signed_by(transport) : signed_by_fresh_key(transport, device_ca));
   if (!signed_ok) bad_transport("is not signed by the Device CA");
   if (!(transport.subject_public_key_algo().get_oid() == kOidX25519) ||
       transport.subject_public_key_bitstring().size() != 32)
@@ -241,9 +245,10 @@ void check_transport_fields(const Record& record, const Botan::X509_Certificate&
 // Botan decodes lazily in places (an extension of an unexpected type): any of its errors is this
 // certificate not decoding, a typed error like the rest.
 void check_transport(const Record& record, const Botan::X509_Certificate& identity,
-                     const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
+                     const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca,
+                     const SignedByDeviceCa& signed_by = nullptr) {
   try {
-    check_transport_fields(record, identity, transport, device_ca);
+    check_transport_fields(record, identity, transport, device_ca, signed_by);
   } catch (const Botan::Exception& e) {
     bad_transport(std::string("does not decode: ") + e.what());
   }
@@ -302,8 +307,9 @@ void check_transport_certificate(const Record& record, const Botan::X509_Certifi
 }
 
 void check_transport_certificate(const Record& record, const Botan::X509_Certificate& identity,
-                                 const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca) {
-  check_transport(record, identity, transport, device_ca);
+                                 const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca,
+                                 const SignedByDeviceCa& signed_by) {
+  check_transport(record, identity, transport, device_ca, signed_by);
 }
 
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors) {

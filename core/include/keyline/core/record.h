@@ -2,6 +2,7 @@
 // recovery (before writing) must agree on.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -80,8 +81,12 @@ std::optional<Botan::X509_Certificate> transport_certificate(const Record& recor
 //     (notAfter passed, or notBefore more than a day ahead: the station's clock set it)
 void check_transport_certificate(const Record& record, const Botan::X509_Certificate& device_ca);
 // The same on certificates the caller parsed already (identity = certificates[0], transport = what
-// transport_certificate gave): for the public DB's remembered-CA path.
+// transport_certificate gave): for the public DB's remembered-CA path, which verifies the signature
+// with its kept verifier for device_ca (`signed_by`: true when device_ca's key verifies the
+// certificate; empty: device_ca's key parsed and used here). The issuer DN is compared here either way.
+using SignedByDeviceCa = std::function<bool(const Botan::X509_Certificate&)>;
 void check_transport_certificate(const Record& record, const Botan::X509_Certificate& identity,
-                                 const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca);
+                                 const Botan::X509_Certificate& transport, const Botan::X509_Certificate& device_ca,
+                                 const SignedByDeviceCa& signed_by = nullptr);
 
 }  // namespace keyline::core
