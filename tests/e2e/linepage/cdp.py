@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -106,17 +107,26 @@ class Browser:
              "--user-data-dir=" + self.profile, "--no-first-run", "--window-size=1280,900",
              "--disable-background-networking", "--disable-extensions", "about:blank"],
             stdout=self.log, stderr=self.log)
+        self.next_id = 0
+        self.session = None
+        try:
+            self.ws = WebSocket(self._devtools_url())
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def _devtools_url(self):
+        # --remote-debugging-port=0: Chromium writes the port it took and the browser's path here.
         port_file = os.path.join(self.profile, "DevToolsActivePort")
         for _ in range(300):
             if os.path.exists(port_file) and len(open(port_file).read().split("\n")) >= 2:
-                break
+                port, path = open(port_file).read().split("\n")[:2]
+                return f"ws://127.0.0.1:{port}{path}"
             if self.proc.poll() is not None:
                 raise RuntimeError("chromium exited %d (see chromium.log)" % self.proc.returncode)
             time.sleep(0.1)
-        port, path = open(port_file).read().split("\n")[:2]
-        self.ws = WebSocket(f"ws://127.0.0.1:{port}{path}")
-        self.next_id = 0
-        self.session = None
+        raise RuntimeError("chromium wrote no DevToolsActivePort in 30 s (see chromium.log)")
 
     def call(self, method, params=None, session=True):
         self.next_id += 1
@@ -338,6 +348,8 @@ def check_metrics(path):
 
 
 if __name__ == "__main__":
+    # SIGTERM from the test's EXIT trap: unwind, so that Browser.close ends Chromium too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "browse" and len(sys.argv) == 5:
         browse(*sys.argv[2:])

@@ -14,6 +14,12 @@ if ! command -v chromium >/dev/null; then
   echo "SKIP: chromium is not installed (scripts/setup.sh installs Debian's chromium)"
   exit 77
 fi
+# A helper this test waited for is no longer line_down's to kill (its PID may be reused).
+forget_pid() {
+  local keep=() p
+  for p in "${LINE_PIDS[@]}"; do [ "$p" = "$1" ] || keep+=("$p"); done
+  LINE_PIDS=("${keep[@]}")
+}
 rm -rf "$dir"
 N=20
 # Slow flash writes: the run lasts long enough for the page to be watched while devices finish.
@@ -44,6 +50,7 @@ ok "a bad --status-listen: exit 2, nothing claimed"
 # Chromium first (it takes seconds to come up); it opens the page once the run names it.
 python3 "$here/cdp.py" browse "$LINE_DIR/logs/run.log" "$out" "$N" >"$LINE_DIR/logs/browse.log" 2>&1 &
 browse_pid=$!
+LINE_PIDS+=("$browse_pid")  # line_down (the EXIT trap) ends it, and so its Chromium, when a check fails
 sleep 2
 run_in_background --fleet "$LINE_DIR/fleet.txt" -j 2 --ops-listen 127.0.0.1:0 --status-listen 127.0.0.1:0
 for _ in $(seq 300); do grep -q '^line: line page on ' "$LINE_DIR/logs/run.log" && break; sleep 0.05; done
@@ -57,6 +64,7 @@ ok "line page on $page, operations on $ops"
 # then 8 of them held with pipelined /events requests; the browser comes from the same address.
 python3 "$here/cdp.py" stall "${page#http://}" 15 >"$LINE_DIR/logs/stall.log" 2>&1 &
 stall_pid=$!
+LINE_PIDS+=("$stall_pid")
 for _ in $(seq 100); do grep -q '^stall:' "$LINE_DIR/logs/stall.log" && break; sleep 0.1; done
 curl -sS "$ops/metrics" >"$LINE_DIR/metrics-stall.txt" || fail "/metrics while the line runs"
 grep -Eq '^keyline_station_page_connection_events_total\{event="refused"\} [1-9]' "$LINE_DIR/metrics-stall.txt" ||
@@ -80,11 +88,13 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "$page/events")
 ok "page: CSP, nothing from elsewhere, events with retry, read-only; healthz"
 
 rc=0; wait "$browse_pid" || rc=$?
+forget_pid "$browse_pid"
 cat "$LINE_DIR/logs/browse.log"
 [ "$rc" -eq 0 ] || { tail -20 "$LINE_DIR/logs/run.log"; fail "the line page in Chromium"; }
 grep -q "^screenshot: $out/linepage.png" "$LINE_DIR/logs/browse.log" || fail "no screenshot"
 [ "$(head -c 8 "$out/linepage.png" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ] || fail "the screenshot is not a PNG"
 wait "$stall_pid" || true
+forget_pid "$stall_pid"
 cat "$LINE_DIR/logs/stall.log"
 grep -Eq '^stall: [1-9][0-9]* connections that never read' "$LINE_DIR/logs/stall.log" || fail "the stalling client held nothing"
 
