@@ -43,7 +43,10 @@ CREATE TABLE record_imei (
   chip_id text NOT NULL
 );
 
-CREATE FUNCTION records_claim_imei() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER: the server role inserts records, never IMEI claims of its own (least privilege:
+-- it could otherwise block an IMEI without publishing anything); search_path pinned for a definer.
+CREATE FUNCTION records_claim_imei() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = public, pg_temp AS $$
 BEGIN
   INSERT INTO record_imei (imei, chip_id) VALUES (NEW.imei, NEW.chip_id);
   RETURN NULL;
@@ -94,4 +97,5 @@ $$;
 DROP TABLE records_unpartitioned;
 ALTER SEQUENCE records_seq_seq OWNED BY records.seq;
 
-GRANT SELECT, INSERT ON records, record_imei TO keyline_backupdb;
+GRANT SELECT, INSERT ON records TO keyline_backupdb;
+GRANT SELECT ON record_imei TO keyline_backupdb;

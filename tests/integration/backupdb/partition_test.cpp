@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <set>
@@ -30,12 +31,24 @@ namespace {
 
 constexpr int kPublishers = 32;
 
+constexpr const char* kRolePassword = "kl-test-role-pw";  // as integration_backupdb's: the role is cluster-wide
+
 std::string migrated_db(const std::string& prefix) {
   const auto db = test::pg_env().create_database(prefix);
   backupdb::Config cfg;
   cfg.db = db;
+  cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
   backupdb::migrate(cfg);
   return db;
+}
+
+// The server's role on the same database, as serve connects.
+std::string role_of(const std::string& owner) {
+  const auto env = test::pg_env();
+  const auto at = owner.find("dbname=");
+  const auto name = owner.substr(at + 7, owner.find(' ', at) - at - 7);
+  return "host=" + env.host + " port=" + std::to_string(env.port) + " user=keyline_backupdb password=" + kRolePassword +
+         " dbname=" + name + " connect_timeout=5";
 }
 
 // Chip IDs and IMEIs of the races: "F" chip IDs and TAC 86000000, never those of the bulk rows.
@@ -197,7 +210,10 @@ TEST_CASE("partitioned records, bulk-filled: 32 publishers racing on chip IDs an
   // Spread over all sixteen partitions by the hash of the chip ID.
   CHECK(c.exec("SELECT count(DISTINCT tableoid) FROM records").int64(0, 0) == 16);
 
-  backupdb::Store store(db, 16, 0);
+  // As the server's role: it publishes through the IMEI trigger but cannot claim an IMEI itself.
+  core::pq::Connection role(role_of(db));
+  CHECK_THROWS(role.exec("INSERT INTO record_imei (imei, chip_id) VALUES ('861000000000001', 'FFFFFFFFFFFFFFFFFFFF')"));
+  backupdb::Store store(role_of(db), 16, 0);
   REQUIRE(static_cast<bool>(store.by_chip_id("00000000000000000007")));
   CHECK(store.by_imei("350000000000007")->chip_id == "00000000000000000007");
 
