@@ -9,7 +9,9 @@
 
 namespace keyline::kps {
 
-std::string transport_chain_from_directory(Context& c, const std::string& chip) {
+namespace {
+
+std::string fetch(Context& c, const std::string& chip) {
   core::http::ClientOptions o;
   o.base_url = c.config.backupdb;
   o.ca_file = c.config.backupdb_ca;
@@ -27,6 +29,21 @@ std::string transport_chain_from_directory(Context& c, const std::string& chip) 
   if (!transport || record.certificates.size() < 2)
     throw core::FormatError(core::ErrorCode::BadTransportCertificate, "the record of " + chip + " has no transport certificate");
   return core::to_pem(*transport) + core::to_pem(Botan::X509_Certificate(record.certificates[1]));
+}
+
+}  // namespace
+
+// Cached in transport_certs once checked: a record never changes (docs/api.md).
+std::string transport_chain_from_directory(Context& c, const std::string& chip) {
+  {
+    auto conn = c.pool->acquire();
+    auto r = conn->exec_prepared("SELECT chain_pem FROM transport_certs WHERE chip = $1", {chip});
+    if (!r.empty()) return r.text(0, 0);
+  }
+  const std::string chain = fetch(c, chip);
+  c.pool->acquire()->exec_prepared(
+      "INSERT INTO transport_certs (chip, chain_pem) VALUES ($1, $2) ON CONFLICT (chip) DO NOTHING", {chip, chain});
+  return chain;
 }
 
 }  // namespace keyline::kps

@@ -54,6 +54,7 @@ int device_remove(const Config& config, const std::string& chip_text) {
     tx.exec("DELETE FROM nonces WHERE chip = $1", {chip});
     tx.exec("DELETE FROM webhooks WHERE chip = $1", {chip});
     tx.exec("DELETE FROM account_devices WHERE chip = $1", {chip});
+    tx.exec("DELETE FROM transport_certs WHERE chip = $1", {chip});
     tx.commit();
   });
   return purged;

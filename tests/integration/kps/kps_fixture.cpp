@@ -21,7 +21,7 @@
 namespace keyline::test {
 namespace {
 
-constexpr int kDevices = 6;
+constexpr int kDevices = 8;
 
 std::unique_ptr<Botan::ECDSA_PrivateKey> p256(Botan::RandomNumberGenerator& rng) {
   return std::make_unique<Botan::ECDSA_PrivateKey>(rng, Botan::EC_Group("secp256r1"));

@@ -546,3 +546,27 @@ TEST_CASE("two keyline-kps processes on one database: a replay to the other refu
   CHECK(w.sql("SELECT count(*) FROM audit WHERE transfer_id = $1::uuid AND step IN ('delivered', 'acknowledged')", {id}) ==
         "2");
 }
+
+TEST_CASE("the directory: no transport certificate in the record is 422, the public DB down is 503; once read it is kept") {
+  auto& w = world();
+  auto cfg = config({w.device(0).str() + ":" + w.device(6).str() + ":*", w.device(0).str() + ":" + w.device(7).str() + ":*"});
+  {
+    test::PublicDb pdb;
+    cfg.backupdb = pdb.url();
+    Kps k(cfg);
+    CHECK(ask(w.device(6), k.port, w.device(0), "dir").status == 422);  // no record at all
+    auto two = w.device(6).record;
+    two.certificates.resize(2);  // published before the transport certificate was
+    pdb.put(two);
+    const auto a = ask(w.device(6), k.port, w.device(0), "dir");
+    CHECK(a.status == 422);
+    w.verify_answer(a);
+    pdb.put(w.device(6).record);
+    CHECK(ask(w.device(6), k.port, w.device(0), "dir").status == 201);
+  }
+  test::PublicDb gone;
+  cfg.backupdb = "http://127.0.0.1:" + std::to_string(test::free_port());  // nothing listens
+  Kps k(cfg);
+  CHECK(ask(w.device(6), k.port, w.device(0), "dir-2").status == 201);  // kept from the first read
+  CHECK(ask(w.device(7), k.port, w.device(0), "dir").status == 503);   // never read, directory down
+}
