@@ -125,6 +125,9 @@ void Line::open_secondary(std::size_t sessions) {
     throw core::ConfigError(core::ErrorCode::Config, "the secondary token does not hold the primary's master version " +
                                                          std::to_string(v) + " (mirror it: `keys mirror`)");
   st->keys->master_version = v;
+  // A device one station stored and the other finishes (a resume) keeps the certificate it holds.
+  st->personalizer->add_other_issuer(p.device_ca_cert);
+  m_station->personalizer->add_other_issuer(st->keys->device_ca_cert);
   m_secondary = std::move(st);
 }
 

@@ -193,7 +193,8 @@ void Flow::record() {
   record.chip_id = *m_chip;
   record.imei = *m_imei;
   record.backup = m_backup;
-  record.certificates = {m_identity_der, m_p.m_keys.device_ca_cert.BER_encode()};
+  // A device resumed after a failover holds the primary's certificate: its record names that CA.
+  record.certificates = {m_identity_der, m_p.issuer_of(m_identity_der).BER_encode()};
   // Third, where readers of before see one more certificate off the chain (docs/decisions.md, "The
   // transport certificate in the public record"): a third party seals to the device with it.
   if (!m_transport_der.empty()) record.certificates.push_back(m_transport_der);

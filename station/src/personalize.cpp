@@ -70,6 +70,17 @@ Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publi
   if (fault_hook_installed()) m_hook = [](Step s, const std::string&) { fault_point(step_name(s)); };
 }
 
+const Botan::X509_Certificate& Personalizer::issuer_of(const core::Bytes& identity_der) const {
+  try {
+    const Botan::X509_Certificate cert(identity_der);
+    for (const auto& ca : m_other_issuers)
+      if (!ca.subject_key_id().empty() && cert.authority_key_id() == ca.subject_key_id()) return ca;
+  } catch (const std::exception&) {
+    // Not ours to judge here: the record's checks say what is wrong with it.
+  }
+  return m_keys.device_ca_cert;
+}
+
 void Personalizer::step(Step s, const std::string& chip_id) {
   if (m_hook) m_hook(s, chip_id);
 }

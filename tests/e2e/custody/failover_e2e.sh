@@ -78,13 +78,19 @@ KEYLINE_STATION_CRASH_AT=claim "$LINE_BIN/keyline-station-faulty" --token keylin
   --pki-dir "$pkib" --station-id station-b personalize --device "$addr0" >"$work/crash.out" 2>&1
 imei_b=$(line_station_sql "SELECT imei FROM journal.device WHERE chip_id = '$chip0' AND state = 'claimed' AND station_id = 'station-b'")
 checke "(station-b claimed chip $chip0 and crashed: its row holds keys its token wrapped)" '[ -n "$imei_b" ]'
+# And one it stored (STORE DATA done, then a crash): the primary finishes it; its record names station-b's CA.
+read -r _ addr1 chip1 _ < <(sed -n 2p "$work/fleet.txt")
+KEYLINE_STATION_CRASH_AT=store "$LINE_BIN/keyline-station-faulty" --token keyline-b --pin-file "$work/b.pin" \
+  --pki-dir "$pkib" --station-id station-b personalize --device "$addr1" >"$work/crash1.out" 2>&1
+imei_s=$(line_station_sql "SELECT imei FROM journal.device WHERE chip_id = '$chip1' AND state = 'issued' AND station_id = 'station-b'")
+checke "(station-b stored chip $chip1 and crashed before its backup)" '[ -n "$imei_s" ]'
 
 # --- a secondary that could not take over is refused before any device ------------------------------
 "$ST" run --fleet "$work/fleet.txt" --progress plain --secondary-token-label keyline-b --secondary-pki "$pki" \
   >"$work/refused.out" 2>&1
 checke "run with the primary's own PKI directory as the secondary's: refused at the start, nothing claimed" \
   '[ $? != 0 ] && grep -q "a station of its own" "$work/refused.out" &&
-   [ "$(line_station_sql "SELECT count(*) FROM journal.device")" = 1 ]'
+   [ "$(line_station_sql "SELECT count(*) FROM journal.device")" = 2 ]'
 
 # --- the run; the primary token's directory removed in the middle -------------------------------------------
 t0=$(date +%s.%N)
@@ -159,6 +165,11 @@ checke "station-b's claim voided by the primary (\"$reason\"), the chip publishe
   'echo "$reason" | grep -q "wrapped by station station-b" &&
    [ "$(line_public_sql "SELECT imei FROM records WHERE chip_id = '"'$chip0'"'")" != "$imei_b" ] &&
    [ "$(line_public_sql "SELECT count(*) FROM records WHERE chip_id = '"'$chip0'"'")" = 1 ]'
+checke "the device station-b stored was finished by the primary with its IMEI; its certificate verifies through station-b's CA" \
+  '[ "$(line_public_sql "SELECT imei FROM records WHERE chip_id = '"'$chip1'"'")" = "$imei_s" ] &&
+   line_public_sql "SELECT encode(identity_der, '"'hex'"') FROM records WHERE chip_id = '"'$chip1'"'" | xxd -r -p |
+     openssl x509 -inform DER -out "$work/stored.pem" 2>/dev/null &&
+   openssl verify -CAfile "$pki/root.pem" -untrusted "$pkib/device-ca.pem" "$work/stored.pem" >/dev/null 2>&1'
 checke "no key set refused as a 4013 (the halt counter never saw those rows)" '! grep -q "error 4013" "$work/run.log"'
 audit=$(line_station_sql "SELECT string_agg(event, ',' ORDER BY id) FROM journal.audit WHERE event LIKE 'custody.failover%'")
 checke "the switch audited before and after ($audit)" \

@@ -129,6 +129,11 @@ class Personalizer {
   void set_step_hook(StepHook hook) { m_hook = std::move(hook); }
   // Application items (DGIs 0F01-0FFF) from the line profile, stored into every device.
   void set_app_items(std::vector<std::pair<std::uint16_t, core::Bytes>> items) { m_app_items = std::move(items); }
+  // Another Device CA whose certificates a resumed device may hold (a line's failover: the primary's),
+  // so its record carries the CA that issued its identity certificate.
+  void add_other_issuer(const Botan::X509_Certificate& ca) { m_other_issuers.push_back(ca); }
+  // The Device CA certificate that issued `identity_der`: this station's, or one added above.
+  const Botan::X509_Certificate& issuer_of(const core::Bytes& identity_der) const;
   // Where the flow's notes go (one line each, no secrets); default: stderr with "keyline-station: ".
   void set_log(std::function<void(const std::string&)> log) { m_log = std::move(log); }
 
@@ -150,6 +155,7 @@ class Personalizer {
   std::mutex m_said_mutex;
   std::set<std::string> m_said_short;  // addresses whose fall back to short APDUs was logged
   std::vector<Botan::X509_Certificate> m_vendors;  // --chip-vendors, loaded once (scp11a)
+  std::vector<Botan::X509_Certificate> m_other_issuers;
 
   friend class Flow;
 };
