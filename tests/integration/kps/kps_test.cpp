@@ -570,3 +570,26 @@ TEST_CASE("the directory: no transport certificate in the record is 422, the pub
   CHECK(ask(w.device(6), k.port, w.device(0), "dir-2").status == 201);  // kept from the first read
   CHECK(ask(w.device(7), k.port, w.device(0), "dir").status == 503);   // never read, directory down
 }
+
+TEST_CASE("device remove purges the chip's open transfers (envelope deleted, audit row) and its notices and webhook") {
+  auto& w = world();
+  test::PublicDb pdb;
+  pdb.put(w.device(7).record);
+  auto cfg = config({w.device(6).str() + ":" + w.device(7).str() + ":rm-*"});
+  cfg.backupdb = pdb.url();
+  Kps k(cfg);
+  const auto open_id = requested(w.device(7), k.port, w.device(6), "rm-1");
+  const auto delivered_id = requested(w.device(7), k.port, w.device(6), "rm-2");
+  REQUIRE(serve(w.device(6), w.device(7), k.port, delivered_id, "rm-2").status == 200);
+  REQUIRE(w.put(w.device(7), k.port, "/v1/devices/self/webhook", "{\"uri\":\"https://127.0.0.1:1/\"}") == 200);
+  CHECK(kps::device_remove(cfg, w.device(7).str()) == 2);
+  CHECK(state_of(open_id) == "purged");
+  CHECK(state_of(delivered_id) == "purged");
+  CHECK(w.sql("SELECT count(*) FROM transfers WHERE target_chip = $1 AND ciphertext IS NOT NULL", {w.device(7).str()}) == "0");
+  CHECK(w.sql("SELECT count(*) FROM audit WHERE step = 'purged' AND transfer_id IN ($1::uuid, $2::uuid)",
+              {open_id, delivered_id}) == "2");
+  CHECK(w.sql("SELECT count(*) FROM notifications WHERE chip = $1", {w.device(7).str()}) == "0");
+  CHECK(w.sql("SELECT count(*) FROM webhooks WHERE chip = $1", {w.device(7).str()}) == "0");
+  CHECK(w.call(w.device(7), k.port, "GET", "/v1/transfers/" + delivered_id + "/key").status == 410);
+  CHECK(kps::device_remove(cfg, w.device(7).str()) == 0);  // nothing left
+}
