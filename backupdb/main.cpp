@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
       ->envname("KEYLINE_BACKUPDB_RATE_CLIENTS")->capture_default_str();
   serve->add_option("--cache", cfg.cache_entries, "records kept in the in-process cache")
       ->envname("KEYLINE_BACKUPDB_CACHE")->capture_default_str();
-  serve->add_option("--read-batch", cfg.read_batch, "cache misses that share one database statement, at most (1: one each)")
+  serve->add_option("--read-batch", cfg.read_batch, "cache misses that share one database round trip, at most (1: one each; more: req/s for p99)")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   serve->add_flag("--preload", cfg.preload, "fill the cache (up to --cache records, newest first) before listening")

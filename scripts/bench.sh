@@ -2,7 +2,8 @@
 # The benchmarks. Each prints its figure next to a reference measured in the same run, and the ratio:
 # absolute numbers depend on the machine, ratios much less.
 #   scripts/bench.sh            all
-#   scripts/bench.sh backupdb   public DB reads vs nginx serving the same bodies (issue 4)
+#   scripts/bench.sh backupdb   public DB reads vs nginx serving the same bodies, warm and cold (no cache,
+#                               batched and not), HTTP and HTTPS, 1 and 2 read nodes (issues 4 and 20)
 #   scripts/bench.sh tlog       the public DB's transparency log: publish with the log vs --no-log, proof
 #                               p99 at 1M leaves, tile reads vs nginx (issue 18, scripts/bench_tlog.sh)
 #   scripts/bench.sh line       devices/s end to end vs the crypto floor; concurrency sweep (issue 7)

@@ -152,14 +152,14 @@ TEST_CASE("nginx proxy_cache in front: records and tiles hit after one miss, 304
 // and one database session for 32 workers, concurrent misses can only be answered in batches
 // (backupdb/src/read_batch.h: a pipeline of lookups by chip ID, one statement for IMEIs); each reader
 // must still get its own record, and an absent one its 404, in the same batch as the others.
-TEST_CASE("cold reads in batches: --cache 0 --db-pool 1, 16 readers at once, each gets its own record or 404") {
+TEST_CASE("cold reads in batches: --cache 0 --db-pool 1 --read-batch 32, 16 readers at once, each gets its own record or 404") {
   Database db;
   constexpr std::uint32_t kRecords = 24;
   {
     Server writer(db, {"--no-log"});
     publish_all(writer, 7000, kRecords, 2);
   }
-  Server s(db, {"--no-log", "--cache", "0", "--db-pool", "1", "--threads", "32"});
+  Server s(db, {"--no-log", "--cache", "0", "--db-pool", "1", "--threads", "32", "--read-batch", "32"});
   std::atomic<int> wrong{0}, reads{0};
   std::vector<std::thread> ts;
   for (int t = 0; t < 16; ++t) {

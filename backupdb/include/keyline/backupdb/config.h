@@ -71,7 +71,7 @@ struct Config : core::http::ListenerSettings {
   std::size_t rate_clients = 100000;    // token buckets kept (least recently used evicted beyond)
   std::size_t cache_entries = 200000;   // immutable records, so the LRU is always correct
   bool preload = false;             // fill the cache from the database before listening
-  std::size_t read_batch = 32;      // cache misses sharing one statement at most (1: one each; docs/scale.md)
+  std::size_t read_batch = 1;       // cache misses sharing one round trip at most (1: one each; docs/scale.md)
   std::string log = "stderr";       // access/error log: a path, "stderr" or "off"
   LogSettings tlog;                 // the transparency log
 };

@@ -53,9 +53,10 @@ class Store {
         const ReplicaSettings& replicas = {}, std::size_t read_batch = kDefaultReadBatch);
   ~Store();
 
-  // Cache misses that reach the database together share one statement, up to this many lookups
-  // (serve --read-batch; 1: one statement per lookup). docs/scale.md, "Cold reads".
-  static constexpr std::size_t kDefaultReadBatch = 32;
+  // Cache misses that reach the database while every session is out share one round trip, up to
+  // this many lookups (serve --read-batch). Off by default: it bought 15 % of req/s and cost twice
+  // the p99 (docs/scale.md, "Cold reads").
+  static constexpr std::size_t kDefaultReadBatch = 1;
 
   RecordPtr by_chip_id(const std::string& chip_id);  // nullptr when absent
   RecordPtr by_imei(const std::string& imei);
