@@ -54,7 +54,7 @@ class Store {
   ~Store();
 
   // Cache misses that reach the database while every session is out share one round trip, up to
-  // this many lookups (serve --read-batch). Off by default: it bought 15 % of req/s and cost twice
+  // this many lookups (serve --read-batch). Off by default: it bought 15-27 % of req/s and cost twice
   // the p99 (docs/scale.md, "Cold reads").
   static constexpr std::size_t kDefaultReadBatch = 1;
 
