@@ -338,6 +338,8 @@ std::string handle(Session& s, const DeviceKeys& keys, const KpsClientConfig& c,
     return "";  // another command's notice: left for it
   if (outcome == "noted" || outcome == "skipped")
     std::cout << "notice " << n.reason << " " << n.transfer_id << " " << outcome << std::endl;
+  if ((n.reason == "transfer-refused" || n.reason == "transfer-expired") && transfer)
+    fs::remove(request_record(c.dir, n.transfer_id));  // nothing more will come for it
   ack(s, n);
   return outcome;
 }

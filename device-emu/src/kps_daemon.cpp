@@ -130,7 +130,7 @@ int kps_agent(const KpsClientConfig& c, const KpsAgentOptions& o) {
       s.reset();  // a fresh connection after any failure (the KPS may have restarted)
       if (o.once) throw;
     }
-    if (o.once) break;
+    if (o.once) return ok ? core::exit_code::ok : core::exit_code::failure;  // a notice failed: say so
     if (ok) {
       backoff = first_backoff;
       continue;

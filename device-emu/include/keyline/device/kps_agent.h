@@ -77,6 +77,8 @@ struct KpsAgentOptions {
 // The daemon: long-polls notices, serves (source) and receives (target), acks what it handled,
 // reconnects with backoff when the KPS is down or answers 5xx, and returns 0 on SIGTERM/SIGINT.
 // An answer that is not authentic is logged and retried like a failure: nothing is acked on it.
+// With once: one poll; exit 1 when a notice failed (its error on stderr), the failure rethrown when
+// the poll itself failed.
 int kps_agent(const KpsClientConfig& c, const KpsAgentOptions& o);
 
 int cmd_key_new(const std::string& dir, const std::string& label);
