@@ -347,6 +347,8 @@ TEST_CASE("an owner's group transfer to 3 targets; a forged or foreign owner tok
   const std::string foreign = "{\"source\":\"" + w.device(0).str() + "\",\"label\":\"shared\",\"targets\":[\"" +
                               w.device(5).str() + "\"]}";
   CHECK(w.owner(k.port, token, "/v1/transfers", foreign).status == 403);
+  kps::account_devices(cfg, "alice-" + std::to_string(k.port), {}, {w.device(3).str()});
+  CHECK(w.owner(k.port, token, "/v1/transfers", body).status == 403);  // no longer owns the third target
   kps::account_remove(cfg, "alice-" + std::to_string(k.port));
   CHECK(w.owner(k.port, token, "/v1/transfers", body).status == 401);
   CHECK(w.sql("SELECT count(*) FROM accounts WHERE token_sha256 = $1", {token}) == "0");
