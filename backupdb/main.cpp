@@ -8,6 +8,7 @@
 #include "keyline/backupdb/monitor.h"
 #include "keyline/backupdb/server.h"
 #include "keyline/backupdb/witness.h"
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
                "Settings come from flags, KEYLINE_BACKUPDB_* environment variables or --config FILE (TOML/INI).\n"
                "Passwords come from files or the environment, never from the command line.\n"
                "Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 database unreachable."};
-  app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
+  keyline::core::config::set_strict_config(app);
   app.require_subcommand(1);
 
   auto* migrate = app.add_subcommand("migrate", "apply the numbered SQL migrations (idempotent)");
@@ -174,6 +175,7 @@ int main(int argc, char** argv) {
   push->add_option("--out", pcfg.out, "where the cosigned checkpoint is written (default stdout)");
 
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;

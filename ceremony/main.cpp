@@ -7,6 +7,7 @@
 
 #include "keyline/ceremony/ceremony.h"
 #include "keyline/ceremony/sandbox.h"
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 
 namespace {
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   using namespace keyline::ceremony;
   CLI::App app{kHelp, "keyline-ceremony"};
   app.require_subcommand(1);
+  keyline::core::config::set_strict_config(app);
   CeremonyOptions opt;
   app.add_option("--dir", opt.dir, "ceremony directory (root.pem, ceremony.log, issued/)")->envname("KEYLINE_CEREMONY_DIR");
   app.add_option("--hsm-module", opt.hsm_module, "PKCS#11 module of the root token")->envname("KEYLINE_ROOT_HSM_MODULE");
@@ -72,6 +74,7 @@ int main(int argc, char** argv) {
   import->add_option("--statement", statements, "a custody statement file (repeat for several, oldest first)")->required();
 
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;

@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
@@ -60,7 +61,7 @@ int main(int argc, char** argv) {
                "Settings come from flags, KEYLINE_KPS_* environment variables or --config FILE (TOML/INI).\n"
                "Passwords come from files or the environment, never from the command line.\n"
                "See docs/kps.md for the API, the device authentication and the policy file."};
-  app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
+  keyline::core::config::set_strict_config(app);
   app.require_subcommand(1);
   app.footer("Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 database unreachable.");
 
@@ -133,6 +134,7 @@ int main(int argc, char** argv) {
   sign_init->add_option("--out", out, "public key file (PEM) devices pin with --kps-key")->required();
 
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <iostream>
 
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 #include "keyline/recovery/errors.h"
 #include "keyline/recovery/log_monitor.h"
@@ -162,7 +163,7 @@ int main(int argc, char** argv) {
                "Everything is verified (chain to --trust, chip ID, IMEI, backup package, and that the record is in the\n"
                "public DB's transparency log under the pinned --log-key) before the first write.\n"
                "Settings come from flags, KEYLINE_* environment variables or --config FILE."};
-  app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
+  keyline::core::config::set_strict_config(app);
   app.require_subcommand(1);
   app.footer(kExitCodeHelp);
   Cli c;
@@ -170,6 +171,7 @@ int main(int argc, char** argv) {
   add_fetch(app, c);
   add_log(app, c);
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
@@ -104,7 +105,7 @@ int main(int argc, char** argv) {
       "keyline-service: the device service server (migrate | serve | campaign | module sign | message).\n"
       "Shipped devices call out over HTTPS; sessions run SCP03 (level 33, S16) keyed on the service token.\n"
       "See docs/service.md."};
-  app.set_config("--config", "", "config file (TOML or INI, keys = long option names)");
+  keyline::core::config::set_strict_config(app);
   app.require_subcommand(1);
   app.footer(
       "Exit codes: 0 ok, 1 failure (campaign status: jobs pending), 2 usage/config, 3 bad input (a campaign "
@@ -160,6 +161,7 @@ int main(int argc, char** argv) {
       ->required();
 
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
