@@ -1,6 +1,7 @@
 // keyline-device: the emulated device (docs/protocol.md). Options only; the work is in keyline_device.
 #include <CLI/CLI.hpp>
 
+#include "keyline/core/config_file.h"
 #include "keyline/core/guard.h"
 #include "keyline/device/commands.h"
 #include "keyline/device/kps_agent.h"
@@ -11,6 +12,7 @@ int main(int argc, char** argv) {
   using namespace keyline::device;
   CLI::App app{"keyline-device: emulated device for the keyline line (chip, flash, APDU server)"};
   app.require_subcommand(1);
+  keyline::core::config::set_strict_config(app);
   app.footer("Exit codes: 0 ok, 1 failure, 2 usage, 3 bad input, 4 unavailable, 5 refused.");
 
   std::string dir, rom_ca, fleet_dir, vendor_dir, vendor_name = "keyline emulated chip vendor";
@@ -136,6 +138,7 @@ int main(int argc, char** argv) {
   agent_open->add_option("--out", out_file, "where the opened message goes (mode 0600)")->required();
 
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;

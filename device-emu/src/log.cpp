@@ -1,28 +1,36 @@
 #include "keyline/device/log.h"
 
 #include <atomic>
-#include <cstdio>
-#include <ctime>
-#include <mutex>
+#include "keyline/core/cplc.h"
+#include "keyline/core/json_log.h"
 
 namespace keyline::device {
 
 namespace {
-std::mutex g_log_mutex;
 std::atomic<bool> g_quiet{false};
+
+// Not a chip ID: the emulator itself ("server", an address).
+bool is_chip_id(const std::string& s) { return core::ChipId::is_valid(s); }
+
+// The emulator's messages say what went wrong in words; those are its warnings.
+core::log::Level level_of(const std::string& m) {
+  for (const char* w : {"failed", "refused", "error", "cannot", "unreadable", "injected"})
+    if (m.find(w) != std::string::npos) return core::log::Level::Warn;
+  return core::log::Level::Info;
+}
 }  // namespace
 
 void set_quiet(bool quiet) noexcept { g_quiet = quiet; }
 
+// One JSON line (core/json_log.h, docs/operations.md "Logs"): event "device", the chip when the line is
+// about one, the message as written.
 void log_line(const std::string& chip_id, const std::string& message) {
   if (g_quiet) return;
-  char stamp[32];
-  const std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  ::gmtime_r(&now, &tm);
-  std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  std::lock_guard<std::mutex> lock(g_log_mutex);
-  std::fprintf(stderr, "%s keyline-device %s: %s\n", stamp, chip_id.c_str(), message.c_str());
+  static core::log::JsonLog log("keyline-device", "stderr");
+  core::log::Fields f;
+  if (!is_chip_id(chip_id)) f.str("source", chip_id);
+  f.str("message", message);
+  log.device(level_of(message), "device", is_chip_id(chip_id) ? chip_id : "", "", f);
 }
 
 }  // namespace keyline::device

@@ -1,4 +1,4 @@
-// One log line per event on stderr, prefixed with the chip ID. Callers pass messages that never
+// One JSON log line per event on stderr (core/json_log.h), the chip ID as "chip". Callers pass messages that never
 // hold key bytes (core errors are written that way too).
 #pragma once
 
