@@ -7,7 +7,7 @@ namespace keyline::kps {
 
 void audit(core::pq::Transaction& tx, std::int64_t now, const std::string& transfer_id, const std::string& step,
            const std::string& actor, const std::string& detail) {
-  tx.exec("INSERT INTO audit (at, transfer_id, step, actor, detail) VALUES (to_timestamp($1), $2::uuid, $3, $4, $5)",
+  tx.connection().exec_prepared("INSERT INTO audit (at, transfer_id, step, actor, detail) VALUES (to_timestamp($1), $2::uuid, $3, $4, $5)",
           {now, transfer_id.empty() ? core::pq::Param::null() : core::pq::Param(transfer_id), step, actor, detail});
 }
 

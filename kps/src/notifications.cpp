@@ -120,15 +120,15 @@ Reply put_webhook(Context& c, const Request& req, const Caller& who) {
 
 void notify(core::pq::Transaction& tx, std::int64_t now, const std::string& chip, const std::string& reason,
             const std::string& uri, const std::string& transfer_id) {
-  auto r = tx.exec("INSERT INTO notifications (chip, reason, uri, transfer_id, created_at) "
+  auto r = tx.connection().exec_prepared("INSERT INTO notifications (chip, reason, uri, transfer_id, created_at) "
                    "VALUES ($1, $2, $3, $4::uuid, to_timestamp($5)) RETURNING id",
                    {chip, reason, uri, transfer_id, now});
-  tx.exec("INSERT INTO webhook_deliveries (notification_id, chip, uri, next_at) "
+  tx.connection().exec_prepared("INSERT INTO webhook_deliveries (notification_id, chip, uri, next_at) "
           "SELECT $1::bigint, chip, uri, to_timestamp($3) FROM webhooks WHERE chip = $2",
           {r.text(0, 0), chip, now});
   // Delivered to the listeners of every KPS process when the transaction commits (PostgreSQL 15
   // manual, NOTIFY), so a long poll held by another process on the database wakes too.
-  tx.exec("SELECT pg_notify('kps_notice', $1)", {chip});
+  tx.connection().exec_prepared("SELECT pg_notify('kps_notice', $1)", {chip});
 }
 
 Reply notifications_route(Context& c, const Request& req, const Caller& who, const std::vector<std::string>& parts) {

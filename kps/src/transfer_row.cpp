@@ -42,13 +42,13 @@ std::string TransferRow::json(bool with_transport) const {
 }
 
 std::optional<TransferRow> load_transfer(core::pq::Connection& c, const std::string& id, bool for_update) {
-  auto r = c.exec(select_columns() + "WHERE id = $1::uuid" + (for_update ? " FOR UPDATE" : ""), {id});
+  auto r = c.exec_prepared(select_columns() + "WHERE id = $1::uuid" + (for_update ? " FOR UPDATE" : ""), {id});
   if (r.empty()) return std::nullopt;
   return row_of(r, 0);
 }
 
 std::vector<TransferRow> load_group(core::pq::Connection& c, const std::string& group_id, std::int64_t account) {
-  auto r = c.exec(select_columns() + "WHERE group_id = $1::uuid AND owner_account = $2::bigint ORDER BY target_chip",
+  auto r = c.exec_prepared(select_columns() + "WHERE group_id = $1::uuid AND owner_account = $2::bigint ORDER BY target_chip",
                   {group_id, account});
   std::vector<TransferRow> out;
   for (int i = 0; i < r.rows(); ++i) out.push_back(row_of(r, i));

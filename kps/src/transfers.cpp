@@ -104,7 +104,7 @@ std::optional<Reply> transport_chains(Context& c, const Ask& ask, std::vector<st
 TransferRow insert_transfer(Context& c, Transaction& tx, const std::string& id, const std::string& group,
                             const Caller& who, const Ask& ask, const std::string& target, const std::string& chain) {
   const std::int64_t now = c.now();
-  auto r = tx.exec(
+  auto r = tx.connection().exec_prepared(
       "INSERT INTO transfers (id, source_chip, target_chip, label, state, transport_chain, requested_at, expires_at, "
       "group_id, owner_account) VALUES ($1::uuid, $2, $3, $4, 'requested', $5, to_timestamp($6), to_timestamp($7), "
       "$8::uuid, $9::bigint) ON CONFLICT (id) DO NOTHING",
@@ -148,7 +148,7 @@ Reply idempotent(Context& c, const Request& req, const Caller& who, const std::f
     out = create(tx);
     if (out.status != 201) return;  // refusals roll back and are not stored
     if (!rid.empty()) {
-      auto ins = tx.exec(
+      auto ins = tx.connection().exec_prepared(
           "INSERT INTO request_ids (caller, request_id, body_sha256, status, answer, created_at) "
           "VALUES ($1, $2::uuid, $3, $4, $5, to_timestamp($6)) ON CONFLICT DO NOTHING",
           {caller, rid, body_hash, out.status, out.body, c.now()});
@@ -227,7 +227,7 @@ Reply request_by_owner(Context& c, const Request& req, const Caller& who) {
 // Marks the transfer refused (audit row, notice to the target) inside tx.
 void refuse_transfer(Context& c, Transaction& tx, const TransferRow& t, const std::string& step, const std::string& actor) {
   const std::int64_t now = c.now();
-  tx.exec("UPDATE transfers SET state = 'refused', ciphertext = NULL, closed_at = to_timestamp($2) WHERE id = $1::uuid",
+  tx.connection().exec_prepared("UPDATE transfers SET state = 'refused', ciphertext = NULL, closed_at = to_timestamp($2) WHERE id = $1::uuid",
           {t.id, now});
   audit(tx, now, t.id, step, actor, "refused " + t.source + " -> " + t.target + " label " + t.label);
   audit(tx, now, t.id, "refused", actor, step);
@@ -253,7 +253,7 @@ Reply show_to_source(Context& c, const Caller& who, const std::string& id) {
       return;
     }
     if (t->transport_served_at.empty()) {
-      tx.exec("UPDATE transfers SET transport_served_at = to_timestamp($2) WHERE id = $1::uuid", {id, c.now()});
+      tx.connection().exec_prepared("UPDATE transfers SET transport_served_at = to_timestamp($2) WHERE id = $1::uuid", {id, c.now()});
       audit(tx, c.now(), id, "ac2-early", who.name, "allowed");
     }
     tx.commit();
@@ -325,7 +325,7 @@ Reply deliver(Context& c, const Request& req, const Caller& who, const std::stri
                     "AC2 refused " + t->source + " -> " + t->target + " label " + t->label);
       return;
     }
-    tx.exec("UPDATE transfers SET state = 'delivered', ciphertext = $2, delivered_at = to_timestamp($3) "
+    tx.connection().exec_prepared("UPDATE transfers SET state = 'delivered', ciphertext = $2, delivered_at = to_timestamp($3) "
             "WHERE id = $1::uuid", {id, core::Bytes(req.body.begin(), req.body.end()), now});
     audit(tx, now, id, "ac2", who.name, "allowed");
     audit(tx, now, id, "delivered", who.name, std::to_string(req.body.size()) + " bytes");
@@ -373,7 +373,7 @@ Reply acknowledge(Context& c, const Caller& who, const std::string& id) {
         return;
       }
       const std::int64_t now = c.now();
-      tx.exec("UPDATE transfers SET state = 'acknowledged', ciphertext = NULL, acknowledged_at = to_timestamp($2) "
+      tx.connection().exec_prepared("UPDATE transfers SET state = 'acknowledged', ciphertext = NULL, acknowledged_at = to_timestamp($2) "
               "WHERE id = $1::uuid", {id, now});
       audit(tx, now, id, "acknowledged", who.name, "");
       notify(tx, now, t->source, "key-acknowledged", "/v1/transfers/" + id, id);
