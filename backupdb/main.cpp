@@ -79,7 +79,7 @@ void add_log_serve_options(CLI::App* serve, keyline::backupdb::LogSettings& log)
 int main(int argc, char** argv) {
   Config cfg;
   CLI::App app{"keyline-backupdb: the permanent public backup database (migrate | serve | log).\n"
-               "Settings come from flags, KEYLINE_BACKUPDB_* environment variables or --config FILE (TOML/INI).\n"
+               "Settings come from flags, KEYLINE_BACKUPDB_* environment variables or --config FILE (TOML).\n"
                "Passwords come from files or the environment, never from the command line.\n"
                "Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 database unreachable."};
   keyline::core::config::set_strict_config(app);

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
   keyline::kps::Config cfg;
   CLI::App app{"keyline-kps: key provisioning server, asynchronous device-to-device key transfer (migrate | serve | account | device | sign-key).\n"
                "It relays keys sealed (HPKE) to the target device's transport key and never holds a key that opens them.\n"
-               "Settings come from flags, KEYLINE_KPS_* environment variables or --config FILE (TOML/INI).\n"
+               "Settings come from flags, KEYLINE_KPS_* environment variables or --config FILE (TOML).\n"
                "Passwords come from files or the environment, never from the command line.\n"
                "See docs/kps.md for the API, the device authentication and the policy file."};
   keyline::core::config::set_strict_config(app);
