@@ -233,9 +233,10 @@ void Line::publish_status(std::int64_t backlog) {
 LineSummary Line::summarize(core::pq::Connection& ctl) {
   LineSummary s;
   try {
-    s.unfinished = ctl.exec("SELECT count(*) FROM journal.device WHERE station_id = $1 AND state IN"
+    // With a secondary token: its rows too (a station of its own, failover.cpp).
+    s.unfinished = ctl.exec("SELECT count(*) FROM journal.device WHERE station_id IN ($1, $2) AND state IN"
                             " ('claimed','issued','stored')",
-                            {m_config.station_id})
+                            {m_config.station_id, m_secondary ? m_secondary->config.station_id : m_config.station_id})
                        .int64(0, 0);
   } catch (const core::Error&) {
     s.unfinished = -1;
