@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
@@ -80,14 +81,14 @@ int main(int argc, char** argv) {
       "in the HSM, stores the data package, checks the device's backup and publishes it to the public DB.\n\n"
       "Settings: flags, else environment (KEYLINE_STATION_DB, KEYLINE_HSM_MODULE, KEYLINE_HSM_TOKEN,\n"
       "KEYLINE_HSM_PIN_FILE or KEYLINE_HSM_PIN, KEYLINE_PKI_DIR, KEYLINE_BACKUPDB_URL, KEYLINE_STATION_ID),\n"
-      "else the JSON file given with --config. The PIN is never taken from a flag.\n\n"
+      "else the TOML (or JSON) file given with --config. The PIN is never taken from a flag.\n\n"
       "Exit codes: 0 ok, 1 failure, 2 usage/config, 3 bad input, 4 unreachable (records wait in the\n"
       "outbox), 5 refused, 6 HSM problem.",
       "keyline-station"};
   app.require_subcommand(1);
   StationConfig cfg;
   std::string config_file;
-  app.add_option("--config", config_file, "JSON config file (keys: db, hsm_module, token_label, pin_file, ...)");
+  app.add_option("--config", config_file, "TOML config file, or JSON (keys: db, hsm_module, token_label, pin_file, ...)");
   app.add_option("--db", cfg.db,
                  "libpq connection string of the station database, without a password (a password on the command "
                  "line is refused: use --db-password-file, PGPASSWORD or PGPASSFILE)");
@@ -272,6 +273,7 @@ int main(int argc, char** argv) {
   status->add_flag("--json", json, "machine-readable output");
 
   try {
+    keyline::core::config::refuse_secret_flags(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;  // docs/operations.md: 2 = usage

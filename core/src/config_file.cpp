@@ -129,7 +129,9 @@ namespace {
 std::string command_name(const CLI::App& app) {
   std::string name = app.get_name();
   for (const CLI::App* p = app.get_parent(); p; p = p->get_parent()) name = p->get_name() + " " + name;
-  return name;
+  // The root's name is argv[0] unless the program named itself: its path is no part of the message.
+  const auto slash = name.rfind('/', name.find(' '));
+  return slash == std::string::npos ? name : name.substr(slash + 1);
 }
 
 // The (sub)command an entry's section names, or a refusal naming the section.

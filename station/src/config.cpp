@@ -2,12 +2,16 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <map>
+#include <optional>
+#include <set>
 #include <sstream>
 
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 
 #include "keyline/core/cert_profile.h"
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 
 namespace keyline::station {
@@ -19,7 +23,91 @@ void from_env(std::string& field, const char* name) {
   if (const char* v = std::getenv(name); v && *v) field = v;
 }
 
+// What a station config file sets: the text settings by key, and short_apdus.
+struct FileSettings {
+  std::map<std::string, std::string> text;
+  std::optional<bool> short_apdus;
+};
+
+const std::set<std::string>& text_keys() {
+  static const std::set<std::string> keys{"station_id", "db",       "hsm_module", "token_label",
+                                          "pin_file",   "pki_dir",  "backupdb_url", "hw_type",
+                                          "key_source", "channel",  "chip_vendors"};
+  return keys;
+}
+
+const char* kKnownKeys = "station_id, db, hsm_module, token_label, pin_file, pki_dir, backupdb_url, hw_type, "
+                         "key_source, channel, chip_vendors, short_apdus";
+
+[[noreturn]] void refuse(const std::string& where, const std::string& why) {
+  throw core::ConfigError(core::ErrorCode::Config, where + ": " + why);
+}
+
+// TOML (docs/operations.md, "Configuration"): top-level keys only, each refusal naming its line.
+FileSettings read_toml_settings(const std::string& path, const std::string& text) {
+  FileSettings out;
+  for (const auto& e : core::config::parse_toml(text, path)) {
+    const std::string at = path + ":" + std::to_string(e.line);
+    if (!e.section.empty()) refuse(at, "unknown section [" + e.section.front() + "] (the station's settings have none)");
+    if (e.key == "short_apdus") {
+      if (e.kind != core::config::Kind::Boolean || e.array) refuse(at, "\"short_apdus\" must be a boolean");
+      out.short_apdus = e.values.front() == "true";
+    } else if (text_keys().count(e.key)) {
+      if (e.kind != core::config::Kind::String || e.array)
+        refuse(at, "\"" + e.key + "\" must be a string, not " + (e.array ? "an array" : core::config::kind_name(e.kind)));
+      out.text[e.key] = e.values.front();
+    } else {
+      refuse(at, "unknown key \"" + e.key + "\" (keys: " + kKnownKeys + ")");
+    }
+  }
+  return out;
+}
+
+// The JSON form the station read before TOML, still read; Poco names no line, so the key is named.
+FileSettings read_json_settings(const std::string& path, const std::string& text) {
+  Poco::JSON::Object::Ptr obj;
+  try {
+    obj = Poco::JSON::Parser().parse(text).extract<Poco::JSON::Object::Ptr>();
+  } catch (const Poco::Exception& e) {
+    refuse(path, "not JSON: " + e.displayText());
+  }
+  FileSettings out;
+  for (const auto& [key, v] : *obj) {
+    if (key == "short_apdus") {
+      if (!v.isBoolean()) refuse(path, "\"short_apdus\" must be a boolean");
+      out.short_apdus = v.extract<bool>();
+    } else if (text_keys().count(key)) {
+      // Poco converts numbers and booleans to text on request: {"db": 5} would quietly become "5".
+      if (!v.isString()) refuse(path, "\"" + key + "\" must be a string");
+      out.text[key] = v.extract<std::string>();
+    } else {
+      refuse(path, "unknown key \"" + key + "\" (keys: " + kKnownKeys + ")");
+    }
+  }
+  return out;
+}
+
+FileSettings read_config_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw core::ConfigError(core::ErrorCode::Config, "cannot read config file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  return is_json_config(path, text) ? read_json_settings(path, text) : read_toml_settings(path, text);
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 }  // namespace
+
+bool is_json_config(const std::string& path, const std::string& text) {
+  if (ends_with(path, ".json")) return true;
+  if (ends_with(path, ".toml")) return false;
+  const auto first = text.find_first_not_of(" \t\r\n");
+  return first != std::string::npos && text[first] == '{';
+}
 
 std::string default_hsm_module() {
   for (const char* p : {"/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so"}) {
@@ -52,26 +140,14 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   from_env(c.key_source, "KEYLINE_KEY_SOURCE");
   from_env(c.channel, "KEYLINE_CHANNEL");
   from_env(c.chip_vendors, "KEYLINE_CHIP_VENDORS");
-  if (const char* v = std::getenv("KEYLINE_SHORT_APDUS"); v && std::string(v) == "1") c.short_apdus = true;
+  const char* short_apdus_env = std::getenv("KEYLINE_SHORT_APDUS");
+  if (short_apdus_env && std::string(short_apdus_env) == "1") c.short_apdus = true;
 
   if (!config_file.empty()) {
-    std::ifstream in(config_file);
-    if (!in) throw core::ConfigError(core::ErrorCode::Config, "cannot read config file " + config_file);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    Poco::JSON::Object::Ptr obj;
-    try {
-      obj = Poco::JSON::Parser().parse(ss.str()).extract<Poco::JSON::Object::Ptr>();
-    } catch (const Poco::Exception& e) {
-      throw core::ConfigError(core::ErrorCode::Config, "config file " + config_file + " is not JSON: " + e.displayText());
-    }
+    const FileSettings file = read_config_file(config_file);
     auto from_file = [&](std::string& field, const char* key) {
-      if (!field.empty() || !obj->has(key)) return;
-      // Poco converts numbers and booleans to text on request: {"db": 5} would quietly become "5".
-      const Poco::Dynamic::Var v = obj->get(key);
-      if (!v.isString())
-        throw core::ConfigError(core::ErrorCode::Config, std::string("config file: \"") + key + "\" must be a string");
-      field = v.extract<std::string>();
+      if (!field.empty()) return;
+      if (auto it = file.text.find(key); it != file.text.end()) field = it->second;
     };
     from_file(c.station_id, "station_id");
     from_file(c.db, "db");
@@ -84,6 +160,7 @@ void complete_config(StationConfig& c, const std::string& config_file) {
     from_file(c.key_source, "key_source");
     from_file(c.channel, "channel");
     from_file(c.chip_vendors, "chip_vendors");
+    if (file.short_apdus && !short_apdus_env) c.short_apdus = c.short_apdus || *file.short_apdus;
   }
 
   if (c.station_id.empty()) c.station_id = defaults.station_id;

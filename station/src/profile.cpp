@@ -1,12 +1,15 @@
 // Line profiles and fleet address lists (docs/line.md).
 #include <cctype>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include <Poco/JSON/Parser.h>
 
+#include "keyline/core/config_file.h"
 #include "keyline/core/error.h"
 #include "keyline/core/data_package.h"
+#include "keyline/station/config.h"
 #include "keyline/station/line.h"
 
 namespace keyline::station {
@@ -38,18 +41,67 @@ std::int64_t get_int(const Poco::JSON::Object::Ptr& o, const std::string& key, s
   return v;
 }
 
+using core::config::Kind;
+
+// The kind each top-level key of a TOML profile takes (application_items is a [table] of strings).
+Kind profile_kind(const std::string& key, const std::string& at) {
+  static const std::map<std::string, Kind> kinds{
+      {"devices", Kind::String},        {"fleet_file", Kind::String},  {"fleet_ports", Kind::String},
+      {"concurrency", Kind::Integer},   {"key_source", Kind::String},  {"tac", Kind::String},
+      {"pool_low_water", Kind::Integer}, {"pool_refill", Kind::Integer}};
+  const auto it = kinds.find(key);
+  if (it == kinds.end()) bad(at, "unknown field \"" + key + "\"");
+  return it->second;
+}
+
+Poco::Dynamic::Var toml_value(const core::config::Entry& e) {
+  if (e.kind == Kind::Integer) return static_cast<Poco::Int64>(std::stoll(e.values.front()));
+  return e.values.front();
+}
+
+// A TOML profile as the JSON object the checks below read, every key and kind checked here first so a
+// refusal names its line ("line profile P:LINE: ...").
+Poco::JSON::Object::Ptr toml_profile(const std::string& path, const std::string& text) {
+  Poco::JSON::Object::Ptr o = new Poco::JSON::Object;
+  Poco::JSON::Object::Ptr items = new Poco::JSON::Object;
+  for (const auto& e : core::config::parse_toml(text, path)) {
+    const std::string at = path + ":" + std::to_string(e.line);
+    const bool item = e.section == std::vector<std::string>{"application_items"};
+    if (!e.section.empty() && !item) bad(at, "unknown table [" + e.section.front() + "]");
+    const Kind want = item ? Kind::String : profile_kind(e.key, at);
+    if (e.kind != want || e.array != (!item && e.key == "devices"))
+      bad(at, "\"" + e.key + "\" must be " + (e.key == "devices" ? "an array of strings" : core::config::kind_name(want)));
+    if (item) {
+      items->set(e.key, e.values.front());
+    } else if (e.array) {
+      Poco::JSON::Array::Ptr arr = new Poco::JSON::Array;
+      for (const auto& v : e.values) arr->add(v);
+      o->set(e.key, arr);
+    } else {
+      o->set(e.key, toml_value(e));
+    }
+  }
+  if (items->size() > 0) o->set("application_items", items);
+  return o;
+}
+
 }  // namespace
 
+// TOML (docs/line.md, "Profiles"), or the JSON profiles of before (is_json_config).
 LineProfile load_profile(const std::string& path) {
   std::ifstream in(path);
   if (!in) bad(path, "cannot be read");
   std::stringstream ss;
   ss << in.rdbuf();
   Poco::JSON::Object::Ptr o;
-  try {
-    o = Poco::JSON::Parser().parse(ss.str()).extract<Poco::JSON::Object::Ptr>();
-  } catch (const Poco::Exception& e) {
-    bad(path, "not a JSON object (" + e.displayText() + ")");
+  if (!is_json_config(path, ss.str())) {
+    o = toml_profile(path, ss.str());
+  } else {
+    try {
+      o = Poco::JSON::Parser().parse(ss.str()).extract<Poco::JSON::Object::Ptr>();
+    } catch (const Poco::Exception& e) {
+      bad(path, "not a JSON object (" + e.displayText() + ")");
+    }
   }
   static const char* known[] = {"devices",   "fleet_file", "fleet_ports",      "concurrency", "key_source",
                                 "tac",       "pool_low_water", "pool_refill", "application_items"};

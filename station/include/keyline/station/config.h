@@ -1,4 +1,4 @@
-// Station settings: flags override environment (KEYLINE_*), which overrides a JSON config file.
+// Station settings: flags override environment (KEYLINE_*), which overrides a TOML (or JSON) config file.
 #pragma once
 
 #include <string>
@@ -26,9 +26,15 @@ struct StationConfig {
   int publish_attempts = 5;       // attempts before a record is left to the outbox
 };
 
-// Fills unset fields from the environment and then from a JSON config file (when path is not empty),
-// and applies defaults. Throws ConfigError naming the bad setting.
+// Fills unset fields from the environment and then from a config file (when path is not empty): TOML, or
+// the JSON the station read before (by extension .toml/.json, else by content: JSON opens with '{'), and
+// applies defaults. An unknown key or a value of the wrong type is refused (TOML: with its line). Throws
+// ConfigError naming the bad setting.
 void complete_config(StationConfig& config, const std::string& config_file);
+
+// Whether a config file or line profile is the JSON form: by extension (.json, .toml), else by content:
+// a JSON object opens with '{', which no TOML file does (a TOML line opens with a key, a [table] or '#').
+bool is_json_config(const std::string& path, const std::string& text);
 
 // What personalizing needs on top of complete_config: scp11a needs --chip-vendors, --key-source device
 // needs scp11a. Throws ConfigError(Usage) saying which (other commands run without them).
