@@ -8,7 +8,7 @@ cd "$top"
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libbotan-2-dev libpoco-dev libpq-dev libcli11-dev doctest-dev
+  libbotan-2-dev libpoco-dev libpq-dev libcli11-dev libtomlplusplus-dev doctest-dev
   postgresql-15 softhsm2 libp11-kit-dev opensc
   openssl curl python3 libengine-pkcs11-openssl time
   strace  # integration_station_keys: the modes key files are created with
