@@ -83,7 +83,7 @@ hs::Message test_response() {
 
 }  // namespace
 
-TEST_CASE("RFC 9530: Content-Digest sha-256 known answers, and the check refuses another body") {
+TEST_CASE("RFC 9530: Content-Digest sha-256 known answers and the check refuses another body") {
   std::ifstream in(std::string(std::getenv("KEYLINE_SOURCE_DIR")) +
                    "/tests/vectors/http_signature/rfc9530_content_digest.txt");
   std::string line;
@@ -142,7 +142,7 @@ TEST_CASE("RFC 9421 B.2.6: the ed25519 signature base and signature byte-exact")
                   core::CryptoError);
 }
 
-TEST_CASE("RFC 9421 B.2.4: the ecdsa-p256-sha256 response signature verifies (raw r||s), a change does not") {
+TEST_CASE("RFC 9421 B.2.4: the ecdsa-p256-sha256 response signature verifies (raw r||s) and a change does not") {
   const auto input = hs::parse_signature_input(rfc().at("b24-signature-input"), "sig-b24");
   auto response = test_response();
   CHECK(hs::signature_base(input, response, nullptr) == rfc().at("b24-base"));
@@ -159,7 +159,7 @@ TEST_CASE("RFC 9421 B.2.4: the ecdsa-p256-sha256 response signature verifies (ra
   CHECK_THROWS_AS(hs::verify_message("sig-b24", response, nullptr, *pub, hs::Algorithm::Ed25519), core::CryptoError);
 }
 
-TEST_CASE("derived components: @query, @target-uri, @scheme, ;req, and what is refused") {
+TEST_CASE("derived components @query @target-uri @scheme and req-bound ones and what is refused") {
   hs::Params p;
   p.components = {{"@method"}, {"@query"}, {"@target-uri"}, {"@scheme"}};
   p.created = 1;
@@ -224,7 +224,7 @@ constexpr std::int64_t kNow = 1800000000;
 
 }  // namespace
 
-TEST_CASE("KPS profile: a signed answer verifies; tampered, unsigned, moved or stale answers are refused") {
+TEST_CASE("KPS profile: a signed answer verifies and tampered or unsigned or moved or stale answers are refused") {
   Kps kps;
   const auto req = device_request("00112233445566778899aabbccddeeff");
   const std::string body = "{\"notifications\":[]}";
@@ -264,7 +264,7 @@ TEST_CASE("KPS profile: a signed answer verifies; tampered, unsigned, moved or s
                   core::CryptoError);
 }
 
-TEST_CASE("KPS profile: a signature that leaves out the ;req binding is refused even when it verifies") {
+TEST_CASE("KPS profile: a signature that leaves out the req binding is refused even when it verifies") {
   Kps kps;
   const auto req = device_request("00112233445566778899aabbccddeeff");
   const std::string body = "{}";

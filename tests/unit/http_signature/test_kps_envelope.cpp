@@ -52,7 +52,7 @@ core::SecureBytes user_key() { return core::SecureBytes(32, 0x5A); }
 
 }  // namespace
 
-TEST_CASE("KLKE: built by the source, parsed and opened by the target") {
+TEST_CASE("KLKE: built by the source then parsed and opened by the target") {
   auto src = pki().device("4B4C0001AABBCCDD0011");
   auto dst = pki().device("4B4C0001AABBCCDD0022");
   const klke::Header h{"6f1d3a2e-0000-4000-8000-000000000001", "wifi-psk", src.chip, dst.chip};
@@ -114,7 +114,7 @@ TEST_CASE("KLKE: a key sealed to the target's public transport key by anyone els
   }
 }
 
-TEST_CASE("KLKE: an envelope moved to another transfer, label or target is refused") {
+TEST_CASE("KLKE: an envelope moved to another transfer or label or target is refused") {
   auto src = pki().device("4B4C0001AABBCCDD0011");
   auto dst = pki().device("4B4C0001AABBCCDD0022");
   const klke::Header h{"t-1", "wifi-psk", src.chip, dst.chip};
