@@ -3,13 +3,16 @@
 // from the caller: the record is validated to the root (chain, chip ID, IMEI, and its transport
 // certificate: core::validate_record), so a rewriting proxy or public DB cannot make a message open on
 // another device or a key of its own.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <ostream>
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/error.h"
@@ -88,19 +91,53 @@ Bytes verified_transport_key(const std::string& json, const core::Imei& imei,
   }
 }
 
-// Written whole or not at all: a temporary file next to `path`, then rename(2).
+// Written whole or not at all: a temporary file next to `path`, then rename(2). mkstemp(3) creates it
+// with O_CREAT|O_EXCL, so a name planted there (a symlink to another file) is never followed, and its
+// random name cannot be guessed ahead; fchmod acts on the open file, not on a path.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& path) {
+    const std::filesystem::path p(path);
+    const auto dir = p.parent_path().empty() ? std::filesystem::path(".") : p.parent_path();
+    m_name = (dir / ("." + p.filename().string() + ".XXXXXX")).string();
+    m_fd = ::mkstemp(m_name.data());
+    if (m_fd < 0) throw core::IoError(core::ErrorCode::Io, "cannot create a temporary file next to --out " + path);
+  }
+  ~TempFile() {
+    if (m_fd >= 0) ::close(m_fd);
+    if (!m_kept) ::unlink(m_name.c_str());
+  }
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  // Every byte written, mode set, on disk (fsync) and closed without error, or false.
+  bool write_all(const Bytes& data, mode_t mode) {
+    for (std::size_t done = 0; done < data.size();) {
+      const ssize_t n = ::write(m_fd, data.data() + done, data.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      done += static_cast<std::size_t>(n);
+    }
+    const bool ok = ::fchmod(m_fd, mode) == 0 && ::fsync(m_fd) == 0;
+    const int fd = m_fd;
+    m_fd = -1;
+    return ::close(fd) == 0 && ok;  // close(2) reports a delayed write error (NFS, quotas)
+  }
+  bool rename_to(const std::string& path) {
+    m_kept = std::rename(m_name.c_str(), path.c_str()) == 0;
+    return m_kept;
+  }
+
+ private:
+  std::string m_name;
+  int m_fd = -1;
+  bool m_kept = false;
+};
+
 void write_sealed(const std::string& path, const Bytes& sealed) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream o(tmp, std::ios::binary | std::ios::trunc);
-    o.write(reinterpret_cast<const char*>(sealed.data()), static_cast<std::streamsize>(sealed.size()));
-    if (!o) throw core::IoError(core::ErrorCode::Io, "cannot write --out " + path);
-  }
-  ::chmod(tmp.c_str(), 0644);  // sealed: only the device opens it
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw core::IoError(core::ErrorCode::Io, "cannot write --out " + path);
-  }
+  TempFile tmp(path);
+  // 0644: sealed, only the device opens it.
+  if (!tmp.write_all(sealed, 0644) || !tmp.rename_to(path))
+    throw core::IoError(core::ErrorCode::Io, "cannot write --out " + path + ": " + std::strerror(errno));
 }
 
 }  // namespace

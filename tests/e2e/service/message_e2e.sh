@@ -6,6 +6,7 @@
 # (log check included); an unknown IMEI is exit 3 (8050), a public DB that does not answer exit 4; a
 # rewriting proxy in front of the public DB (rewrite_proxy.py, holding its TLS key) that swaps the
 # record's transport certificate for another device's, or strips it, is refused: exit 3, nothing written.
+# Symlinks planted at OUT and OUT.tmp are not followed; a full file system is a non-zero exit, nothing left.
 # Usage: message_e2e.sh WORKDIR   (LINE_BIN = directory holding the keyline-* programs)
 set -euo pipefail
 
@@ -67,6 +68,30 @@ rc=0
 "$DEV" service-agent open --dir "$(ddir 1)" --in "$work/msg.sealed" --out "$work/wrong.bin" >"$work/open1.out" 2>&1 || rc=$?
 [ "$rc" -eq 3 ] && [ ! -e "$work/wrong.bin" ] && pass "device 1 cannot open it (exit 3)" ||
   fail "device 1 open: exit $rc $(cat "$work/open1.out")"
+
+# A symlink planted where the old fixed temporary name was (OUT.tmp) and at OUT itself: neither is
+# followed (the temporary file is mkstemp's, OUT is replaced by rename), the victim keeps its bytes.
+echo "victim bytes" >"$work/victim"
+ln -s "$work/victim" "$work/planted.sealed.tmp"
+ln -s "$work/victim" "$work/planted.sealed"
+message "$I0" "$work/planted.sealed" "$LINE_BACKUPDB_URL"
+[ "$rc" -eq 0 ] && [ "$(cat "$work/victim")" = "victim bytes" ] && [ ! -L "$work/planted.sealed" ] &&
+  [ "$(stat -c %s "$work/planted.sealed")" -eq $((5000 + 48)) ] && [ -z "$(ls -A "$work" | grep '^\.planted')" ] &&
+  pass "planted symlinks at OUT and OUT.tmp not followed" || fail "planted symlink: exit $rc $(cat "$work/err")"
+# A full file system (a 12 KiB tmpfs, when this user may mount): non-zero exit, no OUT, no temporary.
+mkdir -p "$work/small"
+if mount -t tmpfs -o size=12k tmpfs "$work/small" 2>/dev/null; then
+  head -c 60000 /dev/urandom >"$work/big.bin"
+  rc=0
+  "$SVC" message --imei "$I0" --in "$work/big.bin" --out "$work/small/big.sealed" --backupdb "$LINE_BACKUPDB_URL" \
+    --backupdb-ca "$CA" --trust "$ROOT" >"$work/out" 2>"$work/err" || rc=$?
+  left=$(ls -A "$work/small")
+  umount "$work/small"
+  [ "$rc" -ne 0 ] && [ -z "$left" ] && pass "full file system: exit $rc, nothing left ($(cat "$work/err"))" ||
+    fail "full file system: exit $rc, left: $left"
+else
+  echo "SKIP full file system: cannot mount a tmpfs here"
+fi
 
 # An IMEI the public DB does not know (Luhn-valid, never personalized): 8050, exit 3, nothing written.
 message 490154203237518 "$work/unknown.sealed" "$LINE_BACKUPDB_URL"
