@@ -51,6 +51,17 @@ check(os.path.isfile(log.get("checkpoint", "")) and os.path.isfile(log.get("log_
 svc = s.get("service_session", {})
 check(svc.get("ok") is True and len(svc.get("chip_id", "")) == 20, "service_session.ok for a named chip")
 PY
+# Every program's log of the demo (station, ceremony, public DB, KPS, service, recovery, devices) holds
+# none of the devices' secrets (tests/e2e/lib/secrets_scan.sh).
+. "$KEYLINE_SOURCE_DIR/tests/e2e/lib/secrets_scan.sh"
+mapfile -t demo_devices < <(find "$dir" -path '*/secure/chip.key' -printf '%h\n' | xargs -r -n1 dirname)
+secrets_collect "${demo_devices[@]}"
+mapfile -t demo_logs < <(find "$dir/logs" -type f)
+[ "$SECRETS_DEVICES" -ge 3 ] && [ "${#demo_logs[@]}" -ge 5 ] ||
+  { echo "FAIL: the scan has $SECRETS_DEVICES personalized devices and ${#demo_logs[@]} logs"; exit 1; }
+secrets_plant_check "${demo_logs[0]}" || { echo "FAIL: the secrets scan misses a planted secret"; exit 1; }
+if ! secrets_scan "${demo_logs[@]}"; then echo "FAIL: a device secret in the demo's logs"; exit 1; fi
+echo "ok: no secret of ${SECRETS_DEVICES} devices (${#SECRETS_NEEDLES[@]} values) in ${#demo_logs[@]} logs"
 # The demo stopped everything it started: nothing listens from its directory any more.
 if pgrep -f "$KEYLINE_DEMO_TEST_DIR/" >/dev/null; then
   echo "FAIL: processes of the demo are still running"
