@@ -16,6 +16,7 @@
 
 #include <botan/x509cert.h>
 
+#include "keyline/core/device_auth.h"
 #include "keyline/core/event_log.h"
 #include "keyline/core/http_server.h"
 #include "keyline/core/http_service.h"
@@ -65,6 +66,9 @@ struct Context {
   std::atomic<int> waiting{0};
   std::atomic<bool> stopping{false};  // long polls answer at once
   std::shared_ptr<AnswerSigner> signer;  // null: answers go unsigned (docs/kps.md)
+  // Device chains verified once (docs/kps.md "Device authentication"): a device sends the same chain
+  // with every request, and the chain checks cost as much as the request signature.
+  std::shared_ptr<core::device_auth::ChainCache> chains = std::make_shared<core::device_auth::ChainCache>(8192);
 
   // The KPS's "now" in Unix seconds: the system clock shifted by --clock-offset-s (test-only).
   std::int64_t now() const;

@@ -45,7 +45,8 @@ std::optional<Reply> authenticate(Context& c, const Request& req, Caller& who) {
   core::device_auth::Verified dev;
   try {
     dev = core::device_auth::verify_request([&](const std::string& h) { return req.get(lower(h)); }, req.method,
-                                            req.target, req.body, c.anchors, now, c.config.max_skew);
+                                            req.target, req.body, c.anchors, now, c.config.max_skew,
+                                            c.chains.get());
   } catch (const core::Error& e) {
     return refused(401, "device-auth-failed",
                    "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)",
