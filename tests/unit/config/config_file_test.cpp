@@ -43,7 +43,7 @@ struct Program {
 };
 
 std::string write_config(const std::string& name, const std::string& text) {
-  const std::string path = std::string(std::getenv("KEYLINE_BINARY_DIR") ? std::getenv("KEYLINE_BINARY_DIR") : ".") +
+  const std::string path = std::string(std::getenv("KEYLINE_BINARY_DIR") ? std::getenv("KEYLINE_BINARY_DIR") : "/tmp") +
                            "/unit_config_" + name + ".toml";
   std::ofstream(path) << text;
   return path;
