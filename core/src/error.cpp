@@ -17,6 +17,9 @@ int exit_code_for(ErrorCode code) noexcept {
   if (n >= 1250 && n < 1300) return exit_code::hsm;
   // keyline-device: an empty flash (2002) or an image a boot check rejects (2004) is bad input.
   if (n == 2002 || n == 2004) return exit_code::bad_input;
+  // 2021: a KPS answer that is unsigned, forged or bound to another request is the peer refused, as a
+  // chip that breaks the channel is (docs/kps.md "Signed answers").
+  if (n == 2021) return exit_code::refused;
   // keyline-station (station/include/keyline/station/errors.h): 4021 = public DB unreachable, the
   // record waits in the outbox; device, public DB or other-station refusals and keys that already
   // exist are the peer refusing; 4001 = the pool is empty (nothing to claim: unavailable).

@@ -155,7 +155,7 @@ kps_sql "UPDATE transfers SET ciphertext = decode('$genuine', 'hex') WHERE id = 
 for mode in "reseal $work/forged.klke" strip replay; do
   echo "$mode" >"$work/proxy.mode"
   rc=0; via_proxy receive 4 >"$work/m.out" 2>"$work/m.err" || rc=$?
-  if [ "$rc" -ne 0 ] && grep -q "KPS answer not authentic" "$work/m.err" && [ ! -e "$(ddir 4)/secure/keys/user-key.key" ]; then
+  if [ "$rc" -eq 5 ] && grep -q "KPS answer not authentic" "$work/m.err" && [ ! -e "$(ddir 4)/secure/keys/user-key.key" ]; then
     pass "proxy '${mode%% *}': answer refused ($(grep -o 'not authentic.*' "$work/m.err" | head -1 | cut -c1-90))"
   else fail "proxy '${mode%% *}': exit $rc $(cat "$work/m.err")"; fi
 done

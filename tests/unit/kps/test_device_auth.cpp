@@ -281,3 +281,8 @@ TEST_CASE("the chain cache is bounded: the least recently used entry goes first"
   CHECK(static_cast<bool>(cache.find("a", kNow)));
   CHECK(static_cast<bool>(cache.find("c", kNow)));
 }
+
+TEST_CASE("a KPS answer that is not authentic (2021) exits 5, refused") {
+  CHECK(core::exit_code_for(static_cast<core::ErrorCode>(2021)) == 5);
+  CHECK(core::exit_code_for(static_cast<core::ErrorCode>(2020)) == 1);
+}
