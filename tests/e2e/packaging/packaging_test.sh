@@ -64,6 +64,18 @@ check_config() {  # program config command
 [ ! -x "$work/root/usr/bin/keyline-backupdb" ] || { check_config keyline-backupdb backupdb.toml serve; check_config keyline-backupdb witness.toml witness; }
 [ ! -x "$work/root/usr/bin/keyline-kps" ] || check_config keyline-kps kps.toml serve
 [ ! -x "$work/root/usr/bin/keyline-service" ] || check_config keyline-service service.toml serve
+# The station's config and the line profile: `run` reads both before it opens the database, so with the
+# database pointed nowhere (the environment wins over the file) it must fail on that (1301), not on them
+# (1450); a profile with a key the station does not know fails on the profile.
+if [ -x "$work/root/usr/bin/keyline-station" ]; then
+  station_run() { KEYLINE_STATION_DB="host=$work/no-pg dbname=none" "$work/root/usr/bin/keyline-station" \
+    --config "$cfg/station-line1.toml" run --profile "$1" >"$work/station-run.out" 2>&1 || true; }
+  station_run "$cfg/line-line1.toml"
+  grep -q 'error 1301' "$work/station-run.out" || { cat "$work/station-run.out"; fail "station-line1.toml or line-line1.toml refused"; }
+  sed 's/^concurrency = .*/concurrency = 8\nno_such_key = 1/' "$cfg/line-line1.toml" >"$work/bad-line.toml"
+  station_run "$work/bad-line.toml"
+  grep -q 'error 1450.*no_such_key' "$work/station-run.out" || { cat "$work/station-run.out"; fail "a bad line profile was not refused"; }
+fi
 ok "example configs read by their programs; every key an option of its command"
 
 # systemd units: verify, hardening and secrets only through LoadCredential= (never a flag).
