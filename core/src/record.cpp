@@ -10,6 +10,7 @@
 #include <Poco/JSON/Object.h>
 #include <Poco/JSON/Parser.h>
 #include <botan/asn1_time.h>
+#include <botan/ecc_key.h>
 #include <botan/hash.h>
 #include <botan/pem.h>
 #include <botan/x509_ext.h>
@@ -254,24 +255,45 @@ void check_transport(const Record& record, const Botan::X509_Certificate& identi
   }
 }
 
-// The certificate that issued `leaf` once verify_chain passed: the one of that subject DN, or when
-// several share it, the one whose key verifies the leaf.
-const Botan::X509_Certificate& identity_issuer(const Botan::X509_Certificate& leaf,
-                                               const std::vector<Botan::X509_Certificate>& intermediates,
-                                               const std::vector<Botan::X509_Certificate>& anchors) {
-  std::vector<const Botan::X509_Certificate*> named;
-  for (const auto* set : {&anchors, &intermediates})
-    for (const auto& c : *set)
-      if (c.subject_dn() == leaf.issuer_dn()) named.push_back(&c);
-  if (named.size() == 1) return *named.front();
-  for (const auto* c : named) {
-    try {
-      const std::unique_ptr<Botan::Public_Key> key(c->subject_public_key());
-      if (leaf.verify_signature(*key) == Botan::Certificate_Status_Code::VERIFIED) return *c;
-    } catch (const Botan::Exception&) {
-    }
+// The shapes the station publishes (station/src/flow_steps.cpp, then the transport certificate third):
+// [identity], [identity, Device CA] or [identity, Device CA, transport]. Every reader takes the issuer
+// second and the transport certificate third, so a record of another order or with extra certificates
+// would let readers disagree on what it says: it is refused.
+void check_shape(const std::vector<Botan::X509_Certificate>& chain) {
+  if (chain.size() > 3) bad("more than 3 certificates: [identity, Device CA, transport] at most");
+  if (chain.size() >= 2 && (!chain[1].is_CA_cert() || !(chain[0].issuer_dn() == chain[1].subject_dn())))
+    bad("the second certificate is not the CA that issued the identity certificate");
+  if (chain.size() == 3 && chain[2].is_CA_cert()) bad("the third certificate is a CA certificate, not a transport certificate");
+}
+
+// The identity certificate's profile (core/cert_profile.h): an ECDSA P-256 signing key, not the
+// X25519 keyAgreement key of a transport certificate standing in for it.
+void check_identity_profile(const Botan::X509_Certificate& leaf) {
+  std::unique_ptr<Botan::Public_Key> key;
+  try {
+    key.reset(leaf.subject_public_key());
+  } catch (const Botan::Exception&) {
+    bad("identity certificate key does not decode");
   }
-  throw Error(ErrorCode::ChainInvalid, "chain does not lead to a trusted root: no issuer of the identity certificate");
+  const auto* ec = dynamic_cast<const Botan::EC_PublicKey*>(key.get());
+  if (!ec || key->algo_name() != "ECDSA" || ec->domain().get_curve_oid() != Botan::OID::from_string("secp256r1"))
+    bad("identity certificate key is not ECDSA P-256");
+  const Botan::Key_Constraints usage = leaf.constraints();
+  if (leaf.is_CA_cert() || !(usage & Botan::DIGITAL_SIGNATURE) || (usage & Botan::KEY_AGREEMENT))
+    bad("identity certificate keyUsage is not digitalSignature without keyAgreement");
+}
+
+// verify_chain may have found the leaf's issuer among the anchors (one of the same DN as the second
+// certificate): the transport check trusts the second certificate's key, so it must be the one that
+// signed the leaf.
+void check_second_issued_leaf(const std::vector<Botan::X509_Certificate>& chain) {
+  if (chain.size() < 2) return;
+  try {
+    const std::unique_ptr<Botan::Public_Key> key(chain[1].subject_public_key());
+    if (chain[0].verify_signature(*key) == Botan::Certificate_Status_Code::VERIFIED) return;
+  } catch (const Botan::Exception&) {
+  }
+  bad("the second certificate is not the CA that issued the identity certificate");
 }
 
 }  // namespace
@@ -322,8 +344,11 @@ void validate_record(const Record& record, const std::vector<Botan::X509_Certifi
       throw FormatError(ErrorCode::BadCertificate, "record: certificate " + std::to_string(i) + " is not DER X.509");
     }
   }
+  check_shape(chain);
   const Botan::X509_Certificate& leaf = chain.front();
-  const std::vector<Botan::X509_Certificate> intermediates(chain.begin() + 1, chain.end());
+  // Only the Device CA (second) may issue the leaf: the transport certificate is no intermediate.
+  const std::vector<Botan::X509_Certificate> intermediates(chain.begin() + (chain.size() > 1 ? 1 : 0),
+                                                           chain.begin() + (chain.size() > 1 ? 2 : 0));
   try {
     verify_chain(leaf, intermediates, trust_anchors);
   } catch (const Error& e) {
@@ -332,12 +357,13 @@ void validate_record(const Record& record, const std::vector<Botan::X509_Certifi
     throw Error(ErrorCode::ChainInvalid, std::string("chain does not lead to a trusted root: ") + e.what());
   }
 
+  check_second_issued_leaf(chain);
   check_record_facts(record, leaf);
-  if (const auto transport = transport_certificate(record))
-    check_transport(record, leaf, *transport, identity_issuer(leaf, intermediates, trust_anchors));
+  if (chain.size() == 3) check_transport(record, leaf, chain[2], chain[1]);
 }
 
 void check_record_facts(const Record& record, const Botan::X509_Certificate& leaf) {
+  check_identity_profile(leaf);
   const IdentityFacts facts = read_identity(leaf);
   if (facts.chip_id != record.chip_id)
     bad("certificate chip ID " + facts.chip_id.str() + " differs from record chip ID " + record.chip_id.str());

@@ -2,6 +2,9 @@
 // published in its public DB record (certificates[2], core/record.h), so the KPS reads it from there
 // instead of taking the target's word for it. The record is validated as recovery validates it
 // (chain to --trust, chip, IMEI, the transport certificate's profile under the record's Device CA).
+#include <future>
+#include <map>
+
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/http.h"
 #include "keyline/core/record.h"
@@ -24,9 +27,11 @@ std::string fetch(Context& c, const std::string& chip) {
     throw core::IoError(core::ErrorCode::Network, "public DB answered " + std::to_string(res.status) + " for " + chip);
   const auto record = core::Record::from_json(res.body);
   if (record.chip_id.str() != chip) throw core::FormatError(core::ErrorCode::BadRecord, "the record names another chip");
+  // validate_record accepts [identity, Device CA, transport] only in that order: the second
+  // certificate is the Device CA it verified the identity and the transport certificate under.
   core::validate_record(record, c.anchors);
   const auto transport = core::transport_certificate(record);
-  if (!transport || record.certificates.size() < 2)
+  if (!transport || record.certificates.size() != 3)
     throw core::FormatError(core::ErrorCode::BadTransportCertificate, "the record of " + chip + " has no transport certificate");
   return core::to_pem(*transport) + core::to_pem(Botan::X509_Certificate(record.certificates[1]));
 }
@@ -35,15 +40,56 @@ std::string fetch(Context& c, const std::string& chip) {
 
 // Cached in transport_certs once checked: a record never changes (docs/api.md).
 std::string transport_chain_from_directory(Context& c, const std::string& chip) {
+  auto r = transport_chains_from_directory(c, {chip});
+  if (r[0].error) std::rethrow_exception(r[0].error);
+  return r[0].chain;
+}
+
+// A group asks for up to 32 targets: one query for the cached ones, the others fetched from the public
+// DB side by side (each fetch is a TLS connection and a record check, ~60 ms, mostly waiting), then
+// stored in one statement.
+std::vector<DirectoryChain> transport_chains_from_directory(Context& c, const std::vector<std::string>& chips) {
+  std::vector<DirectoryChain> out(chips.size());
+  std::map<std::string, std::string> cached;
   {
+    // Chip IDs are 20 hex digits here (parsed by the caller), so the array literal needs no quoting.
+    std::string array = "{";
+    for (const auto& chip : chips) array += (array.size() > 1 ? "," : "") + chip;
+    array += "}";
     auto conn = c.pool->acquire();
-    auto r = conn->exec_prepared("SELECT chain_pem FROM transport_certs WHERE chip = $1", {chip});
-    if (!r.empty()) return r.text(0, 0);
+    auto r = conn->exec_prepared("SELECT chip, chain_pem FROM transport_certs WHERE chip = ANY($1::text[])", {array});
+    for (int i = 0; i < r.rows(); ++i) cached[r.text(i, 0)] = r.text(i, 1);
   }
-  const std::string chain = fetch(c, chip);
-  c.pool->acquire()->exec_prepared(
-      "INSERT INTO transport_certs (chip, chain_pem) VALUES ($1, $2) ON CONFLICT (chip) DO NOTHING", {chip, chain});
-  return chain;
+  std::vector<std::size_t> missing;
+  for (std::size_t i = 0; i < chips.size(); ++i) {
+    const auto it = cached.find(chips[i]);
+    if (it != cached.end()) out[i].chain = it->second;
+    else missing.push_back(i);
+  }
+  std::vector<std::future<void>> fetches;
+  for (const auto i : missing) {
+    fetches.push_back(std::async(std::launch::async, [&c, &chips, &out, i] {
+      try {
+        out[i].chain = fetch(c, chips[i]);
+      } catch (...) {
+        out[i].error = std::current_exception();
+      }
+    }));
+  }
+  for (auto& f : fetches) f.get();
+  std::string new_chips = "{", new_chains = "{";
+  for (const auto i : missing) {
+    if (out[i].error) continue;
+    new_chips += (new_chips.size() > 1 ? "," : "") + chips[i];
+    // A PEM text holds no '"' or '\\'; quoted, its newlines and commas are plain element text.
+    new_chains += std::string(new_chains.size() > 1 ? "," : "") + "\"" + out[i].chain + "\"";
+  }
+  if (new_chips.size() > 1)
+    c.pool->acquire()->exec_prepared(
+        "INSERT INTO transport_certs (chip, chain_pem) SELECT * FROM unnest($1::text[], $2::text[]) "
+        "ON CONFLICT (chip) DO NOTHING",
+        {new_chips + "}", new_chains + "}"});
+  return out;
 }
 
 }  // namespace keyline::kps

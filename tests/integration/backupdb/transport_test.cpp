@@ -60,13 +60,13 @@ std::vector<std::pair<std::string, Record>> forged_records(std::uint32_t n) {
   Record signing = pki().record(n + 2);
   signing.certificates.push_back(signing_x25519(signing));
   out.emplace_back("digitalSignature", signing);
-  // Another Device CA of the same root, attached after the transport certificate it signed.
+  // Another Device CA of the same root signed the transport certificate (attaching that CA as a
+  // fourth certificate is no shape the public DB takes: 1170, see the last test case).
   auto other_key = new_key(pki().rng);
   const auto other_ca =
       make_ca_certificate(*pki().root, *pki().root_key, *other_key, "Other Device CA", "keyline test", 0, pki().rng);
   const Record base = pki().record(n + 3);
   Record other = with_transport(n + 3, base.chip_id, other_ca, *other_key);
-  other.certificates.push_back(other_ca.BER_encode());
   out.emplace_back("another Device CA", other);
   // The Device CA's name under another key.
   const auto twin = make_ca_certificate(*pki().root, *pki().root_key, *other_key, "Test Device CA", "keyline test", 0,
@@ -122,4 +122,34 @@ TEST_CASE("public DB: 2- and 3-certificate records both stored, cold and with th
   const Record old_back = Record::from_json(s.get("/v1/records/" + old_shape.chip_id.str()).body);
   CHECK(old_back.certificates.size() == 2);
   CHECK_FALSE(transport_certificate(old_back).has_value());
+}
+
+// The attacker review (attack1): shapes no station publishes were stored 201. A normal record first,
+// so the Device CA is remembered and the fast path sees every odd shape with that CA second; then the
+// same on a fresh server, where each goes through the full validation.
+TEST_CASE("public DB: odd certificate orders and a transport certificate as the identity are refused 422") {
+  Database db;
+  for (const bool warm : {true, false}) {
+    CAPTURE(warm);
+    Server s(db, {"--no-log"});
+    const auto c = s.client("station");
+    const std::uint32_t base = warm ? 7300 : 7320;
+    if (warm) REQUIRE(c->post("/v1/records", with_transport(base).to_json(), "application/json").status == 201);
+    std::uint32_t n = base + 1;
+    const auto shape = [&n](const std::vector<int>& order) {
+      Record r = with_transport(n++);  // [I, C, T]
+      const std::vector<Bytes> certs = r.certificates;
+      r.certificates.clear();
+      for (const int i : order) r.certificates.push_back(certs[static_cast<std::size_t>(i)]);
+      return r;
+    };
+    const std::vector<std::pair<std::string, std::vector<int>>> odd{
+        {"[T, C, T]", {2, 1, 2}}, {"[T, C]", {2, 1}},       {"[I, T, C]", {0, 2, 1}},
+        {"[I, C, C]", {0, 1, 1}}, {"[I, C, T, T]", {0, 1, 2, 2}}, {"[I, C, C, C, C, T]", {0, 1, 1, 1, 1, 2}}};
+    for (const auto& [what, order] : odd) {
+      CAPTURE(what);
+      const auto res = c->post("/v1/records", shape(order).to_json(), "application/json");
+      CHECK(res.status == 422);
+    }
+  }
 }

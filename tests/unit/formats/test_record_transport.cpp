@@ -6,6 +6,8 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <botan/auto_rng.h>
 #include <botan/curve25519.h>
@@ -161,8 +163,14 @@ TEST_CASE("record transport: a third certificate that is not this device's is re
   SUBCASE("signed by another Device CA of the same root") {
     r.certificates[2] = issue_transport_certificate_der(p.other_ca, p.other_ca_key, p.transport_key, kImei, kChip,
                                                         kDefaultHwType, p.rng);
-    r.certificates.push_back(p.other_ca.BER_encode());
-    CHECK(has(transport_error(r), "issuer differs from the identity certificate's"));
+    // validate_record takes the second certificate as the Device CA; check_transport_certificate is
+    // told one, so the transport certificate's own issuer check is what refuses it here.
+    try {
+      check_transport_certificate(r, p.ca);
+      FAIL("a transport certificate of another Device CA passed");
+    } catch (const FormatError& e) {
+      CHECK(has(e.what(), "issuer differs from the identity certificate's"));
+    }
   }
   SUBCASE("signed by another key under the Device CA's name") {
     r.certificates[2] = issue_transport_certificate_der(p.twin_ca, p.other_ca_key, p.transport_key, kImei, kChip,
@@ -185,10 +193,72 @@ TEST_CASE("record transport: a third certificate that is not this device's is re
   }
   SUBCASE("two end-entity certificates after the identity") {
     r.certificates.push_back(p.transport());
-    CHECK(has(transport_error(r), "is not the only end-entity certificate"));
+    try {
+      (void)transport_certificate(r);
+      FAIL("two transport certificates passed");
+    } catch (const FormatError& e) {
+      CHECK(e.code() == ErrorCode::BadTransportCertificate);
+      CHECK(has(e.what(), "is not the only end-entity certificate"));
+    }
   }
   SUBCASE("bytes that are not a certificate") {
     r.certificates[2] = Bytes{0x30, 0x03, 1, 2, 3};
     CHECK_THROWS_AS(validate_record(r, {p.root}), FormatError);
   }
+}
+
+namespace {
+
+// validate_record's verdict on a record: the error's code and text, or "" when it passed.
+std::pair<ErrorCode, std::string> verdict(const Record& r, const std::vector<Botan::X509_Certificate>& anchors) {
+  try {
+    validate_record(r, anchors);
+  } catch (const Error& e) {
+    return {e.code(), e.what()};
+  }
+  return {static_cast<ErrorCode>(0), ""};
+}
+
+}  // namespace
+
+// The attacker review: shapes no station publishes were accepted (the issuer found anywhere, the
+// transport certificate standing in as the identity). Only [I], [I, C] and [I, C, T] validate.
+TEST_CASE("record shape: a transport certificate as the identity, reordered or extra certificates are refused") {
+  Pki& p = pki();
+  const Record good = p.record(true);
+  const Bytes I = good.certificates[0], C = good.certificates[1], T = good.certificates[2];
+  const Bytes root = p.root.BER_encode(), other = p.other_ca.BER_encode();
+  const std::vector<std::pair<std::string, std::vector<Bytes>>> shapes{
+      {"[T, C, T]", {T, C, T}}, {"[T, C]", {T, C}},           {"[I, T, C]", {I, T, C}},
+      {"[I, C, C]", {I, C, C}}, {"[I, C, T, T]", {I, C, T, T}}, {"[I, other, C, other, other, T]", {I, other, C, other, other, T}},
+      {"[I, other, C]", {I, other, C}}, {"[I, C, root]", {I, C, root}}, {"[I, root, C]", {I, root, C}}};
+  for (const auto& [what, certs] : shapes) {
+    CAPTURE(what);
+    Record r = good;
+    r.certificates = certs;
+    const auto [code, text] = verdict(r, {p.root});
+    CHECK(code == ErrorCode::BadRecord);
+    MESSAGE(what << ": " << text);
+  }
+  // What the station publishes still validates.
+  CHECK(verdict(good, {p.root}).second.empty());
+  Record two = good;
+  two.certificates = {I, C};
+  CHECK(verdict(two, {p.root}).second.empty());
+  Record one = good;
+  one.certificates = {I};
+  CHECK(verdict(one, {p.ca}).second.empty());
+}
+
+TEST_CASE("record shape: a second certificate of the Device CA's name under another key is refused") {
+  Pki& p = pki();
+  Record r = p.record(true);
+  // The anchors hold the Device CA itself: the chain passes through it, the second certificate (a
+  // twin of its name) did not sign the identity certificate and signed the transport certificate.
+  r.certificates[1] = p.twin_ca.BER_encode();
+  r.certificates[2] = issue_transport_certificate_der(p.twin_ca, p.other_ca_key, p.transport_key, kImei, kChip,
+                                                      kDefaultHwType, p.rng);
+  const auto [code, text] = verdict(r, {p.root, p.ca});
+  CHECK(code == ErrorCode::BadRecord);
+  CHECK(has(text, "the second certificate is not the CA that issued the identity certificate"));
 }

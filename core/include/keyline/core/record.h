@@ -46,17 +46,24 @@ struct Record {
 // Checks in this order and throws for the first that fails:
 //   FormatError(BadRecord)         no certificates
 //   FormatError(BadCertificate)    a certificate is not DER X.509
-//   Error(ChainInvalid)            "chain does not lead to a trusted root: ..."
+//   FormatError(BadRecord)         not a shape the station publishes: [identity], [identity, Device CA]
+//                                  or [identity, Device CA, transport] (more than 3, the second not the
+//                                  CA named as the identity's issuer, the third a CA certificate)
+//   Error(ChainInvalid)            "chain does not lead to a trusted root: ..." (the identity certificate
+//                                  issued by the second certificate, or by an anchor when alone)
+//   FormatError(BadRecord)         the second certificate's key does not verify the identity certificate
+//   FormatError(BadRecord)         the identity certificate is not of the identity profile: an ECDSA
+//                                  P-256 key, keyUsage digitalSignature without keyAgreement, not a CA
 //   FormatError(BadCertificate)    the identity facts cannot be read (read_identity)
 //   FormatError(BadRecord)         "certificate chip ID X differs from record chip ID Y",
 //                                  "certificate IMEI X differs from record IMEI Y"
 //   FormatError(BadBackupPackage)  header does not parse, or "backup package names chip X, record names chip Y"
-//   FormatError(BadTransportCertificate)  when the record has a transport certificate (transport_certificate):
-//                                  check_transport_certificate's errors, with the identity's issuer as device_ca
+//   FormatError(BadTransportCertificate)  when the record has a transport certificate (the third):
+//                                  check_transport_certificate's errors, with the second as device_ca
 // The backup is not opened: only the device holding the chip key can do that.
 void validate_record(const Record& record, const std::vector<Botan::X509_Certificate>& trust_anchors);
 
-// The checks validate_record makes after the chain, on its verified leaf: the identity facts, the
+// The checks validate_record makes after the chain, on its verified leaf: the identity profile, the identity facts, the
 // chip ID and IMEI comparisons, the backup header (the last three errors above). For a caller that
 // verified the chain its own way (the public DB's remembered Device CAs).
 void check_record_facts(const Record& record, const Botan::X509_Certificate& leaf);
