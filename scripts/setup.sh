@@ -13,11 +13,13 @@ packages=(
   openssl curl python3 libengine-pkcs11-openssl time
   strace  # integration_station_keys: the modes key files are created with
   chromium prometheus  # e2e.linepage: the line page in headless Chromium; promtool check metrics
+  nginx  # integration_backupdb_cache: a standard HTTP cache (proxy_cache) in front of the public DB
   pcscd vsmartcard-vpcd pcsc-tools libpcsclite-dev  # PC/SC readers (docs/readers.md)
   clang libclang-rt-14-dev
+  help2man lintian systemd  # the Debian packages: man pages, their check, systemd-analyze verify (scripts/package.sh)
 )
-# clang and its runtime build the libFuzzer targets that scripts/test.sh runs (build-fuzz). wrk and
-# nginx only serve the benchmarks: scripts/bench.sh passes them in KEYLINE_EXTRA_PACKAGES.
+# clang and its runtime build the libFuzzer targets that scripts/test.sh runs (build-fuzz). wrk only
+# serves the benchmarks: scripts/bench.sh passes it (and nginx) in KEYLINE_EXTRA_PACKAGES.
 # shellcheck disable=SC2206
 packages+=(${KEYLINE_EXTRA_PACKAGES:-})
 
