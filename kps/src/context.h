@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -121,5 +122,11 @@ std::vector<std::string> not_owned(core::pq::Connection& conn, std::int64_t acco
 // FormatError(BadTransportCertificate) when the record has none or it does not check, IoError when the
 // public DB does not answer.
 std::string transport_chain_from_directory(Context& c, const std::string& chip);
+// The same for several chips at once, in their order; each failure kept as that chip's error.
+struct DirectoryChain {
+  std::string chain;
+  std::exception_ptr error;
+};
+std::vector<DirectoryChain> transport_chains_from_directory(Context& c, const std::vector<std::string>& chips);
 
 }  // namespace keyline::kps

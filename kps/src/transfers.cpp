@@ -83,10 +83,17 @@ std::string v1_transport_chain(Context& c, const std::string& pem, const std::st
 
 // The transport certificate of each target, fetched before any transaction (it is a network call).
 std::optional<Reply> transport_chains(Context& c, const Ask& ask, std::vector<std::string>& chains) {
-  for (const auto& target : ask.targets) {
+  std::vector<DirectoryChain> directory;
+  if (!c.config.backupdb.empty()) directory = transport_chains_from_directory(c, ask.targets);
+  for (std::size_t i = 0; i < ask.targets.size(); ++i) {
+    const auto& target = ask.targets[i];
     try {
-      chains.push_back(c.config.backupdb.empty() ? v1_transport_chain(c, ask.v1_chain, target)
-                                                 : transport_chain_from_directory(c, target));
+      if (c.config.backupdb.empty()) {
+        chains.push_back(v1_transport_chain(c, ask.v1_chain, target));
+      } else {
+        if (directory[i].error) std::rethrow_exception(directory[i].error);
+        chains.push_back(directory[i].chain);
+      }
     } catch (const core::IoError& e) {
       Reply r = problem.unavailable("the directory of transport certificates (public DB) does not answer", "5");
       r.log_detail = e.what();
