@@ -62,6 +62,25 @@ mapfile -t demo_logs < <(find "$dir/logs" -type f)
 secrets_plant_check "${demo_logs[0]}" || { echo "FAIL: the secrets scan misses a planted secret"; exit 1; }
 if ! secrets_scan "${demo_logs[@]}"; then echo "FAIL: a device secret in the demo's logs"; exit 1; fi
 echo "ok: no secret of ${SECRETS_DEVICES} devices (${#SECRETS_NEEDLES[@]} values) in ${#demo_logs[@]} logs"
+# The logs that are JSON lines (docs/operations.md, "Logs"): every line one object, an event or a request;
+# the devices' (core/json_log.h) also with time (RFC 3339 UTC, ms), level and program, and some an IMEI.
+python3 - "$dir/logs" <<'PY'
+import json, re, sys
+d = sys.argv[1]
+for name in ("backupdb.log", "kps.log", "service.log", "fleet.log"):
+    lines = [l for l in open(f"{d}/{name}") if l.strip()]
+    for l in lines:
+        o = json.loads(l)
+        if not isinstance(o, dict) or not ("event" in o or "status" in o):
+            print(f"FAIL: {name}: neither an event nor a request: {l.strip()}"); sys.exit(1)
+        if name == "fleet.log" and not (re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", o.get("time", ""))
+                                        and o.get("level") in ("debug", "info", "warn", "error")
+                                        and o.get("program") == "keyline-device"):
+            print(f"FAIL: {name}: not a core/json_log.h line: {l.strip()}"); sys.exit(1)
+    if name == "fleet.log" and not any("imei" in json.loads(l) for l in lines):
+        print("FAIL: fleet.log: no line names an IMEI"); sys.exit(1)
+    print(f"ok: {name}: {len(lines)} JSON lines")
+PY
 # The demo stopped everything it started: nothing listens from its directory any more.
 if pgrep -f "$KEYLINE_DEMO_TEST_DIR/" >/dev/null; then
   echo "FAIL: processes of the demo are still running"
