@@ -248,13 +248,21 @@ Pkcs11Handle Pkcs11Module::find_slot(const std::string& token_label) const {
   std::vector<CK_SLOT_ID> slots(n);
   if (n) check(m_lib->fn->C_GetSlotList(CK_TRUE, slots.data(), &n), "C_GetSlotList");
   slots.resize(n);
+  std::vector<CK_SLOT_ID> found;
   for (CK_SLOT_ID s : slots) {
     CK_TOKEN_INFO info{};
     if (m_lib->fn->C_GetTokenInfo(s, &info) != CKR_OK) continue;
     if (!(info.flags & CKF_TOKEN_INITIALIZED)) continue;
-    if (trim_label(info.label, sizeof info.label) == token_label) return s;
+    if (trim_label(info.label, sizeof info.label) == token_label) found.push_back(s);
   }
-  throw Pkcs11Error(ErrorCode::Pkcs11NoToken, "no initialized token labelled '" + token_label + "' in " + m_lib->path);
+  if (found.empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11NoToken, "no initialized token labelled '" + token_label + "' in " + m_lib->path);
+  // A second token of the label (one planted by whoever can write the token directory) would make the
+  // choice the slot order's: neither is used.
+  if (found.size() > 1)
+    throw Pkcs11Error(ErrorCode::Pkcs11DuplicateToken, std::to_string(found.size()) + " initialized tokens labelled '" +
+                                                           token_label + "' in " + m_lib->path + ": refusing to choose");
+  return found.front();
 }
 
 std::vector<Pkcs11Ulong> Pkcs11Module::mechanisms(Pkcs11Handle slot) const {

@@ -364,3 +364,41 @@ TEST_CASE("a wrong PIN, an unknown token and a bad module path give typed errors
   CHECK(pkcs11_rv_name(CKR_ATTRIBUTE_SENSITIVE) == "CKR_ATTRIBUTE_SENSITIVE");
   CHECK(pkcs11_rv_name(0x8000ABCDUL) == "CKR_0x8000ABCD");
 }
+
+// The attacker review: with a token directory others can write, a second token of the line's label
+// could be planted; find_slot took the first. Two SoftHSM tokens of one label in a directory of this
+// test's own (SOFTHSM2_CONF set before the module is first loaded: ctest runs each case alone).
+TEST_CASE("a token label found on two tokens is refused, naming the label") {
+  const auto env = keyline::test::hsm_env();
+  const fs::path dir = temp_dir();
+  fs::create_directories(dir / "tokens");
+  write(dir / "softhsm2.conf", "directories.tokendir = " + (dir / "tokens").string() +
+                                   "\nobjectstore.backend = file\nlog.level = ERROR\n");
+  const std::string conf = "SOFTHSM2_CONF=" + (dir / "softhsm2.conf").string();
+  const std::string init = conf + " softhsm2-util --init-token --free --so-pin 87654321 --pin 12345678 --label ";
+  REQUIRE(run(init + "keyline-dup").status == 0);
+  REQUIRE(run(init + "keyline-one").status == 0);
+  ::setenv("SOFTHSM2_CONF", (dir / "softhsm2.conf").c_str(), 1);
+  struct Restore {  // the fixture's token for the cases after this one, even when a REQUIRE fails
+    std::string conf;
+    fs::path dir;
+    ~Restore() {
+      ::setenv("SOFTHSM2_CONF", conf.c_str(), 1);
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } restore{env.conf, dir};
+  {
+    Pkcs11Module module(env.module);
+    CHECK_NOTHROW(module.find_slot("keyline-one"));
+    REQUIRE(run(init + "keyline-dup").status == 0);  // the planted one
+  }
+  try {
+    Pkcs11Token::open(env.module, "keyline-dup", pin_of("12345678"));
+    FAIL("a label on two tokens was opened");
+  } catch (const Pkcs11Error& e) {
+    CHECK(e.code() == ErrorCode::Pkcs11DuplicateToken);
+    CHECK(std::string(e.what()).find("2 initialized tokens labelled 'keyline-dup'") != std::string::npos);
+    CHECK(exit_code_for(e.code()) == exit_code::hsm);
+  }
+}

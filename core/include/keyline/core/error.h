@@ -54,6 +54,7 @@ enum class ErrorCode : int {
   Pkcs11NoToken = 1251,
   Pkcs11LoginFailed = 1252,
   Pkcs11KeyNotFound = 1253,
+  Pkcs11DuplicateToken = 1254,  // two initialized tokens carry the label asked for (core/pkcs11.h find_slot)
   // 1300-1399: database
   Db = 1300,
   DbConnection = 1301,

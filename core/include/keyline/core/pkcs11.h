@@ -44,7 +44,8 @@ class Pkcs11Module {
   ~Pkcs11Module();
 
   const std::string& path() const noexcept;
-  // Slot holding the token with this label (CK_TOKEN_INFO.label, blank padded). Throws Pkcs11NoToken.
+  // Slot holding the token with this label (CK_TOKEN_INFO.label, blank padded). Throws Pkcs11NoToken,
+  // or Pkcs11DuplicateToken when two initialized tokens carry the label (never a choice between them).
   Pkcs11Handle find_slot(const std::string& token_label) const;
   std::vector<Pkcs11Ulong> mechanisms(Pkcs11Handle slot) const;
 
