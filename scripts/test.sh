@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds, then runs every test with ctest against a real
-# PostgreSQL cluster and a real SoftHSM2 token (ctest fixtures), plus an ASan+UBSan build of the
-# unit tests and fuzz replays. Exits non-zero on any failure; ends with ctest's own summary.
+# PostgreSQL cluster and a real SoftHSM2 token (ctest fixtures), plus one clang ASan+UBSan build
+# (build-fuzz) that runs the unit tests and fuzz replays and the libFuzzer targets. Exits non-zero on any
+# failure; ends with ctest's own summary.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -R regex   only tests matching regex (main build only)
-#   KEYLINE_SKIP_SANITIZE=1    skip the sanitizer build (local iteration)
+#   KEYLINE_SKIP_SANITIZE=1    skip the sanitizer run of the unit tests and replays (local iteration)
 #   KEYLINE_SKIP_FUZZ=1        skip the libFuzzer runs
 #   KEYLINE_FUZZ_SECONDS=N     seconds per fuzz target (default 10; two targets run at a time)
 set -euo pipefail
@@ -22,27 +23,33 @@ cleanup() {
 trap cleanup EXIT
 
 status=0
-if [ -z "${KEYLINE_SKIP_SANITIZE:-}" ] && [ $# -eq 0 ]; then
-  echo "test: sanitizer build (ASan+UBSan) of the unit tests and fuzz replays"
-  if [ ! -f build-asan/build.ninja ]; then
-    cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKEYLINE_SANITIZE=ON -DKEYLINE_UNIT_ONLY=ON >/dev/null
-  fi
-  cmake --build build-asan -j"$jobs"
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-    ctest --test-dir build-asan -L unit -j"$jobs" --output-on-failure --timeout 300 || status=1
-fi
-
-# libFuzzer: every fuzz_<target> (tests/CMakeLists.txt keyline_fuzz_target) for a bounded time, in a
-# clang build with ASan+UBSan (build-fuzz). Inputs that add coverage go to build-fuzz/corpus-new/<target>/
-# (the first corpus directory, the only one libFuzzer writes), never into the source tree
-# (docs/decisions.md, "Fuzzing in the test command"); the seed corpus is read only.
-run_fuzz() {
-  local secs=${KEYLINE_FUZZ_SECONDS:-10} out=build-fuzz/fuzz-run
+# One clang build serves the sanitizers and libFuzzer (top CMakeLists.txt, KEYLINE_FUZZ): every library is
+# compiled with ASan+UBSan and the fuzzer's coverage hooks (-fsanitize=fuzzer-no-link), fuzz_* link the
+# libFuzzer driver, the unit tests and replay_* only the sanitizer runtimes (which answer the hooks).
+# Inputs that add coverage go to build-fuzz/corpus-new/<target>/ (the first corpus directory, the only one
+# libFuzzer writes), never into the source tree (docs/decisions.md, "Fuzzing in the test command"); the
+# seed corpus is read only.
+# -O1, as libFuzzer's documentation builds its targets: cheaper to compile than RelWithDebInfo's -O2.
+configure_fuzz() {
   if [ ! -f build-fuzz/build.ninja ]; then
     CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKEYLINE_FUZZ=ON \
-      -DKEYLINE_UNIT_ONLY=ON >/dev/null
+      -DKEYLINE_UNIT_ONLY=ON "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g -DNDEBUG" >/dev/null
   fi
-  cmake -S . -B build-fuzz >/dev/null  # picks up fuzz targets added since the last configure
+  cmake -S . -B build-fuzz >/dev/null  # picks up tests and fuzz targets added since the last configure
+}
+if [ $# -eq 0 ] && { [ -z "${KEYLINE_SKIP_SANITIZE:-}" ] || [ -z "${KEYLINE_SKIP_FUZZ:-}" ]; }; then
+  configure_fuzz
+fi
+if [ -z "${KEYLINE_SKIP_SANITIZE:-}" ] && [ $# -eq 0 ]; then
+  echo "test: sanitizer run (clang ASan+UBSan, build-fuzz) of the unit tests and fuzz replays"
+  cmake --build build-fuzz -j"$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-fuzz -L unit -j"$jobs" --output-on-failure --timeout 300 || status=1
+fi
+
+# libFuzzer: every fuzz_<target> (tests/CMakeLists.txt keyline_fuzz_target) for a bounded time.
+run_fuzz() {
+  local secs=${KEYLINE_FUZZ_SECONDS:-10} out=build-fuzz/fuzz-run
   local targets
   mapfile -t targets < <(ninja -C build-fuzz -t targets all | sed -n 's/^\(fuzz_[a-z0-9_]*\): .*/\1/p' | sort -u)
   [ ${#targets[@]} -gt 0 ] || { echo "test: no fuzz targets found"; return 1; }

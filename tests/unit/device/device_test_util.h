@@ -12,7 +12,15 @@
 #include "keyline/core/bytes.h"
 #include "keyline/device/chip.h"
 
+// GCC says ASan with __SANITIZE_ADDRESS__, clang 14 only through __has_feature (the sanitizer build is clang's).
 #if defined(__SANITIZE_ADDRESS__)
+#define KEYLINE_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KEYLINE_TEST_ASAN 1
+#endif
+#endif
+#if defined(KEYLINE_TEST_ASAN)
 // ASan's allocator replaces malloc, whose own statistics then say nothing (the sanitizer build).
 extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
 #endif
@@ -22,7 +30,7 @@ namespace keyline::test {
 // Bytes the allocator has handed out and not taken back, every thread together: what the process
 // really holds on the heap (a secure_vector's big buffers come from calloc; thread stacks are not in it).
 inline std::size_t heap_in_use() {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(KEYLINE_TEST_ASAN)
   return __sanitizer_get_current_allocated_bytes();
 #else
   const auto m = ::mallinfo2();
