@@ -2,6 +2,8 @@
 // published in its public DB record (certificates[2], core/record.h), so the KPS reads it from there
 // instead of taking the target's word for it. The record is validated as recovery validates it
 // (chain to --trust, chip, IMEI, the transport certificate's profile under the record's Device CA).
+#include <algorithm>
+#include <atomic>
 #include <future>
 #include <map>
 
@@ -13,6 +15,8 @@
 namespace keyline::kps {
 
 namespace {
+
+constexpr std::size_t kParallelFetches = 4;
 
 std::string fetch(Context& c, const std::string& chip) {
   core::http::ClientOptions o;
@@ -46,7 +50,7 @@ std::string transport_chain_from_directory(Context& c, const std::string& chip) 
 }
 
 // A group asks for up to 32 targets: one query for the cached ones, the others fetched from the public
-// DB side by side (each fetch is a TLS connection and a record check, ~60 ms, mostly waiting), then
+// DB four at a time (each fetch is a TLS connection and a record check, ~60 ms, mostly waiting), then
 // stored in one statement.
 std::vector<DirectoryChain> transport_chains_from_directory(Context& c, const std::vector<std::string>& chips) {
   std::vector<DirectoryChain> out(chips.size());
@@ -66,16 +70,23 @@ std::vector<DirectoryChain> transport_chains_from_directory(Context& c, const st
     if (it != cached.end()) out[i].chain = it->second;
     else missing.push_back(i);
   }
-  std::vector<std::future<void>> fetches;
-  for (const auto i : missing) {
-    fetches.push_back(std::async(std::launch::async, [&c, &chips, &out, i] {
+  // A few at a time: groups arrive side by side too, and the public DB's worker queue is bounded (a
+  // full one answers 503, which would refuse the whole group).
+  std::atomic<std::size_t> next{0};
+  auto worker = [&] {
+    for (std::size_t k; (k = next++) < missing.size();) {
+      const auto i = missing[k];
       try {
         out[i].chain = fetch(c, chips[i]);
       } catch (...) {
         out[i].error = std::current_exception();
       }
-    }));
-  }
+    }
+  };
+  std::vector<std::future<void>> fetches;
+  for (std::size_t t = 1; t < std::min(kParallelFetches, missing.size()); ++t)
+    fetches.push_back(std::async(std::launch::async, worker));
+  worker();
   for (auto& f : fetches) f.get();
   std::string new_chips = "{", new_chains = "{";
   for (const auto i : missing) {
