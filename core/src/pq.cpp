@@ -301,7 +301,7 @@ void run_transaction(Connection& conn, Isolation iso, const std::function<void(T
         if (!conn.ok()) conn.reconnect();
         Transaction tx(conn, iso);
         work(tx);
-        tx.commit();
+        if (tx.open()) tx.commit();  // work may have committed or rolled back itself
       },
       [&](const DbError& e) {
         if (e.code() == ErrorCode::DbConnection || !conn.ok()) {

@@ -153,7 +153,10 @@ Reply idempotent(Context& c, const Request& req, const Caller& who, const std::f
   core::pq::run_transaction(*conn, core::pq::Isolation::ReadCommitted, [&](Transaction& tx) {
     raced = false;
     out = create(tx);
-    if (out.status != 201) return;  // refusals roll back and are not stored
+    if (out.status != 201) {  // refusals roll back and are not stored
+      tx.rollback();
+      return;
+    }
     if (!rid.empty()) {
       auto ins = tx.connection().exec_prepared(
           "INSERT INTO request_ids (caller, request_id, body_sha256, status, answer, created_at) "
@@ -161,6 +164,7 @@ Reply idempotent(Context& c, const Request& req, const Caller& who, const std::f
           {caller, rid, body_hash, out.status, out.body, c.now()});
       if (ins.affected() == 0) {
         raced = true;  // the same Request-Id committed first elsewhere: roll back, answer as it did
+        tx.rollback();  // returning would commit the second transfer (pq.h run_transaction)
         return;
       }
     }

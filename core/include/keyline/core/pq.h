@@ -129,6 +129,7 @@ class Transaction {
   Result exec(const std::string& sql, const Params& params = {}) { return m_conn.exec(sql, params); }
   void commit();
   void rollback();
+  bool open() const { return m_open; }  // neither committed nor rolled back yet
   Connection& connection() { return m_conn; }
 
  private:
@@ -150,6 +151,8 @@ void retry_transient(const RetryPolicy& policy, const std::function<void()>& att
 // Runs work inside a transaction, retrying the whole transaction on DbSerialization, and on
 // DbConnection after reconnecting. Work must therefore be idempotent with respect to anything outside
 // the database (it is re-run from the start). The last error is rethrown after the final attempt.
+// Work returning COMMITS whatever it wrote, unless it ended the transaction itself: to undo its writes
+// without throwing, work calls tx.rollback() and returns (a throw rolls back too).
 void run_transaction(Connection& conn, Isolation iso, const std::function<void(Transaction&)>& work,
                      RetryPolicy policy = {});
 
