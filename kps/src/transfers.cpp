@@ -245,6 +245,15 @@ void refuse_transfer(Context& c, Transaction& tx, const TransferRow& t, const st
   notify(tx, now, t.target, "transfer-refused", "/v1/transfers/" + t.id, t.id);
 }
 
+// The purge loop expires a transfer up to one interval after its TTL; until then the routes refuse it
+// themselves (docs/kps.md "Replay, expiry, audit": 410 once the TTL passed).
+bool past_ttl(core::pq::Connection& conn, const std::string& id, std::int64_t now) {
+  auto r = conn.exec_prepared("SELECT expires_at <= to_timestamp($2) FROM transfers WHERE id = $1::uuid", {id, now});
+  return !r.empty() && r.text(0, 0) == "t";
+}
+
+Reply gone_by_ttl() { return problem(410, "gone", "the transfer expired (its TTL passed)"); }
+
 Reply show_to_source(Context& c, const Caller& who, const std::string& id) {
   auto conn = c.pool->acquire();
   std::optional<Reply> out;
@@ -253,6 +262,10 @@ Reply show_to_source(Context& c, const Caller& who, const std::string& id) {
     auto t = load_transfer(tx.connection(), id, true);
     if (t->state != "requested") {
       out = http::json_reply(200, t->json(false));
+      return;
+    }
+    if (past_ttl(tx.connection(), id, c.now())) {
+      out = gone_by_ttl();
       return;
     }
     if (!c.policy.may_deliver(t->source, t->target, t->label)) {
@@ -329,6 +342,10 @@ Reply deliver(Context& c, const Request& req, const Caller& who, const std::stri
       return;
     }
     const std::int64_t now = c.now();
+    if (past_ttl(tx.connection(), id, now)) {
+      out = gone_by_ttl();
+      return;
+    }
     if (!c.policy.may_deliver(t->source, t->target, t->label)) {
       refuse_transfer(c, tx, *t, "ac2", who.name);
       tx.commit();
@@ -352,7 +369,8 @@ Reply deliver(Context& c, const Request& req, const Caller& who, const std::stri
 
 Reply fetch_key(Context& c, const Caller& who, const std::string& id) {
   auto conn = c.pool->acquire();
-  auto r = conn->exec("SELECT target_chip, source_chip, state, ciphertext FROM transfers WHERE id = $1::uuid", {id});
+  auto r = conn->exec("SELECT target_chip, source_chip, state, ciphertext, expires_at <= to_timestamp($2) "
+                      "FROM transfers WHERE id = $1::uuid", {id, c.now()});
   if (r.empty() || !who.device() || (r.text(0, 0) != who.chip && r.text(0, 1) != who.chip))
     return problem(404, "not-found", "no such transfer");
   if (r.text(0, 0) != who.chip) return problem(403, "not-the-target", "only the target device fetches the key");
@@ -360,6 +378,7 @@ Reply fetch_key(Context& c, const Caller& who, const std::string& id) {
   if (state == "acknowledged" || state == "expired" || state == "purged")
     return problem(410, "gone", "the key is deleted (state " + state + ")");
   if (state != "delivered") return problem(409, "wrong-state", "the transfer is " + state + ": no key to fetch");
+  if (r.text(0, 4) == "t") return gone_by_ttl();
   const auto ct = r.bytea(0, 3);
   return http::reply(200, "application/octet-stream", std::string(ct.begin(), ct.end()), {{"Cache-Control", "no-store"}});
 }
