@@ -88,7 +88,7 @@ Reply handle(Context& c, const Request& req) {
   Reply reply = problem.guarded([&] { return dispatch(c, req, who); });
   if (c.signer && req.path.rfind("/v1/", 0) == 0) {
     try {
-      c.signer->sign_answer(reply, req, c.now());
+      c.signer->sign_answer(reply, req, c.now(), who != "-");  // who is set once authenticate() passed
     } catch (const std::exception& e) {
       // An answer the device cannot authenticate is refused by it anyway; say so plainly.
       reply = problem.unavailable("the KPS cannot sign its answer now; retry later", "5");

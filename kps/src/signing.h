@@ -19,7 +19,10 @@ class AnswerSigner {
   const std::string& keyid() const { return m_keyid; }
   core::http_signature::Signer signer() const;
   // Adds Content-Digest, Signature-Input and Signature to reply, an answer to req.
-  void sign_answer(Reply& reply, const Request& req, std::int64_t now) const;
+  // bound: the request passed device authentication (signature and a fresh nonce). Only then does the
+  // answer cover its Keyline-Signature/Keyline-Nonce with ;req: a signature over values an
+  // unauthenticated caller chose would make the KPS a signing oracle for them.
+  void sign_answer(Reply& reply, const Request& req, std::int64_t now, bool bound) const;
   // The headers of a signed webhook POST of body to uri (scheme https).
   core::http_signature::Headers sign_webhook(const std::string& authority, const std::string& path,
                                              const std::string& body, std::int64_t now) const;
