@@ -51,6 +51,14 @@ class WaitRoom {
   std::uint64_t m_generation = 0;
 };
 
+// One waiting long poll per chip (notifications.cpp): a chip's newest poll takes its seat and the older
+// one is answered at once, so one device cannot hold every --max-waiters slot.
+struct PollSeats {
+  std::mutex mutex;
+  std::map<std::string, std::uint64_t> newest;  // chip -> ticket of its waiting poll
+  std::uint64_t next = 0;
+};
+
 // The answer signer (signing.cpp): the KPS key on a PKCS#11 token.
 class AnswerSigner;
 
@@ -65,6 +73,7 @@ struct Context {
   std::function<http::ServerStats()> public_stats;
   WaitRoom waiters;
   std::atomic<int> waiting{0};
+  PollSeats polls;
   std::atomic<bool> stopping{false};  // long polls answer at once
   std::shared_ptr<AnswerSigner> signer;  // null: answers go unsigned (docs/kps.md)
   // Device chains verified once (docs/kps.md "Device authentication"): a device sends the same chain

@@ -53,12 +53,40 @@ std::optional<int> wait_seconds(const Request& req) {
   return n;
 }
 
-// Holds a worker thread while it waits: the number of waiters is capped (--max-waiters) so waiting
-// devices cannot take every worker; beyond the cap a poll is answered at once.
+// A chip's seat: the newest poll takes it and wakes the room, so the older poll of the same chip (a
+// lost connection, or a device holding slots) sees it has lost the seat and answers at once.
+struct Seat {
+  PollSeats& seats;
+  std::string chip;
+  std::uint64_t ticket = 0;
+  Seat(Context& c, const std::string& chip_) : seats(c.polls), chip(chip_) {
+    {
+      std::lock_guard<std::mutex> lock(seats.mutex);
+      ticket = ++seats.next;
+      seats.newest[chip] = ticket;
+    }
+    c.waiters.wake();
+  }
+  bool lost() {
+    std::lock_guard<std::mutex> lock(seats.mutex);
+    return seats.newest[chip] != ticket;
+  }
+  ~Seat() {
+    std::lock_guard<std::mutex> lock(seats.mutex);
+    const auto it = seats.newest.find(chip);
+    if (it != seats.newest.end() && it->second == ticket) seats.newest.erase(it);
+  }
+};
+
+// Holds a worker thread while it waits: one waiting poll per chip (Seat), and the number of waiters is
+// capped (--max-waiters) so waiting devices cannot take every worker; beyond the cap a poll is answered
+// at once.
 Reply list(Context& c, const Request& req, const Caller& who) {
   const auto wait = wait_seconds(req);
   if (!wait) return problem(400, "bad-wait", "wait is a number of seconds, 0 to 30");
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(*wait);
+  std::optional<Seat> seat;
+  if (*wait > 0) seat.emplace(c, who.chip);
   bool counted = false;
   if (*wait > 0 && c.waiting.fetch_add(1) < c.config.max_waiters) {
     counted = true;
@@ -81,7 +109,7 @@ Reply list(Context& c, const Request& req, const Caller& who) {
       body = list_json(*conn, who.chip, &n);
     }
     const auto now = std::chrono::steady_clock::now();
-    if (n > 0 || !counted || now >= until || c.stopping) return http::json_reply(200, body);
+    if (n > 0 || !counted || now >= until || c.stopping || seat->lost()) return http::json_reply(200, body);
     c.waiters.wait(seen, std::min(until, now + kRecheck));
   }
 }
