@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "keyline/core/http.h"
+#include "keyline/core/json_log.h"
 
 namespace keyline::core::http {
 
@@ -34,16 +35,16 @@ void EventLog::write(const Event& event, const char* listener) {
     }
     ++m_used;
   }
-  const std::string ts = utc_timestamp();
+  // The common line of every program (core/json_log.h): time, level, program, event, then the fields.
+  const auto now = std::chrono::system_clock::now();
+  const std::string program = log::program();
   if (dropped > 0)
-    m_sink.line("{\"ts\":\"" + ts + "\",\"listener\":\"" + json_escape(listener) +
-                "\",\"event\":\"suppressed\",\"count\":" + std::to_string(dropped) + "}");
-  std::ostringstream line;
-  line << "{\"ts\":\"" << ts << "\",\"listener\":\"" << json_escape(listener) << "\",\"event\":\""
-       << to_string(event.kind) << "\",\"peer\":\"" << json_escape(event.peer) << "\",\"status\":" << event.status;
-  if (!event.detail.empty()) line << ",\"detail\":\"" << json_escape(event.detail) << "\"";
-  line << "}";
-  m_sink.line(line.str());
+    m_sink.line(log::format_line(now, log::Level::Warn, program, "suppressed", "", "",
+                                 log::Fields().num("count", static_cast<std::int64_t>(dropped)).str("listener", listener)));
+  log::Fields f;
+  f.str("listener", listener).str("peer", event.peer).num("status", event.status);
+  if (!event.detail.empty()) f.str("detail", event.detail);
+  m_sink.line(log::format_line(now, log::Level::Warn, program, to_string(event.kind), "", "", f));
 }
 
 std::uint64_t EventLog::suppressed_total() const {

@@ -4,11 +4,13 @@
 #include <exception>
 
 #include "keyline/core/error.h"
+#include "keyline/core/json_log.h"
 
 namespace keyline::core {
 
 int run_guarded(const std::string& program, const std::function<int()>& body) noexcept {
   try {
+    log::set_program(program);  // the "program" of every JSON log line (docs/operations.md, "Logs")
     return body();
   } catch (const Error& e) {
     std::fprintf(stderr, "%s: error %d: %s\n", program.c_str(), e.numeric(), e.what());

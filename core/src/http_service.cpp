@@ -9,6 +9,7 @@
 #include "keyline/core/error.h"
 #include "keyline/core/event_log.h"
 #include "keyline/core/http.h"
+#include "keyline/core/json_log.h"
 
 namespace keyline::core::http {
 
@@ -87,7 +88,11 @@ std::string access_line(const Request& request, const Reply& reply, std::chrono:
                         const Fields& fields) {
   const auto q = [](const std::string& s) { return "\"" + json_escape(s) + "\""; };
   std::ostringstream line;
-  line << "{\"ts\":\"" << utc_timestamp() << "\",\"client\":" << q(request.client_address);
+  // The common head of every JSON log line (core/json_log.h), then the request's own fields.
+  const std::string head = log::format_line(std::chrono::system_clock::now(),
+                                            reply.status >= 500 ? log::Level::Error : log::Level::Info,
+                                            log::program(), "request", "", "", log::Fields());
+  line << head.substr(0, head.size() - 1) << ",\"client\":" << q(request.client_address);
   if (request.client_address != request.peer_address) line << ",\"peer\":" << q(request.peer_address);
   line << ",\"method\":" << q(request.method) << ",\"path\":" << q(request.target);
   for (const auto& [name, value] : fields) line << "," << q(name) << ":" << q(value);

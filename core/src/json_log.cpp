@@ -82,18 +82,30 @@ namespace {
 
 std::mutex g_mutex;
 std::unique_ptr<JsonLog> g_log;
+std::string g_program = "keyline";
 
 }  // namespace
 
-void open(const std::string& program, const std::string& where) {
-  auto log = std::make_unique<JsonLog>(program, where);
+void set_program(const std::string& name) {
+  std::lock_guard<std::mutex> g(g_mutex);
+  g_program = name;
+}
+
+std::string program() {
+  std::lock_guard<std::mutex> g(g_mutex);
+  return g_program;
+}
+
+void open(const std::string& name, const std::string& where) {
+  auto log = std::make_unique<JsonLog>(name, where);
   std::lock_guard<std::mutex> g(g_mutex);
   g_log = std::move(log);
+  g_program = name;
 }
 
 JsonLog& get() {
   std::lock_guard<std::mutex> g(g_mutex);
-  if (!g_log) g_log = std::make_unique<JsonLog>("keyline", "stderr");
+  if (!g_log) g_log = std::make_unique<JsonLog>(g_program, "stderr");
   return *g_log;
 }
 

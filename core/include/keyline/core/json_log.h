@@ -55,6 +55,11 @@ class JsonLog {
   LogSink m_sink;
 };
 
+// The process's program name for every JSON line it writes (the servers' request and connection-layer
+// lines too): set by core::run_guarded from the name each main passes it; "keyline" before.
+void set_program(const std::string& program);
+std::string program();
+
 // The process's log for programs whose main opens one: open() once in main (a second call replaces it),
 // then info()/warn()/error() anywhere; before open() lines go to stderr under the program name "keyline".
 void open(const std::string& program, const std::string& where = "stderr");
