@@ -15,6 +15,8 @@ int purge_pass(Context& c);
 
 // Delivers the due webhook notices (at most a small batch); returns how many were attempted.
 int webhook_pass(Context& c);
+// Waits for the deliveries webhook_pass started (each ends within its connect and answer deadlines).
+void webhook_drain(Context& c);
 
 // Waits for NOTIFY kps_notice on its own connection and wakes the long polls, until stop.
 void listen_for_notices(Context& c, const std::atomic<bool>& stop);

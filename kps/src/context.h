@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,15 @@ struct PollSeats {
   std::uint64_t next = 0;
 };
 
+// The webhook deliveries under way (webhooks.cpp): each runs on its own thread, at most one per chip,
+// so a device's silent receiver holds one slot, not the loop; halt waits for them (webhook_drain).
+struct WebhookFlights {
+  std::mutex mutex;
+  std::condition_variable done;
+  int running = 0;
+  std::set<std::string> chips;
+};
+
 // The answer signer (signing.cpp): the KPS key on a PKCS#11 token.
 class AnswerSigner;
 
@@ -74,6 +84,7 @@ struct Context {
   WaitRoom waiters;
   std::atomic<int> waiting{0};
   PollSeats polls;
+  WebhookFlights webhooks;
   std::atomic<bool> stopping{false};  // long polls answer at once
   std::shared_ptr<AnswerSigner> signer;  // null: answers go unsigned (docs/kps.md)
   // Device chains verified once (docs/kps.md "Device authentication"): a device sends the same chain

@@ -220,6 +220,7 @@ struct Instance::Impl {
     ops->stop();
     for (auto& t : loops) t.join();
     loops.clear();
+    webhook_drain(c);
   }
 };
 

@@ -2,6 +2,7 @@
 // registered; a failure is retried after 1, 2, 4, 8, 16 s and dead-lettered after --webhook-tries
 // (audit row). A delivery never acknowledges the notice: the device still fetches and acks it.
 #include <regex>
+#include <thread>
 
 #include "background.h"
 #include "keyline/core/http.h"
@@ -10,7 +11,11 @@
 namespace keyline::kps {
 namespace {
 
-constexpr int kBatch = 16;
+// One attempt is bounded by its connect (2 s) and answer (5 s) deadlines (post below). Each delivery
+// runs on its own thread, at most kWorkers at a time and one per chip (WebhookFlights): a device's slow
+// or silent receiver holds one slot for one attempt and never the loop, so other devices' notices go
+// out on the next pass (250 ms). kLease (60 s) is far longer than an attempt.
+constexpr int kWorkers = 8;
 constexpr std::int64_t kLease = 60;  // a claimed delivery is retried by anyone after this if its claimer died
 
 struct Due {
@@ -18,13 +23,19 @@ struct Due {
   int attempts = 0;
 };
 
-std::vector<Due> claim(Context& c, std::int64_t now) {
+// At most `room` due notices, one per chip and none of a chip whose delivery is under way (`busy`, a
+// PostgreSQL text[] literal of hex chip IDs). FOR UPDATE does not go with a window function: lock the
+// candidates first, then rank them per chip.
+std::vector<Due> claim(Context& c, std::int64_t now, int room, const std::string& busy) {
   auto conn = c.pool->acquire();
   auto r = conn->exec(
-      "UPDATE webhook_deliveries SET next_at = to_timestamp($1 + $2) WHERE id IN (SELECT id FROM webhook_deliveries "
-      "WHERE state = 'pending' AND next_at <= to_timestamp($1) ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED) "
-      "RETURNING id, notification_id, chip, uri, attempts",
-      {now, kLease, kBatch});
+      "WITH cand AS (SELECT id, chip, next_at FROM webhook_deliveries WHERE state = 'pending' AND "
+      "next_at <= to_timestamp($1) AND chip <> ALL($5::text[]) ORDER BY next_at LIMIT $4 FOR UPDATE SKIP LOCKED), "
+      "ranked AS (SELECT id, next_at, row_number() OVER (PARTITION BY chip ORDER BY next_at) AS k FROM cand) "
+      "UPDATE webhook_deliveries w SET next_at = to_timestamp($1 + $2) "
+      "FROM (SELECT id FROM ranked WHERE k = 1 ORDER BY next_at LIMIT $3) s WHERE w.id = s.id "
+      "RETURNING w.id, w.notification_id, w.chip, w.uri, w.attempts",
+      {now, kLease, room, room * 8, busy});
   std::vector<Due> out;
   for (int i = 0; i < r.rows(); ++i)
     out.push_back({r.text(i, 0), r.text(i, 1), r.text(i, 2), r.text(i, 3), static_cast<int>(r.int64(i, 4))});
@@ -87,21 +98,59 @@ void settle(Context& c, const Due& d, int status) {
       const std::int64_t backoff = std::int64_t{1} << (tries - 1);  // 1, 2, 4, 8, 16 s
       tx.exec("UPDATE webhook_deliveries SET attempts = $2, last_status = $3, next_at = to_timestamp($4) WHERE id = $1::bigint",
               {d.id, tries, status, now + backoff});
+      // An unreachable or silent receiver (status 0) is the device's, not the notice's: its other
+      // notices wait as long, so they do not take the next pass's workers for a timeout each.
+      if (status == 0)
+        tx.exec("UPDATE webhook_deliveries SET next_at = GREATEST(next_at, to_timestamp($2)) "
+                "WHERE chip = $1 AND state = 'pending' AND next_at <= to_timestamp($2)",
+                {d.chip, now + backoff});
     }
     tx.commit();
   });
 }
 
+void deliver_one(Context& c, const Due& d) {
+  try {
+    const std::string body = notice_json(c, d.notification);
+    settle(c, d, body.empty() ? 200 : post(c, d.uri, body));  // an acked-and-purged notice needs no push
+  } catch (const std::exception& e) {  // a delivery thread must not throw; the lease retries it
+    c.log->line("{\"event\":\"webhook-failed\",\"detail\":" + q(e.what()) + "}");
+  }
+  auto& f = c.webhooks;
+  std::lock_guard<std::mutex> lock(f.mutex);
+  --f.running;
+  f.chips.erase(d.chip);
+  f.done.notify_all();
+}
+
 }  // namespace
 
 int webhook_pass(Context& c) {
-  if (c.config.webhook_ca.empty()) return 0;
-  const auto due = claim(c, c.now());
+  if (c.config.webhook_ca.empty() || c.stopping) return 0;
+  auto& f = c.webhooks;
+  int room = 0;
+  std::string busy = "{";
+  {
+    std::lock_guard<std::mutex> lock(f.mutex);
+    room = kWorkers - f.running;
+    for (const auto& chip : f.chips) busy += (busy.size() > 1 ? "," : "") + chip;  // hex digits: no quoting
+  }
+  if (room <= 0) return 0;
+  const auto due = claim(c, c.now(), room, busy + "}");
   for (const auto& d : due) {
-    const std::string body = notice_json(c, d.notification);
-    settle(c, d, body.empty() ? 200 : post(c, d.uri, body));  // an acked-and-purged notice needs no push
+    {
+      std::lock_guard<std::mutex> lock(f.mutex);
+      ++f.running;
+      f.chips.insert(d.chip);
+    }
+    std::thread([&c, d] { deliver_one(c, d); }).detach();  // webhook_drain waits for it
   }
   return static_cast<int>(due.size());
+}
+
+void webhook_drain(Context& c) {
+  std::unique_lock<std::mutex> lock(c.webhooks.mutex);
+  c.webhooks.done.wait(lock, [&] { return c.webhooks.running == 0; });
 }
 
 }  // namespace keyline::kps
