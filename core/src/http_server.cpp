@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "http_server_engine.h"
@@ -66,7 +67,20 @@ ServerOptions operations_listener(const std::string& name, const std::string& li
   o.limits.workers = 2;
   o.limits.max_connections = 64;
   o.limits.max_per_client = 16;
+  o.limits.max_per_other_client = 4;
+  o.limits.loopback_reserved = 16;
   o.limits.max_body_bytes = 0;
+  o.check_host = true;
+  // KEYLINE_OPS_HOSTS: names (comma-separated) the operator reaches these listeners by, beyond
+  // localhost and IP literals (docs/operations.md).
+  if (const char* env = std::getenv("KEYLINE_OPS_HOSTS")) {
+    std::string names = env;
+    for (std::size_t at = 0; at <= names.size();) {
+      const auto comma = std::min(names.find(',', at), names.size());
+      if (comma > at) o.allowed_hosts.push_back(names.substr(at, comma - at));
+      at = comma + 1;
+    }
+  }
   return o;
 }
 
@@ -203,8 +217,13 @@ Admission Engine::admit(const std::string& peer, bool over_total) {
   // A trusted proxy carries many clients: only the total cap applies to it.
   const auto& proxies = m_options.trusted_proxies;
   const bool proxy = std::find(proxies.begin(), proxies.end(), peer) != proxies.end();
-  if (!proxy && it != m_peers.end() && it->second >= limits().max_per_client) return Admission::PeerCap;
-  if (open.load() >= limits().max_connections + (over_total ? 1 : 0)) return Admission::TotalCap;
+  const auto& l = limits();
+  const bool loopback = peer == "127.0.0.1" || peer == "::1" || peer == "::ffff:127.0.0.1";
+  const std::size_t per_client = !loopback && l.max_per_other_client ? l.max_per_other_client : l.max_per_client;
+  if (!proxy && it != m_peers.end() && it->second >= per_client) return Admission::PeerCap;
+  const std::size_t total = loopback ? l.max_connections
+                                     : l.max_connections - std::min(l.loopback_reserved, l.max_connections - 1);
+  if (open.load() >= total + (over_total ? 1 : 0)) return Admission::TotalCap;
   ++m_peers[peer];
   ++open;
   return Admission::Admitted;
@@ -297,8 +316,15 @@ void WorkerPool::run() {
 
 void WorkerPool::serve(Task& task) {
   Reply reply;
+  const auto& o = m_engine.options();
   try {
-    reply = m_engine.handler()(task.request);
+    if (o.check_host && !host_allowed(task.request.header("host"), m_engine.bound_port, o.allowed_hosts)) {
+      // RFC 9110 section 15.5.20: this listener is not the origin the Host names (DNS rebinding).
+      reply = problem_reply(Refusal{421, "misdirected", "Misdirected request", "the Host header does not name this listener"});
+      reply.log_detail = "Host " + task.request.get("host", "(none)") + " refused";
+    } else {
+      reply = m_engine.handler()(task.request);
+    }
   } catch (const std::exception& e) {
     reply = problem_reply(Refusal{500, "internal", "Internal server error", "the request could not be handled"});
     reply.close = false;

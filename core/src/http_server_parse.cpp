@@ -341,4 +341,38 @@ Reply problem_reply(const Refusal& r) {
   return reply;
 }
 
+namespace {
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// A literal address cannot be rebound: DNS rebinding needs a name the attacker's DNS answers for.
+bool is_ip_literal(const std::string& h) {
+  in6_addr a6{};
+  in_addr a4{};
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']')
+    return ::inet_pton(AF_INET6, h.substr(1, h.size() - 2).c_str(), &a6) == 1;
+  return ::inet_pton(AF_INET, h.c_str(), &a4) == 1;
+}
+
+}  // namespace
+
+bool host_allowed(const std::string* host, std::uint16_t port, const std::vector<std::string>& names) {
+  if (!host || host->empty()) return false;
+  // RFC 9110 section 7.2: Host = uri-host [ ":" port ]; an IPv6 literal is bracketed, so the port
+  // follows the last ':' only after a ']' or when there is no '['.
+  std::string h = *host, p;
+  const auto colon = h.rfind(':');
+  if (colon != std::string::npos && (h.front() != '[' || h.find(']') < colon)) {
+    p = h.substr(colon + 1);
+    h.resize(colon);
+  }
+  if (!p.empty() && p != std::to_string(port)) return false;
+  h = lower(h);
+  if (h == "localhost" || is_ip_literal(h)) return true;
+  return std::any_of(names.begin(), names.end(), [&h](const std::string& n) { return lower(n) == h; });
+}
+
 }  // namespace keyline::core::http::detail

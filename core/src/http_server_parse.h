@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,5 +65,10 @@ std::string serialize_reply(const Reply& reply, bool keep_alive);
 
 // A problem document reply for a refusal; close is set.
 Reply problem_reply(const Refusal& refusal);
+
+// ServerOptions::check_host: `host` (the Host header, nullptr when absent) names this listener: an
+// IPv4 literal, a bracketed IPv6 literal, "localhost" or one of `names` (case-insensitive), with `port`
+// or no port.
+bool host_allowed(const std::string* host, std::uint16_t port, const std::vector<std::string>& names);
 
 }  // namespace keyline::core::http::detail

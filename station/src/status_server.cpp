@@ -33,6 +33,8 @@ http::ServerOptions page_listener(const std::string& listen) {
   o.limits.workers = StatusServers::kWorkers;
   o.limits.max_connections = 32;
   o.limits.max_per_client = 16;
+  o.limits.max_per_other_client = 4;
+  o.limits.loopback_reserved = 12;  // the operator's browser on 127.0.0.1 still gets the page
   o.limits.max_queued = 32;
   o.limits.head_timeout = std::chrono::milliseconds(5000);
   o.limits.write_timeout = std::chrono::milliseconds(5000);

@@ -944,3 +944,64 @@ TEST_CASE("trusted proxies are compared as addresses, not as text; a bad one is 
     CHECK_THROWS_AS(Server(b, [](const Request&) { return Reply{}; }), keyline::core::ConfigError);
   }
 }
+
+// The attacker review: a page in a browser on the host rebinds its own name to 127.0.0.1 and reads
+// /metrics or the line page. An operations listener answers only a Host that names it.
+TEST_CASE("an operations listener answers 421 to a Host that does not name it (DNS rebinding)") {
+  ::setenv("KEYLINE_OPS_HOSTS", "ops.line.example,Station-7", 1);
+  ServerOptions o = operations_listener("test-ops", "127.0.0.1:0");
+  ::unsetenv("KEYLINE_OPS_HOSTS");
+  CHECK(o.check_host);
+  Served s(o);
+  const std::string port = std::to_string(s.port());
+  const auto get = [&](const std::string& host_line) {
+    return exchange(s.port(), "GET /metrics HTTP/1.1\r\n" + host_line + "\r\n");
+  };
+  for (const std::string& h : std::vector<std::string>{"rebind.attacker.example:" + port, "rebind.attacker.example", "127.0.0.1.attacker.example:" + port,
+                              "localhost:1", "127.0.0.1:" + std::to_string(s.port() + 1), "ops.line.example.evil:" + port}) {
+    CAPTURE(h);
+    const auto r = get("Host: " + h + "\r\n");
+    check_problem(r, 421, "misdirected");
+    CHECK(r.body.find("GET /metrics") == std::string::npos);
+  }
+  for (const std::string& h : std::vector<std::string>{"127.0.0.1:" + port, "localhost:" + port, "LocalHost:" + port, "[::1]:" + port,
+                              "127.0.0.1", "10.1.2.3:" + port, "ops.line.example:" + port, "station-7"}) {
+    CAPTURE(h);
+    const auto r = get("Host: " + h + "\r\n");
+    CHECK(r.status == 200);
+    CHECK(r.body.find("GET /metrics") == 0);
+  }
+  // HTTP/1.0 without Host: nothing names the listener either.
+  check_problem(exchange(s.port(), "GET /metrics HTTP/1.0\r\n\r\n"), 421, "misdirected");
+  // A listener that is not an operations listener does not check.
+  Served plain(options());
+  CHECK(exchange(plain.port(), "GET /r HTTP/1.1\r\nHost: rebind.attacker.example\r\n\r\n").status == 200);
+}
+
+// The attacker review: 40 trickling connections from 127.0.0.2-4 took every slot of the station's
+// page and /metrics. Other addresses get 4 each and never the slots kept for 127.0.0.1 / ::1.
+TEST_CASE("an operations listener keeps room for 127.0.0.1 while other loopback addresses trickle") {
+  ServerOptions o = operations_listener("test-ops", "127.0.0.1:0");
+  o.limits.head_timeout = 10s;  // the tricklers are not timed out during the test
+  Served s(o);
+  std::vector<int> held;
+  std::size_t from_one = 0;
+  for (int a = 2; a <= 13; ++a) {  // 12 addresses x 6 connections: 72, more than the 64 in total
+    for (int i = 0; i < 6; ++i) {
+      const int fd = connect_from("127.0.0." + std::to_string(a), s.port());
+      send_all(fd, "GET /metrics HTTP/1.1\r\nHo");  // a head that never ends
+      held.push_back(fd);
+    }
+  }
+  std::this_thread::sleep_for(300ms);
+  // Each address holds at most 4; together at most 64 - 16.
+  CHECK(s.server->stats().open_connections <= 48);
+  for (std::size_t i = 0; i < 6; ++i) {
+    const auto r = read_until(held[i], [](const std::string&) { return false; }, 50ms);
+    if (!r.closed) ++from_one;
+  }
+  CHECK(from_one == 4);
+  const auto r = exchange(s.port(), "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(s.port()) + "\r\n\r\n");
+  CHECK(r.status == 200);
+  for (const int fd : held) ::close(fd);
+}

@@ -67,6 +67,10 @@ struct ServerLimits {
   std::size_t max_body_bytes = 256 * 1024;            // 413 beyond
   std::size_t max_connections = 4096;                 // in total
   std::size_t max_per_client = 64;                    // per client address (peer address)
+  // Operator listeners: slowloris from other loopback addresses (127.0.0.2, ...) or the network must
+  // not lock the operator on 127.0.0.1 / ::1 out. 0 = off.
+  std::size_t max_per_other_client = 0;  // when set, the per-address cap of peers not 127.0.0.1 / ::1
+  std::size_t loopback_reserved = 0;     // of max_connections, slots only 127.0.0.1 / ::1 may take
   int io_threads = 2;                                 // epoll loops (TLS handshakes run here)
   int workers = 16;                                   // handler threads
   std::size_t max_queued = 1024;                      // complete requests waiting for a worker (503 beyond)
@@ -90,6 +94,12 @@ struct ServerOptions {
   // then the rightmost address in it that is not itself a trusted proxy. A trusted proxy is not
   // held to max_per_client (it carries many clients); the total cap still applies.
   std::vector<std::string> trusted_proxies;
+  // Operations listeners (operations_listener sets it): a request whose Host is not an IP literal,
+  // localhost or one of allowed_hosts, with the bound port or none, gets 421 (RFC 9110 section
+  // 15.5.20) and never reaches the handler: a web page in a browser on the host that rebinds its own
+  // name to 127.0.0.1 cannot read /metrics or the line page.
+  bool check_host = false;
+  std::vector<std::string> allowed_hosts;
   ServerLimits limits;
 };
 
@@ -153,7 +163,8 @@ struct ListenerSettings {
 };
 
 // The operations listener of a server (/metrics, /healthz): plain HTTP for the operator's scraper on
-// the same host, so one I/O thread, two workers, few connections and no request bodies.
+// the same host, so one I/O thread, two workers, few connections and no request bodies; the Host
+// header checked (check_host), with the names in KEYLINE_OPS_HOSTS (comma-separated) allowed too.
 ServerOptions operations_listener(const std::string& name, const std::string& listen);
 
 class Server {
