@@ -8,6 +8,7 @@
 #include "keyline/ceremony/ceremony.h"
 #include "keyline/ceremony/sandbox.h"
 #include "keyline/core/config_file.h"
+#include "keyline/core/log_format.h"
 #include "keyline/core/error.h"
 
 namespace {
@@ -40,6 +41,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   keyline::core::config::set_strict_config(app);
   CeremonyOptions opt;
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format, "stderr log lines: text, or json (one JSON object per line; "
+                                              "docs/operations.md, \"Logs\")")
+      ->envname("KEYLINE_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   app.add_option("--dir", opt.dir, "ceremony directory (root.pem, ceremony.log, issued/)")->envname("KEYLINE_CEREMONY_DIR");
   app.add_option("--hsm-module", opt.hsm_module, "PKCS#11 module of the root token")->envname("KEYLINE_ROOT_HSM_MODULE");
   app.add_option("--token", opt.token_label, "root token label")->envname("KEYLINE_ROOT_TOKEN")->capture_default_str();
@@ -79,6 +86,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
   }
+  keyline::core::log::use_format(keyline::core::log::parse_format(log_format), "keyline-ceremony");
   return run_guarded([&]() -> int {
     forbid_network();  // before the token, the files or anything else is touched
     if (opt.dir.empty() && (*init || *sign_cmd || *import || log_file.empty() || (*verify && root_cert.empty())))

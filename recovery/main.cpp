@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "keyline/core/config_file.h"
+#include "keyline/core/log_format.h"
 #include "keyline/core/error.h"
 #include "keyline/recovery/errors.h"
 #include "keyline/recovery/log_monitor.h"
@@ -167,6 +168,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.footer(kExitCodeHelp);
   Cli c;
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format, "stderr log lines: text, or json (one JSON object per line; "
+                                              "docs/operations.md, \"Logs\")")
+      ->envname("KEYLINE_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   add_restore(app, c);
   add_fetch(app, c);
   add_log(app, c);
@@ -176,5 +183,6 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;
   }
+  keyline::core::log::use_format(keyline::core::log::parse_format(log_format), "keyline-recovery");
   return run_guarded([&]() -> int { return run(c); });
 }

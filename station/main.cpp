@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 
 #include "keyline/core/config_file.h"
+#include "keyline/core/log_format.h"
 #include "keyline/core/error.h"
 #include "keyline/core/guard.h"
 #include "keyline/core/secret_input.h"
@@ -87,6 +88,12 @@ int main(int argc, char** argv) {
       "keyline-station"};
   app.require_subcommand(1);
   StationConfig cfg;
+  std::string log_format = "text";
+  app.add_option("--log-format", log_format, "stderr log lines: text, or json (one JSON object per line; "
+                                              "docs/operations.md, \"Logs\")")
+      ->envname("KEYLINE_LOG_FORMAT")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
   std::string config_file;
   app.add_option("--config", config_file, "TOML config file, or JSON (keys: db, hsm_module, token_label, pin_file, ...)");
   app.add_option("--db", cfg.db,
@@ -279,6 +286,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;  // docs/operations.md: 2 = usage
   }
 
+  keyline::core::log::use_format(keyline::core::log::parse_format(log_format), "keyline-station");
   return keyline::core::run_guarded("keyline-station", [&]() -> int {
     // argv is readable by every user of the host (docs/operations.md, "Secrets").
     keyline::core::refuse_password_on_command_line(argc, argv, "--db", true,

@@ -16,6 +16,7 @@
 #include "keyline/ceremony/statement.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/csr.h"
+#include "keyline/core/log_format.h"
 #include "keyline/core/pkcs11.h"
 #include "keyline/core/secret_input.h"
 
@@ -305,13 +306,13 @@ int run_guarded(const std::function<int()>& body) noexcept {
   try {
     return body();
   } catch (const core::Error& e) {
-    std::fprintf(stderr, "keyline-ceremony: error %d: %s\n", e.numeric(), e.what());
+    core::log::say("keyline-ceremony: error " + std::to_string(e.numeric()) + ": " + e.what());
     return ceremony::exit_code_for(e.code());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "keyline-ceremony: error: %s\n", e.what());
+    core::log::say(std::string("keyline-ceremony: error: ") + e.what());
     return core::exit_code::failure;
   } catch (...) {
-    std::fprintf(stderr, "keyline-ceremony: error: unknown failure\n");
+    core::log::say("keyline-ceremony: error: unknown failure");
     return core::exit_code::failure;
   }
 }

@@ -5,6 +5,7 @@
 
 #include "keyline/core/error.h"
 #include "keyline/core/json_log.h"
+#include "keyline/core/log_format.h"
 
 namespace keyline::core {
 
@@ -13,13 +14,13 @@ int run_guarded(const std::string& program, const std::function<int()>& body) no
     log::set_program(program);  // the "program" of every JSON log line (docs/operations.md, "Logs")
     return body();
   } catch (const Error& e) {
-    std::fprintf(stderr, "%s: error %d: %s\n", program.c_str(), e.numeric(), e.what());
+    log::say(program + ": error " + std::to_string(e.numeric()) + ": " + e.what());
     return exit_code_for(e.code());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: error: %s\n", program.c_str(), e.what());
+    log::say(program + ": error: " + e.what());
     return exit_code::failure;
   } catch (...) {
-    std::fprintf(stderr, "%s: error: unknown failure\n", program.c_str());
+    log::say(program + ": error: unknown failure");
     return exit_code::failure;
   }
 }

@@ -1,6 +1,7 @@
 #include <cstdio>
 #include <exception>
 
+#include "keyline/core/log_format.h"
 #include "keyline/recovery/errors.h"
 #include "keyline/recovery/recovery.h"
 
@@ -43,16 +44,16 @@ int run_guarded(const std::function<int()>& body) noexcept {
   } catch (const core::Error& e) {
     const int code = exit_code_for(e);
     const bool verify = e.code() == errc::VerificationFailed;
-    std::fprintf(stderr, "keyline-recovery: error %d: %s%s\n", e.numeric(), verify ? "verification failed: " : "", e.what());
+    core::log::say("keyline-recovery: error " + std::to_string(e.numeric()) + ": " + (verify ? "verification failed: " : "") + e.what());
     if (e.code() == errc::VerificationFailed || e.code() == errc::BadBundle || e.code() == errc::LogNotVerified ||
         e.code() == errc::LogFork || e.code() == errc::LogNotIntegrated || e.code() == errc::LogNotWitnessed)
-      std::fprintf(stderr, "keyline-recovery: nothing was written to the device\n");
+      core::log::say("keyline-recovery: nothing was written to the device");
     return code;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "keyline-recovery: error: %s\n", e.what());
+    core::log::say(std::string("keyline-recovery: error: ") + e.what());
     return exit_code::failure;
   } catch (...) {
-    std::fprintf(stderr, "keyline-recovery: error: unknown failure\n");
+    core::log::say("keyline-recovery: error: unknown failure");
     return exit_code::failure;
   }
 }

@@ -12,6 +12,7 @@
 #include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
+#include "keyline/core/log_format.h"
 #include "keyline/core/pcsc.h"
 #include "keyline/core/pq.h"
 #include "keyline/station/errors.h"
@@ -116,7 +117,7 @@ void report_device(const std::string& d, const DeviceResult& r, bool json, Perso
               << r.channel << ", key source " << r.key_source << ")\n";
   }
   if (!r.done) {
-    std::cerr << "keyline-station: " << d << ": error " << r.error_code << ": " << r.error << "\n";
+    core::log::say("keyline-station: " + d + ": error " + std::to_string(r.error_code) + ": " + r.error, r.chip_id, r.imei);
     (r.in_outbox ? t.waiting : is_refusal(r.error_code) ? t.refused : t.failed)++;
   }
 }

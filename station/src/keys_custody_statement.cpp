@@ -14,6 +14,7 @@
 #include <botan/system_rng.h>
 
 #include "keyline/core/error.h"
+#include "keyline/core/log_format.h"
 #include "keys_custody_internal.h"
 #include "keys_internal.h"
 #include "keyline/station/keys.h"
@@ -89,8 +90,8 @@ void write_statement(const StationConfig& config, const Statement& st) {
   } catch (const std::exception& e) {
     const std::string l = "keyline-station: the custody statement of " + st.event + " (audit rows " +
                           std::to_string(st.audit_begin) + ".." + std::to_string(st.audit_end) +
-                          ") could not be written: " + e.what() + "\n";
-    std::fwrite(l.data(), 1, l.size(), stderr);
+                          ") could not be written: " + e.what();
+    core::log::say(l);
   }
 }
 

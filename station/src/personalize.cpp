@@ -6,6 +6,7 @@
 #include "flow.h"
 #include "keyline/core/chip_identity.h"
 #include "keyline/core/error.h"
+#include "keyline/core/log_format.h"
 #include "keyline/station/errors.h"
 #include "keyline/station/fault_hook.h"
 #include "keyline/station/outbox_log.h"
@@ -53,10 +54,8 @@ void mark_published(core::pq::Connection& db, const std::string& chip_id, std::i
 
 Personalizer::Personalizer(const StationConfig& config, StationKeys& keys, Publisher* publisher)
     : m_config(config), m_keys(keys), m_publisher(publisher) {
-  m_log = [](const std::string& line) {
-    const std::string l = "keyline-station: " + line + "\n";
-    std::fwrite(l.data(), 1, l.size(), stderr);  // one write: lines of concurrent workers never interleave
-  };
+  // One write per line: lines of concurrent workers never interleave (text, or JSON: core/log_format.h).
+  m_log = [](const std::string& line) { core::log::say("keyline-station: " + line); };
   check_personalization_config(config);
   if (config.channel == "scp11a") {
     m_vendors = core::chip::load_vendor_list(config.chip_vendors);
