@@ -18,10 +18,10 @@ set(KEYLINE_PROGRAMS
 
 # component | system users (postinst) | users that open a SoftHSM2 token | units | configs | Recommends
 set(KEYLINE_SERVICES
-  "station|keyline-station|keyline-station|keyline-station@.service|station-line1.toml line-line1.toml|softhsm2, pcscd, postgresql"
-  "backupdb|keyline-backupdb keyline-witness|keyline-backupdb|keyline-backupdb.service keyline-witness.service|backupdb.toml witness.toml|softhsm2, postgresql"
+  "station|keyline-station|keyline-station|keyline-station@.service|station-line1.toml line-line1.toml softhsm2-station-line1.conf|softhsm2, pcscd, postgresql"
+  "backupdb|keyline-backupdb keyline-witness|keyline-backupdb|keyline-backupdb.service keyline-witness.service|backupdb.toml witness.toml softhsm2-backupdb.conf|softhsm2, postgresql"
   "kps|keyline-kps||keyline-kps.service|kps.toml|postgresql"
-  "service|keyline-service|keyline-service|keyline-service.service|service.toml|softhsm2, postgresql")
+  "service|keyline-service|keyline-service|keyline-service.service|service.toml softhsm2-service.conf|softhsm2, postgresql")
 
 set(KEYLINE_DESCRIPTION_station "keyline-station claims an IMEI and device keys, signs each device's
 identity certificate with the Device CA key on its HSM, stores the data

@@ -104,6 +104,19 @@ for u in "${units[@]}"; do
   grep -rqw "$user" "$work"/control/*/postinst || fail "$n: no postinst makes user $user"
 done
 ok "systemd-analyze verify clean on ${#units[@]} units; hardened; secrets through LoadCredential=; users made by postinst"
+# A unit that opens a SoftHSM2 token has a token directory of its own (the attacker review: another
+# service's user could plant a token of its label in the shared /var/lib/softhsm/tokens).
+for u in "${units[@]}"; do
+  n=$(basename "$u")
+  ! grep -v '^#' "$u" | grep -q '/var/lib/softhsm/tokens' || fail "$n uses the shared SoftHSM2 token directory"
+  conf=$(sed -n 's/^Environment=SOFTHSM2_CONF=//p' "$u" | sed 's/%i/line1/')
+  [ -n "$conf" ] || continue
+  [ -f "$work/root$conf" ] || fail "$n: $conf is in no package"
+  dir=$(sed -n 's/^directories.tokendir *= *//p' "$work/root$conf")
+  state=$(sed -n 's/^StateDirectory=//p' "$u" | sed 's/%i/line1/g')
+  case " $state " in *" ${dir#/var/lib/} "*) ;; *) fail "$n: token directory $dir is not among StateDirectory=$state" ;; esac
+done
+ok "each SoftHSM2 unit has its own token directory under its StateDirectory"
 
 lintian --fail-on error --tag-display-limit 0 "${debs[@]}" >"$work/lintian.log" 2>&1 ||
   { cat "$work/lintian.log"; fail "lintian found errors"; }
