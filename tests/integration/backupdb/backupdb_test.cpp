@@ -693,7 +693,8 @@ TEST_CASE("passwords on the command line are refused with a reason") {
   out = sh(bin + " migrate --db 'host=127.0.0.1 port=1 dbname=x' --role-password hunter2 2>&1", &rc);
   CHECK(rc == 2);
   CHECK(out.find("--role-password takes a password") != std::string::npos);
-  CHECK(std::count(out.begin(), out.end(), '\n') == 1);
+  // The refusal never repeats the value (core/config_file.h refuse_secret_flags, before CLI11 parses).
+  CHECK(out.find("hunter2") == std::string::npos);
   // From the environment the same conninfo is accepted (and then fails to connect: exit 4).
   out = sh("KEYLINE_BACKUPDB_DB='host=127.0.0.1 port=1 dbname=x password=hunter2 connect_timeout=2' " + bin +
                " migrate 2>&1",
