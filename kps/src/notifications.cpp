@@ -60,16 +60,20 @@ struct Seat {
   std::string chip;
   std::uint64_t ticket = 0;
   Seat(Context& c, const std::string& chip_) : seats(c.polls), chip(chip_) {
+    bool taken = false;
     {
       std::lock_guard<std::mutex> lock(seats.mutex);
       ticket = ++seats.next;
-      seats.newest[chip] = ticket;
+      auto& seat = seats.newest[chip];
+      taken = seat != 0;
+      seat = ticket;
     }
-    c.waiters.wake();
+    if (taken) c.waiters.wake();  // only an older poll of this chip has anything to notice
   }
   bool lost() {
     std::lock_guard<std::mutex> lock(seats.mutex);
-    return seats.newest[chip] != ticket;
+    const auto it = seats.newest.find(chip);
+    return it == seats.newest.end() || it->second != ticket;
   }
   ~Seat() {
     std::lock_guard<std::mutex> lock(seats.mutex);
