@@ -88,12 +88,10 @@ int main(int argc, char** argv) {
       "keyline-station"};
   app.require_subcommand(1);
   StationConfig cfg;
-  std::string log_format = "text";
-  app.add_option("--log-format", log_format, "stderr log lines: text, or json (one JSON object per line; "
-                                              "docs/operations.md, \"Logs\")")
+  app.add_option("--log-format", cfg.log_format, "stderr log lines: text (default), or json (one JSON object per "
+                                                 "line; docs/operations.md, \"Logs\"). Config log_format")
       ->envname("KEYLINE_LOG_FORMAT")
-      ->check(CLI::IsMember({"text", "json"}))
-      ->capture_default_str();
+      ->check(CLI::IsMember({"text", "json"}));
   std::string config_file;
   app.add_option("--config", config_file, "TOML config file, or JSON (keys: db, hsm_module, token_label, pin_file, ...)");
   app.add_option("--db", cfg.db,
@@ -286,7 +284,8 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : keyline::core::exit_code::usage;  // docs/operations.md: 2 = usage
   }
 
-  keyline::core::log::use_format(keyline::core::log::parse_format(log_format), "keyline-station");
+  // Flag or environment now, so even a refused config file is said in that form; the file's after it is read.
+  keyline::core::log::use_format(keyline::core::log::parse_format(cfg.log_format), "keyline-station");
   return keyline::core::run_guarded("keyline-station", [&]() -> int {
     // argv is readable by every user of the host (docs/operations.md, "Secrets").
     keyline::core::refuse_password_on_command_line(argc, argv, "--db", true,
@@ -296,6 +295,7 @@ int main(int argc, char** argv) {
     // still win over the environment and the file, so it is put back afterwards (already valid).
     const StationConfig flags = cfg;
     complete_config(cfg, config_file);
+    keyline::core::log::use_format(keyline::core::log::parse_format(cfg.log_format), "keyline-station");
     if (app.get_option("--token")->count() > 0) cfg.token_label = flags.token_label;
     if (app.get_option("--pki-dir")->count() > 0) cfg.pki_dir = flags.pki_dir;
     if (app.get_option("--station-id")->count() > 0) cfg.station_id = flags.station_id;

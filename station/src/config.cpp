@@ -32,12 +32,12 @@ struct FileSettings {
 const std::set<std::string>& text_keys() {
   static const std::set<std::string> keys{"station_id", "db",       "hsm_module", "token_label",
                                           "pin_file",   "pki_dir",  "backupdb_url", "hw_type",
-                                          "key_source", "channel",  "chip_vendors"};
+                                          "key_source", "channel",  "chip_vendors", "log_format"};
   return keys;
 }
 
 const char* kKnownKeys = "station_id, db, hsm_module, token_label, pin_file, pki_dir, backupdb_url, hw_type, "
-                         "key_source, channel, chip_vendors, short_apdus";
+                         "key_source, channel, chip_vendors, short_apdus, log_format";
 
 [[noreturn]] void refuse(const std::string& where, const std::string& why) {
   throw core::ConfigError(core::ErrorCode::Config, where + ": " + why);
@@ -140,6 +140,7 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   from_env(c.key_source, "KEYLINE_KEY_SOURCE");
   from_env(c.channel, "KEYLINE_CHANNEL");
   from_env(c.chip_vendors, "KEYLINE_CHIP_VENDORS");
+  from_env(c.log_format, "KEYLINE_LOG_FORMAT");
   const char* short_apdus_env = std::getenv("KEYLINE_SHORT_APDUS");
   if (short_apdus_env && std::string(short_apdus_env) == "1") c.short_apdus = true;
 
@@ -160,6 +161,7 @@ void complete_config(StationConfig& c, const std::string& config_file) {
     from_file(c.key_source, "key_source");
     from_file(c.channel, "channel");
     from_file(c.chip_vendors, "chip_vendors");
+    from_file(c.log_format, "log_format");
     if (file.short_apdus && !short_apdus_env) c.short_apdus = c.short_apdus || *file.short_apdus;
   }
 
@@ -168,6 +170,8 @@ void complete_config(StationConfig& c, const std::string& config_file) {
   if (c.pki_dir.empty()) c.pki_dir = defaults.pki_dir;
   if (c.key_source.empty()) c.key_source = defaults.key_source;
   if (c.channel.empty()) c.channel = defaults.channel;
+  if (!c.log_format.empty() && c.log_format != "text" && c.log_format != "json")
+    throw core::ConfigError(core::ErrorCode::Config, "log_format must be \"text\" or \"json\", not \"" + c.log_format + "\"");
   if (c.hsm_module.empty()) c.hsm_module = default_hsm_module();
   if (c.hw_type.empty()) c.hw_type = core::kDefaultHwType;
   if (c.key_source != "generate" && c.key_source != "pool" && c.key_source != "device")

@@ -50,6 +50,16 @@ grep -Eq "^keyline-station: ${LINE_DEVICES[0]}: error [0-9]+: " "$logs/again-tex
   { cat "$logs/again-text.err"; fail "the text line changed"; }
 ok "station: text line unchanged: $(head -1 "$logs/again-text.err")"
 
+# The setting from the station's config file; a flag wins over it.
+printf 'log_format = "json"\n' >"$LINE_DIR/log.toml"
+KEYLINE_STATION_DB="host=/nonexistent dbname=none" "$LINE_BIN/keyline-station" --config "$LINE_DIR/log.toml" status \
+  >/dev/null 2>"$logs/file.err" && fail "status without a database succeeded"
+check_json "$logs/file.err" keyline-station
+KEYLINE_STATION_DB="host=/nonexistent dbname=none" "$LINE_BIN/keyline-station" --config "$LINE_DIR/log.toml" \
+  --log-format text status >/dev/null 2>"$logs/file-text.err" && fail "status without a database succeeded"
+grep -q '^keyline-station: error [0-9]*: ' "$logs/file-text.err" || { cat "$logs/file-text.err"; fail "--log-format text lost to the file"; }
+ok "station: log_format from the config file, the flag over it"
+
 # The ceremony: init-root twice, the second refused (7001).
 "$(dirname "$0")/../../../scripts/hsm.sh" init "$LINE_DIR/root-hsm" keyline-root-token >/dev/null
 cer() {

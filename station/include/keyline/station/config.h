@@ -24,6 +24,7 @@ struct StationConfig {
   std::string chip_vendors;       // PEM file of the chip vendor CAs the station trusts (scp11a)
   bool short_apdus = false;       // only short APDUs (readers without extended length support)
   int publish_attempts = 5;       // attempts before a record is left to the outbox
+  std::string log_format;         // stderr lines: "text" (when unset) or "json" (core/log_format.h)
 };
 
 // Fills unset fields from the environment and then from a config file (when path is not empty): TOML, or
