@@ -108,6 +108,7 @@ void say(std::string_view text, std::string_view chip, std::string_view imei) {
   }
   const bool is_error = code >= 0;
   const bool is_warning = !is_error && (rest.find("warning") != std::string_view::npos ||
+                                        rest.find("WARNING") != std::string_view::npos ||
                                         rest.find("waiting for") != std::string_view::npos);
   std::string chip_id(chip);
   if (chip_id.empty()) chip_id = ChipId::is_valid(device) ? device : chip_in(text);
