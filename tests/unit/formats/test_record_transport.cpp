@@ -232,7 +232,10 @@ TEST_CASE("record shape: a transport certificate as the identity, reordered or e
       {"[T, C, T]", {T, C, T}}, {"[T, C]", {T, C}},           {"[I, T, C]", {I, T, C}},
       {"[I, C, C]", {I, C, C}}, {"[I, C, T, T]", {I, C, T, T}}, {"[I, other, C, other, other, T]", {I, other, C, other, other, T}},
       {"[I, other, C]", {I, other, C}}, {"[I, C, root]", {I, C, root}}, {"[I, root, C]", {I, root, C}}};
-  for (const auto& [what, certs] : shapes) {
+  for (const auto& shape : shapes) {
+    // Not a structured binding: CAPTURE's lambda cannot capture one in C++17 (clang refuses it).
+    const std::string& what = shape.first;
+    const std::vector<Bytes>& certs = shape.second;
     CAPTURE(what);
     Record r = good;
     r.certificates = certs;
