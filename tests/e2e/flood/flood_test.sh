@@ -74,7 +74,7 @@ start_kps() {
   "$LINE_BIN/keyline-kps" migrate --db "$OWNER" >/dev/null
   start_server KPS "$work/kps.out" "$LINE_BIN/keyline-kps" serve --db "$OWNER" \
     --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --tls-cert "$work/server.pem" --tls-key "$work/server.key" \
-    --trust "$work/root.pem" --allow '*:*' --log "$work/kps.log"
+    --trust "$work/root.pem" --allow '*:*:*' --log "$work/kps.log"
 }
 
 # flood TARGET PROBE_URL: the acceptance run of docs/decisions.md ("The servers' own acceptor").

@@ -47,7 +47,7 @@ std::string http(const std::string& address, const std::string& request) {
 }
 
 std::string get(const std::string& address, const std::string& path, const std::string& headers = {}) {
-  return http(address, "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + headers + "\r\n");
+  return http(address, "GET " + path + " HTTP/1.1\r\nHost: " + address + "\r\nConnection: close\r\n" + headers + "\r\n");
 }
 
 std::string address_after(const std::string& printed, const std::string& prefix) {
@@ -165,7 +165,7 @@ TEST_CASE("the listeners over loopback: page, events, metrics, read-only, the wa
   CHECK(doc.find("Content-Security-Policy: default-src 'none'") != std::string::npos);
   CHECK(doc.find("new EventSource(\"events\")") != std::string::npos);
   CHECK(get(page, "/nothing").rfind("HTTP/1.1 404", 0) == 0);
-  CHECK(http(page, "POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+  CHECK(http(page, "POST /events HTTP/1.1\r\nHost: " + page + "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             .rfind("HTTP/1.1 405", 0) == 0);
 
   s.publish("{\"done\":1}", "# HELP g a gauge.\n# TYPE g gauge\ng 1\n", 1);
