@@ -20,6 +20,7 @@
 #include "http_server_parse.h"
 #include "keyline/core/error.h"
 #include "keyline/core/http.h"
+#include "keyline/core/json_log.h"
 
 namespace keyline::core::http {
 
@@ -99,6 +100,18 @@ const char* to_string(Event::Kind kind) noexcept {
 }
 
 namespace detail {
+
+void log_line(bool error, const std::string& listener, const char* event, const std::string& detail,
+              const std::string& peer, int status) {
+  log::Fields f;
+  f.str("listener", listener);
+  if (!peer.empty()) f.str("peer", peer);
+  if (status != 0) f.num("status", status);
+  f.str("detail", detail);
+  const std::string line = log::format_line(std::chrono::system_clock::now(), error ? log::Level::Error : log::Level::Warn,
+                                            log::program(), event, {}, {}, f) + "\n";
+  std::fwrite(line.data(), 1, line.size(), stderr);  // one write: lines of several threads never interleave
+}
 
 namespace {
 
@@ -256,8 +269,7 @@ void Engine::report(const Event& e) {
     }
     return;
   }
-  std::fprintf(stderr, "%s: %s peer=%s status=%d %s\n", m_options.name.c_str(), to_string(e.kind), e.peer.c_str(),
-               e.status, e.detail.c_str());
+  detail::log_line(false, m_options.name, to_string(e.kind), e.detail, e.peer, e.status);
 }
 
 void name_thread(std::thread& thread, std::string name, const std::string& suffix) {

@@ -155,4 +155,9 @@ void name_thread(std::thread& thread, std::string name, const std::string& suffi
 
 SSL_CTX* make_tls_context(const ServerOptions& options);  // nullptr for plain HTTP; ConfigError
 
+// A line of the connection layer's own (no event sink set, a dropped connection, a paused accept) on
+// stderr in every program's JSON line shape (core/json_log.h, docs/operations.md "Logs").
+void log_line(bool error, const std::string& listener, const char* event, const std::string& detail,
+              const std::string& peer = {}, int status = 0);
+
 }  // namespace keyline::core::http::detail

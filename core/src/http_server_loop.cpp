@@ -259,7 +259,7 @@ void Loop::guarded(std::uint64_t id, F&& f) {
   try {
     f();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s: connection dropped: %s\n", m_engine.options().name.c_str(), e.what());
+    log_line(true, m_engine.options().name, "connection-dropped", e.what());
     const auto it = m_conns.find(id);
     if (it != m_conns.end()) close_conn(*it->second);
   }
@@ -316,7 +316,7 @@ void Loop::accept_ready() {
       // a moment (closing connections frees descriptors meanwhile).
       ++m_engine.accept_paused;
       m_accept_paused_until = Clock::now() + kAcceptPause;
-      std::fprintf(stderr, "%s: accept paused 100 ms: %s\n", m_engine.options().name.c_str(), std::strerror(errno));
+      log_line(true, m_engine.options().name, "accept-paused", std::string("100 ms: ") + std::strerror(errno));
     }
     return;
   }
