@@ -23,6 +23,10 @@ constexpr std::size_t kSecretKeySize = 32;  // Nsk
 constexpr std::size_t kKeySize = 16;      // Nk
 constexpr std::size_t kNonceSize = 12;    // Nn
 constexpr std::size_t kTagSize = 16;      // Nt
+
+// The info of a third party's message to a device (docs/service.md "Messages from a third party"): the
+// service server seals with it, the device opens with it, so it is defined once here.
+constexpr const char* kServiceMessageInfo = "keyline/service/message/v1";
 constexpr std::size_t kHashSize = 32;     // Nh, also Nsecret
 
 struct KeyPair {

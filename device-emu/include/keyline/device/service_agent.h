@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "keyline/core/bytes.h"
+#include "keyline/core/hpke.h"
 #include "keyline/device/applet.h"
 
 namespace keyline::device {
@@ -34,7 +35,7 @@ std::vector<std::string> run_batch(Session& session, const std::vector<std::stri
 std::string run_service_session(const ServiceAgentConfig& config);
 
 // The message's HPKE parameters (docs/service.md "Messages from a third party").
-constexpr const char* kMessageInfo = "keyline/service/message/v1";
+constexpr const char* kMessageInfo = core::hpke::kServiceMessageInfo;
 // Opens `sealed` (enc || ciphertext) with the device's transport key; the AAD is the device's IMEI
 // (15 ASCII digits). Throws CryptoError(Crypto) for a message sealed to another device or changed.
 core::SecureBytes open_message(const std::string& dir, const core::Bytes& sealed);

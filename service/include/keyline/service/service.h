@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "keyline/core/hpke.h"
+
 #include "keyline/core/http_server.h"
 #include "keyline/core/migrate.h"
 
@@ -85,7 +87,7 @@ int campaign_status(const Config& config, const std::string& name, bool json, st
 // device's record, fetched by IMEI from the public DB and validated to `trust` (core::validate_record).
 // Throws Error(UnknownImei) for a 404, Error(RecordInvalid) for a record that does not verify or has no
 // transport certificate, Error(PublicDb) for another answer, core's Network error when it cannot connect.
-constexpr const char* kMessageInfo = "keyline/service/message/v1";
+constexpr const char* kMessageInfo = core::hpke::kServiceMessageInfo;
 struct MessageRequest {
   std::string imei;
   std::string in, out;                 // the message; the sealed file (mode 0644)
