@@ -1,6 +1,5 @@
 // The signed text files of a mirror (docs/custody.md "Files"): parse, sign, verify.
 #include <botan/base64.h>
-#include <botan/pubkey.h>
 
 #include "keyline/core/cert_profile.h"
 #include "keys_custody_internal.h"
@@ -11,67 +10,12 @@ namespace keyline::station {
 
 namespace {
 
-constexpr std::size_t kMaxText = 64 * 1024;
-
-[[noreturn]] void bad(const std::string& why) { throw core::FormatError(errc::CustodyBadFile, "custody file: " + why); }
-
-bool good_name(const std::string& n) {
-  if (n.empty() || n.size() > 32) return false;
-  for (const char c : n)
-    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
-  return true;
-}
-
-bool good_value(const std::string& v) {
-  for (const char c : v)
-    if (c < 0x20 || c > 0x7E) return false;
-  return true;
-}
-
-core::Bytes base64(const std::string& text, const char* what) {
-  try {
-    const auto b = Botan::base64_decode(text, false);
-    return core::Bytes(b.begin(), b.end());
-  } catch (const Botan::Exception&) {
-    bad(std::string(what) + " is not base64");
-  }
-}
+const core::SignedTextError kBadFile{errc::CustodyBadFile, "custody file"};
 
 }  // namespace
 
-const std::string& SignedText::field(const std::string& name) const {
-  const auto it = fields.find(name);
-  if (it == fields.end()) bad("no " + name + "= line in the signed part");
-  return it->second;
-}
-
 SignedText parse_signed_text(const std::string& text, const std::string& magic) {
-  if (text.size() > kMaxText) bad("larger than 64 KiB");
-  if (text.empty() || text.back() != '\n') bad("does not end with a newline");
-  if (text.compare(0, magic.size() + 1, magic + "\n") != 0) bad("does not start with '" + magic + "'");
-  SignedText out;
-  bool signature_seen = false;
-  std::size_t at = magic.size() + 1;
-  while (at < text.size()) {
-    const std::size_t end = text.find('\n', at);
-    const std::string line = text.substr(at, end - at);
-    const std::size_t eq = line.find('=');
-    if (eq == std::string::npos) bad("a line without '='");
-    const std::string name = line.substr(0, eq), value = line.substr(eq + 1);
-    if (!good_name(name)) bad("a name that is not [a-z0-9_]{1,32}");
-    if (!good_value(value)) bad("the value of " + name + " is not printable ASCII");
-    if (!signature_seen && name == "signature") {
-      out.signed_part = text.substr(0, at);
-      out.signature = base64(value, "signature");
-      signature_seen = true;
-    } else {
-      auto& into = signature_seen ? out.trailer : out.fields;
-      if (!into.emplace(name, value).second) bad(name + " given twice");
-    }
-    at = end + 1;
-  }
-  if (!signature_seen) bad("no signature= line");
-  return out;
+  return core::parse_signed_text(text, magic, kBadFile);
 }
 
 namespace custody {
@@ -88,7 +32,9 @@ std::string signature_line(core::Pkcs11Token& token, const StationConfig& config
   return "signature=" + Botan::base64_encode(der) + "\n";
 }
 
-core::Bytes decode_base64(const std::string& text, const char* what) { return base64(text, what); }
+core::Bytes decode_base64(const std::string& text, const char* what) {
+  return core::decode_signed_text_base64(text, what, kBadFile);
+}
 
 std::vector<Botan::X509_Certificate> own_station_chain(const StationConfig& config) {
   return core::load_certificates_pem(pki_path(config, pki_file::station_tls));
@@ -117,10 +63,7 @@ Botan::X509_Certificate check_peer_station(const std::vector<Botan::X509_Certifi
 }
 
 void check_signature(const SignedText& text, const Botan::X509_Certificate& cert) {
-  const auto key = cert.subject_public_key();
-  Botan::PK_Verifier verifier(*key, "EMSA1(SHA-256)", Botan::DER_SEQUENCE);
-  const auto* p = reinterpret_cast<const std::uint8_t*>(text.signed_part.data());
-  if (!verifier.verify_message(p, text.signed_part.size(), text.signature.data(), text.signature.size()))
+  if (!core::signed_text_verifies(text, cert))
     refuse("the signature does not verify under the station certificate (a changed byte, or another signer)");
 }
 

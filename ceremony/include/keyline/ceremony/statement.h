@@ -13,17 +13,12 @@
 
 #include <botan/x509cert.h>
 
-#include "keyline/core/bytes.h"
+#include "keyline/core/signed_text.h"
 
 namespace keyline::ceremony {
 
-struct CustodyStatement {
-  std::map<std::string, std::string> fields;   // the signed part
-  std::string signed_part;                     // its exact bytes, magic line included
-  core::Bytes signature;
-  std::map<std::string, std::string> trailer;  // after the signature
-  const std::string& field(const std::string& name) const;  // throws FormatError(StatementBadFile)
-};
+// Read by core/signed_text.h; field() throws FormatError(StatementBadFile).
+using CustodyStatement = core::SignedText;
 
 // Throws core::FormatError(errc::StatementBadFile) naming what is wrong.
 CustodyStatement parse_statement(const std::string& text);

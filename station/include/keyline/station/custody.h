@@ -22,6 +22,7 @@
 #include "keyline/core/cplc.h"
 #include "keyline/core/error.h"
 #include "keyline/core/pkcs11.h"
+#include "keyline/core/signed_text.h"
 #include "keyline/station/config.h"
 
 namespace keyline::station {
@@ -49,17 +50,9 @@ core::SecureBytes derive_comm_key(core::Pkcs11Token& token, const std::string& i
 // it, so two tokens (and the secret DB) can be compared.
 std::string master_check_value(core::Pkcs11Token& token, int version);
 
-// The signed text files of a mirror (docs/custody.md "Files"): a magic first line, `name=value` lines
-// (the signed part), a `signature=` line (base64 DER ECDSA over the signed part's bytes), then trailer
-// lines (certificate, wrapped). Values are printable ASCII; names [a-z0-9_]; no name twice; at most
-// 64 KiB. Throws core::FormatError(CustodyBadFile) naming what is wrong.
-struct SignedText {
-  std::map<std::string, std::string> fields;   // the signed part
-  std::string signed_part;                     // its exact bytes, magic line included
-  core::Bytes signature;                       // decoded
-  std::map<std::string, std::string> trailer;  // after the signature
-  const std::string& field(const std::string& name) const;  // throws FormatError when missing
-};
+// The signed text files of a mirror (docs/custody.md "Files"; the format: core/signed_text.h). Throws
+// core::FormatError(CustodyBadFile) naming what is wrong, as the parsed text's field() does.
+using SignedText = core::SignedText;
 SignedText parse_signed_text(const std::string& text, const std::string& magic);
 
 struct CustodyRequest {
