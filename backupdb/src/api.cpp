@@ -3,6 +3,7 @@
 #include <botan/pem.h>
 
 #include <chrono>
+#include <cstdio>
 #include <ctime>
 #include <optional>
 #include <sstream>
@@ -204,12 +205,37 @@ Reply publish(Shared& s, const Request& req) {
   return published(s, rec, hash, station);
 }
 
+// Each database node: the primary by a round trip now, the replicas as the read pool's checker last
+// saw them (at most a second ago), so a probe opens no session per replica. 200 while the primary
+// answers: it takes every write and is itself a read path, the one the reads fall back to; a replica
+// down or lagging only makes it "degraded". 503 when the primary does not answer: publishing fails
+// and a lookup a replica has no row for cannot be answered.
+Reply healthz(Shared& s) {
+  const bool primary = s.store->healthy();
+  bool all = primary;
+  std::ostringstream nodes;
+  nodes << "{\"node\":\"primary\",\"state\":\"" << (primary ? "up" : "down") << "\"}";
+  for (const auto& n : s.store->reads().stats()) {
+    if (n.name == "primary") continue;
+    all = all && n.state == NodeState::Up;
+    nodes << ",{\"node\":\"" << n.name << "\",\"state\":\"" << state_name(n.state) << '"';
+    if (n.state != NodeState::Down) {  // a down node's last lag says nothing about now
+      char lag[32];
+      std::snprintf(lag, sizeof lag, "%.3f", n.lag_seconds);
+      nodes << ",\"lag_seconds\":" << lag;
+    }
+    nodes << '}';
+  }
+  const char* status = !primary ? "unavailable" : all ? "ok" : "degraded";
+  return http::json_reply(primary ? 200 : 503,
+                          std::string("{\"status\":\"") + status + "\",\"nodes\":[" + nodes.str() + "]}");
+}
+
 Reply dispatch(Shared& s, const Request& req) {
   const auto parts = path_segments(req.path);
   if (parts.size() == 1 && parts[0] == "healthz") {
     if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
-    if (!s.store->healthy()) return problem(503, "unavailable", "database unreachable");
-    return http::json_reply(200, "{\"status\":\"ok\"}");
+    return healthz(s);
   }
   if (parts.empty() || parts[0] != "v1") return problem(404, "not-found", "no such resource");
   if (parts.size() == 2 && parts[1] == "ca") {

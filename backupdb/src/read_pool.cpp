@@ -16,18 +16,6 @@ constexpr const char* kReplicaLsn =
     "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END "
     "- '0/0'::pg_lsn)::bigint";
 
-const char* state_name(NodeState s) {
-  switch (s) {
-    case NodeState::Up:
-      return "up";
-    case NodeState::Lagging:
-      return "lagging";
-    case NodeState::Down:
-      break;
-  }
-  return "down";
-}
-
 // Runs the lookup on a leased session, once more on a fresh one when the session was lost (a restarted
 // server): a read is idempotent.
 bool run_lookup(core::pq::Pool& pool, const ReadPool::Lookup& lookup) {
@@ -42,6 +30,18 @@ bool run_lookup(core::pq::Pool& pool, const ReadPool::Lookup& lookup) {
 }
 
 }  // namespace
+
+const char* state_name(NodeState s) {
+  switch (s) {
+    case NodeState::Up:
+      return "up";
+    case NodeState::Lagging:
+      return "lagging";
+    case NodeState::Down:
+      break;
+  }
+  return "down";
+}
 
 ReadPool::ReadPool(core::pq::Pool& primary, const std::string& primary_conninfo, const ReplicaSettings& settings,
                    std::size_t pool_size)

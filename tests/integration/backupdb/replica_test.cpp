@@ -199,6 +199,7 @@ struct Server {
     return run("curl -s -o /dev/null -w '%{http_code}' 'http://127.0.0.1:" + std::to_string(on) + path + "'");
   }
   std::string metrics() const { return run("curl -s 'http://127.0.0.1:" + std::to_string(ops_port) + "/metrics'"); }
+  std::string healthz() const { return run("curl -s 'http://127.0.0.1:" + std::to_string(ops_port) + "/healthz'"); }
 };
 
 // The value of one series in a Prometheus text, -1 when it is not there.
@@ -337,7 +338,7 @@ TEST_CASE("the replica stopped in the middle of a read load: no read fails; it t
   CHECK(node(store, "replica0").reads == back + 1);
 }
 
-TEST_CASE("serve --replica: the server program reads on the replica and shows each node in /metrics") {
+TEST_CASE("serve --replica: the server program reads on the replica and shows each node in /metrics and /healthz") {
   {
     backupdb::Store store(clusters().primary, 2, 0);
     publish_range(store, 300, 310);
@@ -352,10 +353,21 @@ TEST_CASE("serve --replica: the server program reads on the replica and shows ea
   CHECK(series(m, "keyline_backupdb_db_reads_total{node=\"primary\"}") == 1);  // the 404, asked again
   CHECK(series(m, "keyline_backupdb_db_read_misses_total{node=\"replica0\"}") == 1);
   CHECK(series(m, "keyline_backupdb_db_replica_state{node=\"replica0\",state=\"up\"}") == 1);
+  auto h = srv.healthz();
+  CHECK(h.find("{\"status\":\"ok\",\"nodes\":[{\"node\":\"primary\",\"state\":\"up\"},"
+               "{\"node\":\"replica0\",\"state\":\"up\",\"lag_seconds\":") == 0);
   // The replica goes away under the server: reads go on from the primary, the node shows down.
   clusters().stop_replica();
   for (int i = 300; i < 310; ++i) CHECK(srv.status("/v1/records/" + record_of(i).chip_id.str(), srv.port) == "200");
   m = srv.metrics();
   CHECK(series(m, "keyline_backupdb_db_reads_total{node=\"primary\"}") >= 10);
   CHECK(series(m, "keyline_backupdb_db_replica_state{node=\"replica0\",state=\"down\"}") == 1);
+  // The primary still takes the writes and the reads: healthy, degraded, the replica shown down.
+  CHECK(srv.status("/healthz", srv.ops_port) == "200");
+  CHECK(srv.status("/healthz", srv.port) == "200");  // the public listener's is the same
+  h = srv.healthz();
+  CHECK(h == "{\"status\":\"degraded\",\"nodes\":[{\"node\":\"primary\",\"state\":\"up\"},"
+             "{\"node\":\"replica0\",\"state\":\"down\"}]}");
+  clusters().start_replica();  // back for whatever runs after
+  REQUIRE(wait_for([&] { return srv.healthz().find("\"status\":\"ok\"") != std::string::npos; }));
 }

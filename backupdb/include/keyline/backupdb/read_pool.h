@@ -30,6 +30,7 @@ struct ReplicaSettings {
 };
 
 enum class NodeState { Up, Lagging, Down };
+const char* state_name(NodeState s);  // "up", "lagging", "down": /metrics and /healthz
 
 struct NodeStats {
   std::string name;  // "primary", "replica0", ...
