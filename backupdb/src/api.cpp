@@ -326,9 +326,10 @@ Reply handle_ops(Shared& s, const Request& req) {
           s.metrics.log_checkpoint(cp->size);
         }
       }
-      // The database nodes' read counters and states (read_pool.h) after the server's own series.
+      // The database nodes' read counters and states (read_pool.h) after the server's own series,
+      // then the store's partition routing (pg_partition_hash.h).
       return http::metrics_reply(s.metrics.render(s.store->cache_hits(), s.store->cache_misses(), stats, log) +
-                                 s.store->reads().render_metrics());
+                                 s.store->reads().render_metrics() + s.store->render_metrics());
     }
     if (parts.size() == 1 && parts[0] == "healthz") return dispatch(s, req);
     return problem(404, "not-found", "no such resource");

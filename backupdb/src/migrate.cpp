@@ -15,6 +15,13 @@ int migrate(const Config& config) {
   if (!config.db_password_file.empty()) core::export_pgpassword(core::read_secret_file(config.db_password_file));
   core::pq::Connection conn(config.db);
   const int applied = core::apply_migrations(conn, "schema_migrations", embedded_migrations());
+  // The server reads a chip ID's partition of records by its name (pg_partition_hash.h), and SELECT on
+  // the parent (0005) does not extend to that. The same rows, so no more than the role may read now;
+  // granted here on every migrate, for whatever partitions the catalog has, instead of in a migration.
+  conn.exec(
+      "DO $$ DECLARE p regclass; BEGIN "
+      "FOR p IN SELECT inhrelid::regclass FROM pg_inherits WHERE inhparent = to_regclass('records') LOOP "
+      "EXECUTE format('GRANT SELECT ON %s TO keyline_backupdb', p); END LOOP; END $$");
   // The statement parameter is the one copy outside secure memory libpq needs; it lives for one call.
   // The role is cluster-wide: two databases of one cluster migrated at once (two public DBs, the test
   // suite) update its catalog row concurrently, and PostgreSQL answers XX000 "tuple concurrently

@@ -2,8 +2,11 @@
 
 #include <algorithm>
 #include <ctime>
+#include <sstream>
 
+#include "keyline/core/json_log.h"
 #include "keyline/core/record_leaf.h"
+#include "pg_partition_hash.h"
 #include "read_batch.h"
 
 namespace keyline::backupdb {
@@ -74,7 +77,30 @@ constexpr const char* kRecordColumns =
     "SELECT r.chip_id, r.imei, r.record_hash, r.body_json, r.backup, r.identity_der, e.leaf_index "
     "FROM records r LEFT JOIN log_entries e ON e.record_seq = r.seq ";
 
+// The lookup by chip ID in `table` (records or one of its partitions, a name from the catalog).
+std::string by_chip_in(const std::string& table) {
+  return "SELECT r.chip_id, r.imei, r.record_hash, r.body_json, r.backup, r.identity_der, e.leaf_index "
+         "FROM " + table + " r LEFT JOIN log_entries e ON e.record_seq = r.seq "
+         "WHERE r.chip_id = $1";
+}
+
 }  // namespace
+
+// The chip ID lookups the server routes itself: one statement text for each partition, by remainder,
+// each a lookup on one table (prepared once per session, as every lookup). With an empty map, none:
+// the layout is not the one the hash computes, and every lookup goes through the parent as before.
+struct RecordRoutes {
+  PartitionMap map;
+  std::vector<std::string> by_chip;
+  std::string by_chip_parent = by_chip_in("records");
+
+  explicit RecordRoutes(PartitionMap m) : map(std::move(m)) {
+    for (const auto& name : map.names()) by_chip.push_back(by_chip_in(name));
+  }
+  const std::string& by_chip_sql(const std::string& chip) const {
+    return map.empty() ? by_chip_parent : by_chip[map.remainder_of(chip)];
+  }
+};
 
 Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries,
              const ReplicaSettings& replicas, std::size_t read_batch)
@@ -124,71 +150,155 @@ void Store::cache_put(const RecordPtr& r) {
 }
 
 RecordPtr Store::load(const std::string& column, const std::string& value) {
-  // column is one of two fixed names chosen by the caller, never request data: two fixed texts, each
-  // a lookup by a unique key whose plan does not depend on the value, prepared once per session.
-  const std::string sql = std::string(kRecordColumns) + "WHERE r." + column + " = $1";
-  // m_reads picks the session (a replica, else the primary) and retries a lost one.
-  RecordPtr rec;
-  m_reads.read([&](core::pq::Connection& c) {
-    const auto r = c.exec_prepared(sql, {value});
-    if (r.empty()) return false;
-    rec = stored_record(r, 0);
-    return true;
-  });
-  if (rec) cache_put(rec);
-  return rec;
+  const auto found = fetch(column, {value});
+  return found.empty() ? nullptr : found.begin()->second;
 }
 
-// A batch of chip-ID lookups: one pipeline (one round trip, one Sync, PostgreSQL 15 manual 34.5) of
-// the single lookup `chip_id = $1`, whose generic plan prunes the fifteen other partitions before the
-// executor opens them ("Subplans Removed: 15"). One statement over all the keys cannot do that: with
-// the keys an array parameter, `chip_id = ANY($1)` or a nested loop over unnest($1) leave all sixteen
-// partitions and their indexes to be opened and locked on every execution, which measured more
-// database CPU per lookup than one statement each (docs/scale.md, "Cold reads").
-// An IMEI is not the partition key, so its lookup reads record_imei first, in one statement.
+// The layout is read once, by the first lookup, on that lookup's session: the pool opens sessions
+// lazily, so a server started before its database still starts. A replica has the primary's catalog.
+std::shared_ptr<const RecordRoutes> Store::routes(core::pq::Connection& c) {
+  if (auto r = std::atomic_load(&m_routes)) return r;
+  std::lock_guard<std::mutex> g(m_routes_mutex);
+  if (auto r = std::atomic_load(&m_routes)) return r;
+  auto layout = read_partition_layout(c, "records", "chip_id");
+  if (layout.map.empty())
+    core::log::info("records_partitions_not_routed", core::log::Fields().str("reason", layout.reason));
+  else
+    core::log::info("records_partitions_routed",
+                    core::log::Fields().num("partitions", static_cast<std::int64_t>(layout.map.modulus())));
+  auto r = std::make_shared<const RecordRoutes>(std::move(layout.map));
+  m_routed = r->map.modulus();
+  std::atomic_store(&m_routes, r);
+  return r;
+}
+
+void Store::set_partition_map(const PartitionMap& map) {
+  std::lock_guard<std::mutex> g(m_routes_mutex);
+  auto r = std::make_shared<const RecordRoutes>(map);
+  m_routed = r->map.modulus();
+  std::atomic_store(&m_routes, r);
+}
+
+void Store::misrouted(const StoredRecord& rec, const std::string& named) {
+  ++m_fallback_hits;
+  if (m_fallback_logged.exchange(true)) return;  // once: the metric counts the rest
+  core::log::get().device(core::log::Level::Warn, "records_partition_misrouted", rec.chip_id, rec.imei,
+                          core::log::Fields().str("named", named).str("found_in", "records"));
+}
+
+namespace {
+
+// One statement alone needs no pipeline (entering and leaving it is two more library calls).
+std::vector<core::pq::Result> run_batch(core::pq::Connection& c,
+                                        const std::vector<core::pq::Statement>& statements) {
+  if (statements.size() == 1) {
+    std::vector<core::pq::Result> one;
+    one.push_back(c.exec_prepared(statements[0].sql, statements[0].params));
+    return one;
+  }
+  std::vector<const core::pq::Statement*> batch;
+  batch.reserve(statements.size());
+  for (const auto& st : statements) batch.push_back(&st);
+  return c.exec_pipeline(batch);
+}
+
+}  // namespace
+
+// Chip ID lookups on one session: a batch is one pipeline (one round trip, one Sync, PostgreSQL 15
+// manual 34.5) of single lookups, each in the partition the server names (docs/scale.md, "What the
+// partitions cost a lookup"). One statement over all the keys cannot do as well: with the keys an
+// array parameter, `chip_id = ANY($1)` or a nested loop over unnest($1) leave all sixteen partitions
+// and their indexes to be opened and locked on every execution (docs/scale.md, "Cold reads").
+std::unordered_map<std::string, RecordPtr> Store::lookup_chips(core::pq::Connection& c,
+                                                               const RecordRoutes& routes,
+                                                               const std::vector<std::string>& chips) {
+  std::unordered_map<std::string, RecordPtr> found;
+  std::vector<core::pq::Statement> statements;
+  statements.reserve(chips.size());
+  for (const auto& k : chips) statements.push_back({routes.by_chip_sql(k), {k}});
+  for (const auto& r : run_batch(c, statements))
+    for (int i = 0; i < r.rows(); ++i) {
+      auto rec = stored_record(r, i);
+      found.emplace(rec->chip_id, rec);
+    }
+  if (routes.map.empty() || found.size() == chips.size()) return found;
+  // A miss in the named partition is asked again of the parent table, which PostgreSQL routes
+  // itself: a wrong hash or a stale map (the table re-partitioned under a running server) then costs
+  // a second statement, never a record. A record found only this way is counted and logged once
+  // (misrouted): the partition map is wrong and the metric says so; it must stay 0. The price is a
+  // second statement for every absent chip ID (a 404).
+  statements.clear();
+  for (const auto& k : chips)
+    if (!found.count(k)) statements.push_back({routes.by_chip_parent, {k}});
+  for (const auto& r : run_batch(c, statements))
+    for (int i = 0; i < r.rows(); ++i) {
+      auto rec = stored_record(r, i);
+      misrouted(*rec, routes.map.partition_of(rec->chip_id));
+      found.emplace(rec->chip_id, rec);
+    }
+  return found;
+}
+
+// An IMEI is not the partition key: its lookup is one probe of record_imei's unique index (an
+// ordinary table, 0005), then the lookup of the chip ID found in the partition named for it. With
+// the records not routed (not the 0005 layout), one statement through the parent as before.
+constexpr const char* kImeiChips = "SELECT chip_id FROM record_imei WHERE imei = ANY($1::text[])";
 constexpr const char* kBatchByImei =
     "SELECT r.chip_id, r.imei, r.record_hash, r.body_json, r.backup, r.identity_der, e.leaf_index "
     "FROM unnest($1::text[]) k(key) JOIN record_imei i ON i.imei = k.key "
     "JOIN LATERAL (SELECT * FROM records WHERE chip_id = i.chip_id) r ON true "
     "LEFT JOIN log_entries e ON e.record_seq = r.seq";
 
-namespace {
-
-// One statement alone needs no pipeline (entering and leaving it is two more library calls).
-std::vector<core::pq::Result> run_batch(core::pq::Connection& c, const std::vector<const core::pq::Statement*>& batch) {
-  if (batch.size() != 1) return c.exec_pipeline(batch);
-  std::vector<core::pq::Result> one;
-  one.push_back(c.exec_prepared(batch[0]->sql, batch[0]->params));
-  return one;
+std::unordered_map<std::string, RecordPtr> Store::lookup(core::pq::Connection& c, bool by_chip,
+                                                         const std::vector<std::string>& keys) {
+  const auto r = routes(c);
+  if (by_chip) return lookup_chips(c, *r, keys);
+  std::unordered_map<std::string, RecordPtr> found;
+  if (r->map.empty()) {
+    const auto res = keys.size() == 1
+                         ? c.exec_prepared(std::string(kRecordColumns) + "WHERE r.imei = $1", {keys[0]})
+                         : c.exec_prepared(kBatchByImei, {array_literal(keys)});
+    for (int i = 0; i < res.rows(); ++i) {
+      auto rec = stored_record(res, i);
+      found.emplace(rec->imei, rec);
+    }
+    return found;
+  }
+  const auto chips_of = c.exec_prepared(kImeiChips, {array_literal(keys)});
+  if (chips_of.empty()) return found;
+  std::vector<std::string> chips;
+  for (int i = 0; i < chips_of.rows(); ++i) chips.push_back(chips_of.text(i, 0));
+  for (auto& [chip, rec] : lookup_chips(c, *r, chips)) found.emplace(rec->imei, rec);
+  return found;
 }
 
-}  // namespace
-
-std::unordered_map<std::string, RecordPtr> Store::fetch(const std::string& column, const std::vector<std::string>& keys) {
+std::unordered_map<std::string, RecordPtr> Store::fetch(const std::string& column,
+                                                        const std::vector<std::string>& keys) {
   const bool by_chip = column == "chip_id";
-  const std::string by_chip_sql = std::string(kRecordColumns) + "WHERE r.chip_id = $1";
-  std::vector<core::pq::Statement> statements;
-  if (by_chip) {
-    for (const auto& k : keys) statements.push_back({by_chip_sql, {k}});
-  } else {
-    statements.push_back({kBatchByImei, {array_literal(keys)}});
-  }
-  std::vector<const core::pq::Statement*> batch;
-  for (const auto& st : statements) batch.push_back(&st);
   std::unordered_map<std::string, RecordPtr> found;
+  // m_reads picks the session (a replica, else the primary) and retries a lost one.
   m_reads.read([&](core::pq::Connection& c) {
-    found.clear();
-    for (const auto& r : run_batch(c, batch)) {
-      for (int i = 0; i < r.rows(); ++i) {
-        auto rec = stored_record(r, i);
-        found.emplace(by_chip ? rec->chip_id : rec->imei, rec);
-      }
-    }
+    found = lookup(c, by_chip, keys);
     // Not all found: the read pool asks the primary for the batch (a replica's "absent" is not trusted).
     return found.size() == keys.size();
   });
   for (const auto& f : found) cache_put(f.second);
   return found;
+}
+
+std::string Store::render_metrics() const {
+  std::ostringstream o;
+  o << "# HELP keyline_backupdb_records_partitions_routed Partitions of records a chip ID lookup names "
+       "itself (0: it goes through the parent table, or no lookup has read the layout yet).\n"
+       "# TYPE keyline_backupdb_records_partitions_routed gauge\n"
+       "keyline_backupdb_records_partitions_routed "
+    << m_routed << "\n"
+    << "# HELP keyline_backupdb_partition_fallback_hits_total Records the named partition did not have "
+       "and the parent table did: a wrong partition map (stays 0).\n"
+       "# TYPE keyline_backupdb_partition_fallback_hits_total counter\n"
+       "keyline_backupdb_partition_fallback_hits_total "
+    << m_fallback_hits << "\n";
+  return o.str();
 }
 
 RecordPtr Store::by_chip_id(const std::string& chip_id) {

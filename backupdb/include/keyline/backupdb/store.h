@@ -44,6 +44,8 @@ struct PublishResult {
 
 
 class ReadBatcher;  // backupdb/src/read_batch.h
+class PartitionMap;  // backupdb/src/pg_partition_hash.h
+struct RecordRoutes;
 
 class Store {
  public:
@@ -72,12 +74,26 @@ class Store {
   std::size_t cache_hits() const { return m_hits; }
   std::size_t cache_misses() const { return m_misses; }
   ReadPool& reads() { return m_reads; }  // also the log's tile reads (log_store.h)
+  // A chip ID lookup names its partition of records itself (pg_partition_hash.h), from the layout
+  // the first lookup reads from the catalog. Records the named partition did not have and the parent
+  // table did: a wrong partition map, so it stays 0.
+  std::uint64_t partition_fallback_hits() const { return m_fallback_hits; }
+  std::size_t partitions_routed() const { return m_routed; }  // 0: lookups go through the parent
+  std::string render_metrics() const;
+  // Replaces the partition map (tests: a wrong one must cost time, never a record).
+  void set_partition_map(const PartitionMap& map);
 
  private:
   RecordPtr cache_get(const std::string& chip_id);
   void cache_put(const RecordPtr& r);
   RecordPtr load(const std::string& column, const std::string& value);
   std::unordered_map<std::string, RecordPtr> fetch(const std::string& column, const std::vector<std::string>& keys);
+  std::unordered_map<std::string, RecordPtr> lookup(core::pq::Connection& c, bool by_chip,
+                                                    const std::vector<std::string>& keys);
+  std::unordered_map<std::string, RecordPtr> lookup_chips(core::pq::Connection& c, const RecordRoutes& routes,
+                                                          const std::vector<std::string>& chips);
+  std::shared_ptr<const RecordRoutes> routes(core::pq::Connection& c);
+  void misrouted(const StoredRecord& rec, const std::string& named);
 
   // The cache is split into shards with a lock each, so 64 reader threads on 2 cores rarely wait on
   // one another (a preempted lock holder would otherwise stall every reader: the p99 tail).
@@ -98,6 +114,11 @@ class Store {
   std::atomic<std::size_t> m_misses{0};
   std::unique_ptr<ReadBatcher> m_chip_reads;  // null with read_batch 1
   std::unique_ptr<ReadBatcher> m_imei_reads;
+  std::shared_ptr<const RecordRoutes> m_routes;  // std::atomic_load/store; null until the first lookup
+  std::mutex m_routes_mutex;                      // one catalog read at a time
+  std::atomic<std::size_t> m_routed{0};
+  std::atomic<std::uint64_t> m_fallback_hits{0};
+  std::atomic<bool> m_fallback_logged{false};
 };
 
 }  // namespace keyline::backupdb
