@@ -10,8 +10,14 @@
 #   warm     every record preloaded into its cache (--preload), as nginx has the files in the page cache
 #   cold        no cache (--cache 0): every read is a database lookup, what a billion records means
 #   cold-batch  the same with lookups batched while every session is out (--read-batch 32)
-# and with 1 and 2 read nodes (2: two server processes on the one database, 32 connections each,
-# req/s summed, p99 the worse of the two; on one machine this measures the routing, not more CPU).
+# and with 1 and 2 read nodes. A read node is a server process and the database it reads: node 1 the
+# server on the bench database (the primary), node 2 a second server whose reads go to a streaming
+# replica of it (scripts/pg.sh start-replica, serve --replica; writes would still go to the primary),
+# 32 wrk connections each, req/s summed, p99 the worse of the two. The replica is made for the run
+# (a base backup) and removed at exit. On one 2-core machine both clusters, both servers and wrk
+# share the same cores, so this measures that reads split over two database nodes and what the
+# second node costs, not the capacity a second machine adds. The script checks each server's
+# /metrics: node 2's lookups were answered by the replica, node 1's by the primary.
 # Goal (issue #20): cold p99 < 5 ms and ratio >= 0.5 (2-core machine); docs/scale.md discusses the figures.
 #
 # The N records are synthetic but well-formed rows (chip ID, Luhn-valid IMEI, a backup package
@@ -20,7 +26,8 @@
 # the API would measure the write path, not the read path. Publishing is measured by the tests.
 #
 # Environment: KEYLINE_BENCH_RECORDS (1000000; 10000000 is the issue's size: about an hour to fill on
-# 2 cores, and nginx then needs 10M files), KEYLINE_BENCH_SECONDS (15 per measurement; KEYLINE_BENCH_WARMUP, the same, before each),
+# 2 cores and 21 GB of database), KEYLINE_BENCH_STATIC_RECORDS (all: nginx gets files for the first M
+# records only, at 4 KiB each, and its wrk draws from those M), KEYLINE_BENCH_SECONDS (15 per measurement; KEYLINE_BENCH_WARMUP, the same, before each),
 # KEYLINE_BENCH_DIR (.keyline/bench/backupdb; the filled database and the static files are kept there
 # and reused), KEYLINE_BENCH_MODES ("warm cold cold-batch"), KEYLINE_BENCH_NODES ("1 2"),
 # KEYLINE_BENCH_HTTPS (1: HTTPS too), KEYLINE_BENCH_SIZES (1: print table and index bytes per record).
@@ -32,8 +39,13 @@ bin=$build/bin/keyline-backupdb
 records=${KEYLINE_BENCH_RECORDS:-1000000}
 seconds=${KEYLINE_BENCH_SECONDS:-15}
 dir=${KEYLINE_BENCH_DIR:-$repo/.keyline/bench/backupdb}
+static=${KEYLINE_BENCH_STATIC_RECORDS:-$records}
 modes=${KEYLINE_BENCH_MODES:-warm cold cold-batch}
 nodes=${KEYLINE_BENCH_NODES:-1 2}
+if [ "$static" -lt 1 ] || [ "$static" -gt "$records" ]; then
+  echo "bench_backupdb: KEYLINE_BENCH_STATIC_RECORDS must be 1..$records" >&2
+  exit 2
+fi
 [ -x "$bin" ] || { echo "bench_backupdb: $bin not built" >&2; exit 2; }
 for tool in wrk nginx psql openssl python3; do
   command -v "$tool" >/dev/null || { echo "bench_backupdb: $tool missing (scripts/setup.sh)" >&2; exit 2; }
@@ -42,10 +54,17 @@ mkdir -p "$dir"
 chmod 755 "$dir"
 
 server_pids=()
+replica_dirs=()
 nginx_started=""
+remove_replica() {  # dir: stopped, and its data (a symlink's target too) removed
+  "$repo/scripts/pg.sh" stop "$1" >/dev/null 2>&1 || true
+  if [ -e "$1/data" ]; then rm -rf "$(readlink -f "$1/data")"; fi
+  rm -rf "$1"
+}
 cleanup() {
   for p in "${server_pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   [ -n "$nginx_started" ] && nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -s stop 2>/dev/null || true
+  for r in "${replica_dirs[@]}"; do remove_replica "$r"; done
   "$repo/scripts/pg.sh" stop "$dir/pg" >/dev/null || true
 }
 trap cleanup EXIT
@@ -95,12 +114,13 @@ SQL
   echo "bench_backupdb: filled $((records - have)) records in $(( $(date +%s) - fill_start )) s"
 fi
 
-# The same JSON bodies as static files for nginx (written once).
+# The same JSON bodies as static files for nginx (written once), for the first $static records: at
+# 4 KiB a file 10M records would need 40 GB of disk besides the database's 21 GB.
 www=$dir/www/v1/records
-if [ ! -f "$dir/www/.complete-$records" ]; then
-  echo "bench_backupdb: writing $records static files for nginx ..."
+if [ ! -f "$dir/www/.complete-$static" ]; then
+  echo "bench_backupdb: writing $static static files for nginx ..."
   mkdir -p "$www"
-  psql "$owner" -Atq -v FETCH_COUNT=20000 -F $'\t' -c "SELECT chip_id, body_json FROM records ORDER BY seq LIMIT $records" |
+  psql "$owner" -Atq -v FETCH_COUNT=20000 -F $'\t' -c "SELECT chip_id, body_json FROM records ORDER BY seq LIMIT $static" |
     python3 -c '
 import sys, os
 root = sys.argv[1]
@@ -109,7 +129,7 @@ for line in sys.stdin:
     with open(os.path.join(root, chip), "w") as f:
         f.write(body)
 ' "$www"
-  touch "$dir/www/.complete-$records"
+  touch "$dir/www/.complete-$static"
 fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -172,24 +192,47 @@ flags_of() {  # mode -> serve flags
   esac
 }
 
-start_servers() {  # count scheme mode; sets server_pids and urls, waits until all are healthy
+# Read node n > 1 reads replica n-1 (a hot standby of the bench database), made here once for the run:
+# a fresh base backup, since a standby kept from an earlier run may need WAL the primary has recycled.
+# shellcheck disable=SC2086
+max_nodes=$(printf '%s\n' $nodes | sort -n | tail -1)
+for n in $(seq 2 "$max_nodes"); do
+  r=$dir/replica$((n - 1))
+  remove_replica "$r"  # one left by a run that was killed
+  replica_dirs+=("$r")
+  echo "bench_backupdb: base backup for read node $n's replica ($r) ..."
+  "$repo/scripts/pg.sh" start-replica "$dir/pg" "$r" >/dev/null
+done
+replica_db() {  # node -> the server's --replica conninfo ("" for node 1: it reads the primary)
+  [ "$1" -gt 1 ] || return 0
+  echo "host=127.0.0.1 port=$(cat "$dir/replica$(($1 - 1))/port") user=keyline_backupdb dbname=postgres"
+}
+
+start_servers() {  # count scheme mode; sets server_pids, urls and ops_urls, waits until all are healthy
   local count=$1 scheme=$2 tls=()
   [ "$scheme" = https ] && tls=(--tls-cert "$dir/tls.pem" --tls-key "$dir/tls.key" --station-ca "$dir/station-ca.pem")
   [ "$scheme" = http ] && tls=(--plain-http)
   # shellcheck disable=SC2207
   local extra=($(flags_of "$3"))
   urls=()
+  ops_urls=()
   for n in $(seq "$count"); do
-    local bport oport
+    local bport oport replica=()
     bport=$(free_port)
     oport=$(free_port)
+    [ "$n" = 1 ] || replica=(--replica "$(replica_db "$n")")
     "$bin" serve --listen "127.0.0.1:$bport" --ops-listen "127.0.0.1:$oport" --log off \
       --db-pool 16 --max-per-client 256 --db "host=127.0.0.1 port=$port user=keyline_backupdb dbname=postgres" \
-      --db-password-file "$dir/role.pass" --trust "$dir/sample.pem" --no-log "${tls[@]}" "${extra[@]}" \
+      --db-password-file "$dir/role.pass" --trust "$dir/sample.pem" --no-log "${tls[@]}" "${extra[@]}" "${replica[@]}" \
       >"$dir/server$n.out" 2>&1 &
     server_pids+=($!)
     urls+=("$scheme://127.0.0.1:$bport/")
-    for _ in $(seq 600); do curl -skf "http://127.0.0.1:$oport/healthz" >/dev/null && continue 2; sleep 0.2; done
+    ops_urls+=("http://127.0.0.1:$oport/")
+    # "ok": the database answers and, for a node with a replica, the replica is up (takes reads).
+    for _ in $(seq 600); do
+      curl -sf "http://127.0.0.1:$oport/healthz" 2>/dev/null | grep -q '"status":"ok"' && continue 2
+      sleep 0.2
+    done
     echo "bench_backupdb: server did not start: $(cat "$dir/server$n.out")" >&2
     exit 1
   done
@@ -199,17 +242,22 @@ stop_servers() {
   server_pids=()
 }
 
-cat > "$dir/random.lua" <<LUA
--- Each request asks for a random one of the $records chip IDs.
+random_lua() {  # count file: each request asks for a random one of the first `count` chip IDs
+  cat > "$2" <<LUA
+-- Each request asks for a random one of the first $1 chip IDs.
 math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16))
 request = function()
-  return wrk.format("GET", string.format("/v1/records/%020X", math.random(0, $records - 1)))
+  return wrk.format("GET", string.format("/v1/records/%020X", math.random(0, $1 - 1)))
 end
 LUA
+}
+random_lua "$records" "$dir/random.lua"          # the server: all N records
+random_lua "$static" "$dir/random-static.lua"    # nginx: the M records it has files for
+wrk_script=$dir/random.lua
 
 one_wrk() {  # threads connections url -> "req/s p99_ms" (errors reported on stderr)
   local out rps p99 errors
-  out=$(wrk -t"$1" -c"$2" -d"${seconds}s" --latency -s "$dir/random.lua" "$3")
+  out=$(wrk -t"$1" -c"$2" -d"${seconds}s" --latency -s "$wrk_script" "$3")
   rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
@@ -236,7 +284,31 @@ ticks() {  # pid... -> CPU clock ticks (user + system) they have used so far
   done
   echo "$t"
 }
-pg_pids() { pgrep -P "$(head -1 "$dir/pg/data/postmaster.pid")" || true; }  # this cluster's backends
+pg_pids() {  # the backends of the bench database and of its replicas
+  for d in "$dir/pg" "${replica_dirs[@]}"; do pgrep -P "$(head -1 "$d/data/postmaster.pid")" || true; done
+}
+
+# node_reads ops_url node -> the lookups that server's read pool sent to database node `node`
+node_reads() {
+  curl -sf "${1}metrics" | awk -v s="keyline_backupdb_db_reads_total{node=\"$2\"}" '$1 == s {print $2; f=1} END {if (!f) print 0}'
+}
+# After a run with replicas: every read node's lookups were answered where it should read (node 1:
+# the primary; node n: its replica, none re-asked of the primary since every chip ID exists), and
+# the replica's pg_stat_activity shows the server's sessions. Prints one line per node.
+check_nodes() {  # label
+  local n got rest sessions
+  for n in $(seq 2 "${#ops_urls[@]}"); do
+    got=$(node_reads "${ops_urls[$((n - 1))]}" replica0)
+    rest=$(node_reads "${ops_urls[$((n - 1))]}" primary)
+    echo "bench_backupdb: $1: read node $n: $got lookups on its replica, $rest on the primary" >&2
+    awk -v g="$got" -v r="$rest" 'BEGIN {exit !(g > 0 && r <= g / 100)}' ||
+      { echo "bench_backupdb: read node $n's reads did not go to its replica" >&2; exit 1; }
+    sessions=$(psql "$(cat "$dir/replica$((n - 1))/conninfo")" -Atq -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'keyline_backupdb'")
+    [ "$sessions" -gt 0 ] || { echo "bench_backupdb: no server session on replica $((n - 1))" >&2; exit 1; }
+  done
+  got=$(node_reads "${ops_urls[0]}" primary)
+  echo "bench_backupdb: $1: read node 1: $got lookups on the primary" >&2
+}
 
 # label pids url...: warm-up, then the measured run; prints "label req/s p99 cpu_us_per_req_of_pids
 # cpu_us_per_req_of_postgres": where the CPU time of a request goes (server or nginx, and database).
@@ -269,23 +341,31 @@ for scheme in $schemes; do
   nurl="http://127.0.0.1:$nport/"
   [ "$scheme" = https ] && nurl="https://127.0.0.1:$nsport/"
   npids=$(pgrep -P "$(cat "$dir/nginx/nginx.pid")" | tr '\n' ' ')
+  wrk_script=$dir/random-static.lua
   measure "$scheme nginx 1" "$npids" "$nurl" >>"$results"
   for count in $nodes; do
+    wrk_script=$dir/random-static.lua
     [ "$count" = 1 ] ||
       measure "$scheme nginx $count" "$npids" $(for _ in $(seq "$count"); do echo "$nurl"; done) >>"$results"
+    wrk_script=$dir/random.lua
     for mode in $modes; do
       start_servers "$count" "$scheme" "$mode"
       curl -skf "${urls[0]}v1/records/$chip0" | cmp -s - "$www/$chip0" ||
         { echo "bench_backupdb: server and nginx bodies differ" >&2; exit 1; }
       measure "$scheme $mode $count" "${server_pids[*]}" "${urls[@]}" >>"$results"
+      # warm answers from its cache after the preload (read on the primary), so only cold runs show
+      [ "$count" = 1 ] || [ "$mode" = warm ] || check_nodes "$scheme $mode $count"
       stop_servers
     done
   done
 done
 
 echo "backupdb GET /v1/records/{chip_id}: $records records, wrk 64 connections, ${seconds}s, $(nproc) cores"
-echo "  (nodes: server processes on one database; ratio: to nginx, same protocol, same number of wrk processes)"
-echo "  (cpu us/req: CPU time of the server processes, or nginx's workers, and of the database's backends,"
+[ "$static" = "$records" ] ||
+  echo "  (nginx: files for the first $static of the $records records only, its wrk draws from those $static)"
+echo "  (nodes: read nodes, a server process and its database: node 1 the primary, node 2 a streaming"
+echo "   replica of it; all on this one machine's cores. ratio: to nginx, same protocol, same number of wrk processes)"
+echo "  (cpu us/req: CPU time of the server processes, or nginx's workers, and of the databases' backends,"
 echo "   per request, in the measured run; the rest of the machine's time goes to wrk and to others)"
 printf '  %-6s %-10s %5s %10s %9s %6s %12s %10s\n' scheme server nodes req/s p99_ms ratio "cpu us/req" "db us/req"
 verdict="goal met"
