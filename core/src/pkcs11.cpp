@@ -868,11 +868,33 @@ CK_MECHANISM oaep_sha1(CK_RSA_PKCS_OAEP_PARAMS& p) {
   return CK_MECHANISM{CKM_RSA_PKCS_OAEP, &p, sizeof p};
 }
 
-// The usage attributes of a secret key that only signs (HMAC), every other one named false, for the
-// reason given at generate_ec_p256.
-void add_sign_only(std::vector<CK_ATTRIBUTE>& t, CK_BBOOL* yes, CK_BBOOL* no) {
+// A mirrorable master (docs/custody.md): a 32-byte secret token key, not modifiable, sensitive, extractable
+// only wrapped under a trusted key, with exactly one usage on and every other one named false, for the
+// reason given at generate_ec_p256. Refuses when a secret key with that label exists.
+CK_OBJECT_HANDLE generate_mirrorable_secret(const Pkcs11Module& module, Pkcs11Session& s, CK_KEY_TYPE key_type,
+                                            CK_MECHANISM_TYPE mechanism, CK_ATTRIBUTE_TYPE usage,
+                                            const std::string& label, const Bytes& id, const char* what) {
+  if (!s.find_objects(CKO_SECRET_KEY, label).empty())
+    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
+  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+  CK_KEY_TYPE kt = key_type;
+  CK_ULONG len = 32;  // HMAC: RFC 2104 section 3, as generate_hmac_key; AES: AES-256
+  std::vector<CK_ATTRIBUTE> tmpl = {
+      {CKA_CLASS, &cls, sizeof cls},      {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_VALUE_LEN, &len, sizeof len},
+      {CKA_TOKEN, &yes, sizeof yes},      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
+      {CKA_SENSITIVE, &yes, sizeof yes},  {CKA_EXTRACTABLE, &yes, sizeof yes},
+      {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
+      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
+      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
+  };
   for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE})
-    t.push_back({u, u == CKA_SIGN ? yes : no, sizeof(CK_BBOOL)});
+    tmpl.push_back({u, u == usage ? &yes : &no, sizeof(CK_BBOOL)});
+  CK_MECHANISM mech{mechanism, nullptr, 0};
+  CK_OBJECT_HANDLE h = 0;
+  check(fns(module)->C_GenerateKey(s.handle(), &mech, tmpl.data(), tmpl.size(), &h),
+        (std::string("C_GenerateKey(") + what + ")").c_str());
+  return h;
 }
 
 }  // namespace
@@ -910,50 +932,14 @@ std::vector<Pkcs11KeyInfo> Pkcs11Token::list_keys() {
 
 Pkcs11Handle Pkcs11Token::generate_mirrorable_hmac_key(const std::string& label, const Bytes& id) {
   auto s = session();
-  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
-    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_GENERIC_SECRET;
-  CK_ULONG len = 32;  // RFC 2104 section 3, as generate_hmac_key
-  std::vector<CK_ATTRIBUTE> tmpl = {
-      {CKA_CLASS, &cls, sizeof cls},      {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_VALUE_LEN, &len, sizeof len},
-      {CKA_TOKEN, &yes, sizeof yes},      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
-      {CKA_SENSITIVE, &yes, sizeof yes},  {CKA_EXTRACTABLE, &yes, sizeof yes},
-      {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
-      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
-  };
-  add_sign_only(tmpl, &yes, &no);
-  CK_MECHANISM mech{CKM_GENERIC_SECRET_KEY_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE h = 0;
-  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl.data(), tmpl.size(), &h), "C_GenerateKey(mirrorable)");
-  return h;
+  return generate_mirrorable_secret(m_module, *s, CKK_GENERIC_SECRET, CKM_GENERIC_SECRET_KEY_GEN, CKA_SIGN, label, id,
+                                    "mirrorable");
 }
 
+// DERIVE only: the master is never an encryption, MAC or wrapping key itself (docs/service.md).
 Pkcs11Handle Pkcs11Token::generate_mirrorable_aes_derive_key(const std::string& label, const Bytes& id) {
   auto s = session();
-  if (!s->find_objects(CKO_SECRET_KEY, label).empty())
-    throw Pkcs11Error(ErrorCode::Pkcs11, "a secret key labelled '" + label + "' already exists");
-  CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-  CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-  CK_KEY_TYPE kt = CKK_AES;
-  CK_ULONG len = 32;
-  std::vector<CK_ATTRIBUTE> tmpl = {
-      {CKA_CLASS, &cls, sizeof cls},      {CKA_KEY_TYPE, &kt, sizeof kt},    {CKA_VALUE_LEN, &len, sizeof len},
-      {CKA_TOKEN, &yes, sizeof yes},      {CKA_PRIVATE, &yes, sizeof yes},   {CKA_MODIFIABLE, &no, sizeof no},
-      {CKA_SENSITIVE, &yes, sizeof yes},  {CKA_EXTRACTABLE, &yes, sizeof yes},
-      {CKA_WRAP_WITH_TRUSTED, &yes, sizeof yes},
-      {CKA_LABEL, const_cast<char*>(label.data()), label.size()},
-      {CKA_ID, const_cast<std::uint8_t*>(id.data()), id.size()},
-  };
-  // DERIVE only: the master is never an encryption, MAC or wrapping key itself (docs/service.md).
-  for (const CK_ATTRIBUTE_TYPE u : {CKA_ENCRYPT, CKA_DECRYPT, CKA_SIGN, CKA_VERIFY, CKA_WRAP, CKA_UNWRAP, CKA_DERIVE})
-    tmpl.push_back({u, u == CKA_DERIVE ? &yes : &no, sizeof(CK_BBOOL)});
-  CK_MECHANISM mech{CKM_AES_KEY_GEN, nullptr, 0};
-  CK_OBJECT_HANDLE h = 0;
-  check(fns(m_module)->C_GenerateKey(s->handle(), &mech, tmpl.data(), tmpl.size(), &h), "C_GenerateKey(AES derive)");
-  return h;
+  return generate_mirrorable_secret(m_module, *s, CKK_AES, CKM_AES_KEY_GEN, CKA_DERIVE, label, id, "AES derive");
 }
 
 Pkcs11Handle Pkcs11Token::derive_aes_ecb(Pkcs11Handle base, const Bytes& data, const DerivedAesKey& attributes) {
