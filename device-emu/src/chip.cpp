@@ -231,6 +231,21 @@ std::optional<core::Bytes> read_bytes(const fs::path& path, std::size_t max) {
   return b;
 }
 
+core::SecureBytes read_secret_fd(int fd, std::size_t max) {
+  core::SecureBytes out(max + 1);
+  std::size_t got = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+    if (got == out.size()) break;
+  }
+  ::close(fd);
+  out.resize(got);
+  return out;
+}
+
 void write_atomic(const fs::path& path, const std::uint8_t* data, std::size_t len,
                   std::optional<std::size_t> power_cut_at, mode_t mode, bool durable) {
   const fs::path tmp = path.string() + ".tmp";
@@ -357,18 +372,8 @@ Chip Chip::load(const fs::path& dir) {
   // Read straight into SecureBytes: the chip key never passes through a std::string.
   const int fd = ::open(p.chip_key().c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw no_device(dir, "secure/chip.key missing");
-  c.m_chip_key.resize(kChipKeySize + 1);
-  std::size_t got = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, c.m_chip_key.data() + got, c.m_chip_key.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<std::size_t>(n);
-    if (got == c.m_chip_key.size()) break;
-  }
-  ::close(fd);
-  if (got != kChipKeySize) throw no_device(dir, "secure/chip.key is not 32 bytes");
-  c.m_chip_key.resize(kChipKeySize);
+  c.m_chip_key = read_secret_fd(fd, kChipKeySize);
+  if (c.m_chip_key.size() != kChipKeySize) throw no_device(dir, "secure/chip.key is not 32 bytes");
 
   const auto otp = read_bytes(p.otp(), 64);
   if (otp && otp->size() >= 5 && std::memcmp(otp->data(), kOtpMagic, 4) == 0) {

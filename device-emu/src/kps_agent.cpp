@@ -51,18 +51,8 @@ std::optional<core::SecureBytes> read_secret(const fs::path& path, std::size_t m
     if (errno == ENOENT) return std::nullopt;
     throw core::IoError(core::ErrorCode::Io, "cannot read " + path.string());
   }
-  core::SecureBytes out(max + 1);
-  std::size_t got = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<std::size_t>(n);
-    if (got == out.size()) break;
-  }
-  ::close(fd);
-  if (got > max) throw core::IoError(core::ErrorCode::Io, path.string() + " is larger than a key");
-  out.resize(got);
+  core::SecureBytes out = read_secret_fd(fd, max);
+  if (out.size() > max) throw core::IoError(core::ErrorCode::Io, path.string() + " is larger than a key");
   return out;
 }
 

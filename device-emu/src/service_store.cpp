@@ -23,18 +23,8 @@ constexpr std::size_t kMaxItemsFile = 256 * 1024;
 core::SecureBytes read_secret_file(const fs::path& path, std::size_t max) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return {};
-  core::SecureBytes out(max + 1);
-  std::size_t got = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    got += static_cast<std::size_t>(n);
-    if (got == out.size()) break;
-  }
-  ::close(fd);
-  if (got > max) throw core::IoError(core::ErrorCode::Io, path.string() + " is larger than allowed");
-  out.resize(got);
+  core::SecureBytes out = read_secret_fd(fd, max);
+  if (out.size() > max) throw core::IoError(core::ErrorCode::Io, path.string() + " is larger than allowed");
   return out;
 }
 

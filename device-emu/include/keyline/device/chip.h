@@ -176,6 +176,9 @@ class Chip {
 
 // Reads a whole file as bytes; std::nullopt when it does not exist. Throws IoError(Io) otherwise.
 std::optional<core::Bytes> read_bytes(const fs::path& path, std::size_t max = core::kFlashMaxSize * 2);
+// Reads an open file and closes it, straight into SecureBytes: a secret never passes through a std::string.
+// At most max + 1 bytes, so a caller sees a file larger than it takes without reading all of it.
+core::SecureBytes read_secret_fd(int fd, std::size_t max);
 
 // Offline commands behind `keyline-device boot|status|wipe-flash|corrupt-flash`.
 BootIdentity boot_offline(const fs::path& dir);
