@@ -36,41 +36,13 @@
 #include "keyline/core/http.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/record.h"
+#include "backupdb_fixture.h"
 #include "testenv.h"
 
 using namespace keyline;
 using namespace keyline::core;
 
 namespace {
-
-constexpr const char* kRolePassword = "kl-test-role-pw";
-
-void write_file(const std::string& path, const std::string& data) {
-  std::ofstream f(path, std::ios::binary);
-  f << data;
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-std::string sh(const std::string& cmd, int* rc = nullptr) {
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[4096];
-  std::size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int st = pclose(p);
-  if (rc) *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return out;
-}
-
-std::unique_ptr<Botan::ECDSA_PrivateKey> new_key(Botan::RandomNumberGenerator& rng) {
-  return std::make_unique<Botan::ECDSA_PrivateKey>(rng, Botan::EC_Group("secp256r1"));
-}
 
 // All the PKI the tests need, made once per process in a temp dir.
 struct Pki {
@@ -216,12 +188,6 @@ Reply curl(const std::string& args) {
   return r;
 }
 
-std::string dbname_of(const std::string& conninfo) {
-  const auto p = conninfo.find("dbname=");
-  const auto e = conninfo.find(' ', p);
-  return conninfo.substr(p + 7, e == std::string::npos ? std::string::npos : e - p - 7);
-}
-
 // A migrated database and a running server program.
 struct Server {
   std::string owner_conninfo;
@@ -272,16 +238,7 @@ struct Server {
       args.insert(args.begin(), pre.begin(), pre.end());
     }
     url = std::string(plain ? "http" : "https") + "://127.0.0.1:" + std::to_string(port);
-    pid = fork();
-    if (pid == 0) {
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      const std::string out = log + ".out";
-      if (!freopen(out.c_str(), "w", stdout) || !freopen(out.c_str(), "a", stderr)) _exit(127);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
+    pid = spawn(args, log + ".out");
     for (int i = 0; i < 100; ++i) {
       if (get("/healthz").status == 200) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
