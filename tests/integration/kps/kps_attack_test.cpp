@@ -24,50 +24,13 @@
 #include "keyline/core/kps_envelope.h"
 #include "keyline/core/http_signature.h"
 #include "kps_fixture.h"
+#include "kps_world.h"
 #include "testenv.h"
 
 using namespace keyline;
-using test::Answer;
-using test::Device;
-using test::World;
 
 namespace {
 
-World& world() {
-  static World w;
-  return w;
-}
-Poco::JSON::Object::Ptr json(const std::string& body) {
-  Poco::JSON::Parser p;
-  return p.parse(body).extract<Poco::JSON::Object::Ptr>();
-}
-std::string str(const Poco::JSON::Object::Ptr& o, const std::string& k) { return o->getValue<std::string>(k); }
-struct Kps {
-  std::unique_ptr<kps::Instance> instance;
-  int port = 0;
-  explicit Kps(const kps::Config& c) : instance(std::make_unique<kps::Instance>(c)) {
-    instance->start();
-    port = instance->port();
-  }
-};
-Answer ask(const Device& target, int port, const Device& source, const std::string& label,
-           std::map<std::string, std::string> headers = {}) {
-  return world().call(target, port, "POST", "/v1/transfers",
-                      "{\"source\":\"" + source.str() + "\",\"label\":\"" + label + "\"}", "application/json", headers);
-}
-std::string requested(const Device& target, int port, const Device& source, const std::string& label) {
-  const auto a = ask(target, port, source, label);
-  REQUIRE_MESSAGE(a.status == 201, a.body);
-  return str(json(a.body), "id");
-}
-std::string state_of(const std::string& id) { return world().sql("SELECT state FROM transfers WHERE id = $1::uuid", {id}); }
-bool eventually(const std::function<bool()>& done, int seconds = 10) {
-  for (int i = 0; i < seconds * 10; ++i) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  return done();
-}
 double secs_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
