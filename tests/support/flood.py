@@ -8,9 +8,10 @@ the server closes so the pressure never lets up:
   slow-handshake  the 5-byte record header of a TLS ClientHello, then one byte a second
 Meanwhile a probe does a fresh GET of --probe (its own connection, from --probe-source) every
 --probe-every seconds. Prints probes sent/answered/failed, p50/p99/max latency, and how many hostile
-connections the server closed and when. Exits 1 when a probe failed or p99 exceeds --p99-max-ms.
-A probe is answered when a complete HTTP response with a status below 500 arrives within
---probe-timeout seconds.
+connections the server closed and when. Exits 1 when a probe failed, p99 exceeds --p99-max-ms, or
+fewer hostile connections of a kind were ever opened than asked for (a flood that never held its
+connections proves nothing). A probe is answered when a complete HTTP response with a status below
+500 (exactly --expect-status when given) arrives within --probe-timeout seconds.
 
 Example (docs/decisions.md, "The servers' own acceptor"):
   flood.py --target 127.0.0.1:8443 --tls --slow-header 200 --silent 200 --slow-handshake 200 \\
@@ -157,8 +158,8 @@ async def probe_once(args, ctx, latencies, failures):
             await asyncio.wait_for(reader.readexactly(length), max(left, 0.001))
         finally:
             writer.transport.abort()
-        if status >= 500:
-            failures.append(f"status {status}")
+        if status >= 500 or (args.expect_status and status != args.expect_status):
+            failures.append(f"status {status}" + (f", want {args.expect_status}" if args.expect_status else ""))
             return
         latencies.append((time.monotonic() - start) * 1000.0)
     except Exception as e:  # any failure of a probe counts, whatever it is
@@ -233,15 +234,22 @@ def report(args, tally, kinds, sent, latencies, failures):
     print(f"probe latency ms p50 {p50:.1f} p99 {p99:.1f} max {worst:.1f}")
     for kind, count in kinds:
         if count:
-            print(f"hostile {kind}: held {count}, opened {tally.opened[kind]}, open failed {tally.open_failed[kind]}, "
+            print(f"hostile {kind}: asked {count}, opened {tally.opened[kind]}, open failed {tally.open_failed[kind]}, "
                   f"closed by server {tally.closed[kind]} [{timeline(tally.close_times[kind], args.seconds)}]")
             ot = sorted(tally.open_times[kind])
             if len(ot) >= count:
                 print(f"  first {count} open between {ot[0]:.2f} s and {ot[count - 1]:.2f} s")
     for f in failures[:10]:
         print(f"probe failure: {f}")
-    ok = not failures and sent > 0 and len(latencies) == sent and p99 <= args.p99_max_ms
-    print("PASS" if ok else f"FAIL (p99 limit {args.p99_max_ms} ms)")
+    # Each hostile connection asked for must have been opened at least once, or the server was never
+    # under the load the verdict is about (the source addresses refused, the flood ran out of files).
+    short = [f"{kind} opened {tally.opened[kind]} of {count}" for kind, count in kinds
+             if count and tally.opened[kind] < count]
+    for s in short:
+        print(f"hostile connections not held: {s}")
+    ok = not failures and not short and sent > 0 and len(latencies) == sent and p99 <= args.p99_max_ms
+    print("PASS" if ok else f"FAIL (p99 limit {args.p99_max_ms} ms; every probe answered"
+          + (f" {args.expect_status}" if args.expect_status else "") + "; every hostile connection opened)")
     return 0 if ok else 1
 
 
@@ -260,6 +268,8 @@ def main():
     ap.add_argument("--probe-timeout", type=float, default=5.0)
     ap.add_argument("--probe-source", default="", help="source address of the probe")
     ap.add_argument("--p99-max-ms", type=float, default=100)
+    ap.add_argument("--expect-status", type=int, default=0,
+                    help="a probe counts as answered only with this HTTP status (default: any below 500)")
     args = ap.parse_args()
     host, _, port = args.target.rpartition(":")
     args.host, args.port = host.strip("[]"), int(port)
