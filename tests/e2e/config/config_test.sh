@@ -94,6 +94,19 @@ else
   fail "keyline-station not built"
 fi
 
+# A password inside a conninfo on the command line (docs/operations.md, "Secrets on the command line"):
+# refused with exit 2 before any connection, the option and the way instead named, the value never
+# printed. 127.0.0.1:9 (discard) answers no PostgreSQL, so a refusal that did not happen shows as
+# another exit code.
+expect_refused service--db-password "--db holds a password" "--db-password-file" -- \
+  "$bin/keyline-service" migrate --db "host=127.0.0.1 port=9 dbname=keyline_service password=hunter2 connect_timeout=1"
+! grep -q hunter2 "$work/service--db-password.out" || fail "service--db-password: the refusal echoes the password"
+expect_refused backupdb--replica-password "--replica holds a password" "--db-password-file" -- \
+  "$bin/keyline-backupdb" serve --db "host=127.0.0.1 port=9 dbname=keyline_backupdb connect_timeout=1" \
+  --trust "$work/no-such-root.pem" --listen 127.0.0.1:0 --ops-listen 127.0.0.1:0 --plain-http \
+  --replica "host=127.0.0.1 port=9 dbname=keyline_backupdb password=x-replica-secret connect_timeout=1"
+! grep -q x-replica-secret "$work/backupdb--replica-password.out" || fail "backupdb--replica-password: the refusal echoes the password"
+
 # The shipped example configs (packaging/config/) are read by their programs as they are.
 src=${KEYLINE_SOURCE_DIR:?}/packaging/config
 for pair in "keyline-backupdb backupdb.toml serve" "keyline-backupdb witness.toml witness" "keyline-kps kps.toml serve" \
