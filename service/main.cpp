@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
   std::string status_name;
   bool status_json = false;
   CLI::App app{
-      "keyline-service: the device service server (migrate | serve | campaign | module sign | message).\n"
+      "keyline-service: the device service server (migrate | serve | campaign | module sign|keygen | message).\n"
       "Shipped devices call out over HTTPS; sessions run SCP03 (level 33, S16) keyed on the service token.\n"
       "See docs/service.md."};
   keyline::core::config::set_strict_config(app);
@@ -145,6 +145,12 @@ int main(int argc, char** argv) {
   msign->add_option("--key-label", sign.key_label, "the code-signing key's label on the token")
       ->capture_default_str();
   msign->add_option("--out", sign.out, "the signed module")->required();
+  keyline::service::ModuleKeygenRequest keygen;
+  auto* mkeygen = module->add_subcommand(
+      "keygen", "make the code-signing key pair (P-256) on the token: sign only, its public half verify only");
+  add_token(mkeygen, cfg.token);
+  mkeygen->add_option("--key-label", keygen.key_label, "the key's label on the token")->capture_default_str();
+  mkeygen->add_option("--key-id", keygen.key_id, "the key's CKA_ID in hex")->capture_default_str();
 
   auto* msg = app.add_subcommand(
       "message", "seal a file to a device's transport key from the public DB (it opens with service-agent open)");
@@ -176,6 +182,10 @@ int main(int argc, char** argv) {
     if (*serve) return keyline::service::serve(cfg);
     if (*msign) {
       keyline::service::module_sign(cfg.token, sign, std::cout);
+      return 0;
+    }
+    if (*mkeygen) {
+      keyline::service::module_keygen(cfg.token, keygen, std::cout);
       return 0;
     }
     if (*msg) {

@@ -61,17 +61,38 @@ line_keys_ceremony() {
     --cert "$out/station.pem" --cert "$out/service-ca.pem"
 }
 
+# line_code_signing_key DIR: the code-signing key (keyline-code-signing, P-256, id C5C5) made on the
+# station's token by `keyline-service module keygen`, whose template names every usage attribute, then
+# read back with pkcs11-tool: the private half must allow exactly sign, the public half exactly verify
+# (issue 12; `pkcs11-tool --keypairgen --usage-sign` left SoftHSM's defaults on: decrypt, unwrap,
+# encrypt, wrap). Log in DIR/keygen.log; returns 1, saying why on stderr, otherwise.
+line_code_signing_key() {
+  local dir=$1 module label pin usages
+  mkdir -p "$dir"
+  module=$(cat "$LINE_DIR/hsm/module")
+  label=$(cat "$LINE_DIR/hsm/label")
+  pin=$(cat "$LINE_DIR/hsm/user.pin")
+  "$LINE_BIN/keyline-service" module keygen --pkcs11-module "$module" --token-label "$label" \
+    --pin-file "$LINE_DIR/hsm/user.pin" >"$dir/keygen.log" 2>&1 || { cat "$dir/keygen.log" >&2; return 1; }
+  # pkcs11-tool lists every object (its --label does not filter --list-objects): keep this label's.
+  usages=$(pkcs11-tool --module "$module" --token-label "$label" --login --pin "$pin" --list-objects 2>/dev/null |
+    awk '/^[^ ]/ {kind = $1; name = ""} /^  label:/ {sub(/^  label: */, ""); name = $0}
+         /^  Usage:/ && name == "keyline-code-signing" {sub(/^  Usage: */, ""); print kind ": " $0}' | sort |
+    paste -sd';' -)
+  echo "usages read back: $usages" >>"$dir/keygen.log"
+  [ "$usages" = "Private: sign;Public: verify" ] ||
+    { line_log "keyline-code-signing allows $usages, want exactly Private: sign;Public: verify"; return 1; }
+}
+
 # LINE_ROOT=ceremony: a code-signing key on the station's token (keyline-code-signing) and its certificate
 # from the ceremony (profile code-signing), DIR/cs.pem: what service_code_signing makes with the root on the
 # station's token.
 line_code_signing_ceremony() {
   local dir=$1 module label pin
-  mkdir -p "$dir"
+  line_code_signing_key "$dir" || return 1
   module=$(cat "$LINE_DIR/hsm/module")
   label=$(cat "$LINE_DIR/hsm/label")
   pin=$(cat "$LINE_DIR/hsm/user.pin")
-  pkcs11-tool --module "$module" --token-label "$label" --login --pin "$pin" --keypairgen --key-type EC:prime256v1 \
-    --label keyline-code-signing --id C5C5 --usage-sign >"$dir/keygen.log" 2>&1 || return 1
   OPENSSL_CONF=/dev/null PKCS11_MODULE_PATH=$module openssl req -new -engine pkcs11 -keyform engine \
     -key "pkcs11:token=$label;type=private;object=keyline-code-signing?pin-value=$pin" \
     -subj "/O=keyline demo/CN=keyline code signing" -out "$dir/cs.csr" >"$dir/csr.log" 2>&1 || return 1

@@ -5,8 +5,9 @@
 #                              any version `keys roll master` made (derivation v2);
 #                              sets LINE_SERVICE_URL and LINE_SERVICE_DB
 #   service_cli ARGS...        keyline-service with the token's module, label and PIN file
-#   service_code_signing DIR   a P-256 key on the token (keyline-code-signing) and its certificate under
-#                              the line's root, EKU codeSigning (DIR/cs.pem), through OpenSSL's PKCS#11 engine
+#   service_code_signing DIR   a P-256 key on the token (keyline-code-signing, `module keygen`, its usages
+#                              read back: sign / verify only) and its certificate under the line's root,
+#                              EKU codeSigning (DIR/cs.pem), through OpenSSL's PKCS#11 engine
 # The server's TLS certificate is its own, service-tls.pem/.key, made by `keyline-station keys init` (and
 # `keys server-cert --for service`) from the service CA, like the public DB's and the KPS's.
 
@@ -61,12 +62,10 @@ service_up() {
 
 service_code_signing() {
   local dir=$1 module label pin uri
-  mkdir -p "$dir"
+  line_code_signing_key "$dir" || return 1  # scripts/lib/line.sh: made by keyline-service, usages read back
   module=$(cat "$LINE_DIR/hsm/module")
   label=$(cat "$LINE_DIR/hsm/label")
   pin=$(cat "$LINE_DIR/hsm/user.pin")
-  pkcs11-tool --module "$module" --token-label "$label" --login --pin "$pin" --keypairgen --key-type EC:prime256v1 \
-    --label keyline-code-signing --id C5C5 --usage-sign >"$dir/keygen.log" 2>&1 || return 1
   uri="pkcs11:token=$label;type=private"
   cat >"$dir/ext.cnf" <<CNF
 basicConstraints = critical, CA:false

@@ -1,7 +1,9 @@
-// `keyline-service module sign` (docs/service.md "Modules"): the code-signing key stays on the token.
+// `keyline-service module sign` and `module keygen` (docs/service.md "Modules"): the code-signing key
+// is made on the token and stays there.
 #include <fstream>
 #include <ostream>
 
+#include "keyline/core/bytes.h"
 #include "keyline/core/cert_profile.h"
 #include "keyline/core/error.h"
 #include "keyline/core/service_module.h"
@@ -33,6 +35,21 @@ void module_sign(const TokenConfig& token_config, const ModuleSignRequest& reque
   if (!o) throw core::IoError(core::ErrorCode::Io, "cannot write --out " + request.out);
   out << "module " << m.name << " version " << m.version << ": " << encoded.size() << " bytes signed with "
       << request.key_label << "\n";
+}
+
+void module_keygen(const TokenConfig& token_config, const ModuleKeygenRequest& request, std::ostream& out) {
+  if (request.key_label.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--key-label is empty");
+  Bytes id;
+  try {
+    id = core::from_hex(request.key_id);
+  } catch (const core::Error&) {
+    throw core::ConfigError(core::ErrorCode::Usage, "--key-id is not hex: " + request.key_id);
+  }
+  if (id.empty()) throw core::ConfigError(core::ErrorCode::Usage, "--key-id is empty");
+  auto token = open_token(token_config);
+  token->generate_ec_p256(request.key_label, id);
+  out << "code-signing key " << request.key_label << " (id " << request.key_id << ") made on token "
+      << token_config.label << ": private half sign only, public half verify only\n";
 }
 
 }  // namespace keyline::service

@@ -103,4 +103,14 @@ struct ModuleSignRequest {
 };
 void module_sign(const TokenConfig& token, const ModuleSignRequest& request, std::ostream& out);
 
+// `keyline-service module keygen`: the code-signing key pair made on the token through
+// core::Pkcs11Token::generate_ec_p256, whose template names every usage attribute (private half sign
+// only, public half verify only), not left to the token's defaults (SoftHSM turns on the usages a
+// template omits). Throws Pkcs11Error when a private key with the label exists.
+struct ModuleKeygenRequest {
+  std::string key_label = "keyline-code-signing";
+  std::string key_id = "C5C5";  // CKA_ID in hex
+};
+void module_keygen(const TokenConfig& token, const ModuleKeygenRequest& request, std::ostream& out);
+
 }  // namespace keyline::service
