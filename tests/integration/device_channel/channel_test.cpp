@@ -33,6 +33,7 @@
 #include "keyline/core/flash_image.h"
 #include "keyline/core/scp11.h"
 #include "keyline/device/chip.h"
+#include "scratch_dir.h"
 #include "testenv.h"
 
 using namespace keyline;
@@ -106,25 +107,6 @@ class Served {
   pid_t m_pid = -1;
   FILE* m_out = nullptr;
   int m_port = 0;
-};
-
-class Scratch {
- public:
-  Scratch() {
-    static int n = 0;
-    m_path = fs::temp_directory_path() /
-             ("keyline-channel-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
-    fs::remove_all(m_path);
-    fs::create_directories(m_path);
-  }
-  ~Scratch() {
-    std::error_code ec;
-    fs::remove_all(m_path, ec);
-  }
-  const fs::path& path() const { return m_path; }
-
- private:
-  fs::path m_path;
 };
 
 Botan::X509_Time hours_from_now(int h) {
@@ -209,7 +191,7 @@ class Manufacturer {
 
 // One vendor, one manufacturer, one chip made by the program itself.
 struct Fab {
-  Scratch tmp;
+  test::ScratchDir tmp{"channel"};
   Manufacturer maker;
   fs::path vendor = tmp.path() / "vendor";
   fs::path dev = tmp.path() / "dev";

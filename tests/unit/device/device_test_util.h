@@ -8,7 +8,8 @@
 #include <filesystem>
 #include <string>
 
-#include "device_test_pki.h"
+#include "device_pki.h"
+#include "scratch_dir.h"
 #include "keyline/core/bytes.h"
 #include "keyline/device/chip.h"
 
@@ -37,25 +38,6 @@ inline std::size_t heap_in_use() {
   return m.uordblks + m.hblkhd;
 #endif
 }
-
-class ScratchDir {
- public:
-  explicit ScratchDir(const std::string& tag) {
-    static std::atomic<int> n{0};
-    m_path = std::filesystem::temp_directory_path() /
-             ("keyline-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++));
-    std::filesystem::remove_all(m_path);
-    std::filesystem::create_directories(m_path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(m_path, ec);
-  }
-  const std::filesystem::path& path() const { return m_path; }
-
- private:
-  std::filesystem::path m_path;
-};
 
 // Makes one device under dir/name with the PKI's root in ROM.
 inline std::filesystem::path make_test_device(const DevicePki& pki, const std::filesystem::path& dir,

@@ -1,6 +1,6 @@
-// A throwaway manufacturer PKI for device tests: root (the ROM trust anchor), Device CA, and per
-// chip an identity certificate (HardwareModuleName = chip ID, serialNumber = IMEI) and a transport
-// certificate, packed into a core::DataPackage as the station would send it.
+// A throwaway manufacturer PKI for the device tests (unit and integration): root (the ROM trust anchor),
+// Device CA, and per chip an identity certificate (HardwareModuleName = chip ID, serialNumber = IMEI)
+// and a transport certificate, packed into a core::DataPackage as the station would send it.
 #pragma once
 
 #include <chrono>
@@ -23,11 +23,19 @@
 
 namespace keyline::test {
 
+inline Botan::X509_Time not_before() {
+  return Botan::X509_Time(std::chrono::system_clock::now() - std::chrono::hours(1));
+}
+inline Botan::X509_Time not_after() {
+  return Botan::X509_Time("21991231235959Z", Botan::ASN1_Tag::GENERALIZED_TIME);
+}
+
 class DevicePki {
  public:
-  DevicePki()
+  // `name` begins the subjects: "<name> root/DE/Test Manufacturer", "<name> device CA/DE/Test Manufacturer".
+  explicit DevicePki(const std::string& name = "keyline test")
       : m_root_key(m_rng, Botan::EC_Group("secp256r1")), m_ca_key(m_rng, Botan::EC_Group("secp256r1")),
-        m_root(make_root()), m_ca(make_ca()) {}
+        m_root(make_root(name)), m_ca(make_ca(name)) {}
 
   const Botan::X509_Certificate& root() const { return m_root; }
   const Botan::X509_Certificate& ca() const { return m_ca; }
@@ -61,24 +69,28 @@ class DevicePki {
     return p;
   }
 
- private:
-  static Botan::X509_Time not_after() { return Botan::X509_Time("21991231235959Z", Botan::ASN1_Tag::GENERALIZED_TIME); }
-  static Botan::X509_Time not_before() { return Botan::X509_Time(std::chrono::system_clock::now() - std::chrono::hours(1)); }
+  Botan::RandomNumberGenerator& rng() { return m_rng; }
 
-  Botan::X509_Certificate make_root() {
-    Botan::X509_Cert_Options o("keyline test root/DE/Test Manufacturer");
+ protected:
+  // A certificate for `req` signed by the root.
+  Botan::X509_Certificate sign_under_root(const Botan::PKCS10_Request& req) {
+    Botan::X509_CA root_ca(m_root, m_root_key, "SHA-256", m_rng);
+    return root_ca.sign_request(req, m_rng, not_before(), not_after());
+  }
+
+ private:
+  Botan::X509_Certificate make_root(const std::string& name) {
+    Botan::X509_Cert_Options o(name + " root/DE/Test Manufacturer");
     o.CA_key(1);
     o.start = not_before();
     o.end = not_after();
     return Botan::X509::create_self_signed_cert(o, m_root_key, "SHA-256", m_rng);
   }
 
-  Botan::X509_Certificate make_ca() {
-    Botan::X509_Cert_Options o("keyline test device CA/DE/Test Manufacturer");
+  Botan::X509_Certificate make_ca(const std::string& name) {
+    Botan::X509_Cert_Options o(name + " device CA/DE/Test Manufacturer");
     o.CA_key(0);
-    const auto req = Botan::X509::create_cert_req(o, m_ca_key, "SHA-256", m_rng);
-    Botan::X509_CA root_ca(m_root, m_root_key, "SHA-256", m_rng);
-    return root_ca.sign_request(req, m_rng, not_before(), not_after());
+    return sign_under_root(Botan::X509::create_cert_req(o, m_ca_key, "SHA-256", m_rng));
   }
 
   Botan::X509_Certificate issue(const std::vector<std::uint8_t>& spki, const core::ChipId& chip, const std::string& imei,
