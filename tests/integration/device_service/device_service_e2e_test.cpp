@@ -23,6 +23,7 @@
 #include "keyline/device/service_agent.h"
 #include "keyline/device/service_store.h"
 #include "keyline/service/service.h"
+#include "service_masters.h"
 #include "service_pki.h"
 #include "testenv.h"
 #include "tls_material.h"
@@ -36,29 +37,9 @@ namespace {
 
 const std::string kBase = "devsvc-master-" + std::to_string(::getpid());
 
-std::shared_ptr<core::Pkcs11Token> token() {
-  static auto t = [] {
-    const auto env = test::hsm_env();
-    auto tok = core::Pkcs11Token::open(env.module, env.label,
-                                       SecureBytes(env.user_pin.begin(), env.user_pin.end()), 4);
-    tok->generate_hmac_key(kBase);                                         // version 1: HMAC
-    tok->generate_mirrorable_aes_derive_key(kBase + "-v2", {0, 0, 0, 2});  // version 2: AES-256 DERIVE only
-    return tok;
-  }();
-  return t;
-}
-// DGI 8103 as the station derives it for each version (docs/service.md "Key derivation").
-SecureBytes comm_v1(const std::string& imei) {
-  const std::string in = "keyline/comm/v1" + imei;
-  return token()->derive_hmac_sha256(kBase, Bytes(in.begin(), in.end()));
-}
-SecureBytes comm_v2(const core::ChipId& chip) {
-  auto t = token();
-  const auto h = t->derive_aes_ecb(t->find_secret_key(kBase + "-v2"),
-                                   core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
-  auto v = t->secret_value(h);
-  t->destroy_object(h);
-  return v;
+const test::ServiceMasters& masters() {
+  static const test::ServiceMasters m(kBase);
+  return m;
 }
 
 std::string write_file(const std::string& path, const Bytes& b) {
@@ -67,31 +48,12 @@ std::string write_file(const std::string& path, const Bytes& b) {
   return path;
 }
 
-// A public DB that knows no chip: the service answers 404 for one it has not cached.
-struct EmptyPublicDb {
-  core::http::Server server;
-  EmptyPublicDb()
-      : server(
-            [] {
-              core::http::ServerOptions o;
-              o.name = "devsvc-pdb";
-              o.listen = "127.0.0.1:0";
-              return o;
-            }(),
-            [](const core::http::Request&) {
-              return core::http::Problems("https://keyline.example/problems/backupdb/")(404, "not-found",
-                                                                                        "no record");
-            }) {
-    server.start();
-  }
-};
-
 struct Fixture {
   test::TlsMaterial tls;
   test::Scratch tmp;
   test::Manufacturer maker;
   std::string root_pem = (tmp.path() / "root.pem").string();
-  EmptyPublicDb public_db;
+  test::EmptyPublicDb public_db{"devsvc-pdb"};
   std::string db;
   service::Config config;
   std::unique_ptr<service::Server> server;
@@ -111,7 +73,7 @@ struct Fixture {
     std::ofstream(pin) << env.user_pin;
     config.token = {env.module, env.label, pin, kBase};
     config.log = tls.dir + "/access.log";
-    token();
+    masters();  // the masters exist before the service opens the token
     service::migrate(config);
     server = std::make_unique<service::Server>(config);
     server->start();
@@ -123,7 +85,7 @@ struct Fixture {
     const fs::path dir = tmp.path() / name;
     const auto chip = device::make_device(dir, root_pem, taken);
     auto pkg = maker.package_for(chip, imei);
-    pkg.comm_key = version == 1 ? comm_v1(imei) : comm_v2(chip);
+    pkg.comm_key = version == 1 ? masters().comm_v1(imei) : masters().comm_v2(chip);
     pkg.master_version = static_cast<std::uint8_t>(version);
     device::Device dev(device::Chip::load(dir), {});
     device::Session s(dev);

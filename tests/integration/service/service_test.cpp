@@ -32,6 +32,7 @@
 #include "keyline/core/scp03_session.h"
 #include "keyline/core/service_module.h"
 #include "service_card.h"
+#include "service_masters.h"
 #include "testenv.h"
 #include "tls_material.h"
 
@@ -87,55 +88,15 @@ std::string write_file(const std::string& path, const Bytes& b) {
   return path;
 }
 
-std::shared_ptr<core::Pkcs11Token> token() {
-  static auto t = [] {
-    const auto env = test::hsm_env();
-    auto tok = core::Pkcs11Token::open(env.module, env.label,
-                                       SecureBytes(env.user_pin.begin(), env.user_pin.end()), 4);
-    tok->generate_hmac_key(kBase);                                         // version 1: HMAC
-    tok->generate_mirrorable_aes_derive_key(kBase + "-v2", {0, 0, 0, 2});  // version 2: AES-256 DERIVE only
-    return tok;
-  }();
-  return t;
+const test::ServiceMasters& masters() {
+  static const test::ServiceMasters m(kBase);
+  return m;
 }
-
-// What the station puts into DGI 8103 for each version (the device's comm key).
-SecureBytes comm_v1(const std::string& imei) {
-  const std::string in = "keyline/comm/v1" + imei;
-  return token()->derive_hmac_sha256(kBase, Bytes(in.begin(), in.end()));
-}
-SecureBytes comm_v2(const core::ChipId& chip) {
-  auto t = token();
-  const auto h = t->derive_aes_ecb(t->find_secret_key(kBase + "-v2"),
-                                   core::scp::comm_derivation_data_v2(chip), {32, false, false, true});
-  auto v = t->secret_value(h);
-  t->destroy_object(h);
-  return v;
-}
-
-// The public DB for chips the service has not cached: answers 404 for every record.
-struct EmptyPublicDb {
-  core::http::Server server;
-  EmptyPublicDb()
-      : server(
-            [] {
-              core::http::ServerOptions o;
-              o.name = "svc-test-pdb";
-              o.listen = "127.0.0.1:0";
-              return o;
-            }(),
-            [](const core::http::Request&) {
-              return core::http::Problems("https://keyline.example/problems/backupdb/")(404, "not-found",
-                                                                                        "no record");
-            }) {
-    server.start();
-  }
-};
 
 struct Fixture {
   test::TlsMaterial tls;
   CodeSigning signing{tls.dir, "good"};
-  EmptyPublicDb public_db;
+  test::EmptyPublicDb public_db{"svc-test-pdb"};
   std::string db;
   std::string log_file;
   service::Config config;
@@ -155,7 +116,7 @@ struct Fixture {
     config.token = {env.module, env.label, write_pin(env.user_pin), kBase};
     config.session_ttl_s = ttl_s;
     config.log = log_file;
-    token();
+    masters();  // the masters exist before the service opens the token
     service::migrate(config);
     core::pq::Connection c(db);
     // The devices' records as the public DB path would have cached them (validated there).
@@ -250,7 +211,7 @@ struct Agent {
 };
 
 test::ServiceCard card_v2(Fixture& f) {
-  return test::ServiceCard(kChipV2, 2, comm_v2(kChipV2), f.signing.root);
+  return test::ServiceCard(kChipV2, 2, masters().comm_v2(kChipV2), f.signing.root);
 }
 
 }  // namespace
@@ -391,7 +352,7 @@ TEST_CASE(
 
 TEST_CASE("a wrong card cryptogram (another chip's key) ends the session after INITIALIZE UPDATE") {
   Fixture f;
-  test::ServiceCard impostor(kChipV2, 2, comm_v2(kChipV1), f.signing.root);
+  test::ServiceCard impostor(kChipV2, 2, masters().comm_v2(kChipV1), f.signing.root);
   Agent agent;
   const auto result = agent.run(f, impostor, kChipV2);
   REQUIRE(result);
@@ -451,7 +412,7 @@ TEST_CASE("an unknown chip is 404; a malformed chip ID 400; a session past its T
 
 TEST_CASE("devices of derivation versions 1 and 2 are both served; a recorded version is not lowered") {
   Fixture f;
-  test::ServiceCard v1(kChipV1, 1, comm_v1(kImeiV1), f.signing.root);
+  test::ServiceCard v1(kChipV1, 1, masters().comm_v1(kImeiV1), f.signing.root);
   Agent a1;
   auto r1 = a1.run(f, v1, kChipV1);
   REQUIRE(r1);
@@ -464,7 +425,7 @@ TEST_CASE("devices of derivation versions 1 and 2 are both served; a recorded ve
   CHECK(r2->getValue<bool>("ok"));
   // Once version 2 is recorded the service asks for it (P1 = 02): a card answering with version 1
   // keys (a downgrade) is refused by the card's own check.
-  test::ServiceCard downgraded(kChipV2, 1, comm_v1(kImeiV2), f.signing.root);
+  test::ServiceCard downgraded(kChipV2, 1, masters().comm_v1(kImeiV2), f.signing.root);
   Agent a3;
   auto r3 = a3.run(f, downgraded, kChipV2);
   REQUIRE(r3);
@@ -474,7 +435,7 @@ TEST_CASE("devices of derivation versions 1 and 2 are both served; a recorded ve
 
 TEST_CASE("the token's master and derived keys are never extractable; logs and the DB hold no key bytes") {
   Fixture f;
-  auto t = token();
+  auto t = masters().token();
   auto s = t->session();
   const auto master = t->find_secret_key(kBase + "-v2");
   CHECK(s->bool_attribute(master, CKA_SENSITIVE));
@@ -497,7 +458,7 @@ TEST_CASE("the token's master and derived keys are never extractable; logs and t
   CHECK_FALSE(s->bool_attribute(kmac, CKA_DERIVE));
   // The token's CMAC with K-MAC is what the device computes in software from its comm key.
   const Bytes data(32, 0x5A);
-  const auto soft = core::scp::static_keys_from_comm(comm_v2(kChipV2));
+  const auto soft = core::scp::static_keys_from_comm(masters().comm_v2(kChipV2));
   const auto tag = t->cmac(kmac, data);
   auto mac = Botan::MessageAuthenticationCode::create_or_throw("CMAC(AES-128)");
   mac->set_key(soft.mac);
@@ -522,7 +483,7 @@ TEST_CASE("the token's master and derived keys are never extractable; logs and t
     const auto r = c.exec(std::string("SELECT t::text FROM ") + table + " t");
     for (int i = 0; i < r.rows(); ++i) dump += r.text(i, 0) + "\n";
   }
-  for (const auto& key : {comm_v2(kChipV2), soft.enc, soft.mac, soft.dek}) {
+  for (const auto& key : {masters().comm_v2(kChipV2), soft.enc, soft.mac, soft.dek}) {
     const std::string hex = core::to_hex(key.data(), key.size());
     std::string lower = hex;
     for (auto& ch : lower) ch = static_cast<char>(std::tolower(ch));
@@ -534,7 +495,7 @@ TEST_CASE("the token's master and derived keys are never extractable; logs and t
 
 TEST_CASE("PUT KEY rotates a version 1 device to version 2: the old key opens nothing afterwards") {
   Fixture f;
-  test::ServiceCard card(kChipV1, 1, comm_v1(kImeiV1), f.signing.root);
+  test::ServiceCard card(kChipV1, 1, masters().comm_v1(kImeiV1), f.signing.root);
   card.imei = kImeiV1;
   service::CampaignRequest r;
   r.name = "rotate-2";
@@ -552,14 +513,14 @@ TEST_CASE("PUT KEY rotates a version 1 device to version 2: the old key opens no
   core::pq::Connection c(f.db);
   CHECK(c.exec("SELECT key_version FROM device WHERE chip_id = $1", {kChipV1.str()}).int64(0, 0) == 2);
   // The card now holds version 2's comm, the one the station would derive for this chip.
-  test::ServiceCard expected(kChipV1, 2, comm_v2(kChipV1), f.signing.root);
+  test::ServiceCard expected(kChipV1, 2, masters().comm_v2(kChipV1), f.signing.root);
   Agent a2;
   const auto r2 = a2.run(f, card, kChipV1);
   REQUIRE(r2);
   CHECK(r2->getValue<bool>("ok"));
   CHECK(r2->getValue<int>("kvn") == 2);
   // A copy of the device made before the rotation (the old key, KVN 1) no longer opens a session.
-  test::ServiceCard old(kChipV1, 1, comm_v1(kImeiV1), f.signing.root);
+  test::ServiceCard old(kChipV1, 1, masters().comm_v1(kImeiV1), f.signing.root);
   Agent a3;
   const auto r3 = a3.run(f, old, kChipV1);
   REQUIRE(r3);
@@ -618,7 +579,7 @@ TEST_CASE("a device whose version the token holds no master of: the session ends
   f.server->start();
   for (int version : {1, 2}) {
     test::ServiceCard card(version == 2 ? kChipV2 : kChipV1, static_cast<std::uint8_t>(version),
-                           version == 2 ? comm_v2(kChipV2) : comm_v1(kImeiV1), f.signing.root);
+                           version == 2 ? masters().comm_v2(kChipV2) : masters().comm_v1(kImeiV1), f.signing.root);
     Agent agent;
     int status = 0;
     const auto result = agent.run(f, card, version == 2 ? kChipV2 : kChipV1, &status);
