@@ -85,6 +85,16 @@ ServerOptions operations_listener(const std::string& name, const std::string& li
   return o;
 }
 
+std::string client_key(const std::string& peer_address) {
+  if (peer_address.find(':') == std::string::npos || peer_address == "::1") return peer_address;
+  in6_addr a{};
+  if (inet_pton(AF_INET6, peer_address.c_str(), &a) != 1) return peer_address;
+  std::memset(reinterpret_cast<std::uint8_t*>(&a) + 8, 0, 8);  // the interface identifier
+  char buf[INET6_ADDRSTRLEN] = "";
+  inet_ntop(AF_INET6, &a, buf, sizeof buf);
+  return std::string(buf) + "/64";
+}
+
 const char* to_string(Event::Kind kind) noexcept {
   switch (kind) {
     case Event::Kind::Refused: return "refused";
@@ -185,6 +195,7 @@ Charge& Charge::operator=(Charge&& other) noexcept {
   if (this != &other) {
     set(0);
     m_budget = other.m_budget;
+    m_client = std::move(other.m_client);
     m_bytes = other.m_bytes;
     other.m_bytes = 0;
   }
@@ -193,13 +204,32 @@ Charge& Charge::operator=(Charge&& other) noexcept {
 
 void Charge::set(std::size_t bytes) {
   if (!m_budget) return;
-  if (bytes > m_bytes) m_budget->take(bytes - m_bytes);
-  if (bytes < m_bytes) m_budget->give(m_bytes - bytes);
+  if (bytes > m_bytes) {
+    m_budget->take(bytes - m_bytes);
+    if (m_client) *m_client += bytes - m_bytes;
+  }
+  if (bytes < m_bytes) {
+    m_budget->give(m_bytes - bytes);
+    if (m_client) *m_client -= m_bytes - bytes;
+  }
   m_bytes = bytes;
 }
 
-bool Charge::try_grow(std::size_t more) {
-  if (!m_budget || !m_budget->try_take(more)) return false;
+bool Charge::try_grow(std::size_t more, std::size_t client_cap) {
+  if (!m_budget) return false;
+  if (m_client && client_cap) {
+    // Taken first and given back when over: two loops growing the same client at once cannot
+    // both slip under the share.
+    const auto before = m_client->fetch_add(more);
+    if (more > client_cap || before > client_cap - more) {
+      *m_client -= more;
+      return false;
+    }
+  }
+  if (!m_budget->try_take(more)) {
+    if (m_client) *m_client -= more;
+    return false;
+  }
   m_bytes += more;
   return true;
 }
@@ -224,30 +254,49 @@ Engine::~Engine() {
   if (m_tls) SSL_CTX_free(m_tls);
 }
 
-Admission Engine::admit(const std::string& peer, bool over_total) {
-  std::lock_guard lock(m_peers_mutex);
-  auto it = m_peers.find(peer);
-  // A trusted proxy carries many clients: only the total cap applies to it.
+bool Engine::trusted_proxy(const std::string& peer) const {
   const auto& proxies = m_options.trusted_proxies;
-  const bool proxy = std::find(proxies.begin(), proxies.end(), peer) != proxies.end();
+  return std::find(proxies.begin(), proxies.end(), peer) != proxies.end();
+}
+
+Admission Engine::admit(const std::string& peer, bool over_total) {
+  const auto key = client_key(peer);
+  std::lock_guard lock(m_peers_mutex);
+  auto it = m_peers.find(key);
+  // A trusted proxy carries many clients: only the total cap applies to it.
+  const bool proxy = trusted_proxy(peer);
   const auto& l = limits();
   const bool loopback = peer == "127.0.0.1" || peer == "::1" || peer == "::ffff:127.0.0.1";
   const std::size_t per_client = !loopback && l.max_per_other_client ? l.max_per_other_client : l.max_per_client;
-  if (!proxy && it != m_peers.end() && it->second >= per_client) return Admission::PeerCap;
+  if (!proxy && it != m_peers.end() && it->second.connections >= per_client) return Admission::PeerCap;
   const std::size_t total = loopback ? l.max_connections
                                      : l.max_connections - std::min(l.loopback_reserved, l.max_connections - 1);
   if (open.load() >= total + (over_total ? 1 : 0)) return Admission::TotalCap;
-  ++m_peers[peer];
+  ++m_peers[key].connections;
   ++open;
   return Admission::Admitted;
 }
 
 void Engine::release(const std::string& peer) {
+  const auto key = client_key(peer);
   std::lock_guard lock(m_peers_mutex);
-  const auto it = m_peers.find(peer);
+  const auto it = m_peers.find(key);
   if (it == m_peers.end()) return;
-  if (--it->second == 0) m_peers.erase(it);
+  // A request of the client still queued keeps its count alive through its own Charge.
+  if (--it->second.connections == 0) m_peers.erase(it);
   --open;
+}
+
+ClientBytes Engine::client_bytes(const std::string& peer) {
+  if (trusted_proxy(peer)) return {};
+  std::lock_guard lock(m_peers_mutex);
+  const auto it = m_peers.find(client_key(peer));
+  return it == m_peers.end() ? ClientBytes{} : it->second.bytes;
+}
+
+std::size_t Engine::client_buffer_cap() const {
+  const auto& l = limits();
+  return l.max_buffered_per_client ? l.max_buffered_per_client : l.max_buffered_bytes / 16;
 }
 
 void Engine::report(const Event& e) {

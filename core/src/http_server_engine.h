@@ -42,21 +42,28 @@ class Budget {
   std::atomic<std::size_t> m_used{0};
 };
 
-// What one connection or one queued request holds of the Budget; given back when it ends.
+// Bytes one client (client_key) holds across its connections and queued requests.
+using ClientBytes = std::shared_ptr<std::atomic<std::size_t>>;
+
+// What one connection or one queued request holds of the Budget (and of its client's share, when
+// it has one); given back when it ends.
 class Charge {
  public:
   Charge() = default;
-  explicit Charge(Budget& budget) : m_budget(&budget) {}
+  explicit Charge(Budget& budget, ClientBytes client = {}) : m_budget(&budget), m_client(std::move(client)) {}
   Charge(Charge&& other) noexcept { *this = std::move(other); }
   Charge& operator=(Charge&& other) noexcept;
   Charge(const Charge&) = delete;
   Charge& operator=(const Charge&) = delete;
   ~Charge() { set(0); }
   void set(std::size_t bytes);         // takes or gives back the difference, whatever is left
-  bool try_grow(std::size_t more);     // false, changing nothing, when `more` does not fit
+  // False, changing nothing, when `more` does not fit the budget, or the client's share
+  // (client_cap; 0 = none) of it.
+  bool try_grow(std::size_t more, std::size_t client_cap = 0);
 
  private:
   Budget* m_budget = nullptr;
+  ClientBytes m_client;
   std::size_t m_bytes = 0;
 };
 
@@ -110,6 +117,10 @@ class Engine {
   // connection is being closed to make room for it).
   Admission admit(const std::string& peer, bool over_total);
   void release(const std::string& peer);
+  // The byte count of the peer's client (client_key), while it has a connection; null for a trusted
+  // proxy (exempt from per-client caps).
+  ClientBytes client_bytes(const std::string& peer);
+  std::size_t client_buffer_cap() const;  // ServerLimits::max_buffered_per_client, its default applied
   void report(const Event& event);  // counts, then the sink (or stderr)
 
   Budget budget;  // before the loops and the pool: their connections and tasks give back to it
@@ -130,8 +141,13 @@ class Engine {
   EventSink m_events;
   AccessSink m_access;
   SSL_CTX* m_tls = nullptr;
+  bool trusted_proxy(const std::string& peer) const;
+  struct Client {
+    std::size_t connections = 0;
+    ClientBytes bytes = std::make_shared<std::atomic<std::size_t>>(0);
+  };
   std::mutex m_peers_mutex;
-  std::unordered_map<std::string, std::size_t> m_peers;
+  std::unordered_map<std::string, Client> m_peers;  // by client_key
 };
 
 // The reply a worker hands back to the loop that owns the connection.
@@ -139,7 +155,7 @@ struct Completion {
   std::uint64_t conn = 0;
   std::string bytes;
   bool keep_alive = false;
-  bool shed_idle = false;  // not a reply: close this loop's oldest idle connection
+  bool shed_idle = false;  // not a reply: close this loop's oldest idle (or else unfinished) connection
 };
 
 // Starts one I/O loop's thread over the shared listening socket.

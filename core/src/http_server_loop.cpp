@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <list>
+#include <optional>
 #include <set>
 
 #include "http_server_engine.h"
@@ -49,6 +50,9 @@ struct Conn {
   bool has_deadline = false;
   bool idle = false;  // between requests, nothing of the next one received
   std::list<std::uint64_t>::iterator idle_it;
+  bool fresh = false;  // accepted, no request head complete yet (TLS handshake included)
+  std::list<std::uint64_t>::iterator fresh_it;
+  ClientBytes client;  // its client's share of the budget (null: a trusted proxy)
   std::string in;           // a head, and what follows it until it is parsed
   std::size_t scanned = 0;  // bytes of `in` searched for the end of the head without finding it
   std::string body;         // the current request's body, reserved to its Content-Length
@@ -86,6 +90,7 @@ class Loop {
   void stop_accepting() { wake(); }
   void quit_and_join();
   std::size_t idle_count() const { return m_idle_count.load(); }
+  std::size_t fresh_count() const { return m_fresh_count.load(); }
 
  private:
   void run();
@@ -100,7 +105,11 @@ class Loop {
   void accept_ready();
   void admit(int fd, const std::string& peer);
   void refuse(int fd, const std::string& peer, Admission why);
-  bool shed_idle(bool ask_others);
+  bool shed(bool ask_others);
+  bool close_oldest(std::list<std::uint64_t>& list, const char* detail);
+  std::optional<Reply> admit_head(Conn& c, const HeadResult& head);
+  bool refuse_head(Conn& c, Reply reply, const HeadResult& head);
+  bool timeout_reply(Conn& c);
   void on_event(std::uint64_t id, std::uint32_t ev);
   bool drive(Conn& c);
   bool handshake(Conn& c);
@@ -122,6 +131,7 @@ class Loop {
   void set_deadline(Conn& c, std::chrono::milliseconds after);
   void clear_deadline(Conn& c);
   void set_idle(Conn& c, bool idle);
+  void set_fresh(Conn& c, bool fresh);
   void watch(Conn& c);
   void close_conn(Conn& c);
   void report(Event::Kind kind, const Conn& c, int status, std::string detail);
@@ -139,6 +149,8 @@ class Loop {
   std::set<std::pair<Clock::time_point, std::uint64_t>> m_deadlines;
   std::list<std::uint64_t> m_idle;  // oldest first: every idle connection waits the same keep_alive_idle
   std::atomic<std::size_t> m_idle_count{0};
+  std::list<std::uint64_t> m_fresh;  // oldest first: accepted, no complete request head yet
+  std::atomic<std::size_t> m_fresh_count{0};
   std::mutex m_mutex;
   std::vector<Completion> m_completions;
 };
@@ -243,9 +255,19 @@ void Loop::on_timeout(Conn& c) {
     case Phase::Handshake: report(Event::Kind::HandshakeTimeout, c, 0, "TLS handshake not done in time"); break;
     case Phase::Head:
       // An idle keep-alive connection simply ends; a started (or never started) head is a slow client.
-      if (!c.idle) report(Event::Kind::HeadTimeout, c, 0, "request head not complete in time (" + std::to_string(c.in.size()) + " bytes)");
+      if (!c.idle) {
+        const auto bytes = c.in.size();
+        const int status = timeout_reply(c) ? 408 : 0;
+        report(Event::Kind::HeadTimeout, c, status, "request head not complete in time (" + std::to_string(bytes) + " bytes)");
+        if (status) return;
+      }
       break;
-    case Phase::Body: report(Event::Kind::BodyTimeout, c, 0, "request body not complete in time"); break;
+    case Phase::Body: {
+      const int status = timeout_reply(c) ? 408 : 0;
+      report(Event::Kind::BodyTimeout, c, status, "request body not complete in time");
+      if (status) return;
+      break;
+    }
     case Phase::Write: report(Event::Kind::WriteTimeout, c, 0, "reply not taken in time"); break;
     case Phase::Handler:
     case Phase::Linger: break;
@@ -273,7 +295,7 @@ void Loop::drain_completions() {
   }
   for (auto& d : done) {
     if (d.shed_idle) {
-      shed_idle(false);
+      shed(false);
       continue;
     }
     const auto it = m_conns.find(d.conn);
@@ -324,7 +346,7 @@ void Loop::accept_ready() {
 
 void Loop::admit(int fd, const std::string& peer) {
   auto verdict = m_engine.admit(peer, false);
-  if (verdict == Admission::TotalCap && shed_idle(true)) verdict = m_engine.admit(peer, true);
+  if (verdict == Admission::TotalCap && shed(true)) verdict = m_engine.admit(peer, true);
   if (verdict != Admission::Admitted) {
     refuse(fd, peer, verdict);
     return;
@@ -334,9 +356,11 @@ void Loop::admit(int fd, const std::string& peer) {
   c->id = m_next_id++;
   c->fd = fd;
   c->peer = peer;
-  c->charge = Charge(m_engine.budget);
+  c->client = m_engine.client_bytes(peer);
+  c->charge = Charge(m_engine.budget, c->client);
   auto& conn = *c;
   m_conns.emplace(conn.id, std::move(c));
+  set_fresh(conn, true);
   if (m_engine.tls()) {
     conn.ssl = SSL_new(m_engine.tls());
     if (!conn.ssl || SSL_set_fd(conn.ssl, fd) != 1) {
@@ -374,16 +398,12 @@ void Loop::refuse(int fd, const std::string& peer, Admission why) {
 }
 
 // Closes this loop's oldest idle keep-alive connection, or asks another loop that has one (which
-// then only looks at its own, so two loops never pass the request back and forth).
-bool Loop::shed_idle(bool ask_others) {
-  if (!m_idle.empty()) {
-    const auto it = m_conns.find(m_idle.front());
-    if (it != m_conns.end()) {
-      report(Event::Kind::IdleClosed, *it->second, 0, "idle keep-alive connection closed to make room");
-      close_conn(*it->second);
-      return true;
-    }
-  }
+// then only looks at its own, so two loops never pass the request back and forth). With none idle
+// anywhere, the same for the oldest connection that has not finished its TLS handshake or first
+// request head: silent connections must not hold the total cap against clients that talk (a real
+// client's handshake takes milliseconds, so the oldest unfinished one is the silent one).
+bool Loop::shed(bool ask_others) {
+  if (close_oldest(m_idle, "idle keep-alive connection closed to make room")) return true;
   for (auto& other : m_engine.loops) {
     if (!ask_others) break;
     if (other.get() != this && other->idle_count() > 0) {
@@ -391,7 +411,24 @@ bool Loop::shed_idle(bool ask_others) {
       return true;
     }
   }
+  if (close_oldest(m_fresh, "connection without a complete request head closed to make room")) return true;
+  for (auto& other : m_engine.loops) {
+    if (!ask_others) break;
+    if (other.get() != this && other->fresh_count() > 0) {
+      other->post(Completion{0, {}, false, true});
+      return true;
+    }
+  }
   return false;
+}
+
+bool Loop::close_oldest(std::list<std::uint64_t>& list, const char* detail) {
+  if (list.empty()) return false;
+  const auto it = m_conns.find(list.front());
+  if (it == m_conns.end()) return false;
+  report(Event::Kind::IdleClosed, *it->second, 0, detail);
+  close_conn(*it->second);
+  return true;
 }
 
 void Loop::on_event(std::uint64_t id, std::uint32_t ev) {
@@ -547,8 +584,13 @@ bool Loop::advance(Conn& c) {
     auto head = parse_head(c.in, l.max_head_bytes, l.max_body_bytes, l.max_header_fields);
     if (head.state == HeadState::Incomplete) return true;
     if (head.state == HeadState::Refused) return malformed(c, head.refusal);
-    // The whole body is counted before any of it is read, so slow bodies cannot add up unseen.
-    if (!c.charge.try_grow(head.content_length + head.head_bytes)) return over_budget(c);
+    set_fresh(c, false);
+    // The owner's verdict on the head alone (who may send this body), before anything of it is counted.
+    if (auto refusal = admit_head(c, head)) return refuse_head(c, std::move(*refusal), head);
+    // The whole body is counted before any of it is read, so slow bodies cannot add up unseen; one
+    // client may hold only its share, so one address cannot spend what the others need.
+    if (!c.charge.try_grow(head.content_length + head.head_bytes, c.client ? m_engine.client_buffer_cap() : 0))
+      return over_budget(c);
     c.in.erase(0, head.head_bytes);
     c.head = std::move(head);
     c.phase = Phase::Body;
@@ -595,7 +637,7 @@ bool Loop::dispatch(Conn& c) {
   req.body = std::move(c.body);
   std::string().swap(c.body);
   // The request's bytes go with it to the queue and the worker (freed when the worker is done).
-  task.charge = Charge(m_engine.budget);
+  task.charge = Charge(m_engine.budget, c.client);
   task.charge.set(heap_bytes(req.body) + c.head.head_bytes);
   release_capacity(c.in);
   req.peer_address = c.peer;
@@ -611,6 +653,61 @@ bool Loop::dispatch(Conn& c) {
   r.headers.emplace_back("Retry-After", "1");
   report(Event::Kind::Refused, c, 503, "worker queue full");
   return start_write(c, serialize_reply(r, false), false);
+}
+
+std::optional<Reply> Loop::admit_head(Conn& c, const HeadResult& head) {
+  const auto& hook = m_engine.options().admit;
+  if (!hook) return std::nullopt;
+  Request req = head.request;
+  req.peer_address = c.peer;
+  req.client_address = client_address(req, m_engine.options().trusted_proxies);
+  req.secure = c.ssl != nullptr;
+  req.peer_certificate_der = c.peer_certificate;
+  try {
+    return hook(req);
+  } catch (const std::exception& e) {
+    Reply r = problem_reply(Refusal{500, "internal", "Internal server error", "the request could not be handled"});
+    r.log_detail = std::string("admit hook threw: ") + e.what();
+    return r;
+  }
+}
+
+// The admit hook's refusal: the reply goes out with Connection: close and the body is never read
+// (the linger drops what the client still sends, unbuffered). The access sink sees it as a reply.
+bool Loop::refuse_head(Conn& c, Reply reply, const HeadResult& head) {
+  reply.close = true;
+  reply.head_only = head.request.method == "HEAD";
+  auto bytes = serialize_reply(reply, false);
+  if (const auto& access = m_engine.access()) {
+    Request req = head.request;
+    req.peer_address = c.peer;
+    req.client_address = client_address(req, m_engine.options().trusted_proxies);
+    req.secure = c.ssl != nullptr;
+    try {
+      access(req, reply, std::chrono::microseconds(0));
+    } catch (...) {
+      // As for the workers: the access log never stops the server.
+    }
+  }
+  c.in.clear();
+  release_capacity(c.in);
+  return start_write(c, std::move(bytes), false);
+}
+
+// RFC 9110 section 15.5.9: a head or body over its deadline on an established connection gets a
+// 408 before the close, if the socket takes it at once (never another deadline's wait for a client
+// that is not reading). True when sent; the connection then lingers.
+bool Loop::timeout_reply(Conn& c) {
+  std::string().swap(c.body);
+  std::string().swap(c.in);
+  account(c);
+  const auto bytes = serialize_reply(
+      problem_reply(Refusal{408, "request-timeout", "Request timeout", "the request did not arrive in time"}), false);
+  std::size_t n = 0;
+  if (write_some(c, bytes.data(), bytes.size(), n) != Io::Done || n != bytes.size()) return false;
+  clear_deadline(c);
+  begin_linger(c);
+  return true;
 }
 
 bool Loop::malformed(Conn& c, const Refusal& why) {
@@ -750,9 +847,22 @@ void Loop::watch(Conn& c) {
   c.events = want;
 }
 
+void Loop::set_fresh(Conn& c, bool fresh) {
+  if (fresh == c.fresh) return;
+  if (fresh) {
+    c.fresh_it = m_fresh.insert(m_fresh.end(), c.id);
+    ++m_fresh_count;
+  } else {
+    m_fresh.erase(c.fresh_it);
+    --m_fresh_count;
+  }
+  c.fresh = fresh;
+}
+
 void Loop::close_conn(Conn& c) {
   clear_deadline(c);
   set_idle(c, false);
+  set_fresh(c, false);
   if (c.ssl) SSL_free(c.ssl);
   ::close(c.fd);  // also leaves the epoll set
   m_engine.release(c.peer);

@@ -262,30 +262,40 @@ TEST_CASE("a slow header is cut at the head deadline, counted from its first byt
   CHECK(took >= 250ms);
   CHECK(took < 1500ms);
   const auto e = s.wait(Kind::HeadTimeout);
-  CHECK(e.status == 0);
+  CHECK(e.status == 408);  // RFC 9110 section 15.5.9, sent before the close
   CHECK(e.peer == "127.0.0.1");
   CHECK(s.server->stats().timed_out == 1);
   ::close(fd);
 }
 
-TEST_CASE("a silent connection is cut at the head deadline") {
+TEST_CASE("a silent connection is cut at the head deadline, with a 408") {
   Served s(options());
   const int fd = connect_from("127.0.0.1", s.port());
-  const auto took = wait_closed(fd);
-  CHECK(took >= 250ms);
-  CHECK(took < 1500ms);
+  const auto got = read_until(fd, [](const std::string&) { return false; }, 3000ms);
+  CHECK(got.closed);
+  CHECK(got.elapsed >= 250ms);
+  CHECK(got.elapsed < 1500ms);
+  const auto rs = parse_responses(got.data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 408, "request-timeout");
   CHECK(s.wait(Kind::HeadTimeout).peer == "127.0.0.1");
   ::close(fd);
 }
 
-TEST_CASE("a body that stops arriving is cut at the body deadline") {
+TEST_CASE("a body that stops arriving is cut at the body deadline, with a 408") {
   Served s(options());
   const int fd = connect_from("127.0.0.1", s.port());
   send_all(fd, "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab");
-  const auto took = wait_closed(fd);
-  CHECK(took >= 250ms);
-  CHECK(took < 1500ms);
-  CHECK(s.wait(Kind::BodyTimeout).peer == "127.0.0.1");
+  const auto got = read_until(fd, [](const std::string&) { return false; }, 3000ms);
+  CHECK(got.closed);
+  CHECK(got.elapsed >= 250ms);
+  CHECK(got.elapsed < 1500ms);
+  const auto rs = parse_responses(got.data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 408, "request-timeout");
+  const auto e = s.wait(Kind::BodyTimeout);
+  CHECK(e.peer == "127.0.0.1");
+  CHECK(e.status == 408);
   ::close(fd);
 }
 
@@ -393,9 +403,14 @@ TEST_CASE("the total cap refuses; once a connection ends, a new one is served") 
   auto o = options();
   o.limits.max_connections = 2;
   o.limits.head_timeout = 5000ms;
+  o.limits.body_timeout = 5000ms;
   Served s(o);
+  // Bodies under way: neither idle nor without a head, so nothing is shed for the newcomer.
+  const std::string post = "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab";
   const int a = connect_from("127.0.0.7", s.port());
   const int b = connect_from("127.0.0.8", s.port());
+  send_all(a, post);
+  send_all(b, post);
   std::this_thread::sleep_for(100ms);
   const int c = connect_from("127.0.0.9", s.port());
   const auto rs = parse_responses(read_until(c, responses(1), 3000ms).data);
@@ -855,6 +870,7 @@ TEST_CASE("a connection's buffers are counted while held and released after its 
 TEST_CASE("a body that does not fit the buffer budget gets 503 at once, counted as refused; later it fits") {
   auto o = options();
   o.limits.max_buffered_bytes = 1024 * 1024;
+  o.limits.max_buffered_per_client = 1024 * 1024;  // one address here: the total budget alone
   o.limits.max_body_bytes = 512 * 1024;
   o.limits.body_timeout = 5000ms;
   o.limits.head_timeout = 5000ms;
@@ -1004,4 +1020,166 @@ TEST_CASE("an operations listener keeps room for 127.0.0.1 while other loopback 
   const auto r = exchange(s.port(), "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(s.port()) + "\r\n\r\n");
   CHECK(r.status == 200);
   for (const int fd : held) ::close(fd);
+}
+
+TEST_CASE("at the total cap the oldest connection without a request head is closed to make room") {
+  for (const bool tls : {false, true}) {
+    CAPTURE(tls);
+    TlsMaterial pki;
+    auto o = options();
+    if (tls) {
+      o.tls_cert_file = pki.cert_file;
+      o.tls_key_file = pki.key_file;
+    }
+    o.limits.max_connections = 3;
+    o.limits.handshake_timeout = 10000ms;
+    o.limits.head_timeout = 10000ms;
+    o.limits.body_timeout = 10000ms;
+    Served s(o);
+    const int silent = connect_from("127.0.0.31", s.port());  // the oldest: never sends anything
+    std::this_thread::sleep_for(50ms);
+    const int slow = connect_from("127.0.0.32", s.port());  // newer, also silent
+    std::this_thread::sleep_for(50ms);
+    // A third that talks: a body under way (plain), a handshake done (TLS) — not the oldest.
+    std::unique_ptr<TlsClient> talker;
+    int body = -1;
+    if (tls) {
+      talker = std::make_unique<TlsClient>(s.port());
+    } else {
+      body = connect_from("127.0.0.33", s.port());
+      send_all(body, "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab");
+    }
+    std::this_thread::sleep_for(100ms);
+    if (tls) {
+      TlsClient fresh(s.port());
+      CHECK(fresh.exchange(kGet).status == 200);
+    } else {
+      CHECK(exchange(s.port(), kGet, "127.0.0.34").status == 200);
+    }
+    const auto e = s.wait(Kind::IdleClosed);
+    CHECK(e.peer == "127.0.0.31");
+    CHECK(e.detail.find("without a complete request head") != std::string::npos);
+    CHECK(s.server->stats().idle_closed >= 1);
+    CHECK(s.count(Kind::Refused) == 0);
+    CHECK(wait_closed(silent) < 3000ms);
+    if (!tls) {
+      send_all(body, "cdefghij");  // the body under way was not touched
+      const auto rs = parse_responses(read_until(body, responses(1), 3000ms).data);
+      REQUIRE(rs.size() == 1);
+      CHECK(rs[0].status == 200);
+      ::close(body);
+    }
+    ::close(silent);
+    ::close(slow);
+  }
+}
+
+TEST_CASE("one client address holding its share of the buffer budget cannot make another's request 503") {
+  auto o = options();
+  o.limits.max_buffered_bytes = 4 * 1024 * 1024;  // the share: 1/16, 256 KiB
+  o.limits.max_body_bytes = 512 * 1024;
+  o.limits.body_timeout = 5000ms;
+  o.limits.head_timeout = 5000ms;
+  o.limits.max_per_client = 64;
+  Served s(o);
+  const auto head = [](std::size_t length) {
+    return "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(length) + "\r\n\r\n";
+  };
+  // 25 slow bodies of 200 000 bytes from one address would hold 5 MB of the 4 MiB without the share.
+  std::vector<int> slow;
+  for (int i = 0; i < 25; ++i) {
+    slow.push_back(connect_from("127.0.0.41", s.port()));
+    send_all(slow.back(), head(200000) + "x");
+  }
+  std::this_thread::sleep_for(200ms);
+  CHECK(s.server->stats().buffered_bytes < 256 * 1024);
+  CHECK(s.count(Kind::Refused) == 24);  // all but the first over the address's share
+  const auto other = exchange(s.port(), head(100000) + std::string(100000, 'y'), "127.0.0.42");
+  CHECK(other.status == 200);
+  CHECK(exchange(s.port(), kGet, "127.0.0.43").status == 200);
+  // The holder itself is over its share: its next body is refused.
+  const auto again = exchange(s.port(), head(100000) + std::string(100000, 'z'), "127.0.0.41");
+  CHECK(again.status == 503);
+  for (int fd : slow) ::close(fd);
+  CHECK(stats_reach(*s.server, [](const ServerStats& st) { return st.buffered_bytes < 1024; }));
+  // The share is given back: the same address is served again.
+  CHECK(exchange(s.port(), head(200000) + std::string(200000, 'z'), "127.0.0.41").status == 200);
+}
+
+TEST_CASE("a trusted proxy is not held to the per-client share of the buffer budget") {
+  auto o = options();
+  o.limits.max_buffered_bytes = 1024 * 1024;
+  o.limits.max_body_bytes = 512 * 1024;
+  o.limits.body_timeout = 5000ms;
+  o.trusted_proxies = {"127.0.0.51"};
+  Served s(o);
+  const std::string post = "POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 200000\r\n\r\nx";
+  const int held = connect_from("127.0.0.51", s.port());
+  send_all(held, post);
+  std::this_thread::sleep_for(100ms);
+  CHECK(s.count(Kind::Refused) == 0);
+  CHECK(s.server->stats().buffered_bytes >= 200000);
+  ::close(held);
+}
+
+TEST_CASE("the admit hook refuses at the head: the body is never read nor counted") {
+  std::atomic<int> handled{0};
+  auto o = options();
+  o.limits.max_buffered_bytes = 1024 * 1024;
+  o.limits.max_body_bytes = 512 * 1024;
+  o.limits.body_timeout = 5000ms;
+  o.limits.head_timeout = 5000ms;
+  std::atomic<bool> saw_peer{false};
+  o.admit = [&](const Request& head) -> std::optional<Reply> {
+    saw_peer = head.peer_address == "127.0.0.61" && head.body.empty();
+    if (head.method != "POST" || head.header("x-station")) return std::nullopt;
+    Reply r;
+    r.status = 401;
+    r.content_type = "application/problem+json";
+    r.body = "{\"type\":\"https://keyline.example/problems/client-certificate-required\",\"status\":401}";
+    return r;
+  };
+  Served s(o, [&](const Request& r) {
+    ++handled;
+    Reply rep;
+    rep.body = r.body.substr(0, 3);
+    return rep;
+  });
+  const int fd = connect_from("127.0.0.61", s.port());
+  // Expect: 100-continue: the client waits for a go-ahead it never gets, so it never sends the body.
+  send_all(fd, "POST /v1/records HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 400000\r\n\r\n");
+  const auto got = read_until(fd, responses(1), 3000ms);
+  CHECK(got.elapsed < 1000ms);
+  CHECK(got.data.rfind("HTTP/1.1 401", 0) == 0);  // no 100 Continue before it
+  const auto rs = parse_responses(got.data);
+  REQUIRE(rs.size() == 1);
+  check_problem(rs[0], 401, "client-certificate-required");
+  CHECK(saw_peer);
+  CHECK(s.server->stats().buffered_bytes < 64 * 1024);  // the 400 000 were never reserved
+  CHECK(wait_closed(fd) < 3000ms);
+  ::close(fd);
+  CHECK(handled == 0);
+  // Nine more refused heads of 400 000 bytes leave the budget to a request that is let through.
+  std::vector<int> refused;
+  for (int i = 0; i < 9; ++i) {
+    refused.push_back(connect_from("127.0.0.62", s.port()));
+    send_all(refused.back(), "POST /v1/records HTTP/1.1\r\nHost: t\r\nContent-Length: 400000\r\n\r\n");
+  }
+  std::this_thread::sleep_for(100ms);
+  CHECK(s.server->stats().buffered_bytes < 64 * 1024);
+  CHECK(exchange(s.port(), "POST /v1/records HTTP/1.1\r\nHost: t\r\nX-Station: 1\r\nContent-Length: 3\r\n\r\nabc", "127.0.0.63")
+            .status == 200);
+  CHECK(handled == 1);
+  for (int r : refused) ::close(r);
+}
+
+TEST_CASE("the per-client caps count an IPv6 client by its /64") {
+  CHECK(client_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd") == "2001:db8:1:2::/64");
+  CHECK(client_key("2001:db8:1:2::1") == "2001:db8:1:2::/64");
+  CHECK(client_key("2001:DB8:1:2:ffff::9") == "2001:db8:1:2::/64");
+  CHECK(client_key("2001:db8:1:3::1") == "2001:db8:1:3::/64");
+  CHECK(client_key("fe80::1") == "fe80::/64");
+  CHECK(client_key("::1") == "::1");  // the loopback address is one host, and the operator's
+  CHECK(client_key("192.0.2.7") == "192.0.2.7");
+  CHECK(client_key("127.0.0.1") == "127.0.0.1");
 }

@@ -8,8 +8,10 @@
 // client costs a descriptor and a small buffer, never a thread.
 //
 // Limits: a cap on connections in total and per client address (a refused connection gets a 503
-// problem document where one can be sent, and is counted); idle keep-alive connections are closed
-// oldest first when the total cap is reached, before any new connection is refused. Malformed
+// problem document where one can be sent, and is counted); idle keep-alive connections, then
+// connections that have not yet finished their TLS handshake or first request head, are closed
+// oldest first when the total cap is reached, before any new connection is refused. The bytes held
+// for requests are capped in total and per client address (client_key: an IPv6 client is its /64). Malformed
 // requests (bad Content-Length, a head too long, a bad request line) get an RFC 9457 problem
 // document, a log line and a count, never silence.
 #pragma once
@@ -19,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -78,7 +81,17 @@ struct ServerLimits {
   // requests waiting for or in a worker, replies being written. A body that does not fit what is
   // left gets 503 (Retry-After) before any of it is read, as does a head while the budget is spent.
   std::size_t max_buffered_bytes = 64 * 1024 * 1024;
+  // Of max_buffered_bytes, what one client (client_key of the peer address) may hold at head time:
+  // over it, its head gets the same 503, other clients are not affected. A trusted proxy is exempt
+  // (as from max_per_client). 0 = max_buffered_bytes / 16.
+  std::size_t max_buffered_per_client = 0;
 };
+
+// A request head, parsed, before anything of its body is read or counted against the buffer budget:
+// a reply refuses the request there (sent with Connection: close, the body never read); nullopt
+// lets it go on. Runs on an I/O thread: thread-safe, and cheap (no database, no blocking). The
+// Request has no body; peer_address, client_address, secure and peer_certificate_der are set.
+using AdmitHook = std::function<std::optional<Reply>(const Request& head)>;
 
 struct ServerOptions {
   std::string name = "keyline";  // for logs, thread names (<name>-io0, <name>-w0, without "keyline-") and the TLS session id context
@@ -101,7 +114,13 @@ struct ServerOptions {
   bool check_host = false;
   std::vector<std::string> allowed_hosts;
   ServerLimits limits;
+  AdmitHook admit;  // optional: refuses a request at its head (the public DB: a publish with no station certificate)
 };
+
+// The client a per-client cap counts a peer address against: the address itself, except that an
+// IPv6 address (not ::1) counts as its /64 ("2001:db8:1:2::/64"): one host is given a whole /64
+// and picks any address in it (RFC 4291, RFC 8981), so per-address caps would not hold it.
+std::string client_key(const std::string& peer_address);
 
 // What the server did to a connection or request on its own (no handler involved).
 struct Event {
@@ -113,7 +132,8 @@ struct Event {
     BodyTimeout,       // body not complete in time
     WriteTimeout,      // reply not taken by the client in time
     Malformed,         // a problem document was sent (status says which)
-    IdleClosed,        // an idle keep-alive connection closed to make room
+    IdleClosed,        // at the total cap, an idle keep-alive connection, or one that has not finished its
+                       // TLS handshake or first request head, closed to make room (detail says which)
   };
   static constexpr std::size_t kKinds = 8;  // keep equal to the number of kinds above
   Kind kind;
@@ -139,7 +159,7 @@ struct ServerStats {
   std::uint64_t refused = 0;
   std::uint64_t timed_out = 0;  // handshake, head, body and write deadlines together
   std::uint64_t malformed = 0;
-  std::uint64_t idle_closed = 0;
+  std::uint64_t idle_closed = 0;  // IdleClosed events (idle and unfinished connections)
   std::uint64_t accept_paused = 0;  // times accepting paused at the descriptor limit (EMFILE/ENFILE)
   std::size_t buffered_bytes = 0;   // counted against ServerLimits::max_buffered_bytes now
 };
