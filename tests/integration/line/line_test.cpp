@@ -20,11 +20,15 @@
 #include "keyline/station/keys.h"
 #include "keyline/station/line.h"
 #include "keyline/station/pool.h"
+#include "station_fixture.h"
 #include "testenv.h"
 
 namespace fs = std::filesystem;
 using namespace keyline;
 using namespace keyline::station;
+
+using test_fixture::count;
+using test_fixture::Fleet;
 
 namespace {
 
@@ -34,54 +38,11 @@ std::string write_temp(const std::string& name, const std::string& text) {
   return path;
 }
 
+// The line engine's station.
 StationConfig line_config() {
-  static std::once_flag once;
-  static StationConfig cfg;
-  std::call_once(once, [] {
-    const auto hsm = test::hsm_env();
-    cfg.hsm_module = hsm.module;
-    cfg.token_label = hsm.label;
-    cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
-    cfg.channel = "plain";  // fixture devices are made without a chip vendor
-    cfg.pki_dir = test::testenv_dir() + "/station-pki";
-    cfg.station_id = "itest-line";
-    complete_config(cfg, "");
-    std::ostringstream out;
-    try {
-      keys_init(cfg, KeysInitOptions{}, out);
-    } catch (const core::Error& e) {
-      if (e.code() != errc::KeysExist) throw;
-    }
-  });
+  static const StationConfig cfg = test_fixture::fixture_station_config("itest-line");
   return cfg;
 }
-
-// A fleet served by the real keyline-device program; its "listening" lines are the fleet file. Port 0:
-// each device gets its own ephemeral port, so no port range collides with tests running alongside.
-struct Fleet {
-  std::string dir, out;
-  int pid = 0;
-  explicit Fleet(int n, const std::string& rom_ca) {
-    static int seq = 0;
-    dir = test::testenv_dir() + "/line-fleet-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
-    fs::remove_all(dir);
-    const std::string bin = test::binary_dir() + "/bin/keyline-device";
-    REQUIRE(std::system((bin + " make --dir '" + dir + "' --count " + std::to_string(n) + " --rom-ca '" + rom_ca +
-                         "' > /dev/null").c_str()) == 0);
-    out = dir + ".out";
-    REQUIRE(std::system((bin + " serve --quiet --fleet '" + dir + "' --listen 127.0.0.1:0 > '" + out + "' 2>/dev/null & echo $! > '" + dir +
-                         ".pid'").c_str()) == 0);
-    pid = std::stoi(test::read_file(dir + ".pid"));
-    for (int i = 0; i < 200 && (!fs::exists(out) || read_fleet_file(out).size() < static_cast<std::size_t>(n)); ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    REQUIRE(read_fleet_file(out).size() == static_cast<std::size_t>(n));
-  }
-  ~Fleet() {
-    if (pid > 0) ::kill(pid, SIGTERM);
-  }
-};
-
-std::int64_t count(core::pq::Connection& c, const std::string& sql) { return c.exec(sql).int64(0, 0); }
 
 }  // namespace
 
@@ -129,7 +90,7 @@ TEST_CASE("run: without a public DB nothing counts as done; --count stops the li
 
   Fleet fleet(8, cfg.pki_dir + "/root.pem");
   LineProfile profile;
-  profile.devices = read_fleet_file(fleet.out);
+  profile.devices = read_fleet_file(fleet.fleet_file());
   profile.concurrency = 3;
   profile.app_items = {{0x0F01, core::Bytes{1, 2, 3}}};
   LineOptions opt;
@@ -182,7 +143,7 @@ TEST_CASE("run: a device whose pooled key set was quarantined (4013) is retried 
 
   Fleet fleet(1, cfg.pki_dir + "/root.pem");
   LineProfile profile;
-  profile.devices = read_fleet_file(fleet.out);
+  profile.devices = read_fleet_file(fleet.fleet_file());
   profile.concurrency = 1;
   LineOptions opt;
   opt.publish_wait_ms = 0;
@@ -217,7 +178,7 @@ TEST_CASE("run: stored key sets that do not open several times in a row halt the
 
   Fleet fleet(2, cfg.pki_dir + "/root.pem");
   LineProfile profile;
-  profile.devices = read_fleet_file(fleet.out);
+  profile.devices = read_fleet_file(fleet.fleet_file());
   profile.concurrency = 1;
   LineOptions opt;
   opt.publish_wait_ms = 0;

@@ -1,6 +1,6 @@
-// Fixtures of the flow and key-source tests: a station database, the fixture token's station keys and
-// a fleet of emulated devices served by the real keyline-device program (the same helpers as
-// station_pool_test.cpp, which keeps its own).
+// Fixtures of the station tests (flow, key sources, pool and claims: tests/integration/station) and of
+// the line engine's (tests/integration/line): a station database, the fixture token's station keys and
+// a fleet of emulated devices served by the real keyline-device program.
 #pragma once
 
 #include <signal.h>
@@ -28,6 +28,7 @@
 
 namespace keyline::station::test_fixture {
 
+// A fresh station database with the station's migrations applied.
 inline core::pq::Connection fresh_station_db(const char* prefix, std::string* conninfo = nullptr) {
   const std::string ci = test::pg_env().create_database(prefix);
   if (conninfo) *conninfo = ci;
@@ -40,26 +41,31 @@ inline std::int64_t count(core::pq::Connection& c, const std::string& sql, const
   return c.exec(sql, p).int64(0, 0);
 }
 
-// The fixture token with the station's keys, made once per ctest run.
+// Station `station_id` on the fixture token with the station's keys, made once per ctest run (the token
+// lives as long as the run; the PKI directory is rewritten by the run that creates the keys). A test
+// process asks once and keeps the answer (station_config()).
+inline StationConfig fixture_station_config(const std::string& station_id) {
+  StationConfig cfg;
+  const auto hsm = test::hsm_env();
+  cfg.hsm_module = hsm.module;
+  cfg.token_label = hsm.label;
+  cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
+  cfg.channel = "plain";  // fixture devices are made without a chip vendor
+  cfg.pki_dir = test::testenv_dir() + "/station-pki";
+  cfg.station_id = station_id;
+  complete_config(cfg, "");
+  std::ostringstream out;
+  try {
+    keys_init(cfg, KeysInitOptions{}, out);
+  } catch (const core::Error& e) {
+    if (e.code() != errc::KeysExist) throw;
+  }
+  return cfg;
+}
+
+// The flow and key-source tests' station.
 inline StationConfig station_config() {
-  static std::once_flag once;
-  static StationConfig cfg;
-  std::call_once(once, [] {
-    const auto hsm = test::hsm_env();
-    cfg.hsm_module = hsm.module;
-    cfg.token_label = hsm.label;
-    cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
-    cfg.channel = "plain";  // fixture devices are made without a chip vendor
-    cfg.pki_dir = test::testenv_dir() + "/station-pki";
-    cfg.station_id = "itest-flow";
-    complete_config(cfg, "");
-    std::ostringstream out;
-    try {
-      keys_init(cfg, KeysInitOptions{}, out);
-    } catch (const core::Error& e) {
-      if (e.code() != errc::KeysExist) throw;
-    }
-  });
+  static const StationConfig cfg = fixture_station_config("itest-flow");
   return cfg;
 }
 
@@ -69,13 +75,14 @@ class Fleet {
   Fleet(int n, const std::string& rom_ca, const std::string& extra = {}) {
     namespace fs = std::filesystem;
     static int seq = 0;
-    m_dir = test::testenv_dir() + "/flow-fleet-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
+    m_dir = test::testenv_dir() + "/fleet-" + std::to_string(::getpid()) + "-" + std::to_string(++seq);
     fs::remove_all(m_dir);
     const std::string bin = test::binary_dir() + "/bin/keyline-device";
     const std::string make = bin + " make --dir '" + m_dir + "' --count " + std::to_string(n) + " --rom-ca '" +
                              rom_ca + "' > '" + m_dir + ".make.log' 2>&1";
     REQUIRE(std::system(make.c_str()) == 0);
-    const std::string out = m_dir + ".serve.out";
+    const std::string out = fleet_file();
+    // Port 0: each device gets its own port from the kernel (a run of consecutive free ports is luck).
     const std::string serve = bin + " serve --quiet " + extra + " --fleet '" + m_dir + "' --listen 127.0.0.1:0 > '" +
                               out + "' 2> '" + m_dir + ".serve.err' & echo $! > '" + m_dir + ".pid'";
     REQUIRE(std::system(serve.c_str()) == 0);
@@ -88,6 +95,7 @@ class Fleet {
       while (in >> word >> addr >> chip >> dir)
         if (word == "listening") m_endpoints.push_back(addr);
     }
+    // A throwing constructor runs no destructor: stop the server here before failing.
     if (static_cast<int>(m_endpoints.size()) != n) ::kill(m_pid, SIGTERM);
     REQUIRE(static_cast<int>(m_endpoints.size()) == n);
   }
@@ -97,6 +105,8 @@ class Fleet {
   Fleet(const Fleet&) = delete;
   Fleet& operator=(const Fleet&) = delete;
   const std::vector<std::string>& endpoints() const { return m_endpoints; }
+  // What the server printed: its "listening" lines are a fleet file (station/line.h read_fleet_file).
+  std::string fleet_file() const { return m_dir + ".serve.out"; }
 
  private:
   std::string m_dir;

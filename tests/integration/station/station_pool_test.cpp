@@ -38,48 +38,22 @@
 #include "keyline/station/keys.h"
 #include "keyline/station/personalize.h"
 #include "keyline/station/pool.h"
+#include "station_fixture.h"
 #include "testenv.h"
 
 namespace fs = std::filesystem;
 using namespace keyline;
 using namespace keyline::station;
 
+using test_fixture::count;
+using test_fixture::Fleet;
+using test_fixture::fresh_station_db;
+
 namespace {
 
-// A fresh station database with the station's migrations applied.
-core::pq::Connection fresh_station_db(const char* prefix, std::string* conninfo = nullptr) {
-  const std::string ci = test::pg_env().create_database(prefix);
-  if (conninfo) *conninfo = ci;
-  core::pq::Connection c(ci);
-  migrate_station_db(c);
-  return c;
-}
-
-std::int64_t count(core::pq::Connection& c, const std::string& sql, const core::pq::Params& p = {}) {
-  return c.exec(sql, p).int64(0, 0);
-}
-
-// The fixture token with the station's keys, made once per ctest run (the token lives as long as the
-// run; the PKI directory is rewritten by the run that creates the keys).
+// The pool and claim tests' station.
 StationConfig station_config() {
-  static std::once_flag once;
-  static StationConfig cfg;
-  std::call_once(once, [] {
-    const auto hsm = test::hsm_env();
-    cfg.hsm_module = hsm.module;
-    cfg.token_label = hsm.label;
-    cfg.pin_file = test::testenv_dir() + "/hsm/user.pin";
-    cfg.channel = "plain";  // fixture devices are made without a chip vendor
-    cfg.pki_dir = test::testenv_dir() + "/station-pki";
-    cfg.station_id = "itest-station";
-    complete_config(cfg, "");
-    std::ostringstream out;
-    try {
-      keys_init(cfg, KeysInitOptions{}, out);
-    } catch (const core::Error& e) {
-      if (e.code() != errc::KeysExist) throw;
-    }
-  });
+  static const StationConfig cfg = test_fixture::fixture_station_config("itest-station");
   return cfg;
 }
 
@@ -87,46 +61,6 @@ void write_text(const std::string& path, const std::string& text) {
   std::ofstream o(path, std::ios::trunc);
   o << text;
 }
-
-// A fleet of emulated devices served by the real keyline-device program.
-class Fleet {
- public:
-  explicit Fleet(int n, const std::string& rom_ca) {
-    m_dir = test::testenv_dir() + "/station-fleet-" + std::to_string(::getpid()) + "-" + std::to_string(++s_seq);
-    fs::remove_all(m_dir);
-    const std::string bin = test::binary_dir() + "/bin/keyline-device";
-    const std::string make = bin + " make --dir '" + m_dir + "' --count " + std::to_string(n) + " --rom-ca '" +
-                             rom_ca + "' > '" + m_dir + ".make.log' 2>&1";
-    REQUIRE(std::system(make.c_str()) == 0);
-    const std::string out = m_dir + ".serve.out";
-    // Port 0: each device gets its own port from the kernel (a run of consecutive free ports is luck).
-    const std::string serve = bin + " serve --quiet --fleet '" + m_dir + "' --listen 127.0.0.1:0 > '" + out +
-                              "' 2> '" + m_dir + ".serve.err' & echo $! > '" + m_dir + ".pid'";
-    REQUIRE(std::system(serve.c_str()) == 0);
-    m_pid = std::stoi(test::read_file(m_dir + ".pid"));
-    for (int i = 0; i < 200 && static_cast<int>(m_endpoints.size()) < n; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      m_endpoints.clear();
-      std::ifstream in(out);
-      std::string word, addr, chip, dir;
-      while (in >> word >> addr >> chip >> dir)
-        if (word == "listening") m_endpoints.push_back(addr);
-    }
-    // A throwing constructor runs no destructor: stop the server here before failing.
-    if (static_cast<int>(m_endpoints.size()) != n) ::kill(m_pid, SIGTERM);
-    REQUIRE(static_cast<int>(m_endpoints.size()) == n);
-  }
-  ~Fleet() {
-    if (m_pid > 0) ::kill(m_pid, SIGTERM);
-  }
-  const std::vector<std::string>& endpoints() const { return m_endpoints; }
-
- private:
-  static inline int s_seq = 0;
-  std::string m_dir;
-  int m_pid = 0;
-  std::vector<std::string> m_endpoints;
-};
 
 }  // namespace
 
