@@ -680,7 +680,7 @@ TEST_CASE("SecureChannel closes the link at the first bad answer and stays close
   CHECK_THROWS_CODE(over_forged.transmit(command_with(1)), SecureChannel);
 }
 
-TEST_CASE("kMaxPlainPiece fits a short APDU in S8 and S16; one byte more does not in S16") {
+TEST_CASE("kMaxPlainPiece fits a short APDU in S8 and S16, one byte more does not in S16") {
   for (std::size_t mac_len : {8, 16}) {
     scp::SecureMessaging host = session_pair(mac_len).first;
     CHECK(host.wrap_command(command_with(scp11::kMaxPlainPiece)).data.size() == 224 + mac_len);

@@ -235,7 +235,7 @@ TEST_CASE("more distinct certificates than the memory holds: each still gets the
   CHECK_FALSE(auth.check(last, Clock::now()).allowed);
 }
 
-TEST_CASE("load_station_authority: a CA file works; a missing file, no certificate or a leaf is ConfigError") {
+TEST_CASE("load_station_authority: a CA file works, a missing file, no certificate or a leaf is ConfigError") {
   auto& p = pki();
   const auto dir = std::filesystem::temp_directory_path() / ("station-auth-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);

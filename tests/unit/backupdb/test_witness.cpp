@@ -61,7 +61,7 @@ struct Fixture {
 
 }  // namespace
 
-TEST_CASE("witness: cosigns the first checkpoint, then growth proved consistent; the cosignature verifies") {
+TEST_CASE("witness: cosigns the first checkpoint, then growth proved consistent, the cosignature verifies") {
   Fixture f;
   auto w = f.make();
   f.grow(f.tree, 5);

@@ -172,7 +172,7 @@ TEST_CASE("a log of another root does not verify from its first line") {
   CHECK(line == 1);
 }
 
-TEST_CASE("a torn last line is named; an intent without outcome is a warning") {
+TEST_CASE("a torn last line is named, an intent without outcome is a warning") {
   TempLog t;
   const auto key = new_key();
   CeremonyLog log(t.path, key, key, rng());

@@ -366,7 +366,7 @@ TEST_CASE("read_identity refuses a subject serialNumber that is not an IMEI") {
 
 // --- the station certificate profile and server certificates (docs/decisions.md) -------------------
 
-TEST_CASE("the station certificate has the station profile; a server certificate never has it") {
+TEST_CASE("the station certificate has the station profile, a server certificate never has it") {
   auto& p = pki();
   Botan::ECDSA_PrivateKey svc_key(p.rng, p.p256), st_key(p.rng, p.p256), srv_key(p.rng, p.p256);
   const auto svc = make_ca_certificate(p.root, p.root_key, svc_key, "keyline Test Service CA", "keyline test", 0, p.rng);

@@ -68,7 +68,7 @@ TEST_CASE("data package v2: one key without the other is refused, in encode and 
   CHECK_THROWS_AS(DataPackage::decode(encode_dgis(without)), FormatError);
 }
 
-TEST_CASE("data package v1: the keys stay required; a v1 header without them is refused") {
+TEST_CASE("data package v1: the keys stay required, a v1 header without them is refused") {
   auto p = as_sent();
   p.keys_in_device = false;
   CHECK_THROWS_AS(p.encode(), FormatError);

@@ -58,7 +58,7 @@ std::string profile_refusal(const std::string& path) {
 
 }  // namespace
 
-TEST_CASE("station config: TOML sets the settings; the environment and flags win over it") {
+TEST_CASE("station config: TOML sets the settings, the environment and flags win over it") {
   CleanEnv env;
   const auto file = temp_file("st.toml", "# line1\nstation_id = \"line1\"\ndb = \"dbname=s\"\nchannel = \"plain\"\n"
                                          "short_apdus = true\n");
@@ -132,7 +132,7 @@ TEST_CASE("line profile: TOML, with application items as a table") {
   CHECK(load_profile(std::string(src) + "/packaging/config/line-line1.toml").devices.size() == 2);
 }
 
-TEST_CASE("line profile: JSON still read; TOML refusals name the line") {
+TEST_CASE("line profile: JSON still read, TOML refusals name the line") {
   CHECK(load_profile(temp_file("p.json", R"({"devices":["h:1"],"concurrency":2})")).concurrency == 2);
   const auto unknown = temp_file("pu.toml", "concurrency = 2\ndevice = [\"h:1\"]\n");
   CHECK(profile_refusal(unknown).find(unknown + ":2: unknown field \"device\"") != std::string::npos);

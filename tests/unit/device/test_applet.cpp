@@ -249,7 +249,7 @@ TEST_CASE("recovery path: UPDATE BINARY into staging, boot verifies before it re
   CHECK_FALSE(fs::exists(paths.staging()));
 }
 
-TEST_CASE("reset to blank when allowed; then a new personalization is accepted") {
+TEST_CASE("reset to blank when allowed, then a new personalization is accepted") {
   device::DeviceOptions o;
   o.allow_reset = true;
   Rig rig(o);

@@ -39,7 +39,7 @@ device::CardOptions t0_card() {
 
 }  // namespace
 
-TEST_CASE("card_atr: the default is kAtr; t0 offers T=0 only; --no-extended says so in the card capabilities") {
+TEST_CASE("card_atr: the default is kAtr, t0 offers T=0 only, --no-extended says so in the card capabilities") {
   const core::Bytes def = device::card_atr({});
   CHECK(def == core::Bytes(std::begin(device::kAtr), std::end(device::kAtr)));
   const auto d = core::parse_atr(def);
@@ -84,7 +84,7 @@ TEST_CASE("T=0: case 4 with Le is refused, without Le it is announced by 61XX an
   CHECK(rig.raw({0x00, 0xC0, 0x00, 0x00, 0x07}).sw == core::sw::ok);
 }
 
-TEST_CASE("T=0: a case 2 command with the wrong Le is answered 6CXX; core::transceive re-sends it") {
+TEST_CASE("T=0: a case 2 command with the wrong Le is answered 6CXX, core::transceive re-sends it") {
   CardRig rig(t0_card());
   CHECK(rig.raw({0x80, 0xCA, 0x9F, 0x7F, 0x00}).sw == 0x6C2D);
   const auto exact = rig.raw({0x80, 0xCA, 0x9F, 0x7F, 0x2D});

@@ -34,7 +34,7 @@ TEST_CASE("problem documents carry the service's type base, status and detail") 
   CHECK(header(problem.unavailable("later", "5"), "Retry-After") == "5");
 }
 
-TEST_CASE("guarded: the database is 503 with Retry-After, anything else 500; their text stays in the log") {
+TEST_CASE("guarded: the database is 503 with Retry-After, anything else 500, their text stays in the log") {
   const http::Problems problem{"https://keyline.example/problems/"};
   const auto db = problem.guarded([]() -> http::Reply {
     throw core::DbError(core::ErrorCode::DbConnection, "could not connect to host 10.0.0.7 password=hunter2");

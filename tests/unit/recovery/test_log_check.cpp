@@ -280,7 +280,7 @@ TEST_CASE("log check: a forked tree after a good checkpoint is refused (exit 5) 
   CHECK(s.state() == "40 " + b64(s.log.tree.root()) + " " + kOrigin + "\n");
 }
 
-TEST_CASE("log check: a record not yet integrated is waited for, then exit 4; --no-log-check checks nothing") {
+TEST_CASE("log check: a record not yet integrated is waited for, then exit 4, --no-log-check checks nothing") {
   Served s;
   s.log.add(record_of(0));
   s.log.not_integrated = true;
@@ -326,7 +326,7 @@ TEST_CASE("log key: exactly one of --log-key / --log-key-file, a vkey text, a fi
   CHECK_THROWS_AS(recovery::load_log_key(o), core::ConfigError);
 }
 
-TEST_CASE("log state: round trip with an origin holding spaces; malformed lines are LogStateBad (exit 2)") {
+TEST_CASE("log state: round trip with an origin holding spaces, malformed lines are LogStateBad (exit 2)") {
   recovery::LogState st;
   merkle::Hash h{};
   h[0] = 7;
@@ -369,7 +369,7 @@ TEST_CASE("log answers: wrong types, negative or missing fields, non-base64 hash
   CHECK(recovery::parse_consistency_answer("{\"size1\":2,\"size2\":3,\"proof\":[\"AA==\"]}", 2, 3).size() == 1);
 }
 
-TEST_CASE("log monitor: every tile and entry recomputed, then growth followed; a tampered tile and a fork are refused") {
+TEST_CASE("log monitor: every tile and entry recomputed, then growth followed, a tampered tile and a fork are refused") {
   Served s;
   for (int i = 0; i < 600; ++i) s.log.add(record_of(i));  // two full level-0 tiles and a partial one
   recovery::MonitorOptions mo{s.db, s.opts, true};

@@ -95,7 +95,7 @@ TEST_CASE("log_verify: only the form's fields, each once") {
   refused(R"({"size1":1,"size2":8,"root1":")" + kLeaf0 + R"(","root2":")" + kRoot8 + R"(","proof":[]})", "unknown field");
 }
 
-TEST_CASE("log_verify: hashes are strict base64 strings of any length; proof null or [] is empty") {
+TEST_CASE("log_verify: hashes are strict base64 strings of any length, proof null or [] is empty") {
   const std::string head = R"({"leafIdx":0,"treeSize":1,"root":")" + kLeaf0 + R"(","leafHash":")" + kLeaf0 + R"(","proof":)";
   CHECK(lv::parse_inclusion(head + "null}").proof.empty());
   CHECK(lv::parse_inclusion(head + "[]}").proof.empty());

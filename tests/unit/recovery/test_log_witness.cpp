@@ -126,7 +126,7 @@ TEST_CASE("log witness: --witnesses 1 refuses an uncosigned checkpoint (exit 3, 
   CHECK(s.state_written());
 }
 
-TEST_CASE("log witness: an unlisted witness or a cosignature over another tree does not count; N above the keys is usage") {
+TEST_CASE("log witness: an unlisted witness or a cosignature over another tree does not count, N above the keys is usage") {
   WitnessedLog s;
   s.cosigners = {&s.w2};  // a real cosignature, by a witness the user did not pin
   CHECK(s.refusal() == recovery::errc::LogNotWitnessed);

@@ -109,7 +109,8 @@ void verify_record(const core::Record& record, const core::ChipId& device_chip,
 // an offset, not a short EF identifier). Throws VerificationFailed when the image does not fit.
 std::vector<core::CommandApdu> update_binary_commands(const core::Bytes& image);
 
-// The BOOT STAGED answer: IMEI (15 ASCII) || SHA-256 identity key (32) || SHA-256 transport key (32, optional).
+// The BOOT STAGED answer: IMEI (15 ASCII) || SHA-256 identity key (32) || SHA-256 transport key (32),
+// exactly 79 bytes (core::applet::parse_boot_answer refuses any other length).
 struct BootAnswer {
   core::Imei imei = core::Imei::parse("490154203237518");
   std::string identity_key_sha256;

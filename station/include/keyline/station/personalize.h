@@ -106,8 +106,10 @@ class JournalDb {
   core::pq::GroupCommit* m_group = nullptr;
 };
 
-// Fault hook for crash tests: called at each step boundary with the step just reached; a test
-// (or KEYLINE_STATION_CRASH_AT=<step>) makes it abort the process there.
+// Fault hook for crash tests: called at each step boundary with the step just reached; a test makes
+// it abort the process there. Only the test build's keyline-station-faulty sets one (--crash-at or
+// KEYLINE_STATION_CRASH_AT=<step>, tests/support/station_faulty_main.cpp); the operator's
+// keyline-station never does.
 using StepHook = std::function<void(Step, const std::string& chip_id)>;
 
 class Personalizer {
