@@ -276,6 +276,16 @@ const char* record_invalid_detail(core::ErrorCode code) noexcept {
   }
 }
 
+// At the head, on an I/O thread, before anything of the body is read or counted (core/http_server.h,
+// AdmitHook): a publish without a station certificate, or with one the StationAuthority refuses,
+// gets the refusal publish would give, so anonymous clients cannot reserve the buffer budget with
+// large Content-Lengths. The check is a cached digest lookup (station_auth.h); publish checks again.
+std::optional<Reply> admit_public(Shared& s, const Request& head) {
+  if (head.method != "POST" || route_of(head) != "publish") return std::nullopt;
+  std::string station;
+  return check_station(s, head, station);
+}
+
 std::string route_of(const Request& req) {
   const auto parts = path_segments(req.path);
   if (parts.size() == 1 && (parts[0] == "healthz" || parts[0] == "metrics")) return parts[0];

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "keyline/backupdb/config.h"
@@ -39,6 +40,9 @@ struct Shared {
 // The route label of a request (metrics and log), from its path alone.
 std::string route_of(const core::http::Request& req);
 
+// The public listener's head check (core::http::AdmitHook): a publish's refusal for want of a station
+// certificate, before its body is read; nullopt for anything else.
+std::optional<core::http::Reply> admit_public(Shared& s, const core::http::Request& head);
 // The public listener. Never throws: failures become problem documents, their detail goes to
 // Reply::log_detail.
 core::http::Reply handle_public(Shared& s, const core::http::Request& req);

@@ -98,8 +98,10 @@ int serve(const Config& config) {
   const auto access = [&s](const http::Request& q, const http::Reply& r, std::chrono::microseconds t) {
     log_access(s, q, r, t);
   };
+  auto options = public_options(config);
+  options.admit = [&s](const http::Request& head) { return admit_public(s, head); };
   http::Server api(
-      public_options(config), [&s](const http::Request& q) { return handle_public(s, q); },
+      std::move(options), [&s](const http::Request& q) { return handle_public(s, q); },
       [&s](const http::Event& e) { log_event(s, e, "public"); }, access);
   http::Server ops(
       http::operations_listener("keyline-backupdb-ops", config.ops_listen), [&s](const http::Request& q) { return handle_ops(s, q); },
