@@ -45,20 +45,11 @@ using namespace keyline::core;
 namespace {
 
 // All the PKI the tests need, made once per process in a temp dir.
-struct Pki {
-  std::string dir;
-  Botan::AutoSeeded_RNG rng;
-  std::unique_ptr<Botan::ECDSA_PrivateKey> root_key, device_ca_key, other_root_key, other_ca_key;
-  std::unique_ptr<Botan::X509_Certificate> root, device_ca, other_root, other_ca;
+struct Pki : DevicePkiBase {
+  std::unique_ptr<Botan::ECDSA_PrivateKey> other_root_key, other_ca_key;
+  std::unique_ptr<Botan::X509_Certificate> other_root, other_ca;
 
-  Pki() {
-    char tmpl[] = "/tmp/kl-backupdb-test.XXXXXX";
-    dir = mkdtemp(tmpl);
-    root_key = new_key(rng);
-    root = std::make_unique<Botan::X509_Certificate>(make_root_certificate(*root_key, "Test Root", "keyline test", rng));
-    device_ca_key = new_key(rng);
-    device_ca = std::make_unique<Botan::X509_Certificate>(
-        make_ca_certificate(*root, *root_key, *device_ca_key, "Test Device CA", "keyline test", 0, rng));
+  Pki() : DevicePkiBase("/tmp/kl-backupdb-test.XXXXXX") {
     other_root_key = new_key(rng);
     other_root = std::make_unique<Botan::X509_Certificate>(
         make_root_certificate(*other_root_key, "Other Root", "elsewhere", rng));
@@ -127,11 +118,6 @@ struct Pki {
                                                 ca.subject_dn(), dn, ext);
     write_file(dir + "/" + name + ".pem", to_pem(cert));
     write_file(dir + "/" + name + ".key", Botan::PKCS8::PEM_encode(*key));
-  }
-
-  ~Pki() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
   }
 
   // A well-formed record for chip/IMEI; `salt` changes the backup so the content differs.

@@ -54,21 +54,10 @@ namespace {
 constexpr const char* kOrigin = "keyline-test-log";
 
 // The device PKI, TLS for the server and one station, and the log token's PIN file.
-struct Pki {
-  std::string dir;
-  Botan::AutoSeeded_RNG rng;
+struct Pki : DevicePkiBase {
   std::mutex rng_mutex;
-  std::unique_ptr<Botan::ECDSA_PrivateKey> root_key, device_ca_key;
-  std::unique_ptr<Botan::X509_Certificate> root, device_ca;
 
-  Pki() {
-    char tmpl[] = "/tmp/kl-tlog-test.XXXXXX";
-    dir = mkdtemp(tmpl);
-    root_key = new_key(rng);
-    root = std::make_unique<Botan::X509_Certificate>(make_root_certificate(*root_key, "Test Root", "keyline test", rng));
-    device_ca_key = new_key(rng);
-    device_ca = std::make_unique<Botan::X509_Certificate>(
-        make_ca_certificate(*root, *root_key, *device_ca_key, "Test Device CA", "keyline test", 0, rng));
+  Pki() : DevicePkiBase("/tmp/kl-tlog-test.XXXXXX") {
     write_file(dir + "/root.pem", to_pem(*root));
     auto svc_key = new_key(rng);
     auto svc = make_ca_certificate(*root, *root_key, *svc_key, "Test Service CA", "keyline test", 0, rng);
@@ -94,10 +83,6 @@ struct Pki {
     module = test::read_file(dir + "/hsm/module");
   }
   std::string module;
-  ~Pki() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
 
   // Record n, the same bytes every time it is asked for (its hash is what the log holds).
   Record record(std::uint32_t n) {
