@@ -102,6 +102,10 @@ int main(int argc, char** argv) {
   serve->add_option("--tls-key", cfg.tls_key, "server private key (PEM)")->envname("KEYLINE_BACKUPDB_TLS_KEY");
   serve->add_option("--station-ca", cfg.station_ca, "issuer(s) of the station certificates allowed to publish (PEM)")
       ->envname("KEYLINE_BACKUPDB_STATION_CA");
+  serve->add_option("--station-deny", cfg.station_deny,
+                    "station certificates that may no longer publish: SHA-256 fingerprints or issuer-serial lines "
+                    "(re-read when the file changes)")
+      ->envname("KEYLINE_BACKUPDB_STATION_DENY");
   serve->add_option("--trust", cfg.trust, "device root certificate(s) (PEM), repeatable")
       ->envname("KEYLINE_BACKUPDB_TRUST")->required();
   serve->add_option("--trusted-proxy", cfg.trusted_proxies, "peer address whose X-Forwarded-For names the client; repeatable")

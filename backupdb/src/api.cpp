@@ -115,9 +115,10 @@ Reply read_by_imei(Shared& s, const Request& req, const std::string& imei) {
   return represent(req, *rec, "");
 }
 
-// Who publishes: a current station certificate of a --station-ca issuer (backupdb/src/station_auth.h).
-// Sets station_id when allowed; otherwise returns the refusal.
-std::optional<Reply> check_station(Shared& s, const Request& req, std::string& station_id) {
+// Who publishes: a current station certificate of a --station-ca issuer, not on the --station-deny list
+// (backupdb/src/station_auth.h). Sets station_id and `who` (the log's "station ID serial S sha256 F")
+// when allowed; otherwise returns the refusal.
+std::optional<Reply> check_station(Shared& s, const Request& req, std::string& station_id, std::string& who) {
   if (!s.stations || !req.secure) return problem(401, "client-certificate-required", "publishing needs mutual TLS");
   if (req.peer_certificate_der.empty())
     return problem(401, "client-certificate-required", "present a station certificate to publish");
@@ -128,6 +129,7 @@ std::optional<Reply> check_station(Shared& s, const Request& req, std::string& s
     return r;
   }
   station_id = check.station_id;
+  who = check.log_detail;
   return std::nullopt;
 }
 
@@ -137,7 +139,8 @@ void add_leaf_index(Reply& r, std::int64_t leaf_index) {
   r.body.insert(r.body.size() - 1, ",\"leaf_index\":" + std::to_string(leaf_index));
 }
 
-Reply published(Shared& s, const core::Record& rec, const std::string& hash, const std::string& station) {
+// `who`: the station and its certificate (serial, SHA-256 fingerprint), for each outcome's log line.
+Reply published(Shared& s, const core::Record& rec, const std::string& hash, const std::string& who) {
   const auto res = s.store->publish(rec, hash);
   const std::string location = "/v1/records/" + rec.chip_id.str();
   const std::string json = "{\"chip_id\":\"" + rec.chip_id.str() + "\",\"record_hash\":\"" + hash +
@@ -147,10 +150,10 @@ Reply published(Shared& s, const core::Record& rec, const std::string& hash, con
       s.metrics.record_published();
       if (s.integrator) s.integrator->notify();
       return reply(201, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
-                   "station " + station);
+                   who);
     case PublishOutcome::Identical:
       return reply(200, "application/json", json, {{"Location", location}, {"ETag", "\"" + hash + "\""}},
-                   "identical re-publish by station " + station);
+                   "identical re-publish by " + who);
     case PublishOutcome::Conflict:
       break;
   }
@@ -162,26 +165,26 @@ Reply published(Shared& s, const core::Record& rec, const std::string& hash, con
                      {"conflict_on", res.conflict_on},
                      {"code", std::to_string(static_cast<int>(errc::PublishConflict))}});
   add_leaf_index(r, res.leaf_index);
-  r.log_detail = "station " + station;
+  r.log_detail = who;
   return r;
 }
 
 Reply publish(Shared& s, const Request& req) {
-  std::string station;
-  if (auto deny = check_station(s, req, station)) return *deny;
+  std::string station, who;
+  if (auto deny = check_station(s, req, station, who)) return *deny;
   if (!s.limiter->allow("station " + station)) {
     Reply r = too_many();
-    r.log_detail = "station " + station;
+    r.log_detail = who;
     return r;
   }
   if (!http::has_media_type(req, "application/json")) {
     Reply r = problem(415, "unsupported-media-type", "send the record as application/json");
-    r.log_detail = "station " + station;
+    r.log_detail = who;
     return r;
   }
   if (req.body.size() > s.config.body_limit) {  // the server refuses it first; kept for a direct caller
     Reply r = problem.too_large(s.config.body_limit);
-    r.log_detail = "station " + station;
+    r.log_detail = who;
     return r;
   }
   core::Record rec;
@@ -190,7 +193,7 @@ Reply publish(Shared& s, const Request& req) {
     rec = core::Record::from_json(req.body, &hash);
   } catch (const core::Error& e) {
     Reply r = problem(400, "bad-record", "the body is not a record", {{"code", std::to_string(e.numeric())}});
-    r.log_detail = "station " + station + ": " + e.what();
+    r.log_detail = who + ": " + e.what();
     return r;
   }
   try {
@@ -199,10 +202,10 @@ Reply publish(Shared& s, const Request& req) {
     // Which rule failed is public (docs/api.md), the failure's own text is not: it quotes
     // certificate names and library messages, so it goes to the log only.
     Reply r = problem(422, "record-invalid", record_invalid_detail(e.code()), {{"code", std::to_string(e.numeric())}});
-    r.log_detail = "station " + station + ": " + e.what();
+    r.log_detail = who + ": " + e.what();
     return r;
   }
-  return published(s, rec, hash, station);
+  return published(s, rec, hash, who);
 }
 
 // Each database node: the primary by a round trip now, the replicas as the read pool's checker last
@@ -282,8 +285,8 @@ const char* record_invalid_detail(core::ErrorCode code) noexcept {
 // large Content-Lengths. The check is a cached digest lookup (station_auth.h); publish checks again.
 std::optional<Reply> admit_public(Shared& s, const Request& head) {
   if (head.method != "POST" || route_of(head) != "publish") return std::nullopt;
-  std::string station;
-  return check_station(s, head, station);
+  std::string station, who;
+  return check_station(s, head, station, who);
 }
 
 std::string route_of(const Request& req) {

@@ -93,7 +93,11 @@ int serve(const Config& config) {
   s.limiter = std::make_unique<RateLimiter>(config.rate, config.rate_clients);
   if (!config.plain_http) {
     http::require_readable(config.station_ca, "--station-ca");
-    s.stations = std::make_unique<StationAuthority>(load_station_authority(config.station_ca));
+    s.stations = std::make_unique<StationAuthority>(
+        load_station_authority(config.station_ca, config.station_deny, s.log.get()));
+    if (!config.station_deny.empty())
+      std::fprintf(stdout, "keyline-backupdb: station deny list %s, %zu entries\n", config.station_deny.c_str(),
+                   s.stations->denied_entries());
   }
   const auto access = [&s](const http::Request& q, const http::Reply& r, std::chrono::microseconds t) {
     log_access(s, q, r, t);

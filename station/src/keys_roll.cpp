@@ -2,6 +2,9 @@
 // Devices certified before keep verifying: their data packages carry the Device CA that signed them and
 // every version chains to the same root.
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <botan/auto_rng.h>
 
@@ -106,6 +109,55 @@ void archive_current(Roll& r) {
   r.out << "keys: kept the certificate of " << old << " as " << name << "\n";
 }
 
+// The public DB's name for a station certificate in --station-deny: its DER's SHA-256 (docs/api.md).
+std::string deny_entry(const Botan::X509_Certificate& cert) {
+  std::string hex = cert.fingerprint("SHA-256");
+  hex.erase(std::remove(hex.begin(), hex.end(), ':'), hex.end());
+  return "sha256:" + hex;
+}
+
+constexpr const char* kRetiredFile = "retired-station-certs.txt";
+
+// The old version's private key is not destroyed: `keys init` and `install-cert` look for version 1's
+// label (a token without it gets a new version 1 or is refused), and a line started before the roll holds
+// the old label until it restarts. The deny entry, not the key's absence, is what stops it publishing.
+void say_old_key_kept(std::ostream& out, const std::string& old_label) {
+  out << "keys: " << old_label << " stays on the token: a line started before this roll still publishes with it "
+      << "until it restarts, and keys init and install-cert look for version 1's label\n";
+}
+
+// A station TLS roll leaves the replaced certificate valid (until its notAfter) and its key on the token,
+// so it could still publish: its deny entry goes to retired-station-certs.txt for the public DB's
+// --station-deny (docs/custody.md, "Roll"). Appended by rewriting the whole file atomically (0644: a
+// fingerprint is public); an entry already there is not written twice.
+void retire_station_cert(Roll& r, const Botan::X509_Certificate& old, const std::string& old_label) {
+  const std::string entry = deny_entry(old);
+  std::string text;
+  {
+    std::ifstream in(std::filesystem::path(r.config.pki_dir) / kRetiredFile, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  if (text.find(entry) == std::string::npos) {
+    if (text.empty())
+      text = "# Station TLS certificates retired by `keyline-station keys roll station-tls`: one --station-deny\n"
+             "# entry each for the public DB (keyline-backupdb serve --station-deny FILE, docs/api.md).\n";
+    else if (text.back() != '\n')
+      text += '\n';
+    text += entry + "  # " + r.config.station_id + " " + old_label + " serial " +
+            core::to_hex(old.serial_number()) + " valid until " + old.not_after().readable_string() + ", retired " +
+            custody::utc_now_text() + ", replaced by " + r.label + "\n";
+    pki_detail::write_public(r.config, kRetiredFile, text);
+  }
+  r.out << "keys: the replaced certificate of " << old_label << " stays valid until "
+        << old.not_after().readable_string() << ": " << kRetiredFile << " holds its entry\n"
+        << "keys:   " << entry << "\n"
+        << "keys: add it to the public DB's --station-deny file (it is re-read within a second, no restart), then "
+           "that certificate can no longer publish\n";
+  say_old_key_kept(r.out, old_label);
+}
+
 std::string organization_of(const Roll& r) {
   const auto present = pki_detail::read_certs(r.config, pki_file::device_ca);
   const auto o = present.empty() ? std::string() : present[0].subject_dn().get_first_attribute("X520.Organization");
@@ -125,12 +177,15 @@ std::string certify_here(Roll& r, const core::Pkcs11EcdsaPrivateKey& key) {
       ca ? core::make_ca_certificate(issuer[0], issuer_key, key, "Manufacturer Device CA v" + std::to_string(r.version),
                                      organization_of(r), 0, r.rng)
          : core::issue_station_certificate(issuer[0], issuer_key, key, r.config.station_id, r.rng);
+  const auto replaced = pki_detail::read_certs(r.config, r.cert_file());
+  const auto replaced_label = replaced.empty() ? std::string() : key_label_for(*r.token, r.base(), replaced[0]);
   archive_current(r);
   pki_detail::write_public(r.config, r.cert_file(), core::to_pem(cert) + (ca ? "" : core::to_pem(issuer[0])));
   if (ca) pki_detail::renew_oce_cert(r.config, r.token, cert, key, r.out);
   r.out << "keys: wrote " << r.cert_file() << " for " << r.label << " SHA-256 " << cert.fingerprint("SHA-256") << "\n"
         << "keys: " << (ca ? "devices personalized from now on are certified by " : "publishing uses ") << r.label
         << "; certificates issued before still verify under the root\n";
+  if (!ca && !replaced_label.empty()) retire_station_cert(r, replaced[0], replaced_label);
   return r.label + " certified, " + cert.fingerprint("SHA-256");
 }
 
@@ -151,6 +206,14 @@ std::string request_ceremony(Roll& r, const core::Pkcs11EcdsaPrivateKey& key) {
         << ")\n"
         << "keys: then keyline-station keys install-cert --root ROOT.pem --cert ...; until then " << r.cert_file()
         << " and its key stay in use\n";
+  // install-cert replaces the certificate, not the roll: its entry is for the public DB only after that.
+  const auto current = pki_detail::read_certs(r.config, r.cert_file());
+  if (!r.device_ca && !current.empty()) {
+    r.out << "keys: once install-cert has installed the new certificate, add the replaced one (" << deny_entry(current[0])
+          << ") to the public DB's --station-deny file\n";
+    const auto old_label = key_label_for(*r.token, r.base(), current[0]);
+    if (!old_label.empty()) say_old_key_kept(r.out, old_label);
+  }
   return r.label + " CSR " + file;
 }
 

@@ -4,6 +4,10 @@
 # with openssl against the root through its own Device CA version and not through the other, the data
 # package of each names its own CA, both publish (device 1 through the rolled station TLS key), both are
 # wiped and restored. A roll without a station database is refused and makes no key; the rolls are audited.
+# The replaced station TLS certificate (its key kept on the token) still publishes until its entry, from
+# retired-station-certs.txt (own root) or the roll's advice (ceremony), reaches the public DB's
+# --station-deny file (here KEYLINE_BACKUPDB_STATION_DENY, watched by the running server): then 403, the
+# new certificate still 200, and the public DB's log names which certificate each publish came with.
 # Under the offline root (line.sh's ceremony) the roll writes a CSR, the ceremony signs it and install-cert
 # installs it; a certificate for the old key given as the roll's is refused.
 # The line's root: ceremony (default: line.sh's LINE_ROOT=ceremony, the root token apart, which this test
@@ -19,6 +23,9 @@ source "$top/scripts/lib/line.sh"
 trap line_down EXIT
 rm -rf "$work"
 mkdir -p "$work/certs"
+# The public DB line.sh starts enforces this list from the start and re-reads it when it changes.
+export KEYLINE_BACKUPDB_STATION_DENY=$work/station-deny.txt
+echo "# station certificates that may no longer publish" >"$KEYLINE_BACKUPDB_STATION_DENY"
 
 fails=0
 pass() { printf 'ok   %s\n' "$*"; }
@@ -151,5 +158,51 @@ for i in 0 1; do
     '[ "$rc" = 0 ] && cmp -s "$work/before-$i.txt" "$work/after-$i.txt"'
   [ "$rc" = 0 ] || cat "$work/restore-$i.err"
 done
+# --- the replaced station TLS certificate: refused once the public DB lists it ------------------------------
+fp_of() { openssl x509 -in "$1" -noout -fingerprint -sha256 | sed 's/.*=//; s/://g'; }
+fp1=$(fp_of "$pki/station-tls-v1.pem") fp2=$(fp_of "$pki/station-tls.pem")
+checke "the roll keeps keyline-station-tls on the token and says why" \
+  'objects | grep -q "label: *keyline-station-tls$" && grep -q "keyline-station-tls stays on the token" "$work/roll-tls.out"'
+retired=$pki/retired-station-certs.txt
+if offline; then
+  # install-cert, not the roll, replaces the certificate: the roll names the one it will replace.
+  entry=$(sed -n 's/.*add the replaced one (\(sha256:[0-9A-F]*\)).*/\1/p' "$work/roll-tls.out")
+  checke "under the offline root the roll names the certificate install-cert replaces (sha256:$fp1)" \
+    '[ "$entry" = "sha256:$fp1" ]'
+else
+  entry=$(grep -o '^sha256:[0-9A-F]*' "$retired" 2>/dev/null)
+  checke "retired-station-certs.txt (0644) holds the replaced certificate's entry, the roll says to deny it" \
+    '[ "$entry" = "sha256:$fp1" ] && [ "$(stat -c %a "$retired")" = 644 ] &&
+     grep -q "sha256:$fp1" "$work/roll-tls.out" && grep -q "station-deny" "$work/roll-tls.out"'
+fi
+chip0=$(chip_of 0)
+curl -s -o "$work/record-0.json" --cacert "$pki/tls-ca.pem" "$LINE_BACKUPDB_URL/v1/records/$chip0"
+pin=$(cat "$LINE_DIR/hsm/user.pin") token=$(cat "$LINE_DIR/hsm/label" 2>/dev/null || echo keyline)
+publish_with() {  # certificate-file key-label -> HTTP status; body in $work/publish.body
+  OPENSSL_CONF=/dev/null PKCS11_MODULE_PATH=$module curl -s -o "$work/publish.body" -w '%{http_code}' \
+    --cacert "$pki/tls-ca.pem" --engine pkcs11 --key-type ENG \
+    --key "pkcs11:token=$token;object=$2;type=private?pin-value=$pin" --cert "$1" \
+    -H 'Content-Type: application/json' --data-binary @"$work/record-0.json" "$LINE_BACKUPDB_URL/v1/records"
+}
+code=$(publish_with "$pki/station-tls-v1.pem" keyline-station-tls)
+checke "before the list names it, the replaced certificate still publishes (identical re-publish, HTTP $code)" \
+  '[ "$code" = 200 ]'
+records=$(line_public_sql "SELECT count(*) FROM records")
+if [ -n "$entry" ]; then
+  if offline; then echo "$entry  # station-tls-v1" >>"$KEYLINE_BACKUPDB_STATION_DENY"; else cat "$retired" >>"$KEYLINE_BACKUPDB_STATION_DENY"; fi
+fi
+sleep 1.2  # the public DB looks at the file at most once a second
+code=$(publish_with "$pki/station-tls-v1.pem" keyline-station-tls)
+checke "once listed, the replaced certificate is refused 403 certificate-denied, nothing stored (HTTP $code)" \
+  '[ "$code" = 403 ] && grep -q "/problems/certificate-denied" "$work/publish.body" &&
+   [ "$(line_public_sql "SELECT count(*) FROM records")" = "$records" ]'
+code=$(publish_with "$pki/station-tls.pem" keyline-station-tls-v2)
+checke "the rolled certificate still publishes (HTTP $code)" '[ "$code" = 200 ]'
+sleep 0.2
+grep '"route":"publish"' "$LINE_DIR/logs/backupdb.log" >"$work/publish-lines.log"
+checke "the public DB's publish lines name the certificate: v1 ($fp1) 200 then 403, v2 ($fp2) 200" \
+  'grep "\"status\":200," "$work/publish-lines.log" | grep -q "identical re-publish by station .* sha256 $fp1\"" &&
+   grep "\"status\":403," "$work/publish-lines.log" | grep -q "sha256 $fp1 is on the deny list" &&
+   grep "\"status\":200," "$work/publish-lines.log" | grep -q "sha256 $fp2\""'
 echo "roll e2e: $fails failure(s)"
 [ "$fails" = 0 ]

@@ -62,6 +62,9 @@ struct Config : core::http::ListenerSettings {
   std::string tls_cert;             // server certificate chain (PEM)
   std::string tls_key;              // its private key (PEM)
   std::string station_ca;           // issuer(s) of station certificates allowed to publish (PEM)
+  // serve --station-deny: station certificates that may no longer publish (a retired TLS certificate
+  // whose key is still on a token), re-read when it changes (backupdb/src/station_auth.h).
+  std::string station_deny;
   std::vector<std::string> trust;   // PEM files with the device root(s): anchors for record validation
   std::vector<std::string> trusted_proxies;  // peers whose X-Forwarded-For names the client
   bool plain_http = false;          // behind a TLS-terminating proxy only; publishing is then refused
