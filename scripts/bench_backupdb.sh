@@ -87,27 +87,30 @@ if [ "$have" -lt "$records" ]; then
   der_hex=$(openssl x509 -in "$dir/sample.pem" -outform DER | od -An -v -tx1 | tr -d ' \n')
   pem_json=$(awk '{printf "%s\\n", $0}' "$dir/sample.pem")
   psql "$owner" -q -v ON_ERROR_STOP=1 -v der_hex="$der_hex" -v pem_json="$pem_json" -v first="$have" -v n="$records" <<'SQL'
-CREATE FUNCTION pg_temp.imei(serial bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-  -- TAC 35780502 + 6-digit serial + Luhn check digit (3GPP TS 23.003 Annex B).
+CREATE FUNCTION pg_temp.imei(n bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+  -- TAC + 6-digit serial + Luhn check digit (3GPP TS 23.003 Annex B). A TAC holds 10^6 serials, so
+  -- record n has TAC 35780502 + n / 10^6 and serial n mod 10^6 (lpad alone truncates a 7th digit:
+  -- record 1,000,000 would get record 100,000's IMEI, and the unique IMEI stops a 10M fill).
   SELECT d || ((10 - sum(CASE WHEN i % 2 = 0 THEN (x * 2) / 10 + (x * 2) % 10 ELSE x END) % 10) % 10)::text
-  FROM (SELECT '35780502' || lpad(serial::text, 6, '0') AS d) s,
+  FROM (SELECT (35780502 + n / 1000000)::text || lpad((n % 1000000)::text, 6, '0') AS d) s,
        LATERAL (SELECT i, substr(s.d, i, 1)::int AS x FROM generate_series(1, 14) i) t
   GROUP BY d
 $$;
 INSERT INTO records (chip_id, imei, record_hash, backup, identity_der, body_json, published_at)
-SELECT chip, pg_temp.imei(g), hash, backup, decode(:'der_hex', 'hex'),
-       json_build_object('chip_id', chip, 'imei', pg_temp.imei(g), 'backup', encode(backup, 'base64'),
+SELECT chip, imei, hash, backup, decode(:'der_hex', 'hex'),
+       json_build_object('chip_id', chip, 'imei', imei, 'backup', encode(backup, 'base64'),
                          'certificates', json_build_array(:'pem_json'::text), 'record_hash', hash,
                          'published_at', '2026-01-01T00:00:00Z')::text,
        '2026-01-01T00:00:00Z'
 FROM (
-  SELECT g, upper(lpad(to_hex(g), 20, '0')) AS chip,
+  SELECT g, upper(lpad(to_hex(g), 20, '0')) AS chip, pg_temp.imei(g) AS imei,
          upper(encode(sha256(int8send(g)), 'hex')) AS hash,
          -- "KLBK" || version 1 || AEAD 1 || chip ID || 12-byte nonce || 48 bytes of ciphertext+tag
          '\x4b4c424b0101'::bytea || decode(lpad(to_hex(g), 20, '0'), 'hex') ||
            substring(sha256(int8send(g)) from 1 for 12) || sha256(int8send(-g)) || substring(sha256(int8send(g + 1)) from 1 for 16)
            AS backup
   FROM generate_series(:first, :n - 1) g
+  OFFSET 0  -- a fence: the subquery is not pulled up, so each row's IMEI is computed once, not twice
 ) s;
 ANALYZE records;
 SQL
