@@ -107,6 +107,12 @@ int main(int argc, char** argv) {
   serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")->envname("KEYLINE_KPS_DB_POOL")->capture_default_str();
   serve->add_option("--max-skew", cfg.max_skew, "seconds of clock skew accepted on signed requests")
       ->envname("KEYLINE_KPS_MAX_SKEW")->capture_default_str();
+  serve->add_option("--rate", cfg.rate, "requests per second per client address (0 = no limit; 429 beyond)")
+      ->envname("KEYLINE_KPS_RATE")->capture_default_str();
+  serve->add_option("--burst", cfg.burst, "requests a client may send at once before --rate applies (0: max(rate, 1))")
+      ->envname("KEYLINE_KPS_BURST")->capture_default_str();
+  serve->add_option("--rate-clients", cfg.rate_clients, "clients whose rate is tracked (least recently seen dropped beyond)")
+      ->envname("KEYLINE_KPS_RATE_CLIENTS")->capture_default_str();
   serve->add_option("--log", cfg.log, "request log: a path, stderr or off")->envname("KEYLINE_KPS_LOG")->capture_default_str();
 
   std::string name, chip, out;

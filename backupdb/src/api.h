@@ -14,10 +14,10 @@
 #include "keyline/core/http_server.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/event_log.h"
+#include "keyline/core/rate_limiter.h"
 #include "integrator.h"
 #include "log_store.h"
 #include "metrics.h"
-#include "rate_limiter.h"
 #include "station_auth.h"
 
 namespace keyline::backupdb {
@@ -28,7 +28,7 @@ struct Shared {
   Metrics metrics;
   std::unique_ptr<core::LogSink> log;
   std::unique_ptr<core::http::EventLog> events;  // connection-layer events, rate-limited into `log`
-  std::unique_ptr<RateLimiter> limiter;
+  std::unique_ptr<core::RateLimiter> limiter;
   std::unique_ptr<Validator> validator;      // holds the --trust anchors
   std::string anchors_pem;
   std::unique_ptr<StationAuthority> stations;  // the --station-ca issuers; null on plain HTTP

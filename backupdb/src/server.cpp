@@ -90,7 +90,7 @@ int serve(const Config& config) {
   load_anchors(s, config);
   s.log = std::make_unique<core::LogSink>(config.log);
   s.events = std::make_unique<core::http::EventLog>(*s.log);
-  s.limiter = std::make_unique<RateLimiter>(config.rate, config.rate_clients);
+  s.limiter = std::make_unique<core::RateLimiter>(config.rate, config.rate_clients);
   if (!config.plain_http) {
     http::require_readable(config.station_ca, "--station-ca");
     s.stations = std::make_unique<StationAuthority>(

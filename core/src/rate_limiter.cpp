@@ -1,14 +1,15 @@
-#include "rate_limiter.h"
+#include "keyline/core/rate_limiter.h"
 
 #include <algorithm>
 
-namespace keyline::backupdb {
+namespace keyline::core {
 
-RateLimiter::RateLimiter(double rate, std::size_t max_clients)
-    : m_rate(rate), m_burst(rate < 1 ? 1 : rate), m_max(max_clients < 1 ? 1 : max_clients) {}
+RateLimiter::RateLimiter(double rate, std::size_t max_clients, double burst)
+    : m_rate(rate), m_burst(burst > 0 ? std::max(burst, 1.0) : (rate < 1 ? 1 : rate)),
+      m_max(max_clients < 1 ? 1 : max_clients) {}
 
-bool RateLimiter::allow(const std::string& key, std::chrono::steady_clock::time_point at) {
-  if (m_rate <= 0) return true;
+RateLimiter::Verdict RateLimiter::take(const std::string& key, std::chrono::steady_clock::time_point at) {
+  if (m_rate <= 0) return {};
   const double now = std::chrono::duration<double>(at.time_since_epoch()).count();
   std::lock_guard<std::mutex> g(m_mutex);
   auto it = m_index.find(key);
@@ -25,9 +26,9 @@ bool RateLimiter::allow(const std::string& key, std::chrono::steady_clock::time_
   Bucket& b = *it->second;
   b.tokens = std::min(m_burst, b.tokens + (now - b.last) * m_rate);
   b.last = now;
-  if (b.tokens < 1) return false;
+  if (b.tokens < 1) return {false, (1 - b.tokens) / m_rate};
   b.tokens -= 1;
-  return true;
+  return {};
 }
 
 std::size_t RateLimiter::size() const {
@@ -35,4 +36,4 @@ std::size_t RateLimiter::size() const {
   return m_lru.size();
 }
 
-}  // namespace keyline::backupdb
+}  // namespace keyline::core

@@ -24,6 +24,7 @@
 #include "keyline/core/http_service.h"
 #include "keyline/core/log_sink.h"
 #include "keyline/core/pq.h"
+#include "keyline/core/rate_limiter.h"
 #include "keyline/kps/kps.h"
 #include "keyline/kps/policy.h"
 #include "metrics.h"
@@ -87,6 +88,7 @@ struct Context {
   WebhookFlights webhooks;
   std::atomic<bool> stopping{false};  // long polls answer at once
   std::shared_ptr<AnswerSigner> signer;  // null: answers go unsigned (docs/kps.md)
+  std::unique_ptr<core::RateLimiter> limiter;  // --rate per client address; rate 0: allows all
   // Device chains verified once (docs/kps.md "Device authentication"): a device sends the same chain
   // with every request, and the chain checks cost as much as the request signature.
   std::shared_ptr<core::device_auth::ChainCache> chains = std::make_shared<core::device_auth::ChainCache>(8192);

@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <set>
 #include <condition_variable>
@@ -29,6 +30,23 @@ std::string lower(std::string s) {
   return s;
 }
 
+// Every device-authentication failure has the same document on the wire: a distinct text for a replay
+// told whoever sent one that its signature was valid. The reason goes to the log line only.
+Reply device_auth_failed(const std::string& reason) {
+  return refused(401, "device-auth-failed",
+                 "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)", reason);
+}
+
+// The client's rate (--rate, --burst), checked before anything that costs: the device signature check,
+// the database and the token signature. 429 with Retry-After (RFC 6585 section 4).
+std::optional<Reply> over_rate(Context& c, const Request& req) {
+  const auto v = c.limiter->take(req.client_address, std::chrono::steady_clock::now());
+  if (v.allowed) return std::nullopt;
+  Reply r = refused(429, "rate-limited", "too many requests from this client", "rate limit");
+  r.headers.push_back({"Retry-After", std::to_string(std::max<long long>(1, static_cast<long long>(std::ceil(v.wait_s))))});
+  return r;
+}
+
 // A device (signed request) or an owner (Bearer token); a reply when neither holds.
 std::optional<Reply> authenticate(Context& c, const Request& req, Caller& who) {
   const std::string auth = req.get("authorization");
@@ -48,14 +66,12 @@ std::optional<Reply> authenticate(Context& c, const Request& req, Caller& who) {
                                             req.target, req.body, c.anchors, now, c.config.max_skew,
                                             c.chains.get());
   } catch (const core::Error& e) {
-    return refused(401, "device-auth-failed",
-                   "sign the request with a device identity key whose chain the KPS trusts (docs/kps.md)",
-                   std::to_string(e.numeric()) + " " + e.what());
+    return device_auth_failed(std::to_string(e.numeric()) + " " + e.what());
   }
   // Kept in PostgreSQL for the whole window the timestamp is accepted in: a replay to a restarted KPS,
   // or to another KPS on the same database, is refused as well.
   if (!first_use_of_nonce(c, dev.chip_id.str(), dev.nonce, dev.timestamp + c.config.max_skew))
-    return refused(401, "device-auth-failed", "a request is signed once: this nonce was seen already", "replayed nonce");
+    return device_auth_failed("replayed nonce");
   who.chip = dev.chip_id.str();
   who.name = who.chip;
   return std::nullopt;
@@ -81,14 +97,20 @@ Reply dispatch(Context& c, const Request& req, std::string& who_name) {
   return devices_route(c, req, who, parts);
 }
 
-// One request: the reply (signed under /v1), its log line and its count. Never throws.
+// One request: the reply (signed under /v1 once the caller authenticated), its log line and its count.
+// Never throws. An answer to a request that did not authenticate (over its rate, unknown path, 400,
+// 405, 413, 401) is not signed: each signature is a token operation, and an anonymous flood must not
+// buy them (docs/kps.md "Signed answers"); the agent treats an unsigned answer as no answer.
 Reply handle(Context& c, const Request& req) {
   const auto t0 = std::chrono::steady_clock::now();
   std::string who = "-";
-  Reply reply = problem.guarded([&] { return dispatch(c, req, who); });
-  if (c.signer && req.path.rfind("/v1/", 0) == 0) {
+  Reply reply = problem.guarded([&] {
+    if (auto limited = over_rate(c, req)) return *limited;
+    return dispatch(c, req, who);
+  });
+  if (c.signer && who != "-" && req.path.rfind("/v1/", 0) == 0) {  // who is set once authenticate() passed
     try {
-      c.signer->sign_answer(reply, req, c.now(), who != "-");  // who is set once authenticate() passed
+      c.signer->sign_answer(reply, req, c.now());
     } catch (const std::exception& e) {
       // An answer the device cannot authenticate is refused by it anyway; say so plainly.
       reply = problem.unavailable("the KPS cannot sign its answer now; retry later", "5");
@@ -121,6 +143,8 @@ void check_settings(const Config& c) {
   if (c.db.empty()) throw bad("--db is required");
   c.check();
   if (c.db_pool < 1) throw bad("--db-pool must be positive");
+  if (c.rate < 0 || c.burst < 0 || c.rate_clients < 1)
+    throw bad("--rate and --burst must not be negative, --rate-clients must be positive");
   if (c.tls_cert.empty() || c.tls_key.empty()) throw bad("HTTPS needs --tls-cert and --tls-key");
   if (c.transfer_ttl < 60 || c.transfer_ttl > 30 * 24 * 3600) throw bad("--transfer-ttl is 60 to 2592000 seconds");
   if (c.purge_interval_s < 1 || c.purge_interval_s > 60) throw bad("--purge-interval-s is 1 to 60");
@@ -163,6 +187,7 @@ struct Instance::Impl {
     if (c.config.max_waiters <= 0) c.config.max_waiters = std::max(1, static_cast<int>(config.threads) / 2);
     load_trust_and_policy(c, config);
     if (config.sign.enabled()) c.signer = std::make_shared<AnswerSigner>(config.sign);
+    c.limiter = std::make_unique<core::RateLimiter>(config.rate, config.rate_clients, config.burst);
     const auto public_listener = http::public_listener("keyline-kps", config.listen, config, config.body_limit,
                                                        config.trusted_proxies, {config.tls_cert, config.tls_key, {}});
     c.log = std::make_unique<core::LogSink>(config.log);

@@ -41,9 +41,8 @@ hs::Signer AnswerSigner::signer() const {
   return [token, key](const core::Bytes& base) { return token->sign_ecdsa_sha256_raw(key, base.data(), base.size()); };
 }
 
-void AnswerSigner::sign_answer(Reply& reply, const Request& req, std::int64_t now, bool bound) const {
-  hs::Headers request_headers;
-  if (bound) request_headers.assign(req.headers.begin(), req.headers.end());
+void AnswerSigner::sign_answer(Reply& reply, const Request& req, std::int64_t now) const {
+  const hs::Headers request_headers(req.headers.begin(), req.headers.end());
   hs::Headers headers;
   hs::sign_kps_response(reply.status, headers, reply.body, request_headers, m_keyid, now,
                         hs::Algorithm::EcdsaP256Sha256, signer());

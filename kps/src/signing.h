@@ -1,6 +1,6 @@
 // The KPS's crypto module for what it sends (docs/kps.md "Signed answers"): an EC P-256 key on a
-// PKCS#11 token signs every /v1 answer (RFC 9421, the "kps" profile of core/http_signature.h) and every
-// webhook request. The private key never leaves the token.
+// PKCS#11 token signs every answer to an authenticated /v1 request (RFC 9421, the "kps" profile of
+// core/http_signature.h) and every webhook request. The private key never leaves the token.
 #pragma once
 
 #include <memory>
@@ -18,11 +18,12 @@ class AnswerSigner {
   explicit AnswerSigner(const SignKeySettings& settings);
   const std::string& keyid() const { return m_keyid; }
   core::http_signature::Signer signer() const;
-  // Adds Content-Digest, Signature-Input and Signature to reply, an answer to req.
-  // bound: the request passed device authentication (signature and a fresh nonce). Only then does the
-  // answer cover its Keyline-Signature/Keyline-Nonce with ;req: a signature over values an
-  // unauthenticated caller chose would make the KPS a signing oracle for them.
-  void sign_answer(Reply& reply, const Request& req, std::int64_t now, bool bound) const;
+  // Adds Content-Digest, Signature-Input and Signature to reply, an answer to req, which passed
+  // authentication (a device's signature and fresh nonce, or an owner's token): the answer covers the
+  // device's Keyline-Signature/Keyline-Nonce with ;req. An unauthenticated request gets no signature at
+  // all (server.cpp handle): one over values it chose would make the KPS a signing oracle, and each
+  // one is a token operation an anonymous flood could buy.
+  void sign_answer(Reply& reply, const Request& req, std::int64_t now) const;
   // The headers of a signed webhook POST of body to uri (scheme https).
   core::http_signature::Headers sign_webhook(const std::string& authority, const std::string& path,
                                              const std::string& body, std::int64_t now) const;

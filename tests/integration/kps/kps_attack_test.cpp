@@ -13,10 +13,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <thread>
 
 #include "keyline/core/http_server.h"
@@ -223,8 +226,9 @@ TEST_CASE("attack Request-Id race on two instances: one transfer per Request-Id"
 }
 
 // An unauthenticated request got a 401 signed over the Keyline-Signature/Keyline-Nonce it chose (;req),
-// which verified as the KPS's answer to that request: a signing oracle. Now the answer is signed
-// without them, and the agent's check refuses it as not bound to its request.
+// which verified as the KPS's answer to that request: a signing oracle. Then it was signed without
+// them (att12 finding 4: still a token signature per anonymous request); now it is not signed at all,
+// and the agent's check refuses it as no answer.
 TEST_CASE("attack oracle: an unauthenticated request's answer is not bound to header values it chose") {
   auto& w = world();
   Kps k(world().config({"*:*:or*"}));
@@ -239,10 +243,120 @@ TEST_CASE("attack oracle: an unauthenticated request's answer is not bound to he
   CHECK_THROWS(hs::verify_kps_response(r.status, hs::Headers(r.headers.begin(), r.headers.end()), r.body,
                                        hs::Headers(h.begin(), h.end()), w.sign_key(), hs::Algorithm::EcdsaP256Sha256,
                                        static_cast<std::int64_t>(std::time(nullptr))));
-  // Still signed (status and digest), as an answer to a Bearer request is.
-  CHECK(r.headers.count("signature") == 1);
+  CHECK(r.headers.count("signature") == 0);
   // An authenticated device's answer stays bound to its request.
   const auto ok = w.call(w.device(2), k.port, "GET", "/v1/notifications");
   CHECK(ok.status == 200);
   CHECK_NOTHROW(w.verify_answer(ok));
+}
+
+namespace {
+
+core::http::Client anonymous_client(int port) {
+  core::http::ClientOptions o;
+  o.base_url = "https://127.0.0.1:" + std::to_string(port);
+  o.ca_file = world().tls().ca_file;
+  o.connect_attempts = 1;
+  return core::http::Client(o);
+}
+
+bool signed_answer(const std::map<std::string, std::string>& headers) {
+  return headers.count("signature") || headers.count("signature-input") || headers.count("content-digest");
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+}  // namespace
+
+// att12 finding 4: every anonymous answer (401, 404, 400, 405, 413) was signed with the token key, and
+// 8 pipelining connections got 4,682 of them a second. Now only an answer to a request that passed
+// authentication is signed; a device's and an owner's answers are signed as before.
+TEST_CASE("attack signflood: an anonymous request's answer carries no signature; authenticated ones do") {
+  auto& w = world();
+  auto cfg = world().config({"*:*:sf*"});
+  Kps k(cfg);
+  auto client = anonymous_client(k.port);
+  const std::map<std::string, std::string> none;
+  const auto unknown = client.get("/v1/nothing", none);
+  CHECK(unknown.status == 404);
+  CHECK_FALSE(signed_answer(unknown.headers));
+  const auto unauthenticated = client.get("/v1/notifications", none);
+  CHECK(unauthenticated.status == 401);
+  CHECK_FALSE(signed_answer(unauthenticated.headers));
+  const auto both = client.get("/v1/notifications", {{"Authorization", "Bearer x"}, {"Keyline-Signature", "x"}});
+  CHECK(both.status == 400);
+  CHECK_FALSE(signed_answer(both.headers));
+  const auto bad_token = client.get("/v1/transfers", {{"Authorization", "Bearer not-a-token"}});
+  CHECK(bad_token.status == 401);
+  CHECK_FALSE(signed_answer(bad_token.headers));
+  const auto large = client.post("/v1/transfers", std::string(cfg.body_limit + 1, 'x'), "application/json", none);
+  CHECK(large.status == 413);
+  CHECK_FALSE(signed_answer(large.headers));
+
+  const auto device = w.call(w.device(2), k.port, "GET", "/v1/notifications");
+  CHECK(device.status == 200);
+  CHECK_NOTHROW(w.verify_answer(device));
+  const auto token_bytes = kps::account_add(cfg, "sf-" + std::to_string(k.port), {w.device(2).str()});
+  const auto owner = w.owner(k.port, std::string(token_bytes.begin(), token_bytes.end()), "/v1/groups/nothing", "");
+  CHECK(owner.headers.count("signature") == 1);  // an owner's answer: status and digest, as before
+  // An authenticated request to a path it may not use is still answered signed.
+  const auto wrong = w.call(w.device(2), k.port, "GET", "/v1/devices/nothing/else");
+  CHECK(wrong.status >= 400);
+  CHECK_NOTHROW(w.verify_answer(wrong));
+}
+
+// att12 INFO: a replay got "this nonce was seen already", a bad signature the generic text, so a 401
+// told whether a captured request's signature was valid. Now both are the same bytes on the wire and
+// the reason is in the log only.
+TEST_CASE("attack 401 detail: a replayed and a bad-signature request get byte-identical problem bodies") {
+  auto& w = world();
+  Kps k(world().config({"*:*:rd*"}));
+  const auto first = w.call(w.device(4), k.port, "GET", "/v1/notifications");
+  REQUIRE(first.status == 200);
+  const auto replayed = w.replay(first, k.port, "GET", "/v1/notifications", "", "");
+  CHECK(replayed.status == 401);
+  auto forged = first;
+  bool changed = false;
+  for (auto& [name, value] : forged.request_headers) {
+    std::string lower = name;
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (lower != "keyline-nonce") continue;
+    value = "00112233445566778899aabbccddeeff";  // fresh, but not what was signed
+    changed = true;
+  }
+  REQUIRE(changed);
+  const auto bad_signature = w.replay(forged, k.port, "GET", "/v1/notifications", "", "");
+  CHECK(bad_signature.status == 401);
+  CHECK(replayed.body == bad_signature.body);
+  CHECK(replayed.body.find("seen already") == std::string::npos);
+  CHECK(eventually([&] { return read_file(w.dir() + "/kps.log").find("replayed nonce") != std::string::npos; }, 5));
+}
+
+// att12 finding 4: the KPS had no rate limit. Now a client address over --rate/--burst gets 429 with
+// Retry-After (unsigned, before authentication) while another address is served.
+TEST_CASE("attack rate limit: a client over its rate gets 429 while another address is served") {
+  auto& w = world();
+  auto cfg = world().config({"*:*:rl*"});
+  cfg.rate = 0.5;
+  cfg.burst = 3;
+  cfg.trusted_proxies = {"127.0.0.1"};  // the client address is the X-Forwarded-For one
+  Kps k(cfg);
+  auto client = anonymous_client(k.port);
+  const std::map<std::string, std::string> flooder{{"X-Forwarded-For", "10.9.0.1"}};
+  for (int i = 0; i < 3; ++i) CHECK(client.get("/v1/nothing", flooder).status == 404);
+  const auto limited = client.get("/v1/nothing", flooder);
+  CHECK(limited.status == 429);
+  CHECK(limited.headers.count("retry-after") == 1);
+  if (limited.headers.count("retry-after")) CHECK(std::stoi(limited.headers.at("retry-after")) >= 1);
+  CHECK(limited.body.find("rate-limited") != std::string::npos);
+  CHECK_FALSE(signed_answer(limited.headers));
+  // A signed device request from the same address is refused as well: the limit comes before the checks.
+  CHECK(w.call(w.device(5), k.port, "GET", "/v1/notifications", {}, {}, flooder).status == 429);
+  // Another address: a genuine device request is served and signed.
+  const auto other = w.call(w.device(5), k.port, "GET", "/v1/notifications", {}, {}, {{"X-Forwarded-For", "10.9.0.2"}});
+  CHECK(other.status == 200);
+  CHECK_NOTHROW(w.verify_answer(other));
 }

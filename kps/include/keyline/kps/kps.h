@@ -42,7 +42,7 @@ struct Config : core::http::ListenerSettings {
   std::string listen = "127.0.0.1:8444";
   // The operations listener: /metrics and /healthz, plain HTTP, loopback by default (docs/kps.md).
   std::string ops_listen = "127.0.0.1:9444";
-  std::vector<std::string> trusted_proxies;  // peers whose X-Forwarded-For names the client (log only)
+  std::vector<std::string> trusted_proxies;  // peers whose X-Forwarded-For names the client (log, rate limit)
   std::string tls_cert, tls_key;     // server certificate chain and key (PEM)
   std::vector<std::string> trust;    // manufacturer root(s): anchors of device identity chains
   std::string policy;                // policy file (policy.h)
@@ -58,6 +58,11 @@ struct Config : core::http::ListenerSettings {
   int purge_interval_s = 30;         // 1..60
   int max_waiters = 0;               // long polls held at once; 0: half of threads
   int webhook_tries = 6;             // then dead-lettered
+  // Requests per second per client address (0 = no limit), checked before authentication: an
+  // anonymous flood costs neither a signature check nor a database round trip (docs/kps.md).
+  double rate = 0;
+  double burst = 0;                  // bucket size; 0: max(rate, 1)
+  std::size_t rate_clients = 100000;  // token buckets kept (least recently used evicted beyond)
   std::int64_t clock_offset_s = 0;   // TEST ONLY: shifts the KPS's clock (docs/kps.md)
   std::string log = "stderr";        // request log: path, stderr or off
 };
