@@ -687,16 +687,20 @@ void check_kept(Init& in, const char* file, const Botan::X509_Certificate& root)
 
 // The certificate an install replaces stays as <name>-v<N>.pem when it was another version's: the
 // devices it certified keep chaining through it (keys status lists it).
-void archive_replaced(Init& in, const char* file, const char* base, const Botan::X509_Certificate& next) {
+// Returns the replaced certificate and its key's label (nothing when none is replaced).
+std::optional<std::pair<Botan::X509_Certificate, std::string>> archive_replaced(Init& in, const char* file,
+                                                                                const char* base,
+                                                                                const Botan::X509_Certificate& next) {
   const auto present = read_pem(in.path(file));
-  if (present.empty() || holds_key(present[0], *next.subject_public_key())) return;
+  if (present.empty() || holds_key(present[0], *next.subject_public_key())) return std::nullopt;
   const auto label = key_label_for(*in.token, base, present[0]);
-  if (label.empty()) return;
+  if (label.empty()) return std::nullopt;
   const std::string name = fs::path(file).stem().string() + "-v" + std::to_string(key_version_of(base, label)) + ".pem";
   std::string text;
   for (const auto& c : present) text += core::to_pem(c);
   write_file(join(in.config, name.c_str()), text, 0644);
   in.out << "keys: kept the replaced certificate as " << join(in.config, name.c_str()) << "\n";
+  return std::make_pair(present[0], label);
 }
 
 }  // namespace
@@ -814,7 +818,8 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   // the same install-cert again.
   remove_stale_temps(in);
   if (inst.device_ca) archive_replaced(in, pki_file::device_ca, key_label::device_ca, *inst.device_ca);
-  if (inst.station) archive_replaced(in, pki_file::station_tls, key_label::station_tls, *inst.station);
+  const auto retired =
+      inst.station ? archive_replaced(in, pki_file::station_tls, key_label::station_tls, *inst.station) : std::nullopt;
   if (inst.device_ca) write_file(in.path(pki_file::device_ca), core::to_pem(*inst.device_ca), 0644);
   if (inst.station) write_file(in.path(pki_file::station_tls), core::to_pem(*inst.station), 0644);
   if (inst.service_ca) write_file(in.path(pki_file::service_ca), core::to_pem(*inst.service_ca), 0644);
@@ -822,6 +827,11 @@ void keys_install_cert(const StationConfig& config, const std::string& root_pem,
   if (inst.device_ca)
     out << "keys: installed " << in.path(pki_file::device_ca) << " SHA-256 " << fingerprint(*inst.device_ca) << "\n";
   if (inst.station) out << "keys: installed " << in.path(pki_file::station_tls) << "\n";
+  // Under the offline root install-cert, not the roll, replaces the station certificate: its entry for
+  // the public DB's deny list is written here (the roll only named it).
+  if (retired)
+    pki_detail::retire_station_cert(config, retired->first, retired->second,
+                                    key_label_for(*in.token, key_label::station_tls, *inst.station), out);
   if (inst.service_ca) out << "keys: installed " << in.path(pki_file::service_ca) << "\n";
   // The OCE certificate is the station's own Device CA's to issue, not the ceremony's.
   const auto device_ca = inst.device_ca ? std::vector<Botan::X509_Certificate>{*inst.device_ca}

@@ -25,5 +25,12 @@ std::vector<Botan::X509_Certificate> read_certs(const StationConfig& config, con
 void renew_oce_cert(const StationConfig& config, const std::shared_ptr<core::Pkcs11Token>& token,
                     const Botan::X509_Certificate& device_ca, const core::Pkcs11EcdsaPrivateKey& ca_key,
                     std::ostream& out);
+// The replaced station TLS certificate `old` (its key `old_label`, replaced by `replaced_by`) stays valid and its
+// key stays on the token, so its --station-deny entry goes to retired-station-certs.txt: by `keys roll` on a
+// token with its own root, by `keys install-cert` under the offline root (docs/custody.md, "Roll").
+void retire_station_cert(const StationConfig& config, const Botan::X509_Certificate& old, const std::string& old_label,
+                         const std::string& replaced_by, std::ostream& out);
+// The public DB's name for a station certificate in --station-deny: its DER's SHA-256 (docs/api.md).
+std::string deny_entry(const Botan::X509_Certificate& cert);
 
 }  // namespace keyline::station::pki_detail

@@ -35,6 +35,59 @@ int key_version_of(const std::string& base, const std::string& label) {
   return label[prefix.size()] == '0' || v < 2 ? 0 : v;
 }
 
+namespace pki_detail {
+
+std::string deny_entry(const Botan::X509_Certificate& cert) {
+  std::string hex = cert.fingerprint("SHA-256");
+  hex.erase(std::remove(hex.begin(), hex.end(), ':'), hex.end());
+  return "sha256:" + hex;
+}
+
+constexpr const char* kRetiredFile = "retired-station-certs.txt";
+
+// The old version's private key is not destroyed: `keys init` and `install-cert` look for version 1's
+// label (a token without it gets a new version 1 or is refused), and a line started before the roll holds
+// the old label until it restarts. The deny entry, not the key's absence, is what stops it publishing.
+void say_old_key_kept(std::ostream& out, const std::string& old_label) {
+  out << "keys: " << old_label << " stays on the token: a line started before this roll still publishes with it "
+      << "until it restarts, and keys init and install-cert look for version 1's label\n";
+}
+
+// A station TLS roll (or install-cert) leaves the replaced certificate valid (until its notAfter) and its key on the token,
+// so it could still publish: its deny entry goes to retired-station-certs.txt for the public DB's
+// --station-deny (docs/custody.md, "Roll"). Appended by rewriting the whole file atomically (0644: a
+// fingerprint is public); an entry already there is not written twice.
+void retire_station_cert(const StationConfig& config, const Botan::X509_Certificate& old, const std::string& old_label,
+                         const std::string& replaced_by, std::ostream& out) {
+  const std::string entry = deny_entry(old);
+  std::string text;
+  {
+    std::ifstream in(std::filesystem::path(config.pki_dir) / kRetiredFile, std::ios::binary);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  if (text.find(entry) == std::string::npos) {
+    if (text.empty())
+      text = "# Station TLS certificates retired by `keyline-station keys roll station-tls`: one --station-deny\n"
+             "# entry each for the public DB (keyline-backupdb serve --station-deny FILE, docs/api.md).\n";
+    else if (text.back() != '\n')
+      text += '\n';
+    text += entry + "  # " + config.station_id + " " + old_label + " serial " +
+            core::to_hex(old.serial_number()) + " valid until " + old.not_after().readable_string() + ", retired " +
+            custody::utc_now_text() + ", replaced by " + replaced_by + "\n";
+    write_public(config, kRetiredFile, text);
+  }
+  out << "keys: the replaced certificate of " << old_label << " stays valid until "
+        << old.not_after().readable_string() << ": " << kRetiredFile << " holds its entry\n"
+        << "keys:   " << entry << "\n"
+        << "keys: add it to the public DB's --station-deny file (it is re-read within a second, no restart), then "
+           "that certificate can no longer publish\n";
+  say_old_key_kept(out, old_label);
+}
+
+}  // namespace pki_detail
+
 namespace {
 
 std::vector<int> private_versions(core::Pkcs11Token& token, const std::string& base) {
@@ -109,55 +162,6 @@ void archive_current(Roll& r) {
   r.out << "keys: kept the certificate of " << old << " as " << name << "\n";
 }
 
-// The public DB's name for a station certificate in --station-deny: its DER's SHA-256 (docs/api.md).
-std::string deny_entry(const Botan::X509_Certificate& cert) {
-  std::string hex = cert.fingerprint("SHA-256");
-  hex.erase(std::remove(hex.begin(), hex.end(), ':'), hex.end());
-  return "sha256:" + hex;
-}
-
-constexpr const char* kRetiredFile = "retired-station-certs.txt";
-
-// The old version's private key is not destroyed: `keys init` and `install-cert` look for version 1's
-// label (a token without it gets a new version 1 or is refused), and a line started before the roll holds
-// the old label until it restarts. The deny entry, not the key's absence, is what stops it publishing.
-void say_old_key_kept(std::ostream& out, const std::string& old_label) {
-  out << "keys: " << old_label << " stays on the token: a line started before this roll still publishes with it "
-      << "until it restarts, and keys init and install-cert look for version 1's label\n";
-}
-
-// A station TLS roll leaves the replaced certificate valid (until its notAfter) and its key on the token,
-// so it could still publish: its deny entry goes to retired-station-certs.txt for the public DB's
-// --station-deny (docs/custody.md, "Roll"). Appended by rewriting the whole file atomically (0644: a
-// fingerprint is public); an entry already there is not written twice.
-void retire_station_cert(Roll& r, const Botan::X509_Certificate& old, const std::string& old_label) {
-  const std::string entry = deny_entry(old);
-  std::string text;
-  {
-    std::ifstream in(std::filesystem::path(r.config.pki_dir) / kRetiredFile, std::ios::binary);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
-  }
-  if (text.find(entry) == std::string::npos) {
-    if (text.empty())
-      text = "# Station TLS certificates retired by `keyline-station keys roll station-tls`: one --station-deny\n"
-             "# entry each for the public DB (keyline-backupdb serve --station-deny FILE, docs/api.md).\n";
-    else if (text.back() != '\n')
-      text += '\n';
-    text += entry + "  # " + r.config.station_id + " " + old_label + " serial " +
-            core::to_hex(old.serial_number()) + " valid until " + old.not_after().readable_string() + ", retired " +
-            custody::utc_now_text() + ", replaced by " + r.label + "\n";
-    pki_detail::write_public(r.config, kRetiredFile, text);
-  }
-  r.out << "keys: the replaced certificate of " << old_label << " stays valid until "
-        << old.not_after().readable_string() << ": " << kRetiredFile << " holds its entry\n"
-        << "keys:   " << entry << "\n"
-        << "keys: add it to the public DB's --station-deny file (it is re-read within a second, no restart), then "
-           "that certificate can no longer publish\n";
-  say_old_key_kept(r.out, old_label);
-}
-
 std::string organization_of(const Roll& r) {
   const auto present = pki_detail::read_certs(r.config, pki_file::device_ca);
   const auto o = present.empty() ? std::string() : present[0].subject_dn().get_first_attribute("X520.Organization");
@@ -185,7 +189,7 @@ std::string certify_here(Roll& r, const core::Pkcs11EcdsaPrivateKey& key) {
   r.out << "keys: wrote " << r.cert_file() << " for " << r.label << " SHA-256 " << cert.fingerprint("SHA-256") << "\n"
         << "keys: " << (ca ? "devices personalized from now on are certified by " : "publishing uses ") << r.label
         << "; certificates issued before still verify under the root\n";
-  if (!ca && !replaced_label.empty()) retire_station_cert(r, replaced[0], replaced_label);
+  if (!ca && !replaced_label.empty()) pki_detail::retire_station_cert(r.config, replaced[0], replaced_label, r.label, r.out);
   return r.label + " certified, " + cert.fingerprint("SHA-256");
 }
 
@@ -209,10 +213,10 @@ std::string request_ceremony(Roll& r, const core::Pkcs11EcdsaPrivateKey& key) {
   // install-cert replaces the certificate, not the roll: its entry is for the public DB only after that.
   const auto current = pki_detail::read_certs(r.config, r.cert_file());
   if (!r.device_ca && !current.empty()) {
-    r.out << "keys: once install-cert has installed the new certificate, add the replaced one (" << deny_entry(current[0])
+    r.out << "keys: once install-cert has installed the new certificate, add the replaced one (" << pki_detail::deny_entry(current[0])
           << ") to the public DB's --station-deny file\n";
     const auto old_label = key_label_for(*r.token, r.base(), current[0]);
-    if (!old_label.empty()) say_old_key_kept(r.out, old_label);
+    if (!old_label.empty()) pki_detail::say_old_key_kept(r.out, old_label);
   }
   return r.label + " CSR " + file;
 }

@@ -5,7 +5,7 @@
 # package of each names its own CA, both publish (device 1 through the rolled station TLS key), both are
 # wiped and restored. A roll without a station database is refused and makes no key; the rolls are audited.
 # The replaced station TLS certificate (its key kept on the token) still publishes until its entry, from
-# retired-station-certs.txt (own root) or the roll's advice (ceremony), reaches the public DB's
+# retired-station-certs.txt (written by the roll on its own root, by install-cert under the ceremony), reaches the public DB's
 # --station-deny file (here KEYLINE_BACKUPDB_STATION_DENY, watched by the running server): then 403, the
 # new certificate still 200, and the public DB's log names which certificate each publish came with.
 # Under the offline root (line.sh's ceremony) the roll writes a CSR, the ceremony signs it and install-cert
@@ -169,6 +169,8 @@ if offline; then
   entry=$(sed -n 's/.*add the replaced one (\(sha256:[0-9A-F]*\)).*/\1/p' "$work/roll-tls.out")
   checke "under the offline root the roll names the certificate install-cert replaces (sha256:$fp1)" \
     '[ "$entry" = "sha256:$fp1" ]'
+  checke "install-cert wrote the replaced certificate's entry to retired-station-certs.txt (0644)" \
+    '[ "$(grep -o "^sha256:[0-9A-F]*" "$retired" 2>/dev/null)" = "sha256:$fp1" ] && [ "$(stat -c %a "$retired")" = 644 ]'
 else
   entry=$(grep -o '^sha256:[0-9A-F]*' "$retired" 2>/dev/null)
   checke "retired-station-certs.txt (0644) holds the replaced certificate's entry, the roll says to deny it" \
@@ -189,7 +191,7 @@ checke "before the list names it, the replaced certificate still publishes (iden
   '[ "$code" = 200 ]'
 records=$(line_public_sql "SELECT count(*) FROM records")
 if [ -n "$entry" ]; then
-  if offline; then echo "$entry  # station-tls-v1" >>"$KEYLINE_BACKUPDB_STATION_DENY"; else cat "$retired" >>"$KEYLINE_BACKUPDB_STATION_DENY"; fi
+  cat "$retired" >>"$KEYLINE_BACKUPDB_STATION_DENY"
 fi
 sleep 1.2  # the public DB looks at the file at most once a second
 code=$(publish_with "$pki/station-tls-v1.pem" keyline-station-tls)
