@@ -338,6 +338,10 @@ Reply problem_reply(const Refusal& r) {
   reply.body = problem_json(r.status, r.title, r.detail, "https://keyline.example/problems/" + r.slug);
   reply.close = true;
   reply.log_detail = r.detail;
+  // A refusal of the connection layer (400, 408, 413, 431, 503 busy or connection-limit, ...) is about this
+  // one request or this moment, never about the resource: a cache in front must not keep it (RFC 9111
+  // section 5.2.2.5). Without it, a shared cache given heuristic freshness served one client's 431 to all.
+  reply.headers.emplace_back("Cache-Control", "no-store");
   return reply;
 }
 

@@ -133,6 +133,14 @@ TEST_CASE("nginx proxy_cache in front: records and tiles hit after one miss, 304
     const auto bad = proxy.get("/v1/records/not-a-chip");
     CHECK(bad.status == 400);
     CHECK(bad.header("x-cache-status") == "MISS");
+    // A refusal of the server's connection layer, not of the handler: 101 header fields (nginx passes
+    // them, the server's max_header_fields is 100) get a 431 that the cache must not keep for the path,
+    // or every later reader of it would get the 431 (the next round's 404 above is then a MISS again).
+    std::map<std::string, std::string> many;
+    for (int h = 0; h < 101; ++h) many["X-Pad-" + std::to_string(h)] = "1";
+    const auto refused = proxy.get(late_path, many);
+    CHECK(refused.status == 431);
+    CHECK(refused.header("cache-control") == "no-store");
   }
   const auto pub = s.client("station")->post("/v1/records", late.to_json(), "application/json");
   REQUIRE(pub.status == 201);
