@@ -117,6 +117,9 @@ int main(int argc, char** argv) {
       ->envname("KEYLINE_BACKUPDB_REPLICA");
   serve->add_option("--max-replica-lag-ms", cfg.replicas.max_lag_ms, "a replica further behind the primary is skipped")
       ->envname("KEYLINE_BACKUPDB_MAX_REPLICA_LAG_MS")->capture_default_str();
+  serve->add_option("--replica-timeout-ms", cfg.replicas.timeout_ms,
+                    "a replica read or check without an answer by then goes to the next node, the replica marked down")
+      ->envname("KEYLINE_BACKUPDB_REPLICA_TIMEOUT_MS")->check(CLI::Range(1, 60000))->capture_default_str();
   serve->add_option("--db-pool", cfg.db_pool, "PostgreSQL connections")->envname("KEYLINE_BACKUPDB_DB_POOL")->capture_default_str();
   serve->add_option("--rate", cfg.rate, "requests per second per client (0 = no limit)")
       ->envname("KEYLINE_BACKUPDB_RATE")->capture_default_str();

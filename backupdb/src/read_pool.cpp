@@ -1,5 +1,6 @@
 #include "keyline/backupdb/read_pool.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "keyline/core/error.h"
@@ -16,8 +17,17 @@ constexpr const char* kReplicaLsn =
     "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END "
     "- '0/0'::pg_lsn)::bigint";
 
+// At most this many primary WAL samples are kept (a replica paused for hours under writes): 16 bytes
+// each, one per check that saw new WAL.
+constexpr std::size_t kMaxSamples = 1 << 16;
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
+}
+
 // Runs the lookup on a leased session, once more on a fresh one when the session was lost (a restarted
-// server): a read is idempotent.
+// server): a read is idempotent. The primary's lookups have no deadline: it is the last node, and
+// one that is gone fails its reads (and the writes) anyway.
 bool run_lookup(core::pq::Pool& pool, const ReadPool::Lookup& lookup) {
   auto lease = pool.acquire();
   try {
@@ -48,6 +58,8 @@ ReadPool::ReadPool(core::pq::Pool& primary, const std::string& primary_conninfo,
     : m_primary(primary), m_primary_conninfo(primary_conninfo), m_settings(settings) {
   if (m_settings.check_ms < 1 || m_settings.check_ms > 1000 || m_settings.max_lag_ms < 1)
     throw core::ConfigError(core::ErrorCode::Config, "replica checks run every 1..1000 ms, with a positive lag bound");
+  if (m_settings.timeout_ms < 1 || m_settings.timeout_ms > 60000)
+    throw core::ConfigError(core::ErrorCode::Config, "the replica timeout is 1..60000 ms");
   for (std::size_t i = 0; i < m_settings.conninfos.size(); ++i) {
     auto r = std::make_unique<Replica>();
     r->name = "replica" + std::to_string(i);
@@ -70,14 +82,30 @@ ReadPool::~ReadPool() {
 }
 
 bool ReadPool::on_replica(Replica& r, const Lookup& lookup, bool& found) {
+  const auto deadline = Clock::now() + std::chrono::milliseconds(m_settings.timeout_ms);
   try {
-    found = run_lookup(*r.pool, lookup);
+    // Every session out until the deadline: the node is busy, not known broken; the read moves on.
+    auto lease = r.pool->try_acquire(deadline);
+    if (!lease) {
+      ++r.failures;
+      return false;
+    }
+    // Marked down while this worker waited (another read timed out on it): not one more try.
+    if (r.state != NodeState::Up) return false;
+    try {
+      found = lookup(**lease);
+    } catch (const core::DbError& e) {
+      if (e.code() != core::ErrorCode::DbConnection) throw;
+      (*lease)->reconnect();  // a restarted server: within the same deadline
+      found = lookup(**lease);
+    }
     return true;
   } catch (const core::DbError& e) {
     // Any database error on a replica (also a query cancelled by a conflict with recovery, 40001)
-    // sends the read on; only a lost server takes the node out until the checker sees it again.
+    // sends the read on; a lost or silent server (DbConnection, Timeout: the lease's session is
+    // closed and dropped) takes the node out until the checker has an answer from it again.
     ++r.failures;
-    if (e.code() == core::ErrorCode::DbConnection) r.state = NodeState::Down;
+    if (e.code() == core::ErrorCode::DbConnection || e.code() == core::ErrorCode::Timeout) r.state = NodeState::Down;
     return false;
   }
 }
@@ -109,13 +137,12 @@ bool ReadPool::read(const Lookup& lookup) {
 
 std::optional<std::uint64_t> ReadPool::primary_lsn() {
   try {
-    if (!m_primary_checker) m_primary_checker = std::make_unique<core::pq::Connection>(m_primary_conninfo);
+    const auto deadline = Clock::now() + std::chrono::milliseconds(m_settings.timeout_ms);
+    if (!m_primary_checker) m_primary_checker = std::make_unique<core::pq::Connection>(m_primary_conninfo, deadline);
+    m_primary_checker->set_deadline(deadline);
     const auto lsn = static_cast<std::uint64_t>(m_primary_checker->exec(kPrimaryLsn).int64(0, 0));
-    const auto now = Clock::now();
-    m_samples.push_back({now, lsn});
-    // A replica behind every kept sample is behind by more than the bound anyway.
-    const auto keep = std::chrono::milliseconds(m_settings.max_lag_ms) + std::chrono::seconds(2);
-    while (m_samples.size() > 1 && now - m_samples.front().at > keep) m_samples.pop_front();
+    // Only a position's first sighting counts (lag_behind), so an idle primary adds no sample.
+    if (m_samples.empty() || m_samples.back().lsn != lsn) m_samples.push_back({Clock::now(), lsn});
     return lsn;
   } catch (const core::DbError&) {
     m_primary_checker.reset();
@@ -135,14 +162,36 @@ std::chrono::microseconds ReadPool::lag_behind(std::uint64_t replayed) const {
   return std::chrono::microseconds(0);
 }
 
+// A sample can go once no replica still needs it: it is the first beyond a replica's replay position
+// only while that replica has not replayed it. Samples older than the bound's window are kept for a
+// replica that lags, so its lag keeps growing as long as its replay stays behind (dropping them by
+// age alone capped the figure at max_lag + 2 s). A down replica holds none back: back up, it is
+// measured against what is kept, which is at least the window, so it shows lagging, not up.
+void ReadPool::prune_samples() {
+  std::optional<std::uint64_t> slowest;
+  for (const auto& r : m_replicas)
+    if (r->state != NodeState::Down && r->replayed) slowest = std::min(slowest.value_or(*r->replayed), *r->replayed);
+  const auto now = Clock::now();
+  const auto window = std::chrono::milliseconds(m_settings.max_lag_ms) + std::chrono::seconds(2);
+  while (m_samples.size() > 1 &&
+         (m_samples.size() > kMaxSamples ||
+          (now - m_samples.front().at > window && (!slowest || m_samples.front().lsn <= *slowest))))
+    m_samples.pop_front();
+}
+
 void ReadPool::check_replica(Replica& r, const std::optional<std::uint64_t>& primary) {
   try {
-    if (!r.checker) r.checker = std::make_unique<core::pq::Connection>(r.conninfo);
+    const auto deadline = Clock::now() + std::chrono::milliseconds(m_settings.timeout_ms);
+    if (!r.checker) r.checker = std::make_unique<core::pq::Connection>(r.conninfo, deadline);
+    r.checker->set_deadline(deadline);
     const auto replayed = static_cast<std::uint64_t>(r.checker->exec(kReplicaLsn).int64(0, 0));
+    r.replayed = replayed;
+    r.checked_at_ns = now_ns();
     // With the primary unreachable the lag cannot be measured: the last figure stands.
     if (primary) r.lag_us = lag_behind(replayed).count();
     r.state = r.lag_us > std::int64_t{m_settings.max_lag_ms} * 1000 ? NodeState::Lagging : NodeState::Up;
   } catch (const core::DbError&) {
+    // Refused, lost, or no answer within the deadline (Timeout): down until it answers again.
     r.checker.reset();
     r.state = NodeState::Down;
   }
@@ -152,6 +201,7 @@ void ReadPool::check() {
   std::lock_guard<std::mutex> g(m_check_mutex);
   const auto primary = primary_lsn();
   for (auto& r : m_replicas) check_replica(*r, primary);
+  prune_samples();
 }
 
 void ReadPool::run() {
@@ -174,6 +224,12 @@ std::vector<NodeStats> ReadPool::stats() const {
     NodeStats n;
     n.name = r->name;
     n.state = r->state;
+    // Belt and braces: a node the checker has had no answer from for several rounds is down whatever
+    // it was last seen as (every check is bounded by the deadline, so this is not expected to trigger).
+    const auto round_ns = (std::int64_t{m_settings.check_ms} +
+                           2 * std::int64_t{m_settings.timeout_ms} * static_cast<std::int64_t>(m_replicas.size() + 1)) *
+                          1000000;
+    if (n.state != NodeState::Down && now_ns() - r->checked_at_ns.load() > 3 * round_ns) n.state = NodeState::Down;
     n.lag_seconds = static_cast<double>(r->lag_us.load()) / 1e6;
     n.reads = r->reads;
     n.misses = r->misses;

@@ -1,7 +1,10 @@
 #include "keyline/core/pq.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
+#include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <thread>
 
@@ -30,6 +33,46 @@ int hex_value(char c) {
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
+}
+
+// Waits until the session's socket is ready for `events` or `deadline` passes (false then).
+bool wait_socket(pg_conn* conn, short events, Deadline deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{PQsocket(conn), events, 0};
+    if (p.fd < 0) return true;  // no socket: the next libpq call reports it
+    const int n = ::poll(&p, 1, static_cast<int>(left.count()) + 1);
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return true;
+  }
+}
+
+// PQcancel on a thread of its own: it connects, sends the request and waits for the server to close,
+// so on a silent server it blocks as long as the statement did. At most a few at a time; beyond that
+// a cancel is dropped (the session is closed anyway, so the backend ends at its next read or write).
+std::atomic<int> g_cancels{0};
+constexpr int kMaxCancels = 4;
+
+void cancel_in_background(pg_conn* conn) {
+  PGcancel* c = PQgetCancel(conn);
+  if (!c) return;
+  if (g_cancels.fetch_add(1) >= kMaxCancels) {
+    --g_cancels;
+    PQfreeCancel(c);
+    return;
+  }
+  try {
+    std::thread([c] {
+      char err[256];
+      PQcancel(c, err, sizeof err);
+      PQfreeCancel(c);
+      --g_cancels;
+    }).detach();
+  } catch (const std::system_error&) {
+    --g_cancels;
+    PQfreeCancel(c);
+  }
 }
 
 }  // namespace
@@ -100,8 +143,28 @@ Connection::Connection(std::string conninfo) : m_conninfo(std::move(conninfo)) {
   PQsetNoticeProcessor(m_conn, [](void*, const char*) {}, nullptr);
 }
 
+Connection::Connection(std::string conninfo, Deadline deadline) : m_conninfo(std::move(conninfo)), m_deadline(deadline) {
+  m_conn = PQconnectStart(m_conninfo.c_str());
+  const auto fail = [this](ErrorCode code, const std::string& why) {
+    const std::string msg = m_conn ? first_line(PQerrorMessage(m_conn)) : std::string("out of memory");
+    if (m_conn) PQfinish(m_conn);
+    m_conn = nullptr;
+    throw DbError(code, why + (code == ErrorCode::Timeout ? std::string() : ": " + msg));
+  };
+  if (!m_conn || PQstatus(m_conn) == CONNECTION_BAD) fail(ErrorCode::DbConnection, "cannot connect to PostgreSQL");
+  // PostgreSQL 15 manual 34.1: poll for writing first, then as PQconnectPoll says, until OK or FAILED.
+  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+  while (st != PGRES_POLLING_OK) {
+    if (st == PGRES_POLLING_FAILED) fail(ErrorCode::DbConnection, "cannot connect to PostgreSQL");
+    if (!wait_socket(m_conn, st == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline))
+      fail(ErrorCode::Timeout, "PostgreSQL did not answer the connection in time");
+    st = PQconnectPoll(m_conn);
+  }
+  PQsetNoticeProcessor(m_conn, [](void*, const char*) {}, nullptr);
+}
+
 Connection::Connection(Connection&& o) noexcept
-    : m_conninfo(std::move(o.m_conninfo)), m_conn(o.m_conn), m_prepared(std::move(o.m_prepared)) {
+    : m_conninfo(std::move(o.m_conninfo)), m_conn(o.m_conn), m_deadline(o.m_deadline), m_prepared(std::move(o.m_prepared)) {
   o.m_conn = nullptr;
 }
 
@@ -110,6 +173,7 @@ Connection& Connection::operator=(Connection&& o) noexcept {
     if (m_conn) PQfinish(m_conn);
     m_conninfo = std::move(o.m_conninfo);
     m_conn = o.m_conn;
+    m_deadline = o.m_deadline;
     m_prepared = std::move(o.m_prepared);
     o.m_conn = nullptr;
   }
@@ -125,6 +189,10 @@ bool Connection::ok() const { return m_conn && PQstatus(m_conn) == CONNECTION_OK
 int Connection::backend_pid() const { return m_conn ? PQbackendPID(m_conn) : 0; }
 
 void Connection::reconnect() {
+  if (m_deadline) {  // PQreset blocks; a new session within the deadline does not
+    *this = Connection(m_conninfo, *m_deadline);
+    return;
+  }
   if (!m_conn) {
     *this = Connection(m_conninfo);
     return;
@@ -163,7 +231,15 @@ const std::string& Connection::prepared_name(const std::string& sql, std::size_t
   auto it = m_prepared.find(sql);
   if (it == m_prepared.end()) {
     const std::string name = "keyline_" + std::to_string(m_prepared.size() + 1);
-    checked(Result(PQprepare(m_conn, name.c_str(), sql.c_str(), static_cast<int>(n_params), nullptr)));
+    if (m_deadline) {
+      if (PQsendPrepare(m_conn, name.c_str(), sql.c_str(), static_cast<int>(n_params), nullptr) != 1)
+        throw DbError(ErrorCode::DbConnection, "cannot send a statement: " + first_line(PQerrorMessage(m_conn)));
+      Result r(next_result());
+      while (PGresult* extra = next_result()) PQclear(extra);
+      checked(std::move(r));
+    } else {
+      checked(Result(PQprepare(m_conn, name.c_str(), sql.c_str(), static_cast<int>(n_params), nullptr)));
+    }
     it = m_prepared.emplace(sql, name).first;
   }
   return it->second;
@@ -172,6 +248,19 @@ const std::string& Connection::prepared_name(const std::string& sql, std::size_t
 Result Connection::run(const std::string& sql, const Params& params, bool prepared) {
   if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
   const ParamArrays a(params);
+  if (m_deadline) {
+    // PQexec* would block on the socket for ever; PQsend* + poll() stops at the deadline.
+    const std::string* name = prepared ? &prepared_name(sql, params.size()) : nullptr;
+    const int sent = name ? PQsendQueryPrepared(m_conn, name->c_str(), a.count(), a.values.data(), a.lengths.data(),
+                                                a.formats.data(), 0)
+                          : PQsendQueryParams(m_conn, sql.c_str(), a.count(), nullptr, a.values.data(),
+                                              a.lengths.data(), a.formats.data(), 0);
+    if (sent != 1) throw DbError(ErrorCode::DbConnection, "cannot send a statement: " + first_line(PQerrorMessage(m_conn)));
+    // As PQexec: the last result counts (one statement gives one), read up to the end of the answer.
+    Result r(next_result());
+    while (PGresult* extra = next_result()) r = Result(extra);
+    return checked(std::move(r));
+  }
   if (!prepared) {
     return checked(Result(PQexecParams(m_conn, sql.c_str(), a.count(), nullptr, a.values.data(), a.lengths.data(),
                                        a.formats.data(), 0)));
@@ -216,20 +305,60 @@ std::vector<Result> Connection::exec_pipeline(const std::vector<const Statement*
   out.reserve(batch.size());
   std::optional<DbError> failed;
   for (std::size_t i = 0; i < batch.size(); ++i) {
-    Result r(PQgetResult(m_conn));
+    Result r(next_result());
     if (!r.raw()) throw lost("connection lost in a pipeline");
-    while (PGresult* extra = PQgetResult(m_conn)) PQclear(extra);
+    while (PGresult* extra = next_result()) PQclear(extra);
     const ExecStatusType st = PQresultStatus(r.raw());
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && st != PGRES_PIPELINE_ABORTED && !failed)
       failed = error_of(r.raw());
     if (PQstatus(m_conn) != CONNECTION_OK) throw failed ? *failed : lost("connection lost in a pipeline");
     out.push_back(std::move(r));
   }
-  Result sync(PQgetResult(m_conn));
+  Result sync(next_result());
   if (!sync.raw() || PQresultStatus(sync.raw()) != PGRES_PIPELINE_SYNC) throw lost("pipeline ended without its Sync");
   if (PQexitPipelineMode(m_conn) != 1) throw lost("cannot leave pipeline mode");
   if (failed) throw *failed;
   return out;
+}
+
+// Deadline mode runs libpq non-blocking, so neither a send into a full socket buffer nor a read
+// waits inside libpq: every wait is this poll(), bounded by the deadline.
+void Connection::wait_ready() {
+  if (!m_conn) throw DbError(ErrorCode::DbConnection, "no connection");
+  if (!PQisnonblocking(m_conn)) PQsetnonblocking(m_conn, 1);
+  for (;;) {
+    const int flushed = PQflush(m_conn);
+    if (flushed < 0) throw DbError(ErrorCode::DbConnection, "cannot send a statement: " + first_line(PQerrorMessage(m_conn)));
+    if (flushed == 0 && !PQisBusy(m_conn)) return;
+    if (!wait_socket(m_conn, flushed == 1 ? POLLIN | POLLOUT : POLLIN, *m_deadline))
+      time_out("PostgreSQL did not answer in time");
+    if (PQconsumeInput(m_conn) != 1)
+      throw DbError(ErrorCode::DbConnection, "connection lost: " + first_line(PQerrorMessage(m_conn)));
+  }
+}
+
+void Connection::set_deadline(std::optional<Deadline> deadline) {
+  m_deadline = deadline;
+  // Back to libpq's blocking mode for the statements without one (PQpipelineSync flushes in it).
+  if (!deadline && m_conn && PQisnonblocking(m_conn)) PQsetnonblocking(m_conn, 0);
+}
+
+pg_result* Connection::next_result() {
+  if (!m_deadline) return PQgetResult(m_conn);
+  wait_ready();
+  return PQgetResult(m_conn);
+}
+
+void Connection::time_out(const char* what) {
+  // The backend may still be running the statement (a slow plan, a lock): the cancel stops it. The
+  // session itself is in the middle of an answer and cannot serve another statement: it is closed
+  // (non-blocking, so its Terminate message cannot wait on a full socket either).
+  cancel_in_background(m_conn);
+  PQsetnonblocking(m_conn, 1);
+  PQfinish(m_conn);
+  m_conn = nullptr;
+  m_prepared.clear();
+  throw DbError(ErrorCode::Timeout, what);
 }
 
 Result Connection::checked(Result res) {
@@ -243,7 +372,7 @@ DbError Connection::error_of(pg_result* r) {
   const char* state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : nullptr;
   std::string sqlstate = state ? state : "";
   ErrorCode code = classify(sqlstate);
-  if (PQstatus(m_conn) != CONNECTION_OK) code = ErrorCode::DbConnection;
+  if (!m_conn || PQstatus(m_conn) != CONNECTION_OK) code = ErrorCode::DbConnection;
   const std::string msg = first_line(r ? PQresultErrorMessage(r) : PQerrorMessage(m_conn));
   return DbError(code, "SQL failed (" + (sqlstate.empty() ? std::string("no SQLSTATE") : sqlstate) + "): " + msg,
                  sqlstate);
@@ -320,6 +449,33 @@ Pool::Lease::~Lease() {
 
 Pool::Pool(std::string conninfo, std::size_t size) : m_conninfo(std::move(conninfo)), m_size(size ? size : 1) {}
 
+std::optional<Pool::Lease> Pool::try_acquire(Deadline deadline) {
+  std::unique_lock<std::mutex> lock(m_mutex);
+  if (!m_cv.wait_until(lock, deadline, [&] { return !m_idle.empty() || m_opened < m_size; })) return std::nullopt;
+  std::unique_ptr<Connection> c;
+  if (!m_idle.empty()) {
+    c = std::move(m_idle.back());
+    m_idle.pop_back();
+  } else {
+    ++m_opened;
+  }
+  lock.unlock();
+  try {
+    if (!c) {
+      c = std::make_unique<Connection>(m_conninfo, deadline);
+    } else {
+      c->set_deadline(deadline);
+      if (!c->ok()) c->reconnect();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> g(m_mutex);
+    --m_opened;  // the slot is free again; `c`, if any, goes with it
+    m_cv.notify_one();
+    throw;
+  }
+  return Lease(*this, std::move(c));
+}
+
 Pool::Lease Pool::acquire() {
   std::unique_lock<std::mutex> lock(m_mutex);
   m_cv.wait(lock, [&] { return !m_idle.empty() || m_opened < m_size; });
@@ -350,9 +506,13 @@ Pool::Lease Pool::acquire() {
 }
 
 void Pool::give_back(std::unique_ptr<Connection> c) {
+  c->set_deadline(std::nullopt);
+  const bool keep = c->ok();
+  if (!keep) c.reset();  // closed after a deadline, or lost: a later acquire opens a new one
   {
     std::lock_guard<std::mutex> g(m_mutex);
-    m_idle.push_back(std::move(c));
+    if (keep) m_idle.push_back(std::move(c));
+    else --m_opened;
   }
   m_cv.notify_one();
 }

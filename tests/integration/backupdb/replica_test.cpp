@@ -3,7 +3,9 @@
 // Reads are answered by the standby (its counters and its pg_stat_activity say so), a publish is read
 // back at once, a standby whose replay is paused is skipped once it lags past the bound (reads go to
 // the other one in the meantime), a standby stopped in the middle of a read load costs no read, and
-// the real server program serves through --replica and shows the nodes in /metrics.
+// the real server program serves through --replica and shows the nodes in /metrics. A standby that
+// goes silent (the TCP forwarder in front of it SIGSTOPped: tests/support/tcp_forward.py) costs no
+// read and no read waits past --replica-timeout-ms much; a paused standby's lag keeps growing.
 #include <doctest/doctest.h>
 
 #include <signal.h>
@@ -211,6 +213,38 @@ double series(const std::string& text, const std::string& name) {
   return -1;
 }
 
+// tests/support/tcp_forward.py from a free port to `target_port`; SIGSTOP it to make the target silent.
+struct Forwarder {
+  pid_t pid = -1;
+  int port = test::free_port();
+
+  explicit Forwarder(int target_port) {
+    const std::string script = test::source_dir() + "/tests/support/tcp_forward.py";
+    const std::string lp = std::to_string(port), tp = std::to_string(target_port);
+    pid = fork();
+    if (pid == 0) {
+      execlp("python3", "python3", script.c_str(), lp.c_str(), tp.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    REQUIRE(pid > 0);
+    REQUIRE(wait_for([this] { return sh("python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", " +
+                                        std::to_string(port) + "), 1)' 2>/dev/null") == 0; }));
+  }
+  ~Forwarder() {
+    kill(pid, SIGCONT);
+    kill(pid, SIGKILL);
+    int st = 0;
+    waitpid(pid, &st, 0);
+  }
+  // `conninfo` with its port replaced by the forwarder's.
+  std::string in_front_of(std::string conninfo) const {
+    const auto at = conninfo.find(" port=");
+    REQUIRE(at != std::string::npos);
+    const auto end = conninfo.find(' ', at + 1);
+    return conninfo.replace(at, end - at, " port=" + std::to_string(port));
+  }
+};
+
 }  // namespace
 
 TEST_CASE("reads are answered by the replica; a publish is read back at once (a miss goes to the primary)") {
@@ -370,4 +404,81 @@ TEST_CASE("serve --replica: the server program reads on the replica and shows ea
              "{\"node\":\"replica0\",\"state\":\"down\"}]}");
   clusters().start_replica();  // back for whatever runs after
   REQUIRE(wait_for([&] { return srv.healthz().find("\"status\":\"ok\"") != std::string::npos; }));
+}
+
+TEST_CASE("a replica gone silent (its forwarder SIGSTOPped) under 16 readers: no read fails or hangs; down at once, back after SIGCONT") {
+  const int replica_port = std::stoi(test::read_file(clusters().replica_dir() + "/port"));
+  Forwarder fwd(replica_port);
+  auto s = settings();
+  s.conninfos = {fwd.in_front_of(clusters().replica)};
+  s.timeout_ms = 300;
+  backupdb::Store store(clusters().primary, 8, 0, s);
+  publish_range(store, 400, 440);
+  wait_replayed();
+  REQUIRE(node(store, "replica0").state == backupdb::NodeState::Up);
+  using Clock = std::chrono::steady_clock;
+  std::atomic<bool> stop{false};
+  std::atomic<long> reads{0}, failed{0}, slowest_us{0}, running{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 16; ++t) {
+    readers.emplace_back([&, t] {
+      ++running;
+      for (int i = 0; !stop; ++i) {
+        const auto start = Clock::now();
+        try {
+          const auto rec = record_of(400 + (i * 7 + t) % 40);
+          const bool ok = (i % 2) ? static_cast<bool>(store.by_chip_id(rec.chip_id.str()))
+                                  : static_cast<bool>(store.by_imei(rec.imei.str()));
+          if (!ok) ++failed;
+        } catch (const std::exception&) {
+          ++failed;
+        }
+        const long us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start).count();
+        for (long m = slowest_us; us > m && !slowest_us.compare_exchange_weak(m, us);) {
+        }
+        ++reads;
+      }
+      --running;
+    });
+  }
+  std::this_thread::sleep_for(500ms);
+  CHECK(node(store, "replica0").reads > 0);
+  REQUIRE(kill(fwd.pid, SIGSTOP) == 0);
+  const auto stopped = Clock::now();
+  // What /healthz and /metrics show (api.cpp renders stats()): down within about a second.
+  const bool down = wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Down; }, 3s);
+  const auto down_after = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - stopped);
+  CHECK(down);
+  CHECK(down_after < 1200ms);
+  const long reads_at_down = reads;
+  std::this_thread::sleep_for(1000ms);  // the primary answers meanwhile
+  const long during = reads - reads_at_down;
+  CHECK(during > 100);
+  CHECK(node(store, "replica0").state == backupdb::NodeState::Down);  // the checker does not see it up
+  REQUIRE(kill(fwd.pid, SIGCONT) == 0);  // before any join: without the fix the readers hang until now
+  CHECK(wait_for([&] { return node(store, "replica0").state == backupdb::NodeState::Up; }, 5s));
+  const auto back = node(store, "replica0").reads;
+  CHECK(wait_for([&] { return node(store, "replica0").reads > back + 10; }, 3s));  // it takes reads again
+  stop = true;
+  CHECK(wait_for([&] { return running == 0; }, 10s));
+  for (auto& th : readers) th.join();
+  CHECK(failed == 0);
+  MESSAGE(reads.load() << " reads, " << during << " in the second after the stop, down after " << down_after.count()
+                       << " ms, slowest read " << slowest_us.load() / 1000 << " ms, "
+                       << node(store, "replica0").failures << " failed over from the replica");
+  CHECK(slowest_us < (s.timeout_ms + 1000) * 1000L);
+}
+
+TEST_CASE("a standby whose replay stays paused: its lag keeps growing past the samples' window (max lag + 2 s)") {
+  backupdb::Store store(clusters().primary, 4, 0, settings());
+  core::pq::Connection r(clusters().replica);
+  r.exec("SELECT pg_wal_replay_pause()");
+  publish_range(store, 500, 501);
+  // Before the fix the oldest sample was dropped 2.3 s after it was taken, so the figure stopped there.
+  const bool grew = wait_for([&] { return node(store, "replica0").lag_seconds > 3.5; }, 6s);
+  const auto lag = node(store, "replica0").lag_seconds;
+  r.exec("SELECT pg_wal_replay_resume()");
+  CHECK(grew);
+  MESSAGE("lag seen " << lag << " s");
+  CHECK(node(store, "replica0").state == backupdb::NodeState::Lagging);
 }

@@ -3,7 +3,10 @@
 // pool). A replica that fails a read, or that the checker finds down or lagging past the bound, is
 // skipped; the primary answers last. A replica that has no row for a lookup is not trusted with the
 // "absent": the primary is asked too, so a record read right after its 201 never 404s (records and
-// tiles are immutable, so a row a replica does have is always the primary's row).
+// tiles are immutable, so a row a replica does have is always the primary's row). Every replica
+// statement, and the checker's, has a deadline (timeout_ms): a replica that goes silent (stopped,
+// partitioned: its kernel still ACKs, so TCP never fails) costs a read that much once, is marked down
+// at once and the read goes on to the next node; it is never waited for without bound.
 #pragma once
 
 #include <atomic>
@@ -27,6 +30,7 @@ struct ReplicaSettings {
   std::vector<std::string> conninfos;  // serve --replica, in order: nodes "replica0", "replica1", ...
   int max_lag_ms = 1000;               // serve --max-replica-lag-ms: skipped beyond this
   int check_ms = 250;                  // how often the checker looks (at most 1 s)
+  int timeout_ms = 500;                // serve --replica-timeout-ms: a replica read or check gives up (a lookup takes < 1 ms)
 };
 
 enum class NodeState { Up, Lagging, Down };
@@ -71,6 +75,8 @@ class ReadPool {
     std::unique_ptr<core::pq::Connection> checker;  // the checker thread's own session
     std::atomic<NodeState> state{NodeState::Down};  // usable only once the checker has seen it
     std::atomic<std::int64_t> lag_us{0};
+    std::atomic<std::int64_t> checked_at_ns{0};  // steady clock: the checker's last answer from it
+    std::optional<std::uint64_t> replayed;        // its replay position at that check (checker only)
     std::atomic<std::uint64_t> reads{0}, misses{0}, failures{0};
   };
   struct Sample {
@@ -92,7 +98,8 @@ class ReadPool {
   std::atomic<std::size_t> m_next{0};
   std::atomic<std::uint64_t> m_primary_reads{0};
   std::unique_ptr<core::pq::Connection> m_primary_checker;
-  std::deque<Sample> m_samples;  // the primary's WAL position over the last seconds (checker only)
+  void prune_samples();
+  std::deque<Sample> m_samples;  // the primary's WAL positions, each when first seen (checker only)
   std::mutex m_check_mutex;      // one check() at a time (the thread, or a test)
   std::mutex m_stop_mutex;
   std::condition_variable m_stop_cv;

@@ -1,6 +1,8 @@
 // A small libpq wrapper: RAII connections and results, PQexecParams only (text parameters, binary for
 // bytea), RAII transactions, retry on serialization failure and lost connections, and a connection pool.
 // Every statement goes through PQexecParams with $n placeholders, so no value is ever spliced into SQL.
+// A session may carry a deadline (set_deadline, Pool::try_acquire): its statements then run through
+// PQsendQuery* and poll() instead of blocking for ever on a server that went silent.
 #pragma once
 
 #include <chrono>
@@ -21,6 +23,8 @@ struct pg_conn;
 struct pg_result;
 
 namespace keyline::core::pq {
+
+using Deadline = std::chrono::steady_clock::time_point;
 
 // One statement parameter: text (sent as format 0), bytea (sent as format 1, raw bytes) or NULL.
 class Param {
@@ -80,6 +84,10 @@ class Connection {
  public:
   // Throws DbError(DbConnection) when the server cannot be reached or refuses the login.
   explicit Connection(std::string conninfo);
+  // The same, given up at `deadline` (PQconnectStart/PQconnectPoll): a server whose kernel accepts
+  // the TCP connection but whose process never answers (SIGSTOPped, a wedged forwarder) would hold
+  // PQconnectdb for ever. Throws DbError(Timeout) then. The session keeps the deadline (set_deadline).
+  Connection(std::string conninfo, Deadline deadline);
   Connection(Connection&&) noexcept;
   Connection& operator=(Connection&&) noexcept;
   Connection(const Connection&) = delete;
@@ -101,7 +109,16 @@ class Connection {
   // rolls back and that statement's DbError is thrown. Returns one result per statement, in order.
   std::vector<Result> exec_pipeline(const std::vector<const Statement*>& batch);
   bool ok() const;   // the socket is up as far as libpq knows
-  void reconnect();  // PQreset; throws DbError(DbConnection) when it fails
+  // PQreset; throws DbError(DbConnection) when it fails. With a deadline set: a new session opened
+  // within it instead (DbError(Timeout) past it).
+  void reconnect();
+  // Every statement from now on (exec, exec_prepared, exec_pipeline, and the PQprepare behind them)
+  // waits for its answer until `deadline` at most. Past it the statement is cancelled (PQcancel, on
+  // a thread of its own: it blocks on a silent server too), the session is closed, so ok() is false
+  // and a Pool drops it instead of handing it out again, and DbError(Timeout) is thrown. A keepalive
+  // or tcp_user_timeout cannot tell: a stopped process's kernel still ACKs. std::nullopt: no limit.
+  void set_deadline(std::optional<Deadline> deadline);
+  std::optional<Deadline> deadline() const { return m_deadline; }
   int backend_pid() const;
   pg_conn* raw() { return m_conn; }
 
@@ -110,9 +127,14 @@ class Connection {
   const std::string& prepared_name(const std::string& sql, std::size_t n_params);
   Result checked(Result res);
   DbError error_of(pg_result* r);
+  // Deadline mode: sends what libpq has queued and waits until a result can be read without blocking.
+  void wait_ready();
+  pg_result* next_result();  // PQgetResult, after wait_ready when a deadline is set
+  [[noreturn]] void time_out(const char* what);  // cancel, close, throw DbError(Timeout)
 
   std::string m_conninfo;
   pg_conn* m_conn = nullptr;
+  std::optional<Deadline> m_deadline;
   std::unordered_map<std::string, std::string> m_prepared;  // SQL text -> statement name
 };
 
@@ -157,7 +179,8 @@ void run_transaction(Connection& conn, Isolation iso, const std::function<void(T
                      RetryPolicy policy = {});
 
 // A fixed-size pool for a server: connections open lazily, a lease returns its connection on
-// destruction, acquire() waits when all are out. A connection that went bad is reopened on next use.
+// destruction, acquire() waits when all are out. A connection that comes back bad (lost, or closed
+// after a deadline) is dropped, and a new one opened on a later acquire.
 class Pool {
  public:
   class Lease {
@@ -177,6 +200,10 @@ class Pool {
 
   Pool(std::string conninfo, std::size_t size);
   Lease acquire();
+  // A session within `deadline`: std::nullopt when none came free by then (the pool is busy, not
+  // broken); a new one is opened within the deadline (DbError(Timeout) past it, DbConnection when
+  // refused). The lease's session carries the deadline for its statements until it comes back.
+  std::optional<Lease> try_acquire(Deadline deadline);
   std::size_t size() const { return m_size; }
 
  private:
