@@ -171,16 +171,18 @@ struct Server {
   int port = test::free_port(), ops_port = test::free_port();
   std::string log = clusters().dir + "/serve.log";
 
-  Server() {
+  // `replica`: its conninfo (by default the standby's own), `extra`: more serve options.
+  explicit Server(std::string replica = clusters().replica, const std::vector<std::string>& extra = {}) {
     const auto& c = clusters();
     REQUIRE(sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=kl-root -days 2 -keyout " +
                c.dir + "/root.key -out " + c.dir + "/root.pem 2>/dev/null") == 0);
     std::vector<std::string> args{test::binary_dir() + "/bin/keyline-backupdb", "serve", "--plain-http", "--no-log",
                                   "--db", without_password(c.primary, c.dir + "/db.pw"), "--db-password-file", c.dir + "/db.pw",
-                                  "--replica", without_password(c.replica, c.dir + "/db.pw"), "--max-replica-lag-ms", "500",
+                                  "--replica", without_password(replica, c.dir + "/db.pw"), "--max-replica-lag-ms", "500",
                                   "--cache", "0", "--trust", c.dir + "/root.pem", "--log", log,
                                   "--listen", "127.0.0.1:" + std::to_string(port),
                                   "--ops-listen", "127.0.0.1:" + std::to_string(ops_port)};
+    args.insert(args.end(), extra.begin(), extra.end());
     pid = fork();
     if (pid == 0) {
       std::vector<char*> argv;
@@ -481,4 +483,50 @@ TEST_CASE("a standby whose replay stays paused: its lag keeps growing past the s
   CHECK(grew);
   MESSAGE("lag seen " << lag << " s");
   CHECK(node(store, "replica0").state == backupdb::NodeState::Lagging);
+}
+
+TEST_CASE("serve: a replica gone silent under 40 reads in flight: every read answers, both /healthz answer and show it down") {
+  const int replica_port = std::stoi(test::read_file(clusters().replica_dir() + "/port"));
+  Forwarder fwd(replica_port);
+  {
+    backupdb::Store store(clusters().primary, 2, 0);
+    publish_range(store, 600, 640);
+  }
+  wait_replayed();
+  Server srv(fwd.in_front_of(clusters().replica), {"--threads", "16", "--db-pool", "8", "--replica-timeout-ms", "400"});
+  CHECK(srv.status("/v1/records/" + record_of(600).chip_id.str(), srv.port) == "200");
+  REQUIRE(srv.healthz().find("\"status\":\"ok\"") != std::string::npos);
+  REQUIRE(kill(fwd.pid, SIGSTOP) == 0);
+  // 40 reads at once, more than the server's 16 workers; each curl gives up after 5 s (the hang before).
+  std::string urls;
+  for (int i = 0; i < 40; ++i)
+    urls += " http://127.0.0.1:" + std::to_string(srv.port) + "/v1/records/" + record_of(600 + i).chip_id.str();
+  const std::string out = clusters().dir + "/silent.out";
+  const std::string load = "for u in" + urls + "; do curl -s -m 5 -o /dev/null -w '%{http_code} %{time_total}\\n' $u & done; wait";
+  std::thread readers([&] { sh("(" + load + ") > " + out); });
+  std::this_thread::sleep_for(200ms);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto pub = srv.status("/healthz", srv.port);
+  const auto ops = srv.healthz();
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
+  readers.join();
+  kill(fwd.pid, SIGCONT);
+  CHECK(pub == "200");
+  CHECK(ops.find("{\"node\":\"replica0\",\"state\":\"down\"}") != std::string::npos);
+  CHECK(took < 2000ms);
+  std::istringstream lines(test::read_file(out));
+  int answered = 0;
+  double slowest = 0;
+  std::string code;
+  double secs = 0;
+  while (lines >> code >> secs) {
+    CHECK(code == "200");
+    answered += code == "200";
+    slowest = std::max(slowest, secs);
+  }
+  CHECK(answered == 40);
+  CHECK(slowest < 2.0);
+  MESSAGE("40 reads in flight: " << answered << " answered 200, slowest " << slowest << " s; /healthz both in "
+                                 << took.count() << " ms: " << ops);
+  REQUIRE(wait_for([&] { return srv.healthz().find("\"status\":\"ok\"") != std::string::npos; }));
 }
