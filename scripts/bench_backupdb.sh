@@ -81,12 +81,18 @@ have=$(psql "$owner" -Atq -c "SELECT count(*) FROM records")
 if [ "$have" -lt "$records" ]; then
   echo "bench_backupdb: filling $records synthetic records (once; kept in $dir) ..."
   fill_start=$(date +%s)
-  # One real P-256 certificate for every row; its DER is the identity certificate column.
-  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/sample.key" \
+  # One real P-256 certificate for every row; its DER is the identity certificate column (kept, so
+  # that a resumed fill's rows carry the same one).
+  [ -f "$dir/sample.pem" ] || openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$dir/sample.key" \
     -out "$dir/sample.pem" -subj "/serialNumber=490154203237518" -days 365 2>/dev/null
   der_hex=$(openssl x509 -in "$dir/sample.pem" -outform DER | od -An -v -tx1 | tr -d ' \n')
   pem_json=$(awk '{printf "%s\\n", $0}' "$dir/sample.pem")
-  psql "$owner" -q -v ON_ERROR_STOP=1 -v der_hex="$der_hex" -v pem_json="$pem_json" -v first="$have" -v n="$records" <<'SQL'
+  # One transaction per million rows: a fill stopped half-way (10M take most of an hour) keeps the
+  # chunks committed, and the next run goes on from count(*).
+  from=$have
+  while [ "$from" -lt "$records" ]; do
+    to=$((from + 1000000 < records ? from + 1000000 : records))
+    psql "$owner" -q -v ON_ERROR_STOP=1 -v der_hex="$der_hex" -v pem_json="$pem_json" -v first="$from" -v n="$to" <<'SQL'
 CREATE FUNCTION pg_temp.imei(n bigint) RETURNS text LANGUAGE sql IMMUTABLE AS $$
   -- TAC + 6-digit serial + Luhn check digit (3GPP TS 23.003 Annex B). A TAC holds 10^6 serials, so
   -- record n has TAC 35780502 + n / 10^6 and serial n mod 10^6 (lpad alone truncates a 7th digit:
@@ -112,8 +118,11 @@ FROM (
   FROM generate_series(:first, :n - 1) g
   OFFSET 0  -- a fence: the subquery is not pulled up, so each row's IMEI is computed once, not twice
 ) s;
-ANALYZE records;
 SQL
+    echo "bench_backupdb: $to of $records records ($(( $(date +%s) - fill_start )) s)"
+    from=$to
+  done
+  psql "$owner" -q -c "ANALYZE records"
   echo "bench_backupdb: filled $((records - have)) records in $(( $(date +%s) - fill_start )) s"
 fi
 
