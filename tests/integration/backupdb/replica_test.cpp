@@ -506,8 +506,9 @@ TEST_CASE("serve: a replica gone silent under 40 reads in flight: every read ans
   std::thread readers([&] { sh("(" + load + ") > " + out); });
   std::this_thread::sleep_for(200ms);
   const auto t0 = std::chrono::steady_clock::now();
-  const auto pub = srv.status("/healthz", srv.port);
-  const auto ops = srv.healthz();
+  // -m 5: without the fix both hung until the SIGCONT below, which comes after them.
+  const auto pub = run("curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:" + std::to_string(srv.port) + "/healthz");
+  const auto ops = run("curl -s -m 5 http://127.0.0.1:" + std::to_string(srv.ops_port) + "/healthz");
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0);
   readers.join();
   kill(fwd.pid, SIGCONT);
