@@ -399,5 +399,5 @@ if [ "${KEYLINE_BENCH_SIZES:-1}" = 1 ]; then
            round(sum(pg_table_size(c.oid))::numeric / greatest(1, (SELECT count(*) FROM records)), 1)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = 'public' AND c.relkind IN ('r', 'i') AND (c.relname LIKE 'record%')
-    GROUP BY 1 ORDER BY 2 DESC" | awk '{printf "  size %-24s %12d bytes %8.1f bytes/record\n", $1, $2, $3}'
+    GROUP BY 1 ORDER BY 2 DESC" | awk '{printf "  size %-24s %12.0f bytes %8.1f bytes/record\n", $1, $2, $3}'
 fi
