@@ -25,8 +25,8 @@
 # INSERT ... SELECT generate_series as the table owner: publishing a million records through
 # the API would measure the write path, not the read path. Publishing is measured by the tests.
 #
-# Environment: KEYLINE_BENCH_RECORDS (1000000; 10000000 is the size: about an hour to fill on
-# 2 cores and 21 GB of database), KEYLINE_BENCH_STATIC_RECORDS (all: nginx gets files for the first M
+# Environment: KEYLINE_BENCH_RECORDS (1000000; 10000000 is the size: 17 minutes to fill on
+# 2 cores and 19 GB of database), KEYLINE_BENCH_STATIC_RECORDS (all: nginx gets files for the first M
 # records only, at 4 KiB each, and its wrk draws from those M), KEYLINE_BENCH_SECONDS (15 per measurement; KEYLINE_BENCH_WARMUP, the same, before each),
 # KEYLINE_BENCH_DIR (.keyline/bench/backupdb; the filled database and the static files are kept there
 # and reused), KEYLINE_BENCH_MODES ("warm cold cold-batch"), KEYLINE_BENCH_NODES ("1 2"),
@@ -127,7 +127,7 @@ SQL
 fi
 
 # The same JSON bodies as static files for nginx (written once), for the first $static records: at
-# 4 KiB a file 10M records would need 40 GB of disk besides the database's 21 GB.
+# 4 KiB a file 10M records would need 40 GB of disk besides the database's 19 GB.
 www=$dir/www/v1/records
 if [ ! -f "$dir/www/.complete-$static" ]; then
   echo "bench_backupdb: writing $static static files for nginx ..."
