@@ -30,7 +30,8 @@
 # records only, at 4 KiB each, and its wrk draws from those M), KEYLINE_BENCH_SECONDS (15 per measurement; KEYLINE_BENCH_WARMUP, the same, before each),
 # KEYLINE_BENCH_DIR (.keyline/bench/backupdb; the filled database and the static files are kept there
 # and reused), KEYLINE_BENCH_MODES ("warm cold cold-batch"), KEYLINE_BENCH_NODES ("1 2"),
-# KEYLINE_BENCH_HTTPS (1: HTTPS too), KEYLINE_BENCH_SIZES (1: print table and index bytes per record).
+# KEYLINE_BENCH_HTTPS (1: HTTPS too), KEYLINE_BENCH_SIZES (1: print table and index bytes per record),
+# KEYLINE_BENCH_PREWARM (0; 1: the lookup indexes loaded into shared_buffers first, see below).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -342,6 +343,20 @@ measure() {
     "$(awk -v d=$((t1 - t0)) -v r="$rps" -v s="$seconds" -v hz="$hz" 'BEGIN {printf "%.1f", d / hz * 1e6 / (r * s)}')" \
     "$(awk -v d=$((p1 - p0)) -v r="$rps" -v s="$seconds" -v hz="$hz" 'BEGIN {printf "%.1f", d / hz * 1e6 / (r * s)}')"
 }
+
+# KEYLINE_BENCH_PREWARM=1: the chip-ID and IMEI indexes are read into shared_buffers before measuring, as
+# docs/scale.md sizes a replica (the lookup index resident, one heap page per cold read). Give the cluster
+# the room for them: KEYLINE_PG_OPTS="-c shared_buffers=2GB" (scripts/pg.sh; 128MB by default, which at 10M
+# records holds neither the 406 MB of chip-ID index nor the heap: each lookup then reads its pages from
+# the kernel's page cache).
+if [ "${KEYLINE_BENCH_PREWARM:-0}" = 1 ]; then
+  psql "$owner" -Atq -v ON_ERROR_STOP=1 <<'SQL' | awk '{s += $1} END {printf "bench_backupdb: prewarmed %d index pages (shared_buffers ", s}'
+CREATE EXTENSION IF NOT EXISTS pg_prewarm;
+SELECT pg_prewarm(c.oid) FROM pg_class c
+ WHERE c.relkind = 'i' AND (c.relname ~ '^records_p[0-9]+_pkey$' OR c.relname = 'record_imei_pkey');
+SQL
+  psql "$owner" -Atq -c "SHOW shared_buffers" | sed 's/$/)/'
+fi
 
 chip0=$(printf '%020X' 0)
 warmup=${KEYLINE_BENCH_WARMUP:-$seconds}
