@@ -91,16 +91,21 @@ std::string by_chip_in(const std::string& table) {
 // the layout is not the one the hash computes, and every lookup goes through the parent as before.
 struct RecordRoutes {
   PartitionMap map;
+  std::chrono::steady_clock::time_point loaded_at;  // when this map was first read (young: checked)
   std::vector<std::string> by_chip;
   std::string by_chip_parent = by_chip_in("records");
 
-  explicit RecordRoutes(PartitionMap m) : map(std::move(m)) {
+  RecordRoutes(PartitionMap m, std::chrono::steady_clock::time_point at) : map(std::move(m)), loaded_at(at) {
     for (const auto& name : map.names()) by_chip.push_back(by_chip_in(name));
   }
-  const std::string& by_chip_sql(const std::string& chip) const {
-    return map.empty() ? by_chip_parent : by_chip[map.remainder_of(chip)];
+  const std::string& by_chip_sql(const std::string& chip, bool routed) const {
+    return routed ? by_chip[map.remainder_of(chip)] : by_chip_parent;
   }
 };
+
+namespace {
+using Clock = std::chrono::steady_clock;
+}  // namespace
 
 Store::Store(const std::string& conninfo, std::size_t pool_size, std::size_t cache_entries,
              const ReplicaSettings& replicas, std::size_t read_batch)
@@ -154,36 +159,74 @@ RecordPtr Store::load(const std::string& column, const std::string& value) {
   return found.empty() ? nullptr : found.begin()->second;
 }
 
-// The layout is read once, by the first lookup, on that lookup's session: the pool opens sessions
-// lazily, so a server started before its database still starts. A replica has the primary's catalog.
+// The layout is read by the first lookup, on that lookup's session: the pool opens sessions lazily,
+// so a server started before its database still starts. A replica has the primary's catalog. It is
+// read again by the first lookup after kLayoutRereadAfter (a few catalog statements on one request
+// every 30 s, while the others go on with the map they have), so a table re-partitioned under a
+// running server is routed by its new layout without waiting for a sampled miss to notice.
+bool Store::layout_due() const {
+  return Clock::now().time_since_epoch().count() - m_layout_read_at >=
+         std::chrono::duration_cast<Clock::duration>(kLayoutRereadAfter).count();
+}
+
 std::shared_ptr<const RecordRoutes> Store::routes(core::pq::Connection& c) {
-  if (auto r = std::atomic_load(&m_routes)) return r;
-  std::lock_guard<std::mutex> g(m_routes_mutex);
-  if (auto r = std::atomic_load(&m_routes)) return r;
-  auto layout = read_partition_layout(c, "records", "chip_id");
+  auto r = std::atomic_load(&m_routes);
+  if (r && !layout_due()) return r;
+  std::unique_lock<std::mutex> g(m_routes_mutex, std::defer_lock);
+  if (!r)
+    g.lock();
+  else if (!g.try_lock())
+    return r;  // another lookup is re-reading it
+  r = std::atomic_load(&m_routes);
+  if (r && !layout_due()) return r;
+  const auto now = Clock::now();
+  PartitionLayout layout;
+  try {
+    layout = read_partition_layout(c, "records", "chip_id");
+  } catch (const core::DbError& e) {
+    if (!r) throw;  // the first read: the lookup fails as any lookup on a failing session
+    // A re-read: the map in use stays (the session's own failure is the lookup's to meet).
+    core::log::warn("records_partitions_reread_failed", core::log::Fields().str("error", e.what()));
+    m_layout_read_at = now.time_since_epoch().count();
+    return r;
+  }
+  m_layout_read_at = now.time_since_epoch().count();
+  // Unchanged: the map in use stays, and with it its age (a re-read does not make it young again,
+  // which would check every miss for kYoungMap of every kLayoutRereadAfter).
+  if (r && r->map.names() == layout.map.names()) return r;
   if (layout.map.empty())
     core::log::info("records_partitions_not_routed", core::log::Fields().str("reason", layout.reason));
   else
     core::log::info("records_partitions_routed",
-                    core::log::Fields().num("partitions", static_cast<std::int64_t>(layout.map.modulus())));
-  auto r = std::make_shared<const RecordRoutes>(std::move(layout.map));
-  m_routed = r->map.modulus();
-  std::atomic_store(&m_routes, r);
-  return r;
+                    core::log::Fields()
+                        .num("partitions", static_cast<std::int64_t>(layout.map.modulus()))
+                        .str("read", r ? "again, changed" : "first"));
+  auto routes = std::make_shared<const RecordRoutes>(std::move(layout.map), now);
+  if (!m_routing_off) m_routed = routes->map.modulus();
+  std::atomic_store(&m_routes, routes);
+  return routes;
 }
 
-void Store::set_partition_map(const PartitionMap& map) {
+void Store::set_partition_map(const PartitionMap& map, std::chrono::seconds age) {
   std::lock_guard<std::mutex> g(m_routes_mutex);
-  auto r = std::make_shared<const RecordRoutes>(map);
+  const auto at = Clock::now() - age;
+  auto r = std::make_shared<const RecordRoutes>(map, at);
+  m_routing_off = false;
   m_routed = r->map.modulus();
+  m_layout_read_at = at.time_since_epoch().count();
   std::atomic_store(&m_routes, r);
 }
 
+// A record the named partition did not have and the parent table did: the map is wrong (a wrong hash,
+// or a layout changed since it was read), so no later lookup trusts it: routing goes off for the rest
+// of the process (a restart reads and verifies the layout again), every lookup through the parent.
 void Store::misrouted(const StoredRecord& rec, const std::string& named) {
   ++m_fallback_hits;
+  m_routing_off = true;
+  m_routed = 0;
   if (m_fallback_logged.exchange(true)) return;  // once: the metric counts the rest
   core::log::get().device(core::log::Level::Warn, "records_partition_misrouted", rec.chip_id, rec.imei,
-                          core::log::Fields().str("named", named).str("found_in", "records"));
+                          core::log::Fields().str("named", named).str("found_in", "records").str("routing", "off"));
 }
 
 namespace {
@@ -211,25 +254,36 @@ std::vector<core::pq::Result> run_batch(core::pq::Connection& c,
 // and their indexes to be opened and locked on every execution (docs/scale.md, "Cold reads").
 std::unordered_map<std::string, RecordPtr> Store::lookup_chips(core::pq::Connection& c,
                                                                const RecordRoutes& routes,
-                                                               const std::vector<std::string>& chips) {
+                                                               const std::vector<std::string>& chips,
+                                                               bool exist) {
+  const bool routed = !routes.map.empty() && !m_routing_off;
   std::unordered_map<std::string, RecordPtr> found;
   std::vector<core::pq::Statement> statements;
   statements.reserve(chips.size());
-  for (const auto& k : chips) statements.push_back({routes.by_chip_sql(k), {k}});
+  for (const auto& k : chips) statements.push_back({routes.by_chip_sql(k, routed), {k}});
   for (const auto& r : run_batch(c, statements))
     for (int i = 0; i < r.rows(); ++i) {
       auto rec = stored_record(r, i);
       found.emplace(rec->chip_id, rec);
     }
-  if (routes.map.empty() || found.size() == chips.size()) return found;
+  if (!routed || found.size() == chips.size()) return found;
   // A miss in the named partition is asked again of the parent table, which PostgreSQL routes
-  // itself: a wrong hash or a stale map (the table re-partitioned under a running server) then costs
-  // a second statement, never a record. A record found only this way is counted and logged once
-  // (misrouted): the partition map is wrong and the metric says so; it must stay 0. The price is a
-  // second statement for every absent chip ID (a 404).
+  // itself, only where that can find something the map lost: the map was verified when read (the
+  // probe keys, read_partition_layout), so a miss is nearly always a chip ID never published (a 404),
+  // and checking each one would double what a 404 costs on each node it is asked of (docs/scale.md,
+  // "What the partitions cost a lookup"). Checked: every miss while the map is young (a layout just
+  // read or changed), every miss of a chip ID record_imei named (it exists), and one miss in
+  // kFallbackSample: 256 keeps a 404's cost within half a percent of one statement while a wrong map,
+  // which loses nearly every lookup, is still caught within 256 misses of its first lookup. A record
+  // found this way switches routing off (misrouted); until then a wrong map's misses are 404s.
+  const bool young = Clock::now() - routes.loaded_at < kYoungMap;
   statements.clear();
-  for (const auto& k : chips)
-    if (!found.count(k)) statements.push_back({routes.by_chip_parent, {k}});
+  for (const auto& k : chips) {
+    if (found.count(k)) continue;
+    if (exist || young || m_chip_misses.fetch_add(1) % kFallbackSample == 0)
+      statements.push_back({routes.by_chip_parent, {k}});
+  }
+  if (statements.empty()) return found;
   for (const auto& r : run_batch(c, statements))
     for (int i = 0; i < r.rows(); ++i) {
       auto rec = stored_record(r, i);
@@ -252,7 +306,7 @@ constexpr const char* kBatchByImei =
 std::unordered_map<std::string, RecordPtr> Store::lookup(core::pq::Connection& c, bool by_chip,
                                                          const std::vector<std::string>& keys) {
   const auto r = routes(c);
-  if (by_chip) return lookup_chips(c, *r, keys);
+  if (by_chip) return lookup_chips(c, *r, keys, false);
   std::unordered_map<std::string, RecordPtr> found;
   if (r->map.empty()) {
     const auto res = keys.size() == 1
@@ -268,7 +322,7 @@ std::unordered_map<std::string, RecordPtr> Store::lookup(core::pq::Connection& c
   if (chips_of.empty()) return found;
   std::vector<std::string> chips;
   for (int i = 0; i < chips_of.rows(); ++i) chips.push_back(chips_of.text(i, 0));
-  for (auto& [chip, rec] : lookup_chips(c, *r, chips)) found.emplace(rec->imei, rec);
+  for (auto& [chip, rec] : lookup_chips(c, *r, chips, true)) found.emplace(rec->imei, rec);
   return found;
 }
 
@@ -276,11 +330,18 @@ std::unordered_map<std::string, RecordPtr> Store::fetch(const std::string& colum
                                                         const std::vector<std::string>& keys) {
   const bool by_chip = column == "chip_id";
   std::unordered_map<std::string, RecordPtr> found;
+  std::vector<std::string> pending = keys;
   // m_reads picks the session (a replica, else the primary) and retries a lost one.
   m_reads.read([&](core::pq::Connection& c) {
-    found = lookup(c, by_chip, keys);
-    // Not all found: the read pool asks the primary for the batch (a replica's "absent" is not trusted).
-    return found.size() == keys.size();
+    auto got = lookup(c, by_chip, pending);  // throws before anything is kept: the retry asks the same keys
+    found.merge(got);
+    // Not all found: the read pool asks the primary for the keys still missing (a replica's "absent"
+    // is not trusted); the ones the replica had are not read twice.
+    std::vector<std::string> missing;
+    for (const auto& k : pending)
+      if (!found.count(k)) missing.push_back(k);
+    pending.swap(missing);
+    return pending.empty();
   });
   for (const auto& f : found) cache_put(f.second);
   return found;

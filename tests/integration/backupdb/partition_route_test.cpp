@@ -1,11 +1,13 @@
 // The server names the partition of a chip ID lookup itself (backupdb/src/pg_partition_hash.h,
 // issue #20): PostgreSQL's own hash of the chip ID, with the layout read from the catalog. Checked
-// against where PostgreSQL put 20,000 records (tableoid), through the Store as the server's role, and
-// with a wrong partition map injected: a lookup then costs a second statement, never a record. On the
-// fixture PostgreSQL cluster, a database per test case.
+// against where PostgreSQL put 20,000 records (tableoid), through the Store as the server's role, with
+// a wrong partition map injected (a sampled miss finds it and routing goes off), the layout re-read,
+// and what an absent chip ID costs. On the fixture PostgreSQL cluster, a database per test case.
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -121,7 +123,7 @@ TEST_CASE("lookups by chip ID and IMEI through the named partition: all found, n
     CHECK(wrong == 0);
     CHECK(store.partitions_routed() == 16);
     CHECK(store.partition_fallback_hits() == 0);
-    // Absent: asked of the named partition, then of the parent; still absent, and no fallback hit.
+    // Absent: asked of the named partition (and of the parent while the map is young); no fallback hit.
     CHECK_FALSE(static_cast<bool>(store.by_chip_id("FFFFFFFFFFFFFFFFFFFF")));
     CHECK_FALSE(static_cast<bool>(store.by_imei("999999999999999")));
     CHECK(store.partition_fallback_hits() == 0);
@@ -131,36 +133,148 @@ TEST_CASE("lookups by chip ID and IMEI through the named partition: all found, n
   }
 }
 
-TEST_CASE("a wrong partition map loses no record: the parent table finds it, and the metric counts it") {
+TEST_CASE("a wrong partition map: routing goes off within kFallbackSample misses, then every record is found") {
   const auto db = migrated_db("kl_route_wrong");
   core::pq::Connection c(db);
   fill(c);
   const auto layout = backupdb::read_partition_layout(c, "records", "chip_id");
   REQUIRE(layout.map.modulus() == 16);
+  const auto chips = c.exec("SELECT chip_id FROM records ORDER BY seq LIMIT 600");
+  // Past kYoungMap (every miss checked) and before kLayoutRereadAfter (the catalog read again).
+  const std::chrono::seconds old_map(20);
   for (const std::size_t batch : {std::size_t{1}, std::size_t{8}}) {
     CAPTURE(batch);
     backupdb::Store store(role_of(db), 4, 0, {}, batch);
-    store.set_partition_map(rotated(layout.map));
-    constexpr int kLookups = 300;
+    // By IMEI: record_imei names a chip ID that exists, so its miss is always checked, and the first
+    // lookup finds the map wrong.
+    store.set_partition_map(rotated(layout.map), old_map);
+    CHECK(store.partitions_routed() == 16);
+    const auto first = store.by_imei(imei_of(1));
+    REQUIRE(static_cast<bool>(first));
+    CHECK(first->imei == imei_of(1));
+    CHECK(store.partition_routing_off());
+    CHECK(store.partition_fallback_hits() == 1);
+    CHECK(store.partitions_routed() == 0);
+
+    // By chip ID: a miss is checked once in kFallbackSample, so up to that many lookups of a wrong
+    // map's records answer "absent"; once one is found through the parent, routing is off and every
+    // lookup after it finds its record.
+    store.set_partition_map(rotated(layout.map), old_map);
+    CHECK_FALSE(store.partition_routing_off());
     std::vector<std::thread> threads;
-    std::atomic<int> found{0};
+    std::atomic<int> lost{0}, lost_after_off{0};
     for (int t = 0; t < 3; ++t)
       threads.emplace_back([&, t] {
-        for (int i = 1 + t; i <= kLookups; i += 3) {
-          const auto r = store.by_imei(imei_of(i));
-          if (r && store.by_chip_id(r->chip_id) && r->imei == imei_of(i)) ++found;
+        for (int i = t; i < chips.rows(); i += 3) {
+          const bool off = store.partition_routing_off();
+          if (store.by_chip_id(chips.text(i, 0))) continue;
+          ++lost;
+          if (off) ++lost_after_off;
         }
       });
     for (auto& th : threads) th.join();
-    CHECK(found == kLookups);
-    // Each record twice (by IMEI, then by chip ID), each time in the wrong partition first.
-    CHECK(store.partition_fallback_hits() == 2 * kLookups);
-    CHECK(store.render_metrics().find("keyline_backupdb_partition_fallback_hits_total 600\n") !=
-          std::string::npos);
-    // The right map again: no more fallbacks.
-    store.set_partition_map(layout.map);
+    CHECK(lost <= static_cast<int>(backupdb::Store::kFallbackSample) + 3);  // + one in flight per thread
+    CHECK(lost_after_off == 0);
+    CHECK(store.partition_routing_off());
+    CHECK(store.partition_fallback_hits() >= 2);
+    const auto metrics = store.render_metrics();
+    CHECK(metrics.find("keyline_backupdb_records_partitions_routed 0\n") != std::string::npos);
+    CHECK(metrics.find("keyline_backupdb_partition_fallback_hits_total " +
+                       std::to_string(store.partition_fallback_hits()) + "\n") != std::string::npos);
+    int found = 0;
+    for (int i = 0; i < chips.rows(); ++i) found += store.by_chip_id(chips.text(i, 0)) ? 1 : 0;
+    CHECK(found == chips.rows());
+
+    // The right map again: routed, no more fallbacks.
+    const auto hits = store.partition_fallback_hits();
+    store.set_partition_map(layout.map, old_map);
+    CHECK(store.partitions_routed() == 16);
     CHECK(static_cast<bool>(store.by_chip_id("00000000000000000002")));
-    CHECK(store.partition_fallback_hits() == 2 * kLookups);
+    CHECK(static_cast<bool>(store.by_imei(imei_of(7))));
+    CHECK(store.partition_fallback_hits() == hits);
+    CHECK_FALSE(store.partition_routing_off());
+  }
+}
+
+TEST_CASE("the layout is read again after kLayoutRereadAfter: a stale map is replaced before a miss finds it") {
+  const auto db = migrated_db("kl_route_reread");
+  core::pq::Connection c(db);
+  fill(c);
+  const auto layout = backupdb::read_partition_layout(c, "records", "chip_id");
+  REQUIRE(layout.map.modulus() == 16);
+  backupdb::Store store(role_of(db), 2, 0);
+  // A map as a layout changed since it was read leaves it (every record elsewhere), read long enough
+  // ago that the next lookup reads the catalog first: that lookup already uses the new map.
+  store.set_partition_map(rotated(layout.map), backupdb::Store::kLayoutRereadAfter + std::chrono::seconds(1));
+  int found = 0;
+  for (int i = 2; i <= 200; i += 2) {
+    char chip[32];
+    std::snprintf(chip, sizeof chip, "%020X", i);
+    found += store.by_chip_id(chip) ? 1 : 0;
+  }
+  CHECK(found == 100);
+  CHECK(store.partition_fallback_hits() == 0);
+  CHECK_FALSE(store.partition_routing_off());
+  CHECK(store.partitions_routed() == 16);
+}
+
+namespace {
+
+// Lookups of the records partitions as PostgreSQL's statistics count them (index and sequential
+// scans), once the counts stop moving: a backend reports its counts when it goes idle, at most once
+// a second, and when it exits.
+std::int64_t partition_scans(core::pq::Connection& c, std::int64_t at_least) {
+  const auto read = [&c] {
+    return c
+        .exec("SELECT (coalesce(sum(idx_scan), 0) + coalesce(sum(seq_scan), 0))::bigint FROM pg_stat_user_tables "
+              "WHERE relname LIKE 'records_p%'")
+        .int64(0, 0);
+  };
+  std::int64_t last = read();
+  for (int i = 0; i < 100; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    const auto now = read();
+    if (now >= at_least && now == last) return now;
+    last = now;
+  }
+  return last;
+}
+
+}  // namespace
+
+TEST_CASE("an absent chip ID costs one lookup in one partition on a node, not two") {
+  const auto db = migrated_db("kl_route_cost");
+  core::pq::Connection c(db);
+  fill(c);
+  const auto layout = backupdb::read_partition_layout(c, "records", "chip_id");
+  REQUIRE(layout.map.modulus() == 16);
+  constexpr int kAbsent = 1200;
+  for (const std::size_t batch : {std::size_t{1}, std::size_t{8}}) {
+    CAPTURE(batch);
+    const auto before = partition_scans(c, 0);
+    {
+      backupdb::Store store(role_of(db), 4, 0, {}, batch);
+      store.set_partition_map(layout.map, std::chrono::seconds(20));  // not young: misses are sampled
+      std::vector<std::thread> threads;
+      std::atomic<int> found{0};
+      for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+          for (int i = t; i < kAbsent; i += 4) {
+            char chip[32];
+            std::snprintf(chip, sizeof chip, "FA%018d", i);  // neither fill pattern makes these
+            if (store.by_chip_id(chip)) ++found;
+          }
+        });
+      for (auto& th : threads) th.join();
+      CHECK(found == 0);
+      CHECK(store.partition_fallback_hits() == 0);
+    }  // the sessions close: their counts reach the statistics
+    const auto scans = partition_scans(c, before + kAbsent) - before;
+    const double per_404 = static_cast<double>(scans) / kAbsent;
+    MESSAGE("batch " << batch << ": " << scans << " partition scans for " << kAbsent << " absent chip IDs ("
+                     << per_404 << " per 404)");
+    CHECK(scans >= kAbsent);  // each asked of its partition once
+    CHECK(per_404 <= 1.1);    // and of the parent one time in kFallbackSample (it was 2.0)
   }
 }
 

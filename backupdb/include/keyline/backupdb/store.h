@@ -4,6 +4,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <list>
 #include <memory>
@@ -75,13 +76,22 @@ class Store {
   std::size_t cache_misses() const { return m_misses; }
   ReadPool& reads() { return m_reads; }  // also the log's tile reads (log_store.h)
   // A chip ID lookup names its partition of records itself (pg_partition_hash.h), from the layout
-  // the first lookup reads from the catalog. Records the named partition did not have and the parent
-  // table did: a wrong partition map, so it stays 0.
+  // the first lookup reads from the catalog and a lookup re-reads every kLayoutRereadAfter. A chip ID
+  // the named partition does not have is asked of the parent table too only while the map is younger
+  // than kYoungMap, for one miss in kFallbackSample after that, and always when the chip ID came from
+  // record_imei (it exists). Records such a check found: a wrong partition map, so it stays 0; the
+  // first one switches routing off (every lookup through the parent) for the rest of the process.
+  static constexpr std::size_t kFallbackSample = 256;
+  static constexpr std::chrono::seconds kYoungMap{5};
+  static constexpr std::chrono::seconds kLayoutRereadAfter{30};
   std::uint64_t partition_fallback_hits() const { return m_fallback_hits; }
   std::size_t partitions_routed() const { return m_routed; }  // 0: lookups go through the parent
+  bool partition_routing_off() const { return m_routing_off; }  // a check found a misrouted record
   std::string render_metrics() const;
-  // Replaces the partition map (tests: a wrong one must cost time, never a record).
-  void set_partition_map(const PartitionMap& map);
+  // Replaces the partition map as if read from the catalog `age` ago (tests: a wrong one must cost
+  // time, never more than kFallbackSample answers; past kLayoutRereadAfter the next lookup re-reads
+  // the catalog), and switches routing on again.
+  void set_partition_map(const PartitionMap& map, std::chrono::seconds age = std::chrono::seconds(0));
 
  private:
   RecordPtr cache_get(const std::string& chip_id);
@@ -90,9 +100,11 @@ class Store {
   std::unordered_map<std::string, RecordPtr> fetch(const std::string& column, const std::vector<std::string>& keys);
   std::unordered_map<std::string, RecordPtr> lookup(core::pq::Connection& c, bool by_chip,
                                                     const std::vector<std::string>& keys);
+  // `exist`: every chip ID is known to have a record (read from record_imei), so each miss is checked.
   std::unordered_map<std::string, RecordPtr> lookup_chips(core::pq::Connection& c, const RecordRoutes& routes,
-                                                          const std::vector<std::string>& chips);
+                                                          const std::vector<std::string>& chips, bool exist);
   std::shared_ptr<const RecordRoutes> routes(core::pq::Connection& c);
+  bool layout_due() const;
   void misrouted(const StoredRecord& rec, const std::string& named);
 
   // The cache is split into shards with a lock each, so 64 reader threads on 2 cores rarely wait on
@@ -119,6 +131,9 @@ class Store {
   std::atomic<std::size_t> m_routed{0};
   std::atomic<std::uint64_t> m_fallback_hits{0};
   std::atomic<bool> m_fallback_logged{false};
+  std::atomic<bool> m_routing_off{false};          // set by the first misrouted record found
+  std::atomic<std::uint64_t> m_chip_misses{0};     // named-partition misses: picks the sampled ones
+  std::atomic<std::int64_t> m_layout_read_at{0};   // steady_clock ticks of the last catalog read
 };
 
 }  // namespace keyline::backupdb
