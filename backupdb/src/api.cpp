@@ -2,6 +2,8 @@
 
 #include <botan/pem.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -74,11 +76,8 @@ Reply represent(const Request& req, const StoredRecord& rec, const std::string& 
   if (sub == "backup")
     return cacheable(req, "\"" + rec.record_hash + "-backup\"", "application/octet-stream",
                      std::string(rec.backup.begin(), rec.backup.end()));
-  const std::string accept = req.get("accept");
-  const bool pem = accept.find("application/x-pem-file") != std::string::npos ||
-                   accept.find("application/pem-certificate-chain") != std::string::npos;
   Reply r;
-  if (pem) {
+  if (accepts_pem(req.get("accept"))) {
     r = cacheable(req, "\"" + rec.record_hash + "-pem\"", "application/x-pem-file",
                   Botan::PEM_Code::encode(rec.identity_der, "CERTIFICATE"));
   } else {
@@ -241,6 +240,15 @@ Reply dispatch(Shared& s, const Request& req) {
     return healthz(s);
   }
   if (parts.empty() || parts[0] != "v1") return problem(404, "not-found", "no such resource");
+  // A cache keys the request-target as sent, and path_segments reads "/v1/records/X/", "//v1/records/X"
+  // and "/v1/records/X?a" as "/v1/records/X": each spelling would be one more cache entry and one more
+  // cold read of the origin. Only the canonical one is answered, before any database work.
+  const bool takes_query = (parts.size() == 4 && parts[1] == "records" && parts[3] == "proof") ||
+                           (parts.size() == 3 && parts[1] == "log" && parts[2] == "consistency");
+  if (http::is_read(req) && !canonical_target(req.target, takes_query))
+    return problem(400, "non-canonical-path",
+                   takes_query ? "the path has an empty segment or a trailing slash"
+                               : "the path has an empty segment, a trailing slash or a query string");
   if (parts.size() == 2 && parts[1] == "ca") {
     if (!http::is_read(req)) return problem.method_not_allowed("GET, HEAD");
     if (!s.limiter->allow(req.client_address)) return too_many();
@@ -257,7 +265,71 @@ Reply dispatch(Shared& s, const Request& req) {
   return problem(404, "not-found", "no such resource");
 }
 
+std::string_view trimmed(std::string_view v) {
+  const auto b = v.find_first_not_of(" \t");
+  if (b == std::string_view::npos) return {};
+  return v.substr(b, v.find_last_not_of(" \t") - b + 1);
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+         });
+}
+
+// RFC 9110 section 12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ), in thousandths.
+std::optional<int> qvalue(std::string_view v) {
+  if (v.empty() || (v[0] != '0' && v[0] != '1') || (v.size() > 1 && v[1] != '.') || v.size() > 5)
+    return std::nullopt;
+  int q = (v[0] - '0') * 1000;
+  int scale = 100;
+  for (std::size_t i = 2; i < v.size(); ++i, scale /= 10) {
+    if (v[i] < '0' || v[i] > '9' || (v[0] == '1' && v[i] != '0')) return std::nullopt;
+    q += (v[i] - '0') * scale;
+  }
+  return q;
+}
+
 }  // namespace
+
+bool accepts_pem(std::string_view accept) {
+  int pem = -1, der = -1;  // the best q (thousandths) each was named with, -1: not named
+  std::size_t pos = 0;
+  while (pos <= accept.size()) {
+    const auto comma = std::min(accept.find(',', pos), accept.size());
+    const auto item = accept.substr(pos, comma - pos);
+    pos = comma + 1;
+    auto semi = item.find(';');
+    const auto type = trimmed(item.substr(0, semi));
+    int q = 1000;
+    bool valid = true;
+    while (semi != std::string_view::npos) {
+      const auto next = item.find(';', semi + 1);
+      const auto param = trimmed(item.substr(semi + 1, next == std::string_view::npos ? next : next - semi - 1));
+      semi = next;
+      const auto eq = param.find('=');
+      if (eq == std::string_view::npos || !iequals(trimmed(param.substr(0, eq)), "q")) continue;
+      const auto v = qvalue(trimmed(param.substr(eq + 1)));
+      valid = valid && v.has_value();
+      if (v) q = *v;
+    }
+    if (!valid) continue;
+    if (iequals(type, "application/x-pem-file") || iequals(type, "application/pem-certificate-chain"))
+      pem = std::max(pem, q);
+    else if (iequals(type, "application/pkix-cert"))
+      der = std::max(der, q);
+  }
+  return pem > 0 && pem >= der;
+}
+
+bool canonical_target(std::string_view target, bool query_allowed) {
+  const auto q = target.find('?');
+  if (q != std::string_view::npos && !query_allowed) return false;
+  const auto path = target.substr(0, q);
+  if (path.empty() || path.front() != '/') return false;
+  if (path.size() > 1 && path.back() == '/') return false;
+  return path.find("//") == std::string_view::npos;
+}
 
 const char* record_invalid_detail(core::ErrorCode code) noexcept {
   switch (code) {

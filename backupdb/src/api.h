@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "keyline/backupdb/config.h"
 #include "keyline/backupdb/store.h"
@@ -48,6 +49,16 @@ std::optional<core::http::Reply> admit_public(Shared& s, const core::http::Reque
 core::http::Reply handle_public(Shared& s, const core::http::Request& req);
 // The operations listener: /metrics and /healthz, 404 for anything else.
 core::http::Reply handle_ops(Shared& s, const core::http::Request& req);
+
+// Whether a certificate request's Accept field (RFC 9110 section 12.5.1) asks for PEM: a PEM type
+// (application/x-pem-file, application/pem-certificate-chain) named with a q above 0 and not below
+// application/pkix-cert's. A media range with q=0 is "not acceptable"; a range with a malformed q is
+// ignored. Otherwise the certificate is DER.
+bool accepts_pem(std::string_view accept);
+
+// Whether a request-target is the one spelling of its path a cache should key: no empty segment (no
+// "//", no trailing '/'), and no query unless `query_allowed` (the two routes that take parameters).
+bool canonical_target(std::string_view target, bool query_allowed);
 
 // The generic detail sent for a record that fails validation with this code (the full text of the
 // failure goes to the log only: it quotes certificate names and library messages).

@@ -193,3 +193,63 @@ TEST_CASE("cold reads in batches: --cache 0 --db-pool 1 --read-batch 32, 16 read
   CHECK(reads == 16 * 3 * (kRecords + 1));
   CHECK(wrong == 0);
 }
+
+namespace {
+
+long metric(const Server& s, const std::string& name) {
+  const auto m = s.metrics();
+  const auto p = m.find("\n" + name + " ");
+  return p == std::string::npos ? -1 : std::stol(m.substr(p + name.size() + 2));
+}
+
+}  // namespace
+
+// A cache keys the request-target as sent: every spelling of a record's path the server answered
+// would be one more cache entry and one more cold read of the origin (att20). Only the canonical
+// one is answered; the others are a 400 the cache does not keep, before any database work.
+TEST_CASE("non-canonical record and tile paths: 400, no-store, no lookup; the canonical path still answers") {
+  Database db;
+  {
+    Server writer(db, {"--no-log"});
+    publish_all(writer, 7100, 1, 1);
+  }
+  Server s(db, {"--no-log", "--cache", "0"});
+  CachingProxy proxy(s.url);
+  const auto rec = pki().record(7100);
+  const std::string path = "/v1/records/" + rec.chip_id.str();
+  auto c = s.client();
+  REQUIRE(c->get(path).status == 200);
+  const long lookups = metric(s, "keyline_backupdb_cache_misses_total");
+  REQUIRE(lookups > 0);
+  const std::vector<std::string> variants = {
+      path + "/", "/" + path, "/v1//records/" + rec.chip_id.str(), path + "?", path + "?x=1",
+      path + "/backup/", path + "/certificate?x", "/v1/imei/" + rec.imei.str() + "?x", "/v1/imei/" + rec.imei.str() + "/",
+      "/v1/log/tile/0/000.p/1?x", "/v1/log/tile/0/000.p/1/", "/v1/log/checkpoint/", "/v1/ca?x",
+      path + "/proof/?tree_size=1", "/v1/log//consistency?from=1"};
+  for (const auto& v : variants) {
+    CAPTURE(v);
+    const auto r = c->get(v);
+    CHECK(r.status == 400);
+    CHECK(r.header("cache-control") == "no-store");
+    CHECK(r.header("content-type") == "application/problem+json");
+    CHECK(r.body.find("non-canonical-path") != std::string::npos);
+    for (int i = 0; i < 2; ++i) {  // through the cache: the origin's answer each time
+      const auto p = proxy.get(v);
+      CHECK(p.status == 400);
+      CHECK(p.header("x-cache-status") == "MISS");
+    }
+  }
+  CHECK(metric(s, "keyline_backupdb_cache_misses_total") == lookups);  // none of them read the database
+  CHECK(c->get(path).status == 200);
+  CHECK(c->get("/v1/imei/" + rec.imei.str()).status == 200);
+  CHECK(metric(s, "keyline_backupdb_cache_misses_total") == lookups + 1);  // by IMEI skips the cache
+  // Parameters where a route takes them: the proof's tree_size (here no log: that route's own answer).
+  CHECK(c->get(path + "/proof?tree_size=1").status != 400);
+
+  // Content negotiation (RFC 9110 section 12.5.1): a PEM type with q=0 is not acceptable.
+  const auto der = c->get(path + "/certificate", {{"Accept", "application/x-pem-file;q=0, application/pkix-cert"}});
+  CHECK(der.status == 200);
+  CHECK(der.header("content-type") == "application/pkix-cert");
+  const auto pem = c->get(path + "/certificate", {{"Accept", "application/x-pem-file"}});
+  CHECK(pem.header("content-type") == "application/x-pem-file");
+}
