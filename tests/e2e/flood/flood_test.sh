@@ -15,31 +15,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 top=$(cd "$here/../../.." && pwd)
 FLOOD="$top/tests/support/flood.py"
 CHIP=47905000000000000001
-PIDS=()
 failures=0
 pass() { printf 'PASS %s\n' "$*"; }
 fail() { printf 'FAIL %s\n' "$*"; failures=$((failures + 1)); }
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-rm -rf "$work"
-mkdir -p "$work"
-"$FLOOD_FIXTURE" "$work"
-# The probe's trust: the service CA and the root above it (Python's ssl wants the whole chain).
-cat "$work/service_ca.pem" "$work/root.pem" >"$work/probe_ca.pem"
-
-# The fixture's owner conninfo, its password through the environment (never on a command line).
-pg="$KEYLINE_TESTENV/pg"
-export PGPASSWORD
-PGPASSWORD=$(cat "$pg/password")
-owner_base="host=$(cat "$pg/host") port=$(cat "$pg/port") user=postgres connect_timeout=5"
-db="flood_${what}_$$"
-psql "$owner_base dbname=postgres" -qc "CREATE DATABASE $db" >/dev/null
-OWNER="$owner_base dbname=$db"
+# shellcheck source=flood_common.sh
+. "$here/flood_common.sh"
+flood_setup "$work" "flood_${what}_$$"
 
 # start_server NAME LOGFILE PROGRAM ARGS...: runs it, waits for its two "... on ADDR" lines and sets
 # ${NAME}_ADDR (public) and ${NAME}_OPS (operations) from them.
@@ -170,8 +151,8 @@ case "$what" in
   *) echo "usage: flood_test.sh backupdb|kps|malformed WORKDIR" >&2; exit 2 ;;
 esac
 
-cleanup
+flood_cleanup
 PIDS=()
-psql "$owner_base dbname=postgres" -qc "DROP DATABASE $db" >/dev/null 2>&1 || true
+flood_drop_db
 [ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
 echo "all passed"

@@ -10,26 +10,9 @@ set -euo pipefail
 work=${1:?usage: body_flood_test.sh WORKDIR}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CHIP=47905000000000000001
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-rm -rf "$work"
-mkdir -p "$work"
-"$FLOOD_FIXTURE" "$work"
-cat "$work/service_ca.pem" "$work/root.pem" >"$work/probe_ca.pem"
-
-pg="$KEYLINE_TESTENV/pg"
-export PGPASSWORD
-PGPASSWORD=$(cat "$pg/password")
-owner_base="host=$(cat "$pg/host") port=$(cat "$pg/port") user=postgres connect_timeout=5"
-db="body_flood_$$"
-psql "$owner_base dbname=postgres" -qc "CREATE DATABASE $db" >/dev/null
-OWNER="$owner_base dbname=$db"
+# shellcheck source=flood_common.sh
+. "$here/flood_common.sh"
+flood_setup "$work" "body_flood_$$"
 
 "$LINE_BIN/keyline-backupdb" migrate --db "$OWNER" >/dev/null
 out="$work/backupdb.out"
@@ -50,13 +33,13 @@ code=$(curl -s -o "$work/publish.json" -w '%{http_code}' --cacert "$work/service
 [ "$code" = 201 ] || { cat "$work/publish.json"; echo "FAIL publish: $code"; exit 1; }
 
 rc=0
-python3 "$here/body_flood.py" --target "$ADDR" --ops "$OPS" --count 300 --sources 127.0.1.1-127.0.1.8 \
+python3 "$here/../../support/body_flood.py" --target "$ADDR" --ops "$OPS" --count 300 --sources 127.0.1.1-127.0.1.8 \
   --cl 262144 --seconds 12 --ca "$work/probe_ca.pem" --cert "$work/station.pem" --key "$work/station.key" \
   --record "$work/record.json" --read-path "/v1/records/$CHIP" --station-source 127.0.0.3 \
   --max-buffered $((8 * 1024 * 1024)) || rc=$?
 
-cleanup
+flood_cleanup
 PIDS=()
-psql "$owner_base dbname=postgres" -qc "DROP DATABASE $db" >/dev/null 2>&1 || true
+flood_drop_db
 [ "$rc" -eq 0 ] || { echo "FAIL anonymous publish heads kept the station from being served"; exit 1; }
 echo "PASS every station publish and read answered under 300 anonymous 256 KiB publish heads"
