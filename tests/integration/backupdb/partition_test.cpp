@@ -146,10 +146,11 @@ double fill(core::pq::Connection& c, long n) {
 }
 
 long bulk_records() {
-  // A million took 186 s on the 2 shared cores under other helpers' load (docs/api.md, "Database and
-  // permanence"); the suite runs 100,000 unless KEYLINE_PARTITION_RECORDS says otherwise.
+  // Issue #20 asks for the races on a partitioned table of a million records, so the suite fills
+  // 1,000,000 (these rows are small: the fill is the trigger and the index inserts); KEYLINE_PARTITION_RECORDS
+  // sets another count.
   const char* env = std::getenv("KEYLINE_PARTITION_RECORDS");
-  return env ? std::atol(env) : 100000;
+  return env ? std::atol(env) : 1000000;
 }
 
 }  // namespace
