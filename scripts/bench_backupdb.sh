@@ -306,15 +306,17 @@ node_reads() {
   curl -sf "${1}metrics" | awk -v s="keyline_backupdb_db_reads_total{node=\"$2\"}" '$1 == s {print $2; f=1} END {if (!f) print 0}'
 }
 # After a run with replicas: every read node's lookups were answered where it should read (node 1:
-# the primary; node n: its replica, none re-asked of the primary since every chip ID exists), and
-# the replica's pg_stat_activity shows the server's sessions. Prints one line per node.
+# the primary; node n: its replica; every chip ID exists, so none is re-asked of the primary for a miss,
+# but a lookup that waits past --replica-timeout-ms for a replica session goes to the primary instead:
+# on 2 saturated cores that was 0.1-2 % of them, so up to 10 % is accepted), and the replica's
+# pg_stat_activity shows the server's sessions. Prints one line per node.
 check_nodes() {  # label
   local n got rest sessions
   for n in $(seq 2 "${#ops_urls[@]}"); do
     got=$(node_reads "${ops_urls[$((n - 1))]}" replica0)
     rest=$(node_reads "${ops_urls[$((n - 1))]}" primary)
     echo "bench_backupdb: $1: read node $n: $got lookups on its replica, $rest on the primary" >&2
-    awk -v g="$got" -v r="$rest" 'BEGIN {exit !(g > 0 && r <= g / 100)}' ||
+    awk -v g="$got" -v r="$rest" 'BEGIN {exit !(g > 0 && r <= g / 10)}' ||
       { echo "bench_backupdb: read node $n's reads did not go to its replica" >&2; exit 1; }
     sessions=$(psql "$(cat "$dir/replica$((n - 1))/conninfo")" -Atq -c "SELECT count(*) FROM pg_stat_activity WHERE usename = 'keyline_backupdb'")
     [ "$sessions" -gt 0 ] || { echo "bench_backupdb: no server session on replica $((n - 1))" >&2; exit 1; }
