@@ -19,32 +19,18 @@
 #include "keyline/core/migrate.h"
 #include "keyline/core/pq.h"
 #include "pg_partition_hash.h"
+#include "partition_db.h"
 #include "testenv.h"
 
 using namespace keyline;
 
 namespace {
 
-constexpr const char* kRolePassword =
-    "kl-test-role-pw";  // as integration_backupdb's: the role is cluster-wide
 constexpr long kRecords = 20000;
 
-std::string migrated_db(const std::string& prefix) {
-  const auto db = test::pg_env().create_database(prefix);
-  backupdb::Config cfg;
-  cfg.db = db;
-  cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
-  backupdb::migrate(cfg);
-  return db;
-}
-
-std::string role_of(const std::string& owner) {
-  const auto env = test::pg_env();
-  const auto at = owner.find("dbname=");
-  const auto name = owner.substr(at + 7, owner.find(' ', at) - at - 7);
-  return "host=" + env.host + " port=" + std::to_string(env.port) +
-         " user=keyline_backupdb password=" + kRolePassword + " dbname=" + name + " connect_timeout=5";
-}
+using partition_db::kRolePassword;
+using partition_db::migrated_db;
+using partition_db::role_of;
 
 // Half the chip IDs as the benchmark makes them (sequential hex), half spread over every digit (md5).
 void fill(core::pq::Connection& c) {

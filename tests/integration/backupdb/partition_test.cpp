@@ -23,6 +23,7 @@
 #include "keyline/core/imei.h"
 #include "keyline/core/pq.h"
 #include "keyline/core/record.h"
+#include "partition_db.h"
 #include "testenv.h"
 
 using namespace keyline;
@@ -31,25 +32,8 @@ namespace {
 
 constexpr int kPublishers = 32;
 
-constexpr const char* kRolePassword = "kl-test-role-pw";  // as integration_backupdb's: the role is cluster-wide
-
-std::string migrated_db(const std::string& prefix) {
-  const auto db = test::pg_env().create_database(prefix);
-  backupdb::Config cfg;
-  cfg.db = db;
-  cfg.role_password.assign(kRolePassword, kRolePassword + std::strlen(kRolePassword));
-  backupdb::migrate(cfg);
-  return db;
-}
-
-// The server's role on the same database, as serve connects.
-std::string role_of(const std::string& owner) {
-  const auto env = test::pg_env();
-  const auto at = owner.find("dbname=");
-  const auto name = owner.substr(at + 7, owner.find(' ', at) - at - 7);
-  return "host=" + env.host + " port=" + std::to_string(env.port) + " user=keyline_backupdb password=" + kRolePassword +
-         " dbname=" + name + " connect_timeout=5";
-}
+using partition_db::migrated_db;
+using partition_db::role_of;
 
 // Chip IDs and IMEIs of the races: "F" chip IDs and TAC 86000000, never those of the bulk rows.
 std::string race_chip(int round, int n) {
